@@ -1,0 +1,136 @@
+//! The `ocix` command line: clap definitions, one file per subcommand. This
+//! is the only code that prints or picks exit codes; everything it does is a
+//! call into the library.
+
+mod digest;
+mod scan;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// ocix: move container filesystems between OCI images, canonical OCIX
+/// manifests with content-addressed blobs, and real root filesystems.
+#[derive(Parser, Debug)]
+#[command(name = "ocix", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Describe a directory tree as a manifest (like `mtree -c`), optionally
+    /// storing every file's content as a blob.
+    Scan(scan::Args),
+    /// Print a manifest's digest (the sha256 of its bytes).
+    Digest(digest::Args),
+}
+
+/// Options every subcommand sees.
+#[derive(Clone, Copy, Debug)]
+pub struct Global {
+    /// `-q`.
+    pub quiet: bool,
+    /// `-v` count.
+    pub verbose: u8,
+}
+
+impl Global {
+    /// Whether a progress bar may be drawn (stderr is a terminal, not quiet).
+    pub fn progress(&self) -> bool {
+        !self.quiet && std::io::stderr().is_terminal()
+    }
+
+    /// Prints a warning unless quiet.
+    pub fn warn(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("ocix: warning: {msg}");
+        }
+    }
+
+    /// Prints an informational line when verbose.
+    pub fn info(&self, msg: &str) {
+        if self.verbose > 0 {
+            eprintln!("ocix: {msg}");
+        }
+    }
+}
+
+/// Runs the command line; exit 0 on success, 2 on error (diff uses 1 for
+/// drift).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let g = Global { quiet: cli.quiet, verbose: cli.verbose };
+    let res = match cli.command {
+        Command::Scan(a) => scan::run(a, g),
+        Command::Digest(a) => digest::run(a, g),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ocix: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads a whole manifest file (`-` is stdin) and decodes it; errors name the
+/// file.
+pub fn read_manifest(path: &Path) -> anyhow::Result<crate::manifest::Manifest> {
+    let data = read_input(path)?;
+    crate::manifest::Manifest::from_bytes(&data).with_context(|| format!("{}: invalid OCIX manifest", shown(path)))
+}
+
+/// Reads a file or stdin (`-`).
+pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut v = Vec::new();
+        std::io::stdin().read_to_end(&mut v).context("reading standard input")?;
+        Ok(v)
+    } else {
+        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+    }
+}
+
+/// Writes bytes to a file (atomically, via a temporary file beside it) or to
+/// stdout (`-` or no path).
+pub fn write_output(path: Option<&PathBuf>, data: &[u8]) -> anyhow::Result<()> {
+    match path {
+        None => write_stdout(data),
+        Some(p) if p == Path::new("-") => write_stdout(data),
+        Some(p) => {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let name = p.file_name().with_context(|| format!("{}: not a file name", p.display()))?;
+            let tmp = dir.join(format!(".{}.ocix-tmp-{}", name.to_string_lossy(), std::process::id()));
+            std::fs::write(&tmp, data).with_context(|| format!("{}: cannot write", tmp.display()))?;
+            std::fs::rename(&tmp, p).with_context(|| {
+                let _ = std::fs::remove_file(&tmp);
+                format!("{}: cannot write", p.display())
+            })
+        }
+    }
+}
+
+fn write_stdout(data: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(data).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing standard output"),
+    }
+}
+
+fn shown(p: &Path) -> String {
+    if p == Path::new("-") { "standard input".to_string() } else { p.display().to_string() }
+}

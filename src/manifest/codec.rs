@@ -1,0 +1,582 @@
+//! Manifest <-> canonical CBOR, per `ocix.cddl`.
+//!
+//! Entry keys (small unsigned integers, ascending, defaults omitted):
+//! 0 name, 1 type, 2 mode, 3 uid, 4 gid, 5 mtime seconds, 6 mtime nanoseconds,
+//! 7 size, 8 digest, 9 zero runs, 10 target, 11 rdev, 12 xattrs, 13 children,
+//! 14 uname, 15 gname. A value equal to its default must be omitted, so every
+//! tree has exactly one encoding; the decoder rejects an explicit default.
+
+use super::cbor::{CborError, Major, Reader, Writer};
+use super::{
+    BLOCK, Dev, Digest, Entry, File, Kind, KindCode, MAX_DEPTH, MAX_TARGET, MAX_XATTR_VALUE,
+    Manifest, Meta, OCIX_TAG, VERSION, check_name, path_display,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+const K_NAME: u64 = 0;
+const K_TYPE: u64 = 1;
+const K_MODE: u64 = 2;
+const K_UID: u64 = 3;
+const K_GID: u64 = 4;
+const K_MTIME: u64 = 5;
+const K_NSEC: u64 = 6;
+const K_SIZE: u64 = 7;
+const K_DIGEST: u64 = 8;
+const K_ZEROS: u64 = 9;
+const K_TARGET: u64 = 10;
+const K_RDEV: u64 = 11;
+const K_XATTRS: u64 = 12;
+const K_CHILDREN: u64 = 13;
+const K_UNAME: u64 = 14;
+const K_GNAME: u64 = 15;
+
+const FIELD_NAMES: [&str; 16] = [
+    "name", "type", "mode", "uid", "gid", "mtime", "mtime-nsec", "size", "digest", "zeros",
+    "target", "rdev", "xattrs", "children", "uname", "gname",
+];
+
+/// A manifest that breaks the format: where (byte offset and/or entry path)
+/// and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DecodeError {
+    /// Byte offset in the encoded manifest, when decoding.
+    pub offset: Option<usize>,
+    /// Path of the entry concerned, `/`-prefixed and escaped.
+    pub path: Option<String>,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.offset, &self.path) {
+            (Some(o), Some(p)) => write!(f, "at byte {o}, entry {p}: {}", self.what),
+            (Some(o), None) => write!(f, "at byte {o}: {}", self.what),
+            (None, Some(p)) => write!(f, "entry {p}: {}", self.what),
+            (None, None) => f.write_str(&self.what),
+        }
+    }
+}
+
+fn invalid(path: &[u8], what: impl Into<String>) -> DecodeError {
+    DecodeError { offset: None, path: Some(path_display(path)), what: what.into() }
+}
+
+// ---------------------------------------------------------------- encoding
+
+/// Encodes a manifest to its canonical bytes, after checking every rule the
+/// decoder checks.
+pub fn encode(m: &Manifest) -> Result<Vec<u8>, DecodeError> {
+    validate(m)?;
+    let mut w = Writer::default();
+    w.head(Major::Tag, OCIX_TAG);
+    w.head(Major::Map, 2);
+    w.uint(0);
+    w.uint(VERSION);
+    w.uint(1);
+    encode_entry(&mut w, None, &m.root);
+    Ok(w.buf)
+}
+
+fn encode_entry(w: &mut Writer, name: Option<&[u8]>, e: &Entry) {
+    let code = e.kind.code();
+    let m = &e.meta;
+    let mut fields: Vec<u64> = Vec::with_capacity(8);
+    if name.is_some() {
+        fields.push(K_NAME);
+    }
+    if code != KindCode::File {
+        fields.push(K_TYPE);
+    }
+    if code != KindCode::Hardlink {
+        if m.mode != code.default_mode() {
+            fields.push(K_MODE);
+        }
+        if m.uid != 0 {
+            fields.push(K_UID);
+        }
+        if m.gid != 0 {
+            fields.push(K_GID);
+        }
+        if m.mtime.sec != 0 {
+            fields.push(K_MTIME);
+        }
+        if m.mtime.nsec != 0 {
+            fields.push(K_NSEC);
+        }
+    }
+    match &e.kind {
+        Kind::File(f) => {
+            if f.size != 0 {
+                fields.push(K_SIZE);
+            }
+            if f.digest.is_some() {
+                fields.push(K_DIGEST);
+            }
+            if !f.zeros.is_empty() {
+                fields.push(K_ZEROS);
+            }
+        }
+        Kind::Symlink(_) | Kind::Hardlink(_) => fields.push(K_TARGET),
+        Kind::Char(_) | Kind::Block(_) => fields.push(K_RDEV),
+        Kind::Dir(c) if !c.is_empty() => {}
+        _ => {}
+    }
+    if code != KindCode::Hardlink && !m.xattrs.is_empty() {
+        fields.push(K_XATTRS);
+    }
+    if let Kind::Dir(c) = &e.kind {
+        if !c.is_empty() {
+            fields.push(K_CHILDREN);
+        }
+    }
+    if code != KindCode::Hardlink {
+        if m.uname.is_some() {
+            fields.push(K_UNAME);
+        }
+        if m.gname.is_some() {
+            fields.push(K_GNAME);
+        }
+    }
+    w.head(Major::Map, fields.len() as u64);
+    for k in fields {
+        w.uint(k);
+        match k {
+            K_NAME => w.bytes(name.unwrap_or_default()),
+            K_TYPE => w.uint(code as u64),
+            K_MODE => w.uint(m.mode as u64),
+            K_UID => w.uint(m.uid as u64),
+            K_GID => w.uint(m.gid as u64),
+            K_MTIME => w.int(m.mtime.sec),
+            K_NSEC => w.uint(m.mtime.nsec as u64),
+            K_SIZE | K_DIGEST | K_ZEROS => {
+                let Kind::File(f) = &e.kind else { unreachable!() };
+                match k {
+                    K_SIZE => w.uint(f.size),
+                    K_DIGEST => w.bytes(&f.digest.as_ref().map(|d| d.0).unwrap_or_default()),
+                    _ => {
+                        w.head(Major::Array, 2 * f.zeros.len() as u64);
+                        for (s, n) in &f.zeros {
+                            w.uint(*s);
+                            w.uint(*n);
+                        }
+                    }
+                }
+            }
+            K_TARGET => match &e.kind {
+                Kind::Symlink(t) | Kind::Hardlink(t) => w.bytes(t),
+                _ => unreachable!(),
+            },
+            K_RDEV => match &e.kind {
+                Kind::Char(d) | Kind::Block(d) => {
+                    w.head(Major::Array, 2);
+                    w.uint(d.major as u64);
+                    w.uint(d.minor as u64);
+                }
+                _ => unreachable!(),
+            },
+            K_XATTRS => {
+                // Canonical map order: by the encoded key, i.e. shorter names
+                // first, then bytewise.
+                let mut keys: Vec<&Vec<u8>> = m.xattrs.keys().collect();
+                keys.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+                w.head(Major::Map, keys.len() as u64);
+                for k in keys {
+                    w.bytes(k);
+                    w.bytes(&m.xattrs[k]);
+                }
+            }
+            K_CHILDREN => {
+                let Kind::Dir(c) = &e.kind else { unreachable!() };
+                w.head(Major::Array, c.len() as u64);
+                for (n, child) in c {
+                    encode_entry(w, Some(n), child);
+                }
+            }
+            K_UNAME => w.text(m.uname.as_deref().unwrap_or_default()),
+            K_GNAME => w.text(m.gname.as_deref().unwrap_or_default()),
+            _ => unreachable!(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- decoding
+
+struct Decoder<'a> {
+    r: Reader<'a>,
+    path: Vec<u8>,
+}
+
+impl Decoder<'_> {
+    fn err(&self, e: CborError) -> DecodeError {
+        DecodeError { offset: Some(e.offset), path: Some(path_display(&self.path)), what: e.what }
+    }
+
+    fn fail<T>(&self, offset: usize, what: impl Into<String>) -> Result<T, DecodeError> {
+        Err(DecodeError { offset: Some(offset), path: Some(path_display(&self.path)), what: what.into() })
+    }
+
+    fn uint_max(&mut self, field: &str, max: u64) -> Result<u64, DecodeError> {
+        let at = self.r.offset();
+        let v = self.r.uint().map_err(|e| self.err(e))?;
+        if v > max {
+            return self.fail(at, format!("{field} {v} is larger than {max}"));
+        }
+        Ok(v)
+    }
+
+    fn entry(&mut self, depth: usize, is_root: bool) -> Result<(Option<Vec<u8>>, Entry), DecodeError> {
+        if depth > MAX_DEPTH {
+            return self.fail(self.r.offset(), format!("directories nested deeper than {MAX_DEPTH}"));
+        }
+        let start = self.r.offset();
+        let n = self.r.map().map_err(|e| self.err(e))?;
+        let mut name: Option<Vec<u8>> = None;
+        let mut code = KindCode::File;
+        let mut seen = [false; 16];
+        let mut mode: Option<u32> = None;
+        let mut meta = Meta::default();
+        let mut size = 0u64;
+        let mut digest: Option<Digest> = None;
+        let mut zeros: Vec<(u64, u64)> = Vec::new();
+        let mut target: Option<Vec<u8>> = None;
+        let mut rdev: Option<Dev> = None;
+        let mut children: Option<BTreeMap<Vec<u8>, Entry>> = None;
+        let mut last: Option<u64> = None;
+        let parent_len = self.path.len();
+        for _ in 0..n {
+            let kat = self.r.offset();
+            let key = self.r.uint().map_err(|e| self.err(e))?;
+            if let Some(l) = last {
+                if key <= l {
+                    return self.fail(kat, format!("map key {key} after {l}: keys must be unique and ascending"));
+                }
+            }
+            last = Some(key);
+            if key > K_GNAME {
+                return self.fail(kat, format!("unknown field {key}"));
+            }
+            seen[key as usize] = true;
+            let vat = self.r.offset();
+            let fname = FIELD_NAMES[key as usize];
+            match key {
+                K_NAME => {
+                    if is_root {
+                        return self.fail(kat, "the root entry has no name");
+                    }
+                    let b = self.r.bytes().map_err(|e| self.err(e))?;
+                    // the path shown in later errors includes this name
+                    if parent_len > 0 {
+                        self.path.push(b'/');
+                    }
+                    self.path.extend_from_slice(b);
+                    if let Err(why) = check_name(b) {
+                        return self.fail(vat, format!("invalid name: {why}"));
+                    }
+                    name = Some(b.to_vec());
+                }
+                K_TYPE => {
+                    let v = self.r.uint().map_err(|e| self.err(e))?;
+                    code = match KindCode::from_u64(v) {
+                        Some(KindCode::File) => return self.fail(vat, "type 0 (file) is the default and must be omitted"),
+                        Some(c) => c,
+                        None => return self.fail(vat, format!("unknown type {v}")),
+                    };
+                }
+                K_MODE => mode = Some(self.uint_max(fname, 0o7777)? as u32),
+                K_UID => meta.uid = self.uint_nonzero(fname, u32::MAX as u64)? as u32,
+                K_GID => meta.gid = self.uint_nonzero(fname, u32::MAX as u64)? as u32,
+                K_MTIME => {
+                    meta.mtime.sec = self.r.int().map_err(|e| self.err(e))?;
+                    if meta.mtime.sec == 0 {
+                        return self.fail(vat, "mtime 0 is the default and must be omitted");
+                    }
+                }
+                K_NSEC => meta.mtime.nsec = self.uint_nonzero(fname, 999_999_999)? as u32,
+                K_SIZE => size = self.uint_nonzero(fname, i64::MAX as u64)?,
+                K_DIGEST => {
+                    let b = self.r.bytes().map_err(|e| self.err(e))?;
+                    let Ok(arr) = <[u8; 32]>::try_from(b) else {
+                        return self.fail(vat, format!("digest must be 32 bytes, found {}", b.len()));
+                    };
+                    digest = Some(Digest(arr));
+                }
+                K_ZEROS => {
+                    let cnt = self.r.array().map_err(|e| self.err(e))?;
+                    if cnt == 0 || cnt % 2 != 0 {
+                        return self.fail(vat, "zero runs must be a non-empty array of (start, count) pairs");
+                    }
+                    zeros.reserve(cnt / 2);
+                    for _ in 0..cnt / 2 {
+                        let s = self.r.uint().map_err(|e| self.err(e))?;
+                        let c = self.r.uint().map_err(|e| self.err(e))?;
+                        zeros.push((s, c));
+                    }
+                }
+                K_TARGET => {
+                    let b = self.r.bytes().map_err(|e| self.err(e))?;
+                    target = Some(b.to_vec());
+                }
+                K_RDEV => {
+                    let cnt = self.r.array().map_err(|e| self.err(e))?;
+                    if cnt != 2 {
+                        return self.fail(vat, "rdev must be [major, minor]");
+                    }
+                    let major = self.uint_max("major", u32::MAX as u64)? as u32;
+                    let minor = self.uint_max("minor", u32::MAX as u64)? as u32;
+                    rdev = Some(Dev { major, minor });
+                }
+                K_XATTRS => {
+                    let cnt = self.r.map().map_err(|e| self.err(e))?;
+                    if cnt == 0 {
+                        return self.fail(vat, "empty xattr map must be omitted");
+                    }
+                    let mut prev: Option<&[u8]> = None;
+                    for _ in 0..cnt {
+                        let at = self.r.offset();
+                        let k = self.r.bytes().map_err(|e| self.err(e))?;
+                        if let Some(p) = prev {
+                            if (p.len(), p) >= (k.len(), k) {
+                                return self.fail(at, "xattr names must be unique and in canonical order");
+                            }
+                        }
+                        prev = Some(k);
+                        let v = self.r.bytes().map_err(|e| self.err(e))?;
+                        meta.xattrs.insert(k.to_vec(), v.to_vec());
+                    }
+                }
+                K_CHILDREN => {
+                    if code != KindCode::Dir {
+                        return self.fail(kat, format!("children under a non-directory ({})", code.name()));
+                    }
+                    let cnt = self.r.array().map_err(|e| self.err(e))?;
+                    if cnt == 0 {
+                        return self.fail(vat, "empty children array must be omitted");
+                    }
+                    let mut map = BTreeMap::new();
+                    let mut prev: Option<Vec<u8>> = None;
+                    let here = self.path.len();
+                    for _ in 0..cnt {
+                        let at = self.r.offset();
+                        let (cname, child) = self.entry(depth + 1, false)?;
+                        self.path.truncate(here);
+                        let cname = match cname {
+                            Some(c) => c,
+                            None => return self.fail(at, "child entry without a name"),
+                        };
+                        if let Some(p) = &prev {
+                            if *p >= cname {
+                                let what = if *p == cname { "duplicate name" } else { "children not sorted by name" };
+                                return self.fail(at, format!("{what}: {}", path_display(&cname)));
+                            }
+                        }
+                        prev = Some(cname.clone());
+                        map.insert(cname, child);
+                    }
+                    children = Some(map);
+                }
+                K_UNAME | K_GNAME => {
+                    let s = self.r.text().map_err(|e| self.err(e))?.to_string();
+                    if key == K_UNAME {
+                        meta.uname = Some(s);
+                    } else {
+                        meta.gname = Some(s);
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+        if !is_root && name.is_none() {
+            return self.fail(start, "entry without a name");
+        }
+        // Fields that do not belong to the type.
+        let allowed: &[u64] = match code {
+            KindCode::File => &[K_SIZE, K_DIGEST, K_ZEROS],
+            KindCode::Dir => &[K_CHILDREN],
+            KindCode::Symlink => &[K_TARGET],
+            KindCode::Hardlink => &[K_TARGET],
+            KindCode::Char | KindCode::Block => &[K_RDEV],
+            KindCode::Fifo | KindCode::Socket => &[],
+        };
+        for k in [K_SIZE, K_DIGEST, K_ZEROS, K_TARGET, K_RDEV, K_CHILDREN] {
+            if seen[k as usize] && !allowed.contains(&k) {
+                return self.fail(start, format!("field {} is not allowed on a {}", FIELD_NAMES[k as usize], code.name()));
+            }
+        }
+        if code == KindCode::Hardlink {
+            for k in [K_MODE, K_UID, K_GID, K_MTIME, K_NSEC, K_XATTRS, K_UNAME, K_GNAME] {
+                if seen[k as usize] {
+                    return self.fail(start, format!("a hardlink carries no {}: its first name does", FIELD_NAMES[k as usize]));
+                }
+            }
+        }
+        meta.mode = match mode {
+            Some(m) if m == code.default_mode() => {
+                return self.fail(start, format!("mode {m:o} is the default for a {} and must be omitted", code.name()));
+            }
+            Some(m) => m,
+            None => code.default_mode(),
+        };
+        let kind = match code {
+            KindCode::File => Kind::File(File { size, digest, zeros }),
+            KindCode::Dir => Kind::Dir(children.unwrap_or_default()),
+            KindCode::Symlink => Kind::Symlink(self.need(target, start, "target")?),
+            KindCode::Hardlink => Kind::Hardlink(self.need(target, start, "target")?),
+            KindCode::Char => Kind::Char(self.need(rdev, start, "rdev")?),
+            KindCode::Block => Kind::Block(self.need(rdev, start, "rdev")?),
+            KindCode::Fifo => Kind::Fifo,
+            KindCode::Socket => Kind::Socket,
+        };
+        Ok((name, Entry { meta, kind }))
+    }
+
+    fn uint_nonzero(&mut self, field: &str, max: u64) -> Result<u64, DecodeError> {
+        let at = self.r.offset();
+        let v = self.uint_max(field, max)?;
+        if v == 0 {
+            return self.fail(at, format!("{field} 0 is the default and must be omitted"));
+        }
+        Ok(v)
+    }
+
+    fn need<T>(&self, v: Option<T>, at: usize, field: &str) -> Result<T, DecodeError> {
+        match v {
+            Some(v) => Ok(v),
+            None => self.fail(at, format!("missing required field {field}")),
+        }
+    }
+}
+
+/// Decodes canonical CBOR into a manifest, rejecting anything that is not the
+/// one canonical encoding of a valid tree.
+pub fn decode(data: &[u8]) -> Result<Manifest, DecodeError> {
+    let mut d = Decoder { r: Reader::new(data), path: Vec::new() };
+    let top = |e: CborError| DecodeError { offset: Some(e.offset), path: None, what: e.what };
+    let tag = d.r.expect(Major::Tag).map_err(|e| DecodeError { what: format!("not an OCIX manifest: {}", e.what), ..top(e) })?;
+    if tag != OCIX_TAG {
+        return Err(DecodeError { offset: Some(0), path: None, what: format!("not an OCIX manifest: tag {tag}, expected {OCIX_TAG}") });
+    }
+    let at = d.r.offset();
+    let n = d.r.map().map_err(top)?;
+    if n != 2 {
+        return Err(DecodeError { offset: Some(at), path: None, what: format!("manifest map must have 2 fields (version, root), found {n}") });
+    }
+    let at = d.r.offset();
+    let k = d.r.uint().map_err(top)?;
+    if k != 0 {
+        return Err(DecodeError { offset: Some(at), path: None, what: format!("expected field 0 (version), found {k}") });
+    }
+    let at = d.r.offset();
+    let v = d.r.uint().map_err(top)?;
+    if v != VERSION {
+        return Err(DecodeError { offset: Some(at), path: None, what: format!("unsupported manifest version {v} (this ocix reads version {VERSION})") });
+    }
+    let at = d.r.offset();
+    let k = d.r.uint().map_err(top)?;
+    if k != 1 {
+        return Err(DecodeError { offset: Some(at), path: None, what: format!("expected field 1 (root), found {k}") });
+    }
+    let (_, root) = d.entry(0, true)?;
+    d.r.finish().map_err(top)?;
+    if !matches!(root.kind, Kind::Dir(_)) {
+        return Err(invalid(b"", "the root must be a directory"));
+    }
+    let m = Manifest { root };
+    validate(&m)?;
+    Ok(m)
+}
+
+// ---------------------------------------------------------------- validation
+
+/// Checks the rules that span entries or values: names, zero runs, digests,
+/// targets, xattrs, depth, and hardlinks (which must name an earlier regular
+/// file by a clean path).
+pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
+    if !matches!(m.root.kind, Kind::Dir(_)) {
+        return Err(invalid(b"", "the root must be a directory"));
+    }
+    let mut files: HashSet<Vec<u8>> = HashSet::new();
+    for (path, e) in m.walk() {
+        let depth = path.split(|&b| b == b'/').count();
+        if !path.is_empty() && depth > MAX_DEPTH + 1 {
+            return Err(invalid(&path, format!("directories nested deeper than {MAX_DEPTH}")));
+        }
+        if let Some(name) = path.rsplit(|&b| b == b'/').next().filter(|_| !path.is_empty()) {
+            check_name(name).map_err(|w| invalid(&path, format!("invalid name: {w}")))?;
+        }
+        let code = e.kind.code();
+        if code != KindCode::Hardlink {
+            if e.meta.mode > 0o7777 {
+                return Err(invalid(&path, format!("mode {:o} has bits outside 07777", e.meta.mode)));
+            }
+            if e.meta.mtime.nsec >= 1_000_000_000 {
+                return Err(invalid(&path, "mtime nanoseconds out of range"));
+            }
+            for (k, v) in &e.meta.xattrs {
+                if k.is_empty() || k.contains(&0) || k.len() > 255 {
+                    return Err(invalid(&path, format!("invalid xattr name {:?}", String::from_utf8_lossy(k))));
+                }
+                if v.len() > MAX_XATTR_VALUE {
+                    return Err(invalid(&path, "xattr value larger than 64 KiB"));
+                }
+            }
+        }
+        match &e.kind {
+            Kind::File(f) => {
+                if f.size > i64::MAX as u64 {
+                    return Err(invalid(&path, "size out of range"));
+                }
+                if (f.size == 0) != f.digest.is_none() {
+                    return Err(invalid(&path, "a digest is required exactly when size is not 0"));
+                }
+                check_zeros(&path, f)?;
+                files.insert(path);
+            }
+            Kind::Symlink(t) => {
+                if t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET {
+                    return Err(invalid(&path, "symlink target must be 1 to 4095 bytes without NUL"));
+                }
+            }
+            Kind::Hardlink(t) => {
+                if t.is_empty() || t.len() > MAX_TARGET {
+                    return Err(invalid(&path, "hardlink path must be 1 to 4095 bytes"));
+                }
+                for comp in t.split(|&b| b == b'/') {
+                    check_name(comp).map_err(|w| invalid(&path, format!("hardlink path {}: {w}", path_display(t))))?;
+                }
+                if !files.contains(t.as_slice()) {
+                    let why = match m.get(t) {
+                        None => "names no entry",
+                        Some(x) if matches!(x.kind, Kind::File(_)) => "must name an entry earlier in manifest order",
+                        Some(_) => "must name a regular file",
+                    };
+                    return Err(invalid(&path, format!("hardlink to {} {why}", path_display(t))));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_zeros(path: &[u8], f: &File) -> Result<(), DecodeError> {
+    let blocks = f.size / BLOCK; // whole blocks inside the file
+    let mut end: Option<u64> = None;
+    for &(s, n) in &f.zeros {
+        if n == 0 {
+            return Err(invalid(path, "zero run of 0 blocks"));
+        }
+        if let Some(e) = end {
+            if s <= e {
+                return Err(invalid(path, "zero runs must be ascending, disjoint and not adjacent"));
+            }
+        }
+        let stop = s.checked_add(n).filter(|&x| x <= blocks);
+        let Some(stop) = stop else {
+            return Err(invalid(path, format!("zero run at block {s} of {n} blocks goes past the last whole block ({blocks})")));
+        };
+        end = Some(stop);
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The `user.rootlesscontainers` xattr: how a tree unpacked without privilege
+//! remembers the owner each entry should have had (the rootlesscontainers
+//! convention, which umoci also reads and writes).
+//!
+//! The value is the protobuf message `Resource { uint32 uid = 1; uint32 gid =
+//! 2; }`. An id of 0 is written as `u32::MAX` ("no change"), and an entry
+//! owned by 0:0 carries no xattr at all, exactly as umoci does, so either tool
+//! reads the other's trees.
+
+/// The xattr name.
+pub const XATTR: &[u8] = b"user.rootlesscontainers";
+/// "No change": stands for id 0 in the payload.
+pub const NOOP_ID: u32 = u32::MAX;
+
+/// Encodes the payload for `uid:gid`, or `None` for 0:0 (no xattr).
+pub fn encode(uid: u32, gid: u32) -> Option<Vec<u8>> {
+    if uid == 0 && gid == 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(12);
+    for (tag, id) in [(0x08u8, uid), (0x10u8, gid)] {
+        let v = if id == 0 { NOOP_ID } else { id };
+        out.push(tag);
+        let mut v = v as u64;
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    Some(out)
+}
+
+/// Decodes a payload to `(uid, gid)`; absent fields and `NOOP_ID` mean 0.
+/// Unknown fields are skipped as protobuf requires; malformed input is an
+/// error describing what is wrong.
+pub fn decode(mut b: &[u8]) -> Result<(u32, u32), String> {
+    fn varint(b: &mut &[u8]) -> Result<u64, String> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let Some((&x, rest)) = b.split_first() else { return Err("truncated varint".into()) };
+            *b = rest;
+            v |= ((x & 0x7f) as u64) << (7 * i);
+            if x & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint longer than 10 bytes".into())
+    }
+    let (mut uid, mut gid) = (0u32, 0u32);
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => {
+                let v = varint(&mut b)?;
+                let id = u32::try_from(v).map_err(|_| format!("field {field}: {v} does not fit 32 bits"))?;
+                let id = if id == NOOP_ID { 0 } else { id };
+                match field {
+                    1 => uid = id,
+                    2 => gid = id,
+                    _ => {}
+                }
+            }
+            1 | 5 => {
+                let n = if wire == 1 { 8 } else { 4 };
+                b = b.get(n..).ok_or("truncated fixed-width field")?;
+            }
+            2 => {
+                let n = varint(&mut b)?;
+                let n = usize::try_from(n).map_err(|_| "length too large")?;
+                b = b.get(n..).ok_or("truncated length-delimited field")?;
+            }
+            _ => return Err(format!("unsupported wire type {wire}")),
+        }
+    }
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_noop() {
+        assert_eq!(encode(0, 0), None);
+        for (u, g) in [(1000, 1000), (0, 65534), (100000, 0), (1, 2)] {
+            assert_eq!(decode(&encode(u, g).unwrap()).unwrap(), (u, g));
+        }
+        // 0 is carried as NoopID (0xffffffff, varint ff ff ff ff 0f)
+        assert_eq!(encode(0, 5).unwrap(), vec![0x08, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x10, 0x05]);
+    }
+
+    #[test]
+    fn malformed() {
+        assert!(decode(&[0x08]).is_err());
+        assert!(decode(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+        assert!(decode(&[0x0b]).is_err());
+        assert_eq!(decode(&[]).unwrap(), (0, 0));
+    }
+}

@@ -1,0 +1,337 @@
+//! The content-addressed blob store: `STORE/blobs/sha256/<hex>`, the OCI image
+//! layout convention, so an OCI layout directory is also a usable store.
+//!
+//! Writers never leave a partial blob under a digest name: content is written
+//! to an anonymous `O_TMPFILE` (or, where the filesystem lacks it, a named
+//! temporary file in `STORE/.ocix-tmp/`), its sha256 is computed while it is
+//! written, and only then is it linked under its name. A blob that already
+//! exists is not rewritten. Blobs are not fsynced one by one; a writer that
+//! needs durability calls [`Store::sync`] once at the end. Readers verify
+//! every blob's digest as they read it, so a blob damaged on disk is reported,
+//! never trusted.
+
+use crate::manifest::Digest;
+use crate::sys::{self, SysError};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{self, AtFlags, Mode, OFlags};
+use sha2::{Digest as _, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem call failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// The store directory does not exist (and was not to be created).
+    #[error("{0}: not a blob store (no blobs/sha256 directory)")]
+    NotAStore(String),
+    /// A blob is absent.
+    #[error("blob {digest} missing from store {store}")]
+    Missing {
+        /// The missing digest.
+        digest: Digest,
+        /// The store's path.
+        store: String,
+    },
+    /// Content did not match the expected digest.
+    #[error("blob {path}: content has digest {actual}, expected {expected}")]
+    Corrupt {
+        /// The blob path.
+        path: String,
+        /// Expected digest.
+        expected: Digest,
+        /// Computed digest.
+        actual: Digest,
+    },
+    /// Content did not have the expected size.
+    #[error("blob {path}: {actual} bytes, expected {expected}")]
+    WrongSize {
+        /// The blob path.
+        path: String,
+        /// Expected size.
+        expected: u64,
+        /// Actual size (or bytes read before stopping).
+        actual: u64,
+    },
+}
+
+/// An open blob store.
+pub struct Store {
+    root: PathBuf,
+    blobs: OwnedFd,
+    tmp_seq: AtomicU64,
+}
+
+impl Store {
+    /// Opens an existing store.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let blobs = root.join("blobs/sha256");
+        if !blobs.is_dir() {
+            return Err(StoreError::NotAStore(root.display().to_string()));
+        }
+        Self::open_blobs(root, &blobs)
+    }
+
+    /// Opens a store, creating its directories if needed.
+    pub fn create(root: &Path) -> Result<Store, StoreError> {
+        let blobs = root.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs)
+            .map_err(|e| SysError::new("mkdir", blobs.display().to_string(), rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))?;
+        Self::open_blobs(root, &blobs)
+    }
+
+    fn open_blobs(root: &Path, blobs: &Path) -> Result<Store, StoreError> {
+        let fd = sys::read::open_dir_path(blobs)?;
+        Ok(Store { root: root.to_path_buf(), blobs: fd, tmp_seq: AtomicU64::new(0) })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob lives.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    /// Whether a blob is present (by name; content is verified on read).
+    pub fn has(&self, d: &Digest) -> bool {
+        fs::statat(&self.blobs, d.hex(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|s| fs::FileType::from_raw_mode(s.st_mode) == fs::FileType::RegularFile)
+    }
+
+    /// Opens a blob for reading. The caller verifies its content (see
+    /// [`Verifier`]).
+    pub fn open_blob(&self, d: &Digest) -> Result<OwnedFd, StoreError> {
+        match fs::openat(&self.blobs, d.hex(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty()) {
+            Ok(fd) => Ok(fd),
+            Err(rustix::io::Errno::NOENT) => Err(StoreError::Missing { digest: *d, store: self.root.display().to_string() }),
+            Err(e) => Err(SysError::new("openat", self.blob_path(d).display().to_string(), e).into()),
+        }
+    }
+
+    /// Starts writing a new blob.
+    pub fn writer(&self) -> Result<BlobWriter<'_>, StoreError> {
+        let tmp = match fs::openat(&self.blobs, c".", OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC, Mode::from_raw_mode(0o644)) {
+            Ok(fd) => Tmp::Anonymous(fd),
+            Err(_) => {
+                let dir = self.root.join(".ocix-tmp");
+                let _ = std::fs::create_dir(&dir);
+                let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+                let path = dir.join(format!("{}-{}", std::process::id(), n));
+                let fd = sys::call("open", || path.display().to_string(), || {
+                    fs::open(&path, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o644))
+                })?;
+                Tmp::Named(fd, path)
+            }
+        };
+        Ok(BlobWriter { store: self, tmp: Some(tmp), hasher: Sha256::new(), len: 0 })
+    }
+
+    /// Stores `data`, returning its digest.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<Digest, StoreError> {
+        let d = Digest::of(data);
+        if self.has(&d) {
+            return Ok(d);
+        }
+        let mut w = self.writer()?;
+        w.write(data)?;
+        w.finish(Some(d))
+    }
+
+    /// Flushes everything written to the store's filesystem to stable storage.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        sys::call("syncfs", || self.root.display().to_string(), || fs::syncfs(&self.blobs))?;
+        Ok(())
+    }
+}
+
+enum Tmp {
+    Anonymous(OwnedFd),
+    Named(OwnedFd, PathBuf),
+}
+
+impl Tmp {
+    fn fd(&self) -> &OwnedFd {
+        match self {
+            Tmp::Anonymous(fd) | Tmp::Named(fd, _) => fd,
+        }
+    }
+}
+
+/// A blob being written: hashed as it goes, named only by [`finish`](Self::finish).
+pub struct BlobWriter<'s> {
+    store: &'s Store,
+    tmp: Option<Tmp>,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl BlobWriter<'_> {
+    fn shown(&self) -> String {
+        format!("{}/.ocix-tmp (blob being written)", self.store.root.display())
+    }
+
+    /// Appends data.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(data);
+        let fd = self.tmp.as_ref().expect("writer used after finish").fd();
+        while !data.is_empty() {
+            let n = sys::call("pwrite", || self.shown(), || rustix::io::pwrite(fd, data, self.len))?;
+            data = &data[n..];
+            self.len += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Appends `n` zero bytes without writing them (a hole).
+    pub fn skip_zeros(&mut self, n: u64) {
+        const Z: [u8; 4096] = [0; 4096];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(Z.len() as u64) as usize;
+            self.hasher.update(&Z[..k]);
+            left -= k as u64;
+        }
+        self.len += n;
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Names the blob by its digest. If `expected` is given and differs,
+    /// nothing is named and an error is returned. A blob already present is
+    /// kept as it is.
+    pub fn finish(mut self, expected: Option<Digest>) -> Result<Digest, StoreError> {
+        let tmp = self.tmp.take().expect("finish twice");
+        let fd = tmp.fd();
+        sys::call("ftruncate", || self.shown(), || fs::ftruncate(fd, self.len))?;
+        let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
+        if let Some(exp) = expected {
+            if exp != actual {
+                if let Tmp::Named(_, p) = &tmp {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(StoreError::Corrupt { path: self.shown(), expected: exp, actual });
+            }
+        }
+        let name = actual.hex();
+        match &tmp {
+            Tmp::Anonymous(fd) => {
+                let proc = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(fd));
+                match fs::linkat(fs::CWD, proc.as_str(), &self.store.blobs, name.as_str(), AtFlags::SYMLINK_FOLLOW) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(SysError::new("linkat", self.store.blob_path(&actual).display().to_string(), e).into()),
+                }
+            }
+            Tmp::Named(_, p) => {
+                let target = self.store.blob_path(&actual);
+                if self.store.has(&actual) {
+                    let _ = std::fs::remove_file(p);
+                } else {
+                    std::fs::rename(p, &target).map_err(|e| {
+                        SysError::new("rename", target.display().to_string(), rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
+                    })?;
+                }
+            }
+        }
+        let _ = fd.as_fd();
+        Ok(actual)
+    }
+}
+
+impl Drop for BlobWriter<'_> {
+    fn drop(&mut self) {
+        if let Some(Tmp::Named(_, p)) = &self.tmp {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Checks a stream of blob content against its expected digest and size.
+pub struct Verifier {
+    hasher: Sha256,
+    len: u64,
+    expected: Digest,
+    size: u64,
+}
+
+impl Verifier {
+    /// Expects `size` bytes hashing to `expected`.
+    pub fn new(expected: Digest, size: u64) -> Self {
+        Verifier { hasher: Sha256::new(), len: 0, expected, size }
+    }
+
+    /// Feeds content.
+    pub fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+    }
+
+    /// Checks the end of the content; `path` names the blob in errors.
+    pub fn finish(self, path: &str) -> Result<(), StoreError> {
+        if self.len != self.size {
+            return Err(StoreError::WrongSize { path: path.to_string(), expected: self.size, actual: self.len });
+        }
+        let actual = Digest(self.hasher.finalize().into());
+        if actual != self.expected {
+            return Err(StoreError::Corrupt { path: path.to_string(), expected: self.expected, actual });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_and_read_back() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::create(t.path()).unwrap();
+        let d = s.put_bytes(b"hello").unwrap();
+        assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), b"hello");
+        assert!(s.has(&d));
+        // second put is a no-op
+        assert_eq!(s.put_bytes(b"hello").unwrap(), d);
+        // no temporary files are left behind
+        let names: Vec<_> = std::fs::read_dir(t.path().join("blobs/sha256")).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn wrong_expected_digest_names_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::create(t.path()).unwrap();
+        let mut w = s.writer().unwrap();
+        w.write(b"abc").unwrap();
+        let e = w.finish(Some(Digest::of(b"abd"))).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert_eq!(std::fs::read_dir(t.path().join("blobs/sha256")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn holes_hash_as_zeros() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::create(t.path()).unwrap();
+        let mut w = s.writer().unwrap();
+        w.write(b"x").unwrap();
+        w.skip_zeros(8192);
+        w.write(b"y").unwrap();
+        let d = w.finish(None).unwrap();
+        let mut want = b"x".to_vec();
+        want.extend_from_slice(&[0; 8192]);
+        want.push(b'y');
+        assert_eq!(d, Digest::of(&want));
+        assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), want);
+    }
+}

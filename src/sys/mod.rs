@@ -1,0 +1,56 @@
+//! The one place ocix talks to the kernel's filesystem calls directly.
+//!
+//! Everything goes through rustix, whose calls are safe Rust, so ocix needs no
+//! `unsafe` at all (the crate denies it). This layer adds what rustix does
+//! not: every error records the call and the path it was made on, so a
+//! message always says which file failed and how. Paths are carried as
+//! `(directory fd, one name)` pairs: a caller opens each directory itself with
+//! `O_NOFOLLOW` and never hands the kernel a multi-component path that could
+//! be redirected by a symlink inside the tree.
+//!
+//! `read` holds the calls the read-only side (scan) uses; `write` the calls
+//! the materializing side uses.
+
+pub mod read;
+
+use std::fmt;
+
+pub use rustix::io::Errno;
+
+/// A failed system call: which call, on which path, and the errno.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct SysError {
+    /// The call, e.g. `openat`.
+    pub call: &'static str,
+    /// The path it was made on, for display.
+    pub path: String,
+    /// The kernel's answer.
+    pub errno: Errno,
+}
+
+impl fmt::Display for SysError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} failed: {}", self.path, self.call, std::io::Error::from(self.errno))
+    }
+}
+
+impl SysError {
+    /// Builds an error for `call` on `path`.
+    pub fn new(call: &'static str, path: impl Into<String>, errno: Errno) -> Self {
+        SysError { call, path: path.into(), errno }
+    }
+}
+
+/// Result of a syscall wrapper.
+pub type Result<T> = std::result::Result<T, SysError>;
+
+/// Runs `f`, retrying on EINTR, and labels a failure with `call` and `path`.
+pub fn call<T>(call: &'static str, path: impl Fn() -> String, mut f: impl FnMut() -> rustix::io::Result<T>) -> Result<T> {
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(SysError::new(call, path(), e)),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Read-only filesystem calls for scanning a tree: directories opened with
+//! `O_NOFOLLOW`, `statx`/`fstatat` without following symlinks, xattrs read
+//! from a file descriptor (or, for entries that must not be opened such as
+//! devices, fifos and symlinks, through `/proc/self/fd/<dir>/<name>` with the
+//! `l*xattr` calls, which never follow the last component), and data/hole
+//! probing with `SEEK_DATA`/`SEEK_HOLE`.
+
+use super::{Result, call};
+use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::fs::{self, AtFlags, Mode, OFlags};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+pub use rustix::fs::{FileType, Stat};
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Opens a directory given by a full path, refusing to follow a symlink as
+/// the last component.
+pub fn open_dir_path(path: &Path) -> Result<OwnedFd> {
+    call("open", || show(path), || {
+        fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+    })
+}
+
+/// Opens the directory `name` inside `dir` without following a symlink.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<OwnedFd> {
+    call("openat", shown, || {
+        fs::openat(dir, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+    })
+}
+
+/// Opens the regular file `name` inside `dir` for reading, never following a
+/// symlink and never blocking (a fifo swapped in would otherwise hang).
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<OwnedFd> {
+    call("openat", shown, || {
+        fs::openat(
+            dir,
+            OsStr::from_bytes(name),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+    })
+}
+
+/// `fstatat(AT_SYMLINK_NOFOLLOW)`.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<Stat> {
+    call("fstatat", shown, || fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW))
+}
+
+/// `fstat`.
+pub fn stat_fd(fd: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<Stat> {
+    call("fstat", shown, || fs::fstat(fd))
+}
+
+/// All names in a directory except `.` and `..`, in the order the kernel
+/// gives them (callers sort).
+pub fn read_dir_names(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<Vec<Vec<u8>>> {
+    let mut d = call("opendir", shown, || fs::Dir::read_from(dir))?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = match ent {
+            Ok(e) => e,
+            Err(e) => return Err(super::SysError::new("getdents64", shown(), e)),
+        };
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(n.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// `readlinkat`: a symlink's target as raw bytes.
+pub fn read_link_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<Vec<u8>> {
+    let t = call("readlinkat", shown, || fs::readlinkat(dir, OsStr::from_bytes(name), Vec::new()))?;
+    Ok(t.into_bytes())
+}
+
+/// Where the xattrs of an entry are read from.
+pub enum XattrSource<'a> {
+    /// An open file or directory.
+    Fd(BorrowedFd<'a>),
+    /// An entry that must not be opened: `name` inside directory `dir`.
+    At(BorrowedFd<'a>, &'a [u8]),
+}
+
+fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+    use rustix::fd::AsRawFd;
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    p
+}
+
+/// Reads every extended attribute, names and values as bytes. A filesystem
+/// without xattr support yields none.
+pub fn read_xattrs(src: XattrSource<'_>, shown: &dyn Fn() -> String) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use rustix::io::Errno;
+    let list = |buf: &mut Vec<u8>| -> rustix::io::Result<usize> {
+        match &src {
+            XattrSource::Fd(fd) => fs::flistxattr(fd, buf),
+            XattrSource::At(d, n) => fs::llistxattr(OsStr::from_bytes(&proc_path(*d, n)), buf),
+        }
+    };
+    let get = |name: &[u8], buf: &mut Vec<u8>| -> rustix::io::Result<usize> {
+        let cname = std::ffi::CString::new(name).map_err(|_| Errno::INVAL)?;
+        match &src {
+            XattrSource::Fd(fd) => fs::fgetxattr(fd, cname.as_c_str(), buf),
+            XattrSource::At(d, n) => fs::lgetxattr(OsStr::from_bytes(&proc_path(*d, n)), cname.as_c_str(), buf),
+        }
+    };
+    // size, then fetch; retry if it grew in between (ERANGE)
+    let mut names = Vec::new();
+    loop {
+        let n = match call("listxattr", shown, || list(&mut Vec::new())) {
+            Ok(n) => n,
+            Err(e) if e.errno == Errno::NOTSUP => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        names.clear();
+        names.resize(n, 0);
+        match list(&mut names) {
+            Ok(got) => {
+                names.truncate(got);
+                break;
+            }
+            Err(Errno::RANGE) | Err(Errno::INTR) => continue,
+            Err(e) => return Err(super::SysError::new("listxattr", shown(), e)),
+        }
+    }
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let mut val = Vec::new();
+        loop {
+            let n = match get(name, &mut Vec::new()) {
+                Ok(n) => n,
+                Err(Errno::NODATA) => break, // removed meanwhile
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(super::SysError::new("getxattr", format!("{} ({})", shown(), String::from_utf8_lossy(name)), e)),
+            };
+            val.clear();
+            val.resize(n, 0);
+            match get(name, &mut val) {
+                Ok(got) => {
+                    val.truncate(got);
+                    out.push((name.to_vec(), std::mem::take(&mut val)));
+                    break;
+                }
+                Err(Errno::RANGE) | Err(Errno::INTR) => continue,
+                Err(Errno::NODATA) => break,
+                Err(e) => return Err(super::SysError::new("getxattr", format!("{} ({})", shown(), String::from_utf8_lossy(name)), e)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads into `buf` at the current position, retrying on EINTR; 0 at EOF.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8], shown: &dyn Fn() -> String) -> Result<usize> {
+    call("read", shown, || rustix::io::read(fd, &mut *buf))
+}
+
+/// Reads at an offset.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64, shown: &dyn Fn() -> String) -> Result<usize> {
+    call("pread", shown, || rustix::io::pread(fd, &mut *buf, off))
+}
+
+/// Offset of the next data at or after `off`, or `None` when only a hole
+/// remains (ENXIO) or the filesystem cannot tell (then all is data).
+pub fn seek_data(fd: BorrowedFd<'_>, off: u64) -> Option<u64> {
+    match fs::seek(fd, fs::SeekFrom::Data(off)) {
+        Ok(p) => Some(p),
+        Err(rustix::io::Errno::NXIO) => None,
+        Err(_) => Some(off),
+    }
+}
+
+/// Offset of the next hole at or after `off` (the end of file counts as one).
+pub fn seek_hole(fd: BorrowedFd<'_>, off: u64, size: u64) -> u64 {
+    fs::seek(fd, fs::SeekFrom::Hole(off)).unwrap_or(size)
+}
