@@ -191,7 +191,7 @@ fn encode_entry(w: &mut Writer, name: Option<&[u8]>, e: &Entry) {
                 let Kind::Dir(c) = &e.kind else { unreachable!() };
                 w.head(Major::Array, c.len() as u64);
                 for (n, child) in c {
-                    encode_entry(w, Some(n), child);
+                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || encode_entry(w, Some(n), child));
                 }
             }
             K_UNAME => w.text(m.uname.as_deref().unwrap_or_default()),
@@ -359,7 +359,8 @@ impl Decoder<'_> {
                     let here = self.path.len();
                     for _ in 0..cnt {
                         let at = self.r.offset();
-                        let (cname, child) = self.entry(depth + 1, false)?;
+                        // deep trees recurse deeply: grow the stack on demand
+                        let (cname, child) = stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(depth + 1, false))?;
                         self.path.truncate(here);
                         let cname = match cname {
                             Some(c) => c,

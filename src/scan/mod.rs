@@ -263,7 +263,7 @@ impl Walker<'_> {
                     self.warnings.push(format!("{shown}: mount point; recorded, not descended into (use --cross-mounts)"));
                     BTreeMap::new()
                 } else {
-                    self.walk_dir(fd.as_fd(), path, depth + 1)
+                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1))
                 };
                 return Some(Entry { meta, kind: Kind::Dir(children) });
             }
