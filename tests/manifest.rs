@@ -77,23 +77,63 @@ fn golden_tree() -> Manifest {
     passwd.meta.xattrs.insert(b"user.comment".to_vec(), b"golden".to_vec());
     passwd.meta.xattrs.insert(b"security.capability".to_vec(), vec![1, 0, 0, 2]);
     etc.insert(b"passwd".to_vec(), passwd);
-    etc.insert(b"shadow".to_vec(), Entry { meta: Meta { mode: 0o640, gid: 42, ..Meta::default() }, kind: file(b"root:*:1::::::\n", 0).kind });
-    root_children.insert(b"etc".to_vec(), Entry { meta: Meta { mode: 0o755, mtime: Time { sec: 1_700_000_000, nsec: 5 }, ..Meta::default() }, kind: Kind::Dir(etc) });
-    root_children.insert(b"hard".to_vec(), Entry { meta: Meta::default(), kind: Kind::Hardlink(b"etc/passwd".to_vec()) });
-    root_children.insert(b"link".to_vec(), Entry { meta: Meta { mode: 0o777, uid: 1000, gid: 1000, ..Meta::default() }, kind: Kind::Symlink(b"etc/passwd".to_vec()) });
-    root_children.insert(b"null".to_vec(), Entry { meta: Meta { mode: 0o666, ..Meta::default() }, kind: Kind::Char(Dev { major: 1, minor: 3 }) });
-    root_children.insert(b"loop0".to_vec(), Entry { meta: Meta { mode: 0o660, gid: 6, ..Meta::default() }, kind: Kind::Block(Dev { major: 7, minor: 0 }) });
-    root_children.insert(b"fifo".to_vec(), Entry { meta: Meta { mode: 0o620, mtime: Time { sec: -1, nsec: 999_999_999 }, ..Meta::default() }, kind: Kind::Fifo });
+    etc.insert(
+        b"shadow".to_vec(),
+        Entry { meta: Meta { mode: 0o640, gid: 42, ..Meta::default() }, kind: file(b"root:*:1::::::\n", 0).kind },
+    );
+    root_children.insert(
+        b"etc".to_vec(),
+        Entry {
+            meta: Meta { mode: 0o755, mtime: Time { sec: 1_700_000_000, nsec: 5 }, ..Meta::default() },
+            kind: Kind::Dir(etc),
+        },
+    );
+    root_children
+        .insert(b"hard".to_vec(), Entry { meta: Meta::default(), kind: Kind::Hardlink(b"etc/passwd".to_vec()) });
+    root_children.insert(
+        b"link".to_vec(),
+        Entry {
+            meta: Meta { mode: 0o777, uid: 1000, gid: 1000, ..Meta::default() },
+            kind: Kind::Symlink(b"etc/passwd".to_vec()),
+        },
+    );
+    root_children.insert(
+        b"null".to_vec(),
+        Entry { meta: Meta { mode: 0o666, ..Meta::default() }, kind: Kind::Char(Dev { major: 1, minor: 3 }) },
+    );
+    root_children.insert(
+        b"loop0".to_vec(),
+        Entry { meta: Meta { mode: 0o660, gid: 6, ..Meta::default() }, kind: Kind::Block(Dev { major: 7, minor: 0 }) },
+    );
+    root_children.insert(
+        b"fifo".to_vec(),
+        Entry {
+            meta: Meta { mode: 0o620, mtime: Time { sec: -1, nsec: 999_999_999 }, ..Meta::default() },
+            kind: Kind::Fifo,
+        },
+    );
     root_children.insert(b"sock".to_vec(), Entry { meta: Meta { mode: 0o755, ..Meta::default() }, kind: Kind::Socket });
     let mut sparse = vec![0u8; 5 * 4096 + 10];
     sparse[4096] = 1;
     root_children.insert(
         b"sparse".to_vec(),
-        Entry { meta: Meta { mode: 0o4755, ..Meta::default() }, kind: Kind::File(File { size: sparse.len() as u64, digest: Some(Digest::of(&sparse)), zeros: vec![(0, 1), (2, 3)] }) },
+        Entry {
+            meta: Meta { mode: 0o4755, ..Meta::default() },
+            kind: Kind::File(File {
+                size: sparse.len() as u64,
+                digest: Some(Digest::of(&sparse)),
+                zeros: vec![(0, 1), (2, 3)],
+            }),
+        },
     );
     root_children.insert(b"\xff\xfe".to_vec(), file(b"", 1));
     root_children.insert(b"empty".to_vec(), Entry::empty_dir());
-    Manifest { root: Entry { meta: Meta { mode: 0o755, mtime: Time { sec: 1_700_000_000, nsec: 0 }, ..Meta::default() }, kind: Kind::Dir(root_children) } }
+    Manifest {
+        root: Entry {
+            meta: Meta { mode: 0o755, mtime: Time { sec: 1_700_000_000, nsec: 0 }, ..Meta::default() },
+            kind: Kind::Dir(root_children),
+        },
+    }
 }
 
 const GOLDEN_DIGEST: &str = "sha256:3a521830795e5928bf616f913721adacbaceabce26265365a782c0c15b10306c";
@@ -103,7 +143,11 @@ fn golden_bytes_and_digest_are_pinned() {
     let m = golden_tree();
     let bytes = m.to_bytes().unwrap();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(hex, include_str!("fixtures/golden.hex").trim(), "encoding changed: a format change needs a new version");
+    assert_eq!(
+        hex,
+        include_str!("fixtures/golden.hex").trim(),
+        "encoding changed: a format change needs a new version"
+    );
     assert_eq!(m.digest().unwrap().to_string(), GOLDEN_DIGEST);
     assert_eq!(Manifest::from_bytes(&bytes).unwrap(), m);
 }
@@ -123,10 +167,7 @@ fn independent_decoder_reads_the_documented_structure() {
     assert_eq!(keys, vec![1, 5, 13]);
     let Value::Array(children) = &root[2].1 else { panic!() };
     // children sorted by name bytes
-    let names: Vec<Vec<u8>> = children
-        .iter()
-        .map(|c| c.as_map().unwrap()[0].1.as_bytes().unwrap().clone())
-        .collect();
+    let names: Vec<Vec<u8>> = children.iter().map(|c| c.as_map().unwrap()[0].1.as_bytes().unwrap().clone()).collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted);
@@ -244,9 +285,21 @@ fn rejects_bad_hardlinks() {
             .u(1)
             .u(13)
             .arr(3)
-            .map(2).u(0).b(b"d").u(1).u(1)
-            .map(3).u(0).b(b"h").u(1).u(3).u(10).b(target)
-            .map(1).u(0).b(b"z")
+            .map(2)
+            .u(0)
+            .b(b"d")
+            .u(1)
+            .u(1)
+            .map(3)
+            .u(0)
+            .b(b"h")
+            .u(1)
+            .u(3)
+            .u(10)
+            .b(target)
+            .map(1)
+            .u(0)
+            .b(b"z")
             .0
     };
     assert!(err(&with(b"nope")).contains("names no entry"));
@@ -260,7 +313,19 @@ fn rejects_bad_hardlinks() {
 #[test]
 fn rejects_bad_zero_runs_and_digests() {
     let f = |size: u64, runs: &[u64]| {
-        let mut c = C::top().map(2).u(1).u(1).u(13).arr(1).map(if runs.is_empty() { 3 } else { 4 }).u(0).b(b"f").u(7).u(size).u(8).b(&[7; 32]);
+        let mut c = C::top()
+            .map(2)
+            .u(1)
+            .u(1)
+            .u(13)
+            .arr(1)
+            .map(if runs.is_empty() { 3 } else { 4 })
+            .u(0)
+            .b(b"f")
+            .u(7)
+            .u(size)
+            .u(8)
+            .b(&[7; 32]);
         if !runs.is_empty() {
             c = c.u(9).arr(runs.len() as u64);
             for r in runs {
@@ -321,9 +386,21 @@ fn arb_meta(default_mode: u32) -> impl Strategy<Value = Meta> {
         prop_oneof![Just(0u32), any::<u32>()],
         prop_oneof![Just(0i64), any::<i64>()],
         prop_oneof![Just(0u32), 0u32..1_000_000_000],
-        proptest::collection::btree_map(proptest::collection::vec(1u8..=255, 1..20), proptest::collection::vec(any::<u8>(), 0..10), 0..3),
+        proptest::collection::btree_map(
+            proptest::collection::vec(1u8..=255, 1..20),
+            proptest::collection::vec(any::<u8>(), 0..10),
+            0..3,
+        ),
     )
-        .prop_map(|(mode, uid, gid, sec, nsec, xattrs)| Meta { mode, uid, gid, mtime: Time { sec, nsec }, xattrs, uname: None, gname: None })
+        .prop_map(|(mode, uid, gid, sec, nsec, xattrs)| Meta {
+            mode,
+            uid,
+            gid,
+            mtime: Time { sec, nsec },
+            xattrs,
+            uname: None,
+            gname: None,
+        })
 }
 
 fn arb_name() -> impl Strategy<Value = Vec<u8>> {
@@ -338,9 +415,12 @@ fn arb_leaf() -> impl Strategy<Value = Entry> {
             Entry { meta, kind: Kind::File(File { size, digest: Some(Digest(d)), zeros }) }
         }),
         arb_meta(0o644).prop_map(|meta| Entry { meta, kind: Kind::File(File::default()) }),
-        (arb_meta(0o777), proptest::collection::vec(1u8..=255, 1..30)).prop_map(|(meta, t)| Entry { meta, kind: Kind::Symlink(t) }),
-        (arb_meta(0o644), any::<u32>(), any::<u32>()).prop_map(|(meta, major, minor)| Entry { meta, kind: Kind::Char(Dev { major, minor }) }),
-        (arb_meta(0o644), any::<u32>(), any::<u32>()).prop_map(|(meta, major, minor)| Entry { meta, kind: Kind::Block(Dev { major, minor }) }),
+        (arb_meta(0o777), proptest::collection::vec(1u8..=255, 1..30))
+            .prop_map(|(meta, t)| Entry { meta, kind: Kind::Symlink(t) }),
+        (arb_meta(0o644), any::<u32>(), any::<u32>())
+            .prop_map(|(meta, major, minor)| Entry { meta, kind: Kind::Char(Dev { major, minor }) }),
+        (arb_meta(0o644), any::<u32>(), any::<u32>())
+            .prop_map(|(meta, major, minor)| Entry { meta, kind: Kind::Block(Dev { major, minor }) }),
         arb_meta(0o644).prop_map(|meta| Entry { meta, kind: Kind::Fifo }),
         arb_meta(0o644).prop_map(|meta| Entry { meta, kind: Kind::Socket }),
     ]
@@ -348,7 +428,8 @@ fn arb_leaf() -> impl Strategy<Value = Entry> {
 
 fn arb_tree() -> impl Strategy<Value = Entry> {
     arb_leaf().prop_recursive(4, 64, 8, |inner| {
-        (arb_meta(0o755), proptest::collection::btree_map(arb_name(), inner, 0..8)).prop_map(|(meta, c)| Entry { meta, kind: Kind::Dir(c) })
+        (arb_meta(0o755), proptest::collection::btree_map(arb_name(), inner, 0..8))
+            .prop_map(|(meta, c)| Entry { meta, kind: Kind::Dir(c) })
     })
 }
 

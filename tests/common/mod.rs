@@ -99,15 +99,29 @@ pub fn make_tree(root: &Path, reverse: bool) {
     std::os::unix::fs::symlink("does-not-exist", j("dangling")).unwrap();
     std::os::unix::fs::symlink("../a", j("a/b/up")).unwrap();
     // fifo
-    rustix::fs::mknodat(CWD, &j("fifo"), FileType::Fifo, Mode::from_raw_mode(0o620), 0).unwrap();
+    rustix::fs::mknodat(CWD, j("fifo"), FileType::Fifo, Mode::from_raw_mode(0o620), 0).unwrap();
     chmod(&j("fifo"), 0o620);
     // xattrs
-    rustix::fs::setxattr(&j("a/hello"), "user.greeting", b"hi", rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::setxattr(&j("a/hello"), "user.bin", &[0, 255, 0, 254], rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::setxattr(&j("a"), "user.dir", b"d", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("a/hello"), "user.greeting", b"hi", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("a/hello"), "user.bin", &[0, 255, 0, 254], rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("a"), "user.dir", b"d", rustix::fs::XattrFlags::empty()).unwrap();
     if is_root() {
-        rustix::fs::mknodat(CWD, &j("null"), FileType::CharacterDevice, Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
-        rustix::fs::mknodat(CWD, &j("loop0"), FileType::BlockDevice, Mode::from_raw_mode(0o660), rustix::fs::makedev(7, 0)).unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            j("null"),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            j("loop0"),
+            FileType::BlockDevice,
+            Mode::from_raw_mode(0o660),
+            rustix::fs::makedev(7, 0),
+        )
+        .unwrap();
         chmod(&j("null"), 0o666);
         chmod(&j("loop0"), 0o660);
         std::os::unix::fs::lchown(j("loop0"), Some(0), Some(6)).unwrap();
