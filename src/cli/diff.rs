@@ -78,7 +78,7 @@ Exit status: 0 no drift, 1 drift found, 2 error.";
 
 /// Runs the subcommand.
 pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
-    let mut opts = DiffOptions { excludes: Excludes::new(&a.exclude)?, ..DiffOptions::default() };
+    let mut opts = DiffOptions { excludes: Excludes::new(&a.exclude).map_err(|e| anyhow::anyhow!("invalid --exclude pattern {e}"))?, ..DiffOptions::default() };
     for spec in &a.ignore {
         opts.ignore_spec(spec)?;
     }

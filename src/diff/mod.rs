@@ -37,9 +37,8 @@
 //! `/f: xattr user.foo added`), and its `Serialize` form is one JSON object;
 //! see [`Finding`] for the shape.
 
-mod exclude;
-
-pub use exclude::Excludes;
+/// The exclude patterns, the same matcher `ocix scan --exclude` uses.
+pub use crate::scan::Excludes;
 
 use crate::manifest::{Dev, Digest, Entry, Kind, KindCode, Manifest, Meta, Name, Time, path_display};
 use crate::render::{escape, format_mode, format_time, resolve};
@@ -324,7 +323,8 @@ impl Serialize for Finding {
     }
 }
 
-/// Why diff options could not be built.
+/// Why diff options could not be built (exclude patterns are compiled by
+/// [`Excludes::new`], which names the bad pattern).
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
     /// A field name that is not one of [`Field::ALL`].
@@ -333,14 +333,6 @@ pub enum DiffError {
          target, rdev, xattr, xattr:NAME, mtime"
     )]
     UnknownField(String),
-    /// An exclude pattern that is not a valid glob.
-    #[error("invalid exclude pattern {pattern:?}: {reason}")]
-    Pattern {
-        /// The pattern as given.
-        pattern: String,
-        /// What is wrong with it.
-        reason: String,
-    },
 }
 
 /// What to compare.

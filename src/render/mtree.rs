@@ -29,7 +29,8 @@
 //!
 //! Escaping: mtree decodes paths and link targets with `strunvis`, so every
 //! byte outside printable ASCII, and space, `\` and `#`, is written as a
-//! three-digit octal escape (`\040`, `\134`, `\043`, `\303\251` for `é`).
+//! three-digit octal escape (`\040`, `\134`, `\043`, `\303\251` for `é`);
+//! so are the glob characters `*`, `?` and `[`.
 //! mtree also treats a name containing `*`, `?` or `[` as an `fnmatch`
 //! pattern; in such a name each of `\`, `*`, `?`, `[` is preceded by an
 //! escaped backslash (`\134\052` for `*`) so the pattern matches only the
@@ -118,7 +119,7 @@ fn encode(b: &[u8]) -> String {
 }
 
 fn push(s: &mut String, c: u8) {
-    if c.is_ascii_graphic() && c != b'\\' && c != b'#' {
+    if c.is_ascii_graphic() && !matches!(c, b'\\' | b'#' | b'*' | b'?' | b'[') {
         s.push(char::from(c));
     } else {
         s.push_str(&format!("\\{c:03o}"));
