@@ -847,33 +847,73 @@ fn cli_bundle_form() {
     );
 }
 
+/// Runs the ocix binary as nobody (65534).
+fn ocix_as_nobody(args: &[&OsStr]) -> (i32, String, String) {
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_ocix"),
+            "diff",
+        ])
+        .args(args)
+        .output()
+        .expect("run setpriv");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
 #[test]
-fn cli_rootless_scan_reads_owners_from_xattr() {
-    // a tree whose files belong to root but whose xattrs claim uid 1000
+fn cli_rootless_diff_as_unprivileged_user() {
+    if !is_root() {
+        eprintln!("not root: cannot drop to another user");
+        return;
+    }
+    // A tree as an unprivileged unpack leaves it: everything owned by the
+    // unpacking user (nobody), the intended owner of f in its xattr.
     let t = tempfile::tempdir().unwrap();
+    chmod(t.path(), 0o755);
     let root = t.path().join("r");
     std::fs::create_dir(&root).unwrap();
-    write(&root.join("f"), b"x");
+    std::fs::create_dir(root.join("d")).unwrap();
+    write(&root.join("d/f"), b"x");
     let payload = ocix::rootless::encode(1000, 1000).unwrap();
     rustix::fs::setxattr(
-        root.join("f"),
+        root.join("d/f"),
         "user.rootlesscontainers",
         &payload,
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
+    for p in [&root, &root.join("d"), &root.join("d/f")] {
+        std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+    }
+    // The expected manifest: the tree as it was meant to be.
     let mut m = scan(&root);
-    // the expected manifest: as the rootless scan should see it
-    let f = at(&mut m, "f");
-    f.meta.xattrs.clear();
-    f.meta.uid = 1000;
-    f.meta.gid = 1000;
+    for p in ["", "d", "d/f"] {
+        let e = at(&mut m, p);
+        e.meta.xattrs.clear();
+        (e.meta.uid, e.meta.gid) = if p == "d/f" { (1000, 1000) } else { (0, 0) };
+    }
     let exp = t.path().join("m.cbor");
     write_manifest(&exp, &m);
+
     let (code, out, err) =
-        ocix_diff(&[root.as_os_str(), exp.as_os_str(), OsStr::new("--rootless")]);
+        ocix_as_nobody(&[root.as_os_str(), exp.as_os_str(), OsStr::new("--rootless")]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
-    let (code, out, _) = ocix_diff(&[root.as_os_str(), exp.as_os_str()]);
+    // without --rootless the real owners show
+    let (code, out, _) = ocix_as_nobody(&[root.as_os_str(), exp.as_os_str()]);
     assert_eq!(code, 1);
-    assert!(out.contains("/f: uid 1000 -> 0"), "{out}");
+    assert!(out.contains("/d/f: uid 1000 -> 65534"), "{out}");
+    // a file nobody cannot read is an error, not drift
+    write(&root.join("secret"), b"s");
+    chmod(&root.join("secret"), 0o600);
+    let (code, _, err) =
+        ocix_as_nobody(&[root.as_os_str(), exp.as_os_str(), OsStr::new("--rootless")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("secret"), "{err}");
 }
