@@ -14,7 +14,7 @@ use std::process::ExitCode;
 #[command(after_long_help = LONG_HELP)]
 pub struct Args {
     /// The actual tree: a directory to scan, a manifest file (`-` for
-    /// standard input), or a bundle directory (see above).
+    /// standard input), or a bundle directory (see --help).
     pub target: PathBuf,
     /// The expected manifest (`-` for standard input). Required unless
     /// TARGET is a bundle.

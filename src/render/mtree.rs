@@ -26,6 +26,9 @@
 //! filesystem) nor for other types (the manifest records their hardlinks as
 //! separate entries). mtree has no keywords for xattrs or zero runs, and the
 //! advisory user and group names are left out (the ids are what counts).
+//! mtree compares the owners it finds on disk, so a tree unpacked without
+//! privilege (owners kept in `user.rootlesscontainers`) does not match; use
+//! `ocix diff --rootless` there.
 //!
 //! Escaping: mtree decodes paths and link targets with `strunvis`, so every
 //! byte outside printable ASCII, and space, `\` and `#`, is written as a
