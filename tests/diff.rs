@@ -16,11 +16,7 @@ use std::process::Command;
 
 fn file(content: &[u8]) -> Entry {
     let digest = (!content.is_empty()).then(|| Digest::of(content));
-    Entry::new(Kind::File(File {
-        size: content.len() as u64,
-        digest,
-        zeros: Vec::new(),
-    }))
+    Entry::new(Kind::File(File { size: content.len() as u64, digest, zeros: Vec::new() }))
 }
 
 /// Inserts `e` at `path`, creating parent directories.
@@ -28,16 +24,12 @@ fn put(m: &mut Manifest, path: &str, e: Entry) {
     let mut cur = &mut m.root;
     let comps: Vec<&str> = path.split('/').collect();
     for (i, c) in comps.iter().enumerate() {
-        let Kind::Dir(children) = &mut cur.kind else {
-            panic!("{path}: parent not a dir")
-        };
+        let Kind::Dir(children) = &mut cur.kind else { panic!("{path}: parent not a dir") };
         if i + 1 == comps.len() {
             children.insert(c.as_bytes().to_vec(), e);
             return;
         }
-        cur = children
-            .entry(c.as_bytes().to_vec())
-            .or_insert_with(Entry::empty_dir);
+        cur = children.entry(c.as_bytes().to_vec()).or_insert_with(Entry::empty_dir);
     }
 }
 
@@ -45,12 +37,8 @@ fn put(m: &mut Manifest, path: &str, e: Entry) {
 fn at<'a>(m: &'a mut Manifest, path: &str) -> &'a mut Entry {
     let mut cur = &mut m.root;
     for c in path.split('/').filter(|c| !c.is_empty()) {
-        let Kind::Dir(children) = &mut cur.kind else {
-            panic!("{path}: not found")
-        };
-        cur = children
-            .get_mut(c.as_bytes())
-            .unwrap_or_else(|| panic!("{path}: not found"));
+        let Kind::Dir(children) = &mut cur.kind else { panic!("{path}: not found") };
+        cur = children.get_mut(c.as_bytes()).unwrap_or_else(|| panic!("{path}: not found"));
     }
     cur
 }
@@ -66,37 +54,18 @@ fn file_of(e: &mut Entry) -> &mut File {
 fn base() -> Manifest {
     let mut m = Manifest::default();
     let mut passwd = file(b"root:x:0:0::/root:/bin/sh\n");
-    passwd.meta.mtime = Time {
-        sec: 1_700_000_000,
-        nsec: 5,
-    };
+    passwd.meta.mtime = Time { sec: 1_700_000_000, nsec: 5 };
     passwd.meta.xattrs.insert(b"user.a".to_vec(), b"1".to_vec());
     passwd.meta.xattrs.insert(b"user.b".to_vec(), b"2".to_vec());
     put(&mut m, "etc", Entry::empty_dir());
     put(&mut m, "etc/passwd", passwd);
-    put(
-        &mut m,
-        "etc/passwd-",
-        Entry::new(Kind::Hardlink(b"etc/passwd".to_vec())),
-    );
+    put(&mut m, "etc/passwd-", Entry::new(Kind::Hardlink(b"etc/passwd".to_vec())));
     let mut big = file(&[1u8; 3 * 4096]);
     file_of(&mut big).zeros = vec![(1, 1)];
     put(&mut m, "big", big);
-    put(
-        &mut m,
-        "bin",
-        Entry::new(Kind::Symlink(b"usr/bin".to_vec())),
-    );
-    put(
-        &mut m,
-        "dev/null",
-        Entry::new(Kind::Char(Dev { major: 1, minor: 3 })),
-    );
-    put(
-        &mut m,
-        "dev/loop0",
-        Entry::new(Kind::Block(Dev { major: 7, minor: 0 })),
-    );
+    put(&mut m, "bin", Entry::new(Kind::Symlink(b"usr/bin".to_vec())));
+    put(&mut m, "dev/null", Entry::new(Kind::Char(Dev { major: 1, minor: 3 })));
+    put(&mut m, "dev/loop0", Entry::new(Kind::Block(Dev { major: 7, minor: 0 })));
     put(&mut m, "run/fifo", Entry::new(Kind::Fifo));
     put(&mut m, "usr/bin/sh", file(b"#!"));
     put(&mut m, "usr/share/doc/x", file(b"doc"));
@@ -121,17 +90,9 @@ fn show(f: &[Finding]) -> String {
 
 fn changed(f: &Finding) -> (&str, Field, &Value, &Value) {
     match &f.what {
-        What::Changed {
-            field,
-            expected,
-            actual,
-            ..
-        } => (
-            std::str::from_utf8(&f.path).unwrap(),
-            *field,
-            expected,
-            actual,
-        ),
+        What::Changed { field, expected, actual, .. } => {
+            (std::str::from_utf8(&f.path).unwrap(), *field, expected, actual)
+        }
         w => panic!("not a change: {w:?}"),
     }
 }
@@ -148,27 +109,18 @@ fn mode_uid_gid_each_reported_alone() {
     let mut a = base();
     at(&mut a, "etc").meta.mode = 0o700;
     let f = only(&e, &a);
-    assert_eq!(
-        changed(&f),
-        ("etc", Field::Mode, &Value::Mode(0o755), &Value::Mode(0o700))
-    );
+    assert_eq!(changed(&f), ("etc", Field::Mode, &Value::Mode(0o755), &Value::Mode(0o700)));
     assert_eq!(f.to_string(), "/etc: mode 0755 -> 0700");
 
     let mut a = base();
     at(&mut a, "usr/bin/sh").meta.uid = 1000;
     let f = only(&e, &a);
-    assert_eq!(
-        changed(&f),
-        ("usr/bin/sh", Field::Uid, &Value::Id(0), &Value::Id(1000))
-    );
+    assert_eq!(changed(&f), ("usr/bin/sh", Field::Uid, &Value::Id(0), &Value::Id(1000)));
     assert_eq!(f.to_string(), "/usr/bin/sh: uid 0 -> 1000");
 
     let mut a = base();
     at(&mut a, "dev/null").meta.gid = 5;
-    assert_eq!(
-        changed(&only(&e, &a)),
-        ("dev/null", Field::Gid, &Value::Id(0), &Value::Id(5))
-    );
+    assert_eq!(changed(&only(&e, &a)), ("dev/null", Field::Gid, &Value::Id(0), &Value::Id(5)));
 
     // the root itself
     let mut a = base();
@@ -187,21 +139,9 @@ fn size_digest_zeros_each_reported() {
     let f = only(&e, &a);
     assert_eq!(
         changed(&f),
-        (
-            "usr/bin/sh",
-            Field::Digest,
-            &Value::Digest(Some(Digest::of(b"#!"))),
-            &Value::Digest(Some(Digest::of(b"#?")))
-        )
+        ("usr/bin/sh", Field::Digest, &Value::Digest(Some(Digest::of(b"#!"))), &Value::Digest(Some(Digest::of(b"#?"))))
     );
-    assert_eq!(
-        f.to_string(),
-        format!(
-            "/usr/bin/sh: digest {} -> {}",
-            Digest::of(b"#!"),
-            Digest::of(b"#?")
-        )
-    );
+    assert_eq!(f.to_string(), format!("/usr/bin/sh: digest {} -> {}", Digest::of(b"#!"), Digest::of(b"#?")));
 
     // other size and content: both, size first
     let mut a = base();
@@ -222,15 +162,7 @@ fn size_digest_zeros_each_reported() {
     let mut a = base();
     file_of(at(&mut a, "big")).zeros = vec![(0, 2)];
     let f = only(&e, &a);
-    assert_eq!(
-        changed(&f),
-        (
-            "big",
-            Field::Zeros,
-            &Value::Zeros(vec![(1, 1)]),
-            &Value::Zeros(vec![(0, 2)])
-        )
-    );
+    assert_eq!(changed(&f), ("big", Field::Zeros, &Value::Zeros(vec![(1, 1)]), &Value::Zeros(vec![(0, 2)])));
     assert_eq!(f.to_string(), "/big: zeros [1+1] -> [0+2]");
 }
 
@@ -257,12 +189,7 @@ fn each_xattr_added_removed_changed_is_its_own_finding() {
         ]
     );
     match &f[1].what {
-        What::Changed {
-            field: Field::Xattr,
-            xattr: Some(n),
-            expected,
-            actual,
-        } => {
+        What::Changed { field: Field::Xattr, xattr: Some(n), expected, actual } => {
             assert_eq!(n, b"user.b");
             assert_eq!(expected, &Value::Bytes(b"2".to_vec()));
             assert_eq!(actual, &Value::Bytes(b"two".to_vec()));
@@ -292,21 +219,10 @@ fn mtime_seconds_and_nanoseconds() {
     let f = only(&e, &a);
     assert_eq!(
         changed(&f),
-        (
-            "usr/bin",
-            Field::Mtime,
-            &Value::Time(Time::default()),
-            &Value::Time(Time { sec: 0, nsec: 1 })
-        )
+        ("usr/bin", Field::Mtime, &Value::Time(Time::default()), &Value::Time(Time { sec: 0, nsec: 1 }))
     );
-    assert_eq!(
-        f.to_string(),
-        "/usr/bin: mtime 1970-01-01T00:00:00.000000000Z -> 1970-01-01T00:00:00.000000001Z"
-    );
-    assert_eq!(
-        serde_json::to_value(&f).unwrap()["actual"],
-        serde_json::json!({"sec": 0, "nsec": 1})
-    );
+    assert_eq!(f.to_string(), "/usr/bin: mtime 1970-01-01T00:00:00.000000000Z -> 1970-01-01T00:00:00.000000001Z");
+    assert_eq!(serde_json::to_value(&f).unwrap()["actual"], serde_json::json!({"sec": 0, "nsec": 1}));
 
     let mut a = base();
     at(&mut a, "bin").meta.mtime.sec = -1;
@@ -321,12 +237,7 @@ fn symlink_target_and_device_numbers() {
     let f = only(&e, &a);
     assert_eq!(
         changed(&f),
-        (
-            "bin",
-            Field::Target,
-            &Value::Target(b"usr/bin".to_vec()),
-            &Value::Target(b"/usr/bin\n".to_vec())
-        )
+        ("bin", Field::Target, &Value::Target(b"usr/bin".to_vec()), &Value::Target(b"/usr/bin\n".to_vec()))
     );
     assert_eq!(f.to_string(), "/bin: target usr/bin -> /usr/bin\\n");
 
@@ -334,10 +245,7 @@ fn symlink_target_and_device_numbers() {
     at(&mut a, "dev/loop0").kind = Kind::Block(Dev { major: 7, minor: 1 });
     let f = only(&e, &a);
     assert_eq!(f.to_string(), "/dev/loop0: rdev 7,0 -> 7,1");
-    assert_eq!(
-        serde_json::to_value(&f).unwrap()["expected"],
-        serde_json::json!({"major": 7, "minor": 0})
-    );
+    assert_eq!(serde_json::to_value(&f).unwrap()["expected"], serde_json::json!({"major": 7, "minor": 0}));
 }
 
 #[test]
@@ -347,15 +255,7 @@ fn type_change_skips_type_specific_fields_and_children() {
     let mut a = base();
     at(&mut a, "dev/null").kind = Kind::Block(Dev { major: 9, minor: 9 });
     let f = only(&e, &a);
-    assert_eq!(
-        changed(&f),
-        (
-            "dev/null",
-            Field::Type,
-            &Value::Type(KindCode::Char),
-            &Value::Type(KindCode::Block)
-        )
-    );
+    assert_eq!(changed(&f), ("dev/null", Field::Type, &Value::Type(KindCode::Char), &Value::Type(KindCode::Block)));
     assert_eq!(f.to_string(), "/dev/null: type char -> block");
 
     // directory -> fifo (same mode): type only, nothing about what was inside
@@ -371,47 +271,26 @@ fn type_change_skips_type_specific_fields_and_children() {
     *at(&mut a, "usr/bin/sh") = Entry::new(Kind::Symlink(b"dash".to_vec()));
     let f = run_diff(&e, &a);
     let lines: Vec<String> = f.iter().map(|x| x.to_string()).collect();
-    assert_eq!(
-        lines,
-        [
-            "/usr/bin/sh: type file -> symlink",
-            "/usr/bin/sh: mode 0644 -> 0777"
-        ]
-    );
+    assert_eq!(lines, ["/usr/bin/sh: type file -> symlink", "/usr/bin/sh: mode 0644 -> 0777"]);
 }
 
 #[test]
 fn missing_and_extra_directories_are_reported_once() {
     let e = base();
     let mut a = base();
-    let Kind::Dir(c) = &mut a.root.kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut a.root.kind else { unreachable!() };
     c.remove(&b"usr"[..]);
     put(&mut a, "opt/x/y", file(b"y"));
     put(&mut a, "etc/shadow", file(b"s"));
-    let Kind::Dir(c) = &mut at(&mut a, "run").kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut at(&mut a, "run").kind else { unreachable!() };
     c.remove(&b"fifo"[..]);
     let f = run_diff(&e, &a);
     let lines: Vec<String> = f.iter().map(|x| x.to_string()).collect();
     // manifest order: etc/shadow after etc/passwd-, opt before run, usr last
-    assert_eq!(
-        lines,
-        [
-            "extra /etc/shadow",
-            "extra /opt",
-            "missing /run/fifo",
-            "missing /usr"
-        ]
-    );
+    assert_eq!(lines, ["extra /etc/shadow", "extra /opt", "missing /run/fifo", "missing /usr"]);
     assert_eq!(f[1].what, What::Extra);
     assert_eq!(f[3].what, What::Missing);
-    assert_eq!(
-        serde_json::to_value(&f[3]).unwrap(),
-        serde_json::json!({"path": "/usr", "what": "missing"})
-    );
+    assert_eq!(serde_json::to_value(&f[3]).unwrap(), serde_json::json!({"path": "/usr", "what": "missing"}));
 }
 
 #[test]
@@ -422,15 +301,7 @@ fn hardlinks_break_add_and_follow_the_inode() {
     let primary = at(&mut a, "etc/passwd").clone();
     *at(&mut a, "etc/passwd-") = primary;
     let f = only(&e, &a);
-    assert_eq!(
-        changed(&f),
-        (
-            "etc/passwd-",
-            Field::Link,
-            &Value::Path(b"etc/passwd".to_vec()),
-            &Value::None
-        )
-    );
+    assert_eq!(changed(&f), ("etc/passwd-", Field::Link, &Value::Path(b"etc/passwd".to_vec()), &Value::None));
     assert_eq!(f.to_string(), "/etc/passwd-: link /etc/passwd -> (none)");
     assert_eq!(serde_json::to_value(&f).unwrap()["expected"], "/etc/passwd");
 
@@ -444,12 +315,7 @@ fn hardlinks_break_add_and_follow_the_inode() {
     let f = run_diff(&e, &a);
     assert_eq!(
         changed(&f[0]),
-        (
-            "etc/passwd-",
-            Field::Link,
-            &Value::Path(b"etc/passwd".to_vec()),
-            &Value::Path(b"big".to_vec())
-        )
+        ("etc/passwd-", Field::Link, &Value::Path(b"etc/passwd".to_vec()), &Value::Path(b"big".to_vec()))
     );
     assert!(f.iter().all(|x| x.path == b"etc/passwd-"), "{}", show(&f));
     assert!(f.iter().any(|x| changed(x).1 == Field::Size));
@@ -459,13 +325,7 @@ fn hardlinks_break_add_and_follow_the_inode() {
     at(&mut a, "etc/passwd").meta.mode = 0o600;
     let f = run_diff(&e, &a);
     let lines: Vec<String> = f.iter().map(|x| x.to_string()).collect();
-    assert_eq!(
-        lines,
-        [
-            "/etc/passwd: mode 0644 -> 0600",
-            "/etc/passwd-: mode 0644 -> 0600"
-        ]
-    );
+    assert_eq!(lines, ["/etc/passwd: mode 0644 -> 0600", "/etc/passwd-: mode 0644 -> 0600"]);
 }
 
 #[test]
@@ -505,21 +365,11 @@ fn excludes_mask_paths_and_descendants_on_both_sides() {
     let mut a = base();
     at(&mut a, "usr/share/doc/x").meta.mode = 0o600; // under an excluded dir
     put(&mut a, "usr/share/extra", file(b"")); // extra, excluded by path
-    let Kind::Dir(c) = &mut at(&mut a, "dev").kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut at(&mut a, "dev").kind else { unreachable!() };
     c.remove(&b"null"[..]); // missing, excluded by name
     at(&mut a, "usr/bin/sh").meta.mode = 0o600; // not excluded
-    let excludes = Excludes::new(&[
-        "doc".to_string(),
-        "/usr/share/extra".to_string(),
-        "null".to_string(),
-    ])
-    .unwrap();
-    let o = DiffOptions {
-        excludes,
-        ..DiffOptions::default()
-    };
+    let excludes = Excludes::new(&["doc".to_string(), "/usr/share/extra".to_string(), "null".to_string()]).unwrap();
+    let o = DiffOptions { excludes, ..DiffOptions::default() };
     let f = diff(&e, &a, &o);
     let lines: Vec<String> = f.iter().map(|x| x.to_string()).collect();
     assert_eq!(lines, ["/usr/bin/sh: mode 0644 -> 0600"]);
@@ -532,9 +382,7 @@ fn odd_paths_are_escaped_in_text_and_json() {
     let mut e = Manifest::default();
     put(&mut e, "a\nb", file(b"x"));
     let raw = Entry::empty_dir();
-    let Kind::Dir(c) = &mut e.root.kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut e.root.kind else { unreachable!() };
     c.insert(b"\xff\\".to_vec(), raw);
     let a = Manifest::default();
     let f = run_diff(&e, &a);
@@ -546,18 +394,11 @@ fn odd_paths_are_escaped_in_text_and_json() {
 // ------------------------------------------------------------ real trees
 
 fn scan(dir: &Path) -> Manifest {
-    ocix::scan::scan_dir(dir, None, &ocix::scan::ScanOptions::default())
-        .expect("scan")
-        .manifest
+    ocix::scan::scan_dir(dir, None, &ocix::scan::ScanOptions::default()).expect("scan").manifest
 }
 
 fn sh(script: &str, dir: &Path) {
-    let st = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .status()
-        .unwrap();
+    let st = Command::new("sh").arg("-ec").arg(script).current_dir(dir).status().unwrap();
     assert!(st.success(), "{script}");
 }
 
@@ -576,51 +417,30 @@ fn after(change: &str) -> Vec<String> {
 }
 
 fn has_tool(name: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().is_ok_and(|o| o.status.success())
 }
 
 /// Shell that keeps the mtime of `$1` across the commands after it:
 /// `keep DIR; CHANGE; back`.
-const KEEP: &str =
-    "keep() { kept=$1; t=$(stat -c %.9Y \"$1\"); }; back() { touch -h -m -d @$t \"$kept\"; }; ";
+const KEEP: &str = "keep() { kept=$1; t=$(stat -c %.9Y \"$1\"); }; back() { touch -h -m -d @$t \"$kept\"; }; ";
 
 #[test]
 fn disk_chmod_chown_touch_truncate() {
-    assert_eq!(
-        after("chmod 600 empty-file"),
-        ["/empty-file: mode 0644 -> 0600"]
-    );
+    assert_eq!(after("chmod 600 empty-file"), ["/empty-file: mode 0644 -> 0600"]);
     let f = after("touch -m -d @1700000000.25 empty-file");
     assert_eq!(f.len(), 1, "{f:?}");
-    assert!(
-        f[0].starts_with("/empty-file: mtime ")
-            && f[0].ends_with(" -> 2023-11-14T22:13:20.250000000Z"),
-        "{f:?}"
-    );
+    assert!(f[0].starts_with("/empty-file: mtime ") && f[0].ends_with(" -> 2023-11-14T22:13:20.250000000Z"), "{f:?}");
     if is_root() {
-        assert_eq!(
-            after("chown 1234:5678 empty-file"),
-            ["/empty-file: uid 0 -> 1234", "/empty-file: gid 0 -> 5678"]
-        );
+        assert_eq!(after("chown 1234:5678 empty-file"), ["/empty-file: uid 0 -> 1234", "/empty-file: gid 0 -> 5678"]);
         assert_eq!(after("chown -h 1234 link"), ["/link: uid 65534 -> 1234"]);
     }
     // size, content and hole map; the file's mtime kept
-    let f = after(&format!(
-        "{KEEP} keep a/b/zero4k; truncate -s 8192 a/b/zero4k; back"
-    ));
+    let f = after(&format!("{KEEP} keep a/b/zero4k; truncate -s 8192 a/b/zero4k; back"));
     assert_eq!(
         f,
         [
             "/a/b/zero4k: size 4096 -> 8192".to_string(),
-            format!(
-                "/a/b/zero4k: digest {} -> {}",
-                Digest::of(&[0; 4096]),
-                Digest::of(&[0; 8192])
-            ),
+            format!("/a/b/zero4k: digest {} -> {}", Digest::of(&[0; 4096]), Digest::of(&[0; 8192])),
             "/a/b/zero4k: zeros [0+1] -> [0+2]".to_string(),
         ]
     );
@@ -629,14 +449,10 @@ fn disk_chmod_chown_touch_truncate() {
 #[test]
 fn disk_xattrs() {
     if !has_tool("setfattr") {
-        eprintln!(
-            "setfattr missing: skipping the on-disk xattr case (covered on hand-built manifests)"
-        );
+        eprintln!("setfattr missing: skipping the on-disk xattr case (covered on hand-built manifests)");
         return;
     }
-    let f = after(
-        "setfattr -n user.new -v 1 a && setfattr -x user.dir a && setfattr -n user.greeting -v hey a/hello",
-    );
+    let f = after("setfattr -n user.new -v 1 a && setfattr -x user.dir a && setfattr -n user.greeting -v hey a/hello");
     assert_eq!(
         f,
         [
@@ -653,19 +469,12 @@ fn disk_xattrs() {
 #[test]
 fn disk_hardlinks_break_and_add() {
     // break hl-1 off: a copy with the same content and metadata, new inode
-    let f = after(&format!(
-        "{KEEP} keep .; cp -a hl-1 x && rm hl-1 && mv x hl-1; back"
-    ));
+    let f = after(&format!("{KEEP} keep .; cp -a hl-1 x && rm hl-1 && mv x hl-1; back"));
     assert_eq!(f, ["/hl-1: link /a/b/hl-2 -> (none)"]);
     // make names/-dash another name of empty-file (which comes first)
-    let f = after(&format!(
-        "{KEEP} keep names; rm names/-dash && ln empty-file names/-dash; back"
-    ));
+    let f = after(&format!("{KEEP} keep names; rm names/-dash && ln empty-file names/-dash; back"));
     assert_eq!(f[0], "/names/-dash: link (none) -> /empty-file", "{f:?}");
-    assert!(
-        f[1..].iter().all(|l| l.starts_with("/names/-dash: ")),
-        "{f:?}"
-    );
+    assert!(f[1..].iter().all(|l| l.starts_with("/names/-dash: ")), "{f:?}");
 }
 
 #[test]
@@ -674,23 +483,13 @@ fn disk_missing_extra_symlink_target() {
     assert!(f.contains(&"missing /a/b".to_string()), "{f:?}");
     assert!(f.contains(&"extra /new".to_string()), "{f:?}");
     assert!(
-        !f.iter()
-            .any(|l| l.starts_with("extra /new/") || l.starts_with("missing /a/b/")),
+        !f.iter().any(|l| l.starts_with("extra /new/") || l.starts_with("missing /a/b/")),
         "descendants listed: {f:?}"
     );
     // a/b/hl-2 was the first name of a/hello's inode: a/hello now is
-    assert!(
-        f.contains(&"/a/hello: link /a/b/hl-2 -> (none)".to_string()),
-        "{f:?}"
-    );
-    assert!(
-        f.contains(&"/hl-1: link /a/b/hl-2 -> /a/hello".to_string()),
-        "{f:?}"
-    );
-    assert!(
-        f.contains(&"/link: target a/hello -> elsewhere".to_string()),
-        "{f:?}"
-    );
+    assert!(f.contains(&"/a/hello: link /a/b/hl-2 -> (none)".to_string()), "{f:?}");
+    assert!(f.contains(&"/hl-1: link /a/b/hl-2 -> /a/hello".to_string()), "{f:?}");
+    assert!(f.contains(&"/link: target a/hello -> elsewhere".to_string()), "{f:?}");
 }
 
 #[test]
@@ -699,14 +498,9 @@ fn disk_device_numbers() {
         eprintln!("not root: device nodes cannot be made");
         return;
     }
-    let f = after(&format!(
-        "{KEEP} keep .; rm null && mknod -m 666 null c 1 5; back"
-    ));
+    let f = after(&format!("{KEEP} keep .; rm null && mknod -m 666 null c 1 5; back"));
     assert_eq!(f[0], "/null: rdev 1,3 -> 1,5", "{f:?}");
-    assert!(
-        f[1..].iter().all(|l| l.starts_with("/null: mtime")),
-        "{f:?}"
-    );
+    assert!(f[1..].iter().all(|l| l.starts_with("/null: mtime")), "{f:?}");
 }
 
 // ------------------------------------------------------------ the binary
@@ -746,10 +540,7 @@ fn cli_exit_codes_and_output() {
     set_mtime(&root.join("names"), names.mtime(), names.mtime_nsec());
     let (code, out, err) = ocix_diff(&[root.as_os_str(), good.as_os_str()]);
     assert_eq!(code, 1, "{err}");
-    assert_eq!(
-        out,
-        "missing /names/-dash\n/perm/setuid: mode 4755 -> 0755\n"
-    );
+    assert_eq!(out, "missing /names/-dash\n/perm/setuid: mode 4755 -> 0755\n");
 
     // --json: an array of objects
     let (code, out, _) = ocix_diff(&[root.as_os_str(), good.as_os_str(), OsStr::new("--json")]);
@@ -772,12 +563,8 @@ fn cli_exit_codes_and_output() {
         OsStr::new("--exclude=-dash"),
     ]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
-    let (code, _, _) = ocix_diff(&[
-        root.as_os_str(),
-        good.as_os_str(),
-        OsStr::new("--json"),
-        OsStr::new("--ignore=mode,mtime"),
-    ]);
+    let (code, _, _) =
+        ocix_diff(&[root.as_os_str(), good.as_os_str(), OsStr::new("--json"), OsStr::new("--ignore=mode,mtime")]);
     assert_eq!(code, 1);
 
     // two manifests
@@ -791,39 +578,16 @@ fn cli_exit_codes_and_output() {
     std::fs::write(&garbage, b"not cbor").unwrap();
     for (args, what) in [
         (vec![root.as_os_str(), garbage.as_os_str()], "garbage"),
-        (
-            vec![root.as_os_str(), OsStr::new("/nonexistent/m.cbor")],
-            "nonexistent",
-        ),
-        (
-            vec![OsStr::new("/nonexistent/dir"), good.as_os_str()],
-            "nonexistent",
-        ),
+        (vec![root.as_os_str(), OsStr::new("/nonexistent/m.cbor")], "nonexistent"),
+        (vec![OsStr::new("/nonexistent/dir"), good.as_os_str()], "nonexistent"),
         (vec![root.as_os_str()], "bundle"),
         (vec![good.as_os_str()], "MANIFEST"),
-        (
-            vec![
-                root.as_os_str(),
-                good.as_os_str(),
-                OsStr::new("--ignore=colour"),
-            ],
-            "colour",
-        ),
-        (
-            vec![
-                root.as_os_str(),
-                good.as_os_str(),
-                OsStr::new("--exclude=a[b"),
-            ],
-            "a[b",
-        ),
+        (vec![root.as_os_str(), good.as_os_str(), OsStr::new("--ignore=colour")], "colour"),
+        (vec![root.as_os_str(), good.as_os_str(), OsStr::new("--exclude=a[b")], "a[b"),
     ] {
         let (code, out, err) = ocix_diff(&args);
         assert_eq!(code, 2, "{args:?}: {out}{err}");
-        assert!(
-            err.contains(what),
-            "{args:?}: error does not name {what}: {err}"
-        );
+        assert!(err.contains(what), "{args:?}: error does not name {what}: {err}");
     }
 }
 
@@ -840,26 +604,12 @@ fn cli_bundle_form() {
     let (code, out, _) = ocix_diff(&[t.path().as_os_str(), OsStr::new("--ignore=mtime")]);
     assert_eq!(code, 1);
     // the file has three names; each shows the changed content
-    assert_eq!(
-        out.lines().filter(|l| l.contains(": digest ")).count(),
-        3,
-        "{out}"
-    );
+    assert_eq!(out.lines().filter(|l| l.contains(": digest ")).count(), 3, "{out}");
 }
 
-/// Runs the ocix binary as nobody (65534).
-fn ocix_as_nobody(args: &[&OsStr]) -> (i32, String, String) {
-    let o = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_ocix"),
-            "diff",
-        ])
-        .args(args)
-        .output()
-        .expect("run setpriv");
+/// Runs `ocix diff ARGS` as nobody (65534).
+fn diff_as_nobody(args: &[&OsStr]) -> (i32, String, String) {
+    let o = ocix_as_nobody().arg("diff").args(args).output().expect("run setpriv");
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into(),
@@ -882,13 +632,8 @@ fn cli_rootless_diff_as_unprivileged_user() {
     std::fs::create_dir(root.join("d")).unwrap();
     write(&root.join("d/f"), b"x");
     let payload = ocix::rootless::encode(1000, 1000).unwrap();
-    rustix::fs::setxattr(
-        root.join("d/f"),
-        "user.rootlesscontainers",
-        &payload,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    rustix::fs::setxattr(root.join("d/f"), "user.rootlesscontainers", &payload, rustix::fs::XattrFlags::empty())
+        .unwrap();
     for p in [&root, &root.join("d"), &root.join("d/f")] {
         std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
     }
@@ -902,18 +647,16 @@ fn cli_rootless_diff_as_unprivileged_user() {
     let exp = t.path().join("m.cbor");
     write_manifest(&exp, &m);
 
-    let (code, out, err) =
-        ocix_as_nobody(&[root.as_os_str(), exp.as_os_str(), OsStr::new("--rootless")]);
+    let (code, out, err) = diff_as_nobody(&[root.as_os_str(), exp.as_os_str(), OsStr::new("--rootless")]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     // without --rootless the real owners show
-    let (code, out, _) = ocix_as_nobody(&[root.as_os_str(), exp.as_os_str()]);
+    let (code, out, _) = diff_as_nobody(&[root.as_os_str(), exp.as_os_str()]);
     assert_eq!(code, 1);
     assert!(out.contains("/d/f: uid 1000 -> 65534"), "{out}");
     // a file nobody cannot read is an error, not drift
     write(&root.join("secret"), b"s");
     chmod(&root.join("secret"), 0o600);
-    let (code, _, err) =
-        ocix_as_nobody(&[root.as_os_str(), exp.as_os_str(), OsStr::new("--rootless")]);
+    let (code, _, err) = diff_as_nobody(&[root.as_os_str(), exp.as_os_str(), OsStr::new("--rootless")]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("secret"), "{err}");
 }

@@ -12,28 +12,16 @@ use std::path::Path;
 use std::process::Command;
 
 fn put(m: &mut Manifest, name: &[u8], e: Entry) {
-    let Kind::Dir(c) = &mut m.root.kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
     c.insert(name.to_vec(), e);
 }
 
 /// A small tree with one entry of each kind and an odd name.
 fn sample() -> Manifest {
     let mut m = Manifest::default();
-    m.root.meta.mtime = Time {
-        sec: 1_714_557_600,
-        nsec: 0,
-    };
-    let mut f = Entry::new(Kind::File(File {
-        size: 8192,
-        digest: Some(Digest::of(&[0; 8192])),
-        zeros: vec![(0, 2)],
-    }));
-    f.meta.mtime = Time {
-        sec: 1,
-        nsec: 250_000_000,
-    };
+    m.root.meta.mtime = Time { sec: 1_714_557_600, nsec: 0 };
+    let mut f = Entry::new(Kind::File(File { size: 8192, digest: Some(Digest::of(&[0; 8192])), zeros: vec![(0, 2)] }));
+    f.meta.mtime = Time { sec: 1, nsec: 250_000_000 };
     f.meta.uid = 1000;
     f.meta.gid = 100;
     f.meta.uname = Some("user".into());
@@ -52,10 +40,7 @@ fn sample() -> Manifest {
     m
 }
 
-fn render(
-    f: fn(&Manifest, &mut dyn std::io::Write) -> std::io::Result<()>,
-    m: &Manifest,
-) -> String {
+fn render(f: fn(&Manifest, &mut dyn std::io::Write) -> std::io::Result<()>, m: &Manifest) -> String {
     let mut v = Vec::new();
     f(m, &mut v).unwrap();
     String::from_utf8(v).unwrap()
@@ -81,11 +66,7 @@ dir      0755 0:0                  - 1969-12-31T23:59:59.000000005Z /sub
 #[test]
 fn json_is_an_array_of_entry_objects() {
     let out = render(write_json, &sample());
-    assert_eq!(
-        out.lines().count(),
-        9,
-        "one entry per line plus brackets:\n{out}"
-    );
+    assert_eq!(out.lines().count(), 9, "one entry per line plus brackets:\n{out}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     let a = j.as_array().unwrap();
     assert_eq!(a.len(), 7);
@@ -97,10 +78,7 @@ fn json_is_an_array_of_entry_objects() {
             "size": 8192, "digest": Digest::of(&[0; 8192]).to_string(), "zeros": [[0, 2]],
         })
     );
-    assert_eq!(
-        a[2],
-        serde_json::json!({"path": "/b", "type": "hardlink", "link": "/a"})
-    );
+    assert_eq!(a[2], serde_json::json!({"path": "/b", "type": "hardlink", "link": "/a"}));
     assert_eq!(a[3]["target"], "a b");
     assert_eq!(a[4]["rdev"], serde_json::json!({"major": 1, "minor": 3}));
     assert_eq!(a[5]["path"], "/odd\\n\\\\\\xff");
@@ -128,27 +106,13 @@ fn mtree_lines_and_escapes() {
 }
 
 fn mtree_available() -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg("command -v mtree")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("sh").arg("-c").arg("command -v mtree").output().is_ok_and(|o| o.status.success())
 }
 
 /// Runs `mtree -f spec -p dir`; returns (exit code, output).
 fn mtree_check(spec: &Path, dir: &Path) -> (i32, String) {
-    let o = Command::new("mtree")
-        .arg("-f")
-        .arg(spec)
-        .arg("-p")
-        .arg(dir)
-        .output()
-        .expect("run mtree");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = Command::new("mtree").arg("-f").arg(spec).arg("-p").arg(dir).output().expect("run mtree");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     (o.status.code().unwrap_or(-1), text)
 }
 
@@ -164,37 +128,19 @@ fn mtree_accepts_the_spec_of_a_real_tree() {
     std::fs::create_dir(&root).unwrap();
     make_tree(&root, false);
     // names mtree would misread: glob characters, comment sign, escapes
-    let odd: [&[u8]; 10] = [
-        b"g*x",
-        b"gax",
-        b"q?",
-        b"qz",
-        b"[xy]",
-        b"x",
-        b"#hash",
-        b"back\\slash",
-        b"tab\there",
-        b"star*\\mix[?",
-    ];
+    let odd: [&[u8]; 10] =
+        [b"g*x", b"gax", b"q?", b"qz", b"[xy]", b"x", b"#hash", b"back\\slash", b"tab\there", b"star*\\mix[?"];
     for name in odd {
         write(&root.join(OsStr::from_bytes(name)), name);
     }
     std::os::unix::fs::symlink("odd *target#\\", root.join("odd-link")).unwrap();
     std::fs::hard_link(root.join("g*x"), root.join("zz-link of g*x")).unwrap();
     set_mtime(&root, 1_700_000_000, 0);
-    let m = ocix::scan::scan_dir(&root, None, &ocix::scan::ScanOptions::default())
-        .unwrap()
-        .manifest;
+    let m = ocix::scan::scan_dir(&root, None, &ocix::scan::ScanOptions::default()).unwrap().manifest;
     let cbor = t.path().join("m.cbor");
     std::fs::write(&cbor, m.to_bytes().unwrap()).unwrap();
     let spec = t.path().join("spec");
-    let o = run(&[
-        OsStr::new("show"),
-        OsStr::new("--mtree"),
-        cbor.as_os_str(),
-        OsStr::new("-o"),
-        spec.as_os_str(),
-    ]);
+    let o = run(&[OsStr::new("show"), OsStr::new("--mtree"), cbor.as_os_str(), OsStr::new("-o"), spec.as_os_str()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let (code, text) = mtree_check(&spec, &root);
@@ -205,10 +151,7 @@ fn mtree_accepts_the_spec_of_a_real_tree() {
     std::fs::remove_file(root.join("x")).unwrap();
     set_mtime(&root, 1_700_000_000, 0);
     let (code, text) = mtree_check(&spec, &root);
-    assert!(
-        text.contains("g*x") && text.contains("permissions"),
-        "{code}: {text}"
-    );
+    assert!(text.contains("g*x") && text.contains("permissions"), "{code}: {text}");
     assert!(text.contains("missing: ./x"), "{code}: {text}");
     assert_ne!(code, 0, "{text}");
 }
@@ -225,25 +168,11 @@ fn cli_show_formats_and_output_file() {
     let o = run(&[OsStr::new("show"), OsStr::new("--json"), cbor.as_os_str()]);
     assert_eq!(String::from_utf8(o.stdout).unwrap(), render(write_json, &m));
     let out = t.path().join("out.mtree");
-    let o = run(&[
-        OsStr::new("show"),
-        OsStr::new("--mtree"),
-        cbor.as_os_str(),
-        OsStr::new("-o"),
-        out.as_os_str(),
-    ]);
+    let o = run(&[OsStr::new("show"), OsStr::new("--mtree"), cbor.as_os_str(), OsStr::new("-o"), out.as_os_str()]);
     assert!(o.status.success() && o.stdout.is_empty());
-    assert_eq!(
-        std::fs::read_to_string(&out).unwrap(),
-        render(write_mtree, &m)
-    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), render(write_mtree, &m));
     // stdin
-    let o = ocix()
-        .arg("show")
-        .arg("-")
-        .stdin(std::fs::File::open(&cbor).unwrap())
-        .output()
-        .unwrap();
+    let o = ocix().arg("show").arg("-").stdin(std::fs::File::open(&cbor).unwrap()).output().unwrap();
     assert_eq!(String::from_utf8(o.stdout).unwrap(), render(write_text, &m));
     // errors exit 2
     let bad = t.path().join("bad");
@@ -251,11 +180,6 @@ fn cli_show_formats_and_output_file() {
     let o = run(&[OsStr::new("show"), bad.as_os_str()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid OCIX manifest"));
-    let o = run(&[
-        OsStr::new("show"),
-        OsStr::new("--json"),
-        OsStr::new("--mtree"),
-        cbor.as_os_str(),
-    ]);
+    let o = run(&[OsStr::new("show"), OsStr::new("--json"), OsStr::new("--mtree"), cbor.as_os_str()]);
     assert_eq!(o.status.code(), Some(2));
 }

@@ -79,8 +79,7 @@ Exit status: 0 no drift, 1 drift found, 2 error.";
 /// Runs the subcommand.
 pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let mut opts = DiffOptions {
-        excludes: Excludes::new(&a.exclude)
-            .map_err(|e| anyhow::anyhow!("invalid --exclude pattern {e}"))?,
+        excludes: Excludes::new(&a.exclude).map_err(|e| anyhow::anyhow!("invalid --exclude pattern {e}"))?,
         ..DiffOptions::default()
     };
     for spec in &a.ignore {
@@ -95,9 +94,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     }
 
     let is_dir = a.target != Path::new("-")
-        && std::fs::metadata(&a.target)
-            .with_context(|| format!("{}: cannot access", a.target.display()))?
-            .is_dir();
+        && std::fs::metadata(&a.target).with_context(|| format!("{}: cannot access", a.target.display()))?.is_dir();
     let (expected, actual) = match (&a.manifest, is_dir) {
         (Some(m), true) => (super::read_manifest(m)?, scan(&a.target, &a, g)?),
         (Some(m), false) => (super::read_manifest(m)?, super::read_manifest(&a.target)?),
@@ -110,17 +107,10 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
                     a.target.display()
                 );
             }
-            g.info(&format!(
-                "bundle: comparing {} with {}",
-                rootfs.display(),
-                cbor.display()
-            ));
+            g.info(&format!("bundle: comparing {} with {}", rootfs.display(), cbor.display()));
             (super::read_manifest(&cbor)?, scan(&rootfs, &a, g)?)
         }
-        (None, false) => bail!(
-            "{}: a manifest needs the expected MANIFEST to compare with",
-            a.target.display()
-        ),
+        (None, false) => bail!("{}: a manifest needs the expected MANIFEST to compare with", a.target.display()),
     };
 
     let findings = diff(&expected, &actual, &opts);
@@ -139,11 +129,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     }
     super::write_output(None, &out)?;
     g.info(&format!("{} findings", findings.len()));
-    Ok(if findings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Manifest> {
@@ -154,8 +140,7 @@ fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Manifest> {
         threads: 0,
         progress: g.progress(),
     };
-    let scan = scan_dir(dir, None, &opts)
-        .map_err(|e| anyhow::anyhow!("scanning {}: {e}", dir.display()))?;
+    let scan = scan_dir(dir, None, &opts).map_err(|e| anyhow::anyhow!("scanning {}: {e}", dir.display()))?;
     for w in &scan.warnings {
         g.warn(w);
     }

@@ -40,9 +40,7 @@
 /// The exclude patterns, the same matcher `ocix scan --exclude` uses.
 pub use crate::scan::Excludes;
 
-use crate::manifest::{
-    Dev, Digest, Entry, Kind, KindCode, Manifest, Meta, Name, Time, path_display,
-};
+use crate::manifest::{Dev, Digest, Entry, Kind, KindCode, Manifest, Meta, Name, Time, path_display};
 use crate::render::{escape, format_mode, format_time, resolve};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
@@ -134,10 +132,7 @@ impl FromStr for Field {
     type Err = DiffError;
 
     fn from_str(s: &str) -> Result<Self, DiffError> {
-        Field::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| DiffError::UnknownField(s.to_string()))
+        Field::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| DiffError::UnknownField(s.to_string()))
     }
 }
 
@@ -298,12 +293,7 @@ impl fmt::Display for Finding {
         match &self.what {
             What::Missing => write!(f, "missing {path}"),
             What::Extra => write!(f, "extra {path}"),
-            What::Changed {
-                field: Field::Xattr,
-                xattr,
-                expected,
-                actual,
-            } => {
+            What::Changed { field: Field::Xattr, xattr, expected, actual } => {
                 let name = escape(xattr.as_deref().unwrap_or_default());
                 let how = match (expected, actual) {
                     (Value::None, _) => "added",
@@ -312,12 +302,7 @@ impl fmt::Display for Finding {
                 };
                 write!(f, "{path}: xattr {name} {how}")
             }
-            What::Changed {
-                field,
-                expected,
-                actual,
-                ..
-            } => write!(f, "{path}: {field} {expected} -> {actual}"),
+            What::Changed { field, expected, actual, .. } => write!(f, "{path}: {field} {expected} -> {actual}"),
         }
     }
 }
@@ -329,12 +314,7 @@ impl Serialize for Finding {
         match &self.what {
             What::Missing => m.serialize_entry("what", "missing")?,
             What::Extra => m.serialize_entry("what", "extra")?,
-            What::Changed {
-                field,
-                xattr,
-                expected,
-                actual,
-            } => {
+            What::Changed { field, xattr, expected, actual } => {
                 m.serialize_entry("what", "changed")?;
                 m.serialize_entry("field", field.name())?;
                 if let Some(x) = xattr {
@@ -412,13 +392,7 @@ impl DiffOptions {
 /// Compares `actual` against `expected`; the findings come in manifest order
 /// (see the module documentation for the rules). Empty means no drift.
 pub fn diff(expected: &Manifest, actual: &Manifest, opts: &DiffOptions) -> Vec<Finding> {
-    let mut cx = Cx {
-        exp: expected,
-        act: actual,
-        opts,
-        out: Vec::new(),
-        path: Vec::new(),
-    };
+    let mut cx = Cx { exp: expected, act: actual, opts, out: Vec::new(), path: Vec::new() };
     cx.entry(&expected.root, &actual.root);
     cx.out
 }
@@ -433,20 +407,12 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn push(&mut self, what: What) {
-        self.out.push(Finding {
-            path: self.path.clone(),
-            what,
-        });
+        self.out.push(Finding { path: self.path.clone(), what });
     }
 
     fn change(&mut self, field: Field, expected: Value, actual: Value) {
         if self.opts.checks(field) && expected != actual {
-            self.push(What::Changed {
-                field,
-                xattr: None,
-                expected,
-                actual,
-            });
+            self.push(What::Changed { field, xattr: None, expected, actual });
         }
     }
 
@@ -477,16 +443,8 @@ impl Cx<'_> {
                 self.change(Field::Mode, Value::Mode(e.mode), Value::Mode(a.mode));
                 self.change(Field::Uid, Value::Id(e.uid), Value::Id(a.uid));
                 self.change(Field::Gid, Value::Id(e.gid), Value::Id(a.gid));
-                self.change(
-                    Field::Uname,
-                    Value::Name(e.uname.clone()),
-                    Value::Name(a.uname.clone()),
-                );
-                self.change(
-                    Field::Gname,
-                    Value::Name(e.gname.clone()),
-                    Value::Name(a.gname.clone()),
-                );
+                self.change(Field::Uname, Value::Name(e.uname.clone()), Value::Name(a.uname.clone()));
+                self.change(Field::Gname, Value::Name(e.gname.clone()), Value::Name(a.gname.clone()));
             }
             Part::Rest => {
                 if self.opts.checks(Field::Xattr) {
@@ -503,12 +461,7 @@ impl Cx<'_> {
                 continue;
             }
             let v = |x: Option<&Vec<u8>>| x.map_or(Value::None, |b| Value::Bytes(b.clone()));
-            self.push(What::Changed {
-                field: Field::Xattr,
-                xattr: Some(name.clone()),
-                expected: v(ve),
-                actual: v(va),
-            });
+            self.push(What::Changed { field: Field::Xattr, xattr: Some(name.clone()), expected: v(ve), actual: v(va) });
         }
     }
 
@@ -516,23 +469,11 @@ impl Cx<'_> {
         match (e, a) {
             (Kind::File(fe), Kind::File(fa)) => {
                 self.change(Field::Size, Value::Size(fe.size), Value::Size(fa.size));
-                self.change(
-                    Field::Digest,
-                    Value::Digest(fe.digest),
-                    Value::Digest(fa.digest),
-                );
-                self.change(
-                    Field::Zeros,
-                    Value::Zeros(fe.zeros.clone()),
-                    Value::Zeros(fa.zeros.clone()),
-                );
+                self.change(Field::Digest, Value::Digest(fe.digest), Value::Digest(fa.digest));
+                self.change(Field::Zeros, Value::Zeros(fe.zeros.clone()), Value::Zeros(fa.zeros.clone()));
             }
             (Kind::Symlink(te), Kind::Symlink(ta)) => {
-                self.change(
-                    Field::Target,
-                    Value::Target(te.clone()),
-                    Value::Target(ta.clone()),
-                );
+                self.change(Field::Target, Value::Target(te.clone()), Value::Target(ta.clone()));
             }
             (Kind::Char(de), Kind::Char(da)) | (Kind::Block(de), Kind::Block(da)) => {
                 self.change(Field::Rdev, Value::Dev(*de), Value::Dev(*da));
@@ -540,11 +481,7 @@ impl Cx<'_> {
             // An unresolvable hardlink (only in a manifest that was never
             // validated): compare what it points at.
             (Kind::Hardlink(pe), Kind::Hardlink(pa)) => {
-                self.change(
-                    Field::Link,
-                    Value::Path(pe.clone()),
-                    Value::Path(pa.clone()),
-                );
+                self.change(Field::Link, Value::Path(pe.clone()), Value::Path(pa.clone()));
             }
             _ => {}
         }

@@ -44,8 +44,7 @@ pub fn write_json(m: &Manifest, out: &mut dyn Write) -> io::Result<()> {
         if i > 0 {
             out.write_all(b",\n")?;
         }
-        serde_json::to_writer(&mut *out, &EntryJson { path: &path, entry })
-            .map_err(io::Error::other)?;
+        serde_json::to_writer(&mut *out, &EntryJson { path: &path, entry }).map_err(io::Error::other)?;
     }
     out.write_all(b"\n]\n")
 }
@@ -80,11 +79,8 @@ impl Serialize for EntryJson<'_> {
         }
         m.serialize_entry("mtime", &Mtime(meta.mtime.sec, meta.mtime.nsec))?;
         if !meta.xattrs.is_empty() {
-            let x: serde_json::Map<String, serde_json::Value> = meta
-                .xattrs
-                .iter()
-                .map(|(k, v)| (escape(k), serde_json::Value::String(hex::encode(v))))
-                .collect();
+            let x: serde_json::Map<String, serde_json::Value> =
+                meta.xattrs.iter().map(|(k, v)| (escape(k), serde_json::Value::String(hex::encode(v)))).collect();
             m.serialize_entry("xattrs", &x)?;
         }
         match &e.kind {

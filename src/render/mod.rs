@@ -39,10 +39,7 @@ pub fn format_time(t: Time) -> String {
     let secs = t.sec.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     let (hh, mm, ss) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:09}Z",
-        t.nsec
-    )
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:09}Z", t.nsec)
 }
 
 /// Permission bits as four octal digits (`0644`, `4755`).
@@ -84,19 +81,11 @@ pub(crate) fn resolve<'a>(m: &'a Manifest, e: &'a Entry) -> Resolved<'a> {
     if let Kind::Hardlink(p) = &e.kind {
         if let Some(t) = m.get(p) {
             if let Kind::File(_) = t.kind {
-                return Resolved {
-                    meta: &t.meta,
-                    kind: &t.kind,
-                    link: Some(p),
-                };
+                return Resolved { meta: &t.meta, kind: &t.kind, link: Some(p) };
             }
         }
     }
-    Resolved {
-        meta: &e.meta,
-        kind: &e.kind,
-        link: None,
-    }
+    Resolved { meta: &e.meta, kind: &e.kind, link: None }
 }
 
 #[cfg(test)]
@@ -105,47 +94,14 @@ mod tests {
 
     #[test]
     fn times_format_as_rfc3339() {
-        assert_eq!(
-            format_time(Time { sec: 0, nsec: 0 }),
-            "1970-01-01T00:00:00.000000000Z"
-        );
-        assert_eq!(
-            format_time(Time {
-                sec: 1_577_836_800,
-                nsec: 123_456_789
-            }),
-            "2020-01-01T00:00:00.123456789Z"
-        );
-        assert_eq!(
-            format_time(Time {
-                sec: 951_782_400,
-                nsec: 1
-            }),
-            "2000-02-29T00:00:00.000000001Z"
-        );
-        assert_eq!(
-            format_time(Time {
-                sec: -1,
-                nsec: 500_000_000
-            }),
-            "1969-12-31T23:59:59.500000000Z"
-        );
-        assert_eq!(
-            format_time(Time {
-                sec: 4_102_444_799,
-                nsec: 0
-            }),
-            "2099-12-31T23:59:59.000000000Z"
-        );
+        assert_eq!(format_time(Time { sec: 0, nsec: 0 }), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(format_time(Time { sec: 1_577_836_800, nsec: 123_456_789 }), "2020-01-01T00:00:00.123456789Z");
+        assert_eq!(format_time(Time { sec: 951_782_400, nsec: 1 }), "2000-02-29T00:00:00.000000001Z");
+        assert_eq!(format_time(Time { sec: -1, nsec: 500_000_000 }), "1969-12-31T23:59:59.500000000Z");
+        assert_eq!(format_time(Time { sec: 4_102_444_799, nsec: 0 }), "2099-12-31T23:59:59.000000000Z");
         // Extremes do not panic.
-        let _ = format_time(Time {
-            sec: i64::MAX,
-            nsec: 999_999_999,
-        });
-        let _ = format_time(Time {
-            sec: i64::MIN,
-            nsec: 0,
-        });
+        let _ = format_time(Time { sec: i64::MAX, nsec: 999_999_999 });
+        let _ = format_time(Time { sec: i64::MIN, nsec: 0 });
     }
 
     #[test]

@@ -90,19 +90,13 @@ pub fn write_mtree(m: &Manifest, out: &mut dyn Write) -> io::Result<()> {
                 let first = r.link.unwrap_or(&path);
                 let nlink = links.get(first).copied().unwrap_or(1);
                 let digest = f.digest.unwrap_or_else(|| crate::manifest::Digest::of(b""));
-                line.push_str(&format!(
-                    " size={} nlink={nlink} sha256digest={}",
-                    f.size,
-                    digest.hex()
-                ));
+                line.push_str(&format!(" size={} nlink={nlink} sha256digest={}", f.size, digest.hex()));
             }
             Kind::Symlink(t) => {
                 line.push_str(" link=");
                 line.push_str(&encode(t));
             }
-            Kind::Char(d) | Kind::Block(d) => {
-                line.push_str(&format!(" device=native,{},{}", d.major, d.minor))
-            }
+            Kind::Char(d) | Kind::Block(d) => line.push_str(&format!(" device=native,{},{}", d.major, d.minor)),
             _ => {}
         }
         line.push('\n');
@@ -157,10 +151,7 @@ mod tests {
 
     #[test]
     fn escapes() {
-        assert_eq!(
-            encode(b"a b\n#\\\xc3\xa9=x"),
-            "a\\040b\\012\\043\\134\\303\\251=x"
-        );
+        assert_eq!(encode(b"a b\n#\\\xc3\xa9=x"), "a\\040b\\012\\043\\134\\303\\251=x");
         assert_eq!(encode_name(b"g*x"), "g\\134\\052x");
         assert_eq!(encode_name(b"a\\[b"), "a\\134\\134\\134\\133b");
         assert_eq!(encode_name(b"plain\\"), "plain\\134");

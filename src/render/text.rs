@@ -53,9 +53,7 @@ pub fn write_text(m: &Manifest, out: &mut dyn Write) -> io::Result<()> {
                     line.push_str(&format!(" zeros={}", f.zeros.len()));
                 }
             }
-            Kind::Char(d) | Kind::Block(d) => {
-                line.push_str(&format!(" dev={},{}", d.major, d.minor))
-            }
+            Kind::Char(d) | Kind::Block(d) => line.push_str(&format!(" dev={},{}", d.major, d.minor)),
             Kind::Hardlink(p) => {
                 // Only in a manifest that was never validated.
                 line.push_str(" => ");
