@@ -2,8 +2,10 @@
 //! is the only code that prints or picks exit codes; everything it does is a
 //! call into the library.
 
+mod diff;
 mod digest;
 mod scan;
+mod show;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -35,6 +37,11 @@ pub enum Command {
     Scan(scan::Args),
     /// Print a manifest's digest (the sha256 of its bytes).
     Digest(digest::Args),
+    /// List a manifest as text, JSON or a BSD mtree spec.
+    Show(show::Args),
+    /// Compare a tree (directory, bundle or manifest) against the manifest it
+    /// should match; exit 1 on drift.
+    Diff(diff::Args),
 }
 
 /// Options every subcommand sees.
@@ -75,6 +82,8 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Scan(a) => scan::run(a, g),
         Command::Digest(a) => digest::run(a, g),
+        Command::Show(a) => show::run(a, g),
+        Command::Diff(a) => diff::run(a, g),
     };
     match res {
         Ok(code) => code,
