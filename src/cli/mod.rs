@@ -4,6 +4,7 @@
 
 mod digest;
 mod scan;
+mod unpack;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ pub enum Command {
     Scan(scan::Args),
     /// Print a manifest's digest (the sha256 of its bytes).
     Digest(digest::Args),
+    /// Materialize a manifest and its blobs into an exact rootfs.
+    Unpack(unpack::Args),
 }
 
 /// Options every subcommand sees.
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Scan(a) => scan::run(a, g),
         Command::Digest(a) => digest::run(a, g),
+        Command::Unpack(a) => unpack::run(a, g),
     };
     match res {
         Ok(code) => code,
