@@ -51,10 +51,14 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         progress: g.progress(),
     };
-    let r = unpack(&m, &store, &a.dest, &opts).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", a.dest.display()))?;
+    let r = unpack(&m, &store, &a.dest, &opts)
+        .map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", a.dest.display()))?;
     let lines = r.summary(if g.verbose > 0 { usize::MAX } else { 3 });
     if !lines.is_empty() {
-        g.warn(&format!("not everything could be applied{}:", if r.rootless { " (rootless)" } else { "" }));
+        g.warn(&format!(
+            "not everything could be applied{}:",
+            if r.rootless { " (rootless)" } else { "" }
+        ));
         for l in lines {
             g.warn(&format!("  {l}"));
         }

@@ -11,7 +11,7 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Bytes read or copied at once.
 pub(super) const CHUNK: usize = 1 << 20;
-const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 fn feed_zeros(v: &mut Verifier, mut n: u64) {
     while n > 0 {
@@ -26,7 +26,10 @@ fn data_segments(f: &File) -> Vec<(u64, u64)> {
     let mut out = Vec::with_capacity(f.zeros.len() + 1);
     let mut pos = 0u64;
     for &(s, n) in &f.zeros {
-        let (zs, ze) = (s.saturating_mul(BLOCK).min(f.size), s.saturating_add(n).saturating_mul(BLOCK).min(f.size));
+        let (zs, ze) = (
+            s.saturating_mul(BLOCK).min(f.size),
+            s.saturating_add(n).saturating_mul(BLOCK).min(f.size),
+        );
         if zs > pos {
             out.push((pos, zs));
         }
@@ -39,7 +42,11 @@ fn data_segments(f: &File) -> Vec<(u64, u64)> {
 }
 
 fn content_err(ctx: &Ctx<'_>, rel: &[u8], digest: Digest, e: StoreError) -> UnpackError {
-    UnpackError::Content { path: ctx.shown(rel), digest, source: e }
+    UnpackError::Content {
+        path: ctx.shown(rel),
+        digest,
+        source: Box::new(e),
+    }
 }
 
 /// Writes the content of `f` into the new, empty file `out`, reading blob
@@ -49,26 +56,51 @@ fn content_err(ctx: &Ctx<'_>, rel: &[u8], digest: Digest, e: StoreError) -> Unpa
 /// Zero runs are skipped (holes after `ftruncate`), their zeros fed to the
 /// hash; without zero runs the blob is copied with `copy_file_range`
 /// (possibly a reflink) and the written file is read back to verify it.
-pub(super) fn write_content(ctx: &Ctx<'_>, rel: &[u8], f: &File, out: BorrowedFd<'_>, buf: &mut Vec<u8>) -> Result<u64, UnpackError> {
+pub(super) fn write_content(
+    ctx: &Ctx<'_>,
+    rel: &[u8],
+    f: &File,
+    out: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<u64, UnpackError> {
     let Some(digest) = f.digest else { return Ok(0) };
     if f.size == 0 {
         return Ok(0);
     }
     let shown = || ctx.shown(rel);
-    let blob = ctx.store.open_blob(&digest).map_err(|e| content_err(ctx, rel, digest, e))?;
+    let blob = ctx
+        .store
+        .open_blob(&digest)
+        .map_err(|e| content_err(ctx, rel, digest, e))?;
     let blob_shown = || ctx.store.blob_path(&digest).display().to_string();
     let st = rd::stat_fd(blob.as_fd(), &blob_shown)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(content_err(ctx, rel, digest, StoreError::NotAStore(format!("{} is not a regular file", blob_shown()))));
+        return Err(content_err(
+            ctx,
+            rel,
+            digest,
+            StoreError::NotAStore(format!("{} is not a regular file", blob_shown())),
+        ));
     }
     let blob_size = st.st_size as u64;
     if blob_size != f.size {
-        return Err(content_err(ctx, rel, digest, StoreError::WrongSize { path: blob_shown(), expected: f.size, actual: blob_size }));
+        return Err(content_err(
+            ctx,
+            rel,
+            digest,
+            StoreError::WrongSize {
+                path: blob_shown(),
+                expected: f.size,
+                actual: blob_size,
+            },
+        ));
     }
     if buf.len() < CHUNK {
         buf.resize(CHUNK, 0);
     }
-    let same_fs = rd::stat_fd(out, &shown).map(|o| o.st_dev == st.st_dev).unwrap_or(false);
+    let same_fs = rd::stat_fd(out, &shown)
+        .map(|o| o.st_dev == st.st_dev)
+        .unwrap_or(false);
     if f.zeros.is_empty() && same_fs && copy_range(&blob, out, f.size, &shown, &blob_shown)? {
         // verify what was written, reading it back
         let mut v = Verifier::new(digest, f.size);
@@ -82,7 +114,8 @@ pub(super) fn write_content(ctx: &Ctx<'_>, rel: &[u8], f: &File, out: BorrowedFd
             v.update(&buf[..n]);
             off += n as u64;
         }
-        v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
+        v.finish(&blob_shown())
+            .map_err(|e| content_err(ctx, rel, digest, e))?;
         return Ok(f.size);
     }
     wr::ftruncate(out, f.size, &shown)?;
@@ -96,7 +129,16 @@ pub(super) fn write_content(ctx: &Ctx<'_>, rel: &[u8], f: &File, out: BorrowedFd
             let want = (end - off).min(buf.len() as u64) as usize;
             let n = rd::pread(blob.as_fd(), &mut buf[..want], off, &blob_shown)?;
             if n == 0 {
-                return Err(content_err(ctx, rel, digest, StoreError::WrongSize { path: blob_shown(), expected: f.size, actual: off }));
+                return Err(content_err(
+                    ctx,
+                    rel,
+                    digest,
+                    StoreError::WrongSize {
+                        path: blob_shown(),
+                        expected: f.size,
+                        actual: off,
+                    },
+                ));
             }
             v.update(&buf[..n]);
             wr::pwrite_all(out, &buf[..n], off, &shown)?;
@@ -108,25 +150,51 @@ pub(super) fn write_content(ctx: &Ctx<'_>, rel: &[u8], f: &File, out: BorrowedFd
     feed_zeros(&mut v, f.size - pos);
     // a blob that grew since it was measured is not what was hashed
     if rd::pread(blob.as_fd(), &mut buf[..1], f.size, &blob_shown)? != 0 {
-        return Err(content_err(ctx, rel, digest, StoreError::WrongSize { path: blob_shown(), expected: f.size, actual: f.size + 1 }));
+        return Err(content_err(
+            ctx,
+            rel,
+            digest,
+            StoreError::WrongSize {
+                path: blob_shown(),
+                expected: f.size,
+                actual: f.size + 1,
+            },
+        ));
     }
-    v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
+    v.finish(&blob_shown())
+        .map_err(|e| content_err(ctx, rel, digest, e))?;
     Ok(written)
 }
 
 /// Copies `size` bytes with `copy_file_range`. Returns false (nothing
 /// copied) when the kernel or filesystem cannot do it, so the caller falls
 /// back to reading and writing.
-fn copy_range(blob: &OwnedFd, out: BorrowedFd<'_>, size: u64, shown: &dyn Fn() -> String, blob_shown: &dyn Fn() -> String) -> Result<bool, UnpackError> {
+fn copy_range(
+    blob: &OwnedFd,
+    out: BorrowedFd<'_>,
+    size: u64,
+    shown: &dyn Fn() -> String,
+    blob_shown: &dyn Fn() -> String,
+) -> Result<bool, UnpackError> {
     let (mut off_in, mut off_out) = (0u64, 0u64);
     while off_in < size {
         let want = (size - off_in).min(1 << 30) as usize;
         match wr::copy_file_range(blob.as_fd(), &mut off_in, out, &mut off_out, want, shown) {
             Ok(0) => {
-                return Err(UnpackError::Sys(crate::sys::SysError::new("copy_file_range", blob_shown(), Errno::NODATA)));
+                return Err(UnpackError::Sys(crate::sys::SysError::new(
+                    "copy_file_range",
+                    blob_shown(),
+                    Errno::NODATA,
+                )));
             }
             Ok(_) => {}
-            Err(e) if off_in == 0 && matches!(e.errno, Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::BADF) => {
+            Err(e)
+                if off_in == 0
+                    && matches!(
+                        e.errno,
+                        Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::BADF
+                    ) =>
+            {
                 return Ok(false);
             }
             Err(e) => return Err(e.into()),
@@ -137,12 +205,19 @@ fn copy_range(blob: &OwnedFd, out: BorrowedFd<'_>, size: u64, shown: &dyn Fn() -
 
 /// Whether the regular file open as `fd` has exactly the content of `f`
 /// (size, then sha256; holes are read as zeros without reading them).
-pub(super) fn same_content(fd: BorrowedFd<'_>, f: &File, shown: &dyn Fn() -> String, buf: &mut Vec<u8>) -> Result<bool, UnpackError> {
+pub(super) fn same_content(
+    fd: BorrowedFd<'_>,
+    f: &File,
+    shown: &dyn Fn() -> String,
+    buf: &mut Vec<u8>,
+) -> Result<bool, UnpackError> {
     let st = rd::stat_fd(fd, shown)?;
     if st.st_size as u64 != f.size {
         return Ok(false);
     }
-    let Some(digest) = f.digest else { return Ok(f.size == 0) };
+    let Some(digest) = f.digest else {
+        return Ok(f.size == 0);
+    };
     if buf.len() < CHUNK {
         buf.resize(CHUNK, 0);
     }
@@ -175,9 +250,24 @@ mod tests {
 
     #[test]
     fn segments_between_runs() {
-        let f = File { size: 5 * BLOCK + 10, digest: None, zeros: vec![(1, 2), (4, 1)] };
-        assert_eq!(data_segments(&f), vec![(0, BLOCK), (3 * BLOCK, 4 * BLOCK), (5 * BLOCK, 5 * BLOCK + 10)]);
-        let f = File { size: 2 * BLOCK, digest: None, zeros: vec![(0, 2)] };
+        let f = File {
+            size: 5 * BLOCK + 10,
+            digest: None,
+            zeros: vec![(1, 2), (4, 1)],
+        };
+        assert_eq!(
+            data_segments(&f),
+            vec![
+                (0, BLOCK),
+                (3 * BLOCK, 4 * BLOCK),
+                (5 * BLOCK, 5 * BLOCK + 10)
+            ]
+        );
+        let f = File {
+            size: 2 * BLOCK,
+            digest: None,
+            zeros: vec![(0, 2)],
+        };
         assert_eq!(data_segments(&f), vec![]);
     }
 }

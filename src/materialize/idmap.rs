@@ -31,13 +31,24 @@ impl FromStr for IdMap {
         let [c, h, n] = parts.as_slice() else {
             return Err(format!("{s:?}: expected container:host:size"));
         };
-        let num = |x: &str, what: &str| x.parse::<u32>().map_err(|e| format!("{s:?}: {what} {x:?}: {e}"));
-        let m = IdMap { container: num(c, "container id")?, host: num(h, "host id")?, size: num(n, "size")? };
+        let num = |x: &str, what: &str| {
+            x.parse::<u32>()
+                .map_err(|e| format!("{s:?}: {what} {x:?}: {e}"))
+        };
+        let m = IdMap {
+            container: num(c, "container id")?,
+            host: num(h, "host id")?,
+            size: num(n, "size")?,
+        };
         if m.size == 0 {
             return Err(format!("{s:?}: size must be at least 1"));
         }
-        if u64::from(m.container) + u64::from(m.size) > 1 << 32 || u64::from(m.host) + u64::from(m.size) > 1 << 32 {
-            return Err(format!("{s:?}: range goes past the largest id (4294967295)"));
+        if u64::from(m.container) + u64::from(m.size) > 1 << 32
+            || u64::from(m.host) + u64::from(m.size) > 1 << 32
+        {
+            return Err(format!(
+                "{s:?}: range goes past the largest id (4294967295)"
+            ));
         }
         Ok(m)
     }
@@ -62,12 +73,27 @@ mod tests {
     #[test]
     fn parse_and_map() {
         let m: IdMap = "0:100000:65536".parse().unwrap();
-        assert_eq!(m, IdMap { container: 0, host: 100000, size: 65536 });
+        assert_eq!(
+            m,
+            IdMap {
+                container: 0,
+                host: 100000,
+                size: 65536
+            }
+        );
         assert_eq!(map_id(&[m], 0), Some(100000));
         assert_eq!(map_id(&[m], 65535), Some(165535));
         assert_eq!(map_id(&[m], 65536), None);
         assert_eq!(map_id(&[], 7), Some(7));
-        for bad in ["", "1:2", "1:2:0", "a:1:1", "1:2:3:4", "4294967295:0:2", "-1:0:1"] {
+        for bad in [
+            "",
+            "1:2",
+            "1:2:0",
+            "a:1:1",
+            "1:2:3:4",
+            "4294967295:0:2",
+            "-1:0:1",
+        ] {
             assert!(bad.parse::<IdMap>().is_err(), "{bad}");
         }
     }

@@ -25,7 +25,13 @@ fn is_privileged_ns(name: &[u8]) -> bool {
 /// `target` (an open fd for files and directories; directory + name for
 /// symlinks, devices and fifos). `kind` is what is on disk (a device
 /// placeholder is a regular file).
-pub(super) fn apply(ctx: &Ctx<'_>, target: XattrSource<'_>, kind: KindCode, meta: &Meta, rel: &[u8]) -> Result<(), UnpackError> {
+pub(super) fn apply(
+    ctx: &Ctx<'_>,
+    target: XattrSource<'_>,
+    kind: KindCode,
+    meta: &Meta,
+    rel: &[u8],
+) -> Result<(), UnpackError> {
     let shown = || ctx.shown(rel);
     // 1. owner
     if !ctx.rootless {
@@ -36,7 +42,11 @@ pub(super) fn apply(ctx: &Ctx<'_>, target: XattrSource<'_>, kind: KindCode, meta
         }
     }
     // 2. xattrs
-    let mut want: BTreeMap<&[u8], &[u8]> = meta.xattrs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    let mut want: BTreeMap<&[u8], &[u8]> = meta
+        .xattrs
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
     let owner_xattr;
     if ctx.rootless {
         want.remove(rootless::XATTR);
@@ -46,7 +56,16 @@ pub(super) fn apply(ctx: &Ctx<'_>, target: XattrSource<'_>, kind: KindCode, meta
                 want.insert(rootless::XATTR, v);
             } else {
                 // the kernel allows user.* xattrs only on files and directories
-                ctx.not_applied(NotAppliedKind::Owner, rel, format!("owner {}:{} (no user.* xattr on a {})", meta.uid, meta.gid, kind.name()));
+                ctx.not_applied(
+                    NotAppliedKind::Owner,
+                    rel,
+                    format!(
+                        "owner {}:{} (no user.* xattr on a {})",
+                        meta.uid,
+                        meta.gid,
+                        kind.name()
+                    ),
+                );
             }
         }
     }
@@ -65,7 +84,10 @@ pub(super) fn apply(ctx: &Ctx<'_>, target: XattrSource<'_>, kind: KindCode, meta
         }
     }
     for (k, v) in &want {
-        if have.iter().any(|(hk, hv)| hk.as_slice() == *k && hv.as_slice() == *v) {
+        if have
+            .iter()
+            .any(|(hk, hv)| hk.as_slice() == *k && hv.as_slice() == *v)
+        {
             continue;
         }
         if let Err(e) = wr::set_xattr(&target, k, v, &shown) {
@@ -98,14 +120,28 @@ fn clone_src<'a>(s: &XattrSource<'a>) -> XattrSource<'a> {
 /// once in the summary: a filesystem without xattr support (`ENOTSUP`), and
 /// without privilege a `security.*` or `trusted.*` xattr refused with
 /// `EPERM`/`EACCES`. Everything else is an error.
-fn tolerate(ctx: &Ctx<'_>, rel: &[u8], name: &[u8], e: SysError, what: &str) -> Result<(), UnpackError> {
+fn tolerate(
+    ctx: &Ctx<'_>,
+    rel: &[u8],
+    name: &[u8],
+    e: SysError,
+    what: &str,
+) -> Result<(), UnpackError> {
     let n = String::from_utf8_lossy(name);
     if e.errno == Errno::NOTSUP {
-        ctx.not_applied(NotAppliedKind::Xattr, rel, format!("xattr {n} {what}: not supported by the filesystem"));
+        ctx.not_applied(
+            NotAppliedKind::Xattr,
+            rel,
+            format!("xattr {n} {what}: not supported by the filesystem"),
+        );
         return Ok(());
     }
     if ctx.rootless && matches!(e.errno, Errno::PERM | Errno::ACCESS) && is_privileged_ns(name) {
-        ctx.not_applied(NotAppliedKind::Xattr, rel, format!("xattr {n} {what}: needs privilege"));
+        ctx.not_applied(
+            NotAppliedKind::Xattr,
+            rel,
+            format!("xattr {n} {what}: needs privilege"),
+        );
         return Ok(());
     }
     Err(e.into())

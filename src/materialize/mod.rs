@@ -52,7 +52,9 @@ mod meta;
 
 pub use idmap::{IdMap, map_id};
 
-use crate::manifest::{self, Digest, Entry, File, Kind, KindCode, Manifest, Meta, Name, path_display};
+use crate::manifest::{
+    self, Digest, Entry, File, Kind, KindCode, Manifest, Meta, Name, path_display,
+};
 use crate::store::{Store, StoreError};
 use crate::sys::read::{self as rd, FileType, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
@@ -154,8 +156,16 @@ impl UnpackReport {
         by.into_iter()
             .map(|(k, mut v)| {
                 v.sort_by(|a, b| a.path.cmp(&b.path));
-                let shown: Vec<String> = v.iter().take(first).map(|n| format!("{} ({})", path_display(&n.path), n.detail)).collect();
-                let more = if v.len() > first { format!(", and {} more", v.len() - first) } else { String::new() };
+                let shown: Vec<String> = v
+                    .iter()
+                    .take(first)
+                    .map(|n| format!("{} ({})", path_display(&n.path), n.detail))
+                    .collect();
+                let more = if v.len() > first {
+                    format!(", and {} more", v.len() - first)
+                } else {
+                    String::new()
+                };
                 format!("{} {}: {}{}", v.len(), k.describe(), shown.join(", "), more)
             })
             .collect()
@@ -179,7 +189,9 @@ pub enum UnpackError {
     #[error("{0}: destination exists and is not a directory")]
     DestNotDir(String),
     /// The destination is not empty and `update` was not asked for.
-    #[error("{0}: destination is not empty (use --update to bring an existing tree to the manifest)")]
+    #[error(
+        "{0}: destination is not empty (use --update to bring an existing tree to the manifest)"
+    )]
     DestNotEmpty(String),
     /// A file's content could not be produced from the store.
     #[error("{path}: content {digest}: {source}")]
@@ -189,7 +201,7 @@ pub enum UnpackError {
         /// Its digest in the manifest.
         digest: Digest,
         /// What is wrong with the blob.
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// An owner has no mapping.
     #[error("{path}: {what} {id} is outside every --{what}-map range")]
@@ -225,16 +237,35 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn shown(&self, rel: &[u8]) -> String {
-        if rel.is_empty() { self.dest.clone() } else { format!("{}{}", self.dest, path_display(rel)) }
+        if rel.is_empty() {
+            self.dest.clone()
+        } else {
+            format!("{}{}", self.dest, path_display(rel))
+        }
     }
 
     fn not_applied(&self, kind: NotAppliedKind, rel: &[u8], detail: String) {
-        self.not_applied.lock().unwrap_or_else(|p| p.into_inner()).push(NotApplied { kind, path: rel.to_vec(), detail });
+        self.not_applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(NotApplied {
+                kind,
+                path: rel.to_vec(),
+                detail,
+            });
     }
 
     fn host_ids(&self, rel: &[u8], m: &Meta) -> Result<(u32, u32), UnpackError> {
-        let uid = map_id(&self.opts.uid_map, m.uid).ok_or(UnpackError::Unmapped { path: self.shown(rel), what: "uid", id: m.uid })?;
-        let gid = map_id(&self.opts.gid_map, m.gid).ok_or(UnpackError::Unmapped { path: self.shown(rel), what: "gid", id: m.gid })?;
+        let uid = map_id(&self.opts.uid_map, m.uid).ok_or(UnpackError::Unmapped {
+            path: self.shown(rel),
+            what: "uid",
+            id: m.uid,
+        })?;
+        let gid = map_id(&self.opts.gid_map, m.gid).ok_or(UnpackError::Unmapped {
+            path: self.shown(rel),
+            what: "gid",
+            id: m.gid,
+        })?;
         Ok((uid, gid))
     }
 
@@ -268,18 +299,35 @@ struct Job<'m> {
 /// be absent (it is created, with missing parents) or an empty directory,
 /// unless `opts.update`. Stops at the first error, leaving a partial tree
 /// that a rerun with `update` completes.
-pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+pub fn unpack(
+    m: &Manifest,
+    store: &Store,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, UnpackError> {
     // the same checks the decoder makes (a model built in code may break them)
     manifest::encode(m)?;
+    check_names(&m.root, &mut Vec::new())?;
     let rootless = opts.rootless || !rustix::process::geteuid().is_root();
     raise_fd_limit();
     let dest = strip_trailing_slashes(dest);
     let root = open_dest(&dest, opts.update)?;
     let root = Arc::new(root);
-    let total: u64 = m.walk().filter_map(|(_, e)| if let Kind::File(f) = &e.kind { Some(f.size) } else { None }).sum();
+    let total: u64 = m
+        .walk()
+        .filter_map(|(_, e)| {
+            if let Kind::File(f) = &e.kind {
+                Some(f.size)
+            } else {
+                None
+            }
+        })
+        .sum();
     let progress = opts.progress.then(|| {
         let pb = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("unpacking {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "unpacking {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        ) {
             pb.set_style(style);
         }
         pb
@@ -299,9 +347,20 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         files_kept: AtomicU64::new(0),
         bytes_written: AtomicU64::new(0),
     };
-    let threads = if opts.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { opts.threads };
-    let mut report = UnpackReport { rootless, ..UnpackReport::default() };
-    let Kind::Dir(top) = &m.root.kind else { unreachable!("validated: the root is a directory") };
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let mut report = UnpackReport {
+        rootless,
+        ..UnpackReport::default()
+    };
+    let Kind::Dir(top) = &m.root.kind else {
+        unreachable!("validated: the root is a directory")
+    };
 
     // Phases 1 and 2: the walk creates, the writers write.
     let mut links = Vec::new();
@@ -323,13 +382,23 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
             });
         }
         drop(rx);
-        let walker = std::thread::Builder::new().stack_size(256 << 20).spawn_scoped(s, || {
-            let mut w = Walker { ctx: &ctx, tx, links: Vec::new(), claimed: HashSet::new(), dirs: 1, others: 0, removed: 0 };
-            if let Err(e) = w.walk(&root, &mut Vec::new(), top) {
-                ctx.fail(e);
-            }
-            (w.links, w.dirs, w.others, w.removed)
-        });
+        let walker = std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn_scoped(s, || {
+                let mut w = Walker {
+                    ctx: &ctx,
+                    tx,
+                    links: Vec::new(),
+                    claimed: HashSet::new(),
+                    dirs: 1,
+                    others: 0,
+                    removed: 0,
+                };
+                if let Err(e) = w.walk(&root, &mut Vec::new(), top) {
+                    ctx.fail(e);
+                }
+                (w.links, w.dirs, w.others, w.removed)
+            });
         match walker {
             Ok(h) => match h.join() {
                 Ok((l, d, o, r)) => {
@@ -338,15 +407,28 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
                     report.others = o;
                     report.removed = r;
                 }
-                Err(_) => ctx.fail(UnpackError::Sys(SysError::new("thread", ctx.dest.clone(), Errno::IO))),
+                Err(_) => ctx.fail(UnpackError::Sys(SysError::new(
+                    "thread",
+                    ctx.dest.clone(),
+                    Errno::IO,
+                ))),
             },
-            Err(_) => ctx.fail(UnpackError::Sys(SysError::new("clone", ctx.dest.clone(), Errno::AGAIN))),
+            Err(_) => ctx.fail(UnpackError::Sys(SysError::new(
+                "clone",
+                ctx.dest.clone(),
+                Errno::AGAIN,
+            ))),
         }
     });
     if let Some(pb) = &ctx.progress {
         pb.finish_and_clear();
     }
-    if let Some(e) = ctx.first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(e) = ctx
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         return Err(e);
     }
     // Phase 3: hardlinks.
@@ -359,19 +441,65 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
     let res = std::thread::scope(|s| {
         let h = big_stack.spawn_scoped(s, || -> Result<(), UnpackError> {
             finish_dirs(&ctx, root.as_fd(), &mut Vec::new(), top)?;
-            meta::apply(&ctx, XattrSource::Fd(root.as_fd()), KindCode::Dir, &m.root.meta, b"")
+            meta::apply(
+                &ctx,
+                XattrSource::Fd(root.as_fd()),
+                KindCode::Dir,
+                &m.root.meta,
+                b"",
+            )
         });
         match h {
-            Ok(h) => h.join().unwrap_or_else(|_| Err(UnpackError::Sys(SysError::new("thread", ctx.dest.clone(), Errno::IO)))),
-            Err(_) => Err(UnpackError::Sys(SysError::new("clone", ctx.dest.clone(), Errno::AGAIN))),
+            Ok(h) => h.join().unwrap_or_else(|_| {
+                Err(UnpackError::Sys(SysError::new(
+                    "thread",
+                    ctx.dest.clone(),
+                    Errno::IO,
+                )))
+            }),
+            Err(_) => Err(UnpackError::Sys(SysError::new(
+                "clone",
+                ctx.dest.clone(),
+                Errno::AGAIN,
+            ))),
         }
     });
     res?;
     report.files_written = ctx.files_written.load(Ordering::Relaxed);
     report.files_kept = ctx.files_kept.load(Ordering::Relaxed);
     report.bytes_written = ctx.bytes_written.load(Ordering::Relaxed);
-    report.not_applied = ctx.not_applied.into_inner().unwrap_or_else(|p| p.into_inner());
+    report.not_applied = ctx
+        .not_applied
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     Ok(report)
+}
+
+/// Every name is one valid component: the kernel must never see a name
+/// with `/` (a model built in code is checked here again, whatever else
+/// validated it).
+fn check_names(e: &Entry, rel: &mut Vec<u8>) -> Result<(), UnpackError> {
+    let Kind::Dir(children) = &e.kind else {
+        return Ok(());
+    };
+    for (name, c) in children {
+        let base = rel.len();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name);
+        if let Err(what) = manifest::check_name(name) {
+            return Err(manifest::DecodeError {
+                offset: None,
+                path: Some(path_display(rel)),
+                what: format!("invalid name: {what}"),
+            }
+            .into());
+        }
+        check_names(c, rel)?;
+        rel.truncate(base);
+    }
+    Ok(())
 }
 
 fn raise_fd_limit() {
@@ -379,7 +507,13 @@ fn raise_fd_limit() {
     let l = getrlimit(Resource::Nofile);
     if let (Some(cur), Some(max)) = (l.current, l.maximum) {
         if cur < max {
-            let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(max), maximum: Some(max) });
+            let _ = setrlimit(
+                Resource::Nofile,
+                rustix::process::Rlimit {
+                    current: Some(max),
+                    maximum: Some(max),
+                },
+            );
         }
     }
 }
@@ -400,10 +534,16 @@ fn open_dest(dest: &Path, update: bool) -> Result<OwnedFd, UnpackError> {
         Err(Errno::NOENT) => {
             if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    SysError::new("mkdir", parent.display().to_string(), Errno::from_io_error(&e).unwrap_or(Errno::IO))
+                    SysError::new(
+                        "mkdir",
+                        parent.display().to_string(),
+                        Errno::from_io_error(&e).unwrap_or(Errno::IO),
+                    )
                 })?;
             }
-            crate::sys::call("mkdir", shown, || rustix::fs::mkdir(dest, rustix::fs::Mode::from_raw_mode(0o700)))?;
+            crate::sys::call("mkdir", shown, || {
+                rustix::fs::mkdir(dest, rustix::fs::Mode::from_raw_mode(0o700))
+            })?;
         }
         Err(e) => return Err(SysError::new("lstat", shown(), e).into()),
         Ok(st) => match FileType::from_raw_mode(st.st_mode) {
@@ -413,7 +553,9 @@ fn open_dest(dest: &Path, update: bool) -> Result<OwnedFd, UnpackError> {
         },
     }
     let fd = match rd::open_dir_path(dest) {
-        Err(e) if e.errno == Errno::LOOP || e.errno == Errno::NOTDIR => return Err(UnpackError::DestSymlink(shown())),
+        Err(e) if e.errno == Errno::LOOP || e.errno == Errno::NOTDIR => {
+            return Err(UnpackError::DestSymlink(shown()));
+        }
         r => r?,
     };
     if !update && !rd::read_dir_names(fd.as_fd(), &shown)?.is_empty() {
@@ -434,7 +576,12 @@ struct Walker<'c, 'a, 'm> {
 }
 
 impl<'m> Walker<'_, '_, 'm> {
-    fn walk(&mut self, dir: &Arc<OwnedFd>, rel: &mut Vec<u8>, children: &'m BTreeMap<Name, Entry>) -> Result<(), UnpackError> {
+    fn walk(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        rel: &mut Vec<u8>,
+        children: &'m BTreeMap<Name, Entry>,
+    ) -> Result<(), UnpackError> {
         let ctx = self.ctx;
         if ctx.update {
             let dshown = || ctx.shown(rel);
@@ -463,7 +610,12 @@ impl<'m> Walker<'_, '_, 'm> {
     }
 
     /// What exists at `name` (`update` only), as (type, stat).
-    fn existing(&self, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<Option<rd::Stat>, UnpackError> {
+    fn existing(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        rel: &[u8],
+    ) -> Result<Option<rd::Stat>, UnpackError> {
         if !self.ctx.update {
             return Ok(None);
         }
@@ -480,7 +632,14 @@ impl<'m> Walker<'_, '_, 'm> {
         self.claimed.insert((st.st_dev, st.st_ino))
     }
 
-    fn entry(&mut self, dir: &Arc<OwnedFd>, name: &'m [u8], e: &'m Entry, rel: &[u8], siblings: &'m BTreeMap<Name, Entry>) -> Result<(), UnpackError> {
+    fn entry(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        name: &'m [u8],
+        e: &'m Entry,
+        rel: &[u8],
+        siblings: &'m BTreeMap<Name, Entry>,
+    ) -> Result<(), UnpackError> {
         let ctx = self.ctx;
         let d = dir.as_fd();
         let shown = || ctx.shown(rel);
@@ -500,12 +659,13 @@ impl<'m> Walker<'_, '_, 'm> {
                 clear(self, keep)?;
                 if !keep {
                     wr::mkdir_at(d, name, 0o700, &shown)?;
+                } else if ctx.rootless && ex.as_ref().is_some_and(|s| s.st_mode & 0o700 != 0o700) {
+                    // an existing directory (0555, 0311...) must be readable
+                    // and writable by its owner while children are fixed;
+                    // its mode is set again once they are
+                    wr::chmod_at(d, name, 0o700, &shown)?;
                 }
                 let fd = rd::open_dir_at(d, name, &shown)?;
-                if keep && ctx.rootless {
-                    // an existing directory may lack owner write permission
-                    wr::fchmod(fd.as_fd(), 0o700, &shown)?;
-                }
                 self.dirs += 1;
                 let fd = Arc::new(fd);
                 let mut r = rel.to_vec();
@@ -520,7 +680,15 @@ impl<'m> Walker<'_, '_, 'm> {
                 if ex.is_some() && ex_type != Some(FileType::RegularFile) {
                     clear(self, false)?;
                 }
-                let job = Job { dir: dir.clone(), name, rel: rel.to_vec(), meta: &e.meta, file: f, siblings, check };
+                let job = Job {
+                    dir: dir.clone(),
+                    name,
+                    rel: rel.to_vec(),
+                    meta: &e.meta,
+                    file: f,
+                    siblings,
+                    check,
+                };
                 if self.tx.send(job).is_err() {
                     return Err(SysError::new("thread", shown(), Errno::IO).into());
                 }
@@ -533,23 +701,49 @@ impl<'m> Walker<'_, '_, 'm> {
                 if !keep {
                     wr::symlink_at(target, d, name, &shown)?;
                 }
-                meta::apply(ctx, XattrSource::At(d, name), KindCode::Symlink, &e.meta, rel)?;
+                meta::apply(
+                    ctx,
+                    XattrSource::At(d, name),
+                    KindCode::Symlink,
+                    &e.meta,
+                    rel,
+                )?;
                 self.others += 1;
             }
             Kind::Char(dev) | Kind::Block(dev) => {
-                let (ty, code) = if matches!(e.kind, Kind::Char(_)) { (FileType::CharacterDevice, KindCode::Char) } else { (FileType::BlockDevice, KindCode::Block) };
+                let (ty, code) = if matches!(e.kind, Kind::Char(_)) {
+                    (FileType::CharacterDevice, KindCode::Char)
+                } else {
+                    (FileType::BlockDevice, KindCode::Block)
+                };
                 if ctx.rootless {
                     // placeholder: an empty regular file
                     let keep = ex_type == Some(FileType::RegularFile)
                         && ex.as_ref().is_some_and(|s| s.st_size == 0)
                         && ex.as_ref().is_some_and(|s| self.claim(s));
                     clear(self, keep)?;
-                    let fd = if keep { rd::open_file_at(d, name, &shown)? } else { wr::create_file_at(d, name, 0o600, &shown)? };
-                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, &e.meta, rel)?;
-                    ctx.not_applied(NotAppliedKind::Device, rel, format!("{} {}:{}", code.name(), dev.major, dev.minor));
+                    let fd = if keep {
+                        rd::open_file_at(d, name, &shown)?
+                    } else {
+                        wr::create_file_at(d, name, 0o600, &shown)?
+                    };
+                    meta::apply(
+                        ctx,
+                        XattrSource::Fd(fd.as_fd()),
+                        KindCode::File,
+                        &e.meta,
+                        rel,
+                    )?;
+                    ctx.not_applied(
+                        NotAppliedKind::Device,
+                        rel,
+                        format!("{} {}:{}", code.name(), dev.major, dev.minor),
+                    );
                 } else {
                     let want = rustix::fs::makedev(dev.major, dev.minor);
-                    let keep = ex_type == Some(ty) && ex.as_ref().is_some_and(|s| s.st_rdev == want) && ex.as_ref().is_some_and(|s| self.claim(s));
+                    let keep = ex_type == Some(ty)
+                        && ex.as_ref().is_some_and(|s| s.st_rdev == want)
+                        && ex.as_ref().is_some_and(|s| self.claim(s));
                     clear(self, keep)?;
                     if !keep {
                         wr::mknod_at(d, name, ty, 0o600, (dev.major, dev.minor), &shown)?;
@@ -559,7 +753,8 @@ impl<'m> Walker<'_, '_, 'm> {
                 self.others += 1;
             }
             Kind::Fifo => {
-                let keep = ex_type == Some(FileType::Fifo) && ex.as_ref().is_some_and(|s| self.claim(s));
+                let keep =
+                    ex_type == Some(FileType::Fifo) && ex.as_ref().is_some_and(|s| self.claim(s));
                 clear(self, keep)?;
                 if !keep {
                     wr::mknod_at(d, name, FileType::Fifo, 0o600, (0, 0), &shown)?;
@@ -595,16 +790,21 @@ fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
 /// Removes `name` in `dir`, a whole subtree if it is a directory, never
 /// following symlinks. Rootless, a directory without owner write permission
 /// is made writable first (we own it or cannot remove it anyway).
-fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<(), UnpackError> {
+fn remove_entry(
+    ctx: &Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    rel: &[u8],
+) -> Result<(), UnpackError> {
     let shown = || ctx.shown(rel);
     let st = rd::stat_at(dir, name, &shown)?;
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
         // iterative: an existing tree may be deeper than any stack
         let mut stack: Vec<(OwnedFd, Vec<u8>)> = Vec::new();
-        let fd = rd::open_dir_at(dir, name, &shown)?;
         if st.st_mode & 0o700 != 0o700 && st.st_uid == rustix::process::geteuid().as_raw() {
-            wr::fchmod(fd.as_fd(), 0o700, &shown)?;
+            wr::chmod_at(dir, name, 0o700, &shown)?;
         }
+        let fd = rd::open_dir_at(dir, name, &shown)?;
         stack.push((fd, rel.to_vec()));
         while let Some((fd, drel)) = stack.pop() {
             let dshown = || ctx.shown(&drel);
@@ -617,10 +817,12 @@ fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> 
                     match wr::unlink_at(fd.as_fd(), &n, true, &cshown) {
                         Ok(()) => {}
                         Err(e) if e.errno == Errno::NOTEMPTY || e.errno == Errno::EXIST => {
-                            let cfd = rd::open_dir_at(fd.as_fd(), &n, &cshown)?;
-                            if cst.st_mode & 0o700 != 0o700 && cst.st_uid == rustix::process::geteuid().as_raw() {
-                                wr::fchmod(cfd.as_fd(), 0o700, &cshown)?;
+                            if cst.st_mode & 0o700 != 0o700
+                                && cst.st_uid == rustix::process::geteuid().as_raw()
+                            {
+                                wr::chmod_at(fd.as_fd(), &n, 0o700, &cshown)?;
                             }
+                            let cfd = rd::open_dir_at(fd.as_fd(), &n, &cshown)?;
                             pushed = Some((cfd, crel));
                             break;
                         }
@@ -630,13 +832,10 @@ fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> 
                     wr::unlink_at(fd.as_fd(), &n, false, &cshown)?;
                 }
             }
-            match pushed {
-                // revisit this directory after the child is emptied
-                Some(child) => {
-                    stack.push((fd, drel));
-                    stack.push(child);
-                }
-                None => {}
+            // revisit this directory after the child is emptied
+            if let Some(child) = pushed {
+                stack.push((fd, drel));
+                stack.push(child);
             }
         }
         wr::unlink_at(dir, name, true, &shown)?;
@@ -655,8 +854,16 @@ fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<(), Unp
         match rd::open_file_at(d, job.name, &shown) {
             Ok(fd) => {
                 let st = rd::stat_fd(fd.as_fd(), &shown)?;
-                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && content::same_content(fd.as_fd(), job.file, &shown, buf)? {
-                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, &job.rel)?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && content::same_content(fd.as_fd(), job.file, &shown, buf)?
+                {
+                    meta::apply(
+                        ctx,
+                        XattrSource::Fd(fd.as_fd()),
+                        KindCode::File,
+                        job.meta,
+                        &job.rel,
+                    )?;
                     ctx.files_kept.fetch_add(1, Ordering::Relaxed);
                     if let Some(pb) = &ctx.progress {
                         pb.inc(job.file.size);
@@ -672,7 +879,13 @@ fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<(), Unp
     let (tmp, fd) = create_temp(ctx, job)?;
     let res = (|| -> Result<u64, UnpackError> {
         let n = content::write_content(ctx, &job.rel, job.file, fd.as_fd(), buf)?;
-        meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, &job.rel)?;
+        meta::apply(
+            ctx,
+            XattrSource::Fd(fd.as_fd()),
+            KindCode::File,
+            job.meta,
+            &job.rel,
+        )?;
         wr::rename_at(d, &tmp, job.name, !ctx.update, &shown)?;
         Ok(n)
     })();
@@ -700,7 +913,9 @@ fn create_temp(ctx: &Ctx<'_>, job: &Job<'_>) -> Result<(Vec<u8>, OwnedFd), Unpac
         if job.siblings.contains_key(&tmp) {
             continue;
         }
-        match wr::create_file_at(job.dir.as_fd(), &tmp, 0o600, &|| ctx.shown(&join(parent_of(&job.rel), &tmp))) {
+        match wr::create_file_at(job.dir.as_fd(), &tmp, 0o600, &|| {
+            ctx.shown(&join(parent_of(&job.rel), &tmp))
+        }) {
             Ok(fd) => return Ok((tmp, fd)),
             Err(e) if e.errno == Errno::EXIST => continue,
             Err(e) => return Err(e.into()),
@@ -759,15 +974,33 @@ fn make_link(ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8], target: &[u8]) -> Result
     Ok(())
 }
 
-fn finish_dir(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel: &mut Vec<u8>, e: &Entry, grand: &BTreeMap<Name, Entry>) -> Result<(), UnpackError> {
+fn finish_dir(
+    ctx: &Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    rel: &mut Vec<u8>,
+    e: &Entry,
+    grand: &BTreeMap<Name, Entry>,
+) -> Result<(), UnpackError> {
     let shown = ctx.shown(rel);
     let fd = rd::open_dir_at(dir, name, &|| shown.clone())?;
     finish_dirs(ctx, fd.as_fd(), rel, grand)?;
-    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::Dir, &e.meta, rel)
+    meta::apply(
+        ctx,
+        XattrSource::Fd(fd.as_fd()),
+        KindCode::Dir,
+        &e.meta,
+        rel,
+    )
 }
 
 /// Applies directory metadata below `dir`, children before parents.
-fn finish_dirs(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, rel: &mut Vec<u8>, children: &BTreeMap<Name, Entry>) -> Result<(), UnpackError> {
+fn finish_dirs(
+    ctx: &Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    rel: &mut Vec<u8>,
+    children: &BTreeMap<Name, Entry>,
+) -> Result<(), UnpackError> {
     for (name, e) in children {
         let Kind::Dir(grand) = &e.kind else { continue };
         let base = rel.len();
