@@ -317,6 +317,8 @@ fn rootless_round_trip_as_nobody() {
     let (src, s) = (t.path().join("src"), t.path().join("store"));
     std::fs::create_dir(&src).unwrap();
     make_full_tree(&src);
+    // a root without owner write permission: a rerun must still get in
+    chmod(&src, 0o555);
     let store = Store::create(&s).unwrap();
     let m = scan(&src, Some(&store));
     let mpath = t.path().join("m");

@@ -312,6 +312,15 @@ pub fn unpack(
     raise_fd_limit();
     let dest = strip_trailing_slashes(dest);
     let root = open_dest(&dest, opts.update)?;
+    if rootless {
+        // children are added to the destination itself before its final
+        // mode is applied: its owner (us) needs rwx meanwhile
+        let shown = || dest.display().to_string();
+        let st = rd::stat_fd(root.as_fd(), &shown)?;
+        if st.st_mode & 0o700 != 0o700 && st.st_uid == rustix::process::geteuid().as_raw() {
+            wr::fchmod(root.as_fd(), 0o700, &shown)?;
+        }
+    }
     let root = Arc::new(root);
     let total: u64 = m
         .walk()
