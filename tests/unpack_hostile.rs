@@ -504,3 +504,27 @@ fn user_xattr_on_a_symlink_is_a_clear_error_as_root() {
     assert!(e.contains("/l") && e.contains("user.x"), "{e}");
     fx.assert_sentinel_untouched();
 }
+
+#[test]
+fn duplicate_paths_in_the_bytes_are_rejected_by_the_cli() {
+    let fx = Fixture::new();
+    let m = manifest(vec![(b"a", fx.file(b"1")), (b"b", fx.file(b"2"))]);
+    let mut bytes = m.to_bytes().unwrap();
+    // the name "b" (bstr of length 1: 0x41 'b') becomes a second "a"
+    let at = bytes.windows(2).position(|w| w == [0x41, b'b']).unwrap();
+    bytes[at + 1] = b'a';
+    let mpath = fx.base.join("m");
+    std::fs::write(&mpath, &bytes).unwrap();
+    let o = common::run(&[
+        OsStr::new("unpack"),
+        mpath.as_os_str(),
+        OsStr::new("--store"),
+        fx.base.join("store").as_os_str(),
+        fx.dest.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("invalid OCIX manifest"), "{err}");
+    assert!(!fx.dest.exists());
+    fx.assert_sentinel_untouched();
+}

@@ -56,6 +56,9 @@ fn content_err(ctx: &Ctx<'_>, rel: &[u8], digest: Digest, e: StoreError) -> Unpa
 /// Zero runs are skipped (holes after `ftruncate`), their zeros fed to the
 /// hash; without zero runs the blob is copied with `copy_file_range`
 /// (possibly a reflink) and the written file is read back to verify it.
+/// Either way what is hashed is exactly what the file now holds, so a blob
+/// whose declared zero runs are not zero cannot smuggle data in: the file
+/// gets zeros there, and the digest decides.
 pub(super) fn write_content(
     ctx: &Ctx<'_>,
     rel: &[u8],

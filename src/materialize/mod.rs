@@ -26,6 +26,8 @@
 //!    set after all its children exist.
 //!
 //! Per entry, metadata goes owner, xattrs, mode, mtime (see [`meta`]).
+//! Entries that must not be opened (symlinks, devices, fifos) get xattrs and
+//! mode through `/proc/self/fd`, so `/proc` must be mounted.
 //!
 //! Ownership: as root (or with explicit maps) owners are set with `chown`,
 //! shifted by `--uid-map`/`--gid-map`. Rootless (not root, or forced), no
