@@ -199,11 +199,7 @@ fn unreadable_entries_fail_the_scan_and_name_every_path() {
     chmod(&d.join("secret"), 0o600);
     std::fs::create_dir(d.join("locked")).unwrap();
     chmod(&d.join("locked"), 0o700);
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_ocix"), "scan"])
-        .arg(&d)
-        .output()
-        .unwrap();
+    let out = ocix_as_nobody().arg("scan").arg(&d).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tree/secret") && err.contains("Permission denied"), "{err}");

@@ -160,7 +160,11 @@ pub fn hash_content(
             while got < chunk.len() {
                 let n = rd::pread(fd, &mut chunk[got..], off + got as u64, shown).map_err(|e| e.to_string())?;
                 if n == 0 {
-                    return Err(format!("{}: shrank while being read (expected {size} bytes, got {})", shown(), off + got as u64));
+                    return Err(format!(
+                        "{}: shrank while being read (expected {size} bytes, got {})",
+                        shown(),
+                        off + got as u64
+                    ));
                 }
                 got += n;
             }

@@ -97,8 +97,13 @@ impl Excludes {
         let mut names = GlobSetBuilder::new();
         let mut paths = GlobSetBuilder::new();
         for p in patterns {
-            let (set, pat) = if p.contains('/') { (&mut paths, p.trim_start_matches('/')) } else { (&mut names, p.as_str()) };
-            let g = GlobBuilder::new(pat).literal_separator(true).backslash_escape(true).build().map_err(|e| format!("{p:?}: {e}"))?;
+            let (set, pat) =
+                if p.contains('/') { (&mut paths, p.trim_start_matches('/')) } else { (&mut names, p.as_str()) };
+            let g = GlobBuilder::new(pat)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| format!("{p:?}: {e}"))?;
             set.add(g);
         }
         Ok(Excludes {
@@ -127,9 +132,12 @@ struct Job {
     shown: String,
 }
 
+/// A hashed file: its content record and xattrs, or why it failed.
+type Hashed = Result<(File, Vec<(Vec<u8>, Vec<u8>)>), String>;
+
 struct Done {
     id: usize,
-    result: Result<(File, Vec<(Vec<u8>, Vec<u8>)>), String>,
+    result: Hashed,
 }
 
 struct Walker<'a> {
@@ -169,7 +177,8 @@ impl Walker<'_> {
             gname: None,
         };
         if self.opts.rootless {
-            apply_rootless(&mut meta).unwrap_or_else(|e| self.errors.push(format!("{}: user.rootlesscontainers: {e}", self.shown(path))));
+            apply_rootless(&mut meta)
+                .unwrap_or_else(|e| self.errors.push(format!("{}: user.rootlesscontainers: {e}", self.shown(path))));
         }
         meta
     }
@@ -260,10 +269,11 @@ impl Walker<'_> {
                 };
                 let meta = self.meta(&st, xattrs, path);
                 let children = if st.st_dev != self.root_dev && !self.opts.cross_mounts {
-                    self.warnings.push(format!("{shown}: mount point; recorded, not descended into (use --cross-mounts)"));
+                    self.warnings
+                        .push(format!("{shown}: mount point; recorded, not descended into (use --cross-mounts)"));
                     BTreeMap::new()
                 } else {
-                    self.walk_dir(fd.as_fd(), path, depth + 1)
+                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1))
                 };
                 return Some(Entry { meta, kind: Kind::Dir(children) });
             }
@@ -346,7 +356,12 @@ fn apply_rootless(meta: &mut Meta) -> Result<(), String> {
     Ok(())
 }
 
-fn hash_worker(jobs: Receiver<Job>, done: Sender<Done>, store: Option<&Store>, progress: Option<indicatif::ProgressBar>) {
+fn hash_worker(
+    jobs: Receiver<Job>,
+    done: Sender<Done>,
+    store: Option<&Store>,
+    progress: Option<indicatif::ProgressBar>,
+) {
     let mut buf = vec![0u8; content::CHUNK];
     for job in jobs {
         let sh = || job.shown.clone();
@@ -381,15 +396,30 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     let excludes = Excludes::new(&opts.excludes).map_err(ScanError::Pattern)?;
     // The root itself may be reached through a symlink the user named (as
     // `find -H` does); nothing below it is followed.
-    let root_fd = crate::sys::call("open", || dir.display().to_string(), || {
-        rustix::fs::open(dir, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
-    })?;
+    let root_fd = crate::sys::call(
+        "open",
+        || dir.display().to_string(),
+        || {
+            rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+        },
+    )?;
     let shown_root = dir.display().to_string();
     let root_st = rd::stat_fd(root_fd.as_fd(), &|| shown_root.clone())?;
-    let threads = if opts.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { opts.threads };
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        opts.threads
+    };
     let progress = opts.progress.then(|| {
         let pb = indicatif::ProgressBar::new_spinner();
-        pb.set_style(indicatif::ProgressStyle::with_template("{spinner} scanning: {msg}, {bytes} hashed ({bytes_per_sec})").expect("static template"));
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} scanning: {msg}, {bytes} hashed ({bytes_per_sec})")
+                .expect("static template"),
+        );
         pb.enable_steady_tick(std::time::Duration::from_millis(120));
         pb
     });
@@ -430,7 +460,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     // Fill in every file's content and xattrs.
     let mut files = 0u64;
     let mut bytes = 0u64;
-    let mut results: Vec<Option<Result<(File, Vec<(Vec<u8>, Vec<u8>)>), String>>> = (0..w.job_paths.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Hashed>> = (0..w.job_paths.len()).map(|_| None).collect();
     for d in done_rx.try_iter() {
         results[d.id] = Some(d.result);
     }

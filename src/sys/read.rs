@@ -21,15 +21,22 @@ fn show(p: &Path) -> String {
 /// Opens a directory given by a full path, refusing to follow a symlink as
 /// the last component.
 pub fn open_dir_path(path: &Path) -> Result<OwnedFd> {
-    call("open", || show(path), || {
-        fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-    })
+    call(
+        "open",
+        || show(path),
+        || fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()),
+    )
 }
 
 /// Opens the directory `name` inside `dir` without following a symlink.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<OwnedFd> {
     call("openat", shown, || {
-        fs::openat(dir, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        fs::openat(
+            dir,
+            OsStr::from_bytes(name),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
     })
 }
 
@@ -139,7 +146,13 @@ pub fn read_xattrs(src: XattrSource<'_>, shown: &dyn Fn() -> String) -> Result<V
         match fetch(|buf| get(name, buf)) {
             Ok(val) => out.push((name.to_vec(), val)),
             Err(Errno::NODATA) => {} // removed meanwhile
-            Err(e) => return Err(super::SysError::new("getxattr", format!("{} ({})", shown(), String::from_utf8_lossy(name)), e)),
+            Err(e) => {
+                return Err(super::SysError::new(
+                    "getxattr",
+                    format!("{} ({})", shown(), String::from_utf8_lossy(name)),
+                    e,
+                ));
+            }
         }
     }
     Ok(out)

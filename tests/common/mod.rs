@@ -99,15 +99,29 @@ pub fn make_tree(root: &Path, reverse: bool) {
     std::os::unix::fs::symlink("does-not-exist", j("dangling")).unwrap();
     std::os::unix::fs::symlink("../a", j("a/b/up")).unwrap();
     // fifo
-    rustix::fs::mknodat(CWD, &j("fifo"), FileType::Fifo, Mode::from_raw_mode(0o620), 0).unwrap();
+    rustix::fs::mknodat(CWD, j("fifo"), FileType::Fifo, Mode::from_raw_mode(0o620), 0).unwrap();
     chmod(&j("fifo"), 0o620);
     // xattrs
-    rustix::fs::setxattr(&j("a/hello"), "user.greeting", b"hi", rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::setxattr(&j("a/hello"), "user.bin", &[0, 255, 0, 254], rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::setxattr(&j("a"), "user.dir", b"d", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("a/hello"), "user.greeting", b"hi", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("a/hello"), "user.bin", &[0, 255, 0, 254], rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("a"), "user.dir", b"d", rustix::fs::XattrFlags::empty()).unwrap();
     if is_root() {
-        rustix::fs::mknodat(CWD, &j("null"), FileType::CharacterDevice, Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
-        rustix::fs::mknodat(CWD, &j("loop0"), FileType::BlockDevice, Mode::from_raw_mode(0o660), rustix::fs::makedev(7, 0)).unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            j("null"),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            j("loop0"),
+            FileType::BlockDevice,
+            Mode::from_raw_mode(0o660),
+            rustix::fs::makedev(7, 0),
+        )
+        .unwrap();
         chmod(&j("null"), 0o666);
         chmod(&j("loop0"), 0o660);
         std::os::unix::fs::lchown(j("loop0"), Some(0), Some(6)).unwrap();
@@ -142,4 +156,28 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
             collect(&path, out);
         }
     }
+}
+
+/// A copy of the ocix binary that an unprivileged user can execute (the
+/// build directory may sit below a private home directory).
+pub fn ocix_unprivileged() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ocix-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("ocix");
+        std::fs::copy(env!("CARGO_BIN_EXE_ocix"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    })
+    .clone()
+}
+
+/// A command running `ocix` as uid/gid 65534 (nobody) with no groups.
+pub fn ocix_as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(ocix_unprivileged());
+    c
 }
