@@ -16,27 +16,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn scan(dir: &Path, store: Option<&Store>) -> Manifest {
-    scan_dir(dir, store, &ScanOptions::default())
-        .unwrap_or_else(|e| panic!("scan {}: {e}", dir.display()))
-        .manifest
+    scan_dir(dir, store, &ScanOptions::default()).unwrap_or_else(|e| panic!("scan {}: {e}", dir.display())).manifest
 }
 
 fn scan_rootless(dir: &Path) -> Manifest {
-    let o = ScanOptions {
-        rootless: true,
-        ..ScanOptions::default()
-    };
-    scan_dir(dir, None, &o)
-        .unwrap_or_else(|e| panic!("scan --rootless {}: {e}", dir.display()))
-        .manifest
+    let o = ScanOptions { rootless: true, ..ScanOptions::default() };
+    scan_dir(dir, None, &o).unwrap_or_else(|e| panic!("scan --rootless {}: {e}", dir.display())).manifest
 }
 
 fn setfacl(args: &[&str], p: &Path) {
-    let st = Command::new("setfacl")
-        .args(args)
-        .arg(p)
-        .status()
-        .expect("run setfacl");
+    let st = Command::new("setfacl").args(args).arg(p).status().expect("run setfacl");
     assert!(st.success(), "setfacl {args:?} {}", p.display());
 }
 
@@ -54,20 +43,8 @@ fn make_full_tree(root: &Path) {
     write(&j("wx/secret"), b"in a 0311 directory\n");
     std::fs::create_dir(j("sgid")).unwrap();
     write(&j("cap"), b"#!/bin/true\n");
-    rustix::fs::setxattr(
-        j("cap"),
-        "security.capability",
-        &cap_net_raw(),
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
-    rustix::fs::setxattr(
-        j("ro/inside"),
-        "user.k",
-        b"v",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    rustix::fs::setxattr(j("cap"), "security.capability", &cap_net_raw(), rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("ro/inside"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
     setfacl(&["-m", "u:123:rx,g:45:r"], &j("a/b"));
     setfacl(&["-d", "-m", "u:5:r"], &j("a/b"));
     std::os::unix::fs::lchown(j("sgid"), Some(10), Some(20)).unwrap();
@@ -77,20 +54,7 @@ fn make_full_tree(root: &Path) {
     chmod(&j("ro/sub"), 0o555);
     chmod(&j("ro"), 0o555);
     chmod(&j("wx"), 0o311);
-    for p in [
-        "ro/sub/deep",
-        "ro/inside",
-        "ro/sub",
-        "ro",
-        "wx/secret",
-        "wx",
-        "sgid",
-        "cap",
-        "a/b",
-        "fifo",
-        "a",
-        "",
-    ] {
+    for p in ["ro/sub/deep", "ro/inside", "ro/sub", "ro", "wx/secret", "wx", "sgid", "cap", "a/b", "fifo", "a", ""] {
         set_mtime(&j(p), 1_600_000_000, 42);
     }
 }
@@ -121,11 +85,7 @@ fn names_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let e = e.unwrap();
-            if e.file_name()
-                .as_bytes()
-                .windows(needle.len())
-                .any(|w| w == needle)
-            {
+            if e.file_name().as_bytes().windows(needle.len()).any(|w| w == needle) {
                 out.push(e.path());
             }
             if e.file_type().unwrap().is_dir() {
@@ -138,10 +98,7 @@ fn names_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 #[test]
 fn round_trip_as_root_gives_the_same_manifest_bytes() {
-    assert!(
-        is_root(),
-        "the round trip test needs root (CI runs as root)"
-    );
+    assert!(is_root(), "the round trip test needs root (CI runs as root)");
     let t = tempfile::tempdir().unwrap();
     let (src, out) = (t.path().join("src"), t.path().join("out"));
     std::fs::create_dir(&src).unwrap();
@@ -149,20 +106,8 @@ fn round_trip_as_root_gives_the_same_manifest_bytes() {
     let store = Store::create(&t.path().join("store")).unwrap();
     let m = scan(&src, Some(&store));
     // the tree really has what this test claims to cover
-    assert!(
-        m.get(b"cap")
-            .unwrap()
-            .meta
-            .xattrs
-            .contains_key(b"security.capability".as_slice())
-    );
-    assert!(
-        m.get(b"a/b")
-            .unwrap()
-            .meta
-            .xattrs
-            .contains_key(b"system.posix_acl_default".as_slice())
-    );
+    assert!(m.get(b"cap").unwrap().meta.xattrs.contains_key(b"security.capability".as_slice()));
+    assert!(m.get(b"a/b").unwrap().meta.xattrs.contains_key(b"system.posix_acl_default".as_slice()));
     assert!(matches!(m.get(b"null").unwrap().kind, Kind::Char(_)));
     assert!(matches!(m.get(b"hl-1").unwrap().kind, Kind::Hardlink(_)));
     assert!(m.get(b"names/\xff\xfe-latin1").is_some());
@@ -173,25 +118,14 @@ fn round_trip_as_root_gives_the_same_manifest_bytes() {
     assert_eq!(r.hardlinks, 2);
     assert!(r.not_applied.is_empty(), "{:?}", r.not_applied);
     let back = scan(&out, None);
-    assert_eq!(
-        back.to_bytes().unwrap(),
-        m.to_bytes().unwrap(),
-        "{back:#?}\nvs\n{m:#?}"
-    );
+    assert_eq!(back.to_bytes().unwrap(), m.to_bytes().unwrap(), "{back:#?}\nvs\n{m:#?}");
 
     // zero runs are holes: 8 MiB file with 14 KB of data
     let sparse = std::fs::metadata(out.join("sparse")).unwrap();
     assert_eq!(sparse.len(), 8 << 20);
-    assert!(
-        sparse.blocks() * 512 <= 64 << 10,
-        "sparse file has {} blocks allocated",
-        sparse.blocks()
-    );
+    assert!(sparse.blocks() * 512 <= 64 << 10, "sparse file has {} blocks allocated", sparse.blocks());
     // a file that is all zeros is all hole
-    assert_eq!(
-        std::fs::metadata(out.join("a/b/zero4k")).unwrap().blocks(),
-        0
-    );
+    assert_eq!(std::fs::metadata(out.join("a/b/zero4k")).unwrap().blocks(), 0);
     // hardlinks share the inode
     let ino = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().ino();
     assert_eq!(ino("a/hello"), ino("hl-1"));
@@ -203,11 +137,7 @@ fn round_trip_as_root_gives_the_same_manifest_bytes() {
 #[test]
 fn cli_round_trip_and_nonempty_destination() {
     let t = tempfile::tempdir().unwrap();
-    let (src, out, s) = (
-        t.path().join("src"),
-        t.path().join("out"),
-        t.path().join("store"),
-    );
+    let (src, out, s) = (t.path().join("src"), t.path().join("out"), t.path().join("store"));
     std::fs::create_dir(&src).unwrap();
     make_full_tree(&src);
     let m1 = t.path().join("m1");
@@ -220,37 +150,17 @@ fn cli_round_trip_and_nonempty_destination() {
         m1.as_os_str(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = common::run(&[
-        OsStr::new("unpack"),
-        m1.as_os_str(),
-        OsStr::new("--store"),
-        s.as_os_str(),
-        out.as_os_str(),
-    ]);
+    let o = common::run(&[OsStr::new("unpack"), m1.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let m2 = t.path().join("m2");
-    let o = common::run(&[
-        OsStr::new("scan"),
-        out.as_os_str(),
-        OsStr::new("-o"),
-        m2.as_os_str(),
-    ]);
+    let o = common::run(&[OsStr::new("scan"), out.as_os_str(), OsStr::new("-o"), m2.as_os_str()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&m1).unwrap(), std::fs::read(&m2).unwrap());
     // a second unpack into the same place needs --update
-    let o = common::run(&[
-        OsStr::new("unpack"),
-        m1.as_os_str(),
-        OsStr::new("--store"),
-        s.as_os_str(),
-        out.as_os_str(),
-    ]);
+    let o = common::run(&[OsStr::new("unpack"), m1.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("not empty") && err.contains(out.to_str().unwrap()),
-        "{err}"
-    );
+    assert!(err.contains("not empty") && err.contains(out.to_str().unwrap()), "{err}");
     let o = common::run(&[
         OsStr::new("unpack"),
         m1.as_os_str(),
@@ -268,9 +178,7 @@ fn cli_round_trip_and_nonempty_destination() {
 /// the user.rootlesscontainers xattr: 0:0).
 fn rootless_expectation(m: &Manifest) -> Manifest {
     fn fix(e: &mut Entry) {
-        e.meta
-            .xattrs
-            .retain(|k, _| !k.starts_with(b"security.") && !k.starts_with(b"trusted."));
+        e.meta.xattrs.retain(|k, _| !k.starts_with(b"security.") && !k.starts_with(b"trusted."));
         match &mut e.kind {
             Kind::Char(_) | Kind::Block(_) => e.kind = Kind::File(Default::default()),
             Kind::Symlink(_) | Kind::Fifo => {
@@ -302,12 +210,7 @@ fn strip_names(m: &Manifest) -> Manifest {
 }
 
 fn as_nobody(args: &[&OsStr]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_ocix"))
-        .args(args)
-        .output()
-        .expect("run setpriv")
+    common::ocix_as_nobody().args(args).output().expect("run setpriv")
 }
 
 #[test]
@@ -324,11 +227,7 @@ fn rootless_round_trip_as_nobody() {
     let mpath = t.path().join("m");
     std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
     chmod(&mpath, 0o644);
-    let st = Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(&s)
-        .status()
-        .unwrap();
+    let st = Command::new("chmod").args(["-R", "a+rX"]).arg(&s).status().unwrap();
     assert!(st.success());
     // nobody may write only here
     let home = t.path().join("home");
@@ -336,13 +235,8 @@ fn rootless_round_trip_as_nobody() {
     std::os::unix::fs::lchown(&home, Some(65534), Some(65534)).unwrap();
     let out = home.join("out");
 
-    let o = as_nobody(&[
-        OsStr::new("unpack"),
-        mpath.as_os_str(),
-        OsStr::new("--store"),
-        s.as_os_str(),
-        out.as_os_str(),
-    ]);
+    let o =
+        as_nobody(&[OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     // one summary of what could not be applied
@@ -351,27 +245,12 @@ fn rootless_round_trip_as_nobody() {
     // everything is owned by the unpacking user; intended owners in the xattr
     let md = std::fs::symlink_metadata(out.join("sgid")).unwrap();
     assert_eq!((md.uid(), md.gid()), (65534, 65534));
-    let x = rustix::fs::getxattr(
-        out.join("sgid"),
-        "user.rootlesscontainers",
-        &mut vec![0u8; 64],
-    )
-    .unwrap();
+    let x = rustix::fs::getxattr(out.join("sgid"), "user.rootlesscontainers", &mut vec![0u8; 64]).unwrap();
     assert!(x > 0);
     // directories without owner write permission got their children
-    assert!(
-        out.join("wx/secret").exists() || std::fs::symlink_metadata(out.join("wx/secret")).is_ok()
-    );
-    assert_eq!(
-        std::fs::symlink_metadata(out.join("wx")).unwrap().mode() & 0o7777,
-        0o311
-    );
-    assert!(
-        std::fs::symlink_metadata(out.join("null"))
-            .unwrap()
-            .file_type()
-            .is_file()
-    );
+    assert!(out.join("wx/secret").exists() || std::fs::symlink_metadata(out.join("wx/secret")).is_ok());
+    assert_eq!(std::fs::symlink_metadata(out.join("wx")).unwrap().mode() & 0o7777, 0o311);
+    assert!(std::fs::symlink_metadata(out.join("null")).unwrap().file_type().is_file());
 
     let back = scan_rootless(&out);
     assert_eq!(
@@ -398,41 +277,23 @@ fn forced_rootless_as_root_matches_umoci_convention() {
     let t = tempfile::tempdir().unwrap();
     let store = Store::create(&t.path().join("s")).unwrap();
     let mut m = Manifest::default();
-    let Kind::Dir(c) = &mut m.root.kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
     let mut f = Entry::new(Kind::File(Default::default()));
     f.meta.uid = 1000;
     f.meta.gid = 0;
     c.insert(b"f".to_vec(), f);
     c.insert(b"z".to_vec(), Entry::new(Kind::File(Default::default())));
     let out = t.path().join("out");
-    let r = unpack(
-        &m,
-        &store,
-        &out,
-        &UnpackOptions {
-            rootless: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = unpack(&m, &store, &out, &UnpackOptions { rootless: true, ..Default::default() }).unwrap();
     assert!(r.rootless);
     let mut buf = vec![0u8; 64];
     let n = rustix::fs::getxattr(out.join("f"), "user.rootlesscontainers", &mut buf).unwrap();
     // uid 1000, gid 0 written as NoopID
-    assert_eq!(
-        &buf[..n],
-        &[0x08, 0xe8, 0x07, 0x10, 0xff, 0xff, 0xff, 0xff, 0x0f]
-    );
+    assert_eq!(&buf[..n], &[0x08, 0xe8, 0x07, 0x10, 0xff, 0xff, 0xff, 0xff, 0x0f]);
     assert_eq!(ocix::rootless::decode(&buf[..n]).unwrap(), (1000, 0));
     // 0:0 carries no xattr
     assert!(rustix::fs::getxattr(out.join("z"), "user.rootlesscontainers", &mut buf).is_err());
-    assert_eq!(
-        std::fs::metadata(out.join("f")).unwrap().uid(),
-        0,
-        "no chown when rootless"
-    );
+    assert_eq!(std::fs::metadata(out.join("f")).unwrap().uid(), 0, "no chown when rootless");
 }
 
 #[test]
@@ -440,9 +301,7 @@ fn uid_and_gid_maps_shift_owners() {
     let t = tempfile::tempdir().unwrap();
     let store = Store::create(&t.path().join("s")).unwrap();
     let mut m = Manifest::default();
-    let Kind::Dir(c) = &mut m.root.kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
     let mut f = Entry::new(Kind::File(Default::default()));
     f.meta.uid = 5;
     f.meta.gid = 7;
@@ -461,13 +320,9 @@ fn uid_and_gid_maps_shift_owners() {
     assert_eq!((md.uid(), md.gid()), (100000, 200000));
     assert_eq!(std::fs::symlink_metadata(&out).unwrap().uid(), 100000);
     // an id outside every range is an error naming the entry
-    let Kind::Dir(c) = &mut m.root.kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
     c.get_mut(b"f".as_slice()).unwrap().meta.gid = 10;
-    let e = unpack(&m, &store, &t.path().join("out2"), &opts)
-        .unwrap_err()
-        .to_string();
+    let e = unpack(&m, &store, &t.path().join("out2"), &opts).unwrap_err().to_string();
     assert!(e.contains("/f") && e.contains("gid 10"), "{e}");
 }
 
@@ -518,16 +373,7 @@ fn update_repairs_a_damaged_tree_with_least_work() {
     // an inherited default ACL makes new children get ACLs they must not keep
     setfacl(&["-d", "-m", "u:77:rwx"], &out);
 
-    let r = unpack(
-        &m,
-        &store,
-        &out,
-        &UnpackOptions {
-            update: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = unpack(&m, &store, &out, &UnpackOptions { update: true, ..Default::default() }).unwrap();
     let back = scan(&out, None);
     assert_eq!(back.to_bytes().unwrap(), m.to_bytes().unwrap(), "{back:#?}");
     // untouched content is not rewritten
@@ -544,20 +390,13 @@ fn update_repairs_a_damaged_tree_with_least_work() {
 #[test]
 fn killed_unpack_then_update_ends_in_the_exact_tree() {
     let t = tempfile::tempdir().unwrap();
-    let (src, s, out) = (
-        t.path().join("src"),
-        t.path().join("store"),
-        t.path().join("out"),
-    );
+    let (src, s, out) = (t.path().join("src"), t.path().join("store"), t.path().join("out"));
     std::fs::create_dir(&src).unwrap();
     make_full_tree(&src);
     // many files so the kill lands somewhere in the middle
     std::fs::create_dir(src.join("many")).unwrap();
     for i in 0..1500 {
-        write(
-            &src.join(format!("many/{i:04}")),
-            &common::noise(3000 + i, i as u64),
-        );
+        write(&src.join(format!("many/{i:04}")), &common::noise(3000 + i, i as u64));
     }
     set_mtime(&src.join("many"), 1, 0);
     let store = Store::create(&s).unwrap();
@@ -569,13 +408,7 @@ fn killed_unpack_then_update_ends_in_the_exact_tree() {
     for delay_ms in [0u64, 15, 60] {
         let _ = std::fs::remove_dir_all(&out);
         let mut child = common::ocix()
-            .args([
-                OsStr::new("unpack"),
-                mpath.as_os_str(),
-                OsStr::new("--store"),
-                s.as_os_str(),
-                out.as_os_str(),
-            ])
+            .args([OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()])
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
@@ -590,11 +423,7 @@ fn killed_unpack_then_update_ends_in_the_exact_tree() {
             out.as_os_str(),
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(
-            scan(&out, None).to_bytes().unwrap(),
-            m.to_bytes().unwrap(),
-            "after a kill at {delay_ms} ms"
-        );
+        assert_eq!(scan(&out, None).to_bytes().unwrap(), m.to_bytes().unwrap(), "after a kill at {delay_ms} ms");
     }
 }
 
@@ -603,9 +432,7 @@ fn sockets_are_skipped_and_reported() {
     let t = tempfile::tempdir().unwrap();
     let store = Store::create(&t.path().join("s")).unwrap();
     let mut m = Manifest::default();
-    let Kind::Dir(c) = &mut m.root.kind else {
-        unreachable!()
-    };
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
     c.insert(b"sock".to_vec(), Entry::new(Kind::Socket));
     let out = t.path().join("out");
     let r = unpack(&m, &store, &out, &UnpackOptions::default()).unwrap();

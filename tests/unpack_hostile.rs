@@ -28,35 +28,19 @@ impl Fixture {
         let sentinel = base.join("sentinel");
         std::fs::create_dir(&sentinel).unwrap();
         common::chmod(&sentinel, 0o777);
-        Fixture {
-            dest: base.join("dest"),
-            _t: t,
-            base,
-            store,
-            sentinel,
-        }
+        Fixture { dest: base.join("dest"), _t: t, base, store, sentinel }
     }
 
     /// Nothing was created, changed or removed outside the destination.
     fn assert_sentinel_untouched(&self) {
-        let names: Vec<_> = std::fs::read_dir(&self.sentinel)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert!(
-            names.is_empty(),
-            "sentinel outside DEST was written: {names:?}"
-        );
+        let names: Vec<_> = std::fs::read_dir(&self.sentinel).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.is_empty(), "sentinel outside DEST was written: {names:?}");
     }
 
     /// A regular file entry whose content is stored as a blob.
     fn file(&self, content: &[u8]) -> Entry {
         let digest = (!content.is_empty()).then(|| self.store.put_bytes(content).unwrap());
-        Entry::new(Kind::File(File {
-            size: content.len() as u64,
-            digest,
-            zeros: zero_runs(content),
-        }))
+        Entry::new(Kind::File(File { size: content.len() as u64, digest, zeros: zero_runs(content) }))
     }
 
     /// Overwrites the blob named `d` with other bytes (a damaged store).
@@ -66,20 +50,8 @@ impl Fixture {
         std::fs::write(&p, bytes).unwrap();
     }
 
-    fn unpack(
-        &self,
-        m: &Manifest,
-        update: bool,
-    ) -> Result<ocix::materialize::UnpackReport, UnpackError> {
-        unpack(
-            m,
-            &self.store,
-            &self.dest,
-            &UnpackOptions {
-                update,
-                ..Default::default()
-            },
-        )
+    fn unpack(&self, m: &Manifest, update: bool) -> Result<ocix::materialize::UnpackReport, UnpackError> {
+        unpack(m, &self.store, &self.dest, &UnpackOptions { update, ..Default::default() })
     }
 }
 
@@ -97,18 +69,11 @@ fn zero_runs(c: &[u8]) -> Vec<(u64, u64)> {
 }
 
 fn tree(children: Vec<(&[u8], Entry)>) -> Entry {
-    Entry::new(Kind::Dir(
-        children
-            .into_iter()
-            .map(|(n, e)| (n.to_vec(), e))
-            .collect::<BTreeMap<_, _>>(),
-    ))
+    Entry::new(Kind::Dir(children.into_iter().map(|(n, e)| (n.to_vec(), e)).collect::<BTreeMap<_, _>>()))
 }
 
 fn manifest(children: Vec<(&[u8], Entry)>) -> Manifest {
-    Manifest {
-        root: tree(children),
-    }
+    Manifest { root: tree(children) }
 }
 
 fn digest_of(e: &Entry) -> Digest {
@@ -138,16 +103,7 @@ fn destination_that_is_a_symlink_is_refused() {
     assert!(e.to_string().contains(fx.dest.to_str().unwrap()), "{e}");
     // with a trailing slash (which would make the kernel follow it), and with --update
     let slash = PathBuf::from(format!("{}/", fx.dest.display()));
-    let e = unpack(
-        &m,
-        &fx.store,
-        &slash,
-        &UnpackOptions {
-            update: true,
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
+    let e = unpack(&m, &fx.store, &slash, &UnpackOptions { update: true, ..Default::default() }).unwrap_err();
     assert!(matches!(e, UnpackError::DestSymlink(_)), "{e}");
     fx.assert_sentinel_untouched();
 }
@@ -157,17 +113,11 @@ fn destination_that_is_a_file_or_not_empty_is_refused() {
     let fx = Fixture::new();
     let m = manifest(vec![(b"f", fx.file(b"x"))]);
     std::fs::write(&fx.dest, b"").unwrap();
-    assert!(matches!(
-        fx.unpack(&m, false).unwrap_err(),
-        UnpackError::DestNotDir(_)
-    ));
+    assert!(matches!(fx.unpack(&m, false).unwrap_err(), UnpackError::DestNotDir(_)));
     std::fs::remove_file(&fx.dest).unwrap();
     std::fs::create_dir(&fx.dest).unwrap();
     std::fs::write(fx.dest.join("keep"), b"mine").unwrap();
-    assert!(matches!(
-        fx.unpack(&m, false).unwrap_err(),
-        UnpackError::DestNotEmpty(_)
-    ));
+    assert!(matches!(fx.unpack(&m, false).unwrap_err(), UnpackError::DestNotEmpty(_)));
     assert_eq!(std::fs::read(fx.dest.join("keep")).unwrap(), b"mine");
     assert!(!fx.dest.join("f").exists());
 }
@@ -186,52 +136,20 @@ fn existing_symlinks_in_destination_are_replaced_never_followed() {
     std::os::unix::fs::symlink(s, fx.dest.join("d/x")).unwrap();
     std::os::unix::fs::symlink(s, fx.dest.join("d/sub")).unwrap();
     let m = manifest(vec![
-        (
-            b"d",
-            tree(vec![
-                (b"sub", tree(vec![(b"y", fx.file(b"y"))])),
-                (b"x", fx.file(b"x")),
-            ]),
-        ),
-        (
-            b"etc",
-            tree(vec![(b"passwd", fx.file(b"root:x:0:0::/root:/bin/sh\n"))]),
-        ),
+        (b"d", tree(vec![(b"sub", tree(vec![(b"y", fx.file(b"y"))])), (b"x", fx.file(b"x"))])),
+        (b"etc", tree(vec![(b"passwd", fx.file(b"root:x:0:0::/root:/bin/sh\n"))])),
         (b"f", fx.file(b"f")),
         (b"hl", Entry::new(Kind::Hardlink(b"f".to_vec()))),
         // a symlink pointing outside is created as data, never followed
-        (
-            b"out",
-            Entry::new(Kind::Symlink(s.as_os_str().as_encoded_bytes().to_vec())),
-        ),
+        (b"out", Entry::new(Kind::Symlink(s.as_os_str().as_encoded_bytes().to_vec()))),
     ]);
     fx.unpack(&m, true).unwrap();
     fx.assert_sentinel_untouched();
-    assert!(
-        std::fs::symlink_metadata(fx.dest.join("etc"))
-            .unwrap()
-            .is_dir()
-    );
-    assert_eq!(
-        std::fs::read(fx.dest.join("etc/passwd")).unwrap(),
-        b"root:x:0:0::/root:/bin/sh\n"
-    );
-    assert!(
-        std::fs::symlink_metadata(fx.dest.join("d/sub"))
-            .unwrap()
-            .is_dir()
-    );
-    assert!(
-        std::fs::symlink_metadata(fx.dest.join("f"))
-            .unwrap()
-            .is_file()
-    );
-    assert!(
-        std::fs::symlink_metadata(fx.dest.join("out"))
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    assert!(std::fs::symlink_metadata(fx.dest.join("etc")).unwrap().is_dir());
+    assert_eq!(std::fs::read(fx.dest.join("etc/passwd")).unwrap(), b"root:x:0:0::/root:/bin/sh\n");
+    assert!(std::fs::symlink_metadata(fx.dest.join("d/sub")).unwrap().is_dir());
+    assert!(std::fs::symlink_metadata(fx.dest.join("f")).unwrap().is_file());
+    assert!(std::fs::symlink_metadata(fx.dest.join("out")).unwrap().file_type().is_symlink());
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
         std::fs::metadata(fx.dest.join("hl")).unwrap().ino(),
@@ -253,36 +171,19 @@ fn escaping_names_and_hardlinks_are_rejected_before_anything_is_written() {
         (
             "entry beneath a symlink",
             manifest(vec![
-                (
-                    b"a",
-                    Entry::new(Kind::Symlink(
-                        fx.sentinel.as_os_str().as_encoded_bytes().to_vec(),
-                    )),
-                ),
+                (b"a", Entry::new(Kind::Symlink(fx.sentinel.as_os_str().as_encoded_bytes().to_vec()))),
                 (b"a/x", fx.file(b"x")),
             ]),
         ),
         (
             "hardlink up",
-            manifest(vec![
-                (b"f", fx.file(b"x")),
-                (b"l", Entry::new(Kind::Hardlink(b"../sentinel/x".to_vec()))),
-            ]),
+            manifest(vec![(b"f", fx.file(b"x")), (b"l", Entry::new(Kind::Hardlink(b"../sentinel/x".to_vec())))]),
         ),
         (
             "hardlink absolute",
-            manifest(vec![
-                (b"f", fx.file(b"x")),
-                (b"l", Entry::new(Kind::Hardlink(b"/etc/passwd".to_vec()))),
-            ]),
+            manifest(vec![(b"f", fx.file(b"x")), (b"l", Entry::new(Kind::Hardlink(b"/etc/passwd".to_vec())))]),
         ),
-        (
-            "hardlink to dir",
-            manifest(vec![
-                (b"d", tree(vec![])),
-                (b"l", Entry::new(Kind::Hardlink(b"d".to_vec()))),
-            ]),
-        ),
+        ("hardlink to dir", manifest(vec![(b"d", tree(vec![])), (b"l", Entry::new(Kind::Hardlink(b"d".to_vec())))])),
         (
             "hardlink to symlink",
             manifest(vec![
@@ -290,25 +191,13 @@ fn escaping_names_and_hardlinks_are_rejected_before_anything_is_written() {
                 (b"l", Entry::new(Kind::Hardlink(b"a".to_vec()))),
             ]),
         ),
-        (
-            "hardlink forward",
-            manifest(vec![
-                (b"a", Entry::new(Kind::Hardlink(b"z".to_vec()))),
-                (b"z", fx.file(b"x")),
-            ]),
-        ),
-        (
-            "hardlink to itself",
-            manifest(vec![(b"a", Entry::new(Kind::Hardlink(b"a".to_vec())))]),
-        ),
+        ("hardlink forward", manifest(vec![(b"a", Entry::new(Kind::Hardlink(b"z".to_vec()))), (b"z", fx.file(b"x"))])),
+        ("hardlink to itself", manifest(vec![(b"a", Entry::new(Kind::Hardlink(b"a".to_vec())))])),
     ];
     for (what, m) in bad {
         let e = fx.unpack(&m, false).unwrap_err();
         assert!(matches!(e, UnpackError::Manifest(_)), "{what}: {e}");
-        assert!(
-            !fx.dest.exists(),
-            "{what}: destination created for an invalid manifest"
-        );
+        assert!(!fx.dest.exists(), "{what}: destination created for an invalid manifest");
     }
     fx.assert_sentinel_untouched();
 }
@@ -321,11 +210,7 @@ fn bad_blobs_fail_naming_path_and_digest_and_leave_no_file() {
     sparse.extend_from_slice(b"tail after two zero blocks");
     for content in [b"plain content, no zero runs".to_vec(), sparse] {
         let cases: Vec<(&str, Box<dyn Fn(&Fixture, &Digest)>, &str)> = vec![
-            (
-                "short",
-                Box::new(|fx: &Fixture, d: &Digest| fx.damage_blob(d, b"short")),
-                "bytes, expected",
-            ),
+            ("short", Box::new(|fx: &Fixture, d: &Digest| fx.damage_blob(d, b"short")), "bytes, expected"),
             (
                 "long",
                 Box::new(|fx: &Fixture, d: &Digest| {
@@ -347,9 +232,7 @@ fn bad_blobs_fail_naming_path_and_digest_and_leave_no_file() {
             ),
             (
                 "missing",
-                Box::new(|fx: &Fixture, d: &Digest| {
-                    std::fs::remove_file(fx.store.blob_path(d)).unwrap()
-                }),
+                Box::new(|fx: &Fixture, d: &Digest| std::fs::remove_file(fx.store.blob_path(d)).unwrap()),
                 "missing",
             ),
         ];
@@ -362,15 +245,8 @@ fn bad_blobs_fail_naming_path_and_digest_and_leave_no_file() {
             let e = fx.unpack(&m, false).unwrap_err();
             let msg = e.to_string();
             assert!(matches!(e, UnpackError::Content { .. }), "{what}: {msg}");
-            assert!(
-                msg.contains("/dir/victim") && msg.contains(&d.to_string()) && msg.contains(says),
-                "{what}: {msg}"
-            );
-            assert!(
-                leftovers(&fx.dest.join("dir")).is_empty(),
-                "{what}: left {:?}",
-                leftovers(&fx.dest.join("dir"))
-            );
+            assert!(msg.contains("/dir/victim") && msg.contains(&d.to_string()) && msg.contains(says), "{what}: {msg}");
+            assert!(leftovers(&fx.dest.join("dir")).is_empty(), "{what}: left {:?}", leftovers(&fx.dest.join("dir")));
             fx.assert_sentinel_untouched();
         }
     }
@@ -382,30 +258,16 @@ fn huge_declared_size_is_an_error_not_an_allocation() {
     let d = fx.store.put_bytes(b"tiny").unwrap();
     for size in [1u64 << 40, i64::MAX as u64] {
         let _ = std::fs::remove_dir_all(&fx.dest);
-        let m = manifest(vec![(
-            b"big",
-            Entry::new(Kind::File(File {
-                size,
-                digest: Some(d),
-                zeros: vec![],
-            })),
-        )]);
+        let m = manifest(vec![(b"big", Entry::new(Kind::File(File { size, digest: Some(d), zeros: vec![] })))]);
         let e = fx.unpack(&m, false).unwrap_err().to_string();
-        assert!(
-            e.contains("/big") && e.contains(&d.to_string()) && e.contains("4 bytes"),
-            "{e}"
-        );
+        assert!(e.contains("/big") && e.contains(&d.to_string()) && e.contains("4 bytes"), "{e}");
         assert!(leftovers(&fx.dest).is_empty(), "{:?}", leftovers(&fx.dest));
     }
     // all declared as one zero run: the blob still has to be that size
     let size = 1u64 << 40;
     let m = manifest(vec![(
         b"big",
-        Entry::new(Kind::File(File {
-            size,
-            digest: Some(d),
-            zeros: vec![(0, size / BLOCK)],
-        })),
+        Entry::new(Kind::File(File { size, digest: Some(d), zeros: vec![(0, size / BLOCK)] })),
     )]);
     let _ = std::fs::remove_dir_all(&fx.dest);
     let e = fx.unpack(&m, false).unwrap_err().to_string();
@@ -421,18 +283,12 @@ fn read_only_destination_fails_naming_the_path() {
     let m = manifest(vec![(b"f", fx.file(b"x"))]);
     let mpath = fx.base.join("m");
     std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
-    let st = std::process::Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(fx.base.join("store"))
-        .status()
-        .unwrap();
+    let st = std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(fx.base.join("store")).status().unwrap();
     assert!(st.success());
     // root-owned, 0755: nobody can read it but not write into it
     std::fs::create_dir(&fx.dest).unwrap();
     common::chmod(&fx.dest, 0o755);
-    let o = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_ocix"))
+    let o = common::ocix_as_nobody()
         .args([
             OsStr::new("unpack"),
             mpath.as_os_str(),
@@ -444,10 +300,7 @@ fn read_only_destination_fails_naming_the_path() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains(fx.dest.to_str().unwrap()) && err.contains("Permission denied"),
-        "{err}"
-    );
+    assert!(err.contains(fx.dest.to_str().unwrap()) && err.contains("Permission denied"), "{err}");
     assert!(leftovers(&fx.dest).is_empty());
     fx.assert_sentinel_untouched();
 }
@@ -458,11 +311,8 @@ fn full_destination_fails_naming_the_path_and_cleans_up() {
     let fx = Fixture::new();
     let mnt = fx.base.join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
+    let st =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).status().unwrap();
     assert!(st.success(), "mount tmpfs");
     struct Umount(PathBuf);
     impl Drop for Umount {
@@ -471,25 +321,11 @@ fn full_destination_fails_naming_the_path_and_cleans_up() {
         }
     }
     let _guard = Umount(mnt.clone());
-    let m = manifest(vec![
-        (b"big", fx.file(&common::noise(3 << 20, 9))),
-        (b"small", fx.file(b"fits")),
-    ]);
+    let m = manifest(vec![(b"big", fx.file(&common::noise(3 << 20, 9))), (b"small", fx.file(b"fits"))]);
     let dest = mnt.join("dest");
-    let e = unpack(&m, &fx.store, &dest, &UnpackOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("/dest/big") && e.contains("No space left"),
-        "{e}"
-    );
-    assert!(
-        !leftovers(&dest)
-            .iter()
-            .any(|n| n.contains("ocix-tmp") || n == "big"),
-        "{:?}",
-        leftovers(&dest)
-    );
+    let e = unpack(&m, &fx.store, &dest, &UnpackOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("/dest/big") && e.contains("No space left"), "{e}");
+    assert!(!leftovers(&dest).iter().any(|n| n.contains("ocix-tmp") || n == "big"), "{:?}", leftovers(&dest));
     fx.assert_sentinel_untouched();
 }
 
