@@ -202,6 +202,9 @@ fn escaping_names_and_hardlinks_are_rejected_before_anything_is_written() {
     fx.assert_sentinel_untouched();
 }
 
+/// Damages a blob in a fixture's store.
+type Damage = dyn Fn(&Fixture, &Digest);
+
 /// Each damaged-blob case, for a file copied whole (copy_file_range) and a
 /// file with zero runs (read, hashed, written around holes).
 #[test]
@@ -209,7 +212,7 @@ fn bad_blobs_fail_naming_path_and_digest_and_leave_no_file() {
     let mut sparse = vec![0u8; 2 * BLOCK as usize];
     sparse.extend_from_slice(b"tail after two zero blocks");
     for content in [b"plain content, no zero runs".to_vec(), sparse] {
-        let cases: Vec<(&str, Box<dyn Fn(&Fixture, &Digest)>, &str)> = vec![
+        let cases: Vec<(&str, Box<Damage>, &str)> = vec![
             ("short", Box::new(|fx: &Fixture, d: &Digest| fx.damage_blob(d, b"short")), "bytes, expected"),
             (
                 "long",
