@@ -435,7 +435,9 @@ fn sockets_are_skipped_and_reported() {
     let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
     c.insert(b"sock".to_vec(), Entry::new(Kind::Socket));
     let out = t.path().join("out");
-    let r = unpack(&m, &store, &out, &UnpackOptions::default()).unwrap();
+    // progress on: drawn only on a terminal, must not disturb anything else
+    let opts = UnpackOptions { progress: true, ..Default::default() };
+    let r = unpack(&m, &store, &out, &opts).unwrap();
     assert_eq!(r.not_applied.len(), 1);
     assert_eq!(r.not_applied[0].kind, NotAppliedKind::Socket);
     assert!(r.summary(3)[0].contains("/sock"), "{:?}", r.summary(3));

@@ -42,11 +42,7 @@ pub(super) fn apply(
         }
     }
     // 2. xattrs
-    let mut want: BTreeMap<&[u8], &[u8]> = meta
-        .xattrs
-        .iter()
-        .map(|(k, v)| (k.as_slice(), v.as_slice()))
-        .collect();
+    let mut want: BTreeMap<&[u8], &[u8]> = meta.xattrs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
     let owner_xattr;
     if ctx.rootless {
         want.remove(rootless::XATTR);
@@ -59,12 +55,7 @@ pub(super) fn apply(
                 ctx.not_applied(
                     NotAppliedKind::Owner,
                     rel,
-                    format!(
-                        "owner {}:{} (no user.* xattr on a {})",
-                        meta.uid,
-                        meta.gid,
-                        kind.name()
-                    ),
+                    format!("owner {}:{} (no user.* xattr on a {})", meta.uid, meta.gid, kind.name()),
                 );
             }
         }
@@ -79,15 +70,19 @@ pub(super) fn apply(
         if want.contains_key(k.as_slice()) {
             continue;
         }
-        if let Err(e) = wr::remove_xattr(&target, k, &shown) {
-            tolerate(ctx, rel, k, e, "could not remove")?;
+        match wr::remove_xattr(&target, k, &shown) {
+            Ok(()) => {}
+            // a label the host's security module puts on every new file
+            // (security.selinux) may refuse removal: report, go on
+            Err(e) if k.starts_with(b"security.") && matches!(e.errno, Errno::PERM | Errno::ACCESS) => {
+                let n = String::from_utf8_lossy(k);
+                ctx.not_applied(NotAppliedKind::Xattr, rel, format!("xattr {n} could not be removed: {}", e.errno));
+            }
+            Err(e) => tolerate(ctx, rel, k, e, "could not remove")?,
         }
     }
     for (k, v) in &want {
-        if have
-            .iter()
-            .any(|(hk, hv)| hk.as_slice() == *k && hv.as_slice() == *v)
-        {
+        if have.iter().any(|(hk, hv)| hk.as_slice() == *k && hv.as_slice() == *v) {
             continue;
         }
         if let Err(e) = wr::set_xattr(&target, k, v, &shown) {
@@ -120,28 +115,14 @@ fn clone_src<'a>(s: &XattrSource<'a>) -> XattrSource<'a> {
 /// once in the summary: a filesystem without xattr support (`ENOTSUP`), and
 /// without privilege a `security.*` or `trusted.*` xattr refused with
 /// `EPERM`/`EACCES`. Everything else is an error.
-fn tolerate(
-    ctx: &Ctx<'_>,
-    rel: &[u8],
-    name: &[u8],
-    e: SysError,
-    what: &str,
-) -> Result<(), UnpackError> {
+fn tolerate(ctx: &Ctx<'_>, rel: &[u8], name: &[u8], e: SysError, what: &str) -> Result<(), UnpackError> {
     let n = String::from_utf8_lossy(name);
     if e.errno == Errno::NOTSUP {
-        ctx.not_applied(
-            NotAppliedKind::Xattr,
-            rel,
-            format!("xattr {n} {what}: not supported by the filesystem"),
-        );
+        ctx.not_applied(NotAppliedKind::Xattr, rel, format!("xattr {n} {what}: not supported by the filesystem"));
         return Ok(());
     }
     if ctx.rootless && matches!(e.errno, Errno::PERM | Errno::ACCESS) && is_privileged_ns(name) {
-        ctx.not_applied(
-            NotAppliedKind::Xattr,
-            rel,
-            format!("xattr {n} {what}: needs privilege"),
-        );
+        ctx.not_applied(NotAppliedKind::Xattr, rel, format!("xattr {n} {what}: needs privilege"));
         return Ok(());
     }
     Err(e.into())
