@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod diff;
 pub mod manifest;
+pub mod materialize;
 pub mod render;
 pub mod rootless;
 pub mod scan;

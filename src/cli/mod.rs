@@ -6,6 +6,7 @@ mod diff;
 mod digest;
 mod scan;
 mod show;
+mod unpack;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,8 @@ pub enum Command {
     /// Compare a tree (directory, bundle or manifest) against the manifest it
     /// should match; exit 1 on drift.
     Diff(diff::Args),
+    /// Materialize a manifest and its blobs into an exact rootfs.
+    Unpack(unpack::Args),
 }
 
 /// Options every subcommand sees.
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Digest(a) => digest::run(a, g),
         Command::Show(a) => show::run(a, g),
         Command::Diff(a) => diff::run(a, g),
+        Command::Unpack(a) => unpack::run(a, g),
     };
     match res {
         Ok(code) => code,

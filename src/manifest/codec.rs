@@ -547,7 +547,8 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
         // contains "/" or is empty
         if let Kind::Dir(children) = &e.kind {
             for name in children.keys() {
-                check_name(name).map_err(|w| invalid(&path, format!("invalid child name {}: {w}", path_display(name))))?;
+                check_name(name)
+                    .map_err(|w| invalid(&path, format!("invalid child name {}: {w}", path_display(name))))?;
             }
         }
         let code = e.kind.code();
