@@ -54,6 +54,11 @@ value under --rootless. Warnings (the scan goes on): an entry that vanishes
 between listing its directory and reading it (left out); a mount point
 (recorded as a directory, not descended into).
 
+--rootless also lets the unprivileged owner read its own entries that deny
+it (a file of mode 0000, a directory of mode 0311): owner read permission is
+lent for the moment of opening and the mode restored at once, as umoci does;
+only their ctime changes.
+
 Sockets are recorded (unpack does not create them). Hardlinked regular files
 are grouped by device and inode: the first name in manifest order carries the
 content, the others link to it. A progress line is drawn on a terminal.
