@@ -6,7 +6,7 @@ use common::*;
 use ocix::manifest::{Dev, Digest, Kind, Manifest};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 fn scan(dir: &Path, extra: &[&str]) -> Vec<u8> {
