@@ -8,6 +8,7 @@
 //! - [`store`]: the content-addressed blob store.
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
+//! - [`remote`]: blobs over the network (registries, static HTTP stores).
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
 //! - [`sys`]: the thin layer over filesystem syscalls, with errors that name
 //!   the call and the path.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod diff;
 pub mod manifest;
 pub mod materialize;
+pub mod remote;
 pub mod render;
 pub mod rootless;
 pub mod scan;

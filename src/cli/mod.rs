@@ -4,6 +4,8 @@
 
 mod diff;
 mod digest;
+mod pull;
+mod push;
 mod scan;
 mod show;
 mod unpack;
@@ -45,6 +47,12 @@ pub enum Command {
     Diff(diff::Args),
     /// Materialize a manifest and its blobs into an exact rootfs.
     Unpack(unpack::Args),
+    /// Fetch a manifest and the blobs the store lacks from a registry or a
+    /// static HTTP store.
+    Pull(pull::Args),
+    /// Upload a manifest and the blobs a registry lacks, as a tagged OCI
+    /// artifact.
+    Push(push::Args),
 }
 
 /// Options every subcommand sees.
@@ -88,6 +96,8 @@ pub fn main() -> ExitCode {
         Command::Show(a) => show::run(a, g),
         Command::Diff(a) => diff::run(a, g),
         Command::Unpack(a) => unpack::run(a, g),
+        Command::Pull(a) => pull::run(a, g),
+        Command::Push(a) => push::run(a, g),
     };
     match res {
         Ok(code) => code,

@@ -14,7 +14,8 @@ use std::process::ExitCode;
 /// summary lists everything that could not be applied.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The manifest (`-` for standard input).
+    /// The manifest (`-` for standard input), or docker://HOST/REPO:TAG to
+    /// pull it and its missing blobs into --store first.
     pub manifest: PathBuf,
     /// The destination directory (created if absent).
     pub dest: PathBuf,
@@ -41,7 +42,10 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
-    let m = super::read_manifest(&a.manifest)?;
+    let m = match a.manifest.to_str().filter(|s| s.starts_with("docker://")) {
+        Some(src) => super::pull::pull_for_unpack(src, &a.store, g)?,
+        None => super::read_manifest(&a.manifest)?,
+    };
     let store = Store::open(&a.store)?;
     let opts = UnpackOptions {
         update: a.update,

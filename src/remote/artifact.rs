@@ -1,0 +1,247 @@
+//! The OCI form of an ocix manifest in a registry.
+//!
+//! The tag names an OCI image manifest with `artifactType` =
+//! [`MEDIA_TYPE`](crate::manifest::MEDIA_TYPE), the empty config
+//! (`application/vnd.oci.empty.v1+json`, `{}`), and as layers first the
+//! ocix manifest blob (media type [`MEDIA_TYPE`](crate::manifest::MEDIA_TYPE))
+//! then every distinct file blob it names ([`FILE_MEDIA_TYPE`]), in
+//! manifest order. Listing the file blobs makes them part of the image: a
+//! registry links them to the repository, serves them, and its garbage
+//! collector keeps them while the tag lives.
+//!
+//! Registries cap a manifest's size (distribution: 4 MiB); a descriptor
+//! takes about 140 bytes. So when a tree has more than
+//! [`LAYERS_PER_MANIFEST`] distinct blobs, the tag names an OCI image index
+//! instead (`artifactType` the ocix media type too) whose first manifest is
+//! the ocix artifact carrying only the ocix manifest blob, followed by
+//! "blob list" manifests (`artifactType` [`BLOBS_ARTIFACT_TYPE`]) of at most
+//! that many file blobs each. A reader takes the first manifest whose
+//! `artifactType` is the ocix media type, and needs nothing else: file blobs
+//! are fetched by digest from the repository.
+
+use crate::manifest::{Digest, MEDIA_TYPE};
+use serde::{Deserialize, Serialize};
+
+/// OCI image manifest media type.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index media type.
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// The empty config's media type.
+pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// The empty config's content.
+pub const EMPTY_CONFIG: &[u8] = b"{}";
+/// Media type of a file blob listed as a layer.
+pub const FILE_MEDIA_TYPE: &str = "application/vnd.ocix.file.v1";
+/// `artifactType` of the extra manifests that only list file blobs.
+pub const BLOBS_ARTIFACT_TYPE: &str = "application/vnd.ocix.blobs.v1";
+/// Default most layers in one manifest (about 2.8 MB of JSON).
+pub const LAYERS_PER_MANIFEST: usize = 20_000;
+
+/// An OCI content descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// Media type.
+    pub media_type: String,
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Artifact type (in an index entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// Inline content, base64 (the empty config carries `e30=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl Descriptor {
+    /// A descriptor of `digest`/`size` with `media_type`.
+    pub fn new(media_type: &str, digest: &Digest, size: u64) -> Self {
+        Descriptor { media_type: media_type.into(), digest: digest.to_string(), size, artifact_type: None, data: None }
+    }
+
+    /// The empty config descriptor.
+    pub fn empty() -> Self {
+        let mut d = Descriptor::new(EMPTY_MEDIA_TYPE, &Digest::of(EMPTY_CONFIG), EMPTY_CONFIG.len() as u64);
+        d.data = Some("e30=".into());
+        d
+    }
+}
+
+/// An OCI image manifest (the fields ocix writes and reads).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageManifest {
+    /// Always 2.
+    pub schema_version: u32,
+    /// [`MANIFEST_MEDIA_TYPE`].
+    #[serde(default)]
+    pub media_type: Option<String>,
+    /// What the artifact is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// The config blob.
+    pub config: Descriptor,
+    /// The layers.
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+}
+
+/// An OCI image index (the fields ocix writes and reads).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    /// Always 2.
+    pub schema_version: u32,
+    /// [`INDEX_MEDIA_TYPE`].
+    #[serde(default)]
+    pub media_type: Option<String>,
+    /// What the artifact is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// The manifests.
+    pub manifests: Vec<Descriptor>,
+}
+
+/// One manifest to upload: its bytes and its media type.
+#[derive(Clone, Debug)]
+pub struct Doc {
+    /// Media type.
+    pub media_type: &'static str,
+    /// Encoded JSON.
+    pub bytes: Vec<u8>,
+}
+
+/// Builds what a push uploads after the blobs: the manifests to PUT by
+/// digest first (blob lists), then the one to PUT under the tag.
+/// `ocix` describes the ocix manifest blob, `files` the distinct file blobs
+/// (digest, size) in manifest order.
+pub fn build(ocix: &Descriptor, files: &[(Digest, u64)], per_manifest: usize) -> (Vec<Doc>, Doc) {
+    let per = per_manifest.max(1);
+    let manifest = |artifact: &str, layers: Vec<Descriptor>| Doc {
+        media_type: MANIFEST_MEDIA_TYPE,
+        bytes: to_json(&ImageManifest {
+            schema_version: 2,
+            media_type: Some(MANIFEST_MEDIA_TYPE.into()),
+            artifact_type: Some(artifact.into()),
+            config: Descriptor::empty(),
+            layers,
+        }),
+    };
+    let file_descs = || files.iter().map(|(d, s)| Descriptor::new(FILE_MEDIA_TYPE, d, *s));
+    if files.len() < per {
+        let mut layers = vec![ocix.clone()];
+        layers.extend(file_descs());
+        return (Vec::new(), manifest(MEDIA_TYPE, layers));
+    }
+    let main = manifest(MEDIA_TYPE, vec![ocix.clone()]);
+    let parts: Vec<Doc> = files
+        .chunks(per)
+        .map(|c| {
+            manifest(BLOBS_ARTIFACT_TYPE, c.iter().map(|(d, s)| Descriptor::new(FILE_MEDIA_TYPE, d, *s)).collect())
+        })
+        .collect();
+    let entry = |doc: &Doc, artifact: &str| {
+        let mut d = Descriptor::new(doc.media_type, &Digest::of(&doc.bytes), doc.bytes.len() as u64);
+        d.artifact_type = Some(artifact.into());
+        d
+    };
+    let mut manifests = vec![entry(&main, MEDIA_TYPE)];
+    manifests.extend(parts.iter().map(|p| entry(p, BLOBS_ARTIFACT_TYPE)));
+    let index = Doc {
+        media_type: INDEX_MEDIA_TYPE,
+        bytes: to_json(&Index {
+            schema_version: 2,
+            media_type: Some(INDEX_MEDIA_TYPE.into()),
+            artifact_type: Some(MEDIA_TYPE.into()),
+            manifests,
+        }),
+    };
+    let mut first = parts;
+    first.push(main);
+    (first, index)
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("manifest JSON of plain fields")
+}
+
+/// What a tag's manifest says to do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The ocix manifest blob.
+    Ocix(Digest, u64),
+    /// Fetch this manifest (from an index) and look again.
+    Manifest(Digest),
+}
+
+/// Reads a fetched manifest or index and finds the ocix manifest in it.
+pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or(media_type);
+    if mt == INDEX_MEDIA_TYPE || v.get("manifests").is_some() {
+        let ix: Index = serde_json::from_value(v).map_err(|e| format!("malformed OCI index: {e}"))?;
+        let m =
+            ix.manifests.iter().find(|m| m.artifact_type.as_deref() == Some(MEDIA_TYPE)).ok_or_else(|| {
+                format!("an index with no manifest of artifactType {MEDIA_TYPE} (not an ocix artifact)")
+            })?;
+        return Ok(Found::Manifest(Digest::parse(&m.digest).map_err(|e| e.to_string())?));
+    }
+    let m: ImageManifest = serde_json::from_value(v).map_err(|e| format!("malformed OCI manifest: {e}"))?;
+    let is_ocix = m.artifact_type.as_deref() == Some(MEDIA_TYPE) || m.config.media_type == MEDIA_TYPE;
+    let layer = m.layers.iter().find(|l| l.media_type == MEDIA_TYPE);
+    match layer {
+        Some(l) if is_ocix || m.layers.first() == Some(l) => {
+            Ok(Found::Ocix(Digest::parse(&l.digest).map_err(|e| e.to_string())?, l.size))
+        }
+        _ => Err(format!(
+            "not an ocix artifact (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \
+             ordinary images are not pulled yet",
+            m.artifact_type.as_deref().unwrap_or("none")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(n: usize) -> Vec<(Digest, u64)> {
+        (0..n).map(|i| (Digest::of(&i.to_le_bytes()), i as u64)).collect()
+    }
+
+    #[test]
+    fn small_tree_is_one_manifest() {
+        let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
+        let (first, top) = build(&o, &files(3), 10);
+        assert!(first.is_empty());
+        assert_eq!(top.media_type, MANIFEST_MEDIA_TYPE);
+        let m: ImageManifest = serde_json::from_slice(&top.bytes).unwrap();
+        assert_eq!(m.layers.len(), 4);
+        assert_eq!(m.config.digest, "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
+        assert_eq!(find(&top.bytes, "").unwrap(), Found::Ocix(Digest::of(b"m"), 1));
+    }
+
+    #[test]
+    fn large_tree_is_an_index_of_parts() {
+        let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
+        let (first, top) = build(&o, &files(25), 10);
+        assert_eq!(first.len(), 4); // 3 parts + the main artifact
+        assert_eq!(top.media_type, INDEX_MEDIA_TYPE);
+        let main = first.last().unwrap();
+        assert_eq!(find(&top.bytes, "").unwrap(), Found::Manifest(Digest::of(&main.bytes)));
+        assert_eq!(find(&main.bytes, "").unwrap(), Found::Ocix(Digest::of(b"m"), 1));
+        let total: usize =
+            first[..3].iter().map(|p| serde_json::from_slice::<ImageManifest>(&p.bytes).unwrap().layers.len()).sum();
+        assert_eq!(total, 25);
+    }
+
+    #[test]
+    fn ordinary_image_is_refused() {
+        let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:00","size":1},
+            "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:00","size":1}]}"#;
+        assert!(find(m, "").unwrap_err().contains("not an ocix artifact"));
+    }
+}

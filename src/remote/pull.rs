@@ -1,0 +1,249 @@
+//! Pull: a remote's ocix manifest and the file blobs the local store lacks.
+//! The manifest is found (registry tag -> OCI artifact -> ocix manifest
+//! blob, or a static store's blob by digest), decoded, kept in the store;
+//! then the missing blobs are fetched concurrently, the `--prefetch` paths'
+//! blobs first, each verified before it is named.
+
+use super::artifact::{self, Found};
+use super::client::{Client, Remote};
+use super::{MAX_MANIFEST, RemoteError, RemoteOptions};
+use crate::manifest::{Digest, Kind, Manifest};
+use crate::store::Store;
+use futures_util::StreamExt as _;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How to pull.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// Connection settings.
+    pub remote: RemoteOptions,
+    /// Blobs fetched at once.
+    pub jobs: usize,
+    /// Paths (relative to the root, `/`-separated) whose blobs come first.
+    pub prefetch: Vec<Vec<u8>>,
+    /// For a static HTTP store: the ocix manifest's digest.
+    pub manifest: Option<Digest>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            remote: RemoteOptions::default(),
+            jobs: 16,
+            prefetch: Vec::new(),
+            manifest: None,
+            progress: false,
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Debug)]
+pub struct PullReport {
+    /// The decoded manifest.
+    pub manifest: Manifest,
+    /// Its encoded bytes, as fetched (also in the store).
+    pub manifest_bytes: Vec<u8>,
+    /// Their digest.
+    pub manifest_digest: Digest,
+    /// Distinct file blobs the manifest names.
+    pub blobs: usize,
+    /// Blobs fetched.
+    pub fetched: usize,
+    /// Blobs already in the store.
+    pub skipped: usize,
+    /// Bytes received for blobs (more than their sizes if a server ignored a
+    /// `Range` on resume).
+    pub bytes: u64,
+    /// Prefetch paths that name no regular file with content.
+    pub prefetch_unknown: Vec<Vec<u8>>,
+}
+
+/// Pulls into `store` (which must exist; see [`Store::create`]).
+pub fn pull(remote: &Remote, store: &Store, opts: &PullOptions) -> Result<PullReport, RemoteError> {
+    let rt = runtime()?;
+    let client = Client::new(remote.clone(), opts.remote.clone(), false)?;
+    rt.block_on(pull_async(&client, store, opts))
+}
+
+/// A runtime for one transfer: a few workers for the connections; the
+/// transfer itself is one task driving bounded concurrent futures.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, RemoteError> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(RemoteError::Runtime)
+}
+
+/// The distinct file blobs of a manifest, `(digest, size)` in manifest order.
+pub fn file_blobs(m: &Manifest) -> Vec<(Digest, u64)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (_, e) in m.walk() {
+        if let Kind::File(f) = &e.kind {
+            if let Some(d) = f.digest {
+                if seen.insert(d) {
+                    out.push((d, f.size));
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<(Vec<u8>, Digest), RemoteError> {
+    let (d, size) = match client.remote() {
+        Remote::Http(base) => {
+            let d = opts.manifest.ok_or_else(|| RemoteError::Artifact {
+                url: base.clone(),
+                why: "a static HTTP store needs the manifest's digest (--manifest sha256:...)".into(),
+            })?;
+            (d, None)
+        }
+        Remote::Registry(r) => {
+            let mut target = r.target();
+            let mut hops = 0;
+            loop {
+                let (bytes, media, _) = client.get_manifest(&target).await?;
+                let url = format!("{}@{target}", client.remote_name());
+                match artifact::find(&bytes, &media).map_err(|why| RemoteError::Artifact { url, why })? {
+                    Found::Ocix(d, size) => break (d, Some(size)),
+                    Found::Manifest(d) if hops == 0 => {
+                        hops += 1;
+                        target = d.to_string();
+                    }
+                    Found::Manifest(_) => {
+                        return Err(RemoteError::Artifact {
+                            url: client.remote_name(),
+                            why: "an index inside an index".into(),
+                        });
+                    }
+                }
+            }
+        }
+    };
+    let url = client.blob_url(&d);
+    if size.is_some_and(|s| s > MAX_MANIFEST) {
+        return Err(RemoteError::TooLarge { url, limit: MAX_MANIFEST });
+    }
+    let bytes = client.get_blob_bytes(&d, size.unwrap_or(MAX_MANIFEST)).await?;
+    store.put_bytes(&bytes)?;
+    Ok((bytes, d))
+}
+
+async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Result<PullReport, RemoteError> {
+    let (manifest_bytes, manifest_digest) = fetch_manifest(client, store, opts).await?;
+    let manifest = Manifest::from_bytes(&manifest_bytes)
+        .map_err(|source| RemoteError::Manifest { url: client.blob_url(&manifest_digest), source })?;
+    let all = file_blobs(&manifest);
+    let (first, prefetch_unknown) = prefetch_blobs(&manifest, &opts.prefetch);
+    let mut order: Vec<(Digest, u64)> = Vec::with_capacity(all.len());
+    let mut queued = HashSet::new();
+    for b in first.into_iter().chain(all.iter().copied()) {
+        if queued.insert(b.0) && !store.has(&b.0) {
+            order.push(b);
+        }
+    }
+    let skipped = all.len() - order.len();
+    let total: u64 = order.iter().map(|b| b.1).sum();
+    let pb = opts.progress.then(|| {
+        let pb = indicatif::ProgressBar::new(total);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_message(format!("pull 0/{} blobs", order.len()));
+        pb
+    });
+    let stop = AtomicBool::new(false);
+    let n = order.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let tick = |k: u64| {
+        if let Some(pb) = &pb {
+            pb.inc(k);
+        }
+    };
+    let results: Vec<Result<Option<u64>, RemoteError>> = futures_util::stream::iter(order)
+        .map(|(d, size)| {
+            let (stop, done, pb, tick) = (&stop, &done, &pb, &tick);
+            async move {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                let r = client.fetch_blob(&d, size, store, tick).await;
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(pb) = pb {
+                    pb.set_message(format!("pull {k}/{n} blobs"));
+                }
+                r.map(Some)
+            }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    let mut fetched = 0;
+    let mut bytes = 0;
+    let mut failed = 0;
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(Some(b)) => {
+                fetched += 1;
+                bytes += b;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                failed += 1;
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if fetched > 0 {
+        store.sync()?;
+    }
+    if let Some(first) = first_err {
+        let missing = n - fetched;
+        return Err(RemoteError::Incomplete { failed, fetched, missing, first: Box::new(first) });
+    }
+    Ok(PullReport {
+        manifest,
+        manifest_bytes,
+        manifest_digest,
+        blobs: all.len(),
+        fetched,
+        skipped,
+        bytes,
+        prefetch_unknown,
+    })
+}
+
+/// The blobs of the prefetch paths (hardlinks followed to their file), in
+/// the list's order, and the paths that name no file with content.
+fn prefetch_blobs(m: &Manifest, paths: &[Vec<u8>]) -> (Vec<(Digest, u64)>, Vec<Vec<u8>>) {
+    let mut out = Vec::new();
+    let mut unknown = Vec::new();
+    for p in paths {
+        let mut e = m.get(p);
+        if let Some(Kind::Hardlink(t)) = e.map(|e| &e.kind) {
+            e = m.get(t);
+        }
+        match e.map(|e| &e.kind) {
+            Some(Kind::File(f)) if f.digest.is_some() => out.extend(f.digest.map(|d| (d, f.size))),
+            Some(Kind::File(_)) => {}
+            _ => unknown.push(p.clone()),
+        }
+    }
+    (out, unknown)
+}
