@@ -88,6 +88,10 @@ wrong bytes are reported and never stored. Timeouts, connection errors and
 Range request. If blobs still fail, those fetched are kept: a rerun fetches
 only the rest. -v prints the blobs fetched and skipped and the bytes.
 
+A static store is any web server publishing a store directory, with the
+manifest kept in it as a blob too, e.g.
+  cp m.ocix STORE/blobs/sha256/$(ocix digest m.ocix | cut -d: -f2)
+
 Credentials: anonymous, or basic / bearer token as the registry's challenge
 asks, with the login found in auth.json (see --authfile).
 

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# ocix push / pull / unpack docker:// against the real Debian docker-registry
+# (distribution 2.x) and a real static HTTP server (python3 http.server), all
+# on 127.0.0.1: the corpus round trip (scan -> push -> unpack from the
+# registry into an empty store -> ocix diff clean), a second push and pull
+# that transfer nothing, the registry stopped mid-pull (clear error; the
+# rerun fetches exactly what is missing), a blob altered in the registry's
+# storage (rejected, never stored), 404, and a registry with htpasswd login
+# (401 without credentials, success with an auth.json, refusal of a wrong
+# password). Every server is bounded by timeout(1) and stopped on exit.
+. "$(dirname "$0")/lib.sh"
+ensure_corpus
+REF=$CORPUS/rootfs-reference
+W=$(scratch)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do timeout 10 tail --pid="$p" -f /dev/null 2>/dev/null || kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+command -v docker-registry >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_registry DIR [AUTH-YAML]: a registry storing under DIR/data; sets
+# PORT and PID. Waits (bounded) until /v2/ answers 200 or 401.
+start_registry() {
+  local dir=$1 auth=${2:-}
+  mkdir -p "$dir/data"
+  PORT=$(free_port)
+  cat >"$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$PORT
+$auth
+EOF
+  timeout 900 docker-registry serve "$dir/config.yml" >>"$dir/log" 2>&1 </dev/null &
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 1 80); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v2/" 2>/dev/null || true)
+    case $code in 200|401) return 0 ;; esac
+    kill -0 "$PID" 2>/dev/null || fail "registry exited: $(tail -5 "$dir/log")"
+    sleep 0.25
+  done
+  fail "registry did not answer on 127.0.0.1:$PORT within 20 s"
+}
+stop_pid() {
+  kill -TERM "$1" 2>/dev/null || true
+  timeout 10 tail --pid="$1" -f /dev/null 2>/dev/null || kill -KILL "$1" 2>/dev/null || true
+}
+nblobs() { find "$1/blobs/sha256" -type f 2>/dev/null | wc -l; }
+# expect_fail OUTFILE CMD...: the command must fail with exit 2
+expect_fail() {
+  local out=$1; shift
+  set +e; timeout 120 "$@" >"$out" 2>&1; local rc=$?; set -e
+  [ "$rc" -eq 2 ] || fail "expected exit 2 from $*, got $rc: $(head -5 "$out")"
+}
+
+start_registry "$W/reg"
+R=127.0.0.1:$PORT
+RPID=$PID
+"$OCIX" scan "$REF" --store "$W/s" -o "$W/m.ocix"
+
+# push: every blob uploaded, then nothing
+"$OCIX" push -v "$W/m.ocix" --store "$W/s" "docker://$R/ocix/corpus:v1" 2>"$W/push1.err" || fail "push: $(cat "$W/push1.err")"
+read -r total up <<<"$(sed -n 's/^ocix: \([0-9]*\) blobs: \([0-9]*\) uploaded.*/\1 \2/p' "$W/push1.err")"
+[ -n "$total" ] && [ "$total" -gt 1000 ] && [ "$up" = "$total" ] || fail "first push: $(cat "$W/push1.err")"
+"$OCIX" push -v "$W/m.ocix" --store "$W/s" "docker://$R/ocix/corpus:v1" 2>"$W/push2.err"
+grep -q "^ocix: $total blobs: 0 uploaded (0 bytes), $total already there" "$W/push2.err" ||
+  fail "second push uploaded again: $(cat "$W/push2.err")"
+note "push: $total blobs uploaded, second push uploaded none"
+
+# the registry holds an OCI artifact naming the ocix media type
+curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$R/v2/ocix/corpus/manifests/v1" >"$W/art.json"
+python3 - "$W/art.json" "$total" <<'PY' || fail "artifact manifest: $(head -c 600 "$W/art.json")"
+import json, sys
+m = json.load(open(sys.argv[1]))
+assert m["artifactType"] == "application/vnd.ocix.manifest.v1+cbor", m.get("artifactType")
+assert m["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
+assert m["layers"][0]["mediaType"] == "application/vnd.ocix.manifest.v1+cbor"
+assert len(m["layers"]) == int(sys.argv[2]) + 1, len(m["layers"])
+PY
+
+# round trip: unpack from the registry into an empty store, diff clean
+"$OCIX" unpack -v "docker://$R/ocix/corpus:v1" "$W/dest" --store "$W/fresh" 2>"$W/unpack.err" ||
+  fail "unpack docker://: $(cat "$W/unpack.err")"
+grep -q "$total blobs, $total fetched" "$W/unpack.err" || fail "unpack did not fetch every blob: $(cat "$W/unpack.err")"
+"$OCIX" diff "$W/dest" "$W/m.ocix" >"$W/diff.out" 2>&1 || fail "unpacked tree differs: $(head -20 "$W/diff.out")"
+"$OCIX" pull -v "docker://$R/ocix/corpus:v1" --store "$W/fresh" -o "$W/m2.ocix" 2>"$W/pull2.err"
+grep -q "$total blobs, 0 fetched (0 bytes), $total already in the store" "$W/pull2.err" ||
+  fail "second pull fetched again: $(cat "$W/pull2.err")"
+cmp "$W/m.ocix" "$W/m2.ocix" || fail "pulled manifest differs from the pushed one"
+note "unpack docker:// into an empty store: diff clean; second pull fetched none"
+
+# a tree of more blobs than one OCI manifest lists: the tag names an index
+"$OCIX" push -v --layers-per-manifest 1000 "$W/m.ocix" --store "$W/s" "docker://$R/ocix/corpus:split" 2>"$W/split.err" ||
+  fail "split push: $(cat "$W/split.err")"
+grep -q '(index)' "$W/split.err" || fail "split push made no index: $(cat "$W/split.err")"
+"$OCIX" pull -v "docker://$R/ocix/corpus:split" --store "$W/split" -o "$W/m3.ocix" 2>"$W/split-pull.err" ||
+  fail "pull from an index: $(cat "$W/split-pull.err")"
+cmp "$W/m.ocix" "$W/m3.ocix" || fail "manifest pulled through the index differs"
+[ "$(nblobs "$W/split")" -eq $((total + 1)) ] || fail "pull through the index: $(nblobs "$W/split") blobs"
+note "push with an index of $(( (total + 999) / 1000 )) blob lists, pull through it"
+
+# static HTTP store: the store directory as it is, plus the manifest as a blob
+md=$("$OCIX" digest "$W/m.ocix")
+cp "$W/m.ocix" "$W/s/blobs/sha256/${md#sha256:}"
+HP=$(free_port)
+timeout 600 python3 -m http.server --bind 127.0.0.1 --directory "$W/s" "$HP" >"$W/http.log" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 1 80); do curl -fsS -o /dev/null "http://127.0.0.1:$HP/" 2>/dev/null && break; sleep 0.25; done
+"$OCIX" pull -v "http://127.0.0.1:$HP/" --manifest "$md" --store "$W/h" -o "$W/mh.ocix" 2>"$W/http.err" ||
+  fail "pull over static HTTP: $(cat "$W/http.err")"
+cmp "$W/m.ocix" "$W/mh.ocix" || fail "manifest over HTTP differs"
+grep -q "$total blobs, $total fetched" "$W/http.err" || fail "static HTTP pull: $(cat "$W/http.err")"
+expect_fail "$W/http-nomd.err" "$OCIX" pull "http://127.0.0.1:$HP/" --store "$W/h2"
+grep -q -- '--manifest' "$W/http-nomd.err" || fail "no hint about --manifest: $(cat "$W/http-nomd.err")"
+note "static HTTP store: $total blobs fetched, manifest identical"
+
+# 404
+expect_fail "$W/404.err" "$OCIX" pull "docker://$R/ocix/corpus:missing" --store "$W/x"
+grep -q '404 Not Found: MANIFEST_UNKNOWN' "$W/404.err" || fail "404 not reported clearly: $(cat "$W/404.err")"
+
+# a blob altered in the registry's storage: rejected, never stored
+victim=$(find "$W/s/blobs/sha256" -type f -size +8k -size -64k | LC_ALL=C sort | sed -n 1p)
+vhex=$(basename "$victim")
+[ "sha256:$vhex" != "$md" ] || fail "picked the manifest blob"
+vdata=$W/reg/data/docker/registry/v2/blobs/sha256/${vhex:0:2}/$vhex/data
+[ -f "$vdata" ] || fail "registry storage layout unexpected: no $vdata"
+cp "$vdata" "$W/victim.orig"
+printf 'X' | dd of="$vdata" bs=1 seek=100 conv=notrunc status=none
+cmp -s "$vdata" "$W/victim.orig" && fail "tampering changed nothing"
+expect_fail "$W/tamper.err" "$OCIX" pull "docker://$R/ocix/corpus:v1" --store "$W/t" --jobs 4
+grep -q "content has digest .*expected sha256:$vhex (not stored)" "$W/tamper.err" ||
+  fail "altered blob not reported: $(cat "$W/tamper.err")"
+[ ! -e "$W/t/blobs/sha256/$vhex" ] || fail "altered blob stored under its digest"
+[ -z "$(ls -A "$W/t/.ocix-tmp" 2>/dev/null)" ] || fail "temporary files left: $(ls "$W/t/.ocix-tmp")"
+cp "$W/victim.orig" "$vdata"
+"$OCIX" pull -v "docker://$R/ocix/corpus:v1" --store "$W/t" 2>"$W/tamper2.err" || fail "pull after repair: $(cat "$W/tamper2.err")"
+cmp "$W/t/blobs/sha256/$vhex" "$W/victim.orig" || fail "repaired blob differs"
+note "altered blob rejected ($(grep -o 'content has digest [^,]*' "$W/tamper.err" | sed -n 1p)), not stored"
+
+# registry stopped mid-pull: the pull is frozen once it has some blobs, the
+# registry stopped, the pull resumed: it must fail clearly; after a restart
+# on the same storage the rerun fetches exactly the blobs still missing
+"$OCIX" pull -v --jobs 1 --timeout 3 --retries 1 "docker://$R/ocix/corpus:v1" --store "$W/i" >"$W/int.out" 2>"$W/int.err" &
+ppid=$!
+for _ in $(seq 1 2000); do
+  [ "$(nblobs "$W/i")" -ge 30 ] && break
+  kill -0 "$ppid" 2>/dev/null || break
+  sleep 0.01
+done
+kill -STOP "$ppid" 2>/dev/null || fail "the pull ended before it could be interrupted: $(cat "$W/int.err")"
+stop_pid "$RPID"
+kill -CONT "$ppid"
+set +e; timeout 120 tail --pid="$ppid" -f /dev/null; wait "$ppid"; rc=$?; set -e
+[ "$rc" -eq 2 ] || fail "pull with the registry stopped: exit $rc: $(cat "$W/int.err")"
+grep -q 'still missing (rerun to transfer only those)' "$W/int.err" || fail "unclear error: $(cat "$W/int.err")"
+grep -q -E 'cannot connect|connection|timed out' "$W/int.err" || fail "cause not named: $(cat "$W/int.err")"
+have=$(( $(nblobs "$W/i") - 1 ))   # less the manifest blob
+[ "$have" -gt 0 ] && [ "$have" -lt "$total" ] || fail "interrupted pull kept $have of $total blobs"
+note "registry stopped mid-pull after $have of $total blobs: $(grep -o 'ocix: error.*' "$W/int.err" | cut -c1-160)"
+sed -i "s/^  addr: 127.0.0.1:.*/  addr: 127.0.0.1:$PORT/" "$W/reg/config.yml"
+timeout 900 docker-registry serve "$W/reg/config.yml" >>"$W/reg/log" 2>&1 </dev/null &
+RPID=$!; PIDS+=("$RPID")
+for _ in $(seq 1 80); do curl -fsS -o /dev/null "http://$R/v2/" 2>/dev/null && break; sleep 0.25; done
+"$OCIX" pull -v "docker://$R/ocix/corpus:v1" --store "$W/i" 2>"$W/int2.err" || fail "rerun: $(cat "$W/int2.err")"
+grep -q "$total blobs, $((total - have)) fetched .*, $have already in the store" "$W/int2.err" ||
+  fail "rerun did not fetch exactly the missing $((total - have)): $(cat "$W/int2.err")"
+note "rerun fetched the $((total - have)) missing blobs only"
+
+# a registry that wants a login (htpasswd, bcrypt)
+if command -v htpasswd >/dev/null; then
+  htpasswd -Bbn ocixuser s3cret >"$W/htpasswd"
+else
+  python3 -W ignore -c 'import crypt; print("ocixuser:" + crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH)))' >"$W/htpasswd"
+fi
+start_registry "$W/areg" "auth:
+  htpasswd:
+    realm: ocix-test
+    path: $W/htpasswd"
+A=127.0.0.1:$PORT
+mkdir -p "$W/small/etc" && echo hello >"$W/small/etc/hello" && echo world >"$W/small/etc/world"
+"$OCIX" scan "$W/small" --store "$W/ss" -o "$W/small.ocix"
+export REGISTRY_AUTH_FILE=$W/none.json XDG_RUNTIME_DIR=$W/run HOME=$W/home
+expect_fail "$W/401.err" "$OCIX" push "$W/small.ocix" --store "$W/ss" "docker://$A/ocix/small:v1"
+grep -q '401 Unauthorized: the registry asks for a login; no credentials for' "$W/401.err" ||
+  fail "401 not reported clearly: $(cat "$W/401.err")"
+expect_fail "$W/401p.err" "$OCIX" pull "docker://$A/ocix/small:v1" --store "$W/as"
+grep -q '401 Unauthorized' "$W/401p.err" || fail "401 on pull: $(cat "$W/401p.err")"
+mkdir -p "$W/run/containers"
+printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$A" "$(printf 'ocixuser:s3cret' | base64)" >"$W/run/containers/auth.json"
+"$OCIX" push "$W/small.ocix" --store "$W/ss" "docker://$A/ocix/small:v1" 2>"$W/authpush.err" ||
+  fail "push with credentials: $(cat "$W/authpush.err")"
+"$OCIX" pull "docker://$A/ocix/small:v1" --store "$W/as" -o "$W/small2.ocix" 2>"$W/authpull.err" ||
+  fail "pull with credentials: $(cat "$W/authpull.err")"
+cmp "$W/small.ocix" "$W/small2.ocix" || fail "manifest through the login registry differs"
+printf '{"auths":{"http://%s/":{"username":"ocixuser","password":"wrong"}}}\n' "$A" >"$W/wrong.json"
+expect_fail "$W/401w.err" "$OCIX" pull --authfile "$W/wrong.json" "docker://$A/ocix/small:v1" --store "$W/aw"
+grep -q 'refused the credentials of user "ocixuser"' "$W/401w.err" || fail "wrong password: $(cat "$W/401w.err")"
+note "htpasswd registry: 401 without credentials, push+pull with auth.json, wrong password refused"
+echo "registry: all checks passed"
