@@ -1,0 +1,525 @@
+//! `ocix pull` against small HTTP servers written here, real TCP servers on
+//! 127.0.0.1 that misbehave on purpose in ways a real registry or web
+//! server cannot be made to on demand: a server that accepts and never
+//! answers, one that answers 500, bytes that do not match their digest, a
+//! body cut off midway (resumed with Range), a Range ignored, a body too
+//! long, a wrong Docker-Content-Digest, and the bearer-token challenge flow.
+//! (integration/t-registry.sh runs the real docker-registry.) Every ocix run
+//! is bounded: killed and failed if it takes over 60 s.
+
+use base64::Engine as _;
+use sha2::Digest as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+struct Req {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Req {
+    fn header(&self, k: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str())
+    }
+}
+
+enum Reply {
+    /// Status, extra headers, body.
+    Full(u16, Vec<(String, String)>, Vec<u8>),
+    /// Declares the whole body's length, sends only the first n bytes, closes.
+    Cut(u16, Vec<(String, String)>, Vec<u8>, usize),
+    /// Never answers.
+    Stall,
+}
+
+fn ok(body: Vec<u8>) -> Reply {
+    Reply::Full(200, Vec::new(), body)
+}
+
+fn status_text(s: u16) -> &'static str {
+    match s {
+        200 => "OK",
+        206 => "Partial Content",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        _ => "Other",
+    }
+}
+
+struct Server {
+    port: u16,
+    log: Arc<Mutex<Vec<Req>>>,
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+    fn requests(&self) -> Vec<Req> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Starts a server on 127.0.0.1 whose answers `handler` decides; threads are
+/// detached and end with the test process.
+fn serve(handler: impl Fn(&Req, usize) -> Reply + Send + Sync + 'static) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let log: Arc<Mutex<Vec<Req>>> = Arc::default();
+    let handler = Arc::new(handler);
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (h, log) = (handler.clone(), log2.clone());
+            std::thread::spawn(move || connection(conn, &*h, &log));
+        }
+    });
+    Server { port, log }
+}
+
+fn connection(conn: TcpStream, handler: &dyn Fn(&Req, usize) -> Reply, log: &Mutex<Vec<Req>>) {
+    let mut out = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let req = Req { method, path, headers };
+        if let Some(n) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            let mut body = vec![0; n];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        let n = {
+            let mut l = log.lock().unwrap();
+            l.push(req.clone());
+            l.len()
+        };
+        let reply = handler(&req, n);
+        let head = |status: u16, hs: &[(String, String)], len: usize| {
+            let mut s = format!("HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n", status_text(status));
+            for (k, v) in hs {
+                s.push_str(&format!("{k}: {v}\r\n"));
+            }
+            s.push_str("\r\n");
+            s
+        };
+        match reply {
+            Reply::Full(status, hs, body) => {
+                let h = head(status, &hs, body.len());
+                if out.write_all(h.as_bytes()).is_err() || (req.method != "HEAD" && out.write_all(&body).is_err()) {
+                    return;
+                }
+            }
+            Reply::Cut(status, hs, body, n) => {
+                let h = head(status, &hs, body.len());
+                let _ = out.write_all(h.as_bytes());
+                let _ = out.write_all(&body[..n]);
+                let _ = out.flush();
+                let _ = out.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Reply::Stall => {
+                std::thread::sleep(Duration::from_secs(300));
+                return;
+            }
+        }
+    }
+}
+
+/// Runs ocix with `args` and a clean credential environment; kills it and
+/// fails the test after 60 s. Returns (exit code, stderr).
+fn ocix(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
+    let err = dir.join(format!("stderr-{}", rand_suffix()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocix"));
+    cmd.args(args)
+        .env("HOME", dir.join("home"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .env("REGISTRY_AUTH_FILE", dir.join("no-auth.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ocix {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code().unwrap_or(-1), std::fs::read_to_string(&err).unwrap())
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn hex_of(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A small tree scanned into a store: (tempdir, store, manifest bytes,
+/// manifest hex, big file content, its hex).
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: PathBuf,
+    manifest: Vec<u8>,
+    mhex: String,
+    big: Vec<u8>,
+    bhex: String,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(tree.join("etc/zbig"), &big).unwrap();
+    std::fs::write(tree.join("etc/small"), b"small file\n").unwrap();
+    let store = dir.path().join("store");
+    let m = dir.path().join("m.ocix");
+    let (rc, err) = ocix(
+        dir.path(),
+        &["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    let manifest = std::fs::read(&m).unwrap();
+    let mhex = hex_of(&manifest);
+    let bhex = hex_of(&big);
+    Fixture { dir, store, manifest, mhex, big, bhex }
+}
+
+/// A static store server: the fixture's blobs and its manifest, with
+/// `special` deciding first for the big blob (given the request and its
+/// count of requests for that blob).
+fn static_store(f: &Fixture, special: impl Fn(&Req, usize) -> Option<Reply> + Send + Sync + 'static) -> Server {
+    let store = f.store.clone();
+    let (manifest, mhex, bhex) = (f.manifest.clone(), f.mhex.clone(), f.bhex.clone());
+    let big_hits = Arc::new(Mutex::new(0usize));
+    serve(move |req, _| {
+        let Some(hex) = req.path.strip_prefix("/blobs/sha256/") else { return Reply::Full(404, vec![], vec![]) };
+        if hex == mhex {
+            return ok(manifest.clone());
+        }
+        if hex == bhex {
+            let n = {
+                let mut h = big_hits.lock().unwrap();
+                *h += 1;
+                *h
+            };
+            if let Some(r) = special(req, n) {
+                return r;
+            }
+        }
+        match std::fs::read(store.join("blobs/sha256").join(hex)) {
+            Ok(b) => ok(b),
+            Err(_) => Reply::Full(404, vec![], vec![]),
+        }
+    })
+}
+
+fn pull_static(f: &Fixture, s: &Server, dest: &str) -> (i32, String, PathBuf) {
+    let store = f.dir.path().join(dest);
+    let md = format!("sha256:{}", f.mhex);
+    let (rc, err) = ocix(
+        f.dir.path(),
+        &[
+            "pull",
+            "-v",
+            &s.url(),
+            "--manifest",
+            &md,
+            "--store",
+            store.to_str().unwrap(),
+            "--timeout",
+            "5",
+            "--retries",
+            "2",
+        ],
+        &[],
+    );
+    (rc, err, store)
+}
+
+#[test]
+fn static_store_pull_fetches_every_blob() {
+    let f = fixture();
+    let s = static_store(&f, |_, _| None);
+    let (rc, err, store) = pull_static(&f, &s, "out");
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("2 blobs, 2 fetched"), "{err}");
+    assert_eq!(std::fs::read(store.join("blobs/sha256").join(&f.bhex)).unwrap(), f.big);
+}
+
+#[test]
+fn wrong_bytes_are_rejected_and_not_stored() {
+    let f = fixture();
+    let mut bad = f.big.clone();
+    bad[1000] ^= 0xff;
+    let s = static_store(&f, move |_, _| Some(ok(bad.clone())));
+    let (rc, err, store) = pull_static(&f, &s, "out");
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains(&format!("expected sha256:{} (not stored)", f.bhex)), "{err}");
+    assert!(!store.join("blobs/sha256").join(&f.bhex).exists());
+    // wrong bytes are not a transient failure: asked for once
+    assert_eq!(s.requests().iter().filter(|r| r.path.contains(&f.bhex)).count(), 1);
+}
+
+#[test]
+fn body_too_long_is_rejected() {
+    let f = fixture();
+    let mut long = f.big.clone();
+    long.extend_from_slice(b"trailing");
+    let s = static_store(&f, move |_, _| Some(ok(long.clone())));
+    let (rc, err, store) = pull_static(&f, &s, "out");
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains(&format!("expected {}", f.big.len())), "{err}");
+    assert!(!store.join("blobs/sha256").join(&f.bhex).exists());
+}
+
+#[test]
+fn cut_body_resumes_with_range() {
+    let f = fixture();
+    let big = f.big.clone();
+    let half = big.len() / 2;
+    let s = static_store(&f, move |req, n| {
+        if n == 1 {
+            return Some(Reply::Cut(200, vec![], big.clone(), half));
+        }
+        let from: usize = req.header("range")?.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()?;
+        let cr = format!("bytes {from}-{}/{}", big.len() - 1, big.len());
+        Some(Reply::Full(206, vec![("Content-Range".into(), cr)], big[from..].to_vec()))
+    });
+    let (rc, err, store) = pull_static(&f, &s, "out");
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(std::fs::read(store.join("blobs/sha256").join(&f.bhex)).unwrap(), f.big);
+    let ranges: Vec<String> = s
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains(&f.bhex))
+        .map(|r| r.header("range").unwrap_or("-").to_string())
+        .collect();
+    assert_eq!(ranges, vec!["-".to_string(), format!("bytes={half}-")]);
+    // bytes received: the half, then the rest, not the whole blob twice
+    assert!(err.contains(&format!("({} bytes)", f.big.len() + "small file\n".len())), "{err}");
+}
+
+#[test]
+fn ignored_range_restarts_the_blob() {
+    let f = fixture();
+    let big = f.big.clone();
+    let s = static_store(&f, move |_, n| {
+        Some(if n == 1 { Reply::Cut(200, vec![], big.clone(), 1000) } else { ok(big.clone()) })
+    });
+    let (rc, err, store) = pull_static(&f, &s, "out");
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(std::fs::read(store.join("blobs/sha256").join(&f.bhex)).unwrap(), f.big);
+}
+
+#[test]
+fn stalled_server_fails_within_the_timeout() {
+    let s = serve(|_, _| Reply::Stall);
+    let dir = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let store = dir.path().join("s");
+    let (rc, err) =
+        ocix(dir.path(), &["pull", &src, "--store", store.to_str().unwrap(), "--timeout", "1", "--retries", "1"], &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("timed out (no answer within 1 s)"), "{err}");
+    assert_eq!(s.requests().len(), 2, "one try and one retry");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn server_error_is_retried_then_reported() {
+    let s = serve(|_, _| Reply::Full(500, vec![], br#"{"errors":[{"code":"UNKNOWN","message":"boom"}]}"#.to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let store = dir.path().join("s");
+    let (rc, err) = ocix(dir.path(), &["pull", &src, "--store", store.to_str().unwrap(), "--retries", "2"], &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("500 Internal Server Error: UNKNOWN boom"), "{err}");
+    assert_eq!(s.requests().len(), 3, "one try and two retries");
+}
+
+#[test]
+fn not_found_is_not_retried() {
+    let s = serve(|_, _| Reply::Full(404, vec![], vec![]));
+    let dir = tempfile::tempdir().unwrap();
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let store = dir.path().join("s");
+    let (rc, err) = ocix(dir.path(), &["pull", &src, "--store", store.to_str().unwrap()], &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("/v2/ocix/x/manifests/v1: 404 Not Found"), "{err}");
+    assert_eq!(s.requests().len(), 1);
+}
+
+/// A registry speaking just enough of the distribution API for a pull, with
+/// bearer-token auth; `wrong_digest_header` makes it lie about the
+/// manifest's digest.
+fn token_registry(f: &Fixture, wrong_digest_header: bool) -> Server {
+    let store = f.store.clone();
+    let (manifest, mhex) = (f.manifest.clone(), f.mhex.clone());
+    let port = Arc::new(Mutex::new(0u16));
+    let port2 = port.clone();
+    let s = serve(move |req, _| {
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pw"));
+        if req.path.starts_with("/token?") {
+            return if req.header("authorization") == Some(basic.as_str()) {
+                ok(br#"{"token":"tok-123"}"#.to_vec())
+            } else {
+                Reply::Full(401, vec![], vec![])
+            };
+        }
+        if req.header("authorization") != Some("Bearer tok-123") {
+            let realm = format!(
+                r#"Bearer realm="http://127.0.0.1:{}/token",service="test-registry",scope="repository:ocix/x:pull""#,
+                port2.lock().unwrap()
+            );
+            return Reply::Full(401, vec![("WWW-Authenticate".into(), realm)], vec![]);
+        }
+        if req.path == "/v2/ocix/x/manifests/v1" {
+            let art = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "artifactType": "application/vnd.ocix.manifest.v1+cbor",
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                           "digest": format!("sha256:{}", hex_of(b"{}")), "size": 2},
+                "layers": [{"mediaType": "application/vnd.ocix.manifest.v1+cbor",
+                            "digest": format!("sha256:{mhex}"), "size": manifest.len()}],
+            });
+            let body = serde_json::to_vec(&art).unwrap();
+            let d = if wrong_digest_header { hex_of(b"other") } else { hex_of(&body) };
+            return Reply::Full(
+                200,
+                vec![
+                    ("Content-Type".into(), "application/vnd.oci.image.manifest.v1+json".into()),
+                    ("Docker-Content-Digest".into(), format!("sha256:{d}")),
+                ],
+                body,
+            );
+        }
+        if let Some(hex) = req.path.strip_prefix("/v2/ocix/x/blobs/sha256:") {
+            if hex == mhex {
+                return ok(manifest.clone());
+            }
+            if let Ok(b) = std::fs::read(store.join("blobs/sha256").join(hex)) {
+                return ok(b);
+            }
+        }
+        Reply::Full(404, vec![], vec![])
+    });
+    *port.lock().unwrap() = s.port;
+    s
+}
+
+#[test]
+fn bearer_token_flow_with_auth_json() {
+    let f = fixture();
+    let s = token_registry(&f, false);
+    let auth = f.dir.path().join("auth.json");
+    let host = format!("127.0.0.1:{}", s.port);
+    let enc = base64::engine::general_purpose::STANDARD.encode("alice:pw");
+    std::fs::write(&auth, format!(r#"{{"auths":{{"{host}":{{"auth":"{enc}"}}}}}}"#)).unwrap();
+    let src = format!("docker://{host}/ocix/x:v1");
+    let store = f.dir.path().join("pulled");
+    let out = f.dir.path().join("m2.ocix");
+    let args = ["pull", "-v", &src, "--store", store.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    let (rc, err) = ocix(f.dir.path(), &args, &[("REGISTRY_AUTH_FILE", &auth)]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), f.manifest);
+    assert!(err.contains("2 blobs, 2 fetched"), "{err}");
+    let tokens: Vec<Req> = s.requests().into_iter().filter(|r| r.path.starts_with("/token?")).collect();
+    assert!(!tokens.is_empty());
+    assert!(tokens[0].path.contains("service=test-registry"), "{}", tokens[0].path);
+    assert!(tokens[0].path.contains("scope=repository%3Aocix%2Fx%3Apull"), "{}", tokens[0].path);
+
+    // no credentials: the token service refuses, and the error says where
+    // credentials were looked for
+    let (rc, err) = ocix(f.dir.path(), &["pull", &src, "--store", f.dir.path().join("anon").to_str().unwrap()], &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("401 Unauthorized: the token service"), "{err}");
+    assert!(err.contains("refused anonymous access; no credentials for"), "{err}");
+    assert!(err.contains("no-auth.json"), "{err}");
+}
+
+#[test]
+fn lying_digest_header_is_caught() {
+    let f = fixture();
+    let s = token_registry(&f, true);
+    let auth = f.dir.path().join("auth.json");
+    let host = format!("127.0.0.1:{}", s.port);
+    std::fs::write(&auth, format!(r#"{{"auths":{{"{host}":{{"username":"alice","password":"pw"}}}}}}"#)).unwrap();
+    let src = format!("docker://{host}/ocix/x:v1");
+    let store = f.dir.path().join("pulled");
+    let (rc, err) =
+        ocix(f.dir.path(), &["pull", &src, "--store", store.to_str().unwrap()], &[("REGISTRY_AUTH_FILE", &auth)]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains(&format!("Docker-Content-Digest sha256:{}", hex_of(b"other"))), "{err}");
+}
+
+#[test]
+fn prefetch_paths_come_first() {
+    let f = fixture();
+    let s = static_store(&f, |_, _| None);
+    let list = f.dir.path().join("prefetch");
+    std::fs::write(&list, "/etc/zbig\nno/such/file\n").unwrap();
+    let store = f.dir.path().join("out");
+    let md = format!("sha256:{}", f.mhex);
+    let args = [
+        "pull",
+        &s.url(),
+        "--manifest",
+        &md,
+        "--store",
+        store.to_str().unwrap(),
+        "--jobs",
+        "1",
+        "--prefetch",
+        list.to_str().unwrap(),
+    ];
+    let (rc, err) = ocix(f.dir.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("prefetch: /no/such/file is no file with content"), "{err}");
+    let blobs: Vec<String> = s.requests().iter().map(|r| r.path.clone()).filter(|p| !p.contains(&f.mhex)).collect();
+    assert_eq!(blobs.len(), 2);
+    assert!(blobs[0].ends_with(&f.bhex), "{blobs:?}");
+}
