@@ -209,5 +209,6 @@ cmp "$W/small.ocix" "$W/small2.ocix" || fail "manifest through the login registr
 printf '{"auths":{"http://%s/":{"username":"ocixuser","password":"wrong"}}}\n' "$A" >"$W/wrong.json"
 expect_fail "$W/401w.err" "$OCIX" pull --authfile "$W/wrong.json" "docker://$A/ocix/small:v1" --store "$W/aw"
 grep -q 'refused the credentials of user "ocixuser"' "$W/401w.err" || fail "wrong password: $(cat "$W/401w.err")"
+note "$(grep -o 'ocix: error.*' "$W/401.err" | cut -c1-220)"
 note "htpasswd registry: 401 without credentials, push+pull with auth.json, wrong password refused"
 echo "registry: all checks passed"

@@ -142,8 +142,10 @@ impl Client {
         let mut answered = false;
         loop {
             let mut rb = build();
+            // credentials go only to the registry itself, never to an
+            // upload Location on another host
             let auth = self.auth.lock().map(|a| a.clone()).unwrap_or_default();
-            if let Some(a) = &auth {
+            if let Some(a) = auth.as_ref().filter(|_| same_origin(url, &self.origin)) {
                 rb = rb.header(header::AUTHORIZATION, a);
             }
             let resp = rb.send().await.map_err(|e| transport(op, url, e, self.opts.timeout))?;
@@ -557,6 +559,11 @@ pub enum Upload<'a> {
     Bytes(&'a [u8]),
 }
 
+/// Whether `url` is on `origin` (`scheme://host[:port]`; empty matches all).
+fn same_origin(url: &str, origin: &str) -> bool {
+    origin.is_empty() || url.strip_prefix(origin).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Exponential backoff: 250 ms, 500 ms, 1 s, 2 s, then 4 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250u64 << attempt.saturating_sub(1).min(4))
@@ -634,6 +641,14 @@ mod tests {
         let b = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
         assert_eq!(registry_errors(b), ": MANIFEST_UNKNOWN manifest unknown");
         assert_eq!(registry_errors(b"<html>"), "");
+    }
+
+    #[test]
+    fn credentials_stay_on_origin() {
+        assert!(same_origin("http://127.0.0.1:5000/v2/x", "http://127.0.0.1:5000"));
+        assert!(!same_origin("http://127.0.0.1:50001/v2/x", "http://127.0.0.1:5000"));
+        assert!(!same_origin("https://storage.example/upload", "https://reg.example"));
+        assert!(!same_origin("https://reg.example.evil/x", "https://reg.example"));
     }
 
     #[test]

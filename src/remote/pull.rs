@@ -214,6 +214,9 @@ async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Resul
         store.sync()?;
     }
     if let Some(first) = first_err {
+        if fetched == 0 && !first.transient() {
+            return Err(first);
+        }
         let missing = n - fetched;
         return Err(RemoteError::Incomplete { failed, fetched, missing, first: Box::new(first) });
     }

@@ -176,6 +176,7 @@ async fn push_blobs(
         }
     }
     match first {
+        Some(e) if uploaded == 0 && !e.transient() => Err(e),
         Some(e) => Err(RemoteError::Incomplete {
             failed,
             fetched: uploaded,
