@@ -74,22 +74,28 @@ RPID=$PID
 
 # push: every blob uploaded, then nothing
 "$OCIX" push -v "$W/m.ocix" --store "$W/s" "docker://$R/ocix/corpus:v1" 2>"$W/push1.err" || fail "push: $(cat "$W/push1.err")"
-read -r total up <<<"$(sed -n 's/^ocix: \([0-9]*\) blobs: \([0-9]*\) uploaded.*/\1 \2/p' "$W/push1.err")"
-[ -n "$total" ] && [ "$total" -gt 1000 ] && [ "$up" = "$total" ] || fail "first push: $(cat "$W/push1.err")"
+read -r total packs singles up <<<"$(sed -n 's/^ocix: \([0-9]*\) file blobs in \([0-9]*\) packs + \([0-9]*\) on their own: \([0-9]*\) uploaded.*/\1 \2 \3 \4/p' "$W/push1.err")"
+[ -n "$total" ] && [ "$total" -gt 1000 ] && [ "$up" = $((packs + singles)) ] && [ "$packs" -gt 0 ] ||
+  fail "first push: $(cat "$W/push1.err")"
 "$OCIX" push -v "$W/m.ocix" --store "$W/s" "docker://$R/ocix/corpus:v1" 2>"$W/push2.err"
-grep -q "^ocix: $total blobs: 0 uploaded (0 bytes), $total already there" "$W/push2.err" ||
+grep -q "^ocix: $total file blobs in $packs packs + $singles on their own: 0 uploaded (0 bytes), $up already there" "$W/push2.err" ||
   fail "second push uploaded again: $(cat "$W/push2.err")"
-note "push: $total blobs uploaded, second push uploaded none"
+note "push: $total file blobs as $packs packs + $singles blobs uploaded, second push uploaded none"
 
 # the registry holds an OCI artifact naming the ocix media type
 curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$R/v2/ocix/corpus/manifests/v1" >"$W/art.json"
-python3 - "$W/art.json" "$total" <<'PY' || fail "artifact manifest: $(head -c 600 "$W/art.json")"
+python3 - "$W/art.json" "$total" "$packs" "$singles" <<'PY' || fail "artifact manifest: $(head -c 600 "$W/art.json")"
 import json, sys
 m = json.load(open(sys.argv[1]))
 assert m["artifactType"] == "application/vnd.ocix.manifest.v1+cbor", m.get("artifactType")
 assert m["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
 assert m["layers"][0]["mediaType"] == "application/vnd.ocix.manifest.v1+cbor"
-assert len(m["layers"]) == int(sys.argv[2]) + 1, len(m["layers"])
+total, packs, singles = map(int, sys.argv[2:5])
+assert len(m["layers"]) == 1 + packs + singles, len(m["layers"])
+p = [l for l in m["layers"] if l["mediaType"] == "application/vnd.ocix.pack.v1"]
+assert len(p) == packs
+assert sum(int(l["annotations"]["io.ocix.pack.count"]) for l in p) + singles == total
+assert m["annotations"]["io.ocix.pack.threshold"] == "262144"
 PY
 
 # round trip: unpack from the registry into an empty store, diff clean
@@ -103,8 +109,8 @@ grep -q "$total blobs, 0 fetched (0 bytes), $total already in the store" "$W/pul
 cmp "$W/m.ocix" "$W/m2.ocix" || fail "pulled manifest differs from the pushed one"
 note "unpack docker:// into an empty store: diff clean; second pull fetched none"
 
-# a tree of more blobs than one OCI manifest lists: the tag names an index
-"$OCIX" push -v --layers-per-manifest 1000 "$W/m.ocix" --store "$W/s" "docker://$R/ocix/corpus:split" 2>"$W/split.err" ||
+# no packs, and more blobs than one OCI manifest lists: the tag names an index
+"$OCIX" push -v --pack-threshold 0 --layers-per-manifest 1000 "$W/m.ocix" --store "$W/s" "docker://$R/ocix/corpus:split" 2>"$W/split.err" ||
   fail "split push: $(cat "$W/split.err")"
 grep -q '(index)' "$W/split.err" || fail "split push made no index: $(cat "$W/split.err")"
 "$OCIX" pull -v "docker://$R/ocix/corpus:split" --store "$W/split" -o "$W/m3.ocix" 2>"$W/split-pull.err" ||
@@ -133,7 +139,8 @@ expect_fail "$W/404.err" "$OCIX" pull "docker://$R/ocix/corpus:missing" --store 
 grep -q '404 Not Found: MANIFEST_UNKNOWN' "$W/404.err" || fail "404 not reported clearly: $(cat "$W/404.err")"
 
 # a blob altered in the registry's storage: rejected, never stored
-victim=$(find "$W/s/blobs/sha256" -type f -size +8k -size -64k | LC_ALL=C sort | sed -n 1p)
+# (a blob above the pack threshold: a registry blob of its own)
+victim=$(find "$W/s/blobs/sha256" -type f -size +300k -size -2M | LC_ALL=C sort | sed -n 1p)
 vhex=$(basename "$victim")
 [ "sha256:$vhex" != "$md" ] || fail "picked the manifest blob"
 vdata=$W/reg/data/docker/registry/v2/blobs/sha256/${vhex:0:2}/$vhex/data

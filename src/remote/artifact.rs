@@ -3,9 +3,10 @@
 //! The tag names an OCI image manifest with `artifactType` =
 //! [`MEDIA_TYPE`](crate::manifest::MEDIA_TYPE), the empty config
 //! (`application/vnd.oci.empty.v1+json`, `{}`), and as layers first the
-//! ocix manifest blob (media type [`MEDIA_TYPE`](crate::manifest::MEDIA_TYPE))
-//! then every distinct file blob it names ([`FILE_MEDIA_TYPE`]), in
-//! manifest order. Listing the file blobs makes them part of the image: a
+//! ocix manifest blob (media type [`MEDIA_TYPE`](crate::manifest::MEDIA_TYPE)),
+//! then the packs of small file blobs (see [`pack`](super::pack)), then
+//! every other distinct file blob it names ([`FILE_MEDIA_TYPE`]), in
+//! manifest order. Listing the blobs makes them part of the image: a
 //! registry links them to the repository, serves them, and its garbage
 //! collector keeps them while the tag lives.
 //!
@@ -13,14 +14,16 @@
 //! takes about 140 bytes. So when a tree has more than
 //! [`LAYERS_PER_MANIFEST`] distinct blobs, the tag names an OCI image index
 //! instead (`artifactType` the ocix media type too) whose first manifest is
-//! the ocix artifact carrying only the ocix manifest blob, followed by
+//! the ocix artifact carrying the ocix manifest blob and the packs, followed by
 //! "blob list" manifests (`artifactType` [`BLOBS_ARTIFACT_TYPE`]) of at most
 //! that many file blobs each. A reader takes the first manifest whose
 //! `artifactType` is the ocix media type, and needs nothing else: file blobs
 //! are fetched by digest from the repository.
 
+use super::pack::{ANN_COUNT, ANN_THRESHOLD, PACK_MEDIA_TYPE};
 use crate::manifest::{Digest, MEDIA_TYPE};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// OCI image manifest media type.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -53,12 +56,22 @@ pub struct Descriptor {
     /// Inline content, base64 (the empty config carries `e30=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Annotations (a pack's member count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 impl Descriptor {
     /// A descriptor of `digest`/`size` with `media_type`.
     pub fn new(media_type: &str, digest: &Digest, size: u64) -> Self {
-        Descriptor { media_type: media_type.into(), digest: digest.to_string(), size, artifact_type: None, data: None }
+        Descriptor {
+            media_type: media_type.into(),
+            digest: digest.to_string(),
+            size,
+            artifact_type: None,
+            data: None,
+            annotations: None,
+        }
     }
 
     /// The empty config descriptor.
@@ -86,6 +99,9 @@ pub struct ImageManifest {
     /// The layers.
     #[serde(default)]
     pub layers: Vec<Descriptor>,
+    /// Annotations (the pack threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// An OCI image index (the fields ocix writes and reads).
@@ -115,11 +131,19 @@ pub struct Doc {
 
 /// Builds what a push uploads after the blobs: the manifests to PUT by
 /// digest first (blob lists), then the one to PUT under the tag.
-/// `ocix` describes the ocix manifest blob, `files` the distinct file blobs
-/// (digest, size) in manifest order.
-pub fn build(ocix: &Descriptor, files: &[(Digest, u64)], per_manifest: usize) -> (Vec<Doc>, Doc) {
+/// `ocix` describes the ocix manifest blob, `packs` the packs (digest,
+/// size, member count; see [`pack`](super::pack)) of the blobs of at most
+/// `threshold` bytes, `files` the other file blobs (digest, size) in
+/// manifest order.
+pub fn build(
+    ocix: &Descriptor,
+    packs: &[(Digest, u64, u64)],
+    threshold: u64,
+    files: &[(Digest, u64)],
+    per_manifest: usize,
+) -> (Vec<Doc>, Doc) {
     let per = per_manifest.max(1);
-    let manifest = |artifact: &str, layers: Vec<Descriptor>| Doc {
+    let manifest = |artifact: &str, layers: Vec<Descriptor>, ann: Option<BTreeMap<String, String>>| Doc {
         media_type: MANIFEST_MEDIA_TYPE,
         bytes: to_json(&ImageManifest {
             schema_version: 2,
@@ -127,19 +151,27 @@ pub fn build(ocix: &Descriptor, files: &[(Digest, u64)], per_manifest: usize) ->
             artifact_type: Some(artifact.into()),
             config: Descriptor::empty(),
             layers,
+            annotations: ann,
         }),
     };
-    let file_descs = || files.iter().map(|(d, s)| Descriptor::new(FILE_MEDIA_TYPE, d, *s));
-    if files.len() < per {
-        let mut layers = vec![ocix.clone()];
-        layers.extend(file_descs());
-        return (Vec::new(), manifest(MEDIA_TYPE, layers));
+    let mut head = vec![ocix.clone()];
+    for (d, size, count) in packs {
+        let mut p = Descriptor::new(PACK_MEDIA_TYPE, d, *size);
+        p.annotations = Some(BTreeMap::from([(ANN_COUNT.to_string(), count.to_string())]));
+        head.push(p);
     }
-    let main = manifest(MEDIA_TYPE, vec![ocix.clone()]);
+    let ann = Some(BTreeMap::from([(ANN_THRESHOLD.to_string(), threshold.to_string())]));
+    let file_descs = || files.iter().map(|(d, s)| Descriptor::new(FILE_MEDIA_TYPE, d, *s));
+    if files.len() + head.len() <= per {
+        head.extend(file_descs());
+        return (Vec::new(), manifest(MEDIA_TYPE, head, ann));
+    }
+    let main = manifest(MEDIA_TYPE, head, ann);
     let parts: Vec<Doc> = files
         .chunks(per)
         .map(|c| {
-            manifest(BLOBS_ARTIFACT_TYPE, c.iter().map(|(d, s)| Descriptor::new(FILE_MEDIA_TYPE, d, *s)).collect())
+            let layers = c.iter().map(|(d, s)| Descriptor::new(FILE_MEDIA_TYPE, d, *s)).collect();
+            manifest(BLOBS_ARTIFACT_TYPE, layers, None)
         })
         .collect();
     let entry = |doc: &Doc, artifact: &str| {
@@ -167,11 +199,24 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("manifest JSON of plain fields")
 }
 
+/// Where an ocix artifact keeps its manifest and packs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The ocix manifest blob.
+    pub manifest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// The pack threshold (0 when nothing is packed).
+    pub threshold: u64,
+    /// Packs: digest, size, member count.
+    pub packs: Vec<(Digest, u64, u64)>,
+}
+
 /// What a tag's manifest says to do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Found {
-    /// The ocix manifest blob.
-    Ocix(Digest, u64),
+    /// The ocix artifact.
+    Ocix(Layout),
     /// Fetch this manifest (from an index) and look again.
     Manifest(Digest),
 }
@@ -193,7 +238,25 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, String> {
     let layer = m.layers.iter().find(|l| l.media_type == MEDIA_TYPE);
     match layer {
         Some(l) if is_ocix || m.layers.first() == Some(l) => {
-            Ok(Found::Ocix(Digest::parse(&l.digest).map_err(|e| e.to_string())?, l.size))
+            let ann = |a: &Option<BTreeMap<String, String>>, k: &str| a.as_ref().and_then(|a| a.get(k)).cloned();
+            let mut packs = Vec::new();
+            for p in m.layers.iter().filter(|l| l.media_type == PACK_MEDIA_TYPE) {
+                let count = ann(&p.annotations, ANN_COUNT)
+                    .and_then(|c| c.parse::<u64>().ok())
+                    .ok_or_else(|| format!("pack {} has no {ANN_COUNT} annotation", p.digest))?;
+                packs.push((Digest::parse(&p.digest).map_err(|e| e.to_string())?, p.size, count));
+            }
+            let threshold = match ann(&m.annotations, ANN_THRESHOLD) {
+                Some(t) => t.parse::<u64>().map_err(|_| format!("bad {ANN_THRESHOLD} {t:?}"))?,
+                None if packs.is_empty() => 0,
+                None => return Err(format!("packs but no {ANN_THRESHOLD} annotation")),
+            };
+            Ok(Found::Ocix(Layout {
+                manifest: Digest::parse(&l.digest).map_err(|e| e.to_string())?,
+                size: l.size,
+                threshold,
+                packs,
+            }))
         }
         _ => Err(format!(
             "not an ocix artifact (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \
@@ -214,24 +277,26 @@ mod tests {
     #[test]
     fn small_tree_is_one_manifest() {
         let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
-        let (first, top) = build(&o, &files(3), 10);
+        let (first, top) = build(&o, &[(Digest::of(b"p"), 7, 2)], 5, &files(3), 10);
         assert!(first.is_empty());
         assert_eq!(top.media_type, MANIFEST_MEDIA_TYPE);
         let m: ImageManifest = serde_json::from_slice(&top.bytes).unwrap();
-        assert_eq!(m.layers.len(), 4);
+        assert_eq!(m.layers.len(), 5);
         assert_eq!(m.config.digest, "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
-        assert_eq!(find(&top.bytes, "").unwrap(), Found::Ocix(Digest::of(b"m"), 1));
+        let want = Layout { manifest: Digest::of(b"m"), size: 1, threshold: 5, packs: vec![(Digest::of(b"p"), 7, 2)] };
+        assert_eq!(find(&top.bytes, "").unwrap(), Found::Ocix(want));
     }
 
     #[test]
     fn large_tree_is_an_index_of_parts() {
         let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
-        let (first, top) = build(&o, &files(25), 10);
+        let (first, top) = build(&o, &[], 0, &files(25), 10);
         assert_eq!(first.len(), 4); // 3 parts + the main artifact
         assert_eq!(top.media_type, INDEX_MEDIA_TYPE);
         let main = first.last().unwrap();
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Manifest(Digest::of(&main.bytes)));
-        assert_eq!(find(&main.bytes, "").unwrap(), Found::Ocix(Digest::of(b"m"), 1));
+        let want = Layout { manifest: Digest::of(b"m"), size: 1, threshold: 0, packs: vec![] };
+        assert_eq!(find(&main.bytes, "").unwrap(), Found::Ocix(want));
         let total: usize =
             first[..3].iter().map(|p| serde_json::from_slice::<ImageManifest>(&p.bytes).unwrap().layers.len()).sum();
         assert_eq!(total, 25);

@@ -447,6 +447,117 @@ impl Client {
         Ok(())
     }
 
+    /// Fetches a run of adjacent pack members `(digest, offset, size)` with
+    /// one `Range` request, each member streamed into its own store
+    /// temporary file and named once its size and sha256 match. After a
+    /// transient failure the request is made again from the first member not
+    /// yet stored. Returns the bytes received.
+    pub async fn fetch_run(
+        &self,
+        pack: &Digest,
+        members: &[(Digest, u64, u64)],
+        store: &Store,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, RemoteError> {
+        let url = self.blob_url(pack);
+        let (mut done, mut received, mut attempt) = (0, 0, 0);
+        while done < members.len() {
+            match self.run_once(&url, &members[done..], store, &mut done, &mut received, progress).await {
+                Ok(()) => {}
+                Err(e) if e.transient() && attempt < self.opts.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(received)
+    }
+
+    async fn run_once(
+        &self,
+        url: &str,
+        members: &[(Digest, u64, u64)],
+        store: &Store,
+        done: &mut usize,
+        received: &mut u64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), RemoteError> {
+        let (Some(first), Some(last)) = (members.first(), members.last()) else { return Ok(()) };
+        let start = first.1;
+        let end = last.1 + last.2;
+        let range = format!("bytes={start}-{}", end.saturating_sub(1));
+        let build = || self.http.get(url).header(header::RANGE, &range);
+        let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
+        let mut resp = check("GET", url, self.send("GET", url, &build).await?, &ok).await?;
+        // a server that ignores Range sends the whole pack: skip to the run
+        let mut skip = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let got = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if got != Some(start) {
+                return Err(RemoteError::Artifact {
+                    url: url.to_string(),
+                    why: format!("asked for bytes from {start}, got Content-Range {got:?}"),
+                });
+            }
+            0
+        } else {
+            start
+        };
+        let mut i = 0;
+        let mut w: Option<BlobWriter<'_>> = None;
+        while i < members.len() {
+            let chunk = resp.chunk().await.map_err(|e| transport("GET", url, e, self.opts.timeout))?;
+            let Some(chunk) = chunk else {
+                return Err(RemoteError::Transport {
+                    op: "GET".into(),
+                    url: url.to_string(),
+                    detail: format!("body ended inside pack member {}", members[i].0),
+                    transient: true,
+                });
+            };
+            *received += chunk.len() as u64;
+            let mut data: &[u8] = &chunk;
+            let k = skip.min(data.len() as u64) as usize;
+            data = &data[k..];
+            skip -= k as u64;
+            while !data.is_empty() && i < members.len() {
+                let (d, _, size) = members[i];
+                let cur = match &mut w {
+                    Some(w) => w,
+                    None => w.insert(store.writer()?),
+                };
+                let k = (size - cur.len()).min(data.len() as u64) as usize;
+                cur.write(&data[..k])?;
+                progress(k as u64);
+                data = &data[k..];
+                if cur.len() == size {
+                    if let Some(full) = w.take() {
+                        match full.finish(Some(d)) {
+                            Ok(_) => {}
+                            Err(StoreError::Corrupt { expected, actual, .. }) => {
+                                return Err(RemoteError::Corrupt {
+                                    url: format!("{url} (bytes {}..{})", members[i].1, members[i].1 + size),
+                                    expected,
+                                    actual,
+                                });
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    i += 1;
+                    *done += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Uploads blob `d` of `size` bytes read from `store` (one PUT up to
     /// [`UPLOAD_CHUNK`], else PATCH chunks then a closing PUT), retried from
     /// the start on transient failures.

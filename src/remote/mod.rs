@@ -10,6 +10,7 @@
 //! - [`client`]: HTTP requests against a registry (reqwest, rustls with
 //!   the ring provider): blobs, manifests, uploads, retries.
 //! - [`artifact`]: the OCI manifest that carries an ocix manifest.
+//! - [`pack`]: small blobs grouped into packs, fetched by byte range.
 //! - [`pull`] and [`push`]: whole transfers, with bounded concurrency.
 //!
 //! Every blob fetched is streamed into a store temporary file and named by
@@ -19,6 +20,7 @@
 pub mod artifact;
 pub mod auth;
 pub mod client;
+pub mod pack;
 pub mod pull;
 pub mod push;
 pub mod reference;

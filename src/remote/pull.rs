@@ -6,11 +6,12 @@
 
 use super::artifact::{self, Found};
 use super::client::{Client, Remote};
+use super::pack;
 use super::{MAX_MANIFEST, RemoteError, RemoteOptions};
 use crate::manifest::{Digest, Kind, Manifest};
 use crate::store::Store;
 use futures_util::StreamExt as _;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How to pull.
@@ -96,14 +97,18 @@ pub fn file_blobs(m: &Manifest) -> Vec<(Digest, u64)> {
     out
 }
 
-async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<(Vec<u8>, Digest), RemoteError> {
-    let (d, size) = match client.remote() {
+async fn fetch_manifest(
+    client: &Client,
+    store: &Store,
+    opts: &PullOptions,
+) -> Result<(Vec<u8>, Digest, u64, Vec<(Digest, u64, u64)>), RemoteError> {
+    let (d, size, threshold, packs) = match client.remote() {
         Remote::Http(base) => {
             let d = opts.manifest.ok_or_else(|| RemoteError::Artifact {
                 url: base.clone(),
                 why: "a static HTTP store needs the manifest's digest (--manifest sha256:...)".into(),
             })?;
-            (d, None)
+            (d, None, 0, Vec::new())
         }
         Remote::Registry(r) => {
             let mut target = r.target();
@@ -112,7 +117,7 @@ async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> R
                 let (bytes, media, _) = client.get_manifest(&target).await?;
                 let url = format!("{}@{target}", client.remote_name());
                 match artifact::find(&bytes, &media).map_err(|why| RemoteError::Artifact { url, why })? {
-                    Found::Ocix(d, size) => break (d, Some(size)),
+                    Found::Ocix(l) => break (l.manifest, Some(l.size), l.threshold, l.packs),
                     Found::Manifest(d) if hops == 0 => {
                         hops += 1;
                         target = d.to_string();
@@ -133,24 +138,80 @@ async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> R
     }
     let bytes = client.get_blob_bytes(&d, size.unwrap_or(MAX_MANIFEST)).await?;
     store.put_bytes(&bytes)?;
-    Ok((bytes, d))
+    Ok((bytes, d, threshold, packs))
+}
+
+/// One unit of work: a blob on its own, or a run of adjacent members of a
+/// pack (digest, offset, size) fetched with one request.
+enum Item {
+    Single(Digest, u64),
+    Run(Digest, Vec<(Digest, u64, u64)>),
+}
+
+impl Item {
+    fn blobs(&self) -> usize {
+        match self {
+            Item::Single(..) => 1,
+            Item::Run(_, m) => m.len(),
+        }
+    }
 }
 
 async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Result<PullReport, RemoteError> {
-    let (manifest_bytes, manifest_digest) = fetch_manifest(client, store, opts).await?;
+    let (manifest_bytes, manifest_digest, threshold, packs) = fetch_manifest(client, store, opts).await?;
     let manifest = Manifest::from_bytes(&manifest_bytes)
         .map_err(|source| RemoteError::Manifest { url: client.blob_url(&manifest_digest), source })?;
     let all = file_blobs(&manifest);
+    let packed = if packs.is_empty() {
+        Vec::new()
+    } else {
+        pack::members(&all, threshold, &packs)
+            .map_err(|why| RemoteError::Artifact { url: client.remote_name(), why })?
+    };
     let (first, prefetch_unknown) = prefetch_blobs(&manifest, &opts.prefetch);
-    let mut order: Vec<(Digest, u64)> = Vec::with_capacity(all.len());
-    let mut queued = HashSet::new();
-    for b in first.into_iter().chain(all.iter().copied()) {
-        if queued.insert(b.0) && !store.has(&b.0) {
-            order.push(b);
+    // rank: prefetch position first, then manifest order
+    let mut rank: HashMap<Digest, usize> = HashMap::new();
+    for (i, (d, _)) in first.iter().enumerate() {
+        rank.entry(*d).or_insert(i);
+    }
+    for (i, (d, _)) in all.iter().enumerate() {
+        rank.entry(*d).or_insert(first.len() + i);
+    }
+    let in_pack: HashSet<Digest> = packed.iter().flat_map(|(_, m)| m.iter().map(|x| x.0)).collect();
+    let mut items: Vec<(usize, Item)> = Vec::new();
+    for &(d, size) in &all {
+        if !in_pack.contains(&d) && !store.has(&d) {
+            items.push((rank[&d], Item::Single(d, size)));
         }
     }
-    let skipped = all.len() - order.len();
-    let total: u64 = order.iter().map(|b| b.1).sum();
+    for (pd, members) in &packed {
+        let mut run: Vec<(Digest, u64, u64)> = Vec::new();
+        for &m in members {
+            if store.has(&m.0) {
+                if !run.is_empty() {
+                    let r = run.iter().map(|x| rank[&x.0]).min().unwrap_or(0);
+                    items.push((r, Item::Run(*pd, std::mem::take(&mut run))));
+                }
+            } else {
+                run.push(m);
+            }
+        }
+        if !run.is_empty() {
+            let r = run.iter().map(|x| rank[&x.0]).min().unwrap_or(0);
+            items.push((r, Item::Run(*pd, run)));
+        }
+    }
+    items.sort_by_key(|(r, _)| *r);
+    let missing_blobs: usize = items.iter().map(|(_, i)| i.blobs()).sum();
+    let total: u64 = items
+        .iter()
+        .map(|(_, i)| match i {
+            Item::Single(_, s) => *s,
+            Item::Run(_, m) => m.iter().map(|x| x.2).sum(),
+        })
+        .sum();
+    let order: Vec<Item> = items.into_iter().map(|(_, i)| i).collect();
+    let skipped = all.len() - missing_blobs;
     let pb = opts.progress.then(|| {
         let pb = indicatif::ProgressBar::new(total);
         pb.set_style(
@@ -158,29 +219,32 @@ async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Resul
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        pb.set_message(format!("pull 0/{} blobs", order.len()));
+        pb.set_message(format!("pull 0/{missing_blobs} blobs"));
         pb
     });
     let stop = AtomicBool::new(false);
-    let n = order.len();
+    let n = missing_blobs;
     let done = std::sync::atomic::AtomicUsize::new(0);
     let tick = |k: u64| {
         if let Some(pb) = &pb {
             pb.inc(k);
         }
     };
-    let results: Vec<Result<Option<u64>, RemoteError>> = futures_util::stream::iter(order)
-        .map(|(d, size)| {
+    let results: Vec<Result<Option<(usize, u64)>, RemoteError>> = futures_util::stream::iter(order)
+        .map(|item| {
             let (stop, done, pb, tick) = (&stop, &done, &pb, &tick);
             async move {
                 if stop.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
-                let r = client.fetch_blob(&d, size, store, tick).await;
+                let r = match &item {
+                    Item::Single(d, size) => client.fetch_blob(d, *size, store, tick).await.map(|b| (1, b)),
+                    Item::Run(p, m) => client.fetch_run(p, m, store, tick).await.map(|b| (m.len(), b)),
+                };
                 if r.is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }
-                let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+                let k = done.fetch_add(item.blobs(), Ordering::Relaxed) + item.blobs();
                 if let Some(pb) = pb {
                     pb.set_message(format!("pull {k}/{n} blobs"));
                 }
@@ -199,8 +263,8 @@ async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Resul
     let mut first_err = None;
     for r in results {
         match r {
-            Ok(Some(b)) => {
-                fetched += 1;
+            Ok(Some((k, b))) => {
+                fetched += k;
                 bytes += b;
             }
             Ok(None) => {}

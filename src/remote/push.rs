@@ -5,6 +5,7 @@
 
 use super::artifact::{self, Descriptor};
 use super::client::{Client, Remote, Upload};
+use super::pack;
 use super::pull::{file_blobs, runtime};
 use super::reference::{Reference, ReferenceError};
 use super::{RemoteError, RemoteOptions};
@@ -22,6 +23,9 @@ pub struct PushOptions {
     pub jobs: usize,
     /// Most file blobs listed in one OCI manifest (see [`artifact`]).
     pub layers_per_manifest: usize,
+    /// File blobs of at most this size go into packs (see [`pack`]); 0
+    /// packs nothing.
+    pub pack_threshold: u64,
     /// Draw a progress bar on stderr.
     pub progress: bool,
 }
@@ -32,6 +36,7 @@ impl Default for PushOptions {
             remote: RemoteOptions::default(),
             jobs: 16,
             layers_per_manifest: artifact::LAYERS_PER_MANIFEST,
+            pack_threshold: pack::DEFAULT_THRESHOLD,
             progress: false,
         }
     }
@@ -42,11 +47,13 @@ impl Default for PushOptions {
 pub struct PushReport {
     /// Distinct file blobs the manifest names.
     pub blobs: usize,
-    /// Blobs uploaded.
+    /// Packs they were grouped into.
+    pub packs: usize,
+    /// Registry blobs (packs and unpacked file blobs) uploaded.
     pub uploaded: usize,
-    /// Blobs the registry already had.
+    /// Registry blobs the registry already had.
     pub present: usize,
-    /// Bytes of blobs uploaded.
+    /// Bytes uploaded.
     pub bytes: u64,
     /// Digest of the ocix manifest.
     pub manifest_digest: Digest,
@@ -84,7 +91,12 @@ pub fn push(
     let rt = runtime()?;
     let client = Client::new(Remote::Registry(target.clone()), opts.remote.clone(), true)?;
     rt.block_on(async {
-        let (uploaded, present, bytes) = push_blobs(&client, store, &files, opts).await?;
+        let (packs, singles) = pack::plan(&files, opts.pack_threshold);
+        let counts: Vec<u64> = packs.iter().map(|p| p.len() as u64).collect();
+        let mut items: Vec<Item> = packs.into_iter().map(Item::Pack).collect();
+        items.extend(singles.iter().map(|&(d, s)| Item::Single(d, s)));
+        let (uploaded, present, bytes, descs) = push_blobs(&client, store, items, opts).await?;
+        let pack_descs: Vec<(Digest, u64, u64)> = descs.iter().zip(&counts).map(|(&(d, s), &c)| (d, s, c)).collect();
         let ocix = Descriptor::new(MEDIA_TYPE, &manifest_digest, manifest_bytes.len() as u64);
         for (d, data) in
             [(manifest_digest, manifest_bytes), (Digest::of(artifact::EMPTY_CONFIG), artifact::EMPTY_CONFIG)]
@@ -93,13 +105,14 @@ pub fn push(
                 client.upload_blob(&d, data.len() as u64, Upload::Bytes(data)).await?;
             }
         }
-        let (first, top) = artifact::build(&ocix, &files, opts.layers_per_manifest);
+        let (first, top) = artifact::build(&ocix, &pack_descs, opts.pack_threshold, &singles, opts.layers_per_manifest);
         for doc in &first {
             client.put_manifest(&Digest::of(&doc.bytes).to_string(), doc.media_type, &doc.bytes).await?;
         }
         let tag_digest = client.put_manifest(&tag, top.media_type, &top.bytes).await?;
         Ok(PushReport {
             blobs: files.len(),
+            packs: pack_descs.len(),
             uploaded,
             present,
             bytes,
@@ -110,13 +123,51 @@ pub fn push(
     })
 }
 
+/// A registry blob to push: a pack of small file blobs, or one file blob.
+enum Item {
+    Pack(pack::Pack),
+    Single(Digest, u64),
+}
+
+/// Concatenates a pack's members from the store, checking each one's size.
+fn pack_bytes(store: &Store, members: &pack::Pack) -> Result<Vec<u8>, RemoteError> {
+    use std::io::Read as _;
+    let mut out = Vec::with_capacity(members.iter().map(|m| m.1).sum::<u64>().min(pack::PACK_MAX * 2) as usize);
+    for &(d, size) in members {
+        let f = std::fs::File::from(store.open_blob(&d)?);
+        let before = out.len();
+        f.take(size + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| RemoteError::Io { path: store.blob_path(&d).display().to_string(), source: e })?;
+        let got = (out.len() - before) as u64;
+        if got != size {
+            return Err(StoreError::WrongSize {
+                path: store.blob_path(&d).display().to_string(),
+                expected: size,
+                actual: got,
+            }
+            .into());
+        }
+    }
+    Ok(out)
+}
+
+/// Uploads what the registry lacks; returns (uploaded, present, bytes, and
+/// each item's registry digest and size, in item order).
 async fn push_blobs(
     client: &Client,
     store: &Store,
-    files: &[(Digest, u64)],
+    items: Vec<Item>,
     opts: &PushOptions,
-) -> Result<(usize, usize, u64), RemoteError> {
-    let total: u64 = files.iter().map(|f| f.1).sum();
+) -> Result<(usize, usize, u64, Vec<(Digest, u64)>), RemoteError> {
+    let total: u64 = items
+        .iter()
+        .map(|i| match i {
+            Item::Pack(m) => m.iter().map(|x| x.1).sum(),
+            Item::Single(_, s) => *s,
+        })
+        .sum();
+    let n = items.len();
     let pb = opts.progress.then(|| {
         let pb = indicatif::ProgressBar::new(total);
         pb.set_style(
@@ -127,30 +178,47 @@ async fn push_blobs(
         pb
     });
     let stop = AtomicBool::new(false);
-    let results: Vec<Result<Option<(bool, u64)>, RemoteError>> = futures_util::stream::iter(files.iter().copied())
-        .map(|(d, size)| {
+    // packs are built in memory (up to PACK_MAX plus one blob each): at
+    // most `jobs` of them at once
+    type Done = Result<Option<(bool, u64, Digest)>, RemoteError>;
+    let results: Vec<(usize, Done)> = futures_util::stream::iter(items.into_iter().enumerate())
+        .map(|(idx, item)| {
             let (stop, pb) = (&stop, &pb);
             async move {
                 if stop.load(Ordering::Relaxed) {
-                    return Ok(None);
+                    return (idx, Ok(None));
                 }
                 let r = async {
-                    if client.has_blob(&d).await? {
-                        return Ok((false, size));
+                    match &item {
+                        Item::Single(d, size) => {
+                            if client.has_blob(d).await? {
+                                return Ok((false, *size, *d));
+                            }
+                            client.upload_blob(d, *size, Upload::Store(store)).await?;
+                            Ok((true, *size, *d))
+                        }
+                        Item::Pack(m) => {
+                            let bytes = pack_bytes(store, m)?;
+                            let d = Digest::of(&bytes);
+                            let size = bytes.len() as u64;
+                            if client.has_blob(&d).await? {
+                                return Ok((false, size, d));
+                            }
+                            client.upload_blob(&d, size, Upload::Bytes(&bytes)).await?;
+                            Ok((true, size, d))
+                        }
                     }
-                    client.upload_blob(&d, size, Upload::Store(store)).await?;
-                    Ok((true, size))
                 }
                 .await;
                 match &r {
                     Err(_) => stop.store(true, Ordering::Relaxed),
-                    Ok(_) => {
+                    Ok((_, size, _)) => {
                         if let Some(pb) = pb {
-                            pb.inc(size);
+                            pb.inc(*size);
                         }
                     }
                 }
-                r.map(Some)
+                (idx, r.map(Some))
             }
         })
         .buffer_unordered(opts.jobs.max(1))
@@ -161,13 +229,18 @@ async fn push_blobs(
     }
     let (mut uploaded, mut present, mut bytes, mut failed) = (0, 0, 0, 0);
     let mut first = None;
-    for r in results {
+    let mut descs: Vec<Option<(Digest, u64)>> = vec![None; n];
+    for (idx, r) in results {
         match r {
-            Ok(Some((true, s))) => {
-                uploaded += 1;
-                bytes += s;
+            Ok(Some((up, s, d))) => {
+                descs[idx] = Some((d, s));
+                if up {
+                    uploaded += 1;
+                    bytes += s;
+                } else {
+                    present += 1;
+                }
             }
-            Ok(Some((false, _))) => present += 1,
             Ok(None) => {}
             Err(e) => {
                 failed += 1;
@@ -180,9 +253,9 @@ async fn push_blobs(
         Some(e) => Err(RemoteError::Incomplete {
             failed,
             fetched: uploaded,
-            missing: files.len() - uploaded - present,
+            missing: n - uploaded - present,
             first: Box::new(e),
         }),
-        None => Ok((uploaded, present, bytes)),
+        None => Ok((uploaded, present, bytes, descs.into_iter().flatten().collect())),
     }
 }
