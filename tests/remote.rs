@@ -523,3 +523,175 @@ fn prefetch_paths_come_first() {
     assert_eq!(blobs.len(), 2);
     assert!(blobs[0].ends_with(&f.bhex), "{blobs:?}");
 }
+
+/// A tree of 60 files of 1000 bytes each, pushed as packs: the server
+/// serves an artifact with pack layers built by the library's own plan.
+struct PackFixture {
+    f: Fixture,
+    packs: Vec<(String, Vec<u8>, Vec<(String, u64)>)>,
+}
+
+fn pack_fixture() -> PackFixture {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    for i in 0..60u32 {
+        let data: Vec<u8> = (0..1000u32).map(|j| (i * 7 + j) as u8).collect();
+        std::fs::write(tree.join(format!("f{i:03}")), data).unwrap();
+    }
+    let store = dir.path().join("store");
+    let m = dir.path().join("m.ocix");
+    let (rc, err) = ocix(
+        dir.path(),
+        &["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    let manifest = std::fs::read(&m).unwrap();
+    let parsed = ocix::manifest::Manifest::from_bytes(&manifest).unwrap();
+    let files = ocix::remote::pull::file_blobs(&parsed);
+    let (plan, singles) = ocix::remote::pack::plan(&files, ocix::remote::pack::DEFAULT_THRESHOLD);
+    assert!(singles.is_empty());
+    let packs = plan
+        .iter()
+        .map(|p| {
+            let mut bytes = Vec::new();
+            for (d, _) in p {
+                bytes.extend(std::fs::read(store.join("blobs/sha256").join(d.hex())).unwrap());
+            }
+            (hex_of(&bytes), bytes, p.iter().map(|(d, s)| (d.hex(), *s)).collect())
+        })
+        .collect();
+    let mhex = hex_of(&manifest);
+    PackFixture { f: Fixture { dir, store, manifest, mhex, big: Vec::new(), bhex: String::new() }, packs }
+}
+
+/// Serves the pack artifact; `mangle` may replace the first pack's reply
+/// (given the request, the count of requests for it, and its bytes).
+fn pack_registry(
+    p: &PackFixture,
+    mangle: impl Fn(&Req, usize, &[u8]) -> Option<Reply> + Send + Sync + 'static,
+) -> Server {
+    let (manifest, mhex) = (p.f.manifest.clone(), p.f.mhex.clone());
+    let packs: Vec<(String, Vec<u8>, u64)> =
+        p.packs.iter().map(|(h, b, m)| (h.clone(), b.clone(), m.len() as u64)).collect();
+    let hits = Arc::new(Mutex::new(0usize));
+    serve(move |req, _| {
+        if req.path == "/v2/ocix/p/manifests/v1" {
+            let mut layers = vec![serde_json::json!({"mediaType": "application/vnd.ocix.manifest.v1+cbor",
+                "digest": format!("sha256:{mhex}"), "size": manifest.len()})];
+            for (h, b, n) in &packs {
+                layers.push(serde_json::json!({"mediaType": "application/vnd.ocix.pack.v1",
+                    "digest": format!("sha256:{h}"), "size": b.len(),
+                    "annotations": {"io.ocix.pack.count": n.to_string()}}));
+            }
+            let art = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "artifactType": "application/vnd.ocix.manifest.v1+cbor",
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                           "digest": format!("sha256:{}", hex_of(b"{}")), "size": 2},
+                "layers": layers,
+                "annotations": {"io.ocix.pack.threshold": "262144"},
+            });
+            return ok(serde_json::to_vec(&art).unwrap());
+        }
+        let Some(hex) = req.path.strip_prefix("/v2/ocix/p/blobs/sha256:") else {
+            return Reply::Full(404, vec![], vec![]);
+        };
+        if hex == mhex {
+            return ok(manifest.clone());
+        }
+        let Some((i, (_, bytes, _))) = packs.iter().enumerate().find(|(_, (h, _, _))| h == hex) else {
+            return Reply::Full(404, vec![], vec![]);
+        };
+        if i == 0 {
+            let n = {
+                let mut h = hits.lock().unwrap();
+                *h += 1;
+                *h
+            };
+            if let Some(r) = mangle(req, n, bytes) {
+                return r;
+            }
+        }
+        range_reply(req, bytes)
+    })
+}
+
+/// 206 for `Range: bytes=a-b`, else 200 with everything.
+fn range_reply(req: &Req, bytes: &[u8]) -> Reply {
+    let Some((a, b)) = req.header("range").and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-'))
+    else {
+        return ok(bytes.to_vec());
+    };
+    let a: usize = a.parse().unwrap();
+    let b: usize = if b.is_empty() { bytes.len() - 1 } else { b.parse::<usize>().unwrap().min(bytes.len() - 1) };
+    let cr = format!("bytes {a}-{b}/{}", bytes.len());
+    Reply::Full(206, vec![("Content-Range".into(), cr)], bytes[a..=b].to_vec())
+}
+
+fn pull_packs(p: &PackFixture, s: &Server) -> (i32, String, PathBuf) {
+    let store = p.f.dir.path().join("pulled");
+    let src = format!("docker://127.0.0.1:{}/ocix/p:v1", s.port);
+    let args = ["pull", "-v", &src, "--store", store.to_str().unwrap(), "--timeout", "5", "--retries", "2"];
+    let (rc, err) = ocix(p.f.dir.path(), &args, &[]);
+    (rc, err, store)
+}
+
+#[test]
+fn pack_cut_midway_resumes_at_the_first_unfinished_member() {
+    let p = pack_fixture();
+    let s = pack_registry(&p, |req, n, bytes| {
+        (n == 1).then(|| {
+            let mut r = range_reply(req, bytes);
+            if let Reply::Full(st, h, b) = r {
+                r = Reply::Cut(st, h, b, 10_500);
+            }
+            r
+        })
+    });
+    let (rc, err, store) = pull_packs(&p, &s);
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("60 blobs, 60 fetched"), "{err}");
+    let first = &p.packs[0];
+    let ranges: Vec<String> = s
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&first.0))
+        .map(|r| r.header("range").unwrap_or("-").to_string())
+        .collect();
+    let end = first.1.len() - 1;
+    // the cut fell inside member 10 (1000 bytes each): resume at its start
+    assert_eq!(ranges, vec![format!("bytes=0-{end}"), format!("bytes=10000-{end}")]);
+    for (hex, _) in &first.2 {
+        assert!(store.join("blobs/sha256").join(hex).exists());
+    }
+}
+
+#[test]
+fn pack_member_with_wrong_bytes_is_rejected() {
+    let p = pack_fixture();
+    let s = pack_registry(&p, |req, _, bytes| {
+        let mut b = bytes.to_vec();
+        b[5_500] ^= 0xff;
+        Some(range_reply(req, &b))
+    });
+    let (rc, err, store) = pull_packs(&p, &s);
+    assert_eq!(rc, 2, "{err}");
+    let members = &p.packs[0].2;
+    assert!(err.contains(&format!("(bytes 5000..6000): content has digest")), "{err}");
+    assert!(err.contains(&format!("expected sha256:{} (not stored)", members[5].0)), "{err}");
+    assert!(!store.join("blobs/sha256").join(&members[5].0).exists());
+    // the members before it were whole and verified: kept
+    for (hex, _) in &members[..5] {
+        assert!(store.join("blobs/sha256").join(hex).exists());
+    }
+    // a rerun against a repaired server fetches only the rest, with Range
+    let s2 = pack_registry(&p, |_, _, _| None);
+    let (rc, err, _) = pull_packs(&p, &s2);
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("60 blobs, 55 fetched"), "{err}");
+    let r = s2.requests().into_iter().find(|r| r.path.ends_with(&p.packs[0].0)).unwrap();
+    assert_eq!(r.header("range").map(str::to_owned), Some(format!("bytes=5000-{}", members.len() * 1000 - 1)));
+}
