@@ -526,9 +526,12 @@ fn prefetch_paths_come_first() {
 
 /// A tree of 60 files of 1000 bytes each, pushed as packs: the server
 /// serves an artifact with pack layers built by the library's own plan.
+/// A pack: its hex digest, its bytes, its members (hex digest, size).
+type PackBlob = (String, Vec<u8>, Vec<(String, u64)>);
+
 struct PackFixture {
     f: Fixture,
-    packs: Vec<(String, Vec<u8>, Vec<(String, u64)>)>,
+    packs: Vec<PackBlob>,
 }
 
 fn pack_fixture() -> PackFixture {
@@ -680,7 +683,7 @@ fn pack_member_with_wrong_bytes_is_rejected() {
     let (rc, err, store) = pull_packs(&p, &s);
     assert_eq!(rc, 2, "{err}");
     let members = &p.packs[0].2;
-    assert!(err.contains(&format!("(bytes 5000..6000): content has digest")), "{err}");
+    assert!(err.contains("(bytes 5000..6000): content has digest"), "{err}");
     assert!(err.contains(&format!("expected sha256:{} (not stored)", members[5].0)), "{err}");
     assert!(!store.join("blobs/sha256").join(&members[5].0).exists());
     // the members before it were whole and verified: kept
