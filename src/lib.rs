@@ -7,6 +7,7 @@
 //! - [`manifest`]: the model and its canonical encoding (depends on nothing).
 //! - [`store`]: the content-addressed blob store.
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
+//! - [`oci`]: an OCI image layout -> manifest (+ blobs), layers applied in memory.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
 //! - [`sys`]: the thin layer over filesystem syscalls, with errors that name
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod diff;
 pub mod manifest;
+pub mod oci;
 pub mod render;
 pub mod rootless;
 pub mod scan;

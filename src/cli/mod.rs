@@ -3,6 +3,7 @@
 //! call into the library.
 
 mod digest;
+mod import;
 mod scan;
 
 use anyhow::Context as _;
@@ -35,6 +36,9 @@ pub enum Command {
     Scan(scan::Args),
     /// Print a manifest's digest (the sha256 of its bytes).
     Digest(digest::Args),
+    /// Turn an image of an OCI image layout into a manifest, its file
+    /// contents into blobs (layers applied in memory, nothing unpacked).
+    Import(import::Args),
 }
 
 /// Options every subcommand sees.
@@ -75,6 +79,7 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Scan(a) => scan::run(a, g),
         Command::Digest(a) => digest::run(a, g),
+        Command::Import(a) => import::run(a, g),
     };
     match res {
         Ok(code) => code,
