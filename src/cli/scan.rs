@@ -51,8 +51,8 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         progress: g.progress(),
     };
-    let scan = scan_dir(&a.dir, store.as_ref(), &opts)
-        .map_err(|e| anyhow::anyhow!("scanning {}: {e}", a.dir.display()))?;
+    let scan =
+        scan_dir(&a.dir, store.as_ref(), &opts).map_err(|e| anyhow::anyhow!("scanning {}: {e}", a.dir.display()))?;
     for w in &scan.warnings {
         g.warn(w);
     }

@@ -151,10 +151,7 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return self.err_at(
-                self.pos,
-                format!("needs {n} more bytes but only {} remain", self.remaining()),
-            );
+            return self.err_at(self.pos, format!("needs {n} more bytes but only {} remain", self.remaining()));
         }
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
@@ -259,10 +256,8 @@ impl<'a> Reader<'a> {
 
     fn take_len(&mut self, len: u64) -> Result<&'a [u8]> {
         if len > self.remaining() as u64 {
-            return self.err_at(
-                self.pos,
-                format!("length {len} is larger than the {} bytes that remain", self.remaining()),
-            );
+            return self
+                .err_at(self.pos, format!("length {len} is larger than the {} bytes that remain", self.remaining()));
         }
         self.take(len as usize)
     }
@@ -321,7 +316,12 @@ mod tests {
 
     #[test]
     fn non_shortest_rejected() {
-        for bad in [&[0x18, 0x05][..], &[0x19, 0x00, 0xff], &[0x1a, 0, 0, 0xff, 0xff], &[0x1b, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]] {
+        for bad in [
+            &[0x18, 0x05][..],
+            &[0x19, 0x00, 0xff],
+            &[0x1a, 0, 0, 0xff, 0xff],
+            &[0x1b, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+        ] {
             let e = Reader::new(bad).uint().unwrap_err();
             assert!(e.what.contains("non-shortest"), "{e:?}");
         }

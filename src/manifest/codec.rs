@@ -8,8 +8,8 @@
 
 use super::cbor::{CborError, Major, Reader, Writer};
 use super::{
-    BLOCK, Dev, Digest, Entry, File, Kind, KindCode, MAX_DEPTH, MAX_TARGET, MAX_XATTR_VALUE,
-    Manifest, Meta, OCIX_TAG, VERSION, check_name, path_display,
+    BLOCK, Dev, Digest, Entry, File, Kind, KindCode, MAX_DEPTH, MAX_TARGET, MAX_XATTR_VALUE, Manifest, Meta, OCIX_TAG,
+    VERSION, check_name, path_display,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -32,8 +32,22 @@ const K_UNAME: u64 = 14;
 const K_GNAME: u64 = 15;
 
 const FIELD_NAMES: [&str; 16] = [
-    "name", "type", "mode", "uid", "gid", "mtime", "mtime-nsec", "size", "digest", "zeros",
-    "target", "rdev", "xattrs", "children", "uname", "gname",
+    "name",
+    "type",
+    "mode",
+    "uid",
+    "gid",
+    "mtime",
+    "mtime-nsec",
+    "size",
+    "digest",
+    "zeros",
+    "target",
+    "rdev",
+    "xattrs",
+    "children",
+    "uname",
+    "gname",
 ];
 
 /// A manifest that breaks the format: where (byte offset and/or entry path)
@@ -191,7 +205,7 @@ fn encode_entry(w: &mut Writer, name: Option<&[u8]>, e: &Entry) {
                 let Kind::Dir(c) = &e.kind else { unreachable!() };
                 w.head(Major::Array, c.len() as u64);
                 for (n, child) in c {
-                    encode_entry(w, Some(n), child);
+                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || encode_entry(w, Some(n), child));
                 }
             }
             K_UNAME => w.text(m.uname.as_deref().unwrap_or_default()),
@@ -279,7 +293,9 @@ impl Decoder<'_> {
                 K_TYPE => {
                     let v = self.r.uint().map_err(|e| self.err(e))?;
                     code = match KindCode::from_u64(v) {
-                        Some(KindCode::File) => return self.fail(vat, "type 0 (file) is the default and must be omitted"),
+                        Some(KindCode::File) => {
+                            return self.fail(vat, "type 0 (file) is the default and must be omitted");
+                        }
                         Some(c) => c,
                         None => return self.fail(vat, format!("unknown type {v}")),
                     };
@@ -359,7 +375,9 @@ impl Decoder<'_> {
                     let here = self.path.len();
                     for _ in 0..cnt {
                         let at = self.r.offset();
-                        let (cname, child) = self.entry(depth + 1, false)?;
+                        // deep trees recurse deeply: grow the stack on demand
+                        let (cname, child) =
+                            stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(depth + 1, false))?;
                         self.path.truncate(here);
                         let cname = match cname {
                             Some(c) => c,
@@ -401,19 +419,24 @@ impl Decoder<'_> {
         };
         for k in [K_SIZE, K_DIGEST, K_ZEROS, K_TARGET, K_RDEV, K_CHILDREN] {
             if seen[k as usize] && !allowed.contains(&k) {
-                return self.fail(start, format!("field {} is not allowed on a {}", FIELD_NAMES[k as usize], code.name()));
+                return self
+                    .fail(start, format!("field {} is not allowed on a {}", FIELD_NAMES[k as usize], code.name()));
             }
         }
         if code == KindCode::Hardlink {
             for k in [K_MODE, K_UID, K_GID, K_MTIME, K_NSEC, K_XATTRS, K_UNAME, K_GNAME] {
                 if seen[k as usize] {
-                    return self.fail(start, format!("a hardlink carries no {}: its first name does", FIELD_NAMES[k as usize]));
+                    return self.fail(
+                        start,
+                        format!("a hardlink carries no {}: its first name does", FIELD_NAMES[k as usize]),
+                    );
                 }
             }
         }
         meta.mode = match mode {
             Some(m) if m == code.default_mode() => {
-                return self.fail(start, format!("mode {m:o} is the default for a {} and must be omitted", code.name()));
+                return self
+                    .fail(start, format!("mode {m:o} is the default for a {} and must be omitted", code.name()));
             }
             Some(m) => m,
             None => code.default_mode(),
@@ -453,24 +476,42 @@ impl Decoder<'_> {
 pub fn decode(data: &[u8]) -> Result<Manifest, DecodeError> {
     let mut d = Decoder { r: Reader::new(data), path: Vec::new() };
     let top = |e: CborError| DecodeError { offset: Some(e.offset), path: None, what: e.what };
-    let tag = d.r.expect(Major::Tag).map_err(|e| DecodeError { what: format!("not an OCIX manifest: {}", e.what), ..top(e) })?;
+    let tag =
+        d.r.expect(Major::Tag)
+            .map_err(|e| DecodeError { what: format!("not an OCIX manifest: {}", e.what), ..top(e) })?;
     if tag != OCIX_TAG {
-        return Err(DecodeError { offset: Some(0), path: None, what: format!("not an OCIX manifest: tag {tag}, expected {OCIX_TAG}") });
+        return Err(DecodeError {
+            offset: Some(0),
+            path: None,
+            what: format!("not an OCIX manifest: tag {tag}, expected {OCIX_TAG}"),
+        });
     }
     let at = d.r.offset();
     let n = d.r.map().map_err(top)?;
     if n != 2 {
-        return Err(DecodeError { offset: Some(at), path: None, what: format!("manifest map must have 2 fields (version, root), found {n}") });
+        return Err(DecodeError {
+            offset: Some(at),
+            path: None,
+            what: format!("manifest map must have 2 fields (version, root), found {n}"),
+        });
     }
     let at = d.r.offset();
     let k = d.r.uint().map_err(top)?;
     if k != 0 {
-        return Err(DecodeError { offset: Some(at), path: None, what: format!("expected field 0 (version), found {k}") });
+        return Err(DecodeError {
+            offset: Some(at),
+            path: None,
+            what: format!("expected field 0 (version), found {k}"),
+        });
     }
     let at = d.r.offset();
     let v = d.r.uint().map_err(top)?;
     if v != VERSION {
-        return Err(DecodeError { offset: Some(at), path: None, what: format!("unsupported manifest version {v} (this ocix reads version {VERSION})") });
+        return Err(DecodeError {
+            offset: Some(at),
+            path: None,
+            what: format!("unsupported manifest version {v} (this ocix reads version {VERSION})"),
+        });
     }
     let at = d.r.offset();
     let k = d.r.uint().map_err(top)?;
@@ -533,10 +574,8 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
                 check_zeros(&path, f)?;
                 files.insert(path);
             }
-            Kind::Symlink(t) => {
-                if t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET {
-                    return Err(invalid(&path, "symlink target must be 1 to 4095 bytes without NUL"));
-                }
+            Kind::Symlink(t) if (t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET) => {
+                return Err(invalid(&path, "symlink target must be 1 to 4095 bytes without NUL"));
             }
             Kind::Hardlink(t) => {
                 if t.is_empty() || t.len() > MAX_TARGET {
@@ -574,7 +613,10 @@ fn check_zeros(path: &[u8], f: &File) -> Result<(), DecodeError> {
         }
         let stop = s.checked_add(n).filter(|&x| x <= blocks);
         let Some(stop) = stop else {
-            return Err(invalid(path, format!("zero run at block {s} of {n} blocks goes past the last whole block ({blocks})")));
+            return Err(invalid(
+                path,
+                format!("zero run at block {s} of {n} blocks goes past the last whole block ({blocks})"),
+            ));
         };
         end = Some(stop);
     }

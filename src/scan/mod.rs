@@ -1,10 +1,38 @@
 //! Source: a real directory tree -> manifest (+ blobs in a store).
 //!
-//! (Being written: this file currently holds the API only.)
+//! One thread walks the tree depth-first with one directory fd per level,
+//! every call relative to its parent's fd by a single name, never following a
+//! symlink (`fstatat(AT_SYMLINK_NOFOLLOW)`, `O_NOFOLLOW`). Children are
+//! visited in the byte order of their names, which is manifest order, so the
+//! first name met of a hardlinked inode is the one that carries it. Regular
+//! files are opened by the walker and handed, as open fds, to hashing threads
+//! that compute sha256 and the zero runs and, with a store, write the blob in
+//! the same pass (sparse where the content is zero). Only read calls are made
+//! on the tree.
+//!
+//! What is fatal and what is not: an entry that cannot be read (permission,
+//! I/O error), an entry that changes while it is read (its inode, size, mtime
+//! or ctime differ after reading), and a file that grows or shrinks while
+//! hashed are errors; all of them are collected and reported together and no
+//! manifest is produced. An entry that vanishes between listing its directory
+//! and reading it is a warning and is left out (the tree was changing; the
+//! manifest describes what was there). A mount point below the root is
+//! recorded as a directory but not descended into unless asked.
 
-use crate::manifest::Manifest;
+mod content;
+
+use crate::manifest::{self, Dev, Entry, File, Kind, Manifest, Meta, Time, path_display};
+use crate::rootless;
 use crate::store::Store;
+use crate::sys::read::{self as rd, FileType, Stat, XattrSource};
+use crate::sys::{Errno, SysError};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+
+pub use content::{ContentSink, hash_content};
 
 /// How to scan.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +56,7 @@ pub struct ScanOptions {
 pub struct Scan {
     /// The tree's manifest.
     pub manifest: Manifest,
-    /// Non-fatal findings (entries that vanished while scanned, sockets...).
+    /// Non-fatal findings (entries that vanished while scanned, mount points).
     pub warnings: Vec<String>,
     /// Regular files hashed.
     pub files: u64,
@@ -41,7 +69,7 @@ pub struct Scan {
 pub enum ScanError {
     /// The root could not be opened or read.
     #[error(transparent)]
-    Root(#[from] crate::sys::SysError),
+    Root(#[from] SysError),
     /// Entries that could not be read; the manifest is not produced.
     #[error("{} entries could not be scanned:\n  {}", .0.len(), .0.join("\n  "))]
     Entries(Vec<String>),
@@ -53,8 +81,425 @@ pub enum ScanError {
     Pattern(String),
 }
 
+/// Pattern set for `--exclude`, shared with `diff`.
+#[derive(Clone, Debug, Default)]
+pub struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+    any: bool,
+}
+
+impl Excludes {
+    /// Compiles patterns: without `/`, matched against a name at any depth;
+    /// with `/`, against the whole path relative to the root (a leading `/`
+    /// is ignored).
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for p in patterns {
+            let (set, pat) =
+                if p.contains('/') { (&mut paths, p.trim_start_matches('/')) } else { (&mut names, p.as_str()) };
+            let g = GlobBuilder::new(pat)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| format!("{p:?}: {e}"))?;
+            set.add(g);
+        }
+        Ok(Excludes {
+            names: names.build().map_err(|e| e.to_string())?,
+            paths: paths.build().map_err(|e| e.to_string())?,
+            any: !patterns.is_empty(),
+        })
+    }
+
+    /// Whether the entry at `path` (relative, `/`-joined) is excluded.
+    pub fn is_excluded(&self, path: &[u8]) -> bool {
+        if !self.any || path.is_empty() {
+            return false;
+        }
+        // globset matches on OsStr; raw bytes keep non-UTF-8 names exact
+        use std::os::unix::ffi::OsStrExt;
+        let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        self.names.is_match(std::ffi::OsStr::from_bytes(name)) || self.paths.is_match(std::ffi::OsStr::from_bytes(path))
+    }
+}
+
+struct Job {
+    id: usize,
+    fd: OwnedFd,
+    stat: Stat,
+    shown: String,
+}
+
+/// A hashed file: its content record and xattrs, or why it failed.
+type Hashed = Result<(File, Vec<(Vec<u8>, Vec<u8>)>), String>;
+
+struct Done {
+    id: usize,
+    result: Hashed,
+}
+
+struct Walker<'a> {
+    root_path: &'a Path,
+    root_dev: u64,
+    opts: &'a ScanOptions,
+    excludes: Excludes,
+    jobs: Option<Sender<Job>>,
+    /// path of each job, by id
+    job_paths: Vec<Vec<u8>>,
+    /// first name of each hardlinked regular file, by (dev, ino)
+    links: HashMap<(u64, u64), Vec<u8>>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+fn stat_time(st: &Stat) -> Time {
+    Time { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }
+}
+
+impl Walker<'_> {
+    fn shown(&self, path: &[u8]) -> String {
+        let p = path_display(path);
+        let root = self.root_path.display().to_string();
+        format!("{}{}", root.trim_end_matches('/'), if path.is_empty() { "/" } else { &p })
+    }
+
+    fn meta(&mut self, st: &Stat, xattrs: Vec<(Vec<u8>, Vec<u8>)>, path: &[u8]) -> Meta {
+        let mut meta = Meta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: stat_time(st),
+            xattrs: xattrs.into_iter().collect(),
+            uname: None,
+            gname: None,
+        };
+        if self.opts.rootless {
+            apply_rootless(&mut meta)
+                .unwrap_or_else(|e| self.errors.push(format!("{}: user.rootlesscontainers: {e}", self.shown(path))));
+        }
+        meta
+    }
+
+    /// Scans the directory open as `fd` at `path`; returns its children.
+    fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize) -> BTreeMap<Vec<u8>, Entry> {
+        let mut children = BTreeMap::new();
+        if depth >= manifest::MAX_DEPTH {
+            self.errors.push(format!("{}: directories nested deeper than {}", self.shown(path), manifest::MAX_DEPTH));
+            return children;
+        }
+        let shown_dir = self.shown(path);
+        let mut names = match rd::read_dir_names(fd, &|| shown_dir.clone()) {
+            Ok(n) => n,
+            Err(e) => {
+                self.errors.push(e.to_string());
+                return children;
+            }
+        };
+        names.sort_unstable();
+        let base = path.len();
+        for name in names {
+            path.truncate(base);
+            if base > 0 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            if self.excludes.is_excluded(path) {
+                continue;
+            }
+            if let Some(e) = self.entry(fd, &name, path, depth) {
+                children.insert(name, e);
+            }
+        }
+        path.truncate(base);
+        children
+    }
+
+    fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<Entry> {
+        let shown = self.shown(path);
+        let sh = || shown.clone();
+        let st = match rd::stat_at(dir, name, &sh) {
+            Ok(st) => st,
+            Err(e) if e.errno == Errno::NOENT => {
+                self.warnings.push(format!("{shown}: vanished while scanning; left out"));
+                return None;
+            }
+            Err(e) => {
+                self.errors.push(e.to_string());
+                return None;
+            }
+        };
+        if let Some(pb) = &self.progress {
+            pb.set_message(format!("{} entries", self.job_paths.len()));
+        }
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let xattrs_at = |w: &mut Self| -> Vec<(Vec<u8>, Vec<u8>)> {
+            match rd::read_xattrs(XattrSource::At(dir, name), &sh) {
+                Ok(x) => x,
+                Err(e) => {
+                    w.errors.push(e.to_string());
+                    Vec::new()
+                }
+            }
+        };
+        let kind = match ft {
+            FileType::Directory => {
+                let fd = match rd::open_dir_at(dir, name, &sh) {
+                    Ok(fd) => fd,
+                    Err(e) if e.errno == Errno::NOENT => {
+                        self.warnings.push(format!("{shown}: vanished while scanning; left out"));
+                        return None;
+                    }
+                    Err(e) => {
+                        self.errors.push(e.to_string());
+                        return None;
+                    }
+                };
+                if !same_inode(&st, &fd, &sh, &mut self.errors) {
+                    return None;
+                }
+                let xattrs = match rd::read_xattrs(XattrSource::Fd(fd.as_fd()), &sh) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        self.errors.push(e.to_string());
+                        Vec::new()
+                    }
+                };
+                let meta = self.meta(&st, xattrs, path);
+                let children = if st.st_dev != self.root_dev && !self.opts.cross_mounts {
+                    self.warnings
+                        .push(format!("{shown}: mount point; recorded, not descended into (use --cross-mounts)"));
+                    BTreeMap::new()
+                } else {
+                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1))
+                };
+                return Some(Entry { meta, kind: Kind::Dir(children) });
+            }
+            FileType::RegularFile => {
+                if st.st_nlink > 1 {
+                    let key = (st.st_dev, st.st_ino);
+                    if let Some(first) = self.links.get(&key) {
+                        return Some(Entry { meta: Meta::default(), kind: Kind::Hardlink(first.clone()) });
+                    }
+                    self.links.insert(key, path.clone());
+                }
+                let fd = match rd::open_file_at(dir, name, &sh) {
+                    Ok(fd) => fd,
+                    Err(e) if e.errno == Errno::NOENT => {
+                        self.warnings.push(format!("{shown}: vanished while scanning; left out"));
+                        return None;
+                    }
+                    Err(e) => {
+                        self.errors.push(e.to_string());
+                        return None;
+                    }
+                };
+                let id = self.job_paths.len();
+                self.job_paths.push(path.clone());
+                let meta = self.meta(&st, Vec::new(), path);
+                // Content and xattrs are filled in when the hash thread is done.
+                let sent = self.jobs.as_ref().is_some_and(|j| j.send(Job { id, fd, stat: st, shown }).is_ok());
+                if !sent {
+                    self.errors.push("hashing threads stopped".to_string());
+                }
+                return Some(Entry { meta, kind: Kind::File(File { size: st.st_size as u64, ..File::default() }) });
+            }
+            FileType::Symlink => match rd::read_link_at(dir, name, &sh) {
+                Ok(t) => Kind::Symlink(t),
+                Err(e) => {
+                    self.errors.push(e.to_string());
+                    return None;
+                }
+            },
+            FileType::CharacterDevice | FileType::BlockDevice => {
+                let d = Dev { major: rustix::fs::major(st.st_rdev), minor: rustix::fs::minor(st.st_rdev) };
+                if ft == FileType::CharacterDevice { Kind::Char(d) } else { Kind::Block(d) }
+            }
+            FileType::Fifo => Kind::Fifo,
+            FileType::Socket => Kind::Socket,
+            FileType::Unknown => {
+                self.errors.push(format!("{shown}: unknown file type (mode {:o})", st.st_mode));
+                return None;
+            }
+        };
+        let xattrs = xattrs_at(self);
+        let meta = self.meta(&st, xattrs, path);
+        Some(Entry { meta, kind })
+    }
+}
+
+fn same_inode(st: &Stat, fd: &OwnedFd, sh: &dyn Fn() -> String, errors: &mut Vec<String>) -> bool {
+    match rd::stat_fd(fd.as_fd(), sh) {
+        Ok(now) if now.st_ino == st.st_ino && now.st_dev == st.st_dev => true,
+        Ok(_) => {
+            errors.push(format!("{}: replaced while scanning", sh()));
+            false
+        }
+        Err(e) => {
+            errors.push(e.to_string());
+            false
+        }
+    }
+}
+
+/// Replaces the on-disk owner by the one recorded in
+/// `user.rootlesscontainers` (0:0 when absent) and drops that xattr.
+fn apply_rootless(meta: &mut Meta) -> Result<(), String> {
+    let (uid, gid) = match meta.xattrs.remove(rootless::XATTR) {
+        Some(v) => rootless::decode(&v)?,
+        None => (0, 0),
+    };
+    meta.uid = uid;
+    meta.gid = gid;
+    Ok(())
+}
+
+fn hash_worker(
+    jobs: Receiver<Job>,
+    done: Sender<Done>,
+    store: Option<&Store>,
+    progress: Option<indicatif::ProgressBar>,
+) {
+    let mut buf = vec![0u8; content::CHUNK];
+    for job in jobs {
+        let sh = || job.shown.clone();
+        let result = (|| {
+            let size = job.stat.st_size as u64;
+            let sparse = (job.stat.st_blocks as u64) * 512 < size;
+            let file = hash_content(job.fd.as_fd(), size, sparse, store, &mut buf, &sh)?;
+            let now = rd::stat_fd(job.fd.as_fd(), &sh).map_err(|e| e.to_string())?;
+            if now.st_ino != job.stat.st_ino
+                || now.st_size != job.stat.st_size
+                || now.st_mtime != job.stat.st_mtime
+                || now.st_mtime_nsec != job.stat.st_mtime_nsec
+                || now.st_ctime != job.stat.st_ctime
+                || now.st_ctime_nsec != job.stat.st_ctime_nsec
+            {
+                return Err(format!("{}: changed while being read", job.shown));
+            }
+            let xattrs = rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh).map_err(|e| e.to_string())?;
+            if let Some(pb) = &progress {
+                pb.inc(size);
+            }
+            Ok((file, xattrs))
+        })();
+        if done.send(Done { id: job.id, result }).is_err() {
+            return;
+        }
+    }
+}
+
 /// Scans `dir`; with `store`, also puts every file's content there.
 pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result<Scan, ScanError> {
-    let _ = (dir, store, opts);
-    unimplemented!("scan_dir is being written")
+    let excludes = Excludes::new(&opts.excludes).map_err(ScanError::Pattern)?;
+    // The root itself may be reached through a symlink the user named (as
+    // `find -H` does); nothing below it is followed.
+    let root_fd = crate::sys::call(
+        "open",
+        || dir.display().to_string(),
+        || {
+            rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+        },
+    )?;
+    let shown_root = dir.display().to_string();
+    let root_st = rd::stat_fd(root_fd.as_fd(), &|| shown_root.clone())?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let progress = opts.progress.then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} scanning: {msg}, {bytes} hashed ({bytes_per_sec})")
+                .expect("static template"),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    });
+    let (job_tx, job_rx) = bounded::<Job>(256);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+
+    let (mut root, mut w) = std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (rx, tx, pb) = (job_rx.clone(), done_tx.clone(), progress.clone());
+            s.spawn(move || hash_worker(rx, tx, store, pb));
+        }
+        drop(done_tx);
+        let mut w = Walker {
+            root_path: dir,
+            root_dev: root_st.st_dev,
+            opts,
+            excludes,
+            jobs: Some(job_tx),
+            job_paths: Vec::new(),
+            links: HashMap::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            progress: progress.clone(),
+        };
+        let xattrs = rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
+            w.errors.push(e.to_string());
+            Vec::new()
+        });
+        let meta = w.meta(&root_st, xattrs, b"");
+        let children = w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0);
+        // closing the job channel lets the hash threads finish
+        w.jobs = None;
+        (Entry { meta, kind: Kind::Dir(children) }, w)
+    });
+    if let Some(pb) = &progress {
+        pb.finish_and_clear();
+    }
+    // Fill in every file's content and xattrs.
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    let mut results: Vec<Option<Hashed>> = (0..w.job_paths.len()).map(|_| None).collect();
+    for d in done_rx.try_iter() {
+        results[d.id] = Some(d.result);
+    }
+    for (id, r) in results.into_iter().enumerate() {
+        let path = &w.job_paths[id];
+        match r {
+            Some(Ok((f, xattrs))) => {
+                files += 1;
+                bytes += f.size;
+                if let Some(Entry { meta, kind: Kind::File(slot) }) = get_mut(&mut root, path) {
+                    *slot = f;
+                    meta.xattrs = xattrs.into_iter().collect();
+                    if opts.rootless {
+                        if let Err(e) = apply_rootless(meta) {
+                            w.errors.push(format!("{}: user.rootlesscontainers: {e}", w.shown(path)));
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => w.errors.push(e),
+            None => w.errors.push(format!("{}: not hashed", w.shown(path))),
+        }
+    }
+    if !w.errors.is_empty() {
+        return Err(ScanError::Entries(w.errors));
+    }
+    if let Some(s) = store {
+        s.sync()?;
+    }
+    Ok(Scan { manifest: Manifest { root }, warnings: w.warnings, files, bytes })
+}
+
+fn get_mut<'a>(root: &'a mut Entry, path: &[u8]) -> Option<&'a mut Entry> {
+    let mut cur = root;
+    for comp in path.split(|&b| b == b'/') {
+        match &mut cur.kind {
+            Kind::Dir(c) => cur = c.get_mut(comp)?,
+            _ => return None,
+        }
+    }
+    Some(cur)
 }

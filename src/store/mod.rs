@@ -77,8 +77,13 @@ impl Store {
     /// Opens a store, creating its directories if needed.
     pub fn create(root: &Path) -> Result<Store, StoreError> {
         let blobs = root.join("blobs/sha256");
-        std::fs::create_dir_all(&blobs)
-            .map_err(|e| SysError::new("mkdir", blobs.display().to_string(), rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))?;
+        std::fs::create_dir_all(&blobs).map_err(|e| {
+            SysError::new(
+                "mkdir",
+                blobs.display().to_string(),
+                rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+            )
+        })?;
         Self::open_blobs(root, &blobs)
     }
 
@@ -99,31 +104,52 @@ impl Store {
 
     /// Whether a blob is present (by name; content is verified on read).
     pub fn has(&self, d: &Digest) -> bool {
-        fs::statat(&self.blobs, d.hex(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|s| fs::FileType::from_raw_mode(s.st_mode) == fs::FileType::RegularFile)
+        fs::statat(&self.blobs, d.hex(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|s| fs::FileType::from_raw_mode(s.st_mode) == fs::FileType::RegularFile)
     }
 
     /// Opens a blob for reading. The caller verifies its content (see
     /// [`Verifier`]).
     pub fn open_blob(&self, d: &Digest) -> Result<OwnedFd, StoreError> {
-        match fs::openat(&self.blobs, d.hex(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty()) {
+        match fs::openat(
+            &self.blobs,
+            d.hex(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) {
             Ok(fd) => Ok(fd),
-            Err(rustix::io::Errno::NOENT) => Err(StoreError::Missing { digest: *d, store: self.root.display().to_string() }),
+            Err(rustix::io::Errno::NOENT) => {
+                Err(StoreError::Missing { digest: *d, store: self.root.display().to_string() })
+            }
             Err(e) => Err(SysError::new("openat", self.blob_path(d).display().to_string(), e).into()),
         }
     }
 
     /// Starts writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter<'_>, StoreError> {
-        let tmp = match fs::openat(&self.blobs, c".", OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC, Mode::from_raw_mode(0o644)) {
+        let tmp = match fs::openat(
+            &self.blobs,
+            c".",
+            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
             Ok(fd) => Tmp::Anonymous(fd),
             Err(_) => {
                 let dir = self.root.join(".ocix-tmp");
                 let _ = std::fs::create_dir(&dir);
                 let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
                 let path = dir.join(format!("{}-{}", std::process::id(), n));
-                let fd = sys::call("open", || path.display().to_string(), || {
-                    fs::open(&path, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o644))
-                })?;
+                let fd = sys::call(
+                    "open",
+                    || path.display().to_string(),
+                    || {
+                        fs::open(
+                            &path,
+                            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                            Mode::from_raw_mode(0o644),
+                        )
+                    },
+                )?;
                 Tmp::Named(fd, path)
             }
         };
@@ -230,7 +256,11 @@ impl BlobWriter<'_> {
                 let proc = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(fd));
                 match fs::linkat(fs::CWD, proc.as_str(), &self.store.blobs, name.as_str(), AtFlags::SYMLINK_FOLLOW) {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(SysError::new("linkat", self.store.blob_path(&actual).display().to_string(), e).into()),
+                    Err(e) => {
+                        return Err(
+                            SysError::new("linkat", self.store.blob_path(&actual).display().to_string(), e).into()
+                        );
+                    }
                 }
             }
             Tmp::Named(_, p) => {
@@ -239,7 +269,11 @@ impl BlobWriter<'_> {
                     let _ = std::fs::remove_file(p);
                 } else {
                     std::fs::rename(p, &target).map_err(|e| {
-                        SysError::new("rename", target.display().to_string(), rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
+                        SysError::new(
+                            "rename",
+                            target.display().to_string(),
+                            rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                        )
                     })?;
                 }
             }

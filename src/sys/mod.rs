@@ -45,7 +45,11 @@ impl SysError {
 pub type Result<T> = std::result::Result<T, SysError>;
 
 /// Runs `f`, retrying on EINTR, and labels a failure with `call` and `path`.
-pub fn call<T>(call: &'static str, path: impl Fn() -> String, mut f: impl FnMut() -> rustix::io::Result<T>) -> Result<T> {
+pub fn call<T>(
+    call: &'static str,
+    path: impl Fn() -> String,
+    mut f: impl FnMut() -> rustix::io::Result<T>,
+) -> Result<T> {
     loop {
         match f() {
             Ok(v) => return Ok(v),

@@ -21,15 +21,22 @@ fn show(p: &Path) -> String {
 /// Opens a directory given by a full path, refusing to follow a symlink as
 /// the last component.
 pub fn open_dir_path(path: &Path) -> Result<OwnedFd> {
-    call("open", || show(path), || {
-        fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-    })
+    call(
+        "open",
+        || show(path),
+        || fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()),
+    )
 }
 
 /// Opens the directory `name` inside `dir` without following a symlink.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<OwnedFd> {
     call("openat", shown, || {
-        fs::openat(dir, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        fs::openat(
+            dir,
+            OsStr::from_bytes(name),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
     })
 }
 
@@ -99,62 +106,52 @@ fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
 /// without xattr support yields none.
 pub fn read_xattrs(src: XattrSource<'_>, shown: &dyn Fn() -> String) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     use rustix::io::Errno;
-    let list = |buf: &mut Vec<u8>| -> rustix::io::Result<usize> {
+    let list = |buf: &mut [u8]| -> rustix::io::Result<usize> {
         match &src {
             XattrSource::Fd(fd) => fs::flistxattr(fd, buf),
             XattrSource::At(d, n) => fs::llistxattr(OsStr::from_bytes(&proc_path(*d, n)), buf),
         }
     };
-    let get = |name: &[u8], buf: &mut Vec<u8>| -> rustix::io::Result<usize> {
+    let get = |name: &[u8], buf: &mut [u8]| -> rustix::io::Result<usize> {
         let cname = std::ffi::CString::new(name).map_err(|_| Errno::INVAL)?;
         match &src {
             XattrSource::Fd(fd) => fs::fgetxattr(fd, cname.as_c_str(), buf),
             XattrSource::At(d, n) => fs::lgetxattr(OsStr::from_bytes(&proc_path(*d, n)), cname.as_c_str(), buf),
         }
     };
-    // size, then fetch; retry if it grew in between (ERANGE)
-    let mut names = Vec::new();
-    loop {
-        let n = match call("listxattr", shown, || list(&mut Vec::new())) {
-            Ok(n) => n,
-            Err(e) if e.errno == Errno::NOTSUP => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        names.clear();
-        names.resize(n, 0);
-        match list(&mut names) {
-            Ok(got) => {
-                names.truncate(got);
-                break;
+    // Read into a buffer that grows on ERANGE, up to the kernel's limit for a
+    // name list or a value (64 KiB). (A zero-sized query is not relied on.)
+    fn fetch(mut f: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Vec<u8>> {
+        let mut size = 256usize;
+        loop {
+            let mut buf = vec![0u8; size];
+            match f(&mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(Errno::RANGE) if size < (1 << 17) => size *= 4,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
             }
-            Err(Errno::RANGE) | Err(Errno::INTR) => continue,
-            Err(e) => return Err(super::SysError::new("listxattr", shown(), e)),
         }
     }
+    let names = match fetch(list) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(super::SysError::new("listxattr", shown(), e)),
+    };
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let mut val = Vec::new();
-        loop {
-            let n = match get(name, &mut Vec::new()) {
-                Ok(n) => n,
-                Err(Errno::NODATA) => break, // removed meanwhile
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(super::SysError::new("getxattr", format!("{} ({})", shown(), String::from_utf8_lossy(name)), e)),
-            };
-            val.clear();
-            val.resize(n, 0);
-            match get(name, &mut val) {
-                Ok(got) => {
-                    val.truncate(got);
-                    out.push((name.to_vec(), std::mem::take(&mut val)));
-                    break;
-                }
-                Err(Errno::RANGE) | Err(Errno::INTR) => continue,
-                Err(Errno::NODATA) => break,
-                Err(e) => return Err(super::SysError::new("getxattr", format!("{} ({})", shown(), String::from_utf8_lossy(name)), e)),
+        match fetch(|buf| get(name, buf)) {
+            Ok(val) => out.push((name.to_vec(), val)),
+            Err(Errno::NODATA) => {} // removed meanwhile
+            Err(e) => {
+                return Err(super::SysError::new(
+                    "getxattr",
+                    format!("{} ({})", shown(), String::from_utf8_lossy(name)),
+                    e,
+                ));
             }
         }
     }

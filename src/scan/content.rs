@@ -1,0 +1,259 @@
+//! A regular file's content -> its sha256, its zero runs and (optionally) a
+//! blob in the store, in one read pass.
+//!
+//! The file is read in 1 MiB chunks aligned to 4 KiB. A chunk that lies
+//! wholly inside a hole the filesystem reports (`SEEK_DATA`/`SEEK_HOLE`, only
+//! asked for files with fewer allocated blocks than their size) is not read
+//! at all: it is zeros. Every whole, aligned 4 KiB block whose bytes are all
+//! zero joins a zero run whether or not it was a hole on disk, so the runs
+//! depend on the content alone. Zero blocks are skipped, not written, when
+//! the blob is stored, so blobs stay sparse too.
+
+use crate::manifest::{BLOCK, Digest, File};
+use crate::store::{BlobWriter, Store};
+use crate::sys::read as rd;
+use rustix::fd::BorrowedFd;
+use sha2::{Digest as _, Sha256};
+
+/// Read size.
+pub const CHUNK: usize = 1 << 20;
+static ZEROS: [u8; CHUNK] = [0; CHUNK];
+
+/// Where content goes while it is read: a hash only, or a blob being written
+/// (which hashes too).
+pub enum ContentSink<'s> {
+    /// Hash only.
+    Hash(Box<Sha256>),
+    /// Write a blob.
+    Blob(BlobWriter<'s>),
+}
+
+impl ContentSink<'_> {
+    /// Appends data.
+    pub fn data(&mut self, d: &[u8]) -> Result<(), String> {
+        match self {
+            ContentSink::Hash(h) => {
+                h.update(d);
+                Ok(())
+            }
+            ContentSink::Blob(w) => w.write(d).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Appends `n` zero bytes (a hole in the blob).
+    pub fn zeros(&mut self, mut n: u64) {
+        match self {
+            ContentSink::Hash(h) => {
+                while n > 0 {
+                    let k = n.min(CHUNK as u64) as usize;
+                    h.update(&ZEROS[..k]);
+                    n -= k as u64;
+                }
+            }
+            ContentSink::Blob(w) => w.skip_zeros(n),
+        }
+    }
+
+    /// The content's digest (the blob is named by it).
+    pub fn finish(self) -> Result<Digest, String> {
+        match self {
+            ContentSink::Hash(h) => Ok(Digest((*h).finalize().into())),
+            ContentSink::Blob(w) => w.finish(None).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Whether a block is all zero bytes.
+#[inline]
+pub fn is_zero(b: &[u8]) -> bool {
+    // A quick look at the head settles most data blocks; the full fold
+    // vectorizes.
+    let head = b.len().min(16);
+    b[..head].iter().all(|&x| x == 0) && b.iter().fold(0u8, |a, &x| a | x) == 0
+}
+
+/// Collects zero runs as (first block, count).
+#[derive(Default)]
+struct Runs(Vec<(u64, u64)>);
+
+impl Runs {
+    fn add(&mut self, block: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.0.last_mut() {
+            Some((s, c)) if *s + *c == block => *c += n,
+            _ => self.0.push((block, n)),
+        }
+    }
+}
+
+/// Data segments `[start, end)` of a sparse file; the rest is holes.
+fn data_segments(fd: BorrowedFd<'_>, size: u64) -> Vec<(u64, u64)> {
+    let mut segs = Vec::new();
+    let mut off = 0;
+    while off < size {
+        let Some(start) = rd::seek_data(fd, off) else { break };
+        if start >= size {
+            break;
+        }
+        let end = rd::seek_hole(fd, start, size).min(size);
+        if end <= start {
+            // cannot tell: treat the rest as data
+            segs.push((start, size));
+            break;
+        }
+        segs.push((start, end));
+        off = end;
+    }
+    segs
+}
+
+/// Reads `size` bytes of `fd` from offset 0, hashing them, finding zero runs
+/// and, with a store, writing the blob. Fails if the file is shorter or
+/// longer than `size` when read.
+pub fn hash_content(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    sparse: bool,
+    store: Option<&Store>,
+    buf: &mut [u8],
+    shown: &dyn Fn() -> String,
+) -> Result<File, String> {
+    debug_assert!(buf.len() >= CHUNK);
+    let mut probe = [0u8; 1];
+    if size == 0 {
+        if rd::pread(fd, &mut probe, 0, shown).map_err(|e| e.to_string())? != 0 {
+            return Err(format!("{}: grew while being read", shown()));
+        }
+        return Ok(File::default());
+    }
+    let segments = if sparse { Some(data_segments(fd, size)) } else { None };
+    let mut sink = match store {
+        Some(s) => ContentSink::Blob(s.writer().map_err(|e| e.to_string())?),
+        None => ContentSink::Hash(Box::default()),
+    };
+    let whole_blocks = size / BLOCK;
+    let mut runs = Runs::default();
+    let mut off = 0u64;
+    let mut seg_i = 0usize;
+    while off < size {
+        let len = (size - off).min(CHUNK as u64);
+        let end = off + len;
+        let in_hole = match &segments {
+            None => false,
+            Some(segs) => {
+                while seg_i < segs.len() && segs[seg_i].1 <= off {
+                    seg_i += 1;
+                }
+                seg_i >= segs.len() || segs[seg_i].0 >= end
+            }
+        };
+        if in_hole {
+            sink.zeros(len);
+            let first = off / BLOCK;
+            let last = (end / BLOCK).min(whole_blocks);
+            runs.add(first, last.saturating_sub(first));
+        } else {
+            let chunk = &mut buf[..len as usize];
+            let mut got = 0usize;
+            while got < chunk.len() {
+                let n = rd::pread(fd, &mut chunk[got..], off + got as u64, shown).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err(format!(
+                        "{}: shrank while being read (expected {size} bytes, got {})",
+                        shown(),
+                        off + got as u64
+                    ));
+                }
+                got += n;
+            }
+            let mut pending = 0usize; // start of data not yet given to the sink
+            let mut i = 0usize;
+            while i < chunk.len() {
+                let blk_end = (i + BLOCK as usize).min(chunk.len());
+                let block_no = (off + i as u64) / BLOCK;
+                if blk_end - i == BLOCK as usize && block_no < whole_blocks && is_zero(&chunk[i..blk_end]) {
+                    if pending < i {
+                        sink.data(&chunk[pending..i])?;
+                    }
+                    sink.zeros(BLOCK);
+                    runs.add(block_no, 1);
+                    pending = blk_end;
+                }
+                i = blk_end;
+            }
+            if pending < chunk.len() {
+                sink.data(&chunk[pending..])?;
+            }
+        }
+        off = end;
+    }
+    if rd::pread(fd, &mut probe, size, shown).map_err(|e| e.to_string())? != 0 {
+        return Err(format!("{}: grew while being read (more than {size} bytes)", shown()));
+    }
+    let digest = sink.finish()?;
+    Ok(File { size, digest: Some(digest), zeros: runs.0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::fd::AsFd;
+
+    fn scan_bytes(data: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(data).unwrap();
+        let mut buf = vec![0; CHUNK];
+        hash_content(f.as_fd(), data.len() as u64, false, None, &mut buf, &|| "t".into()).unwrap()
+    }
+
+    #[test]
+    fn zero_runs_from_content() {
+        let mut d = vec![1u8; 4096];
+        d.extend_from_slice(&[0; 8192]);
+        d.extend_from_slice(&[2; 4096]);
+        d.extend_from_slice(&[0; 4096]);
+        d.extend_from_slice(&[0; 100]); // partial last block: never a run
+        let f = scan_bytes(&d);
+        assert_eq!(f.zeros, vec![(1, 2), (4, 1)]);
+        assert_eq!(f.digest, Some(Digest::of(&d)));
+        assert_eq!(f.size, d.len() as u64);
+    }
+
+    #[test]
+    fn short_zero_tail_is_not_a_run() {
+        let f = scan_bytes(&[0; 4095]);
+        assert!(f.zeros.is_empty());
+        let f = scan_bytes(&[0; 4096]);
+        assert_eq!(f.zeros, vec![(0, 1)]);
+    }
+
+    #[test]
+    fn sparse_file_same_as_dense() {
+        // a real hole on disk and written zeros give the same record
+        let mut sparse = tempfile::tempfile().unwrap();
+        sparse.seek(SeekFrom::Start(3 * CHUNK as u64 + 4096)).unwrap();
+        sparse.write_all(b"data").unwrap();
+        let size = 3 * CHUNK as u64 + 4100;
+        let mut buf = vec![0; CHUNK];
+        let a = hash_content(sparse.as_fd(), size, true, None, &mut buf, &|| "s".into()).unwrap();
+        let mut dense = vec![0u8; size as usize];
+        dense[3 * CHUNK + 4096..].copy_from_slice(b"data");
+        let b = scan_bytes(&dense);
+        assert_eq!(a, b);
+        assert_eq!(a.zeros, vec![(0, (3 * CHUNK as u64 + 4096) / 4096)]);
+    }
+
+    #[test]
+    fn size_mismatch_is_an_error() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"hello").unwrap();
+        let mut buf = vec![0; CHUNK];
+        let e = hash_content(f.as_fd(), 4, false, None, &mut buf, &|| "g".into()).unwrap_err();
+        assert!(e.contains("grew"), "{e}");
+        let e = hash_content(f.as_fd(), 9, false, None, &mut buf, &|| "s".into()).unwrap_err();
+        assert!(e.contains("shrank"), "{e}");
+    }
+}

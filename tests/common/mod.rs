@@ -1,0 +1,159 @@
+//! Shared helpers for the tests: a sample tree with every kind of entry, the
+//! ocix binary, privilege checks.
+#![allow(dead_code)]
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The built ocix binary.
+pub fn ocix() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ocix"))
+}
+
+/// Runs ocix with args, returns the output.
+pub fn run(args: &[&std::ffi::OsStr]) -> Output {
+    ocix().args(args).output().expect("run ocix")
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Sets mtime (and atime) of a path without following a symlink.
+pub fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+    let t = Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+    rustix::fs::utimensat(CWD, p, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    rustix::fs::chmod(p, Mode::from_raw_mode(mode)).unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+}
+
+pub fn write(p: &Path, data: &[u8]) {
+    std::fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Builds the sample tree under `root` (which must exist and be empty).
+/// Every entry gets a fixed mtime, so two builds give the same manifest.
+/// `reverse` creates the entries in the opposite order (directory listing
+/// order then differs). Device nodes and foreign owners only as root.
+pub fn make_tree(root: &Path, reverse: bool) {
+    let j = |s: &str| root.join(s);
+    let r = root.to_path_buf();
+    let dirs = ["a", "a/b", "empty", "perm", "perm/sticky", "names"];
+    for d in dirs {
+        std::fs::create_dir(j(d)).unwrap();
+    }
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        ("a/hello", b"hello, world\n".to_vec()),
+        ("a/b/big", noise(3 << 20, 7)),
+        ("a/b/zero4k", vec![0; 4096]),
+        ("empty-file", Vec::new()),
+        ("perm/setuid", b"#!/bin/true\n".to_vec()),
+        ("perm/none", b"secret\n".to_vec()),
+        ("names/with space", b"s\n".to_vec()),
+        ("names/new\nline", b"n\n".to_vec()),
+        ("names/ünï", b"u\n".to_vec()),
+        ("names/-dash", b"d\n".to_vec()),
+    ];
+    if reverse {
+        files.reverse();
+    }
+    for (p, data) in &files {
+        write(&j(p), data);
+    }
+    // non-UTF-8 name
+    let raw = r.join(std::ffi::OsStr::from_bytes(b"names/\xff\xfe-latin1"));
+    write(&raw, b"raw\n");
+    // sparse: 8 MiB with data at 1 MiB and 5 MiB, a trailing hole
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(j("sparse")).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&noise(4096, 1)).unwrap();
+        f.seek(SeekFrom::Start(5 << 20)).unwrap();
+        f.write_all(&noise(10000, 2)).unwrap();
+        f.set_len(8 << 20).unwrap();
+    }
+    // hardlinks: primary a/hello (first in manifest order), two more names
+    std::fs::hard_link(j("a/hello"), j("hl-1")).unwrap();
+    std::fs::hard_link(j("a/hello"), j("a/b/hl-2")).unwrap();
+    // symlinks
+    std::os::unix::fs::symlink("a/hello", j("link")).unwrap();
+    std::os::unix::fs::symlink("does-not-exist", j("dangling")).unwrap();
+    std::os::unix::fs::symlink("../a", j("a/b/up")).unwrap();
+    // fifo
+    rustix::fs::mknodat(CWD, j("fifo"), FileType::Fifo, Mode::from_raw_mode(0o620), 0).unwrap();
+    chmod(&j("fifo"), 0o620);
+    // xattrs
+    rustix::fs::setxattr(j("a/hello"), "user.greeting", b"hi", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("a/hello"), "user.bin", &[0, 255, 0, 254], rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("a"), "user.dir", b"d", rustix::fs::XattrFlags::empty()).unwrap();
+    if is_root() {
+        rustix::fs::mknodat(
+            CWD,
+            j("null"),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            j("loop0"),
+            FileType::BlockDevice,
+            Mode::from_raw_mode(0o660),
+            rustix::fs::makedev(7, 0),
+        )
+        .unwrap();
+        chmod(&j("null"), 0o666);
+        chmod(&j("loop0"), 0o660);
+        std::os::unix::fs::lchown(j("loop0"), Some(0), Some(6)).unwrap();
+        std::os::unix::fs::lchown(j("names/with space"), Some(1000), Some(1000)).unwrap();
+        std::os::unix::fs::lchown(j("link"), Some(65534), Some(65534)).unwrap();
+    }
+    chmod(&j("perm/setuid"), 0o4755);
+    chmod(&j("perm/none"), 0o000);
+    chmod(&j("perm/sticky"), 0o1777);
+    chmod(root, 0o755);
+    // fixed mtimes, deepest first so directories keep theirs
+    let mut all = Vec::new();
+    collect(root, &mut all);
+    all.sort();
+    all.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for (i, p) in all.iter().enumerate() {
+        set_mtime(p, 1_700_000_000 + (i as i64 % 3), if i % 2 == 0 { 0 } else { 500_000_000 });
+    }
+    set_mtime(&j("a/hello"), 1_234_567_890, 123_456_789);
+    set_mtime(&j("empty"), -86400, 0);
+    set_mtime(&j("a/b/zero4k"), 0, 0);
+    set_mtime(root, 1_700_000_000, 0);
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let path = e.path();
+        let ft = e.file_type().unwrap();
+        out.push(path.clone());
+        if ft.is_dir() {
+            collect(&path, out);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! `ocix scan` end to end: real trees on disk, the binary, the store.
+
+mod common;
+
+use common::*;
+use ocix::manifest::{Dev, Digest, Kind, Manifest};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+fn scan(dir: &Path, extra: &[&str]) -> Vec<u8> {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("scan"), dir.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    let out = run(&args);
+    assert!(out.status.success(), "scan failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[test]
+fn scan_is_identical_across_creation_order_and_filesystems() {
+    let a = tempfile::tempdir().unwrap();
+    make_tree(a.path(), false);
+    // tmpfs when available: a different filesystem with other inode numbers
+    let shm = Path::new("/dev/shm");
+    let b = if shm.is_dir() { tempfile::tempdir_in(shm).unwrap() } else { tempfile::tempdir().unwrap() };
+    make_tree(b.path(), true);
+    let ma = scan(a.path(), &[]);
+    let mb = scan(b.path(), &[]);
+    assert!(ma == mb, "manifests differ between the two builds");
+    // and across runs
+    assert_eq!(scan(a.path(), &["--threads", "1"]), ma);
+}
+
+#[test]
+fn scan_records_every_kind_of_entry() {
+    let t = tempfile::tempdir().unwrap();
+    make_tree(t.path(), false);
+    let m = Manifest::from_bytes(&scan(t.path(), &[])).unwrap();
+    let get = |p: &[u8]| m.get(p).unwrap_or_else(|| panic!("{} missing", String::from_utf8_lossy(p)));
+
+    // regular file with xattrs and a nanosecond mtime; its first name in
+    // manifest order is a/b/hl-2 (a/b sorts before a/hello), which carries it
+    let hello = get(b"a/b/hl-2");
+    let Kind::File(f) = &hello.kind else { panic!("a/hello not a file") };
+    assert_eq!(f.size, 13);
+    assert_eq!(f.digest, Some(Digest::of(b"hello, world\n")));
+    assert_eq!(hello.meta.mtime.sec, 1_234_567_890);
+    assert_eq!(hello.meta.mtime.nsec, 123_456_789);
+    assert_eq!(hello.meta.xattrs.get(&b"user.greeting"[..]).map(|v| v.as_slice()), Some(&b"hi"[..]));
+    assert_eq!(hello.meta.xattrs.get(&b"user.bin"[..]).map(|v| v.as_slice()), Some(&[0u8, 255, 0, 254][..]));
+    assert_eq!(get(b"a").meta.xattrs.len(), 1);
+
+    // hardlinks point at the first name in manifest order
+    assert_eq!(get(b"hl-1").kind, Kind::Hardlink(b"a/b/hl-2".to_vec()));
+    assert_eq!(get(b"a/hello").kind, Kind::Hardlink(b"a/b/hl-2".to_vec()));
+
+    // zero runs: sparse file (holes on disk) and a written zero block
+    let Kind::File(sp) = &get(b"sparse").kind else { panic!() };
+    assert_eq!(sp.size, 8 << 20);
+    // data at block 256 (1 MiB) and blocks 1280..=1282 (5 MiB, 10000 bytes)
+    assert_eq!(sp.zeros, vec![(0, 256), (257, 1023), (1283, 765)]);
+    let Kind::File(z) = &get(b"a/b/zero4k").kind else { panic!() };
+    assert_eq!(z.zeros, vec![(0, 1)]);
+    assert_eq!(get(b"a/b/zero4k").meta.mtime.sec, 0);
+    let Kind::File(e) = &get(b"empty-file").kind else { panic!() };
+    assert_eq!((e.size, e.digest), (0, None));
+
+    // symlinks, fifo, modes
+    assert_eq!(get(b"link").kind, Kind::Symlink(b"a/hello".to_vec()));
+    assert_eq!(get(b"dangling").kind, Kind::Symlink(b"does-not-exist".to_vec()));
+    assert_eq!(get(b"fifo").kind, Kind::Fifo);
+    assert_eq!(get(b"fifo").meta.mode, 0o620);
+    assert_eq!(get(b"perm/setuid").meta.mode, 0o4755);
+    assert_eq!(get(b"perm/none").meta.mode, 0);
+    assert_eq!(get(b"perm/sticky").meta.mode, 0o1777);
+    assert_eq!(get(b"empty").meta.mtime.sec, -86400);
+
+    // names kept as bytes
+    assert!(m.get(b"names/\xff\xfe-latin1").is_some());
+    assert!(m.get(b"names/new\nline").is_some());
+    assert!(m.get("names/ünï".as_bytes()).is_some());
+
+    if is_root() {
+        assert_eq!(get(b"null").kind, Kind::Char(Dev { major: 1, minor: 3 }));
+        assert_eq!(get(b"loop0").kind, Kind::Block(Dev { major: 7, minor: 0 }));
+        assert_eq!((get(b"loop0").meta.gid, get(b"loop0").meta.mode), (6, 0o660));
+        assert_eq!((get(b"names/with space").meta.uid, get(b"names/with space").meta.gid), (1000, 1000));
+        assert_eq!(get(b"link").meta.uid, 65534);
+    }
+}
+
+#[test]
+fn store_gets_every_blob_once_and_sparse() {
+    let t = tempfile::tempdir().unwrap();
+    make_tree(t.path(), false);
+    let s = tempfile::tempdir().unwrap();
+    let store = s.path().join("store");
+    let out = run(&[OsStr::new("scan"), t.path().as_os_str(), OsStr::new("--store"), store.as_os_str()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Manifest::from_bytes(&out.stdout).unwrap();
+    let mut want = std::collections::BTreeSet::new();
+    for (_, e) in m.walk() {
+        if let Kind::File(f) = &e.kind {
+            if let Some(d) = f.digest {
+                want.insert(d.hex());
+            }
+        }
+    }
+    let blobs = store.join("blobs/sha256");
+    let mut have = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        let data = std::fs::read(e.path()).unwrap();
+        assert_eq!(Digest::of(&data).hex(), name, "blob content does not match its name");
+        have.insert(name);
+    }
+    assert_eq!(have, want);
+    // the sparse file's blob keeps its holes: 8 MiB apparent, ~20 KiB allocated
+    let Kind::File(sp) = &m.get(b"sparse").unwrap().kind else { panic!() };
+    let md = std::fs::metadata(blobs.join(sp.digest.unwrap().hex())).unwrap();
+    assert_eq!(md.len(), 8 << 20);
+    assert!(md.blocks() * 512 < 1 << 20, "sparse blob allocated {} bytes", md.blocks() * 512);
+    // a second scan rewrites nothing: same inode for each blob
+    let ino = std::fs::metadata(blobs.join(sp.digest.unwrap().hex())).unwrap().ino();
+    let out2 = run(&[OsStr::new("scan"), t.path().as_os_str(), OsStr::new("--store"), store.as_os_str()]);
+    assert!(out2.status.success());
+    assert_eq!(out2.stdout, out.stdout);
+    assert_eq!(std::fs::metadata(blobs.join(sp.digest.unwrap().hex())).unwrap().ino(), ino);
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), want.len());
+}
+
+#[test]
+fn exclude_patterns_by_name_and_by_path() {
+    let t = tempfile::tempdir().unwrap();
+    make_tree(t.path(), false);
+    let m = Manifest::from_bytes(&scan(t.path(), &["--exclude", "hl-*", "--exclude", "/a/b"])).unwrap();
+    assert!(m.get(b"hl-1").is_none());
+    assert!(m.get(b"a/b").is_none());
+    assert!(m.get(b"a/b/big").is_none());
+    assert!(m.get(b"a/hello").is_some());
+    let out = run(&[OsStr::new("scan"), t.path().as_os_str(), OsStr::new("--exclude"), OsStr::new("a[")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--exclude"));
+}
+
+#[test]
+fn rootless_scan_reads_owner_from_xattr() {
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("owned");
+    write(&f, b"x");
+    // uid 1000, gid 0 -> gid carried as "no change" (0xffffffff)
+    let payload = ocix::rootless::encode(1000, 0).unwrap();
+    rustix::fs::setxattr(&f, "user.rootlesscontainers", &payload, rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(&f, "user.other", b"kept", rustix::fs::XattrFlags::empty()).unwrap();
+    let m = Manifest::from_bytes(&scan(t.path(), &["--rootless"])).unwrap();
+    let e = m.get(b"owned").unwrap();
+    assert_eq!((e.meta.uid, e.meta.gid), (1000, 0));
+    assert!(!e.meta.xattrs.contains_key(&b"user.rootlesscontainers"[..]));
+    assert!(e.meta.xattrs.contains_key(&b"user.other"[..]));
+    // root dir without xattr: owner 0:0 whatever the disk says
+    assert_eq!((m.root.meta.uid, m.root.meta.gid), (0, 0));
+    // a broken payload is an error naming the file
+    rustix::fs::setxattr(&f, "user.rootlesscontainers", &[0x08], rustix::fs::XattrFlags::empty()).unwrap();
+    let out = run(&[OsStr::new("scan"), t.path().as_os_str(), OsStr::new("--rootless")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("owned") && err.contains("rootlesscontainers"), "{err}");
+}
+
+#[test]
+fn missing_or_non_directory_root_is_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("nope");
+    let out = run(&[OsStr::new("scan"), missing.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    let file = t.path().join("file");
+    write(&file, b"x");
+    let out = run(&[OsStr::new("scan"), file.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("file") && err.contains("directory"), "{err}");
+}
+
+#[test]
+fn unreadable_entries_fail_the_scan_and_name_every_path() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop privileges");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    chmod(t.path(), 0o755);
+    let d = t.path().join("tree");
+    std::fs::create_dir(&d).unwrap();
+    write(&d.join("readable"), b"ok");
+    write(&d.join("secret"), b"no");
+    chmod(&d.join("secret"), 0o600);
+    std::fs::create_dir(d.join("locked")).unwrap();
+    chmod(&d.join("locked"), 0o700);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_ocix"), "scan"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tree/secret") && err.contains("Permission denied"), "{err}");
+    assert!(err.contains("tree/locked"), "{err}");
+    assert!(out.stdout.is_empty(), "no manifest on failure");
+}
+
+#[test]
+fn output_file_and_digest_agree() {
+    let t = tempfile::tempdir().unwrap();
+    make_tree(t.path(), false);
+    let o = tempfile::tempdir().unwrap();
+    let mpath = o.path().join("m.ocix");
+    let out = run(&[OsStr::new("scan"), t.path().as_os_str(), OsStr::new("-o"), mpath.as_os_str()]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let bytes = std::fs::read(&mpath).unwrap();
+    let out = run(&[OsStr::new("digest"), mpath.as_os_str()]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), Digest::of(&bytes).to_string());
+    // digest refuses a file that is not a manifest, naming it
+    let bad = o.path().join("bad");
+    write(&bad, b"not cbor");
+    let out = run(&[OsStr::new("digest"), bad.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad"));
+}
+
+#[test]
+fn symlinked_directories_are_not_followed() {
+    let t = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    write(&outside.path().join("outside-file"), b"must not be scanned");
+    std::os::unix::fs::symlink(outside.path(), t.path().join("escape")).unwrap();
+    let m = Manifest::from_bytes(&scan(t.path(), &[])).unwrap();
+    assert!(matches!(m.get(b"escape").unwrap().kind, Kind::Symlink(_)));
+    assert!(m.get(b"escape/outside-file").is_none());
+    assert_eq!(m.walk().count(), 2);
+    let _ = OsStr::from_bytes(b"");
+}
