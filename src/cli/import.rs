@@ -46,7 +46,8 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let opts = ImportOptions { tag: tag.map(str::to_string), platform, max_bytes: a.max_bytes };
-    let imp = import_image(Path::new(layout), store.as_ref(), &opts).with_context(|| format!("importing {}", a.image))?;
+    let imp =
+        import_image(Path::new(layout), store.as_ref(), &opts).with_context(|| format!("importing {}", a.image))?;
     let bytes = imp.manifest.to_bytes()?;
     super::write_output(Some(&a.output), &bytes)?;
     g.info(&format!(

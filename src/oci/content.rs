@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn feed_zeros_matches_feed() {
-        let b = BLOCK as u64;
+        let b = BLOCK;
         for (pre, hole, post) in [(0u64, 3 * b, 10u64), (100, 5 * b + 17, b), (b, b, 0), (10, 10, 10), (0, 0, 0)] {
             let size = pre + hole + post;
             let mut data = vec![1u8; pre as usize];

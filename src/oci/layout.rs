@@ -51,14 +51,15 @@ impl Compression {
     /// not a layer type ocix reads.
     pub fn of_media_type(mt: &str) -> Option<Compression> {
         Some(match mt {
-            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.oci.image.layer.nondistributable.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
-                Compression::None
-            }
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
             "application/vnd.oci.image.layer.v1.tar+gzip"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
-            "application/vnd.oci.image.layer.v1.tar+zstd" | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
             _ => return None,
         })
     }
@@ -96,14 +97,23 @@ impl RawDescriptor {
     fn check(self, what: &str) -> Result<Descriptor, ImportError> {
         let bad = |msg: String| ImportError::Descriptor { what: what.to_string(), msg };
         let Some(hex) = self.digest.strip_prefix("sha256:") else {
-            return Err(bad(format!("digest {:?} is not sha256:<64 lowercase hex> (only sha256 is supported)", self.digest)));
+            return Err(bad(format!(
+                "digest {:?} is not sha256:<64 lowercase hex> (only sha256 is supported)",
+                self.digest
+            )));
         };
         let digest = Digest::parse(&format!("sha256:{hex}")).map_err(|e| bad(e.to_string()))?;
         let size = match self.size.as_u64() {
             Some(s) => s,
             None => return Err(bad(format!("size {} is not a non-negative integer", self.size))),
         };
-        Ok(Descriptor { media_type: self.media_type, digest, size, platform: self.platform, annotations: self.annotations })
+        Ok(Descriptor {
+            media_type: self.media_type,
+            digest,
+            size,
+            platform: self.platform,
+            annotations: self.annotations,
+        })
     }
 }
 
@@ -151,7 +161,9 @@ impl Platform {
     /// Whether `self` (a wanted platform) accepts `other`; a variant is only
     /// compared when wanted.
     pub fn accepts(&self, other: &Platform) -> bool {
-        self.os == other.os && self.architecture == other.architecture && (self.variant.is_none() || self.variant == other.variant)
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || self.variant == other.variant)
     }
 }
 
@@ -236,7 +248,10 @@ pub struct Image {
 /// allocation, digest and size verified while read.
 fn read_blob(store: &Store, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImportError> {
     if d.size > MAX_DOCUMENT {
-        return Err(ImportError::Descriptor { what: what.into(), msg: format!("size {} exceeds the limit of {MAX_DOCUMENT} bytes for a document", d.size) });
+        return Err(ImportError::Descriptor {
+            what: what.into(),
+            msg: format!("size {} exceeds the limit of {MAX_DOCUMENT} bytes for a document", d.size),
+        });
     }
     let fd = store.open_blob(&d.digest)?;
     let mut data = Vec::with_capacity(d.size as usize);
@@ -270,7 +285,11 @@ struct Candidate {
 }
 
 /// Opens the layout, chooses the image and reads its manifest and config.
-pub fn open_image(layout: &Path, tag: Option<&str>, platform: Option<&Platform>) -> Result<(Store, Image), ImportError> {
+pub fn open_image(
+    layout: &Path,
+    tag: Option<&str>,
+    platform: Option<&Platform>,
+) -> Result<(Store, Image), ImportError> {
     let lp = layout.join("oci-layout");
     let data = std::fs::read(&lp).map_err(|e| ImportError::Io { path: lp.display().to_string(), err: e })?;
     let v: serde_json::Value = parse_json(&data, &lp.display().to_string())?;
@@ -283,7 +302,9 @@ pub fn open_image(layout: &Path, tag: Option<&str>, platform: Option<&Platform>)
     let ip = layout.join("index.json");
     let f = std::fs::File::open(&ip).map_err(|e| ImportError::Io { path: ip.display().to_string(), err: e })?;
     let mut data = Vec::new();
-    f.take(MAX_DOCUMENT + 1).read_to_end(&mut data).map_err(|e| ImportError::Io { path: ip.display().to_string(), err: e })?;
+    f.take(MAX_DOCUMENT + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| ImportError::Io { path: ip.display().to_string(), err: e })?;
     if data.len() as u64 > MAX_DOCUMENT {
         return Err(ImportError::Layout(format!("{}: larger than {MAX_DOCUMENT} bytes", ip.display())));
     }
@@ -323,11 +344,20 @@ pub fn open_image(layout: &Path, tag: Option<&str>, platform: Option<&Platform>)
         }
         c
     } else {
-        let mut m: Vec<Candidate> = cands.into_iter().filter(|c| c.platform.as_ref().is_some_and(|p| want.accepts(p))).collect();
+        let mut m: Vec<Candidate> =
+            cands.into_iter().filter(|c| c.platform.as_ref().is_some_and(|p| want.accepts(p))).collect();
         match m.len() {
             1 => m.pop().expect("one"),
-            0 => return Err(ImportError::Select(format!("no image for platform {want} (use --platform OS/ARCH[/VARIANT])"))),
-            n => return Err(ImportError::Select(format!("{n} images match platform {want}; give a tag or a more precise --platform"))),
+            0 => {
+                return Err(ImportError::Select(format!(
+                    "no image for platform {want} (use --platform OS/ARCH[/VARIANT])"
+                )));
+            }
+            n => {
+                return Err(ImportError::Select(format!(
+                    "{n} images match platform {want}; give a tag or a more precise --platform"
+                )));
+            }
         }
     };
     let image = read_image(&store, pick.desc, platform)?;
@@ -335,7 +365,13 @@ pub fn open_image(layout: &Path, tag: Option<&str>, platform: Option<&Platform>)
 }
 
 /// Descends an index (or takes a manifest) collecting image manifests.
-fn collect(store: &Store, d: Descriptor, platform: Option<Platform>, depth: usize, out: &mut Vec<Candidate>) -> Result<(), ImportError> {
+fn collect(
+    store: &Store,
+    d: Descriptor,
+    platform: Option<Platform>,
+    depth: usize,
+    out: &mut Vec<Candidate>,
+) -> Result<(), ImportError> {
     match d.media_type.as_str() {
         media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
             out.push(Candidate { desc: d, platform });
@@ -343,7 +379,10 @@ fn collect(store: &Store, d: Descriptor, platform: Option<Platform>, depth: usiz
         }
         media::OCI_INDEX | media::DOCKER_LIST => {
             if depth >= MAX_INDEX_DEPTH {
-                return Err(ImportError::Layout(format!("indexes nested deeper than {MAX_INDEX_DEPTH} levels at {}", d.digest)));
+                return Err(ImportError::Layout(format!(
+                    "indexes nested deeper than {MAX_INDEX_DEPTH} levels at {}",
+                    d.digest
+                )));
             }
             let what = format!("image index {}", d.digest);
             let data = read_blob(store, &d, &what)?;
@@ -351,7 +390,10 @@ fn collect(store: &Store, d: Descriptor, platform: Option<Platform>, depth: usiz
             check_schema(idx.schema_version, &what)?;
             if let Some(mt) = &idx.media_type {
                 if *mt != d.media_type {
-                    return Err(ImportError::Descriptor { what, msg: format!("descriptor says {} but the document says {mt}", d.media_type) });
+                    return Err(ImportError::Descriptor {
+                        what,
+                        msg: format!("descriptor says {} but the document says {mt}", d.media_type),
+                    });
                 }
             }
             for (i, c) in idx.manifests.into_iter().enumerate() {
@@ -374,13 +416,19 @@ fn read_image(store: &Store, desc: Descriptor, platform: Option<&Platform>) -> R
     let data = read_blob(store, &desc, &what)?;
     let manifest_json: serde_json::Value = parse_json(&data, &what)?;
     if manifest_json.get("manifests").is_some() && manifest_json.get("config").is_none() {
-        return Err(ImportError::Descriptor { what, msg: format!("descriptor says {} but the document is an index", desc.media_type) });
+        return Err(ImportError::Descriptor {
+            what,
+            msg: format!("descriptor says {} but the document is an index", desc.media_type),
+        });
     }
     let m: RawManifest = parse_json(&data, &what)?;
     check_schema(m.schema_version, &what)?;
     if let Some(mt) = &m.media_type {
         if *mt != desc.media_type {
-            return Err(ImportError::Descriptor { what, msg: format!("descriptor says {} but the document says {mt}", desc.media_type) });
+            return Err(ImportError::Descriptor {
+                what,
+                msg: format!("descriptor says {} but the document says {mt}", desc.media_type),
+            });
         }
     }
     let config_desc = m.config.check(&format!("{what} config"))?;
@@ -406,7 +454,11 @@ fn read_image(store: &Store, desc: Descriptor, platform: Option<&Platform>) -> R
         return Err(ImportError::Layout(format!("{cwhat}: rootfs.type {:?}, expected \"layers\"", rc.rootfs.kind)));
     }
     if rc.rootfs.diff_ids.len() != m.layers.len() {
-        return Err(ImportError::Layout(format!("{cwhat}: {} diff_ids for {} layers", rc.rootfs.diff_ids.len(), m.layers.len())));
+        return Err(ImportError::Layout(format!(
+            "{cwhat}: {} diff_ids for {} layers",
+            rc.rootfs.diff_ids.len(),
+            m.layers.len()
+        )));
     }
     let mut layers = Vec::new();
     for (i, (l, diff)) in m.layers.into_iter().zip(rc.rootfs.diff_ids).enumerate() {
@@ -414,13 +466,18 @@ fn read_image(store: &Store, desc: Descriptor, platform: Option<&Platform>) -> R
         let desc = l.check(&lwhat)?;
         let compression = Compression::of_media_type(&desc.media_type).ok_or_else(|| ImportError::Descriptor {
             what: lwhat.clone(),
-            msg: format!("unsupported layer media type {} (expected an OCI or Docker tar, tar+gzip or tar+zstd layer)", desc.media_type),
+            msg: format!(
+                "unsupported layer media type {} (expected an OCI or Docker tar, tar+gzip or tar+zstd layer)",
+                desc.media_type
+            ),
         })?;
         let diff_id = match diff.strip_prefix("sha256:") {
             Some(h) => Digest::parse(&format!("sha256:{h}")).ok(),
             None => None,
         }
-        .ok_or_else(|| ImportError::Layout(format!("{cwhat}: rootfs.diff_ids[{i}] {diff:?} is not sha256:<64 lowercase hex>")))?;
+        .ok_or_else(|| {
+            ImportError::Layout(format!("{cwhat}: rootfs.diff_ids[{i}] {diff:?} is not sha256:<64 lowercase hex>"))
+        })?;
         layers.push(Layer { desc, compression, diff_id });
     }
     Ok(Image { manifest_desc: desc, manifest: manifest_json, config_desc, config_raw, config, layers })

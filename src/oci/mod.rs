@@ -172,7 +172,10 @@ impl Read for BlobReader {
         let n = self.f.read(buf)?;
         self.len += n as u64;
         if self.len > self.size {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("blob is larger than its descriptor's size {}", self.size)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob is larger than its descriptor's size {}", self.size),
+            ));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
@@ -193,7 +196,10 @@ impl<R: Read> Read for DiffReader<R> {
         let n = self.r.read(buf)?;
         self.len += n as u64;
         if self.len > self.limit {
-            return Err(io::Error::other(format!("uncompressed layers exceed the limit of {} bytes (possible decompression bomb)", self.limit)));
+            return Err(io::Error::other(format!(
+                "uncompressed layers exceed the limit of {} bytes (possible decompression bomb)",
+                self.limit
+            )));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
@@ -212,7 +218,13 @@ fn drain<R: Read>(r: &mut R) -> io::Result<()> {
     }
 }
 
-fn apply_layer(tree: &mut Tree, blobs: &Store, layer: &Layer, store: Option<&Store>, stats: &mut Stats) -> Result<(), ImportError> {
+fn apply_layer(
+    tree: &mut Tree,
+    blobs: &Store,
+    layer: &Layer,
+    store: Option<&Store>,
+    stats: &mut Stats,
+) -> Result<(), ImportError> {
     let d = &layer.desc;
     let lerr = |entry: Option<String>, msg: String| ImportError::Layer { layer: d.digest, entry, msg };
     let f = std::fs::File::from(blobs.open_blob(&d.digest)?);
@@ -239,7 +251,10 @@ fn apply_layer(tree: &mut Tree, blobs: &Store, layer: &Layer, store: Option<&Sto
         Compression::None
     };
     if sniffed != layer.compression {
-        return Err(lerr(None, format!("media type {} says {:?} but the content is {:?}", d.media_type, layer.compression, sniffed)));
+        return Err(lerr(
+            None,
+            format!("media type {} says {:?} but the content is {:?}", d.media_type, layer.compression, sniffed),
+        ));
     }
     let limit = stats.max_bytes.saturating_sub(stats.bytes);
     let result = {
@@ -248,7 +263,8 @@ fn apply_layer(tree: &mut Tree, blobs: &Store, layer: &Layer, store: Option<&Sto
             Compression::None => Box::new(buffered),
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
             Compression::Zstd => {
-                let mut z = zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| lerr(None, format!("zstd: {e}")))?;
+                let mut z =
+                    zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| lerr(None, format!("zstd: {e}")))?;
                 z.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| lerr(None, format!("zstd: {e}")))?;
                 Box::new(z)
             }
@@ -267,8 +283,17 @@ fn apply_layer(tree: &mut Tree, blobs: &Store, layer: &Layer, store: Option<&Sto
         Err(e) => {
             // A blob that is the wrong size or digest explains a decoding
             // failure better than the decoder does.
-            if drain(&mut blob).is_err() || blob.len != d.size || Digest(blob.hasher.clone().finalize().into()) != d.digest {
-                return Err(lerr(None, format!("blob does not match its descriptor (size {}, digest {}); while reading: {e}", d.size, d.digest)));
+            if drain(&mut blob).is_err()
+                || blob.len != d.size
+                || Digest(blob.hasher.clone().finalize().into()) != d.digest
+            {
+                return Err(lerr(
+                    None,
+                    format!(
+                        "blob does not match its descriptor (size {}, digest {}); while reading: {e}",
+                        d.size, d.digest
+                    ),
+                ));
             }
             return Err(e);
         }
@@ -282,12 +307,21 @@ fn apply_layer(tree: &mut Tree, blobs: &Store, layer: &Layer, store: Option<&Sto
         return Err(lerr(None, format!("blob content has digest {actual}")));
     }
     if diff_id != layer.diff_id {
-        return Err(lerr(None, format!("uncompressed content has digest {diff_id}, the config's diff_id is {}", layer.diff_id)));
+        return Err(lerr(
+            None,
+            format!("uncompressed content has digest {diff_id}, the config's diff_id is {}", layer.diff_id),
+        ));
     }
     Ok(())
 }
 
-fn read_entries<R: Read>(tree: &mut Tree, r: R, store: Option<&Store>, stats: &mut Stats, layer: Digest) -> Result<(), ImportError> {
+fn read_entries<R: Read>(
+    tree: &mut Tree,
+    r: R,
+    store: Option<&Store>,
+    stats: &mut Stats,
+    layer: Digest,
+) -> Result<(), ImportError> {
     let mut tr = TarReader::new(r);
     let mut buf = vec![0u8; 256 << 10];
     let mut last_name: Option<String> = None;
@@ -318,13 +352,22 @@ fn read_entries<R: Read>(tree: &mut Tree, r: R, store: Option<&Store>, stats: &m
                 return Err(eerr(format!("xattr name of {} bytes", k.len())));
             }
             if v.len() > crate::manifest::MAX_XATTR_VALUE {
-                return Err(eerr(format!("xattr {} value of {} bytes exceeds {}", String::from_utf8_lossy(k), v.len(), crate::manifest::MAX_XATTR_VALUE)));
+                return Err(eerr(format!(
+                    "xattr {} value of {} bytes exceeds {}",
+                    String::from_utf8_lossy(k),
+                    v.len(),
+                    crate::manifest::MAX_XATTR_VALUE
+                )));
             }
         }
         let meta = Meta { mode: h.mode, uid: h.uid, gid: h.gid, mtime: h.mtime, xattrs, uname: None, gname: None };
         let target = |what: &str| -> Result<Vec<u8>, ImportError> {
             if h.link.is_empty() || h.link.len() > crate::manifest::MAX_TARGET {
-                return Err(eerr(format!("{what} target of {} bytes (must be 1..={})", h.link.len(), crate::manifest::MAX_TARGET)));
+                return Err(eerr(format!(
+                    "{what} target of {} bytes (must be 1..={})",
+                    h.link.len(),
+                    crate::manifest::MAX_TARGET
+                )));
             }
             Ok(h.link.clone())
         };

@@ -363,7 +363,9 @@ impl<R: Read> TarReader<R> {
                 if let Some(name) = sp.name {
                     h.path = name;
                 }
-                let real = sp.real_size.ok_or_else(|| TarError::Bad("PAX sparse file without GNU.sparse.size or realsize".into()))?;
+                let real = sp
+                    .real_size
+                    .ok_or_else(|| TarError::Bad("PAX sparse file without GNU.sparse.size or realsize".into()))?;
                 match sp.map {
                     SparseMap::InData => gnu_sparse = Some((real, Vec::new())),
                     SparseMap::Given(m) => gnu_sparse = Some((real, m)),
@@ -378,7 +380,15 @@ impl<R: Read> TarReader<R> {
                 }
             }
         }
-        if matches!(h.kind, EntryType::Link | EntryType::Symlink | EntryType::Char | EntryType::Block | EntryType::Dir | EntryType::Fifo) {
+        if matches!(
+            h.kind,
+            EntryType::Link
+                | EntryType::Symlink
+                | EntryType::Char
+                | EntryType::Block
+                | EntryType::Dir
+                | EntryType::Fifo
+        ) {
             stored = 0;
             h.size = 0;
         }
@@ -497,7 +507,10 @@ fn parse_num(f: &[u8], what: &str) -> Result<i64, TarError> {
         if !(b'0'..=b'7').contains(&c) {
             return bad(format!("invalid octal {what} field {:?}", String::from_utf8_lossy(f)));
         }
-        v = v.checked_mul(8).and_then(|v| v.checked_add((c - b'0') as i64)).ok_or_else(|| TarError::Bad(format!("{what} out of range")))?;
+        v = v
+            .checked_mul(8)
+            .and_then(|v| v.checked_add((c - b'0') as i64))
+            .ok_or_else(|| TarError::Bad(format!("{what} out of range")))?;
     }
     Ok(v)
 }
@@ -594,22 +607,28 @@ impl Pax {
         let mut pending_off: Option<u64> = None;
         let mut any_sparse = false;
         while !data.is_empty() {
-            let sp = data.iter().position(|&c| c == b' ').ok_or_else(|| TarError::Bad("malformed PAX record (no length)".into()))?;
+            let sp = data
+                .iter()
+                .position(|&c| c == b' ')
+                .ok_or_else(|| TarError::Bad("malformed PAX record (no length)".into()))?;
             let len = parse_dec(&data[..sp]).ok_or_else(|| TarError::Bad("malformed PAX record length".into()))?;
             if len as usize > data.len() || (len as usize) <= sp + 1 {
                 return bad("PAX record length out of bounds");
             }
             let rec = &data[sp + 1..len as usize];
             data = &data[len as usize..];
-            let rec = rec.strip_suffix(b"\n").ok_or_else(|| TarError::Bad("PAX record does not end in a newline".into()))?;
-            let eq = rec.iter().position(|&c| c == b'=').ok_or_else(|| TarError::Bad("PAX record without '='".into()))?;
+            let rec =
+                rec.strip_suffix(b"\n").ok_or_else(|| TarError::Bad("PAX record does not end in a newline".into()))?;
+            let eq =
+                rec.iter().position(|&c| c == b'=').ok_or_else(|| TarError::Bad("PAX record without '='".into()))?;
             let (k, v) = (&rec[..eq], &rec[eq + 1..]);
             if k.contains(&0) {
                 return bad("PAX record key contains NUL");
             }
             let text = || std::str::from_utf8(v).ok();
             let num = |what: &str| -> Result<u64, TarError> {
-                parse_dec(v).ok_or_else(|| TarError::Bad(format!("invalid PAX {what} {:?}", String::from_utf8_lossy(v))))
+                parse_dec(v)
+                    .ok_or_else(|| TarError::Bad(format!("invalid PAX {what} {:?}", String::from_utf8_lossy(v))))
             };
             match k {
                 b"path" | b"linkpath" => {
@@ -626,7 +645,10 @@ impl Pax {
                 b"uid" => p.uid = Some(i64::try_from(num("uid")?).unwrap_or(i64::MAX)),
                 b"gid" => p.gid = Some(i64::try_from(num("gid")?).unwrap_or(i64::MAX)),
                 b"mtime" => {
-                    p.mtime = Some(text().and_then(parse_pax_time).ok_or_else(|| TarError::Bad(format!("invalid PAX mtime {:?}", String::from_utf8_lossy(v))))?)
+                    p.mtime =
+                        Some(text().and_then(parse_pax_time).ok_or_else(|| {
+                            TarError::Bad(format!("invalid PAX mtime {:?}", String::from_utf8_lossy(v)))
+                        })?)
                 }
                 b"GNU.sparse.name" => {
                     any_sparse = true;
@@ -667,7 +689,8 @@ impl Pax {
                 }
                 b"GNU.sparse.numbytes" => {
                     any_sparse = true;
-                    let o = pending_off.take().ok_or_else(|| TarError::Bad("GNU.sparse.numbytes without offset".into()))?;
+                    let o =
+                        pending_off.take().ok_or_else(|| TarError::Bad("GNU.sparse.numbytes without offset".into()))?;
                     if sp_offsets.len() >= MAX_SPARSE_ENTRIES {
                         return bad("sparse map exceeds the entry limit");
                     }

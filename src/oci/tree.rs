@@ -87,7 +87,11 @@ pub struct Tree {
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree { root: Node { meta: default_dir_meta(), kind: NodeKind::Dir(BTreeMap::new()) }, inodes: Vec::new(), upper: HashSet::new() }
+        Tree {
+            root: Node { meta: default_dir_meta(), kind: NodeKind::Dir(BTreeMap::new()) },
+            inodes: Vec::new(),
+            upper: HashSet::new(),
+        }
     }
 }
 
@@ -306,7 +310,8 @@ impl Tree {
             return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
         }
         // Clobber what was there, except a directory over a directory.
-        let keep_dir = matches!(kind, NewKind::Dir) && matches!(self.node(&path), Some(Node { kind: NodeKind::Dir(_), .. }));
+        let keep_dir =
+            matches!(kind, NewKind::Dir) && matches!(self.node(&path), Some(Node { kind: NodeKind::Dir(_), .. }));
         if !keep_dir {
             if let Some(ch) = self.dir_mut(&dir_path) {
                 ch.remove(last);
@@ -360,7 +365,9 @@ impl Tree {
             let NodeKind::Dir(ch) = &mut cur.kind else {
                 return Err(format!("{} is not a directory", shown(&join(path))));
             };
-            cur = ch.entry(c.clone()).or_insert_with(|| Node { meta: default_dir_meta(), kind: NodeKind::Dir(BTreeMap::new()) });
+            cur = ch
+                .entry(c.clone())
+                .or_insert_with(|| Node { meta: default_dir_meta(), kind: NodeKind::Dir(BTreeMap::new()) });
         }
         match cur.kind {
             NodeKind::Dir(_) => Ok(()),
