@@ -105,6 +105,8 @@ pub struct Content<'s> {
     zeros: ZeroRuns,
     size: u64,
     pos: u64,
+    /// The start of a block not yet complete (stored output only).
+    pending: Vec<u8>,
 }
 
 impl<'s> Content<'s> {
@@ -114,62 +116,66 @@ impl<'s> Content<'s> {
             Some(s) if size > 0 => Out::Store(s.writer()?),
             _ => Out::Hash(Sha256::new()),
         };
-        Ok(Content { out, zeros: ZeroRuns::new(size), size, pos: 0 })
+        Ok(Content { out, zeros: ZeroRuns::new(size), size, pos: 0, pending: Vec::new() })
     }
 
     /// Appends content; whole aligned zero blocks become holes.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
         self.zeros.feed(data);
-        match &mut self.out {
-            Out::Hash(h) => h.update(data),
-            Out::Store(w) => {
-                let mut rest = data;
-                let mut pos = self.pos;
-                while !rest.is_empty() {
-                    let in_block = (pos % BLOCK) as usize;
-                    let take = (BLOCK as usize - in_block).min(rest.len());
-                    let piece = &rest[..take];
-                    if take == BLOCK as usize && is_zero(piece) {
-                        w.skip_zeros(BLOCK);
-                        rest = &rest[take..];
-                        pos += take as u64;
-                        continue;
-                    }
-                    // Write this piece and every following non-zero block at once.
-                    let mut end = take;
-                    while end < rest.len() {
-                        let t = (BLOCK as usize).min(rest.len() - end);
-                        if t == BLOCK as usize && is_zero(&rest[end..end + t]) {
-                            break;
-                        }
-                        end += t;
-                    }
-                    w.write(&rest[..end])?;
-                    rest = &rest[end..];
-                    pos += end as u64;
-                }
-            }
-        }
         self.pos += data.len() as u64;
+        let Out::Store(w) = &mut self.out else {
+            if let Out::Hash(h) = &mut self.out {
+                h.update(data);
+            }
+            return Ok(());
+        };
+        // Blocks are judged whole: a partial one waits in `pending`.
+        if !self.pending.is_empty() {
+            let k = (BLOCK as usize - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..k]);
+            data = &data[k..];
+            if self.pending.len() < BLOCK as usize {
+                return Ok(());
+            }
+            emit(w, &self.pending)?;
+            self.pending.clear();
+        }
+        let whole = data.len() / BLOCK as usize * BLOCK as usize;
+        emit(w, &data[..whole])?;
+        self.pending.extend_from_slice(&data[whole..]);
         Ok(())
     }
 
     /// Appends `n` zero bytes (a sparse file's hole).
-    pub fn write_zeros(&mut self, n: u64) {
+    pub fn write_zeros(&mut self, mut n: u64) -> Result<(), StoreError> {
         self.zeros.feed_zeros(n);
+        self.pos += n;
         match &mut self.out {
-            Out::Store(w) => w.skip_zeros(n),
             Out::Hash(h) => {
                 const Z: [u8; 4096] = [0; 4096];
-                let mut left = n;
-                while left > 0 {
-                    let k = left.min(Z.len() as u64) as usize;
+                while n > 0 {
+                    let k = n.min(Z.len() as u64) as usize;
                     h.update(&Z[..k]);
-                    left -= k as u64;
+                    n -= k as u64;
                 }
             }
+            Out::Store(w) => {
+                if !self.pending.is_empty() {
+                    let k = (BLOCK - self.pending.len() as u64).min(n);
+                    self.pending.resize(self.pending.len() + k as usize, 0);
+                    n -= k;
+                    if (self.pending.len() as u64) < BLOCK {
+                        return Ok(());
+                    }
+                    emit(w, &self.pending)?;
+                    self.pending.clear();
+                }
+                let whole = n / BLOCK * BLOCK;
+                w.skip_zeros(whole);
+                self.pending.resize((n - whole) as usize, 0);
+            }
         }
-        self.pos += n;
+        Ok(())
     }
 
     /// Bytes so far.
@@ -184,8 +190,15 @@ impl<'s> Content<'s> {
 
     /// Names the blob and describes the file. The caller has written exactly
     /// the declared size.
-    pub fn finish(self) -> Result<File, StoreError> {
+    pub fn finish(mut self) -> Result<File, StoreError> {
         debug_assert_eq!(self.pos, self.size);
+        if let Out::Store(w) = &mut self.out {
+            if is_zero(&self.pending) {
+                w.skip_zeros(self.pending.len() as u64);
+            } else {
+                w.write(&self.pending)?;
+            }
+        }
         let zeros = self.zeros.finish();
         if self.size == 0 {
             return Ok(File { size: 0, digest: None, zeros });
@@ -196,6 +209,31 @@ impl<'s> Content<'s> {
         };
         Ok(File { size: self.size, digest: Some(digest), zeros })
     }
+}
+
+/// Writes whole blocks: all-zero ones become holes, runs of others one write.
+fn emit(w: &mut BlobWriter<'_>, data: &[u8]) -> Result<(), StoreError> {
+    let b = BLOCK as usize;
+    let mut i = 0;
+    while i < data.len() {
+        let end = (i + b).min(data.len());
+        if is_zero(&data[i..end]) {
+            w.skip_zeros((end - i) as u64);
+            i = end;
+            continue;
+        }
+        let mut j = end;
+        while j < data.len() {
+            let e = (j + b).min(data.len());
+            if is_zero(&data[j..e]) {
+                break;
+            }
+            j = e;
+        }
+        w.write(&data[i..j])?;
+        i = j;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -236,6 +274,35 @@ mod tests {
             z.feed_zeros(hole);
             z.feed(&data[(pre + hole) as usize..]);
             assert_eq!(z.finish(), runs_of(&data), "{pre} {hole} {post}");
+        }
+    }
+
+    #[test]
+    fn stored_blob_equals_content_whatever_the_pieces() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::create(t.path()).unwrap();
+        let b = BLOCK as usize;
+        let mut data = vec![0u8; 10 * b + 123];
+        data[b + 5] = 1;
+        data[7 * b..7 * b + 10].fill(3);
+        data[10 * b + 100] = 4;
+        for piece in [1usize, 1000, 1536, 4096, 5000, 1 << 20] {
+            let mut c = Content::new(Some(&store), data.len() as u64).unwrap();
+            let mut off = 0;
+            for (i, ch) in data.chunks(piece).enumerate() {
+                // interleave holes written as zeros through write_zeros
+                if i % 3 == 2 && is_zero(ch) {
+                    c.write_zeros(ch.len() as u64).unwrap();
+                } else {
+                    c.write(ch).unwrap();
+                }
+                off += ch.len();
+            }
+            assert_eq!(off, data.len());
+            let f = c.finish().unwrap();
+            assert_eq!(f.digest, Some(Digest::of(&data)), "piece {piece}");
+            assert_eq!(std::fs::read(store.blob_path(&f.digest.unwrap())).unwrap(), data, "piece {piece}");
+            assert_eq!(f.zeros, vec![(0, 1), (2, 5), (8, 2)]);
         }
     }
 }

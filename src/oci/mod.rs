@@ -391,7 +391,7 @@ fn read_entries<R: Read>(
                     },
                     Some(map) => {
                         for &(off, len) in map {
-                            c.write_zeros(off - c.len());
+                            c.write_zeros(off - c.len())?;
                             let mut left = len;
                             while left > 0 {
                                 let k = left.min(buf.len() as u64) as usize;
@@ -400,7 +400,7 @@ fn read_entries<R: Read>(
                                 left -= k as u64;
                             }
                         }
-                        c.write_zeros(h.size - c.len());
+                        c.write_zeros(h.size - c.len())?;
                     }
                 }
                 stats.files += 1;

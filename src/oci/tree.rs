@@ -219,11 +219,10 @@ impl Tree {
     }
 
     fn mark_upper(&mut self, path: &[Name]) {
-        for i in 1..=path.len() {
+        for i in (1..=path.len()).rev() {
             if !self.upper.insert(path[..i].to_vec()) {
-                // Ancestors of an already marked path are marked, except that
-                // the insert order is root-first, so keep going.
-                continue;
+                // Marked before, and so are its ancestors.
+                break;
             }
         }
     }
@@ -231,6 +230,17 @@ impl Tree {
     /// Applies a whiteout: `name` is the whiteout entry's full name.
     pub fn whiteout(&mut self, comps: &[Name]) -> Result<(), String> {
         let (last, dir) = comps.split_last().ok_or("whiteout of the root")?;
+        let opaque = last.as_slice() == b".wh..wh..opq";
+        let target = &last[4..];
+        if !opaque {
+            if target.is_empty() {
+                return Err("whiteout with an empty name".into());
+            }
+            if target == b"." || target == b".." {
+                return Err("whiteout of . or ..".into());
+            }
+            check_name(target).map_err(|e| format!("invalid whiteout name: {e}"))?;
+        }
         let dir_path = match self.resolve_dir(dir) {
             Ok(Parent::Dir(p)) => p,
             // Nothing there to hide (umoci: ENOENT/ENOTDIR are no-ops).
@@ -238,7 +248,7 @@ impl Tree {
             Err(e) if e.ends_with("is not a directory") => return Ok(()),
             Err(e) => return Err(e),
         };
-        if last.as_slice() == b".wh..wh..opq" {
+        if opaque {
             let names: Vec<Name> = match self.node(&dir_path) {
                 Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().cloned().collect(),
                 _ => return Ok(()),
@@ -250,14 +260,6 @@ impl Tree {
             }
             return Ok(());
         }
-        let target = &last[4..];
-        if target.is_empty() {
-            return Err("whiteout with an empty name".into());
-        }
-        if target == b"." || target == b".." {
-            return Err("whiteout of . or ..".into());
-        }
-        check_name(target).map_err(|e| format!("invalid whiteout name: {e}"))?;
         let mut p = dir_path;
         p.push(target.to_vec());
         if self.node(&p).is_some() {
