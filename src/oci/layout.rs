@@ -244,6 +244,50 @@ pub struct Image {
     pub layers: Vec<Layer>,
 }
 
+impl Compression {
+    /// A name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Opens a blob of the layout for reading; it must be a regular file (a
+/// fifo or device planted in a layout is refused, not read).
+pub fn open_blob_file(store: &Store, d: &Digest) -> Result<std::fs::File, ImportError> {
+    let f = std::fs::File::from(store.open_blob(d)?);
+    let path = || store.blob_path(d).display().to_string();
+    let meta = f.metadata().map_err(|e| ImportError::Io { path: path(), err: e })?;
+    if !meta.is_file() {
+        return Err(ImportError::Layout(format!("{}: not a regular file", path())));
+    }
+    Ok(f)
+}
+
+/// Reads a layout file (`oci-layout`, `index.json`) of at most `limit`
+/// bytes; it must be a regular file, opened without blocking.
+fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| ImportError::Io { path: p.display().to_string(), err: e };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(p)
+        .map_err(io)?;
+    if !f.metadata().map_err(io)?.is_file() {
+        return Err(ImportError::Layout(format!("{}: not a regular file", p.display())));
+    }
+    let mut data = Vec::new();
+    f.take(limit + 1).read_to_end(&mut data).map_err(io)?;
+    if data.len() as u64 > limit {
+        return Err(ImportError::Layout(format!("{}: larger than {limit} bytes", p.display())));
+    }
+    Ok(data)
+}
+
 /// Reads a small document blob: size checked against the limit before any
 /// allocation, digest and size verified while read.
 fn read_blob(store: &Store, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImportError> {
@@ -253,10 +297,9 @@ fn read_blob(store: &Store, d: &Descriptor, what: &str) -> Result<Vec<u8>, Impor
             msg: format!("size {} exceeds the limit of {MAX_DOCUMENT} bytes for a document", d.size),
         });
     }
-    let fd = store.open_blob(&d.digest)?;
+    let f = open_blob_file(store, &d.digest)?;
     let mut data = Vec::with_capacity(d.size as usize);
-    std::fs::File::from(fd)
-        .take(d.size + 1)
+    f.take(d.size + 1)
         .read_to_end(&mut data)
         .map_err(|e| ImportError::Io { path: store.blob_path(&d.digest).display().to_string(), err: e })?;
     let mut v = Verifier::new(d.digest, d.size);
@@ -291,7 +334,7 @@ pub fn open_image(
     platform: Option<&Platform>,
 ) -> Result<(Store, Image), ImportError> {
     let lp = layout.join("oci-layout");
-    let data = std::fs::read(&lp).map_err(|e| ImportError::Io { path: lp.display().to_string(), err: e })?;
+    let data = read_small(&lp, 4096)?;
     let v: serde_json::Value = parse_json(&data, &lp.display().to_string())?;
     match v.get("imageLayoutVersion").and_then(|x| x.as_str()) {
         Some(s) if s.starts_with("1.") => {}
@@ -300,14 +343,7 @@ pub fn open_image(
     let store = Store::open(layout)?;
 
     let ip = layout.join("index.json");
-    let f = std::fs::File::open(&ip).map_err(|e| ImportError::Io { path: ip.display().to_string(), err: e })?;
-    let mut data = Vec::new();
-    f.take(MAX_DOCUMENT + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| ImportError::Io { path: ip.display().to_string(), err: e })?;
-    if data.len() as u64 > MAX_DOCUMENT {
-        return Err(ImportError::Layout(format!("{}: larger than {MAX_DOCUMENT} bytes", ip.display())));
-    }
+    let data = read_small(&ip, MAX_DOCUMENT)?;
     let index: RawIndex = parse_json(&data, &ip.display().to_string())?;
     check_schema(index.schema_version, "index.json")?;
     if let Some(mt) = &index.media_type {
@@ -333,6 +369,13 @@ pub fn open_image(
     for d in chosen {
         let p = d.platform.clone();
         collect(&store, d, p, 0, &mut cands)?;
+    }
+    if cands.is_empty() {
+        return Err(ImportError::Select(format!(
+            "no image manifest{} in {} (only other media types)",
+            tag.map(|t| format!(" tagged {t:?}")).unwrap_or_default(),
+            ip.display()
+        )));
     }
     let want = platform.cloned().unwrap_or_else(Platform::host);
     let pick = if cands.len() == 1 {
@@ -403,11 +446,8 @@ fn collect(
             }
             Ok(())
         }
-        other => {
-            // Artifacts and other documents in an index are not images.
-            let _ = other;
-            Ok(())
-        }
+        // Artifacts and other documents in an index are not images.
+        _ => Ok(()),
     }
 }
 

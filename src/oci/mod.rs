@@ -227,7 +227,7 @@ fn apply_layer(
 ) -> Result<(), ImportError> {
     let d = &layer.desc;
     let lerr = |entry: Option<String>, msg: String| ImportError::Layer { layer: d.digest, entry, msg };
-    let f = std::fs::File::from(blobs.open_blob(&d.digest)?);
+    let f = layout::open_blob_file(blobs, &d.digest)?;
     let mut blob = BlobReader { f, hasher: Sha256::new(), len: 0, size: d.size };
     // Check the compression against the media type before decoding.
     let mut head = [0u8; 4];
@@ -253,7 +253,12 @@ fn apply_layer(
     if sniffed != layer.compression {
         return Err(lerr(
             None,
-            format!("media type {} says {:?} but the content is {:?}", d.media_type, layer.compression, sniffed),
+            format!(
+                "media type {} says {} but the content is {}",
+                d.media_type,
+                layer.compression.name(),
+                sniffed.name()
+            ),
         ));
     }
     let limit = stats.max_bytes.saturating_sub(stats.bytes);

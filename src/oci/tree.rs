@@ -29,7 +29,7 @@
 //!   rejected.
 
 use crate::manifest::{Dev, Entry, File, Kind, MAX_DEPTH, Manifest, Meta, Name, check_name};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Most symlinks followed while resolving one name (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
@@ -56,6 +56,19 @@ struct Node {
     /// Unused for files (their metadata is the inode's).
     meta: Meta,
     kind: NodeKind,
+    /// The last layer that created or modified this path or something
+    /// below it (whiteouts of that layer leave it alone).
+    touched: u32,
+}
+
+impl Node {
+    fn new(meta: Meta, kind: NodeKind) -> Node {
+        Node { meta, kind, touched: 0 }
+    }
+
+    fn implicit_dir() -> Node {
+        Node::new(default_dir_meta(), NodeKind::Dir(BTreeMap::new()))
+    }
 }
 
 /// What a layer entry becomes.
@@ -81,17 +94,13 @@ pub enum NewKind {
 pub struct Tree {
     root: Node,
     inodes: Vec<Inode>,
-    /// Paths created or modified by the current layer, and their ancestors.
-    upper: HashSet<Vec<Name>>,
+    /// The current layer's number (from 1).
+    layer: u32,
 }
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree {
-            root: Node { meta: default_dir_meta(), kind: NodeKind::Dir(BTreeMap::new()) },
-            inodes: Vec::new(),
-            upper: HashSet::new(),
-        }
+        Tree { root: Node::implicit_dir(), inodes: Vec::new(), layer: 0 }
     }
 }
 
@@ -134,7 +143,7 @@ enum Parent {
 impl Tree {
     /// Starts a new layer: forgets which paths the previous one touched.
     pub fn begin_layer(&mut self) {
-        self.upper.clear();
+        self.layer += 1;
     }
 
     fn node(&self, path: &[Name]) -> Option<&Node> {
@@ -167,19 +176,21 @@ impl Tree {
     /// symlinks loop.
     fn resolve_dir(&self, comps: &[Name]) -> Result<Parent, String> {
         let mut resolved: Vec<Name> = Vec::new();
-        let mut todo: std::collections::VecDeque<Name> = comps.iter().cloned().collect();
+        let mut todo: VecDeque<Name> = comps.iter().cloned().collect();
+        let mut cur = &self.root;
         let mut links = 0;
         while let Some(c) = todo.pop_front() {
             if c.is_empty() || c == b"." {
                 continue;
             }
             if c == b".." {
+                // Only from a symlink target; stops at the root.
                 resolved.pop();
+                cur = self.node(&resolved).expect("resolved path is a directory");
                 continue;
             }
-            let mut probe = resolved.clone();
-            probe.push(c.clone());
-            match self.node(&probe) {
+            let NodeKind::Dir(children) = &cur.kind else { unreachable!("resolved path is a directory") };
+            match children.get(&c) {
                 None => {
                     // The rest is missing: taken as it is.
                     resolved.push(c);
@@ -194,7 +205,10 @@ impl Tree {
                     }
                     return Ok(Parent::Missing(resolved));
                 }
-                Some(Node { kind: NodeKind::Dir(_), .. }) => resolved = probe,
+                Some(n @ Node { kind: NodeKind::Dir(_), .. }) => {
+                    resolved.push(c);
+                    cur = n;
+                }
                 Some(Node { kind: NodeKind::Symlink(t), .. }) => {
                     links += 1;
                     if links > MAX_SYMLINKS {
@@ -202,13 +216,15 @@ impl Tree {
                     }
                     if t.starts_with(b"/") {
                         resolved.clear();
+                        cur = &self.root;
                     }
                     for part in t.split(|&b| b == b'/').rev() {
                         todo.push_front(part.to_vec());
                     }
                 }
                 Some(_) => {
-                    return Err(format!("{} is not a directory", shown(&join(&probe))));
+                    resolved.push(c);
+                    return Err(format!("{} is not a directory", shown(&join(&resolved))));
                 }
             }
             if resolved.len() > MAX_DEPTH {
@@ -218,12 +234,15 @@ impl Tree {
         Ok(Parent::Dir(resolved))
     }
 
+    /// Marks a path and its ancestors as touched by the current layer.
     fn mark_upper(&mut self, path: &[Name]) {
-        for i in (1..=path.len()).rev() {
-            if !self.upper.insert(path[..i].to_vec()) {
-                // Marked before, and so are its ancestors.
-                break;
-            }
+        let layer = self.layer;
+        let mut cur = &mut self.root;
+        for c in path {
+            let NodeKind::Dir(ch) = &mut cur.kind else { return };
+            let Some(n) = ch.get_mut(c) else { return };
+            n.touched = layer;
+            cur = n;
         }
     }
 
@@ -270,7 +289,7 @@ impl Tree {
 
     /// Removes `path` unless this layer touched it; then recurses into it.
     fn remove_lower(&mut self, path: &[Name]) {
-        if !self.upper.contains(path) {
+        if self.node(path).is_some_and(|n| n.touched != self.layer) {
             let (last, dir) = path.split_last().expect("never the root");
             if let Some(ch) = self.dir_mut(dir) {
                 ch.remove(last);
@@ -327,16 +346,16 @@ impl Tree {
                     self.mark_upper(&path);
                     return Ok(());
                 }
-                Node { meta, kind: NodeKind::Dir(BTreeMap::new()) }
+                Node::new(meta, NodeKind::Dir(BTreeMap::new()))
             }
             NewKind::File(file) => {
                 self.inodes.push(Inode { meta, file });
-                Node { meta: Meta::default(), kind: NodeKind::File(self.inodes.len() - 1) }
+                Node::new(Meta::default(), NodeKind::File(self.inodes.len() - 1))
             }
-            NewKind::Symlink(t) => Node { meta: Meta { mode: 0o777, ..meta }, kind: NodeKind::Symlink(t) },
-            NewKind::Char(d) => Node { meta, kind: NodeKind::Char(d) },
-            NewKind::Block(d) => Node { meta, kind: NodeKind::Block(d) },
-            NewKind::Fifo => Node { meta, kind: NodeKind::Fifo },
+            NewKind::Symlink(t) => Node::new(Meta { mode: 0o777, ..meta }, NodeKind::Symlink(t)),
+            NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
+            NewKind::Block(d) => Node::new(meta, NodeKind::Block(d)),
+            NewKind::Fifo => Node::new(meta, NodeKind::Fifo),
             NewKind::Link(target) => self.link_target(&target)?,
         };
         self.dir_mut(&dir_path).expect("resolved above").insert(last.clone(), node);
@@ -367,9 +386,7 @@ impl Tree {
             let NodeKind::Dir(ch) = &mut cur.kind else {
                 return Err(format!("{} is not a directory", shown(&join(path))));
             };
-            cur = ch
-                .entry(c.clone())
-                .or_insert_with(|| Node { meta: default_dir_meta(), kind: NodeKind::Dir(BTreeMap::new()) });
+            cur = ch.entry(c.clone()).or_insert_with(Node::implicit_dir);
         }
         match cur.kind {
             NodeKind::Dir(_) => Ok(()),
