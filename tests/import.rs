@@ -289,7 +289,8 @@ fn metadata_pax_xattrs_mtime_and_ids() {
         ])
         .file("bad-uid", b"x")
         .end();
-    assert!(err(vec![L::tar(t)]).contains("uid"));
+    let e = layer_err(t);
+    assert!(e.contains("uid") && e.contains("entry /bad-uid"), "{e}");
     let t = Tar::default()
         .pax(&[
             ("mtime", b"1700000000.123456789"),
@@ -792,6 +793,13 @@ fn blob_digest_and_size_mismatches() {
     std::fs::write(&p, &bad).unwrap();
     let e = import(&l).unwrap_err().to_string();
     assert!(e.contains(&sha(&gz)), "{e}");
+    // an uncompressed layer whose content changed but is still a valid tar
+    let l2 = Layout::with(vec![L::tar(t.clone())]);
+    let mut changed = t.clone();
+    changed[512] = b'y';
+    std::fs::write(l2.blob_path(&sha(&t)), &changed).unwrap();
+    let e = import(&l2).unwrap_err().to_string();
+    assert!(e.contains("blob content has digest"), "{e}");
     // size: the blob has an extra byte
     let mut longer = gz.clone();
     longer.push(0);
@@ -825,6 +833,21 @@ fn media_type_must_match_content() {
     d["mediaType"] = OCI_INDEX.into();
     l.index(vec![(d, Some("t"))]);
     assert!(import(&l).is_err());
+}
+
+#[test]
+fn image_references_and_platforms_parse() {
+    use ocix::oci::split_ref;
+    assert_eq!(split_ref("dir:tag"), ("dir", Some("tag")));
+    assert_eq!(split_ref("dir"), ("dir", None));
+    assert_eq!(split_ref("/a:b/layout"), ("/a:b/layout", None));
+    assert_eq!(split_ref("/a:b/layout:v1.2"), ("/a:b/layout", Some("v1.2")));
+    assert_eq!(split_ref("dir:"), ("dir:", None));
+    let p = Platform::parse("linux/arm/v7").unwrap();
+    assert_eq!((p.os.as_str(), p.architecture.as_str(), p.variant.as_deref()), ("linux", "arm", Some("v7")));
+    assert!(Platform::parse("linux").is_none());
+    assert!(Platform::parse("linux/arm/v7/x").is_none());
+    assert!(Platform::parse("linux//v7").is_none());
 }
 
 fn with_index(json: &[u8]) -> String {

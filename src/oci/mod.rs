@@ -331,9 +331,10 @@ fn read_entries<R: Read>(
     let mut buf = vec![0u8; 256 << 10];
     let mut last_name: Option<String> = None;
     loop {
-        let terr = |e: TarError, name: &Option<String>| match name {
-            Some(n) => ImportError::Layer { layer, entry: None, msg: format!("after entry {n}: {e}") },
-            None => ImportError::Layer { layer, entry: None, msg: e.to_string() },
+        let terr = |e: TarError, name: &Option<String>| match (e, name) {
+            (TarError::Entry { path, msg }, _) => ImportError::Layer { layer, entry: Some(path_display(&path)), msg },
+            (e, Some(n)) => ImportError::Layer { layer, entry: None, msg: format!("after entry {n}: {e}") },
+            (e, None) => ImportError::Layer { layer, entry: None, msg: e.to_string() },
         };
         let h = match tr.next_header() {
             Ok(Some(h)) => h,

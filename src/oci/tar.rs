@@ -33,6 +33,14 @@ pub enum TarError {
     /// A header is malformed.
     #[error("{0}")]
     Bad(String),
+    /// A member's header is malformed; its name as far as it is known.
+    #[error("{msg}")]
+    Entry {
+        /// The member's name (raw).
+        path: Vec<u8>,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 fn bad<T>(msg: impl Into<String>) -> Result<T, TarError> {
@@ -236,7 +244,18 @@ impl<R: Read> TarReader<R> {
                     let data = self.read_special(hsize, "GNU long link name")?;
                     long_link = Some(trim_nul(&data).to_vec());
                 }
-                _ => return self.member(&b, hsize, pax, long_name, long_link).map(Some),
+                _ => {
+                    let name = match (pax.as_ref().and_then(|p| p.path.clone()), &long_name) {
+                        (Some(p), _) => p,
+                        (None, Some(n)) => n.clone(),
+                        (None, None) => trim_nul(&b[0..100]).to_vec(),
+                    };
+                    return match self.member(&b, hsize, pax, long_name, long_link) {
+                        Ok(h) => Ok(Some(h)),
+                        Err(TarError::Bad(msg)) => Err(TarError::Entry { path: name, msg }),
+                        Err(e) => Err(e),
+                    };
+                }
             }
         }
     }
