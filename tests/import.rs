@@ -1001,3 +1001,14 @@ fn tag_naming_something_other_than_an_image() {
     let e = import(&l).unwrap_err().to_string();
     assert!(e.contains("no image manifest tagged \"t\""), "{e}");
 }
+
+#[test]
+fn early_entry_error_stops_decompression_of_a_big_layer() {
+    // The bad entry comes first; 48 MiB follow. The error is the entry's,
+    // and the import returns without reading the rest.
+    let mut t = Tar::default().file("../x", b"");
+    t.header(&H { size: 48 << 20, ..h(b"big", b'0') });
+    t.data(&vec![1u8; 48 << 20]);
+    let e = err(vec![L::gz(t.end())]);
+    assert!(e.contains("/../x") && e.contains(".."), "{e}");
+}

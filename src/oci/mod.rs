@@ -262,62 +262,150 @@ fn apply_layer(
         ));
     }
     let limit = stats.max_bytes.saturating_sub(stats.bytes);
-    let result = {
+    // One thread reads, verifies and decompresses the blob; this one parses
+    // the tar and stores contents. Between them, at most CHANNEL chunks.
+    let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
+    let (parsed, decoded) = std::thread::scope(|s| {
+        let h = s.spawn(move || decode_layer(blob, layer, limit, tx));
+        let mut reader = ChanReader { rx, cur: Vec::new(), pos: 0 };
+        let r = read_entries(tree, &mut reader, store, stats, d.digest).and_then(|()| {
+            // The diff_id covers the whole uncompressed stream, also past the
+            // end-of-archive marker.
+            drain(&mut reader).map_err(|e| lerr(None, format!("after the end of the archive: {e}")))
+        });
+        drop(reader);
+        (r, h.join())
+    });
+    let decoded = decoded.map_err(|_| lerr(None, "the decompressing thread panicked".into()))?;
+    match (parsed, decoded) {
+        // A bad blob or stream explains a parse failure better than the parser.
+        (_, Err(Decode::Failed(msg))) => Err(lerr(None, msg)),
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(Decode::Cancelled)) => Err(lerr(None, "decompression stopped early".into())),
+        (Ok(()), Ok((diff_id, len))) => {
+            stats.bytes += len;
+            if diff_id != layer.diff_id {
+                return Err(lerr(
+                    None,
+                    format!("uncompressed content has digest {diff_id}, the config's diff_id is {}", layer.diff_id),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Uncompressed bytes per message between the threads.
+const CHUNK: usize = 256 << 10;
+/// Messages in flight between the threads.
+const CHANNEL: usize = 8;
+
+enum Decode {
+    /// The parser stopped listening (it failed).
+    Cancelled,
+    /// The blob or its compressed stream is bad.
+    Failed(String),
+}
+
+/// Reads the blob, verifies it against its descriptor, decompresses it and
+/// sends the uncompressed stream on; returns its digest and length.
+fn decode_layer(
+    mut blob: BlobReader,
+    layer: &Layer,
+    limit: u64,
+    tx: crossbeam_channel::Sender<io::Result<Vec<u8>>>,
+) -> Result<(Digest, u64), Decode> {
+    let d = &layer.desc;
+    let streamed = (|| -> io::Result<Result<(Digest, u64), Decode>> {
         let buffered = io::BufReader::with_capacity(64 << 10, &mut blob);
         let decoder: Box<dyn Read + '_> = match layer.compression {
             Compression::None => Box::new(buffered),
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
             Compression::Zstd => {
-                let mut z =
-                    zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| lerr(None, format!("zstd: {e}")))?;
-                z.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| lerr(None, format!("zstd: {e}")))?;
+                let mut z = zstd::stream::read::Decoder::with_buffer(buffered)?;
+                z.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
                 Box::new(z)
             }
         };
         let mut diff = DiffReader { r: decoder, hasher: Sha256::new(), len: 0, limit };
-        let r = read_entries(tree, &mut diff, store, stats, d.digest);
-        // The diff_id covers the whole uncompressed stream, also past the
-        // end-of-archive marker.
-        let r = r.and_then(|()| drain(&mut diff).map_err(|e| lerr(None, format!("after the end of the archive: {e}"))));
-        stats.bytes += diff.len;
-        r.map(|()| Digest(std::mem::take(&mut diff.hasher).finalize().into()))
-    };
-    // The blob itself, to its end, whatever the decoder left.
-    let diff_id = match result {
-        Ok(x) => x,
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let mut n = 0;
+            while n < CHUNK {
+                match diff.read(&mut chunk[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if n == 0 {
+                return Ok(Ok((Digest(std::mem::take(&mut diff.hasher).finalize().into()), diff.len)));
+            }
+            chunk.truncate(n);
+            if tx.send(Ok(chunk)).is_err() {
+                return Ok(Err(Decode::Cancelled));
+            }
+        }
+    })();
+    let decoded = match streamed {
+        Ok(Ok(x)) => x,
+        Ok(Err(c)) => return Err(c),
         Err(e) => {
+            let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
             // A blob that is the wrong size or digest explains a decoding
             // failure better than the decoder does.
             if drain(&mut blob).is_err()
                 || blob.len != d.size
                 || Digest(blob.hasher.clone().finalize().into()) != d.digest
             {
-                return Err(lerr(
-                    None,
-                    format!(
-                        "blob does not match its descriptor (size {}, digest {}); while reading: {e}",
-                        d.size, d.digest
-                    ),
-                ));
+                return Err(Decode::Failed(format!(
+                    "blob does not match its descriptor (size {}, digest {}); while reading: {e}",
+                    d.size, d.digest
+                )));
             }
-            return Err(e);
+            return Err(Decode::Failed(format!("decompressing: {e}")));
         }
     };
-    drain(&mut blob).map_err(|e| lerr(None, format!("{e}")))?;
+    drop(tx);
+    // The blob itself, to its end, whatever the decoder left.
+    drain(&mut blob).map_err(|e| Decode::Failed(format!("{e}")))?;
     if blob.len != d.size {
-        return Err(lerr(None, format!("blob is {} bytes, its descriptor says {}", blob.len, d.size)));
+        return Err(Decode::Failed(format!("blob is {} bytes, its descriptor says {}", blob.len, d.size)));
     }
     let actual = Digest(blob.hasher.finalize().into());
     if actual != d.digest {
-        return Err(lerr(None, format!("blob content has digest {actual}")));
+        return Err(Decode::Failed(format!("blob content has digest {actual}")));
     }
-    if diff_id != layer.diff_id {
-        return Err(lerr(
-            None,
-            format!("uncompressed content has digest {diff_id}, the config's diff_id is {}", layer.diff_id),
-        ));
+    Ok(decoded)
+}
+
+/// The receiving end of the uncompressed stream.
+struct ChanReader {
+    rx: crossbeam_channel::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The sender is gone: the end of the stream (or its failure,
+                // which the sender reports itself).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
-    Ok(())
 }
 
 fn read_entries<R: Read>(
