@@ -1,27 +1,41 @@
 //! Source: an OCI image layout -> manifest (+ blobs in a store). Layers are
 //! applied to an in-memory tree ([`tree`]), never to disk.
 //!
-//! Pipeline for each layer, all streaming: the blob file (digest and size
-//! verified as it is read) -> gzip/zstd decompressor -> the uncompressed
-//! stream (hashed to check the config's `rootfs.diff_ids`) -> [`tar`] reader
-//! -> each regular file's content straight into the store ([`content`]),
-//! each entry into the tree. Nothing is buffered by layer or file size.
+//! Pipeline for each layer, all streaming, on two threads: one reads the
+//! blob (its size and digest verified as it is read), decompresses it
+//! (gzip/zstd) and hashes the uncompressed stream for the config's
+//! `rootfs.diff_ids`; it hands 256 KiB chunks over a bounded channel to the
+//! calling thread, which parses the [`tar`] stream, sends each regular
+//! file's content straight into the store ([`content`]) and each entry into
+//! the tree. Nothing is buffered by layer or file size. Layers are applied
+//! one after the other, in order.
+//!
+//! What the result is (whiteouts, hardlinks, symlinks in parent paths, the
+//! root) is described in [`tree`]; the manifest equals what `ocix scan`
+//! records for `umoci unpack`'s tree of the same image, except that
+//! directories an image implies without listing them get mtime 0 here (umoci
+//! gives them the time of extraction).
 //!
 //! Limits (memory and disk stay bounded whatever the image claims):
 //! - documents (`index.json`, indexes, manifests, configs): [`MAX_DOCUMENT`]
 //!   bytes each, [`MAX_INDEX_DEPTH`] nested indexes, serde_json's nesting
-//!   limit (128) inside a document;
+//!   limit (128) inside a document; layout files that are not regular files
+//!   (a planted fifo or device) are refused;
 //! - PAX headers and GNU long names: [`tar::MAX_SPECIAL`] bytes; sparse
 //!   maps: [`tar::MAX_SPARSE_ENTRIES`] entries;
 //! - zstd frames: a window of at most 2^[`ZSTD_WINDOW_LOG_MAX`] bytes;
 //! - total uncompressed bytes over all layers: [`ImportOptions::max_bytes`]
 //!   (a decompression bomb stops there with an error);
+//! - between the threads: 8 chunks of 256 KiB;
 //! - all-zero 4 KiB blocks of file contents are stored as holes, so zeros
-//!   cost no disk; other content costs its size in the store (once per
-//!   distinct content).
+//!   cost no disk; other content costs its size in the store, once per
+//!   distinct content (contents that a later layer hides are stored too: the
+//!   import is one pass).
 //!
-//! Memory grows with the number of entries in the image (the tree), not with
-//! the size of any layer or file.
+//! Memory grows with the number of entries in the image and the length of
+//! their names (the tree), not with the size of any layer or file. An import
+//! that fails leaves no manifest; blobs it already stored stay (they are
+//! valid, content-addressed).
 
 pub mod content;
 pub mod layout;
