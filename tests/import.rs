@@ -3,8 +3,11 @@
 //! the command line.
 
 use ocix::manifest::{Dev, Digest, Kind, Manifest, Time};
+use ocix::oci::apply_tar;
+use ocix::oci::tree::Tree;
 use ocix::oci::{ImportError, ImportOptions, Platform, import_image};
 use ocix::store::Store;
+use proptest::prelude::*;
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 use std::path::Path;
@@ -628,11 +631,8 @@ fn truncated_layers_fail() {
     }
 }
 
-#[test]
-fn gnu_and_pax_sparse_entries() {
-    // Old GNU sparse, built by hand: 3 chunks in a 3 MiB file.
-    let real: u64 = 3 << 20;
-    let chunks: [(u64, &[u8]); 3] = [(0, b"head"), (1 << 20, &[9u8; 5000]), (real - 3, b"end")];
+/// An old-GNU sparse entry named "sparse", built by hand.
+fn gnu_sparse(real: u64, chunks: &[(u64, &[u8])]) -> Tar {
     let stored: Vec<u8> = chunks.iter().flat_map(|c| c.1.to_vec()).collect();
     let mut b = [0u8; 512];
     b[..6].copy_from_slice(b"sparse");
@@ -653,7 +653,15 @@ fn gnu_and_pax_sparse_entries() {
     b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
     let mut t = Tar(b.to_vec());
     t.data(&stored);
-    let m = ok(vec![L::tar(t.end())]);
+    t
+}
+
+#[test]
+fn gnu_and_pax_sparse_entries() {
+    // Old GNU sparse: 3 chunks in a 3 MiB file.
+    let real: u64 = 3 << 20;
+    let chunks: [(u64, &[u8]); 3] = [(0, b"head"), (1 << 20, &[9u8; 5000]), (real - 3, b"end")];
+    let m = ok(vec![L::tar(gnu_sparse(real, &chunks).end())]);
     let mut want = vec![0u8; real as usize];
     for (off, d) in chunks {
         want[off as usize..off as usize + d.len()].copy_from_slice(d);
@@ -1011,4 +1019,55 @@ fn early_entry_error_stops_decompression_of_a_big_layer() {
     t.data(&vec![1u8; 48 << 20]);
     let e = err(vec![L::gz(t.end())]);
     assert!(e.contains("/../x") && e.contains(".."), "{e}");
+}
+
+/// A layer with every kind of entry and extension header.
+fn sample_layer() -> Vec<u8> {
+    let mut t = gnu_sparse(20000, &[(100, b"abc"), (9000, b"xyz")])
+        .pax(&[("path", "long/".repeat(30).as_bytes()), ("SCHILY.xattr.user.k", b"v\0v"), ("mtime", b"5.5")])
+        .file("short", b"data")
+        .dir("d")
+        .file("d/f", b"ff")
+        .link("d/hl", "d/f")
+        .symlink("d/s", "../short")
+        .raw(H { dev: (1, 3), ..h(b"d/null", b'3') }, b"")
+        .raw(h(b"d/fifo", b'6'), b"")
+        .file("d/.wh.gone", b"")
+        .file("d/.wh..wh..opq", b"");
+    t.header(&H { size: 0, ..h(b"last", b'0') });
+    t.end()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Damaged layers give an error or a valid manifest, never a panic.
+    #[test]
+    fn damaged_layers_never_panic(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        let clean = sample_layer();
+        let mut bad = clean.clone();
+        for (i, b) in &flips {
+            let i = i.index(bad.len());
+            bad[i] = *b;
+        }
+        if let Some(c) = cut {
+            bad.truncate(c.index(bad.len()));
+        }
+        let mut tree = Tree::default();
+        tree.begin_layer();
+        apply_tar(&mut tree, &clean[..], None, Digest::of(b"lower")).unwrap();
+        tree.begin_layer();
+        match apply_tar(&mut tree, &bad[..], None, Digest::of(b"upper")) {
+            Ok(_) => {
+                if let Ok(m) = tree.to_manifest() {
+                    let bytes = m.to_bytes().unwrap_or_else(|e| panic!("import made an unencodable manifest: {e}"));
+                    Manifest::from_bytes(&bytes).unwrap();
+                }
+            }
+            Err(e) => prop_assert!(e.to_string().contains("layer sha256:")),
+        }
+    }
 }

@@ -100,6 +100,9 @@ pub enum ImportError {
     /// No image, or more than one, matches the tag and platform.
     #[error("{0}")]
     Select(String),
+    /// The image's tree cannot be recorded in a manifest.
+    #[error("the image's tree cannot be recorded: {0}")]
+    Tree(String),
     /// A layer's content is wrong; names the layer and, when known, the entry.
     #[error("layer {layer}{}: {msg}", .entry.as_ref().map(|e| format!(" entry {e}")).unwrap_or_default())]
     Layer {
@@ -163,7 +166,8 @@ pub fn import_image(layout: &Path, store: Option<&Store>, opts: &ImportOptions) 
         tree.begin_layer();
         apply_layer(&mut tree, &blobs, layer, store, &mut stats)?;
     }
-    Ok(Imported { manifest: tree.to_manifest(), image, files: stats.files, bytes: stats.bytes })
+    let manifest = tree.to_manifest().map_err(ImportError::Tree)?;
+    Ok(Imported { manifest, image, files: stats.files, bytes: stats.bytes })
 }
 
 struct Stats {
@@ -420,6 +424,16 @@ impl Read for ChanReader {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Applies one uncompressed layer tar to `tree` (call
+/// [`Tree::begin_layer`] first); `layer` names the layer in errors. Returns
+/// the number of regular files read. This is the core of [`import_image`]
+/// without the layout, the blob checks and the decompression.
+pub fn apply_tar<R: Read>(tree: &mut Tree, r: R, store: Option<&Store>, layer: Digest) -> Result<u64, ImportError> {
+    let mut stats = Stats { files: 0, bytes: 0, max_bytes: u64::MAX };
+    read_entries(tree, r, store, &mut stats, layer)?;
+    Ok(stats.files)
 }
 
 fn read_entries<R: Read>(

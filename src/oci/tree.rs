@@ -28,7 +28,7 @@
 //! - The root may only be given directory metadata: any other type there is
 //!   rejected.
 
-use crate::manifest::{Dev, Entry, File, Kind, MAX_DEPTH, Manifest, Meta, Name, check_name};
+use crate::manifest::{Dev, Entry, File, Kind, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, check_name};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Most symlinks followed while resolving one name (Linux's limit).
@@ -396,14 +396,16 @@ impl Tree {
 
     /// Builds the manifest: the first name of each inode in manifest order
     /// carries content and metadata, the others become hardlinks to it.
-    pub fn to_manifest(&self) -> Manifest {
+    /// Fails only when a hardlink's first name is a path too long for the
+    /// format ([`MAX_TARGET`] bytes).
+    pub fn to_manifest(&self) -> Result<Manifest, String> {
         let mut first: HashMap<usize, Vec<u8>> = HashMap::new();
         let mut path = Vec::new();
-        let root = self.convert(&self.root, &mut path, &mut first);
-        Manifest { root }
+        let root = self.convert(&self.root, &mut path, &mut first)?;
+        Ok(Manifest { root })
     }
 
-    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<usize, Vec<u8>>) -> Entry {
+    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<usize, Vec<u8>>) -> Result<Entry, String> {
         let kind = match &n.kind {
             NodeKind::Dir(ch) => {
                 let mut out = BTreeMap::new();
@@ -413,25 +415,32 @@ impl Tree {
                         path.push(b'/');
                     }
                     path.extend_from_slice(name);
-                    out.insert(name.clone(), self.convert(c, path, first));
+                    out.insert(name.clone(), self.convert(c, path, first)?);
                     path.truncate(len);
                 }
                 Kind::Dir(out)
             }
             NodeKind::File(i) => {
                 if let Some(p) = first.get(i) {
-                    return Entry { meta: Meta::default(), kind: Kind::Hardlink(p.clone()) };
+                    if p.len() > MAX_TARGET {
+                        return Err(format!(
+                            "{} is a hardlink to {}, a path longer than {MAX_TARGET} bytes, which a manifest cannot record",
+                            shown(path),
+                            shown(p)
+                        ));
+                    }
+                    return Ok(Entry { meta: Meta::default(), kind: Kind::Hardlink(p.clone()) });
                 }
                 first.insert(*i, path.clone());
                 let ino = &self.inodes[*i];
-                return Entry { meta: ino.meta.clone(), kind: Kind::File(ino.file.clone()) };
+                return Ok(Entry { meta: ino.meta.clone(), kind: Kind::File(ino.file.clone()) });
             }
             NodeKind::Symlink(t) => Kind::Symlink(t.clone()),
             NodeKind::Char(d) => Kind::Char(*d),
             NodeKind::Block(d) => Kind::Block(*d),
             NodeKind::Fifo => Kind::Fifo,
         };
-        Entry { meta: n.meta.clone(), kind }
+        Ok(Entry { meta: n.meta.clone(), kind })
     }
 }
 
@@ -463,11 +472,11 @@ mod tests {
         let mut t = Tree::default();
         file(&mut t, "z");
         t.add(&c("a"), Meta::default(), NewKind::Link(b"z".to_vec())).unwrap();
-        let m = t.to_manifest();
+        let m = t.to_manifest().unwrap();
         assert_eq!(m.get(b"z").unwrap().kind, Kind::Hardlink(b"a".to_vec()));
         t.begin_layer();
         t.whiteout(&c(".wh.a")).unwrap();
-        let m = t.to_manifest();
+        let m = t.to_manifest().unwrap();
         assert!(matches!(m.get(b"z").unwrap().kind, Kind::File(_)));
         assert!(m.get(b"a").is_none());
     }
@@ -479,7 +488,7 @@ mod tests {
         t.begin_layer();
         file(&mut t, "d/new");
         t.whiteout(&c("d/.wh..wh..opq")).unwrap();
-        let m = t.to_manifest();
+        let m = t.to_manifest().unwrap();
         assert!(m.get(b"d/new").is_some());
         assert!(m.get(b"d/old").is_none());
     }
@@ -490,6 +499,6 @@ mod tests {
         t.add(&c("usr/lib"), Meta::default(), NewKind::Dir).unwrap();
         t.add(&c("lib"), Meta::default(), NewKind::Symlink(b"/../../usr/lib".to_vec())).unwrap();
         file(&mut t, "lib/x");
-        assert!(t.to_manifest().get(b"usr/lib/x").is_some());
+        assert!(t.to_manifest().unwrap().get(b"usr/lib/x").is_some());
     }
 }
