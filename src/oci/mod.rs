@@ -12,9 +12,9 @@
 //!
 //! What the result is (whiteouts, hardlinks, symlinks in parent paths, the
 //! root) is described in [`tree`]; the manifest equals what `ocix scan`
-//! records for `umoci unpack`'s tree of the same image, except that
-//! directories an image implies without listing them get mtime 0 here (umoci
-//! gives them the time of extraction).
+//! records for `umoci unpack`'s tree of the same image (as root), except
+//! that directories an image implies without listing them get mtime 0 here
+//! where umoci gives them the time of extraction.
 //!
 //! Limits (memory and disk stay bounded whatever the image claims):
 //! - documents (`index.json`, indexes, manifests, configs): [`MAX_DOCUMENT`]

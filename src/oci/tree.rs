@@ -14,8 +14,12 @@
 //! - Directory components of a name resolve through symlinks already in the
 //!   tree, inside the root (`..` stops at the root, absolute targets start
 //!   from it), as umoci's scoped join does; the last component is never
-//!   followed. Missing directories are created with default metadata (mode
-//!   0755, owner 0:0, mtime 0; umoci gives them the time of extraction).
+//!   followed. Directories a name implies but no entry lists are created
+//!   with mode 0755, owner 0:0 and mtime 0, and so is the root until an
+//!   entry for `.` sets it. (umoci creates them with mode 0777 less its
+//!   umask, so 0755 under the usual 022, owned by the unpacking user, with
+//!   the time of extraction as mtime: that time cannot be reproduced, so a
+//!   fixed 0 stands in for it.)
 //! - A new entry replaces what was there, except that a directory over a
 //!   directory keeps the children and takes the new metadata.
 //! - `.wh.NAME` removes NAME and `.wh..wh..opq` empties its directory, but
