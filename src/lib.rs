@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod diff;
 pub mod manifest;
+pub mod materialize;
 pub mod oci;
 pub mod render;
 pub mod rootless;

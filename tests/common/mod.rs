@@ -157,3 +157,27 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// A copy of the ocix binary that an unprivileged user can execute (the
+/// build directory may sit below a private home directory).
+pub fn ocix_unprivileged() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ocix-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("ocix");
+        std::fs::copy(env!("CARGO_BIN_EXE_ocix"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    })
+    .clone()
+}
+
+/// A command running `ocix` as uid/gid 65534 (nobody) with no groups.
+pub fn ocix_as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(ocix_unprivileged());
+    c
+}
