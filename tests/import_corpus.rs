@@ -111,3 +111,28 @@ fn corpus_import_equals_scan_of_umoci_unpack() {
         assert_eq!(std::fs::read(store.blob_path(&f.digest.unwrap())).unwrap(), want, "{rel}");
     }
 }
+
+/// Import, then unpack with ocix, then scan: the same manifest again, and the
+/// corpus's sparse files are sparse on disk (umoci writes their holes out).
+#[test]
+fn corpus_import_unpack_scan_round_trip() {
+    let Some(dir) = corpus() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let ocix = |args: &[&std::ffi::OsStr]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ocix")).args(args).output().unwrap();
+        assert!(o.status.success(), "ocix {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let m = t.path().join("m.cbor");
+    let store = t.path().join("store");
+    let rootfs = t.path().join("rootfs");
+    let image = format!("{}:debian", dir.join("image").display());
+    ocix(&["import".as_ref(), image.as_ref(), "-o".as_ref(), m.as_os_str(), "--store".as_ref(), store.as_os_str()]);
+    ocix(&["unpack".as_ref(), m.as_os_str(), rootfs.as_os_str(), "--store".as_ref(), store.as_os_str()]);
+    let again = scan_dir(&rootfs, None, &ScanOptions::default()).unwrap().manifest;
+    let imported = Manifest::from_bytes(&std::fs::read(&m).unwrap()).unwrap();
+    let diffs = differences(&imported, &again);
+    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+    let sparse = std::fs::metadata(rootfs.join("srv/ocix-edge/sparse/sparse-64M")).unwrap();
+    assert_eq!(sparse.len(), 64 << 20);
+    assert!(sparse.blocks() * 512 < 1 << 20, "sparse-64M has {} blocks", sparse.blocks());
+}
