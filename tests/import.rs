@@ -351,7 +351,7 @@ fn long_names_pax_and_gnu() {
     let m = ok(vec![L::tar(t)]);
     assert_eq!(content(&m, &long).digest, Some(Digest::of(b"gnu")));
     assert_eq!(m.get(long.as_bytes()).unwrap().meta.mode, 0o600);
-    // the hardlink comes first in manifest order ("d..." > "hard"? no: 'd' < 'h'), so it is the link
+    // "ddd..." sorts before "hard": the long name carries the content, "hard" links to it
     assert_eq!(m.get(b"hard").unwrap().kind, Kind::Hardlink(long.into_bytes()));
 }
 
