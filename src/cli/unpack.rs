@@ -51,6 +51,13 @@ pub struct Args {
     /// Shift gids, container:host:size (repeatable), as root.
     #[arg(long, value_name = "MAP")]
     pub gid_map: Vec<IdMap>,
+    /// Make regular files hardlinks of their blobs (an ostree-style
+    /// checkout, no data copied) where that keeps the tree exact: a blob no
+    /// other name links yet takes the metadata of the first file with its
+    /// content and becomes that file; other files are copied. For users who
+    /// accept shared inodes: editing a linked file in place edits the store.
+    #[arg(long)]
+    pub link: bool,
     /// Writer threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -65,6 +72,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         gid_map: a.gid_map.clone(),
         threads: a.threads,
         progress: g.progress(),
+        link: a.link,
     };
     if let Some(image) = &a.image {
         let [bundle] = a.paths.as_slice() else { bail!("with --image, give only the BUNDLE directory") };
@@ -88,8 +96,8 @@ fn report(r: &crate::materialize::UnpackReport, g: Global) {
         }
     }
     g.info(&format!(
-        "{} dirs, {} files written ({} bytes), {} kept, {} hardlinks, {} other entries, {} removed",
-        r.dirs, r.files_written, r.bytes_written, r.files_kept, r.hardlinks, r.others, r.removed
+        "{} dirs, {} files written ({} bytes), {} linked to blobs, {} kept, {} hardlinks, {} other entries, {} removed",
+        r.dirs, r.files_written, r.bytes_written, r.files_linked, r.files_kept, r.hardlinks, r.others, r.removed
     ));
 }
 
