@@ -134,11 +134,14 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         let imported = import_image(Path::new(layout), Some(&store), &iopts)
             .map_err(|e| anyhow::anyhow!("importing {image}: {e}"))?;
         let rootfs = bundle.join("rootfs");
-        let r = unpack(&imported.manifest, &store, &rootfs, opts)
+        // a store of our own, about to be removed: its blobs can simply
+        // become the files (no second copy of the data)
+        let opts = UnpackOptions { link: opts.link || temp_store, ..opts.clone() };
+        let r = unpack(&imported.manifest, &store, &rootfs, &opts)
             .map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", rootfs.display()))?;
         report(&r, g);
         super::write_output(Some(&bundle.join("ocix.cbor")), &imported.manifest.to_bytes()?)?;
-        write_runtime_config(bundle, &rootfs, &imported.image, opts, r.rootless)?;
+        write_runtime_config(bundle, &rootfs, &imported.image, &opts, r.rootless)?;
         Ok(())
     })();
     if temp_store {
