@@ -43,7 +43,7 @@ CONFIG=$(blob "$(jq -r .config.digest "$(blob "$MANIFEST")")")
 # host's resolv.conf mount that a user namespace cannot drop (this umoci
 # version leaves them out; without them a rootless bind can fail).
 normalize() {
-  jq -S '.hostname = "H" | .root.path = "R" | .mounts |= sort_by(.destination)
+  jq -S '.hostname = "H" | .root.path = "R"
          | (.mounts[] | select(.destination == "/etc/resolv.conf") | .options) |= map(select(. == "rbind" or . == "ro"))' "$1"
 }
 
