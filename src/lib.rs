@@ -7,6 +7,7 @@
 //! - [`manifest`]: the model and its canonical encoding (depends on nothing).
 //! - [`store`]: the content-addressed blob store.
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
+//! - [`oci`]: an OCI image layout -> manifest (+ blobs), layers applied in memory.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
@@ -18,6 +19,8 @@ pub mod bundle;
 pub mod cli;
 pub mod diff;
 pub mod manifest;
+pub mod materialize;
+pub mod oci;
 pub mod render;
 pub mod rootless;
 pub mod scan;

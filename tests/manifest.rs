@@ -464,3 +464,15 @@ proptest! {
         prop_assert_eq!(back.to_bytes().unwrap(), bytes);
     }
 }
+
+#[test]
+fn encoder_refuses_names_the_decoder_would_refuse() {
+    for bad in [&b"a/b"[..], b"", b".", b"..", b"x\0y"] {
+        let mut m = Manifest::default();
+        if let Kind::Dir(c) = &mut m.root.kind {
+            c.insert(bad.to_vec(), Entry::empty_dir());
+        }
+        let e = m.to_bytes().expect_err("encoded an invalid name");
+        assert!(e.to_string().contains("invalid child name"), "{e}");
+    }
+}

@@ -240,3 +240,44 @@ fn symlinked_directories_are_not_followed() {
     assert_eq!(m.walk().count(), 2);
     let _ = OsStr::from_bytes(b"");
 }
+
+#[test]
+fn rootless_scan_reads_what_its_owner_may_not_and_restores_modes() {
+    if !is_root() {
+        eprintln!("skipped: needs root to prepare a tree owned by nobody");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    chmod(t.path(), 0o755);
+    let d = t.path().join("tree");
+    std::fs::create_dir(&d).unwrap();
+    write(&d.join("mode-0000"), b"locked");
+    std::fs::create_dir(d.join("wx-only")).unwrap();
+    write(&d.join("wx-only/inner"), b"inner");
+    let payload = ocix::rootless::encode(1000, 1000).unwrap();
+    rustix::fs::setxattr(d.join("mode-0000"), "user.rootlesscontainers", &payload, rustix::fs::XattrFlags::empty())
+        .unwrap();
+    for p in ["", "mode-0000", "wx-only", "wx-only/inner"] {
+        std::os::unix::fs::lchown(d.join(p), Some(65534), Some(65534)).unwrap();
+    }
+    chmod(&d.join("mode-0000"), 0o000);
+    chmod(&d.join("wx-only"), 0o311);
+    let out = ocix_as_nobody().args(["scan", "--rootless"]).arg(&d).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Manifest::from_bytes(&out.stdout).unwrap();
+    let f = m.get(b"mode-0000").unwrap();
+    assert_eq!((f.meta.mode, f.meta.uid, f.meta.gid), (0, 1000, 1000));
+    assert_eq!(
+        f.kind,
+        Kind::File(ocix::manifest::File { size: 6, digest: Some(Digest::of(b"locked")), zeros: vec![] })
+    );
+    assert_eq!(m.get(b"wx-only").unwrap().meta.mode, 0o311);
+    assert!(m.get(b"wx-only/inner").is_some());
+    // modes are back as they were
+    assert_eq!(std::fs::symlink_metadata(d.join("mode-0000")).unwrap().mode() & 0o7777, 0);
+    assert_eq!(std::fs::symlink_metadata(d.join("wx-only")).unwrap().mode() & 0o7777, 0o311);
+    // without --rootless the same user gets a clear error naming the file
+    let out = ocix_as_nobody().arg("scan").arg(&d).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mode-0000"));
+}

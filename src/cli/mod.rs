@@ -2,8 +2,12 @@
 //! is the only code that prints or picks exit codes; everything it does is a
 //! call into the library.
 
+mod diff;
 mod digest;
+mod import;
 mod scan;
+mod show;
+mod unpack;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -35,6 +39,16 @@ pub enum Command {
     Scan(scan::Args),
     /// Print a manifest's digest (the sha256 of its bytes).
     Digest(digest::Args),
+    /// Turn an image of an OCI image layout into a manifest, its file
+    /// contents into blobs (layers applied in memory, nothing unpacked).
+    Import(import::Args),
+    /// List a manifest as text, JSON or a BSD mtree spec.
+    Show(show::Args),
+    /// Compare a tree (directory, bundle or manifest) against the manifest it
+    /// should match; exit 1 on drift.
+    Diff(diff::Args),
+    /// Materialize a manifest and its blobs into an exact rootfs.
+    Unpack(unpack::Args),
 }
 
 /// Options every subcommand sees.
@@ -75,6 +89,10 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Scan(a) => scan::run(a, g),
         Command::Digest(a) => digest::run(a, g),
+        Command::Import(a) => import::run(a, g),
+        Command::Show(a) => show::run(a, g),
+        Command::Diff(a) => diff::run(a, g),
+        Command::Unpack(a) => unpack::run(a, g),
     };
     match res {
         Ok(code) => code,

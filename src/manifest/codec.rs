@@ -543,8 +543,13 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
         if !path.is_empty() && depth > MAX_DEPTH + 1 {
             return Err(invalid(&path, format!("directories nested deeper than {MAX_DEPTH}")));
         }
-        if let Some(name) = path.rsplit(|&b| b == b'/').next().filter(|_| !path.is_empty()) {
-            check_name(name).map_err(|w| invalid(&path, format!("invalid name: {w}")))?;
+        // each child name by itself: a joined path cannot show a name that
+        // contains "/" or is empty
+        if let Kind::Dir(children) = &e.kind {
+            for name in children.keys() {
+                check_name(name)
+                    .map_err(|w| invalid(&path, format!("invalid child name {}: {w}", path_display(name))))?;
+            }
         }
         let code = e.kind.code();
         if code != KindCode::Hardlink {

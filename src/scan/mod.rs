@@ -25,6 +25,7 @@ use crate::manifest::{self, Dev, Entry, File, Kind, Manifest, Meta, Time, path_d
 use crate::rootless;
 use crate::store::Store;
 use crate::sys::read::{self as rd, FileType, Stat, XattrSource};
+use crate::sys::write as wr;
 use crate::sys::{Errno, SysError};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -130,10 +131,15 @@ struct Job {
     fd: OwnedFd,
     stat: Stat,
     shown: String,
+    /// Already read by the walker (while read permission was lent).
+    xattrs: Option<Xattrs>,
 }
 
+/// Extended attributes as read, name and value.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A hashed file: its content record and xattrs, or why it failed.
-type Hashed = Result<(File, Vec<(Vec<u8>, Vec<u8>)>), String>;
+type Hashed = Result<(File, Xattrs), String>;
 
 struct Done {
     id: usize,
@@ -153,6 +159,7 @@ struct Walker<'a> {
     errors: Vec<String>,
     warnings: Vec<String>,
     progress: Option<indicatif::ProgressBar>,
+    euid: u32,
 }
 
 fn stat_time(st: &Stat) -> Time {
@@ -160,6 +167,12 @@ fn stat_time(st: &Stat) -> Time {
 }
 
 impl Walker<'_> {
+    /// Whether the owner's read permission may be lent to read this entry:
+    /// a rootless scan by the unprivileged user who owns it.
+    fn may_lend(&self, st: &Stat) -> bool {
+        self.opts.rootless && self.euid != 0 && st.st_uid == self.euid
+    }
+
     fn shown(&self, path: &[u8]) -> String {
         let p = path_display(path);
         let root = self.root_path.display().to_string();
@@ -217,6 +230,37 @@ impl Walker<'_> {
         children
     }
 
+    /// Rootless: opens a file its owner may not read (mode 0000, say) by
+    /// lending the owner read permission for the moment of opening and of
+    /// reading its xattrs, then restoring the mode at once, as umoci does;
+    /// only the ctime changes. `st` is refreshed so the changed-while-read
+    /// check compares against the restored state.
+    fn open_lent(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        st: &mut Stat,
+        sh: &dyn Fn() -> String,
+    ) -> crate::sys::Result<(OwnedFd, Xattrs)> {
+        let mode = st.st_mode & 0o7777;
+        wr::chmod_at(dir, name, mode | 0o400, sh)?;
+        let opened = rd::open_file_at(dir, name, sh)
+            .and_then(|fd| rd::read_xattrs(XattrSource::Fd(fd.as_fd()), sh).map(|x| (fd, x)));
+        let restored = wr::chmod_at(dir, name, mode, sh);
+        let (fd, x) = opened?;
+        restored?;
+        let now = rd::stat_fd(fd.as_fd(), sh)?;
+        if now.st_ino != st.st_ino || now.st_dev != st.st_dev {
+            return Err(crate::sys::SysError::new(
+                "openat",
+                format!("{} (replaced while scanning)", sh()),
+                Errno::AGAIN,
+            ));
+        }
+        *st = now;
+        Ok((fd, x))
+    }
+
     fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<Entry> {
         let shown = self.shown(path);
         let sh = || shown.clone();
@@ -246,7 +290,22 @@ impl Walker<'_> {
         };
         let kind = match ft {
             FileType::Directory => {
-                let fd = match rd::open_dir_at(dir, name, &sh) {
+                let mut lent: Option<u32> = None;
+                let opened = match rd::open_dir_at(dir, name, &sh) {
+                    Err(e) if e.errno == Errno::ACCESS && self.may_lend(&st) => {
+                        // rootless: the owner may list it once it lends itself r-x
+                        let mode = st.st_mode & 0o7777;
+                        match wr::chmod_at(dir, name, mode | 0o500, &sh) {
+                            Ok(()) => {
+                                lent = Some(mode);
+                                rd::open_dir_at(dir, name, &sh)
+                            }
+                            Err(_) => Err(e),
+                        }
+                    }
+                    r => r,
+                };
+                let fd = match opened {
                     Ok(fd) => fd,
                     Err(e) if e.errno == Errno::NOENT => {
                         self.warnings.push(format!("{shown}: vanished while scanning; left out"));
@@ -275,6 +334,11 @@ impl Walker<'_> {
                 } else {
                     stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1))
                 };
+                if let Some(mode) = lent {
+                    if let Err(e) = wr::chmod_at(dir, name, mode, &sh) {
+                        self.errors.push(format!("restoring mode {mode:o}: {e}"));
+                    }
+                }
                 return Some(Entry { meta, kind: Kind::Dir(children) });
             }
             FileType::RegularFile => {
@@ -285,7 +349,18 @@ impl Walker<'_> {
                     }
                     self.links.insert(key, path.clone());
                 }
-                let fd = match rd::open_file_at(dir, name, &sh) {
+                let mut st = st;
+                let mut xattrs = None;
+                let opened = match rd::open_file_at(dir, name, &sh) {
+                    Err(e) if e.errno == Errno::ACCESS && self.may_lend(&st) => {
+                        self.open_lent(dir, name, &mut st, &sh).map(|(fd, x)| {
+                            xattrs = Some(x);
+                            fd
+                        })
+                    }
+                    r => r,
+                };
+                let fd = match opened {
                     Ok(fd) => fd,
                     Err(e) if e.errno == Errno::NOENT => {
                         self.warnings.push(format!("{shown}: vanished while scanning; left out"));
@@ -300,7 +375,7 @@ impl Walker<'_> {
                 self.job_paths.push(path.clone());
                 let meta = self.meta(&st, Vec::new(), path);
                 // Content and xattrs are filled in when the hash thread is done.
-                let sent = self.jobs.as_ref().is_some_and(|j| j.send(Job { id, fd, stat: st, shown }).is_ok());
+                let sent = self.jobs.as_ref().is_some_and(|j| j.send(Job { id, fd, stat: st, shown, xattrs }).is_ok());
                 if !sent {
                     self.errors.push("hashing threads stopped".to_string());
                 }
@@ -379,7 +454,10 @@ fn hash_worker(
             {
                 return Err(format!("{}: changed while being read", job.shown));
             }
-            let xattrs = rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh).map_err(|e| e.to_string())?;
+            let xattrs = match job.xattrs {
+                Some(x) => x,
+                None => rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh).map_err(|e| e.to_string())?,
+            };
             if let Some(pb) = &progress {
                 pb.inc(size);
             }
@@ -443,6 +521,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             errors: Vec::new(),
             warnings: Vec::new(),
             progress: progress.clone(),
+            euid: rustix::process::geteuid().as_raw(),
         };
         let xattrs = rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
             w.errors.push(e.to_string());

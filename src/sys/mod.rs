@@ -12,6 +12,7 @@
 //! the materializing side uses.
 
 pub mod read;
+pub mod write;
 
 use std::fmt;
 

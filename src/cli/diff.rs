@@ -1,0 +1,148 @@
+//! `ocix diff TARGET [MANIFEST]`: the drift audit.
+
+use super::Global;
+use crate::diff::{DiffOptions, Excludes, Field, diff};
+use crate::manifest::Manifest;
+use crate::scan::{ScanOptions, scan_dir};
+use anyhow::{Context as _, bail};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Arguments of `ocix diff`; the long help is [`LONG_HELP`].
+#[derive(clap::Args, Debug)]
+#[command(after_long_help = LONG_HELP)]
+pub struct Args {
+    /// The actual tree: a directory to scan, a manifest file (`-` for
+    /// standard input), or a bundle directory (see --help).
+    pub target: PathBuf,
+    /// The expected manifest (`-` for standard input). Required unless
+    /// TARGET is a bundle.
+    pub manifest: Option<PathBuf>,
+    /// Print the findings as a JSON array of objects ({"path", "what":
+    /// "missing"|"extra"|"changed", "field", "xattr", "expected", "actual"}).
+    #[arg(long)]
+    pub json: bool,
+    /// Do not compare this field (repeatable, or comma-separated): type,
+    /// link, mode, uid, gid, size, digest, zeros, target, rdev, xattr (all
+    /// xattrs), xattr:NAME (one xattr, e.g. xattr:security.selinux), mtime.
+    #[arg(long, value_name = "FIELD", value_delimiter = ',')]
+    pub ignore: Vec<String>,
+    /// Also compare the advisory user and group names (uname, gname).
+    #[arg(long)]
+    pub names: bool,
+    /// Leave out paths matching this glob on both sides, with everything
+    /// below them (repeatable). Without `/` it matches a name at any depth;
+    /// with `/`, the path relative to the root (`*` stops at `/`, `**` does
+    /// not).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// The directory was unpacked without privilege: read owners from the
+    /// user.rootlesscontainers xattr instead of the files' real owners.
+    #[arg(long)]
+    pub rootless: bool,
+    /// When scanning, descend into mount points below the directory.
+    #[arg(long)]
+    pub cross_mounts: bool,
+}
+
+/// Shown after the options by `ocix diff --help`.
+pub const LONG_HELP: &str = "\
+TARGET is the actual tree: a directory (scanned now, read-only, without a
+blob store) or a manifest file. MANIFEST is the expected tree. Forms:
+
+  ocix diff DIR MANIFEST      scan DIR, compare it with MANIFEST
+  ocix diff ACTUAL MANIFEST   compare two manifests
+  ocix diff BUNDLE            a bundle written by `ocix unpack --image`:
+                              compare BUNDLE/rootfs with BUNDLE/ocix.cbor
+
+Output: one line per finding, in manifest order (depth first, children by
+name):
+  missing /p                  expected, not there
+  extra /p                    there, not expected
+  /p: FIELD EXPECTED -> ACTUAL
+  /p: xattr NAME added|removed|changed
+A missing or extra directory is reported once, not with everything inside
+it. When the type changed, type-specific fields are not compared and the
+entry is not descended into. Every name of a hardlinked file shows the
+file's fields; `link` is the first name of its hardlink group
+(`/b: link /a -> (none)`: b no longer shares its inode with a). Paths are
+escaped to stay on one line (`\\\\`, `\\n`, `\\xNN` for bytes that are not UTF-8).
+
+Fields: type, link, mode, uid, gid, uname, gname, size, digest (content),
+zeros (zero runs, i.e. holes), target (symlink), rdev (device numbers),
+xattr, mtime (seconds and nanoseconds). uname and gname are advisory and
+only compared with --names.
+
+Exit status: 0 no drift, 1 drift found, 2 error.";
+
+/// Runs the subcommand.
+pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
+    let mut opts = DiffOptions {
+        excludes: Excludes::new(&a.exclude).map_err(|e| anyhow::anyhow!("invalid --exclude pattern {e}"))?,
+        ..DiffOptions::default()
+    };
+    for spec in &a.ignore {
+        opts.ignore_spec(spec)?;
+    }
+    if a.names {
+        opts.compare(Field::Uname);
+        opts.compare(Field::Gname);
+    }
+    if a.target == Path::new("-") && a.manifest.as_deref() == Some(Path::new("-")) {
+        bail!("only one of TARGET and MANIFEST can be standard input");
+    }
+
+    let is_dir = a.target != Path::new("-")
+        && std::fs::metadata(&a.target).with_context(|| format!("{}: cannot access", a.target.display()))?.is_dir();
+    let (expected, actual) = match (&a.manifest, is_dir) {
+        (Some(m), true) => (super::read_manifest(m)?, scan(&a.target, &a, g)?),
+        (Some(m), false) => (super::read_manifest(m)?, super::read_manifest(&a.target)?),
+        (None, true) => {
+            let cbor = a.target.join("ocix.cbor");
+            let rootfs = a.target.join("rootfs");
+            if !cbor.is_file() || !rootfs.is_dir() {
+                bail!(
+                    "{}: no MANIFEST given and this is not a bundle (BUNDLE/ocix.cbor and BUNDLE/rootfs/)",
+                    a.target.display()
+                );
+            }
+            g.info(&format!("bundle: comparing {} with {}", rootfs.display(), cbor.display()));
+            (super::read_manifest(&cbor)?, scan(&rootfs, &a, g)?)
+        }
+        (None, false) => bail!("{}: a manifest needs the expected MANIFEST to compare with", a.target.display()),
+    };
+
+    let findings = diff(&expected, &actual, &opts);
+    let mut out = Vec::new();
+    if a.json {
+        out.extend_from_slice(b"[");
+        for (i, f) in findings.iter().enumerate() {
+            out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+            serde_json::to_writer(&mut out, f)?;
+        }
+        out.extend_from_slice(b"\n]\n");
+    } else {
+        for f in &findings {
+            writeln!(out, "{f}")?;
+        }
+    }
+    super::write_output(None, &out)?;
+    g.info(&format!("{} findings", findings.len()));
+    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Manifest> {
+    let opts = ScanOptions {
+        excludes: a.exclude.clone(),
+        rootless: a.rootless,
+        cross_mounts: a.cross_mounts,
+        threads: 0,
+        progress: g.progress(),
+    };
+    let scan = scan_dir(dir, None, &opts).map_err(|e| anyhow::anyhow!("scanning {}: {e}", dir.display()))?;
+    for w in &scan.warnings {
+        g.warn(w);
+    }
+    Ok(scan.manifest)
+}

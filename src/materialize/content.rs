@@ -1,0 +1,235 @@
+//! Regular file content: blob -> file, verified while written, with the
+//! manifest's zero runs left as holes; and, for `--update`, checking whether
+//! a file already on disk has the manifest's content.
+
+use super::{Ctx, UnpackError};
+use crate::manifest::{BLOCK, Digest, File};
+use crate::store::{StoreError, Verifier};
+use crate::sys::read::{self as rd, FileType};
+use crate::sys::{Errno, write as wr};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Bytes read or copied at once.
+pub(super) const CHUNK: usize = 1 << 20;
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+fn feed_zeros(v: &mut Verifier, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        v.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// The file's data segments `[start, end)`: everything outside its zero runs.
+fn data_segments(f: &File) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(f.zeros.len() + 1);
+    let mut pos = 0u64;
+    for &(s, n) in &f.zeros {
+        let (zs, ze) = (s.saturating_mul(BLOCK).min(f.size), s.saturating_add(n).saturating_mul(BLOCK).min(f.size));
+        if zs > pos {
+            out.push((pos, zs));
+        }
+        pos = pos.max(ze);
+    }
+    if pos < f.size {
+        out.push((pos, f.size));
+    }
+    out
+}
+
+pub(super) fn content_err(ctx: &Ctx<'_>, rel: &[u8], digest: Digest, e: StoreError) -> UnpackError {
+    UnpackError::Content { path: ctx.shown(rel), digest, source: Box::new(e) }
+}
+
+/// Writes the content of `f` into the new, empty file `out`, reading blob
+/// `f.digest` from the store. The blob's size must equal the declared size,
+/// and the sha256 of what is written must equal the digest; otherwise an
+/// error naming the path and the digest (the caller removes the file).
+/// Zero runs are skipped (holes after `ftruncate`), their zeros fed to the
+/// hash; without zero runs the blob is copied with `copy_file_range`
+/// (possibly a reflink) and the written file is read back to verify it.
+/// Either way what is hashed is exactly what the file now holds, so a blob
+/// whose declared zero runs are not zero cannot smuggle data in: the file
+/// gets zeros there, and the digest decides.
+pub(super) fn write_content(
+    ctx: &Ctx<'_>,
+    rel: &[u8],
+    f: &File,
+    out: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<u64, UnpackError> {
+    let Some(digest) = f.digest else { return Ok(0) };
+    if f.size == 0 {
+        return Ok(0);
+    }
+    let shown = || ctx.shown(rel);
+    let blob = ctx.store.open_blob(&digest).map_err(|e| content_err(ctx, rel, digest, e))?;
+    let blob_shown = || ctx.store.blob_path(&digest).display().to_string();
+    let st = rd::stat_fd(blob.as_fd(), &blob_shown)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(content_err(
+            ctx,
+            rel,
+            digest,
+            StoreError::NotAStore(format!("{} is not a regular file", blob_shown())),
+        ));
+    }
+    let blob_size = st.st_size as u64;
+    if blob_size != f.size {
+        return Err(content_err(
+            ctx,
+            rel,
+            digest,
+            StoreError::WrongSize { path: blob_shown(), expected: f.size, actual: blob_size },
+        ));
+    }
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    let same_fs = rd::stat_fd(out, &shown).map(|o| o.st_dev == st.st_dev).unwrap_or(false);
+    if f.zeros.is_empty() && same_fs && copy_range(&blob, out, f.size, &shown, &blob_shown)? {
+        // verify what was written, reading it back
+        let mut v = Verifier::new(digest, f.size);
+        let mut off = 0u64;
+        while off < f.size {
+            let want = (f.size - off).min(buf.len() as u64) as usize;
+            let n = rd::pread(out, &mut buf[..want], off, &shown)?;
+            if n == 0 {
+                break;
+            }
+            v.update(&buf[..n]);
+            off += n as u64;
+        }
+        v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
+        return Ok(f.size);
+    }
+    wr::ftruncate(out, f.size, &shown)?;
+    let mut v = Verifier::new(digest, f.size);
+    let mut pos = 0u64;
+    let mut written = 0u64;
+    for (start, end) in data_segments(f) {
+        feed_zeros(&mut v, start - pos);
+        let mut off = start;
+        while off < end {
+            let want = (end - off).min(buf.len() as u64) as usize;
+            let n = rd::pread(blob.as_fd(), &mut buf[..want], off, &blob_shown)?;
+            if n == 0 {
+                return Err(content_err(
+                    ctx,
+                    rel,
+                    digest,
+                    StoreError::WrongSize { path: blob_shown(), expected: f.size, actual: off },
+                ));
+            }
+            v.update(&buf[..n]);
+            wr::pwrite_all(out, &buf[..n], off, &shown)?;
+            off += n as u64;
+            written += n as u64;
+        }
+        pos = end;
+    }
+    feed_zeros(&mut v, f.size - pos);
+    // a blob that grew since it was measured is not what was hashed
+    if rd::pread(blob.as_fd(), &mut buf[..1], f.size, &blob_shown)? != 0 {
+        return Err(content_err(
+            ctx,
+            rel,
+            digest,
+            StoreError::WrongSize { path: blob_shown(), expected: f.size, actual: f.size + 1 },
+        ));
+    }
+    v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
+    Ok(written)
+}
+
+/// Copies `size` bytes with `copy_file_range`. Returns false (nothing
+/// copied) when the kernel or filesystem cannot do it, so the caller falls
+/// back to reading and writing.
+fn copy_range(
+    blob: &OwnedFd,
+    out: BorrowedFd<'_>,
+    size: u64,
+    shown: &dyn Fn() -> String,
+    blob_shown: &dyn Fn() -> String,
+) -> Result<bool, UnpackError> {
+    let (mut off_in, mut off_out) = (0u64, 0u64);
+    while off_in < size {
+        let want = (size - off_in).min(1 << 30) as usize;
+        match wr::copy_file_range(blob.as_fd(), &mut off_in, out, &mut off_out, want, shown) {
+            Ok(0) => {
+                return Err(UnpackError::Sys(crate::sys::SysError::new(
+                    "copy_file_range",
+                    blob_shown(),
+                    Errno::NODATA,
+                )));
+            }
+            Ok(_) => {}
+            Err(e)
+                if off_in == 0
+                    && matches!(
+                        e.errno,
+                        Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::BADF
+                    ) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// Whether the regular file open as `fd` has exactly the content of `f`
+/// (size, then sha256; holes are read as zeros without reading them).
+pub(super) fn same_content(
+    fd: BorrowedFd<'_>,
+    f: &File,
+    shown: &dyn Fn() -> String,
+    buf: &mut Vec<u8>,
+) -> Result<bool, UnpackError> {
+    let st = rd::stat_fd(fd, shown)?;
+    if st.st_size as u64 != f.size {
+        return Ok(false);
+    }
+    let Some(digest) = f.digest else {
+        return Ok(f.size == 0);
+    };
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    let mut v = Verifier::new(digest, f.size);
+    let mut pos = 0u64;
+    while pos < f.size {
+        let data = rd::seek_data(fd, pos).unwrap_or(f.size).min(f.size);
+        feed_zeros(&mut v, data - pos);
+        pos = data;
+        if pos >= f.size {
+            break;
+        }
+        let hole = rd::seek_hole(fd, pos, f.size).min(f.size);
+        while pos < hole {
+            let want = (hole - pos).min(buf.len() as u64) as usize;
+            let n = rd::pread(fd, &mut buf[..want], pos, shown)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            v.update(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    Ok(v.finish("").is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_between_runs() {
+        let f = File { size: 5 * BLOCK + 10, digest: None, zeros: vec![(1, 2), (4, 1)] };
+        assert_eq!(data_segments(&f), vec![(0, BLOCK), (3 * BLOCK, 4 * BLOCK), (5 * BLOCK, 5 * BLOCK + 10)]);
+        let f = File { size: 2 * BLOCK, digest: None, zeros: vec![(0, 2)] };
+        assert_eq!(data_segments(&f), vec![]);
+    }
+}

@@ -1,0 +1,129 @@
+//! Per-entry metadata, applied in one fixed order: owner (`fchown`, or
+//! `lchown` for a symlink), then extended attributes (set what differs,
+//! remove what the manifest lacks), then mode (never on a symlink), then
+//! modification time.
+//!
+//! Why this order: a chown clears setuid/setgid and `security.capability`,
+//! so both come after it. Xattrs come before the mode because setting a
+//! POSIX ACL may clear setgid and rewrites the group bits, and because
+//! without privilege `user.*` xattrs need write permission on the entry,
+//! which its final mode (0444, 0555) may not give. The time is last since
+//! every other change would not touch it, but nothing should come after it.
+
+use super::{Ctx, NotAppliedKind, UnpackError};
+use crate::manifest::{KindCode, Meta};
+use crate::rootless;
+use crate::sys::read::{self as rd, XattrSource};
+use crate::sys::{Errno, SysError, write as wr};
+use std::collections::BTreeMap;
+
+fn is_privileged_ns(name: &[u8]) -> bool {
+    name.starts_with(b"security.") || name.starts_with(b"trusted.")
+}
+
+/// Applies owner, xattrs, mode and mtime of `meta` to the entry reached by
+/// `target` (an open fd for files and directories; directory + name for
+/// symlinks, devices and fifos). `kind` is what is on disk (a device
+/// placeholder is a regular file).
+pub(super) fn apply(
+    ctx: &Ctx<'_>,
+    target: XattrSource<'_>,
+    kind: KindCode,
+    meta: &Meta,
+    rel: &[u8],
+) -> Result<(), UnpackError> {
+    let shown = || ctx.shown(rel);
+    // 1. owner
+    if !ctx.rootless {
+        let (uid, gid) = ctx.host_ids(rel, meta)?;
+        match &target {
+            XattrSource::Fd(fd) => wr::fchown(*fd, uid, gid, &shown)?,
+            XattrSource::At(d, n) => wr::chown_at(*d, n, uid, gid, &shown)?,
+        }
+    }
+    // 2. xattrs
+    let mut want: BTreeMap<&[u8], &[u8]> = meta.xattrs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    let owner_xattr;
+    if ctx.rootless {
+        want.remove(rootless::XATTR);
+        owner_xattr = rootless::encode(meta.uid, meta.gid);
+        if let Some(v) = &owner_xattr {
+            if matches!(kind, KindCode::File | KindCode::Dir) {
+                want.insert(rootless::XATTR, v);
+            } else {
+                // the kernel allows user.* xattrs only on files and directories
+                ctx.not_applied(
+                    NotAppliedKind::Owner,
+                    rel,
+                    format!("owner {}:{} (no user.* xattr on a {})", meta.uid, meta.gid, kind.name()),
+                );
+            }
+        }
+    }
+    let have = match rd::read_xattrs(clone_src(&target), &shown) {
+        Ok(h) => h,
+        // an entry type that cannot list (e.g. user namespace quirks) has none we could fix
+        Err(e) if e.errno == Errno::NOTSUP || e.errno == Errno::PERM => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    for (k, _) in &have {
+        if want.contains_key(k.as_slice()) {
+            continue;
+        }
+        match wr::remove_xattr(&target, k, &shown) {
+            Ok(()) => {}
+            // a label the host's security module puts on every new file
+            // (security.selinux) may refuse removal: report, go on
+            Err(e) if k.starts_with(b"security.") && matches!(e.errno, Errno::PERM | Errno::ACCESS) => {
+                let n = String::from_utf8_lossy(k);
+                ctx.not_applied(NotAppliedKind::Xattr, rel, format!("xattr {n} could not be removed: {}", e.errno));
+            }
+            Err(e) => tolerate(ctx, rel, k, e, "could not remove")?,
+        }
+    }
+    for (k, v) in &want {
+        if have.iter().any(|(hk, hv)| hk.as_slice() == *k && hv.as_slice() == *v) {
+            continue;
+        }
+        if let Err(e) = wr::set_xattr(&target, k, v, &shown) {
+            tolerate(ctx, rel, k, e, "not set")?;
+        }
+    }
+    // 3. mode
+    if kind != KindCode::Symlink {
+        match &target {
+            XattrSource::Fd(fd) => wr::fchmod(*fd, meta.mode, &shown)?,
+            XattrSource::At(d, n) => wr::chmod_at(*d, n, meta.mode, &shown)?,
+        }
+    }
+    // 4. mtime
+    match &target {
+        XattrSource::Fd(fd) => wr::futimens(*fd, meta.mtime, &shown)?,
+        XattrSource::At(d, n) => wr::utimens_at(*d, n, meta.mtime, &shown)?,
+    }
+    Ok(())
+}
+
+fn clone_src<'a>(s: &XattrSource<'a>) -> XattrSource<'a> {
+    match s {
+        XattrSource::Fd(fd) => XattrSource::Fd(*fd),
+        XattrSource::At(d, n) => XattrSource::At(*d, n),
+    }
+}
+
+/// Decides whether a failed xattr change is fatal. Not fatal, and reported
+/// once in the summary: a filesystem without xattr support (`ENOTSUP`), and
+/// without privilege a `security.*` or `trusted.*` xattr refused with
+/// `EPERM`/`EACCES`. Everything else is an error.
+fn tolerate(ctx: &Ctx<'_>, rel: &[u8], name: &[u8], e: SysError, what: &str) -> Result<(), UnpackError> {
+    let n = String::from_utf8_lossy(name);
+    if e.errno == Errno::NOTSUP {
+        ctx.not_applied(NotAppliedKind::Xattr, rel, format!("xattr {n} {what}: not supported by the filesystem"));
+        return Ok(());
+    }
+    if ctx.rootless && matches!(e.errno, Errno::PERM | Errno::ACCESS) && is_privileged_ns(name) {
+        ctx.not_applied(NotAppliedKind::Xattr, rel, format!("xattr {n} {what}: needs privilege"));
+        return Ok(());
+    }
+    Err(e.into())
+}

@@ -1,0 +1,445 @@
+//! `ocix unpack`: scan -> unpack -> scan round trips (library and CLI, root
+//! and rootless), holes, id maps, and `--update` bringing a damaged or
+//! half-written tree back to the manifest.
+
+mod common;
+
+use common::{chmod, is_root, make_tree, set_mtime, write};
+use ocix::manifest::{Entry, Kind, Manifest};
+use ocix::materialize::{IdMap, NotAppliedKind, UnpackOptions, unpack};
+use ocix::scan::{ScanOptions, scan_dir};
+use ocix::store::Store;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn scan(dir: &Path, store: Option<&Store>) -> Manifest {
+    scan_dir(dir, store, &ScanOptions::default()).unwrap_or_else(|e| panic!("scan {}: {e}", dir.display())).manifest
+}
+
+fn scan_rootless(dir: &Path) -> Manifest {
+    let o = ScanOptions { rootless: true, ..ScanOptions::default() };
+    scan_dir(dir, None, &o).unwrap_or_else(|e| panic!("scan --rootless {}: {e}", dir.display())).manifest
+}
+
+fn setfacl(args: &[&str], p: &Path) {
+    let st = Command::new("setfacl").args(args).arg(p).status().expect("run setfacl");
+    assert!(st.success(), "setfacl {args:?} {}", p.display());
+}
+
+/// The shared sample tree plus what unpack must handle on top: a
+/// capability, ACLs (access and default), a setgid directory, directories
+/// without owner write permission that still have children, owners.
+fn make_full_tree(root: &Path) {
+    make_tree(root, false);
+    let j = |s: &str| root.join(s);
+    std::fs::create_dir(j("ro")).unwrap();
+    write(&j("ro/inside"), b"in a 0555 directory\n");
+    std::fs::create_dir(j("ro/sub")).unwrap();
+    write(&j("ro/sub/deep"), b"deeper\n");
+    std::fs::create_dir(j("wx")).unwrap();
+    write(&j("wx/secret"), b"in a 0311 directory\n");
+    std::fs::create_dir(j("sgid")).unwrap();
+    write(&j("cap"), b"#!/bin/true\n");
+    rustix::fs::setxattr(j("cap"), "security.capability", &cap_net_raw(), rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(j("ro/inside"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
+    setfacl(&["-m", "u:123:rx,g:45:r"], &j("a/b"));
+    setfacl(&["-d", "-m", "u:5:r"], &j("a/b"));
+    std::os::unix::fs::lchown(j("sgid"), Some(10), Some(20)).unwrap();
+    std::os::unix::fs::lchown(j("ro/inside"), Some(1), Some(0)).unwrap();
+    std::os::unix::fs::lchown(j("fifo"), Some(7), Some(8)).unwrap();
+    chmod(&j("sgid"), 0o2775);
+    chmod(&j("ro/sub"), 0o555);
+    chmod(&j("ro"), 0o555);
+    chmod(&j("wx"), 0o311);
+    for p in ["ro/sub/deep", "ro/inside", "ro/sub", "ro", "wx/secret", "wx", "sgid", "cap", "a/b", "fifo", "a", ""] {
+        set_mtime(&j(p), 1_600_000_000, 42);
+    }
+}
+
+/// A v3 `security.capability` value granting CAP_NET_RAW (effective,
+/// permitted), root id 0.
+fn cap_net_raw() -> Vec<u8> {
+    let mut v = vec![0u8; 24];
+    v[..4].copy_from_slice(&0x0300_0001u32.to_le_bytes()); // VFS_CAP_REVISION_3 | EFFECTIVE
+    v[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes()); // permitted: CAP_NET_RAW
+    v
+}
+
+/// A temporary directory every user can enter (for the rootless tests).
+fn open_tempdir() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    chmod(t.path(), 0o755);
+    t
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    std::fs::read_dir(p).unwrap().next().is_none()
+}
+
+fn names_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().as_bytes().windows(needle.len()).any(|w| w == needle) {
+                out.push(e.path());
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn round_trip_as_root_gives_the_same_manifest_bytes() {
+    assert!(is_root(), "the round trip test needs root (CI runs as root)");
+    let t = tempfile::tempdir().unwrap();
+    let (src, out) = (t.path().join("src"), t.path().join("out"));
+    std::fs::create_dir(&src).unwrap();
+    make_full_tree(&src);
+    let store = Store::create(&t.path().join("store")).unwrap();
+    let m = scan(&src, Some(&store));
+    // the tree really has what this test claims to cover
+    assert!(m.get(b"cap").unwrap().meta.xattrs.contains_key(b"security.capability".as_slice()));
+    assert!(m.get(b"a/b").unwrap().meta.xattrs.contains_key(b"system.posix_acl_default".as_slice()));
+    assert!(matches!(m.get(b"null").unwrap().kind, Kind::Char(_)));
+    assert!(matches!(m.get(b"hl-1").unwrap().kind, Kind::Hardlink(_)));
+    assert!(m.get(b"names/\xff\xfe-latin1").is_some());
+    assert_eq!(m.get(b"wx").unwrap().meta.mode, 0o311);
+
+    let r = unpack(&m, &store, &out, &UnpackOptions::default()).unwrap();
+    assert!(!r.rootless);
+    assert_eq!(r.hardlinks, 2);
+    assert!(r.not_applied.is_empty(), "{:?}", r.not_applied);
+    let back = scan(&out, None);
+    assert_eq!(back.to_bytes().unwrap(), m.to_bytes().unwrap(), "{back:#?}\nvs\n{m:#?}");
+
+    // zero runs are holes: 8 MiB file with 14 KB of data
+    let sparse = std::fs::metadata(out.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), 8 << 20);
+    assert!(sparse.blocks() * 512 <= 64 << 10, "sparse file has {} blocks allocated", sparse.blocks());
+    // a file that is all zeros is all hole
+    assert_eq!(std::fs::metadata(out.join("a/b/zero4k")).unwrap().blocks(), 0);
+    // hardlinks share the inode
+    let ino = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().ino();
+    assert_eq!(ino("a/hello"), ino("hl-1"));
+    assert_eq!(ino("a/hello"), ino("a/b/hl-2"));
+    // no temporary names left
+    assert!(names_containing(&out, b".ocix-tmp").is_empty());
+}
+
+#[test]
+fn cli_round_trip_and_nonempty_destination() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, out, s) = (t.path().join("src"), t.path().join("out"), t.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    make_full_tree(&src);
+    let m1 = t.path().join("m1");
+    let o = common::run(&[
+        OsStr::new("scan"),
+        src.as_os_str(),
+        OsStr::new("--store"),
+        s.as_os_str(),
+        OsStr::new("-o"),
+        m1.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = common::run(&[OsStr::new("unpack"), m1.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m2 = t.path().join("m2");
+    let o = common::run(&[OsStr::new("scan"), out.as_os_str(), OsStr::new("-o"), m2.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&m1).unwrap(), std::fs::read(&m2).unwrap());
+    // a second unpack into the same place needs --update
+    let o = common::run(&[OsStr::new("unpack"), m1.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not empty") && err.contains(out.to_str().unwrap()), "{err}");
+    let o = common::run(&[
+        OsStr::new("unpack"),
+        m1.as_os_str(),
+        OsStr::new("--store"),
+        s.as_os_str(),
+        OsStr::new("--update"),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// What `scan --rootless` of a rootless unpack gives back: the manifest,
+/// except device nodes (empty files with the device's metadata), privileged
+/// xattrs (dropped), and owners of symlinks and fifos (which cannot carry
+/// the user.rootlesscontainers xattr: 0:0).
+fn rootless_expectation(m: &Manifest) -> Manifest {
+    fn fix(e: &mut Entry) {
+        e.meta.xattrs.retain(|k, _| !k.starts_with(b"security.") && !k.starts_with(b"trusted."));
+        match &mut e.kind {
+            Kind::Char(_) | Kind::Block(_) => e.kind = Kind::File(Default::default()),
+            Kind::Symlink(_) | Kind::Fifo => {
+                e.meta.uid = 0;
+                e.meta.gid = 0;
+            }
+            Kind::Dir(c) => c.values_mut().for_each(fix),
+            _ => {}
+        }
+        e.meta.uname = None;
+        e.meta.gname = None;
+    }
+    let mut m = m.clone();
+    fix(&mut m.root);
+    m
+}
+
+fn strip_names(m: &Manifest) -> Manifest {
+    fn f(e: &mut Entry) {
+        e.meta.uname = None;
+        e.meta.gname = None;
+        if let Kind::Dir(c) = &mut e.kind {
+            c.values_mut().for_each(f);
+        }
+    }
+    let mut m = m.clone();
+    f(&mut m.root);
+    m
+}
+
+fn as_nobody(args: &[&OsStr]) -> std::process::Output {
+    common::ocix_as_nobody().args(args).output().expect("run setpriv")
+}
+
+#[test]
+fn rootless_round_trip_as_nobody() {
+    assert!(is_root(), "this test drops privileges from root");
+    let t = open_tempdir();
+    let (src, s) = (t.path().join("src"), t.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    make_full_tree(&src);
+    // a root without owner write permission: a rerun must still get in
+    chmod(&src, 0o555);
+    let store = Store::create(&s).unwrap();
+    let m = scan(&src, Some(&store));
+    let mpath = t.path().join("m");
+    std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
+    chmod(&mpath, 0o644);
+    let st = Command::new("chmod").args(["-R", "a+rX"]).arg(&s).status().unwrap();
+    assert!(st.success());
+    // nobody may write only here
+    let home = t.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::lchown(&home, Some(65534), Some(65534)).unwrap();
+    let out = home.join("out");
+
+    let o =
+        as_nobody(&[OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // one summary of what could not be applied
+    assert!(err.contains("devices written as empty files"), "{err}");
+    assert!(err.contains("security.capability"), "{err}");
+    // everything is owned by the unpacking user; intended owners in the xattr
+    let md = std::fs::symlink_metadata(out.join("sgid")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    let x = rustix::fs::getxattr(out.join("sgid"), "user.rootlesscontainers", &mut vec![0u8; 64]).unwrap();
+    assert!(x > 0);
+    // directories without owner write permission got their children
+    assert!(out.join("wx/secret").exists() || std::fs::symlink_metadata(out.join("wx/secret")).is_ok());
+    assert_eq!(std::fs::symlink_metadata(out.join("wx")).unwrap().mode() & 0o7777, 0o311);
+    assert!(std::fs::symlink_metadata(out.join("null")).unwrap().file_type().is_file());
+
+    let back = scan_rootless(&out);
+    assert_eq!(
+        strip_names(&back),
+        rootless_expectation(&m),
+        "rootless round trip differs beyond the documented exceptions"
+    );
+
+    // --update as nobody over its own tree (0555/0311 directories included) is clean
+    let o = as_nobody(&[
+        OsStr::new("unpack"),
+        mpath.as_os_str(),
+        OsStr::new("--store"),
+        s.as_os_str(),
+        OsStr::new("--update"),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(strip_names(&scan_rootless(&out)), rootless_expectation(&m));
+}
+
+#[test]
+fn forced_rootless_as_root_matches_umoci_convention() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::create(&t.path().join("s")).unwrap();
+    let mut m = Manifest::default();
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
+    let mut f = Entry::new(Kind::File(Default::default()));
+    f.meta.uid = 1000;
+    f.meta.gid = 0;
+    c.insert(b"f".to_vec(), f);
+    c.insert(b"z".to_vec(), Entry::new(Kind::File(Default::default())));
+    let out = t.path().join("out");
+    let r = unpack(&m, &store, &out, &UnpackOptions { rootless: true, ..Default::default() }).unwrap();
+    assert!(r.rootless);
+    let mut buf = vec![0u8; 64];
+    let n = rustix::fs::getxattr(out.join("f"), "user.rootlesscontainers", &mut buf).unwrap();
+    // uid 1000, gid 0 written as NoopID
+    assert_eq!(&buf[..n], &[0x08, 0xe8, 0x07, 0x10, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    assert_eq!(ocix::rootless::decode(&buf[..n]).unwrap(), (1000, 0));
+    // 0:0 carries no xattr
+    assert!(rustix::fs::getxattr(out.join("z"), "user.rootlesscontainers", &mut buf).is_err());
+    assert_eq!(std::fs::metadata(out.join("f")).unwrap().uid(), 0, "no chown when rootless");
+}
+
+#[test]
+fn uid_and_gid_maps_shift_owners() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::create(&t.path().join("s")).unwrap();
+    let mut m = Manifest::default();
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
+    let mut f = Entry::new(Kind::File(Default::default()));
+    f.meta.uid = 5;
+    f.meta.gid = 7;
+    c.insert(b"f".to_vec(), f);
+    c.insert(b"l".to_vec(), Entry::new(Kind::Symlink(b"f".to_vec())));
+    let opts = UnpackOptions {
+        uid_map: vec!["0:100000:1000".parse::<IdMap>().unwrap()],
+        gid_map: vec!["0:200000:10".parse::<IdMap>().unwrap()],
+        ..Default::default()
+    };
+    let out = t.path().join("out");
+    unpack(&m, &store, &out, &opts).unwrap();
+    let md = std::fs::symlink_metadata(out.join("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (100005, 200007));
+    let md = std::fs::symlink_metadata(out.join("l")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (100000, 200000));
+    assert_eq!(std::fs::symlink_metadata(&out).unwrap().uid(), 100000);
+    // an id outside every range is an error naming the entry
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
+    c.get_mut(b"f".as_slice()).unwrap().meta.gid = 10;
+    let e = unpack(&m, &store, &t.path().join("out2"), &opts).unwrap_err().to_string();
+    assert!(e.contains("/f") && e.contains("gid 10"), "{e}");
+}
+
+#[test]
+fn update_repairs_a_damaged_tree_with_least_work() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, out) = (t.path().join("src"), t.path().join("out"));
+    std::fs::create_dir(&src).unwrap();
+    make_full_tree(&src);
+    let store = Store::create(&t.path().join("store")).unwrap();
+    let m = scan(&src, Some(&store));
+    unpack(&m, &store, &out, &UnpackOptions::default()).unwrap();
+    let j = |s: &str| out.join(s);
+    let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
+    let big_ino = ino(&j("a/b/big"));
+
+    // content changed, size and mtime kept: must still be caught
+    let md = std::fs::metadata(j("names/-dash")).unwrap();
+    write(&j("names/-dash"), b"D\n");
+    set_mtime(&j("names/-dash"), md.mtime(), md.mtime_nsec());
+    // metadata drift
+    chmod(&j("perm/setuid"), 0o755);
+    std::os::unix::fs::lchown(j("a/hello"), Some(9), Some(9)).unwrap();
+    rustix::fs::setxattr(j("a"), "user.extra", b"x", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::removexattr(j("cap"), "security.capability").unwrap();
+    set_mtime(&j("empty"), 5, 5);
+    // extra entries, one in a read-only directory tree
+    write(&j("extra-file"), b"x");
+    std::fs::create_dir_all(j("extra-dir/d")).unwrap();
+    write(&j("extra-dir/d/f"), b"x");
+    chmod(&j("extra-dir/d"), 0o555);
+    chmod(&j("extra-dir"), 0o000);
+    // type changes
+    std::fs::remove_dir(j("empty")).unwrap();
+    write(&j("empty"), b"now a file");
+    std::fs::remove_file(j("empty-file")).unwrap();
+    std::fs::create_dir_all(j("empty-file/x")).unwrap();
+    std::fs::remove_file(j("link")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", j("link")).unwrap();
+    // a hardlink broken into a copy, another replaced by a symlink
+    std::fs::remove_file(j("hl-1")).unwrap();
+    write(&j("hl-1"), b"hello, world\n");
+    std::fs::remove_file(j("a/b/hl-2")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", j("a/b/hl-2")).unwrap();
+    // something missing, and a leftover temporary file of a killed unpack
+    std::fs::remove_file(j("sparse")).unwrap();
+    write(&j("a/.ocix-tmp.1.1"), b"partial");
+    // an inherited default ACL makes new children get ACLs they must not keep
+    setfacl(&["-d", "-m", "u:77:rwx"], &out);
+
+    let r = unpack(&m, &store, &out, &UnpackOptions { update: true, ..Default::default() }).unwrap();
+    let back = scan(&out, None);
+    assert_eq!(back.to_bytes().unwrap(), m.to_bytes().unwrap(), "{back:#?}");
+    // untouched content is not rewritten
+    assert_eq!(ino(&j("a/b/big")), big_ino);
+    assert!(r.files_kept >= 5, "{r:?}");
+    assert!(r.removed >= 5, "{r:?}");
+    assert_eq!(std::fs::read(j("names/-dash")).unwrap(), b"d\n");
+    assert_eq!(ino(&j("hl-1")), ino(&j("a/hello")));
+    assert_eq!(ino(&j("a/b/hl-2")), ino(&j("a/hello")));
+    assert!(names_containing(&out, b".ocix-tmp").is_empty());
+    assert!(std::fs::symlink_metadata("/etc/passwd").is_ok());
+}
+
+#[test]
+fn killed_unpack_then_update_ends_in_the_exact_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, s, out) = (t.path().join("src"), t.path().join("store"), t.path().join("out"));
+    std::fs::create_dir(&src).unwrap();
+    make_full_tree(&src);
+    // many files so the kill lands somewhere in the middle
+    std::fs::create_dir(src.join("many")).unwrap();
+    for i in 0..1500 {
+        write(&src.join(format!("many/{i:04}")), &common::noise(3000 + i, i as u64));
+    }
+    set_mtime(&src.join("many"), 1, 0);
+    let store = Store::create(&s).unwrap();
+    let m = scan(&src, Some(&store));
+    let mpath = t.path().join("m");
+    std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
+    // The kill moment does not matter for the assertion: whatever state the
+    // tree is in, --update must end in the exact tree.
+    for delay_ms in [0u64, 15, 60] {
+        let _ = std::fs::remove_dir_all(&out);
+        let mut child = common::ocix()
+            .args([OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let o = common::run(&[
+            OsStr::new("unpack"),
+            mpath.as_os_str(),
+            OsStr::new("--store"),
+            s.as_os_str(),
+            OsStr::new("--update"),
+            out.as_os_str(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(scan(&out, None).to_bytes().unwrap(), m.to_bytes().unwrap(), "after a kill at {delay_ms} ms");
+    }
+}
+
+#[test]
+fn sockets_are_skipped_and_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::create(&t.path().join("s")).unwrap();
+    let mut m = Manifest::default();
+    let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
+    c.insert(b"sock".to_vec(), Entry::new(Kind::Socket));
+    let out = t.path().join("out");
+    // progress on: drawn only on a terminal, must not disturb anything else
+    let opts = UnpackOptions { progress: true, ..Default::default() };
+    let r = unpack(&m, &store, &out, &opts).unwrap();
+    assert_eq!(r.not_applied.len(), 1);
+    assert_eq!(r.not_applied[0].kind, NotAppliedKind::Socket);
+    assert!(r.summary(3)[0].contains("/sock"), "{:?}", r.summary(3));
+    assert!(dir_is_empty(&out));
+}

@@ -1,0 +1,369 @@
+//! `ocix unpack` against hostile manifests, stores and destinations: each
+//! case gets a clear error naming the path (or a documented safe outcome),
+//! and a sentinel directory outside the destination stays untouched.
+
+mod common;
+
+use ocix::manifest::{BLOCK, Digest, Entry, File, Kind, Manifest};
+use ocix::materialize::{UnpackError, UnpackOptions, unpack};
+use ocix::store::Store;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+struct Fixture {
+    _t: tempfile::TempDir,
+    base: PathBuf,
+    store: Store,
+    sentinel: PathBuf,
+    dest: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let t = tempfile::tempdir().unwrap();
+        common::chmod(t.path(), 0o755);
+        let base = t.path().to_path_buf();
+        let store = Store::create(&base.join("store")).unwrap();
+        let sentinel = base.join("sentinel");
+        std::fs::create_dir(&sentinel).unwrap();
+        common::chmod(&sentinel, 0o777);
+        Fixture { dest: base.join("dest"), _t: t, base, store, sentinel }
+    }
+
+    /// Nothing was created, changed or removed outside the destination.
+    fn assert_sentinel_untouched(&self) {
+        let names: Vec<_> = std::fs::read_dir(&self.sentinel).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.is_empty(), "sentinel outside DEST was written: {names:?}");
+    }
+
+    /// A regular file entry whose content is stored as a blob.
+    fn file(&self, content: &[u8]) -> Entry {
+        let digest = (!content.is_empty()).then(|| self.store.put_bytes(content).unwrap());
+        Entry::new(Kind::File(File { size: content.len() as u64, digest, zeros: zero_runs(content) }))
+    }
+
+    /// Overwrites the blob named `d` with other bytes (a damaged store).
+    fn damage_blob(&self, d: &Digest, bytes: &[u8]) {
+        let p = self.store.blob_path(d);
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, bytes).unwrap();
+    }
+
+    fn unpack(&self, m: &Manifest, update: bool) -> Result<ocix::materialize::UnpackReport, UnpackError> {
+        unpack(m, &self.store, &self.dest, &UnpackOptions { update, ..Default::default() })
+    }
+}
+
+fn zero_runs(c: &[u8]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (i, b) in c.chunks_exact(BLOCK as usize).enumerate() {
+        if b.iter().all(|&x| x == 0) {
+            match runs.last_mut() {
+                Some((s, n)) if *s + *n == i as u64 => *n += 1,
+                _ => runs.push((i as u64, 1)),
+            }
+        }
+    }
+    runs
+}
+
+fn tree(children: Vec<(&[u8], Entry)>) -> Entry {
+    Entry::new(Kind::Dir(children.into_iter().map(|(n, e)| (n.to_vec(), e)).collect::<BTreeMap<_, _>>()))
+}
+
+fn manifest(children: Vec<(&[u8], Entry)>) -> Manifest {
+    Manifest { root: tree(children) }
+}
+
+fn digest_of(e: &Entry) -> Digest {
+    match &e.kind {
+        Kind::File(f) => f.digest.unwrap(),
+        _ => panic!("not a file"),
+    }
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd {
+            out.push(e.unwrap().file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn destination_that_is_a_symlink_is_refused() {
+    let fx = Fixture::new();
+    std::os::unix::fs::symlink(&fx.sentinel, &fx.dest).unwrap();
+    let m = manifest(vec![(b"f", fx.file(b"x"))]);
+    let e = fx.unpack(&m, false).unwrap_err();
+    assert!(matches!(e, UnpackError::DestSymlink(_)), "{e}");
+    assert!(e.to_string().contains(fx.dest.to_str().unwrap()), "{e}");
+    // with a trailing slash (which would make the kernel follow it), and with --update
+    let slash = PathBuf::from(format!("{}/", fx.dest.display()));
+    let e = unpack(&m, &fx.store, &slash, &UnpackOptions { update: true, ..Default::default() }).unwrap_err();
+    assert!(matches!(e, UnpackError::DestSymlink(_)), "{e}");
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn destination_that_is_a_file_or_not_empty_is_refused() {
+    let fx = Fixture::new();
+    let m = manifest(vec![(b"f", fx.file(b"x"))]);
+    std::fs::write(&fx.dest, b"").unwrap();
+    assert!(matches!(fx.unpack(&m, false).unwrap_err(), UnpackError::DestNotDir(_)));
+    std::fs::remove_file(&fx.dest).unwrap();
+    std::fs::create_dir(&fx.dest).unwrap();
+    std::fs::write(fx.dest.join("keep"), b"mine").unwrap();
+    assert!(matches!(fx.unpack(&m, false).unwrap_err(), UnpackError::DestNotEmpty(_)));
+    assert_eq!(std::fs::read(fx.dest.join("keep")).unwrap(), b"mine");
+    assert!(!fx.dest.join("f").exists());
+}
+
+#[test]
+fn existing_symlinks_in_destination_are_replaced_never_followed() {
+    let fx = Fixture::new();
+    std::fs::create_dir(&fx.dest).unwrap();
+    let s = &fx.sentinel;
+    // a directory replaced by a symlink, files replaced by symlinks, a
+    // symlink where a hardlink goes, one inside a kept directory
+    std::os::unix::fs::symlink(s, fx.dest.join("etc")).unwrap();
+    std::os::unix::fs::symlink(s.join("f"), fx.dest.join("f")).unwrap();
+    std::os::unix::fs::symlink(s.join("h"), fx.dest.join("hl")).unwrap();
+    std::fs::create_dir(fx.dest.join("d")).unwrap();
+    std::os::unix::fs::symlink(s, fx.dest.join("d/x")).unwrap();
+    std::os::unix::fs::symlink(s, fx.dest.join("d/sub")).unwrap();
+    let m = manifest(vec![
+        (b"d", tree(vec![(b"sub", tree(vec![(b"y", fx.file(b"y"))])), (b"x", fx.file(b"x"))])),
+        (b"etc", tree(vec![(b"passwd", fx.file(b"root:x:0:0::/root:/bin/sh\n"))])),
+        (b"f", fx.file(b"f")),
+        (b"hl", Entry::new(Kind::Hardlink(b"f".to_vec()))),
+        // a symlink pointing outside is created as data, never followed
+        (b"out", Entry::new(Kind::Symlink(s.as_os_str().as_encoded_bytes().to_vec()))),
+    ]);
+    fx.unpack(&m, true).unwrap();
+    fx.assert_sentinel_untouched();
+    assert!(std::fs::symlink_metadata(fx.dest.join("etc")).unwrap().is_dir());
+    assert_eq!(std::fs::read(fx.dest.join("etc/passwd")).unwrap(), b"root:x:0:0::/root:/bin/sh\n");
+    assert!(std::fs::symlink_metadata(fx.dest.join("d/sub")).unwrap().is_dir());
+    assert!(std::fs::symlink_metadata(fx.dest.join("f")).unwrap().is_file());
+    assert!(std::fs::symlink_metadata(fx.dest.join("out")).unwrap().file_type().is_symlink());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(fx.dest.join("hl")).unwrap().ino(),
+        std::fs::metadata(fx.dest.join("f")).unwrap().ino()
+    );
+    // a second update with the outside symlink in place changes nothing outside
+    fx.unpack(&m, true).unwrap();
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn escaping_names_and_hardlinks_are_rejected_before_anything_is_written() {
+    let fx = Fixture::new();
+    let bad: Vec<(&str, Manifest)> = vec![
+        ("dotdot name", manifest(vec![(b"..", fx.file(b"x"))])),
+        ("slash in name", manifest(vec![(b"a/b", fx.file(b"x"))])),
+        ("empty name", manifest(vec![(b"", fx.file(b"x"))])),
+        // a symlink, then an entry "beneath" it: only expressible as a name with /
+        (
+            "entry beneath a symlink",
+            manifest(vec![
+                (b"a", Entry::new(Kind::Symlink(fx.sentinel.as_os_str().as_encoded_bytes().to_vec()))),
+                (b"a/x", fx.file(b"x")),
+            ]),
+        ),
+        (
+            "hardlink up",
+            manifest(vec![(b"f", fx.file(b"x")), (b"l", Entry::new(Kind::Hardlink(b"../sentinel/x".to_vec())))]),
+        ),
+        (
+            "hardlink absolute",
+            manifest(vec![(b"f", fx.file(b"x")), (b"l", Entry::new(Kind::Hardlink(b"/etc/passwd".to_vec())))]),
+        ),
+        ("hardlink to dir", manifest(vec![(b"d", tree(vec![])), (b"l", Entry::new(Kind::Hardlink(b"d".to_vec())))])),
+        (
+            "hardlink to symlink",
+            manifest(vec![
+                (b"a", Entry::new(Kind::Symlink(b"/etc/passwd".to_vec()))),
+                (b"l", Entry::new(Kind::Hardlink(b"a".to_vec()))),
+            ]),
+        ),
+        ("hardlink forward", manifest(vec![(b"a", Entry::new(Kind::Hardlink(b"z".to_vec()))), (b"z", fx.file(b"x"))])),
+        ("hardlink to itself", manifest(vec![(b"a", Entry::new(Kind::Hardlink(b"a".to_vec())))])),
+    ];
+    for (what, m) in bad {
+        let e = fx.unpack(&m, false).unwrap_err();
+        assert!(matches!(e, UnpackError::Manifest(_)), "{what}: {e}");
+        assert!(!fx.dest.exists(), "{what}: destination created for an invalid manifest");
+    }
+    fx.assert_sentinel_untouched();
+}
+
+/// Damages a blob in a fixture's store.
+type Damage = dyn Fn(&Fixture, &Digest);
+
+/// Each damaged-blob case, for a file copied whole (copy_file_range) and a
+/// file with zero runs (read, hashed, written around holes).
+#[test]
+fn bad_blobs_fail_naming_path_and_digest_and_leave_no_file() {
+    let mut sparse = vec![0u8; 2 * BLOCK as usize];
+    sparse.extend_from_slice(b"tail after two zero blocks");
+    for content in [b"plain content, no zero runs".to_vec(), sparse] {
+        let cases: Vec<(&str, Box<Damage>, &str)> = vec![
+            ("short", Box::new(|fx: &Fixture, d: &Digest| fx.damage_blob(d, b"short")), "bytes, expected"),
+            (
+                "long",
+                Box::new(|fx: &Fixture, d: &Digest| {
+                    let mut v = std::fs::read(fx.store.blob_path(d)).unwrap();
+                    v.extend_from_slice(b"more");
+                    fx.damage_blob(d, &v)
+                }),
+                "bytes, expected",
+            ),
+            (
+                "corrupt",
+                Box::new(|fx: &Fixture, d: &Digest| {
+                    let mut v = std::fs::read(fx.store.blob_path(d)).unwrap();
+                    let last = v.len() - 1;
+                    v[last] ^= 1;
+                    fx.damage_blob(d, &v)
+                }),
+                "has digest",
+            ),
+            (
+                "missing",
+                Box::new(|fx: &Fixture, d: &Digest| std::fs::remove_file(fx.store.blob_path(d)).unwrap()),
+                "missing",
+            ),
+        ];
+        for (what, damage, says) in cases {
+            let fx = Fixture::new();
+            let f = fx.file(&content);
+            let d = digest_of(&f);
+            let m = manifest(vec![(b"dir", tree(vec![(b"victim", f)]))]);
+            damage(&fx, &d);
+            let e = fx.unpack(&m, false).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, UnpackError::Content { .. }), "{what}: {msg}");
+            assert!(msg.contains("/dir/victim") && msg.contains(&d.to_string()) && msg.contains(says), "{what}: {msg}");
+            assert!(leftovers(&fx.dest.join("dir")).is_empty(), "{what}: left {:?}", leftovers(&fx.dest.join("dir")));
+            fx.assert_sentinel_untouched();
+        }
+    }
+}
+
+#[test]
+fn huge_declared_size_is_an_error_not_an_allocation() {
+    let fx = Fixture::new();
+    let d = fx.store.put_bytes(b"tiny").unwrap();
+    for size in [1u64 << 40, i64::MAX as u64] {
+        let _ = std::fs::remove_dir_all(&fx.dest);
+        let m = manifest(vec![(b"big", Entry::new(Kind::File(File { size, digest: Some(d), zeros: vec![] })))]);
+        let e = fx.unpack(&m, false).unwrap_err().to_string();
+        assert!(e.contains("/big") && e.contains(&d.to_string()) && e.contains("4 bytes"), "{e}");
+        assert!(leftovers(&fx.dest).is_empty(), "{:?}", leftovers(&fx.dest));
+    }
+    // all declared as one zero run: the blob still has to be that size
+    let size = 1u64 << 40;
+    let m = manifest(vec![(
+        b"big",
+        Entry::new(Kind::File(File { size, digest: Some(d), zeros: vec![(0, size / BLOCK)] })),
+    )]);
+    let _ = std::fs::remove_dir_all(&fx.dest);
+    let e = fx.unpack(&m, false).unwrap_err().to_string();
+    assert!(e.contains("/big"), "{e}");
+    assert!(leftovers(&fx.dest).is_empty());
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn read_only_destination_fails_naming_the_path() {
+    assert!(common::is_root(), "this test drops privileges from root");
+    let fx = Fixture::new();
+    let m = manifest(vec![(b"f", fx.file(b"x"))]);
+    let mpath = fx.base.join("m");
+    std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
+    let st = std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(fx.base.join("store")).status().unwrap();
+    assert!(st.success());
+    // root-owned, 0755: nobody can read it but not write into it
+    std::fs::create_dir(&fx.dest).unwrap();
+    common::chmod(&fx.dest, 0o755);
+    let o = common::ocix_as_nobody()
+        .args([
+            OsStr::new("unpack"),
+            mpath.as_os_str(),
+            OsStr::new("--store"),
+            fx.base.join("store").as_os_str(),
+            fx.dest.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(fx.dest.to_str().unwrap()) && err.contains("Permission denied"), "{err}");
+    assert!(leftovers(&fx.dest).is_empty());
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn full_destination_fails_naming_the_path_and_cleans_up() {
+    assert!(common::is_root(), "this test mounts a small tmpfs");
+    let fx = Fixture::new();
+    let mnt = fx.base.join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let st =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Umount(mnt.clone());
+    let m = manifest(vec![(b"big", fx.file(&common::noise(3 << 20, 9))), (b"small", fx.file(b"fits"))]);
+    let dest = mnt.join("dest");
+    let e = unpack(&m, &fx.store, &dest, &UnpackOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("/dest/big") && e.contains("No space left"), "{e}");
+    assert!(!leftovers(&dest).iter().any(|n| n.contains("ocix-tmp") || n == "big"), "{:?}", leftovers(&dest));
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn user_xattr_on_a_symlink_is_a_clear_error_as_root() {
+    assert!(common::is_root());
+    let fx = Fixture::new();
+    let mut l = Entry::new(Kind::Symlink(b"target".to_vec()));
+    l.meta.xattrs.insert(b"user.x".to_vec(), b"v".to_vec());
+    let m = manifest(vec![(b"l", l)]);
+    let e = fx.unpack(&m, false).unwrap_err().to_string();
+    assert!(e.contains("/l") && e.contains("user.x"), "{e}");
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn duplicate_paths_in_the_bytes_are_rejected_by_the_cli() {
+    let fx = Fixture::new();
+    let m = manifest(vec![(b"a", fx.file(b"1")), (b"b", fx.file(b"2"))]);
+    let mut bytes = m.to_bytes().unwrap();
+    // the name "b" (bstr of length 1: 0x41 'b') becomes a second "a"
+    let at = bytes.windows(2).position(|w| w == [0x41, b'b']).unwrap();
+    bytes[at + 1] = b'a';
+    let mpath = fx.base.join("m");
+    std::fs::write(&mpath, &bytes).unwrap();
+    let o = common::run(&[
+        OsStr::new("unpack"),
+        mpath.as_os_str(),
+        OsStr::new("--store"),
+        fx.base.join("store").as_os_str(),
+        fx.dest.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("invalid OCIX manifest"), "{err}");
+    assert!(!fx.dest.exists());
+    fx.assert_sentinel_untouched();
+}
