@@ -9,11 +9,13 @@
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
 //! - [`oci`]: an OCI image layout -> manifest (+ blobs), layers applied in memory.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
+//! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
 //! - [`sys`]: the thin layer over filesystem syscalls, with errors that name
 //!   the call and the path.
 //! - [`cli`]: the `ocix` command line.
 
+pub mod bundle;
 pub mod cli;
 pub mod diff;
 pub mod manifest;
