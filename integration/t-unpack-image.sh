@@ -2,7 +2,8 @@
 # ocix unpack --image against umoci unpack on the corpus image, compared by
 # independent tools (mtree-netbsd keywords and getfattr dumps): as root, and
 # rootless as uid 65534. Holes are the one deliberate difference (umoci
-# writes them as zeros): the sparse files must stay sparse.
+# writes them as zeros): the sparse files must stay sparse. Both bundles run
+# under runc (root, and rootless as 65534).
 . "$(dirname "$0")/lib.sh"
 ensure_corpus
 REF=$CORPUS/rootfs-reference          # umoci unpack (root) of image:debian
@@ -35,3 +36,17 @@ as_nobody "$W/ocix" unpack --rootless --image "$W/image:debian" "$W/nobody/ocix"
   fail "ocix rootless unpack: $(cat "$W/rootless.err")"
 same_tree "$W/nobody/umoci/rootfs" "$W/nobody/ocix/rootfs" rootless
 note "rootless: equal to umoci's rootless tree (owners in user.rootlesscontainers, devices as empty files)"
+
+# the bundles run: runc as root, and runc --rootless as 65534
+trueargs() { jq '.process.args = ["/bin/true"] | .process.terminal = false' "$1/config.json" >"$1/config.json.new" && mv "$1/config.json.new" "$1/config.json"; }
+trueargs "$W/bundle"
+mkdir -p "$W/runc-root"
+timeout 120 runc --root "$W/runc-root" run --bundle "$W/bundle" ocix-it-root </dev/null || fail "runc run of ocix's bundle did not exit 0"
+runc --root "$W/runc-root" delete -f ocix-it-root >/dev/null 2>&1 || true
+[ -c /dev/null ] || fail "host /dev/null is not a character device; rootless runc needs it"
+as_nobody sh -c "jq '.process.args = [\"/bin/true\"] | .process.terminal = false' '$W/nobody/ocix/config.json' >'$W/nobody/ocix/config.json.new' && mv '$W/nobody/ocix/config.json.new' '$W/nobody/ocix/config.json'"
+as_nobody mkdir -p "$W/nobody/xdg" "$W/nobody/runc-state"
+timeout 120 setpriv --reuid=65534 --regid=65534 --clear-groups env XDG_RUNTIME_DIR="$W/nobody/xdg" \
+  runc --rootless true --root "$W/nobody/runc-state" run --bundle "$W/nobody/ocix" ocix-it-rl </dev/null ||
+  fail "runc --rootless run of ocix's rootless bundle as 65534 did not exit 0"
+note "runc runs both bundles (/bin/true exit 0)"

@@ -151,6 +151,8 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
     Ok(ExitCode::SUCCESS)
 }
 
+/// BUNDLE/config.json from the image config, as `umoci unpack` writes it;
+/// the rootless variant when the rootfs was unpacked rootless.
 fn write_runtime_config(
     bundle: &Path,
     rootfs: &Path,
@@ -158,6 +160,15 @@ fn write_runtime_config(
     opts: &UnpackOptions,
     rootless: bool,
 ) -> anyhow::Result<()> {
-    let _ = (bundle, rootfs, image, opts, rootless);
+    use crate::bundle::{BundleOptions, id_mapping, parse_image_config, runtime_config, write_bundle_config};
+    let config = parse_image_config(&image.config_raw)?;
+    let maps = |m: &[IdMap]| m.iter().map(|m| id_mapping(m.container, m.host, m.size)).collect::<Result<Vec<_>, _>>();
+    let bopts = BundleOptions {
+        rootless,
+        uid_mappings: maps(&opts.uid_map)?,
+        gid_mappings: maps(&opts.gid_map)?,
+        ..Default::default()
+    };
+    write_bundle_config(bundle, &runtime_config(&config, rootfs, &bopts)?)?;
     Ok(())
 }
