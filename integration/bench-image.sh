@@ -13,7 +13,9 @@ for fs in tmpfs disk; do
   mkdir -p "$(dirname "$B")"
   bench "ocix-unpack-image@$fs" -p "rm -rf '$B'" -- "'$OCIX' unpack --image '$IMG:debian' '$B'"
   bench "umoci-unpack@$fs" -p "rm -rf '$B'" -- "umoci unpack --image '$IMG:debian' '$B' >/dev/null 2>&1"
-  P=$(dirname "$B")/nobody-bench; rm -rf "$P"; mkdir -p "$P"; chown 65534:65534 "$P"
+  # nobody's destination: outside any private home directory
+  if [ "$fs" = tmpfs ]; then P=$W/nobody-bench; else P=/var/tmp/ocix-nobody-bench; fi
+  rm -rf "$P"; mkdir -p "$P"; chown 65534:65534 "$P"
   bench "ocix-unpack-image-rootless@$fs" -p "rm -rf '$P/b'" -- "$NB '$W/ocix' unpack --rootless --image '$IMG:debian' '$P/b' 2>/dev/null"
   bench "umoci-unpack-rootless@$fs" -p "rm -rf '$P/b'" -- "$NB umoci unpack --rootless --image '$IMG:debian' '$P/b' >/dev/null 2>&1"
   rm -rf "$B" "$P"

@@ -73,6 +73,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         progress: g.progress(),
         link: a.link,
+        store_verified: false,
     };
     if let Some(image) = &a.image {
         let [bundle] = a.paths.as_slice() else { bail!("with --image, give only the BUNDLE directory") };
@@ -136,7 +137,7 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         let rootfs = bundle.join("rootfs");
         // a store of our own, about to be removed: its blobs can simply
         // become the files (no second copy of the data)
-        let opts = UnpackOptions { link: opts.link || temp_store, ..opts.clone() };
+        let opts = UnpackOptions { link: opts.link || temp_store, store_verified: temp_store, ..opts.clone() };
         let r = unpack(&imported.manifest, &store, &rootfs, &opts)
             .map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", rootfs.display()))?;
         report(&r, g);
