@@ -50,3 +50,19 @@ timeout 120 setpriv --reuid=65534 --regid=65534 --clear-groups env XDG_RUNTIME_D
   runc --rootless true --root "$W/nobody/runc-state" run --bundle "$W/nobody/ocix" ocix-it-rl </dev/null ||
   fail "runc --rootless run of ocix's rootless bundle as 65534 did not exit 0"
 note "runc runs both bundles (/bin/true exit 0)"
+
+# refusals, each exit 2 with the path named, nothing touched
+expect_err() {  # expect_err PATTERN CMD...: exit 2 and PATTERN on stderr
+  local pat=$1; shift
+  set +e; "$@" >/dev/null 2>"$W/err"; local rc=$?; set -e
+  [ "$rc" = 2 ] || fail "exit $rc (expected 2): $*"
+  grep -q -- "$pat" "$W/err" || fail "no '$pat' in: $(cat "$W/err")"
+}
+mkdir "$W/full" && echo keep >"$W/full/precious"
+expect_err "not empty" "$OCIX" unpack --image "$CORPUS/image:debian" "$W/full"
+[ "$(cat "$W/full/precious")" = keep ] || fail "a refused unpack touched the bundle"
+ln -s "$W/full" "$W/link"
+expect_err "symlink" "$OCIX" unpack --image "$CORPUS/image:debian" "$W/link"
+expect_err "no-such-tag" "$OCIX" unpack --image "$CORPUS/image:no-such-tag" "$W/b2"
+expect_err "oci-layout" "$OCIX" unpack --image "$W/full:debian" "$W/b3"
+[ ! -e "$W/b3" ] || fail "a failed import left the bundle it created"

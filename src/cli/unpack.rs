@@ -108,6 +108,7 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
     if a.update {
         bail!("--update is for a manifest and DEST; a bundle is unpacked fresh");
     }
+    let mut created = false;
     match std::fs::symlink_metadata(bundle) {
         Ok(md) if md.file_type().is_symlink() => bail!("{}: bundle is a symlink; refusing", bundle.display()),
         Ok(md) if !md.is_dir() => bail!("{}: exists and is not a directory", bundle.display()),
@@ -116,7 +117,8 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(bundle).with_context(|| format!("{}: cannot create bundle", bundle.display()))?
+            std::fs::create_dir(bundle).with_context(|| format!("{}: cannot create bundle", bundle.display()))?;
+            created = true;
         }
         Err(e) => return Err(e).with_context(|| format!("{}", bundle.display())),
     }
@@ -147,6 +149,10 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
     })();
     if temp_store {
         let _ = std::fs::remove_dir_all(&store_path);
+    }
+    if result.is_err() && created {
+        // nothing half-made is left behind under a name we created
+        let _ = std::fs::remove_dir_all(bundle);
     }
     result?;
     Ok(ExitCode::SUCCESS)
