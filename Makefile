@@ -33,7 +33,7 @@ integration: deps release
 	bash integration/run.sh
 
 # The main job on a built-in example tree.
-demo: release
+demo: deps release
 	bash integration/demo.sh
 
 # Side-by-side timings against the tools ocix replaces, on the corpus.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # demo.sh: the main job on a sample tree this script makes itself:
-# scan -> manifest + blobs, show it, unpack it elsewhere, scan the copy
-# (same bytes), audit it with diff, change one thing, audit again.
+# an OCI image of it (built with umoci) unpacked into a runtime bundle like
+# `umoci unpack` does; then scan -> manifest + blobs, show it, unpack it
+# elsewhere, scan the copy (same bytes), audit it with diff, change one
+# thing, audit again.
 set -euo pipefail
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 OCIX=${OCIX:-$TOP/target/release/ocix}
@@ -26,6 +28,21 @@ printf 'secret' >"$T/srv/data/owned" && chown 1000:1000 "$T/srv/data/owned" 2>/d
 setfattr -n user.origin -v demo "$T/srv/data/hello.txt" 2>/dev/null || true
 [ "$(id -u)" = 0 ] && mknod "$T/srv/null" c 1 3
 touch -d @1700000000 "$T/etc/passwd"
+
+# --- an OCI image of that tree, made with umoci, into a runtime bundle --------
+if command -v umoci >/dev/null; then
+  say "umoci init/new/unpack/repack: an OCI image layout of the tree ($W/image:demo)"
+  umoci init --layout "$W/image" && umoci new --image "$W/image:demo"
+  umoci unpack --image "$W/image:demo" "$W/umoci-bundle" >/dev/null 2>&1
+  cp -a "$T/." "$W/umoci-bundle/rootfs/"
+  umoci repack --image "$W/image:demo" "$W/umoci-bundle" >/dev/null 2>&1
+  run "$OCIX" unpack --image "$W/image:demo" "$W/bundle"
+  say "ls $W/bundle"; ls "$W/bundle"
+  run "$OCIX" diff "$W/bundle" && echo "(exit 0: the bundle's rootfs matches its manifest)"
+  run "$OCIX" import "$W/image:demo" --store "$W/store" -o "$W/image.ocix"
+else
+  echo "(umoci not installed: make deps installs it; skipping the image part)"
+fi
 
 run "$OCIX" scan "$T" --store "$W/store" -o "$W/tree.ocix"
 run "$OCIX" digest "$W/tree.ocix"

@@ -7,17 +7,21 @@
 //! - [`manifest`]: the model and its canonical encoding (depends on nothing).
 //! - [`store`]: the content-addressed blob store.
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
+//! - [`oci`]: an OCI image layout -> manifest (+ blobs), layers applied in memory.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
+//! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
 //! - [`sys`]: the thin layer over filesystem syscalls, with errors that name
 //!   the call and the path.
 //! - [`cli`]: the `ocix` command line.
 
+pub mod bundle;
 pub mod cli;
 pub mod diff;
 pub mod manifest;
 pub mod materialize;
+pub mod oci;
 pub mod remote;
 pub mod render;
 pub mod rootless;

@@ -281,3 +281,37 @@ fn rootless_scan_reads_what_its_owner_may_not_and_restores_modes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode-0000"));
 }
+
+#[test]
+fn output_to_a_device_or_fifo_writes_into_it_and_never_replaces_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root for mknod");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    // a private null device, standing for /dev/null
+    let null = t.path().join("null");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &null,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    let out = run(&[OsStr::new("scan"), tree.as_os_str(), OsStr::new("-o"), null.as_os_str()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::symlink_metadata(&null).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&md.file_type()), "-o replaced the device with a file");
+    // a symlink to a file: the target is written, the symlink stays
+    let target = t.path().join("target");
+    std::os::unix::fs::symlink(&target, t.path().join("link")).unwrap();
+    let link = t.path().join("link");
+    write(&target, &[b'x'; 100_000]);
+    let out = run(&[OsStr::new("scan"), tree.as_os_str(), OsStr::new("-o"), link.as_os_str()]);
+    assert!(out.status.success());
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(Manifest::from_bytes(&std::fs::read(&target).unwrap()).is_ok());
+}

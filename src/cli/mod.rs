@@ -4,6 +4,7 @@
 
 mod diff;
 mod digest;
+mod import;
 mod pull;
 mod push;
 mod scan;
@@ -40,6 +41,9 @@ pub enum Command {
     Scan(scan::Args),
     /// Print a manifest's digest (the sha256 of its bytes).
     Digest(digest::Args),
+    /// Turn an image of an OCI image layout into a manifest, its file
+    /// contents into blobs (layers applied in memory, nothing unpacked).
+    Import(import::Args),
     /// List a manifest as text, JSON or a BSD mtree spec.
     Show(show::Args),
     /// Compare a tree (directory, bundle or manifest) against the manifest it
@@ -93,6 +97,7 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Scan(a) => scan::run(a, g),
         Command::Digest(a) => digest::run(a, g),
+        Command::Import(a) => import::run(a, g),
         Command::Show(a) => show::run(a, g),
         Command::Diff(a) => diff::run(a, g),
         Command::Unpack(a) => unpack::run(a, g),
@@ -126,13 +131,28 @@ pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Writes bytes to a file (atomically, via a temporary file beside it) or to
-/// stdout (`-` or no path).
+/// Writes bytes to stdout (`-` or no path), to a new or regular file
+/// (atomically: a temporary file beside it, then rename), or into anything
+/// else that exists (a device such as /dev/null, a fifo, a symlink's target)
+/// by opening it for writing, so such a path is never replaced.
 pub fn write_output(path: Option<&PathBuf>, data: &[u8]) -> anyhow::Result<()> {
     match path {
         None => write_stdout(data),
         Some(p) if p == Path::new("-") => write_stdout(data),
         Some(p) => {
+            match std::fs::symlink_metadata(p) {
+                Ok(md) if !md.file_type().is_file() && !md.is_dir() => {
+                    // O_TRUNC: a symlink's target file is rewritten whole; a
+                    // device or fifo ignores it
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(p)
+                        .with_context(|| format!("{}: cannot open for writing", p.display()))?;
+                    return f.write_all(data).with_context(|| format!("{}: cannot write", p.display()));
+                }
+                _ => {}
+            }
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             let name = p.file_name().with_context(|| format!("{}: not a file name", p.display()))?;
             let tmp = dir.join(format!(".{}.ocix-tmp-{}", name.to_string_lossy(), std::process::id()));

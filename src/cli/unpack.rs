@@ -1,9 +1,12 @@
-//! `ocix unpack M --store STORE DEST`: materialize a manifest into a rootfs.
+//! `ocix unpack M --store STORE DEST`: materialize a manifest into a rootfs;
+//! `ocix unpack --image LAYOUT[:TAG] BUNDLE`: an OCI image into a runtime
+//! bundle (import, then unpack, then the runtime config), as `umoci unpack`.
 
 use super::Global;
 use crate::materialize::{IdMap, UnpackOptions, unpack};
 use crate::store::Store;
-use std::path::PathBuf;
+use anyhow::{Context as _, bail};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Create every entry of the manifest under DEST: contents from the store
@@ -12,16 +15,30 @@ use std::process::ExitCode;
 /// empty unless --update. Without root (or with --rootless) owners are kept
 /// in the user.rootlesscontainers xattr and devices become empty files; one
 /// summary lists everything that could not be applied.
+///
+/// With --image LAYOUT[:TAG], the one path is a runtime BUNDLE (absent or
+/// empty): the image is imported (every layer verified and applied in
+/// memory), its tree written to BUNDLE/rootfs, its manifest kept as
+/// BUNDLE/ocix.cbor (so `ocix diff BUNDLE` audits drift later) and
+/// BUNDLE/config.json written from the image config, like `umoci unpack`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The manifest (`-` for standard input), or docker://HOST/REPO:TAG to
-    /// pull it and its missing blobs into --store first.
-    pub manifest: PathBuf,
-    /// The destination directory (created if absent).
-    pub dest: PathBuf,
-    /// The blob store holding the manifest's file contents.
+    /// MANIFEST DEST, or with --image only BUNDLE. MANIFEST may be
+    /// docker://HOST/REPO:TAG: pulled, with the blobs --store lacks, first.
+    #[arg(value_name = "PATHS", num_args = 1..=2, required = true)]
+    pub paths: Vec<PathBuf>,
+    /// An OCI image layout and tag to unpack into a runtime bundle.
+    #[arg(long, value_name = "LAYOUT[:TAG]")]
+    pub image: Option<String>,
+    /// With --image: the platform to pick from a multi-platform index
+    /// (OS/ARCH[/VARIANT]; default this machine's).
+    #[arg(long, requires = "image")]
+    pub platform: Option<String>,
+    /// The blob store holding the manifest's file contents. With --image:
+    /// a store to keep the image's contents in (default: a temporary one
+    /// inside BUNDLE, removed afterwards).
     #[arg(long)]
-    pub store: PathBuf,
+    pub store: Option<PathBuf>,
     /// Bring an existing tree to the manifest: remove extra entries, fix
     /// metadata, rewrite only files whose content differs.
     #[arg(long)]
@@ -35,6 +52,13 @@ pub struct Args {
     /// Shift gids, container:host:size (repeatable), as root.
     #[arg(long, value_name = "MAP")]
     pub gid_map: Vec<IdMap>,
+    /// Make regular files hardlinks of their blobs (an ostree-style
+    /// checkout, no data copied) where that keeps the tree exact: a blob no
+    /// other name links yet takes the metadata of the first file with its
+    /// content and becomes that file; other files are copied. For users who
+    /// accept shared inodes: editing a linked file in place edits the store.
+    #[arg(long)]
+    pub link: bool,
     /// Writer threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -42,21 +66,33 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
-    let m = match a.manifest.to_str().filter(|s| s.starts_with("docker://")) {
-        Some(src) => super::pull::pull_for_unpack(src, &a.store, g)?,
-        None => super::read_manifest(&a.manifest)?,
-    };
-    let store = Store::open(&a.store)?;
     let opts = UnpackOptions {
         update: a.update,
         rootless: a.rootless,
-        uid_map: a.uid_map,
-        gid_map: a.gid_map,
+        uid_map: a.uid_map.clone(),
+        gid_map: a.gid_map.clone(),
         threads: a.threads,
         progress: g.progress(),
+        link: a.link,
+        store_verified: false,
     };
-    let r =
-        unpack(&m, &store, &a.dest, &opts).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", a.dest.display()))?;
+    if let Some(image) = &a.image {
+        let [bundle] = a.paths.as_slice() else { bail!("with --image, give only the BUNDLE directory") };
+        return unpack_image(image, bundle, &a, &opts, g);
+    }
+    let [manifest, dest] = a.paths.as_slice() else { bail!("give MANIFEST and DEST (or --image LAYOUT[:TAG] BUNDLE)") };
+    let Some(store) = &a.store else { bail!("--store is required to unpack a manifest") };
+    let m = match manifest.to_str().filter(|s| s.starts_with("docker://")) {
+        Some(src) => super::pull::pull_for_unpack(src, store, g)?,
+        None => super::read_manifest(manifest)?,
+    };
+    let store = Store::open(store)?;
+    let r = unpack(&m, &store, dest, &opts).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
+    report(&r, g);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(r: &crate::materialize::UnpackReport, g: Global) {
     let lines = r.summary(if g.verbose > 0 { usize::MAX } else { 3 });
     if !lines.is_empty() {
         g.warn(&format!("not everything could be applied{}:", if r.rootless { " (rootless)" } else { "" }));
@@ -65,8 +101,85 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         }
     }
     g.info(&format!(
-        "{} dirs, {} files written ({} bytes), {} kept, {} hardlinks, {} other entries, {} removed",
-        r.dirs, r.files_written, r.bytes_written, r.files_kept, r.hardlinks, r.others, r.removed
+        "{} dirs, {} files written ({} bytes), {} linked to blobs, {} kept, {} hardlinks, {} other entries, {} removed",
+        r.dirs, r.files_written, r.bytes_written, r.files_linked, r.files_kept, r.hardlinks, r.others, r.removed
     ));
+}
+
+/// `--image LAYOUT[:TAG] BUNDLE`.
+fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: Global) -> anyhow::Result<ExitCode> {
+    use crate::oci::{ImportOptions, import_image, split_ref};
+    if a.update {
+        bail!("--update is for a manifest and DEST; a bundle is unpacked fresh");
+    }
+    let mut created = false;
+    match std::fs::symlink_metadata(bundle) {
+        Ok(md) if md.file_type().is_symlink() => bail!("{}: bundle is a symlink; refusing", bundle.display()),
+        Ok(md) if !md.is_dir() => bail!("{}: exists and is not a directory", bundle.display()),
+        Ok(_) if std::fs::read_dir(bundle)?.next().is_some() => {
+            bail!("{}: bundle directory is not empty", bundle.display())
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(bundle).with_context(|| format!("{}: cannot create bundle", bundle.display()))?;
+            created = true;
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}", bundle.display())),
+    }
+    let (layout, tag) = split_ref(image);
+    let platform = match &a.platform {
+        Some(p) => Some(
+            crate::oci::Platform::parse(p).with_context(|| format!("--platform {p:?}: expected OS/ARCH[/VARIANT]"))?,
+        ),
+        None => None,
+    };
+    let temp_store = a.store.is_none();
+    let store_path = a.store.clone().unwrap_or_else(|| bundle.join(".ocix-store"));
+    let store = Store::create(&store_path)?;
+    let iopts = ImportOptions { tag: tag.map(str::to_string), platform, ..ImportOptions::default() };
+    let result = (|| -> anyhow::Result<()> {
+        let imported = import_image(Path::new(layout), Some(&store), &iopts)
+            .map_err(|e| anyhow::anyhow!("importing {image}: {e}"))?;
+        let rootfs = bundle.join("rootfs");
+        // a store of our own, about to be removed: its blobs can simply
+        // become the files (no second copy of the data)
+        let opts = UnpackOptions { link: opts.link || temp_store, store_verified: temp_store, ..opts.clone() };
+        let r = unpack(&imported.manifest, &store, &rootfs, &opts)
+            .map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", rootfs.display()))?;
+        report(&r, g);
+        super::write_output(Some(&bundle.join("ocix.cbor")), &imported.manifest.to_bytes()?)?;
+        write_runtime_config(bundle, &rootfs, &imported.image, &opts, r.rootless)?;
+        Ok(())
+    })();
+    if temp_store {
+        let _ = std::fs::remove_dir_all(&store_path);
+    }
+    if result.is_err() && created {
+        // nothing half-made is left behind under a name we created
+        let _ = std::fs::remove_dir_all(bundle);
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// BUNDLE/config.json from the image config, as `umoci unpack` writes it;
+/// the rootless variant when the rootfs was unpacked rootless.
+fn write_runtime_config(
+    bundle: &Path,
+    rootfs: &Path,
+    image: &crate::oci::Image,
+    opts: &UnpackOptions,
+    rootless: bool,
+) -> anyhow::Result<()> {
+    use crate::bundle::{BundleOptions, id_mapping, parse_image_config, runtime_config, write_bundle_config};
+    let config = parse_image_config(&image.config_raw)?;
+    let maps = |m: &[IdMap]| m.iter().map(|m| id_mapping(m.container, m.host, m.size)).collect::<Result<Vec<_>, _>>();
+    let bopts = BundleOptions {
+        rootless,
+        uid_mappings: maps(&opts.uid_map)?,
+        gid_mappings: maps(&opts.gid_map)?,
+        ..Default::default()
+    };
+    write_bundle_config(bundle, &runtime_config(&config, rootfs, &bopts)?)?;
+    Ok(())
 }

@@ -38,7 +38,7 @@ fn data_segments(f: &File) -> Vec<(u64, u64)> {
     out
 }
 
-fn content_err(ctx: &Ctx<'_>, rel: &[u8], digest: Digest, e: StoreError) -> UnpackError {
+pub(super) fn content_err(ctx: &Ctx<'_>, rel: &[u8], digest: Digest, e: StoreError) -> UnpackError {
     UnpackError::Content { path: ctx.shown(rel), digest, source: Box::new(e) }
 }
 

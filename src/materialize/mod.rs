@@ -83,6 +83,18 @@ pub struct UnpackOptions {
     pub threads: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Make regular files hardlinks of their blobs (an ostree-style
+    /// checkout, no data copied) where that keeps the tree exact: a blob no
+    /// other name links yet is verified, takes the owner, mode, mtime and
+    /// xattrs of the first file with its content, and becomes that file;
+    /// every other file is copied (two files of the manifest never share an
+    /// inode). Editing a linked file in place edits the store (readers then
+    /// report the blob as corrupt).
+    pub link: bool,
+    /// The caller has just written and verified every blob of the store
+    /// (`unpack --image` with its own temporary store): linked blobs are not
+    /// hashed again, only their sizes checked.
+    pub store_verified: bool,
 }
 
 /// A kind of thing the unpack could not apply exactly.
@@ -132,6 +144,8 @@ pub struct UnpackReport {
     pub files_written: u64,
     /// Regular files kept as they were (`update`).
     pub files_kept: u64,
+    /// Regular files made hardlinks of their blobs (`--link`).
+    pub files_linked: u64,
     /// Data bytes written (holes and kept files not counted).
     pub bytes_written: u64,
     /// Symlinks, devices, fifos created or kept.
@@ -224,6 +238,9 @@ pub(crate) struct Ctx<'a> {
     files_written: AtomicU64,
     files_kept: AtomicU64,
     bytes_written: AtomicU64,
+    /// `--link`: blobs claimed in this run, with the metadata they were given.
+    linked: Mutex<std::collections::HashSet<crate::manifest::Digest>>,
+    files_linked: AtomicU64,
 }
 
 impl Ctx<'_> {
@@ -322,6 +339,8 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         first_error: Mutex::new(None),
         progress,
         tmp_seq: AtomicU64::new(0),
+        linked: Mutex::new(std::collections::HashSet::new()),
+        files_linked: AtomicU64::new(0),
         files_written: AtomicU64::new(0),
         files_kept: AtomicU64::new(0),
         bytes_written: AtomicU64::new(0),
@@ -403,6 +422,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
     res?;
     report.files_written = ctx.files_written.load(Ordering::Relaxed);
     report.files_kept = ctx.files_kept.load(Ordering::Relaxed);
+    report.files_linked = ctx.files_linked.load(Ordering::Relaxed);
     report.bytes_written = ctx.bytes_written.load(Ordering::Relaxed);
     report.not_applied = ctx.not_applied.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok(report)
@@ -758,6 +778,9 @@ fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<(), Unp
             Err(e) => return Err(e.into()),
         }
     }
+    if ctx.opts.link && link_file(ctx, job, buf)? {
+        return Ok(());
+    }
     let (tmp, fd) = create_temp(ctx, job)?;
     let res = (|| -> Result<u64, UnpackError> {
         let n = content::write_content(ctx, &job.rel, job.file, fd.as_fd(), buf)?;
@@ -779,6 +802,59 @@ fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<(), Unp
             Err(e)
         }
     }
+}
+
+/// `--link`: makes the file a hardlink of its blob when that keeps the tree
+/// exact; false means "copy it instead". The blob is verified (size and
+/// sha256) once before it is first linked.
+fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, UnpackError> {
+    let Some(digest) = job.file.digest else { return Ok(false) };
+    let d = job.dir.as_fd();
+    let shown = || ctx.shown(&job.rel);
+    {
+        // one name per blob: a second name would make two files of the
+        // manifest one inode, which the tree must not show
+        let mut linked = ctx.linked.lock().unwrap_or_else(|p| p.into_inner());
+        if linked.contains(&digest) {
+            return Ok(false);
+        }
+        let blob = match ctx.store.open_blob(&digest) {
+            Ok(fd) => fd,
+            Err(e) => return Err(content::content_err(ctx, &job.rel, digest, e)),
+        };
+        let st = rd::stat_fd(blob.as_fd(), &shown)?;
+        // a blob another checkout already linked keeps its metadata
+        if st.st_nlink != 1 || st.st_size as u64 != job.file.size {
+            return Ok(false);
+        }
+        if !ctx.opts.store_verified && !content::same_content(blob.as_fd(), job.file, &shown, buf)? {
+            return Ok(false);
+        }
+        meta::apply(ctx, XattrSource::Fd(blob.as_fd()), KindCode::File, job.meta, &job.rel)?;
+        linked.insert(digest);
+    }
+    let tmp = loop {
+        let n = ctx.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = format!(".ocix-tmp.{}.{n}", std::process::id()).into_bytes();
+        if !job.siblings.contains_key(&tmp) {
+            break tmp;
+        }
+    };
+    match wr::link_at(ctx.store.blobs_dir(), digest.hex().as_bytes(), d, &tmp, &shown) {
+        Ok(()) => {}
+        // another filesystem: copy instead
+        Err(e) if e.errno == Errno::XDEV => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = wr::rename_at(d, &tmp, job.name, !ctx.update, &shown) {
+        let _ = wr::unlink_at(d, &tmp, false, &shown);
+        return Err(e.into());
+    }
+    ctx.files_linked.fetch_add(1, Ordering::Relaxed);
+    if let Some(pb) = &ctx.progress {
+        pb.inc(job.file.size);
+    }
+    Ok(true)
 }
 
 fn create_temp(ctx: &Ctx<'_>, job: &Job<'_>) -> Result<(Vec<u8>, OwnedFd), UnpackError> {

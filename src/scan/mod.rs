@@ -261,20 +261,26 @@ impl Walker<'_> {
         Ok((fd, x))
     }
 
-    fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<Entry> {
-        let shown = self.shown(path);
-        let sh = || shown.clone();
-        let st = match rd::stat_at(dir, name, &sh) {
-            Ok(st) => st,
+    /// Keeps a result, or records why there is none: an entry that vanished
+    /// is a warning (left out), any other failure an error.
+    fn settle<T>(&mut self, r: crate::sys::Result<T>, shown: &str) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
             Err(e) if e.errno == Errno::NOENT => {
                 self.warnings.push(format!("{shown}: vanished while scanning; left out"));
-                return None;
+                None
             }
             Err(e) => {
                 self.errors.push(e.to_string());
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<Entry> {
+        let shown = self.shown(path);
+        let sh = || shown.clone();
+        let st = self.settle(rd::stat_at(dir, name, &sh), &shown)?;
         if let Some(pb) = &self.progress {
             pb.set_message(format!("{} entries", self.job_paths.len()));
         }
@@ -305,17 +311,7 @@ impl Walker<'_> {
                     }
                     r => r,
                 };
-                let fd = match opened {
-                    Ok(fd) => fd,
-                    Err(e) if e.errno == Errno::NOENT => {
-                        self.warnings.push(format!("{shown}: vanished while scanning; left out"));
-                        return None;
-                    }
-                    Err(e) => {
-                        self.errors.push(e.to_string());
-                        return None;
-                    }
-                };
+                let fd = self.settle(opened, &shown)?;
                 if !same_inode(&st, &fd, &sh, &mut self.errors) {
                     return None;
                 }
@@ -360,17 +356,7 @@ impl Walker<'_> {
                     }
                     r => r,
                 };
-                let fd = match opened {
-                    Ok(fd) => fd,
-                    Err(e) if e.errno == Errno::NOENT => {
-                        self.warnings.push(format!("{shown}: vanished while scanning; left out"));
-                        return None;
-                    }
-                    Err(e) => {
-                        self.errors.push(e.to_string());
-                        return None;
-                    }
-                };
+                let fd = self.settle(opened, &shown)?;
                 let id = self.job_paths.len();
                 self.job_paths.push(path.clone());
                 let meta = self.meta(&st, Vec::new(), path);

@@ -102,6 +102,11 @@ impl Store {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
+    /// The open `blobs/sha256` directory, for `*at()` calls on blobs by name.
+    pub fn blobs_dir(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.blobs.as_fd()
+    }
+
     /// Whether a blob is present (by name; content is verified on read).
     pub fn has(&self, d: &Digest) -> bool {
         fs::statat(&self.blobs, d.hex(), AtFlags::SYMLINK_NOFOLLOW)

@@ -1,0 +1,62 @@
+//! `ocix import LAYOUT[:TAG]`: an OCI image layout's image -> manifest + blobs.
+
+use super::Global;
+use crate::oci::{DEFAULT_MAX_BYTES, ImportOptions, Platform, import_image, split_ref};
+use crate::store::Store;
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Read the image LAYOUT:TAG (an OCI image layout directory, as written by
+/// `skopeo copy ... oci:DIR:TAG`, umoci or buildah), verify every blob, apply
+/// its layers in memory and write the canonical manifest of the resulting
+/// tree; file contents go into STORE. Nothing is unpacked to disk.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image: LAYOUT[:TAG]. Without a tag, the layout's only image (or
+    /// the one for the platform).
+    #[arg(value_name = "LAYOUT[:TAG]")]
+    pub image: String,
+    /// Where to write the manifest (`-` for standard output).
+    #[arg(short, long, default_value = "-")]
+    pub output: PathBuf,
+    /// Put every file's content into this blob store (created if missing).
+    /// Without it, contents are only hashed.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// The platform to pick from a multi-platform index: OS/ARCH[/VARIANT]
+    /// (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Most uncompressed layer bytes to read, over all layers (a guard
+    /// against decompression bombs).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    pub max_bytes: u64,
+}
+
+/// Runs the subcommand.
+pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
+    let (layout, tag) = split_ref(&a.image);
+    let platform = match &a.platform {
+        Some(p) => Some(Platform::parse(p).with_context(|| format!("--platform {p:?}: expected OS/ARCH[/VARIANT]"))?),
+        None => None,
+    };
+    let store = match &a.store {
+        Some(p) => Some(Store::create(p)?),
+        None => None,
+    };
+    let opts = ImportOptions { tag: tag.map(str::to_string), platform, max_bytes: a.max_bytes };
+    let imp =
+        import_image(Path::new(layout), store.as_ref(), &opts).with_context(|| format!("importing {}", a.image))?;
+    let bytes = imp.manifest.to_bytes()?;
+    super::write_output(Some(&a.output), &bytes)?;
+    g.info(&format!(
+        "image {}: {} layers, {} files read, {} uncompressed bytes, manifest {} bytes",
+        imp.image.manifest_desc.digest,
+        imp.image.layers.len(),
+        imp.files,
+        imp.bytes,
+        bytes.len()
+    ));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,524 @@
+//! Reading an OCI image layout's documents: `oci-layout`, `index.json`,
+//! nested indexes, the image manifest and its config; choosing the image by
+//! tag and platform. Every blob is read by its checked digest only
+//! (`blobs/sha256/<hex>`, opened without following symlinks), with its size
+//! and digest verified before it is parsed.
+
+use super::ImportError;
+use crate::manifest::Digest;
+use crate::store::{Store, Verifier};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+/// Largest `index.json`, image index, image manifest or config accepted.
+pub const MAX_DOCUMENT: u64 = 16 << 20;
+/// Deepest chain of nested indexes followed.
+pub const MAX_INDEX_DEPTH: usize = 8;
+/// The annotation that names a tag.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// OCI and Docker media types the import understands.
+pub mod media {
+    /// OCI image index.
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// OCI image manifest.
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// OCI image config.
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// Docker manifest list.
+    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// Docker image manifest.
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// Docker image config.
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+}
+
+/// How a layer is compressed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip (one or more members).
+    Gzip,
+    /// zstd (one or more frames).
+    Zstd,
+}
+
+impl Compression {
+    /// The compression a layer media type names; `None` if the media type is
+    /// not a layer type ocix reads.
+    pub fn of_media_type(mt: &str) -> Option<Compression> {
+        Some(match mt {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
+            _ => return None,
+        })
+    }
+}
+
+/// A descriptor as it appears in JSON, unchecked.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+struct RawDescriptor {
+    media_type: String,
+    digest: String,
+    size: serde_json::Number,
+    #[serde(default)]
+    platform: Option<Platform>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// A checked descriptor: clean sha256 digest, non-negative size.
+#[derive(Debug, Clone)]
+pub struct Descriptor {
+    /// Media type as given.
+    pub media_type: String,
+    /// The blob's digest.
+    pub digest: Digest,
+    /// The blob's size in bytes.
+    pub size: u64,
+    /// Platform, for entries of an index.
+    pub platform: Option<Platform>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl RawDescriptor {
+    fn check(self, what: &str) -> Result<Descriptor, ImportError> {
+        let bad = |msg: String| ImportError::Descriptor { what: what.to_string(), msg };
+        let Some(hex) = self.digest.strip_prefix("sha256:") else {
+            return Err(bad(format!(
+                "digest {:?} is not sha256:<64 lowercase hex> (only sha256 is supported)",
+                self.digest
+            )));
+        };
+        let digest = Digest::parse(&format!("sha256:{hex}")).map_err(|e| bad(e.to_string()))?;
+        let size = match self.size.as_u64() {
+            Some(s) => s,
+            None => return Err(bad(format!("size {} is not a non-negative integer", self.size))),
+        };
+        Ok(Descriptor {
+            media_type: self.media_type,
+            digest,
+            size,
+            platform: self.platform,
+            annotations: self.annotations,
+        })
+    }
+}
+
+/// An image platform.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// Operating system (`linux`).
+    pub os: String,
+    /// CPU architecture, Go names (`amd64`, `arm64`).
+    pub architecture: String,
+    /// CPU variant (`v7`, `v8`).
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `OS/ARCH[/VARIANT]`.
+    pub fn parse(s: &str) -> Option<Platform> {
+        let mut it = s.split('/');
+        let os = it.next().filter(|x| !x.is_empty())?.to_string();
+        let architecture = it.next().filter(|x| !x.is_empty())?.to_string();
+        let variant = it.next().map(str::to_string);
+        if it.next().is_some() || variant.as_deref() == Some("") {
+            return None;
+        }
+        Some(Platform { os, architecture, variant })
+    }
+
+    /// The machine this runs on, in OCI's (Go's) names.
+    pub fn host() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "arm" => "arm",
+            "powerpc64" => "ppc64le",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            "loongarch64" => "loong64",
+            other => other,
+        };
+        Platform { os: std::env::consts::OS.to_string(), architecture: arch.to_string(), variant: None }
+    }
+
+    /// Whether `self` (a wanted platform) accepts `other`; a variant is only
+    /// compared when wanted.
+    pub fn accepts(&self, other: &Platform) -> bool {
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || self.variant == other.variant)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawIndex {
+    schema_version: Option<i64>,
+    #[serde(default)]
+    media_type: Option<String>,
+    manifests: Vec<RawDescriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: Option<i64>,
+    #[serde(default)]
+    media_type: Option<String>,
+    config: RawDescriptor,
+    layers: Vec<RawDescriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    os: Option<String>,
+    #[serde(default)]
+    variant: Option<String>,
+    rootfs: RawRootfs,
+}
+
+#[derive(Deserialize)]
+struct RawRootfs {
+    #[serde(rename = "type")]
+    kind: String,
+    diff_ids: Vec<String>,
+}
+
+/// A layer to apply.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The layer blob.
+    pub desc: Descriptor,
+    /// Its compression, from the media type.
+    pub compression: Compression,
+    /// The sha256 of its uncompressed tar, from the config.
+    pub diff_id: Digest,
+}
+
+/// An image chosen from a layout, its documents read and verified.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The image manifest's descriptor.
+    pub manifest_desc: Descriptor,
+    /// The image manifest, parsed.
+    pub manifest: serde_json::Value,
+    /// The config's descriptor.
+    pub config_desc: Descriptor,
+    /// The config blob as stored (for typed parsing, e.g. with oci-spec's
+    /// `ImageConfiguration`, by the bundle writer).
+    pub config_raw: Vec<u8>,
+    /// The config, parsed.
+    pub config: serde_json::Value,
+    /// Layers, bottom first.
+    pub layers: Vec<Layer>,
+}
+
+impl Compression {
+    /// A name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Opens a blob of the layout for reading; it must be a regular file (a
+/// fifo or device planted in a layout is refused, not read).
+pub fn open_blob_file(store: &Store, d: &Digest) -> Result<std::fs::File, ImportError> {
+    let f = std::fs::File::from(store.open_blob(d)?);
+    let path = || store.blob_path(d).display().to_string();
+    let meta = f.metadata().map_err(|e| ImportError::Io { path: path(), err: e })?;
+    if !meta.is_file() {
+        return Err(ImportError::Layout(format!("{}: not a regular file", path())));
+    }
+    Ok(f)
+}
+
+/// Reads a layout file (`oci-layout`, `index.json`) of at most `limit`
+/// bytes; it must be a regular file, opened without blocking.
+fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| ImportError::Io { path: p.display().to_string(), err: e };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(p)
+        .map_err(io)?;
+    if !f.metadata().map_err(io)?.is_file() {
+        return Err(ImportError::Layout(format!("{}: not a regular file", p.display())));
+    }
+    let mut data = Vec::new();
+    f.take(limit + 1).read_to_end(&mut data).map_err(io)?;
+    if data.len() as u64 > limit {
+        return Err(ImportError::Layout(format!("{}: larger than {limit} bytes", p.display())));
+    }
+    Ok(data)
+}
+
+/// Reads a small document blob: size checked against the limit before any
+/// allocation, digest and size verified while read.
+fn read_blob(store: &Store, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImportError> {
+    if d.size > MAX_DOCUMENT {
+        return Err(ImportError::Descriptor {
+            what: what.into(),
+            msg: format!("size {} exceeds the limit of {MAX_DOCUMENT} bytes for a document", d.size),
+        });
+    }
+    let f = open_blob_file(store, &d.digest)?;
+    let mut data = Vec::with_capacity(d.size as usize);
+    f.take(d.size + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| ImportError::Io { path: store.blob_path(&d.digest).display().to_string(), err: e })?;
+    let mut v = Verifier::new(d.digest, d.size);
+    v.update(&data);
+    v.finish(&format!("{} ({what})", store.blob_path(&d.digest).display()))?;
+    Ok(data)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<T, ImportError> {
+    serde_json::from_slice(data).map_err(|e| ImportError::Json { what: what.to_string(), err: e })
+}
+
+fn check_schema(v: Option<i64>, what: &str) -> Result<(), ImportError> {
+    match v {
+        Some(2) => Ok(()),
+        Some(n) => Err(ImportError::Layout(format!("{what}: schemaVersion {n}, expected 2"))),
+        None => Err(ImportError::Layout(format!("{what}: no schemaVersion"))),
+    }
+}
+
+/// A manifest found while descending indexes, with the platform its index
+/// entry declared.
+struct Candidate {
+    desc: Descriptor,
+    platform: Option<Platform>,
+}
+
+/// Opens the layout, chooses the image and reads its manifest and config.
+pub fn open_image(
+    layout: &Path,
+    tag: Option<&str>,
+    platform: Option<&Platform>,
+) -> Result<(Store, Image), ImportError> {
+    let lp = layout.join("oci-layout");
+    let data = read_small(&lp, 4096)?;
+    let v: serde_json::Value = parse_json(&data, &lp.display().to_string())?;
+    match v.get("imageLayoutVersion").and_then(|x| x.as_str()) {
+        Some(s) if s.starts_with("1.") => {}
+        other => return Err(ImportError::Layout(format!("{}: imageLayoutVersion {other:?} is not 1.x", lp.display()))),
+    }
+    let store = Store::open(layout)?;
+
+    let ip = layout.join("index.json");
+    let data = read_small(&ip, MAX_DOCUMENT)?;
+    let index: RawIndex = parse_json(&data, &ip.display().to_string())?;
+    check_schema(index.schema_version, "index.json")?;
+    if let Some(mt) = &index.media_type {
+        if mt != media::OCI_INDEX {
+            return Err(ImportError::Layout(format!("index.json: mediaType {mt}, expected {}", media::OCI_INDEX)));
+        }
+    }
+    let mut top = Vec::new();
+    for (i, d) in index.manifests.into_iter().enumerate() {
+        top.push(d.check(&format!("index.json manifests[{i}]"))?);
+    }
+    let chosen: Vec<Descriptor> = match tag {
+        Some(t) => top.into_iter().filter(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(t)).collect(),
+        None => top,
+    };
+    if chosen.is_empty() {
+        return Err(ImportError::Select(match tag {
+            Some(t) => format!("no image tagged {t:?} in {}", ip.display()),
+            None => format!("{} lists no image", ip.display()),
+        }));
+    }
+    let mut cands = Vec::new();
+    for d in chosen {
+        let p = d.platform.clone();
+        collect(&store, d, p, 0, &mut cands)?;
+    }
+    if cands.is_empty() {
+        return Err(ImportError::Select(format!(
+            "no image manifest{} in {} (only other media types)",
+            tag.map(|t| format!(" tagged {t:?}")).unwrap_or_default(),
+            ip.display()
+        )));
+    }
+    let want = platform.cloned().unwrap_or_else(Platform::host);
+    let pick = if cands.len() == 1 {
+        let c = cands.pop().expect("one");
+        if let (Some(w), Some(p)) = (platform, &c.platform) {
+            if !w.accepts(p) {
+                return Err(ImportError::Select(format!("the image is for {p}, not {w}")));
+            }
+        }
+        c
+    } else {
+        let mut m: Vec<Candidate> =
+            cands.into_iter().filter(|c| c.platform.as_ref().is_some_and(|p| want.accepts(p))).collect();
+        match m.len() {
+            1 => m.pop().expect("one"),
+            0 => {
+                return Err(ImportError::Select(format!(
+                    "no image for platform {want} (use --platform OS/ARCH[/VARIANT])"
+                )));
+            }
+            n => {
+                return Err(ImportError::Select(format!(
+                    "{n} images match platform {want}; give a tag or a more precise --platform"
+                )));
+            }
+        }
+    };
+    let image = read_image(&store, pick.desc, platform)?;
+    Ok((store, image))
+}
+
+/// Descends an index (or takes a manifest) collecting image manifests.
+fn collect(
+    store: &Store,
+    d: Descriptor,
+    platform: Option<Platform>,
+    depth: usize,
+    out: &mut Vec<Candidate>,
+) -> Result<(), ImportError> {
+    match d.media_type.as_str() {
+        media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
+            out.push(Candidate { desc: d, platform });
+            Ok(())
+        }
+        media::OCI_INDEX | media::DOCKER_LIST => {
+            if depth >= MAX_INDEX_DEPTH {
+                return Err(ImportError::Layout(format!(
+                    "indexes nested deeper than {MAX_INDEX_DEPTH} levels at {}",
+                    d.digest
+                )));
+            }
+            let what = format!("image index {}", d.digest);
+            let data = read_blob(store, &d, &what)?;
+            let idx: RawIndex = parse_json(&data, &what)?;
+            check_schema(idx.schema_version, &what)?;
+            if let Some(mt) = &idx.media_type {
+                if *mt != d.media_type {
+                    return Err(ImportError::Descriptor {
+                        what,
+                        msg: format!("descriptor says {} but the document says {mt}", d.media_type),
+                    });
+                }
+            }
+            for (i, c) in idx.manifests.into_iter().enumerate() {
+                let c = c.check(&format!("{what} manifests[{i}]"))?;
+                let p = c.platform.clone().or_else(|| platform.clone());
+                collect(store, c, p, depth + 1, out)?;
+            }
+            Ok(())
+        }
+        // Artifacts and other documents in an index are not images.
+        _ => Ok(()),
+    }
+}
+
+fn read_image(store: &Store, desc: Descriptor, platform: Option<&Platform>) -> Result<Image, ImportError> {
+    let what = format!("image manifest {}", desc.digest);
+    let data = read_blob(store, &desc, &what)?;
+    let manifest_json: serde_json::Value = parse_json(&data, &what)?;
+    if manifest_json.get("manifests").is_some() && manifest_json.get("config").is_none() {
+        return Err(ImportError::Descriptor {
+            what,
+            msg: format!("descriptor says {} but the document is an index", desc.media_type),
+        });
+    }
+    let m: RawManifest = parse_json(&data, &what)?;
+    check_schema(m.schema_version, &what)?;
+    if let Some(mt) = &m.media_type {
+        if *mt != desc.media_type {
+            return Err(ImportError::Descriptor {
+                what,
+                msg: format!("descriptor says {} but the document says {mt}", desc.media_type),
+            });
+        }
+    }
+    let config_desc = m.config.check(&format!("{what} config"))?;
+    if config_desc.media_type != media::OCI_CONFIG && config_desc.media_type != media::DOCKER_CONFIG {
+        return Err(ImportError::Descriptor {
+            what: format!("{what} config"),
+            msg: format!("media type {} is not an image config: not a container image", config_desc.media_type),
+        });
+    }
+    let cwhat = format!("image config {}", config_desc.digest);
+    let config_raw = read_blob(store, &config_desc, &cwhat)?;
+    let config: serde_json::Value = parse_json(&config_raw, &cwhat)?;
+    let rc: RawConfig = parse_json(&config_raw, &cwhat)?;
+    if let Some(w) = platform {
+        if let (Some(os), Some(arch)) = (&rc.os, &rc.architecture) {
+            let p = Platform { os: os.clone(), architecture: arch.clone(), variant: rc.variant.clone() };
+            if !w.accepts(&p) {
+                return Err(ImportError::Select(format!("the image's config is for {p}, not {w}")));
+            }
+        }
+    }
+    if rc.rootfs.kind != "layers" {
+        return Err(ImportError::Layout(format!("{cwhat}: rootfs.type {:?}, expected \"layers\"", rc.rootfs.kind)));
+    }
+    if rc.rootfs.diff_ids.len() != m.layers.len() {
+        return Err(ImportError::Layout(format!(
+            "{cwhat}: {} diff_ids for {} layers",
+            rc.rootfs.diff_ids.len(),
+            m.layers.len()
+        )));
+    }
+    let mut layers = Vec::new();
+    for (i, (l, diff)) in m.layers.into_iter().zip(rc.rootfs.diff_ids).enumerate() {
+        let lwhat = format!("{what} layers[{i}]");
+        let desc = l.check(&lwhat)?;
+        let compression = Compression::of_media_type(&desc.media_type).ok_or_else(|| ImportError::Descriptor {
+            what: lwhat.clone(),
+            msg: format!(
+                "unsupported layer media type {} (expected an OCI or Docker tar, tar+gzip or tar+zstd layer)",
+                desc.media_type
+            ),
+        })?;
+        let diff_id = match diff.strip_prefix("sha256:") {
+            Some(h) => Digest::parse(&format!("sha256:{h}")).ok(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            ImportError::Layout(format!("{cwhat}: rootfs.diff_ids[{i}] {diff:?} is not sha256:<64 lowercase hex>"))
+        })?;
+        layers.push(Layer { desc, compression, diff_id });
+    }
+    Ok(Image { manifest_desc: desc, manifest: manifest_json, config_desc, config_raw, config, layers })
+}

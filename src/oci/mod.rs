@@ -1,0 +1,534 @@
+//! Source: an OCI image layout -> manifest (+ blobs in a store). Layers are
+//! applied to an in-memory tree ([`tree`]), never to disk.
+//!
+//! Pipeline for each layer, all streaming, on two threads: one reads the
+//! blob (its size and digest verified as it is read), decompresses it
+//! (gzip/zstd) and hashes the uncompressed stream for the config's
+//! `rootfs.diff_ids`; it hands 256 KiB chunks over a bounded channel to the
+//! calling thread, which parses the [`tar`] stream, sends each regular
+//! file's content straight into the store ([`content`]) and each entry into
+//! the tree. Nothing is buffered by layer or file size. Layers are applied
+//! one after the other, in order.
+//!
+//! What the result is (whiteouts, hardlinks, symlinks in parent paths, the
+//! root) is described in [`tree`]; the manifest equals what `ocix scan`
+//! records for `umoci unpack`'s tree of the same image (as root), except
+//! that directories an image implies without listing them get mtime 0 here
+//! where umoci gives them the time of extraction.
+//!
+//! Limits (memory and disk stay bounded whatever the image claims):
+//! - documents (`index.json`, indexes, manifests, configs): [`MAX_DOCUMENT`]
+//!   bytes each, [`MAX_INDEX_DEPTH`] nested indexes, serde_json's nesting
+//!   limit (128) inside a document; layout files that are not regular files
+//!   (a planted fifo or device) are refused;
+//! - PAX headers and GNU long names: [`tar::MAX_SPECIAL`] bytes; sparse
+//!   maps: [`tar::MAX_SPARSE_ENTRIES`] entries;
+//! - zstd frames: a window of at most 2^[`ZSTD_WINDOW_LOG_MAX`] bytes;
+//! - total uncompressed bytes over all layers: [`ImportOptions::max_bytes`]
+//!   (a decompression bomb stops there with an error);
+//! - between the threads: 8 chunks of 256 KiB;
+//! - all-zero 4 KiB blocks of file contents are stored as holes, so zeros
+//!   cost no disk; other content costs its size in the store, once per
+//!   distinct content (contents that a later layer hides are stored too: the
+//!   import is one pass).
+//!
+//! Memory grows with the number of entries in the image and the length of
+//! their names (the tree), not with the size of any layer or file. An import
+//! that fails leaves no manifest; blobs it already stored stay (they are
+//! valid, content-addressed).
+
+pub mod content;
+pub mod layout;
+pub mod tar;
+pub mod tree;
+
+pub use layout::{Compression, Descriptor, Image, Layer, Platform, open_image};
+
+use crate::manifest::{Dev, Digest, Manifest, Meta, path_display};
+use crate::store::{Store, StoreError};
+use content::Content;
+use sha2::{Digest as _, Sha256};
+use std::io::{self, Read};
+use std::path::Path;
+use tar::{EntryType, TarError, TarReader};
+use tree::{NewKind, Tree};
+
+pub use layout::{MAX_DOCUMENT, MAX_INDEX_DEPTH};
+
+/// Largest zstd window accepted, as a power of two (128 MiB, zstd's own
+/// default for decoders).
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+/// Default for [`ImportOptions::max_bytes`]: 256 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 30;
+/// Extended attributes dropped on import, as umoci drops them: host-specific
+/// labels that an image cannot meaningfully carry.
+pub const IGNORED_XATTRS: &[&[u8]] = &[b"security.selinux", b"system.nfs4_acl"];
+
+/// Why an import failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A file of the layout could not be read.
+    #[error("{path}: {err}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        err: io::Error,
+    },
+    /// A blob is missing, corrupt, or the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A document is not valid JSON of the expected shape.
+    #[error("{what}: invalid JSON: {err}")]
+    Json {
+        /// The document.
+        what: String,
+        /// The parser's error.
+        err: serde_json::Error,
+    },
+    /// The layout's structure is wrong.
+    #[error("{0}")]
+    Layout(String),
+    /// A descriptor is invalid or disagrees with its blob.
+    #[error("{what}: {msg}")]
+    Descriptor {
+        /// Which descriptor.
+        what: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// No image, or more than one, matches the tag and platform.
+    #[error("{0}")]
+    Select(String),
+    /// The image's tree cannot be recorded in a manifest.
+    #[error("the image's tree cannot be recorded: {0}")]
+    Tree(String),
+    /// A layer's content is wrong; names the layer and, when known, the entry.
+    #[error("layer {layer}{}: {msg}", .entry.as_ref().map(|e| format!(" entry {e}")).unwrap_or_default())]
+    Layer {
+        /// The layer's digest.
+        layer: Digest,
+        /// The entry, shown as a path.
+        entry: Option<String>,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// How to import.
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// The tag (`org.opencontainers.image.ref.name`); `None` takes the only
+    /// image of the layout (or the one for the platform).
+    pub tag: Option<String>,
+    /// The platform wanted when an index holds several images; `None` means
+    /// this machine's.
+    pub platform: Option<Platform>,
+    /// Most uncompressed bytes read over all layers.
+    pub max_bytes: u64,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions { tag: None, platform: None, max_bytes: DEFAULT_MAX_BYTES }
+    }
+}
+
+/// A finished import.
+#[derive(Debug)]
+pub struct Imported {
+    /// The image's tree.
+    pub manifest: Manifest,
+    /// The image's documents (manifest, config) as read.
+    pub image: Image,
+    /// Regular file contents read (all layers, including later-hidden ones).
+    pub files: u64,
+    /// Uncompressed layer bytes read.
+    pub bytes: u64,
+}
+
+/// Splits `LAYOUT[:TAG]`: the part after the last `:` is a tag if it has no
+/// `/` and is not empty.
+pub fn split_ref(s: &str) -> (&str, Option<&str>) {
+    match s.rsplit_once(':') {
+        Some((l, t)) if !l.is_empty() && !t.is_empty() && !t.contains('/') => (l, Some(t)),
+        _ => (s, None),
+    }
+}
+
+/// Imports the chosen image of the layout at `layout`: every file's content
+/// goes into `store` (when given; otherwise contents are only hashed).
+pub fn import_image(layout: &Path, store: Option<&Store>, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let (blobs, image) = open_image(layout, opts.tag.as_deref(), opts.platform.as_ref())?;
+    let mut tree = Tree::default();
+    let mut stats = Stats { files: 0, bytes: 0, max_bytes: opts.max_bytes };
+    for layer in &image.layers {
+        tree.begin_layer();
+        apply_layer(&mut tree, &blobs, layer, store, &mut stats)?;
+    }
+    let manifest = tree.to_manifest().map_err(ImportError::Tree)?;
+    Ok(Imported { manifest, image, files: stats.files, bytes: stats.bytes })
+}
+
+struct Stats {
+    files: u64,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+/// The layer blob, verified against its descriptor while read: reading past
+/// the declared size fails at once; [`finish`](Self::finish) checks the rest.
+struct BlobReader {
+    f: std::fs::File,
+    hasher: Sha256,
+    len: u64,
+    size: u64,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.f.read(buf)?;
+        self.len += n as u64;
+        if self.len > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob is larger than its descriptor's size {}", self.size),
+            ));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The uncompressed stream: hashed for the diff_id, counted against the
+/// limit.
+struct DiffReader<R> {
+    r: R,
+    hasher: Sha256,
+    len: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for DiffReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.len += n as u64;
+        if self.len > self.limit {
+            return Err(io::Error::other(format!(
+                "uncompressed layers exceed the limit of {} bytes (possible decompression bomb)",
+                self.limit
+            )));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn drain<R: Read>(r: &mut R) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn apply_layer(
+    tree: &mut Tree,
+    blobs: &Store,
+    layer: &Layer,
+    store: Option<&Store>,
+    stats: &mut Stats,
+) -> Result<(), ImportError> {
+    let d = &layer.desc;
+    let lerr = |entry: Option<String>, msg: String| ImportError::Layer { layer: d.digest, entry, msg };
+    let f = layout::open_blob_file(blobs, &d.digest)?;
+    let mut blob = BlobReader { f, hasher: Sha256::new(), len: 0, size: d.size };
+    // Check the compression against the media type before decoding.
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    {
+        use std::io::Seek;
+        while got < 4 {
+            let n = blob.f.read(&mut head[got..]).map_err(|e| lerr(None, format!("reading: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        blob.f.seek(io::SeekFrom::Start(0)).map_err(|e| lerr(None, format!("seek: {e}")))?;
+    }
+    let sniffed = if got >= 2 && head[..2] == [0x1f, 0x8b] {
+        Compression::Gzip
+    } else if got >= 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    if sniffed != layer.compression {
+        return Err(lerr(
+            None,
+            format!(
+                "media type {} says {} but the content is {}",
+                d.media_type,
+                layer.compression.name(),
+                sniffed.name()
+            ),
+        ));
+    }
+    let limit = stats.max_bytes.saturating_sub(stats.bytes);
+    // One thread reads, verifies and decompresses the blob; this one parses
+    // the tar and stores contents. Between them, at most CHANNEL chunks.
+    let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
+    let (parsed, decoded) = std::thread::scope(|s| {
+        let h = s.spawn(move || decode_layer(blob, layer, limit, tx));
+        let mut reader = ChanReader { rx, cur: Vec::new(), pos: 0 };
+        let r = read_entries(tree, &mut reader, store, stats, d.digest).and_then(|()| {
+            // The diff_id covers the whole uncompressed stream, also past the
+            // end-of-archive marker.
+            drain(&mut reader).map_err(|e| lerr(None, format!("after the end of the archive: {e}")))
+        });
+        drop(reader);
+        (r, h.join())
+    });
+    let decoded = decoded.map_err(|_| lerr(None, "the decompressing thread panicked".into()))?;
+    match (parsed, decoded) {
+        // A bad blob or stream explains a parse failure better than the parser.
+        (_, Err(Decode::Failed(msg))) => Err(lerr(None, msg)),
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(Decode::Cancelled)) => Err(lerr(None, "decompression stopped early".into())),
+        (Ok(()), Ok((diff_id, len))) => {
+            stats.bytes += len;
+            if diff_id != layer.diff_id {
+                return Err(lerr(
+                    None,
+                    format!("uncompressed content has digest {diff_id}, the config's diff_id is {}", layer.diff_id),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Uncompressed bytes per message between the threads.
+const CHUNK: usize = 256 << 10;
+/// Messages in flight between the threads.
+const CHANNEL: usize = 8;
+
+enum Decode {
+    /// The parser stopped listening (it failed).
+    Cancelled,
+    /// The blob or its compressed stream is bad.
+    Failed(String),
+}
+
+/// Reads the blob, verifies it against its descriptor, decompresses it and
+/// sends the uncompressed stream on; returns its digest and length.
+fn decode_layer(
+    mut blob: BlobReader,
+    layer: &Layer,
+    limit: u64,
+    tx: crossbeam_channel::Sender<io::Result<Vec<u8>>>,
+) -> Result<(Digest, u64), Decode> {
+    let d = &layer.desc;
+    let streamed = (|| -> io::Result<Result<(Digest, u64), Decode>> {
+        let buffered = io::BufReader::with_capacity(64 << 10, &mut blob);
+        let decoder: Box<dyn Read + '_> = match layer.compression {
+            Compression::None => Box::new(buffered),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Zstd => {
+                let mut z = zstd::stream::read::Decoder::with_buffer(buffered)?;
+                z.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+                Box::new(z)
+            }
+        };
+        let mut diff = DiffReader { r: decoder, hasher: Sha256::new(), len: 0, limit };
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let mut n = 0;
+            while n < CHUNK {
+                match diff.read(&mut chunk[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if n == 0 {
+                return Ok(Ok((Digest(std::mem::take(&mut diff.hasher).finalize().into()), diff.len)));
+            }
+            chunk.truncate(n);
+            if tx.send(Ok(chunk)).is_err() {
+                return Ok(Err(Decode::Cancelled));
+            }
+        }
+    })();
+    let decoded = match streamed {
+        Ok(Ok(x)) => x,
+        Ok(Err(c)) => return Err(c),
+        Err(e) => {
+            let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+            // A blob that is the wrong size or digest explains a decoding
+            // failure better than the decoder does.
+            if drain(&mut blob).is_err()
+                || blob.len != d.size
+                || Digest(blob.hasher.clone().finalize().into()) != d.digest
+            {
+                return Err(Decode::Failed(format!(
+                    "blob does not match its descriptor (size {}, digest {}); while reading: {e}",
+                    d.size, d.digest
+                )));
+            }
+            return Err(Decode::Failed(format!("decompressing: {e}")));
+        }
+    };
+    drop(tx);
+    // The blob itself, to its end, whatever the decoder left.
+    drain(&mut blob).map_err(|e| Decode::Failed(format!("{e}")))?;
+    if blob.len != d.size {
+        return Err(Decode::Failed(format!("blob is {} bytes, its descriptor says {}", blob.len, d.size)));
+    }
+    let actual = Digest(blob.hasher.finalize().into());
+    if actual != d.digest {
+        return Err(Decode::Failed(format!("blob content has digest {actual}")));
+    }
+    Ok(decoded)
+}
+
+/// The receiving end of the uncompressed stream.
+struct ChanReader {
+    rx: crossbeam_channel::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The sender is gone: the end of the stream (or its failure,
+                // which the sender reports itself).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Applies one uncompressed layer tar to `tree` (call
+/// [`Tree::begin_layer`] first); `layer` names the layer in errors. Returns
+/// the number of regular files read. This is the core of [`import_image`]
+/// without the layout, the blob checks and the decompression.
+pub fn apply_tar<R: Read>(tree: &mut Tree, r: R, store: Option<&Store>, layer: Digest) -> Result<u64, ImportError> {
+    let mut stats = Stats { files: 0, bytes: 0, max_bytes: u64::MAX };
+    read_entries(tree, r, store, &mut stats, layer)?;
+    Ok(stats.files)
+}
+
+fn read_entries<R: Read>(
+    tree: &mut Tree,
+    r: R,
+    store: Option<&Store>,
+    stats: &mut Stats,
+    layer: Digest,
+) -> Result<(), ImportError> {
+    let mut tr = TarReader::new(r);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut last_name: Option<String> = None;
+    loop {
+        let terr = |e: TarError, name: &Option<String>| match (e, name) {
+            (TarError::Entry { path, msg }, _) => ImportError::Layer { layer, entry: Some(path_display(&path)), msg },
+            (e, Some(n)) => ImportError::Layer { layer, entry: None, msg: format!("after entry {n}: {e}") },
+            (e, None) => ImportError::Layer { layer, entry: None, msg: e.to_string() },
+        };
+        let h = match tr.next_header() {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(terr(e, &last_name)),
+        };
+        let shown = path_display(&h.path);
+        let eerr = |msg: String| ImportError::Layer { layer, entry: Some(shown.clone()), msg };
+        last_name = Some(shown.clone());
+        let comps = tree::clean(&h.path).map_err(eerr)?;
+        if let Some(last) = comps.last() {
+            if last.starts_with(b".wh.") {
+                tree.whiteout(&comps).map_err(eerr)?;
+                continue;
+            }
+        }
+        let mut xattrs = h.xattrs.clone();
+        xattrs.retain(|k, _| !IGNORED_XATTRS.contains(&k.as_slice()));
+        for (k, v) in &xattrs {
+            if k.is_empty() || k.len() > crate::manifest::MAX_NAME {
+                return Err(eerr(format!("xattr name of {} bytes", k.len())));
+            }
+            if v.len() > crate::manifest::MAX_XATTR_VALUE {
+                return Err(eerr(format!(
+                    "xattr {} value of {} bytes exceeds {}",
+                    String::from_utf8_lossy(k),
+                    v.len(),
+                    crate::manifest::MAX_XATTR_VALUE
+                )));
+            }
+        }
+        let meta = Meta { mode: h.mode, uid: h.uid, gid: h.gid, mtime: h.mtime, xattrs, uname: None, gname: None };
+        let target = |what: &str| -> Result<Vec<u8>, ImportError> {
+            if h.link.is_empty() || h.link.len() > crate::manifest::MAX_TARGET {
+                return Err(eerr(format!(
+                    "{what} target of {} bytes (must be 1..={})",
+                    h.link.len(),
+                    crate::manifest::MAX_TARGET
+                )));
+            }
+            Ok(h.link.clone())
+        };
+        let kind = match h.kind {
+            EntryType::Dir => NewKind::Dir,
+            EntryType::Symlink => NewKind::Symlink(target("symlink")?),
+            EntryType::Link => NewKind::Link(target("hardlink")?),
+            EntryType::Char => NewKind::Char(Dev { major: h.dev.0, minor: h.dev.1 }),
+            EntryType::Block => NewKind::Block(Dev { major: h.dev.0, minor: h.dev.1 }),
+            EntryType::Fifo => NewKind::Fifo,
+            EntryType::File => {
+                let mut c = Content::new(store, h.size)?;
+                let terr2 = |e: TarError| eerr(format!("reading content: {e}"));
+                match &h.sparse {
+                    None => loop {
+                        let n = tr.read_data(&mut buf).map_err(terr2)?;
+                        if n == 0 {
+                            break;
+                        }
+                        c.write(&buf[..n])?;
+                    },
+                    Some(map) => {
+                        for &(off, len) in map {
+                            c.write_zeros(off - c.len())?;
+                            let mut left = len;
+                            while left > 0 {
+                                let k = left.min(buf.len() as u64) as usize;
+                                tr.read_data_exact(&mut buf[..k]).map_err(terr2)?;
+                                c.write(&buf[..k])?;
+                                left -= k as u64;
+                            }
+                        }
+                        c.write_zeros(h.size - c.len())?;
+                    }
+                }
+                stats.files += 1;
+                NewKind::File(c.finish()?)
+            }
+        };
+        tree.add(&comps, meta, kind).map_err(eerr)?;
+    }
+}

@@ -1,0 +1,508 @@
+//! The working tree layers are applied to during import, in memory only, and
+//! its conversion to a [`Manifest`] at the end.
+//!
+//! Unlike the manifest, this model keeps hardlinked names as equals sharing
+//! one inode (content and metadata live in the inode), because a later layer
+//! may delete or replace any of the names; which name is "first" and carries
+//! the content is decided only when the manifest is built.
+//!
+//! Semantics follow `umoci unpack` (root mode), the reference for what an
+//! image's tree is:
+//! - Entry names are cleaned: a leading `/` is dropped (absolute names are
+//!   taken relative to the root, the tar convention), empty and `.`
+//!   components are dropped; a `..` component is rejected.
+//! - Directory components of a name resolve through symlinks already in the
+//!   tree, inside the root (`..` stops at the root, absolute targets start
+//!   from it), as umoci's scoped join does; the last component is never
+//!   followed. Directories a name implies but no entry lists are created
+//!   with mode 0755, owner 0:0 and mtime 0, and so is the root until an
+//!   entry for `.` sets it. (umoci creates them with mode 0777 less its
+//!   umask, so 0755 under the usual 022, owned by the unpacking user, with
+//!   the time of extraction as mtime: that time cannot be reproduced, so a
+//!   fixed 0 stands in for it.)
+//! - A new entry replaces what was there, except that a directory over a
+//!   directory keeps the children and takes the new metadata.
+//! - `.wh.NAME` removes NAME and `.wh..wh..opq` empties its directory, but
+//!   neither touches a path created by the same layer (nor its ancestors):
+//!   whiteouts hide lower layers only, whatever their position in the layer.
+//!   A whiteout of a missing path does nothing.
+//! - A hardlink shares the inode of its target (its own header metadata is
+//!   ignored); a link to a non-regular file copies that entry; a link to a
+//!   directory or a missing path is an error.
+//! - The root may only be given directory metadata: any other type there is
+//!   rejected.
+
+use crate::manifest::{Dev, Entry, File, Kind, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, check_name};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Most symlinks followed while resolving one name (Linux's limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// A regular file's shared part.
+#[derive(Clone, Debug)]
+struct Inode {
+    meta: Meta,
+    file: File,
+}
+
+#[derive(Clone, Debug)]
+enum NodeKind {
+    Dir(BTreeMap<Name, Node>),
+    File(usize),
+    Symlink(Vec<u8>),
+    Char(Dev),
+    Block(Dev),
+    Fifo,
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    /// Unused for files (their metadata is the inode's).
+    meta: Meta,
+    kind: NodeKind,
+    /// The last layer that created or modified this path or something
+    /// below it (whiteouts of that layer leave it alone).
+    touched: u32,
+}
+
+impl Node {
+    fn new(meta: Meta, kind: NodeKind) -> Node {
+        Node { meta, kind, touched: 0 }
+    }
+
+    fn implicit_dir() -> Node {
+        Node::new(default_dir_meta(), NodeKind::Dir(BTreeMap::new()))
+    }
+}
+
+/// What a layer entry becomes.
+#[derive(Clone, Debug)]
+pub enum NewKind {
+    /// A directory.
+    Dir,
+    /// A regular file with its content already stored.
+    File(File),
+    /// A symlink.
+    Symlink(Vec<u8>),
+    /// A hard link to the given (raw, uncleaned) path.
+    Link(Vec<u8>),
+    /// A character device.
+    Char(Dev),
+    /// A block device.
+    Block(Dev),
+    /// A fifo.
+    Fifo,
+}
+
+/// The tree being built.
+pub struct Tree {
+    root: Node,
+    inodes: Vec<Inode>,
+    /// The current layer's number (from 1).
+    layer: u32,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree { root: Node::implicit_dir(), inodes: Vec::new(), layer: 0 }
+    }
+}
+
+fn default_dir_meta() -> Meta {
+    Meta { mode: 0o755, ..Meta::default() }
+}
+
+/// Splits and cleans an entry name (see the module doc).
+pub fn clean(name: &[u8]) -> Result<Vec<Name>, String> {
+    let mut out = Vec::new();
+    for c in name.split(|&b| b == b'/') {
+        if c.is_empty() || c == b"." {
+            continue;
+        }
+        if c == b".." {
+            return Err("name has a .. component".into());
+        }
+        check_name(c).map_err(|e| format!("invalid name component: {e}"))?;
+        out.push(c.to_vec());
+    }
+    if out.len() > MAX_DEPTH {
+        return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
+    }
+    Ok(out)
+}
+
+fn join(p: &[Name]) -> Vec<u8> {
+    p.join(&b'/')
+}
+
+/// Where a name's parent resolved to.
+enum Parent {
+    /// An existing directory at this resolved path.
+    Dir(Vec<Name>),
+    /// The resolved path exists up to `existing` components, the rest is
+    /// missing (to be created for entries; nothing to do for whiteouts).
+    Missing(Vec<Name>),
+}
+
+impl Tree {
+    /// Starts a new layer: forgets which paths the previous one touched.
+    pub fn begin_layer(&mut self) {
+        self.layer += 1;
+    }
+
+    fn node(&self, path: &[Name]) -> Option<&Node> {
+        let mut cur = &self.root;
+        for c in path {
+            match &cur.kind {
+                NodeKind::Dir(ch) => cur = ch.get(c)?,
+                _ => return None,
+            }
+        }
+        Some(cur)
+    }
+
+    fn dir_mut(&mut self, path: &[Name]) -> Option<&mut BTreeMap<Name, Node>> {
+        let mut cur = &mut self.root;
+        for c in path {
+            match &mut cur.kind {
+                NodeKind::Dir(ch) => cur = ch.get_mut(c)?,
+                _ => return None,
+            }
+        }
+        match &mut cur.kind {
+            NodeKind::Dir(ch) => Some(ch),
+            _ => None,
+        }
+    }
+
+    /// Resolves directory components through symlinks, inside the root.
+    /// Errors when a component is a non-directory (other than a symlink) or
+    /// symlinks loop.
+    fn resolve_dir(&self, comps: &[Name]) -> Result<Parent, String> {
+        let mut resolved: Vec<Name> = Vec::new();
+        let mut todo: VecDeque<Name> = comps.iter().cloned().collect();
+        let mut cur = &self.root;
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            if c.is_empty() || c == b"." {
+                continue;
+            }
+            if c == b".." {
+                // Only from a symlink target; stops at the root.
+                resolved.pop();
+                cur = self.node(&resolved).expect("resolved path is a directory");
+                continue;
+            }
+            let NodeKind::Dir(children) = &cur.kind else { unreachable!("resolved path is a directory") };
+            match children.get(&c) {
+                None => {
+                    // The rest is missing: taken as it is.
+                    resolved.push(c);
+                    for r in todo {
+                        if r.is_empty() || r == b"." {
+                            continue;
+                        }
+                        if r == b".." {
+                            return Err("a missing directory is followed by ..".into());
+                        }
+                        resolved.push(r);
+                    }
+                    return Ok(Parent::Missing(resolved));
+                }
+                Some(n @ Node { kind: NodeKind::Dir(_), .. }) => {
+                    resolved.push(c);
+                    cur = n;
+                }
+                Some(Node { kind: NodeKind::Symlink(t), .. }) => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(format!("too many levels of symlinks resolving {}", shown(&join(comps))));
+                    }
+                    if t.starts_with(b"/") {
+                        resolved.clear();
+                        cur = &self.root;
+                    }
+                    for part in t.split(|&b| b == b'/').rev() {
+                        todo.push_front(part.to_vec());
+                    }
+                }
+                Some(_) => {
+                    resolved.push(c);
+                    return Err(format!("{} is not a directory", shown(&join(&resolved))));
+                }
+            }
+            if resolved.len() > MAX_DEPTH {
+                return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
+            }
+        }
+        Ok(Parent::Dir(resolved))
+    }
+
+    /// Marks a path and its ancestors as touched by the current layer.
+    fn mark_upper(&mut self, path: &[Name]) {
+        let layer = self.layer;
+        let mut cur = &mut self.root;
+        for c in path {
+            let NodeKind::Dir(ch) = &mut cur.kind else { return };
+            let Some(n) = ch.get_mut(c) else { return };
+            n.touched = layer;
+            cur = n;
+        }
+    }
+
+    /// Applies a whiteout: `name` is the whiteout entry's full name.
+    pub fn whiteout(&mut self, comps: &[Name]) -> Result<(), String> {
+        let (last, dir) = comps.split_last().ok_or("whiteout of the root")?;
+        let opaque = last.as_slice() == b".wh..wh..opq";
+        let target = &last[4..];
+        if !opaque {
+            if target.is_empty() {
+                return Err("whiteout with an empty name".into());
+            }
+            if target == b"." || target == b".." {
+                return Err("whiteout of . or ..".into());
+            }
+            check_name(target).map_err(|e| format!("invalid whiteout name: {e}"))?;
+        }
+        let dir_path = match self.resolve_dir(dir) {
+            Ok(Parent::Dir(p)) => p,
+            // Nothing there to hide (umoci: ENOENT/ENOTDIR are no-ops).
+            Ok(Parent::Missing(_)) => return Ok(()),
+            Err(e) if e.ends_with("is not a directory") => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if opaque {
+            let names: Vec<Name> = match self.node(&dir_path) {
+                Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().cloned().collect(),
+                _ => return Ok(()),
+            };
+            for n in names {
+                let mut p = dir_path.clone();
+                p.push(n);
+                self.remove_lower(&p);
+            }
+            return Ok(());
+        }
+        let mut p = dir_path;
+        p.push(target.to_vec());
+        if self.node(&p).is_some() {
+            self.remove_lower(&p);
+        }
+        Ok(())
+    }
+
+    /// Removes `path` unless this layer touched it; then recurses into it.
+    fn remove_lower(&mut self, path: &[Name]) {
+        if self.node(path).is_some_and(|n| n.touched != self.layer) {
+            let (last, dir) = path.split_last().expect("never the root");
+            if let Some(ch) = self.dir_mut(dir) {
+                ch.remove(last);
+            }
+            return;
+        }
+        let names: Vec<Name> = match self.node(path) {
+            Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().cloned().collect(),
+            _ => return,
+        };
+        for n in names {
+            let mut p = path.to_vec();
+            p.push(n);
+            self.remove_lower(&p);
+        }
+    }
+
+    /// Adds (or replaces) an entry. `comps` is the cleaned name.
+    pub fn add(&mut self, comps: &[Name], meta: Meta, kind: NewKind) -> Result<(), String> {
+        let Some((last, dir)) = comps.split_last() else {
+            return match kind {
+                NewKind::Dir => {
+                    self.root.meta = meta;
+                    Ok(())
+                }
+                _ => Err("refusing to change the type of the root directory".into()),
+            };
+        };
+        let dir_path = match self.resolve_dir(dir)? {
+            Parent::Dir(p) => p,
+            Parent::Missing(p) => {
+                self.make_dirs(&p)?;
+                p
+            }
+        };
+        let mut path = dir_path.clone();
+        path.push(last.clone());
+        if path.len() > MAX_DEPTH {
+            return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
+        }
+        // Clobber what was there, except a directory over a directory.
+        let keep_dir =
+            matches!(kind, NewKind::Dir) && matches!(self.node(&path), Some(Node { kind: NodeKind::Dir(_), .. }));
+        if !keep_dir {
+            if let Some(ch) = self.dir_mut(&dir_path) {
+                ch.remove(last);
+            }
+        }
+        let node = match kind {
+            NewKind::Dir => {
+                if keep_dir {
+                    let ch = self.dir_mut(&dir_path).expect("resolved above");
+                    ch.get_mut(last).expect("checked above").meta = meta;
+                    self.mark_upper(&path);
+                    return Ok(());
+                }
+                Node::new(meta, NodeKind::Dir(BTreeMap::new()))
+            }
+            NewKind::File(file) => {
+                self.inodes.push(Inode { meta, file });
+                Node::new(Meta::default(), NodeKind::File(self.inodes.len() - 1))
+            }
+            NewKind::Symlink(t) => Node::new(Meta { mode: 0o777, ..meta }, NodeKind::Symlink(t)),
+            NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
+            NewKind::Block(d) => Node::new(meta, NodeKind::Block(d)),
+            NewKind::Fifo => Node::new(meta, NodeKind::Fifo),
+            NewKind::Link(target) => self.link_target(&target)?,
+        };
+        self.dir_mut(&dir_path).expect("resolved above").insert(last.clone(), node);
+        self.mark_upper(&path);
+        Ok(())
+    }
+
+    fn link_target(&self, target: &[u8]) -> Result<Node, String> {
+        let comps = clean(target).map_err(|e| format!("hardlink target {}: {e}", shown(target)))?;
+        let (last, dir) = comps.split_last().ok_or("hardlink to the root directory")?;
+        let missing = || format!("hardlink to a missing entry {}", shown(target));
+        let mut p = match self.resolve_dir(dir) {
+            Ok(Parent::Dir(p)) => p,
+            Ok(Parent::Missing(_)) => return Err(missing()),
+            Err(e) => return Err(format!("hardlink target {}: {e}", shown(target))),
+        };
+        p.push(last.clone());
+        match self.node(&p) {
+            None => Err(missing()),
+            Some(Node { kind: NodeKind::Dir(_), .. }) => Err(format!("hardlink to a directory {}", shown(target))),
+            Some(n) => Ok(n.clone()),
+        }
+    }
+
+    fn make_dirs(&mut self, path: &[Name]) -> Result<(), String> {
+        let mut cur = &mut self.root;
+        for c in path {
+            let NodeKind::Dir(ch) = &mut cur.kind else {
+                return Err(format!("{} is not a directory", shown(&join(path))));
+            };
+            cur = ch.entry(c.clone()).or_insert_with(Node::implicit_dir);
+        }
+        match cur.kind {
+            NodeKind::Dir(_) => Ok(()),
+            _ => Err(format!("{} is not a directory", shown(&join(path)))),
+        }
+    }
+
+    /// Builds the manifest: the first name of each inode in manifest order
+    /// carries content and metadata, the others become hardlinks to it.
+    /// Fails only when a hardlink's first name is a path too long for the
+    /// format ([`MAX_TARGET`] bytes).
+    pub fn to_manifest(&self) -> Result<Manifest, String> {
+        let mut first: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut path = Vec::new();
+        let root = self.convert(&self.root, &mut path, &mut first)?;
+        Ok(Manifest { root })
+    }
+
+    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<usize, Vec<u8>>) -> Result<Entry, String> {
+        let kind = match &n.kind {
+            NodeKind::Dir(ch) => {
+                let mut out = BTreeMap::new();
+                for (name, c) in ch {
+                    let len = path.len();
+                    if len > 0 {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(name);
+                    out.insert(name.clone(), self.convert(c, path, first)?);
+                    path.truncate(len);
+                }
+                Kind::Dir(out)
+            }
+            NodeKind::File(i) => {
+                if let Some(p) = first.get(i) {
+                    if p.len() > MAX_TARGET {
+                        return Err(format!(
+                            "{} is a hardlink to {}, a path longer than {MAX_TARGET} bytes, which a manifest cannot record",
+                            shown(path),
+                            shown(p)
+                        ));
+                    }
+                    return Ok(Entry { meta: Meta::default(), kind: Kind::Hardlink(p.clone()) });
+                }
+                first.insert(*i, path.clone());
+                let ino = &self.inodes[*i];
+                return Ok(Entry { meta: ino.meta.clone(), kind: Kind::File(ino.file.clone()) });
+            }
+            NodeKind::Symlink(t) => Kind::Symlink(t.clone()),
+            NodeKind::Char(d) => Kind::Char(*d),
+            NodeKind::Block(d) => Kind::Block(*d),
+            NodeKind::Fifo => Kind::Fifo,
+        };
+        Ok(Entry { meta: n.meta.clone(), kind })
+    }
+}
+
+fn shown(p: &[u8]) -> String {
+    crate::manifest::path_display(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> Vec<Name> {
+        clean(s.as_bytes()).unwrap()
+    }
+
+    fn file(t: &mut Tree, p: &str) {
+        t.add(&c(p), Meta { mode: 0o644, ..Meta::default() }, NewKind::File(File::default())).unwrap();
+    }
+
+    #[test]
+    fn clean_names() {
+        assert_eq!(c("/a//./b/"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(clean(b"a/../b").is_err());
+        assert!(c("./").is_empty());
+    }
+
+    #[test]
+    fn hardlink_primary_rederived_after_delete() {
+        let mut t = Tree::default();
+        file(&mut t, "z");
+        t.add(&c("a"), Meta::default(), NewKind::Link(b"z".to_vec())).unwrap();
+        let m = t.to_manifest().unwrap();
+        assert_eq!(m.get(b"z").unwrap().kind, Kind::Hardlink(b"a".to_vec()));
+        t.begin_layer();
+        t.whiteout(&c(".wh.a")).unwrap();
+        let m = t.to_manifest().unwrap();
+        assert!(matches!(m.get(b"z").unwrap().kind, Kind::File(_)));
+        assert!(m.get(b"a").is_none());
+    }
+
+    #[test]
+    fn opaque_keeps_this_layers_entries() {
+        let mut t = Tree::default();
+        file(&mut t, "d/old");
+        t.begin_layer();
+        file(&mut t, "d/new");
+        t.whiteout(&c("d/.wh..wh..opq")).unwrap();
+        let m = t.to_manifest().unwrap();
+        assert!(m.get(b"d/new").is_some());
+        assert!(m.get(b"d/old").is_none());
+    }
+
+    #[test]
+    fn parent_symlink_resolves_in_root() {
+        let mut t = Tree::default();
+        t.add(&c("usr/lib"), Meta::default(), NewKind::Dir).unwrap();
+        t.add(&c("lib"), Meta::default(), NewKind::Symlink(b"/../../usr/lib".to_vec())).unwrap();
+        file(&mut t, "lib/x");
+        assert!(t.to_manifest().unwrap().get(b"usr/lib/x").is_some());
+    }
+}
