@@ -7,7 +7,7 @@
 # rerun fetches exactly what is missing), a blob altered in the registry's
 # storage (rejected, never stored), 404, and a registry with htpasswd login
 # (401 without credentials, success with an auth.json, refusal of a wrong
-# password). Every server is bounded by timeout(1) and stopped on exit.
+# password), and one that speaks only TLS. Every server is bounded by timeout(1) and stopped on exit.
 . "$(dirname "$0")/lib.sh"
 ensure_corpus
 REF=$CORPUS/rootfs-reference
@@ -25,10 +25,12 @@ command -v docker-registry >/dev/null || {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# start_registry DIR [AUTH-YAML]: a registry storing under DIR/data; sets
-# PORT and PID. Waits (bounded) until /v2/ answers 200 or 401.
+# start_registry DIR [YAML [SCHEME]]: a registry storing under DIR/data;
+# YAML follows `  addr:` (indented: more of http:, e.g. tls; not indented:
+# another section, e.g. auth); sets PORT and PID.
+# Waits (bounded) until /v2/ answers 200 or 401.
 start_registry() {
-  local dir=$1 auth=${2:-}
+  local dir=$1 auth=${2:-} scheme=${3:-http}
   mkdir -p "$dir/data"
   PORT=$(free_port)
   cat >"$dir/config.yml" <<EOF
@@ -48,7 +50,7 @@ EOF
   PID=$!
   PIDS+=("$PID")
   for _ in $(seq 1 80); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v2/" 2>/dev/null || true)
+    code=$(curl -s -k -o /dev/null -w '%{http_code}' "$scheme://127.0.0.1:$PORT/v2/" 2>/dev/null || true)
     case $code in 200|401) return 0 ;; esac
     kill -0 "$PID" 2>/dev/null || fail "registry exited: $(tail -5 "$dir/log")"
     sleep 0.25
@@ -187,6 +189,29 @@ grep -q "$total blobs, $((total - have)) fetched .*, $have already in the store"
   fail "rerun did not fetch exactly the missing $((total - have)): $(cat "$W/int2.err")"
 note "rerun fetched the $((total - have)) missing blobs only"
 
+# a registry on 127.0.0.1 that speaks only TLS: ocix uses HTTPS with the CA
+# from SSL_CERT_FILE, and refuses a certificate it cannot verify
+mkdir -p "$W/small/etc" && echo hello >"$W/small/etc/hello" && echo world >"$W/small/etc/world"
+"$OCIX" scan "$W/small" --store "$W/ss" -o "$W/small.ocix"
+(
+  cd "$W" && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=ocix-test-ca &&
+    openssl req -newkey rsa:2048 -nodes -keyout tls.key -out tls.csr -subj /CN=127.0.0.1 &&
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >tls.ext &&
+    openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out tls.crt -days 2 -extfile tls.ext
+) >"$W/openssl.log" 2>&1 || fail "making a test certificate: $(cat "$W/openssl.log")"
+start_registry "$W/treg" "  tls:
+    certificate: $W/tls.crt
+    key: $W/tls.key" https
+T=127.0.0.1:$PORT
+SSL_CERT_FILE=$W/ca.crt "$OCIX" push "$W/small.ocix" --store "$W/ss" "docker://$T/ocix/small:v1" 2>"$W/tls.err" ||
+  fail "push over TLS: $(cat "$W/tls.err")"
+SSL_CERT_FILE=$W/ca.crt "$OCIX" pull "docker://$T/ocix/small:v1" --store "$W/tls-store" -o "$W/small-tls.ocix" 2>"$W/tls2.err" ||
+  fail "pull over TLS: $(cat "$W/tls2.err")"
+cmp "$W/small.ocix" "$W/small-tls.ocix" || fail "manifest over TLS differs"
+expect_fail "$W/tls3.err" env SSL_CERT_FILE=/dev/null "$OCIX" pull "docker://$T/ocix/small:v1" --store "$W/tls-x"
+grep -q -i 'certificate' "$W/tls3.err" || fail "untrusted certificate not named: $(cat "$W/tls3.err")"
+note "TLS registry: push and pull over HTTPS; untrusted certificate refused: $(grep -o 'ocix: error.*' "$W/tls3.err" | cut -c1-200)"
+
 # a registry that wants a login (htpasswd, bcrypt)
 if command -v htpasswd >/dev/null; then
   htpasswd -Bbn ocixuser s3cret >"$W/htpasswd"
@@ -198,8 +223,6 @@ start_registry "$W/areg" "auth:
     realm: ocix-test
     path: $W/htpasswd"
 A=127.0.0.1:$PORT
-mkdir -p "$W/small/etc" && echo hello >"$W/small/etc/hello" && echo world >"$W/small/etc/world"
-"$OCIX" scan "$W/small" --store "$W/ss" -o "$W/small.ocix"
 export REGISTRY_AUTH_FILE=$W/none.json XDG_RUNTIME_DIR=$W/run HOME=$W/home
 expect_fail "$W/401.err" "$OCIX" push "$W/small.ocix" --store "$W/ss" "docker://$A/ocix/small:v1"
 grep -q '401 Unauthorized: the registry asks for a login; no credentials for' "$W/401.err" ||

@@ -12,8 +12,10 @@ use std::time::Duration;
 /// Connection flags shared by pull and push.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RemoteArgs {
-    /// Speak plain HTTP to the registry even if it is not on loopback
-    /// (registries on localhost/127.0.0.1/[::1] always get plain HTTP).
+    /// Speak plain HTTP to the registry. Without it HTTPS is used (CA
+    /// certificates from the system or SSL_CERT_FILE), except that a
+    /// registry on localhost/127.0.0.1/[::1] that does not speak TLS gets
+    /// plain HTTP.
     #[arg(long)]
     pub insecure: bool,
     /// Seconds to wait for a connection or for any read before the request

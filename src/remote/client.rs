@@ -72,12 +72,14 @@ pub struct Client {
 
 impl Client {
     /// A client for `remote`; `push` asks for push rights when a token is
-    /// needed. Registries on loopback, and any with `opts.insecure`, are
-    /// spoken to in plain HTTP; others in HTTPS (HTTP/2 when offered).
+    /// needed. Registries are spoken to in HTTPS (HTTP/2 when offered; CA
+    /// certificates from the system, or `SSL_CERT_FILE`), in plain HTTP
+    /// with `opts.insecure`; a registry on loopback gets plain HTTP if it
+    /// does not speak TLS (see [`resolve_scheme`](Self::resolve_scheme)).
     pub fn new(remote: Remote, opts: RemoteOptions, push: bool) -> Result<Client, RemoteError> {
         let (origin, creds) = match &remote {
             Remote::Registry(r) => {
-                let scheme = if opts.insecure || r.is_loopback() { "http" } else { "https" };
+                let scheme = if opts.insecure { "http" } else { "https" };
                 (format!("{scheme}://{}", r.host), auth::lookup(&opts.auth_files, &r.host))
             }
             Remote::Http(base) => {
@@ -93,6 +95,29 @@ impl Client {
             .build()
             .map_err(|e| transport("setting up", "HTTP client", e, opts.timeout))?;
         Ok(Client { http, opts, remote, origin, creds, auth: Mutex::new(None), push })
+    }
+
+    /// For a registry on loopback reached over HTTPS: asks `/v2/` once and
+    /// falls back to plain HTTP when the server does not speak TLS (as
+    /// docker does for localhost). A certificate the system does not trust
+    /// is not a reason to fall back: that error is kept for the user.
+    pub async fn resolve_scheme(&mut self) {
+        let Remote::Registry(r) = &self.remote else { return };
+        if !r.is_loopback() || !self.origin.starts_with("https://") {
+            return;
+        }
+        let url = format!("{}/v2/", self.origin);
+        if let Err(e) = self.http.get(&url).send().await {
+            let mut chain = e.to_string();
+            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+            while let Some(x) = src {
+                chain.push_str(&x.to_string());
+                src = x.source();
+            }
+            if !chain.to_ascii_lowercase().contains("certificate") {
+                self.origin = format!("http://{}", r.host);
+            }
+        }
     }
 
     /// The remote.

@@ -66,8 +66,11 @@ pub struct PullReport {
 /// Pulls into `store` (which must exist; see [`Store::create`]).
 pub fn pull(remote: &Remote, store: &Store, opts: &PullOptions) -> Result<PullReport, RemoteError> {
     let rt = runtime()?;
-    let client = Client::new(remote.clone(), opts.remote.clone(), false)?;
-    rt.block_on(pull_async(&client, store, opts))
+    let mut client = Client::new(remote.clone(), opts.remote.clone(), false)?;
+    rt.block_on(async {
+        client.resolve_scheme().await;
+        pull_async(&client, store, opts).await
+    })
 }
 
 /// A runtime for one transfer: a few workers for the connections; the

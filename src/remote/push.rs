@@ -89,13 +89,15 @@ pub fn push(
         }));
     }
     let rt = runtime()?;
-    let client = Client::new(Remote::Registry(target.clone()), opts.remote.clone(), true)?;
+    let mut client = Client::new(Remote::Registry(target.clone()), opts.remote.clone(), true)?;
     rt.block_on(async {
+        client.resolve_scheme().await;
+        let client = &client;
         let (packs, singles) = pack::plan(&files, opts.pack_threshold);
         let counts: Vec<u64> = packs.iter().map(|p| p.len() as u64).collect();
         let mut items: Vec<Item> = packs.into_iter().map(Item::Pack).collect();
         items.extend(singles.iter().map(|&(d, s)| Item::Single(d, s)));
-        let (uploaded, present, bytes, descs) = push_blobs(&client, store, items, opts).await?;
+        let (uploaded, present, bytes, descs) = push_blobs(client, store, items, opts).await?;
         let pack_descs: Vec<(Digest, u64, u64)> = descs.iter().zip(&counts).map(|(&(d, s), &c)| (d, s, c)).collect();
         let ocix = Descriptor::new(MEDIA_TYPE, &manifest_digest, manifest_bytes.len() as u64);
         for (d, data) in

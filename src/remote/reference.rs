@@ -77,7 +77,7 @@ impl Reference {
     }
 
     /// Whether the host is the loopback interface (`localhost`, `127.x`,
-    /// `[::1]`), where plain HTTP is used.
+    /// `[::1]`), where plain HTTP is allowed without `--insecure`.
     pub fn is_loopback(&self) -> bool {
         is_loopback_host(&self.host)
     }
