@@ -19,9 +19,13 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-command -v docker-registry >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
-}
+need=()
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -188,6 +192,24 @@ for _ in $(seq 1 80); do curl -fsS -o /dev/null "http://$R/v2/" 2>/dev/null && b
 grep -q "$total blobs, $((total - have)) fetched .*, $have already in the store" "$W/int2.err" ||
   fail "rerun did not fetch exactly the missing $((total - have)): $(cat "$W/int2.err")"
 note "rerun fetched the $((total - have)) missing blobs only"
+grep -q "[0-9]* blob(s) failed, $have transferred, $((total - have)) still missing" "$W/int.err" ||
+  fail "the error does not count what was kept: $(cat "$W/int.err")"
+
+# rootless: as nobody, unpack from the registry into a store and tree it owns
+chmod 0755 "$W"
+install -m 0755 "$OCIX" "$W/ocix"
+mkdir "$W/nobody" && chown 65534:65534 "$W/nobody"
+as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+as_nobody "$W/ocix" unpack -v "docker://$R/ocix/corpus:v1" "$W/nobody/out" --store "$W/nobody/store" 2>"$W/nobody.err" ||
+  fail "rootless unpack docker://: $(tail -5 "$W/nobody.err")"
+grep -q "$total blobs, $total fetched" "$W/nobody.err" || fail "rootless pull: $(cat "$W/nobody.err")"
+chmod a+r "$W/m.ocix"
+set +e; as_nobody "$W/ocix" diff --rootless "$W/nobody/out" "$W/m.ocix" >"$W/nobody.diff" 2>&1; rc=$?; set -e
+[ "$rc" -le 1 ] || fail "rootless diff failed: $(cat "$W/nobody.diff")"
+grep -v -E '^/(dev/[a-z]+|srv/ocix-edge/dev/(null|loop0)): (type|rdev|size|digest)|^/srv/ocix-edge/xattr/cap-bin: xattr security.capability removed$' \
+  "$W/nobody.diff" >"$W/unexpected" || true
+[ ! -s "$W/unexpected" ] || fail "rootless differences beyond devices and capabilities: $(head -20 "$W/unexpected")"
+note "rootless unpack docker:// as nobody: $(wc -l <"$W/nobody.diff") findings, all devices or security.capability"
 
 # a registry on 127.0.0.1 that speaks only TLS: ocix uses HTTPS with the CA
 # from SSL_CERT_FILE, and refuses a certificate it cannot verify

@@ -214,6 +214,13 @@ async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Resul
         })
         .sum();
     let order: Vec<Item> = items.into_iter().map(|(_, i)| i).collect();
+    let wanted: Vec<Digest> = order
+        .iter()
+        .flat_map(|i| match i {
+            Item::Single(d, _) => vec![*d],
+            Item::Run(_, m) => m.iter().map(|x| x.0).collect(),
+        })
+        .collect();
     let skipped = all.len() - missing_blobs;
     let pb = opts.progress.then(|| {
         let pb = indicatif::ProgressBar::new(total);
@@ -284,7 +291,9 @@ async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Resul
         if fetched == 0 && !first.transient() {
             return Err(first);
         }
-        let missing = n - fetched;
+        // a run that failed midway kept the members it had verified
+        let missing = wanted.iter().filter(|d| !store.has(d)).count();
+        let fetched = n - missing;
         return Err(RemoteError::Incomplete { failed, fetched, missing, first: Box::new(first) });
     }
     Ok(PullReport {
