@@ -83,7 +83,9 @@ Finds the ocix manifest (a registry tag names an OCI artifact whose first
 layer is the manifest blob; a static store is asked for the blob named by
 --manifest), checks that it decodes, and keeps it in the store. Then fetches
 every file blob the store does not have yet, --jobs at a time, the
---prefetch paths' blobs first. Each blob is streamed into a temporary file
+--prefetch paths' blobs first. Small blobs that `ocix push` grouped into
+packs come with one Range request per run of missing ones (the whole pack
+into an empty store). Each blob is streamed into a temporary file
 of the store and named by its digest only when its size and sha256 match;
 wrong bytes are reported and never stored. Timeouts, connection errors and
 5xx answers are retried with backoff; a blob cut off midway resumes with a
