@@ -21,7 +21,7 @@ http:
 EOF
 timeout 7200 docker-registry serve "$BR/config.yml" >"$BR/log" 2>&1 </dev/null &
 BREG_PID=$!
-trap 'kill -TERM "$BREG_PID" 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill -TERM "$BREG_PID" 2>/dev/null || true; rm -rf "$W"' EXIT
 for _ in $(seq 1 80); do curl -fsS -o /dev/null "http://127.0.0.1:$BPORT/v2/" 2>/dev/null && break; sleep 0.25; done
 BR_HOST=127.0.0.1:$BPORT
 
