@@ -747,6 +747,16 @@ async fn read_limited(url: &str, mut resp: Response, limit: u64, timeout: Durati
     Ok(body)
 }
 
+/// The first byte a 206 answer says it carries (`Content-Range: bytes N-...`).
+fn range_start(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,14 +791,4 @@ mod tests {
         assert_eq!(backoff(3), Duration::from_secs(1));
         assert_eq!(backoff(50), Duration::from_secs(4));
     }
-}
-
-/// The first byte a 206 answer says it carries (`Content-Range: bytes N-...`).
-fn range_start(resp: &reqwest::Response) -> Option<u64> {
-    resp.headers()
-        .get(header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes "))
-        .and_then(|v| v.split('-').next())
-        .and_then(|v| v.parse::<u64>().ok())
 }
