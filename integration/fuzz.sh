@@ -10,6 +10,9 @@ export RUSTC_BOOTSTRAP=1
 mkdir -p fuzz/corpus/manifest_decode
 # seed with a real manifest and the golden one
 xxd -r -p tests/fixtures/golden.hex > fuzz/corpus/manifest_decode/golden
+mkdir -p fuzz/corpus/layer_tar
+# seed the layer fuzzer with a small real tar
+tar -C tests -cf fuzz/corpus/layer_tar/tests-fixtures.tar fixtures
 for t in $(cargo fuzz list); do
   echo "== fuzz $t for ${SECS}s"
   cargo fuzz run "$t" -- -max_total_time="$SECS" -rss_limit_mb=2048 -max_len=65536
