@@ -200,18 +200,21 @@ struct BlobReader<R> {
     hasher: Sha256,
     len: u64,
     size: u64,
+    /// The stream itself failed (a read error, a download cut): the bytes
+    /// could not be had, which is not the same as bad bytes.
+    failed: bool,
 }
 
 impl<R: Read> BlobReader<R> {
     /// Wraps the blob stream of `d`.
     fn new(f: R, d: &Descriptor) -> Self {
-        BlobReader { f, hasher: Sha256::new(), len: 0, size: d.size }
+        BlobReader { f, hasher: Sha256::new(), len: 0, size: d.size, failed: false }
     }
 }
 
 impl<R: Read> Read for BlobReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.f.read(buf)?;
+        let n = self.f.read(buf).inspect_err(|e| self.failed |= e.kind() != io::ErrorKind::Interrupted)?;
         self.len += n as u64;
         if self.len > self.size {
             return Err(io::Error::new(
@@ -397,6 +400,9 @@ fn decode_layer<R: Read>(
         Ok(Err(c)) => return Err(c),
         Err(e) => {
             let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+            if blob.failed {
+                return Err(Decode::Failed(format!("reading the blob: {e}")));
+            }
             // A blob that is the wrong size or digest explains a decoding
             // failure better than the decoder does.
             if drain(&mut blob).is_err()

@@ -297,7 +297,11 @@ impl Client {
 
     /// [`get_manifest`](Self::get_manifest) accepting the media types
     /// `accept` (e.g. Docker's manifest and manifest list too).
-    pub async fn get_manifest_as(&self, target: &str, accept: &[&str]) -> Result<(Vec<u8>, String, Digest), RemoteError> {
+    pub async fn get_manifest_as(
+        &self,
+        target: &str,
+        accept: &[&str],
+    ) -> Result<(Vec<u8>, String, Digest), RemoteError> {
         let r = self.registry()?;
         let url = self.manifest_url(r, target);
         let accept = accept.join(", ");
