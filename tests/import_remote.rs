@@ -92,6 +92,8 @@ enum Fault {
     Flip,
     /// The first answer (without Range) sends half the body and closes.
     CutOnce,
+    /// 404, as if the blob were not there.
+    Missing,
 }
 
 struct Server {
@@ -140,7 +142,8 @@ fn connection(conn: TcpStream, repo: &Repo, faulty: Option<&str>, fault: Fault, 
                 }
             }
         }
-        let Some((ct, body)) = repo.docs.get(&path) else {
+        let gone = fault == Fault::Missing && faulty == Some(path.as_str());
+        let Some((ct, body)) = repo.docs.get(&path).filter(|_| !gone) else {
             let b = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
             let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n", b.len());
             let _ = out.write_all(b);
@@ -232,6 +235,15 @@ fn layer_with_wrong_bytes_is_rejected_naming_it() {
     let s = serve(repo, Some(format!("/v2/r/blobs/{layer}")), Fault::Flip);
     let e = import(&s, ":t", Some("linux/amd64")).unwrap_err().to_string();
     assert!(e.contains(&format!("layer {layer}")), "{e}");
+}
+
+#[test]
+fn missing_layer_is_a_clear_error() {
+    let mut repo = Repo::default();
+    let (_, layer) = repo.image("amd64", &[("f", b"x")], Some("t"));
+    let s = serve(repo, Some(format!("/v2/r/blobs/{layer}")), Fault::Missing);
+    let e = import(&s, ":t", Some("linux/amd64")).unwrap_err().to_string();
+    assert!(e.contains(&format!("layer {layer}: reading")) && e.contains("404"), "{e}");
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! nested indexes, the image manifest and its config; choosing the image by
 //! tag and platform. Every blob is read by its checked digest only
 //! (`blobs/sha256/<hex>`, opened without following symlinks), with its size
-//! and digest verified before it is parsed.
+//! and digest verified before it is parsed. Choosing the image and checking
+//! its documents ([`choose_image`]) is shared with registries, which supply
+//! the documents through [`Documents`].
 
 use super::ImportError;
 use crate::manifest::Digest;

@@ -1,5 +1,8 @@
 //! Source: an OCI image layout -> manifest (+ blobs in a store). Layers are
-//! applied to an in-memory tree ([`tree`]), never to disk.
+//! applied to an in-memory tree ([`tree`]), never to disk. The same
+//! pipeline ([`import_layers`], with [`layout::choose_image`] for the
+//! documents) imports an image streamed from a registry
+//! ([`crate::remote::image`]); only where the bytes come from differs.
 //!
 //! Pipeline for each layer, all streaming, on two threads: one reads the
 //! blob (its size and digest verified as it is read), decompresses it
