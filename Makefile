@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 OCIX_CORPUS ?= $(HOME)/.cache/ocix-corpus
 export OCIX_CORPUS
-OCIX := $(CURDIR)/target/release/ocix
+OCIX := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/ocix
 export OCIX
 
 .PHONY: all build release deps test unit integration demo bench fuzz check fmt clippy clean

@@ -19,7 +19,7 @@ for fs in tmpfs disk; do
   bench "ocix-unpack-image-rootless@$fs" -p "rm -rf '$P/b'" -- "$NB '$W/ocix' unpack --rootless --image '$IMG:debian' '$P/b' 2>/dev/null"
   bench "umoci-unpack-rootless@$fs" -p "rm -rf '$P/b'" -- "$NB umoci unpack --rootless --image '$IMG:debian' '$P/b' >/dev/null 2>&1"
   rm -rf "$B" "$P"
-  ratio "unpack --image@$fs: ocix vs umoci (target >= 3x on tmpfs)" "umoci-unpack@$fs" "ocix-unpack-image@$fs"
+  ratio "unpack --image@$fs: ocix vs umoci$( [ $fs = tmpfs ] && echo " (target >= 3x)")" "umoci-unpack@$fs" "ocix-unpack-image@$fs"
   ratio "rootless@$fs: ocix vs umoci --rootless" "umoci-unpack-rootless@$fs" "ocix-unpack-image-rootless@$fs"
 done
 rss() { rm -rf "$W/rss"; /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; rm -rf "$W/rss"; }

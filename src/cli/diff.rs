@@ -3,7 +3,7 @@
 use super::Global;
 use crate::diff::{DiffOptions, Excludes, Field, diff};
 use crate::manifest::Manifest;
-use crate::scan::{ScanOptions, scan_dir};
+use crate::scan::scan_dir;
 use anyhow::{Context as _, bail};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,19 +31,9 @@ pub struct Args {
     /// Also compare the advisory user and group names (uname, gname).
     #[arg(long)]
     pub names: bool,
-    /// Leave out paths matching this glob on both sides, with everything
-    /// below them (repeatable). Without `/` it matches a name at any depth;
-    /// with `/`, the path relative to the root (`*` stops at `/`, `**` does
-    /// not).
-    #[arg(long, value_name = "PATTERN")]
-    pub exclude: Vec<String>,
-    /// The directory was unpacked without privilege: read owners from the
-    /// user.rootlesscontainers xattr instead of the files' real owners.
-    #[arg(long)]
-    pub rootless: bool,
-    /// When scanning, descend into mount points below the directory.
-    #[arg(long)]
-    pub cross_mounts: bool,
+    /// How a directory TARGET is read.
+    #[command(flatten)]
+    pub tree: super::TreeArgs,
 }
 
 /// Shown after the options by `ocix diff --help`.
@@ -79,7 +69,7 @@ Exit status: 0 no drift, 1 drift found, 2 error.";
 /// Runs the subcommand.
 pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let mut opts = DiffOptions {
-        excludes: Excludes::new(&a.exclude).map_err(|e| anyhow::anyhow!("invalid --exclude pattern {e}"))?,
+        excludes: Excludes::new(&a.tree.exclude).map_err(|e| anyhow::anyhow!("invalid --exclude pattern {e}"))?,
         ..DiffOptions::default()
     };
     for spec in &a.ignore {
@@ -133,13 +123,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
 }
 
 fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Manifest> {
-    let opts = ScanOptions {
-        excludes: a.exclude.clone(),
-        rootless: a.rootless,
-        cross_mounts: a.cross_mounts,
-        threads: 0,
-        progress: g.progress(),
-    };
+    let opts = a.tree.scan_options(0, g);
     let scan = scan_dir(dir, None, &opts).map_err(|e| anyhow::anyhow!("scanning {}: {e}", dir.display()))?;
     for w in &scan.warnings {
         g.warn(w);

@@ -59,6 +59,36 @@ pub enum Command {
     Push(push::Args),
 }
 
+/// How a directory tree is read, shared by `scan` and `diff`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TreeArgs {
+    /// Leave out paths matching this glob (repeatable). Without `/` it matches
+    /// a name at any depth; with `/`, the path relative to the directory
+    /// (`*` stops at `/`, `**` does not).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// The tree was unpacked without privilege: take owners from the
+    /// user.rootlesscontainers xattr instead of the files' real owners.
+    #[arg(long)]
+    pub rootless: bool,
+    /// Descend into mount points below the directory.
+    #[arg(long)]
+    pub cross_mounts: bool,
+}
+
+impl TreeArgs {
+    /// The scan options these arguments ask for.
+    pub fn scan_options(&self, threads: usize, g: Global) -> crate::scan::ScanOptions {
+        crate::scan::ScanOptions {
+            excludes: self.exclude.clone(),
+            rootless: self.rootless,
+            cross_mounts: self.cross_mounts,
+            threads,
+            progress: g.progress(),
+        }
+    }
+}
+
 /// Options every subcommand sees.
 #[derive(Clone, Copy, Debug)]
 pub struct Global {

@@ -1,7 +1,7 @@
 //! `ocix scan DIR`: describe a tree as a manifest.
 
 use super::Global;
-use crate::scan::{ScanOptions, scan_dir};
+use crate::scan::scan_dir;
 use crate::store::Store;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,17 +19,9 @@ pub struct Args {
     /// (STORE/blobs/sha256/<hex>; created if missing).
     #[arg(long)]
     pub store: Option<PathBuf>,
-    /// Leave out paths matching this glob (repeatable). Without `/` it matches
-    /// a name at any depth; with `/`, the path relative to DIR.
-    #[arg(long, value_name = "PATTERN")]
-    pub exclude: Vec<String>,
-    /// The tree was unpacked without privilege: take owners from the
-    /// user.rootlesscontainers xattr instead of the files' real owners.
-    #[arg(long)]
-    pub rootless: bool,
-    /// Descend into mount points below DIR.
-    #[arg(long)]
-    pub cross_mounts: bool,
+    /// How the tree is read.
+    #[command(flatten)]
+    pub tree: super::TreeArgs,
     /// Hashing threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -73,13 +65,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         Some(p) => Some(Store::create(p)?),
         None => None,
     };
-    let opts = ScanOptions {
-        excludes: a.exclude.clone(),
-        rootless: a.rootless,
-        cross_mounts: a.cross_mounts,
-        threads: a.threads,
-        progress: g.progress(),
-    };
+    let opts = a.tree.scan_options(a.threads, g);
     let scan =
         scan_dir(&a.dir, store.as_ref(), &opts).map_err(|e| anyhow::anyhow!("scanning {}: {e}", a.dir.display()))?;
     for w in &scan.warnings {

@@ -530,13 +530,7 @@ impl Client {
         let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
         let mut resp = check("GET", url, self.send("GET", url, &build).await?, &ok).await?;
         if resp.status() == StatusCode::PARTIAL_CONTENT {
-            let start = resp
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
+            let start = range_start(&resp);
             if start != Some(off) {
                 return Err(RemoteError::Artifact {
                     url: url.to_string(),
@@ -623,13 +617,7 @@ impl Client {
         let mut resp = check("GET", url, self.send("GET", url, &build).await?, &ok).await?;
         // a server that ignores Range sends the whole pack: skip to the run
         let mut skip = if resp.status() == StatusCode::PARTIAL_CONTENT {
-            let got = resp
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
+            let got = range_start(&resp);
             if got != Some(start) {
                 return Err(RemoteError::Artifact {
                     url: url.to_string(),
@@ -863,6 +851,16 @@ async fn read_limited(url: &str, mut resp: Response, limit: u64, timeout: Durati
         body.extend_from_slice(&c);
     }
     Ok(body)
+}
+
+/// The first byte a 206 answer says it carries (`Content-Range: bytes N-...`).
+fn range_start(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 #[cfg(test)]
