@@ -429,13 +429,7 @@ impl Client {
         // ignored the Range and starts from the beginning again
         let mut skip = 0u64;
         if resp.status() == StatusCode::PARTIAL_CONTENT {
-            let start = resp
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
+            let start = range_start(&resp);
             if start != Some(off) {
                 return Err(RemoteError::Artifact {
                     url: url.to_string(),
