@@ -1,7 +1,10 @@
-//! `ocix import LAYOUT[:TAG]`: an OCI image layout's image -> manifest + blobs.
+//! `ocix import LAYOUT[:TAG]` or `ocix import docker://HOST/REPO[:TAG]`: an
+//! OCI image (from a layout, or streamed from a registry) -> manifest + blobs.
 
 use super::Global;
 use crate::oci::{DEFAULT_MAX_BYTES, ImportOptions, Platform, import_image, split_ref};
+use crate::remote::image::import_remote;
+use crate::remote::{Reference, RemoteOptions};
 use crate::store::Store;
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
@@ -11,11 +14,16 @@ use std::process::ExitCode;
 /// `skopeo copy ... oci:DIR:TAG`, umoci or buildah), verify every blob, apply
 /// its layers in memory and write the canonical manifest of the resulting
 /// tree; file contents go into STORE. Nothing is unpacked to disk.
+///
+/// The image may also be docker://HOST[:PORT]/REPO[:TAG|@DIGEST], an
+/// ordinary OCI or Docker image in a registry: its layers are streamed from
+/// the registry (verified as they arrive, never stored whole), with the same
+/// result as importing the same image from a layout.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The image: LAYOUT[:TAG]. Without a tag, the layout's only image (or
-    /// the one for the platform).
-    #[arg(value_name = "LAYOUT[:TAG]")]
+    /// the one for the platform). Or docker://HOST[:PORT]/REPO[:TAG|@DIGEST].
+    #[arg(value_name = "LAYOUT[:TAG]|docker://...")]
     pub image: String,
     /// Where to write the manifest (`-` for standard output).
     #[arg(short, long, default_value = "-")]
@@ -36,7 +44,6 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
-    let (layout, tag) = split_ref(&a.image);
     let platform = match &a.platform {
         Some(p) => Some(Platform::parse(p).with_context(|| format!("--platform {p:?}: expected OS/ARCH[/VARIANT]"))?),
         None => None,
@@ -45,9 +52,16 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         Some(p) => Some(Store::create(p)?),
         None => None,
     };
-    let opts = ImportOptions { tag: tag.map(str::to_string), platform, max_bytes: a.max_bytes };
-    let imp =
-        import_image(Path::new(layout), store.as_ref(), &opts).with_context(|| format!("importing {}", a.image))?;
+    let imp = if a.image.starts_with("docker://") {
+        let r = Reference::parse(&a.image)?;
+        let opts = ImportOptions { tag: None, platform, max_bytes: a.max_bytes };
+        import_remote(&r, store.as_ref(), &opts, &RemoteOptions::default())
+    } else {
+        let (layout, tag) = split_ref(&a.image);
+        let opts = ImportOptions { tag: tag.map(str::to_string), platform, max_bytes: a.max_bytes };
+        import_image(Path::new(layout), store.as_ref(), &opts)
+    }
+    .with_context(|| format!("importing {}", a.image))?;
     let bytes = imp.manifest.to_bytes()?;
     super::write_output(Some(&a.output), &bytes)?;
     g.info(&format!(

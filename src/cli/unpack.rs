@@ -1,6 +1,8 @@
 //! `ocix unpack M --store STORE DEST`: materialize a manifest into a rootfs;
 //! `ocix unpack --image LAYOUT[:TAG] BUNDLE`: an OCI image into a runtime
-//! bundle (import, then unpack, then the runtime config), as `umoci unpack`.
+//! bundle (import, then unpack, then the runtime config), as `umoci unpack`;
+//! the image may be `docker://HOST/REPO:TAG` in a registry, its layers
+//! streamed.
 
 use super::Global;
 use crate::materialize::{IdMap, UnpackOptions, unpack};
@@ -21,14 +23,17 @@ use std::process::ExitCode;
 /// memory), its tree written to BUNDLE/rootfs, its manifest kept as
 /// BUNDLE/ocix.cbor (so `ocix diff BUNDLE` audits drift later) and
 /// BUNDLE/config.json written from the image config, like `umoci unpack`.
+/// The image may be docker://HOST[:PORT]/REPO[:TAG|@DIGEST], an ordinary
+/// image in a registry, whose layers are streamed (no skopeo needed).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// MANIFEST DEST, or with --image only BUNDLE. MANIFEST may be
     /// docker://HOST/REPO:TAG: pulled, with the blobs --store lacks, first.
     #[arg(value_name = "PATHS", num_args = 1..=2, required = true)]
     pub paths: Vec<PathBuf>,
-    /// An OCI image layout and tag to unpack into a runtime bundle.
-    #[arg(long, value_name = "LAYOUT[:TAG]")]
+    /// An OCI image layout and tag (or a docker://HOST/REPO[:TAG] image in
+    /// a registry) to unpack into a runtime bundle.
+    #[arg(long, value_name = "LAYOUT[:TAG]|docker://...")]
     pub image: Option<String>,
     /// With --image: the platform to pick from a multi-platform index
     /// (OS/ARCH[/VARIANT]; default this machine's).
@@ -138,8 +143,14 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
     let store = Store::create(&store_path)?;
     let iopts = ImportOptions { tag: tag.map(str::to_string), platform, ..ImportOptions::default() };
     let result = (|| -> anyhow::Result<()> {
-        let imported = import_image(Path::new(layout), Some(&store), &iopts)
-            .map_err(|e| anyhow::anyhow!("importing {image}: {e}"))?;
+        let imported = if image.starts_with("docker://") {
+            let r = crate::remote::Reference::parse(image)?;
+            let iopts = ImportOptions { tag: None, ..iopts };
+            crate::remote::image::import_remote(&r, Some(&store), &iopts, &crate::remote::RemoteOptions::default())
+        } else {
+            import_image(Path::new(layout), Some(&store), &iopts)
+        }
+        .map_err(|e| anyhow::anyhow!("importing {image}: {e}"))?;
         let rootfs = bundle.join("rootfs");
         // a store of our own, about to be removed: its blobs can simply
         // become the files (no second copy of the data)

@@ -2,7 +2,9 @@
 //! nested indexes, the image manifest and its config; choosing the image by
 //! tag and platform. Every blob is read by its checked digest only
 //! (`blobs/sha256/<hex>`, opened without following symlinks), with its size
-//! and digest verified before it is parsed.
+//! and digest verified before it is parsed. Choosing the image and checking
+//! its documents ([`choose_image`]) is shared with registries, which supply
+//! the documents through [`Documents`].
 
 use super::ImportError;
 use crate::manifest::Digest;
@@ -288,23 +290,19 @@ fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
     Ok(data)
 }
 
-/// Reads a small document blob: size checked against the limit before any
-/// allocation, digest and size verified while read.
-fn read_blob(store: &Store, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImportError> {
+/// Reads a small document: size checked against the limit before any
+/// allocation, digest and size verified before it is parsed.
+fn read_doc(docs: &dyn Documents, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImportError> {
     if d.size > MAX_DOCUMENT {
         return Err(ImportError::Descriptor {
             what: what.into(),
             msg: format!("size {} exceeds the limit of {MAX_DOCUMENT} bytes for a document", d.size),
         });
     }
-    let f = open_blob_file(store, &d.digest)?;
-    let mut data = Vec::with_capacity(d.size as usize);
-    f.take(d.size + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| ImportError::Io { path: store.blob_path(&d.digest).display().to_string(), err: e })?;
+    let data = docs.fetch(d, what)?;
     let mut v = Verifier::new(d.digest, d.size);
     v.update(&data);
-    v.finish(&format!("{} ({what})", store.blob_path(&d.digest).display()))?;
+    v.finish(&format!("{} ({what})", docs.shown(d)))?;
     Ok(data)
 }
 
@@ -365,16 +363,61 @@ pub fn open_image(
             None => format!("{} lists no image", ip.display()),
         }));
     }
+    let image = choose_image(&LayoutDocuments(&store), chosen, tag, platform, &ip.display().to_string())?;
+    Ok((store, image))
+}
+
+/// Where an image's documents (indexes, manifests, configs) come from: the
+/// blobs of a layout or a registry. The choice of the image and every check
+/// of what is read is [`choose_image`]'s, whatever the source.
+pub trait Documents {
+    /// The bytes of the document `d` describes, at most `d.size + 1` of
+    /// them (the caller checks size and digest); `what` names it in errors.
+    fn fetch(&self, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImportError>;
+    /// Where the document lives (a path, a URL), for errors.
+    fn shown(&self, d: &Descriptor) -> String;
+}
+
+/// A layout's blobs as [`Documents`].
+struct LayoutDocuments<'a>(&'a Store);
+
+impl Documents for LayoutDocuments<'_> {
+    fn fetch(&self, d: &Descriptor, _what: &str) -> Result<Vec<u8>, ImportError> {
+        let f = open_blob_file(self.0, &d.digest)?;
+        let mut data = Vec::with_capacity(d.size as usize);
+        f.take(d.size + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| ImportError::Io { path: self.0.blob_path(&d.digest).display().to_string(), err: e })?;
+        Ok(data)
+    }
+    fn shown(&self, d: &Descriptor) -> String {
+        self.0.blob_path(&d.digest).display().to_string()
+    }
+}
+
+/// Chooses the image among `top` (descriptors of manifests or indexes, as
+/// an `index.json` lists them, already filtered by `tag`): nested indexes
+/// are followed, a single image is taken if its platform is acceptable,
+/// several are narrowed to the one for `platform` (default: this
+/// machine's). Reads and checks its manifest and config. `source` names
+/// where `top` came from in errors.
+pub fn choose_image(
+    docs: &dyn Documents,
+    top: Vec<Descriptor>,
+    tag: Option<&str>,
+    platform: Option<&Platform>,
+    source: &str,
+) -> Result<Image, ImportError> {
     let mut cands = Vec::new();
-    for d in chosen {
+    for d in top {
         let p = d.platform.clone();
-        collect(&store, d, p, 0, &mut cands)?;
+        collect(docs, d, p, 0, &mut cands)?;
     }
     if cands.is_empty() {
         return Err(ImportError::Select(format!(
             "no image manifest{} in {} (only other media types)",
             tag.map(|t| format!(" tagged {t:?}")).unwrap_or_default(),
-            ip.display()
+            source
         )));
     }
     let want = platform.cloned().unwrap_or_else(Platform::host);
@@ -403,13 +446,12 @@ pub fn open_image(
             }
         }
     };
-    let image = read_image(&store, pick.desc, platform)?;
-    Ok((store, image))
+    read_image(docs, pick.desc, platform)
 }
 
 /// Descends an index (or takes a manifest) collecting image manifests.
 fn collect(
-    store: &Store,
+    docs: &dyn Documents,
     d: Descriptor,
     platform: Option<Platform>,
     depth: usize,
@@ -428,7 +470,7 @@ fn collect(
                 )));
             }
             let what = format!("image index {}", d.digest);
-            let data = read_blob(store, &d, &what)?;
+            let data = read_doc(docs, &d, &what)?;
             let idx: RawIndex = parse_json(&data, &what)?;
             check_schema(idx.schema_version, &what)?;
             if let Some(mt) = &idx.media_type {
@@ -442,7 +484,7 @@ fn collect(
             for (i, c) in idx.manifests.into_iter().enumerate() {
                 let c = c.check(&format!("{what} manifests[{i}]"))?;
                 let p = c.platform.clone().or_else(|| platform.clone());
-                collect(store, c, p, depth + 1, out)?;
+                collect(docs, c, p, depth + 1, out)?;
             }
             Ok(())
         }
@@ -451,9 +493,9 @@ fn collect(
     }
 }
 
-fn read_image(store: &Store, desc: Descriptor, platform: Option<&Platform>) -> Result<Image, ImportError> {
+fn read_image(docs: &dyn Documents, desc: Descriptor, platform: Option<&Platform>) -> Result<Image, ImportError> {
     let what = format!("image manifest {}", desc.digest);
-    let data = read_blob(store, &desc, &what)?;
+    let data = read_doc(docs, &desc, &what)?;
     let manifest_json: serde_json::Value = parse_json(&data, &what)?;
     if manifest_json.get("manifests").is_some() && manifest_json.get("config").is_none() {
         return Err(ImportError::Descriptor {
@@ -479,7 +521,7 @@ fn read_image(store: &Store, desc: Descriptor, platform: Option<&Platform>) -> R
         });
     }
     let cwhat = format!("image config {}", config_desc.digest);
-    let config_raw = read_blob(store, &config_desc, &cwhat)?;
+    let config_raw = read_doc(docs, &config_desc, &cwhat)?;
     let config: serde_json::Value = parse_json(&config_raw, &cwhat)?;
     let rc: RawConfig = parse_json(&config_raw, &cwhat)?;
     if let Some(w) = platform {

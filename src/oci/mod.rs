@@ -1,5 +1,8 @@
 //! Source: an OCI image layout -> manifest (+ blobs in a store). Layers are
-//! applied to an in-memory tree ([`tree`]), never to disk.
+//! applied to an in-memory tree ([`tree`]), never to disk. The same
+//! pipeline ([`import_layers`], with [`layout::choose_image`] for the
+//! documents) imports an image streamed from a registry
+//! ([`crate::remote::image`]); only where the bytes come from differs.
 //!
 //! Pipeline for each layer, all streaming, on two threads: one reads the
 //! blob (its size and digest verified as it is read), decompresses it
@@ -103,6 +106,9 @@ pub enum ImportError {
     /// The image's tree cannot be recorded in a manifest.
     #[error("the image's tree cannot be recorded: {0}")]
     Tree(String),
+    /// Fetching a document or layer from a registry failed.
+    #[error(transparent)]
+    Remote(Box<crate::remote::RemoteError>),
     /// A layer's content is wrong; names the layer and, when known, the entry.
     #[error("layer {layer}{}: {msg}", .entry.as_ref().map(|e| format!(" entry {e}")).unwrap_or_default())]
     Layer {
@@ -160,11 +166,25 @@ pub fn split_ref(s: &str) -> (&str, Option<&str>) {
 /// goes into `store` (when given; otherwise contents are only hashed).
 pub fn import_image(layout: &Path, store: Option<&Store>, opts: &ImportOptions) -> Result<Imported, ImportError> {
     let (blobs, image) = open_image(layout, opts.tag.as_deref(), opts.platform.as_ref())?;
+    import_layers(image, store, opts, |layer| layout::open_blob_file(&blobs, &layer.desc.digest))
+}
+
+/// Applies the layers of `image`, bottom first, each read from the stream
+/// `open` gives for it (a layout's blob file, a registry download): every
+/// blob verified against its descriptor as it streams, decompressed, its
+/// diff_id checked. File contents go into `store` when given.
+pub fn import_layers<R: Read + Send>(
+    image: Image,
+    store: Option<&Store>,
+    opts: &ImportOptions,
+    mut open: impl FnMut(&Layer) -> Result<R, ImportError>,
+) -> Result<Imported, ImportError> {
     let mut tree = Tree::default();
     let mut stats = Stats { files: 0, bytes: 0, max_bytes: opts.max_bytes };
     for layer in &image.layers {
         tree.begin_layer();
-        apply_layer(&mut tree, &blobs, layer, store, &mut stats)?;
+        let blob = BlobReader::new(open(layer)?, &layer.desc);
+        apply_layer(&mut tree, blob, layer, store, &mut stats)?;
     }
     let manifest = tree.to_manifest().map_err(ImportError::Tree)?;
     Ok(Imported { manifest, image, files: stats.files, bytes: stats.bytes })
@@ -178,16 +198,26 @@ struct Stats {
 
 /// The layer blob, verified against its descriptor while read: reading past
 /// the declared size fails at once; [`finish`](Self::finish) checks the rest.
-struct BlobReader {
-    f: std::fs::File,
+struct BlobReader<R> {
+    f: R,
     hasher: Sha256,
     len: u64,
     size: u64,
+    /// The stream itself failed (a read error, a download cut): the bytes
+    /// could not be had, which is not the same as bad bytes.
+    failed: bool,
 }
 
-impl Read for BlobReader {
+impl<R: Read> BlobReader<R> {
+    /// Wraps the blob stream of `d`.
+    fn new(f: R, d: &Descriptor) -> Self {
+        BlobReader { f, hasher: Sha256::new(), len: 0, size: d.size, failed: false }
+    }
+}
+
+impl<R: Read> Read for BlobReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.f.read(buf)?;
+        let n = self.f.read(buf).inspect_err(|e| self.failed |= e.kind() != io::ErrorKind::Interrupted)?;
         self.len += n as u64;
         if self.len > self.size {
             return Err(io::Error::new(
@@ -236,30 +266,31 @@ fn drain<R: Read>(r: &mut R) -> io::Result<()> {
     }
 }
 
-fn apply_layer(
+/// Applies one layer read from `blob` (its compressed stream, from a layout
+/// or a registry): verified, decompressed and diff_id-checked as it streams.
+fn apply_layer<R: Read + Send>(
     tree: &mut Tree,
-    blobs: &Store,
+    mut blob: BlobReader<R>,
     layer: &Layer,
     store: Option<&Store>,
     stats: &mut Stats,
 ) -> Result<(), ImportError> {
     let d = &layer.desc;
     let lerr = |entry: Option<String>, msg: String| ImportError::Layer { layer: d.digest, entry, msg };
-    let f = layout::open_blob_file(blobs, &d.digest)?;
-    let mut blob = BlobReader { f, hasher: Sha256::new(), len: 0, size: d.size };
-    // Check the compression against the media type before decoding.
+    // Check the compression against the media type before decoding; the
+    // bytes sniffed are counted and hashed, and handed to the decoder first.
     let mut head = [0u8; 4];
     let mut got = 0;
-    {
-        use std::io::Seek;
-        while got < 4 {
-            let n = blob.f.read(&mut head[got..]).map_err(|e| lerr(None, format!("reading: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            got += n;
+    while got < 4 {
+        let n = match blob.read(&mut head[got..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(lerr(None, format!("reading: {e}"))),
+        };
+        if n == 0 {
+            break;
         }
-        blob.f.seek(io::SeekFrom::Start(0)).map_err(|e| lerr(None, format!("seek: {e}")))?;
+        got += n;
     }
     let sniffed = if got >= 2 && head[..2] == [0x1f, 0x8b] {
         Compression::Gzip
@@ -284,7 +315,7 @@ fn apply_layer(
     // the tar and stores contents. Between them, at most CHANNEL chunks.
     let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
     let (parsed, decoded) = std::thread::scope(|s| {
-        let h = s.spawn(move || decode_layer(blob, layer, limit, tx));
+        let h = s.spawn(move || decode_layer(blob, &head[..got], layer, limit, tx));
         let mut reader = ChanReader { rx, cur: Vec::new(), pos: 0 };
         let r = read_entries(tree, &mut reader, store, stats, d.digest).and_then(|()| {
             // The diff_id covers the whole uncompressed stream, also past the
@@ -327,15 +358,16 @@ enum Decode {
 
 /// Reads the blob, verifies it against its descriptor, decompresses it and
 /// sends the uncompressed stream on; returns its digest and length.
-fn decode_layer(
-    mut blob: BlobReader,
+fn decode_layer<R: Read>(
+    mut blob: BlobReader<R>,
+    head: &[u8],
     layer: &Layer,
     limit: u64,
     tx: crossbeam_channel::Sender<io::Result<Vec<u8>>>,
 ) -> Result<(Digest, u64), Decode> {
     let d = &layer.desc;
     let streamed = (|| -> io::Result<Result<(Digest, u64), Decode>> {
-        let buffered = io::BufReader::with_capacity(64 << 10, &mut blob);
+        let buffered = io::BufReader::with_capacity(64 << 10, head.chain(&mut blob));
         let decoder: Box<dyn Read + '_> = match layer.compression {
             Compression::None => Box::new(buffered),
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
@@ -371,6 +403,9 @@ fn decode_layer(
         Ok(Err(c)) => return Err(c),
         Err(e) => {
             let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+            if blob.failed {
+                return Err(Decode::Failed(format!("reading the blob: {e}")));
+            }
             // A blob that is the wrong size or digest explains a decoding
             // failure better than the decoder does.
             if drain(&mut blob).is_err()

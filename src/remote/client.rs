@@ -292,9 +292,19 @@ impl Client {
     /// and digest; the digest is checked against `Docker-Content-Digest` and
     /// against the reference when that is a digest.
     pub async fn get_manifest(&self, target: &str) -> Result<(Vec<u8>, String, Digest), RemoteError> {
+        self.get_manifest_as(target, &[super::artifact::MANIFEST_MEDIA_TYPE, super::artifact::INDEX_MEDIA_TYPE]).await
+    }
+
+    /// [`get_manifest`](Self::get_manifest) accepting the media types
+    /// `accept` (e.g. Docker's manifest and manifest list too).
+    pub async fn get_manifest_as(
+        &self,
+        target: &str,
+        accept: &[&str],
+    ) -> Result<(Vec<u8>, String, Digest), RemoteError> {
         let r = self.registry()?;
         let url = self.manifest_url(r, target);
-        let accept = [super::artifact::MANIFEST_MEDIA_TYPE, super::artifact::INDEX_MEDIA_TYPE].join(", ");
+        let accept = accept.join(", ");
         let resp = self
             .send_retry("GET", &url, &[StatusCode::OK], &|| self.http.get(&url).header(header::ACCEPT, &accept))
             .await?;
@@ -365,6 +375,96 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The URL of the manifest `target` (a tag or digest) of a registry.
+    pub fn manifest_url_of(&self, target: &str) -> Result<String, RemoteError> {
+        Ok(self.manifest_url(self.registry()?, target))
+    }
+
+    /// Streams blob `d` of `size` bytes into `tx` as it arrives, in the
+    /// server's chunks: never more than `size` bytes in all, resumed with a
+    /// `Range` request after a transient failure (from the first byte not
+    /// yet sent). The receiver verifies the digest. Stops quietly when the
+    /// receiver has gone away.
+    pub async fn stream_blob(
+        &self,
+        d: &Digest,
+        size: u64,
+        tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+    ) -> Result<(), RemoteError> {
+        let url = self.blob_url(d);
+        let mut sent = 0u64;
+        let mut attempt = 0;
+        loop {
+            match self.stream_once(&url, size, tx, &mut sent).await {
+                Err(e) if e.transient() && attempt < self.opts.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        url: &str,
+        size: u64,
+        tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+        sent: &mut u64,
+    ) -> Result<(), RemoteError> {
+        let off = *sent;
+        if off == size && size > 0 {
+            return Ok(());
+        }
+        let range = format!("bytes={off}-");
+        let build = || {
+            let rb = self.http.get(url);
+            if off > 0 { rb.header(header::RANGE, &range) } else { rb }
+        };
+        let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
+        let mut resp = check("GET", url, self.send("GET", url, &build).await?, &ok).await?;
+        // bytes of the answer to skip: all already sent when a server
+        // ignored the Range and starts from the beginning again
+        let mut skip = 0u64;
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let start = range_start(&resp);
+            if start != Some(off) {
+                return Err(RemoteError::Artifact {
+                    url: url.to_string(),
+                    why: format!("asked for bytes from {off}, got Content-Range {start:?}"),
+                });
+            }
+        } else {
+            skip = off;
+        }
+        let mut at = off - skip;
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| transport("GET", url, e, self.opts.timeout))?;
+            let Some(chunk) = chunk else { break };
+            let end = at + chunk.len() as u64;
+            if end > size {
+                return Err(RemoteError::WrongSize { url: url.to_string(), expected: size, got: end });
+            }
+            if end > *sent {
+                let from = (*sent - at) as usize;
+                if tx.send(Ok(chunk[from..].to_vec())).await.is_err() {
+                    return Ok(());
+                }
+                *sent = end;
+            }
+            at = end;
+        }
+        if *sent < size {
+            return Err(RemoteError::Transport {
+                op: "GET".into(),
+                url: url.to_string(),
+                detail: format!("body ended after {sent} of {size} bytes"),
+                transient: true,
+            });
+        }
+        Ok(())
     }
 
     /// Fetches a blob of `size` bytes into `store`: streamed into a store

@@ -9,6 +9,8 @@
 //! - [`auth`]: auth.json credentials and the `WWW-Authenticate` flow.
 //! - [`client`]: HTTP requests against a registry (reqwest, rustls with
 //!   the ring provider): blobs, manifests, uploads, retries.
+//! - [`image`]: an ordinary OCI/Docker image imported from a registry,
+//!   its layers streamed through the layout import's pipeline.
 //! - [`artifact`]: the OCI manifest that carries an ocix manifest.
 //! - [`pack`]: small blobs grouped into packs, fetched by byte range.
 //! - [`pull`] and [`push`]: whole transfers, with bounded concurrency.
@@ -20,6 +22,7 @@
 pub mod artifact;
 pub mod auth;
 pub mod client;
+pub mod image;
 pub mod pack;
 pub mod pull;
 pub mod push;

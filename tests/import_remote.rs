@@ -1,0 +1,294 @@
+//! Importing an ordinary image from a registry (`ocix import docker://...`)
+//! against a small registry written here on 127.0.0.1, for what a real
+//! registry cannot be made to do on demand: serve a layer with wrong bytes,
+//! cut a layer's body midway (resumed with Range), and serve a Docker
+//! manifest list to choose a platform from. (integration/t-import-registry.sh
+//! runs the real docker-registry with the corpus image.)
+
+use ocix::manifest::Manifest;
+use ocix::oci::{ImportError, ImportOptions, Platform};
+use ocix::remote::image::import_remote;
+use ocix::remote::{Reference, RemoteOptions};
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+fn sha(d: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(d)))
+}
+
+fn gzip(d: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(d).unwrap();
+    e.finish().unwrap()
+}
+
+/// A tar with these regular files.
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// What the registry serves: path -> (content type, body).
+#[derive(Default)]
+struct Repo {
+    docs: HashMap<String, (String, Vec<u8>)>,
+}
+
+impl Repo {
+    fn blob(&mut self, mt: &str, data: Vec<u8>) -> serde_json::Value {
+        let d = sha(&data);
+        let v = serde_json::json!({"mediaType": mt, "digest": d, "size": data.len()});
+        self.docs.insert(format!("/v2/r/blobs/{d}"), ("application/octet-stream".into(), data));
+        v
+    }
+    fn manifest(&mut self, mt: &str, data: Vec<u8>, tag: Option<&str>) -> serde_json::Value {
+        let d = sha(&data);
+        let v = serde_json::json!({"mediaType": mt, "digest": d, "size": data.len()});
+        if let Some(t) = tag {
+            self.docs.insert(format!("/v2/r/manifests/{t}"), (mt.into(), data.clone()));
+        }
+        self.docs.insert(format!("/v2/r/manifests/{d}"), (mt.into(), data));
+        v
+    }
+    /// A Docker image with one gzip layer holding `files`, for `arch`;
+    /// returns (manifest descriptor, layer digest).
+    fn image(&mut self, arch: &str, files: &[(&str, &[u8])], tag: Option<&str>) -> (serde_json::Value, String) {
+        let t = tar_of(files);
+        let layer = self.blob(DOCKER_GZIP, gzip(&t));
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [sha(&t)]},
+        });
+        let config = self.blob(DOCKER_CONFIG, serde_json::to_vec(&config).unwrap());
+        let m = serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": config, "layers": [layer.clone()]});
+        let mut d = self.manifest(DOCKER_MANIFEST, serde_json::to_vec(&m).unwrap(), tag);
+        d["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        (d, layer["digest"].as_str().unwrap().to_string())
+    }
+}
+
+/// How the server misbehaves for one path.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// One byte of the body flipped.
+    Flip,
+    /// The first answer (without Range) sends half the body and closes.
+    CutOnce,
+    /// 404, as if the blob were not there.
+    Missing,
+}
+
+struct Server {
+    port: u16,
+    ranges: Arc<Mutex<Vec<String>>>,
+}
+
+fn serve(repo: Repo, faulty: Option<String>, fault: Fault) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let repo = Arc::new(repo);
+    let ranges: Arc<Mutex<Vec<String>>> = Arc::default();
+    let r2 = ranges.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (repo, faulty, ranges) = (repo.clone(), faulty.clone(), r2.clone());
+            std::thread::spawn(move || connection(conn, &repo, faulty.as_deref(), fault, &ranges));
+        }
+    });
+    Server { port, ranges }
+}
+
+fn connection(conn: TcpStream, repo: &Repo, faulty: Option<&str>, fault: Fault, ranges: &Mutex<Vec<String>>) {
+    let mut out = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut range = None;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("range") {
+                    range = v.trim().strip_prefix("bytes=").and_then(|x| x.strip_suffix('-')).map(str::to_string);
+                }
+            }
+        }
+        let gone = fault == Fault::Missing && faulty == Some(path.as_str());
+        let Some((ct, body)) = repo.docs.get(&path).filter(|_| !gone) else {
+            let b = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+            let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n", b.len());
+            let _ = out.write_all(b);
+            continue;
+        };
+        let mut body = body.clone();
+        let hit = faulty == Some(path.as_str());
+        if hit && fault == Fault::Flip {
+            let i = body.len() / 2;
+            body[i] ^= 0xff;
+        }
+        if let Some(from) = range.as_deref().and_then(|x| x.parse::<usize>().ok()) {
+            ranges.lock().unwrap().push(path.clone());
+            let total = body.len();
+            let part = &body[from.min(total)..];
+            let _ = write!(
+                out,
+                "HTTP/1.1 206 Partial Content\r\nContent-Type: {ct}\r\nContent-Range: bytes {from}-{}/{total}\r\nContent-Length: {}\r\n\r\n",
+                total - 1,
+                part.len()
+            );
+            let _ = out.write_all(part);
+            continue;
+        }
+        let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n", body.len());
+        if hit && fault == Fault::CutOnce {
+            let _ = out.write_all(&body[..body.len() / 2]);
+            let _ = out.flush();
+            let _ = out.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        let _ = out.write_all(&body);
+    }
+}
+
+fn ropts() -> RemoteOptions {
+    RemoteOptions { insecure: true, timeout: Duration::from_secs(20), retries: 2, auth_files: Vec::new() }
+}
+
+fn import(s: &Server, target: &str, platform: Option<&str>) -> Result<Manifest, ImportError> {
+    let r = Reference::parse(&format!("docker://127.0.0.1:{}/r{target}", s.port)).unwrap();
+    let opts = ImportOptions { platform: platform.map(|p| Platform::parse(p).unwrap()), ..ImportOptions::default() };
+    import_remote(&r, None, &opts, &ropts()).map(|i| i.manifest)
+}
+
+/// Incompressible bytes, so a flipped byte is in the deflate stream's data.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x = 0x9e3779b97f4a7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn docker_manifest_list_is_narrowed_by_platform() {
+    let mut repo = Repo::default();
+    let (amd, _) = repo.image("amd64", &[("amd", b"x86\n")], None);
+    let (arm, _) = repo.image("arm64", &[("arm", b"aarch64\n")], None);
+    let list = serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": [amd, arm]});
+    repo.manifest(DOCKER_LIST, serde_json::to_vec(&list).unwrap(), Some("multi"));
+    let s = serve(repo, None, Fault::None);
+    let m = import(&s, ":multi", Some("linux/arm64")).unwrap();
+    assert!(m.get(b"arm").is_some() && m.get(b"amd").is_none(), "{m:?}");
+    let m = import(&s, ":multi", Some("linux/amd64")).unwrap();
+    assert!(m.get(b"amd").is_some() && m.get(b"arm").is_none(), "{m:?}");
+    let e = import(&s, ":multi", Some("linux/s390x")).unwrap_err().to_string();
+    assert!(e.contains("no image for platform linux/s390x"), "{e}");
+}
+
+#[test]
+fn unknown_tag_is_a_clear_error() {
+    let mut repo = Repo::default();
+    repo.image("amd64", &[("f", b"x")], Some("t"));
+    let s = serve(repo, None, Fault::None);
+    let e = import(&s, ":nosuch", None).unwrap_err().to_string();
+    assert!(e.contains("/v2/r/manifests/nosuch") && e.contains("404"), "{e}");
+}
+
+#[test]
+fn layer_with_wrong_bytes_is_rejected_naming_it() {
+    let mut repo = Repo::default();
+    let big = noise(1 << 20);
+    let (_, layer) = repo.image("amd64", &[("big", &big)], Some("t"));
+    let s = serve(repo, Some(format!("/v2/r/blobs/{layer}")), Fault::Flip);
+    let e = import(&s, ":t", Some("linux/amd64")).unwrap_err().to_string();
+    assert!(e.contains(&format!("layer {layer}")), "{e}");
+}
+
+#[test]
+fn missing_layer_is_a_clear_error() {
+    let mut repo = Repo::default();
+    let (_, layer) = repo.image("amd64", &[("f", b"x")], Some("t"));
+    let s = serve(repo, Some(format!("/v2/r/blobs/{layer}")), Fault::Missing);
+    let e = import(&s, ":t", Some("linux/amd64")).unwrap_err().to_string();
+    assert!(e.contains(&format!("layer {layer}: reading")) && e.contains("404"), "{e}");
+}
+
+#[test]
+fn layer_cut_midway_resumes_with_range() {
+    let mut repo = Repo::default();
+    let big = noise(1 << 20);
+    let (_, layer) = repo.image("amd64", &[("big", &big)], Some("t"));
+    let path = format!("/v2/r/blobs/{layer}");
+    let s = serve(repo, Some(path.clone()), Fault::CutOnce);
+    let m = import(&s, ":t", Some("linux/amd64")).unwrap();
+    assert!(m.get(b"big").is_some());
+    assert_eq!(*s.ranges.lock().unwrap(), vec![path], "the rest was not asked for with Range");
+}
+
+#[test]
+fn registry_import_equals_layout_import() {
+    // the same image as a layout on disk
+    let t = tar_of(&[("a", b"one\n"), ("b", b"two\n")]);
+    let blob = gzip(&t);
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut repo = Repo::default();
+    let layer = repo.blob(DOCKER_GZIP, blob.clone());
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha(&t)]},
+    }))
+    .unwrap();
+    let cdesc = repo.blob(DOCKER_CONFIG, config.clone());
+    let m = serde_json::to_vec(
+        &serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": cdesc, "layers": [layer]}),
+    )
+    .unwrap();
+    let mdesc = repo.manifest(DOCKER_MANIFEST, m.clone(), Some("t"));
+    for d in [&blob, &config, &m] {
+        std::fs::write(blobs.join(&sha(d)[7..]), d).unwrap();
+    }
+    let mut idx_entry = mdesc.clone();
+    idx_entry["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "t"});
+    let idx = serde_json::json!({"schemaVersion": 2, "manifests": [idx_entry]});
+    std::fs::write(dir.path().join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+    let opts = ImportOptions { tag: Some("t".into()), platform: Platform::parse("linux/amd64"), ..Default::default() };
+    let local = ocix::oci::import_image(dir.path(), None, &opts).unwrap().manifest;
+    let s = serve(repo, None, Fault::None);
+    let remote = import(&s, ":t", Some("linux/amd64")).unwrap();
+    assert_eq!(remote.to_bytes().unwrap(), local.to_bytes().unwrap());
+}
