@@ -238,8 +238,6 @@ pub(crate) struct Ctx<'a> {
     files_written: AtomicU64,
     files_kept: AtomicU64,
     bytes_written: AtomicU64,
-    /// `--link`: blobs claimed in this run, with the metadata they were given.
-    linked: Mutex<std::collections::HashSet<crate::manifest::Digest>>,
     files_linked: AtomicU64,
 }
 
@@ -294,6 +292,9 @@ struct Job<'m> {
     siblings: &'m BTreeMap<Name, Entry>,
     /// `update`: an existing regular file to check before rewriting.
     check: bool,
+    /// `--link`: the first file with its content in manifest order, the one
+    /// that may become its blob.
+    link_first: bool,
 }
 
 /// Unpacks `m` into `dest`, reading file contents from `store`. `dest` must
@@ -339,7 +340,6 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         first_error: Mutex::new(None),
         progress,
         tmp_seq: AtomicU64::new(0),
-        linked: Mutex::new(std::collections::HashSet::new()),
         files_linked: AtomicU64::new(0),
         files_written: AtomicU64::new(0),
         files_kept: AtomicU64::new(0),
@@ -374,8 +374,16 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         }
         drop(rx);
         let walker = std::thread::Builder::new().stack_size(256 << 20).spawn_scoped(s, || {
-            let mut w =
-                Walker { ctx: &ctx, tx, links: Vec::new(), claimed: HashSet::new(), dirs: 1, others: 0, removed: 0 };
+            let mut w = Walker {
+                ctx: &ctx,
+                tx,
+                links: Vec::new(),
+                claimed: HashSet::new(),
+                link_seen: HashSet::new(),
+                dirs: 1,
+                others: 0,
+                removed: 0,
+            };
             if let Err(e) = w.walk(&root, &mut Vec::new(), top) {
                 ctx.fail(e);
             }
@@ -511,6 +519,8 @@ struct Walker<'c, 'a, 'm> {
     links: Vec<(Vec<u8>, Vec<u8>)>,
     /// (dev, ino) of existing non-directories kept (`update`).
     claimed: HashSet<(u64, u64)>,
+    /// `--link`: contents already given to a file, in manifest order.
+    link_seen: HashSet<crate::manifest::Digest>,
     dirs: u64,
     others: u64,
     removed: u64,
@@ -616,7 +626,17 @@ impl<'m> Walker<'_, '_, 'm> {
                 if ex.is_some() && ex_type != Some(FileType::RegularFile) {
                     clear(self, false)?;
                 }
-                let job = Job { dir: dir.clone(), name, rel: rel.to_vec(), meta: &e.meta, file: f, siblings, check };
+                let link_first = self.ctx.opts.link && f.digest.is_some_and(|d| self.link_seen.insert(d));
+                let job = Job {
+                    dir: dir.clone(),
+                    name,
+                    rel: rel.to_vec(),
+                    meta: &e.meta,
+                    file: f,
+                    siblings,
+                    check,
+                    link_first,
+                };
                 if self.tx.send(job).is_err() {
                     return Err(SysError::new("thread", shown(), Errno::IO).into());
                 }
@@ -811,13 +831,12 @@ fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, Un
     let Some(digest) = job.file.digest else { return Ok(false) };
     let d = job.dir.as_fd();
     let shown = || ctx.shown(&job.rel);
+    // one name per blob, the first in manifest order: a second name would
+    // make two files of the manifest one inode, which the tree must not show
+    if !job.link_first {
+        return Ok(false);
+    }
     {
-        // one name per blob: a second name would make two files of the
-        // manifest one inode, which the tree must not show
-        let mut linked = ctx.linked.lock().unwrap_or_else(|p| p.into_inner());
-        if linked.contains(&digest) {
-            return Ok(false);
-        }
         let blob = match ctx.store.open_blob(&digest) {
             Ok(fd) => fd,
             Err(e) => return Err(content::content_err(ctx, &job.rel, digest, e)),
@@ -831,7 +850,6 @@ fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, Un
             return Ok(false);
         }
         meta::apply(ctx, XattrSource::Fd(blob.as_fd()), KindCode::File, job.meta, &job.rel)?;
-        linked.insert(digest);
     }
     let tmp = loop {
         let n = ctx.tmp_seq.fetch_add(1, Ordering::Relaxed);
