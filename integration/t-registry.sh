@@ -227,9 +227,12 @@ start_registry "$W/treg" "  tls:
 T=127.0.0.1:$PORT
 SSL_CERT_FILE=$W/ca.crt "$OCIX" push "$W/small.ocix" --store "$W/ss" "docker://$T/ocix/small:v1" 2>"$W/tls.err" ||
   fail "push over TLS: $(cat "$W/tls.err")"
-SSL_CERT_FILE=$W/ca.crt "$OCIX" pull "docker://$T/ocix/small:v1" --store "$W/tls-store" -o "$W/small-tls.ocix" 2>"$W/tls2.err" ||
+SSL_CERT_FILE=$W/ca.crt "$OCIX" -v pull "docker://$T/ocix/small:v1" --store "$W/tls-store" -o "$W/small-tls.ocix" 2>"$W/tls2.err" ||
   fail "pull over TLS: $(cat "$W/tls2.err")"
 cmp "$W/small.ocix" "$W/small-tls.ocix" || fail "manifest over TLS differs"
+# the registry offers HTTP/2 over TLS (ALPN): the pull must have used it
+grep -q 'over HTTP/2' "$W/tls2.err" || fail "HTTP/2 not negotiated with the TLS registry: $(cat "$W/tls2.err")"
+note "TLS pull: $(grep -o "over HTTP/[0-9.]*" "$W/tls2.err")"
 expect_fail "$W/tls3.err" env SSL_CERT_FILE=/dev/null "$OCIX" pull "docker://$T/ocix/small:v1" --store "$W/tls-x"
 grep -q -i 'certificate' "$W/tls3.err" || fail "untrusted certificate not named: $(cat "$W/tls3.err")"
 note "TLS registry: push and pull over HTTPS; untrusted certificate refused: $(grep -o 'ocix: error.*' "$W/tls3.err" | cut -c1-200)"

@@ -140,8 +140,13 @@ fn run_pull(
         g.warn(&format!("prefetch: {} is no file with content in the manifest", crate::manifest::path_display(p)));
     }
     g.info(&format!(
-        "manifest {}: {} blobs, {} fetched ({} bytes), {} already in the store",
-        r.manifest_digest, r.blobs, r.fetched, r.bytes, r.skipped
+        "manifest {}: {} blobs, {} fetched ({} bytes), {} already in the store, over {}",
+        r.manifest_digest,
+        r.blobs,
+        r.fetched,
+        r.bytes,
+        r.skipped,
+        if r.http2 { "HTTP/2" } else { "HTTP/1.1" }
     ));
     Ok((r.manifest, r.manifest_bytes))
 }

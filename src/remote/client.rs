@@ -68,6 +68,8 @@ pub struct Client {
     creds: Option<Credentials>,
     auth: Mutex<Option<String>>,
     push: bool,
+    /// Whether any answer came over HTTP/2.
+    http2: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -94,7 +96,16 @@ impl Client {
             .user_agent(concat!("ocix/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| transport("setting up", "HTTP client", e, opts.timeout))?;
-        Ok(Client { http, opts, remote, origin, creds, auth: Mutex::new(None), push })
+        Ok(Client {
+            http,
+            opts,
+            remote,
+            origin,
+            creds,
+            auth: Mutex::new(None),
+            push,
+            http2: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// For a registry on loopback reached over HTTPS: asks `/v2/` once and
@@ -121,6 +132,12 @@ impl Client {
     }
 
     /// The remote.
+    /// Whether the server answered over HTTP/2 (negotiated by TLS ALPN).
+    pub fn used_http2(&self) -> bool {
+        self.http2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The remote this client speaks to.
     pub fn remote(&self) -> &Remote {
         &self.remote
     }
@@ -174,6 +191,9 @@ impl Client {
                 rb = rb.header(header::AUTHORIZATION, a);
             }
             let resp = rb.send().await.map_err(|e| transport(op, url, e, self.opts.timeout))?;
+            if resp.version() == reqwest::Version::HTTP_2 {
+                self.http2.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }

@@ -61,6 +61,8 @@ pub struct PullReport {
     pub bytes: u64,
     /// Prefetch paths that name no regular file with content.
     pub prefetch_unknown: Vec<Vec<u8>>,
+    /// Whether the server answered over HTTP/2.
+    pub http2: bool,
 }
 
 /// Pulls into `store` (which must exist; see [`Store::create`]).
@@ -305,6 +307,7 @@ async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Resul
         skipped,
         bytes,
         prefetch_unknown,
+        http2: client.used_http2(),
     })
 }
 
