@@ -427,6 +427,18 @@ impl Client {
         }
     }
 
+    /// GET of a blob from byte `off` on (a `Range` request past 0); the
+    /// answer is 200 or 206, which the caller tells apart.
+    async fn get_from(&self, url: &str, off: u64) -> Result<Response, RemoteError> {
+        let range = format!("bytes={off}-");
+        let build = || {
+            let rb = self.http.get(url);
+            if off > 0 { rb.header(header::RANGE, &range) } else { rb }
+        };
+        let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
+        check("GET", url, self.send("GET", url, &build).await?, &ok).await
+    }
+
     async fn stream_once(
         &self,
         url: &str,
@@ -438,13 +450,7 @@ impl Client {
         if off == size && size > 0 {
             return Ok(());
         }
-        let range = format!("bytes={off}-");
-        let build = || {
-            let rb = self.http.get(url);
-            if off > 0 { rb.header(header::RANGE, &range) } else { rb }
-        };
-        let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
-        let mut resp = check("GET", url, self.send("GET", url, &build).await?, &ok).await?;
+        let mut resp = self.get_from(url, off).await?;
         // bytes of the answer to skip: all already sent when a server
         // ignored the Range and starts from the beginning again
         let mut skip = 0u64;
@@ -536,13 +542,7 @@ impl Client {
         if off == size && size > 0 {
             return Ok(());
         }
-        let range = format!("bytes={off}-");
-        let build = || {
-            let rb = self.http.get(url);
-            if off > 0 { rb.header(header::RANGE, &range) } else { rb }
-        };
-        let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
-        let mut resp = check("GET", url, self.send("GET", url, &build).await?, &ok).await?;
+        let mut resp = self.get_from(url, off).await?;
         if resp.status() == StatusCode::PARTIAL_CONTENT {
             let start = range_start(&resp);
             if start != Some(off) {
