@@ -6,23 +6,10 @@
 # warm store / OCI layout of the first version, vs skopeo + umoci. Prints
 # medians, ratios and the bytes each side transferred.
 echo "== registry: pull the corpus from a local docker-registry (as root)"
-BR=$W/breg
-mkdir -p "$BR/data"
-BPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$BR/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $BR/data
-http:
-  addr: 127.0.0.1:$BPORT
-EOF
-timeout 7200 docker-registry serve "$BR/config.yml" >"$BR/log" 2>&1 </dev/null &
-BREG_PID=$!
-trap 'kill -TERM "$BREG_PID" 2>/dev/null || true; rm -rf "$W"' EXIT
-for _ in $(seq 1 80); do curl -fsS -o /dev/null "http://127.0.0.1:$BPORT/v2/" 2>/dev/null && break; sleep 0.25; done
+. "$HERE/registry-lib.sh"
+start_registry "$W/breg" "" http 7200
+BPORT=$PORT
+BREG_PID=$PID
 BR_HOST=127.0.0.1:$BPORT
 
 # version 1: ocix artifact and the OCI image

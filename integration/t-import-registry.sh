@@ -11,56 +11,8 @@
 ensure_corpus
 IMG=$CORPUS/image
 W=$(scratch)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do timeout 10 tail --pid="$p" -f /dev/null 2>/dev/null || kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-need=()
-command -v docker-registry >/dev/null || need+=(docker-registry)
-command -v curl >/dev/null || need+=(curl)
-command -v skopeo >/dev/null || need+=(skopeo)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# start_registry DIR: a registry storing under DIR/data; sets PORT and PID;
-# waits (bounded) until /v2/ answers.
-start_registry() {
-  local dir=$1
-  mkdir -p "$dir/data"
-  PORT=$(free_port)
-  cat >"$dir/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $dir/data
-http:
-  addr: 127.0.0.1:$PORT
-EOF
-  timeout 900 docker-registry serve "$dir/config.yml" >>"$dir/log" 2>&1 </dev/null &
-  PID=$!
-  PIDS+=("$PID")
-  for _ in $(seq 1 80); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v2/" 2>/dev/null || true)
-    [ "$code" = 200 ] && return 0
-    kill -0 "$PID" 2>/dev/null || fail "registry exited: $(tail -5 "$dir/log")"
-    sleep 0.25
-  done
-  fail "registry did not answer on 127.0.0.1:$PORT within 20 s"
-}
-# expect_fail OUTFILE CMD...: the command must fail with exit 2
-expect_fail() {
-  local out=$1; shift
-  set +e; timeout 300 "$@" >"$out" 2>&1; local rc=$?; set -e
-  [ "$rc" -eq 2 ] || fail "expected exit 2 from $*, got $rc: $(head -5 "$out")"
-}
+. "$HERE/registry-lib.sh"
+need_tools skopeo
 
 start_registry "$W/reg"
 R=127.0.0.1:$PORT
