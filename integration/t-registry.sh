@@ -106,36 +106,69 @@ cp "$W/victim.orig" "$vdata"
 cmp "$W/t/blobs/sha256/$vhex" "$W/victim.orig" || fail "repaired blob differs"
 note "altered blob rejected ($(grep -o 'content has digest [^,]*' "$W/tamper.err" | sed -n 1p)), not stored"
 
-# registry stopped mid-pull: the pull is frozen once it has some blobs, the
-# registry stopped, the pull resumed: it must fail clearly; after a restart
-# on the same storage the rerun fetches exactly the blobs still missing
-"$OCIX" pull -v --jobs 1 --timeout 3 --retries 1 "docker://$R/ocix/corpus:v1" --store "$W/i" >"$W/int.out" 2>"$W/int.err" &
-ppid=$!
-for _ in $(seq 1 2000); do
-  [ "$(nblobs "$W/i")" -ge 30 ] && break
-  kill -0 "$ppid" 2>/dev/null || break
-  sleep 0.01
-done
-kill -STOP "$ppid" 2>/dev/null || fail "the pull ended before it could be interrupted: $(cat "$W/int.err")"
-stop_pid "$RPID"
-kill -CONT "$ppid"
-set +e; timeout 120 tail --pid="$ppid" -f /dev/null; wait "$ppid"; rc=$?; set -e
-[ "$rc" -eq 2 ] || fail "pull with the registry stopped: exit $rc: $(cat "$W/int.err")"
+# interrupted STORE ERR CMD...: runs CMD in the background, freezes it once
+# STORE holds 30 blobs, stops the registry, lets CMD go on (it must fail
+# with exit 2), then restarts the registry on the same storage and port
+interrupted() {
+  local store=$1 err=$2 pid rc; shift 2
+  "$@" >/dev/null 2>"$err" &
+  pid=$!
+  for _ in $(seq 1 2000); do
+    [ "$(nblobs "$store")" -ge 30 ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.01
+  done
+  kill -STOP "$pid" 2>/dev/null || fail "$* ended before it could be interrupted: $(cat "$err")"
+  stop_pid "$RPID"
+  kill -CONT "$pid"
+  set +e; timeout 120 tail --pid="$pid" -f /dev/null; wait "$pid"; rc=$?; set -e
+  [ "$rc" -eq 2 ] || fail "$* with the registry stopped: exit $rc: $(cat "$err")"
+  grep -q -E 'cannot connect|connection|timed out' "$err" || fail "cause not named: $(cat "$err")"
+  sed -i "s/^  addr: 127.0.0.1:.*/  addr: 127.0.0.1:$PORT/" "$W/reg/config.yml"
+  timeout 900 docker-registry serve "$W/reg/config.yml" >>"$W/reg/log" 2>&1 </dev/null &
+  RPID=$!; PIDS+=("$RPID")
+  for _ in $(seq 1 80); do curl -fsS -o /dev/null "http://$R/v2/" 2>/dev/null && break; sleep 0.25; done
+}
+
+# registry stopped mid-pull: a clear error; the rerun fetches exactly the
+# blobs still missing
+interrupted "$W/i" "$W/int.err" "$OCIX" pull -v --jobs 1 --timeout 3 --retries 1 "docker://$R/ocix/corpus:v1" --store "$W/i"
 grep -q 'still missing (rerun to transfer only those)' "$W/int.err" || fail "unclear error: $(cat "$W/int.err")"
-grep -q -E 'cannot connect|connection|timed out' "$W/int.err" || fail "cause not named: $(cat "$W/int.err")"
 have=$(( $(nblobs "$W/i") - 1 ))   # less the manifest blob
 [ "$have" -gt 0 ] && [ "$have" -lt "$total" ] || fail "interrupted pull kept $have of $total blobs"
 note "registry stopped mid-pull after $have of $total blobs: $(grep -o 'ocix: error.*' "$W/int.err" | cut -c1-160)"
-sed -i "s/^  addr: 127.0.0.1:.*/  addr: 127.0.0.1:$PORT/" "$W/reg/config.yml"
-timeout 900 docker-registry serve "$W/reg/config.yml" >>"$W/reg/log" 2>&1 </dev/null &
-RPID=$!; PIDS+=("$RPID")
-for _ in $(seq 1 80); do curl -fsS -o /dev/null "http://$R/v2/" 2>/dev/null && break; sleep 0.25; done
+grep -q "[0-9]* blob(s) failed, $have transferred, $((total - have)) still missing" "$W/int.err" ||
+  fail "the error does not count what was kept: $(cat "$W/int.err")"
 "$OCIX" pull -v "docker://$R/ocix/corpus:v1" --store "$W/i" 2>"$W/int2.err" || fail "rerun: $(cat "$W/int2.err")"
 grep -q "$total blobs, $((total - have)) fetched .*, $have already in the store" "$W/int2.err" ||
   fail "rerun did not fetch exactly the missing $((total - have)): $(cat "$W/int2.err")"
 note "rerun fetched the $((total - have)) missing blobs only"
-grep -q "[0-9]* blob(s) failed, $have transferred, $((total - have)) still missing" "$W/int.err" ||
-  fail "the error does not count what was kept: $(cat "$W/int.err")"
+
+# the same while unpacking (files are written as their blobs arrive): the
+# DEST this run created is removed, the blobs fetched are kept, and the
+# rerun fetches only the rest and gives a clean tree
+interrupted "$W/iu" "$W/intu.err" "$OCIX" unpack -v --jobs 1 --timeout 3 --retries 1 "docker://$R/ocix/corpus:v1" "$W/iu-dest" --store "$W/iu"
+grep -q "pulling docker://$R/ocix/corpus:v1: .*still missing (rerun to transfer only those)" "$W/intu.err" ||
+  fail "unclear error from an interrupted unpack: $(cat "$W/intu.err")"
+[ ! -e "$W/iu-dest" ] || fail "interrupted unpack left $W/iu-dest behind"
+have=$(( $(nblobs "$W/iu") - 1 ))
+[ "$have" -gt 0 ] && [ "$have" -lt "$total" ] || fail "interrupted unpack kept $have of $total blobs"
+"$OCIX" unpack -v "docker://$R/ocix/corpus:v1" "$W/iu-dest" --store "$W/iu" 2>"$W/intu2.err" ||
+  fail "unpack rerun: $(cat "$W/intu2.err")"
+grep -q "$total blobs, $((total - have)) fetched .*, $have already in the store" "$W/intu2.err" ||
+  fail "unpack rerun did not fetch exactly the missing $((total - have)): $(cat "$W/intu2.err")"
+"$OCIX" diff "$W/iu-dest" "$W/m.ocix" >"$W/diffu.out" 2>&1 || fail "tree after the rerun differs: $(head -20 "$W/diffu.out")"
+note "registry stopped mid-unpack after $have blobs: DEST removed; rerun fetched $((total - have)), diff clean"
+
+# without --store: a temporary store beside DEST whose blobs become the
+# files, removed afterwards; -o keeps the manifest for a later diff
+mkdir "$W/nostore"
+"$OCIX" unpack -v "docker://$R/ocix/corpus:v1" "$W/nostore/rootfs" -o "$W/nostore.ocix" 2>"$W/nostore.err" ||
+  fail "unpack without --store: $(cat "$W/nostore.err")"
+[ "$(ls -A "$W/nostore")" = rootfs ] || fail "left beside DEST: $(ls -A "$W/nostore")"
+cmp "$W/m.ocix" "$W/nostore.ocix" || fail "-o wrote another manifest"
+"$OCIX" diff "$W/nostore/rootfs" "$W/m.ocix" >"$W/diffn.out" 2>&1 || fail "tree without --store differs: $(head -20 "$W/diffn.out")"
+note "unpack docker:// without --store: diff clean, no store left"
 
 # rootless: as nobody, unpack from the registry into a store and tree it owns
 chmod 0755 "$W"

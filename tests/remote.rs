@@ -1,4 +1,4 @@
-//! `ocix pull` against small HTTP servers written here, real TCP servers on
+//! `ocix pull` and `ocix unpack docker://` against small HTTP servers written here, real TCP servers on
 //! 127.0.0.1 that misbehave on purpose in ways a real registry or web
 //! server cannot be made to on demand: a server that accepts and never
 //! answers, one that answers 500, bytes that do not match their digest, a
@@ -392,6 +392,31 @@ fn not_found_is_not_retried() {
     assert_eq!(s.requests().len(), 1);
 }
 
+/// The OCI artifact that tags an ocix manifest (as `ocix push` writes it),
+/// with a Docker-Content-Digest header that tells the truth unless
+/// `wrong_digest_header`.
+fn artifact_reply(manifest: &[u8], wrong_digest_header: bool) -> Reply {
+    let art = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.ocix.manifest.v1+cbor",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": format!("sha256:{}", hex_of(b"{}")), "size": 2},
+        "layers": [{"mediaType": "application/vnd.ocix.manifest.v1+cbor",
+                    "digest": format!("sha256:{}", hex_of(manifest)), "size": manifest.len()}],
+    });
+    let body = serde_json::to_vec(&art).unwrap();
+    let d = if wrong_digest_header { hex_of(b"other") } else { hex_of(&body) };
+    Reply::Full(
+        200,
+        vec![
+            ("Content-Type".into(), "application/vnd.oci.image.manifest.v1+json".into()),
+            ("Docker-Content-Digest".into(), format!("sha256:{d}")),
+        ],
+        body,
+    )
+}
+
 /// A registry speaking just enough of the distribution API for a pull, with
 /// bearer-token auth; `wrong_digest_header` makes it lie about the
 /// manifest's digest.
@@ -417,25 +442,7 @@ fn token_registry(f: &Fixture, wrong_digest_header: bool) -> Server {
             return Reply::Full(401, vec![("WWW-Authenticate".into(), realm)], vec![]);
         }
         if req.path == "/v2/ocix/x/manifests/v1" {
-            let art = serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "artifactType": "application/vnd.ocix.manifest.v1+cbor",
-                "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                           "digest": format!("sha256:{}", hex_of(b"{}")), "size": 2},
-                "layers": [{"mediaType": "application/vnd.ocix.manifest.v1+cbor",
-                            "digest": format!("sha256:{mhex}"), "size": manifest.len()}],
-            });
-            let body = serde_json::to_vec(&art).unwrap();
-            let d = if wrong_digest_header { hex_of(b"other") } else { hex_of(&body) };
-            return Reply::Full(
-                200,
-                vec![
-                    ("Content-Type".into(), "application/vnd.oci.image.manifest.v1+json".into()),
-                    ("Docker-Content-Digest".into(), format!("sha256:{d}")),
-                ],
-                body,
-            );
+            return artifact_reply(&manifest, wrong_digest_header);
         }
         if let Some(hex) = req.path.strip_prefix("/v2/ocix/x/blobs/sha256:") {
             if hex == mhex {
@@ -697,4 +704,180 @@ fn pack_member_with_wrong_bytes_is_rejected() {
     assert!(err.contains("60 blobs, 55 fetched"), "{err}");
     let r = s2.requests().into_iter().find(|r| r.path.ends_with(&p.packs[0].0)).unwrap();
     assert_eq!(r.header("range").map(str::to_owned), Some(format!("bytes=5000-{}", members.len() * 1000 - 1)));
+}
+
+/// An anonymous registry serving the fixture as `ocix/x:v1`; `big` decides
+/// first for the big blob (given the request).
+fn plain_registry(f: &Fixture, big: impl Fn(&Req) -> Option<Reply> + Send + Sync + 'static) -> Server {
+    let store = f.store.clone();
+    let (manifest, mhex, bhex) = (f.manifest.clone(), f.mhex.clone(), f.bhex.clone());
+    serve(move |req, _| {
+        if req.path == "/v2/" {
+            return ok(b"{}".to_vec());
+        }
+        if req.path == "/v2/ocix/x/manifests/v1" {
+            return artifact_reply(&manifest, false);
+        }
+        if let Some(hex) = req.path.strip_prefix("/v2/ocix/x/blobs/sha256:") {
+            if hex == mhex {
+                return ok(manifest.clone());
+            }
+            if hex == bhex {
+                if let Some(r) = big(req) {
+                    return r;
+                }
+            }
+            if let Ok(b) = std::fs::read(store.join("blobs/sha256").join(hex)) {
+                return ok(b);
+            }
+        }
+        Reply::Full(404, vec![], vec![])
+    })
+}
+
+/// A gate a server handler waits at until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+    fn wait(&self) {
+        let mut open = self.0.0.lock().unwrap();
+        while !*open {
+            open = self.0.1.wait(open).unwrap();
+        }
+    }
+}
+
+/// Whether `ocix diff` finds `dest` identical to the manifest `m`.
+fn diff_clean(dir: &Path, dest: &Path, m: &Path) -> bool {
+    let (rc, err) = ocix(dir, &["diff", dest.to_str().unwrap(), m.to_str().unwrap()], &[]);
+    assert!(rc == 0 || rc == 1, "{err}");
+    rc == 0
+}
+
+#[test]
+fn unpack_writes_files_while_blobs_are_still_arriving() {
+    let f = fixture();
+    let gate = Gate::default();
+    let g2 = gate.clone();
+    let s = plain_registry(&f, move |_| {
+        g2.wait();
+        None
+    });
+    let dest = f.dir.path().join("dest");
+    let store = f.dir.path().join("cache");
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let err = f.dir.path().join("unpack.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ocix"))
+        .args(["unpack", "-v", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap()])
+        .env("HOME", f.dir.path().join("home"))
+        .env("REGISTRY_AUTH_FILE", f.dir.path().join("no-auth.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    // the small file must appear, with its content, under its final name
+    // while the big blob is still held back by the server
+    let start = Instant::now();
+    let small = dest.join("etc/small");
+    let mut seen = false;
+    while start.elapsed() < Duration::from_secs(30) {
+        if std::fs::read(&small).is_ok_and(|b| b == b"small file\n") {
+            seen = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let early_big = dest.join("etc/zbig").exists();
+    gate.open();
+    let status = child.wait().unwrap();
+    let err = std::fs::read_to_string(&err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(seen, "etc/small was not written before the big blob arrived: {err}");
+    assert!(!early_big, "etc/zbig existed before its blob was sent");
+    assert_eq!(std::fs::read(dest.join("etc/zbig")).unwrap(), f.big);
+    assert!(err.contains("2 blobs, 2 fetched"), "{err}");
+    let m = f.dir.path().join("m.ocix");
+    assert!(diff_clean(f.dir.path(), &dest, &m));
+}
+
+#[test]
+fn unpack_without_a_store_leaves_no_store_and_no_shared_inodes() {
+    let f = fixture();
+    let s = plain_registry(&f, |_| None);
+    let parent = f.dir.path().join("out");
+    let dest = parent.join("rootfs");
+    let saved = f.dir.path().join("pulled.ocix");
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let (rc, err) = ocix(f.dir.path(), &["unpack", &src, dest.to_str().unwrap(), "-o", saved.to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+    // the temporary store beside DEST is gone; only DEST is left
+    let names: Vec<_> = std::fs::read_dir(&parent).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("rootfs")]);
+    assert_eq!(std::fs::read(&saved).unwrap(), f.manifest);
+    use std::os::unix::fs::MetadataExt as _;
+    for p in ["etc/small", "etc/zbig"] {
+        assert_eq!(std::fs::metadata(dest.join(p)).unwrap().nlink(), 1, "{p}");
+    }
+    assert_eq!(std::fs::read(dest.join("etc/zbig")).unwrap(), f.big);
+    assert!(diff_clean(f.dir.path(), &dest, &saved));
+}
+
+#[test]
+fn unpack_stops_when_a_blob_cannot_be_fetched_and_the_rerun_fetches_only_the_rest() {
+    let f = fixture();
+    let missing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let m2 = missing.clone();
+    let s = plain_registry(&f, move |_| {
+        m2.load(std::sync::atomic::Ordering::SeqCst).then(|| Reply::Full(404, vec![], vec![]))
+    });
+    let dest = f.dir.path().join("dest");
+    let store = f.dir.path().join("cache");
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let args = ["unpack", "-v", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap(), "--retries", "0"];
+    let (rc, err) = ocix(f.dir.path(), &args, &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains(&format!("pulling {src}")), "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(err.contains(&f.bhex), "{err}");
+    // DEST did not exist before: nothing half-made is left under it; the
+    // small blob fetched is kept, the big one never stored
+    assert!(!dest.exists(), "{err}");
+    assert!(store.join("blobs/sha256").join(hex_of(b"small file\n")).exists());
+    assert!(!store.join("blobs/sha256").join(&f.bhex).exists());
+
+    missing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (rc, err) = ocix(f.dir.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("2 blobs, 1 fetched"), "{err}");
+    assert!(diff_clean(f.dir.path(), &dest, &f.dir.path().join("m.ocix")));
+}
+
+#[test]
+fn unpack_refuses_a_non_empty_dest_before_any_request() {
+    let f = fixture();
+    let s = plain_registry(&f, |_| None);
+    let dest = f.dir.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("keep"), b"mine").unwrap();
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let (rc, err) = ocix(f.dir.path(), &["unpack", &src, dest.to_str().unwrap()], &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("destination is not empty"), "{err}");
+    assert!(s.requests().is_empty(), "{:?}", s.requests());
+    assert_eq!(std::fs::read(dest.join("keep")).unwrap(), b"mine");
+    let stray: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("ocix-store"))
+        .collect();
+    assert!(stray.is_empty());
 }

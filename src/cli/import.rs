@@ -3,8 +3,8 @@
 
 use super::Global;
 use crate::oci::{DEFAULT_MAX_BYTES, ImportOptions, Platform, import_image, split_ref};
+use crate::remote::Reference;
 use crate::remote::image::import_remote;
-use crate::remote::{Reference, RemoteOptions};
 use crate::store::Store;
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,9 @@ pub struct Args {
     /// against decompression bombs).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
     pub max_bytes: u64,
+    /// Registry connection flags (docker:// only).
+    #[command(flatten)]
+    pub net: super::pull::ConnArgs,
 }
 
 /// Runs the subcommand.
@@ -55,7 +58,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let imp = if a.image.starts_with("docker://") {
         let r = Reference::parse(&a.image)?;
         let opts = ImportOptions { tag: None, platform, max_bytes: a.max_bytes };
-        import_remote(&r, store.as_ref(), &opts, &RemoteOptions::default())
+        import_remote(&r, store.as_ref(), &opts, &a.net.options())
     } else {
         let (layout, tag) = split_ref(&a.image);
         let opts = ImportOptions { tag: tag.map(str::to_string), platform, max_bytes: a.max_bytes };

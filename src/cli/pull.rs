@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Connection flags shared by pull and push.
+/// Connection flags of every command that talks to a registry.
 #[derive(clap::Args, Debug, Clone)]
-pub struct RemoteArgs {
+pub struct ConnArgs {
     /// Speak plain HTTP to the registry. Without it HTTPS is used (CA
     /// certificates from the system or SSL_CERT_FILE), except that a
     /// registry on localhost/127.0.0.1/[::1] that does not speak TLS gets
@@ -31,12 +31,28 @@ pub struct RemoteArgs {
     /// ~/.config/containers/auth.json, ~/.docker/config.json).
     #[arg(long, value_name = "FILE")]
     pub authfile: Option<PathBuf>,
+}
+
+/// Connection flags and the transfer's concurrency, for pull, push and
+/// unpack.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RemoteArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// Blobs transferred at once.
     #[arg(long, short = 'j', default_value_t = 16, value_name = "N")]
     pub jobs: usize,
 }
 
 impl RemoteArgs {
+    /// The library's connection options.
+    pub fn options(&self) -> RemoteOptions {
+        self.conn.options()
+    }
+}
+
+impl ConnArgs {
     /// The library's connection options.
     pub fn options(&self) -> RemoteOptions {
         let mut auth_files = remote::auth::auth_files();
@@ -115,16 +131,27 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
 fn pull_to_store(a: &Args, g: Global) -> anyhow::Result<Vec<u8>> {
     let remote = Remote::parse(&a.source)?;
     let manifest = a.manifest.as_deref().map(Digest::parse).transpose()?;
-    let prefetch = match &a.prefetch {
-        None => Vec::new(),
-        Some(p) => super::read_input(p)?
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_prefix(b"/").unwrap_or(l).to_vec())
-            .filter(|l| !l.is_empty())
-            .collect(),
+    let prefetch = read_prefetch(a.prefetch.as_deref())?;
+    let opts = PullOptions {
+        remote: a.net.options(),
+        jobs: a.net.jobs,
+        prefetch,
+        manifest,
+        progress: g.progress(),
+        cancel: None,
     };
-    let opts = PullOptions { remote: a.net.options(), jobs: a.net.jobs, prefetch, manifest, progress: g.progress() };
     Ok(run_pull(&remote, &a.store, &opts, &a.source, g)?.1)
+}
+
+/// The paths of a `--prefetch` file: one a line, relative to the root (a
+/// leading `/` is dropped).
+pub fn read_prefetch(path: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
+    let Some(p) = path else { return Ok(Vec::new()) };
+    Ok(super::read_input(p)?
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_prefix(b"/").unwrap_or(l).to_vec())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 fn run_pull(
@@ -136,6 +163,12 @@ fn run_pull(
 ) -> anyhow::Result<(Manifest, Vec<u8>)> {
     let store = Store::create(store)?;
     let r = remote::pull(remote, &store, opts).map_err(|e| anyhow::anyhow!("pulling {shown}: {e}"))?;
+    report(&r, g);
+    Ok((r.manifest, r.manifest_bytes))
+}
+
+/// Tells what a pull did: unknown prefetch paths, and with -v the counts.
+pub fn report(r: &remote::PullReport, g: Global) {
     for p in &r.prefetch_unknown {
         g.warn(&format!("prefetch: {} is no file with content in the manifest", crate::manifest::path_display(p)));
     }
@@ -148,13 +181,4 @@ fn run_pull(
         r.skipped,
         if r.http2 { "HTTP/2" } else { "HTTP/1.1" }
     ));
-    Ok((r.manifest, r.manifest_bytes))
-}
-
-/// For `ocix unpack docker://...`: pulls into `store` with default
-/// connection settings and returns the manifest.
-pub fn pull_for_unpack(source: &str, store: &Path, g: Global) -> anyhow::Result<Manifest> {
-    let remote = Remote::parse(source)?;
-    let opts = PullOptions { progress: g.progress(), ..PullOptions::default() };
-    Ok(run_pull(&remote, store, &opts, source, g)?.0)
 }

@@ -25,10 +25,16 @@ use std::process::ExitCode;
 /// BUNDLE/config.json written from the image config, like `umoci unpack`.
 /// The image may be docker://HOST[:PORT]/REPO[:TAG|@DIGEST], an ordinary
 /// image in a registry, whose layers are streamed (no skopeo needed).
+///
+/// MANIFEST may be docker://HOST/REPO:TAG, an ocix manifest pushed by
+/// `ocix push`: only the blobs --store lacks are fetched, and each file is
+/// written as soon as its blob has arrived and been verified. Without
+/// --store the blobs go into a temporary store beside DEST and become the
+/// files themselves (no second copy).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// MANIFEST DEST, or with --image only BUNDLE. MANIFEST may be
-    /// docker://HOST/REPO:TAG: pulled, with the blobs --store lacks, first.
+    /// docker://HOST/REPO:TAG.
     #[arg(value_name = "PATHS", num_args = 1..=2, required = true)]
     pub paths: Vec<PathBuf>,
     /// An OCI image layout and tag (or a docker://HOST/REPO[:TAG] image in
@@ -67,6 +73,17 @@ pub struct Args {
     /// Writer threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// With a docker:// MANIFEST: also write the manifest pulled to this
+    /// file (for `ocix diff` later).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// With a docker:// MANIFEST: a file of paths (one a line) whose blobs
+    /// are fetched, and so written, first.
+    #[arg(long, value_name = "PATHS-FILE")]
+    pub prefetch: Option<PathBuf>,
+    /// Registry connection flags (docker:// only).
+    #[command(flatten)]
+    pub net: super::pull::RemoteArgs,
 }
 
 /// Runs the subcommand.
@@ -86,11 +103,14 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         return unpack_image(image, bundle, &a, &opts, g);
     }
     let [manifest, dest] = a.paths.as_slice() else { bail!("give MANIFEST and DEST (or --image LAYOUT[:TAG] BUNDLE)") };
+    if let Some(src) = manifest.to_str().filter(|s| s.starts_with("docker://")) {
+        return unpack_remote(src, dest, &a, &opts, g);
+    }
+    if a.output.is_some() || a.prefetch.is_some() {
+        bail!("-o and --prefetch are for a docker:// MANIFEST");
+    }
     let Some(store) = &a.store else { bail!("--store is required to unpack a manifest") };
-    let m = match manifest.to_str().filter(|s| s.starts_with("docker://")) {
-        Some(src) => super::pull::pull_for_unpack(src, store, g)?,
-        None => super::read_manifest(manifest)?,
-    };
+    let m = super::read_manifest(manifest)?;
     let store = Store::open(store)?;
     let r = unpack(&m, &store, dest, &opts).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
     report(&r, g);
@@ -109,6 +129,129 @@ fn report(r: &crate::materialize::UnpackReport, g: Global) {
         "{} dirs, {} files written ({} bytes), {} linked to blobs, {} kept, {} hardlinks, {} other entries, {} removed",
         r.dirs, r.files_written, r.bytes_written, r.files_linked, r.files_kept, r.hardlinks, r.others, r.removed
     ));
+}
+
+/// `docker://... DEST`: the pull runs on its own thread and the unpack
+/// starts as soon as the manifest is in; a writer that needs a blob not yet
+/// fetched waits for it (see [`Store::with_arrivals`]). Whichever fails
+/// first stops the other. A DEST this run created is removed on failure;
+/// the blobs fetched stay in --store, so a rerun fetches only the rest.
+fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Global) -> anyhow::Result<ExitCode> {
+    use crate::remote::{PullOptions, Remote, pull_with};
+    use crate::store::Arrivals;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let remote = Remote::parse(src)?;
+    let dest_existed = check_dest(dest, a.update)?;
+    let temp_store = a.store.is_none();
+    let store_path = match &a.store {
+        Some(p) => p.clone(),
+        None => beside(dest, "ocix-store")?,
+    };
+    let arrivals = Arc::new(Arrivals::new());
+    let store = Store::create(&store_path)?.with_arrivals(arrivals.clone());
+    let cancel = Arc::new(AtomicBool::new(false));
+    let popts = PullOptions {
+        remote: a.net.options(),
+        jobs: a.net.jobs,
+        prefetch: super::pull::read_prefetch(a.prefetch.as_deref())?,
+        manifest: None,
+        progress: g.progress(),
+        cancel: Some(cancel.clone()),
+    };
+    // a fresh store of our own holds only blobs the pull has just verified:
+    // they can become the files without being read again
+    let opts =
+        UnpackOptions { progress: false, link: opts.link || temp_store, store_verified: temp_store, ..opts.clone() };
+    let (pulled, unpacked) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let puller = s.spawn(|| {
+            // readers must never wait for a pull that is gone, even one
+            // that panicked
+            let close = CloseOnDrop(&arrivals);
+            let r = pull_with(&remote, &store, &popts, move |m| {
+                let _ = tx.send(m.clone());
+            });
+            close.0.close(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            r
+        });
+        let unpacked = rx.recv().ok().map(|m| {
+            let r = unpack(&m, &store, dest, &opts);
+            if r.is_err() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            (m, r)
+        });
+        let pulled = puller.join().map_err(|_| anyhow::anyhow!("pulling {src}: the pull thread panicked"));
+        (pulled, unpacked)
+    });
+    let result = (|| -> anyhow::Result<()> {
+        let r = pulled?.map_err(|e| anyhow::anyhow!("pulling {src}: {e}"))?;
+        super::pull::report(&r, g);
+        let Some((m, unpacked)) = unpacked else { bail!("pulling {src}: the manifest never arrived") };
+        let ur = unpacked.map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
+        report(&ur, g);
+        if let Some(o) = &a.output {
+            super::write_output(Some(o), &r.manifest_bytes)?;
+        }
+        drop(m);
+        Ok(())
+    })();
+    if temp_store {
+        drop(store);
+        let _ = std::fs::remove_dir_all(&store_path);
+    }
+    if let Err(e) = result {
+        if !dest_existed && !a.update {
+            // nothing half-made is left under a name this run created
+            let _ = std::fs::remove_dir_all(dest);
+        } else if !a.update {
+            return Err(e.context(format!("{}: partly unpacked; rerun with --update to complete it", dest.display())));
+        }
+        return Err(e);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Closes the arrivals with an error if the pull ends without closing them.
+struct CloseOnDrop<'a>(&'a crate::store::Arrivals);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close(Err("the pull stopped".into()));
+    }
+}
+
+/// Refuses a DEST the unpack would refuse, before any network traffic:
+/// a symlink, a non-directory, or (without `update`) a non-empty directory.
+/// Returns whether it exists.
+fn check_dest(dest: &Path, update: bool) -> anyhow::Result<bool> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(md) if md.file_type().is_symlink() => {
+            bail!("{}: destination is a symlink (refusing to follow it)", dest.display())
+        }
+        Ok(md) if !md.is_dir() => bail!("{}: destination exists and is not a directory", dest.display()),
+        Ok(_) if !update && std::fs::read_dir(dest)?.next().is_some() => bail!(
+            "{}: destination is not empty (use --update to bring an existing tree to the manifest)",
+            dest.display()
+        ),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("{}", dest.display())),
+    }
+}
+
+/// A new hidden name beside `path` (same directory, so the same
+/// filesystem): `.NAME.WHAT.PID`.
+fn beside(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: needs a final path component", path.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+    Ok(parent.join(format!(".{name}.{what}.{}", std::process::id())))
 }
 
 /// `--image LAYOUT[:TAG] BUNDLE`.
@@ -146,7 +289,7 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         let imported = if image.starts_with("docker://") {
             let r = crate::remote::Reference::parse(image)?;
             let iopts = ImportOptions { tag: None, ..iopts };
-            crate::remote::image::import_remote(&r, Some(&store), &iopts, &crate::remote::RemoteOptions::default())
+            crate::remote::image::import_remote(&r, Some(&store), &iopts, &a.net.options())
         } else {
             import_image(Path::new(layout), Some(&store), &iopts)
         }

@@ -29,7 +29,7 @@ pub mod push;
 pub mod reference;
 
 pub use client::{Client, Remote};
-pub use pull::{PullOptions, PullReport, pull};
+pub use pull::{PullOptions, PullReport, pull, pull_with};
 pub use push::{PushOptions, PushReport, push};
 pub use reference::Reference;
 
@@ -168,6 +168,14 @@ pub enum RemoteError {
         missing: usize,
         /// The first failure.
         first: Box<RemoteError>,
+    },
+    /// The pull was stopped by its caller (an unpack that failed).
+    #[error("stopped: {fetched} blob(s) transferred, {missing} still missing")]
+    Cancelled {
+        /// Blobs transferred before the stop.
+        fetched: usize,
+        /// Blobs not transferred.
+        missing: usize,
     },
     /// A store operation failed.
     #[error(transparent)]

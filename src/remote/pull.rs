@@ -12,6 +12,7 @@ use crate::manifest::{Digest, Kind, Manifest};
 use crate::store::Store;
 use futures_util::StreamExt as _;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How to pull.
@@ -27,6 +28,9 @@ pub struct PullOptions {
     pub manifest: Option<Digest>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Set by another thread to stop the pull early (no new blob is
+    /// started; those done are kept).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for PullOptions {
@@ -37,6 +41,7 @@ impl Default for PullOptions {
             prefetch: Vec::new(),
             manifest: None,
             progress: false,
+            cancel: None,
         }
     }
 }
@@ -67,11 +72,23 @@ pub struct PullReport {
 
 /// Pulls into `store` (which must exist; see [`Store::create`]).
 pub fn pull(remote: &Remote, store: &Store, opts: &PullOptions) -> Result<PullReport, RemoteError> {
+    pull_with(remote, store, opts, |_| {})
+}
+
+/// [`pull`], calling `on_manifest` with the decoded manifest (kept in the
+/// store) before any file blob is fetched: an unpack can start on it while
+/// the blobs arrive (see [`Store::with_arrivals`]).
+pub fn pull_with(
+    remote: &Remote,
+    store: &Store,
+    opts: &PullOptions,
+    on_manifest: impl FnOnce(&Manifest) + Send,
+) -> Result<PullReport, RemoteError> {
     let rt = runtime()?;
     let mut client = Client::new(remote.clone(), opts.remote.clone(), false)?;
     rt.block_on(async {
         client.resolve_scheme().await;
-        pull_async(&client, store, opts).await
+        pull_async(&client, store, opts, on_manifest).await
     })
 }
 
@@ -162,10 +179,16 @@ impl Item {
     }
 }
 
-async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Result<PullReport, RemoteError> {
+async fn pull_async(
+    client: &Client,
+    store: &Store,
+    opts: &PullOptions,
+    on_manifest: impl FnOnce(&Manifest),
+) -> Result<PullReport, RemoteError> {
     let (manifest_bytes, manifest_digest, threshold, packs) = fetch_manifest(client, store, opts).await?;
     let manifest = Manifest::from_bytes(&manifest_bytes)
         .map_err(|source| RemoteError::Manifest { url: client.blob_url(&manifest_digest), source })?;
+    on_manifest(&manifest);
     let all = file_blobs(&manifest);
     let packed = if packs.is_empty() {
         Vec::new()
@@ -245,8 +268,9 @@ async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Resul
     let results: Vec<Result<Option<(usize, u64)>, RemoteError>> = futures_util::stream::iter(order)
         .map(|item| {
             let (stop, done, pb, tick) = (&stop, &done, &pb, &tick);
+            let cancel = opts.cancel.as_deref();
             async move {
-                if stop.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) || cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                     return Ok(None);
                 }
                 let r = match &item {
@@ -288,6 +312,12 @@ async fn pull_async(client: &Client, store: &Store, opts: &PullOptions) -> Resul
     }
     if fetched > 0 {
         store.sync()?;
+    }
+    if first_err.is_none() && opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+        let missing = wanted.iter().filter(|d| !store.has(d)).count();
+        if missing > 0 {
+            return Err(RemoteError::Cancelled { fetched, missing });
+        }
     }
     if let Some(first) = first_err {
         if fetched == 0 && !first.transient() {

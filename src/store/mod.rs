@@ -10,12 +10,17 @@
 //! every blob's digest as they read it, so a blob damaged on disk is reported,
 //! never trusted.
 
+mod arrivals;
+
+pub use arrivals::Arrivals;
+
 use crate::manifest::Digest;
 use crate::sys::{self, SysError};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{self, AtFlags, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What can go wrong with the store.
@@ -27,6 +32,16 @@ pub enum StoreError {
     /// The store directory does not exist (and was not to be created).
     #[error("{0}: not a blob store (no blobs/sha256 directory)")]
     NotAStore(String),
+    /// A blob the store's filler (a pull) ended without.
+    #[error("blob {digest} was not fetched into store {store}{why}")]
+    NotFetched {
+        /// The digest.
+        digest: Digest,
+        /// The store's path.
+        store: String,
+        /// Why the filler stopped (with a leading `": "`), or empty.
+        why: String,
+    },
     /// A blob is absent.
     #[error("blob {digest} missing from store {store}")]
     Missing {
@@ -62,6 +77,7 @@ pub struct Store {
     root: PathBuf,
     blobs: OwnedFd,
     tmp_seq: AtomicU64,
+    arrivals: Option<Arc<Arrivals>>,
 }
 
 impl Store {
@@ -89,7 +105,7 @@ impl Store {
 
     fn open_blobs(root: &Path, blobs: &Path) -> Result<Store, StoreError> {
         let fd = sys::read::open_dir_path(blobs)?;
-        Ok(Store { root: root.to_path_buf(), blobs: fd, tmp_seq: AtomicU64::new(0) })
+        Ok(Store { root: root.to_path_buf(), blobs: fd, tmp_seq: AtomicU64::new(0), arrivals: None })
     }
 
     /// The store's root directory.
@@ -113,9 +129,40 @@ impl Store {
             .is_ok_and(|s| fs::FileType::from_raw_mode(s.st_mode) == fs::FileType::RegularFile)
     }
 
+    /// This store is being filled while it is read: [`open_blob`]
+    /// (Self::open_blob) of a missing blob waits for it until the filler
+    /// closes `arrivals`, and every blob named through this store is
+    /// announced there.
+    pub fn with_arrivals(mut self, arrivals: Arc<Arrivals>) -> Store {
+        self.arrivals = Some(arrivals);
+        self
+    }
+
     /// Opens a blob for reading. The caller verifies its content (see
-    /// [`Verifier`]).
+    /// [`Verifier`]). A store being filled (see
+    /// [`with_arrivals`](Self::with_arrivals)) waits for a missing blob.
     pub fn open_blob(&self, d: &Digest) -> Result<OwnedFd, StoreError> {
+        let Some(arrivals) = &self.arrivals else { return self.open_blob_now(d) };
+        loop {
+            let mark = arrivals.mark();
+            match self.open_blob_now(d) {
+                Err(StoreError::Missing { .. }) => {}
+                r => return r,
+            }
+            match mark {
+                Ok(mark) => arrivals.wait_after(mark),
+                Err(why) => {
+                    return Err(StoreError::NotFetched {
+                        digest: *d,
+                        store: self.root.display().to_string(),
+                        why: if why.is_empty() { why } else { format!(": {why}") },
+                    });
+                }
+            }
+        }
+    }
+
+    fn open_blob_now(&self, d: &Digest) -> Result<OwnedFd, StoreError> {
         match fs::openat(
             &self.blobs,
             d.hex(),
@@ -284,6 +331,9 @@ impl BlobWriter<'_> {
             }
         }
         let _ = fd.as_fd();
+        if let Some(a) = &self.store.arrivals {
+            a.named();
+        }
         Ok(actual)
     }
 }

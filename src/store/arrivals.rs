@@ -1,0 +1,74 @@
+//! Blobs still on their way: a store being filled (by a pull) while it is
+//! read (by an unpack). The filler names each blob as usual and wakes the
+//! readers; a reader that finds a blob missing waits until it is named or
+//! the filler has finished without it. This is what lets
+//! `ocix unpack docker://...` write each file as soon as its blob arrives
+//! instead of after the whole pull.
+
+use std::sync::{Condvar, Mutex};
+
+/// Arrival notices of one store being filled. Attach it with
+/// [`Store::with_arrivals`](super::Store::with_arrivals); the filler calls
+/// [`close`](Self::close) when it is done, whatever the outcome (readers
+/// would wait forever otherwise).
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Counts blobs named so far: a reader waits for it to change.
+    named: u64,
+    /// Set once the filler has finished: `Some("")` for success, else why
+    /// it stopped.
+    closed: Option<String>,
+}
+
+impl Arrivals {
+    /// A store about to be filled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The filler named a blob (called by the store).
+    pub(super) fn named(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.named += 1;
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// The filler has finished: `Ok` when everything was fetched, or why it
+    /// stopped. Blocked readers wake; those whose blob is still missing get
+    /// an error carrying `why`.
+    pub fn close(&self, outcome: Result<(), String>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.closed.is_none() {
+            s.closed = Some(outcome.err().unwrap_or_default());
+        }
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// The count of blobs named so far, or the filler's end. Read it before
+    /// looking for a blob, then [`wait_after`](Self::wait_after) that count:
+    /// a blob named in between is never missed.
+    pub(super) fn mark(&self) -> Result<u64, String> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &s.closed {
+            Some(why) => Err(why.clone()),
+            None => Ok(s.named),
+        }
+    }
+
+    /// Blocks until more than `mark` blobs are named or the filler ends;
+    /// the caller then looks again.
+    pub(super) fn wait_after(&self, mark: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while s.closed.is_none() && s.named == mark {
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
