@@ -9,7 +9,7 @@ use super::auth::{self, Challenge, Credentials};
 use super::reference::Reference;
 use super::{MAX_MANIFEST, RemoteError, RemoteOptions, transport};
 use crate::manifest::Digest;
-use crate::store::{BlobWriter, Store, StoreError};
+use crate::store::{BlobWriter, Store, StoreError, Verifier};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use std::sync::Mutex;
@@ -710,9 +710,6 @@ impl Client {
     async fn upload_once(&self, d: &Digest, size: u64, src: Upload<'_>) -> Result<(), RemoteError> {
         let r = self.registry()?;
         let start_url = format!("{}/v2/{}/blobs/uploads/", self.origin, r.repo);
-        let resp = self.send("POST", &start_url, &|| self.http.post(&start_url)).await?;
-        let resp = check("POST", &start_url, resp, &[StatusCode::ACCEPTED]).await?;
-        let mut loc = self.location(&start_url, resp.headers())?;
         let file = match src {
             Upload::Store(store) => Some((std::fs::File::from(store.open_blob(d)?), store.blob_path(d))),
             Upload::Bytes(_) => None,
@@ -736,14 +733,31 @@ impl Client {
                 (None, Upload::Store(_)) => unreachable!("a store upload has its file open"),
             }
         };
+        // what is sent is checked against the digest it is sent under, and
+        // the upload is never closed with bytes that do not match: a corrupt
+        // store blob stops the push here, naming its path (a registry may
+        // not check, and then every pull would fail on it)
+        let name = match &file {
+            Some((_, path)) => path.display().to_string(),
+            None => format!("{d} (in memory)"),
+        };
         let mut body = Vec::new();
         if size <= UPLOAD_CHUNK {
             body = read(0, size)?;
-        } else {
+            let mut verify = Verifier::new(*d, size);
+            verify.update(&body);
+            verify.finish(&name)?;
+        }
+        let resp = self.send("POST", &start_url, &|| self.http.post(&start_url)).await?;
+        let resp = check("POST", &start_url, resp, &[StatusCode::ACCEPTED]).await?;
+        let mut loc = self.location(&start_url, resp.headers())?;
+        if size > UPLOAD_CHUNK {
+            let mut verify = Verifier::new(*d, size);
             let mut off = 0;
             while off < size {
                 let len = UPLOAD_CHUNK.min(size - off);
                 let chunk = read(off, len)?;
+                verify.update(&chunk);
                 let range = format!("{off}-{}", off + len - 1);
                 let resp = self
                     .send("PATCH", &loc, &|| {
@@ -758,6 +772,7 @@ impl Client {
                 loc = self.location(&loc, resp.headers())?;
                 off += len;
             }
+            verify.finish(&name)?;
         }
         let sep = if loc.contains('?') { '&' } else { '?' };
         let put_url = format!("{loc}{sep}digest={d}");

@@ -131,7 +131,10 @@ enum Item {
     Single(Digest, u64),
 }
 
-/// Concatenates a pack's members from the store, checking each one's size.
+/// Concatenates a pack's members from the store, checking each one's size
+/// and digest: the pack is uploaded under the digest of these bytes, so a
+/// registry cannot notice a corrupt member, and a pull would find it only
+/// after the tag names it.
 fn pack_bytes(store: &Store, members: &pack::Pack) -> Result<Vec<u8>, RemoteError> {
     use std::io::Read as _;
     let mut out = Vec::with_capacity(members.iter().map(|m| m.1).sum::<u64>().min(pack::PACK_MAX * 2) as usize);
@@ -149,6 +152,12 @@ fn pack_bytes(store: &Store, members: &pack::Pack) -> Result<Vec<u8>, RemoteErro
                 actual: got,
             }
             .into());
+        }
+        let actual = Digest::of(&out[before..]);
+        if actual != d {
+            return Err(
+                StoreError::Corrupt { path: store.blob_path(&d).display().to_string(), expected: d, actual }.into()
+            );
         }
     }
     Ok(out)

@@ -1,0 +1,667 @@
+//! `ocix push` against a small registry written here: a real TCP server on
+//! 127.0.0.1 speaking just enough of the distribution API (HEAD, POST,
+//! PATCH, PUT of blobs, PUT of manifests; it checks every blob's digest and
+//! that a manifest names only blobs it holds), into which faults are
+//! injected on purpose: 500s, a stalled upload, a 401 without credentials,
+//! an upload Location on another origin, a manifest refused with a registry
+//! error body, and a store missing or holding corrupt blobs. Every ocix run
+//! is bounded: killed and failed if it takes over 60 s. (tests/remote.rs
+//! holds the pull side; integration/t-registry.sh runs a real registry.)
+
+use base64::Engine as _;
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+// ---- a loopback HTTP/1.1 server (as in tests/remote.rs, plus bodies) ----
+
+#[derive(Clone, Debug)]
+struct Req {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Req {
+    fn header(&self, k: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str())
+    }
+}
+
+enum Reply {
+    /// Status, extra headers, body.
+    Full(u16, Vec<(String, String)>, Vec<u8>),
+    /// Never answers.
+    Stall,
+}
+
+fn status_text(s: u16) -> &'static str {
+    match s {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        _ => "Other",
+    }
+}
+
+struct Server {
+    port: u16,
+    log: Arc<Mutex<Vec<Req>>>,
+}
+
+impl Server {
+    fn requests(&self) -> Vec<Req> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Starts a server on 127.0.0.1 whose answers `handler` decides; threads are
+/// detached and end with the test process.
+fn serve(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let log: Arc<Mutex<Vec<Req>>> = Arc::default();
+    let handler = Arc::new(handler);
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (h, log) = (handler.clone(), log2.clone());
+            std::thread::spawn(move || connection(conn, &*h, &log));
+        }
+    });
+    Server { port, log }
+}
+
+fn connection(conn: TcpStream, handler: &dyn Fn(&Req) -> Reply, log: &Mutex<Vec<Req>>) {
+    let mut out = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let mut req = Req { method, path, headers, body: Vec::new() };
+        if let Some(n) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            let mut body = vec![0; n];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+            req.body = body;
+        }
+        log.lock().unwrap().push(req.clone());
+        match handler(&req) {
+            Reply::Full(status, hs, body) => {
+                let mut s = format!("HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n", status_text(status), body.len());
+                for (k, v) in hs {
+                    s.push_str(&format!("{k}: {v}\r\n"));
+                }
+                s.push_str("\r\n");
+                if out.write_all(s.as_bytes()).is_err() || (req.method != "HEAD" && out.write_all(&body).is_err()) {
+                    return;
+                }
+            }
+            Reply::Stall => {
+                std::thread::sleep(Duration::from_secs(300));
+                return;
+            }
+        }
+    }
+}
+
+/// Runs ocix with `args` and a clean credential environment; kills it and
+/// fails the test after 60 s. Returns (exit code, stderr).
+fn ocix(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let err = dir.join(format!("stderr-{}", N.fetch_add(1, Ordering::Relaxed)));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocix"));
+    cmd.args(args)
+        .env("HOME", dir.join("home"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .env("REGISTRY_AUTH_FILE", dir.join("no-auth.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ocix {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code().unwrap_or(-1), std::fs::read_to_string(&err).unwrap())
+}
+
+fn digest_of(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// The one line a failed ocix run prints: exactly one line, the error, and
+/// no panic.
+fn error_line(rc: i32, err: &str) -> &str {
+    assert_eq!(rc, 2, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line expected:\n{err}");
+    assert!(lines[0].starts_with("ocix: error: pushing to docker://127.0.0.1:"), "{err}");
+    lines[0]
+}
+
+// ---- what is pushed ----
+
+const BIG: usize = 300_000;
+
+/// A tree of one file above the pack threshold (pushed on its own) and one
+/// small file (pushed in a pack), scanned into a store.
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: PathBuf,
+    manifest_path: PathBuf,
+    manifest: Vec<u8>,
+    big: Vec<u8>,
+    small: Vec<u8>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture::with_big(BIG)
+    }
+
+    /// The fixture with a big file of `size` bytes.
+    fn with_big(size: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        let big: Vec<u8> = (0..size as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let small = b"small file\n".to_vec();
+        std::fs::write(tree.join("etc/zbig"), &big).unwrap();
+        std::fs::write(tree.join("etc/small"), &small).unwrap();
+        let store = dir.path().join("store");
+        let manifest_path = dir.path().join("m.ocix");
+        let (rc, err) = ocix(
+            dir.path(),
+            &[
+                "scan",
+                tree.to_str().unwrap(),
+                "--store",
+                store.to_str().unwrap(),
+                "-o",
+                manifest_path.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(rc, 0, "{err}");
+        let manifest = std::fs::read(&manifest_path).unwrap();
+        Fixture { dir, store, manifest_path, manifest, big, small }
+    }
+
+    fn blob_path(&self, data: &[u8]) -> PathBuf {
+        self.store.join("blobs/sha256").join(&digest_of(data)["sha256:".len()..])
+    }
+
+    /// `ocix push` of the fixture to `docker://127.0.0.1:PORT/ocix/x:v1`
+    /// with `extra` flags.
+    fn push(&self, port: u16, extra: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
+        let target = format!("docker://127.0.0.1:{port}/ocix/x:v1");
+        let mut args =
+            vec!["push", self.manifest_path.to_str().unwrap(), "--store", self.store.to_str().unwrap(), &target];
+        args.extend_from_slice(extra);
+        ocix(self.dir.path(), &args, env)
+    }
+}
+
+// ---- a registry: honest unless told otherwise ----
+
+#[derive(Default)]
+struct State {
+    /// Blobs by digest (`sha256:...`).
+    blobs: HashMap<String, Vec<u8>>,
+    /// Open uploads by id, with the bytes received so far.
+    uploads: HashMap<String, Vec<u8>>,
+    next: usize,
+}
+
+/// A fault: given a request, a reply that replaces the registry's own.
+type Fault = Box<dyn Fn(&Req) -> Option<Reply> + Send + Sync>;
+
+struct Registry {
+    server: Server,
+    state: Arc<Mutex<State>>,
+}
+
+impl Registry {
+    /// Requests with this method whose path contains `part`.
+    fn count(&self, method: &str, part: &str) -> usize {
+        self.server.requests().iter().filter(|r| r.method == method && r.path.contains(part)).count()
+    }
+    fn manifest_puts(&self) -> Vec<Req> {
+        self.server.requests().into_iter().filter(|r| r.method == "PUT" && r.path.contains("/manifests/")).collect()
+    }
+    fn has(&self, digest: &str) -> bool {
+        self.state.lock().unwrap().blobs.contains_key(digest)
+    }
+}
+
+fn registry(fault: impl Fn(&Req) -> Option<Reply> + Send + Sync + 'static) -> Registry {
+    registry_with(Arc::default(), Box::new(fault), None)
+}
+
+/// A registry over `state`; upload Locations are relative, or absolute
+/// under `upload_origin` (`http://host:port`) when given.
+fn registry_with(state: Arc<Mutex<State>>, fault: Fault, upload_origin: Option<String>) -> Registry {
+    let st = state.clone();
+    let server = serve(move |req| {
+        if let Some(r) = fault(req) {
+            return r;
+        }
+        answer(&st, req, upload_origin.as_deref().unwrap_or(""))
+    });
+    Registry { server, state }
+}
+
+fn error_body(code: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"errors": [{"code": code, "message": message}]})).unwrap()
+}
+
+/// The distribution API, the parts a push uses, for repository `ocix/x`.
+fn answer(state: &Mutex<State>, req: &Req, upload_origin: &str) -> Reply {
+    let mut st = state.lock().unwrap();
+    let path = req.path.as_str();
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let not_found = || Reply::Full(404, vec![], vec![]);
+    let Some(rest) = path.strip_prefix("/v2/ocix/x/") else { return not_found() };
+    let loc = |id: &str| vec![("Location".to_string(), format!("{upload_origin}/v2/ocix/x/blobs/uploads/{id}"))];
+    match (req.method.as_str(), rest) {
+        ("HEAD", _) if rest.starts_with("blobs/sha256:") => match st.blobs.get(&rest["blobs/".len()..]) {
+            Some(b) => Reply::Full(200, vec![], vec![0; b.len()]),
+            None => not_found(),
+        },
+        ("POST", "blobs/uploads/") => {
+            st.next += 1;
+            let id = format!("u{}", st.next);
+            st.uploads.insert(id.clone(), Vec::new());
+            Reply::Full(202, loc(&id), vec![])
+        }
+        ("PATCH", _) if rest.starts_with("blobs/uploads/") => {
+            let id = &rest["blobs/uploads/".len()..];
+            let Some(u) = st.uploads.get_mut(id) else { return not_found() };
+            u.extend_from_slice(&req.body);
+            Reply::Full(202, loc(id), vec![])
+        }
+        ("PUT", _) if rest.starts_with("blobs/uploads/") => {
+            let id = &rest["blobs/uploads/".len()..];
+            let Some(mut data) = st.uploads.remove(id) else { return not_found() };
+            data.extend_from_slice(&req.body);
+            let want = query.strip_prefix("digest=").unwrap_or("").replace("%3A", ":");
+            let got = digest_of(&data);
+            if got != want {
+                return Reply::Full(400, vec![], error_body("DIGEST_INVALID", &format!("content is {got}")));
+            }
+            st.blobs.insert(got.clone(), data);
+            Reply::Full(201, vec![("Docker-Content-Digest".into(), got)], vec![])
+        }
+        ("PUT", _) if rest.starts_with("manifests/") => {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&req.body) else {
+                return Reply::Full(400, vec![], error_body("MANIFEST_INVALID", "not JSON"));
+            };
+            let mut named: Vec<&serde_json::Value> = v["layers"].as_array().into_iter().flatten().collect();
+            named.push(&v["config"]);
+            for d in named {
+                let digest = d["digest"].as_str().unwrap_or("");
+                if !st.blobs.contains_key(digest) {
+                    return Reply::Full(400, vec![], error_body("MANIFEST_BLOB_UNKNOWN", digest));
+                }
+            }
+            Reply::Full(201, vec![("Docker-Content-Digest".into(), digest_of(&req.body))], vec![])
+        }
+        _ => not_found(),
+    }
+}
+
+fn is_upload_start(r: &Req) -> bool {
+    r.method == "POST" && r.path.ends_with("/blobs/uploads/")
+}
+
+// ---- the cases ----
+
+/// Nothing goes wrong: every blob is uploaded, then the tag PUT once (the
+/// baseline the faults depart from).
+#[test]
+fn push_uploads_every_missing_blob_then_tags() {
+    let f = Fixture::new();
+    let reg = registry(|_| None);
+    let (rc, err) = f.push(reg.server.port, &[], &[]);
+    assert_eq!(rc, 0, "{err}");
+    // the pack of the small file is just its bytes
+    for b in [&f.big[..], &f.small, &f.manifest, b"{}"] {
+        assert!(reg.has(&digest_of(b)), "{} not uploaded", digest_of(b));
+    }
+    // the big file, the pack with the small one, the manifest, the config
+    assert_eq!(reg.count("POST", "/blobs/uploads/"), 4);
+    assert_eq!(reg.manifest_puts().len(), 1);
+}
+
+#[test]
+fn upload_start_failing_every_time_is_retried_then_no_tag() {
+    let f = Fixture::new();
+    let boom = error_body("UNKNOWN", "boom");
+    let reg = registry(move |r| is_upload_start(r).then(|| Reply::Full(500, vec![], boom.clone())));
+    let (rc, err) = f.push(reg.server.port, &["--retries", "3", "--jobs", "1"], &[]);
+    let line = error_line(rc, &err);
+    let url = format!("POST http://127.0.0.1:{}/v2/ocix/x/blobs/uploads/", reg.server.port);
+    assert!(line.contains(&format!("{url}: 500 Internal Server Error: UNKNOWN boom")), "{line}");
+    // one blob at a time: the first is tried once and retried 3 times, then
+    // the push stops before the next
+    assert_eq!(reg.count("POST", "/blobs/uploads/"), 4);
+    assert!(reg.manifest_puts().is_empty(), "a tag was PUT though its blobs are missing");
+}
+
+#[test]
+fn upload_start_failing_once_is_retried_and_the_push_completes() {
+    let f = Fixture::new();
+    let failed = AtomicUsize::new(0);
+    let reg = registry(move |r| {
+        (is_upload_start(r) && failed.fetch_add(1, Ordering::SeqCst) == 0)
+            .then(|| Reply::Full(500, vec![], error_body("UNKNOWN", "once")))
+    });
+    let (rc, err) = f.push(reg.server.port, &["--retries", "2"], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // four uploads and the one retried
+    assert_eq!(reg.count("POST", "/blobs/uploads/"), 5);
+    assert!(reg.has(&digest_of(&f.big)) && reg.has(&digest_of(&f.manifest)));
+    assert_eq!(reg.manifest_puts().len(), 1);
+}
+
+#[test]
+fn stalled_blob_put_times_out() {
+    let f = Fixture::new();
+    let reg = registry(|r| (r.method == "PUT" && r.path.contains("/blobs/uploads/")).then_some(Reply::Stall));
+    let (rc, err) = f.push(reg.server.port, &["--timeout", "2", "--retries", "0"], &[]);
+    let line = error_line(rc, &err);
+    let put = format!("PUT http://127.0.0.1:{}/v2/ocix/x/blobs/uploads/", reg.server.port);
+    assert!(line.contains(&put), "{line}");
+    // the URL names the blob being uploaded
+    assert!(line.contains("?digest=sha256:"), "{line}");
+    assert!(line.contains("timed out (no answer within 2 s)"), "{line}");
+    // --retries 0: each blob's PUT is sent once
+    let mut puts: Vec<String> = reg
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/blobs/uploads/"))
+        .map(|r| r.path.split_once("digest=").map(|x| x.1.to_string()).unwrap_or_default())
+        .collect();
+    let n = puts.len();
+    puts.dedup();
+    assert_eq!(puts.len(), n, "{puts:?}");
+    assert!(n >= 1);
+    assert!(reg.manifest_puts().is_empty());
+}
+
+#[test]
+fn login_asked_without_credentials_says_so() {
+    let f = Fixture::new();
+    let reg = registry(|r| {
+        is_upload_start(r)
+            .then(|| Reply::Full(401, vec![("WWW-Authenticate".into(), r#"Basic realm="test""#.into())], vec![]))
+    });
+    let (rc, err) = f.push(reg.server.port, &["--jobs", "1"], &[]);
+    let line = error_line(rc, &err);
+    let url = format!("http://127.0.0.1:{}/v2/ocix/x/blobs/uploads/", reg.server.port);
+    assert!(line.contains(&format!("{url}: 401 Unauthorized")), "{line}");
+    assert!(
+        line.contains(&format!("the registry asks for a login; no credentials for 127.0.0.1:{} in", reg.server.port)),
+        "{line}"
+    );
+    assert!(line.contains("no-auth.json"), "{line}");
+    assert!(reg.manifest_puts().is_empty());
+}
+
+#[test]
+fn anonymous_token_without_push_rights_says_no_credentials() {
+    let f = Fixture::new();
+    let port = Arc::new(AtomicUsize::new(0));
+    let p = port.clone();
+    // a token for anyone, good for HEAD; uploads refused with it
+    let reg = registry(move |r| {
+        if r.path.starts_with("/token") {
+            return Some(Reply::Full(200, vec![], br#"{"token":"anon"}"#.to_vec()));
+        }
+        let challenge = format!(r#"Bearer realm="http://127.0.0.1:{}/token",service="t""#, p.load(Ordering::SeqCst));
+        let refuse = Some(Reply::Full(401, vec![("WWW-Authenticate".into(), challenge)], vec![]));
+        if r.header("authorization") != Some("Bearer anon") || is_upload_start(r) { refuse } else { None }
+    });
+    port.store(reg.server.port as usize, Ordering::SeqCst);
+    let (rc, err) = f.push(reg.server.port, &["--jobs", "1"], &[]);
+    let line = error_line(rc, &err);
+    let url = format!("http://127.0.0.1:{}/v2/ocix/x/blobs/uploads/", reg.server.port);
+    assert!(line.contains(&format!("{url}: 401 Unauthorized: no credentials for 127.0.0.1:")), "{line}");
+    // the token was asked with push rights
+    let tokens: Vec<Req> = reg.server.requests().into_iter().filter(|r| r.path.starts_with("/token")).collect();
+    assert!(tokens.iter().any(|t| t.path.contains("scope=repository%3Aocix%2Fx%3Apull%2Cpush")), "{tokens:?}");
+    assert!(reg.manifest_puts().is_empty());
+}
+
+#[test]
+fn blobs_already_there_are_not_uploaded_and_the_artifact_is_valid() {
+    let f = Fixture::new();
+    let state: Arc<Mutex<State>> = Arc::default();
+    {
+        // what a push would upload, already in the registry
+        let mut st = state.lock().unwrap();
+        let pack = f.small.clone(); // one member: the pack is its bytes
+        for b in [f.big.clone(), pack, f.manifest.clone(), b"{}".to_vec()] {
+            st.blobs.insert(digest_of(&b), b);
+        }
+    }
+    let reg = registry_with(state, Box::new(|_| None), None);
+    let (rc, err) = f.push(reg.server.port, &["-v"], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("0 uploaded (0 bytes), 2 already there"), "{err}");
+    let reqs = reg.server.requests();
+    assert!(reqs.iter().all(|r| r.method == "HEAD" || r.path.contains("/manifests/")), "{reqs:?}");
+    let puts = reg.manifest_puts();
+    assert_eq!(puts.len(), 1);
+    let put = &puts[0];
+    assert_eq!(put.path, "/v2/ocix/x/manifests/v1");
+    assert_eq!(put.header("content-type"), Some("application/vnd.oci.image.manifest.v1+json"));
+    let v: serde_json::Value = serde_json::from_slice(&put.body).expect("the tagged manifest is JSON");
+    assert_eq!(v["schemaVersion"], 2);
+    assert_eq!(v["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(v["artifactType"], "application/vnd.ocix.manifest.v1+cbor");
+    assert_eq!(v["config"]["mediaType"], "application/vnd.oci.empty.v1+json");
+    assert_eq!(v["config"]["digest"], digest_of(b"{}"));
+    assert_eq!(v["config"]["size"], 2);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{v}");
+    assert_eq!(layers[0]["mediaType"], "application/vnd.ocix.manifest.v1+cbor");
+    assert_eq!(layers[0]["digest"], digest_of(&f.manifest));
+    assert_eq!(layers[0]["size"], f.manifest.len());
+    assert_eq!(layers[1]["mediaType"], "application/vnd.ocix.pack.v1");
+    assert_eq!(layers[1]["digest"], digest_of(&f.small));
+    assert_eq!(layers[1]["annotations"]["io.ocix.pack.count"], "1");
+    assert_eq!(layers[2]["mediaType"], "application/vnd.ocix.file.v1");
+    assert_eq!(layers[2]["digest"], digest_of(&f.big));
+    assert_eq!(layers[2]["size"], BIG);
+}
+
+#[test]
+fn credentials_stay_off_an_upload_location_on_another_origin() {
+    let f = Fixture::new();
+    let state: Arc<Mutex<State>> = Arc::default();
+    // the other origin: takes the upload's bytes, asks for no login
+    let st = state.clone();
+    let other = serve(move |r| answer(&st, r, ""));
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pw"));
+    let b2 = basic.clone();
+    let reg = registry_with(
+        state,
+        Box::new(move |r| {
+            (r.header("authorization") != Some(b2.as_str()))
+                .then(|| Reply::Full(401, vec![("WWW-Authenticate".into(), r#"Basic realm="t""#.into())], vec![]))
+        }),
+        Some(format!("http://127.0.0.1:{}", other.port)),
+    );
+    let auth = f.dir.path().join("auth.json");
+    let host = format!("127.0.0.1:{}", reg.server.port);
+    std::fs::write(&auth, format!(r#"{{"auths":{{"{host}":{{"username":"alice","password":"pw"}}}}}}"#)).unwrap();
+    let (rc, err) = f.push(reg.server.port, &[], &[("REGISTRY_AUTH_FILE", &auth)]);
+    assert_eq!(rc, 0, "{err}");
+    // the bytes went to the other origin, without the registry's login
+    let away = other.requests();
+    assert_eq!(away.iter().filter(|r| r.method == "PUT").count(), 4, "{away:?}");
+    for r in &away {
+        assert_eq!(r.header("authorization"), None, "credentials sent to another origin: {r:?}");
+    }
+    // the registry itself got them, and the tag
+    assert!(reg.server.requests().iter().any(|r| is_upload_start(r) && r.header("authorization") == Some(&*basic)));
+    let puts = reg.manifest_puts();
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].header("authorization"), Some(&*basic));
+}
+
+#[test]
+fn refused_manifest_shows_the_registry_message() {
+    let f = Fixture::new();
+    let reg = registry(|r| {
+        (r.method == "PUT" && r.path.contains("/manifests/"))
+            .then(|| Reply::Full(400, vec![], error_body("MANIFEST_INVALID", "layer count over quota")))
+    });
+    let (rc, err) = f.push(reg.server.port, &[], &[]);
+    let line = error_line(rc, &err);
+    let url = format!("PUT http://127.0.0.1:{}/v2/ocix/x/manifests/v1", reg.server.port);
+    assert!(line.contains(&format!("{url}: 400 Bad Request: MANIFEST_INVALID layer count over quota")), "{line}");
+    // a 400 is not retried
+    assert_eq!(reg.manifest_puts().len(), 1);
+}
+
+#[test]
+fn blob_missing_from_the_store_stops_before_any_request() {
+    let f = Fixture::new();
+    std::fs::remove_file(f.blob_path(&f.big)).unwrap();
+    let reg = registry(|_| None);
+    let (rc, err) = f.push(reg.server.port, &[], &[]);
+    let line = error_line(rc, &err);
+    assert!(line.contains(&format!("blob {} missing from store {}", digest_of(&f.big), f.store.display())), "{line}");
+    assert!(line.contains("1 blob(s) of the manifest missing"), "{line}");
+    assert!(reg.server.requests().is_empty(), "{:?}", reg.server.requests());
+}
+
+/// Flips one byte of a store blob: same size, other content.
+fn corrupt(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn corrupt_blob_in_the_store_is_not_uploaded() {
+    let f = Fixture::new();
+    let path = f.blob_path(&f.big);
+    corrupt(&path);
+    let reg = registry(|_| None);
+    let (rc, err) = f.push(reg.server.port, &["--jobs", "1"], &[]);
+    let line = error_line(rc, &err);
+    assert!(line.contains(&format!("blob {}: content has digest", path.display())), "{line}");
+    assert!(line.contains(&format!("expected {}", digest_of(&f.big))), "{line}");
+    // its bytes never left: no PUT naming it
+    let digest = digest_of(&f.big);
+    assert!(reg.server.requests().iter().all(|r| !(r.method == "PUT" && r.path.contains(&digest))));
+    assert!(!reg.has(&digest));
+    assert!(reg.manifest_puts().is_empty());
+}
+
+#[test]
+fn corrupt_pack_member_in_the_store_is_not_uploaded() {
+    let f = Fixture::new();
+    let path = f.blob_path(&f.small);
+    corrupt(&path);
+    let reg = registry(|_| None);
+    let (rc, err) = f.push(reg.server.port, &["--jobs", "1"], &[]);
+    let line = error_line(rc, &err);
+    assert!(line.contains(&format!("blob {}: content has digest", path.display())), "{line}");
+    assert!(line.contains(&format!("expected {}", digest_of(&f.small))), "{line}");
+    // the pack was not uploaded: the registry holds no blob with those bytes
+    let bad = std::fs::read(&path).unwrap();
+    assert!(!reg.has(&digest_of(&bad)));
+    assert!(reg.manifest_puts().is_empty());
+}
+
+/// Above this a blob goes up in PATCH chunks of this size (ocix's
+/// `UPLOAD_CHUNK`).
+const CHUNK: usize = 8 << 20;
+
+#[test]
+fn large_blob_goes_up_in_chunks() {
+    let f = Fixture::with_big(CHUNK + 1000);
+    let reg = registry(|_| None);
+    let (rc, err) = f.push(reg.server.port, &[], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(reg.has(&digest_of(&f.big)));
+    let ranges: Vec<String> = reg
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.header("content-range").unwrap_or("-").to_string())
+        .collect();
+    assert_eq!(ranges, vec![format!("0-{}", CHUNK - 1), format!("{CHUNK}-{}", CHUNK + 999)]);
+    assert_eq!(reg.manifest_puts().len(), 1);
+}
+
+#[test]
+fn corrupt_large_blob_upload_is_never_closed() {
+    let f = Fixture::with_big(CHUNK + 1000);
+    let path = f.blob_path(&f.big);
+    corrupt(&path);
+    let reg = registry(|_| None);
+    let (rc, err) = f.push(reg.server.port, &["--jobs", "1"], &[]);
+    let line = error_line(rc, &err);
+    assert!(line.contains(&format!("blob {}: content has digest", path.display())), "{line}");
+    // the chunks went out (the damage is found once all are read), the
+    // closing PUT that would commit them under the digest did not
+    assert_eq!(reg.count("PATCH", "/blobs/uploads/"), 2);
+    let digest = digest_of(&f.big);
+    assert!(reg.server.requests().iter().all(|r| !(r.method == "PUT" && r.path.contains(&digest))));
+    assert!(!reg.has(&digest));
+    assert!(reg.manifest_puts().is_empty());
+}
