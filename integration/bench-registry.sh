@@ -40,6 +40,10 @@ bench reg-first-ocix-unpack -p "rm -rf '$W/rd' '$W/rc'" -- \
 bench reg-first-skopeo-umoci -p "rm -rf '$W/ro' '$W/rb'" -- \
   "skopeo copy -q --src-tls-verify=false 'docker://$BR_HOST/oci/corpus:v1' 'oci:$W/ro:v1' && umoci unpack --image '$W/ro:v1' '$W/rb' >/dev/null"
 ratio "registry first pull: ocix vs skopeo+umoci (target >= 1x)" reg-first-skopeo-umoci reg-first-ocix-unpack
+# no cache kept: the blobs become the files (as umoci users run it)
+bench reg-first-ocix-nostore -p "rm -rf '$W/rd'" -- \
+  "'$OCIX' unpack -q 'docker://$BR_HOST/ocix/corpus:v1' '$W/rd'"
+ratio "registry first pull, no store kept: ocix vs skopeo+umoci" reg-first-skopeo-umoci reg-first-ocix-nostore
 # the ordinary OCI image itself, no ocix artifact: what umoci users do today
 bench reg-image-ocix-unpack -p "rm -rf '$W/rb'" -- \
   "'$OCIX' unpack --image 'docker://$BR_HOST/oci/corpus:v1' '$W/rb'"
