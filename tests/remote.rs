@@ -1,5 +1,6 @@
-//! `ocix pull` and `ocix unpack docker://` against small HTTP servers written here, real TCP servers on
-//! 127.0.0.1 that misbehave on purpose in ways a real registry or web
+//! `ocix pull` and `ocix unpack docker://` against small HTTP servers (on
+//! the harness in tests/common/net.rs), real TCP servers on 127.0.0.1 that
+//! misbehave on purpose in ways a real registry or web
 //! server cannot be made to on demand: a server that accepts and never
 //! answers, one that answers 500, bytes that do not match their digest, a
 //! body cut off midway (resumed with Range), a Range ignored, a body too
@@ -7,192 +8,14 @@
 //! (integration/t-registry.sh runs the real docker-registry.) Every ocix run
 //! is bounded: killed and failed if it takes over 60 s.
 
+mod common;
+
 use base64::Engine as _;
-use sha2::Digest as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use common::net::{Reply, Req, Server, hex_of, ocix, ok, serve};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Debug)]
-struct Req {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Req {
-    fn header(&self, k: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str())
-    }
-}
-
-enum Reply {
-    /// Status, extra headers, body.
-    Full(u16, Vec<(String, String)>, Vec<u8>),
-    /// Declares the whole body's length, sends only the first n bytes, closes.
-    Cut(u16, Vec<(String, String)>, Vec<u8>, usize),
-    /// Never answers.
-    Stall,
-}
-
-fn ok(body: Vec<u8>) -> Reply {
-    Reply::Full(200, Vec::new(), body)
-}
-
-fn status_text(s: u16) -> &'static str {
-    match s {
-        200 => "OK",
-        206 => "Partial Content",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        _ => "Other",
-    }
-}
-
-struct Server {
-    port: u16,
-    log: Arc<Mutex<Vec<Req>>>,
-}
-
-impl Server {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
-    }
-    fn requests(&self) -> Vec<Req> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-/// Starts a server on 127.0.0.1 whose answers `handler` decides; threads are
-/// detached and end with the test process.
-fn serve(handler: impl Fn(&Req, usize) -> Reply + Send + Sync + 'static) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let log: Arc<Mutex<Vec<Req>>> = Arc::default();
-    let handler = Arc::new(handler);
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(conn) = conn else { continue };
-            let (h, log) = (handler.clone(), log2.clone());
-            std::thread::spawn(move || connection(conn, &*h, &log));
-        }
-    });
-    Server { port, log }
-}
-
-fn connection(conn: TcpStream, handler: &dyn Fn(&Req, usize) -> Reply, log: &Mutex<Vec<Req>>) {
-    let mut out = conn.try_clone().unwrap();
-    let mut r = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let req = Req { method, path, headers };
-        if let Some(n) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            let mut body = vec![0; n];
-            if r.read_exact(&mut body).is_err() {
-                return;
-            }
-        }
-        let n = {
-            let mut l = log.lock().unwrap();
-            l.push(req.clone());
-            l.len()
-        };
-        let reply = handler(&req, n);
-        let head = |status: u16, hs: &[(String, String)], len: usize| {
-            let mut s = format!("HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n", status_text(status));
-            for (k, v) in hs {
-                s.push_str(&format!("{k}: {v}\r\n"));
-            }
-            s.push_str("\r\n");
-            s
-        };
-        match reply {
-            Reply::Full(status, hs, body) => {
-                let h = head(status, &hs, body.len());
-                if out.write_all(h.as_bytes()).is_err() || (req.method != "HEAD" && out.write_all(&body).is_err()) {
-                    return;
-                }
-            }
-            Reply::Cut(status, hs, body, n) => {
-                let h = head(status, &hs, body.len());
-                let _ = out.write_all(h.as_bytes());
-                let _ = out.write_all(&body[..n]);
-                let _ = out.flush();
-                let _ = out.shutdown(std::net::Shutdown::Both);
-                return;
-            }
-            Reply::Stall => {
-                std::thread::sleep(Duration::from_secs(300));
-                return;
-            }
-        }
-    }
-}
-
-/// Runs ocix with `args` and a clean credential environment; kills it and
-/// fails the test after 60 s. Returns (exit code, stderr).
-fn ocix(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
-    let err = dir.join(format!("stderr-{}", rand_suffix()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocix"));
-    cmd.args(args)
-        .env("HOME", dir.join("home"))
-        .env("XDG_RUNTIME_DIR", dir.join("run"))
-        .env("REGISTRY_AUTH_FILE", dir.join("no-auth.json"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ocix {args:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code().unwrap_or(-1), std::fs::read_to_string(&err).unwrap())
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
-fn hex_of(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
-}
 
 /// A small tree scanned into a store: (tempdir, store, manifest bytes,
 /// manifest hex, big file content, its hex).
@@ -233,7 +56,7 @@ fn static_store(f: &Fixture, special: impl Fn(&Req, usize) -> Option<Reply> + Se
     let store = f.store.clone();
     let (manifest, mhex, bhex) = (f.manifest.clone(), f.mhex.clone(), f.bhex.clone());
     let big_hits = Arc::new(Mutex::new(0usize));
-    serve(move |req, _| {
+    serve(move |req| {
         let Some(hex) = req.path.strip_prefix("/blobs/sha256/") else { return Reply::Full(404, vec![], vec![]) };
         if hex == mhex {
             return ok(manifest.clone());
@@ -355,7 +178,7 @@ fn ignored_range_restarts_the_blob() {
 
 #[test]
 fn stalled_server_fails_within_the_timeout() {
-    let s = serve(|_, _| Reply::Stall);
+    let s = serve(|_| Reply::Stall);
     let dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
@@ -370,7 +193,7 @@ fn stalled_server_fails_within_the_timeout() {
 
 #[test]
 fn server_error_is_retried_then_reported() {
-    let s = serve(|_, _| Reply::Full(500, vec![], br#"{"errors":[{"code":"UNKNOWN","message":"boom"}]}"#.to_vec()));
+    let s = serve(|_| Reply::Full(500, vec![], br#"{"errors":[{"code":"UNKNOWN","message":"boom"}]}"#.to_vec()));
     let dir = tempfile::tempdir().unwrap();
     let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
     let store = dir.path().join("s");
@@ -382,7 +205,7 @@ fn server_error_is_retried_then_reported() {
 
 #[test]
 fn not_found_is_not_retried() {
-    let s = serve(|_, _| Reply::Full(404, vec![], vec![]));
+    let s = serve(|_| Reply::Full(404, vec![], vec![]));
     let dir = tempfile::tempdir().unwrap();
     let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
     let store = dir.path().join("s");
@@ -425,7 +248,7 @@ fn token_registry(f: &Fixture, wrong_digest_header: bool) -> Server {
     let (manifest, mhex) = (f.manifest.clone(), f.mhex.clone());
     let port = Arc::new(Mutex::new(0u16));
     let port2 = port.clone();
-    let s = serve(move |req, _| {
+    let s = serve(move |req| {
         let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pw"));
         if req.path.starts_with("/token?") {
             return if req.header("authorization") == Some(basic.as_str()) {
@@ -586,7 +409,7 @@ fn pack_registry(
     let packs: Vec<(String, Vec<u8>, u64)> =
         p.packs.iter().map(|(h, b, m)| (h.clone(), b.clone(), m.len() as u64)).collect();
     let hits = Arc::new(Mutex::new(0usize));
-    serve(move |req, _| {
+    serve(move |req| {
         if req.path == "/v2/ocix/p/manifests/v1" {
             let mut layers = vec![serde_json::json!({"mediaType": "application/vnd.ocix.manifest.v1+cbor",
                 "digest": format!("sha256:{mhex}"), "size": manifest.len()})];
@@ -711,7 +534,7 @@ fn pack_member_with_wrong_bytes_is_rejected() {
 fn plain_registry(f: &Fixture, big: impl Fn(&Req) -> Option<Reply> + Send + Sync + 'static) -> Server {
     let store = f.store.clone();
     let (manifest, mhex, bhex) = (f.manifest.clone(), f.mhex.clone(), f.bhex.clone());
-    serve(move |req, _| {
+    serve(move |req| {
         if req.path == "/v2/" {
             return ok(b"{}".to_vec());
         }

@@ -6,171 +6,17 @@
 //! an upload Location on another origin, a manifest refused with a registry
 //! error body, and a store missing or holding corrupt blobs. Every ocix run
 //! is bounded: killed and failed if it takes over 60 s. (tests/remote.rs
-//! holds the pull side; integration/t-registry.sh runs a real registry.)
+//! holds the pull side, tests/common/net.rs the HTTP server both use;
+//! integration/t-registry.sh runs a real registry.)
+
+mod common;
 
 use base64::Engine as _;
-use sha2::Digest as _;
+use common::net::{Reply, Req, Server, digest_of, ocix, serve};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-// ---- a loopback HTTP/1.1 server (as in tests/remote.rs, plus bodies) ----
-
-#[derive(Clone, Debug)]
-struct Req {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Req {
-    fn header(&self, k: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str())
-    }
-}
-
-enum Reply {
-    /// Status, extra headers, body.
-    Full(u16, Vec<(String, String)>, Vec<u8>),
-    /// Never answers.
-    Stall,
-}
-
-fn status_text(s: u16) -> &'static str {
-    match s {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        _ => "Other",
-    }
-}
-
-struct Server {
-    port: u16,
-    log: Arc<Mutex<Vec<Req>>>,
-}
-
-impl Server {
-    fn requests(&self) -> Vec<Req> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-/// Starts a server on 127.0.0.1 whose answers `handler` decides; threads are
-/// detached and end with the test process.
-fn serve(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let log: Arc<Mutex<Vec<Req>>> = Arc::default();
-    let handler = Arc::new(handler);
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(conn) = conn else { continue };
-            let (h, log) = (handler.clone(), log2.clone());
-            std::thread::spawn(move || connection(conn, &*h, &log));
-        }
-    });
-    Server { port, log }
-}
-
-fn connection(conn: TcpStream, handler: &dyn Fn(&Req) -> Reply, log: &Mutex<Vec<Req>>) {
-    let mut out = conn.try_clone().unwrap();
-    let mut r = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let mut req = Req { method, path, headers, body: Vec::new() };
-        if let Some(n) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            let mut body = vec![0; n];
-            if r.read_exact(&mut body).is_err() {
-                return;
-            }
-            req.body = body;
-        }
-        log.lock().unwrap().push(req.clone());
-        match handler(&req) {
-            Reply::Full(status, hs, body) => {
-                let mut s = format!("HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n", status_text(status), body.len());
-                for (k, v) in hs {
-                    s.push_str(&format!("{k}: {v}\r\n"));
-                }
-                s.push_str("\r\n");
-                if out.write_all(s.as_bytes()).is_err() || (req.method != "HEAD" && out.write_all(&body).is_err()) {
-                    return;
-                }
-            }
-            Reply::Stall => {
-                std::thread::sleep(Duration::from_secs(300));
-                return;
-            }
-        }
-    }
-}
-
-/// Runs ocix with `args` and a clean credential environment; kills it and
-/// fails the test after 60 s. Returns (exit code, stderr).
-fn ocix(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let err = dir.join(format!("stderr-{}", N.fetch_add(1, Ordering::Relaxed)));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocix"));
-    cmd.args(args)
-        .env("HOME", dir.join("home"))
-        .env("XDG_RUNTIME_DIR", dir.join("run"))
-        .env("REGISTRY_AUTH_FILE", dir.join("no-auth.json"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ocix {args:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code().unwrap_or(-1), std::fs::read_to_string(&err).unwrap())
-}
-
-fn digest_of(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
 
 /// The one line a failed ocix run prints: exactly one line, the error, and
 /// no panic.

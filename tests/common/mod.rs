@@ -2,6 +2,8 @@
 //! ocix binary, privilege checks.
 #![allow(dead_code)]
 
+pub mod net;
+
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
