@@ -40,9 +40,18 @@ assert m["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
 assert m["layers"][0]["mediaType"] == "application/vnd.ocix.manifest.v1+cbor"
 total, packs, singles = map(int, sys.argv[2:5])
 assert len(m["layers"]) == 1 + packs + singles, len(m["layers"])
-p = [l for l in m["layers"] if l["mediaType"] == "application/vnd.ocix.pack.v1"]
+p = [l for l in m["layers"] if l["mediaType"] in ("application/vnd.ocix.pack.v1", "application/vnd.ocix.pack.v1+zstd")]
 assert len(p) == packs
 assert sum(int(l["annotations"]["io.ocix.pack.count"]) for l in p) + singles == total
+# compressed on the wire where it saves: packs of text, large files
+zp = [l for l in p if l["mediaType"].endswith("+zstd")]
+assert zp, "no compressed pack"
+for l in zp:
+    f = [int(x) for x in l["annotations"]["io.ocix.pack.frames"].split(",")]
+    assert len(f) == int(l["annotations"]["io.ocix.pack.count"]) and sum(f) == l["size"]
+zf = [l for l in m["layers"] if l["mediaType"] == "application/vnd.ocix.file.v1+zstd"]
+assert zf, "no compressed file blob"
+assert all(l["annotations"]["io.ocix.file.digest"].startswith("sha256:") for l in zf)
 assert m["annotations"]["io.ocix.pack.threshold"] == "262144"
 PY
 
@@ -86,25 +95,30 @@ note "static HTTP store: $total blobs fetched, manifest identical"
 expect_fail "$W/404.err" "$OCIX" pull "docker://$R/ocix/corpus:missing" --store "$W/x"
 grep -q '404 Not Found: MANIFEST_UNKNOWN' "$W/404.err" || fail "404 not reported clearly: $(cat "$W/404.err")"
 
-# a blob altered in the registry's storage: rejected, never stored
-# (a blob above the pack threshold: a registry blob of its own)
-victim=$(find "$W/s/blobs/sha256" -type f -size +300k -size -2M | LC_ALL=C sort | sed -n 1p)
-vhex=$(basename "$victim")
-[ "sha256:$vhex" != "$md" ] || fail "picked the manifest blob"
+# a blob altered in the registry's storage: rejected, never stored (a
+# compressed file blob: the damage shows when it is decoded and hashed)
+read -r vhex chex <<<"$(python3 - "$W/art.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+l = [l for l in m["layers"] if l["mediaType"] == "application/vnd.ocix.file.v1+zstd" and 100000 < l["size"] < 2000000][0]
+print(l["digest"][7:], l["annotations"]["io.ocix.file.digest"][7:])
+PY
+)"
+[ -n "$chex" ] || fail "no compressed blob of 100 kB to 2 MB to alter"
 vdata=$W/reg/data/docker/registry/v2/blobs/sha256/${vhex:0:2}/$vhex/data
 [ -f "$vdata" ] || fail "registry storage layout unexpected: no $vdata"
 cp "$vdata" "$W/victim.orig"
 printf 'X' | dd of="$vdata" bs=1 seek=100 conv=notrunc status=none
 cmp -s "$vdata" "$W/victim.orig" && fail "tampering changed nothing"
 expect_fail "$W/tamper.err" "$OCIX" pull "docker://$R/ocix/corpus:v1" --store "$W/t" --jobs 4
-grep -q "content has digest .*expected sha256:$vhex (not stored)" "$W/tamper.err" ||
+grep -q "sha256:$vhex: .*sha256:$chex.*(not stored)" "$W/tamper.err" ||
   fail "altered blob not reported: $(cat "$W/tamper.err")"
-[ ! -e "$W/t/blobs/sha256/$vhex" ] || fail "altered blob stored under its digest"
+[ ! -e "$W/t/blobs/sha256/$chex" ] || fail "altered blob stored under its digest"
 [ -z "$(ls -A "$W/t/.ocix-tmp" 2>/dev/null)" ] || fail "temporary files left: $(ls "$W/t/.ocix-tmp")"
 cp "$W/victim.orig" "$vdata"
 "$OCIX" pull -v "docker://$R/ocix/corpus:v1" --store "$W/t" 2>"$W/tamper2.err" || fail "pull after repair: $(cat "$W/tamper2.err")"
-cmp "$W/t/blobs/sha256/$vhex" "$W/victim.orig" || fail "repaired blob differs"
-note "altered blob rejected ($(grep -o 'content has digest [^,]*' "$W/tamper.err" | sed -n 1p)), not stored"
+cmp "$W/t/blobs/sha256/$chex" "$W/s/blobs/sha256/$chex" || fail "repaired blob differs"
+note "altered compressed blob rejected, not stored: $(grep -o "sha256:$vhex: .*" "$W/tamper.err" | cut -c73-260 | sed -n 1p)"
 
 # interrupted STORE ERR CMD...: runs CMD in the background, freezes it once
 # STORE holds 30 blobs, stops the registry, lets CMD go on (it must fail

@@ -83,10 +83,15 @@ impl Fixture {
 
     /// `ocix push` of the fixture to `docker://127.0.0.1:PORT/ocix/x:v1`
     /// with `extra` flags.
+    /// Blobs travel as they are unless `extra` says `--compress`: the
+    /// fault cases count plain uploads.
     fn push(&self, port: u16, extra: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
         let target = format!("docker://127.0.0.1:{port}/ocix/x:v1");
         let mut args =
             vec!["push", self.manifest_path.to_str().unwrap(), "--store", self.store.to_str().unwrap(), &target];
+        if !extra.contains(&"--compress") {
+            args.extend(["--compress", "none"]);
+        }
         args.extend_from_slice(extra);
         ocix(self.dir.path(), &args, env)
     }
@@ -101,6 +106,8 @@ struct State {
     /// Open uploads by id, with the bytes received so far.
     uploads: HashMap<String, Vec<u8>>,
     next: usize,
+    /// Manifests by tag and by digest: (media type, bytes).
+    manifests: HashMap<String, (String, Vec<u8>)>,
 }
 
 /// A fault: given a request, a reply that replaces the registry's own.
@@ -158,6 +165,18 @@ fn answer(state: &Mutex<State>, req: &Req, upload_origin: &str) -> Reply {
             Some(b) => Reply::Full(200, vec![], vec![0; b.len()]),
             None => not_found(),
         },
+        ("GET", _) if rest.starts_with("blobs/sha256:") => match st.blobs.get(&rest["blobs/".len()..]) {
+            Some(b) => range_reply(req, b),
+            None => not_found(),
+        },
+        ("GET", _) if rest.starts_with("manifests/") => match st.manifests.get(&rest["manifests/".len()..]) {
+            Some((media, b)) => Reply::Full(
+                200,
+                vec![("Content-Type".into(), media.clone()), ("Docker-Content-Digest".into(), digest_of(b))],
+                b.clone(),
+            ),
+            None => not_found(),
+        },
         ("POST", "blobs/uploads/") => {
             st.next += 1;
             let id = format!("u{}", st.next);
@@ -194,7 +213,11 @@ fn answer(state: &Mutex<State>, req: &Req, upload_origin: &str) -> Reply {
                     return Reply::Full(400, vec![], error_body("MANIFEST_BLOB_UNKNOWN", digest));
                 }
             }
-            Reply::Full(201, vec![("Docker-Content-Digest".into(), digest_of(&req.body))], vec![])
+            let media = req.header("content-type").unwrap_or("").to_string();
+            let d = digest_of(&req.body);
+            st.manifests.insert(rest["manifests/".len()..].to_string(), (media.clone(), req.body.clone()));
+            st.manifests.insert(d.clone(), (media, req.body.clone()));
+            Reply::Full(201, vec![("Docker-Content-Digest".into(), d)], vec![])
         }
         _ => not_found(),
     }
@@ -444,16 +467,24 @@ fn corrupt_blob_in_the_store_is_not_uploaded() {
     let f = Fixture::new();
     let path = f.blob_path(&f.big);
     corrupt(&path);
-    let reg = registry(|_| None);
-    let (rc, err) = f.push(reg.server.port, &["--jobs", "1"], &[]);
-    let line = error_line(rc, &err);
-    assert!(line.contains(&format!("blob {}: content has digest", path.display())), "{line}");
-    assert!(line.contains(&format!("expected {}", digest_of(&f.big))), "{line}");
-    // its bytes never left: no PUT naming it
-    let digest = digest_of(&f.big);
-    assert!(reg.server.requests().iter().all(|r| !(r.method == "PUT" && r.path.contains(&digest))));
-    assert!(!reg.has(&digest));
-    assert!(reg.manifest_puts().is_empty());
+    // sent as it is, or compressed first: either way it is read and checked
+    for compress in ["none", "zstd"] {
+        let reg = registry(|_| None);
+        let before = blob_count(&f.store);
+        let (rc, err) = f.push(reg.server.port, &["--jobs", "1", "--compress", compress], &[]);
+        let line = error_line(rc, &err);
+        assert!(line.contains(&format!("blob {}: content has digest", path.display())), "{line}");
+        assert!(line.contains(&format!("expected {}", digest_of(&f.big))), "{line}");
+        // its bytes never left: no blob upload closed but the pack's
+        let digest = digest_of(&f.big);
+        assert!(reg.server.requests().iter().all(|r| !(r.method == "PUT" && r.path.contains(&digest))));
+        assert!(!reg.has(&digest));
+        let pack_sent = usize::from(reg.has(&digest_of(&f.small)));
+        let held = reg.state.lock().unwrap().blobs.len();
+        assert_eq!(held, pack_sent, "{compress}");
+        assert!(reg.manifest_puts().is_empty());
+        assert_eq!(blob_count(&f.store), before, "{compress}: something was left in the store");
+    }
 }
 
 #[test]
@@ -510,4 +541,198 @@ fn corrupt_large_blob_upload_is_never_closed() {
     assert!(reg.server.requests().iter().all(|r| !(r.method == "PUT" && r.path.contains(&digest))));
     assert!(!reg.has(&digest));
     assert!(reg.manifest_puts().is_empty());
+}
+
+/// 206 with the asked part for `Range: bytes=a-` or `bytes=a-b`, else 200.
+fn range_reply(req: &Req, bytes: &[u8]) -> Reply {
+    let Some(r) = req.header("range").and_then(|r| r.strip_prefix("bytes=")) else {
+        return Reply::Full(200, vec![], bytes.to_vec());
+    };
+    let (a, b) = r.split_once('-').unwrap();
+    let a: usize = a.parse().unwrap();
+    let b: usize = if b.is_empty() { bytes.len() - 1 } else { b.parse().unwrap() };
+    let range = format!("bytes {a}-{b}/{}", bytes.len());
+    Reply::Full(206, vec![("Content-Range".into(), range)], bytes[a..=b].to_vec())
+}
+
+fn blob_count(store: &Path) -> usize {
+    std::fs::read_dir(store.join("blobs/sha256")).unwrap().count()
+}
+
+/// The tag's artifact, as pushed.
+fn artifact(reg: &Registry) -> serde_json::Value {
+    let st = reg.state.lock().unwrap();
+    serde_json::from_slice(&st.manifests["v1"].1).unwrap()
+}
+
+/// A text-like file compresses: the push sends its zstd form, under the
+/// compressed bytes' digest, with the content digest in the annotation;
+/// the pack of the small file stays plain (one tiny frame would be larger).
+/// The store keeps no compressed copy. A pull decodes it back.
+#[test]
+fn compressed_push_round_trips_through_a_pull() {
+    let f = Fixture::new();
+    let reg = registry(|_| None);
+    let before = blob_count(&f.store);
+    let (rc, err) = f.push(reg.server.port, &["--compress", "zstd", "-v"], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(blob_count(&f.store), before, "a compressed copy was left in the store");
+    let art = artifact(&reg);
+    let layers = art["layers"].as_array().unwrap();
+    let big = layers.iter().find(|l| l["mediaType"] == "application/vnd.ocix.file.v1+zstd").expect("{art}");
+    assert_eq!(big["annotations"]["io.ocix.file.digest"], digest_of(&f.big));
+    let zd = big["digest"].as_str().unwrap().to_string();
+    assert_ne!(zd, digest_of(&f.big));
+    let wire = reg.state.lock().unwrap().blobs[&zd].clone();
+    assert_eq!(big["size"].as_u64().unwrap(), wire.len() as u64);
+    assert!(wire.len() < f.big.len() / 2, "{} bytes", wire.len());
+    assert_eq!(zstd::decode_all(&wire[..]).unwrap(), f.big);
+    assert!(!reg.has(&digest_of(&f.big)), "the plain form was sent too");
+    assert!(layers.iter().any(|l| l["mediaType"] == "application/vnd.ocix.pack.v1"), "{art}");
+
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", reg.server.port);
+    let dest = f.dir.path().join("dest");
+    let (rc, err) = ocix(f.dir.path(), &["unpack", "-v", &src, dest.to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(std::fs::read(dest.join("etc/zbig")).unwrap(), f.big);
+    let (rc, err) = ocix(f.dir.path(), &["diff", dest.to_str().unwrap(), f.manifest_path.to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+}
+
+/// Small files that compress go in a compressed pack: one frame each, the
+/// frames' lengths annotated; a pull fetches members by range and decodes
+/// each one.
+#[test]
+fn compressed_pack_round_trips_through_a_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    for i in 0..40 {
+        let text = format!("line {i} of a configuration file that repeats itself\n").repeat(50 + i);
+        std::fs::write(tree.join(format!("f{i:02}")), text).unwrap();
+    }
+    let store = dir.path().join("store");
+    let m = dir.path().join("m.ocix");
+    let (rc, err) = ocix(
+        dir.path(),
+        &["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    let reg = registry(|_| None);
+    let target = format!("docker://127.0.0.1:{}/ocix/x:v1", reg.server.port);
+    let (rc, err) = ocix(dir.path(), &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &target], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let art = artifact(&reg);
+    let packs: Vec<&serde_json::Value> = art["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["mediaType"] == "application/vnd.ocix.pack.v1+zstd")
+        .collect();
+    assert!(!packs.is_empty(), "{art}");
+    let frames: Vec<u64> = packs
+        .iter()
+        .flat_map(|p| p["annotations"]["io.ocix.pack.frames"].as_str().unwrap().split(',').map(|n| n.parse().unwrap()))
+        .collect();
+    assert_eq!(frames.len(), 40);
+    let wire: u64 = packs.iter().map(|p| p["size"].as_u64().unwrap()).sum();
+    assert_eq!(frames.iter().sum::<u64>(), wire);
+
+    // half the blobs already local: only their runs are fetched
+    let pulled = dir.path().join("pulled");
+    std::fs::create_dir_all(pulled.join("blobs/sha256")).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(store.join("blobs/sha256")).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for p in names.iter().step_by(2) {
+        std::fs::copy(p, pulled.join("blobs/sha256").join(p.file_name().unwrap())).unwrap();
+    }
+    let dest = dir.path().join("dest");
+    let args = ["unpack", "-v", &target, dest.to_str().unwrap(), "--store", pulled.to_str().unwrap()];
+    let (rc, err) = ocix(dir.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(reg.server.requests().iter().any(|r| r.method == "GET" && r.header("range").is_some()));
+    let (rc, err) = ocix(dir.path(), &["diff", dest.to_str().unwrap(), m.to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+}
+
+/// The compressed blob cut off midway: the pull asks for the rest with a
+/// Range from where the body stopped and goes on decoding.
+#[test]
+fn cut_compressed_blob_resumes_with_range() {
+    let f = Fixture::new();
+    let reg = registry(|_| None);
+    let (rc, err) = f.push(reg.server.port, &["--compress", "zstd"], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let art = artifact(&reg);
+    let zd = art["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["mediaType"] == "application/vnd.ocix.file.v1+zstd")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wire = reg.state.lock().unwrap().blobs[&zd].clone();
+    let cut = wire.len() / 2;
+    let (st, hits) = (reg.state.clone(), Arc::new(AtomicUsize::new(0)));
+    let zpath = format!("/v2/ocix/x/blobs/{zd}");
+    let h2 = hits.clone();
+    let w2 = wire.clone();
+    let reg2 = registry_with(
+        st,
+        Box::new(move |r| {
+            (r.method == "GET" && r.path == zpath && h2.fetch_add(1, Ordering::SeqCst) == 0)
+                .then(|| Reply::Cut(200, vec![], w2.clone(), cut))
+        }),
+        None,
+    );
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", reg2.server.port);
+    let store = f.dir.path().join("pulled");
+    let (rc, err) = ocix(f.dir.path(), &["pull", "-v", &src, "--store", store.to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let gets: Vec<Req> = reg2.server.requests().into_iter().filter(|r| r.path.ends_with(&zd)).collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[1].header("range"), Some(format!("bytes={cut}-").as_str()));
+    assert_eq!(std::fs::read(store.join("blobs/sha256").join(&digest_of(&f.big)[7..])).unwrap(), f.big);
+}
+
+/// Wire bytes that do not decode to the blob: a flipped byte in a
+/// compressed blob held by the registry, and a compressed blob swapped for
+/// another valid frame. Refused, named, never stored.
+#[test]
+fn damaged_compressed_blobs_are_refused() {
+    let f = Fixture::new();
+    let reg = registry(|_| None);
+    let (rc, err) = f.push(reg.server.port, &["--compress", "zstd"], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let art = artifact(&reg);
+    let zd = art["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["mediaType"] == "application/vnd.ocix.file.v1+zstd")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", reg.server.port);
+    let good = reg.state.lock().unwrap().blobs[&zd].clone();
+    let mut other = f.big.clone();
+    other[1000] ^= 0xff;
+    let mut swapped = zstd::bulk::compress(&other, 3).unwrap();
+    swapped.resize(good.len(), 0); // the size the artifact says, trailing junk
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x55;
+    for (k, bad) in [flipped, swapped].into_iter().enumerate() {
+        reg.state.lock().unwrap().blobs.insert(zd.clone(), bad);
+        let store = f.dir.path().join(format!("bad{k}"));
+        let (rc, err) = ocix(f.dir.path(), &["pull", &src, "--store", store.to_str().unwrap(), "--retries", "0"], &[]);
+        assert_eq!(rc, 2, "{err}");
+        assert!(err.contains(&zd), "{err}");
+        assert!(err.contains("not stored"), "{err}");
+        assert!(!store.join("blobs/sha256").join(&digest_of(&f.big)[7..]).exists());
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

@@ -27,6 +27,10 @@ pub struct Args {
     /// registry blob each, fetched by byte range); 0 packs nothing.
     #[arg(long, default_value_t = crate::remote::pack::DEFAULT_THRESHOLD, value_name = "BYTES")]
     pub pack_threshold: u64,
+    /// How file blobs and packs travel: `zstd` (compressed where that
+    /// saves at least 5%) or `none`.
+    #[arg(long, value_name = "zstd|none", default_value = "zstd", value_parser = ["zstd", "none"])]
+    pub compress: String,
     /// Connection flags.
     #[command(flatten)]
     pub net: RemoteArgs,
@@ -46,6 +50,13 @@ with artifactType application/vnd.ocix.manifest.v1+cbor, the empty config,
 and as layers the manifest blob, the packs (application/vnd.ocix.pack.v1,
 member count in the annotation io.ocix.pack.count) and every other file
 blob (application/vnd.ocix.file.v1), so the registry serves and keeps them.
+With --compress zstd (the default) a file blob whose zstd form (level 3)
+is at least 5% smaller travels as that form (application/vnd.ocix.file.v1+zstd,
+its content digest in the annotation io.ocix.file.digest), and a pack whose
+members compress is sent as one zstd frame per member
+(application/vnd.ocix.pack.v1+zstd, the frames' lengths in io.ocix.pack.frames),
+so a pull can still fetch any run of members by range. A pull decodes as
+bytes arrive and keeps only content whose sha256 matches the manifest.
 With more than 20000 such layers the tag names an OCI index instead: the
 ocix artifact (manifest blob and packs) first, then manifests listing 20000
 file blobs each (registries limit one manifest to about 4 MiB).
@@ -65,16 +76,18 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         layers_per_manifest: a.layers_per_manifest,
         pack_threshold: a.pack_threshold,
         progress: g.progress(),
+        compress: a.compress == "zstd",
     };
     let r = remote::push(&bytes, &store, &target, &opts).map_err(|e| anyhow::anyhow!("pushing to {target}: {e}"))?;
     g.info(&format!(
-        "{} file blobs in {} packs + {} on their own: {} uploaded ({} bytes), {} already there; manifest {}; {target} -> {}{}",
+        "{} file blobs in {} packs + {} on their own: {} uploaded ({} bytes), {} already there, {} compressed; manifest {}; {target} -> {}{}",
         r.blobs,
         r.packs,
         r.uploaded + r.present - r.packs,
         r.uploaded,
         r.bytes,
         r.present,
+        r.compressed,
         r.manifest_digest,
         r.tag_digest,
         if r.index { " (index)" } else { "" }

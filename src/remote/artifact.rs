@@ -5,8 +5,8 @@
 //! (`application/vnd.oci.empty.v1+json`, `{}`), and as layers first the
 //! ocix manifest blob (media type [`MEDIA_TYPE`](crate::manifest::MEDIA_TYPE)),
 //! then the packs of small file blobs (see [`pack`](super::pack)), then
-//! every other distinct file blob it names ([`FILE_MEDIA_TYPE`]), in
-//! manifest order. Listing the blobs makes them part of the image: a
+//! every other distinct file blob it names ([`FILE_MEDIA_TYPE`], or its
+//! zstd form, see [`wire`](super::wire)), in manifest order. Listing the blobs makes them part of the image: a
 //! registry links them to the repository, serves them, and its garbage
 //! collector keeps them while the tag lives.
 //!
@@ -17,10 +17,14 @@
 //! the ocix artifact carrying the ocix manifest blob and the packs, followed by
 //! "blob list" manifests (`artifactType` [`BLOBS_ARTIFACT_TYPE`]) of at most
 //! that many file blobs each. A reader takes the first manifest whose
-//! `artifactType` is the ocix media type, and needs nothing else: file blobs
-//! are fetched by digest from the repository.
+//! `artifactType` is the ocix media type, and reads the blob lists only for
+//! the compressed file blobs they name: every other file blob is fetched by
+//! its own digest from the repository.
 
 use super::pack::{ANN_COUNT, ANN_THRESHOLD, PACK_MEDIA_TYPE};
+use super::wire::{
+    ANN_CONTENT, ANN_FRAMES, FILE_ZSTD_MEDIA_TYPE, PACK_ZSTD_MEDIA_TYPE, frames_annotation, parse_frames,
+};
 use crate::manifest::{Digest, MEDIA_TYPE};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -129,17 +133,70 @@ pub struct Doc {
     pub bytes: Vec<u8>,
 }
 
+/// A pack as a layer: its registry digest and size, its member count,
+/// and for a compressed pack its frames' lengths (see [`wire`](super::wire)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackLayer {
+    /// Registry digest.
+    pub digest: Digest,
+    /// Registry size.
+    pub size: u64,
+    /// Members.
+    pub count: u64,
+    /// Compressed: each member's zstd frame length.
+    pub frames: Option<Vec<u64>>,
+}
+
+/// A file blob above the pack threshold as a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileLayer {
+    /// Content digest (the ocix manifest's).
+    pub digest: Digest,
+    /// Content size.
+    pub size: u64,
+    /// Compressed: the registry digest and size of its zstd form.
+    pub zstd: Option<(Digest, u64)>,
+}
+
+impl PackLayer {
+    fn descriptor(&self) -> Descriptor {
+        let mut ann = BTreeMap::from([(ANN_COUNT.to_string(), self.count.to_string())]);
+        let media = match &self.frames {
+            Some(f) => {
+                ann.insert(ANN_FRAMES.to_string(), frames_annotation(f));
+                PACK_ZSTD_MEDIA_TYPE
+            }
+            None => PACK_MEDIA_TYPE,
+        };
+        let mut p = Descriptor::new(media, &self.digest, self.size);
+        p.annotations = Some(ann);
+        p
+    }
+}
+
+impl FileLayer {
+    fn descriptor(&self) -> Descriptor {
+        match &self.zstd {
+            None => Descriptor::new(FILE_MEDIA_TYPE, &self.digest, self.size),
+            Some((d, s)) => {
+                let mut l = Descriptor::new(FILE_ZSTD_MEDIA_TYPE, d, *s);
+                l.annotations = Some(BTreeMap::from([(ANN_CONTENT.to_string(), self.digest.to_string())]));
+                l
+            }
+        }
+    }
+}
+
 /// Builds what a push uploads after the blobs: the manifests to PUT by
 /// digest first (blob lists), then the one to PUT under the tag.
-/// `ocix` describes the ocix manifest blob, `packs` the packs (digest,
-/// size, member count; see [`pack`](super::pack)) of the blobs of at most
-/// `threshold` bytes, `files` the other file blobs (digest, size) in
-/// manifest order.
+/// `ocix` describes the ocix manifest blob, `packs` the packs of the blobs
+/// of at most `threshold` bytes (see [`pack`](super::pack)), `files` the
+/// other file blobs in manifest order.
 pub fn build(
     ocix: &Descriptor,
-    packs: &[(Digest, u64, u64)],
+    packs: &[PackLayer],
     threshold: u64,
-    files: &[(Digest, u64)],
+    files: &[FileLayer],
     per_manifest: usize,
 ) -> (Vec<Doc>, Doc) {
     let per = per_manifest.max(1);
@@ -155,24 +212,16 @@ pub fn build(
         }),
     };
     let mut head = vec![ocix.clone()];
-    for (d, size, count) in packs {
-        let mut p = Descriptor::new(PACK_MEDIA_TYPE, d, *size);
-        p.annotations = Some(BTreeMap::from([(ANN_COUNT.to_string(), count.to_string())]));
-        head.push(p);
-    }
+    head.extend(packs.iter().map(PackLayer::descriptor));
     let ann = Some(BTreeMap::from([(ANN_THRESHOLD.to_string(), threshold.to_string())]));
-    let file_descs = || files.iter().map(|(d, s)| Descriptor::new(FILE_MEDIA_TYPE, d, *s));
     if files.len() + head.len() <= per {
-        head.extend(file_descs());
+        head.extend(files.iter().map(FileLayer::descriptor));
         return (Vec::new(), manifest(MEDIA_TYPE, head, ann));
     }
     let main = manifest(MEDIA_TYPE, head, ann);
     let parts: Vec<Doc> = files
         .chunks(per)
-        .map(|c| {
-            let layers = c.iter().map(|(d, s)| Descriptor::new(FILE_MEDIA_TYPE, d, *s)).collect();
-            manifest(BLOBS_ARTIFACT_TYPE, layers, None)
-        })
+        .map(|c| manifest(BLOBS_ARTIFACT_TYPE, c.iter().map(FileLayer::descriptor).collect(), None))
         .collect();
     let entry = |doc: &Doc, artifact: &str| {
         let mut d = Descriptor::new(doc.media_type, &Digest::of(&doc.bytes), doc.bytes.len() as u64);
@@ -199,7 +248,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("manifest JSON of plain fields")
 }
 
-/// Where an ocix artifact keeps its manifest and packs.
+/// Where an ocix artifact keeps its manifest, packs and compressed blobs.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Layout {
     /// The ocix manifest blob.
@@ -208,8 +257,12 @@ pub struct Layout {
     pub size: u64,
     /// The pack threshold (0 when nothing is packed).
     pub threshold: u64,
-    /// Packs: digest, size, member count.
-    pub packs: Vec<(Digest, u64, u64)>,
+    /// Packs, in layer order.
+    pub packs: Vec<PackLayer>,
+    /// File blobs that travel compressed: content digest -> (registry
+    /// digest, registry size). Blobs not listed are fetched by their own
+    /// digest.
+    pub zstd: Vec<(Digest, Digest, u64)>,
 }
 
 /// What a tag's manifest says to do next.
@@ -217,8 +270,41 @@ pub struct Layout {
 pub enum Found {
     /// The ocix artifact.
     Ocix(Layout),
-    /// Fetch this manifest (from an index) and look again.
-    Manifest(Digest),
+    /// An index: fetch the ocix artifact, and the blob lists for the
+    /// compressed blobs they name.
+    Index {
+        /// The ocix artifact's manifest.
+        ocix: Digest,
+        /// The blob lists.
+        lists: Vec<Digest>,
+    },
+}
+
+fn ann<'a>(a: &'a Option<BTreeMap<String, String>>, k: &str) -> Option<&'a String> {
+    a.as_ref().and_then(|a| a.get(k))
+}
+
+fn parse_digest(s: &str) -> Result<Digest, String> {
+    Digest::parse(s).map_err(|e| e.to_string())
+}
+
+/// The compressed file blobs an artifact's layers name: (content digest,
+/// registry digest, registry size).
+fn zstd_files(layers: &[Descriptor]) -> Result<Vec<(Digest, Digest, u64)>, String> {
+    let mut out = Vec::new();
+    for l in layers.iter().filter(|l| l.media_type == FILE_ZSTD_MEDIA_TYPE) {
+        let c = ann(&l.annotations, ANN_CONTENT)
+            .ok_or_else(|| format!("compressed blob {} has no {ANN_CONTENT} annotation", l.digest))?;
+        out.push((parse_digest(c)?, parse_digest(&l.digest)?, l.size));
+    }
+    Ok(out)
+}
+
+/// Reads a blob list of an index (see [`Found::Index`]): the compressed
+/// file blobs it names.
+pub fn blob_list(bytes: &[u8]) -> Result<Vec<(Digest, Digest, u64)>, String> {
+    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| format!("malformed OCI manifest: {e}"))?;
+    zstd_files(&m.layers)
 }
 
 /// Reads a fetched manifest or index and finds the ocix manifest in it.
@@ -231,20 +317,33 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, String> {
             ix.manifests.iter().find(|m| m.artifact_type.as_deref() == Some(MEDIA_TYPE)).ok_or_else(|| {
                 format!("an index with no manifest of artifactType {MEDIA_TYPE} (not an ocix artifact)")
             })?;
-        return Ok(Found::Manifest(Digest::parse(&m.digest).map_err(|e| e.to_string())?));
+        let lists = ix
+            .manifests
+            .iter()
+            .filter(|m| m.artifact_type.as_deref() == Some(BLOBS_ARTIFACT_TYPE))
+            .map(|m| parse_digest(&m.digest))
+            .collect::<Result<_, _>>()?;
+        return Ok(Found::Index { ocix: parse_digest(&m.digest)?, lists });
     }
     let m: ImageManifest = serde_json::from_value(v).map_err(|e| format!("malformed OCI manifest: {e}"))?;
     let is_ocix = m.artifact_type.as_deref() == Some(MEDIA_TYPE) || m.config.media_type == MEDIA_TYPE;
     let layer = m.layers.iter().find(|l| l.media_type == MEDIA_TYPE);
     match layer {
         Some(l) if is_ocix || m.layers.first() == Some(l) => {
-            let ann = |a: &Option<BTreeMap<String, String>>, k: &str| a.as_ref().and_then(|a| a.get(k)).cloned();
             let mut packs = Vec::new();
-            for p in m.layers.iter().filter(|l| l.media_type == PACK_MEDIA_TYPE) {
+            for p in m.layers.iter().filter(|l| l.media_type == PACK_MEDIA_TYPE || l.media_type == PACK_ZSTD_MEDIA_TYPE)
+            {
                 let count = ann(&p.annotations, ANN_COUNT)
                     .and_then(|c| c.parse::<u64>().ok())
                     .ok_or_else(|| format!("pack {} has no {ANN_COUNT} annotation", p.digest))?;
-                packs.push((Digest::parse(&p.digest).map_err(|e| e.to_string())?, p.size, count));
+                let frames = if p.media_type == PACK_ZSTD_MEDIA_TYPE {
+                    let f = ann(&p.annotations, ANN_FRAMES)
+                        .ok_or_else(|| format!("compressed pack {} has no {ANN_FRAMES} annotation", p.digest))?;
+                    Some(parse_frames(f, count, p.size).map_err(|e| format!("pack {}: {e}", p.digest))?)
+                } else {
+                    None
+                };
+                packs.push(PackLayer { digest: parse_digest(&p.digest)?, size: p.size, count, frames });
             }
             let threshold = match ann(&m.annotations, ANN_THRESHOLD) {
                 Some(t) => t.parse::<u64>().map_err(|_| format!("bad {ANN_THRESHOLD} {t:?}"))?,
@@ -252,15 +351,16 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, String> {
                 None => return Err(format!("packs but no {ANN_THRESHOLD} annotation")),
             };
             Ok(Found::Ocix(Layout {
-                manifest: Digest::parse(&l.digest).map_err(|e| e.to_string())?,
+                manifest: parse_digest(&l.digest)?,
                 size: l.size,
                 threshold,
                 packs,
+                zstd: zstd_files(&m.layers)?,
             }))
         }
         _ => Err(format!(
             "not an ocix artifact (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \
-             ordinary images are not pulled yet",
+             an ordinary image is read by `ocix import` or `ocix unpack --image`",
             m.artifact_type.as_deref().unwrap_or("none")
         )),
     }
@@ -270,33 +370,52 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, String> {
 mod tests {
     use super::*;
 
-    fn files(n: usize) -> Vec<(Digest, u64)> {
-        (0..n).map(|i| (Digest::of(&i.to_le_bytes()), i as u64)).collect()
+    fn files(n: usize) -> Vec<FileLayer> {
+        (0..n).map(|i| FileLayer { digest: Digest::of(&i.to_le_bytes()), size: i as u64, zstd: None }).collect()
     }
 
     #[test]
     fn small_tree_is_one_manifest() {
         let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
-        let (first, top) = build(&o, &[(Digest::of(b"p"), 7, 2)], 5, &files(3), 10);
+        let packs = vec![
+            PackLayer { digest: Digest::of(b"p"), size: 7, count: 2, frames: None },
+            PackLayer { digest: Digest::of(b"q"), size: 9, count: 2, frames: Some(vec![4, 5]) },
+        ];
+        let mut f = files(3);
+        f[1].zstd = Some((Digest::of(b"z"), 1));
+        let (first, top) = build(&o, &packs, 5, &f, 10);
         assert!(first.is_empty());
         assert_eq!(top.media_type, MANIFEST_MEDIA_TYPE);
         let m: ImageManifest = serde_json::from_slice(&top.bytes).unwrap();
-        assert_eq!(m.layers.len(), 5);
+        assert_eq!(m.layers.len(), 6);
+        assert_eq!(m.layers[2].media_type, PACK_ZSTD_MEDIA_TYPE);
+        assert_eq!(m.layers[4].media_type, FILE_ZSTD_MEDIA_TYPE);
+        assert_eq!(m.layers[4].digest, Digest::of(b"z").to_string());
         assert_eq!(m.config.digest, "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
-        let want = Layout { manifest: Digest::of(b"m"), size: 1, threshold: 5, packs: vec![(Digest::of(b"p"), 7, 2)] };
+        let want = Layout {
+            manifest: Digest::of(b"m"),
+            size: 1,
+            threshold: 5,
+            packs,
+            zstd: vec![(f[1].digest, Digest::of(b"z"), 1)],
+        };
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Ocix(want));
     }
 
     #[test]
     fn large_tree_is_an_index_of_parts() {
         let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
-        let (first, top) = build(&o, &[], 0, &files(25), 10);
+        let mut f = files(25);
+        f[24].zstd = Some((Digest::of(b"z"), 3));
+        let (first, top) = build(&o, &[], 0, &f, 10);
         assert_eq!(first.len(), 4); // 3 parts + the main artifact
         assert_eq!(top.media_type, INDEX_MEDIA_TYPE);
         let main = first.last().unwrap();
-        assert_eq!(find(&top.bytes, "").unwrap(), Found::Manifest(Digest::of(&main.bytes)));
-        let want = Layout { manifest: Digest::of(b"m"), size: 1, threshold: 0, packs: vec![] };
+        let lists: Vec<Digest> = first[..3].iter().map(|d| Digest::of(&d.bytes)).collect();
+        assert_eq!(find(&top.bytes, "").unwrap(), Found::Index { ocix: Digest::of(&main.bytes), lists });
+        let want = Layout { manifest: Digest::of(b"m"), size: 1, threshold: 0, packs: vec![], zstd: vec![] };
         assert_eq!(find(&main.bytes, "").unwrap(), Found::Ocix(want));
+        assert_eq!(blob_list(&first[2].bytes).unwrap(), vec![(f[24].digest, Digest::of(b"z"), 3)]);
         let total: usize =
             first[..3].iter().map(|p| serde_json::from_slice::<ImageManifest>(&p.bytes).unwrap().layers.len()).sum();
         assert_eq!(total, 25);
@@ -308,5 +427,25 @@ mod tests {
             "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:00","size":1},
             "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:00","size":1}]}"#;
         assert!(find(m, "").unwrap_err().contains("not an ocix artifact"));
+    }
+
+    #[test]
+    fn malformed_compression_annotations_are_refused() {
+        let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
+        let packs = [PackLayer { digest: Digest::of(b"q"), size: 9, count: 2, frames: Some(vec![4, 5]) }];
+        let mut f = files(2);
+        f[1].zstd = Some((Digest::of(b"z"), 1));
+        let (_, top) = build(&o, &packs, 5, &f, 10);
+        let good = String::from_utf8(top.bytes).unwrap();
+        for (from, to) in [
+            ("\"4,5\"", "\"4,6\""),
+            ("\"4,5\"", "\"9\""),
+            ("\"io.ocix.pack.frames\"", "\"io.ocix.pack.other\""),
+            ("\"io.ocix.file.digest\"", "\"io.ocix.file.other\""),
+        ] {
+            assert!(good.contains(from), "{from}");
+            let bad = good.replace(from, to);
+            assert!(find(bad.as_bytes(), "").is_err(), "{to} accepted");
+        }
     }
 }

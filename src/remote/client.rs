@@ -6,10 +6,12 @@
 //! midway resumes with a `Range` request into the same temporary file.
 
 use super::auth::{self, Challenge, Credentials};
+use super::pack::Member;
 use super::reference::Reference;
+use super::wire::{Coding, Sink, SinkError};
 use super::{MAX_MANIFEST, RemoteError, RemoteOptions, transport};
 use crate::manifest::Digest;
-use crate::store::{BlobWriter, Store, StoreError, Verifier};
+use crate::store::{Store, StoreError, Verifier};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use std::sync::Mutex;
@@ -493,24 +495,30 @@ impl Client {
         Ok(())
     }
 
-    /// Fetches a blob of `size` bytes into `store`: streamed into a store
-    /// temporary file, resumed with `Range` after a transient failure, and
-    /// named by its digest only when size and sha256 match. `progress` is
-    /// told each piece's length. Returns the bytes received (more than
-    /// `size` when a server ignored a `Range` and the blob was restarted).
+    /// Fetches a blob of `size` content bytes into `store`: by its own
+    /// digest, or `via` the registry digest and size of its zstd form,
+    /// streamed (and decoded) into a store temporary file, resumed with
+    /// `Range` after a transient failure, and named by its digest only when
+    /// size and sha256 match. `progress` is told each piece's length.
+    /// Returns the bytes received (more than the wire size when a server
+    /// ignored a `Range` and the blob was restarted).
     pub async fn fetch_blob(
         &self,
         d: &Digest,
         size: u64,
+        via: Option<(Digest, u64)>,
         store: &Store,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, RemoteError> {
-        let url = self.blob_url(d);
-        let mut w = store.writer()?;
+        let (url, coding, wire) = match via {
+            None => (self.blob_url(d), Coding::Plain, size),
+            Some((z, n)) => (self.blob_url(&z), Coding::Zstd, n),
+        };
+        let mut sink = Sink::new(store, coding, size).map_err(|e| sink_err(&url, d, e))?;
         let mut received = 0u64;
         let mut attempt = 0;
         loop {
-            match self.fetch_into(&url, size, store, &mut w, &mut received, progress).await {
+            match self.fetch_into(&url, d, wire, &mut sink, &mut received, progress).await {
                 Ok(()) => break,
                 Err(e) if e.transient() && attempt < self.opts.retries => {
                     attempt += 1;
@@ -519,27 +527,21 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        if w.len() != size {
-            return Err(RemoteError::WrongSize { url, expected: size, got: w.len() });
-        }
-        match w.finish(Some(*d)) {
-            Ok(_) => Ok(received),
-            Err(StoreError::Corrupt { expected, actual, .. }) => Err(RemoteError::Corrupt { url, expected, actual }),
-            Err(e) => Err(e.into()),
-        }
+        sink.finish(d).map_err(|e| sink_err(&url, d, e))?;
+        Ok(received)
     }
 
-    async fn fetch_into<'s>(
+    async fn fetch_into(
         &self,
         url: &str,
-        size: u64,
-        store: &'s Store,
-        w: &mut BlobWriter<'s>,
+        d: &Digest,
+        wire: u64,
+        sink: &mut Sink<'_>,
         received: &mut u64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RemoteError> {
-        let off = w.len();
-        if off == size && size > 0 {
+        let off = sink.wire_len();
+        if off == wire && wire > 0 {
             return Ok(());
         }
         let mut resp = self.get_from(url, off).await?;
@@ -553,55 +555,60 @@ impl Client {
             }
         } else if off > 0 {
             // the server ignored the range: start the blob again
-            *w = store.writer()?;
+            sink.restart().map_err(|e| sink_err(url, d, e))?;
         }
         if let Some(len) = resp.content_length() {
-            if w.len() + len > size {
-                return Err(RemoteError::WrongSize { url: url.to_string(), expected: size, got: w.len() + len });
+            if sink.wire_len() + len > wire {
+                return Err(RemoteError::WrongSize {
+                    url: url.to_string(),
+                    expected: wire,
+                    got: sink.wire_len() + len,
+                });
             }
         }
         loop {
             let chunk = resp.chunk().await.map_err(|e| transport("GET", url, e, self.opts.timeout))?;
             let Some(chunk) = chunk else { break };
-            if w.len() + chunk.len() as u64 > size {
+            if sink.wire_len() + chunk.len() as u64 > wire {
                 return Err(RemoteError::WrongSize {
                     url: url.to_string(),
-                    expected: size,
-                    got: w.len() + chunk.len() as u64,
+                    expected: wire,
+                    got: sink.wire_len() + chunk.len() as u64,
                 });
             }
-            w.write(&chunk)?;
+            sink.write(&chunk).map_err(|e| sink_err(url, d, e))?;
             *received += chunk.len() as u64;
             progress(chunk.len() as u64);
         }
-        if w.len() < size {
+        if sink.wire_len() < wire {
             // a body cut short without a transport error: resume
             return Err(RemoteError::Transport {
                 op: "GET".into(),
                 url: url.to_string(),
-                detail: format!("body ended after {} of {size} bytes", w.len()),
+                detail: format!("body ended after {} of {wire} bytes", sink.wire_len()),
                 transient: true,
             });
         }
         Ok(())
     }
 
-    /// Fetches a run of adjacent pack members `(digest, offset, size)` with
-    /// one `Range` request, each member streamed into its own store
-    /// temporary file and named once its size and sha256 match. After a
-    /// transient failure the request is made again from the first member not
-    /// yet stored. Returns the bytes received.
+    /// Fetches a run of adjacent pack members with one `Range` request,
+    /// each member streamed (and decoded, in a compressed pack) into its own
+    /// store temporary file and named once its size and sha256 match. After
+    /// a transient failure the request is made again from the first member
+    /// not yet stored. Returns the bytes received.
     pub async fn fetch_run(
         &self,
         pack: &Digest,
-        members: &[(Digest, u64, u64)],
+        coding: Coding,
+        members: &[Member],
         store: &Store,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, RemoteError> {
         let url = self.blob_url(pack);
         let (mut done, mut received, mut attempt) = (0, 0, 0);
         while done < members.len() {
-            match self.run_once(&url, &members[done..], store, &mut done, &mut received, progress).await {
+            match self.run_once(&url, coding, &members[done..], store, &mut done, &mut received, progress).await {
                 Ok(()) => {}
                 Err(e) if e.transient() && attempt < self.opts.retries => {
                     attempt += 1;
@@ -613,18 +620,20 @@ impl Client {
         Ok(received)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_once(
         &self,
         url: &str,
-        members: &[(Digest, u64, u64)],
+        coding: Coding,
+        members: &[Member],
         store: &Store,
         done: &mut usize,
         received: &mut u64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RemoteError> {
         let (Some(first), Some(last)) = (members.first(), members.last()) else { return Ok(()) };
-        let start = first.1;
-        let end = last.1 + last.2;
+        let start = first.off;
+        let end = last.off + last.len;
         let range = format!("bytes={start}-{}", end.saturating_sub(1));
         let build = || self.http.get(url).header(header::RANGE, &range);
         let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
@@ -643,14 +652,14 @@ impl Client {
             start
         };
         let mut i = 0;
-        let mut w: Option<BlobWriter<'_>> = None;
+        let mut sink: Option<Sink<'_>> = None;
         while i < members.len() {
             let chunk = resp.chunk().await.map_err(|e| transport("GET", url, e, self.opts.timeout))?;
             let Some(chunk) = chunk else {
                 return Err(RemoteError::Transport {
                     op: "GET".into(),
                     url: url.to_string(),
-                    detail: format!("body ended inside pack member {}", members[i].0),
+                    detail: format!("body ended inside pack member {}", members[i].digest),
                     transient: true,
                 });
             };
@@ -660,28 +669,21 @@ impl Client {
             data = &data[k..];
             skip -= k as u64;
             while !data.is_empty() && i < members.len() {
-                let (d, _, size) = members[i];
-                let cur = match &mut w {
-                    Some(w) => w,
-                    None => w.insert(store.writer()?),
+                let m = members[i];
+                let shown = || format!("{url} (bytes {}..{})", m.off, m.off + m.len);
+                let cur = match &mut sink {
+                    Some(s) => s,
+                    None => {
+                        sink.insert(Sink::new(store, coding, m.size).map_err(|e| sink_err(&shown(), &m.digest, e))?)
+                    }
                 };
-                let k = (size - cur.len()).min(data.len() as u64) as usize;
-                cur.write(&data[..k])?;
+                let k = (m.len - cur.wire_len()).min(data.len() as u64) as usize;
+                cur.write(&data[..k]).map_err(|e| sink_err(&shown(), &m.digest, e))?;
                 progress(k as u64);
                 data = &data[k..];
-                if cur.len() == size {
-                    if let Some(full) = w.take() {
-                        match full.finish(Some(d)) {
-                            Ok(_) => {}
-                            Err(StoreError::Corrupt { expected, actual, .. }) => {
-                                return Err(RemoteError::Corrupt {
-                                    url: format!("{url} (bytes {}..{})", members[i].1, members[i].1 + size),
-                                    expected,
-                                    actual,
-                                });
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
+                if cur.wire_len() == m.len {
+                    if let Some(full) = sink.take() {
+                        full.finish(&m.digest).map_err(|e| sink_err(&shown(), &m.digest, e))?;
                     }
                     i += 1;
                     *done += 1;
@@ -816,6 +818,29 @@ pub enum Upload<'a> {
     Store(&'a Store),
     /// These bytes.
     Bytes(&'a [u8]),
+}
+
+/// What a [`Sink`] refused, as the error of fetching `d` from `url`.
+fn sink_err(url: &str, d: &Digest, e: SinkError) -> RemoteError {
+    match e {
+        SinkError::Store(StoreError::Corrupt { expected, actual, .. }) => {
+            RemoteError::Corrupt { url: url.to_string(), expected, actual }
+        }
+        SinkError::Store(e) => e.into(),
+        SinkError::TooLong { got } => RemoteError::Content {
+            url: url.to_string(),
+            digest: *d,
+            why: format!("decodes to at least {got} bytes, more than the manifest's size"),
+        },
+        SinkError::TooShort { got } => RemoteError::Content {
+            url: url.to_string(),
+            digest: *d,
+            why: format!("decodes to {got} bytes, fewer than the manifest's size"),
+        },
+        SinkError::Decode(why) => {
+            RemoteError::Content { url: url.to_string(), digest: *d, why: format!("zstd: {why}") }
+        }
+    }
 }
 
 /// Whether `url` is on `origin` (`scheme://host[:port]`; empty matches all).

@@ -13,6 +13,7 @@
 //!   its layers streamed through the layout import's pipeline.
 //! - [`artifact`]: the OCI manifest that carries an ocix manifest.
 //! - [`pack`]: small blobs grouped into packs, fetched by byte range.
+//! - [`wire`]: zstd on the wire, decoded as it arrives.
 //! - [`pull`] and [`push`]: whole transfers, with bounded concurrency.
 //!
 //! Every blob fetched is streamed into a store temporary file and named by
@@ -27,6 +28,7 @@ pub mod pack;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod wire;
 
 pub use client::{Client, Remote};
 pub use pull::{PullOptions, PullReport, pull, pull_with};
@@ -120,6 +122,16 @@ pub enum RemoteError {
         expected: Digest,
         /// What the bytes hash to.
         actual: Digest,
+    },
+    /// Wire bytes that do not decode to the blob (nothing was stored).
+    #[error("{url}: blob {digest}: {why} (not stored)")]
+    Content {
+        /// The URL.
+        url: String,
+        /// The blob's content digest.
+        digest: Digest,
+        /// What is wrong.
+        why: String,
     },
     /// The server sent more or fewer bytes than the blob has.
     #[error("{url}: {got} bytes, expected {expected} (not stored)")]

@@ -12,12 +12,16 @@
 //! The artifact lists the packs as layers ([`PACK_MEDIA_TYPE`], each with
 //! its member count in the annotation [`ANN_COUNT`]) and records the
 //! threshold ([`ANN_THRESHOLD`]); members and their offsets follow from the
-//! ocix manifest (the small blobs in manifest order, and their sizes). A
+//! ocix manifest (the small blobs in manifest order, and their sizes), or
+//! for a compressed pack from its frames' lengths (see
+//! [`wire`](super::wire)). A
 //! pull fetches the byte ranges of the members it lacks (one request per
 //! run of adjacent missing members, the whole pack for an empty store) and
 //! verifies and stores each member on its own; file blobs above the
 //! threshold are layers of their own and fetched one by one.
 
+use super::artifact::PackLayer;
+use super::wire::Coding;
 use crate::manifest::Digest;
 
 /// Media type of a pack layer.
@@ -37,9 +41,24 @@ pub const CUT_BELOW: u16 = 512;
 /// One pack: its members `(digest, size)` in order.
 pub type Pack = Vec<(Digest, u64)>;
 
-/// A pack as a pull sees it: its digest and its members `(digest, offset,
-/// size)`.
-pub type Members = (Digest, Vec<(Digest, u64, u64)>);
+/// A pack member as a pull sees it: its content digest, where its bytes
+/// are in the pack (`off`, `len`: wire bytes, a zstd frame in a compressed
+/// pack) and its content size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Content digest.
+    pub digest: Digest,
+    /// Offset in the pack.
+    pub off: u64,
+    /// Length in the pack.
+    pub len: u64,
+    /// Content size.
+    pub size: u64,
+}
+
+/// A pack as a pull sees it: its digest, how its members travel, and the
+/// members.
+pub type Members = (Digest, Coding, Vec<Member>);
 
 /// Splits the distinct file blobs (manifest order) into packs of the blobs
 /// of at most `threshold` bytes, and the blobs left on their own. A
@@ -68,27 +87,33 @@ pub fn plan(files: &[(Digest, u64)], threshold: u64) -> (Vec<Pack>, Vec<(Digest,
 }
 
 /// The blobs of packs as a pull sees them, checked against the manifest:
-/// `packs` are `(pack digest, pack size, member count)` in layer order.
-/// Returns each pack's members with their offsets, or what is wrong.
-pub fn members(files: &[(Digest, u64)], threshold: u64, packs: &[(Digest, u64, u64)]) -> Result<Vec<Members>, String> {
+/// `packs` in layer order. Returns each pack's members with their offsets,
+/// or what is wrong.
+pub fn members(files: &[(Digest, u64)], threshold: u64, packs: &[PackLayer]) -> Result<Vec<Members>, String> {
     let small: Vec<(Digest, u64)> = files.iter().copied().filter(|&(_, s)| s > 0 && s <= threshold).collect();
     let mut out = Vec::with_capacity(packs.len());
     let mut i = 0usize;
-    for &(pd, psize, count) in packs {
+    for p in packs {
+        let (pd, count) = (p.digest, p.count);
         let n = usize::try_from(count).map_err(|_| format!("pack {pd}: count {count} too large"))?;
         let end = i.checked_add(n).filter(|&e| e <= small.len()).ok_or_else(|| {
             format!("pack {pd} claims {count} blobs, only {} small blobs left in the manifest", small.len() - i)
         })?;
         let mut off = 0u64;
         let mut m = Vec::with_capacity(n);
-        for &(d, s) in &small[i..end] {
-            m.push((d, off, s));
-            off += s;
+        for (k, &(d, s)) in small[i..end].iter().enumerate() {
+            let len = match &p.frames {
+                Some(f) => f.get(k).copied().ok_or_else(|| format!("pack {pd}: fewer frames than members"))?,
+                None => s,
+            };
+            m.push(Member { digest: d, off, len, size: s });
+            off += len;
         }
-        if off != psize {
-            return Err(format!("pack {pd}: {psize} bytes, its {count} blobs add up to {off}"));
+        if off != p.size {
+            return Err(format!("pack {pd}: {} bytes, its {count} blobs add up to {off}", p.size));
         }
-        out.push((pd, m));
+        let coding = if p.frames.is_some() { Coding::Zstd } else { Coding::Plain };
+        out.push((pd, coding, m));
         i = end;
     }
     if i != small.len() {
@@ -112,14 +137,28 @@ mod tests {
         let (packs, singles) = plan(&f, DEFAULT_THRESHOLD);
         assert_eq!(singles, vec![(Digest::of(b"big"), 1 << 20)]);
         assert!(packs.len() > 3 && packs.len() < 100, "{} packs", packs.len());
-        let desc: Vec<(Digest, u64, u64)> =
-            packs.iter().map(|p| (Digest::of(b"x"), p.iter().map(|m| m.1).sum(), p.len() as u64)).collect();
+        let desc: Vec<PackLayer> = packs
+            .iter()
+            .map(|p| PackLayer {
+                digest: Digest::of(b"x"),
+                size: p.iter().map(|m| m.1).sum(),
+                count: p.len() as u64,
+                frames: None,
+            })
+            .collect();
         let m = members(&f, DEFAULT_THRESHOLD, &desc).unwrap();
-        assert_eq!(m.iter().map(|(_, v)| v.len()).sum::<usize>(), 2000);
-        assert_eq!(m[0].1[1], (f[1].0, 100, 100));
+        assert_eq!(m.iter().map(|(_, _, v)| v.len()).sum::<usize>(), 2000);
+        assert_eq!(m[0].2[1], Member { digest: f[1].0, off: 100, len: 100, size: 100 });
+        // compressed: offsets follow the frames
+        let mut z = desc.clone();
+        z[0].frames = Some((0..z[0].count).map(|k| 10 + k).collect());
+        z[0].size = z[0].frames.as_ref().unwrap().iter().sum();
+        let m = members(&f, DEFAULT_THRESHOLD, &z).unwrap();
+        assert_eq!(m[0].1, Coding::Zstd);
+        assert_eq!(m[0].2[2], Member { digest: f[2].0, off: 21, len: 12, size: 100 });
         // a count that does not add up is refused
         let mut bad = desc.clone();
-        bad[0].2 += 1;
+        bad[0].count += 1;
         assert!(members(&f, DEFAULT_THRESHOLD, &bad).is_err());
         assert!(members(&f, DEFAULT_THRESHOLD, &desc[1..]).is_err());
     }

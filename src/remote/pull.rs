@@ -4,9 +4,11 @@
 //! then the missing blobs are fetched concurrently, the `--prefetch` paths'
 //! blobs first, each verified before it is named.
 
+use super::artifact::PackLayer;
 use super::artifact::{self, Found};
 use super::client::{Client, Remote};
-use super::pack;
+use super::pack::{self, Member};
+use super::wire::Coding;
 use super::{MAX_MANIFEST, RemoteError, RemoteOptions};
 use crate::manifest::{Digest, Kind, Manifest};
 use crate::store::Store;
@@ -119,39 +121,52 @@ pub fn file_blobs(m: &Manifest) -> Vec<(Digest, u64)> {
     out
 }
 
-async fn fetch_manifest(
-    client: &Client,
-    store: &Store,
-    opts: &PullOptions,
-) -> Result<(Vec<u8>, Digest, u64, Vec<(Digest, u64, u64)>), RemoteError> {
-    let (d, size, threshold, packs) = match client.remote() {
+/// The ocix manifest and how the artifact carries its blobs.
+struct Fetched {
+    bytes: Vec<u8>,
+    digest: Digest,
+    threshold: u64,
+    packs: Vec<PackLayer>,
+    /// Compressed file blobs: content digest -> (registry digest, size).
+    zstd: HashMap<Digest, (Digest, u64)>,
+}
+
+async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<Fetched, RemoteError> {
+    let (d, size, threshold, packs, zstd) = match client.remote() {
         Remote::Http(base) => {
             let d = opts.manifest.ok_or_else(|| RemoteError::Artifact {
                 url: base.clone(),
                 why: "a static HTTP store needs the manifest's digest (--manifest sha256:...)".into(),
             })?;
-            (d, None, 0, Vec::new())
+            (d, None, 0, Vec::new(), Vec::new())
         }
         Remote::Registry(r) => {
             let mut target = r.target();
-            let mut hops = 0;
-            loop {
+            let mut lists = Vec::new();
+            let layout = loop {
                 let (bytes, media, _) = client.get_manifest(&target).await?;
                 let url = format!("{}@{target}", client.remote_name());
                 match artifact::find(&bytes, &media).map_err(|why| RemoteError::Artifact { url, why })? {
-                    Found::Ocix(l) => break (l.manifest, Some(l.size), l.threshold, l.packs),
-                    Found::Manifest(d) if hops == 0 => {
-                        hops += 1;
-                        target = d.to_string();
+                    Found::Ocix(l) => break l,
+                    Found::Index { ocix, lists: l } if lists.is_empty() && target == r.target() => {
+                        lists = l;
+                        target = ocix.to_string();
                     }
-                    Found::Manifest(_) => {
+                    Found::Index { .. } => {
                         return Err(RemoteError::Artifact {
                             url: client.remote_name(),
                             why: "an index inside an index".into(),
                         });
                     }
                 }
+            };
+            let mut zstd = layout.zstd;
+            for l in lists {
+                let (bytes, _, _) = client.get_manifest(&l.to_string()).await?;
+                let url = format!("{}@{l}", client.remote_name());
+                zstd.extend(artifact::blob_list(&bytes).map_err(|why| RemoteError::Artifact { url, why })?);
             }
+            (layout.manifest, Some(layout.size), layout.threshold, layout.packs, zstd)
         }
     };
     let url = client.blob_url(&d);
@@ -160,21 +175,35 @@ async fn fetch_manifest(
     }
     let bytes = client.get_blob_bytes(&d, size.unwrap_or(MAX_MANIFEST)).await?;
     store.put_bytes(&bytes)?;
-    Ok((bytes, d, threshold, packs))
+    let mut map = HashMap::new();
+    for (content, wire, size) in zstd {
+        map.entry(content).or_insert((wire, size));
+    }
+    Ok(Fetched { bytes, digest: d, threshold, packs, zstd: map })
 }
 
-/// One unit of work: a blob on its own, or a run of adjacent members of a
-/// pack (digest, offset, size) fetched with one request.
+/// One unit of work: a blob on its own (by its own digest, or by the
+/// digest of its zstd form), or a run of adjacent members of a pack
+/// fetched with one request.
 enum Item {
-    Single(Digest, u64),
-    Run(Digest, Vec<(Digest, u64, u64)>),
+    Single(Digest, u64, Option<(Digest, u64)>),
+    Run(Digest, Coding, Vec<Member>),
 }
 
 impl Item {
     fn blobs(&self) -> usize {
         match self {
             Item::Single(..) => 1,
-            Item::Run(_, m) => m.len(),
+            Item::Run(_, _, m) => m.len(),
+        }
+    }
+
+    /// Bytes on the wire.
+    fn wire(&self) -> u64 {
+        match self {
+            Item::Single(_, s, None) => *s,
+            Item::Single(_, _, Some((_, s))) => *s,
+            Item::Run(_, _, m) => m.iter().map(|x| x.len).sum(),
         }
     }
 }
@@ -185,7 +214,8 @@ async fn pull_async(
     opts: &PullOptions,
     on_manifest: impl FnOnce(&Manifest),
 ) -> Result<PullReport, RemoteError> {
-    let (manifest_bytes, manifest_digest, threshold, packs) = fetch_manifest(client, store, opts).await?;
+    let Fetched { bytes: manifest_bytes, digest: manifest_digest, threshold, packs, zstd } =
+        fetch_manifest(client, store, opts).await?;
     let manifest = Manifest::from_bytes(&manifest_bytes)
         .map_err(|source| RemoteError::Manifest { url: client.blob_url(&manifest_digest), source })?;
     on_manifest(&manifest);
@@ -205,45 +235,38 @@ async fn pull_async(
     for (i, (d, _)) in all.iter().enumerate() {
         rank.entry(*d).or_insert(first.len() + i);
     }
-    let in_pack: HashSet<Digest> = packed.iter().flat_map(|(_, m)| m.iter().map(|x| x.0)).collect();
+    let in_pack: HashSet<Digest> = packed.iter().flat_map(|(_, _, m)| m.iter().map(|x| x.digest)).collect();
     let mut items: Vec<(usize, Item)> = Vec::new();
     for &(d, size) in &all {
         if !in_pack.contains(&d) && !store.has(&d) {
-            items.push((rank[&d], Item::Single(d, size)));
+            items.push((rank[&d], Item::Single(d, size, zstd.get(&d).copied())));
         }
     }
-    for (pd, members) in &packed {
-        let mut run: Vec<(Digest, u64, u64)> = Vec::new();
+    for (pd, coding, members) in &packed {
+        let mut run: Vec<Member> = Vec::new();
+        let rank_of = |run: &[Member]| run.iter().map(|x| rank[&x.digest]).min().unwrap_or(0);
         for &m in members {
-            if store.has(&m.0) {
+            if store.has(&m.digest) {
                 if !run.is_empty() {
-                    let r = run.iter().map(|x| rank[&x.0]).min().unwrap_or(0);
-                    items.push((r, Item::Run(*pd, std::mem::take(&mut run))));
+                    items.push((rank_of(&run), Item::Run(*pd, *coding, std::mem::take(&mut run))));
                 }
             } else {
                 run.push(m);
             }
         }
         if !run.is_empty() {
-            let r = run.iter().map(|x| rank[&x.0]).min().unwrap_or(0);
-            items.push((r, Item::Run(*pd, run)));
+            items.push((rank_of(&run), Item::Run(*pd, *coding, run)));
         }
     }
     items.sort_by_key(|(r, _)| *r);
     let missing_blobs: usize = items.iter().map(|(_, i)| i.blobs()).sum();
-    let total: u64 = items
-        .iter()
-        .map(|(_, i)| match i {
-            Item::Single(_, s) => *s,
-            Item::Run(_, m) => m.iter().map(|x| x.2).sum(),
-        })
-        .sum();
+    let total: u64 = items.iter().map(|(_, i)| i.wire()).sum();
     let order: Vec<Item> = items.into_iter().map(|(_, i)| i).collect();
     let wanted: Vec<Digest> = order
         .iter()
         .flat_map(|i| match i {
-            Item::Single(d, _) => vec![*d],
-            Item::Run(_, m) => m.iter().map(|x| x.0).collect(),
+            Item::Single(d, _, _) => vec![*d],
+            Item::Run(_, _, m) => m.iter().map(|x| x.digest).collect(),
         })
         .collect();
     let skipped = all.len() - missing_blobs;
@@ -274,8 +297,8 @@ async fn pull_async(
                     return Ok(None);
                 }
                 let r = match &item {
-                    Item::Single(d, size) => client.fetch_blob(d, *size, store, tick).await.map(|b| (1, b)),
-                    Item::Run(p, m) => client.fetch_run(p, m, store, tick).await.map(|b| (m.len(), b)),
+                    Item::Single(d, size, via) => client.fetch_blob(d, *size, *via, store, tick).await.map(|b| (1, b)),
+                    Item::Run(p, c, m) => client.fetch_run(p, *c, m, store, tick).await.map(|b| (m.len(), b)),
                 };
                 if r.is_err() {
                     stop.store(true, Ordering::Relaxed);

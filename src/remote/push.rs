@@ -3,11 +3,12 @@
 //! missing, with bounded concurrency; then the ocix manifest blob, the
 //! empty config, and the OCI manifest(s) described in [`artifact`].
 
-use super::artifact::{self, Descriptor};
+use super::artifact::{self, Descriptor, FileLayer, PackLayer};
 use super::client::{Client, Remote, Upload};
 use super::pack;
 use super::pull::{file_blobs, runtime};
 use super::reference::{Reference, ReferenceError};
+use super::wire;
 use super::{RemoteError, RemoteOptions};
 use crate::manifest::{Digest, MEDIA_TYPE, Manifest};
 use crate::store::{Store, StoreError};
@@ -28,6 +29,9 @@ pub struct PushOptions {
     pub pack_threshold: u64,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Send file blobs and packs zstd-compressed where that saves bytes
+    /// (see [`wire`](super::wire)).
+    pub compress: bool,
 }
 
 impl Default for PushOptions {
@@ -38,6 +42,7 @@ impl Default for PushOptions {
             layers_per_manifest: artifact::LAYERS_PER_MANIFEST,
             pack_threshold: pack::DEFAULT_THRESHOLD,
             progress: false,
+            compress: true,
         }
     }
 }
@@ -53,8 +58,10 @@ pub struct PushReport {
     pub uploaded: usize,
     /// Registry blobs the registry already had.
     pub present: usize,
-    /// Bytes uploaded.
+    /// Bytes uploaded (as sent: compressed where they were).
     pub bytes: u64,
+    /// Registry blobs sent zstd-compressed (packs and file blobs).
+    pub compressed: usize,
     /// Digest of the ocix manifest.
     pub manifest_digest: Digest,
     /// Digest of what the tag now names (OCI manifest or index).
@@ -95,10 +102,21 @@ pub fn push(
         let client = &client;
         let (packs, singles) = pack::plan(&files, opts.pack_threshold);
         let counts: Vec<u64> = packs.iter().map(|p| p.len() as u64).collect();
+        let npacks = packs.len();
         let mut items: Vec<Item> = packs.into_iter().map(Item::Pack).collect();
         items.extend(singles.iter().map(|&(d, s)| Item::Single(d, s)));
-        let (uploaded, present, bytes, descs) = push_blobs(client, store, items, opts).await?;
-        let pack_descs: Vec<(Digest, u64, u64)> = descs.iter().zip(&counts).map(|(&(d, s), &c)| (d, s, c)).collect();
+        let (uploaded, present, bytes, sent) = push_blobs(client, store, items, opts).await?;
+        let compressed = sent.iter().filter(|s| s.zstd).count();
+        let mut pack_layers = Vec::with_capacity(npacks);
+        let mut file_layers = Vec::with_capacity(singles.len());
+        for (k, s) in sent.into_iter().enumerate() {
+            if k < npacks {
+                pack_layers.push(PackLayer { digest: s.digest, size: s.size, count: counts[k], frames: s.frames });
+            } else {
+                let (d, size) = singles[k - npacks];
+                file_layers.push(FileLayer { digest: d, size, zstd: s.zstd.then_some((s.digest, s.size)) });
+            }
+        }
         let ocix = Descriptor::new(MEDIA_TYPE, &manifest_digest, manifest_bytes.len() as u64);
         for (d, data) in
             [(manifest_digest, manifest_bytes), (Digest::of(artifact::EMPTY_CONFIG), artifact::EMPTY_CONFIG)]
@@ -107,17 +125,19 @@ pub fn push(
                 client.upload_blob(&d, data.len() as u64, Upload::Bytes(data)).await?;
             }
         }
-        let (first, top) = artifact::build(&ocix, &pack_descs, opts.pack_threshold, &singles, opts.layers_per_manifest);
+        let (first, top) =
+            artifact::build(&ocix, &pack_layers, opts.pack_threshold, &file_layers, opts.layers_per_manifest);
         for doc in &first {
             client.put_manifest(&Digest::of(&doc.bytes).to_string(), doc.media_type, &doc.bytes).await?;
         }
         let tag_digest = client.put_manifest(&tag, top.media_type, &top.bytes).await?;
         Ok(PushReport {
             blobs: files.len(),
-            packs: pack_descs.len(),
+            packs: npacks,
             uploaded,
             present,
             bytes,
+            compressed,
             manifest_digest,
             tag_digest,
             index: !first.is_empty(),
@@ -131,46 +151,155 @@ enum Item {
     Single(Digest, u64),
 }
 
-/// Concatenates a pack's members from the store, checking each one's size
-/// and digest: the pack is uploaded under the digest of these bytes, so a
-/// registry cannot notice a corrupt member, and a pull would find it only
-/// after the tag names it.
-fn pack_bytes(store: &Store, members: &pack::Pack) -> Result<Vec<u8>, RemoteError> {
-    use std::io::Read as _;
-    let mut out = Vec::with_capacity(members.iter().map(|m| m.1).sum::<u64>().min(pack::PACK_MAX * 2) as usize);
-    for &(d, size) in members {
-        let f = std::fs::File::from(store.open_blob(&d)?);
-        let before = out.len();
-        f.take(size + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| RemoteError::Io { path: store.blob_path(&d).display().to_string(), source: e })?;
-        let got = (out.len() - before) as u64;
-        if got != size {
-            return Err(StoreError::WrongSize {
-                path: store.blob_path(&d).display().to_string(),
-                expected: size,
-                actual: got,
-            }
-            .into());
-        }
-        let actual = Digest::of(&out[before..]);
-        if actual != d {
-            return Err(
-                StoreError::Corrupt { path: store.blob_path(&d).display().to_string(), expected: d, actual }.into()
-            );
+impl Item {
+    /// Content bytes (what the progress bar counts).
+    fn plain_len(&self) -> u64 {
+        match self {
+            Item::Pack(m) => m.iter().map(|x| x.1).sum(),
+            Item::Single(_, s) => *s,
         }
     }
-    Ok(out)
+}
+
+/// Reads a blob of `size` bytes from the store into `out`, checking its
+/// size and digest: what is uploaded is named by digests computed here
+/// (a pack's, a compressed form's), so a registry cannot notice a corrupt
+/// blob, and a pull would find it only after the tag names it.
+fn read_verified(store: &Store, d: &Digest, size: u64, out: &mut Vec<u8>) -> Result<(), RemoteError> {
+    use std::io::Read as _;
+    let f = std::fs::File::from(store.open_blob(d)?);
+    let before = out.len();
+    f.take(size + 1)
+        .read_to_end(out)
+        .map_err(|e| RemoteError::Io { path: store.blob_path(d).display().to_string(), source: e })?;
+    let got = (out.len() - before) as u64;
+    if got != size {
+        return Err(StoreError::WrongSize {
+            path: store.blob_path(d).display().to_string(),
+            expected: size,
+            actual: got,
+        }
+        .into());
+    }
+    let actual = Digest::of(&out[before..]);
+    if actual != *d {
+        return Err(StoreError::Corrupt { path: store.blob_path(d).display().to_string(), expected: *d, actual }.into());
+    }
+    Ok(())
+}
+
+/// A pack's bytes: its members concatenated, or with `compress` one zstd
+/// frame each when that saves bytes (then also the frames' lengths).
+fn pack_bytes(store: &Store, members: &pack::Pack, compress: bool) -> Result<(Vec<u8>, Option<Vec<u64>>), RemoteError> {
+    let plain_len: u64 = members.iter().map(|m| m.1).sum();
+    let mut out = Vec::with_capacity(plain_len.min(pack::PACK_MAX * 2) as usize);
+    if !compress {
+        for &(d, size) in members {
+            read_verified(store, &d, size, &mut out)?;
+        }
+        return Ok((out, None));
+    }
+    let mut frames = Vec::with_capacity(members.len());
+    let mut buf = Vec::new();
+    for &(d, size) in members {
+        buf.clear();
+        read_verified(store, &d, size, &mut buf)?;
+        let frame = wire::compress_frame(&buf)
+            .map_err(|e| RemoteError::Io { path: store.blob_path(&d).display().to_string(), source: e })?;
+        frames.push(frame.len() as u64);
+        out.extend_from_slice(&frame);
+    }
+    if wire::worth_it(out.len() as u64, plain_len) {
+        return Ok((out, Some(frames)));
+    }
+    pack_bytes(store, members, false)
+}
+
+/// The zstd form of blob `d` (`size` bytes), written into the store beside
+/// it while the content is checked against `d`: its digest, its size, and
+/// whether the store already had a blob of that digest (then it must not
+/// be removed afterwards). None when compression would not save bytes.
+fn compress_blob(store: &Store, d: &Digest, size: u64) -> Result<Option<(Digest, u64, bool)>, RemoteError> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let path = || store.blob_path(d).display().to_string();
+    let io = |e: std::io::Error| RemoteError::Io { path: path(), source: e };
+    let f = std::fs::File::from(store.open_blob(d)?);
+    let mut enc = zstd::stream::read::Encoder::new(
+        Hashing { inner: f.take(size + 1), hash: sha2::Sha256::new(), n: 0 },
+        wire::LEVEL,
+    )
+    .map_err(io)?;
+    enc.set_pledged_src_size(Some(size)).map_err(io)?;
+    let mut w = store.writer()?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = enc.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        w.write(&buf[..n])?;
+        if !wire::worth_it(w.len(), size) {
+            // already too large to be worth sending (the unnamed temporary
+            // file goes with the writer)
+            return Ok(None);
+        }
+    }
+    let h = enc.finish().into_inner();
+    if h.n != size {
+        return Err(StoreError::WrongSize { path: path(), expected: size, actual: h.n }.into());
+    }
+    let actual = Digest(h.hash.finalize().into());
+    if actual != *d {
+        return Err(StoreError::Corrupt { path: path(), expected: *d, actual }.into());
+    }
+    if !wire::worth_it(w.len(), size) {
+        return Ok(None);
+    }
+    let z = w.digest();
+    let had = store.has(&z);
+    let len = w.len();
+    w.finish(Some(z))?;
+    Ok(Some((z, len, had)))
+}
+
+/// A reader that hashes and counts what passes through.
+struct Hashing<R> {
+    inner: R,
+    hash: sha2::Sha256,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// How one registry blob was sent (or found present).
+struct Sent {
+    /// Registry digest.
+    digest: Digest,
+    /// Registry size.
+    size: u64,
+    /// Sent as zstd (a file blob's compressed form, or a compressed pack).
+    zstd: bool,
+    /// A compressed pack's frames.
+    frames: Option<Vec<u64>>,
 }
 
 /// Uploads what the registry lacks; returns (uploaded, present, bytes, and
-/// each item's registry digest and size, in item order).
+/// how each item went, in item order).
 async fn push_blobs(
     client: &Client,
     store: &Store,
     items: Vec<Item>,
     opts: &PushOptions,
-) -> Result<(usize, usize, u64, Vec<(Digest, u64)>), RemoteError> {
+) -> Result<(usize, usize, u64, Vec<Sent>), RemoteError> {
     let total: u64 = items
         .iter()
         .map(|i| match i {
@@ -191,7 +320,7 @@ async fn push_blobs(
     let stop = AtomicBool::new(false);
     // packs are built in memory (up to PACK_MAX plus one blob each): at
     // most `jobs` of them at once
-    type Done = Result<Option<(bool, u64, Digest)>, RemoteError>;
+    type Done = Result<Option<(bool, u64, Sent)>, RemoteError>;
     let results: Vec<(usize, Done)> = futures_util::stream::iter(items.into_iter().enumerate())
         .map(|(idx, item)| {
             let (stop, pb) = (&stop, &pb);
@@ -202,30 +331,52 @@ async fn push_blobs(
                 let r = async {
                     match &item {
                         Item::Single(d, size) => {
-                            if client.has_blob(d).await? {
-                                return Ok((false, *size, *d));
+                            let z = if opts.compress {
+                                tokio::task::block_in_place(|| compress_blob(store, d, *size))?
+                            } else {
+                                None
+                            };
+                            let Some((zd, zsize, had)) = z else {
+                                let sent = Sent { digest: *d, size: *size, zstd: false, frames: None };
+                                if client.has_blob(d).await? {
+                                    return Ok((false, *size, sent));
+                                }
+                                client.upload_blob(d, *size, Upload::Store(store)).await?;
+                                return Ok((true, *size, sent));
+                            };
+                            let sent = Sent { digest: zd, size: zsize, zstd: true, frames: None };
+                            let r: Result<bool, RemoteError> = async {
+                                if client.has_blob(&zd).await? {
+                                    return Ok(false);
+                                }
+                                client.upload_blob(&zd, zsize, Upload::Store(store)).await?;
+                                Ok(true)
                             }
-                            client.upload_blob(d, *size, Upload::Store(store)).await?;
-                            Ok((true, *size, *d))
+                            .await;
+                            if !had {
+                                store.remove_blob(&zd)?;
+                            }
+                            Ok((r?, zsize, sent))
                         }
                         Item::Pack(m) => {
-                            let bytes = pack_bytes(store, m)?;
+                            let (bytes, frames) = tokio::task::block_in_place(|| pack_bytes(store, m, opts.compress))?;
                             let d = Digest::of(&bytes);
                             let size = bytes.len() as u64;
+                            let sent = Sent { digest: d, size, zstd: frames.is_some(), frames };
                             if client.has_blob(&d).await? {
-                                return Ok((false, size, d));
+                                return Ok((false, size, sent));
                             }
                             client.upload_blob(&d, size, Upload::Bytes(&bytes)).await?;
-                            Ok((true, size, d))
+                            Ok((true, size, sent))
                         }
                     }
                 }
                 .await;
                 match &r {
                     Err(_) => stop.store(true, Ordering::Relaxed),
-                    Ok((_, size, _)) => {
+                    Ok(_) => {
                         if let Some(pb) = pb {
-                            pb.inc(*size);
+                            pb.inc(item.plain_len());
                         }
                     }
                 }
@@ -240,11 +391,11 @@ async fn push_blobs(
     }
     let (mut uploaded, mut present, mut bytes, mut failed) = (0, 0, 0, 0);
     let mut first = None;
-    let mut descs: Vec<Option<(Digest, u64)>> = vec![None; n];
+    let mut descs: Vec<Option<Sent>> = (0..n).map(|_| None).collect();
     for (idx, r) in results {
         match r {
-            Ok(Some((up, s, d))) => {
-                descs[idx] = Some((d, s));
+            Ok(Some((up, s, sent))) => {
+                descs[idx] = Some(sent);
                 if up {
                     uploaded += 1;
                     bytes += s;
