@@ -12,6 +12,7 @@ mod cbor;
 mod codec;
 mod digest;
 mod walk;
+pub mod zeros;
 
 use std::collections::BTreeMap;
 

@@ -218,6 +218,15 @@ pub enum UnpackError {
         /// The manifest's id.
         id: u32,
     },
+    /// Creating a character or block device was refused (`mknodat` gave
+    /// EPERM): root without CAP_MKNOD, as in most containers, or in a user
+    /// namespace. Says so, and that `--rootless` writes devices as empty
+    /// files instead.
+    #[error(
+        "{0}: creating device nodes needs CAP_MKNOD (in the initial user namespace); \
+         unpack with --rootless to write devices as empty files instead"
+    )]
+    NoMknod(SysError),
     /// A name in the destination was taken by something unexpected.
     #[error("{0}: could not find a free temporary name")]
     NoTempName(String),
@@ -682,7 +691,8 @@ impl<'m> Walker<'_, '_, 'm> {
                         && ex.as_ref().is_some_and(|s| self.claim(s));
                     clear(self, keep)?;
                     if !keep {
-                        wr::mknod_at(d, name, ty, 0o600, (dev.major, dev.minor), &shown)?;
+                        wr::mknod_at(d, name, ty, 0o600, (dev.major, dev.minor), &shown)
+                            .map_err(|e| if e.errno == Errno::PERM { UnpackError::NoMknod(e) } else { e.into() })?;
                     }
                     meta::apply(ctx, XattrSource::At(d, name), code, &e.meta, rel)?;
                 }

@@ -2,97 +2,13 @@
 //! its zero runs found, and written as a blob whose all-zero blocks are left
 //! as holes (so a layer full of zeros costs no disk).
 //!
-//! Zero runs follow `ocix.cddl`: maximal runs of whole 4096-byte blocks,
-//! aligned within the file, all zero, inside the first `floor(size / 4096)`
-//! blocks; they derive from the content alone, exactly as `ocix scan` derives
-//! them, so imported and scanned manifests agree.
+//! Zero runs follow `ocix.cddl` and are found by the same [`ZeroRuns`] that
+//! `ocix scan` uses, so imported and scanned manifests agree.
 
+use crate::manifest::zeros::{ZeroRuns, is_zero};
 use crate::manifest::{BLOCK, Digest, File};
 use crate::store::{BlobWriter, Store, StoreError};
 use sha2::{Digest as _, Sha256};
-
-/// Finds the zero runs of a stream of known size.
-#[derive(Debug)]
-pub struct ZeroRuns {
-    full_blocks: u64,
-    pos: u64,
-    cur_zero: bool,
-    runs: Vec<(u64, u64)>,
-}
-
-impl ZeroRuns {
-    /// For content of `size` bytes.
-    pub fn new(size: u64) -> Self {
-        ZeroRuns { full_blocks: size / BLOCK, pos: 0, cur_zero: true, runs: Vec::new() }
-    }
-
-    fn end_block(&mut self) {
-        let b = self.pos / BLOCK - 1;
-        if self.cur_zero && b < self.full_blocks {
-            self.add(b, 1);
-        }
-        self.cur_zero = true;
-    }
-
-    fn add(&mut self, start: u64, count: u64) {
-        match self.runs.last_mut() {
-            Some((s, n)) if *s + *n == start => *n += count,
-            _ => self.runs.push((start, count)),
-        }
-    }
-
-    /// Feeds content bytes.
-    pub fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let in_block = (self.pos % BLOCK) as usize;
-            let take = (BLOCK as usize - in_block).min(data.len());
-            if self.cur_zero && !is_zero(&data[..take]) {
-                self.cur_zero = false;
-            }
-            self.pos += take as u64;
-            data = &data[take..];
-            if self.pos % BLOCK == 0 {
-                self.end_block();
-            }
-        }
-    }
-
-    /// Feeds `n` zero bytes without materializing them.
-    pub fn feed_zeros(&mut self, mut n: u64) {
-        // Finish the current partial block.
-        let in_block = self.pos % BLOCK;
-        if in_block != 0 {
-            let take = (BLOCK - in_block).min(n);
-            self.pos += take;
-            n -= take;
-            if self.pos % BLOCK == 0 {
-                self.end_block();
-            }
-        }
-        let whole = n / BLOCK;
-        if whole > 0 {
-            let first = self.pos / BLOCK;
-            let last = (first + whole).min(self.full_blocks);
-            if last > first {
-                self.add(first, last - first);
-            }
-            self.pos += whole * BLOCK;
-        }
-        self.pos += n % BLOCK;
-    }
-
-    /// The runs found.
-    pub fn finish(self) -> Vec<(u64, u64)> {
-        self.runs
-    }
-}
-
-/// Whether every byte is zero.
-pub fn is_zero(data: &[u8]) -> bool {
-    let chunks = data.chunks_exact(8);
-    let rest = chunks.remainder();
-    chunks.into_iter().all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0) && rest.iter().all(|&b| b == 0)
-}
 
 enum Out<'s> {
     Store(BlobWriter<'s>),
@@ -121,7 +37,7 @@ impl<'s> Content<'s> {
 
     /// Appends content; whole aligned zero blocks become holes.
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
-        self.zeros.feed(data);
+        self.zeros.data(data);
         self.pos += data.len() as u64;
         let Out::Store(w) = &mut self.out else {
             if let Out::Hash(h) = &mut self.out {
@@ -148,7 +64,7 @@ impl<'s> Content<'s> {
 
     /// Appends `n` zero bytes (a sparse file's hole).
     pub fn write_zeros(&mut self, mut n: u64) -> Result<(), StoreError> {
-        self.zeros.feed_zeros(n);
+        self.zeros.zeros(n);
         self.pos += n;
         match &mut self.out {
             Out::Hash(h) => {
@@ -239,43 +155,6 @@ fn emit(w: &mut BlobWriter<'_>, data: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn runs_of(data: &[u8]) -> Vec<(u64, u64)> {
-        let mut z = ZeroRuns::new(data.len() as u64);
-        // Feed in odd-sized pieces to exercise block boundaries.
-        for c in data.chunks(1000) {
-            z.feed(c);
-        }
-        z.finish()
-    }
-
-    #[test]
-    fn zero_runs_from_content() {
-        let b = BLOCK as usize;
-        let mut d = vec![0u8; 5 * b + 100];
-        d[b + 7] = 1; // block 1 not zero
-        d[3 * b] = 2; // block 3 not zero
-        assert_eq!(runs_of(&d), vec![(0, 1), (2, 1), (4, 1)]);
-        // the partial last block never counts
-        assert_eq!(runs_of(&[0u8; 4095]), vec![]);
-        assert_eq!(runs_of(&vec![0u8; 2 * b]), vec![(0, 2)]);
-    }
-
-    #[test]
-    fn feed_zeros_matches_feed() {
-        let b = BLOCK;
-        for (pre, hole, post) in [(0u64, 3 * b, 10u64), (100, 5 * b + 17, b), (b, b, 0), (10, 10, 10), (0, 0, 0)] {
-            let size = pre + hole + post;
-            let mut data = vec![1u8; pre as usize];
-            data.extend(vec![0u8; hole as usize]);
-            data.extend(vec![1u8; post as usize]);
-            let mut z = ZeroRuns::new(size);
-            z.feed(&data[..pre as usize]);
-            z.feed_zeros(hole);
-            z.feed(&data[(pre + hole) as usize..]);
-            assert_eq!(z.finish(), runs_of(&data), "{pre} {hole} {post}");
-        }
-    }
 
     #[test]
     fn stored_blob_equals_content_whatever_the_pieces() {

@@ -5,10 +5,11 @@
 //! wholly inside a hole the filesystem reports (`SEEK_DATA`/`SEEK_HOLE`, only
 //! asked for files with fewer allocated blocks than their size) is not read
 //! at all: it is zeros. Every whole, aligned 4 KiB block whose bytes are all
-//! zero joins a zero run whether or not it was a hole on disk, so the runs
-//! depend on the content alone. Zero blocks are skipped, not written, when
-//! the blob is stored, so blobs stay sparse too.
+//! zero joins a zero run ([`ZeroRuns`]) whether or not it was a hole on
+//! disk, so the runs depend on the content alone. Zero blocks are skipped,
+//! not written, when the blob is stored, so blobs stay sparse too.
 
+use crate::manifest::zeros::ZeroRuns;
 use crate::manifest::{BLOCK, Digest, File};
 use crate::store::{BlobWriter, Store};
 use crate::sys::read as rd;
@@ -63,31 +64,6 @@ impl ContentSink<'_> {
     }
 }
 
-/// Whether a block is all zero bytes.
-#[inline]
-pub fn is_zero(b: &[u8]) -> bool {
-    // A quick look at the head settles most data blocks; the full fold
-    // vectorizes.
-    let head = b.len().min(16);
-    b[..head].iter().all(|&x| x == 0) && b.iter().fold(0u8, |a, &x| a | x) == 0
-}
-
-/// Collects zero runs as (first block, count).
-#[derive(Default)]
-struct Runs(Vec<(u64, u64)>);
-
-impl Runs {
-    fn add(&mut self, block: u64, n: u64) {
-        if n == 0 {
-            return;
-        }
-        match self.0.last_mut() {
-            Some((s, c)) if *s + *c == block => *c += n,
-            _ => self.0.push((block, n)),
-        }
-    }
-}
-
 /// Data segments `[start, end)` of a sparse file; the rest is holes.
 fn data_segments(fd: BorrowedFd<'_>, size: u64) -> Vec<(u64, u64)> {
     let mut segs = Vec::new();
@@ -133,8 +109,7 @@ pub fn hash_content(
         Some(s) => ContentSink::Blob(s.writer().map_err(|e| e.to_string())?),
         None => ContentSink::Hash(Box::default()),
     };
-    let whole_blocks = size / BLOCK;
-    let mut runs = Runs::default();
+    let mut runs = ZeroRuns::new(size);
     let mut off = 0u64;
     let mut seg_i = 0usize;
     while off < size {
@@ -151,9 +126,7 @@ pub fn hash_content(
         };
         if in_hole {
             sink.zeros(len);
-            let first = off / BLOCK;
-            let last = (end / BLOCK).min(whole_blocks);
-            runs.add(first, last.saturating_sub(first));
+            runs.zeros(len);
         } else {
             let chunk = &mut buf[..len as usize];
             let mut got = 0usize;
@@ -172,13 +145,13 @@ pub fn hash_content(
             let mut i = 0usize;
             while i < chunk.len() {
                 let blk_end = (i + BLOCK as usize).min(chunk.len());
-                let block_no = (off + i as u64) / BLOCK;
-                if blk_end - i == BLOCK as usize && block_no < whole_blocks && is_zero(&chunk[i..blk_end]) {
+                // chunks start block-aligned, so this is one whole block
+                // (or the file's partial last one)
+                if runs.block(&chunk[i..blk_end]) {
                     if pending < i {
                         sink.data(&chunk[pending..i])?;
                     }
                     sink.zeros(BLOCK);
-                    runs.add(block_no, 1);
                     pending = blk_end;
                 }
                 i = blk_end;
@@ -193,7 +166,7 @@ pub fn hash_content(
         return Err(format!("{}: grew while being read (more than {size} bytes)", shown()));
     }
     let digest = sink.finish()?;
-    Ok(File { size, digest: Some(digest), zeros: runs.0 })
+    Ok(File { size, digest: Some(digest), zeros: runs.finish() })
 }
 
 #[cfg(test)]
@@ -210,24 +183,16 @@ mod tests {
     }
 
     #[test]
-    fn zero_runs_from_content() {
+    fn digest_covers_zero_blocks_left_out_of_the_sink() {
         let mut d = vec![1u8; 4096];
         d.extend_from_slice(&[0; 8192]);
         d.extend_from_slice(&[2; 4096]);
         d.extend_from_slice(&[0; 4096]);
-        d.extend_from_slice(&[0; 100]); // partial last block: never a run
+        d.extend_from_slice(&[0; 100]);
         let f = scan_bytes(&d);
         assert_eq!(f.zeros, vec![(1, 2), (4, 1)]);
         assert_eq!(f.digest, Some(Digest::of(&d)));
         assert_eq!(f.size, d.len() as u64);
-    }
-
-    #[test]
-    fn short_zero_tail_is_not_a_run() {
-        let f = scan_bytes(&[0; 4095]);
-        assert!(f.zeros.is_empty());
-        let f = scan_bytes(&[0; 4096]);
-        assert_eq!(f.zeros, vec![(0, 1)]);
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! `ocix unpack` as root without every capability, as inside a container:
+//! without CAP_MKNOD a device node cannot be made, and the error says what
+//! to do instead. The built binary runs under `setpriv` with CAP_MKNOD
+//! dropped from its inheritable and bounding sets (so root's exec does not
+//! regain it).
+
+mod common;
+
+use ocix::manifest::{Dev, Entry, Kind, Manifest};
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const NO_MKNOD: [&str; 2] = ["--inh-caps=-mknod", "--bounding-set=-mknod"];
+
+fn dir(children: Vec<(&[u8], Entry)>) -> Entry {
+    Entry::new(Kind::Dir(children.into_iter().map(|(n, e)| (n.to_vec(), e)).collect::<BTreeMap<_, _>>()))
+}
+
+/// Writes a manifest whose tree is `dev/<name>` = `kind`.
+fn write_manifest(path: &Path, name: &[u8], kind: Kind) {
+    let m = Manifest { root: dir(vec![(b"dev", dir(vec![(name, Entry::new(kind))]))]) };
+    std::fs::write(path, m.to_bytes().unwrap()).unwrap();
+}
+
+/// Runs `ocix unpack MANIFEST --store STORE DEST [extra]` without CAP_MKNOD.
+fn unpack_without_mknod(manifest: &Path, store: &Path, dest: &Path, extra: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(NO_MKNOD)
+        .arg(env!("CARGO_BIN_EXE_ocix"))
+        .arg("unpack")
+        .arg(manifest)
+        .arg("--store")
+        .arg(store)
+        .arg(dest)
+        .args(extra)
+        .output()
+        .expect("run setpriv")
+}
+
+/// Root, and setpriv can drop CAP_MKNOD here; otherwise a note says why the
+/// test does not apply.
+fn can_drop_mknod() -> bool {
+    if !common::is_root() {
+        eprintln!("SKIP: not root (root without CAP_MKNOD is what is tested)");
+        return false;
+    }
+    match Command::new("setpriv").args(NO_MKNOD).arg("true").status() {
+        Ok(s) if s.success() => true,
+        r => {
+            eprintln!("SKIP: setpriv cannot drop CAP_MKNOD here: {r:?}");
+            false
+        }
+    }
+}
+
+#[test]
+fn device_without_cap_mknod_says_what_to_do() {
+    if !can_drop_mknod() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    ocix::store::Store::create(&store).unwrap();
+    let m = t.path().join("m.ocix");
+    write_manifest(&m, b"null", Kind::Char(Dev { major: 1, minor: 3 }));
+
+    let dest = t.path().join("root");
+    let o = unpack_without_mknod(&m, &store, &dest, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    let path = format!("{}/dev/null", dest.display());
+    assert!(err.contains(&path), "error does not name {path}: {err}");
+    assert!(err.contains("mknodat"), "error does not name the call: {err}");
+    assert!(err.contains("CAP_MKNOD"), "error does not name the capability: {err}");
+    assert!(err.contains("--rootless"), "error does not point at --rootless: {err}");
+
+    // and the advice works: --rootless writes the device as an empty file
+    let dest = t.path().join("rootless");
+    let o = unpack_without_mknod(&m, &store, &dest, &["--rootless"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::symlink_metadata(dest.join("dev/null")).unwrap();
+    assert!(md.is_file() && md.len() == 0, "{md:?}");
+}
+
+#[test]
+fn block_device_without_cap_mknod_says_what_to_do() {
+    if !can_drop_mknod() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    ocix::store::Store::create(&store).unwrap();
+    let m = t.path().join("m.ocix");
+    write_manifest(&m, b"loop0", Kind::Block(Dev { major: 7, minor: 0 }));
+    let dest = t.path().join("root");
+    let o = unpack_without_mknod(&m, &store, &dest, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains(&format!("{}/dev/loop0", dest.display())), "{err}");
+    assert!(err.contains("CAP_MKNOD") && err.contains("--rootless"), "{err}");
+}
+
+#[test]
+fn fifo_needs_no_cap_mknod() {
+    if !can_drop_mknod() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    ocix::store::Store::create(&store).unwrap();
+    let m = t.path().join("m.ocix");
+    write_manifest(&m, b"pipe", Kind::Fifo);
+    let dest = t.path().join("root");
+    let o = unpack_without_mknod(&m, &store, &dest, &[]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::symlink_metadata(dest.join("dev/pipe")).unwrap().file_type().is_fifo());
+}
