@@ -5,6 +5,8 @@
 //! `ocix unpack docker://...` write each file as soon as its blob arrives
 //! instead of after the whole pull.
 
+use crate::manifest::Digest;
+use std::collections::HashSet;
 use std::sync::{Condvar, Mutex};
 
 /// Arrival notices of one store being filled. Attach it with
@@ -21,6 +23,8 @@ pub struct Arrivals {
 struct State {
     /// Counts blobs named so far: a reader waits for it to change.
     named: u64,
+    /// The blobs named: verified by the filler, in this process.
+    digests: HashSet<Digest>,
     /// Set once the filler has finished: `Some("")` for success, else why
     /// it stopped.
     closed: Option<String>,
@@ -33,9 +37,10 @@ impl Arrivals {
     }
 
     /// The filler named a blob (called by the store).
-    pub(super) fn named(&self) {
+    pub(super) fn named(&self, d: Digest) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.named += 1;
+        s.digests.insert(d);
         drop(s);
         self.cv.notify_all();
     }
@@ -61,6 +66,19 @@ impl Arrivals {
             Some(why) => Err(why.clone()),
             None => Ok(s.named),
         }
+    }
+
+    /// A blob the filler wrote was there already: readers look again.
+    pub(super) fn woke(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.named += 1;
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// Whether the filler named `d` (and so verified it) in this process.
+    pub(super) fn has_named(&self, d: &Digest) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).digests.contains(d)
     }
 
     /// Blocks until more than `mark` blobs are named or the filler ends;

@@ -162,6 +162,13 @@ impl Store {
         }
     }
 
+    /// Whether blob `d` was written and named through this store handle
+    /// while it was being filled (see [`with_arrivals`](Self::with_arrivals)):
+    /// its content was verified against `d` by this process a moment ago.
+    pub fn fetched_here(&self, d: &Digest) -> bool {
+        self.arrivals.as_ref().is_some_and(|a| a.has_named(d))
+    }
+
     fn open_blob_now(&self, d: &Digest) -> Result<OwnedFd, StoreError> {
         match fs::openat(
             &self.blobs,
@@ -318,11 +325,15 @@ impl BlobWriter<'_> {
             }
         }
         let name = actual.hex();
+        // whether the name is now this writer's content (not a blob that
+        // was there already)
+        let mut linked = false;
         match &tmp {
             Tmp::Anonymous(fd) => {
                 let proc = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(fd));
                 match fs::linkat(fs::CWD, proc.as_str(), &self.store.blobs, name.as_str(), AtFlags::SYMLINK_FOLLOW) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Ok(()) => linked = true,
+                    Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => {
                         return Err(
                             SysError::new("linkat", self.store.blob_path(&actual).display().to_string(), e).into()
@@ -335,6 +346,7 @@ impl BlobWriter<'_> {
                 if self.store.has(&actual) {
                     let _ = std::fs::remove_file(p);
                 } else {
+                    linked = true;
                     std::fs::rename(p, &target).map_err(|e| {
                         SysError::new(
                             "rename",
@@ -347,7 +359,11 @@ impl BlobWriter<'_> {
         }
         let _ = fd.as_fd();
         if let Some(a) = &self.store.arrivals {
-            a.named();
+            if linked {
+                a.named(actual);
+            } else {
+                a.woke();
+            }
         }
         Ok(actual)
     }
@@ -397,6 +413,39 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_being_filled_makes_readers_wait_and_tells_what_it_verified() {
+        let t = tempfile::tempdir().unwrap();
+        let old = Store::create(t.path()).unwrap().put_bytes(b"was here").unwrap();
+        let a = Arc::new(Arrivals::new());
+        let s = Store::create(t.path()).unwrap().with_arrivals(a.clone());
+        let late = Digest::of(b"arrives late");
+        let never = Digest::of(b"never arrives");
+        std::thread::scope(|sc| {
+            let reader = sc.spawn(|| {
+                use std::io::Read as _;
+                let mut data = Vec::new();
+                std::fs::File::from(s.open_blob(&late).unwrap()).read_to_end(&mut data).unwrap();
+                data
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!reader.is_finished(), "the reader did not wait");
+            s.put_bytes(b"was here").unwrap(); // present already: not ours
+            s.put_bytes(b"arrives late").unwrap();
+            assert_eq!(reader.join().unwrap(), b"arrives late");
+            let waiter = sc.spawn(|| s.open_blob(&never).map(|_| ()));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            a.close(Err("the registry went away".into()));
+            let e = waiter.join().unwrap().unwrap_err().to_string();
+            assert!(e.contains(&never.to_string()) && e.contains("the registry went away"), "{e}");
+        });
+        assert!(s.fetched_here(&late));
+        assert!(!s.fetched_here(&old), "a blob found in place counted as verified");
+        // once closed, a present blob still opens and a missing one fails at once
+        assert!(s.open_blob(&old).is_ok());
+        assert!(matches!(s.open_blob(&never), Err(StoreError::NotFetched { .. })));
+    }
 
     #[test]
     fn put_and_read_back() {
