@@ -656,35 +656,34 @@ fn compressed_pack_round_trips_through_a_pull() {
     assert_eq!(rc, 0, "{err}");
 }
 
-/// The compressed blob cut off midway: the pull asks for the rest with a
-/// Range from where the body stopped and goes on decoding.
-#[test]
-fn cut_compressed_blob_resumes_with_range() {
+/// The fixture pushed with compression, and the registry digest of the
+/// big file's zstd form.
+fn pushed_compressed() -> (Fixture, Registry, String) {
     let f = Fixture::new();
     let reg = registry(|_| None);
     let (rc, err) = f.push(reg.server.port, &["--compress", "zstd"], &[]);
     assert_eq!(rc, 0, "{err}");
     let art = artifact(&reg);
-    let zd = art["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["mediaType"] == "application/vnd.ocix.file.v1+zstd")
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let layers = art["layers"].as_array().unwrap();
+    let z = layers.iter().find(|l| l["mediaType"] == "application/vnd.ocix.file.v1+zstd").expect("a zstd layer");
+    let zd = z["digest"].as_str().unwrap().to_string();
+    (f, reg, zd)
+}
+
+/// The compressed blob cut off midway: the pull asks for the rest with a
+/// Range from where the body stopped and goes on decoding.
+#[test]
+fn cut_compressed_blob_resumes_with_range() {
+    let (f, reg, zd) = pushed_compressed();
     let wire = reg.state.lock().unwrap().blobs[&zd].clone();
     let cut = wire.len() / 2;
-    let (st, hits) = (reg.state.clone(), Arc::new(AtomicUsize::new(0)));
+    let hits = AtomicUsize::new(0);
     let zpath = format!("/v2/ocix/x/blobs/{zd}");
-    let h2 = hits.clone();
-    let w2 = wire.clone();
     let reg2 = registry_with(
-        st,
+        reg.state.clone(),
         Box::new(move |r| {
-            (r.method == "GET" && r.path == zpath && h2.fetch_add(1, Ordering::SeqCst) == 0)
-                .then(|| Reply::Cut(200, vec![], w2.clone(), cut))
+            (r.method == "GET" && r.path == zpath && hits.fetch_add(1, Ordering::SeqCst) == 0)
+                .then(|| Reply::Cut(200, vec![], wire.clone(), cut))
         }),
         None,
     );
@@ -703,20 +702,7 @@ fn cut_compressed_blob_resumes_with_range() {
 /// another valid frame. Refused, named, never stored.
 #[test]
 fn damaged_compressed_blobs_are_refused() {
-    let f = Fixture::new();
-    let reg = registry(|_| None);
-    let (rc, err) = f.push(reg.server.port, &["--compress", "zstd"], &[]);
-    assert_eq!(rc, 0, "{err}");
-    let art = artifact(&reg);
-    let zd = art["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["mediaType"] == "application/vnd.ocix.file.v1+zstd")
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (f, reg, zd) = pushed_compressed();
     let src = format!("docker://127.0.0.1:{}/ocix/x:v1", reg.server.port);
     let good = reg.state.lock().unwrap().blobs[&zd].clone();
     let mut other = f.big.clone();

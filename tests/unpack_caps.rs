@@ -9,7 +9,7 @@ mod common;
 use ocix::manifest::{Dev, Entry, Kind, Manifest};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const NO_MKNOD: [&str; 2] = ["--inh-caps=-mknod", "--bounding-set=-mknod"];
@@ -55,26 +55,33 @@ fn can_drop_mknod() -> bool {
     }
 }
 
+/// A manifest of /dev/NAME of `kind`, unpacked without CAP_MKNOD: exit 2
+/// and an error naming the path, the call, the capability and --rootless.
+/// Returns the temporary directory, the (empty) store and the manifest.
+fn refused_without_mknod(name: &[u8], kind: Kind) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    ocix::store::Store::create(&store).unwrap();
+    let m = t.path().join("m.ocix");
+    write_manifest(&m, name, kind);
+    let dest = t.path().join("root");
+    let o = unpack_without_mknod(&m, &store, &dest, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    let path = format!("{}/dev/{}", dest.display(), String::from_utf8_lossy(name));
+    assert!(err.contains(&path), "error does not name {path}: {err}");
+    assert!(err.contains("mknodat"), "error does not name the call: {err}");
+    assert!(err.contains("CAP_MKNOD"), "error does not name the capability: {err}");
+    assert!(err.contains("--rootless"), "error does not point at --rootless: {err}");
+    (t, store, m)
+}
+
 #[test]
 fn device_without_cap_mknod_says_what_to_do() {
     if !can_drop_mknod() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    ocix::store::Store::create(&store).unwrap();
-    let m = t.path().join("m.ocix");
-    write_manifest(&m, b"null", Kind::Char(Dev { major: 1, minor: 3 }));
-
-    let dest = t.path().join("root");
-    let o = unpack_without_mknod(&m, &store, &dest, &[]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    let path = format!("{}/dev/null", dest.display());
-    assert!(err.contains(&path), "error does not name {path}: {err}");
-    assert!(err.contains("mknodat"), "error does not name the call: {err}");
-    assert!(err.contains("CAP_MKNOD"), "error does not name the capability: {err}");
-    assert!(err.contains("--rootless"), "error does not point at --rootless: {err}");
+    let (t, store, m) = refused_without_mknod(b"null", Kind::Char(Dev { major: 1, minor: 3 }));
 
     // and the advice works: --rootless writes the device as an empty file
     let dest = t.path().join("rootless");
@@ -89,17 +96,7 @@ fn block_device_without_cap_mknod_says_what_to_do() {
     if !can_drop_mknod() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    ocix::store::Store::create(&store).unwrap();
-    let m = t.path().join("m.ocix");
-    write_manifest(&m, b"loop0", Kind::Block(Dev { major: 7, minor: 0 }));
-    let dest = t.path().join("root");
-    let o = unpack_without_mknod(&m, &store, &dest, &[]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    assert!(err.contains(&format!("{}/dev/loop0", dest.display())), "{err}");
-    assert!(err.contains("CAP_MKNOD") && err.contains("--rootless"), "{err}");
+    refused_without_mknod(b"loop0", Kind::Block(Dev { major: 7, minor: 0 }));
 }
 
 #[test]
