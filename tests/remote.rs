@@ -704,3 +704,36 @@ fn unpack_refuses_a_non_empty_dest_before_any_request() {
         .collect();
     assert!(stray.is_empty());
 }
+
+/// `unpack --update docker://` on a tree that drifted: the blobs the store
+/// already has are not fetched again, the changed file is rewritten from
+/// the pulled blob, an extra file removed, and the tree matches again.
+#[test]
+fn unpack_update_from_a_registry_repairs_drift() {
+    let f = fixture();
+    let s = plain_registry(&f, |_| None);
+    let dest = f.dir.path().join("dest");
+    let store = f.dir.path().join("cache");
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let args = ["unpack", "-v", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap()];
+    let (rc, err) = ocix(f.dir.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    std::fs::write(dest.join("etc/zbig"), b"edited").unwrap();
+    std::fs::write(dest.join("etc/extra"), b"not in the manifest").unwrap();
+    let m = f.dir.path().join("m.ocix");
+    assert!(!diff_clean(f.dir.path(), &dest, &m));
+    // without --update the drifted tree is refused, untouched
+    let (rc, err) = ocix(f.dir.path(), &args, &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("destination is not empty"), "{err}");
+    assert_eq!(std::fs::read(dest.join("etc/extra")).unwrap(), b"not in the manifest");
+    let before = s.requests().len();
+    let mut upd = args.to_vec();
+    upd.push("--update");
+    let (rc, err) = ocix(f.dir.path(), &upd, &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("2 blobs, 0 fetched"), "{err}");
+    assert!(s.requests()[before..].iter().all(|r| !r.path.contains("/blobs/") || r.path.contains(&f.mhex)));
+    assert!(!dest.join("etc/extra").exists());
+    assert!(diff_clean(f.dir.path(), &dest, &m));
+}
