@@ -1,0 +1,148 @@
+//! Defects found in review of `unpack docker://` (blobs arriving while the
+//! unpack writes) and zstd on the wire, each shown by a test.
+
+mod common;
+
+use ocix::manifest::{BLOCK, Digest, Entry, File, Kind, Manifest};
+use ocix::materialize::{UnpackOptions, unpack};
+use ocix::store::{Arrivals, Store};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+fn manifest(children: Vec<(&[u8], Entry)>) -> Manifest {
+    Manifest {
+        root: Entry::new(Kind::Dir(children.into_iter().map(|(n, e)| (n.to_vec(), e)).collect::<BTreeMap<_, _>>())),
+    }
+}
+
+/// A blob the pull has just verified is trusted by the unpack (not hashed
+/// again), but the manifest's zero runs are only a claim about that
+/// content: a run declared over non-zero bytes makes the file zeros there,
+/// and only the digest check catches it. Trusting the blob must not
+/// trust the claim: the unpack has to fail (as it does for a blob it did
+/// not fetch), never write a file whose content is not the digest's.
+#[test]
+fn false_zero_runs_over_a_freshly_fetched_blob_are_not_trusted() {
+    let t = tempfile::tempdir().unwrap();
+    let a = Arc::new(Arrivals::new());
+    let store = Store::create(&t.path().join("store")).unwrap().with_arrivals(a.clone());
+    let mut content = vec![b'x'; BLOCK as usize];
+    content.extend_from_slice(b"tail");
+    // as the pull names it: through the store being filled
+    let d = store.put_bytes(&content).unwrap();
+    assert!(store.fetched_here(&d));
+    a.close(Ok(()));
+    // the first block claimed all-zero, which it is not
+    let f = File { size: content.len() as u64, digest: Some(d), zeros: vec![(0, 1)] };
+    let m = manifest(vec![(b"victim", Entry::new(Kind::File(f)))]);
+    let dest = t.path().join("dest");
+    let r = unpack(&m, &store, &dest, &UnpackOptions::default());
+    match r {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("victim") && msg.contains(&d.to_string()), "{msg}");
+        }
+        Ok(_) => {
+            let got = std::fs::read(dest.join("victim")).unwrap();
+            panic!(
+                "unpack wrote a file named by {d} whose content hashes to {} ({} zero bytes first)",
+                Digest::of(&got),
+                got.iter().take_while(|&&b| b == 0).count()
+            );
+        }
+    }
+}
+
+/// A registry serving one ocix manifest as `ocix/x:v1` (no packs, every
+/// file blob a layer of its own, served from `blobs`); `hold` runs before a
+/// blob is answered (given its hex).
+fn registry(
+    manifest: Vec<u8>,
+    blobs: Vec<Vec<u8>>,
+    hold: impl Fn(&str) + Send + Sync + 'static,
+) -> common::net::Server {
+    use common::net::{Reply, hex_of, ok, serve};
+    let mhex = hex_of(&manifest);
+    let mut layers = vec![serde_json::json!({"mediaType": "application/vnd.ocix.manifest.v1+cbor",
+        "digest": format!("sha256:{mhex}"), "size": manifest.len()})];
+    for b in &blobs {
+        layers.push(serde_json::json!({"mediaType": "application/vnd.ocix.file.v1",
+            "digest": format!("sha256:{}", hex_of(b)), "size": b.len()}));
+    }
+    let art = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.ocix.manifest.v1+cbor",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": format!("sha256:{}", hex_of(b"{}")), "size": 2},
+        "layers": layers,
+    }))
+    .unwrap();
+    serve(move |req| {
+        if req.path == "/v2/" {
+            return ok(b"{}".to_vec());
+        }
+        if req.path == "/v2/ocix/x/manifests/v1" {
+            return Reply::Full(
+                200,
+                vec![
+                    ("Content-Type".into(), "application/vnd.oci.image.manifest.v1+json".into()),
+                    ("Docker-Content-Digest".into(), format!("sha256:{}", hex_of(&art))),
+                ],
+                art.clone(),
+            );
+        }
+        if let Some(hex) = req.path.strip_prefix("/v2/ocix/x/blobs/sha256:") {
+            if hex == mhex {
+                return ok(manifest.clone());
+            }
+            if let Some(b) = blobs.iter().find(|b| hex_of(b) == hex) {
+                hold(hex);
+                return ok(b.clone());
+            }
+        }
+        Reply::Full(404, vec![], vec![])
+    })
+}
+
+fn file_entry(content: &[u8]) -> Entry {
+    Entry::new(Kind::File(File { size: content.len() as u64, digest: Some(Digest::of(content)), zeros: vec![] }))
+}
+
+/// When the unpack fails while the pull still has blobs to start, the pull
+/// is cancelled and returns `Cancelled`; the error the user sees must still
+/// be the unpack's (what is actually wrong), not only "stopped: N blob(s)
+/// transferred".
+#[test]
+fn an_unpack_failure_is_reported_not_hidden_behind_the_cancelled_pull() {
+    assert!(common::is_root(), "a user.* xattr on a symlink fails only as root");
+    let t = tempfile::tempdir().unwrap();
+    let dest = t.path().join("dest");
+    let (one, two) = (vec![b'1'; 5000], vec![b'2'; 6000]);
+    // "a" fails the unpack (root cannot set user.* on a symlink) before the
+    // files are reached
+    let mut l = Entry::new(Kind::Symlink(b"target".to_vec()));
+    l.meta.xattrs.insert(b"user.x".to_vec(), b"v".to_vec());
+    let m = manifest(vec![(b"a", l), (b"b", file_entry(&one)), (b"c", file_entry(&two))]);
+    let first = common::net::hex_of(&one);
+    let d2 = dest.clone();
+    // the first blob is held until the unpack has started (DEST made) and
+    // had time to fail; the second is asked for only after it (--jobs 1)
+    let s = registry(m.to_bytes().unwrap(), vec![one.clone(), two.clone()], move |hex| {
+        if hex == first {
+            while !d2.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let store = t.path().join("cache");
+    let (rc, err) = common::net::ocix(
+        t.path(),
+        &["unpack", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap(), "--jobs", "1"],
+        &[],
+    );
+    assert_ne!(rc, 0, "{err}");
+    assert!(err.contains("user.x"), "the unpack's error is not reported: {err}");
+}
