@@ -186,7 +186,13 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         (pulled, unpacked)
     });
     let result = (|| -> anyhow::Result<()> {
-        let r = pulled?.map_err(|e| anyhow::anyhow!("pulling {src}: {e}"))?;
+        let r = match (pulled?, &unpacked) {
+            // the pull was stopped because the unpack failed: say why
+            (Err(crate::remote::RemoteError::Cancelled { .. }), Some((_, Err(e)))) => {
+                bail!("unpacking into {}: {e}", dest.display())
+            }
+            (r, _) => r.map_err(|e| anyhow::anyhow!("pulling {src}: {e}"))?,
+        };
         super::pull::report(&r, g);
         let Some((m, unpacked)) = unpacked else { bail!("pulling {src}: the manifest never arrived") };
         let ur = unpacked.map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
