@@ -146,3 +146,40 @@ fn an_unpack_failure_is_reported_not_hidden_behind_the_cancelled_pull() {
     assert_ne!(rc, 0, "{err}");
     assert!(err.contains("user.x"), "the unpack's error is not reported: {err}");
 }
+
+/// Without --store the blobs become the files (`--link` on a temporary
+/// store): the first file with a content takes its blob, and its metadata.
+/// A second file with the same content is copied from that blob; if the
+/// first one's mode denies reading (0o000), a rootless unpack can no longer
+/// read the blob and fails on a tree it unpacks fine with --store.
+#[test]
+fn rootless_unpack_without_a_store_copes_with_an_unreadable_first_copy() {
+    assert!(common::is_root(), "drops privileges with setpriv");
+    let t = tempfile::tempdir().unwrap();
+    common::chmod(t.path(), 0o777);
+    let x = vec![b'x'; 5000];
+    let mut a = file_entry(&x);
+    a.meta.mode = 0o000;
+    let mut b = file_entry(&x);
+    b.meta.mode = 0o644;
+    let m = manifest(vec![(b"a", a), (b"b", b)]);
+    let s = registry(m.to_bytes().unwrap(), vec![x.clone()], |_| {});
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    for store in [true, false] {
+        let dest = t.path().join(format!("dest-{store}"));
+        let cache = t.path().join("cache");
+        let mut args = vec!["unpack".to_string(), src.clone(), dest.display().to_string(), "--threads=1".into()];
+        if store {
+            args.extend(["--store".into(), cache.display().to_string()]);
+        }
+        let out = common::ocix_as_nobody()
+            .args(&args)
+            .env("HOME", t.path().join("home"))
+            .env("REGISTRY_AUTH_FILE", t.path().join("no-auth.json"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "with store {store}: {err}");
+        assert_eq!(std::fs::read(dest.join("b")).unwrap(), x, "with store {store}");
+    }
+}
