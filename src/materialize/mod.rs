@@ -88,7 +88,8 @@ pub struct UnpackOptions {
     /// other name links yet is verified, takes the owner, mode, mtime and
     /// xattrs of the first file with its content, and becomes that file;
     /// every other file is copied (two files of the manifest never share an
-    /// inode). Editing a linked file in place edits the store (readers then
+    /// inode), as is a file whose mode denies its owner reading (the blob
+    /// must stay readable for the copies). Editing a linked file in place edits the store (readers then
     /// report the blob as corrupt).
     pub link: bool,
     /// The caller has just written and verified every blob of the store
@@ -844,6 +845,11 @@ fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, Un
     // one name per blob, the first in manifest order: a second name would
     // make two files of the manifest one inode, which the tree must not show
     if !job.link_first {
+        return Ok(false);
+    }
+    // the blob takes this file's mode: one its owner cannot read would stop
+    // the other files of this content being copied from it (rootless)
+    if job.meta.mode & 0o400 == 0 {
         return Ok(false);
     }
     {
