@@ -174,6 +174,17 @@ mod tests {
         assert!(same + 2 >= a.len(), "{same} of {} packs kept", a.len());
     }
 
+    /// Sizes are the manifest's and the threshold the artifact's: members
+    /// whose sizes add up past u64 are refused, not an overflow.
+    #[test]
+    fn member_offsets_that_overflow_are_refused() {
+        let big = i64::MAX as u64;
+        let f: Vec<(Digest, u64)> = (0..3u8).map(|i| (Digest::of(&[i]), big)).collect();
+        let wrapped = big.wrapping_mul(3);
+        let p = [PackLayer { digest: Digest::of(b"p"), size: wrapped, count: 3, frames: None }];
+        assert!(members(&f, u64::MAX, &p).is_err());
+    }
+
     #[test]
     fn threshold_zero_packs_nothing() {
         let f = files(10, 100);
