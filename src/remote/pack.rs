@@ -107,7 +107,7 @@ pub fn members(files: &[(Digest, u64)], threshold: u64, packs: &[PackLayer]) -> 
                 None => s,
             };
             m.push(Member { digest: d, off, len, size: s });
-            off += len;
+            off = off.checked_add(len).ok_or_else(|| format!("pack {pd}: its members' sizes overflow"))?;
         }
         if off != p.size {
             return Err(format!("pack {pd}: {} bytes, its {count} blobs add up to {off}", p.size));
