@@ -61,10 +61,21 @@ fn registry(
     blobs: Vec<Vec<u8>>,
     hold: impl Fn(&str) + Send + Sync + 'static,
 ) -> common::net::Server {
+    registry_with(manifest, blobs, Vec::new(), hold)
+}
+
+/// [`registry`] with `extra` layers listed after the blobs'.
+fn registry_with(
+    manifest: Vec<u8>,
+    blobs: Vec<Vec<u8>>,
+    extra: Vec<serde_json::Value>,
+    hold: impl Fn(&str) + Send + Sync + 'static,
+) -> common::net::Server {
     use common::net::{Reply, hex_of, ok, serve};
     let mhex = hex_of(&manifest);
     let mut layers = vec![serde_json::json!({"mediaType": "application/vnd.ocix.manifest.v1+cbor",
         "digest": format!("sha256:{mhex}"), "size": manifest.len()})];
+    layers.extend(extra);
     for b in &blobs {
         layers.push(serde_json::json!({"mediaType": "application/vnd.ocix.file.v1",
             "digest": format!("sha256:{}", hex_of(b)), "size": b.len()}));
@@ -182,4 +193,32 @@ fn rootless_unpack_without_a_store_copes_with_an_unreadable_first_copy() {
         assert!(out.status.success(), "with store {store}: {err}");
         assert_eq!(std::fs::read(dest.join("b")).unwrap(), x, "with store {store}");
     }
+}
+
+/// The registry size of a compressed file blob is the artifact's say, any
+/// u64: two of them claiming u64::MAX must give an error naming the blob,
+/// not an overflow (a panic in the pull thread) while adding up the bytes
+/// to fetch.
+#[test]
+fn huge_compressed_sizes_in_the_artifact_are_an_error_not_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let (one, two) = (vec![b'1'; 5000], vec![b'2'; 6000]);
+    let m = manifest(vec![(b"b", file_entry(&one)), (b"c", file_entry(&two))]);
+    let z = |content: &[u8]| {
+        let frame = zstd::bulk::compress(content, 3).unwrap();
+        serde_json::json!({"mediaType": "application/vnd.ocix.file.v1+zstd",
+            "digest": common::net::digest_of(&frame), "size": u64::MAX,
+            "annotations": {"io.ocix.file.digest": common::net::digest_of(content)}})
+    };
+    let s = registry_with(m.to_bytes().unwrap(), vec![], vec![z(&one), z(&two)], |_| {});
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let dest = t.path().join("dest");
+    let store = t.path().join("cache");
+    let (rc, err) = common::net::ocix(
+        t.path(),
+        &["unpack", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap(), "--retries", "0"],
+        &[],
+    );
+    assert_ne!(rc, 0, "{err}");
+    assert!(!err.contains("panic"), "{err}");
 }
