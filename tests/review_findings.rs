@@ -221,4 +221,5 @@ fn huge_compressed_sizes_in_the_artifact_are_an_error_not_a_panic() {
     );
     assert_ne!(rc, 0, "{err}");
     assert!(!err.contains("panic"), "{err}");
+    assert!(err.contains("/v2/ocix/x/blobs/sha256:"), "the error names no blob URL: {err}");
 }

@@ -260,7 +260,8 @@ async fn pull_async(
     }
     items.sort_by_key(|(r, _)| *r);
     let missing_blobs: usize = items.iter().map(|(_, i)| i.blobs()).sum();
-    let total: u64 = items.iter().map(|(_, i)| i.wire()).sum();
+    // a compressed blob's wire size is the artifact's say (any u64)
+    let total: u64 = items.iter().fold(0, |t, (_, i)| t.saturating_add(i.wire()));
     let order: Vec<Item> = items.into_iter().map(|(_, i)| i).collect();
     let wanted: Vec<Digest> = order
         .iter()
