@@ -285,7 +285,6 @@ fn push_registry(at_head: impl Fn() + Send + Sync + 'static) -> common::net::Ser
 /// it, finds it gone. A push must not remove a store blob that another
 /// user of the store may still rely on.
 #[test]
-#[ignore = "review finding without a fix: push names the compressed form in the shared store, then removes it"]
 fn two_pushes_of_one_store_at_once_both_complete() {
     use ocix::remote::{PushOptions, Reference, push};
     let t = tempfile::tempdir().unwrap();

@@ -714,6 +714,10 @@ impl Client {
         let start_url = format!("{}/v2/{}/blobs/uploads/", self.origin, r.repo);
         let file = match src {
             Upload::Store(store) => Some((std::fs::File::from(store.open_blob(d)?), store.blob_path(d))),
+            Upload::File(f, name) => Some((
+                f.try_clone().map_err(|e| RemoteError::Io { path: name.to_string(), source: e })?,
+                std::path::PathBuf::from(name),
+            )),
             Upload::Bytes(_) => None,
         };
         let read = |off: u64, len: u64| -> Result<Vec<u8>, RemoteError> {
@@ -732,7 +736,7 @@ impl Client {
                         source: std::io::ErrorKind::UnexpectedEof.into(),
                     })
                 }
-                (None, Upload::Store(_)) => unreachable!("a store upload has its file open"),
+                (None, Upload::Store(_) | Upload::File(..)) => unreachable!("a file upload has its file open"),
             }
         };
         // what is sent is checked against the digest it is sent under, and
@@ -818,6 +822,8 @@ pub enum Upload<'a> {
     Store(&'a Store),
     /// These bytes.
     Bytes(&'a [u8]),
+    /// The content of this file, named in errors by the string.
+    File(&'a std::fs::File, &'a str),
 }
 
 /// What a [`Sink`] refused, as the error of fetching `d` from `url`.

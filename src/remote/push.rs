@@ -215,13 +215,14 @@ fn pack_bytes(store: &Store, members: &pack::Pack, compress: bool) -> Result<(Ve
     pack_bytes(store, members, false)
 }
 
-/// The zstd form of blob `d` (`size` bytes), written into the store beside
-/// it while the content is checked against `d`: its digest, its size, and
-/// whether the store already had a blob of that digest (then it must not
-/// be removed afterwards). None when compression would not save bytes.
-fn compress_blob(store: &Store, d: &Digest, size: u64) -> Result<Option<(Digest, u64, bool)>, RemoteError> {
+/// The zstd form of blob `d` (`size` bytes), written to an unnamed
+/// scratch file of the store while the content is checked against `d`:
+/// the file, its digest and its size. It never takes a name in the store,
+/// which other processes (another push of the same blob) share. None when
+/// compression would not save bytes.
+fn compress_blob(store: &Store, d: &Digest, size: u64) -> Result<Option<(std::fs::File, Digest, u64)>, RemoteError> {
     use sha2::Digest as _;
-    use std::io::Read as _;
+    use std::io::{Read as _, Write as _};
     let path = || store.blob_path(d).display().to_string();
     let io = |e: std::io::Error| RemoteError::Io { path: path(), source: e };
     let f = std::fs::File::from(store.open_blob(d)?);
@@ -231,17 +232,24 @@ fn compress_blob(store: &Store, d: &Digest, size: u64) -> Result<Option<(Digest,
     )
     .map_err(io)?;
     enc.set_pledged_src_size(Some(size)).map_err(io)?;
-    let mut w = store.writer()?;
+    let mut out = store.scratch()?;
+    let scratch_io = |e: std::io::Error| RemoteError::Io {
+        path: format!("{} (compressed form of {}, unnamed)", store.root().display(), path()),
+        source: e,
+    };
+    let (mut zhash, mut zlen) = (sha2::Sha256::new(), 0u64);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = enc.read(&mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
-        w.write(&buf[..n])?;
-        if !wire::worth_it(w.len(), size) {
-            // already too large to be worth sending (the unnamed temporary
-            // file goes with the writer)
+        out.write_all(&buf[..n]).map_err(scratch_io)?;
+        zhash.update(&buf[..n]);
+        zlen += n as u64;
+        if !wire::worth_it(zlen, size) {
+            // already too large to be worth sending (the scratch file goes
+            // when closed)
             return Ok(None);
         }
     }
@@ -253,14 +261,10 @@ fn compress_blob(store: &Store, d: &Digest, size: u64) -> Result<Option<(Digest,
     if actual != *d {
         return Err(StoreError::Corrupt { path: path(), expected: *d, actual }.into());
     }
-    if !wire::worth_it(w.len(), size) {
+    if !wire::worth_it(zlen, size) {
         return Ok(None);
     }
-    let z = w.digest();
-    let had = store.has(&z);
-    let len = w.len();
-    w.finish(Some(z))?;
-    Ok(Some((z, len, had)))
+    Ok(Some((out, Digest(zhash.finalize().into()), zlen)))
 }
 
 /// A reader that hashes and counts what passes through.
@@ -336,7 +340,7 @@ async fn push_blobs(
                             } else {
                                 None
                             };
-                            let Some((zd, zsize, had)) = z else {
+                            let Some((file, zd, zsize)) = z else {
                                 let sent = Sent { digest: *d, size: *size, zstd: false, frames: None };
                                 if client.has_blob(d).await? {
                                     return Ok((false, *size, sent));
@@ -345,18 +349,12 @@ async fn push_blobs(
                                 return Ok((true, *size, sent));
                             };
                             let sent = Sent { digest: zd, size: zsize, zstd: true, frames: None };
-                            let r: Result<bool, RemoteError> = async {
-                                if client.has_blob(&zd).await? {
-                                    return Ok(false);
-                                }
-                                client.upload_blob(&zd, zsize, Upload::Store(store)).await?;
-                                Ok(true)
+                            if client.has_blob(&zd).await? {
+                                return Ok((false, zsize, sent));
                             }
-                            .await;
-                            if !had {
-                                store.remove_blob(&zd)?;
-                            }
-                            Ok((r?, zsize, sent))
+                            let name = format!("compressed form of {}", store.blob_path(d).display());
+                            client.upload_blob(&zd, zsize, Upload::File(&file, &name)).await?;
+                            Ok((true, zsize, sent))
                         }
                         Item::Pack(m) => {
                             let (bytes, frames) = tokio::task::block_in_place(|| pack_bytes(store, m, opts.compress))?;

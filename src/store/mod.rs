@@ -226,6 +226,25 @@ impl Store {
         w.finish(Some(d))
     }
 
+    /// An unnamed read-write file on the store's filesystem, gone once
+    /// closed: room for bytes derived from blobs (a push's compressed form
+    /// of one) that must never take a name in a store other processes
+    /// share.
+    pub fn scratch(&self) -> Result<std::fs::File, StoreError> {
+        let mode = Mode::from_raw_mode(0o600);
+        if let Ok(fd) = fs::openat(&self.blobs, c".", OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, mode) {
+            return Ok(std::fs::File::from(fd));
+        }
+        let dir = self.root.join(".ocix-tmp");
+        let _ = std::fs::create_dir(&dir);
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}-{}", std::process::id(), n));
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let fd = sys::call("open", || path.display().to_string(), || fs::open(&path, flags, mode))?;
+        let _ = std::fs::remove_file(&path);
+        Ok(std::fs::File::from(fd))
+    }
+
     /// Removes a blob's name (a blob held only for a while, as a push's
     /// compressed form of another). Absent is fine.
     pub fn remove_blob(&self, d: &Digest) -> Result<(), StoreError> {
