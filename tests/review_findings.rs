@@ -304,7 +304,8 @@ fn two_pushes_of_one_store_at_once_both_complete() {
         c.wait();
     });
     let opts = PushOptions { pack_threshold: 0, ..PushOptions::default() };
-    let target = |s: &common::net::Server| Reference::parse(&format!("docker://127.0.0.1:{}/ocix/x:v1", s.port)).unwrap();
+    let target =
+        |s: &common::net::Server| Reference::parse(&format!("docker://127.0.0.1:{}/ocix/x:v1", s.port)).unwrap();
     let (first, second) = std::thread::scope(|sc| {
         let one = sc.spawn(|| {
             let r = push(&m, &store, &target(&r1), &opts);
