@@ -322,3 +322,26 @@ fn two_pushes_of_one_store_at_once_both_complete() {
     let second = second.map_err(|e| e.to_string());
     assert!(second.is_ok(), "the second push failed: {}", second.unwrap_err());
 }
+
+/// `unpack_remote` says "A DEST this run created is removed on failure";
+/// with --update on an absent DEST it was left half-made (and without the
+/// "partly unpacked" hint either).
+#[test]
+fn a_dest_created_by_a_failed_update_run_is_removed() {
+    let t = tempfile::tempdir().unwrap();
+    let (one, two) = (vec![b'1'; 5000], vec![b'2'; 6000]);
+    let m = manifest(vec![(b"b", file_entry(&one)), (b"c", file_entry(&two))]);
+    // the second blob is not served: 404
+    let s = registry(m.to_bytes().unwrap(), vec![one.clone()], |_| {});
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let dest = t.path().join("dest");
+    let store = t.path().join("cache");
+    let args =
+        ["unpack", "--update", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap(), "--retries", "0"];
+    let (rc, err) = common::net::ocix(t.path(), &args, &[]);
+    assert_ne!(rc, 0, "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(!dest.exists(), "a DEST this run created was left after it failed: {err}");
+    // the blob fetched stays in --store for the rerun
+    assert!(store.join("blobs/sha256").join(common::net::hex_of(&one)).exists());
+}
