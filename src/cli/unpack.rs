@@ -208,7 +208,7 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         let _ = std::fs::remove_dir_all(&store_path);
     }
     if let Err(e) = result {
-        if !dest_existed && !a.update {
+        if !dest_existed {
             // nothing half-made is left under a name this run created
             let _ = std::fs::remove_dir_all(dest);
         } else if !a.update {
