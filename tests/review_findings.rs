@@ -345,3 +345,56 @@ fn a_dest_created_by_a_failed_update_run_is_removed() {
     // the blob fetched stays in --store for the rerun
     assert!(store.join("blobs/sha256").join(common::net::hex_of(&one)).exists());
 }
+
+/// "Whichever fails first stops the other": an unpack that fails while a
+/// writer waits for a blob must stop the pull then, not once that blob
+/// has arrived. Here the writer waits for the blob fetched last (the
+/// others are --prefetch'ed); the unpack fails during the first fetch, so
+/// no later blob may be asked for.
+#[test]
+fn an_unpack_failure_stops_the_pull_while_a_writer_waits() {
+    assert!(common::is_root(), "a user.* xattr on a symlink fails only as root");
+    let t = tempfile::tempdir().unwrap();
+    let dest = t.path().join("dest");
+    let (a, b, c) = (vec![b'a'; 5000], vec![b'b'; 6000], vec![b'c'; 7000]);
+    let mut l = Entry::new(Kind::Symlink(b"target".to_vec()));
+    l.meta.xattrs.insert(b"user.x".to_vec(), b"v".to_vec());
+    let m = manifest(vec![(b"a", file_entry(&a)), (b"b", file_entry(&b)), (b"c", file_entry(&c)), (b"z", l)]);
+    let first = common::net::hex_of(&b);
+    let d2 = dest.clone();
+    let s = registry(m.to_bytes().unwrap(), vec![a.clone(), b.clone(), c.clone()], move |hex| {
+        if hex == first {
+            while !d2.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    let prefetch = t.path().join("prefetch");
+    std::fs::write(&prefetch, "b\nc\n").unwrap();
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let store = t.path().join("cache");
+    let args = [
+        "unpack",
+        &src,
+        dest.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        "--prefetch",
+        prefetch.to_str().unwrap(),
+    ];
+    let (rc, err) = common::net::ocix(t.path(), &args, &[]);
+    assert_ne!(rc, 0, "{err}");
+    assert!(err.contains("user.x"), "{err}");
+    let late: Vec<String> = s
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.ends_with(&common::net::hex_of(&c)) || p.ends_with(&common::net::hex_of(&a)))
+        .collect();
+    assert!(late.is_empty(), "blobs still fetched after the unpack failed: {late:?}");
+}
