@@ -97,6 +97,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         progress: g.progress(),
         link: a.link,
         store_verified: false,
+        failed: None,
     };
     if let Some(image) = &a.image {
         let [bundle] = a.paths.as_slice() else { bail!("with --image, give only the BUNDLE directory") };
@@ -161,8 +162,15 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
     };
     // a fresh store of our own holds only blobs the pull has just verified:
     // they can become the files without being read again
-    let opts =
-        UnpackOptions { progress: false, link: opts.link || temp_store, store_verified: temp_store, ..opts.clone() };
+    // an unpack that fails stops the pull at once, even while one of its
+    // writers still waits for a blob
+    let opts = UnpackOptions {
+        progress: false,
+        link: opts.link || temp_store,
+        store_verified: temp_store,
+        failed: Some(cancel.clone()),
+        ..opts.clone()
+    };
     let (pulled, unpacked) = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let puller = s.spawn(|| {

@@ -96,6 +96,10 @@ pub struct UnpackOptions {
     /// (`unpack --image` with its own temporary store): linked blobs are not
     /// hashed again, only their sizes checked.
     pub store_verified: bool,
+    /// Set as soon as the unpack fails, before its writers have finished
+    /// (a writer may be waiting for a blob): a pull filling the store
+    /// (`unpack docker://`) stops on it instead of fetching the rest.
+    pub failed: Option<Arc<AtomicBool>>,
 }
 
 /// A kind of thing the unpack could not apply exactly.
@@ -280,6 +284,9 @@ impl Ctx<'_> {
 
     fn fail(&self, e: UnpackError) {
         self.abort.store(true, Ordering::SeqCst);
+        if let Some(f) = &self.opts.failed {
+            f.store(true, Ordering::SeqCst);
+        }
         let mut g = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             *g = Some(e);
