@@ -143,6 +143,7 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let remote = Remote::parse(src)?;
+    let prefetch = super::pull::read_prefetch(a.prefetch.as_deref())?;
     let dest_existed = check_dest(dest, a.update)?;
     let temp_store = a.store.is_none();
     let store_path = match &a.store {
@@ -150,12 +151,20 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         None => beside(dest, "ocix-store")?,
     };
     let arrivals = Arc::new(Arrivals::new());
-    let store = Store::create(&store_path)?.with_arrivals(arrivals.clone());
+    let store = match Store::create(&store_path) {
+        Ok(s) => s.with_arrivals(arrivals.clone()),
+        Err(e) => {
+            if temp_store {
+                let _ = std::fs::remove_dir_all(&store_path);
+            }
+            return Err(e.into());
+        }
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let popts = PullOptions {
         remote: a.net.options(),
         jobs: a.net.jobs,
-        prefetch: super::pull::read_prefetch(a.prefetch.as_deref())?,
+        prefetch,
         manifest: None,
         progress: g.progress(),
         cancel: Some(cancel.clone()),
@@ -255,8 +264,9 @@ fn check_dest(dest: &Path, update: bool) -> anyhow::Result<bool> {
     }
 }
 
-/// A new hidden name beside `path` (same directory, so the same
-/// filesystem): `.NAME.WHAT.PID`.
+/// A new hidden directory beside `path` (same directory, so the same
+/// filesystem), created here: `.NAME.WHAT.PID[.N]`. A name left by a killed
+/// run (with the same pid) is never reused: what is in it is not known.
 fn beside(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
     let name = path
         .file_name()
@@ -265,7 +275,16 @@ fn beside(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
         .into_owned();
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    Ok(parent.join(format!(".{name}.{what}.{}", std::process::id())))
+    let base = format!(".{name}.{what}.{}", std::process::id());
+    for n in 0..100 {
+        let p = parent.join(if n == 0 { base.clone() } else { format!("{base}.{n}") });
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot create", p.display())),
+        }
+    }
+    bail!("{}: no free name for a temporary store beside it", path.display())
 }
 
 /// `--image LAYOUT[:TAG] BUNDLE`.
@@ -350,4 +369,24 @@ fn write_runtime_config(
     };
     write_bundle_config(bundle, &runtime_config(&config, rootfs, &bopts)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temporary_store_never_reuses_a_name_left_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("rootfs");
+        let left = t.path().join(format!(".rootfs.ocix-store.{}", std::process::id()));
+        std::fs::create_dir_all(left.join("blobs/sha256")).unwrap();
+        std::fs::write(left.join("blobs/sha256/stale"), b"from a killed run").unwrap();
+        let fresh = beside(&dest, "ocix-store").unwrap();
+        assert_ne!(fresh, left);
+        assert!(fresh.starts_with(t.path()) && fresh.is_dir());
+        assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0);
+        assert_eq!(std::fs::read(left.join("blobs/sha256/stale")).unwrap(), b"from a killed run");
+        assert_ne!(beside(&dest, "ocix-store").unwrap(), fresh);
+    }
 }

@@ -245,15 +245,6 @@ impl Store {
         Ok(std::fs::File::from(fd))
     }
 
-    /// Removes a blob's name (a blob held only for a while, as a push's
-    /// compressed form of another). Absent is fine.
-    pub fn remove_blob(&self, d: &Digest) -> Result<(), StoreError> {
-        match fs::unlinkat(&self.blobs, d.hex(), AtFlags::empty()) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-            Err(e) => Err(SysError::new("unlinkat", self.blob_path(d).display().to_string(), e).into()),
-        }
-    }
-
     /// Flushes everything written to the store's filesystem to stable storage.
     pub fn sync(&self) -> Result<(), StoreError> {
         sys::call("syncfs", || self.root.display().to_string(), || fs::syncfs(&self.blobs))?;
@@ -309,12 +300,6 @@ impl BlobWriter<'_> {
             left -= k as u64;
         }
         self.len += n;
-    }
-
-    /// The digest of what has been written so far (the name
-    /// [`finish`](Self::finish) would give).
-    pub fn digest(&self) -> Digest {
-        Digest(self.hasher.clone().finalize().into())
     }
 
     /// Bytes so far.
