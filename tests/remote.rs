@@ -11,7 +11,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::net::{Reply, Req, Server, hex_of, ocix, ok, serve};
+use common::net::{Reply, Req, Server, hex_of, ocix, ok, scan_tree, serve};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -35,14 +35,7 @@ fn fixture() -> Fixture {
     let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(tree.join("etc/zbig"), &big).unwrap();
     std::fs::write(tree.join("etc/small"), b"small file\n").unwrap();
-    let store = dir.path().join("store");
-    let m = dir.path().join("m.ocix");
-    let (rc, err) = ocix(
-        dir.path(),
-        &["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(rc, 0, "{err}");
+    let (store, m) = scan_tree(dir.path());
     let manifest = std::fs::read(&m).unwrap();
     let mhex = hex_of(&manifest);
     let bhex = hex_of(&big);
@@ -372,14 +365,7 @@ fn pack_fixture() -> PackFixture {
         let data: Vec<u8> = (0..1000u32).map(|j| (i * 7 + j) as u8).collect();
         std::fs::write(tree.join(format!("f{i:03}")), data).unwrap();
     }
-    let store = dir.path().join("store");
-    let m = dir.path().join("m.ocix");
-    let (rc, err) = ocix(
-        dir.path(),
-        &["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(rc, 0, "{err}");
+    let (store, m) = scan_tree(dir.path());
     let manifest = std::fs::read(&m).unwrap();
     let parsed = ocix::manifest::Manifest::from_bytes(&manifest).unwrap();
     let files = ocix::remote::pull::file_blobs(&parsed);

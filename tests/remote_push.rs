@@ -12,7 +12,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::net::{Reply, Req, Server, digest_of, ocix, serve};
+use common::net::{Reply, Req, Server, digest_of, ocix, scan_tree, serve};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,21 +58,7 @@ impl Fixture {
         let small = b"small file\n".to_vec();
         std::fs::write(tree.join("etc/zbig"), &big).unwrap();
         std::fs::write(tree.join("etc/small"), &small).unwrap();
-        let store = dir.path().join("store");
-        let manifest_path = dir.path().join("m.ocix");
-        let (rc, err) = ocix(
-            dir.path(),
-            &[
-                "scan",
-                tree.to_str().unwrap(),
-                "--store",
-                store.to_str().unwrap(),
-                "-o",
-                manifest_path.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert_eq!(rc, 0, "{err}");
+        let (store, manifest_path) = scan_tree(dir.path());
         let manifest = std::fs::read(&manifest_path).unwrap();
         Fixture { dir, store, manifest_path, manifest, big, small }
     }
@@ -611,14 +597,7 @@ fn compressed_pack_round_trips_through_a_pull() {
         let text = format!("line {i} of a configuration file that repeats itself\n").repeat(50 + i);
         std::fs::write(tree.join(format!("f{i:02}")), text).unwrap();
     }
-    let store = dir.path().join("store");
-    let m = dir.path().join("m.ocix");
-    let (rc, err) = ocix(
-        dir.path(),
-        &["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(rc, 0, "{err}");
+    let (store, m) = scan_tree(dir.path());
     let reg = registry(|_| None);
     let target = format!("docker://127.0.0.1:{}/ocix/x:v1", reg.server.port);
     let (rc, err) = ocix(dir.path(), &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &target], &[]);

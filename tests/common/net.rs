@@ -7,7 +7,7 @@
 use sha2::Digest as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -189,6 +189,16 @@ pub fn ocix(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
 }
 
 /// The sha256 of `data`, in hex.
+/// `ocix scan DIR/tree --store DIR/store -o DIR/m.ocix`, which must
+/// succeed: (store, manifest path).
+pub fn scan_tree(dir: &Path) -> (PathBuf, PathBuf) {
+    let (tree, store, m) = (dir.join("tree"), dir.join("store"), dir.join("m.ocix"));
+    let args = ["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m.to_str().unwrap()];
+    let (rc, err) = ocix(dir, &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    (store, m)
+}
+
 pub fn hex_of(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
