@@ -11,7 +11,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::net::{Reply, Req, Server, hex_of, ocix, ok, scan_tree, serve};
+use common::net::{Reply, Req, Server, artifact_json, hex_of, ocix, ok, scan_tree, serve};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -212,16 +212,7 @@ fn not_found_is_not_retried() {
 /// with a Docker-Content-Digest header that tells the truth unless
 /// `wrong_digest_header`.
 fn artifact_reply(manifest: &[u8], wrong_digest_header: bool) -> Reply {
-    let art = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.ocix.manifest.v1+cbor",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                   "digest": format!("sha256:{}", hex_of(b"{}")), "size": 2},
-        "layers": [{"mediaType": "application/vnd.ocix.manifest.v1+cbor",
-                    "digest": format!("sha256:{}", hex_of(manifest)), "size": manifest.len()}],
-    });
-    let body = serde_json::to_vec(&art).unwrap();
+    let body = artifact_json(manifest, Vec::new(), serde_json::Value::Null);
     let d = if wrong_digest_header { hex_of(b"other") } else { hex_of(&body) };
     Reply::Full(
         200,
@@ -397,23 +388,14 @@ fn pack_registry(
     let hits = Arc::new(Mutex::new(0usize));
     serve(move |req| {
         if req.path == "/v2/ocix/p/manifests/v1" {
-            let mut layers = vec![serde_json::json!({"mediaType": "application/vnd.ocix.manifest.v1+cbor",
-                "digest": format!("sha256:{mhex}"), "size": manifest.len()})];
+            let mut layers = Vec::new();
             for (h, b, n) in &packs {
                 layers.push(serde_json::json!({"mediaType": "application/vnd.ocix.pack.v1",
                     "digest": format!("sha256:{h}"), "size": b.len(),
                     "annotations": {"io.ocix.pack.count": n.to_string()}}));
             }
-            let art = serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "artifactType": "application/vnd.ocix.manifest.v1+cbor",
-                "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                           "digest": format!("sha256:{}", hex_of(b"{}")), "size": 2},
-                "layers": layers,
-                "annotations": {"io.ocix.pack.threshold": "262144"},
-            });
-            return ok(serde_json::to_vec(&art).unwrap());
+            let art = artifact_json(&manifest, layers, serde_json::json!({"io.ocix.pack.threshold": "262144"}));
+            return ok(art);
         }
         let Some(hex) = req.path.strip_prefix("/v2/ocix/p/blobs/sha256:") else {
             return Reply::Full(404, vec![], vec![]);

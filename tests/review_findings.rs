@@ -71,24 +71,15 @@ fn registry_with(
     extra: Vec<serde_json::Value>,
     hold: impl Fn(&str) + Send + Sync + 'static,
 ) -> common::net::Server {
-    use common::net::{Reply, hex_of, ok, serve};
+    use common::net::{Reply, artifact_json, hex_of, ok, serve};
     let mhex = hex_of(&manifest);
-    let mut layers = vec![serde_json::json!({"mediaType": "application/vnd.ocix.manifest.v1+cbor",
-        "digest": format!("sha256:{mhex}"), "size": manifest.len()})];
-    layers.extend(extra);
+    let mut layers = Vec::new();
     for b in &blobs {
         layers.push(serde_json::json!({"mediaType": "application/vnd.ocix.file.v1",
             "digest": format!("sha256:{}", hex_of(b)), "size": b.len()}));
     }
-    let art = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.ocix.manifest.v1+cbor",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
-                   "digest": format!("sha256:{}", hex_of(b"{}")), "size": 2},
-        "layers": layers,
-    }))
-    .unwrap();
+    layers.extend(extra);
+    let art = artifact_json(&manifest, layers, serde_json::Value::Null);
     serve(move |req| {
         if req.path == "/v2/" {
             return ok(b"{}".to_vec());

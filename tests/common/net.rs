@@ -189,6 +189,26 @@ pub fn ocix(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
 }
 
 /// The sha256 of `data`, in hex.
+/// An OCI artifact carrying the ocix manifest `manifest` (its first
+/// layer), as `ocix push` writes one: then `more` layers, and the manifest
+/// annotations `annotations` (JSON null for none).
+pub fn artifact_json(manifest: &[u8], more: Vec<serde_json::Value>, annotations: serde_json::Value) -> Vec<u8> {
+    let mut layers = vec![serde_json::json!({"mediaType": "application/vnd.ocix.manifest.v1+cbor",
+        "digest": digest_of(manifest), "size": manifest.len()})];
+    layers.extend(more);
+    let mut art = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.ocix.manifest.v1+cbor",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest_of(b"{}"), "size": 2},
+        "layers": layers,
+    });
+    if !annotations.is_null() {
+        art["annotations"] = annotations;
+    }
+    serde_json::to_vec(&art).unwrap()
+}
+
 /// `ocix scan DIR/tree --store DIR/store -o DIR/m.ocix`, which must
 /// succeed: (store, manifest path).
 pub fn scan_tree(dir: &Path) -> (PathBuf, PathBuf) {
