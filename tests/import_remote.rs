@@ -3,7 +3,10 @@
 //! registry cannot be made to do on demand: serve a layer with wrong bytes,
 //! cut a layer's body midway (resumed with Range), and serve a Docker
 //! manifest list to choose a platform from. (integration/t-import-registry.sh
-//! runs the real docker-registry with the corpus image.)
+//! runs the real docker-registry with the corpus image; the HTTP server is
+//! tests/common/net.rs.)
+
+mod common;
 
 use ocix::manifest::Manifest;
 use ocix::oci::{ImportError, ImportOptions, Platform};
@@ -11,9 +14,7 @@ use ocix::remote::image::import_remote;
 use ocix::remote::{Reference, RemoteOptions};
 use sha2::Digest as _;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::io::Write as _;
 use std::time::Duration;
 
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -98,85 +99,46 @@ enum Fault {
 
 struct Server {
     port: u16,
-    ranges: Arc<Mutex<Vec<String>>>,
+    inner: common::net::Server,
 }
 
+impl Server {
+    /// Paths asked for with a `Range`, in order.
+    fn ranges(&self) -> Vec<String> {
+        self.inner.requests().into_iter().filter(|r| r.header("range").is_some()).map(|r| r.path).collect()
+    }
+}
+
+/// Serves `repo`, misbehaving as `fault` says for the path `faulty`.
 fn serve(repo: Repo, faulty: Option<String>, fault: Fault) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let repo = Arc::new(repo);
-    let ranges: Arc<Mutex<Vec<String>>> = Arc::default();
-    let r2 = ranges.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(conn) = conn else { continue };
-            let (repo, faulty, ranges) = (repo.clone(), faulty.clone(), r2.clone());
-            std::thread::spawn(move || connection(conn, &repo, faulty.as_deref(), fault, &ranges));
-        }
-    });
-    Server { port, ranges }
-}
-
-fn connection(conn: TcpStream, repo: &Repo, faulty: Option<&str>, fault: Fault, ranges: &Mutex<Vec<String>>) {
-    let mut out = conn.try_clone().unwrap();
-    let mut r = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-        let mut range = None;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("range") {
-                    range = v.trim().strip_prefix("bytes=").and_then(|x| x.strip_suffix('-')).map(str::to_string);
-                }
-            }
-        }
-        let gone = fault == Fault::Missing && faulty == Some(path.as_str());
-        let Some((ct, body)) = repo.docs.get(&path).filter(|_| !gone) else {
+    use common::net::Reply;
+    let inner = common::net::serve(move |req| {
+        let path = req.path.as_str();
+        let hit = faulty.as_deref() == Some(path);
+        let Some((ct, body)) = repo.docs.get(path).filter(|_| !(hit && fault == Fault::Missing)) else {
             let b = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
-            let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n", b.len());
-            let _ = out.write_all(b);
-            continue;
+            return Reply::Full(404, vec![], b.to_vec());
         };
         let mut body = body.clone();
-        let hit = faulty == Some(path.as_str());
         if hit && fault == Fault::Flip {
             let i = body.len() / 2;
             body[i] ^= 0xff;
         }
-        if let Some(from) = range.as_deref().and_then(|x| x.parse::<usize>().ok()) {
-            ranges.lock().unwrap().push(path.clone());
+        let ct = vec![("Content-Type".to_string(), ct.clone())];
+        let from = req.header("range").and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
+        if let Some(from) = from {
             let total = body.len();
-            let part = &body[from.min(total)..];
-            let _ = write!(
-                out,
-                "HTTP/1.1 206 Partial Content\r\nContent-Type: {ct}\r\nContent-Range: bytes {from}-{}/{total}\r\nContent-Length: {}\r\n\r\n",
-                total - 1,
-                part.len()
-            );
-            let _ = out.write_all(part);
-            continue;
+            let mut hs = ct;
+            hs.push(("Content-Range".into(), format!("bytes {from}-{}/{total}", total - 1)));
+            return Reply::Full(206, hs, body[from.min(total)..].to_vec());
         }
-        let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n", body.len());
         if hit && fault == Fault::CutOnce {
-            let _ = out.write_all(&body[..body.len() / 2]);
-            let _ = out.flush();
-            let _ = out.shutdown(std::net::Shutdown::Both);
-            return;
+            let half = body.len() / 2;
+            return Reply::Cut(200, ct, body, half);
         }
-        let _ = out.write_all(&body);
-    }
+        Reply::Full(200, ct, body)
+    });
+    Server { port: inner.port, inner }
 }
 
 fn ropts() -> RemoteOptions {
@@ -255,7 +217,7 @@ fn layer_cut_midway_resumes_with_range() {
     let s = serve(repo, Some(path.clone()), Fault::CutOnce);
     let m = import(&s, ":t", Some("linux/amd64")).unwrap();
     assert!(m.get(b"big").is_some());
-    assert_eq!(*s.ranges.lock().unwrap(), vec![path], "the rest was not asked for with Range");
+    assert_eq!(s.ranges(), vec![path], "the rest was not asked for with Range");
 }
 
 #[test]
