@@ -147,7 +147,7 @@ impl<'s> Sink<'s> {
         loop {
             if self.frame_done {
                 if input.pos() < data.len() {
-                    return Err(SinkError::Decode("data after the end of the zstd frame".into()));
+                    return Err(SinkError::Decode("more than one zstd frame, or bytes after the frame (a blob travels as exactly one frame; a skippable frame counts)".into()));
                 }
                 break;
             }
