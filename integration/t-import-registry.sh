@@ -50,6 +50,18 @@ cmp "$W/bundle/ocix.cbor" "$W/B.ocix" || fail "bundle ocix.cbor differs from the
 "$OCIX" diff "$W/bundle" >"$W/diff.out" 2>&1 || fail "ocix diff of the bundle is not clean: $(head -5 "$W/diff.out")"
 note "unpack --image docker://: bundle clean"
 
+# unpack docker://... DEST of the ordinary image: imported, then unpacked
+# as a plain rootfs (no bundle); -o keeps the manifest, no store is left
+mkdir "$W/ord"
+timeout 600 "$OCIX" unpack -v "docker://$R/corpus:debian" "$W/ord/rootfs" -o "$W/ord.ocix" 2>"$W/ord.err" ||
+  fail "unpack docker:// of an ordinary image: $(cat "$W/ord.err")"
+grep -q "an ordinary image, 3 layers imported" "$W/ord.err" || fail "not taken as an ordinary image: $(cat "$W/ord.err")"
+cmp "$W/ord.ocix" "$W/B.ocix" || fail "unpack docker:// of the image wrote another manifest than the layout import"
+[ "$(ls -A "$W/ord")" = rootfs ] || fail "left beside the rootfs: $(ls -A "$W/ord")"
+"$OCIX" diff "$W/ord/rootfs" "$W/B.ocix" >"$W/diff-ord.out" 2>&1 ||
+  fail "unpack docker:// of the image differs: $(head -5 "$W/diff-ord.out")"
+note "unpack docker:// of an ordinary image: imported and unpacked, diff clean"
+
 # 3. unknown tag: a clear error, exit 2, nothing written
 expect_fail "$W/e1" "$OCIX" import "docker://$R/corpus:nosuchtag" -o "$W/X.ocix"
 grep -q "nosuchtag" "$W/e1" && grep -qi "manifest unknown\|404" "$W/e1" || fail "unclear unknown-tag error: $(cat "$W/e1")"

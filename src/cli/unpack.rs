@@ -30,7 +30,9 @@ use std::process::ExitCode;
 /// `ocix push`: only the blobs --store lacks are fetched, and each file is
 /// written as soon as its blob has arrived and been verified. Without
 /// --store the blobs go into a temporary store beside DEST and become the
-/// files themselves (no second copy).
+/// files themselves (no second copy). A docker:// tag that names an
+/// ordinary OCI/Docker image is imported (layers streamed, as `ocix
+/// import`) and its tree unpacked into DEST, as a plain rootfs.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// MANIFEST DEST, or with --image only BUNDLE. MANIFEST may be
@@ -203,6 +205,11 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         (pulled, unpacked)
     });
     let result = (|| -> anyhow::Result<()> {
+        if let Ok(Err(crate::remote::RemoteError::NotOcix { .. })) = &pulled {
+            // an ordinary image: imported layer by layer into the store
+            // instead, then unpacked (as `--image`, without the bundle)
+            return unpack_ordinary(src, dest, &store, a, &opts, g);
+        }
         let r = match (pulled?, &unpacked) {
             // the pull was stopped because the unpack failed: say why
             (Err(crate::remote::RemoteError::Cancelled { .. }), Some((_, Err(e)))) => {
@@ -234,6 +241,31 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         return Err(e);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `unpack docker://...` of an ordinary OCI/Docker image: its layers
+/// streamed and applied in memory into `store` (see `import`), then the
+/// tree unpacked into `dest`; `-o` keeps the manifest.
+fn unpack_ordinary(
+    src: &str,
+    dest: &Path,
+    store: &Store,
+    a: &Args,
+    opts: &UnpackOptions,
+    g: Global,
+) -> anyhow::Result<()> {
+    let r = crate::remote::Reference::parse(src)?;
+    let iopts = crate::oci::ImportOptions::default();
+    let imported = crate::remote::image::import_remote(&r, Some(store), &iopts, &a.net.options())
+        .map_err(|e| anyhow::anyhow!("importing {src}: {e}"))?;
+    g.info(&format!("{src}: an ordinary image, {} layers imported", imported.image.layers.len()));
+    let ur = unpack(&imported.manifest, store, dest, opts)
+        .map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
+    report(&ur, g);
+    if let Some(o) = &a.output {
+        super::write_output(Some(o), &imported.manifest.to_bytes()?)?;
+    }
+    Ok(())
 }
 
 /// Closes the arrivals with an error if the pull ends without closing them.

@@ -265,6 +265,10 @@ pub struct Layout {
     pub zstd: Vec<(Digest, Digest, u64)>,
 }
 
+/// How [`find`]'s complaint about an ordinary image (not an ocix
+/// artifact) begins.
+pub const NOT_OCIX: &str = "not an ocix artifact";
+
 /// What a tag's manifest says to do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Found {
@@ -359,8 +363,8 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, String> {
             }))
         }
         _ => Err(format!(
-            "not an ocix artifact (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \
-             an ordinary image is read by `ocix import` or `ocix unpack --image`",
+            "{NOT_OCIX} (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \
+             an ordinary image is read by `ocix import`, `ocix unpack docker://...` or `ocix unpack --image`",
             m.artifact_type.as_deref().unwrap_or("none")
         )),
     }

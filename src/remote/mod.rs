@@ -159,6 +159,14 @@ pub enum RemoteError {
         /// What is wrong.
         why: String,
     },
+    /// The tag names an ordinary image, not an ocix artifact.
+    #[error("{url}: {why}")]
+    NotOcix {
+        /// The URL.
+        url: String,
+        /// What the registry holds instead.
+        why: String,
+    },
     /// The ocix manifest fetched does not decode.
     #[error("{url}: invalid OCIX manifest: {source}")]
     Manifest {

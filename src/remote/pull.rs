@@ -146,7 +146,14 @@ async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> R
             let layout = loop {
                 let (bytes, media, _) = client.get_manifest(&target).await?;
                 let url = format!("{}@{target}", client.remote_name());
-                match artifact::find(&bytes, &media).map_err(|why| RemoteError::Artifact { url, why })? {
+                let found = artifact::find(&bytes, &media).map_err(|why| {
+                    if why.starts_with(artifact::NOT_OCIX) {
+                        RemoteError::NotOcix { url, why }
+                    } else {
+                        RemoteError::Artifact { url, why }
+                    }
+                })?;
+                match found {
                     Found::Ocix(l) => break l,
                     Found::Index { ocix, lists: l } if lists.is_empty() && target == r.target() => {
                         lists = l;
