@@ -172,9 +172,9 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         cancel: Some(cancel.clone()),
     };
     // a fresh store of our own holds only blobs the pull has just verified:
-    // they can become the files without being read again
-    // an unpack that fails stops the pull at once, even while one of its
-    // writers still waits for a blob
+    // they can become the files without being read again; and an unpack
+    // that fails stops the pull at once, even while a writer still waits
+    // for a blob
     let opts = UnpackOptions {
         progress: false,
         link: opts.link || temp_store,
@@ -199,7 +199,7 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
             if r.is_err() {
                 cancel.store(true, Ordering::Relaxed);
             }
-            (m, r)
+            r
         });
         let pulled = puller.join().map_err(|_| anyhow::anyhow!("pulling {src}: the pull thread panicked"));
         (pulled, unpacked)
@@ -212,19 +212,18 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         }
         let r = match (pulled?, &unpacked) {
             // the pull was stopped because the unpack failed: say why
-            (Err(crate::remote::RemoteError::Cancelled { .. }), Some((_, Err(e)))) => {
+            (Err(crate::remote::RemoteError::Cancelled { .. }), Some(Err(e))) => {
                 bail!("unpacking into {}: {e}", dest.display())
             }
             (r, _) => r.map_err(|e| anyhow::anyhow!("pulling {src}: {e}"))?,
         };
         super::pull::report(&r, g);
-        let Some((m, unpacked)) = unpacked else { bail!("pulling {src}: the manifest never arrived") };
+        let Some(unpacked) = unpacked else { bail!("pulling {src}: the manifest never arrived") };
         let ur = unpacked.map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
         report(&ur, g);
         if let Some(o) = &a.output {
             super::write_output(Some(o), &r.manifest_bytes)?;
         }
-        drop(m);
         Ok(())
     })();
     if temp_store {
