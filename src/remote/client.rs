@@ -455,18 +455,7 @@ impl Client {
         let mut resp = self.get_from(url, off).await?;
         // bytes of the answer to skip: all already sent when a server
         // ignored the Range and starts from the beginning again
-        let mut skip = 0u64;
-        if resp.status() == StatusCode::PARTIAL_CONTENT {
-            let start = range_start(&resp);
-            if start != Some(off) {
-                return Err(RemoteError::Artifact {
-                    url: url.to_string(),
-                    why: format!("asked for bytes from {off}, got Content-Range {start:?}"),
-                });
-            }
-        } else {
-            skip = off;
-        }
+        let skip = range_skip(&resp, url, off)?;
         let mut at = off - skip;
         loop {
             let chunk = resp.chunk().await.map_err(|e| transport("GET", url, e, self.opts.timeout))?;
@@ -545,15 +534,7 @@ impl Client {
             return Ok(());
         }
         let mut resp = self.get_from(url, off).await?;
-        if resp.status() == StatusCode::PARTIAL_CONTENT {
-            let start = range_start(&resp);
-            if start != Some(off) {
-                return Err(RemoteError::Artifact {
-                    url: url.to_string(),
-                    why: format!("asked for bytes from {off}, got Content-Range {start:?}"),
-                });
-            }
-        } else if off > 0 {
+        if range_skip(&resp, url, off)? > 0 {
             // the server ignored the range: start the blob again
             sink.restart().map_err(|e| sink_err(url, d, e))?;
         }
@@ -639,18 +620,7 @@ impl Client {
         let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
         let mut resp = check("GET", url, self.send("GET", url, &build).await?, &ok).await?;
         // a server that ignores Range sends the whole pack: skip to the run
-        let mut skip = if resp.status() == StatusCode::PARTIAL_CONTENT {
-            let got = range_start(&resp);
-            if got != Some(start) {
-                return Err(RemoteError::Artifact {
-                    url: url.to_string(),
-                    why: format!("asked for bytes from {start}, got Content-Range {got:?}"),
-                });
-            }
-            0
-        } else {
-            start
-        };
+        let mut skip = range_skip(&resp, url, start)?;
         let mut i = 0;
         let mut sink: Option<Sink<'_>> = None;
         while i < members.len() {
@@ -911,6 +881,23 @@ async fn read_limited(url: &str, mut resp: Response, limit: u64, timeout: Durati
         body.extend_from_slice(&c);
     }
     Ok(body)
+}
+
+/// The answer to a request for bytes from `from`: 0 bytes to skip when it
+/// is the 206 asked for, `from` when the server ignored the Range (200,
+/// everything from the start), an error when it sent another range.
+fn range_skip(resp: &reqwest::Response, url: &str, from: u64) -> Result<u64, RemoteError> {
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return Ok(from);
+    }
+    let got = range_start(resp);
+    if got != Some(from) {
+        return Err(RemoteError::Artifact {
+            url: url.to_string(),
+            why: format!("asked for bytes from {from}, got Content-Range {got:?}"),
+        });
+    }
+    Ok(0)
 }
 
 /// The first byte a 206 answer says it carries (`Content-Range: bytes N-...`).
