@@ -278,16 +278,7 @@ async fn pull_async(
         })
         .collect();
     let skipped = all.len() - missing_blobs;
-    let pb = opts.progress.then(|| {
-        let pb = indicatif::ProgressBar::new(total);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        pb.set_message(format!("pull 0/{missing_blobs} blobs"));
-        pb
-    });
+    let pb = opts.progress.then(|| super::progress_bar(total, format!("pull 0/{missing_blobs} blobs")));
     let stop = AtomicBool::new(false);
     let n = missing_blobs;
     let done = std::sync::atomic::AtomicUsize::new(0);

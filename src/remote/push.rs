@@ -312,15 +312,7 @@ async fn push_blobs(
         })
         .sum();
     let n = items.len();
-    let pb = opts.progress.then(|| {
-        let pb = indicatif::ProgressBar::new(total);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("push [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        pb
-    });
+    let pb = opts.progress.then(|| super::progress_bar(total, "push".into()));
     let stop = AtomicBool::new(false);
     // packs are built in memory (up to PACK_MAX plus one blob each): at
     // most `jobs` of them at once
