@@ -26,3 +26,20 @@ scratch() {
   [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
   mktemp -d "$base/ocix-it.XXXXXX"
 }
+
+# as_nobody CMD...: run CMD as uid/gid 65534 with no groups.
+as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+
+# rootless_diff_clean OCIX TREE MANIFEST OUT: `ocix diff --rootless` as
+# nobody finds only what privilege alone can do on the corpus: devices
+# (empty files instead) and the security.capability xattr. The findings
+# go to OUT; prints their count.
+rootless_diff_clean() {
+  local ocix=$1 tree=$2 m=$3 out=$4 rc
+  set +e; as_nobody "$ocix" diff --rootless "$tree" "$m" >"$out" 2>&1; rc=$?; set -e
+  [ "$rc" -le 1 ] || fail "rootless diff failed: $(cat "$out")"
+  grep -v -E '^/(dev/[a-z]+|srv/ocix-edge/dev/(null|loop0)): (type|rdev|size|digest)|^/srv/ocix-edge/xattr/cap-bin: xattr security.capability removed$' \
+    "$out" >"$out.unexpected" || true
+  [ ! -s "$out.unexpected" ] || fail "rootless differences beyond devices and capabilities: $(head -20 "$out.unexpected")"
+  wc -l <"$out"
+}

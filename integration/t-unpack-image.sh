@@ -30,7 +30,6 @@ note "root: equal to umoci's tree; sparse-64M $alloc KiB vs umoci $(du -k "$REF/
 cp -a "$CORPUS/image" "$W/image" && chmod -R a+rX "$W/image"
 install -m 0755 "$OCIX" "$W/ocix"
 mkdir "$W/nobody" && chown 65534:65534 "$W/nobody"
-as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
 as_nobody umoci unpack --rootless --image "$W/image:debian" "$W/nobody/umoci" >/dev/null 2>&1 || fail "umoci rootless unpack"
 as_nobody "$W/ocix" unpack --rootless --image "$W/image:debian" "$W/nobody/ocix" 2>"$W/rootless.err" ||
   fail "ocix rootless unpack: $(cat "$W/rootless.err")"
