@@ -2,7 +2,9 @@
 # bench.sh: ocix side by side with the tools it replaces, on the shared corpus,
 # in one run; prints medians and ratios. Warm page cache, several runs each
 # (RUNS, default 10). Output also in $OUT (default $CORPUS/ocix-bench).
-# Timings only: nothing here asserts a speed.
+# Timings only: nothing here asserts a speed. BENCH picks parts (default all):
+# `core` (scan and size on the corpus) and the suffixes of bench-*.sh
+# (image, unpack, registry, entries), e.g. BENCH="entries" make bench.
 . "$(dirname "$0")/lib.sh"
 ensure_corpus
 RUNS=${RUNS:-10}
@@ -34,7 +36,11 @@ ratio() {  # ratio LABEL SLOWER FASTER: how many times FASTER beats SLOWER
   awk -v a="$(median "$2")" -v b="$(median "$3")" -v l="$1" 'BEGIN{printf "%-48s %6.2fx\n", l, a/b}'
 }
 
+BENCH=${BENCH:-core image unpack registry entries}
+wants() { case " $BENCH " in *" $1 "*) return 0 ;; esac; return 1; }
+
 echo "== machine: $(nproc) cores, $(uname -r); corpus: $REF"
+if wants core; then
 echo "== scan: describe a tree with sha256 of every file (warm cache)"
 bench ocix-scan -- "'$OCIX' scan '$REF' -o /dev/null"
 bench ocix-scan-store -p "rm -rf '$W/store'" -- "'$OCIX' scan '$REF' --store '$W/store' -o /dev/null"
@@ -53,9 +59,11 @@ m=$(sz "$W/m.ocix"); s=$(sz "$W/spec.mtree"); mz=$(sz "$W/m.ocix.zst"); sz_=$(sz
 printf '%-34s %9d bytes raw, %8d zstd -19\n' "ocix manifest" "$m" "$mz" "mtree -c -K sha256digest" "$s" "$sz_"
 awk -v m="$m" -v s="$s" -v mz="$mz" -v sz="$sz_" 'BEGIN{printf "manifest/mtree: raw %.1f%% (target <= 40%%), zstd %.1f%% (target < 100%%)\n", 100*m/s, 100*mz/sz}'
 printf 'size\tocix\t%d\t%d\nsize\tmtree\t%d\t%d\n' "$m" "$mz" "$s" "$sz_" >>"$TSV"
+fi
 
 for extra in "$HERE"/bench-*.sh; do
   [ -e "$extra" ] || continue
+  part=${extra##*/bench-}; wants "${part%.sh}" || continue
   # shellcheck source=/dev/null
   . "$extra"
 done
