@@ -1219,3 +1219,19 @@ fn cli_unpack_image_never_writes_overlay_xattrs_root_or_rootless() {
         assert_eq!(lgetxattr(&rootfs.join("d"), "user.overlay").as_deref(), Some(&b"kept"[..]));
     }
 }
+
+#[test]
+fn dropped_xattrs_are_listed_up_to_the_limit_then_only_counted() {
+    use ocix::oci::{DropReason, MAX_DROPPED_LISTED};
+    let mut t = Tar::default();
+    for _ in 0..=MAX_DROPPED_LISTED {
+        t = t.pax(&[("SCHILY.xattr.security.selinux", b"l")]).file("f", b"");
+    }
+    let imp = import_image(Layout::with(vec![L::gz(t.end())]).path(), None, &opts("t")).unwrap();
+    assert_eq!(imp.dropped.listed.len(), MAX_DROPPED_LISTED);
+    assert_eq!(imp.dropped.count(DropReason::HostSpecific), MAX_DROPPED_LISTED as u64 + 1);
+    assert_eq!(imp.dropped.count(DropReason::Overlay), 0);
+    let s = imp.dropped.summary(usize::MAX);
+    assert_eq!(s.len(), 1);
+    assert!(s[0].ends_with(", and 1 more"), "{}", &s[0][s[0].len() - 40..]);
+}
