@@ -1071,3 +1071,167 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------- xattr policy: overlay and host labels
+
+/// A layer whose PAX records carry overlayfs's xattrs (both namespaces, and
+/// the escaped spelling), host labels, and ordinary xattrs beside them.
+fn overlay_layer() -> Vec<u8> {
+    Tar::default()
+        .pax(&[("SCHILY.xattr.trusted.overlay.opaque", b"y"), ("SCHILY.xattr.user.keep", b"1")])
+        .dir("etc")
+        .pax(&[
+            ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+            ("SCHILY.xattr.user.overlay.origin", b"\x00\xfb"),
+            ("SCHILY.xattr.trusted.overlay.overlay.opaque", b"y"),
+            // not overlay's: the prefix ends with a dot
+            ("SCHILY.xattr.trusted.overlayx", b"kept"),
+            ("SCHILY.xattr.user.overlay", b"kept"),
+        ])
+        .dir("d")
+        .pax(&[("SCHILY.xattr.security.selinux", b"system_u:object_r:etc_t:s0"), ("SCHILY.xattr.user.k", b"v")])
+        .file("etc/f", b"x")
+        .end()
+}
+
+fn names(m: &Manifest, path: &str) -> Vec<String> {
+    m.get(path.as_bytes()).unwrap().meta.xattrs.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect()
+}
+
+#[test]
+fn overlay_and_host_label_xattrs_in_layers_are_dropped_and_listed() {
+    use ocix::oci::DropReason;
+    let t = overlay_layer();
+    let l = Layout::with(vec![
+        L::gz(t.clone()),
+        L::tar(Tar::default().pax(&[("SCHILY.xattr.user.overlay.x", b"")]).file("etc/f", b"y").end()),
+    ]);
+    let imp = import_image(l.path(), None, &opts("t")).unwrap();
+    let m = &imp.manifest;
+    assert_eq!(names(m, "etc"), ["user.keep"]);
+    assert_eq!(names(m, "d"), ["trusted.overlayx", "user.overlay"]);
+    assert!(names(m, "etc/f").is_empty(), "{:?}", names(m, "etc/f"));
+    let got: Vec<(DropReason, String, String)> = imp
+        .dropped
+        .listed
+        .iter()
+        .map(|d| {
+            (d.reason, String::from_utf8_lossy(&d.path).into_owned(), String::from_utf8_lossy(&d.name).into_owned())
+        })
+        .collect();
+    let want = [
+        (DropReason::Overlay, "etc", "trusted.overlay.opaque"),
+        (DropReason::Overlay, "d", "trusted.overlay.overlay.opaque"),
+        (DropReason::Overlay, "d", "trusted.overlay.redirect"),
+        (DropReason::Overlay, "d", "user.overlay.origin"),
+        (DropReason::HostSpecific, "etc/f", "security.selinux"),
+        (DropReason::Overlay, "etc/f", "user.overlay.x"),
+    ]
+    .map(|(r, p, n)| (r, p.to_string(), n.to_string()));
+    assert_eq!(got, want);
+    assert_eq!(imp.dropped.listed[5].layer, imp.image.layers[1].desc.digest);
+    assert_eq!((imp.dropped.count(DropReason::Overlay), imp.dropped.count(DropReason::HostSpecific)), (5, 1));
+    let s = imp.dropped.summary(2);
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert!(s[0].starts_with("5 overlayfs xattrs dropped") && s[0].contains("/etc (trusted.overlay.opaque)"), "{s:?}");
+    assert!(s[0].ends_with(", and 3 more"), "{s:?}");
+    assert!(s[1].contains("/etc/f (security.selinux)"), "{s:?}");
+}
+
+#[test]
+fn hostile_overlay_xattr_names_print_on_one_line() {
+    let t = Tar::default().pax(&[("SCHILY.xattr.trusted.overlay.\x1b[2J\nx", b"y")]).dir("e\nvil").end();
+    let imp = import_image(Layout::with(vec![L::tar(t)]).path(), None, &opts("t")).unwrap();
+    assert!(imp.manifest.get(b"e\nvil").unwrap().meta.xattrs.is_empty());
+    let s = imp.dropped.summary(3);
+    assert_eq!(s.len(), 1);
+    assert!(!s[0].contains('\n') && !s[0].contains('\x1b'), "{s:?}");
+}
+
+#[test]
+fn cli_import_warns_of_each_dropped_xattr() {
+    let l = Layout::with(vec![L::tar(overlay_layer())]);
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("m.cbor");
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_ocix"))
+        .arg("import")
+        .arg(format!("{}:t", l.path().display()))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("warning") && err.contains("4 overlayfs xattrs dropped"), "{err}");
+    assert!(err.contains("/etc (trusted.overlay.opaque)") && err.contains("/d (trusted.overlay.redirect)"), "{err}");
+    assert!(err.contains("1 host-specific xattrs dropped") && err.contains("/etc/f (security.selinux)"), "{err}");
+    let m = Manifest::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(m.walk().all(|(_, e)| e.meta.xattrs.keys().all(|k| !ocix::manifest::is_overlay_xattr(k))));
+    // -v lists every one
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_ocix"))
+        .args(["-v", "import"])
+        .arg(format!("{}:t", l.path().display()))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("/d (user.overlay.origin)") && !err.contains("more"), "{err}");
+}
+
+/// The xattr `name` of `p`, not following a symlink.
+fn lgetxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    match rustix::fs::lgetxattr(p, name, &mut buf) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(rustix::io::Errno::NODATA) => None,
+        Err(e) => panic!("lgetxattr {} {name}: {e}", p.display()),
+    }
+}
+
+#[test]
+fn cli_unpack_image_never_writes_overlay_xattrs_root_or_rootless() {
+    assert!(rustix::process::geteuid().is_root(), "tests run as root");
+    let l = Layout::with(vec![L::tar(overlay_layer())]);
+    for rootless in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let bundle = t.path().join("bundle");
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ocix"));
+        c.arg("unpack").arg("--image").arg(format!("{}:t", l.path().display())).arg(&bundle);
+        if rootless {
+            c.arg("--rootless");
+        }
+        let r = c.output().unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{err}");
+        assert!(err.contains("overlayfs xattrs dropped") && err.contains("/etc (trusted.overlay.opaque)"), "{err}");
+        let rootfs = bundle.join("rootfs");
+        for (p, n) in [
+            ("etc", "trusted.overlay.opaque"),
+            ("d", "trusted.overlay.redirect"),
+            ("d", "user.overlay.origin"),
+            ("d", "trusted.overlay.overlay.opaque"),
+            ("etc/f", "security.selinux"),
+        ] {
+            assert_eq!(lgetxattr(&rootfs.join(p), n), None, "{p} {n} (rootless {rootless})");
+        }
+        assert_eq!(lgetxattr(&rootfs.join("etc"), "user.keep").as_deref(), Some(&b"1"[..]));
+        assert_eq!(lgetxattr(&rootfs.join("d"), "user.overlay").as_deref(), Some(&b"kept"[..]));
+    }
+}
+
+#[test]
+fn dropped_xattrs_are_listed_up_to_the_limit_then_only_counted() {
+    use ocix::oci::{DropReason, MAX_DROPPED_LISTED};
+    let mut t = Tar::default();
+    for _ in 0..=MAX_DROPPED_LISTED {
+        t = t.pax(&[("SCHILY.xattr.security.selinux", b"l")]).file("f", b"");
+    }
+    let imp = import_image(Layout::with(vec![L::gz(t.end())]).path(), None, &opts("t")).unwrap();
+    assert_eq!(imp.dropped.listed.len(), MAX_DROPPED_LISTED);
+    assert_eq!(imp.dropped.count(DropReason::HostSpecific), MAX_DROPPED_LISTED as u64 + 1);
+    assert_eq!(imp.dropped.count(DropReason::Overlay), 0);
+    let s = imp.dropped.summary(usize::MAX);
+    assert_eq!(s.len(), 1);
+    assert!(s[0].ends_with(", and 1 more"), "{}", &s[0][s[0].len() - 40..]);
+}

@@ -80,6 +80,7 @@ fn corpus_import_equals_scan_of_umoci_unpack() {
         image: ocix::oci::open_image(&dir.join("image"), Some("debian"), None).unwrap().1,
         files: 0,
         bytes: 0,
+        dropped: Default::default(),
     };
     assert_eq!(imp.image.layers.len(), 3);
 

@@ -705,3 +705,49 @@ fn unpack_update_from_a_registry_repairs_drift() {
     assert!(!dest.join("etc/extra").exists());
     assert!(diff_clean(f.dir.path(), &dest, &m));
 }
+
+// ---------------------------------------------------------------- xattr policy: overlay xattrs
+
+/// `unpack docker://` of a pushed manifest holding an overlay xattr (a scan
+/// of an overlay's upper directory): refused before DEST is touched, an
+/// existing empty DEST is left as it was and not called partly unpacked;
+/// `--allow-overlay-xattrs` writes it.
+#[test]
+fn unpack_from_a_registry_refuses_overlay_xattrs_before_writing() {
+    assert!(rustix::process::geteuid().is_root(), "trusted.* xattrs need root");
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(tree.join("etc/zbig"), &big).unwrap();
+    std::fs::write(tree.join("etc/small"), b"small file\n").unwrap();
+    rustix::fs::setxattr(tree.join("etc"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
+    let (store, m) = scan_tree(dir.path());
+    let manifest = std::fs::read(&m).unwrap();
+    let f = Fixture { mhex: hex_of(&manifest), bhex: hex_of(&big), dir, store, manifest, big };
+    let s = plain_registry(&f, |_| None);
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let absent = f.dir.path().join("absent");
+    let empty = f.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for dest in [&absent, &empty] {
+        let (rc, err) = ocix(f.dir.path(), &["unpack", &src, dest.to_str().unwrap()], &[]);
+        assert_eq!(rc, 2, "{err}");
+        assert!(err.contains("entry /etc: xattr trusted.overlay.opaque"), "{err}");
+        assert!(err.contains("--allow-overlay-xattrs") && !err.contains("partly unpacked"), "{err}");
+    }
+    assert!(!absent.exists());
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    let stray: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("ocix-store"))
+        .collect();
+    assert!(stray.is_empty());
+    let (rc, err) = ocix(f.dir.path(), &["unpack", &src, absent.to_str().unwrap(), "--allow-overlay-xattrs"], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let mut buf = [0u8; 16];
+    let n = rustix::fs::lgetxattr(absent.join("etc"), "trusted.overlay.opaque", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"y");
+    assert_eq!(std::fs::read(absent.join("etc/zbig")).unwrap(), f.big);
+}

@@ -370,3 +370,187 @@ fn duplicate_paths_in_the_bytes_are_rejected_by_the_cli() {
     assert!(!fx.dest.exists());
     fx.assert_sentinel_untouched();
 }
+
+// ---------------------------------------------------------------- xattr policy: overlay xattrs
+
+/// The xattr `name` of `p`, not following a symlink.
+fn lgetxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    match rustix::fs::lgetxattr(p, name, &mut buf) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(rustix::io::Errno::NODATA) => None,
+        Err(e) => panic!("lgetxattr {} {name}: {e}", p.display()),
+    }
+}
+
+/// `e` with the xattr `name` = `value`.
+fn with_xattr(mut e: Entry, name: &str, value: &[u8]) -> Entry {
+    e.meta.xattrs.insert(name.as_bytes().to_vec(), value.to_vec());
+    e
+}
+
+/// A tree whose directory `d` and file `d/f` carry an overlay xattr
+/// (`name` on `d`, `trusted.overlay.redirect` on `d/f`).
+fn overlay_manifest(fx: &Fixture, name: &str) -> Manifest {
+    let mut d = tree(vec![(b"f", with_xattr(fx.file(b"x"), "trusted.overlay.redirect", b"/etc"))]);
+    d.meta.mode = 0o755;
+    manifest(vec![(b"a", fx.file(b"a")), (b"d", with_xattr(d, name, b"y"))])
+}
+
+/// Every entry below `dir`, with its content for files.
+fn listing(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((p.clone(), md.is_file().then(|| std::fs::read(&p).unwrap())));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn overlay_xattrs_in_a_manifest_are_refused_before_anything_is_written() {
+    let fx = Fixture::new();
+    for name in ["trusted.overlay.opaque", "user.overlay.opaque", "trusted.overlay.overlay.opaque"] {
+        let m = overlay_manifest(&fx, name);
+        for rootless in [false, true] {
+            let opts = UnpackOptions { rootless, ..Default::default() };
+            let e = unpack(&m, &fx.store, &fx.dest, &opts).unwrap_err();
+            let UnpackError::OverlayXattr { path, name: got, others } = &e else { panic!("{e}") };
+            assert_eq!((path.as_str(), got.as_str(), *others), ("/d", name, 1));
+            let s = e.to_string();
+            assert!(s.contains("entry /d") && s.contains(name) && s.contains("nothing written"), "{s}");
+            assert!(!fx.dest.exists(), "DEST created by a refused unpack ({name}, rootless {rootless})");
+        }
+    }
+    // --update of an existing tree: refused, the tree untouched
+    let m = overlay_manifest(&fx, "trusted.overlay.opaque");
+    std::fs::create_dir(&fx.dest).unwrap();
+    std::fs::write(fx.dest.join("keep"), b"mine").unwrap();
+    std::fs::create_dir(fx.dest.join("d")).unwrap();
+    let before = listing(&fx.dest);
+    for rootless in [false, true] {
+        let opts = UnpackOptions { update: true, rootless, ..Default::default() };
+        let e = unpack(&m, &fx.store, &fx.dest, &opts).unwrap_err();
+        assert!(matches!(e, UnpackError::OverlayXattr { .. }), "{e}");
+        assert_eq!(listing(&fx.dest), before);
+        assert_eq!(lgetxattr(&fx.dest.join("d"), "trusted.overlay.opaque"), None);
+    }
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn overlay_xattrs_are_written_when_allowed() {
+    assert!(common::is_root(), "trusted.* xattrs need root");
+    let fx = Fixture::new();
+    let m = overlay_manifest(&fx, "trusted.overlay.opaque");
+    let m = {
+        let mut m = m;
+        let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
+        let a = c.remove(b"a".as_slice()).unwrap();
+        c.insert(b"a".to_vec(), with_xattr(a, "user.overlay.origin", b"\x00\x01"));
+        m
+    };
+    let r =
+        unpack(&m, &fx.store, &fx.dest, &UnpackOptions { allow_overlay_xattrs: true, ..Default::default() }).unwrap();
+    assert!(r.not_applied.is_empty(), "{:?}", r.not_applied);
+    assert_eq!(lgetxattr(&fx.dest.join("d"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(lgetxattr(&fx.dest.join("d/f"), "trusted.overlay.redirect").as_deref(), Some(&b"/etc"[..]));
+    assert_eq!(lgetxattr(&fx.dest.join("a"), "user.overlay.origin").as_deref(), Some(&b"\x00\x01"[..]));
+    fx.assert_sentinel_untouched();
+}
+
+/// `ocix unpack M --store S DEST [extra]`, as root or as nobody.
+fn cli_unpack(fx: &Fixture, m: &Manifest, nobody: bool, extra: &[&str]) -> std::process::Output {
+    let mpath = fx.base.join("m.cbor");
+    std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
+    let st = std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(fx.base.join("store")).status().unwrap();
+    assert!(st.success());
+    common::chmod(&mpath, 0o644);
+    let mut c = if nobody { common::ocix_as_nobody() } else { common::ocix() };
+    c.arg("unpack").arg(&mpath).arg("--store").arg(fx.base.join("store")).arg(&fx.dest).args(extra);
+    c.output().unwrap()
+}
+
+#[test]
+fn cli_refuses_overlay_xattrs_naming_entry_xattr_and_flag_root_and_rootless() {
+    assert!(common::is_root(), "this test drops privileges from root");
+    let fx = Fixture::new();
+    common::chmod(&fx.base, 0o777);
+    for (nobody, name) in [(false, "trusted.overlay.opaque"), (true, "user.overlay.opaque")] {
+        let m = overlay_manifest(&fx, name);
+        for extra in [&[][..], &["--rootless"], &["--update"]] {
+            let o = cli_unpack(&fx, &m, nobody, extra);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{err}");
+            assert!(err.contains("entry /d") && err.contains(name), "{err}");
+            assert!(err.contains("--allow-overlay-xattrs"), "{err}");
+            assert!(!fx.dest.exists(), "{err}");
+        }
+    }
+    // rootless with the flag: user.overlay.* is written (the owner may set user.*)
+    let m = overlay_manifest(&fx, "user.overlay.opaque");
+    let Kind::Dir(c) = &m.root.kind else { unreachable!() };
+    let mut m2 = m.clone();
+    let Kind::Dir(c2) = &mut m2.root.kind else { unreachable!() };
+    let mut d = c[b"d".as_slice()].clone();
+    let Kind::Dir(dc) = &mut d.kind else { unreachable!() };
+    dc.insert(b"f".to_vec(), with_xattr(fx.file(b"x"), "user.overlay.redirect", b"/etc"));
+    c2.insert(b"d".to_vec(), d);
+    let o = cli_unpack(&fx, &m2, true, &["--allow-overlay-xattrs"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lgetxattr(&fx.dest.join("d"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(lgetxattr(&fx.dest.join("d/f"), "user.overlay.redirect").as_deref(), Some(&b"/etc"[..]));
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn scan_of_an_overlay_upper_dir_then_unpack_is_refused() {
+    assert!(common::is_root(), "trusted.* xattrs need root");
+    let fx = Fixture::new();
+    let upper = fx.base.join("upper");
+    std::fs::create_dir_all(upper.join("etc")).unwrap();
+    std::fs::write(upper.join("etc/hostname"), b"h\n").unwrap();
+    rustix::fs::setxattr(upper.join("etc"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
+    let mpath = fx.base.join("upper.cbor");
+    let store = fx.base.join("store");
+    let o = common::ocix().arg("scan").arg(&upper).arg("--store").arg(&store).arg("-o").arg(&mpath).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = common::ocix().arg("unpack").arg(&mpath).arg("--store").arg(&store).arg(&fx.dest).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("entry /etc: xattr trusted.overlay.opaque") && err.contains("--allow-overlay-xattrs"),
+        "{err}"
+    );
+    assert!(!fx.dest.exists());
+    let o = common::ocix()
+        .arg("unpack")
+        .arg(&mpath)
+        .arg("--store")
+        .arg(&store)
+        .arg(&fx.dest)
+        .arg("--allow-overlay-xattrs")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lgetxattr(&fx.dest.join("etc"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+}
+
+#[test]
+fn selinux_labels_in_a_manifest_are_written_as_root() {
+    assert!(common::is_root());
+    let fx = Fixture::new();
+    let label = b"system_u:object_r:etc_t:s0";
+    let m = manifest(vec![(b"f", with_xattr(fx.file(b"x"), "security.selinux", label))]);
+    let r = fx.unpack(&m, false).unwrap();
+    assert!(r.not_applied.is_empty(), "{:?}", r.not_applied);
+    assert_eq!(lgetxattr(&fx.dest.join("f"), "security.selinux").as_deref(), Some(&label[..]));
+}

@@ -2,7 +2,7 @@
 //! OCI image (from a layout, or streamed from a registry) -> manifest + blobs.
 
 use super::Global;
-use crate::oci::{DEFAULT_MAX_BYTES, ImportOptions, Platform, import_image, split_ref};
+use crate::oci::{DEFAULT_MAX_BYTES, ImportOptions, Imported, Platform, import_image, split_ref};
 use crate::remote::Reference;
 use crate::remote::image::import_remote;
 use crate::store::Store;
@@ -19,6 +19,11 @@ use std::process::ExitCode;
 /// ordinary OCI or Docker image in a registry: its layers are streamed from
 /// the registry (verified as they arrive, never stored whole), with the same
 /// result as importing the same image from a layout.
+///
+/// Two kinds of xattrs in layers are dropped, each named in a warning:
+/// overlayfs's own (trusted.overlay.*, user.overlay.*), which would steer
+/// an overlay that uses the tree as a layer, and host-specific labels
+/// (security.selinux, system.nfs4_acl), as umoci drops them.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The image: LAYOUT[:TAG]. Without a tag, the layout's only image (or
@@ -65,6 +70,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         import_image(Path::new(layout), store.as_ref(), &opts)
     }
     .with_context(|| format!("importing {}", a.image))?;
+    report_dropped(&imp, &a.image, g);
     let bytes = imp.manifest.to_bytes()?;
     super::write_output(Some(&a.output), &bytes)?;
     g.info(&format!(
@@ -76,4 +82,13 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         bytes.len()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Warns about the xattrs the import of `image` dropped from its layers:
+/// one line per reason, naming the first entries and their xattr (all of
+/// them with -v).
+pub fn report_dropped(imp: &Imported, image: &str, g: Global) {
+    for l in imp.dropped.summary(if g.verbose > 0 { usize::MAX } else { 3 }) {
+        g.warn(&format!("{image}: {l}"));
+    }
 }

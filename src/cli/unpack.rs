@@ -5,7 +5,7 @@
 //! streamed.
 
 use super::Global;
-use crate::materialize::{IdMap, UnpackOptions, unpack};
+use crate::materialize::{IdMap, UnpackError, UnpackOptions, unpack};
 use crate::store::Store;
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
@@ -72,6 +72,14 @@ pub struct Args {
     /// accept shared inodes: editing a linked file in place edits the store.
     #[arg(long)]
     pub link: bool,
+    /// Write xattrs in overlayfs's namespace (trusted.overlay.*,
+    /// user.overlay.*) that the manifest holds, e.g. one scanned from an
+    /// overlay's upper directory. Without it such a manifest is refused
+    /// before anything is written: an overlay that later uses DEST as a
+    /// layer would obey them. Images never bring them: import drops them
+    /// from layers.
+    #[arg(long)]
+    pub allow_overlay_xattrs: bool,
     /// Writer threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -100,6 +108,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         link: a.link,
         store_verified: false,
         failed: None,
+        allow_overlay_xattrs: a.allow_overlay_xattrs,
     };
     if let Some(image) = &a.image {
         let [bundle] = a.paths.as_slice() else { bail!("with --image, give only the BUNDLE directory") };
@@ -115,9 +124,19 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let Some(store) = &a.store else { bail!("--store is required to unpack a manifest") };
     let m = super::read_manifest(manifest)?;
     let store = Store::open(store)?;
-    let r = unpack(&m, &store, dest, &opts).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
+    let r = unpack(&m, &store, dest, &opts).map_err(|e| unpack_failed(dest, &e))?;
     report(&r, g);
     Ok(ExitCode::SUCCESS)
+}
+
+/// An unpack's error, naming DEST, with the flag that allows what was
+/// refused where there is one.
+fn unpack_failed(dest: &Path, e: &UnpackError) -> anyhow::Error {
+    let hint = match e {
+        UnpackError::OverlayXattr { .. } => " (--allow-overlay-xattrs)",
+        _ => "",
+    };
+    anyhow::anyhow!("unpacking into {}: {e}{hint}", dest.display())
 }
 
 fn report(r: &crate::materialize::UnpackReport, g: Global) {
@@ -204,6 +223,8 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         let pulled = puller.join().map_err(|_| anyhow::anyhow!("pulling {src}: the pull thread panicked"));
         (pulled, unpacked)
     });
+    // refused before anything was written: DEST is as it was
+    let untouched = matches!(unpacked, Some(Err(UnpackError::OverlayXattr { .. })));
     let result = (|| -> anyhow::Result<()> {
         if let Ok(Err(crate::remote::RemoteError::NotOcix { .. })) = &pulled {
             // an ordinary image: imported layer by layer into the store
@@ -212,14 +233,12 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         }
         let r = match (pulled?, &unpacked) {
             // the pull was stopped because the unpack failed: say why
-            (Err(crate::remote::RemoteError::Cancelled { .. }), Some(Err(e))) => {
-                bail!("unpacking into {}: {e}", dest.display())
-            }
+            (Err(crate::remote::RemoteError::Cancelled { .. }), Some(Err(e))) => return Err(unpack_failed(dest, e)),
             (r, _) => r.map_err(|e| anyhow::anyhow!("pulling {src}: {e}"))?,
         };
         super::pull::report(&r, g);
         let Some(unpacked) = unpacked else { bail!("pulling {src}: the manifest never arrived") };
-        let ur = unpacked.map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
+        let ur = unpacked.map_err(|e| unpack_failed(dest, &e))?;
         report(&ur, g);
         if let Some(o) = &a.output {
             super::write_output(Some(o), &r.manifest_bytes)?;
@@ -234,7 +253,7 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
         if !dest_existed {
             // nothing half-made is left under a name this run created
             let _ = std::fs::remove_dir_all(dest);
-        } else if !a.update {
+        } else if !a.update && !untouched {
             return Err(e.context(format!("{}: partly unpacked; rerun with --update to complete it", dest.display())));
         }
         return Err(e);
@@ -258,8 +277,8 @@ fn unpack_ordinary(
     let imported = crate::remote::image::import_remote(&r, Some(store), &iopts, &a.net.options())
         .map_err(|e| anyhow::anyhow!("importing {src}: {e}"))?;
     g.info(&format!("{src}: an ordinary image, {} layers imported", imported.image.layers.len()));
-    let ur = unpack(&imported.manifest, store, dest, opts)
-        .map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dest.display()))?;
+    super::import::report_dropped(&imported, src, g);
+    let ur = unpack(&imported.manifest, store, dest, opts).map_err(|e| unpack_failed(dest, &e))?;
     report(&ur, g);
     if let Some(o) = &a.output {
         super::write_output(Some(o), &imported.manifest.to_bytes()?)?;
@@ -358,12 +377,12 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
             import_image(Path::new(layout), Some(&store), &iopts)
         }
         .map_err(|e| anyhow::anyhow!("importing {image}: {e}"))?;
+        super::import::report_dropped(&imported, image, g);
         let rootfs = bundle.join("rootfs");
         // a store of our own, about to be removed: its blobs can simply
         // become the files (no second copy of the data)
         let opts = UnpackOptions { link: opts.link || temp_store, store_verified: temp_store, ..opts.clone() };
-        let r = unpack(&imported.manifest, &store, &rootfs, &opts)
-            .map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", rootfs.display()))?;
+        let r = unpack(&imported.manifest, &store, &rootfs, &opts).map_err(|e| unpack_failed(&rootfs, &e))?;
         report(&r, g);
         super::write_output(Some(&bundle.join("ocix.cbor")), &imported.manifest.to_bytes()?)?;
         write_runtime_config(bundle, &rootfs, &imported.image, &opts, r.rootless)?;

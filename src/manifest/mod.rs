@@ -292,3 +292,26 @@ pub fn check_name(name: &[u8]) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// The prefixes of the xattrs overlayfs keeps for itself: `trusted.overlay.`,
+/// and `user.overlay.` when it is mounted with `userxattr`. An overlay that
+/// uses a tree as a layer obeys them (`opaque`, `redirect`, `metacopy`,
+/// `origin`, ...), so they change what the tree shows once mounted. The
+/// escaped spelling (`trusted.overlay.overlay.*`, Linux 6.7 and later) lies
+/// inside these prefixes: an overlay over the tree presents it unescaped, as
+/// a live overlay xattr to an overlay nested on top.
+pub const OVERLAY_XATTR_PREFIXES: &[&[u8]] = &[b"trusted.overlay.", b"user.overlay."];
+
+/// Whether the xattr `name` is in overlayfs's namespace (see
+/// [`OVERLAY_XATTR_PREFIXES`]).
+pub fn is_overlay_xattr(name: &[u8]) -> bool {
+    OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Renders an xattr name for messages: invalid UTF-8 and control characters
+/// escaped as in [`path_display`], so a hostile name stays on one line.
+pub fn xattr_display(name: &[u8]) -> String {
+    let mut s = path_display(name);
+    s.remove(0);
+    s
+}

@@ -47,6 +47,13 @@
 //! speed; mtime alone is not trusted), hardlinks kept when they are the
 //! same inode as their first name. Metadata is then applied to everything,
 //! which also repairs whatever a killed unpack left half done.
+//!
+//! xattrs in overlayfs's namespace (`trusted.overlay.*`, `user.overlay.*`,
+//! see [`manifest::is_overlay_xattr`]) are written only with
+//! [`UnpackOptions::allow_overlay_xattrs`]: otherwise a manifest holding one
+//! is refused before the destination is opened, in every mode (as root they
+//! would steer an overlay using the tree as a layer; rootless, `user.*` is
+//! writable, and `userxattr` overlays read `user.overlay.*`).
 
 mod content;
 mod idmap;
@@ -100,6 +107,11 @@ pub struct UnpackOptions {
     /// (a writer may be waiting for a blob): a pull filling the store
     /// (`unpack docker://`) stops on it instead of fetching the rest.
     pub failed: Option<Arc<AtomicBool>>,
+    /// Write xattrs in overlayfs's namespace
+    /// ([`manifest::is_overlay_xattr`]) as the manifest gives them. Off by
+    /// default: a manifest holding one is refused before anything is
+    /// written ([`UnpackError::OverlayXattr`]).
+    pub allow_overlay_xattrs: bool,
 }
 
 /// A kind of thing the unpack could not apply exactly.
@@ -235,6 +247,22 @@ pub enum UnpackError {
     /// A name in the destination was taken by something unexpected.
     #[error("{0}: could not find a free temporary name")]
     NoTempName(String),
+    /// The manifest holds an xattr in overlayfs's namespace and
+    /// [`UnpackOptions::allow_overlay_xattrs`] is off. Found before
+    /// anything is written: the destination is untouched.
+    #[error(
+        "entry {path}: xattr {name} is overlayfs's own, and an overlay using the tree as a layer would obey it{}; \
+         nothing written: overlay xattrs are written only when explicitly allowed",
+        match .others { 0 => String::new(), 1 => " (1 more such xattr in the manifest)".into(), n => format!(" ({n} more such xattrs in the manifest)") }
+    )]
+    OverlayXattr {
+        /// The first entry holding one, in manifest order.
+        path: String,
+        /// Its xattr's name.
+        name: String,
+        /// How many more the manifest holds.
+        others: u64,
+    },
 }
 
 /// Shared state of one unpack.
@@ -322,6 +350,9 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
     // the same checks the decoder makes (a model built in code may break them)
     manifest::encode(m)?;
     check_names(&m.root, &mut Vec::new())?;
+    if !opts.allow_overlay_xattrs {
+        check_overlay_xattrs(m)?;
+    }
     let rootless = opts.rootless || !rustix::process::geteuid().is_root();
     raise_fd_limit();
     let dest = strip_trailing_slashes(dest);
@@ -478,6 +509,26 @@ fn check_names(e: &Entry, rel: &mut Vec<u8>) -> Result<(), UnpackError> {
         rel.truncate(base);
     }
     Ok(())
+}
+
+/// Refuses a manifest holding an xattr in overlayfs's namespace; names the
+/// first, in manifest order, and counts the others.
+fn check_overlay_xattrs(m: &Manifest) -> Result<(), UnpackError> {
+    let mut first = None;
+    let mut others = 0u64;
+    for (rel, e) in m.walk() {
+        for name in e.meta.xattrs.keys().filter(|k| manifest::is_overlay_xattr(k)) {
+            if first.is_none() {
+                first = Some((path_display(&rel), manifest::xattr_display(name)));
+            } else {
+                others += 1;
+            }
+        }
+    }
+    match first {
+        Some((path, name)) => Err(UnpackError::OverlayXattr { path, name, others }),
+        None => Ok(()),
+    }
 }
 
 fn raise_fd_limit() {

@@ -19,6 +19,12 @@
 //! that directories an image implies without listing them get mtime 0 here
 //! where umoci gives them the time of extraction.
 //!
+//! Two kinds of xattrs from a layer's PAX records never reach the manifest
+//! (umoci drops both too): overlayfs's own ([`DropReason::Overlay`]: an
+//! image must not steer an overlay mount that later uses its tree as a
+//! layer) and host-specific labels ([`IGNORED_XATTRS`]). Each one dropped is
+//! returned in [`Imported::dropped`], for the caller to report.
+//!
 //! Limits (memory and disk stay bounded whatever the image claims):
 //! - documents (`index.json`, indexes, manifests, configs): [`MAX_DOCUMENT`]
 //!   bytes each, [`MAX_INDEX_DEPTH`] nested indexes, serde_json's nesting
@@ -66,6 +72,98 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 << 30;
 /// Extended attributes dropped on import, as umoci drops them: host-specific
 /// labels that an image cannot meaningfully carry.
 pub const IGNORED_XATTRS: &[&[u8]] = &[b"security.selinux", b"system.nfs4_acl"];
+/// Most dropped xattrs an import lists one by one in [`Dropped::listed`];
+/// the rest are only counted.
+pub const MAX_DROPPED_LISTED: usize = 10_000;
+
+/// Why an import dropped an xattr from a layer entry.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+pub enum DropReason {
+    /// In overlayfs's namespace ([`crate::manifest::is_overlay_xattr`]): an
+    /// image must not steer an overlay mount that later uses its tree.
+    Overlay,
+    /// Host-specific ([`IGNORED_XATTRS`]): meaningful only on the host that
+    /// set it.
+    HostSpecific,
+}
+
+impl DropReason {
+    /// The reason `name` is dropped on import, if it is.
+    pub fn of(name: &[u8]) -> Option<DropReason> {
+        if crate::manifest::is_overlay_xattr(name) {
+            Some(DropReason::Overlay)
+        } else if IGNORED_XATTRS.contains(&name) {
+            Some(DropReason::HostSpecific)
+        } else {
+            None
+        }
+    }
+
+    /// Short description for summaries.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DropReason::Overlay => "overlayfs xattrs dropped (an image may not set them)",
+            DropReason::HostSpecific => "host-specific xattrs dropped (security.selinux, system.nfs4_acl)",
+        }
+    }
+}
+
+/// One xattr dropped from a layer entry.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DroppedXattr {
+    /// Why.
+    pub reason: DropReason,
+    /// The layer.
+    pub layer: Digest,
+    /// The entry, relative to the root (`/`-joined components).
+    pub path: Vec<u8>,
+    /// The xattr's name.
+    pub name: Vec<u8>,
+}
+
+/// The xattrs an import dropped from its layers (each time an entry carried
+/// one, in every layer, including entries a later layer hides).
+#[derive(Clone, Debug, Default)]
+pub struct Dropped {
+    /// The first [`MAX_DROPPED_LISTED`], in layer order.
+    pub listed: Vec<DroppedXattr>,
+    /// How many were dropped, listed or not, by reason.
+    pub counts: std::collections::BTreeMap<DropReason, u64>,
+}
+
+impl Dropped {
+    fn push(&mut self, d: DroppedXattr) {
+        *self.counts.entry(d.reason).or_default() += 1;
+        if self.listed.len() < MAX_DROPPED_LISTED {
+            self.listed.push(d);
+        }
+    }
+
+    /// How many xattrs were dropped for `reason`.
+    pub fn count(&self, reason: DropReason) -> u64 {
+        self.counts.get(&reason).copied().unwrap_or(0)
+    }
+
+    /// One line per reason: the count and the first `first` entries with
+    /// the xattr. Empty when nothing was dropped.
+    pub fn summary(&self, first: usize) -> Vec<String> {
+        self.counts
+            .iter()
+            .map(|(&reason, &n)| {
+                let shown: Vec<String> = self
+                    .listed
+                    .iter()
+                    .filter(|d| d.reason == reason)
+                    .take(first)
+                    .map(|d| format!("{} ({})", path_display(&d.path), crate::manifest::xattr_display(&d.name)))
+                    .collect();
+                let rest = n - shown.len() as u64;
+                let more = if rest > 0 { format!(", and {rest} more") } else { String::new() };
+                format!("{n} {}: {}{more}", reason.describe(), shown.join(", "))
+            })
+            .collect()
+    }
+}
 
 /// Why an import failed.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +249,9 @@ pub struct Imported {
     pub files: u64,
     /// Uncompressed layer bytes read.
     pub bytes: u64,
+    /// xattrs dropped from layer entries: overlayfs's own and host-specific
+    /// labels, never recorded in the manifest.
+    pub dropped: Dropped,
 }
 
 /// Splits `LAYOUT[:TAG]`: the part after the last `:` is a tag if it has no
@@ -180,20 +281,21 @@ pub fn import_layers<R: Read + Send>(
     mut open: impl FnMut(&Layer) -> Result<R, ImportError>,
 ) -> Result<Imported, ImportError> {
     let mut tree = Tree::default();
-    let mut stats = Stats { files: 0, bytes: 0, max_bytes: opts.max_bytes };
+    let mut stats = Stats { files: 0, bytes: 0, max_bytes: opts.max_bytes, dropped: Dropped::default() };
     for layer in &image.layers {
         tree.begin_layer();
         let blob = BlobReader::new(open(layer)?, &layer.desc);
         apply_layer(&mut tree, blob, layer, store, &mut stats)?;
     }
     let manifest = tree.to_manifest().map_err(ImportError::Tree)?;
-    Ok(Imported { manifest, image, files: stats.files, bytes: stats.bytes })
+    Ok(Imported { manifest, image, files: stats.files, bytes: stats.bytes, dropped: stats.dropped })
 }
 
 struct Stats {
     files: u64,
     bytes: u64,
     max_bytes: u64,
+    dropped: Dropped,
 }
 
 /// The layer blob, verified against its descriptor while read: reading past
@@ -464,9 +566,10 @@ impl Read for ChanReader {
 /// Applies one uncompressed layer tar to `tree` (call
 /// [`Tree::begin_layer`] first); `layer` names the layer in errors. Returns
 /// the number of regular files read. This is the core of [`import_image`]
-/// without the layout, the blob checks and the decompression.
+/// without the layout, the blob checks and the decompression (xattrs are
+/// dropped as there, without the list of [`Imported::dropped`]).
 pub fn apply_tar<R: Read>(tree: &mut Tree, r: R, store: Option<&Store>, layer: Digest) -> Result<u64, ImportError> {
-    let mut stats = Stats { files: 0, bytes: 0, max_bytes: u64::MAX };
+    let mut stats = Stats { files: 0, bytes: 0, max_bytes: u64::MAX, dropped: Dropped::default() };
     read_entries(tree, r, store, &mut stats, layer)?;
     Ok(stats.files)
 }
@@ -503,7 +606,11 @@ fn read_entries<R: Read>(
             }
         }
         let mut xattrs = h.xattrs.clone();
-        xattrs.retain(|k, _| !IGNORED_XATTRS.contains(&k.as_slice()));
+        xattrs.retain(|k, _| {
+            let Some(reason) = DropReason::of(k) else { return true };
+            stats.dropped.push(DroppedXattr { reason, layer, path: comps.join(&b'/'), name: k.clone() });
+            false
+        });
         for (k, v) in &xattrs {
             if k.is_empty() || k.len() > crate::manifest::MAX_NAME {
                 return Err(eerr(format!("xattr name of {} bytes", k.len())));
