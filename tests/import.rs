@@ -1094,7 +1094,7 @@ fn overlay_layer() -> Vec<u8> {
         .end()
 }
 
-fn names(m: &Manifest, path: &str) -> Vec<String> {
+fn xattr_names(m: &Manifest, path: &str) -> Vec<String> {
     m.get(path.as_bytes()).unwrap().meta.xattrs.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect()
 }
 
@@ -1108,9 +1108,9 @@ fn overlay_and_host_label_xattrs_in_layers_are_dropped_and_listed() {
     ]);
     let imp = import_image(l.path(), None, &opts("t")).unwrap();
     let m = &imp.manifest;
-    assert_eq!(names(m, "etc"), ["user.keep"]);
-    assert_eq!(names(m, "d"), ["trusted.overlayx", "user.overlay"]);
-    assert!(names(m, "etc/f").is_empty(), "{:?}", names(m, "etc/f"));
+    assert_eq!(xattr_names(m, "etc"), ["user.keep"]);
+    assert_eq!(xattr_names(m, "d"), ["trusted.overlayx", "user.overlay"]);
+    assert!(xattr_names(m, "etc/f").is_empty(), "{:?}", xattr_names(m, "etc/f"));
     let got: Vec<(DropReason, String, String)> = imp
         .dropped
         .listed
@@ -1234,4 +1234,328 @@ fn dropped_xattrs_are_listed_up_to_the_limit_then_only_counted() {
     let s = imp.dropped.summary(usize::MAX);
     assert_eq!(s.len(), 1);
     assert!(s[0].ends_with(", and 1 more"), "{}", &s[0][s[0].len() - 40..]);
+}
+
+// ---------------------------------------------------------------- --keep-dirlinks
+
+/// Imports the layers with `keep_dirlinks` as given.
+fn ok_dirlinks(layers: Vec<L>, keep: bool) -> Manifest {
+    let l = Layout::with(layers);
+    let o = ImportOptions { keep_dirlinks: keep, ..opts("t") };
+    import_image(l.path(), None, &o).unwrap_or_else(|e| panic!("import failed: {e}")).manifest
+}
+
+/// Both ways: (without the option, with it).
+fn both_dirlinks(layers: impl Fn() -> Vec<L>) -> (Manifest, Manifest) {
+    (ok_dirlinks(layers(), false), ok_dirlinks(layers(), true))
+}
+
+fn kind(m: &Manifest, path: &str) -> Kind {
+    m.get(path.as_bytes()).unwrap_or_else(|| panic!("{path} missing")).kind.clone()
+}
+
+fn names(m: &Manifest, path: &str) -> Vec<String> {
+    let e = m.get(path.as_bytes()).unwrap_or_else(|| panic!("{path} missing"));
+    let ch = e.children().unwrap_or_else(|| panic!("{path} is not a directory"));
+    ch.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect()
+}
+
+fn symlink_to(t: &str) -> Kind {
+    Kind::Symlink(t.as_bytes().to_vec())
+}
+
+/// A directory entry with metadata unlike the lower layer's.
+fn dir_entry(t: Tar, name: &str) -> Tar {
+    t.raw(H { mode: 0o700, uid: 5, gid: 6, mtime: 2_000_000, ..h(name.as_bytes(), b'5') }, b"")
+}
+
+#[test]
+fn keep_dirlinks_a_dir_entry_keeps_a_symlink_to_a_dir() {
+    let (plain, keep) = both_dirlinks(|| {
+        let l1 = Tar::default().dir("d1").file("d1/a", b"a").symlink("l1", "d1").end();
+        let l2 = dir_entry(Tar::default().pax(&[("SCHILY.xattr.trusted.t", b"v")]), "l1/").file("l1/b", b"b").end();
+        vec![L::tar(l1), L::tar(l2)]
+    });
+    // without: the directory replaces the symlink, and takes what follows
+    assert!(matches!(kind(&plain, "l1"), Kind::Dir(_)));
+    assert_eq!(names(&plain, "l1"), ["b"]);
+    assert_eq!(names(&plain, "d1"), ["a"]);
+    let l1 = &plain.get(b"l1").unwrap().meta;
+    assert_eq!((l1.mode, l1.uid, l1.gid, l1.mtime.sec), (0o700, 5, 6, 2_000_000));
+    // with: the symlink stays and takes the entry's owner, mtime and xattrs
+    // (mode stays 0777); the directory it leads to keeps its own metadata
+    assert_eq!(kind(&keep, "l1"), symlink_to("d1"));
+    assert_eq!(names(&keep, "d1"), ["a", "b"]);
+    let l1 = &keep.get(b"l1").unwrap().meta;
+    assert_eq!((l1.mode, l1.uid, l1.gid, l1.mtime.sec), (0o777, 5, 6, 2_000_000));
+    assert_eq!(l1.xattrs.get(&b"trusted.t"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    let d1 = &keep.get(b"d1").unwrap().meta;
+    assert_eq!((d1.mode, d1.uid, d1.gid, d1.mtime.sec), (0o755, 0, 0, 1_000_000));
+    assert!(d1.xattrs.is_empty());
+}
+
+#[test]
+fn keep_dirlinks_replaces_the_symlinks_metadata_entirely() {
+    // the symlink's own xattrs go, as umoci clears them before setting the
+    // entry's; the same layer may hold both the symlink and the entry
+    let t = Tar::default().dir("d").pax(&[("SCHILY.xattr.trusted.old", b"1")]).symlink("l", "d").dir("l").end();
+    let m = ok_dirlinks(vec![L::tar(t)], true);
+    assert_eq!(kind(&m, "l"), symlink_to("d"));
+    let l = &m.get(b"l").unwrap().meta;
+    assert!(l.xattrs.is_empty(), "{l:?}");
+    assert_eq!((l.mode, l.mtime.sec), (0o777, 1_000_000));
+}
+
+#[test]
+fn keep_dirlinks_follows_a_chain_of_symlinks_and_parent_symlinks() {
+    let (plain, keep) = both_dirlinks(|| {
+        let l1 = Tar::default()
+            .dir("d1")
+            .symlink("l1", "d1")
+            .symlink("l2", "l1")
+            .dir("sub")
+            .symlink("sub/up", "../l2")
+            .symlink("p", "sub")
+            .end();
+        let l2 = dir_entry(Tar::default(), "l2").file("l2/b", b"b");
+        let l2 = dir_entry(l2, "p/up/").file("p/up/c", b"c").end();
+        vec![L::tar(l1), L::tar(l2)]
+    });
+    assert_eq!(kind(&keep, "l2"), symlink_to("l1"));
+    assert_eq!(kind(&keep, "l1"), symlink_to("d1"));
+    assert_eq!(kind(&keep, "sub/up"), symlink_to("../l2"), "resolved from where the symlink is");
+    assert_eq!(names(&keep, "d1"), ["b", "c"]);
+    assert_eq!(keep.get(b"sub/up").unwrap().meta.uid, 5);
+    assert_eq!(names(&plain, "l2"), ["b"]);
+    assert_eq!(names(&plain, "sub/up"), ["c"]);
+    assert_eq!(names(&plain, "d1"), Vec::<String>::new());
+}
+
+#[test]
+fn keep_dirlinks_replaces_symlinks_that_lead_to_no_directory() {
+    let links = [
+        ("lf", "file"),
+        ("ldang", "missing"),
+        ("labs", "/nonexistent"),
+        ("lloop", "lloop"),
+        ("lthrough", "file/x"),
+        ("lcycle", "lcycle2"),
+        ("lcycle2", "lcycle/x"),
+    ];
+    let (plain, keep) = both_dirlinks(|| {
+        let mut l1 = Tar::default().file("file", b"f");
+        let mut l2 = Tar::default();
+        for (l, t) in links {
+            l1 = l1.symlink(l, t);
+            l2 = dir_entry(l2, l).file(&format!("{l}/b"), b"b");
+        }
+        vec![L::tar(l1.end()), L::tar(l2.end())]
+    });
+    for m in [&plain, &keep] {
+        for (l, _) in links {
+            assert_eq!(names(m, l), ["b"], "{l}");
+            assert_eq!(m.get(l.as_bytes()).unwrap().meta.mode, 0o700, "{l}");
+        }
+        assert_eq!(content(m, "file").size, 1);
+        assert!(!exists(m, "missing") && !exists(m, "nonexistent"));
+    }
+}
+
+#[test]
+fn keep_dirlinks_never_leaves_the_root() {
+    let (plain, keep) = both_dirlinks(|| {
+        let l1 = Tar::default()
+            .dir("etc")
+            .file("etc/passwd", b"p")
+            .symlink("lup", "../..")
+            .symlink("letc", "/etc")
+            .symlink("lescape", "../../../../etc")
+            .symlink("lroot", "/")
+            .end();
+        let mut l2 = Tar::default();
+        for (l, f) in [("lup", "b"), ("letc", "c"), ("lescape", "d"), ("lroot", "e")] {
+            l2 = dir_entry(l2, l).file(&format!("{l}/{f}"), f.as_bytes());
+        }
+        vec![L::tar(l1), L::tar(l2.end())]
+    });
+    for l in ["lup", "letc", "lescape", "lroot"] {
+        assert!(matches!(kind(&keep, l), Kind::Symlink(_)), "{l}");
+        assert!(matches!(kind(&plain, l), Kind::Dir(_)), "{l}");
+    }
+    // through the symlinks into the root's own names: root for .. and /,
+    // the root's etc for /etc and ../../../../etc
+    assert_eq!(content(&keep, "b").digest, Some(Digest::of(b"b")));
+    assert_eq!(content(&keep, "e").digest, Some(Digest::of(b"e")));
+    assert_eq!(names(&keep, "etc"), ["c", "d", "passwd"]);
+    assert_eq!(names(&plain, "etc"), ["passwd"]);
+    assert!(!exists(&plain, "b") && !exists(&plain, "e"));
+    // the root keeps its metadata
+    assert_eq!(keep.root.meta.uid, 0);
+}
+
+#[test]
+fn keep_dirlinks_whiteouts_beneath_the_symlink() {
+    let (plain, keep) = both_dirlinks(|| {
+        let mut l1 = Tar::default();
+        for d in ["d2", "d3", "d4", "d5"] {
+            l1 = l1.dir(d).file(&format!("{d}/x"), b"x").file(&format!("{d}/y"), b"y");
+        }
+        let l1 = l1.symlink("lw", "d2").symlink("lo", "d3").symlink("lw2", "d4").symlink("lo2", "d5").end();
+        let l2 = dir_entry(Tar::default(), "lw").file("lw/.wh.x", b"");
+        let l2 = dir_entry(l2, "lo").file("lo/.wh..wh..opq", b"").file("lo/b", b"b");
+        // no directory entry: whiteouts go through the symlink either way
+        let l2 = l2.file("lw2/.wh.x", b"").file("lo2/.wh..wh..opq", b"").end();
+        vec![L::tar(l1), L::tar(l2)]
+    });
+    assert_eq!(names(&keep, "d2"), ["y"]);
+    assert_eq!(names(&keep, "d3"), ["b"]);
+    assert_eq!(kind(&keep, "lw"), symlink_to("d2"));
+    assert_eq!(kind(&keep, "lo"), symlink_to("d3"));
+    // without: new empty directories hide nothing below
+    assert_eq!(names(&plain, "lw"), Vec::<String>::new());
+    assert_eq!(names(&plain, "lo"), ["b"]);
+    assert_eq!(names(&plain, "d2"), ["x", "y"]);
+    assert_eq!(names(&plain, "d3"), ["x", "y"]);
+    for m in [&plain, &keep] {
+        assert_eq!(names(m, "d4"), ["y"]);
+        assert_eq!(names(m, "d5"), Vec::<String>::new());
+        assert_eq!(kind(m, "lw2"), symlink_to("d4"));
+        assert_eq!(kind(m, "lo2"), symlink_to("d5"));
+    }
+}
+
+#[test]
+fn keep_dirlinks_entries_beneath_a_symlink_without_a_dir_entry() {
+    let (plain, keep) = both_dirlinks(|| {
+        let l1 = Tar::default().dir("d4").file("d4/a", b"a").symlink("lnb", "d4").end();
+        let l2 = Tar::default().file("lnb/b", b"b").file("lnb/new/c", b"c").end();
+        vec![L::tar(l1), L::tar(l2)]
+    });
+    for m in [&plain, &keep] {
+        assert_eq!(kind(m, "lnb"), symlink_to("d4"));
+        assert_eq!(names(m, "d4"), ["a", "b", "new"]);
+        assert_eq!(m.get(b"lnb").unwrap().meta.mtime.sec, 1_000_000);
+    }
+}
+
+#[test]
+fn keep_dirlinks_only_directory_entries_keep_a_symlink() {
+    let (plain, keep) = both_dirlinks(|| {
+        let l1 = Tar::default().dir("d").file("d/a", b"a").symlink("f", "d").symlink("s", "d").dir("real").end();
+        let l1b = Tar::default().file("real/child", b"c").end();
+        let l2 = Tar::default().file("f", b"now a file").symlink("s", "elsewhere");
+        let l2 = dir_entry(l2, "real").end();
+        vec![L::tar(l1), L::tar(l1b), L::tar(l2)]
+    });
+    for m in [&plain, &keep] {
+        assert_eq!(content(m, "f").size, 10);
+        assert_eq!(kind(m, "s"), symlink_to("elsewhere"));
+        assert_eq!(names(m, "d"), ["a"]);
+        // a directory over a directory: unchanged by the option
+        assert_eq!(names(m, "real"), ["child"]);
+        assert_eq!(m.get(b"real").unwrap().meta.uid, 5);
+    }
+}
+
+#[test]
+fn keep_dirlinks_on_the_command_line() {
+    let l1 = Tar::default().dir("d1").symlink("l1", "d1").end();
+    let l2 = Tar::default().dir("l1").file("l1/b", b"b").end();
+    let l = Layout::with(vec![L::tar(l1), L::tar(l2)]);
+    let s = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ocix"))
+            .args(args)
+            .arg(format!("{}:t", l.path().display()))
+            .output()
+            .unwrap()
+    };
+    let out = s.path().join("m.cbor");
+    let r = run(&["import", "--keep-dirlinks", "-o", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = Manifest::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(kind(&m, "l1"), symlink_to("d1"));
+    assert_eq!(names(&m, "d1"), ["b"]);
+    let r = run(&["import", "-o", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = Manifest::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(names(&m, "l1"), ["b"]);
+    // unpack --image takes it (the bundle's own manifest shows the tree)
+    let bundle = s.path().join("bundle");
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_ocix"))
+        .args(["unpack", "--keep-dirlinks", "--rootless", "--image"])
+        .arg(format!("{}:t", l.path().display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = Manifest::from_bytes(&std::fs::read(bundle.join("ocix.cbor")).unwrap()).unwrap();
+    assert_eq!(kind(&m, "l1"), symlink_to("d1"));
+    assert!(bundle.join("rootfs/d1/b").is_file());
+    assert!(bundle.join("rootfs/l1").symlink_metadata().unwrap().file_type().is_symlink());
+    // a manifest is already a tree: the option is refused there
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_ocix"))
+        .args(["unpack", "--keep-dirlinks", "--store"])
+        .arg(s.path().join("store"))
+        .arg(&out)
+        .arg(s.path().join("dest"))
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--keep-dirlinks"));
+}
+
+/// A name of the small alphabet the dirlink property test plays with.
+fn dirlink_name() -> impl Strategy<Value = String> {
+    let part = prop::sample::select(vec!["a", "b", "l", "m"]);
+    proptest::collection::vec(part, 1..4).prop_map(|v| v.join("/"))
+}
+
+/// `a/b/c` -> `a/b/.wh.c`.
+fn whiteout_of(name: &str) -> String {
+    match name.rsplit_once('/') {
+        Some((d, n)) => format!("{d}/.wh.{n}"),
+        None => format!(".wh.{name}"),
+    }
+}
+
+/// An entry: 0 dir, 1 file, 2 symlink, 3 whiteout, 4 opaque whiteout.
+fn dirlink_entry() -> impl Strategy<Value = (u8, String, &'static str)> {
+    let target = prop::sample::select(vec!["a", "l", "../..", "/", "/a/b", "m/../a", "missing", "a/b/../..", "l/l"]);
+    (0u8..5, dirlink_name(), target)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Layers of directories, files, symlinks (to each other, up, out,
+    /// in loops) and whiteouts over the same few names: with the option on,
+    /// every layer applies or fails with an error naming the entry, never
+    /// a panic, and the tree always makes a valid manifest.
+    #[test]
+    fn keep_dirlinks_never_panics(
+        layers in proptest::collection::vec(proptest::collection::vec(dirlink_entry(), 1..8), 1..4),
+    ) {
+        let mut tree = Tree::default();
+        tree.keep_dirlinks(true);
+        for (i, entries) in layers.iter().enumerate() {
+            let mut t = Tar::default();
+            for (k, name, target) in entries {
+                t = match k {
+                    0 => t.dir(name),
+                    1 => t.file(name, b"x"),
+                    2 => t.symlink(name, target),
+                    3 => t.file(&whiteout_of(name), b""),
+                    _ => t.file(&format!("{name}/.wh..wh..opq"), b""),
+                };
+            }
+            tree.begin_layer();
+            if let Err(e) = apply_tar(&mut tree, &t.end()[..], None, Digest::of(&[i as u8])) {
+                prop_assert!(e.to_string().contains("entry /"), "{}", e);
+                break;
+            }
+        }
+        let m = tree.to_manifest().unwrap();
+        Manifest::from_bytes(&m.to_bytes().unwrap()).unwrap();
+    }
 }

@@ -254,3 +254,76 @@ fn registry_import_equals_layout_import() {
     let remote = import(&s, ":t", Some("linux/amd64")).unwrap();
     assert_eq!(remote.to_bytes().unwrap(), local.to_bytes().unwrap());
 }
+
+// ---------------------------------------------------------------- --keep-dirlinks
+
+/// A layer of directories (names ending in `/`), symlinks (`name -> target`)
+/// and files.
+fn tar_with_links(entries: &[&str]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(1_700_000_000);
+        h.set_size(0);
+        if let Some((name, target)) = e.split_once(" -> ") {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            b.append_link(&mut h, name, target).unwrap();
+        } else if e.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            b.append_data(&mut h, e, &[][..]).unwrap();
+        } else {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(1);
+            b.append_data(&mut h, e, &b"x"[..]).unwrap();
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// Every way an ordinary image comes from a registry takes the option:
+/// `import docker://`, `unpack --image docker://` and `unpack docker://
+/// DEST` (which finds an ordinary image and imports it).
+#[test]
+fn keep_dirlinks_reaches_every_registry_import() {
+    let layers = [tar_with_links(&["d1/", "l1 -> d1"]), tar_with_links(&["l1/", "l1/b"])];
+    let mut repo = Repo::default();
+    let descs: Vec<_> = layers.iter().map(|t| repo.blob(DOCKER_GZIP, gzip(t))).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|t| sha(t)).collect::<Vec<_>>()},
+    });
+    let config = repo.blob(DOCKER_CONFIG, serde_json::to_vec(&config).unwrap());
+    let m = serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": config, "layers": descs});
+    repo.manifest(DOCKER_MANIFEST, serde_json::to_vec(&m).unwrap(), Some("t"));
+    let s = serve(repo, None, Fault::None);
+    let src = format!("docker://127.0.0.1:{}/r:t", s.port);
+    let dir = tempfile::tempdir().unwrap();
+    let ocix = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ocix"))
+            .current_dir(dir.path())
+            .args(args)
+            .args(["--insecure", "--retries", "0"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let kept = |rootfs: &str| {
+        let r = dir.path().join(rootfs);
+        r.join("l1").symlink_metadata().unwrap().file_type().is_symlink() && r.join("d1/b").is_file()
+    };
+    for keep in [false, true] {
+        let flag: &[&str] = if keep { &["--keep-dirlinks"] } else { &[] };
+        let n = if keep { "keep" } else { "plain" };
+        ocix(&[&["import", &src, "-o", &format!("{n}.cbor")][..], flag].concat());
+        let m = Manifest::from_bytes(&std::fs::read(dir.path().join(format!("{n}.cbor"))).unwrap()).unwrap();
+        assert_eq!(m.get(b"l1").unwrap().kind == ocix::manifest::Kind::Symlink(b"d1".to_vec()), keep);
+        ocix(&[&["unpack", "--image", &src, &format!("bundle-{n}")][..], flag].concat());
+        assert_eq!(kept(&format!("bundle-{n}/rootfs")), keep);
+        ocix(&[&["unpack", &src, &format!("dest-{n}")][..], flag].concat());
+        assert_eq!(kept(&format!("dest-{n}")), keep);
+        assert!(dir.path().join(format!("dest-{n}/l1/b")).is_file());
+    }
+}

@@ -8,6 +8,8 @@ use ocix::oci::{apply_tar, tree::Tree};
 
 fuzz_target!(|data: &[u8]| {
     let mut tree = Tree::default();
+    // both ways of meeting a symlink to a directory (--keep-dirlinks)
+    tree.keep_dirlinks(data.len() % 2 == 1);
     tree.begin_layer();
     if apply_tar(&mut tree, data, None, Digest::of(b"layer")).is_ok() {
         if let Ok(m) = tree.to_manifest() {

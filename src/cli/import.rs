@@ -45,6 +45,16 @@ pub struct Args {
     /// against decompression bombs).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
     pub max_bytes: u64,
+    /// As `umoci unpack --keep-dirlinks` (GNU tar's
+    /// --keep-directory-symlink): a directory entry that meets a symlink
+    /// leading to a directory (followed inside the root, never out of it)
+    /// keeps the symlink, so what a later layer puts beneath that name
+    /// lands in the directory it leads to; the symlink takes the entry's
+    /// owner, mtime and xattrs. Without it the directory replaces the
+    /// symlink. A dangling or looping symlink, or one leading to a
+    /// non-directory, is replaced either way.
+    #[arg(long)]
+    pub keep_dirlinks: bool,
     /// Registry connection flags (docker:// only).
     #[command(flatten)]
     pub net: super::pull::ConnArgs,
@@ -62,11 +72,16 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     };
     let imp = if a.image.starts_with("docker://") {
         let r = Reference::parse(&a.image)?;
-        let opts = ImportOptions { tag: None, platform, max_bytes: a.max_bytes };
+        let opts = ImportOptions { tag: None, platform, max_bytes: a.max_bytes, keep_dirlinks: a.keep_dirlinks };
         import_remote(&r, store.as_ref(), &opts, &a.net.options())
     } else {
         let (layout, tag) = split_ref(&a.image);
-        let opts = ImportOptions { tag: tag.map(str::to_string), platform, max_bytes: a.max_bytes };
+        let opts = ImportOptions {
+            tag: tag.map(str::to_string),
+            platform,
+            max_bytes: a.max_bytes,
+            keep_dirlinks: a.keep_dirlinks,
+        };
         import_image(Path::new(layout), store.as_ref(), &opts)
     }
     .with_context(|| format!("importing {}", a.image))?;

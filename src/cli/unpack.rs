@@ -47,6 +47,17 @@ pub struct Args {
     /// (OS/ARCH[/VARIANT]; default this machine's).
     #[arg(long, requires = "image")]
     pub platform: Option<String>,
+    /// With --image (or a docker:// MANIFEST naming an ordinary image): as
+    /// `umoci unpack --keep-dirlinks`, a directory entry that meets a
+    /// symlink leading to a directory (followed inside the root, never out
+    /// of it) keeps the symlink, so what a later layer puts beneath that
+    /// name lands in the directory it leads to; the symlink takes the
+    /// entry's owner, mtime and xattrs. Without it the directory replaces
+    /// the symlink. A dangling or looping symlink, or one leading to a
+    /// non-directory, is replaced either way. An ocix manifest is already
+    /// a tree: there it changes nothing.
+    #[arg(long)]
+    pub keep_dirlinks: bool,
     /// The blob store holding the manifest's file contents. With --image:
     /// a store to keep the image's contents in (default: a temporary one
     /// inside BUNDLE, removed afterwards).
@@ -120,6 +131,9 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     }
     if a.output.is_some() || a.prefetch.is_some() {
         bail!("-o and --prefetch are for a docker:// MANIFEST");
+    }
+    if a.keep_dirlinks {
+        bail!("--keep-dirlinks is for an image's layers (--image, or a docker:// image); a manifest is already a tree");
     }
     let Some(store) = &a.store else { bail!("--store is required to unpack a manifest") };
     let m = super::read_manifest(manifest)?;
@@ -273,7 +287,7 @@ fn unpack_ordinary(
     g: Global,
 ) -> anyhow::Result<()> {
     let r = crate::remote::Reference::parse(src)?;
-    let iopts = crate::oci::ImportOptions::default();
+    let iopts = crate::oci::ImportOptions { keep_dirlinks: a.keep_dirlinks, ..Default::default() };
     let imported = crate::remote::image::import_remote(&r, Some(store), &iopts, &a.net.options())
         .map_err(|e| anyhow::anyhow!("importing {src}: {e}"))?;
     g.info(&format!("{src}: an ordinary image, {} layers imported", imported.image.layers.len()));
@@ -367,7 +381,12 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
     let temp_store = a.store.is_none();
     let store_path = a.store.clone().unwrap_or_else(|| bundle.join(".ocix-store"));
     let store = Store::create(&store_path)?;
-    let iopts = ImportOptions { tag: tag.map(str::to_string), platform, ..ImportOptions::default() };
+    let iopts = ImportOptions {
+        tag: tag.map(str::to_string),
+        platform,
+        keep_dirlinks: a.keep_dirlinks,
+        ..ImportOptions::default()
+    };
     let result = (|| -> anyhow::Result<()> {
         let imported = if image.starts_with("docker://") {
             let r = crate::remote::Reference::parse(image)?;

@@ -230,11 +230,14 @@ pub struct ImportOptions {
     pub platform: Option<Platform>,
     /// Most uncompressed bytes read over all layers.
     pub max_bytes: u64,
+    /// A directory entry over a symlink to a directory keeps the symlink
+    /// (`umoci unpack --keep-dirlinks`; see [`Tree::keep_dirlinks`]).
+    pub keep_dirlinks: bool,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { tag: None, platform: None, max_bytes: DEFAULT_MAX_BYTES }
+        ImportOptions { tag: None, platform: None, max_bytes: DEFAULT_MAX_BYTES, keep_dirlinks: false }
     }
 }
 
@@ -281,6 +284,7 @@ pub fn import_layers<R: Read + Send>(
     mut open: impl FnMut(&Layer) -> Result<R, ImportError>,
 ) -> Result<Imported, ImportError> {
     let mut tree = Tree::default();
+    tree.keep_dirlinks(opts.keep_dirlinks);
     let mut stats = Stats { files: 0, bytes: 0, max_bytes: opts.max_bytes, dropped: Dropped::default() };
     for layer in &image.layers {
         tree.begin_layer();

@@ -22,6 +22,18 @@
 //!   fixed 0 stands in for it.)
 //! - A new entry replaces what was there, except that a directory over a
 //!   directory keeps the children and takes the new metadata.
+//! - With [`Tree::keep_dirlinks`] (`umoci unpack --keep-dirlinks`, GNU tar's
+//!   `--keep-directory-symlink`), a directory entry over a symlink that
+//!   leads to a directory keeps the symlink: the symlink takes the entry's
+//!   owner, mtime and xattrs (its mode stays 0777; umoci applies the
+//!   header to the symlink itself), the directory it leads to keeps its
+//!   own, and later entries beneath the name go through the symlink as
+//!   through any parent symlink. "Leads to a directory" means the whole
+//!   name, resolved as parents are (inside the root, through further
+//!   symlinks), ends at a directory; a symlink that dangles, loops or
+//!   leads to a non-directory is replaced by the directory, as without
+//!   the option. Only directory entries keep a symlink: any other type
+//!   replaces it.
 //! - `.wh.NAME` removes NAME and `.wh..wh..opq` empties its directory, but
 //!   neither touches a path created by the same layer (nor its ancestors):
 //!   whiteouts hide lower layers only, whatever their position in the layer.
@@ -100,11 +112,13 @@ pub struct Tree {
     inodes: Vec<Inode>,
     /// The current layer's number (from 1).
     layer: u32,
+    /// A directory entry over a symlink to a directory keeps the symlink.
+    keep_dirlinks: bool,
 }
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree { root: Node::implicit_dir(), inodes: Vec::new(), layer: 0 }
+        Tree { root: Node::implicit_dir(), inodes: Vec::new(), layer: 0, keep_dirlinks: false }
     }
 }
 
@@ -145,6 +159,19 @@ enum Parent {
 }
 
 impl Tree {
+    /// Whether a directory entry over a symlink that leads to a directory
+    /// keeps the symlink (see the module doc); off by default.
+    pub fn keep_dirlinks(&mut self, keep: bool) {
+        self.keep_dirlinks = keep;
+    }
+
+    /// Whether `path` (resolved up to its last component) is a symlink
+    /// that, followed inside the root, leads to an existing directory.
+    fn is_dirlink(&self, path: &[Name]) -> bool {
+        matches!(self.node(path), Some(Node { kind: NodeKind::Symlink(_), .. }))
+            && matches!(self.resolve_dir(path), Ok(Parent::Dir(_)))
+    }
+
     /// Starts a new layer: forgets which paths the previous one touched.
     pub fn begin_layer(&mut self) {
         self.layer += 1;
@@ -333,6 +360,12 @@ impl Tree {
         path.push(last.clone());
         if path.len() > MAX_DEPTH {
             return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
+        }
+        if self.keep_dirlinks && matches!(kind, NewKind::Dir) && self.is_dirlink(&path) {
+            let ch = self.dir_mut(&dir_path).expect("resolved above");
+            ch.get_mut(last).expect("checked above").meta = Meta { mode: 0o777, ..meta };
+            self.mark_upper(&path);
+            return Ok(());
         }
         // Clobber what was there, except a directory over a directory.
         let keep_dir =
