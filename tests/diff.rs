@@ -660,3 +660,56 @@ fn cli_rootless_diff_as_unprivileged_user() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("secret"), "{err}");
 }
+
+// ------------------------------------------- hardlinks to symlinks, fifos, devices
+
+/// `base()` with a second name for its symlink, fifo and char device.
+fn base_special_links() -> Manifest {
+    let mut m = base();
+    put(&mut m, "bin2", Entry::new(Kind::Hardlink(b"bin".to_vec())));
+    put(&mut m, "run/fifo2", Entry::new(Kind::Hardlink(b"run/fifo".to_vec())));
+    put(&mut m, "dev/null2", Entry::new(Kind::Hardlink(b"dev/null".to_vec())));
+    m.to_bytes().expect("valid");
+    m
+}
+
+#[test]
+fn hardlinked_symlink_fifo_device_groups_break_and_follow_the_inode() {
+    let e = base_special_links();
+    for (name, first) in [("bin2", "bin"), ("run/fifo2", "run/fifo"), ("dev/null2", "dev/null")] {
+        // broken off: an entry of its own, equal in every field
+        let mut a = base_special_links();
+        *at(&mut a, name) = at(&mut a, first).clone();
+        let f = only(&e, &a);
+        assert_eq!(f.to_string(), format!("/{name}: link /{first} -> (none)"));
+        // and linked again
+        assert_eq!(only(&a, &e).to_string(), format!("/{name}: link (none) -> /{first}"));
+    }
+    // a change to the inode shows on every name, with the inode's type
+    let mut a = base_special_links();
+    at(&mut a, "bin").kind = Kind::Symlink(b"usr/sbin".to_vec());
+    assert_eq!(lines(&run_diff(&e, &a)), ["/bin: target usr/bin -> usr/sbin", "/bin2: target usr/bin -> usr/sbin"]);
+    let mut a = base_special_links();
+    at(&mut a, "dev/null").kind = Kind::Char(Dev { major: 1, minor: 5 });
+    assert_eq!(lines(&run_diff(&e, &a)), ["/dev/null: rdev 1,3 -> 1,5", "/dev/null2: rdev 1,3 -> 1,5"]);
+    // a name that became another type: its type, not its group
+    let mut a = base_special_links();
+    *at(&mut a, "run/fifo2") = file(b"");
+    assert_eq!(lines(&run_diff(&e, &a))[0], "/run/fifo2: type fifo -> file");
+}
+
+#[test]
+fn disk_hardlinked_symlink_and_fifo_break_and_relink() {
+    let t = tempfile::tempdir().unwrap();
+    sh("ln -s target s && ln -P s s2 && mkfifo f && ln f f2 && touch -h -d @1600000000 s f . ", t.path());
+    let before = scan(t.path());
+    assert_eq!(before.get(b"s2").unwrap().kind, Kind::Hardlink(b"s".to_vec()));
+    assert_eq!(before.get(b"f2").unwrap().kind, Kind::Hardlink(b"f".to_vec()));
+    // copies with the same metadata: only the broken groups show
+    sh(&format!("{KEEP} keep .; cp -a s x && mv x s2 && cp -a f y && mv y f2; back"), t.path());
+    let broken = scan(t.path());
+    assert_eq!(lines(&run_diff(&before, &broken)), ["/f2: link /f -> (none)", "/s2: link /s -> (none)"]);
+    sh(&format!("{KEEP} keep .; ln -P -f s s2 && ln -f f f2; back"), t.path());
+    assert_eq!(lines(&run_diff(&before, &scan(t.path()))), Vec::<String>::new());
+    assert_eq!(lines(&run_diff(&broken, &scan(t.path()))), ["/f2: link (none) -> /f", "/s2: link (none) -> /s"]);
+}

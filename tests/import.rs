@@ -417,13 +417,6 @@ fn hardlinks_within_and_across_layers() {
 }
 
 #[test]
-fn hardlink_to_symlink_is_a_copy() {
-    let t = Tar::default().symlink("s", "target").link("s2", "s").end();
-    let m = ok(vec![L::tar(t)]);
-    assert_eq!(m.get(b"s2").unwrap().kind, Kind::Symlink(b"target".to_vec()));
-}
-
-#[test]
 fn whiteouts_and_opaque_hide_lower_layers_only() {
     let l1 = Tar::default().dir("d").file("d/old", b"1").dir("d/sub").file("d/sub/x", b"2").file("keep", b"k").end();
     // opaque marker after this layer's own entries in the same directory
@@ -1295,6 +1288,20 @@ fn keep_dirlinks_a_dir_entry_keeps_a_symlink_to_a_dir() {
 }
 
 #[test]
+fn keep_dirlinks_metadata_reaches_every_name_of_a_hardlinked_symlink() {
+    // `a` and `z` are one symlink inode; a directory entry through the second
+    // name changes the inode, so the first name (which carries the metadata
+    // in the manifest) shows it
+    let l1 = Tar::default().dir("d").symlink("a", "d").link("z", "a").end();
+    let l2 = dir_entry(Tar::default(), "z/").end();
+    let m = ok_dirlinks(vec![L::tar(l1), L::tar(l2)], true);
+    assert_eq!(kind(&m, "a"), symlink_to("d"));
+    assert_eq!(kind(&m, "z"), Kind::Hardlink(b"a".to_vec()));
+    let a = &m.get(b"a").unwrap().meta;
+    assert_eq!((a.mode, a.uid, a.gid, a.mtime.sec), (0o777, 5, 6, 2_000_000));
+}
+
+#[test]
 fn keep_dirlinks_replaces_the_symlinks_metadata_entirely() {
     // the symlink's own xattrs go, as umoci clears them before setting the
     // entry's; the same layer may hold both the symlink and the entry
@@ -1558,4 +1565,100 @@ proptest! {
         let m = tree.to_manifest().unwrap();
         Manifest::from_bytes(&m.to_bytes().unwrap()).unwrap();
     }
+}
+
+// ------------------------------------------- hardlinks to symlinks, fifos, devices
+
+/// One layer: a symlink, a fifo, a char and a block device, each with tar
+/// hardlinks (one of them absolute, one with header metadata of its own,
+/// one that sorts before its target).
+fn special_links_layer() -> Vec<u8> {
+    Tar::default()
+        .symlink("symlink", "target")
+        .link("tmp/symlink_hard", "symlink")
+        .raw(H { mode: 0o640, ..h(b"fifo", b'6') }, b"")
+        .link("a-fifo", "fifo")
+        .raw(H { mode: 0o666, dev: (1, 3), ..h(b"dev/null", b'3') }, b"")
+        .link("dev/null2", "dev/null")
+        .link("z/null3", "/dev/null")
+        .raw(H { mode: 0o660, gid: 6, dev: (7, 0), ..h(b"loop0", b'4') }, b"")
+        .raw(H { link: b"loop0", mode: 0o600, uid: 5, ..h(b"loop0-hard", b'1') }, b"")
+        .end()
+}
+
+#[test]
+fn hardlinks_to_symlinks_fifos_and_devices_share_the_inode() {
+    let m = ok(vec![L::tar(special_links_layer())]);
+    let kind = |p: &str| m.get(p.as_bytes()).unwrap_or_else(|| panic!("{p} missing")).kind.clone();
+    let link = |p: &str| Kind::Hardlink(p.as_bytes().to_vec());
+    assert_eq!(kind("symlink"), Kind::Symlink(b"target".to_vec()));
+    assert_eq!(kind("tmp/symlink_hard"), link("symlink"));
+    // a-fifo sorts first: it carries the fifo and its metadata
+    assert_eq!(kind("a-fifo"), Kind::Fifo);
+    assert_eq!(m.get(b"a-fifo").unwrap().meta.mode, 0o640);
+    assert_eq!(kind("fifo"), link("a-fifo"));
+    assert_eq!(kind("dev/null"), Kind::Char(Dev { major: 1, minor: 3 }));
+    assert_eq!(kind("dev/null2"), link("dev/null"));
+    assert_eq!(kind("z/null3"), link("dev/null"));
+    // the link header's own mode and owner are ignored
+    assert_eq!(kind("loop0"), Kind::Block(Dev { major: 7, minor: 0 }));
+    assert_eq!(kind("loop0-hard"), link("loop0"));
+    let l0 = &m.get(b"loop0").unwrap().meta;
+    assert_eq!((l0.mode, l0.uid, l0.gid), (0o660, 0, 6));
+    Manifest::from_bytes(&m.to_bytes().unwrap()).unwrap();
+}
+
+#[test]
+fn hardlinked_symlink_groups_follow_later_layers() {
+    let l1 = Tar::default().symlink("s", "t").link("s2", "s").end();
+    // a link to a lower layer's link joins the same inode
+    let l2 = Tar::default().link("s3", "s2").end();
+    let m = ok(vec![L::tar(l1.clone()), L::tar(l2)]);
+    assert_eq!(m.get(b"s2").unwrap().kind, Kind::Hardlink(b"s".to_vec()));
+    assert_eq!(m.get(b"s3").unwrap().kind, Kind::Hardlink(b"s".to_vec()));
+    // the first name whited out: the next one carries the symlink
+    let l2 = Tar::default().file(".wh.s", b"").link("s3", "s2").end();
+    let m = ok(vec![L::tar(l1.clone()), L::tar(l2)]);
+    assert_eq!(m.get(b"s2").unwrap().kind, Kind::Symlink(b"t".to_vec()));
+    assert_eq!(m.get(b"s3").unwrap().kind, Kind::Hardlink(b"s2".to_vec()));
+    // the first name replaced by a new symlink: it leaves the group
+    let l2 = Tar::default().symlink("s", "new").end();
+    let m = ok(vec![L::tar(l1.clone()), L::tar(l2)]);
+    assert_eq!(m.get(b"s").unwrap().kind, Kind::Symlink(b"new".to_vec()));
+    assert_eq!(m.get(b"s2").unwrap().kind, Kind::Symlink(b"t".to_vec()));
+    // two separate symlinks with the same target stay two inodes
+    let t = Tar::default().symlink("x", "t").symlink("y", "t").end();
+    let m = ok(vec![L::tar(t)]);
+    assert_eq!(m.get(b"y").unwrap().kind, Kind::Symlink(b"t".to_vec()));
+}
+
+#[test]
+fn unpack_image_keeps_one_inode_for_hardlinked_specials() {
+    use std::os::unix::fs::MetadataExt;
+    let l = Layout::with(vec![L::tar(special_links_layer())]);
+    let out = tempfile::tempdir().unwrap();
+    let bundle = out.path().join("bundle");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ocix"))
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:t", l.path().display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = |p: &str| std::fs::symlink_metadata(bundle.join("rootfs").join(p)).unwrap();
+    for group in [
+        &["symlink", "tmp/symlink_hard"][..],
+        &["fifo", "a-fifo"],
+        &["dev/null", "dev/null2", "z/null3"],
+        &["loop0", "loop0-hard"],
+    ] {
+        let first = st(group[0]);
+        for p in group {
+            let s = st(p);
+            assert_eq!((s.ino(), s.nlink()), (first.ino(), group.len() as u64), "{p} in {group:?}");
+        }
+    }
+    assert!(st("symlink").file_type().is_symlink());
+    assert_eq!(std::fs::read_link(bundle.join("rootfs/tmp/symlink_hard")).unwrap(), Path::new("target"));
 }

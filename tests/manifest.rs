@@ -303,7 +303,7 @@ fn rejects_bad_hardlinks() {
             .0
     };
     assert!(err(&with(b"nope")).contains("names no entry"));
-    assert!(err(&with(b"d")).contains("must name a regular file"));
+    assert!(err(&with(b"d")).contains("must not name a directory"));
     assert!(err(&with(b"z")).contains("earlier in manifest order"));
     assert!(err(&with(b"../z")).contains(". or .."));
     assert!(err(&with(b"/z")).contains("empty name"));
@@ -475,4 +475,177 @@ fn encoder_refuses_names_the_decoder_would_refuse() {
         let e = m.to_bytes().expect_err("encoded an invalid name");
         assert!(e.to_string().contains("invalid child name"), "{e}");
     }
+}
+
+// ------------------------------------------- hardlinks to every type but directories
+
+/// A root with these children (paths with one `/` go into a directory).
+fn hl_tree(children: Vec<(&str, Entry)>) -> Manifest {
+    let mut root: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+    for (p, e) in children {
+        match p.split_once('/') {
+            None => {
+                root.insert(p.as_bytes().to_vec(), e);
+            }
+            Some((d, n)) => {
+                let dir = root.entry(d.as_bytes().to_vec()).or_insert_with(Entry::empty_dir);
+                let Kind::Dir(c) = &mut dir.kind else { panic!("{d} is not a directory") };
+                c.insert(n.as_bytes().to_vec(), e);
+            }
+        }
+    }
+    Manifest { root: Entry { meta: Meta { mode: 0o755, ..Meta::default() }, kind: Kind::Dir(root) } }
+}
+
+fn hl(path: &str) -> Entry {
+    Entry::new(Kind::Hardlink(path.as_bytes().to_vec()))
+}
+
+fn non_directories() -> Vec<(&'static str, Entry)> {
+    let with = |kind: Kind| Entry { meta: Meta { mode: 0o640, uid: 7, ..Meta::default() }, kind };
+    vec![
+        ("file", file(b"content", 5)),
+        ("symlink", with(Kind::Symlink(b"../target".to_vec()))),
+        ("char", with(Kind::Char(Dev { major: 1, minor: 3 }))),
+        ("block", with(Kind::Block(Dev { major: 7, minor: 0 }))),
+        ("fifo", with(Kind::Fifo)),
+        ("socket", with(Kind::Socket)),
+    ]
+}
+
+#[test]
+fn hardlinks_name_any_earlier_non_directory() {
+    for (what, first) in non_directories() {
+        let m = hl_tree(vec![("a", first), ("b", hl("a")), ("d/c", hl("a"))]);
+        let bytes = m.to_bytes().unwrap_or_else(|e| panic!("{what}: {e}"));
+        // the other names are bare {0: name, 1: 3, 10: path}
+        let link = C::default().map(3).u(0).b(b"b").u(1).u(3).u(10).b(b"a").0;
+        assert!(bytes.windows(link.len()).any(|w| w == link), "{what}: no bare hardlink entry");
+        let back = Manifest::from_bytes(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(back, m, "{what}");
+        assert_eq!(back.to_bytes().unwrap(), bytes, "{what}");
+    }
+}
+
+#[test]
+fn decoder_accepts_hardlinks_to_a_symlink_and_a_fifo() {
+    // written by hand: {root children [{a symlink -> t}, {b -> a}, {f fifo}, {g -> f}]}
+    let bytes = C::top()
+        .map(2)
+        .u(1)
+        .u(1)
+        .u(13)
+        .arr(4)
+        .map(3)
+        .u(0)
+        .b(b"a")
+        .u(1)
+        .u(2)
+        .u(10)
+        .b(b"t")
+        .map(3)
+        .u(0)
+        .b(b"b")
+        .u(1)
+        .u(3)
+        .u(10)
+        .b(b"a")
+        .map(2)
+        .u(0)
+        .b(b"f")
+        .u(1)
+        .u(6)
+        .map(3)
+        .u(0)
+        .b(b"g")
+        .u(1)
+        .u(3)
+        .u(10)
+        .b(b"f")
+        .0;
+    let m = Manifest::from_bytes(&bytes).unwrap();
+    assert_eq!(m.get(b"b").unwrap().kind, Kind::Hardlink(b"a".to_vec()));
+    assert_eq!(m.get(b"g").unwrap().kind, Kind::Hardlink(b"f".to_vec()));
+    assert_eq!(m.to_bytes().unwrap(), bytes);
+}
+
+#[test]
+fn hardlinks_to_directories_dangling_forward_or_to_links_are_rejected() {
+    let sym = || Entry::new(Kind::Symlink(b"t".to_vec()));
+    let fifo = || Entry::new(Kind::Fifo);
+    let cases: Vec<(&str, Manifest, &str)> = vec![
+        ("directory", hl_tree(vec![("d/x", fifo()), ("l", hl("d"))]), "must not name a directory"),
+        ("dangling", hl_tree(vec![("a", sym()), ("l", hl("b"))]), "names no entry"),
+        ("forward symlink", hl_tree(vec![("a", hl("z")), ("z", sym())]), "earlier in manifest order"),
+        ("forward fifo", hl_tree(vec![("a", hl("d/f")), ("d/f", fifo())]), "earlier in manifest order"),
+        ("to a hardlink", hl_tree(vec![("a", sym()), ("b", hl("a")), ("c", hl("b"))]), "not another hardlink"),
+        ("to itself", hl_tree(vec![("a", hl("a"))]), "not another hardlink"),
+        (
+            "through a symlink",
+            hl_tree(vec![("d/f", fifo()), ("s", Entry::new(Kind::Symlink(b"d".to_vec()))), ("z", hl("s/f"))]),
+            "names no entry",
+        ),
+    ];
+    for (what, m, want) in cases {
+        // the encoder refuses what the decoder refuses
+        let e = m.to_bytes().expect_err(what).to_string();
+        assert!(e.contains(want), "{what}: {e}");
+        // and the decoder, given the bytes the encoder would write
+        let bytes = raw_encode(&m);
+        let e = err(&bytes);
+        assert!(e.contains(want) && e.contains("hardlink to"), "{what}: {e}");
+    }
+}
+
+/// Canonical bytes of a manifest without the encoder's validation: the
+/// entries of `m` as they are, links and all.
+fn raw_encode(m: &Manifest) -> Vec<u8> {
+    fn entry(c: C, name: Option<&[u8]>, e: &Entry) -> C {
+        let code = e.kind.code() as u64;
+        let mut fields: Vec<Box<dyn Fn(C) -> C + '_>> = Vec::new();
+        if let Some(n) = name {
+            fields.push(Box::new(move |c: C| c.u(0).b(n)));
+        }
+        if code != 0 {
+            fields.push(Box::new(move |c: C| c.u(1).u(code)));
+        }
+        match &e.kind {
+            Kind::Symlink(t) | Kind::Hardlink(t) => fields.push(Box::new(move |c: C| c.u(10).b(t))),
+            Kind::Dir(ch) if !ch.is_empty() => fields.push(Box::new(move |c: C| {
+                let mut c = c.u(13).arr(ch.len() as u64);
+                for (n, e) in ch {
+                    c = entry(c, Some(n), e);
+                }
+                c
+            })),
+            Kind::Dir(_) | Kind::Fifo => {}
+            other => panic!("raw_encode: {other:?} not needed"),
+        }
+        let mut c = c.map(fields.len() as u64);
+        for f in fields {
+            c = f(c);
+        }
+        c
+    }
+    entry(C::top(), None, &m.root).0
+}
+
+#[test]
+fn cli_reads_and_refuses_hardlinks_to_non_regular_files() {
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good.ocix");
+    let m = hl_tree(vec![("a", Entry::new(Kind::Symlink(b"t".to_vec()))), ("b", hl("a"))]);
+    std::fs::write(&good, m.to_bytes().unwrap()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_ocix");
+    let o = std::process::Command::new(bin).arg("show").arg(&good).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.lines().any(|l| l.starts_with("hardlink 0777 ") && l.ends_with("/b => /a -> t")), "{text}");
+    let bad = t.path().join("bad.ocix");
+    let m = hl_tree(vec![("a", hl("z")), ("z", Entry::new(Kind::Fifo))]);
+    std::fs::write(&bad, raw_encode(&m)).unwrap();
+    let o = std::process::Command::new(bin).arg("digest").arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("/a") && e.contains("hardlink to /z must name an entry earlier in manifest order"), "{e}");
 }

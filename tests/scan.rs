@@ -315,3 +315,48 @@ fn output_to_a_device_or_fifo_writes_into_it_and_never_replaces_it() {
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert!(Manifest::from_bytes(&std::fs::read(&target).unwrap()).is_ok());
 }
+
+// ------------------------------------------- hardlinks to symlinks, fifos, devices, sockets
+
+#[test]
+fn scan_records_hardlinks_of_every_type_but_directories() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    let link = |old: &str, new: &str| {
+        rustix::fs::linkat(rustix::fs::CWD, r.join(old), rustix::fs::CWD, r.join(new), rustix::fs::AtFlags::empty())
+            .unwrap_or_else(|e| panic!("link {old} {new}: {e}"))
+    };
+    std::os::unix::fs::symlink("t", r.join("s")).unwrap();
+    link("s", "s2");
+    rustix::fs::mknodat(rustix::fs::CWD, r.join("f"), rustix::fs::FileType::Fifo, rustix::fs::Mode::empty(), 0)
+        .unwrap();
+    link("f", "e"); // sorts before f: it is the first name
+    let _l = std::os::unix::net::UnixListener::bind(r.join("k")).unwrap();
+    link("k", "k2");
+    if is_root() {
+        let dev = rustix::fs::makedev(1, 3);
+        let ty = rustix::fs::FileType::CharacterDevice;
+        rustix::fs::mknodat(rustix::fs::CWD, r.join("c"), ty, rustix::fs::Mode::empty(), dev).unwrap();
+        link("c", "c2");
+    }
+    // one symlink more with the same target, not linked: its own entry
+    std::os::unix::fs::symlink("t", r.join("s3")).unwrap();
+    let m = Manifest::from_bytes(&scan(r, &[])).unwrap();
+    let kind = |p: &str| m.get(p.as_bytes()).unwrap_or_else(|| panic!("{p} missing")).kind.clone();
+    let hl = |p: &str| Kind::Hardlink(p.as_bytes().to_vec());
+    assert_eq!(kind("s"), Kind::Symlink(b"t".to_vec()));
+    assert_eq!(kind("s2"), hl("s"));
+    assert_eq!(kind("s3"), Kind::Symlink(b"t".to_vec()));
+    assert_eq!(kind("e"), Kind::Fifo);
+    assert_eq!(kind("f"), hl("e"));
+    assert_eq!(kind("k"), Kind::Socket);
+    assert_eq!(kind("k2"), hl("k"));
+    if is_root() {
+        assert_eq!(kind("c"), Kind::Char(Dev { major: 1, minor: 3 }));
+        assert_eq!(kind("c2"), hl("c"));
+    }
+    // the first name left out: the next name carries the inode
+    let m = Manifest::from_bytes(&scan(r, &["--exclude", "e", "--exclude", "s"])).unwrap();
+    assert_eq!(m.get(b"f").unwrap().kind, Kind::Fifo);
+    assert_eq!(m.get(b"s2").unwrap().kind, Kind::Symlink(b"t".to_vec()));
+}

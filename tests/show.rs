@@ -96,9 +96,9 @@ fn mtree_lines_and_escapes() {
 . type=dir mode=0755 uid=0 gid=0 time=1714557600.000000000
 ./a type=file mode=0644 uid=1000 gid=100 time=1.250000000 size=8192 nlink=2 sha256digest={d}
 ./b type=file mode=0644 uid=1000 gid=100 time=1.250000000 size=8192 nlink=2 sha256digest={d}
-./l type=link mode=0777 uid=0 gid=0 time=0.000000000 link=a\\040b
-./null type=char mode=0666 uid=0 gid=0 time=0.000000000 device=native,1,3
-./odd\\012\\134\\377 type=fifo mode=0644 uid=0 gid=0 time=0.000000000
+./l type=link mode=0777 uid=0 gid=0 time=0.000000000 nlink=1 link=a\\040b
+./null type=char mode=0666 uid=0 gid=0 time=0.000000000 nlink=1 device=native,1,3
+./odd\\012\\134\\377 type=fifo mode=0644 uid=0 gid=0 time=0.000000000 nlink=1
 ./sub type=dir mode=0755 uid=0 gid=0 time=-1.000000005
 "
     );
@@ -183,4 +183,79 @@ fn cli_show_formats_and_output_file() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid OCIX manifest"));
     let o = run(&[OsStr::new("show"), OsStr::new("--json"), OsStr::new("--mtree"), cbor.as_os_str()]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+// ------------------------------------------- hardlinks to symlinks, fifos, devices
+
+/// `sample()` with a second name for its symlink, device and fifo.
+fn sample_special_links() -> Manifest {
+    let mut m = sample();
+    put(&mut m, b"l2", Entry::new(Kind::Hardlink(b"l".to_vec())));
+    put(&mut m, b"null2", Entry::new(Kind::Hardlink(b"null".to_vec())));
+    put(&mut m, b"null3", Entry::new(Kind::Hardlink(b"null".to_vec())));
+    put(&mut m, b"p", Entry::new(Kind::Hardlink(b"odd\n\\\xff".to_vec())));
+    m.to_bytes().expect("valid");
+    m
+}
+
+#[test]
+fn hardlinks_to_special_entries_show_their_first_name() {
+    let m = sample_special_links();
+    let text = render(write_text, &m);
+    for line in [
+        "hardlink 0777 0:0                  - 1970-01-01T00:00:00.000000000Z /l2 => /l -> a b",
+        "hardlink 0666 0:0                  - 1970-01-01T00:00:00.000000000Z /null2 => /null dev=1,3",
+        "hardlink 0644 0:0                  - 1970-01-01T00:00:00.000000000Z /p => /odd\\n\\\\\\xff",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+    }
+    let j: serde_json::Value = serde_json::from_str(&render(write_json, &m)).unwrap();
+    let l2 = j.as_array().unwrap().iter().find(|e| e["path"] == "/l2").unwrap();
+    assert_eq!(*l2, serde_json::json!({"path": "/l2", "type": "hardlink", "link": "/l"}));
+    let mtree = render(write_mtree, &m);
+    for line in [
+        "./l type=link mode=0777 uid=0 gid=0 time=0.000000000 nlink=2 link=a\\040b",
+        "./l2 type=link mode=0777 uid=0 gid=0 time=0.000000000 nlink=2 link=a\\040b",
+        "./null type=char mode=0666 uid=0 gid=0 time=0.000000000 nlink=3 device=native,1,3",
+        "./null3 type=char mode=0666 uid=0 gid=0 time=0.000000000 nlink=3 device=native,1,3",
+        "./odd\\012\\134\\377 type=fifo mode=0644 uid=0 gid=0 time=0.000000000 nlink=2",
+        "./p type=fifo mode=0644 uid=0 gid=0 time=0.000000000 nlink=2",
+    ] {
+        assert!(mtree.lines().any(|l| l == line), "no line {line:?} in\n{mtree}");
+    }
+}
+
+#[test]
+fn mtree_checks_the_link_count_of_hardlinked_symlinks_and_fifos() {
+    if !mtree_available() {
+        assert!(std::env::var_os("CI").is_none(), "mtree (mtree-netbsd) missing in CI");
+        eprintln!("mtree not installed (apt-get install mtree-netbsd): spec not checked by mtree");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let sh = |script: &str| {
+        let st = Command::new("sh").arg("-ec").arg(script).current_dir(&root).status().unwrap();
+        assert!(st.success(), "{script}");
+    };
+    sh("ln -s target s && ln -P s s2 && mkfifo f && ln f f2 && ln -s target lone");
+    if is_root() {
+        sh("mknod c c 1 3 && ln c c2");
+    }
+    set_mtime(&root, 1_700_000_000, 0);
+    let m = ocix::scan::scan_dir(&root, None, &ocix::scan::ScanOptions::default()).unwrap().manifest;
+    assert_eq!(m.get(b"s2").unwrap().kind, Kind::Hardlink(b"s".to_vec()));
+    let cbor = t.path().join("m.cbor");
+    std::fs::write(&cbor, m.to_bytes().unwrap()).unwrap();
+    let spec = t.path().join("spec");
+    let o = run(&[OsStr::new("show"), OsStr::new("--mtree"), cbor.as_os_str(), OsStr::new("-o"), spec.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, text) = mtree_check(&spec, &root);
+    assert_eq!((code, text.as_str()), (0, ""), "mtree found differences");
+    // a group broken into copies: mtree sees the link counts
+    sh("cp -a s x && mv x s2 && touch -h -d @1700000000 .");
+    let (code, text) = mtree_check(&spec, &root);
+    assert!(text.contains("s2:") && text.contains("link count (2, 1)"), "{code}: {text}");
+    assert_ne!(code, 0, "{text}");
 }

@@ -11,7 +11,7 @@ use ocix::scan::{ScanOptions, scan_dir};
 use ocix::store::Store;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -441,5 +441,214 @@ fn sockets_are_skipped_and_reported() {
     assert_eq!(r.not_applied.len(), 1);
     assert_eq!(r.not_applied[0].kind, NotAppliedKind::Socket);
     assert!(r.summary(3)[0].contains("/sock"), "{:?}", r.summary(3));
+    assert!(dir_is_empty(&out));
+}
+
+// ------------------------------------------- hardlinks to symlinks, fifos, devices
+
+/// Makes `new` another name of `old` (both relative to `root`), never
+/// following a symlink.
+fn link(root: &Path, old: &str, new: &str) {
+    rustix::fs::linkat(rustix::fs::CWD, root.join(old), rustix::fs::CWD, root.join(new), rustix::fs::AtFlags::empty())
+        .unwrap_or_else(|e| panic!("link {old} {new}: {e}"));
+}
+
+/// A tree whose hardlink groups are a symlink, a fifo, a char and a block
+/// device (the devices only as root) and, for comparison, a regular file;
+/// in two groups a link sorts before the name it was made from.
+fn make_special_links(root: &Path) {
+    let j = |s: &str| root.join(s);
+    std::fs::create_dir(j("tmp")).unwrap();
+    std::fs::create_dir(j("dev")).unwrap();
+    std::os::unix::fs::symlink("target", j("symlink")).unwrap();
+    link(root, "symlink", "tmp/symlink_hard");
+    rustix::fs::mknodat(rustix::fs::CWD, j("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::empty(), 0).unwrap();
+    chmod(&j("fifo"), 0o640);
+    link(root, "fifo", "a-fifo");
+    link(root, "fifo", "tmp/fifo3");
+    write(&j("file"), b"data\n");
+    link(root, "file", "tmp/file_hard");
+    if is_root() {
+        let dev = |p: &str, ty, mode, (ma, mi)| {
+            rustix::fs::mknodat(rustix::fs::CWD, j(p), ty, rustix::fs::Mode::empty(), rustix::fs::makedev(ma, mi))
+                .unwrap();
+            chmod(&j(p), mode);
+        };
+        dev("dev/null", rustix::fs::FileType::CharacterDevice, 0o666, (1, 3));
+        link(root, "dev/null", "dev/null2");
+        link(root, "dev/null", "tmp/null3");
+        dev("loop0", rustix::fs::FileType::BlockDevice, 0o660, (7, 0));
+        link(root, "loop0", "dev/a-loop");
+        std::os::unix::fs::lchown(j("loop0"), Some(0), Some(6)).unwrap();
+        std::os::unix::fs::lchown(j("symlink"), Some(12), Some(34)).unwrap();
+    }
+    for p in ["tmp", "dev", ""] {
+        set_mtime(&j(p), 1_700_000_000, 0);
+    }
+    for (i, p) in ["symlink", "fifo", "file", "dev/null", "loop0"].iter().enumerate() {
+        if j(p).symlink_metadata().is_ok() {
+            set_mtime(&j(p), 1_600_000_000 + i as i64, 7);
+        }
+    }
+}
+
+/// Every group of names sharing an inode (directories aside), each group
+/// sorted; checks on the way that each name's st_nlink is its group's size.
+fn inode_groups(root: &Path) -> std::collections::BTreeSet<Vec<String>> {
+    let mut by: std::collections::HashMap<(u64, u64), Vec<String>> = Default::default();
+    let mut nlinks: Vec<(String, u64)> = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            nlinks.push((rel.clone(), md.nlink()));
+            by.entry((md.dev(), md.ino())).or_default().push(rel);
+        }
+    }
+    for (rel, n) in nlinks {
+        let group = by.values().find(|g| g.contains(&rel)).unwrap();
+        assert_eq!(n, group.len() as u64, "{}: st_nlink {n}, names {group:?}", root.join(&rel).display());
+    }
+    by.into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect()
+}
+
+fn groups(list: &[&[&str]]) -> std::collections::BTreeSet<Vec<String>> {
+    list.iter().map(|g| g.iter().map(|s| s.to_string()).collect()).collect()
+}
+
+#[test]
+fn hardlinked_symlinks_fifos_devices_round_trip_with_the_same_inodes() {
+    assert!(is_root(), "this test makes device nodes");
+    let t = tempfile::tempdir().unwrap();
+    let (src, out) = (t.path().join("src"), t.path().join("out"));
+    std::fs::create_dir(&src).unwrap();
+    make_special_links(&src);
+    let want = groups(&[
+        &["symlink", "tmp/symlink_hard"],
+        &["a-fifo", "fifo", "tmp/fifo3"],
+        &["file", "tmp/file_hard"],
+        &["dev/null", "dev/null2", "tmp/null3"],
+        &["dev/a-loop", "loop0"],
+    ]);
+    assert_eq!(inode_groups(&src), want);
+    let store = Store::create(&t.path().join("store")).unwrap();
+    let m = scan(&src, Some(&store));
+    let hl = |p: &str| Kind::Hardlink(p.as_bytes().to_vec());
+    assert_eq!(m.get(b"tmp/symlink_hard").unwrap().kind, hl("symlink"));
+    assert_eq!(m.get(b"a-fifo").unwrap().kind, Kind::Fifo);
+    assert_eq!(m.get(b"fifo").unwrap().kind, hl("a-fifo"));
+    assert_eq!(m.get(b"tmp/fifo3").unwrap().kind, hl("a-fifo"));
+    assert_eq!(m.get(b"dev/null2").unwrap().kind, hl("dev/null"));
+    assert_eq!(m.get(b"tmp/null3").unwrap().kind, hl("dev/null"));
+    assert_eq!(m.get(b"dev/a-loop").unwrap().meta.gid, 6);
+    assert_eq!(m.get(b"loop0").unwrap().kind, hl("dev/a-loop"));
+    assert_eq!(m.get(b"symlink").unwrap().meta.uid, 12);
+
+    let r = unpack(&m, &store, &out, &UnpackOptions::default()).unwrap();
+    assert_eq!(r.hardlinks, 7);
+    assert!(r.not_applied.is_empty(), "{:?}", r.not_applied);
+    assert_eq!(inode_groups(&out), want);
+    assert_eq!(scan(&out, Some(&store)).to_bytes().unwrap(), m.to_bytes().unwrap());
+    assert_eq!(std::fs::read_link(out.join("tmp/symlink_hard")).unwrap(), Path::new("target"));
+
+    // --update over the exact tree keeps every link; over a tree where each
+    // group was broken into copies (or a directory took a name) it links again
+    let r = unpack(&m, &store, &out, &UnpackOptions { update: true, ..Default::default() }).unwrap();
+    assert_eq!((r.removed, r.hardlinks), (0, 7));
+    std::fs::remove_file(out.join("tmp/symlink_hard")).unwrap();
+    std::os::unix::fs::symlink("target", out.join("tmp/symlink_hard")).unwrap();
+    std::fs::remove_file(out.join("tmp/fifo3")).unwrap();
+    std::fs::create_dir(out.join("tmp/fifo3")).unwrap();
+    std::fs::remove_file(out.join("dev/null2")).unwrap();
+    write(&out.join("dev/null2"), b"not a device\n");
+    let r = unpack(&m, &store, &out, &UnpackOptions { update: true, ..Default::default() }).unwrap();
+    assert_eq!(r.removed, 3);
+    assert_eq!(inode_groups(&out), want);
+    assert_eq!(scan(&out, None).to_bytes().unwrap(), m.to_bytes().unwrap());
+}
+
+#[test]
+fn rootless_unpack_links_the_placeholder_of_a_hardlinked_device() {
+    assert!(is_root(), "this test drops privileges from root");
+    let t = open_tempdir();
+    let (src, s) = (t.path().join("src"), t.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    make_special_links(&src);
+    let store = Store::create(&s).unwrap();
+    let m = scan(&src, Some(&store));
+    let mpath = t.path().join("m");
+    std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
+    chmod(&mpath, 0o644);
+    let st = Command::new("chmod").args(["-R", "a+rX"]).arg(&s).status().unwrap();
+    assert!(st.success());
+    let home = t.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::lchown(&home, Some(65534), Some(65534)).unwrap();
+    let out = home.join("out");
+    let o =
+        as_nobody(&[OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // every name of a device is reported, and is the one placeholder file
+    assert!(err.contains("5 devices written as empty files"), "{err}");
+    assert!(err.contains("/dev/null2 (char 1:3, hardlink to /dev/null)"), "{err}");
+    assert_eq!(
+        inode_groups(&out),
+        groups(&[
+            &["symlink", "tmp/symlink_hard"],
+            &["a-fifo", "fifo", "tmp/fifo3"],
+            &["file", "tmp/file_hard"],
+            &["dev/null", "dev/null2", "tmp/null3"],
+            &["dev/a-loop", "loop0"],
+        ])
+    );
+    let null = std::fs::symlink_metadata(out.join("tmp/null3")).unwrap();
+    assert!(null.is_file() && null.len() == 0 && null.uid() == 65534, "{null:?}");
+    assert!(std::fs::symlink_metadata(out.join("fifo")).unwrap().file_type().is_fifo());
+    // scanned back: the manifest, devices as files (their links to them)
+    assert_eq!(strip_names(&scan_rootless(&out)), rootless_expectation(&m));
+    // --update as nobody keeps it so
+    let o = as_nobody(&[
+        OsStr::new("unpack"),
+        mpath.as_os_str(),
+        OsStr::new("--store"),
+        s.as_os_str(),
+        OsStr::new("--update"),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(strip_names(&scan_rootless(&out)), rootless_expectation(&m));
+    assert_eq!(inode_groups(&out).len(), 5);
+}
+
+#[test]
+fn hardlinked_sockets_are_recorded_skipped_and_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let _l = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    link(&src, "sock", "sock2");
+    let store = Store::create(&t.path().join("s")).unwrap();
+    let m = scan(&src, None);
+    assert_eq!(m.get(b"sock").unwrap().kind, Kind::Socket);
+    assert_eq!(m.get(b"sock2").unwrap().kind, Kind::Hardlink(b"sock".to_vec()));
+    let out = t.path().join("out");
+    let r = unpack(&m, &store, &out, &UnpackOptions::default()).unwrap();
+    let mut paths: Vec<_> = r.not_applied.iter().map(|n| (n.kind, n.path.clone())).collect();
+    paths.sort();
+    assert_eq!(paths, [(NotAppliedKind::Socket, b"sock".to_vec()), (NotAppliedKind::Socket, b"sock2".to_vec())]);
+    assert_eq!(r.hardlinks, 0);
     assert!(dir_is_empty(&out));
 }

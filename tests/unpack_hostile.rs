@@ -185,10 +185,10 @@ fn escaping_names_and_hardlinks_are_rejected_before_anything_is_written() {
         ),
         ("hardlink to dir", manifest(vec![(b"d", tree(vec![])), (b"l", Entry::new(Kind::Hardlink(b"d".to_vec())))])),
         (
-            "hardlink to symlink",
+            "hardlink through a symlink",
             manifest(vec![
-                (b"a", Entry::new(Kind::Symlink(b"/etc/passwd".to_vec()))),
-                (b"l", Entry::new(Kind::Hardlink(b"a".to_vec()))),
+                (b"a", Entry::new(Kind::Symlink(b"/etc".to_vec()))),
+                (b"l", Entry::new(Kind::Hardlink(b"a/passwd".to_vec()))),
             ]),
         ),
         ("hardlink forward", manifest(vec![(b"a", Entry::new(Kind::Hardlink(b"z".to_vec()))), (b"z", fx.file(b"x"))])),
@@ -553,4 +553,41 @@ fn selinux_labels_in_a_manifest_are_written_as_root() {
     let r = fx.unpack(&m, false).unwrap();
     assert!(r.not_applied.is_empty(), "{:?}", r.not_applied);
     assert_eq!(lgetxattr(&fx.dest.join("f"), "security.selinux").as_deref(), Some(&label[..]));
+}
+
+// ------------------------------------------- hardlinks to symlinks, fifos, devices
+
+#[test]
+fn hardlinks_to_symlinks_link_the_symlink_and_never_follow_it() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let fx = Fixture::new();
+    let outside = fx.sentinel.as_os_str().as_encoded_bytes().to_vec();
+    let m = manifest(vec![
+        (b"a", Entry::new(Kind::Symlink(outside.clone()))),
+        (b"d", tree(vec![(b"l", Entry::new(Kind::Hardlink(b"a".to_vec())))])),
+        (b"f", Entry::new(Kind::Fifo)),
+        (b"g", Entry::new(Kind::Hardlink(b"f".to_vec()))),
+    ]);
+    fx.unpack(&m, false).unwrap();
+    fx.assert_sentinel_untouched();
+    let st = |p: &str| std::fs::symlink_metadata(fx.dest.join(p)).unwrap();
+    assert!(st("d/l").file_type().is_symlink());
+    assert_eq!((st("d/l").ino(), st("d/l").nlink()), (st("a").ino(), 2));
+    assert_eq!((st("g").ino(), st("g").nlink()), (st("f").ino(), 2));
+    // --update over names planted to lead outside: a symlink to the outside
+    // directory at the link, a directory with a symlink inside at the fifo's
+    // link, the first name itself a symlink to the outside directory
+    for p in ["d/l", "g", "a"] {
+        std::fs::remove_file(fx.dest.join(p)).unwrap();
+    }
+    std::os::unix::fs::symlink(&fx.sentinel, fx.dest.join("d/l")).unwrap();
+    std::os::unix::fs::symlink(&fx.sentinel, fx.dest.join("a")).unwrap();
+    std::fs::create_dir(fx.dest.join("g")).unwrap();
+    std::os::unix::fs::symlink(&fx.sentinel, fx.dest.join("g/x")).unwrap();
+    fx.unpack(&m, true).unwrap();
+    fx.assert_sentinel_untouched();
+    assert_eq!((st("d/l").ino(), st("d/l").nlink()), (st("a").ino(), 2));
+    assert_eq!(std::fs::read_link(fx.dest.join("d/l")).unwrap(), fx.sentinel);
+    assert!(st("g").file_type().is_fifo());
+    assert_eq!((st("g").ino(), st("g").nlink()), (st("f").ino(), 2));
 }

@@ -54,9 +54,10 @@ name):
   /p: xattr NAME added|removed|changed
 A missing or extra directory is reported once, not with everything inside
 it. When the type changed, type-specific fields are not compared and the
-entry is not descended into. Every name of a hardlinked file shows the
-file's fields; `link` is the first name of its hardlink group
-(`/b: link /a -> (none)`: b no longer shares its inode with a). Paths are
+entry is not descended into. Every name of a hardlinked inode (a file,
+symlink, device, fifo or socket) shows the inode's fields; `link` is the
+first name of its hardlink group (`/b: link /a -> (none)`: b no longer
+shares its inode with a). Paths are
 escaped to stay on one line (`\\\\`, `\\n`, `\\xNN` for bytes that are not UTF-8).
 
 Fields: type, link, mode, uid, gid, uname, gname, size, digest (content),

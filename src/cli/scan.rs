@@ -51,9 +51,10 @@ it (a file of mode 0000, a directory of mode 0311): owner read permission is
 lent for the moment of opening and the mode restored at once, as umoci does;
 only their ctime changes.
 
-Sockets are recorded (unpack does not create them). Hardlinked regular files
-are grouped by device and inode: the first name in manifest order carries the
-content, the others link to it. A progress line is drawn on a terminal.
+Sockets are recorded (unpack does not create them). Hardlinked entries of
+every type but directories (files, symlinks, devices, fifos, sockets) are
+grouped by device and inode: the first name in manifest order carries the
+content and metadata, the others link to it. A progress line is drawn on a terminal.
 
 Examples:
   ocix scan /srv/rootfs -o rootfs.ocix --store /var/lib/ocix

@@ -22,9 +22,10 @@
 //!   reverse) is not descended into.
 //! - Hardlinks: every name of an inode shows the inode's fields, so a
 //!   hardlink entry is compared through the first name it points at (its type
-//!   is `file`). The `link` field of a name is the path of the first name of
-//!   its hardlink group, or none for the first name itself and for a file
-//!   with one name. Breaking `b` off from `a` reports `/b: link /a -> (none)`;
+//!   is that entry's: `file`, `symlink`, `char`, ...). The `link` field of a
+//!   name (of any type but a directory) is the path of the first name of its
+//!   hardlink group, or none for the first name itself and for an inode with
+//!   one name. Breaking `b` off from `a` reports `/b: link /a -> (none)`;
 //!   linking it reports the reverse.
 //! - The advisory user and group names (`uname`, `gname`) are ignored unless
 //!   the options ask for them: the numeric ids are what counts, and names
@@ -52,7 +53,7 @@ use std::str::FromStr;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum Field {
     /// Entry type (`file`, `dir`, `symlink`, `char`, `block`, `fifo`,
-    /// `socket`; a hardlink counts as `file`).
+    /// `socket`; a hardlink counts as the type of its first name).
     Type,
     /// Hardlink group: the first name this name shares its inode with.
     Link,
@@ -420,11 +421,11 @@ impl Cx<'_> {
     fn entry(&mut self, e: &Entry, a: &Entry) {
         let re = resolve(self.exp, e);
         let ra = resolve(self.act, a);
-        // A resolved hardlink shows its first name's type, `file`.
+        // A resolved hardlink shows its first name's type.
         let (te, ta) = (re.kind.code(), ra.kind.code());
         let same_type = te == ta;
         self.change(Field::Type, Value::Type(te), Value::Type(ta));
-        if same_type && te == KindCode::File {
+        if same_type && te != KindCode::Dir {
             self.change(Field::Link, link_value(re.link), link_value(ra.link));
         }
         self.meta(re.meta, ra.meta, Part::Ids);

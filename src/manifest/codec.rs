@@ -531,13 +531,15 @@ pub fn decode(data: &[u8]) -> Result<Manifest, DecodeError> {
 // ---------------------------------------------------------------- validation
 
 /// Checks the rules that span entries or values: names, zero runs, digests,
-/// targets, xattrs, depth, and hardlinks (which must name an earlier regular
-/// file by a clean path).
+/// targets, xattrs, depth, and hardlinks (which must name, by a clean path,
+/// an entry earlier in manifest order that is neither a directory nor a
+/// hardlink).
 pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
     if !matches!(m.root.kind, Kind::Dir(_)) {
         return Err(invalid(b"", "the root must be a directory"));
     }
-    let mut files: HashSet<Vec<u8>> = HashSet::new();
+    // paths a hardlink may name: every earlier non-directory first name
+    let mut linkable: HashSet<Vec<u8>> = HashSet::new();
     for (path, e) in m.walk() {
         let depth = path.split(|&b| b == b'/').count();
         if !path.is_empty() && depth > MAX_DEPTH + 1 {
@@ -577,7 +579,6 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
                     return Err(invalid(&path, "a digest is required exactly when size is not 0"));
                 }
                 check_zeros(&path, f)?;
-                files.insert(path);
             }
             Kind::Symlink(t) if (t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET) => {
                 return Err(invalid(&path, "symlink target must be 1 to 4095 bytes without NUL"));
@@ -589,16 +590,20 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
                 for comp in t.split(|&b| b == b'/') {
                     check_name(comp).map_err(|w| invalid(&path, format!("hardlink path {}: {w}", path_display(t))))?;
                 }
-                if !files.contains(t.as_slice()) {
-                    let why = match m.get(t) {
+                if !linkable.contains(t.as_slice()) {
+                    let why = match m.get(t).map(|x| x.kind.code()) {
                         None => "names no entry",
-                        Some(x) if matches!(x.kind, Kind::File(_)) => "must name an entry earlier in manifest order",
-                        Some(_) => "must name a regular file",
+                        Some(KindCode::Dir) => "must not name a directory",
+                        Some(KindCode::Hardlink) => "must name the first name of its inode, not another hardlink",
+                        Some(_) => "must name an entry earlier in manifest order",
                     };
                     return Err(invalid(&path, format!("hardlink to {} {why}", path_display(t))));
                 }
             }
             _ => {}
+        }
+        if code != KindCode::Dir && code != KindCode::Hardlink {
+            linkable.insert(path);
         }
     }
     Ok(())

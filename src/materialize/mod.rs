@@ -21,7 +21,10 @@
 //!    corrupt is unlinked: no file with wrong content ever has its final
 //!    name. A killed unpack leaves at most these temporary files, which a
 //!    rerun with `update` removes like any other extra name.
-//! 3. Hardlinks, by `linkat` to their first name.
+//! 3. Hardlinks, by `linkat` to their first name, whatever its type (a
+//!    symlink is linked, never followed; rootless, the empty file that
+//!    stands for a device). A hardlink to a socket is skipped and reported,
+//!    as the socket is.
 //! 4. Directory metadata, deepest first, so a directory's mode and mtime are
 //!    set after all its children exist.
 //!
@@ -33,7 +36,8 @@
 //! shifted by `--uid-map`/`--gid-map`. Rootless (not root, or forced), no
 //! chown is tried: the intended owner goes into `user.rootlesscontainers` as
 //! umoci writes it (none for 0:0); device nodes become empty regular files
-//! with the device's mode, owner xattr and mtime (as umoci does);
+//! with the device's mode, owner xattr and mtime, its hardlinks links to
+//! that file (as umoci does);
 //! `security.*`/`trusted.*` xattrs the kernel refuses are skipped; symlinks
 //! and fifos cannot carry a `user.*` xattr, so their owner is lost. Each of
 //! these is listed in [`UnpackReport::not_applied`]. `ocix scan --rootless`
@@ -424,6 +428,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         let walker = std::thread::Builder::new().stack_size(256 << 20).spawn_scoped(s, || {
             let mut w = Walker {
                 ctx: &ctx,
+                manifest: m,
                 tx,
                 links: Vec::new(),
                 claimed: HashSet::new(),
@@ -457,8 +462,10 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         return Err(e);
     }
     // Phase 3: hardlinks.
-    for (rel, target) in &links {
-        make_link(&ctx, &root, rel, target)?;
+    for (rel, target, ty) in &links {
+        if make_link(&ctx, &root, rel, target, *ty)? {
+            report.removed += 1;
+        }
         report.hardlinks += 1;
     }
     // Phase 4: directory metadata, deepest first; the root last.
@@ -583,8 +590,10 @@ fn open_dest(dest: &Path, update: bool) -> Result<OwnedFd, UnpackError> {
 
 struct Walker<'c, 'a, 'm> {
     ctx: &'c Ctx<'a>,
+    manifest: &'m Manifest,
     tx: crossbeam_channel::Sender<Job<'m>>,
-    links: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Hardlinks to make: path, first name, the first name's type on disk.
+    links: Vec<(Vec<u8>, Vec<u8>, FileType)>,
     /// (dev, ino) of existing non-directories kept (`update`).
     claimed: HashSet<(u64, u64)>,
     /// `--link`: contents already given to a file, in manifest order.
@@ -771,11 +780,29 @@ impl<'m> Walker<'_, '_, 'm> {
                 ctx.not_applied(NotAppliedKind::Socket, rel, "not created".into());
             }
             Kind::Hardlink(target) => {
-                // a regular file here is compared by inode once links are made
-                if ex_type != Some(FileType::RegularFile) {
+                let first = self.manifest.get(target).map(|t| &t.kind);
+                if let Some(Kind::Socket) = first {
+                    // its first name is not created either
+                    clear(self, ex_type == Some(FileType::Socket))?;
+                    let detail = format!("hardlink to {}, not created", path_display(target));
+                    ctx.not_applied(NotAppliedKind::Socket, rel, detail);
+                    return Ok(());
+                }
+                let Some(ty) = first.and_then(|k| disk_type(k, ctx.rootless)) else {
+                    let what = format!("hardlink to {} names no file, symlink, device or fifo", path_display(target));
+                    let e = manifest::DecodeError { offset: None, path: Some(path_display(rel)), what };
+                    return Err(e.into());
+                };
+                if let (true, Some(k @ (Kind::Char(dev) | Kind::Block(dev)))) = (ctx.rootless, first) {
+                    let (name, shown_target) = (k.code().name(), path_display(target));
+                    let detail = format!("{name} {}:{}, hardlink to {shown_target}", dev.major, dev.minor);
+                    ctx.not_applied(NotAppliedKind::Device, rel, detail);
+                }
+                // anything else here is compared by inode once links are made
+                if ex_type == Some(FileType::Directory) {
                     clear(self, false)?;
                 }
-                self.links.push((rel.to_vec(), target.clone()));
+                self.links.push((rel.to_vec(), target.clone(), ty));
             }
         }
         Ok(())
@@ -992,28 +1019,49 @@ fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// Makes the hardlink at `rel` to the first name `target`; in `update`, an
-/// existing entry that is already that inode is kept.
-fn make_link(ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8], target: &[u8]) -> Result<(), UnpackError> {
+/// What the walk makes on disk for a first name of this kind: a device is an
+/// empty regular file when rootless. `None` for what a hardlink cannot name
+/// or unpack does not create (directories, hardlinks, sockets).
+fn disk_type(kind: &Kind, rootless: bool) -> Option<FileType> {
+    Some(match kind {
+        Kind::File(_) => FileType::RegularFile,
+        Kind::Symlink(_) => FileType::Symlink,
+        Kind::Char(_) | Kind::Block(_) if rootless => FileType::RegularFile,
+        Kind::Char(_) => FileType::CharacterDevice,
+        Kind::Block(_) => FileType::BlockDevice,
+        Kind::Fifo => FileType::Fifo,
+        Kind::Dir(_) | Kind::Hardlink(_) | Kind::Socket => return None,
+    })
+}
+
+/// Makes the hardlink at `rel` to the first name `target`, which the walk
+/// made as an entry of type `ty` (anything else there now is refused); in
+/// `update`, an existing entry that is already that inode is kept, any other
+/// is removed first (then the result is true).
+fn make_link(ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8], target: &[u8], ty: FileType) -> Result<bool, UnpackError> {
     let (tdir, tname) = split_last(target);
     let (ldir, lname) = split_last(rel);
     let tfd = open_dir_rel(ctx, root, tdir)?;
     let lfd = open_dir_rel(ctx, root, ldir)?;
     let shown = || format!("{} (hardlink to {})", ctx.shown(rel), path_display(target));
     let tst = rd::stat_at(tfd.as_fd(), tname, &|| ctx.shown(target))?;
-    if FileType::from_raw_mode(tst.st_mode) != FileType::RegularFile {
+    if FileType::from_raw_mode(tst.st_mode) != ty {
         return Err(SysError::new("linkat", shown(), Errno::PERM).into());
     }
+    let mut removed = false;
     if ctx.update {
         match rd::stat_at(lfd.as_fd(), lname, &shown) {
-            Ok(st) if st.st_dev == tst.st_dev && st.st_ino == tst.st_ino => return Ok(()),
-            Ok(_) => remove_entry(ctx, lfd.as_fd(), lname, rel)?,
+            Ok(st) if st.st_dev == tst.st_dev && st.st_ino == tst.st_ino => return Ok(false),
+            Ok(_) => {
+                remove_entry(ctx, lfd.as_fd(), lname, rel)?;
+                removed = true;
+            }
             Err(e) if e.errno == Errno::NOENT => {}
             Err(e) => return Err(e.into()),
         }
     }
     wr::link_at(tfd.as_fd(), tname, lfd.as_fd(), lname, &shown)?;
-    Ok(())
+    Ok(removed)
 }
 
 fn finish_dir(

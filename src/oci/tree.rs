@@ -38,9 +38,12 @@
 //!   neither touches a path created by the same layer (nor its ancestors):
 //!   whiteouts hide lower layers only, whatever their position in the layer.
 //!   A whiteout of a missing path does nothing.
-//! - A hardlink shares the inode of its target (its own header metadata is
-//!   ignored); a link to a non-regular file copies that entry; a link to a
-//!   directory or a missing path is an error.
+//! - A hardlink shares the inode of its target, whatever its type but a
+//!   directory (its own header metadata is ignored): a regular file's names
+//!   share one [`Inode`]; a symlink's, device's or fifo's names are equal
+//!   copies of one node marked with one inode number, which never changes
+//!   after the node is made (a later entry at a name replaces the node). A
+//!   link to a directory or a missing path is an error.
 //! - The root may only be given directory metadata: any other type there is
 //!   rejected.
 
@@ -75,11 +78,14 @@ struct Node {
     /// The last layer that created or modified this path or something
     /// below it (whiteouts of that layer leave it alone).
     touched: u32,
+    /// A symlink, device or fifo that a hardlink was made to: the number
+    /// its names share (regular files share an [`Inode`] instead).
+    linked: Option<usize>,
 }
 
 impl Node {
     fn new(meta: Meta, kind: NodeKind) -> Node {
-        Node { meta, kind, touched: 0 }
+        Node { meta, kind, touched: 0, linked: None }
     }
 
     fn implicit_dir() -> Node {
@@ -110,6 +116,8 @@ pub enum NewKind {
 pub struct Tree {
     root: Node,
     inodes: Vec<Inode>,
+    /// Inode numbers given to hardlinked nodes that are not regular files.
+    linked: usize,
     /// The current layer's number (from 1).
     layer: u32,
     /// A directory entry over a symlink to a directory keeps the symlink.
@@ -118,7 +126,7 @@ pub struct Tree {
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree { root: Node::implicit_dir(), inodes: Vec::new(), layer: 0, keep_dirlinks: false }
+        Tree { root: Node::implicit_dir(), inodes: Vec::new(), linked: 0, layer: 0, keep_dirlinks: false }
     }
 }
 
@@ -362,8 +370,15 @@ impl Tree {
             return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
         }
         if self.keep_dirlinks && matches!(kind, NewKind::Dir) && self.is_dirlink(&path) {
+            // the entry's metadata goes onto the symlink, and so onto every
+            // name of it (lchown of a hardlinked symlink changes the inode)
+            let meta = Meta { mode: 0o777, ..meta };
             let ch = self.dir_mut(&dir_path).expect("resolved above");
-            ch.get_mut(last).expect("checked above").meta = Meta { mode: 0o777, ..meta };
+            let n = ch.get_mut(last).expect("checked above");
+            n.meta = meta.clone();
+            if let Some(l) = n.linked {
+                set_linked_meta(&mut self.root, l, &meta);
+            }
             self.mark_upper(&path);
             return Ok(());
         }
@@ -400,21 +415,29 @@ impl Tree {
         Ok(())
     }
 
-    fn link_target(&self, target: &[u8]) -> Result<Node, String> {
+    fn link_target(&mut self, target: &[u8]) -> Result<Node, String> {
         let comps = clean(target).map_err(|e| format!("hardlink target {}: {e}", shown(target)))?;
         let (last, dir) = comps.split_last().ok_or("hardlink to the root directory")?;
         let missing = || format!("hardlink to a missing entry {}", shown(target));
-        let mut p = match self.resolve_dir(dir) {
+        let p = match self.resolve_dir(dir) {
             Ok(Parent::Dir(p)) => p,
             Ok(Parent::Missing(_)) => return Err(missing()),
             Err(e) => return Err(format!("hardlink target {}: {e}", shown(target))),
         };
-        p.push(last.clone());
-        match self.node(&p) {
-            None => Err(missing()),
-            Some(Node { kind: NodeKind::Dir(_), .. }) => Err(format!("hardlink to a directory {}", shown(target))),
-            Some(n) => Ok(n.clone()),
+        let fresh = self.linked;
+        let n = self.dir_mut(&p).and_then(|ch| ch.get_mut(last)).ok_or_else(missing)?;
+        match n.kind {
+            NodeKind::Dir(_) => return Err(format!("hardlink to a directory {}", shown(target))),
+            NodeKind::File(_) => return Ok(n.clone()),
+            _ => {}
         }
+        // another name of this node: both carry one inode number
+        let numbered = n.linked.is_none();
+        let n = Node { linked: Some(*n.linked.get_or_insert(fresh)), ..n.clone() };
+        if numbered {
+            self.linked += 1;
+        }
+        Ok(n)
     }
 
     fn make_dirs(&mut self, path: &[Name]) -> Result<(), String> {
@@ -436,13 +459,18 @@ impl Tree {
     /// Fails only when a hardlink's first name is a path too long for the
     /// format ([`MAX_TARGET`] bytes).
     pub fn to_manifest(&self) -> Result<Manifest, String> {
-        let mut first: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut first: HashMap<Ino, Vec<u8>> = HashMap::new();
         let mut path = Vec::new();
         let root = self.convert(&self.root, &mut path, &mut first)?;
         Ok(Manifest { root })
     }
 
-    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<usize, Vec<u8>>) -> Result<Entry, String> {
+    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, String> {
+        if let Some(l) = n.linked {
+            if let Some(link) = hardlink(first, Ino::Linked(l), path)? {
+                return Ok(link);
+            }
+        }
         let kind = match &n.kind {
             NodeKind::Dir(ch) => {
                 let mut out = BTreeMap::new();
@@ -458,17 +486,9 @@ impl Tree {
                 Kind::Dir(out)
             }
             NodeKind::File(i) => {
-                if let Some(p) = first.get(i) {
-                    if p.len() > MAX_TARGET {
-                        return Err(format!(
-                            "{} is a hardlink to {}, a path longer than {MAX_TARGET} bytes, which a manifest cannot record",
-                            shown(path),
-                            shown(p)
-                        ));
-                    }
-                    return Ok(Entry { meta: Meta::default(), kind: Kind::Hardlink(p.clone()) });
+                if let Some(link) = hardlink(first, Ino::File(*i), path)? {
+                    return Ok(link);
                 }
-                first.insert(*i, path.clone());
                 let ino = &self.inodes[*i];
                 return Ok(Entry { meta: ino.meta.clone(), kind: Kind::File(ino.file.clone()) });
             }
@@ -479,6 +499,45 @@ impl Tree {
         };
         Ok(Entry { meta: n.meta.clone(), kind })
     }
+}
+
+/// Gives every node of inode number `l` the metadata `meta`.
+fn set_linked_meta(n: &mut Node, l: usize, meta: &Meta) {
+    if n.linked == Some(l) {
+        n.meta = meta.clone();
+    }
+    if let NodeKind::Dir(ch) = &mut n.kind {
+        for c in ch.values_mut() {
+            set_linked_meta(c, l, meta);
+        }
+    }
+}
+
+/// An inode's identity while the manifest is built.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Ino {
+    /// A regular file: its index in [`Tree::inodes`].
+    File(usize),
+    /// Any other hardlinked node: its [`Node::linked`] number.
+    Linked(usize),
+}
+
+/// The hardlink entry for `path` if an earlier name of `ino` was met;
+/// otherwise records `path` as its first name. Fails when that first name is
+/// longer than a manifest can record.
+fn hardlink(first: &mut HashMap<Ino, Vec<u8>>, ino: Ino, path: &[u8]) -> Result<Option<Entry>, String> {
+    let Some(p) = first.get(&ino) else {
+        first.insert(ino, path.to_vec());
+        return Ok(None);
+    };
+    if p.len() > MAX_TARGET {
+        return Err(format!(
+            "{} is a hardlink to {}, a path longer than {MAX_TARGET} bytes, which a manifest cannot record",
+            shown(path),
+            shown(p)
+        ));
+    }
+    Ok(Some(Entry { meta: Meta::default(), kind: Kind::Hardlink(p.clone()) }))
 }
 
 fn shown(p: &[u8]) -> String {

@@ -74,13 +74,13 @@ pub(crate) struct Resolved<'a> {
     pub link: Option<&'a [u8]>,
 }
 
-/// Resolves a hardlink entry to its first name; any other entry (and a
-/// hardlink whose target is not a regular file, which a valid manifest never
-/// has) stands for itself.
+/// Resolves a hardlink entry to its first name, of whatever type; any other
+/// entry (and a hardlink to a missing entry, a directory or another
+/// hardlink, which a valid manifest never has) stands for itself.
 pub(crate) fn resolve<'a>(m: &'a Manifest, e: &'a Entry) -> Resolved<'a> {
     if let Kind::Hardlink(p) = &e.kind {
         if let Some(t) = m.get(p) {
-            if let Kind::File(_) = t.kind {
+            if !matches!(t.kind, Kind::Dir(_) | Kind::Hardlink(_)) {
                 return Resolved { meta: &t.meta, kind: &t.kind, link: Some(p) };
             }
         }

@@ -12,19 +12,19 @@
 //! . type=dir mode=0755 uid=0 gid=0 time=1714557600.000000000
 //! ./etc type=dir mode=0755 uid=0 gid=0 time=1714557600.000000000
 //! ./etc/host\040name type=file mode=0644 uid=0 gid=0 time=1714557600.250000000 size=12 nlink=1 sha256digest=...
-//! ./lib type=link mode=0777 uid=0 gid=0 time=1714557600.000000000 link=usr/lib
-//! ./dev/null type=char mode=0666 uid=0 gid=0 time=1714557600.000000000 device=native,1,3
+//! ./lib type=link mode=0777 uid=0 gid=0 time=1714557600.000000000 nlink=1 link=usr/lib
+//! ./dev/null type=char mode=0666 uid=0 gid=0 time=1714557600.000000000 nlink=1 device=native,1,3
 //! ```
 //!
 //! Keywords: `type`, `mode` (octal), `uid`, `gid`, `time` (seconds, `.`,
-//! nine digits of nanoseconds, as mtree writes it), and per type `size`,
-//! `nlink` and `sha256digest` (regular files), `link` (symlinks) and
-//! `device=native,MAJ,MIN` (devices). A hardlink is written as a regular file
-//! with the metadata of the first name of its inode; `nlink` is the number of
-//! names the inode has in the manifest, so a broken or added link shows up.
-//! `nlink` is not written for directories (their link count depends on the
-//! filesystem) nor for other types (the manifest records their hardlinks as
-//! separate entries). mtree has no keywords for xattrs or zero runs, and the
+//! nine digits of nanoseconds, as mtree writes it), `nlink` (every type but
+//! directories), and per type `size` and `sha256digest` (regular files),
+//! `link` (symlinks) and `device=native,MAJ,MIN` (devices). A hardlink is
+//! written as its first name is, with that entry's type and metadata;
+//! `nlink` is the number of names the inode has in the manifest, so a broken
+//! or added link shows up. `nlink` is not written for directories (their
+//! link count depends on the filesystem). mtree has no keywords for xattrs
+//! or zero runs, and the
 //! advisory user and group names are left out (the ids are what counts).
 //! mtree compares the owners it finds on disk, so a tree unpacked without
 //! privilege (owners kept in `user.rootlesscontainers`) does not match; use
@@ -85,13 +85,16 @@ pub fn write_mtree(m: &Manifest, out: &mut dyn Write) -> io::Result<()> {
             meta.gid,
             time(meta.mtime)
         ));
+        let nlink = links.get(r.link.unwrap_or(&path)).copied().unwrap_or(1);
         match r.kind {
             Kind::File(f) => {
-                let first = r.link.unwrap_or(&path);
-                let nlink = links.get(first).copied().unwrap_or(1);
                 let digest = f.digest.unwrap_or_else(|| crate::manifest::Digest::of(b""));
                 line.push_str(&format!(" size={} nlink={nlink} sha256digest={}", f.size, digest.hex()));
             }
+            Kind::Dir(_) => {}
+            _ => line.push_str(&format!(" nlink={nlink}")),
+        }
+        match r.kind {
             Kind::Symlink(t) => {
                 line.push_str(" link=");
                 line.push_str(&encode(t));

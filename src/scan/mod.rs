@@ -4,7 +4,8 @@
 //! every call relative to its parent's fd by a single name, never following a
 //! symlink (`fstatat(AT_SYMLINK_NOFOLLOW)`, `O_NOFOLLOW`). Children are
 //! visited in the byte order of their names, which is manifest order, so the
-//! first name met of a hardlinked inode is the one that carries it. Regular
+//! first name met of a hardlinked inode (of any type but a directory) is the
+//! one that carries it. Regular
 //! files are opened by the walker and handed, as open fds, to hashing threads
 //! that compute sha256 and the zero runs and, with a store, write the blob in
 //! the same pass (sparse where the content is zero). Only read calls are made
@@ -154,7 +155,8 @@ struct Walker<'a> {
     jobs: Option<Sender<Job>>,
     /// path of each job, by id
     job_paths: Vec<Vec<u8>>,
-    /// first name of each hardlinked regular file, by (dev, ino)
+    /// first name of each hardlinked inode (any type but a directory), by
+    /// (dev, ino)
     links: HashMap<(u64, u64), Vec<u8>>,
     errors: Vec<String>,
     warnings: Vec<String>,
@@ -285,6 +287,15 @@ impl Walker<'_> {
             pb.set_message(format!("{} entries", self.job_paths.len()));
         }
         let ft = FileType::from_raw_mode(st.st_mode);
+        // a later name of an inode met before, whatever its type (a
+        // directory's link count counts its subdirectories, not names)
+        if st.st_nlink > 1 && ft != FileType::Directory {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(first) = self.links.get(&key) {
+                return Some(Entry { meta: Meta::default(), kind: Kind::Hardlink(first.clone()) });
+            }
+            self.links.insert(key, path.clone());
+        }
         let xattrs_at = |w: &mut Self| -> Vec<(Vec<u8>, Vec<u8>)> {
             match rd::read_xattrs(XattrSource::At(dir, name), &sh) {
                 Ok(x) => x,
@@ -338,13 +349,6 @@ impl Walker<'_> {
                 return Some(Entry { meta, kind: Kind::Dir(children) });
             }
             FileType::RegularFile => {
-                if st.st_nlink > 1 {
-                    let key = (st.st_dev, st.st_ino);
-                    if let Some(first) = self.links.get(&key) {
-                        return Some(Entry { meta: Meta::default(), kind: Kind::Hardlink(first.clone()) });
-                    }
-                    self.links.insert(key, path.clone());
-                }
                 let mut st = st;
                 let mut xattrs = None;
                 let opened = match rd::open_file_at(dir, name, &sh) {
