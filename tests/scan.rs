@@ -151,7 +151,7 @@ fn rootless_scan_reads_owner_from_xattr() {
     let f = t.path().join("owned");
     write(&f, b"x");
     // uid 1000, gid 0 -> gid carried as "no change" (0xffffffff)
-    let payload = ocix::rootless::encode(1000, 0).unwrap();
+    let payload = ocix::rootless::encode(1000, 0).unwrap().unwrap();
     rustix::fs::setxattr(&f, "user.rootlesscontainers", &payload, rustix::fs::XattrFlags::empty()).unwrap();
     rustix::fs::setxattr(&f, "user.other", b"kept", rustix::fs::XattrFlags::empty()).unwrap();
     let m = Manifest::from_bytes(&scan(t.path(), &["--rootless"])).unwrap();
@@ -254,7 +254,7 @@ fn rootless_scan_reads_what_its_owner_may_not_and_restores_modes() {
     write(&d.join("mode-0000"), b"locked");
     std::fs::create_dir(d.join("wx-only")).unwrap();
     write(&d.join("wx-only/inner"), b"inner");
-    let payload = ocix::rootless::encode(1000, 1000).unwrap();
+    let payload = ocix::rootless::encode(1000, 1000).unwrap().unwrap();
     rustix::fs::setxattr(d.join("mode-0000"), "user.rootlesscontainers", &payload, rustix::fs::XattrFlags::empty())
         .unwrap();
     for p in ["", "mode-0000", "wx-only", "wx-only/inner"] {
