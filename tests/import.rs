@@ -1153,3 +1153,30 @@ fn mode_bits_beyond_type_and_permissions_are_refused() {
     let e = layer_err(t);
     assert!(e.contains("mode -1") && e.contains("entry /f"), "{e}");
 }
+
+#[test]
+fn sparse_holes_count_against_the_limit() {
+    // 4 bytes of data in a file of 64 MiB: the holes are hashed as zeros,
+    // so they are work the limit bounds, like data
+    let layer = |real: u64| {
+        Tar::default()
+            .pax(&[("GNU.sparse.map", b"0,4"), ("GNU.sparse.size", real.to_string().as_bytes())])
+            .raw(H { size: 4, ..h(b"s", b'0') }, b"head")
+            .end()
+    };
+    let limited = ImportOptions { max_bytes: 16 << 20, ..opts("t") };
+    let l = Layout::with(vec![L::tar(layer(64 << 20))]);
+    let e = import_image(l.path(), None, &limited).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("entry /s") && e.contains("holes") && e.contains("16777216"), "{e}");
+    // within the limit it imports
+    let l = Layout::with(vec![L::tar(layer(8 << 20))]);
+    let m = import_image(l.path(), None, &limited).unwrap().manifest;
+    assert_eq!(content(&m, "s").size, 8 << 20);
+    // a size no file can have is refused by the reader, whatever the limit
+    let l = Layout::with(vec![L::tar(layer(1 << 63))]);
+    let e = import_image(l.path(), None, &ImportOptions { max_bytes: u64::MAX, ..opts("t") })
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("entry /s") && e.contains("9223372036854775808"), "{e}");
+}

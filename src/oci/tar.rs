@@ -437,6 +437,9 @@ impl<R: Read> TarReader<R> {
             h.size = real;
             h.sparse = Some(map);
         }
+        if h.size > i64::MAX as u64 {
+            return bad(format!("size {} is larger than a file can be ({})", h.size, i64::MAX));
+        }
         Ok(h)
     }
 
