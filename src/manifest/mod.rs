@@ -62,9 +62,9 @@ pub struct Time {
 pub struct Meta {
     /// Permission bits plus setuid, setgid and sticky (`0..=0o7777`).
     pub mode: u32,
-    /// Numeric owner; authoritative.
+    /// Numeric owner; authoritative. [`NO_CHANGE_ID`] fails encoding.
     pub uid: u32,
-    /// Numeric group; authoritative.
+    /// Numeric group; authoritative. [`NO_CHANGE_ID`] fails encoding.
     pub gid: u32,
     /// Modification time.
     pub mtime: Time,
@@ -79,9 +79,9 @@ pub struct Meta {
 /// Device numbers of a character or block device.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Dev {
-    /// Major number.
+    /// Major number, at most [`MAX_MAJOR`] (larger fails encoding).
     pub major: u32,
-    /// Minor number.
+    /// Minor number, at most [`MAX_MINOR`] (larger fails encoding).
     pub minor: u32,
 }
 

@@ -9,7 +9,12 @@
 //! the header's, entries of header-only types (links, directories, devices,
 //! fifos) carry no data whatever their size field says, a `\0`-typed entry
 //! whose name ends in `/` is a directory, global PAX headers are read and
-//! ignored, and a header checksum may be the signed or unsigned sum.
+//! ignored, and a header checksum may be the signed or unsigned sum. Unlike
+//! Go, it reads the `SCHILY.devmajor`/`SCHILY.devminor` records star and
+//! libarchive write for large device numbers. Numbers a system call would
+//! change are refused, never truncated: device numbers beyond Linux's 12/20
+//! bits, the id 4294967295 (chown's "no change"), mode bits above the file
+//! type bits, sizes above `i64::MAX`.
 //! Supported sparse formats: old GNU (`S` entries with extension blocks) and
 //! PAX 0.0, 0.1 and 1.0.
 
@@ -564,7 +569,7 @@ fn trim_ws_nul(f: &[u8]) -> &[u8] {
 }
 
 fn to_id(v: i64, what: &str) -> Result<u32, TarError> {
-    u32::try_from(v).map_err(|_| TarError::Bad(format!("{what} {v} out of range 0..=4294967295")))
+    u32::try_from(v).map_err(|_| TarError::Bad(format!("{what} {v} out of range 0..=4294967294")))
 }
 
 /// Device numbers Linux can represent, never truncated.
