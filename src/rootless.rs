@@ -13,9 +13,14 @@ pub const XATTR: &[u8] = b"user.rootlesscontainers";
 pub const NOOP_ID: u32 = u32::MAX;
 
 /// Encodes the payload for `uid:gid`, or `None` for 0:0 (no xattr).
-pub fn encode(uid: u32, gid: u32) -> Option<Vec<u8>> {
+/// Refuses the id 4294967295: the payload would say "no change", which
+/// reads back as 0, so the entry would come back owned by root.
+pub fn encode(uid: u32, gid: u32) -> Result<Option<Vec<u8>>, String> {
+    for (what, id) in [("uid", uid), ("gid", gid)] {
+        crate::manifest::check_id(what, id.into())?;
+    }
     if uid == 0 && gid == 0 {
-        return None;
+        return Ok(None);
     }
     let mut out = Vec::with_capacity(12);
     for (tag, id) in [(0x08u8, uid), (0x10u8, gid)] {
@@ -32,7 +37,7 @@ pub fn encode(uid: u32, gid: u32) -> Option<Vec<u8>> {
             out.push(b | 0x80);
         }
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 /// Decodes a payload to `(uid, gid)`; absent fields and `NOOP_ID` mean 0.
@@ -87,12 +92,12 @@ mod tests {
 
     #[test]
     fn round_trip_and_noop() {
-        assert_eq!(encode(0, 0), None);
-        for (u, g) in [(1000, 1000), (0, 65534), (100000, 0), (1, 2)] {
-            assert_eq!(decode(&encode(u, g).unwrap()).unwrap(), (u, g));
+        assert_eq!(encode(0, 0), Ok(None));
+        for (u, g) in [(1000, 1000), (0, 65534), (100000, 0), (1, 2), (4294967294, 4294967294)] {
+            assert_eq!(decode(&encode(u, g).unwrap().unwrap()).unwrap(), (u, g));
         }
         // 0 is carried as NoopID (0xffffffff, varint ff ff ff ff 0f)
-        assert_eq!(encode(0, 5).unwrap(), vec![0x08, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x10, 0x05]);
+        assert_eq!(encode(0, 5).unwrap().unwrap(), vec![0x08, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x10, 0x05]);
     }
 
     #[test]
@@ -101,5 +106,14 @@ mod tests {
         assert!(decode(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
         assert!(decode(&[0x0b]).is_err());
         assert_eq!(decode(&[]).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn id_4294967295_is_refused_not_written_as_no_change() {
+        // written, it would read back as 0: the entry would become root's
+        for (u, g) in [(u32::MAX, 0), (0, u32::MAX), (5, u32::MAX)] {
+            let e = encode(u, g).expect_err("encoded 4294967295");
+            assert!(e.contains("4294967295") && e.contains("chown"), "{e}");
+        }
     }
 }

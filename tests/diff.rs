@@ -631,7 +631,7 @@ fn cli_rootless_diff_as_unprivileged_user() {
     std::fs::create_dir(&root).unwrap();
     std::fs::create_dir(root.join("d")).unwrap();
     write(&root.join("d/f"), b"x");
-    let payload = ocix::rootless::encode(1000, 1000).unwrap();
+    let payload = ocix::rootless::encode(1000, 1000).unwrap().unwrap();
     rustix::fs::setxattr(root.join("d/f"), "user.rootlesscontainers", &payload, rustix::fs::XattrFlags::empty())
         .unwrap();
     for p in [&root, &root.join("d"), &root.join("d/f")] {

@@ -1662,3 +1662,112 @@ fn unpack_image_keeps_one_inode_for_hardlinked_specials() {
     assert!(st("symlink").file_type().is_symlink());
     assert_eq!(std::fs::read_link(bundle.join("rootfs/tmp/symlink_hard")).unwrap(), Path::new("target"));
 }
+
+// ---------------------------------------------------------------- numbers the kernel cannot take
+
+impl Tar {
+    /// Appends the header `f` (no data) with the field at `range` replaced
+    /// by `bytes` (say, a GNU base-256 number), checksum recomputed.
+    fn with_field(mut self, f: H, range: std::ops::Range<usize>, bytes: &[u8]) -> Self {
+        self.header(&f);
+        let n = self.0.len();
+        let b = &mut self.0[n - 512..];
+        b[range.clone()].fill(0);
+        b[range.start..range.start + bytes.len()].copy_from_slice(bytes);
+        b[148..156].fill(b' ');
+        let sum: u64 = b.iter().map(|&x| x as u64).sum();
+        b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        self
+    }
+}
+
+/// GNU base-256 form of `v` in an 8-byte field.
+fn b256(v: u64) -> [u8; 8] {
+    let mut f = v.to_be_bytes();
+    f[0] = 0x80;
+    f
+}
+
+#[test]
+fn device_numbers_linux_cannot_represent_are_refused_at_import() {
+    for (flag, dev) in [(b'3', (4097, 1)), (b'3', (1, 1_048_577)), (b'4', (4096, 1_048_576))] {
+        let e = layer_err(Tar::default().raw(H { dev, ..h(b"dev/mem", flag) }, b"").end());
+        assert!(e.contains(&format!("{}:{}", dev.0, dev.1)) && e.contains("entry /dev/mem"), "{e}");
+        assert!(e.contains("4095") && e.contains("1048575"), "the limits are named: {e}");
+    }
+    // base-256 numbers in the device fields
+    let t = Tar::default().with_field(h(b"mem", b'3'), 329..337, &b256(u32::MAX as u64)).end();
+    let e = layer_err(t);
+    assert!(e.contains("4294967295:0") && e.contains("entry /mem"), "{e}");
+    // star/libarchive PAX device numbers are read, and checked
+    let t = Tar::default().pax(&[("SCHILY.devmajor", b"4097")]).raw(H { dev: (1, 1), ..h(b"mem", b'3') }, b"").end();
+    let e = layer_err(t);
+    assert!(e.contains("4097:1") && e.contains("entry /mem"), "{e}");
+    let t = Tar::default()
+        .pax(&[("SCHILY.devmajor", b"4095"), ("SCHILY.devminor", b"1048575")])
+        .raw(H { dev: (1, 1), ..h(b"big", b'4') }, b"")
+        .end();
+    assert_eq!(ok(vec![L::tar(t)]).get(b"big").unwrap().kind, Kind::Block(Dev { major: 4095, minor: 1_048_575 }));
+    // the largest numbers Linux keeps are fine
+    let m = ok(vec![L::tar(Tar::default().raw(H { dev: (4095, 1_048_575), ..h(b"c", b'3') }, b"").end())]);
+    assert_eq!(m.get(b"c").unwrap().kind, Kind::Char(Dev { major: 4095, minor: 1_048_575 }));
+}
+
+#[test]
+fn owner_4294967295_is_refused_at_import() {
+    let no_change = b256(u32::MAX as u64);
+    for range in [108..116, 116..124] {
+        let t = Tar::default().with_field(H { mode: 0o4755, ..h(b"su", b'0') }, range, &no_change).end();
+        let e = layer_err(t);
+        assert!(e.contains("4294967295") && e.contains("chown") && e.contains("entry /su"), "{e}");
+    }
+    for key in ["uid", "gid"] {
+        let t = Tar::default().pax(&[(key, b"4294967295")]).raw(H { mode: 0o4755, ..h(b"su", b'0') }, b"").end();
+        let e = layer_err(t);
+        assert!(e.contains("4294967295") && e.contains("chown") && e.contains("entry /su"), "{e}");
+        let t = Tar::default().pax(&[(key, b"4294967294")]).raw(h(b"f", b'0'), b"").end();
+        let m = ok(vec![L::tar(t)]);
+        let meta = &m.get(b"f").unwrap().meta;
+        assert_eq!(if key == "uid" { meta.uid } else { meta.gid }, 4_294_967_294);
+    }
+}
+
+#[test]
+fn mode_bits_beyond_type_and_permissions_are_refused() {
+    // file type bits, as Go and Docker writers set them, are accepted and dropped
+    let m = ok(vec![L::tar(Tar::default().raw(H { mode: 0o104755, ..h(b"f", b'0') }, b"").end())]);
+    assert_eq!(m.get(b"f").unwrap().meta.mode, 0o4755);
+    // anything above them is not a mode
+    let e = layer_err(Tar::default().raw(H { mode: 0o1000644, ..h(b"f", b'0') }, b"").end());
+    assert!(e.contains("mode 1000644") && e.contains("entry /f"), "{e}");
+    let t = Tar::default().with_field(h(b"f", b'0'), 100..108, &[0xff; 8]).end();
+    let e = layer_err(t);
+    assert!(e.contains("mode -1") && e.contains("entry /f"), "{e}");
+}
+
+#[test]
+fn sparse_holes_count_against_the_limit() {
+    // 4 bytes of data in a file of 64 MiB: the holes are hashed as zeros,
+    // so they are work the limit bounds, like data
+    let layer = |real: u64| {
+        Tar::default()
+            .pax(&[("GNU.sparse.map", b"0,4"), ("GNU.sparse.size", real.to_string().as_bytes())])
+            .raw(H { size: 4, ..h(b"s", b'0') }, b"head")
+            .end()
+    };
+    let limited = ImportOptions { max_bytes: 16 << 20, ..opts("t") };
+    let l = Layout::with(vec![L::tar(layer(64 << 20))]);
+    let e = import_image(l.path(), None, &limited).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("entry /s") && e.contains("holes") && e.contains("16777216"), "{e}");
+    // within the limit it imports
+    let l = Layout::with(vec![L::tar(layer(8 << 20))]);
+    let m = import_image(l.path(), None, &limited).unwrap().manifest;
+    assert_eq!(content(&m, "s").size, 8 << 20);
+    // a size no file can have is refused by the reader, whatever the limit
+    let l = Layout::with(vec![L::tar(layer(1 << 63))]);
+    let e = import_image(l.path(), None, &ImportOptions { max_bytes: u64::MAX, ..opts("t") })
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("entry /s") && e.contains("9223372036854775808"), "{e}");
+}

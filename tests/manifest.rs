@@ -382,8 +382,8 @@ fn excessive_nesting_is_rejected_and_the_limit_itself_works() {
 fn arb_meta(default_mode: u32) -> impl Strategy<Value = Meta> {
     (
         prop_oneof![Just(default_mode), 0u32..=0o7777],
-        prop_oneof![Just(0u32), any::<u32>()],
-        prop_oneof![Just(0u32), any::<u32>()],
+        prop_oneof![Just(0u32), 0..u32::MAX],
+        prop_oneof![Just(0u32), 0..u32::MAX],
         prop_oneof![Just(0i64), any::<i64>()],
         prop_oneof![Just(0u32), 0u32..1_000_000_000],
         proptest::collection::btree_map(
@@ -417,9 +417,9 @@ fn arb_leaf() -> impl Strategy<Value = Entry> {
         arb_meta(0o644).prop_map(|meta| Entry { meta, kind: Kind::File(File::default()) }),
         (arb_meta(0o777), proptest::collection::vec(1u8..=255, 1..30))
             .prop_map(|(meta, t)| Entry { meta, kind: Kind::Symlink(t) }),
-        (arb_meta(0o644), any::<u32>(), any::<u32>())
+        (arb_meta(0o644), 0u32..=4095, 0u32..=1_048_575)
             .prop_map(|(meta, major, minor)| Entry { meta, kind: Kind::Char(Dev { major, minor }) }),
-        (arb_meta(0o644), any::<u32>(), any::<u32>())
+        (arb_meta(0o644), 0u32..=4095, 0u32..=1_048_575)
             .prop_map(|(meta, major, minor)| Entry { meta, kind: Kind::Block(Dev { major, minor }) }),
         arb_meta(0o644).prop_map(|meta| Entry { meta, kind: Kind::Fifo }),
         arb_meta(0o644).prop_map(|meta| Entry { meta, kind: Kind::Socket }),
@@ -648,4 +648,58 @@ fn cli_reads_and_refuses_hardlinks_to_non_regular_files() {
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("/a") && e.contains("hardlink to /z must name an entry earlier in manifest order"), "{e}");
+}
+
+// ------------------------------------------------------------ numbers the kernel cannot take
+
+/// One child device `d` of type `ty` (4 char, 5 block) with rdev `[major, minor]`.
+fn one_device(ty: u64, major: u64, minor: u64) -> Vec<u8> {
+    C::top().map(2).u(1).u(1).u(13).arr(1).map(3).u(0).b(b"d").u(1).u(ty).u(11).arr(2).u(major).u(minor).0
+}
+
+/// One child file `f` with uid (key 3) or gid (key 4) `id` and mode 04755.
+fn one_owned_file(key: u64, id: u64) -> Vec<u8> {
+    C::top().map(2).u(1).u(1).u(13).arr(1).map(3).u(0).b(b"f").u(2).u(0o4755).u(key).u(id).0
+}
+
+#[test]
+fn device_numbers_linux_cannot_represent_are_rejected() {
+    // each of these would reach mknod as another device (4097:1 as 1:1)
+    for (ty, major, minor) in [(4, 4097, 1), (4, 1, 1_048_577), (4, 4_294_967_295, 4_294_967_295), (5, 4096, 1_048_576)]
+    {
+        let e = err(&one_device(ty, major, minor));
+        assert!(e.contains(&format!("{major}:{minor}")) && e.contains("/d"), "{e}");
+        assert!(e.contains("4095") && e.contains("1048575"), "the limits are named: {e}");
+    }
+    // the largest numbers Linux keeps are fine
+    let m = Manifest::from_bytes(&one_device(4, 4095, 1_048_575)).unwrap();
+    assert_eq!(m.get(b"d").unwrap().kind, Kind::Char(Dev { major: 4095, minor: 1_048_575 }));
+    // and the encoder refuses what the decoder refuses
+    for d in [Dev { major: 4096, minor: 0 }, Dev { major: 0, minor: 1 << 20 }] {
+        let mut m = Manifest::default();
+        if let Kind::Dir(c) = &mut m.root.kind {
+            c.insert(b"d".to_vec(), Entry::new(Kind::Block(d)));
+        }
+        let e = m.to_bytes().expect_err("encoded a device Linux cannot represent").to_string();
+        assert!(e.contains(&format!("{}:{}", d.major, d.minor)) && e.contains("/d"), "{e}");
+    }
+}
+
+#[test]
+fn owner_4294967295_is_rejected_as_chowns_no_change_value() {
+    for key in [3, 4] {
+        let e = err(&one_owned_file(key, 4_294_967_295));
+        assert!(e.contains("4294967295") && e.contains("chown") && e.contains("/f"), "{e}");
+        Manifest::from_bytes(&one_owned_file(key, 4_294_967_294)).unwrap();
+    }
+    for (uid, gid) in [(u32::MAX, 0), (0, u32::MAX)] {
+        let mut m = Manifest::default();
+        if let Kind::Dir(c) = &mut m.root.kind {
+            let mut f = Entry::new(Kind::File(File::default()));
+            (f.meta.uid, f.meta.gid, f.meta.mode) = (uid, gid, 0o4755);
+            c.insert(b"f".to_vec(), f);
+        }
+        let e = m.to_bytes().expect_err("encoded owner 4294967295").to_string();
+        assert!(e.contains("4294967295") && e.contains("chown") && e.contains("/f"), "{e}");
+    }
 }

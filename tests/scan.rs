@@ -151,7 +151,7 @@ fn rootless_scan_reads_owner_from_xattr() {
     let f = t.path().join("owned");
     write(&f, b"x");
     // uid 1000, gid 0 -> gid carried as "no change" (0xffffffff)
-    let payload = ocix::rootless::encode(1000, 0).unwrap();
+    let payload = ocix::rootless::encode(1000, 0).unwrap().unwrap();
     rustix::fs::setxattr(&f, "user.rootlesscontainers", &payload, rustix::fs::XattrFlags::empty()).unwrap();
     rustix::fs::setxattr(&f, "user.other", b"kept", rustix::fs::XattrFlags::empty()).unwrap();
     let m = Manifest::from_bytes(&scan(t.path(), &["--rootless"])).unwrap();
@@ -254,7 +254,7 @@ fn rootless_scan_reads_what_its_owner_may_not_and_restores_modes() {
     write(&d.join("mode-0000"), b"locked");
     std::fs::create_dir(d.join("wx-only")).unwrap();
     write(&d.join("wx-only/inner"), b"inner");
-    let payload = ocix::rootless::encode(1000, 1000).unwrap();
+    let payload = ocix::rootless::encode(1000, 1000).unwrap().unwrap();
     rustix::fs::setxattr(d.join("mode-0000"), "user.rootlesscontainers", &payload, rustix::fs::XattrFlags::empty())
         .unwrap();
     for p in ["", "mode-0000", "wx-only", "wx-only/inner"] {
@@ -359,4 +359,48 @@ fn scan_records_hardlinks_of_every_type_but_directories() {
     let m = Manifest::from_bytes(&scan(r, &["--exclude", "e", "--exclude", "s"])).unwrap();
     assert_eq!(m.get(b"f").unwrap().kind, Kind::Fifo);
     assert_eq!(m.get(b"s2").unwrap().kind, Kind::Symlink(b"t".to_vec()));
+}
+
+// ------------------------------------------------------------ device numbers at Linux's limits
+
+#[test]
+fn device_numbers_at_linuxs_limits_scan_and_unpack_exactly() {
+    assert!(is_root(), "tests run as root");
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    // the 12 bits of major and 20 of minor, each side of the byte splits of dev_t
+    let devs = [(4095u32, 1_048_575u32), (0, 256), (256, 0), (255, 255), (1, 3)];
+    for (i, &(major, minor)) in devs.iter().enumerate() {
+        let ty = if i % 2 == 0 { rustix::fs::FileType::CharacterDevice } else { rustix::fs::FileType::BlockDevice };
+        let p = tree.join(format!("d{i}"));
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            ty,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(major, minor),
+        )
+        .unwrap();
+    }
+    let mpath = t.path().join("m");
+    let out = run(&[OsStr::new("scan"), tree.as_os_str(), OsStr::new("-o"), mpath.as_os_str()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Manifest::from_bytes(&std::fs::read(&mpath).unwrap()).unwrap();
+    for (i, &(major, minor)) in devs.iter().enumerate() {
+        let want = Dev { major, minor };
+        let got = &m.get(format!("d{i}").as_bytes()).unwrap().kind;
+        assert!(matches!(got, Kind::Char(d) | Kind::Block(d) if *d == want), "d{i}: {got:?}, want {want:?}");
+    }
+    // and unpack makes exactly those devices again
+    let dest = t.path().join("dest");
+    let store = t.path().join("store");
+    std::fs::create_dir_all(store.join("blobs/sha256")).unwrap();
+    let out =
+        run(&[OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), store.as_os_str(), dest.as_os_str()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (i, &(major, minor)) in devs.iter().enumerate() {
+        let rdev = std::fs::symlink_metadata(dest.join(format!("d{i}"))).unwrap().rdev();
+        assert_eq!((rustix::fs::major(rdev), rustix::fs::minor(rdev)), (major, minor), "d{i}");
+    }
 }

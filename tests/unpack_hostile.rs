@@ -591,3 +591,116 @@ fn hardlinks_to_symlinks_link_the_symlink_and_never_follow_it() {
     assert!(st("g").file_type().is_fifo());
     assert_eq!((st("g").ino(), st("g").nlink()), (st("f").ino(), 2));
 }
+
+// ------------------------------------------------------------ numbers the kernel cannot take
+
+/// `ocix unpack` of the manifest bytes `bytes` into the fixture's
+/// destination: exit code and stderr.
+fn unpack_cli(fx: &Fixture, bytes: &[u8], more: &[&str]) -> (Option<i32>, String) {
+    let mpath = fx.base.join("m");
+    std::fs::write(&mpath, bytes).unwrap();
+    let mut args = vec![OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store")];
+    let store = fx.base.join("store");
+    args.push(store.as_os_str());
+    args.extend(more.iter().map(OsStr::new));
+    args.push(fx.dest.as_os_str());
+    let o = common::run(&args);
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Replaces the only occurrence of `from` in `bytes` by `to` (same length).
+fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    let at: Vec<usize> = bytes.windows(from.len()).enumerate().filter(|(_, w)| *w == from).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "{from:02x?} occurs {} times", at.len());
+    bytes[at[0]..at[0] + from.len()].copy_from_slice(to);
+}
+
+#[test]
+fn devices_linux_cannot_represent_are_never_created() {
+    assert!(common::is_root());
+    use ocix::manifest::Dev;
+    // through the library: a model built in code
+    for (major, minor) in [(4097, 1), (1, 1_048_577), (u32::MAX, u32::MAX), (4096, 1_048_576)] {
+        let fx = Fixture::new();
+        let mut d = Entry::new(Kind::Char(Dev { major, minor }));
+        d.meta.mode = 0o666;
+        let e = fx.unpack(&manifest(vec![(b"mem", d)]), false).unwrap_err().to_string();
+        assert!(e.contains(&format!("{major}:{minor}")) && e.contains("/mem"), "{e}");
+        assert!(!fx.dest.join("mem").exists(), "a device was created");
+        fx.assert_sentinel_untouched();
+    }
+    // through the command line: 4095:1 encoded, then patched to 4097:1
+    let fx = Fixture::new();
+    let mut d = Entry::new(Kind::Char(Dev { major: 4095, minor: 1 }));
+    d.meta.mode = 0o666;
+    let mut bytes = manifest(vec![(b"mem", d)]).to_bytes().unwrap();
+    patch(&mut bytes, &[0x82, 0x19, 0x0f, 0xff, 0x01], &[0x82, 0x19, 0x10, 0x01, 0x01]);
+    let (code, err) = unpack_cli(&fx, &bytes, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("4097:1") && err.contains("/mem"), "{err}");
+    assert!(!fx.dest.join("mem").exists(), "a device was created");
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn owner_4294967295_never_reaches_chown() {
+    assert!(common::is_root());
+    use std::os::unix::fs::MetadataExt;
+    // through the library, uid and gid
+    for (uid, gid) in [(u32::MAX, 0), (0, u32::MAX)] {
+        let fx = Fixture::new();
+        let mut f = fx.file(b"#!/bin/sh\n");
+        (f.meta.uid, f.meta.gid, f.meta.mode) = (uid, gid, 0o4755);
+        let e = fx.unpack(&manifest(vec![(b"su", f)]), false).unwrap_err().to_string();
+        assert!(e.contains("4294967295") && e.contains("chown") && e.contains("/su"), "{e}");
+        assert!(!fx.dest.join("su").exists(), "a setuid file was written");
+        fx.assert_sentinel_untouched();
+    }
+    // through the command line: 4294967294 encoded, then patched
+    let fx = Fixture::new();
+    let mut f = fx.file(b"#!/bin/sh\n");
+    (f.meta.uid, f.meta.mode) = (u32::MAX - 1, 0o4755);
+    let mut bytes = manifest(vec![(b"su", f)]).to_bytes().unwrap();
+    patch(&mut bytes, &[0x03, 0x1a, 0xff, 0xff, 0xff, 0xfe], &[0x03, 0x1a, 0xff, 0xff, 0xff, 0xff]);
+    let (code, err) = unpack_cli(&fx, &bytes, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("4294967295") && err.contains("chown"), "{err}");
+    if let Ok(md) = std::fs::symlink_metadata(fx.dest.join("su")) {
+        panic!("written with owner {}, mode {:o}", md.uid(), md.mode());
+    }
+    fx.assert_sentinel_untouched();
+}
+
+#[test]
+fn id_maps_never_produce_4294967295() {
+    assert!(common::is_root());
+    use ocix::materialize::IdMap;
+    // the command line refuses a range that reaches it, on either side
+    for map in ["0:4294967295:1", "0:4294967200:96", "4294967295:0:1"] {
+        let fx = Fixture::new();
+        let bytes = manifest(vec![(b"f", fx.file(b"x"))]).to_bytes().unwrap();
+        let (code, err) = unpack_cli(&fx, &bytes, &["--uid-map", map]);
+        assert_eq!(code, Some(2), "{map}: {err}");
+        assert!(err.contains("4294967295") && err.contains("chown"), "{map}: {err}");
+        assert!(!fx.dest.exists());
+    }
+    // the library refuses a mapped id of 4294967295 from maps built in code
+    let fx = Fixture::new();
+    let mut f = fx.file(b"#!/bin/sh\n");
+    f.meta.mode = 0o4755;
+    let m = manifest(vec![(b"su", f)]);
+    let map = IdMap { container: 0, host: u32::MAX, size: 1 };
+    for opts in [
+        UnpackOptions { uid_map: vec![map], ..Default::default() },
+        UnpackOptions { gid_map: vec![map], ..Default::default() },
+    ] {
+        let e = unpack(&m, &fx.store, &fx.dest, &opts).unwrap_err().to_string();
+        assert!(e.contains("4294967295") && e.contains("chown") && e.contains("/su"), "{e}");
+        if let Ok(md) = std::fs::symlink_metadata(fx.dest.join("su")) {
+            use std::os::unix::fs::MetadataExt;
+            assert_ne!(md.mode() & 0o4000, 0o4000, "setuid file left with owner {}", md.uid());
+        }
+        let _ = std::fs::remove_dir_all(&fx.dest);
+    }
+    fx.assert_sentinel_untouched();
+}

@@ -42,7 +42,8 @@ pub struct Args {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
     /// Most uncompressed layer bytes to read, over all layers (a guard
-    /// against decompression bombs).
+    /// against decompression bombs); also, apart, the most bytes of holes
+    /// in sparse files.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
     pub max_bytes: u64,
     /// As `umoci unpack --keep-dirlinks` (GNU tar's

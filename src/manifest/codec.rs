@@ -301,8 +301,8 @@ impl Decoder<'_> {
                     };
                 }
                 K_MODE => mode = Some(self.uint_max(fname, 0o7777)? as u32),
-                K_UID => meta.uid = self.uint_nonzero(fname, u32::MAX as u64)? as u32,
-                K_GID => meta.gid = self.uint_nonzero(fname, u32::MAX as u64)? as u32,
+                K_UID => meta.uid = self.id(fname)?,
+                K_GID => meta.gid = self.id(fname)?,
                 K_MTIME => {
                     meta.mtime.sec = self.r.int().map_err(|e| self.err(e))?;
                     if meta.mtime.sec == 0 {
@@ -339,9 +339,12 @@ impl Decoder<'_> {
                     if cnt != 2 {
                         return self.fail(vat, "rdev must be [major, minor]");
                     }
-                    let major = self.uint_max("major", u32::MAX as u64)? as u32;
-                    let minor = self.uint_max("minor", u32::MAX as u64)? as u32;
-                    rdev = Some(Dev { major, minor });
+                    let major = self.r.uint().map_err(|e| self.err(e))?;
+                    let minor = self.r.uint().map_err(|e| self.err(e))?;
+                    if let Err(why) = super::check_dev(major, minor) {
+                        return self.fail(vat, why);
+                    }
+                    rdev = Some(Dev { major: major as u32, minor: minor as u32 });
                 }
                 K_XATTRS => {
                     let cnt = self.r.map().map_err(|e| self.err(e))?;
@@ -463,6 +466,16 @@ impl Decoder<'_> {
         Ok(v)
     }
 
+    /// A uid or gid: not 0 (the default), not chown's "no change" value.
+    fn id(&mut self, field: &str) -> Result<u32, DecodeError> {
+        let at = self.r.offset();
+        let v = self.uint_nonzero(field, u32::MAX as u64)?;
+        if let Err(why) = super::check_id(field, v) {
+            return self.fail(at, why);
+        }
+        Ok(v as u32)
+    }
+
     fn need<T>(&self, v: Option<T>, at: usize, field: &str) -> Result<T, DecodeError> {
         match v {
             Some(v) => Ok(v),
@@ -561,6 +574,9 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
             if e.meta.mtime.nsec >= 1_000_000_000 {
                 return Err(invalid(&path, "mtime nanoseconds out of range"));
             }
+            for (what, id) in [("uid", e.meta.uid), ("gid", e.meta.gid)] {
+                super::check_id(what, id.into()).map_err(|why| invalid(&path, why))?;
+            }
             for (k, v) in &e.meta.xattrs {
                 if k.is_empty() || k.contains(&0) || k.len() > 255 {
                     return Err(invalid(&path, format!("invalid xattr name {:?}", String::from_utf8_lossy(k))));
@@ -579,6 +595,9 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
                     return Err(invalid(&path, "a digest is required exactly when size is not 0"));
                 }
                 check_zeros(&path, f)?;
+            }
+            Kind::Char(d) | Kind::Block(d) => {
+                super::check_dev(d.major.into(), d.minor.into()).map_err(|why| invalid(&path, why))?;
             }
             Kind::Symlink(t) if (t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET) => {
                 return Err(invalid(&path, "symlink target must be 1 to 4095 bytes without NUL"));

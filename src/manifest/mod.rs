@@ -36,6 +36,14 @@ pub const MAX_NAME: usize = 255;
 pub const MAX_TARGET: usize = 4095;
 /// Largest xattr value (Linux XATTR_SIZE_MAX).
 pub const MAX_XATTR_VALUE: usize = 65536;
+/// Largest device major number Linux keeps (12 bits; `mknod` silently
+/// drops the bits above, so 4097:1 would become 1:1).
+pub const MAX_MAJOR: u32 = (1 << 12) - 1;
+/// Largest device minor number Linux keeps (20 bits).
+pub const MAX_MINOR: u32 = (1 << 20) - 1;
+/// The one uid/gid no entry may have: `(uid_t)-1`, which `chown` takes as
+/// "leave this id unchanged" (a file meant for it would keep its creator's).
+pub const NO_CHANGE_ID: u32 = u32::MAX;
 
 /// A file name: one path component, raw bytes.
 pub type Name = Vec<u8>;
@@ -54,9 +62,9 @@ pub struct Time {
 pub struct Meta {
     /// Permission bits plus setuid, setgid and sticky (`0..=0o7777`).
     pub mode: u32,
-    /// Numeric owner; authoritative.
+    /// Numeric owner; authoritative. [`NO_CHANGE_ID`] fails encoding.
     pub uid: u32,
-    /// Numeric group; authoritative.
+    /// Numeric group; authoritative. [`NO_CHANGE_ID`] fails encoding.
     pub gid: u32,
     /// Modification time.
     pub mtime: Time,
@@ -71,9 +79,9 @@ pub struct Meta {
 /// Device numbers of a character or block device.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Dev {
-    /// Major number.
+    /// Major number, at most [`MAX_MAJOR`] (larger fails encoding).
     pub major: u32,
-    /// Minor number.
+    /// Minor number, at most [`MAX_MINOR`] (larger fails encoding).
     pub minor: u32,
 }
 
@@ -314,4 +322,28 @@ pub fn xattr_display(name: &[u8]) -> String {
     let mut s = path_display(name);
     s.remove(0);
     s
+}
+
+/// Checks an owner id (`what` is `uid` or `gid`): every id but
+/// [`NO_CHANGE_ID`] is one a file can have. Returns what is wrong.
+pub fn check_id(what: &str, id: u64) -> Result<(), String> {
+    if id >= u64::from(NO_CHANGE_ID) {
+        return Err(format!(
+            "{what} {id} cannot own a file: 4294967295 is -1, the \"no change\" value of chown, \
+             and ids stop at 4294967294"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks device numbers: Linux keeps 12 bits of major and 20 of minor;
+/// larger numbers would name another device. Returns what is wrong.
+pub fn check_dev(major: u64, minor: u64) -> Result<(), String> {
+    if major > u64::from(MAX_MAJOR) || minor > u64::from(MAX_MINOR) {
+        return Err(format!(
+            "device {major}:{minor} cannot be represented by Linux (major at most {MAX_MAJOR}, \
+             minor at most {MAX_MINOR}); it would become another device"
+        ));
+    }
+    Ok(())
 }

@@ -36,15 +36,22 @@ impl FromStr for IdMap {
         if m.size == 0 {
             return Err(format!("{s:?}: size must be at least 1"));
         }
-        if u64::from(m.container) + u64::from(m.size) > 1 << 32 || u64::from(m.host) + u64::from(m.size) > 1 << 32 {
-            return Err(format!("{s:?}: range goes past the largest id (4294967295)"));
+        // 4294967295 is (uid_t)-1, chown's "leave unchanged": not an id on
+        // either side
+        let last = u64::from(crate::manifest::NO_CHANGE_ID);
+        if u64::from(m.container) + u64::from(m.size) > last || u64::from(m.host) + u64::from(m.size) > last {
+            return Err(format!(
+                "{s:?}: range reaches 4294967295, which is -1, the \"no change\" value of chown, \
+                 not an id (ids stop at 4294967294)"
+            ));
         }
         Ok(m)
     }
 }
 
 /// Maps `id` through `maps`: identity when there are no maps, the first
-/// range containing it otherwise, `None` when no range does.
+/// range containing it otherwise, `None` when no range does. The result may
+/// be 4294967295 only with maps not made by parsing; callers check it.
 pub fn map_id(maps: &[IdMap], id: u32) -> Option<u32> {
     if maps.is_empty() {
         return Some(id);
@@ -69,6 +76,18 @@ mod tests {
         assert_eq!(map_id(&[], 7), Some(7));
         for bad in ["", "1:2", "1:2:0", "a:1:1", "1:2:3:4", "4294967295:0:2", "-1:0:1"] {
             assert!(bad.parse::<IdMap>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges_reaching_chowns_no_change_id_are_refused() {
+        for bad in ["0:4294967295:1", "0:4294967200:96", "4294967295:0:1", "4294967294:0:2"] {
+            let e = bad.parse::<IdMap>().expect_err(bad);
+            assert!(e.contains("4294967295") && e.contains("chown"), "{e}");
+        }
+        for good in ["0:4294967294:1", "4294967294:0:1", "1:0:4294967294"] {
+            let m: IdMap = good.parse().unwrap();
+            assert_ne!(map_id(&[m], m.container + m.size - 1), Some(u32::MAX), "{good}");
         }
     }
 }

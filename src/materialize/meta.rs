@@ -46,7 +46,11 @@ pub(super) fn apply(
     let owner_xattr;
     if ctx.rootless {
         want.remove(rootless::XATTR);
-        owner_xattr = rootless::encode(meta.uid, meta.gid);
+        owner_xattr = rootless::encode(meta.uid, meta.gid).map_err(|what| crate::manifest::DecodeError {
+            offset: None,
+            path: Some(crate::manifest::path_display(rel)),
+            what,
+        })?;
         if let Some(v) = &owner_xattr {
             if matches!(kind, KindCode::File | KindCode::Dir) {
                 want.insert(rootless::XATTR, v);

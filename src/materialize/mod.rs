@@ -267,6 +267,20 @@ pub enum UnpackError {
         /// How many more the manifest holds.
         others: u64,
     },
+    /// An id map sends an owner to 4294967295, which chown would take as
+    /// "leave unchanged".
+    #[error(
+        "{path}: {what} {id} maps to 4294967295, which is -1, the \"no change\" value of chown, \
+         not an id (check the --{what}-map ranges)"
+    )]
+    NoChangeId {
+        /// The entry.
+        path: String,
+        /// `uid` or `gid`.
+        what: &'static str,
+        /// The manifest's id.
+        id: u32,
+    },
 }
 
 /// Shared state of one unpack.
@@ -311,6 +325,11 @@ impl Ctx<'_> {
             what: "gid",
             id: m.gid,
         })?;
+        for (what, id, host) in [("uid", m.uid, uid), ("gid", m.gid, gid)] {
+            if host == manifest::NO_CHANGE_ID {
+                return Err(UnpackError::NoChangeId { path: self.shown(rel), what, id });
+            }
+        }
         Ok((uid, gid))
     }
 

@@ -34,7 +34,8 @@
 //!   maps: [`tar::MAX_SPARSE_ENTRIES`] entries;
 //! - zstd frames: a window of at most 2^[`ZSTD_WINDOW_LOG_MAX`] bytes;
 //! - total uncompressed bytes over all layers: [`ImportOptions::max_bytes`]
-//!   (a decompression bomb stops there with an error);
+//!   (a decompression bomb stops there with an error); the holes of sparse
+//!   files, hashed as zeros, count against the same limit separately;
 //! - between the threads: 8 chunks of 256 KiB;
 //! - all-zero 4 KiB blocks of file contents are stored as holes, so zeros
 //!   cost no disk; other content costs its size in the store, once per
@@ -228,7 +229,8 @@ pub struct ImportOptions {
     /// The platform wanted when an index holds several images; `None` means
     /// this machine's.
     pub platform: Option<Platform>,
-    /// Most uncompressed bytes read over all layers.
+    /// Most uncompressed bytes read over all layers; also, apart, the most
+    /// bytes of holes in sparse files (hashed as zeros).
     pub max_bytes: u64,
     /// A directory entry over a symlink to a directory keeps the symlink
     /// (`umoci unpack --keep-dirlinks`; see [`Tree::keep_dirlinks`]).
@@ -285,7 +287,7 @@ pub fn import_layers<R: Read + Send>(
 ) -> Result<Imported, ImportError> {
     let mut tree = Tree::default();
     tree.keep_dirlinks(opts.keep_dirlinks);
-    let mut stats = Stats { files: 0, bytes: 0, max_bytes: opts.max_bytes, dropped: Dropped::default() };
+    let mut stats = Stats { files: 0, bytes: 0, max_bytes: opts.max_bytes, dropped: Dropped::default(), holes: 0 };
     for layer in &image.layers {
         tree.begin_layer();
         let blob = BlobReader::new(open(layer)?, &layer.desc);
@@ -300,6 +302,9 @@ struct Stats {
     bytes: u64,
     max_bytes: u64,
     dropped: Dropped,
+    /// Holes of sparse files so far: read as zeros and hashed like data, so
+    /// they count against `max_bytes` too (apart from `bytes`).
+    holes: u64,
 }
 
 /// The layer blob, verified against its descriptor while read: reading past
@@ -573,7 +578,7 @@ impl Read for ChanReader {
 /// without the layout, the blob checks and the decompression (xattrs are
 /// dropped as there, without the list of [`Imported::dropped`]).
 pub fn apply_tar<R: Read>(tree: &mut Tree, r: R, store: Option<&Store>, layer: Digest) -> Result<u64, ImportError> {
-    let mut stats = Stats { files: 0, bytes: 0, max_bytes: u64::MAX, dropped: Dropped::default() };
+    let mut stats = Stats { files: 0, bytes: 0, max_bytes: u64::MAX, dropped: Dropped::default(), holes: 0 };
     read_entries(tree, r, store, &mut stats, layer)?;
     Ok(stats.files)
 }
@@ -658,6 +663,16 @@ fn read_entries<R: Read>(
                         c.write(&buf[..n])?;
                     },
                     Some(map) => {
+                        // a tiny layer may claim a file of exabytes of holes:
+                        // hashing them is work the limit must bound
+                        let data: u64 = map.iter().map(|&(_, len)| len).sum();
+                        stats.holes = stats.holes.saturating_add(h.size - data);
+                        if stats.holes > stats.max_bytes {
+                            return Err(eerr(format!(
+                                "sparse file of {} bytes: the holes of sparse files exceed the limit of {} bytes",
+                                h.size, stats.max_bytes
+                            )));
+                        }
                         for &(off, len) in map {
                             c.write_zeros(off - c.len())?;
                             let mut left = len;

@@ -9,7 +9,12 @@
 //! the header's, entries of header-only types (links, directories, devices,
 //! fifos) carry no data whatever their size field says, a `\0`-typed entry
 //! whose name ends in `/` is a directory, global PAX headers are read and
-//! ignored, and a header checksum may be the signed or unsigned sum.
+//! ignored, and a header checksum may be the signed or unsigned sum. Unlike
+//! Go, it reads the `SCHILY.devmajor`/`SCHILY.devminor` records star and
+//! libarchive write for large device numbers. Numbers a system call would
+//! change are refused, never truncated: device numbers beyond Linux's 12/20
+//! bits, the id 4294967295 (chown's "no change"), mode bits above the file
+//! type bits, sizes above `i64::MAX`.
 //! Supported sparse formats: old GNU (`S` entries with extension blocks) and
 //! PAX 0.0, 0.1 and 1.0.
 
@@ -305,6 +310,12 @@ impl<R: Read> TarReader<R> {
             }
         };
         let mode = parse_num(&b[100..108], "mode")?;
+        // Permission bits, plus the file type bits that Go and Docker writers
+        // add (ignored: the type flag says what the entry is); nothing else.
+        if !(0..=0o177777).contains(&mode) {
+            let shown = if mode < 0 { mode.to_string() } else { format!("{mode:o}") };
+            return bad(format!("mode {shown} has bits outside the file type and permission bits"));
+        }
         let uid = parse_num(&b[108..116], "uid")?;
         let gid = parse_num(&b[116..124], "gid")?;
         let mtime = parse_num(&b[136..148], "mtime")?;
@@ -321,7 +332,7 @@ impl<R: Read> TarReader<R> {
             uid: to_id(uid, "uid")?,
             gid: to_id(gid, "gid")?,
             mtime: Time { sec: mtime, nsec: 0 },
-            dev: (to_id(major, "device major")?, to_id(minor, "device minor")?),
+            dev: (0, 0),
             xattrs: BTreeMap::new(),
             size: hsize,
             sparse: None,
@@ -367,6 +378,12 @@ impl<R: Read> TarReader<R> {
             if let Some(v) = p.gid {
                 h.gid = to_id(v, "gid")?;
             }
+            // star and libarchive spell device numbers too large for the
+            // header this way
+            if matches!(kind, EntryType::Char | EntryType::Block) {
+                major = p.devmajor.unwrap_or(major);
+                minor = p.devminor.unwrap_or(minor);
+            }
             if let Some(t) = p.mtime {
                 h.mtime = t;
             }
@@ -411,6 +428,12 @@ impl<R: Read> TarReader<R> {
             stored = 0;
             h.size = 0;
         }
+        for (what, id) in [("uid", h.uid), ("gid", h.gid)] {
+            crate::manifest::check_id(what, id.into()).map_err(TarError::Bad)?;
+        }
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            h.dev = to_dev(major, minor)?;
+        }
         if !data_started {
             self.begin_data(stored);
         }
@@ -418,6 +441,9 @@ impl<R: Read> TarReader<R> {
             validate_sparse(&map, real, stored)?;
             h.size = real;
             h.sparse = Some(map);
+        }
+        if h.size > i64::MAX as u64 {
+            return bad(format!("size {} is larger than a file can be ({})", h.size, i64::MAX));
         }
         Ok(h)
     }
@@ -543,7 +569,16 @@ fn trim_ws_nul(f: &[u8]) -> &[u8] {
 }
 
 fn to_id(v: i64, what: &str) -> Result<u32, TarError> {
-    u32::try_from(v).map_err(|_| TarError::Bad(format!("{what} {v} out of range 0..=4294967295")))
+    u32::try_from(v).map_err(|_| TarError::Bad(format!("{what} {v} out of range 0..=4294967294")))
+}
+
+/// Device numbers Linux can represent, never truncated.
+fn to_dev(major: i64, minor: i64) -> Result<(u32, u32), TarError> {
+    if major < 0 || minor < 0 {
+        return bad(format!("device {major}:{minor} has a negative number"));
+    }
+    crate::manifest::check_dev(major as u64, minor as u64).map_err(TarError::Bad)?;
+    Ok((major as u32, minor as u32))
 }
 
 fn parse_dec(s: &[u8]) -> Option<u64> {
@@ -609,6 +644,8 @@ struct Pax {
     size: Option<u64>,
     uid: Option<i64>,
     gid: Option<i64>,
+    devmajor: Option<i64>,
+    devminor: Option<i64>,
     mtime: Option<Time>,
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     sparse: Option<PaxSparse>,
@@ -663,6 +700,8 @@ impl Pax {
                 b"size" => p.size = Some(num("size")?),
                 b"uid" => p.uid = Some(i64::try_from(num("uid")?).unwrap_or(i64::MAX)),
                 b"gid" => p.gid = Some(i64::try_from(num("gid")?).unwrap_or(i64::MAX)),
+                b"SCHILY.devmajor" => p.devmajor = Some(i64::try_from(num("device major")?).unwrap_or(i64::MAX)),
+                b"SCHILY.devminor" => p.devminor = Some(i64::try_from(num("device minor")?).unwrap_or(i64::MAX)),
                 b"mtime" => {
                     p.mtime =
                         Some(text().and_then(parse_pax_time).ok_or_else(|| {

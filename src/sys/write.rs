@@ -70,7 +70,10 @@ pub fn link_at(
 }
 
 /// `mknodat(dir, name, type, mode, makedev(major, minor))`: character and
-/// block devices and fifos.
+/// block devices and fifos. Numbers the kernel cannot represent (major above
+/// 4095, minor above 1048575) are refused with `EINVAL`, whatever checked
+/// them before: the kernel would drop their high bits and make another
+/// device.
 pub fn mknod_at(
     dir: BorrowedFd<'_>,
     name: &[u8],
@@ -79,12 +82,25 @@ pub fn mknod_at(
     dev: (u32, u32),
     shown: &dyn Fn() -> String,
 ) -> Result<()> {
+    if crate::manifest::check_dev(dev.0.into(), dev.1.into()).is_err() {
+        return Err(SysError::new("mknodat", shown(), Errno::INVAL));
+    }
     call("mknodat", shown, || fs::mknodat(dir, os(name), ty, mode(m), fs::makedev(dev.0, dev.1)))
+}
+
+/// Ids as chown takes them: 4294967295 (-1) would mean "leave unchanged",
+/// so it is refused with `EINVAL` whatever checked it before.
+fn check_owner(call: &'static str, uid: u32, gid: u32, shown: &dyn Fn() -> String) -> Result<()> {
+    if uid == crate::manifest::NO_CHANGE_ID || gid == crate::manifest::NO_CHANGE_ID {
+        return Err(SysError::new(call, shown(), Errno::INVAL));
+    }
+    Ok(())
 }
 
 /// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`: a symlink's own
 /// owner (`lchown`).
 pub fn chown_at(dir: BorrowedFd<'_>, name: &[u8], uid: u32, gid: u32, shown: &dyn Fn() -> String) -> Result<()> {
+    check_owner("fchownat", uid, gid, shown)?;
     call("fchownat", shown, || {
         fs::chownat(dir, os(name), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::SYMLINK_NOFOLLOW)
     })
@@ -92,6 +108,7 @@ pub fn chown_at(dir: BorrowedFd<'_>, name: &[u8], uid: u32, gid: u32, shown: &dy
 
 /// `fchown(fd, uid, gid)`.
 pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32, shown: &dyn Fn() -> String) -> Result<()> {
+    check_owner("fchown", uid, gid, shown)?;
     call("fchown", shown, || fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))))
 }
 
@@ -224,4 +241,33 @@ pub fn rename_at(
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool, shown: &dyn Fn() -> String) -> Result<()> {
     let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
     call("unlinkat", shown, || fs::unlinkat(dir, os(name), flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fd::AsFd;
+
+    #[test]
+    fn numbers_the_kernel_would_change_are_refused() {
+        assert!(rustix::process::geteuid().is_root(), "tests run as root");
+        let t = tempfile::tempdir().unwrap();
+        let dir = std::fs::File::open(t.path()).unwrap();
+        let shown = || "test".to_string();
+        // 4097:1 would be made as 1:1
+        for (i, dev) in [(4097, 1), (1, 1 << 20), (u32::MAX, u32::MAX)].into_iter().enumerate() {
+            let name = format!("d{i}");
+            let e = mknod_at(dir.as_fd(), name.as_bytes(), FileType::CharacterDevice, 0o600, dev, &shown).unwrap_err();
+            assert_eq!(e.errno, Errno::INVAL);
+            assert!(!t.path().join(&name).exists(), "{dev:?} was created");
+        }
+        mknod_at(dir.as_fd(), b"ok", FileType::CharacterDevice, 0o600, (4095, (1 << 20) - 1), &shown).unwrap();
+        // -1 would leave the owner as it is
+        let f = create_file_at(dir.as_fd(), b"f", 0o600, &shown).unwrap();
+        fchown(f.as_fd(), 5, 5, &shown).unwrap();
+        for (uid, gid) in [(u32::MAX, 7), (7, u32::MAX)] {
+            assert_eq!(fchown(f.as_fd(), uid, gid, &shown).unwrap_err().errno, Errno::INVAL);
+            assert_eq!(chown_at(dir.as_fd(), b"f", uid, gid, &shown).unwrap_err().errno, Errno::INVAL);
+        }
+    }
 }
