@@ -1071,3 +1071,39 @@ proptest! {
         }
     }
 }
+
+// ------------------------------------------------------- the nesting limit
+
+/// `levels` components: `d/d/.../d`, then `last` if given.
+fn deep_name(levels: usize, last: Option<&str>) -> Vec<u8> {
+    let mut p = vec!["d"; levels].join("/");
+    if let Some(l) = last {
+        p.push('/');
+        p.push_str(l);
+    }
+    p.into_bytes()
+}
+
+#[test]
+fn nesting_limit_holds_on_both_sides_in_import() {
+    let max = ocix::manifest::MAX_DEPTH;
+    // the deepest directory, and a file inside it
+    let t = Tar(Vec::new())
+        .pax(&[("path", &deep_name(max, None))])
+        .dir("x")
+        .pax(&[("path", &deep_name(max, Some("f")))])
+        .file("x", b"inside\n")
+        .end();
+    let m = ok(vec![L::tar(t)]);
+    assert!(exists(&m, std::str::from_utf8(&deep_name(max, Some("f"))).unwrap()));
+    let bytes = ocix::manifest::encode(&m).expect("encode");
+    assert_eq!(Manifest::from_bytes(&bytes).expect("decode"), m);
+    // a directory one level deeper
+    let t = Tar(Vec::new()).pax(&[("path", &deep_name(max + 1, None))]).dir("x").end();
+    let e = layer_err(t);
+    assert!(e.contains("directory nested 1025 levels below the root"), "{e}");
+    // a file one level deeper (its parent would be too deep)
+    let t = Tar(Vec::new()).pax(&[("path", &deep_name(max + 1, Some("f")))]).file("x", b"").end();
+    let e = layer_err(t);
+    assert!(e.contains("nested 1026 levels below the root"), "{e}");
+}

@@ -476,3 +476,43 @@ fn encoder_refuses_names_the_decoder_would_refuse() {
         assert!(e.to_string().contains("invalid child name"), "{e}");
     }
 }
+
+// ------------------------------------------------------- the nesting limit
+
+#[test]
+fn nesting_limit_allows_entries_inside_the_deepest_directory() {
+    /// `dirs` nested directories, then `leaf` (a map of one file) if given.
+    fn nested(dirs: usize, leaf: bool, leaf_dir: bool) -> Vec<u8> {
+        let mut out = C::top().map(2).u(1).u(1).u(13).arr(1).0;
+        for _ in 0..dirs - 1 {
+            out.extend(C::default().map(3).u(0).b(b"d").u(1).u(1).u(13).arr(1).0);
+        }
+        if leaf {
+            out.extend(C::default().map(3).u(0).b(b"d").u(1).u(1).u(13).arr(1).0);
+            if leaf_dir {
+                out.extend(C::default().map(2).u(0).b(b"e").u(1).u(1).0);
+            } else {
+                out.extend(C::default().map(1).u(0).b(b"leaf").0);
+            }
+        } else {
+            out.extend(C::default().map(2).u(0).b(b"d").u(1).u(1).0);
+        }
+        out
+    }
+    let max = ocix::manifest::MAX_DEPTH;
+    let run = |f: fn(usize) -> ()| {
+        std::thread::Builder::new().stack_size(256 << 20).spawn(move || f(max)).unwrap().join().unwrap()
+    };
+    run(|max| {
+        // the deepest directory, empty and with a file inside
+        for bytes in [nested(max, false, false), nested(max, true, false)] {
+            let m = Manifest::from_bytes(&bytes).expect("the limit itself decodes");
+            assert_eq!(m.to_bytes().unwrap(), bytes);
+        }
+        // a directory one deeper, empty or as the last level
+        for bytes in [nested(max + 1, false, false), nested(max, true, true)] {
+            let e = err(&bytes);
+            assert!(e.contains("directory nested 1025 levels below the root; the limit is 1024"), "{e}");
+        }
+    });
+}

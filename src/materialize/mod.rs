@@ -474,7 +474,7 @@ fn check_names(e: &Entry, rel: &mut Vec<u8>) -> Result<(), UnpackError> {
             }
             .into());
         }
-        check_names(c, rel)?;
+        stacker::maybe_grow(64 * 1024, 1024 * 1024, || check_names(c, rel))?;
         rel.truncate(base);
     }
     Ok(())
