@@ -516,3 +516,29 @@ fn nesting_limit_allows_entries_inside_the_deepest_directory() {
         }
     });
 }
+
+#[test]
+fn duplicate_or_unsorted_child_is_shown_at_its_own_path() {
+    // /etc with two children named `a`, then `b` after `c`
+    let etc = |x: &[u8], y: &[u8]| {
+        let mut out = C::top().map(2).u(1).u(1).u(13).arr(1).0;
+        out.extend(C::default().map(3).u(0).b(b"etc").u(1).u(1).u(13).arr(2).0);
+        out.extend(C::default().map(1).u(0).b(x).0);
+        out.extend(C::default().map(1).u(0).b(y).0);
+        out
+    };
+    let e = err(&etc(b"hostname", b"hostname"));
+    assert!(e.contains("/etc/hostname") && e.contains("duplicate name"), "{e}");
+    assert!(!e.contains(": /hostname"), "{e}");
+    let e = err(&etc(b"c", b"b"));
+    assert!(e.contains("/etc/b") && e.contains("not sorted") && e.contains("after /etc/c"), "{e}");
+}
+
+#[test]
+fn stray_break_byte_is_named() {
+    // the root's children array holds a break byte where an entry should be
+    let mut bytes = C::top().map(2).u(1).u(1).u(13).arr(1).0;
+    bytes.push(0xff);
+    let e = err(&bytes);
+    assert!(e.contains("unexpected break byte"), "{e}");
+}

@@ -370,3 +370,55 @@ fn duplicate_paths_in_the_bytes_are_rejected_by_the_cli() {
     assert!(!fx.dest.exists());
     fx.assert_sentinel_untouched();
 }
+
+// ------------------------------------------------- errors that name the fault
+
+/// A blob name that holds a FIFO, a directory, a socket or a symlink: the
+/// error names the blob and what is there, and a FIFO does not block.
+#[test]
+fn blob_that_is_not_a_regular_file_is_named_with_its_type() {
+    type Make = fn(&Path);
+    let cases: [(&str, Make); 4] = [
+        ("a FIFO", |p| {
+            let out = std::process::Command::new("mkfifo").arg(p).status().unwrap();
+            assert!(out.success());
+        }),
+        ("a directory", |p| std::fs::create_dir(p).unwrap()),
+        ("a socket", |p| {
+            std::mem::forget(std::os::unix::net::UnixListener::bind(p).unwrap());
+        }),
+        ("a symlink", |p| std::os::unix::fs::symlink("elsewhere", p).unwrap()),
+    ];
+    for (what, make) in cases {
+        let fx = Fixture::new();
+        let f = fx.file(b"some content");
+        let d = digest_of(&f);
+        let blob = fx.store.blob_path(&d);
+        std::fs::remove_file(&blob).unwrap();
+        make(&blob);
+        let m = manifest(vec![(b"victim", f)]);
+        let msg = fx.unpack(&m, false).unwrap_err().to_string();
+        let says = format!("{} is {what}, not a regular file", blob.display());
+        assert!(msg.contains(&says) && msg.contains(&d.to_string()), "{what}: {msg}");
+        assert!(!msg.contains("not a blob store"), "{what}: {msg}");
+        fx.assert_sentinel_untouched();
+    }
+}
+
+/// Zero runs the blob does not have: the manifest is blamed, not the blob.
+#[test]
+fn false_zero_runs_blame_the_manifest_not_the_blob() {
+    let fx = Fixture::new();
+    let mut content = vec![7u8; 2 * BLOCK as usize];
+    content.extend_from_slice(b"tail");
+    let mut f = fx.file(&content);
+    let d = digest_of(&f);
+    if let Kind::File(file) = &mut f.kind {
+        file.zeros = vec![(1, 1)];
+    }
+    let m = manifest(vec![(b"victim", f)]);
+    let msg = fx.unpack(&m, false).unwrap_err().to_string();
+    assert!(msg.contains("/victim") && msg.contains("the manifest's zero runs disagree with blob"), "{msg}");
+    assert!(msg.contains(&d.to_string()) && msg.contains("intact"), "{msg}");
+    assert!(leftovers(&fx.dest).is_empty(), "left {:?}", leftovers(&fx.dest));
+}

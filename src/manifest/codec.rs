@@ -389,14 +389,17 @@ impl Decoder<'_> {
                         if let Some(p) = &prev {
                             if *p >= cname {
                                 // shown at the child's own path, below its directory
-                                let what = if *p == cname {
-                                    "duplicate name".to_string()
-                                } else {
-                                    format!("children not sorted by name (comes after {})", path_display(p))
-                                };
                                 if here > 0 {
                                     self.path.push(b'/');
                                 }
+                                let what = if *p == cname {
+                                    "duplicate name".to_string()
+                                } else {
+                                    self.path.extend_from_slice(p);
+                                    let after = path_display(&self.path);
+                                    self.path.truncate(self.path.len() - p.len());
+                                    format!("children not sorted by name (comes after {after})")
+                                };
                                 self.path.extend_from_slice(&cname);
                                 return self.fail(at, what);
                             }

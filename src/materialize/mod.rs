@@ -213,6 +213,19 @@ pub enum UnpackError {
         /// What is wrong with the blob.
         source: Box<StoreError>,
     },
+    /// A file's zero runs in the manifest are not zeros in its (intact)
+    /// blob: the manifest is at fault, not the store.
+    #[error(
+        "{path}: the manifest's zero runs disagree with blob {blob}: the blob is intact (digest {digest}) but holds non-zero bytes inside runs the manifest declares zero"
+    )]
+    ZeroRuns {
+        /// The file being written.
+        path: String,
+        /// Its digest in the manifest, which the blob has.
+        digest: Digest,
+        /// The blob's path.
+        blob: String,
+    },
     /// An owner has no mapping.
     #[error("{path}: {what} {id} is outside every --{what}-map range")]
     Unmapped {
