@@ -1107,3 +1107,34 @@ fn nesting_limit_holds_on_both_sides_in_import() {
     let e = layer_err(t);
     assert!(e.contains("nested 1026 levels below the root"), "{e}");
 }
+
+// ------------------------------------------------- errors that name the fault
+
+#[test]
+fn zstd_window_over_the_limit_names_window_and_limit() {
+    let data = Tar::default().file("f", b"x").end();
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(30)).unwrap();
+    enc.write_all(&data).unwrap();
+    let blob = enc.finish().unwrap();
+    let e = err(vec![L { blob, media_type: OCI_ZSTD.into(), diff_id: sha(&data) }]);
+    assert!(e.contains("asks for a window of 1073741824 bytes; the limit is 134217728 bytes (2^27)"), "{e}");
+}
+
+#[test]
+fn pax_record_length_out_of_bounds_gives_offset_and_claim() {
+    let body = b"11 uid=123\n99 path=x\n";
+    let t = Tar::default().raw(H { size: body.len() as u64, ..h(b"PaxHeaders/x", b'x') }, body).file("f", b"").end();
+    let e = layer_err(t);
+    assert!(
+        e.contains("record at offset 11") && e.contains("claims 99 bytes") && e.contains("only 10 bytes remain"),
+        "{e}"
+    );
+}
+
+#[test]
+fn absolute_member_names_are_shown_with_one_slash() {
+    let t = Tar::default().file("/tmp/../../x", b"").end();
+    let e = layer_err(t);
+    assert!(e.contains("entry /tmp/../../x:") && !e.contains("//tmp"), "{e}");
+}
