@@ -1138,3 +1138,23 @@ fn absolute_member_names_are_shown_with_one_slash() {
     let e = layer_err(t);
     assert!(e.contains("entry /tmp/../../x:") && !e.contains("//tmp"), "{e}");
 }
+
+#[test]
+fn media_type_mismatch_says_media_type() {
+    let t = Tar::default().file("f", b"x").end();
+    let l = Layout::new();
+    let docker = "application/vnd.docker.distribution.manifest.v2+json";
+    let mut d = l.image(vec![L::tar(t)], None);
+    d["mediaType"] = docker.into();
+    l.index(vec![(d, Some("t"))]);
+    let e = import(&l).unwrap_err().to_string();
+    assert!(e.contains("media type mismatch") && e.contains(OCI_MANIFEST) && e.contains(docker), "{e}");
+}
+
+#[test]
+fn json_of_the_wrong_shape_names_the_field() {
+    let e = with_index(br#"{"schemaVersion":2,"manifests":[{"mediaType":[["x"]],"digest":"sha256:00","size":1}]}"#);
+    assert!(e.contains("index.json: field manifests[0].mediaType: invalid JSON"), "{e}");
+    let e = with_index(br#"{"schemaVersion":2,"manifests":[[{"a":1}]]}"#);
+    assert!(e.contains("field manifests[0]"), "{e}");
+}
