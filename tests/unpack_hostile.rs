@@ -422,3 +422,53 @@ fn false_zero_runs_blame_the_manifest_not_the_blob() {
     assert!(msg.contains(&d.to_string()) && msg.contains("intact"), "{msg}");
     assert!(leftovers(&fx.dest).is_empty(), "left {:?}", leftovers(&fx.dest));
 }
+
+/// What the unpack could not apply is listed, not dropped without a word:
+/// a symlink's mode (always 0777 on Linux) and mtimes beyond what the
+/// filesystem holds (it clamps them).
+#[test]
+fn symlink_modes_and_clamped_mtimes_are_listed_as_not_applied() {
+    use ocix::manifest::{Meta, Time};
+    use ocix::materialize::NotAppliedKind;
+    let fx = Fixture::new();
+    let mut link = Entry::new(Kind::Symlink(b"target".to_vec()));
+    link.meta = Meta { mode: 0o644, ..Meta::default() };
+    let mut exact = Entry::new(Kind::Symlink(b"target".to_vec()));
+    exact.meta = Meta { mode: 0o777, ..Meta::default() };
+    let mut late = fx.file(b"late");
+    late.meta.mtime = Time { sec: i64::MAX, nsec: 999_999_999 };
+    let mut early = fx.file(b"early");
+    early.meta.mtime = Time { sec: i64::MIN, nsec: 0 };
+    let m = manifest(vec![(b"link", link), (b"exact", exact), (b"late", late), (b"early", early)]);
+    let r = fx.unpack(&m, false).unwrap();
+    let of = |k: NotAppliedKind| {
+        let mut v: Vec<String> = r
+            .not_applied
+            .iter()
+            .filter(|n| n.kind == k)
+            .map(|n| format!("{} {}", String::from_utf8_lossy(&n.path), n.detail))
+            .collect();
+        v.sort();
+        v
+    };
+    let modes = of(NotAppliedKind::Mode);
+    assert!(modes.len() == 1 && modes[0].starts_with("link mode 0644"), "{modes:?}");
+    // listed exactly when the filesystem stored another time (ext4 and
+    // xfs clamp both extremes)
+    use std::os::unix::fs::MetadataExt;
+    let times = of(NotAppliedKind::Mtime);
+    let mut want = Vec::new();
+    for (name, sec, nsec) in [("early", i64::MIN, 0), ("late", i64::MAX, 999_999_999)] {
+        let md = std::fs::symlink_metadata(fx.dest.join(name)).unwrap();
+        if (md.mtime(), md.mtime_nsec()) != (sec, nsec) {
+            want.push(format!("{name} mtime {sec}.{nsec:09} s, stored as {}.{:09} s", md.mtime(), md.mtime_nsec()));
+        }
+    }
+    assert_eq!(times.len(), want.len(), "{times:?}");
+    for (t, w) in times.iter().zip(&want) {
+        assert!(t.starts_with(w.as_str()), "{t} / {w}");
+    }
+    if !want.is_empty() {
+        assert!(r.summary(3).iter().any(|l| l.contains("mtimes not stored exactly")), "{:?}", r.summary(3));
+    }
+}

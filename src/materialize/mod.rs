@@ -113,6 +113,10 @@ pub enum NotAppliedKind {
     Xattr,
     /// An owner that could not be recorded (rootless symlink or fifo).
     Owner,
+    /// A symlink's mode other than 0777: Linux gives every symlink 0777.
+    Mode,
+    /// A modification time the filesystem cannot hold (it stored another).
+    Mtime,
 }
 
 impl NotAppliedKind {
@@ -123,6 +127,8 @@ impl NotAppliedKind {
             NotAppliedKind::Device => "devices written as empty files",
             NotAppliedKind::Xattr => "xattrs not applied",
             NotAppliedKind::Owner => "owners not recorded",
+            NotAppliedKind::Mode => "symlink modes not applied",
+            NotAppliedKind::Mtime => "mtimes not stored exactly",
         }
     }
 }
