@@ -374,7 +374,7 @@ fn excessive_nesting_is_rejected_and_the_limit_itself_works() {
     }
     assert!(Manifest::from_bytes(&nested(1000)).is_ok());
     let e = err(&nested(5000));
-    assert!(e.contains("nested deeper"), "{e}");
+    assert!(e.contains("levels below the root; the limit is 1024"), "{e}");
 }
 
 // ------------------------------------------------------------ random trees
