@@ -51,7 +51,7 @@ pub enum StoreError {
         store: String,
     },
     /// A blob's name holds something other than a regular file.
-    #[error("blob {digest} in store {store}: {path} is {what}, not a regular file")]
+    #[error("blob {path} is {what}, not a regular file")]
     NotRegular {
         /// The digest.
         digest: Digest,
