@@ -1771,3 +1771,90 @@ fn sparse_holes_count_against_the_limit() {
         .to_string();
     assert!(e.contains("entry /s") && e.contains("9223372036854775808"), "{e}");
 }
+
+// ------------------------------------------------------- the nesting limit
+
+/// `levels` components: `d/d/.../d`, then `last` if given.
+fn deep_name(levels: usize, last: Option<&str>) -> Vec<u8> {
+    let mut p = vec!["d"; levels].join("/");
+    if let Some(l) = last {
+        p.push('/');
+        p.push_str(l);
+    }
+    p.into_bytes()
+}
+
+#[test]
+fn nesting_limit_holds_on_both_sides_in_import() {
+    let max = ocix::manifest::MAX_DEPTH;
+    // the deepest directory, and a file inside it
+    let t = Tar(Vec::new())
+        .pax(&[("path", &deep_name(max, None))])
+        .dir("x")
+        .pax(&[("path", &deep_name(max, Some("f")))])
+        .file("x", b"inside\n")
+        .end();
+    let m = ok(vec![L::tar(t)]);
+    assert!(exists(&m, std::str::from_utf8(&deep_name(max, Some("f"))).unwrap()));
+    let bytes = ocix::manifest::encode(&m).expect("encode");
+    assert_eq!(Manifest::from_bytes(&bytes).expect("decode"), m);
+    // a directory one level deeper
+    let t = Tar(Vec::new()).pax(&[("path", &deep_name(max + 1, None))]).dir("x").end();
+    let e = layer_err(t);
+    assert!(e.contains("directory nested 1025 levels below the root"), "{e}");
+    // a file one level deeper (its parent would be too deep)
+    let t = Tar(Vec::new()).pax(&[("path", &deep_name(max + 1, Some("f")))]).file("x", b"").end();
+    let e = layer_err(t);
+    assert!(e.contains("nested 1026 levels below the root"), "{e}");
+}
+
+// ------------------------------------------------- errors that name the fault
+
+#[test]
+fn zstd_window_over_the_limit_names_window_and_limit() {
+    let data = Tar::default().file("f", b"x").end();
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(30)).unwrap();
+    enc.write_all(&data).unwrap();
+    let blob = enc.finish().unwrap();
+    let e = err(vec![L { blob, media_type: OCI_ZSTD.into(), diff_id: sha(&data) }]);
+    assert!(e.contains("asks for a window of 1073741824 bytes; the limit is 134217728 bytes (2^27)"), "{e}");
+}
+
+#[test]
+fn pax_record_length_out_of_bounds_gives_offset_and_claim() {
+    let body = b"11 uid=123\n99 path=x\n";
+    let t = Tar::default().raw(H { size: body.len() as u64, ..h(b"PaxHeaders/x", b'x') }, body).file("f", b"").end();
+    let e = layer_err(t);
+    assert!(
+        e.contains("record at offset 11") && e.contains("claims 99 bytes") && e.contains("only 10 bytes remain"),
+        "{e}"
+    );
+}
+
+#[test]
+fn absolute_member_names_are_shown_with_one_slash() {
+    let t = Tar::default().file("/tmp/../../x", b"").end();
+    let e = layer_err(t);
+    assert!(e.contains("entry /tmp/../../x:") && !e.contains("//tmp"), "{e}");
+}
+
+#[test]
+fn media_type_mismatch_says_media_type() {
+    let t = Tar::default().file("f", b"x").end();
+    let l = Layout::new();
+    let docker = "application/vnd.docker.distribution.manifest.v2+json";
+    let mut d = l.image(vec![L::tar(t)], None);
+    d["mediaType"] = docker.into();
+    l.index(vec![(d, Some("t"))]);
+    let e = import(&l).unwrap_err().to_string();
+    assert!(e.contains("media type mismatch") && e.contains(OCI_MANIFEST) && e.contains(docker), "{e}");
+}
+
+#[test]
+fn json_of_the_wrong_shape_names_the_field() {
+    let e = with_index(br#"{"schemaVersion":2,"manifests":[{"mediaType":[["x"]],"digest":"sha256:00","size":1}]}"#);
+    assert!(e.contains("index.json: field manifests[0].mediaType: invalid JSON"), "{e}");
+    let e = with_index(br#"{"schemaVersion":2,"manifests":[[{"a":1}]]}"#);
+    assert!(e.contains("field manifests[0]"), "{e}");
+}

@@ -374,7 +374,7 @@ fn excessive_nesting_is_rejected_and_the_limit_itself_works() {
     }
     assert!(Manifest::from_bytes(&nested(1000)).is_ok());
     let e = err(&nested(5000));
-    assert!(e.contains("nested deeper"), "{e}");
+    assert!(e.contains("levels below the root; the limit is 1024"), "{e}");
 }
 
 // ------------------------------------------------------------ random trees
@@ -702,4 +702,70 @@ fn owner_4294967295_is_rejected_as_chowns_no_change_value() {
         let e = m.to_bytes().expect_err("encoded owner 4294967295").to_string();
         assert!(e.contains("4294967295") && e.contains("chown") && e.contains("/f"), "{e}");
     }
+}
+
+// ------------------------------------------------------- the nesting limit
+
+#[test]
+fn nesting_limit_allows_entries_inside_the_deepest_directory() {
+    /// `dirs` nested directories, then `leaf` (a map of one file) if given.
+    fn nested(dirs: usize, leaf: bool, leaf_dir: bool) -> Vec<u8> {
+        let mut out = C::top().map(2).u(1).u(1).u(13).arr(1).0;
+        for _ in 0..dirs - 1 {
+            out.extend(C::default().map(3).u(0).b(b"d").u(1).u(1).u(13).arr(1).0);
+        }
+        if leaf {
+            out.extend(C::default().map(3).u(0).b(b"d").u(1).u(1).u(13).arr(1).0);
+            if leaf_dir {
+                out.extend(C::default().map(2).u(0).b(b"e").u(1).u(1).0);
+            } else {
+                out.extend(C::default().map(1).u(0).b(b"leaf").0);
+            }
+        } else {
+            out.extend(C::default().map(2).u(0).b(b"d").u(1).u(1).0);
+        }
+        out
+    }
+    let max = ocix::manifest::MAX_DEPTH;
+    let run = |f: fn(usize) -> ()| {
+        std::thread::Builder::new().stack_size(256 << 20).spawn(move || f(max)).unwrap().join().unwrap()
+    };
+    run(|max| {
+        // the deepest directory, empty and with a file inside
+        for bytes in [nested(max, false, false), nested(max, true, false)] {
+            let m = Manifest::from_bytes(&bytes).expect("the limit itself decodes");
+            assert_eq!(m.to_bytes().unwrap(), bytes);
+        }
+        // a directory one deeper, empty or as the last level
+        for bytes in [nested(max + 1, false, false), nested(max, true, true)] {
+            let e = err(&bytes);
+            assert!(e.contains("directory nested 1025 levels below the root; the limit is 1024"), "{e}");
+        }
+    });
+}
+
+#[test]
+fn duplicate_or_unsorted_child_is_shown_at_its_own_path() {
+    // /etc with two children named `a`, then `b` after `c`
+    let etc = |x: &[u8], y: &[u8]| {
+        let mut out = C::top().map(2).u(1).u(1).u(13).arr(1).0;
+        out.extend(C::default().map(3).u(0).b(b"etc").u(1).u(1).u(13).arr(2).0);
+        out.extend(C::default().map(1).u(0).b(x).0);
+        out.extend(C::default().map(1).u(0).b(y).0);
+        out
+    };
+    let e = err(&etc(b"hostname", b"hostname"));
+    assert!(e.contains("/etc/hostname") && e.contains("duplicate name"), "{e}");
+    assert!(!e.contains(": /hostname"), "{e}");
+    let e = err(&etc(b"c", b"b"));
+    assert!(e.contains("/etc/b") && e.contains("not sorted") && e.contains("after /etc/c"), "{e}");
+}
+
+#[test]
+fn stray_break_byte_is_named() {
+    // the root's children array holds a break byte where an entry should be
+    let mut bytes = C::top().map(2).u(1).u(1).u(13).arr(1).0;
+    bytes.push(0xff);
+    let e = err(&bytes);
+    assert!(e.contains("unexpected break byte"), "{e}");
 }

@@ -404,3 +404,78 @@ fn device_numbers_at_linuxs_limits_scan_and_unpack_exactly() {
         assert_eq!((rustix::fs::major(rdev), rustix::fs::minor(rdev)), (major, minor), "d{i}");
     }
 }
+
+// ------------------------------------------------------- the nesting limit
+
+/// `dirs` directories nested one in the other (`d/d/...`), with a symlink
+/// `l` inside the deepest when `leaf`.
+fn deep_model(dirs: usize, leaf: bool) -> Manifest {
+    use ocix::manifest::{Entry, Meta};
+    use std::collections::BTreeMap;
+    let dir_meta = Meta { mode: 0o755, ..Meta::default() };
+    let mut inner = BTreeMap::new();
+    if leaf {
+        inner.insert(
+            b"l".to_vec(),
+            Entry { meta: Meta { mode: 0o777, ..Meta::default() }, kind: Kind::Symlink(b"x".to_vec()) },
+        );
+    }
+    for _ in 0..dirs {
+        let d = Entry { meta: dir_meta.clone(), kind: Kind::Dir(inner) };
+        inner = BTreeMap::new();
+        inner.insert(b"d".to_vec(), d);
+    }
+    Manifest { root: Entry { meta: dir_meta, kind: Kind::Dir(inner) } }
+}
+
+/// Runs `f` on a thread with a large stack: trees 1025 levels deep are
+/// dropped and compared recursively.
+fn big_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new().stack_size(256 << 20).spawn(f).unwrap().join().unwrap();
+}
+
+#[test]
+fn nesting_limit_round_trips_at_the_limit_and_refuses_one_deeper() {
+    big_stack(|| {
+        let max = ocix::manifest::MAX_DEPTH;
+        let t = tempfile::tempdir().unwrap();
+        let store = t.path().join("store");
+        std::fs::create_dir_all(store.join("blobs/sha256")).unwrap();
+        let dest = t.path().join("dest");
+        let mpath = t.path().join("m.ocix");
+        // the deepest directory allowed, with an entry inside it
+        let m = deep_model(max, true);
+        let bytes = ocix::manifest::encode(&m).expect("the limit itself encodes");
+        assert_eq!(Manifest::from_bytes(&bytes).expect("the limit itself decodes"), m);
+        std::fs::write(&mpath, &bytes).unwrap();
+        let out = run(&["unpack".as_ref(), mpath.as_os_str(), "--store".as_ref(), store.as_os_str(), dest.as_os_str()]);
+        assert!(out.status.success(), "unpack: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(scan(&dest, &[]) == bytes, "scan(unpack(M)) differs from M");
+        let out = run(&["diff".as_ref(), dest.as_os_str(), mpath.as_os_str()]);
+        assert!(out.status.success(), "diff: {}", String::from_utf8_lossy(&out.stdout));
+
+        // one directory deeper, on disk: scan and diff refuse, naming it
+        let deepest: std::path::PathBuf = std::iter::once(dest.clone()).chain(vec!["d".into(); max]).collect();
+        std::fs::create_dir(deepest.join("d")).unwrap();
+        for cmd in ["scan", "diff"] {
+            let mut args = vec![cmd.as_ref(), dest.as_os_str()];
+            if cmd == "diff" {
+                args.push(mpath.as_os_str());
+            }
+            let out = run(&args);
+            let e = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && out.status.code() != Some(1), "{cmd} accepted it: {e}");
+            assert!(e.contains("directory nested 1025 levels below the root; the limit is 1024"), "{cmd}: {e}");
+        }
+
+        // one directory deeper, in a manifest: encoder, decoder and unpack refuse
+        let m = deep_model(max + 1, false);
+        let e = ocix::manifest::encode(&m).unwrap_err().to_string();
+        assert!(e.contains("directory nested 1025 levels"), "{e}");
+        let store = ocix::store::Store::open(&store).unwrap();
+        let e =
+            ocix::materialize::unpack(&m, &store, &t.path().join("d2"), &Default::default()).unwrap_err().to_string();
+        assert!(e.contains("directory nested 1025 levels"), "{e}");
+        assert!(!t.path().join("d2").exists());
+    });
+}

@@ -704,3 +704,105 @@ fn id_maps_never_produce_4294967295() {
     }
     fx.assert_sentinel_untouched();
 }
+
+// ------------------------------------------------- errors that name the fault
+
+/// A blob name that holds a FIFO, a directory, a socket or a symlink: the
+/// error names the blob and what is there, and a FIFO does not block.
+#[test]
+fn blob_that_is_not_a_regular_file_is_named_with_its_type() {
+    type Make = fn(&Path);
+    let cases: [(&str, Make); 4] = [
+        ("a FIFO", |p| {
+            let out = std::process::Command::new("mkfifo").arg(p).status().unwrap();
+            assert!(out.success());
+        }),
+        ("a directory", |p| std::fs::create_dir(p).unwrap()),
+        ("a socket", |p| {
+            std::mem::forget(std::os::unix::net::UnixListener::bind(p).unwrap());
+        }),
+        ("a symlink", |p| std::os::unix::fs::symlink("elsewhere", p).unwrap()),
+    ];
+    for (what, make) in cases {
+        let fx = Fixture::new();
+        let f = fx.file(b"some content");
+        let d = digest_of(&f);
+        let blob = fx.store.blob_path(&d);
+        std::fs::remove_file(&blob).unwrap();
+        make(&blob);
+        let m = manifest(vec![(b"victim", f)]);
+        let msg = fx.unpack(&m, false).unwrap_err().to_string();
+        let says = format!("{} is {what}, not a regular file", blob.display());
+        assert!(msg.contains(&says) && msg.contains(&d.to_string()), "{what}: {msg}");
+        assert!(!msg.contains("not a blob store"), "{what}: {msg}");
+        fx.assert_sentinel_untouched();
+    }
+}
+
+/// Zero runs the blob does not have: the manifest is blamed, not the blob.
+#[test]
+fn false_zero_runs_blame_the_manifest_not_the_blob() {
+    let fx = Fixture::new();
+    let mut content = vec![7u8; 2 * BLOCK as usize];
+    content.extend_from_slice(b"tail");
+    let mut f = fx.file(&content);
+    let d = digest_of(&f);
+    if let Kind::File(file) = &mut f.kind {
+        file.zeros = vec![(1, 1)];
+    }
+    let m = manifest(vec![(b"victim", f)]);
+    let msg = fx.unpack(&m, false).unwrap_err().to_string();
+    assert!(msg.contains("/victim") && msg.contains("the manifest's zero runs disagree with blob"), "{msg}");
+    assert!(msg.contains(&d.to_string()) && msg.contains("intact"), "{msg}");
+    assert!(leftovers(&fx.dest).is_empty(), "left {:?}", leftovers(&fx.dest));
+}
+
+/// What the unpack could not apply is listed, not dropped without a word:
+/// a symlink's mode (always 0777 on Linux) and mtimes beyond what the
+/// filesystem holds (it clamps them).
+#[test]
+fn symlink_modes_and_clamped_mtimes_are_listed_as_not_applied() {
+    use ocix::manifest::{Meta, Time};
+    use ocix::materialize::NotAppliedKind;
+    let fx = Fixture::new();
+    let mut link = Entry::new(Kind::Symlink(b"target".to_vec()));
+    link.meta = Meta { mode: 0o644, ..Meta::default() };
+    let mut exact = Entry::new(Kind::Symlink(b"target".to_vec()));
+    exact.meta = Meta { mode: 0o777, ..Meta::default() };
+    let mut late = fx.file(b"late");
+    late.meta.mtime = Time { sec: i64::MAX, nsec: 999_999_999 };
+    let mut early = fx.file(b"early");
+    early.meta.mtime = Time { sec: i64::MIN, nsec: 0 };
+    let m = manifest(vec![(b"link", link), (b"exact", exact), (b"late", late), (b"early", early)]);
+    let r = fx.unpack(&m, false).unwrap();
+    let of = |k: NotAppliedKind| {
+        let mut v: Vec<String> = r
+            .not_applied
+            .iter()
+            .filter(|n| n.kind == k)
+            .map(|n| format!("{} {}", String::from_utf8_lossy(&n.path), n.detail))
+            .collect();
+        v.sort();
+        v
+    };
+    let modes = of(NotAppliedKind::Mode);
+    assert!(modes.len() == 1 && modes[0].starts_with("link mode 0644"), "{modes:?}");
+    // listed exactly when the filesystem stored another time (ext4 and
+    // xfs clamp both extremes)
+    use std::os::unix::fs::MetadataExt;
+    let times = of(NotAppliedKind::Mtime);
+    let mut want = Vec::new();
+    for (name, sec, nsec) in [("early", i64::MIN, 0), ("late", i64::MAX, 999_999_999)] {
+        let md = std::fs::symlink_metadata(fx.dest.join(name)).unwrap();
+        if (md.mtime(), md.mtime_nsec()) != (sec, nsec) {
+            want.push(format!("{name} mtime {sec}.{nsec:09} s, stored as {}.{:09} s", md.mtime(), md.mtime_nsec()));
+        }
+    }
+    assert_eq!(times.len(), want.len(), "{times:?}");
+    for (t, w) in times.iter().zip(&want) {
+        assert!(t.starts_with(w.as_str()), "{t} / {w}");
+    }
+    if !want.is_empty() {
+        assert!(r.summary(3).iter().any(|l| l.contains("mtimes not stored exactly")), "{:?}", r.summary(3));
+    }
+}

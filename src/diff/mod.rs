@@ -497,7 +497,8 @@ impl Cx<'_> {
             self.path.extend_from_slice(name);
             if !self.opts.excludes.is_excluded(&self.path) {
                 match (ce, ca) {
-                    (Some(ce), Some(ca)) => self.entry(ce, ca),
+                    // deep trees recurse deeply: grow the stack on demand
+                    (Some(ce), Some(ca)) => stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(ce, ca)),
                     (Some(_), None) => self.push(What::Missing),
                     (None, Some(_)) => self.push(What::Extra),
                     (None, None) => {}

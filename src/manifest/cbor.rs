@@ -171,7 +171,18 @@ impl<'a> Reader<'a> {
             4 => Major::Array,
             5 => Major::Map,
             6 => Major::Tag,
-            _ => return self.err_at(start, "floats and simple values are not used by OCIX"),
+            _ => {
+                let what = match ib {
+                    0xff => "unexpected break byte 0xff (it ends an indefinite length, which OCIX does not use)".into(),
+                    0xf9..=0xfb => format!("float (initial byte 0x{ib:02x}): floats are not used by OCIX"),
+                    0xf4 | 0xf5 => format!("boolean (initial byte 0x{ib:02x}): simple values are not used by OCIX"),
+                    0xf6 | 0xf7 => {
+                        format!("null or undefined (initial byte 0x{ib:02x}): simple values are not used by OCIX")
+                    }
+                    _ => format!("simple value or reserved byte 0x{ib:02x}: not used by OCIX"),
+                };
+                return self.err_at(start, what);
+            }
         };
         let ai = ib & 0x1f;
         let arg = match ai {
@@ -333,6 +344,16 @@ mod tests {
         assert!(Reader::new(&[0x9f]).array().unwrap_err().what.contains("indefinite"));
         assert!(Reader::new(&[0xf9, 0, 0]).head().unwrap_err().what.contains("floats"));
         assert!(Reader::new(&[0x1c]).head().unwrap_err().what.contains("reserved"));
+    }
+
+    #[test]
+    fn major_seven_bytes_say_what_they_are() {
+        let what = |b: &[u8]| Reader::new(b).head().unwrap_err().what;
+        assert!(what(&[0xff]).contains("unexpected break byte 0xff"), "{}", what(&[0xff]));
+        assert!(what(&[0xf5]).contains("boolean"));
+        assert!(what(&[0xf6]).contains("null"));
+        assert!(what(&[0xfb, 0, 0, 0, 0, 0, 0, 0, 0]).contains("float"));
+        assert!(what(&[0xe0]).contains("simple value"));
     }
 
     #[test]

@@ -8,8 +8,8 @@
 
 use super::cbor::{CborError, Major, Reader, Writer};
 use super::{
-    BLOCK, Dev, Digest, Entry, File, Kind, KindCode, MAX_DEPTH, MAX_TARGET, MAX_XATTR_VALUE, Manifest, Meta, OCIX_TAG,
-    VERSION, check_name, path_display,
+    BLOCK, Dev, Digest, Entry, File, Kind, KindCode, MAX_TARGET, MAX_XATTR_VALUE, Manifest, Meta, OCIX_TAG, VERSION,
+    check_depth, check_name, path_display,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -241,8 +241,8 @@ impl Decoder<'_> {
     }
 
     fn entry(&mut self, depth: usize, is_root: bool) -> Result<(Option<Vec<u8>>, Entry), DecodeError> {
-        if depth > MAX_DEPTH {
-            return self.fail(self.r.offset(), format!("directories nested deeper than {MAX_DEPTH}"));
+        if let Err(why) = check_depth(depth, false) {
+            return self.fail(self.r.offset(), why);
         }
         let start = self.r.offset();
         let n = self.r.map().map_err(|e| self.err(e))?;
@@ -369,6 +369,9 @@ impl Decoder<'_> {
                     if code != KindCode::Dir {
                         return self.fail(kat, format!("children under a non-directory ({})", code.name()));
                     }
+                    if let Err(why) = check_depth(depth, true) {
+                        return self.fail(kat, why);
+                    }
                     let cnt = self.r.array().map_err(|e| self.err(e))?;
                     if cnt == 0 {
                         return self.fail(vat, "empty children array must be omitted");
@@ -388,8 +391,20 @@ impl Decoder<'_> {
                         };
                         if let Some(p) = &prev {
                             if *p >= cname {
-                                let what = if *p == cname { "duplicate name" } else { "children not sorted by name" };
-                                return self.fail(at, format!("{what}: {}", path_display(&cname)));
+                                // shown at the child's own path, below its directory
+                                if here > 0 {
+                                    self.path.push(b'/');
+                                }
+                                let what = if *p == cname {
+                                    "duplicate name".to_string()
+                                } else {
+                                    self.path.extend_from_slice(p);
+                                    let after = path_display(&self.path);
+                                    self.path.truncate(self.path.len() - p.len());
+                                    format!("children not sorted by name (comes after {after})")
+                                };
+                                self.path.extend_from_slice(&cname);
+                                return self.fail(at, what);
                             }
                         }
                         prev = Some(cname.clone());
@@ -554,10 +569,8 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
     // paths a hardlink may name: every earlier non-directory first name
     let mut linkable: HashSet<Vec<u8>> = HashSet::new();
     for (path, e) in m.walk() {
-        let depth = path.split(|&b| b == b'/').count();
-        if !path.is_empty() && depth > MAX_DEPTH + 1 {
-            return Err(invalid(&path, format!("directories nested deeper than {MAX_DEPTH}")));
-        }
+        let level = if path.is_empty() { 0 } else { path.split(|&b| b == b'/').count() };
+        check_depth(level, matches!(e.kind, Kind::Dir(_))).map_err(|why| invalid(&path, why))?;
         // each child name by itself: a joined path cannot show a name that
         // contains "/" or is empty
         if let Kind::Dir(children) = &e.kind {

@@ -28,7 +28,11 @@ pub const VERSION: u64 = 1;
 pub const BLOCK: u64 = 4096;
 /// Media type of an encoded manifest, for registries and artifact manifests.
 pub const MEDIA_TYPE: &str = "application/vnd.ocix.manifest.v1+cbor";
-/// Deepest directory nesting the decoder accepts (the root is depth 0).
+/// The nesting limit: a directory may be nested at most `MAX_DEPTH` levels
+/// below the root (its path has at most `MAX_DEPTH` components); entries
+/// inside the deepest directory are allowed, so any other entry may have
+/// `MAX_DEPTH + 1` components. The decoder, the encoder, import, unpack and
+/// scan all check it with [`check_depth`].
 pub const MAX_DEPTH: usize = 1024;
 /// Longest file name (Linux NAME_MAX).
 pub const MAX_NAME: usize = 255;
@@ -278,6 +282,21 @@ impl Manifest {
     pub fn walk(&self) -> Walk<'_> {
         Walk::new(&self.root)
     }
+}
+
+/// Checks the nesting limit ([`MAX_DEPTH`]) for an entry `level` levels
+/// below the root (the number of components of its path; the root is 0).
+/// Returns what is wrong.
+pub fn check_depth(level: usize, is_dir: bool) -> Result<(), String> {
+    if is_dir && level > MAX_DEPTH {
+        return Err(format!("directory nested {level} levels below the root; the limit is {MAX_DEPTH}"));
+    }
+    if level > MAX_DEPTH + 1 {
+        return Err(format!(
+            "entry nested {level} levels below the root; the limit is {MAX_DEPTH} directories and the entries inside the deepest"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a file name: non-empty, not `.` or `..`, no `/` or NUL, at most

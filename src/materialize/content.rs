@@ -154,9 +154,37 @@ pub(super) fn write_content(
         ));
     }
     if let Some(v) = v {
-        v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
+        if let Err(e) = v.finish(&blob_shown()) {
+            // an intact blob written with false zero runs: blame the manifest
+            if !f.zeros.is_empty() && blob_is_intact(&blob, f.size, digest, buf, &blob_shown)? {
+                return Err(UnpackError::ZeroRuns { path: ctx.shown(rel), digest, blob: blob_shown() });
+            }
+            return Err(content_err(ctx, rel, digest, e));
+        }
     }
     Ok(written)
+}
+
+/// Whether the blob's whole content (`size` bytes) has digest `digest`.
+fn blob_is_intact(
+    blob: &OwnedFd,
+    size: u64,
+    digest: Digest,
+    buf: &mut [u8],
+    blob_shown: &dyn Fn() -> String,
+) -> Result<bool, UnpackError> {
+    let mut v = Verifier::new(digest, size);
+    let mut off = 0u64;
+    while off < size {
+        let want = (size - off).min(buf.len() as u64) as usize;
+        let n = rd::pread(blob.as_fd(), &mut buf[..want], off, blob_shown)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        v.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(v.finish(&blob_shown()).is_ok())
 }
 
 /// Copies `size` bytes with `copy_file_range`. Returns false (nothing

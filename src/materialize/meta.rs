@@ -99,11 +99,36 @@ pub(super) fn apply(
             XattrSource::Fd(fd) => wr::fchmod(*fd, meta.mode, &shown)?,
             XattrSource::At(d, n) => wr::chmod_at(*d, n, meta.mode, &shown)?,
         }
+    } else if meta.mode != 0o777 {
+        ctx.not_applied(
+            NotAppliedKind::Mode,
+            rel,
+            format!("mode {:04o}: a symlink's mode is always 0777 on Linux", meta.mode),
+        );
     }
     // 4. mtime
     match &target {
         XattrSource::Fd(fd) => wr::futimens(*fd, meta.mtime, &shown)?,
         XattrSource::At(d, n) => wr::utimens_at(*d, n, meta.mtime, &shown)?,
+    }
+    // a time outside 1970..2038 may be beyond what the filesystem holds,
+    // which clamps it without an error: say what it kept
+    if !(0..=i64::from(i32::MAX)).contains(&meta.mtime.sec) {
+        let st = match &target {
+            XattrSource::Fd(fd) => rd::stat_fd(*fd, &shown)?,
+            XattrSource::At(d, n) => rd::stat_at(*d, n, &shown)?,
+        };
+        let (sec, nsec) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
+        if sec != meta.mtime.sec || nsec != i64::from(meta.mtime.nsec) {
+            ctx.not_applied(
+                NotAppliedKind::Mtime,
+                rel,
+                format!(
+                    "mtime {}.{:09} s, stored as {sec}.{nsec:09} s (beyond what the filesystem holds)",
+                    meta.mtime.sec, meta.mtime.nsec
+                ),
+            );
+        }
     }
     Ok(())
 }

@@ -129,6 +129,10 @@ pub enum NotAppliedKind {
     Xattr,
     /// An owner that could not be recorded (rootless symlink or fifo).
     Owner,
+    /// A symlink's mode other than 0777: Linux gives every symlink 0777.
+    Mode,
+    /// A modification time the filesystem cannot hold (it stored another).
+    Mtime,
 }
 
 impl NotAppliedKind {
@@ -139,6 +143,8 @@ impl NotAppliedKind {
             NotAppliedKind::Device => "devices written as empty files",
             NotAppliedKind::Xattr => "xattrs not applied",
             NotAppliedKind::Owner => "owners not recorded",
+            NotAppliedKind::Mode => "symlink modes not applied",
+            NotAppliedKind::Mtime => "mtimes not stored exactly",
         }
     }
 }
@@ -228,6 +234,19 @@ pub enum UnpackError {
         digest: Digest,
         /// What is wrong with the blob.
         source: Box<StoreError>,
+    },
+    /// A file's zero runs in the manifest are not zeros in its (intact)
+    /// blob: the manifest is at fault, not the store.
+    #[error(
+        "{path}: the manifest's zero runs disagree with blob {blob}: the blob is intact (digest {digest}) but holds non-zero bytes inside runs the manifest declares zero"
+    )]
+    ZeroRuns {
+        /// The file being written.
+        path: String,
+        /// Its digest in the manifest, which the blob has.
+        digest: Digest,
+        /// The blob's path.
+        blob: String,
     },
     /// An owner has no mapping.
     #[error("{path}: {what} {id} is outside every --{what}-map range")]
@@ -531,7 +550,7 @@ fn check_names(e: &Entry, rel: &mut Vec<u8>) -> Result<(), UnpackError> {
             }
             .into());
         }
-        check_names(c, rel)?;
+        stacker::maybe_grow(64 * 1024, 1024 * 1024, || check_names(c, rel))?;
         rel.truncate(base);
     }
     Ok(())

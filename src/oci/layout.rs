@@ -307,7 +307,94 @@ fn read_doc(docs: &dyn Documents, d: &Descriptor, what: &str) -> Result<Vec<u8>,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<T, ImportError> {
-    serde_json::from_slice(data).map_err(|e| ImportError::Json { what: what.to_string(), err: e })
+    serde_json::from_slice(data).map_err(|e| {
+        // a value of the wrong shape: name the field it is in
+        let what = match e.classify() {
+            serde_json::error::Category::Data => match json_path_at(data, e.line(), e.column()) {
+                Some(p) if !p.is_empty() => format!("{what}: field {p}"),
+                _ => what.to_string(),
+            },
+            _ => what.to_string(),
+        };
+        ImportError::Json { what, err: e }
+    })
+}
+
+/// The path (`manifests[0].mediaType`) of the value the JSON text `data`
+/// has at `line`:`column` (1-based, as serde_json counts), or `None` if the
+/// position is outside the text.
+fn json_path_at(data: &[u8], line: usize, column: usize) -> Option<String> {
+    enum Level {
+        Object { key: Option<String>, in_key: bool },
+        Array { index: usize },
+    }
+    // byte offset of the position
+    let mut at = None;
+    let (mut l, mut c) = (1usize, 0usize);
+    for (i, &b) in data.iter().enumerate() {
+        if b == b'\n' {
+            l += 1;
+            c = 0;
+        } else {
+            c += 1;
+        }
+        if l == line && c >= column.max(1) {
+            at = Some(i);
+            break;
+        }
+    }
+    let at = at?;
+    let mut stack: Vec<Level> = Vec::new();
+    let mut i = 0;
+    while i < at {
+        match data[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < data.len() && data[i] != b'"' {
+                    if data[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if let Some(Level::Object { key, in_key: in_key @ true }) = stack.last_mut() {
+                    *key = Some(String::from_utf8_lossy(&data[start..i.min(data.len())]).into_owned());
+                    *in_key = false;
+                }
+            }
+            b'{' => stack.push(Level::Object { key: None, in_key: true }),
+            b'[' => stack.push(Level::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Level::Object { in_key, .. }) => *in_key = true,
+                Some(Level::Array { index }) => *index += 1,
+                None => {}
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut out = String::new();
+    for level in &stack {
+        match level {
+            Level::Object { key: Some(k), .. } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Level::Object { key: None, .. } => {}
+            Level::Array { index } => out.push_str(&format!("[{index}]")),
+        }
+    }
+    Some(out)
+}
+
+/// A descriptor's media type that differs from its document's.
+fn media_type_mismatch(descriptor: &str, document: &str) -> String {
+    format!("media type mismatch: the descriptor says {descriptor} but the document's mediaType is {document}")
 }
 
 fn check_schema(v: Option<i64>, what: &str) -> Result<(), ImportError> {
@@ -475,10 +562,7 @@ fn collect(
             check_schema(idx.schema_version, &what)?;
             if let Some(mt) = &idx.media_type {
                 if *mt != d.media_type {
-                    return Err(ImportError::Descriptor {
-                        what,
-                        msg: format!("descriptor says {} but the document says {mt}", d.media_type),
-                    });
+                    return Err(ImportError::Descriptor { what, msg: media_type_mismatch(&d.media_type, mt) });
                 }
             }
             for (i, c) in idx.manifests.into_iter().enumerate() {
@@ -500,17 +584,14 @@ fn read_image(docs: &dyn Documents, desc: Descriptor, platform: Option<&Platform
     if manifest_json.get("manifests").is_some() && manifest_json.get("config").is_none() {
         return Err(ImportError::Descriptor {
             what,
-            msg: format!("descriptor says {} but the document is an index", desc.media_type),
+            msg: format!("media type mismatch: the descriptor says {} but the document is an index", desc.media_type),
         });
     }
     let m: RawManifest = parse_json(&data, &what)?;
     check_schema(m.schema_version, &what)?;
     if let Some(mt) = &m.media_type {
         if *mt != desc.media_type {
-            return Err(ImportError::Descriptor {
-                what,
-                msg: format!("descriptor says {} but the document says {mt}", desc.media_type),
-            });
+            return Err(ImportError::Descriptor { what, msg: media_type_mismatch(&desc.media_type, mt) });
         }
     }
     let config_desc = m.config.check(&format!("{what} config"))?;

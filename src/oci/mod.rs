@@ -477,8 +477,13 @@ fn decode_layer<R: Read>(
     tx: crossbeam_channel::Sender<io::Result<Vec<u8>>>,
 ) -> Result<(Digest, u64), Decode> {
     let d = &layer.desc;
+    // the start of the zstd stream, to say what window its frame asks for
+    let first = std::cell::RefCell::new(Vec::new());
     let streamed = (|| -> io::Result<Result<(Digest, u64), Decode>> {
-        let buffered = io::BufReader::with_capacity(64 << 10, head.chain(&mut blob));
+        let buffered = io::BufReader::with_capacity(
+            64 << 10,
+            Prefix { r: head.chain(&mut blob), keep: ZSTD_HEADER_MAX, first: &first },
+        );
         let decoder: Box<dyn Read + '_> = match layer.compression {
             Compression::None => Box::new(buffered),
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
@@ -528,6 +533,11 @@ fn decode_layer<R: Read>(
                     d.size, d.digest
                 )));
             }
+            if layer.compression == Compression::Zstd {
+                if let Some(note) = zstd_window_note(&e, &first.borrow(), ZSTD_WINDOW_LOG_MAX) {
+                    return Err(Decode::Failed(format!("decompressing: {e}: {note}")));
+                }
+            }
             return Err(Decode::Failed(format!("decompressing: {e}")));
         }
     };
@@ -542,6 +552,68 @@ fn decode_layer<R: Read>(
         return Err(Decode::Failed(format!("blob content has digest {actual}")));
     }
     Ok(decoded)
+}
+
+/// Longest zstd frame header: magic, descriptor, window byte, dictionary
+/// id, content size.
+const ZSTD_HEADER_MAX: usize = 18;
+
+/// A reader that keeps a copy of the first `keep` bytes read through it.
+struct Prefix<'a, R> {
+    r: R,
+    keep: usize,
+    first: &'a std::cell::RefCell<Vec<u8>>,
+}
+
+impl<R: Read> Read for Prefix<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        let mut first = self.first.borrow_mut();
+        let room = self.keep.saturating_sub(first.len()).min(n);
+        first.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+}
+
+/// The window a zstd frame asks for, from its header (`None` if the bytes
+/// are not a complete frame header).
+pub fn zstd_frame_window(h: &[u8]) -> Option<u64> {
+    if h.len() < 5 || h[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
+        return None;
+    }
+    let fhd = h[4];
+    let single_segment = fhd & 0x20 != 0;
+    if !single_segment {
+        let wd = *h.get(5)?;
+        let log = 10 + u64::from(wd >> 3);
+        let base = 1u64 << log;
+        return Some(base + (base / 8) * u64::from(wd & 7));
+    }
+    // a single segment: the window is the content size
+    let dict = [0, 1, 2, 4][usize::from(fhd & 3)];
+    let fcs = [1, 2, 4, 8][usize::from(fhd >> 6)];
+    let at = 5 + dict;
+    let b = h.get(at..at + fcs)?;
+    let mut v = 0u64;
+    for (i, &x) in b.iter().enumerate() {
+        v |= u64::from(x) << (8 * i);
+    }
+    Some(if fcs == 2 { v + 256 } else { v })
+}
+
+/// For a zstd "too much memory" error: the window the frame asks for and
+/// the limit, from the stream's first bytes.
+pub fn zstd_window_note(e: &dyn std::fmt::Display, first: &[u8], limit_log: u32) -> Option<String> {
+    if !e.to_string().contains("too much memory") {
+        return None;
+    }
+    let limit = 1u64 << limit_log;
+    Some(match zstd_frame_window(first) {
+        Some(w) if w > limit => {
+            format!("the frame asks for a window of {w} bytes; the limit is {limit} bytes (2^{limit_log})")
+        }
+        _ => format!("a frame asks for a window larger than the limit of {limit} bytes (2^{limit_log})"),
+    })
 }
 
 /// The receiving end of the uncompressed stream.
@@ -583,6 +655,13 @@ pub fn apply_tar<R: Read>(tree: &mut Tree, r: R, store: Option<&Store>, layer: D
     Ok(stats.files)
 }
 
+/// A layer member's name for messages: `/`-prefixed like every path ocix
+/// shows, once (a member named `/tmp/x` is shown `/tmp/x`, not `//tmp/x`).
+fn member_display(name: &[u8]) -> String {
+    let start = name.iter().position(|&b| b != b'/').unwrap_or(name.len());
+    path_display(&name[start..])
+}
+
 fn read_entries<R: Read>(
     tree: &mut Tree,
     r: R,
@@ -595,7 +674,7 @@ fn read_entries<R: Read>(
     let mut last_name: Option<String> = None;
     loop {
         let terr = |e: TarError, name: &Option<String>| match (e, name) {
-            (TarError::Entry { path, msg }, _) => ImportError::Layer { layer, entry: Some(path_display(&path)), msg },
+            (TarError::Entry { path, msg }, _) => ImportError::Layer { layer, entry: Some(member_display(&path)), msg },
             (e, Some(n)) => ImportError::Layer { layer, entry: None, msg: format!("after entry {n}: {e}") },
             (e, None) => ImportError::Layer { layer, entry: None, msg: e.to_string() },
         };
@@ -604,7 +683,7 @@ fn read_entries<R: Read>(
             Ok(None) => return Ok(()),
             Err(e) => return Err(terr(e, &last_name)),
         };
-        let shown = path_display(&h.path);
+        let shown = member_display(&h.path);
         let eerr = |msg: String| ImportError::Layer { layer, entry: Some(shown.clone()), msg };
         last_name = Some(shown.clone());
         let comps = tree::clean(&h.path).map_err(eerr)?;

@@ -662,14 +662,23 @@ impl Pax {
         let mut sp_offsets: Vec<(u64, u64)> = Vec::new();
         let mut pending_off: Option<u64> = None;
         let mut any_sparse = false;
+        let total = data.len();
         while !data.is_empty() {
             let sp = data
                 .iter()
                 .position(|&c| c == b' ')
                 .ok_or_else(|| TarError::Bad("malformed PAX record (no length)".into()))?;
             let len = parse_dec(&data[..sp]).ok_or_else(|| TarError::Bad("malformed PAX record length".into()))?;
-            if len as usize > data.len() || (len as usize) <= sp + 1 {
-                return bad("PAX record length out of bounds");
+            if len > data.len() as u64 || (len as usize) <= sp + 1 {
+                let at = total - data.len();
+                let why = if len > data.len() as u64 {
+                    format!("only {} bytes remain", data.len())
+                } else {
+                    "that does not cover its own length field".to_string()
+                };
+                return bad(format!(
+                    "PAX record length out of bounds: the record at offset {at} of the PAX data claims {len} bytes, but {why}"
+                ));
             }
             let rec = &data[sp + 1..len as usize];
             data = &data[len as usize..];

@@ -47,7 +47,7 @@
 //! - The root may only be given directory metadata: any other type there is
 //!   rejected.
 
-use crate::manifest::{Dev, Entry, File, Kind, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, check_name};
+use crate::manifest::{Dev, Entry, File, Kind, MAX_TARGET, Manifest, Meta, Name, check_depth, check_name};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Most symlinks followed while resolving one name (Linux's limit).
@@ -147,9 +147,8 @@ pub fn clean(name: &[u8]) -> Result<Vec<Name>, String> {
         check_name(c).map_err(|e| format!("invalid name component: {e}"))?;
         out.push(c.to_vec());
     }
-    if out.len() > MAX_DEPTH {
-        return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
-    }
+    // the kind is not known yet: the bound for any entry
+    check_depth(out.len(), false)?;
     Ok(out)
 }
 
@@ -266,9 +265,7 @@ impl Tree {
                     return Err(format!("{} is not a directory", shown(&join(&resolved))));
                 }
             }
-            if resolved.len() > MAX_DEPTH {
-                return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
-            }
+            check_depth(resolved.len(), true)?;
         }
         Ok(Parent::Dir(resolved))
     }
@@ -360,15 +357,14 @@ impl Tree {
         let dir_path = match self.resolve_dir(dir)? {
             Parent::Dir(p) => p,
             Parent::Missing(p) => {
+                check_depth(p.len(), true)?;
                 self.make_dirs(&p)?;
                 p
             }
         };
         let mut path = dir_path.clone();
         path.push(last.clone());
-        if path.len() > MAX_DEPTH {
-            return Err(format!("path nested deeper than {MAX_DEPTH} levels"));
-        }
+        check_depth(path.len(), matches!(kind, NewKind::Dir))?;
         if self.keep_dirlinks && matches!(kind, NewKind::Dir) && self.is_dirlink(&path) {
             // the entry's metadata goes onto the symlink, and so onto every
             // name of it (lchown of a hardlinked symlink changes the inode)
@@ -480,7 +476,10 @@ impl Tree {
                         path.push(b'/');
                     }
                     path.extend_from_slice(name);
-                    out.insert(name.clone(), self.convert(c, path, first)?);
+                    out.insert(
+                        name.clone(),
+                        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.convert(c, path, first))?,
+                    );
                     path.truncate(len);
                 }
                 Kind::Dir(out)

@@ -91,13 +91,24 @@ pub struct Sink<'s> {
     wire: u64,
     frame_done: bool,
     buf: Vec<u8>,
+    /// The first wire bytes (a zstd frame header), for errors.
+    first: Vec<u8>,
 }
 
 impl<'s> Sink<'s> {
     /// A sink for `size` content bytes arriving as `coding`.
     pub fn new(store: &'s Store, coding: Coding, size: u64) -> Result<Self, SinkError> {
-        let mut s =
-            Sink { store, coding, size, w: store.writer()?, dec: None, wire: 0, frame_done: false, buf: Vec::new() };
+        let mut s = Sink {
+            store,
+            coding,
+            size,
+            w: store.writer()?,
+            dec: None,
+            wire: 0,
+            frame_done: false,
+            buf: Vec::new(),
+            first: Vec::new(),
+        };
         s.start_decoder()?;
         Ok(s)
     }
@@ -119,6 +130,7 @@ impl<'s> Sink<'s> {
         self.w = self.store.writer()?;
         self.wire = 0;
         self.frame_done = false;
+        self.first.clear();
         self.start_decoder()
     }
 
@@ -143,6 +155,10 @@ impl<'s> Sink<'s> {
             self.wire += data.len() as u64;
             return Ok(());
         };
+        if self.first.len() < 18 {
+            let room = (18 - self.first.len()).min(data.len());
+            self.first.extend_from_slice(&data[..room]);
+        }
         let mut input = InBuffer::around(data);
         loop {
             if self.frame_done {
@@ -152,7 +168,13 @@ impl<'s> Sink<'s> {
                 break;
             }
             let mut out = OutBuffer::around(&mut self.buf[..]);
-            let hint = dec.run(&mut input, &mut out).map_err(|e| SinkError::Decode(e.to_string()))?;
+            let first = &mut self.first;
+            let hint = dec.run(&mut input, &mut out).map_err(|e| {
+                match crate::oci::zstd_window_note(&e, first, WINDOW_LOG_MAX) {
+                    Some(note) => SinkError::Decode(format!("{e}: {note}")),
+                    None => SinkError::Decode(e.to_string()),
+                }
+            })?;
             let n = out.pos();
             let got = self.w.len() + n as u64;
             if got > self.size {
@@ -322,7 +344,12 @@ mod tests {
         enc.finish(&mut out, true).unwrap();
         used += out.pos();
         let mut k = Sink::new(&s, Coding::Zstd, 1 << 20).unwrap();
-        assert!(matches!(k.write(&wide[..used]), Err(SinkError::Decode(_))));
+        match k.write(&wide[..used]) {
+            Err(SinkError::Decode(e)) => {
+                assert!(e.contains("window of 134217728 bytes; the limit is 8388608 bytes (2^23)"), "{e}")
+            }
+            _ => panic!("a window above the cap was accepted"),
+        }
         assert!(!s.has(&d));
         // plain: too long
         let mut k = Sink::new(&s, Coding::Plain, 3).unwrap();

@@ -201,8 +201,8 @@ impl Walker<'_> {
     /// Scans the directory open as `fd` at `path`; returns its children.
     fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize) -> BTreeMap<Vec<u8>, Entry> {
         let mut children = BTreeMap::new();
-        if depth >= manifest::MAX_DEPTH {
-            self.errors.push(format!("{}: directories nested deeper than {}", self.shown(path), manifest::MAX_DEPTH));
+        if let Err(why) = manifest::check_depth(depth, true) {
+            self.errors.push(format!("{}: {why}", self.shown(path)));
             return children;
         }
         let shown_dir = self.shown(path);

@@ -50,6 +50,18 @@ pub enum StoreError {
         /// The store's path.
         store: String,
     },
+    /// A blob's name holds something other than a regular file.
+    #[error("blob {path} is {what}, not a regular file")]
+    NotRegular {
+        /// The digest.
+        digest: Digest,
+        /// The store's path.
+        store: String,
+        /// The blob path.
+        path: String,
+        /// What is there: "a FIFO", "a directory", ...
+        what: &'static str,
+    },
     /// Content did not match the expected digest.
     #[error("blob {path}: content has digest {actual}, expected {expected}")]
     Corrupt {
@@ -176,12 +188,47 @@ impl Store {
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
         ) {
-            Ok(fd) => Ok(fd),
+            Ok(fd) => {
+                let st =
+                    fs::fstat(&fd).map_err(|e| SysError::new("fstat", self.blob_path(d).display().to_string(), e))?;
+                match self.not_regular(d, fs::FileType::from_raw_mode(st.st_mode)) {
+                    Some(e) => Err(e),
+                    None => Ok(fd),
+                }
+            }
             Err(rustix::io::Errno::NOENT) => {
                 Err(StoreError::Missing { digest: *d, store: self.root.display().to_string() })
             }
-            Err(e) => Err(SysError::new("openat", self.blob_path(d).display().to_string(), e).into()),
+            // a symlink (O_NOFOLLOW) or a socket (ENXIO): say what is there
+            Err(e) => {
+                let there = fs::statat(&self.blobs, d.hex(), AtFlags::SYMLINK_NOFOLLOW).ok();
+                match there.and_then(|st| self.not_regular(d, fs::FileType::from_raw_mode(st.st_mode))) {
+                    Some(err) => Err(err),
+                    None => Err(SysError::new("openat", self.blob_path(d).display().to_string(), e).into()),
+                }
+            }
         }
+    }
+
+    /// The error for a blob name that holds something other than a regular
+    /// file, or `None` for a regular file.
+    fn not_regular(&self, d: &Digest, t: fs::FileType) -> Option<StoreError> {
+        let what = match t {
+            fs::FileType::RegularFile => return None,
+            fs::FileType::Directory => "a directory",
+            fs::FileType::Symlink => "a symlink",
+            fs::FileType::Fifo => "a FIFO",
+            fs::FileType::Socket => "a socket",
+            fs::FileType::CharacterDevice => "a character device",
+            fs::FileType::BlockDevice => "a block device",
+            _ => "of an unknown type",
+        };
+        Some(StoreError::NotRegular {
+            digest: *d,
+            store: self.root.display().to_string(),
+            path: self.blob_path(d).display().to_string(),
+            what,
+        })
     }
 
     /// Starts writing a new blob.
