@@ -213,27 +213,36 @@ fn as_nobody(args: &[&OsStr]) -> std::process::Output {
     common::ocix_as_nobody().args(args).output().expect("run setpriv")
 }
 
-#[test]
-fn rootless_round_trip_as_nobody() {
-    assert!(is_root(), "this test drops privileges from root");
-    let t = open_tempdir();
-    let (src, s) = (t.path().join("src"), t.path().join("store"));
-    std::fs::create_dir(&src).unwrap();
-    make_full_tree(&src);
-    // a root without owner write permission: a rerun must still get in
-    chmod(&src, 0o555);
+/// Scans `src` into a store under `t`, writes its manifest, makes both
+/// readable by uid 65534 and gives it a home it alone may write; returns
+/// (manifest path, store path, a destination inside that home).
+fn prepare_for_nobody(t: &Path, src: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let s = t.join("store");
     let store = Store::create(&s).unwrap();
-    let m = scan(&src, Some(&store));
-    let mpath = t.path().join("m");
+    let m = scan(src, Some(&store));
+    let mpath = t.join("m");
     std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
     chmod(&mpath, 0o644);
     let st = Command::new("chmod").args(["-R", "a+rX"]).arg(&s).status().unwrap();
     assert!(st.success());
-    // nobody may write only here
-    let home = t.path().join("home");
+    let home = t.join("home");
     std::fs::create_dir(&home).unwrap();
     std::os::unix::fs::lchown(&home, Some(65534), Some(65534)).unwrap();
-    let out = home.join("out");
+    (mpath, s, home.join("out"))
+}
+
+#[test]
+fn rootless_round_trip_as_nobody() {
+    assert!(is_root(), "this test drops privileges from root");
+    let t = open_tempdir();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_full_tree(&src);
+    // a root without owner write permission: a rerun must still get in
+    chmod(&src, 0o555);
+    // nobody may write only in its home
+    let (mpath, s, out) = prepare_for_nobody(t.path(), &src);
+    let m = Manifest::from_bytes(&std::fs::read(&mpath).unwrap()).unwrap();
 
     let o =
         as_nobody(&[OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
@@ -583,20 +592,11 @@ fn hardlinked_symlinks_fifos_devices_round_trip_with_the_same_inodes() {
 fn rootless_unpack_links_the_placeholder_of_a_hardlinked_device() {
     assert!(is_root(), "this test drops privileges from root");
     let t = open_tempdir();
-    let (src, s) = (t.path().join("src"), t.path().join("store"));
+    let src = t.path().join("src");
     std::fs::create_dir(&src).unwrap();
     make_special_links(&src);
-    let store = Store::create(&s).unwrap();
-    let m = scan(&src, Some(&store));
-    let mpath = t.path().join("m");
-    std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
-    chmod(&mpath, 0o644);
-    let st = Command::new("chmod").args(["-R", "a+rX"]).arg(&s).status().unwrap();
-    assert!(st.success());
-    let home = t.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    std::os::unix::fs::lchown(&home, Some(65534), Some(65534)).unwrap();
-    let out = home.join("out");
+    let (mpath, s, out) = prepare_for_nobody(t.path(), &src);
+    let m = Manifest::from_bytes(&std::fs::read(&mpath).unwrap()).unwrap();
     let o =
         as_nobody(&[OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()]);
     let err = String::from_utf8_lossy(&o.stderr);
