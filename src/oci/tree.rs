@@ -47,12 +47,38 @@
 //! - The root may only be given directory metadata: any other type there is
 //!   rejected.
 
-use crate::manifest::{Dev, Entry, File, Kind, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, check_name};
+use crate::manifest::{Dev, Entry, File, Kind, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, Time, check_name};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Most symlinks followed while resolving one name (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
+
+/// A node's [`Meta`], smaller: the owner names, which layer entries never
+/// carry, are kept apart (boxed) when given.
+#[derive(Clone, Debug, Default)]
+struct NodeMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Time,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    names: Option<Box<(Option<String>, Option<String>)>>,
+}
+
+impl From<Meta> for NodeMeta {
+    fn from(m: Meta) -> NodeMeta {
+        let names = (m.uname.is_some() || m.gname.is_some()).then(|| Box::new((m.uname, m.gname)));
+        NodeMeta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, xattrs: m.xattrs, names }
+    }
+}
+
+impl From<NodeMeta> for Meta {
+    fn from(m: NodeMeta) -> Meta {
+        let (uname, gname) = m.names.map(|n| *n).unwrap_or_default();
+        Meta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, xattrs: m.xattrs, uname, gname }
+    }
+}
 
 #[derive(Clone, Debug)]
 enum NodeKind {
@@ -61,6 +87,9 @@ enum NodeKind {
     /// inode's identity) and carry equal metadata, which never changes
     /// after the file is made.
     File(Arc<File>),
+    /// A regular file of no bytes with one name (the commonest content,
+    /// kept without an allocation); a hardlink to it makes it a `File`.
+    EmptyFile,
     Symlink(Vec<u8>),
     Char(Dev),
     Block(Dev),
@@ -69,7 +98,7 @@ enum NodeKind {
 
 #[derive(Clone, Debug)]
 struct Node {
-    meta: Meta,
+    meta: NodeMeta,
     kind: NodeKind,
     /// The last layer that created or modified this path or something
     /// below it (whiteouts of that layer leave it alone).
@@ -81,7 +110,7 @@ struct Node {
 
 impl Node {
     fn new(meta: Meta, kind: NodeKind) -> Node {
-        Node { meta, kind, touched: 0, linked: None }
+        Node { meta: meta.into(), kind, touched: 0, linked: None }
     }
 
     fn implicit_dir() -> Node {
@@ -367,7 +396,7 @@ impl Tree {
         let Some((last, dir)) = comps.split_last() else {
             return match kind {
                 NewKind::Dir => {
-                    self.root.meta = meta;
+                    self.root.meta = meta.into();
                     Ok(())
                 }
                 _ => Err("refusing to change the type of the root directory".into()),
@@ -395,7 +424,7 @@ impl Tree {
             if self.is_dirlink(&path) {
                 // the entry's metadata goes onto the symlink, and so onto every
                 // name of it (lchown of a hardlinked symlink changes the inode)
-                let meta = Meta { mode: 0o777, ..meta };
+                let meta = NodeMeta::from(Meta { mode: 0o777, ..meta });
                 let ch = self.dir_mut(dir_path).expect("resolved above");
                 let n = ch.get_mut(last).expect("checked above");
                 n.meta = meta.clone();
@@ -412,12 +441,13 @@ impl Tree {
                 let layer = self.layer;
                 let ch = self.dir_mut_touched(dir_path).expect("resolved above");
                 if let Some(n @ Node { kind: NodeKind::Dir(_), .. }) = ch.get_mut(last) {
-                    n.meta = meta;
+                    n.meta = meta.into();
                     n.touched = layer;
                     return Ok(());
                 }
                 Node::new(meta, NodeKind::Dir(BTreeMap::new()))
             }
+            NewKind::File(file) if file == File::default() => Node::new(meta, NodeKind::EmptyFile),
             NewKind::File(file) => Node::new(meta, NodeKind::File(Arc::new(file))),
             NewKind::Symlink(t) => Node::new(Meta { mode: 0o777, ..meta }, NodeKind::Symlink(t)),
             NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
@@ -469,6 +499,10 @@ impl Tree {
         match n.kind {
             NodeKind::Dir(_) => return Err(format!("hardlink to a directory {}", shown(target))),
             NodeKind::File(_) => return Ok(n.clone()),
+            NodeKind::EmptyFile => {
+                n.kind = NodeKind::File(Arc::new(File::default()));
+                return Ok(n.clone());
+            }
             _ => {}
         }
         // another name of this node: both carry one inode number
@@ -531,12 +565,13 @@ impl Tree {
                 }
                 Kind::File(File::clone(f))
             }
+            NodeKind::EmptyFile => Kind::File(File::default()),
             NodeKind::Symlink(t) => Kind::Symlink(t.clone()),
             NodeKind::Char(d) => Kind::Char(*d),
             NodeKind::Block(d) => Kind::Block(*d),
             NodeKind::Fifo => Kind::Fifo,
         };
-        Ok(Entry { meta: n.meta.clone(), kind })
+        Ok(Entry { meta: n.meta.clone().into(), kind })
     }
 
     /// [`to_manifest`](Self::to_manifest), consuming the tree: names,
@@ -592,16 +627,17 @@ fn into_entry(n: Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) ->
             }
             Kind::File(Arc::try_unwrap(f).unwrap_or_else(|f| File::clone(&f)))
         }
+        NodeKind::EmptyFile => Kind::File(File::default()),
         NodeKind::Symlink(t) => Kind::Symlink(t),
         NodeKind::Char(d) => Kind::Char(d),
         NodeKind::Block(d) => Kind::Block(d),
         NodeKind::Fifo => Kind::Fifo,
     };
-    Ok(Entry { meta: n.meta, kind })
+    Ok(Entry { meta: n.meta.into(), kind })
 }
 
 /// Gives every node of inode number `l` the metadata `meta`.
-fn set_linked_meta(n: &mut Node, l: usize, meta: &Meta) {
+fn set_linked_meta(n: &mut Node, l: usize, meta: &NodeMeta) {
     if n.linked == Some(l) {
         n.meta = meta.clone();
     }
@@ -719,7 +755,16 @@ mod tests {
         t.whiteout(&c("big/.wh.f00007")).unwrap();
         t.add(&c("lib"), meta(0), NewKind::Symlink(b"a".to_vec())).unwrap();
         file(&mut t, "lib/b/new");
+        t.add(&c("e1"), meta(0o640), NewKind::File(File::default())).unwrap();
+        t.add(&c("e2"), meta(0o640), NewKind::File(File::default())).unwrap();
+        t.add(&c("e3"), Meta::default(), NewKind::Link(b"e2".to_vec())).unwrap();
+        let named = Meta { uname: Some("u".into()), gname: Some("g".into()), ..meta(0o755) };
+        t.add(&c("a"), named.clone(), NewKind::Dir).unwrap();
         let m = t.to_manifest().unwrap();
+        assert_eq!(m.get(b"e1").unwrap(), &Entry { meta: meta(0o640), kind: Kind::File(File::default()) });
+        assert_eq!(m.get(b"e2").unwrap(), &Entry { meta: meta(0o640), kind: Kind::File(File::default()) });
+        assert_eq!(m.get(b"e3").unwrap().kind, Kind::Hardlink(b"e2".to_vec()));
+        assert_eq!(m.get(b"a").unwrap().meta, named);
         assert_eq!(m.get(b"a/b/l2").unwrap().kind, Kind::File(File { size: 7, digest: None, zeros: Vec::new() }));
         assert_eq!(m.get(b"a/l1").unwrap().kind, Kind::Hardlink(b"a/b/l2".to_vec()));
         assert_eq!(m.get(b"z").unwrap().kind, Kind::Hardlink(b"a/b/l2".to_vec()));
