@@ -293,7 +293,7 @@ pub fn import_layers<R: Read + Send>(
         let blob = BlobReader::new(open(layer)?, &layer.desc);
         apply_layer(&mut tree, blob, layer, store, &mut stats)?;
     }
-    let manifest = tree.to_manifest().map_err(ImportError::Tree)?;
+    let manifest = tree.into_manifest().map_err(ImportError::Tree)?;
     Ok(Imported { manifest, image, files: stats.files, bytes: stats.bytes, dropped: stats.dropped })
 }
 
@@ -671,21 +671,27 @@ fn read_entries<R: Read>(
 ) -> Result<(), ImportError> {
     let mut tr = TarReader::new(r);
     let mut buf = vec![0u8; 256 << 10];
-    let mut last_name: Option<String> = None;
+    // the last entry's raw name (shown only in errors), its buffer reused
+    let mut last_name: Option<Vec<u8>> = None;
     loop {
-        let terr = |e: TarError, name: &Option<String>| match (e, name) {
+        let terr = |e: TarError, name: &Option<Vec<u8>>| match (e, name) {
             (TarError::Entry { path, msg }, _) => ImportError::Layer { layer, entry: Some(member_display(&path)), msg },
-            (e, Some(n)) => ImportError::Layer { layer, entry: None, msg: format!("after entry {n}: {e}") },
+            (e, Some(n)) => {
+                ImportError::Layer { layer, entry: None, msg: format!("after entry {}: {e}", member_display(n)) }
+            }
             (e, None) => ImportError::Layer { layer, entry: None, msg: e.to_string() },
         };
-        let h = match tr.next_header() {
+        let mut h = match tr.next_header() {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(()),
             Err(e) => return Err(terr(e, &last_name)),
         };
-        let shown = member_display(&h.path);
-        let eerr = |msg: String| ImportError::Layer { layer, entry: Some(shown.clone()), msg };
-        last_name = Some(shown.clone());
+        let mut xattrs = std::mem::take(&mut h.xattrs);
+        let h = h;
+        let eerr = |msg: String| ImportError::Layer { layer, entry: Some(member_display(&h.path)), msg };
+        let last = last_name.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(&h.path);
         let comps = tree::clean(&h.path).map_err(eerr)?;
         if let Some(last) = comps.last() {
             if last.starts_with(b".wh.") {
@@ -693,7 +699,6 @@ fn read_entries<R: Read>(
                 continue;
             }
         }
-        let mut xattrs = h.xattrs.clone();
         xattrs.retain(|k, _| {
             let Some(reason) = DropReason::of(k) else { return true };
             stats.dropped.push(DroppedXattr { reason, layer, path: comps.join(&b'/'), name: k.clone() });

@@ -40,30 +40,58 @@
 //!   A whiteout of a missing path does nothing.
 //! - A hardlink shares the inode of its target, whatever its type but a
 //!   directory (its own header metadata is ignored): a regular file's names
-//!   share one [`Inode`]; a symlink's, device's or fifo's names are equal
+//!   share one [`File`]; a symlink's, device's or fifo's names are equal
 //!   copies of one node marked with one inode number, which never changes
 //!   after the node is made (a later entry at a name replaces the node). A
 //!   link to a directory or a missing path is an error.
 //! - The root may only be given directory metadata: any other type there is
 //!   rejected.
 
-use crate::manifest::{Dev, Entry, File, Kind, MAX_TARGET, Manifest, Meta, Name, check_depth, check_name};
+use crate::manifest::{
+    Dev, Entry, File, Kind, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, Time, check_depth, check_name,
+};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Most symlinks followed while resolving one name (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
 
-/// A regular file's shared part.
-#[derive(Clone, Debug)]
-struct Inode {
-    meta: Meta,
-    file: File,
+/// A node's [`Meta`], smaller: the owner names, which layer entries never
+/// carry, are kept apart (boxed) when given.
+#[derive(Clone, Debug, Default)]
+struct NodeMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Time,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    names: Option<Box<(Option<String>, Option<String>)>>,
+}
+
+impl From<Meta> for NodeMeta {
+    fn from(m: Meta) -> NodeMeta {
+        let names = (m.uname.is_some() || m.gname.is_some()).then(|| Box::new((m.uname, m.gname)));
+        NodeMeta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, xattrs: m.xattrs, names }
+    }
+}
+
+impl From<NodeMeta> for Meta {
+    fn from(m: NodeMeta) -> Meta {
+        let (uname, gname) = m.names.map(|n| *n).unwrap_or_default();
+        Meta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, xattrs: m.xattrs, uname, gname }
+    }
 }
 
 #[derive(Clone, Debug)]
 enum NodeKind {
     Dir(BTreeMap<Name, Node>),
-    File(usize),
+    /// A regular file: its names share the one [`Arc`] (its address is the
+    /// inode's identity) and carry equal metadata, which never changes
+    /// after the file is made.
+    File(Arc<File>),
+    /// A regular file of no bytes with one name (the commonest content,
+    /// kept without an allocation); a hardlink to it makes it a `File`.
+    EmptyFile,
     Symlink(Vec<u8>),
     Char(Dev),
     Block(Dev),
@@ -72,20 +100,19 @@ enum NodeKind {
 
 #[derive(Clone, Debug)]
 struct Node {
-    /// Unused for files (their metadata is the inode's).
-    meta: Meta,
+    meta: NodeMeta,
     kind: NodeKind,
     /// The last layer that created or modified this path or something
     /// below it (whiteouts of that layer leave it alone).
     touched: u32,
     /// A symlink, device or fifo that a hardlink was made to: the number
-    /// its names share (regular files share an [`Inode`] instead).
+    /// its names share (regular files share one [`File`] instead).
     linked: Option<usize>,
 }
 
 impl Node {
     fn new(meta: Meta, kind: NodeKind) -> Node {
-        Node { meta, kind, touched: 0, linked: None }
+        Node { meta: meta.into(), kind, touched: 0, linked: None }
     }
 
     fn implicit_dir() -> Node {
@@ -115,7 +142,6 @@ pub enum NewKind {
 /// The tree being built.
 pub struct Tree {
     root: Node,
-    inodes: Vec<Inode>,
     /// Inode numbers given to hardlinked nodes that are not regular files.
     linked: usize,
     /// The current layer's number (from 1).
@@ -126,7 +152,7 @@ pub struct Tree {
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree { root: Node::implicit_dir(), inodes: Vec::new(), linked: 0, layer: 0, keep_dirlinks: false }
+        Tree { root: Node::implicit_dir(), linked: 0, layer: 0, keep_dirlinks: false }
     }
 }
 
@@ -158,6 +184,8 @@ fn join(p: &[Name]) -> Vec<u8> {
 
 /// Where a name's parent resolved to.
 enum Parent {
+    /// An existing directory at the path as given (no symlink on the way).
+    Same,
     /// An existing directory at this resolved path.
     Dir(Vec<Name>),
     /// The resolved path exists up to `existing` components, the rest is
@@ -176,7 +204,7 @@ impl Tree {
     /// that, followed inside the root, leads to an existing directory.
     fn is_dirlink(&self, path: &[Name]) -> bool {
         matches!(self.node(path), Some(Node { kind: NodeKind::Symlink(_), .. }))
-            && matches!(self.resolve_dir(path), Ok(Parent::Dir(_)))
+            && matches!(self.resolve_dir(path), Ok(Parent::Dir(_) | Parent::Same))
     }
 
     /// Starts a new layer: forgets which paths the previous one touched.
@@ -213,6 +241,24 @@ impl Tree {
     /// Errors when a component is a non-directory (other than a symlink) or
     /// symlinks loop.
     fn resolve_dir(&self, comps: &[Name]) -> Result<Parent, String> {
+        // The usual case first: every component an existing directory.
+        if comps.len() <= MAX_DEPTH {
+            let mut cur = &self.root;
+            let mut all_dirs = true;
+            for c in comps {
+                let NodeKind::Dir(children) = &cur.kind else { unreachable!("a directory") };
+                match children.get(c) {
+                    Some(n @ Node { kind: NodeKind::Dir(_), .. }) => cur = n,
+                    _ => {
+                        all_dirs = false;
+                        break;
+                    }
+                }
+            }
+            if all_dirs {
+                return Ok(Parent::Same);
+            }
+        }
         let mut resolved: Vec<Name> = Vec::new();
         let mut todo: VecDeque<Name> = comps.iter().cloned().collect();
         let mut cur = &self.root;
@@ -297,6 +343,7 @@ impl Tree {
             check_name(target).map_err(|e| format!("invalid whiteout name: {e}"))?;
         }
         let dir_path = match self.resolve_dir(dir) {
+            Ok(Parent::Same) => dir.to_vec(),
             Ok(Parent::Dir(p)) => p,
             // Nothing there to hide (umoci: ENOENT/ENOTDIR are no-ops).
             Ok(Parent::Missing(_)) => return Ok(()),
@@ -348,67 +395,91 @@ impl Tree {
         let Some((last, dir)) = comps.split_last() else {
             return match kind {
                 NewKind::Dir => {
-                    self.root.meta = meta;
+                    self.root.meta = meta.into();
                     Ok(())
                 }
                 _ => Err("refusing to change the type of the root directory".into()),
             };
         };
-        let dir_path = match self.resolve_dir(dir)? {
-            Parent::Dir(p) => p,
+        let resolved;
+        let dir_path: &[Name] = match self.resolve_dir(dir)? {
+            Parent::Same => dir,
+            Parent::Dir(p) => {
+                resolved = p;
+                &resolved
+            }
             Parent::Missing(p) => {
                 check_depth(p.len(), true)?;
                 self.make_dirs(&p)?;
-                p
+                resolved = p;
+                &resolved
             }
         };
-        let mut path = dir_path.clone();
-        path.push(last.clone());
-        check_depth(path.len(), matches!(kind, NewKind::Dir))?;
-        if self.keep_dirlinks && matches!(kind, NewKind::Dir) && self.is_dirlink(&path) {
-            // the entry's metadata goes onto the symlink, and so onto every
-            // name of it (lchown of a hardlinked symlink changes the inode)
-            let meta = Meta { mode: 0o777, ..meta };
-            let ch = self.dir_mut(&dir_path).expect("resolved above");
-            let n = ch.get_mut(last).expect("checked above");
-            n.meta = meta.clone();
-            if let Some(l) = n.linked {
-                set_linked_meta(&mut self.root, l, &meta);
-            }
-            self.mark_upper(&path);
-            return Ok(());
-        }
-        // Clobber what was there, except a directory over a directory.
-        let keep_dir =
-            matches!(kind, NewKind::Dir) && matches!(self.node(&path), Some(Node { kind: NodeKind::Dir(_), .. }));
-        if !keep_dir {
-            if let Some(ch) = self.dir_mut(&dir_path) {
-                ch.remove(last);
+        check_depth(dir_path.len() + 1, matches!(kind, NewKind::Dir))?;
+        if self.keep_dirlinks && matches!(kind, NewKind::Dir) {
+            let mut path = dir_path.to_vec();
+            path.push(last.clone());
+            if self.is_dirlink(&path) {
+                // the entry's metadata goes onto the symlink, and so onto every
+                // name of it (lchown of a hardlinked symlink changes the inode)
+                let meta = NodeMeta::from(Meta { mode: 0o777, ..meta });
+                let ch = self.dir_mut(dir_path).expect("resolved above");
+                let n = ch.get_mut(last).expect("checked above");
+                n.meta = meta.clone();
+                if let Some(l) = n.linked {
+                    set_linked_meta(&mut self.root, l, &meta);
+                }
+                self.mark_upper(&path);
+                return Ok(());
             }
         }
-        let node = match kind {
+        // What was there is replaced, except a directory over a directory.
+        let mut node = match kind {
             NewKind::Dir => {
-                if keep_dir {
-                    let ch = self.dir_mut(&dir_path).expect("resolved above");
-                    ch.get_mut(last).expect("checked above").meta = meta;
-                    self.mark_upper(&path);
+                let layer = self.layer;
+                let ch = self.dir_mut_touched(dir_path).expect("resolved above");
+                if let Some(n @ Node { kind: NodeKind::Dir(_), .. }) = ch.get_mut(last) {
+                    n.meta = meta.into();
+                    n.touched = layer;
                     return Ok(());
                 }
                 Node::new(meta, NodeKind::Dir(BTreeMap::new()))
             }
-            NewKind::File(file) => {
-                self.inodes.push(Inode { meta, file });
-                Node::new(Meta::default(), NodeKind::File(self.inodes.len() - 1))
-            }
+            NewKind::File(file) if file == File::default() => Node::new(meta, NodeKind::EmptyFile),
+            NewKind::File(file) => Node::new(meta, NodeKind::File(Arc::new(file))),
             NewKind::Symlink(t) => Node::new(Meta { mode: 0o777, ..meta }, NodeKind::Symlink(t)),
             NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
             NewKind::Block(d) => Node::new(meta, NodeKind::Block(d)),
             NewKind::Fifo => Node::new(meta, NodeKind::Fifo),
-            NewKind::Link(target) => self.link_target(&target)?,
+            NewKind::Link(target) => {
+                // the old entry goes first: a link never finds the name it replaces
+                if let Some(ch) = self.dir_mut(dir_path) {
+                    ch.remove(last);
+                }
+                self.link_target(&target)?
+            }
         };
-        self.dir_mut(&dir_path).expect("resolved above").insert(last.clone(), node);
-        self.mark_upper(&path);
+        node.touched = self.layer;
+        self.dir_mut_touched(dir_path).expect("resolved above").insert(last.clone(), node);
         Ok(())
+    }
+
+    /// The directory at `path` (which exists), marking it and its ancestors
+    /// as touched by the current layer on the way.
+    fn dir_mut_touched(&mut self, path: &[Name]) -> Option<&mut BTreeMap<Name, Node>> {
+        let layer = self.layer;
+        let mut cur = &mut self.root;
+        for c in path {
+            match &mut cur.kind {
+                NodeKind::Dir(ch) => cur = ch.get_mut(c)?,
+                _ => return None,
+            }
+            cur.touched = layer;
+        }
+        match &mut cur.kind {
+            NodeKind::Dir(ch) => Some(ch),
+            _ => None,
+        }
     }
 
     fn link_target(&mut self, target: &[u8]) -> Result<Node, String> {
@@ -416,6 +487,7 @@ impl Tree {
         let (last, dir) = comps.split_last().ok_or("hardlink to the root directory")?;
         let missing = || format!("hardlink to a missing entry {}", shown(target));
         let p = match self.resolve_dir(dir) {
+            Ok(Parent::Same) => dir.to_vec(),
             Ok(Parent::Dir(p)) => p,
             Ok(Parent::Missing(_)) => return Err(missing()),
             Err(e) => return Err(format!("hardlink target {}: {e}", shown(target))),
@@ -425,6 +497,10 @@ impl Tree {
         match n.kind {
             NodeKind::Dir(_) => return Err(format!("hardlink to a directory {}", shown(target))),
             NodeKind::File(_) => return Ok(n.clone()),
+            NodeKind::EmptyFile => {
+                n.kind = NodeKind::File(Arc::new(File::default()));
+                return Ok(n.clone());
+            }
             _ => {}
         }
         // another name of this node: both carry one inode number
@@ -484,24 +560,85 @@ impl Tree {
                 }
                 Kind::Dir(out)
             }
-            NodeKind::File(i) => {
-                if let Some(link) = hardlink(first, Ino::File(*i), path)? {
+            NodeKind::File(f) => {
+                if let Some(link) = hardlink(first, Ino::File(Arc::as_ptr(f) as usize), path)? {
                     return Ok(link);
                 }
-                let ino = &self.inodes[*i];
-                return Ok(Entry { meta: ino.meta.clone(), kind: Kind::File(ino.file.clone()) });
+                Kind::File(File::clone(f))
             }
+            NodeKind::EmptyFile => Kind::File(File::default()),
             NodeKind::Symlink(t) => Kind::Symlink(t.clone()),
             NodeKind::Char(d) => Kind::Char(*d),
             NodeKind::Block(d) => Kind::Block(*d),
             NodeKind::Fifo => Kind::Fifo,
         };
-        Ok(Entry { meta: n.meta.clone(), kind })
+        Ok(Entry { meta: n.meta.clone().into(), kind })
+    }
+
+    /// [`to_manifest`](Self::to_manifest), consuming the tree: names,
+    /// metadata and contents move into the manifest, and each part of the
+    /// tree is freed as soon as it is converted, so the two are never both
+    /// whole in memory.
+    pub fn into_manifest(self) -> Result<Manifest, String> {
+        let mut first: HashMap<Ino, Vec<u8>> = HashMap::new();
+        let mut path = Vec::new();
+        let root = into_entry(self.root, &mut path, &mut first)?;
+        Ok(Manifest { root })
     }
 }
 
+/// Converts `n` (at `path`) as [`Tree::to_manifest`] does, moving its parts.
+fn into_entry(n: Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, String> {
+    if let Some(l) = n.linked {
+        if let Some(link) = hardlink(first, Ino::Linked(l), path)? {
+            return Ok(link);
+        }
+    }
+    let kind = match n.kind {
+        NodeKind::Dir(ch) => {
+            let mut out = BTreeMap::new();
+            for (name, c) in ch {
+                let len = path.len();
+                if len > 0 {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(&name);
+                let e = into_entry(c, path, first)?;
+                path.truncate(len);
+                out.insert(name, e);
+            }
+            // Inserted in order, the map's nodes are left about half full;
+            // appended to a map, its entries are moved into full nodes (and
+            // each node freed is the size of the ones being filled).
+            if let Some(head) = out.pop_first() {
+                let mut full = BTreeMap::from([head]);
+                full.append(&mut out);
+                out = full;
+            }
+            Kind::Dir(out)
+        }
+        NodeKind::File(f) => {
+            // a file with one name (nothing else holds it, and no earlier
+            // name was met) needs no record of its first name
+            let ino = Ino::File(Arc::as_ptr(&f) as usize);
+            if Arc::strong_count(&f) > 1 || first.contains_key(&ino) {
+                if let Some(link) = hardlink(first, ino, path)? {
+                    return Ok(link);
+                }
+            }
+            Kind::File(Arc::try_unwrap(f).unwrap_or_else(|f| File::clone(&f)))
+        }
+        NodeKind::EmptyFile => Kind::File(File::default()),
+        NodeKind::Symlink(t) => Kind::Symlink(t),
+        NodeKind::Char(d) => Kind::Char(d),
+        NodeKind::Block(d) => Kind::Block(d),
+        NodeKind::Fifo => Kind::Fifo,
+    };
+    Ok(Entry { meta: n.meta.into(), kind })
+}
+
 /// Gives every node of inode number `l` the metadata `meta`.
-fn set_linked_meta(n: &mut Node, l: usize, meta: &Meta) {
+fn set_linked_meta(n: &mut Node, l: usize, meta: &NodeMeta) {
     if n.linked == Some(l) {
         n.meta = meta.clone();
     }
@@ -515,7 +652,7 @@ fn set_linked_meta(n: &mut Node, l: usize, meta: &Meta) {
 /// An inode's identity while the manifest is built.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Ino {
-    /// A regular file: its index in [`Tree::inodes`].
+    /// A regular file: the address of its shared [`File`].
     File(usize),
     /// Any other hardlinked node: its [`Node::linked`] number.
     Linked(usize),
@@ -595,5 +732,46 @@ mod tests {
         t.add(&c("lib"), Meta::default(), NewKind::Symlink(b"/../../usr/lib".to_vec())).unwrap();
         file(&mut t, "lib/x");
         assert!(t.to_manifest().unwrap().get(b"usr/lib/x").is_some());
+    }
+
+    /// The consuming conversion gives the manifest the borrowing one gives,
+    /// hardlinks (of files and of other types) and large directories included.
+    #[test]
+    fn into_manifest_equals_to_manifest() {
+        let mut t = Tree::default();
+        let meta = |mode| Meta { mode, uid: 7, mtime: crate::manifest::Time { sec: 5, nsec: 0 }, ..Meta::default() };
+        for i in 0..3000 {
+            let f = File { size: i, digest: None, zeros: Vec::new() };
+            t.add(&c(&format!("big/f{i:05}")), meta(0o644), NewKind::File(f)).unwrap();
+        }
+        t.add(&c("a/b"), meta(0o700), NewKind::Dir).unwrap();
+        t.add(&c("a/b/s"), meta(0), NewKind::Symlink(b"../x".to_vec())).unwrap();
+        t.add(&c("a/fifo"), meta(0o600), NewKind::Fifo).unwrap();
+        for (name, target) in [("a/l1", "big/f00007"), ("a/b/l2", "big/f00007"), ("z", "big/f00007")] {
+            t.add(&c(name), Meta::default(), NewKind::Link(target.as_bytes().to_vec())).unwrap();
+        }
+        t.add(&c("a/sl"), Meta::default(), NewKind::Link(b"a/b/s".to_vec())).unwrap();
+        t.add(&c("a/fl"), Meta::default(), NewKind::Link(b"a/fifo".to_vec())).unwrap();
+        t.begin_layer();
+        t.whiteout(&c("big/.wh.f00007")).unwrap();
+        t.add(&c("lib"), meta(0), NewKind::Symlink(b"a".to_vec())).unwrap();
+        file(&mut t, "lib/b/new");
+        t.add(&c("e1"), meta(0o640), NewKind::File(File::default())).unwrap();
+        t.add(&c("e2"), meta(0o640), NewKind::File(File::default())).unwrap();
+        t.add(&c("e3"), Meta::default(), NewKind::Link(b"e2".to_vec())).unwrap();
+        let named = Meta { uname: Some("u".into()), gname: Some("g".into()), ..meta(0o755) };
+        t.add(&c("a"), named.clone(), NewKind::Dir).unwrap();
+        let m = t.to_manifest().unwrap();
+        assert_eq!(m.get(b"e1").unwrap(), &Entry { meta: meta(0o640), kind: Kind::File(File::default()) });
+        assert_eq!(m.get(b"e2").unwrap(), &Entry { meta: meta(0o640), kind: Kind::File(File::default()) });
+        assert_eq!(m.get(b"e3").unwrap().kind, Kind::Hardlink(b"e2".to_vec()));
+        assert_eq!(m.get(b"a").unwrap().meta, named);
+        assert_eq!(m.get(b"a/b/l2").unwrap().kind, Kind::File(File { size: 7, digest: None, zeros: Vec::new() }));
+        assert_eq!(m.get(b"a/l1").unwrap().kind, Kind::Hardlink(b"a/b/l2".to_vec()));
+        assert_eq!(m.get(b"z").unwrap().kind, Kind::Hardlink(b"a/b/l2".to_vec()));
+        assert_eq!(m.get(b"a/sl").unwrap().kind, Kind::Hardlink(b"a/b/s".to_vec()));
+        assert_eq!(m.get(b"a/fl").unwrap().kind, Kind::Hardlink(b"a/fifo".to_vec()));
+        assert!(m.get(b"a/b/new").is_some());
+        assert_eq!(t.into_manifest().unwrap(), m);
     }
 }

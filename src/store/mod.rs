@@ -259,7 +259,7 @@ impl Store {
                 Tmp::Named(fd, path)
             }
         };
-        Ok(BlobWriter { store: self, tmp: Some(tmp), hasher: Sha256::new(), len: 0 })
+        Ok(BlobWriter { store: self, tmp: Some(tmp), hasher: Sha256::new(), len: 0, end: 0 })
     }
 
     /// Stores `data`, returning its digest.
@@ -318,6 +318,8 @@ pub struct BlobWriter<'s> {
     tmp: Option<Tmp>,
     hasher: Sha256,
     len: u64,
+    /// The end of the bytes written: the file's size (it starts empty).
+    end: u64,
 }
 
 impl BlobWriter<'_> {
@@ -334,6 +336,7 @@ impl BlobWriter<'_> {
             data = &data[n..];
             self.len += n as u64;
         }
+        self.end = self.len;
         Ok(())
     }
 
@@ -365,7 +368,10 @@ impl BlobWriter<'_> {
     pub fn finish(mut self, expected: Option<Digest>) -> Result<Digest, StoreError> {
         let tmp = self.tmp.take().expect("finish twice");
         let fd = tmp.fd();
-        sys::call("ftruncate", || self.shown(), || fs::ftruncate(fd, self.len))?;
+        // only trailing holes need the size set
+        if self.len != self.end {
+            sys::call("ftruncate", || self.shown(), || fs::ftruncate(fd, self.len))?;
+        }
         let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
         if let Some(exp) = expected {
             if exp != actual {
@@ -537,5 +543,23 @@ mod tests {
         want.push(b'y');
         assert_eq!(d, Digest::of(&want));
         assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), want);
+    }
+
+    /// Holes at the end still count in the blob's size (only then is its
+    /// size set apart from the writes).
+    #[test]
+    fn trailing_holes_are_part_of_the_blob() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::create(t.path()).unwrap();
+        for (head, holes) in [(&b"x"[..], 8192), (&b""[..], 4096), (&b"abc"[..], 0)] {
+            let mut w = s.writer().unwrap();
+            w.write(head).unwrap();
+            w.skip_zeros(holes);
+            let d = w.finish(None).unwrap();
+            let mut want = head.to_vec();
+            want.resize(head.len() + holes as usize, 0);
+            assert_eq!(d, Digest::of(&want));
+            assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), want);
+        }
     }
 }
