@@ -479,3 +479,33 @@ fn nesting_limit_round_trips_at_the_limit_and_refuses_one_deeper() {
         assert!(!t.path().join("d2").exists());
     });
 }
+
+// ---- empty files are described without being opened
+
+#[test]
+fn empty_files_keep_their_xattrs_and_an_unreadable_one_still_fails() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop privileges");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    chmod(t.path(), 0o755);
+    let d = t.path().join("tree");
+    std::fs::create_dir(&d).unwrap();
+    write(&d.join("empty"), b"");
+    rustix::fs::setxattr(d.join("empty"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
+    chmod(&d.join("empty"), 0o000);
+    write(&d.join("full"), b"data");
+    let m = Manifest::from_bytes(&scan(&d, &[])).unwrap();
+    let e = m.get(b"empty").unwrap();
+    assert_eq!(e.kind, Kind::File(ocix::manifest::File::default()));
+    assert_eq!(e.meta.mode, 0);
+    assert_eq!(e.meta.xattrs.get(b"user.k".as_slice()).map(Vec::as_slice), Some(b"v".as_slice()));
+    // someone who may not read it gets the same error as for a file with
+    // content
+    chmod(&d.join("empty"), 0o600);
+    let out = ocix_as_nobody().arg("scan").arg(&d).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tree/empty") && err.contains("Permission denied"), "{err}");
+}

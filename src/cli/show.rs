@@ -46,14 +46,26 @@ keywords for xattrs or zero runs; those are not checked that way.";
 /// Runs the subcommand.
 pub fn run(a: Args, _g: Global) -> anyhow::Result<ExitCode> {
     let m = super::read_manifest(&a.manifest)?;
-    let mut buf = Vec::new();
-    if a.json {
-        write_json(&m, &mut buf)?;
-    } else if a.mtree {
-        write_mtree(&m, &mut buf)?;
-    } else {
-        write_text(&m, &mut buf)?;
+    let render = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        if a.json {
+            write_json(&m, out)
+        } else if a.mtree {
+            write_mtree(&m, out)
+        } else {
+            write_text(&m, out)
+        }
+    };
+    if a.output.as_deref().is_none_or(|p| p == std::path::Path::new("-")) {
+        // standard output: streamed, not held whole
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        return match render(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+            Err(e) => Err(anyhow::Error::new(e).context("writing standard output")),
+        };
     }
+    let mut buf = Vec::new();
+    render(&mut buf)?;
     super::write_output(a.output.as_ref(), &buf)?;
     Ok(ExitCode::SUCCESS)
 }

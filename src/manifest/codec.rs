@@ -376,8 +376,9 @@ impl Decoder<'_> {
                     if cnt == 0 {
                         return self.fail(vat, "empty children array must be omitted");
                     }
-                    let mut map = BTreeMap::new();
-                    let mut prev: Option<Vec<u8>> = None;
+                    // in name order: the map is built from the list at the
+                    // end, in full nodes
+                    let mut list: Vec<(Vec<u8>, Entry)> = Vec::new();
                     let here = self.path.len();
                     for _ in 0..cnt {
                         let at = self.r.offset();
@@ -389,7 +390,7 @@ impl Decoder<'_> {
                             Some(c) => c,
                             None => return self.fail(at, "child entry without a name"),
                         };
-                        if let Some(p) = &prev {
+                        if let Some((p, _)) = list.last() {
                             if *p >= cname {
                                 // shown at the child's own path, below its directory
                                 if here > 0 {
@@ -407,10 +408,10 @@ impl Decoder<'_> {
                                 return self.fail(at, what);
                             }
                         }
-                        prev = Some(cname.clone());
-                        map.insert(cname, child);
+                        list.push((cname, child));
                     }
-                    children = Some(map);
+                    list.shrink_to_fit();
+                    children = Some(list.into_iter().collect::<BTreeMap<_, _>>());
                 }
                 K_UNAME | K_GNAME => {
                     let s = self.r.text().map_err(|e| self.err(e))?.to_string();
@@ -567,6 +568,14 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
         return Err(invalid(b"", "the root must be a directory"));
     }
     // paths a hardlink may name: every earlier non-directory first name
+    // (kept only for the paths some hardlink names)
+    let named: HashSet<&[u8]> = m
+        .walk()
+        .filter_map(|(_, e)| match &e.kind {
+            Kind::Hardlink(t) => Some(t.as_slice()),
+            _ => None,
+        })
+        .collect();
     let mut linkable: HashSet<Vec<u8>> = HashSet::new();
     for (path, e) in m.walk() {
         let level = if path.is_empty() { 0 } else { path.split(|&b| b == b'/').count() };
@@ -634,7 +643,7 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
             }
             _ => {}
         }
-        if code != KindCode::Dir && code != KindCode::Hardlink {
+        if code != KindCode::Dir && code != KindCode::Hardlink && named.contains(path.as_slice()) {
             linkable.insert(path);
         }
     }

@@ -603,7 +603,7 @@ fn into_entry(n: Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) ->
                     path.push(b'/');
                 }
                 path.extend_from_slice(&name);
-                let e = into_entry(c, path, first)?;
+                let e = stacker::maybe_grow(64 * 1024, 1024 * 1024, || into_entry(c, path, first))?;
                 path.truncate(len);
                 out.insert(name, e);
             }

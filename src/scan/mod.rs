@@ -131,7 +131,8 @@ struct Job {
     id: usize,
     fd: OwnedFd,
     stat: Stat,
-    shown: String,
+    /// Path relative to the root, for messages.
+    path: Vec<u8>,
     /// Already read by the walker (while read permission was lent).
     xattrs: Option<Xattrs>,
 }
@@ -153,8 +154,17 @@ struct Walker<'a> {
     opts: &'a ScanOptions,
     excludes: Excludes,
     jobs: Option<Sender<Job>>,
-    /// path of each job, by id
-    job_paths: Vec<Vec<u8>>,
+    /// Results of the hashing threads, taken as they come in.
+    done: Receiver<Done>,
+    /// Each job's result by id; ids are handed out in manifest order, one
+    /// per regular file that is not empty.
+    results: Vec<Option<Hashed>>,
+    /// Jobs handed out so far.
+    next_job: usize,
+    /// Entries met so far (for the progress line).
+    seen: u64,
+    /// Empty regular files (not hashed).
+    empty_files: u64,
     /// first name of each hardlinked inode (any type but a directory), by
     /// (dev, ino)
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -162,6 +172,13 @@ struct Walker<'a> {
     warnings: Vec<String>,
     progress: Option<indicatif::ProgressBar>,
     euid: u32,
+}
+
+/// How a path below the root is named in messages.
+fn shown_path(root: &Path, path: &[u8]) -> String {
+    let root = root.display().to_string();
+    let p = if path.is_empty() { "/".to_string() } else { path_display(path) };
+    format!("{}{}", root.trim_end_matches('/'), p)
 }
 
 fn stat_time(st: &Stat) -> Time {
@@ -175,10 +192,30 @@ impl Walker<'_> {
         self.opts.rootless && self.euid != 0 && st.st_uid == self.euid
     }
 
+    /// Whether an empty regular file surely may be read without opening
+    /// it: root may read anything; an owner may if the owner's read bit is
+    /// set (which no ACL overrides). Anyone else opens it, so that a file
+    /// they may not read fails the scan as a file with content does.
+    fn may_skip_open(&self, st: &Stat) -> bool {
+        self.euid == 0 || (st.st_uid == self.euid && st.st_mode & 0o400 != 0)
+    }
+
     fn shown(&self, path: &[u8]) -> String {
-        let p = path_display(path);
-        let root = self.root_path.display().to_string();
-        format!("{}{}", root.trim_end_matches('/'), if path.is_empty() { "/" } else { &p })
+        shown_path(self.root_path, path)
+    }
+
+    /// Takes in the results the hashing threads have finished so far.
+    fn take_done(&mut self) {
+        while let Ok(d) = self.done.try_recv() {
+            self.store_done(d);
+        }
+    }
+
+    fn store_done(&mut self, d: Done) {
+        if self.results.len() <= d.id {
+            self.results.resize_with(d.id + 1, || None);
+        }
+        self.results[d.id] = Some(d.result);
     }
 
     fn meta(&mut self, st: &Stat, xattrs: Vec<(Vec<u8>, Vec<u8>)>, path: &[u8]) -> Meta {
@@ -200,20 +237,21 @@ impl Walker<'_> {
 
     /// Scans the directory open as `fd` at `path`; returns its children.
     fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize) -> BTreeMap<Vec<u8>, Entry> {
-        let mut children = BTreeMap::new();
         if let Err(why) = manifest::check_depth(depth, true) {
             self.errors.push(format!("{}: {why}", self.shown(path)));
-            return children;
+            return BTreeMap::new();
         }
-        let shown_dir = self.shown(path);
-        let mut names = match rd::read_dir_names(fd, &|| shown_dir.clone()) {
+        let mut names = match rd::list_dir_once(fd, &|| self.shown(path)) {
             Ok(n) => n,
             Err(e) => {
                 self.errors.push(e.to_string());
-                return children;
+                return BTreeMap::new();
             }
         };
         names.sort_unstable();
+        // children arrive in name order: the map is built from the list at
+        // the end, in full nodes
+        let mut children = Vec::with_capacity(names.len());
         let base = path.len();
         for name in names {
             path.truncate(base);
@@ -225,11 +263,12 @@ impl Walker<'_> {
                 continue;
             }
             if let Some(e) = self.entry(fd, &name, path, depth) {
-                children.insert(name, e);
+                children.push((name, e));
             }
+            self.take_done();
         }
         path.truncate(base);
-        children
+        children.into_iter().collect()
     }
 
     /// Rootless: opens a file its owner may not read (mode 0000, say) by
@@ -265,11 +304,11 @@ impl Walker<'_> {
 
     /// Keeps a result, or records why there is none: an entry that vanished
     /// is a warning (left out), any other failure an error.
-    fn settle<T>(&mut self, r: crate::sys::Result<T>, shown: &str) -> Option<T> {
+    fn settle<T>(&mut self, r: crate::sys::Result<T>, shown: &dyn Fn() -> String) -> Option<T> {
         match r {
             Ok(v) => Some(v),
             Err(e) if e.errno == Errno::NOENT => {
-                self.warnings.push(format!("{shown}: vanished while scanning; left out"));
+                self.warnings.push(format!("{}: vanished while scanning; left out", shown()));
                 None
             }
             Err(e) => {
@@ -280,11 +319,16 @@ impl Walker<'_> {
     }
 
     fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<Entry> {
-        let shown = self.shown(path);
-        let sh = || shown.clone();
-        let st = self.settle(rd::stat_at(dir, name, &sh), &shown)?;
+        let root_path = self.root_path;
+        let shown_of = |p: &[u8]| shown_path(root_path, p);
+        let here = path.clone();
+        let sh = || shown_of(&here);
+        let st = self.settle(rd::stat_at(dir, name, &sh), &sh)?;
+        self.seen += 1;
         if let Some(pb) = &self.progress {
-            pb.set_message(format!("{} entries", self.job_paths.len()));
+            if self.seen % 64 == 0 {
+                pb.set_message(format!("{} entries", self.seen));
+            }
         }
         let ft = FileType::from_raw_mode(st.st_mode);
         // a later name of an inode met before, whatever its type (a
@@ -322,7 +366,7 @@ impl Walker<'_> {
                     }
                     r => r,
                 };
-                let fd = self.settle(opened, &shown)?;
+                let fd = self.settle(opened, &sh)?;
                 if !same_inode(&st, &fd, &sh, &mut self.errors) {
                     return None;
                 }
@@ -336,7 +380,7 @@ impl Walker<'_> {
                 let meta = self.meta(&st, xattrs, path);
                 let children = if st.st_dev != self.root_dev && !self.opts.cross_mounts {
                     self.warnings
-                        .push(format!("{shown}: mount point; recorded, not descended into (use --cross-mounts)"));
+                        .push(format!("{}: mount point; recorded, not descended into (use --cross-mounts)", sh()));
                     BTreeMap::new()
                 } else {
                     stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1))
@@ -350,6 +394,14 @@ impl Walker<'_> {
             }
             FileType::RegularFile => {
                 let mut st = st;
+                if st.st_size == 0 && self.may_skip_open(&st) {
+                    // Empty: nothing to read or hash, and no need to open it;
+                    // its xattrs are read by name.
+                    let xattrs = xattrs_at(self);
+                    let meta = self.meta(&st, xattrs, path);
+                    self.empty_files += 1;
+                    return Some(Entry { meta, kind: Kind::File(File::default()) });
+                }
                 let mut xattrs = None;
                 let opened = match rd::open_file_at(dir, name, &sh) {
                     Err(e) if e.errno == Errno::ACCESS && self.may_lend(&st) => {
@@ -360,12 +412,27 @@ impl Walker<'_> {
                     }
                     r => r,
                 };
-                let fd = self.settle(opened, &shown)?;
-                let id = self.job_paths.len();
-                self.job_paths.push(path.clone());
+                let fd = self.settle(opened, &sh)?;
+                if st.st_size == 0 {
+                    // opened only to be sure it may be read
+                    let x = match xattrs {
+                        Some(x) => Ok(x),
+                        None => rd::read_xattrs(XattrSource::Fd(fd.as_fd()), &sh),
+                    };
+                    let x = x.unwrap_or_else(|e| {
+                        self.errors.push(e.to_string());
+                        Vec::new()
+                    });
+                    let meta = self.meta(&st, x, path);
+                    self.empty_files += 1;
+                    return Some(Entry { meta, kind: Kind::File(File::default()) });
+                }
+                let id = self.next_job;
+                self.next_job += 1;
                 let meta = self.meta(&st, Vec::new(), path);
                 // Content and xattrs are filled in when the hash thread is done.
-                let sent = self.jobs.as_ref().is_some_and(|j| j.send(Job { id, fd, stat: st, shown, xattrs }).is_ok());
+                let job = Job { id, fd, stat: st, path: path.clone(), xattrs };
+                let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
                 if !sent {
                     self.errors.push("hashing threads stopped".to_string());
                 }
@@ -385,7 +452,7 @@ impl Walker<'_> {
             FileType::Fifo => Kind::Fifo,
             FileType::Socket => Kind::Socket,
             FileType::Unknown => {
-                self.errors.push(format!("{shown}: unknown file type (mode {:o})", st.st_mode));
+                self.errors.push(format!("{}: unknown file type (mode {:o})", sh(), st.st_mode));
                 return None;
             }
         };
@@ -422,14 +489,17 @@ fn apply_rootless(meta: &mut Meta) -> Result<(), String> {
 }
 
 fn hash_worker(
+    root: &Path,
     jobs: Receiver<Job>,
     done: Sender<Done>,
     store: Option<&Store>,
     progress: Option<indicatif::ProgressBar>,
 ) {
-    let mut buf = vec![0u8; content::CHUNK];
+    // one block more than a read: the last read of a file asks for a byte
+    // past its size, so that a short read shows its end
+    let mut buf = vec![0u8; content::CHUNK + manifest::BLOCK as usize];
     for job in jobs {
-        let sh = || job.shown.clone();
+        let sh = || shown_path(root, &job.path);
         let result = (|| {
             let size = job.stat.st_size as u64;
             let sparse = (job.stat.st_blocks as u64) * 512 < size;
@@ -442,7 +512,7 @@ fn hash_worker(
                 || now.st_ctime != job.stat.st_ctime
                 || now.st_ctime_nsec != job.stat.st_ctime_nsec
             {
-                return Err(format!("{}: changed while being read", job.shown));
+                return Err(format!("{}: changed while being read", sh()));
             }
             let xattrs = match job.xattrs {
                 Some(x) => x,
@@ -497,7 +567,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     let (mut root, mut w) = std::thread::scope(|s| {
         for _ in 0..threads {
             let (rx, tx, pb) = (job_rx.clone(), done_tx.clone(), progress.clone());
-            s.spawn(move || hash_worker(rx, tx, store, pb));
+            s.spawn(move || hash_worker(dir, rx, tx, store, pb));
         }
         drop(done_tx);
         let mut w = Walker {
@@ -506,7 +576,11 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             opts,
             excludes,
             jobs: Some(job_tx),
-            job_paths: Vec::new(),
+            done: done_rx,
+            results: Vec::new(),
+            next_job: 0,
+            seen: 0,
+            empty_files: 0,
             links: HashMap::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -521,38 +595,27 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
         let children = w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0);
         // closing the job channel lets the hash threads finish
         w.jobs = None;
+        while let Ok(d) = w.done.recv() {
+            w.store_done(d);
+        }
         (Entry { meta, kind: Kind::Dir(children) }, w)
     });
     if let Some(pb) = &progress {
         pb.finish_and_clear();
     }
-    // Fill in every file's content and xattrs.
-    let mut files = 0u64;
-    let mut bytes = 0u64;
-    let mut results: Vec<Option<Hashed>> = (0..w.job_paths.len()).map(|_| None).collect();
-    for d in done_rx.try_iter() {
-        results[d.id] = Some(d.result);
-    }
-    for (id, r) in results.into_iter().enumerate() {
-        let path = &w.job_paths[id];
-        match r {
-            Some(Ok((f, xattrs))) => {
-                files += 1;
-                bytes += f.size;
-                if let Some(Entry { meta, kind: Kind::File(slot) }) = get_mut(&mut root, path) {
-                    *slot = f;
-                    meta.xattrs = xattrs.into_iter().collect();
-                    if opts.rootless {
-                        if let Err(e) = apply_rootless(meta) {
-                            w.errors.push(format!("{}: user.rootlesscontainers: {e}", w.shown(path)));
-                        }
-                    }
-                }
-            }
-            Some(Err(e)) => w.errors.push(e),
-            None => w.errors.push(format!("{}: not hashed", w.shown(path))),
-        }
-    }
+    // Fill in every file's content and xattrs, in manifest order, which
+    // is the order the jobs were handed out in.
+    let mut fill = Fill {
+        results: std::mem::take(&mut w.results).into_iter(),
+        root_path: dir,
+        rootless: opts.rootless,
+        files: w.empty_files,
+        bytes: 0,
+        errors: Vec::new(),
+    };
+    fill.entry(&mut root, &mut Vec::new());
+    let (files, bytes) = (fill.files, fill.bytes);
+    w.errors.append(&mut fill.errors);
     if !w.errors.is_empty() {
         return Err(ScanError::Entries(w.errors));
     }
@@ -562,13 +625,49 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     Ok(Scan { manifest: Manifest { root }, warnings: w.warnings, files, bytes })
 }
 
-fn get_mut<'a>(root: &'a mut Entry, path: &[u8]) -> Option<&'a mut Entry> {
-    let mut cur = root;
-    for comp in path.split(|&b| b == b'/') {
-        match &mut cur.kind {
-            Kind::Dir(c) => cur = c.get_mut(comp)?,
-            _ => return None,
+/// Puts the hashing threads' results into the tree.
+struct Fill<'a> {
+    results: std::vec::IntoIter<Option<Hashed>>,
+    root_path: &'a Path,
+    rootless: bool,
+    files: u64,
+    bytes: u64,
+    errors: Vec<String>,
+}
+
+impl Fill<'_> {
+    fn entry(&mut self, e: &mut Entry, path: &mut Vec<u8>) {
+        match &mut e.kind {
+            // an empty file was not handed to a hashing thread
+            Kind::File(slot) if slot.size > 0 => match self.results.next().flatten() {
+                Some(Ok((f, xattrs))) => {
+                    self.files += 1;
+                    self.bytes += f.size;
+                    *slot = f;
+                    e.meta.xattrs = xattrs.into_iter().collect();
+                    if self.rootless {
+                        if let Err(err) = apply_rootless(&mut e.meta) {
+                            self.errors
+                                .push(format!("{}: user.rootlesscontainers: {err}", shown_path(self.root_path, path)));
+                        }
+                    }
+                }
+                Some(Err(err)) => self.errors.push(err),
+                None => self.errors.push(format!("{}: not hashed", shown_path(self.root_path, path))),
+            },
+            Kind::Dir(children) => {
+                let base = path.len();
+                for (name, c) in children.iter_mut() {
+                    path.truncate(base);
+                    if base > 0 {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(name);
+                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(c, path));
+                }
+                path.truncate(base);
+            }
+            _ => {}
         }
     }
-    Some(cur)
 }

@@ -81,6 +81,26 @@ pub fn read_dir_names(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result
     Ok(out)
 }
 
+/// All names in a directory except `.` and `..`, read with `getdents64`
+/// from `dir` itself (not a reopened copy), so from its current offset: for
+/// a directory fd opened to be listed once. Callers sort.
+pub fn list_dir_once(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<Vec<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(32 * 1024);
+    let mut d = fs::RawDir::new(dir, buf.spare_capacity_mut());
+    let mut out = Vec::new();
+    while let Some(ent) = d.next() {
+        let ent = match ent {
+            Ok(e) => e,
+            Err(e) => return Err(super::SysError::new("getdents64", shown(), e)),
+        };
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(n.to_vec());
+        }
+    }
+    Ok(out)
+}
+
 /// `readlinkat`: a symlink's target as raw bytes.
 pub fn read_link_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<Vec<u8>> {
     let t = call("readlinkat", shown, || fs::readlinkat(dir, OsStr::from_bytes(name), Vec::new()))?;
