@@ -107,13 +107,26 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
         return Ok(done(ctx, job, 0));
     }
     let small = !empty && f.zeros.is_empty() && f.size < SMALL;
-    // a small blob is read and verified before anything is created
-    let len = if small { content::read_small(ctx, rel, f, buf)?.len() } else { 0 };
+    // a small blob is read and verified before anything is created (or
+    // found among those read lately)
+    let cached = if small { f.digest.and_then(|dg| ctx.cache.get(&dg)) } else { None };
+    let len = match (small, &cached, f.digest) {
+        (true, None, Some(dg)) => {
+            let data = content::read_small(ctx, rel, f, buf)?;
+            ctx.cache.put(dg, data);
+            data.len()
+        }
+        _ => 0,
+    };
     let fd = wr::create_file_at(d, job.name, create_mode, &shown)?;
     let res = (|| -> Result<u64, UnpackError> {
         let n = if small {
-            wr::pwrite_all(fd.as_fd(), &buf[..len], 0, &shown)?;
-            len as u64
+            let data = match &cached {
+                Some(c) => &c[..],
+                None => &buf[..len],
+            };
+            wr::pwrite_all(fd.as_fd(), data, 0, &shown)?;
+            data.len() as u64
         } else if empty {
             0
         } else {

@@ -59,6 +59,7 @@
 //! would steer an overlay using the tree as a layer; rootless, `user.*` is
 //! writable, and `userxattr` overlays read `user.overlay.*`).
 
+mod cache;
 mod content;
 mod fresh;
 mod idmap;
@@ -316,6 +317,8 @@ pub(crate) struct Ctx<'a> {
     progress: Option<indicatif::ProgressBar>,
     /// A fresh destination (no `update`): what new entries are like.
     fresh: Option<fresh::Fresh>,
+    /// Small blobs read lately (fresh destination).
+    cache: cache::BlobCache,
     tmp_seq: AtomicU64,
     files_written: AtomicU64,
     files_kept: AtomicU64,
@@ -438,6 +441,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         first_error: Mutex::new(None),
         progress,
         fresh,
+        cache: cache::BlobCache::default(),
         tmp_seq: AtomicU64::new(0),
         files_linked: AtomicU64::new(0),
         files_written: AtomicU64::new(0),
