@@ -9,8 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// Largest blob kept, and the most bytes kept at once.
-const MAX_BLOB: usize = 64 << 10;
-const MAX_BYTES: usize = 8 << 20;
+const MAX_BLOB: usize = 16 << 10;
+const MAX_BYTES: usize = 2 << 20;
 
 #[derive(Default)]
 struct Inner {
