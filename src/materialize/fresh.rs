@@ -104,7 +104,8 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
             let _ = wr::unlink_at(d, job.name, false, &shown);
             return Err(e);
         }
-        return Ok(done(ctx, job, 0));
+        done(ctx, job, 0);
+        return Ok(());
     }
     let small = !empty && f.zeros.is_empty() && f.size < SMALL;
     // a small blob is read and verified before anything is created (or
@@ -136,7 +137,10 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
         Ok(n)
     })();
     match res {
-        Ok(n) => Ok(done(ctx, job, n)),
+        Ok(n) => {
+            done(ctx, job, n);
+            Ok(())
+        }
         Err(e) => {
             let _ = wr::unlink_at(d, job.name, false, &shown);
             Err(e)

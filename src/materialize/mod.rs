@@ -14,13 +14,19 @@
 //!    regular file to a pool of writer threads. With `update`, it first
 //!    removes every name the manifest lacks, and replaces entries of the
 //!    wrong type.
-//! 2. Writers create each file under a temporary name in its directory
-//!    (`.ocix-tmp.<pid>.<n>`, `O_EXCL|O_NOFOLLOW`, a name no manifest entry of
-//!    that directory has), write and verify its content, apply its metadata,
-//!    then rename it into place. A file whose blob is missing, short, long or
-//!    corrupt is unlinked: no file with wrong content ever has its final
-//!    name. A killed unpack leaves at most these temporary files, which a
-//!    rerun with `update` removes like any other extra name.
+//! 2. Writers, fed batches of files through a queue on which idle threads
+//!    sleep, write each file. With `update`, under a temporary name in its
+//!    directory (`.ocix-tmp.<pid>.<n>`, `O_EXCL|O_NOFOLLOW`, a name no
+//!    manifest entry of that directory has): write and verify its content,
+//!    apply its metadata, then rename it into place. A file whose blob is
+//!    missing, short, long or corrupt is unlinked: no file with wrong content
+//!    ever has its final name. A killed unpack leaves at most these
+//!    temporary files, which a rerun with `update` removes like any other
+//!    extra name. Into a fresh destination, each file is created under its
+//!    final name and calls that would change nothing are skipped (see
+//!    the `fresh` module); a file with a bad blob is still unlinked, and a killed
+//!    unpack may leave one file partly written, which `update` rewrites
+//!    (it checks every file's content).
 //! 3. Hardlinks, by `linkat` to their first name, whatever its type (a
 //!    symlink is linked, never followed; rootless, the empty file that
 //!    stands for a device). A hardlink to a socket is skipped and reported,
@@ -340,12 +346,13 @@ impl Ctx<'_> {
     }
 
     fn host_ids(&self, rel: &[u8], m: &Meta) -> Result<(u32, u32), UnpackError> {
-        let uid = map_id(&self.opts.uid_map, m.uid).ok_or(UnpackError::Unmapped {
+        // the path is formatted only for an error: this runs for every entry
+        let uid = map_id(&self.opts.uid_map, m.uid).ok_or_else(|| UnpackError::Unmapped {
             path: self.shown(rel),
             what: "uid",
             id: m.uid,
         })?;
-        let gid = map_id(&self.opts.gid_map, m.gid).ok_or(UnpackError::Unmapped {
+        let gid = map_id(&self.opts.gid_map, m.gid).ok_or_else(|| UnpackError::Unmapped {
             path: self.shown(rel),
             what: "gid",
             id: m.gid,
