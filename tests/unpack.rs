@@ -652,3 +652,78 @@ fn hardlinked_sockets_are_recorded_skipped_and_reported() {
     assert_eq!(r.hardlinks, 0);
     assert!(dir_is_empty(&out));
 }
+
+// ------------------------------------------- fresh destinations: skipped calls
+
+/// Into a fresh DEST, calls that would change nothing are skipped (the chown
+/// to the creating user's ids, the listing of xattrs of a new file, the chmod
+/// of a mode `open` already gave). Whatever the surroundings make a new
+/// entry look like (a strict umask, a setgid parent of another group, a
+/// default ACL on the parent or on an empty DEST), the tree still scans back
+/// to the manifest.
+#[test]
+fn fresh_unpack_is_exact_whatever_umask_setgid_parent_or_default_acl() {
+    assert!(is_root(), "this test sets owners and groups");
+    let t = open_tempdir();
+    let (src, s) = (t.path().join("src"), t.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    make_full_tree(&src);
+    // modes a umask would cut, an empty file among them, and one small
+    // content many times (read once, then written from memory)
+    for (name, mode) in [("g664", 0o664), ("p600", 0o600), ("o606", 0o606), ("x777", 0o777)] {
+        write(&src.join(name), name.as_bytes());
+        chmod(&src.join(name), mode);
+    }
+    write(&src.join("e664"), b"");
+    chmod(&src.join("e664"), 0o664);
+    std::fs::create_dir(src.join("same")).unwrap();
+    for i in 0..40 {
+        write(&src.join(format!("same/{i}")), b"one content, many files\n");
+    }
+    chmod(&src.join("same"), 0o775);
+    set_mtime(&src.join("same"), 1_600_000_000, 7);
+    set_mtime(&src, 1_600_000_000, 42);
+    let store = Store::create(&s).unwrap();
+    let m = scan(&src, Some(&store));
+    let mpath = t.path().join("m");
+    std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
+    let check = |out: &Path, what: &str| {
+        let back = scan(out, None);
+        assert_eq!(back.to_bytes().unwrap(), m.to_bytes().unwrap(), "{what}: {back:#?}");
+    };
+
+    // a umask of 077, through the command line in a shell that sets it
+    let out = t.path().join("umask077");
+    let o = Command::new("sh")
+        .args(["-c", "umask 077 && exec \"$0\" unpack \"$1\" --store \"$2\" \"$3\""])
+        .arg(env!("CARGO_BIN_EXE_ocix"))
+        .args([mpath.as_os_str(), s.as_os_str(), out.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    check(&out, "umask 077");
+
+    // DEST made inside a setgid directory of another group: new entries
+    // take that group, not the unpacking user's
+    let parent = t.path().join("sgid-parent");
+    std::fs::create_dir(&parent).unwrap();
+    std::os::unix::fs::lchown(&parent, None, Some(4321)).unwrap();
+    chmod(&parent, 0o2775);
+    unpack(&m, &store, &parent.join("out"), &UnpackOptions::default()).unwrap();
+    check(&parent.join("out"), "setgid parent");
+
+    // DEST made inside a directory with a default ACL: it and every new
+    // entry inherit ACLs the manifest does not have
+    let parent = t.path().join("acl-parent");
+    std::fs::create_dir(&parent).unwrap();
+    setfacl(&["-d", "-m", "u:77:rwx,g:78:r"], &parent);
+    unpack(&m, &store, &parent.join("out"), &UnpackOptions::default()).unwrap();
+    check(&parent.join("out"), "default ACL on the parent");
+
+    // an empty DEST of its own with a default ACL
+    let out = t.path().join("acl-dest");
+    std::fs::create_dir(&out).unwrap();
+    setfacl(&["-d", "-m", "u:77:rwx"], &out);
+    unpack(&m, &store, &out, &UnpackOptions::default()).unwrap();
+    check(&out, "default ACL on an empty DEST");
+}

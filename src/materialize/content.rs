@@ -187,6 +187,107 @@ fn blob_is_intact(
     Ok(v.finish(&blob_shown()).is_ok())
 }
 
+/// Writes the content of `f` into the new, empty file `out`: a small file
+/// read whole ([`read_small`]) and written at once, any other as
+/// [`write_content`] does.
+pub(super) fn fill(
+    ctx: &Ctx<'_>,
+    rel: &[u8],
+    f: &File,
+    out: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<u64, UnpackError> {
+    if f.digest.is_some() && f.size > 0 && f.size < SMALL && f.zeros.is_empty() {
+        let len = read_small(ctx, rel, f, buf)?.len();
+        wr::pwrite_all(out, &buf[..len], 0, &|| ctx.shown(rel))?;
+        return Ok(len as u64);
+    }
+    write_content(ctx, rel, f, out, buf)
+}
+
+/// Files below this size without zero runs are read whole, hashed and
+/// written with one call each ([`read_small`]): cheaper than
+/// `copy_file_range` followed by reading the copy back to verify it.
+pub(super) const SMALL: u64 = CHUNK as u64;
+
+/// Reads the whole blob of `f` (smaller than [`SMALL`], no zero runs) into
+/// `buf` and checks it: exactly `f.size` bytes, and their sha256 is the
+/// digest (unless the store fetched and verified it in this process).
+/// Returns the verified content. One `read` asking for one byte more than
+/// the size both reads it and shows the blob ends there; only a blob that
+/// is not exactly right is looked at further (`fstat`), to say what is
+/// wrong with it.
+pub(super) fn read_small<'b>(
+    ctx: &Ctx<'_>,
+    rel: &[u8],
+    f: &File,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8], UnpackError> {
+    let Some(digest) = f.digest else { return Ok(&[]) };
+    let size = f.size as usize;
+    if f.size == 0 {
+        return Ok(&[]);
+    }
+    let blob = ctx.store.open_blob_unchecked(&digest).map_err(|e| content_err(ctx, rel, digest, e))?;
+    let blob_shown = || ctx.store.blob_path(&digest).display().to_string();
+    let want = size + 1;
+    if buf.len() < want.max(CHUNK) {
+        buf.resize(want.max(CHUNK), 0);
+    }
+    let mut got = 0usize;
+    let mut eof = false;
+    while got < want {
+        let ask = want - got;
+        let n = match rd::read(blob.as_fd(), &mut buf[got..want], &blob_shown) {
+            Ok(n) => n,
+            Err(e) => return Err(blob_trouble(ctx, rel, digest, &blob, f.size, Ok(e))),
+        };
+        got += n;
+        // a short read of a regular file ends at its end
+        if n == 0 || (n < ask && got == size) {
+            eof = true;
+            break;
+        }
+    }
+    if !eof || got != size {
+        return Err(blob_trouble(ctx, rel, digest, &blob, f.size, Err(got as u64)));
+    }
+    if !ctx.store.fetched_here(&digest) {
+        let mut v = Verifier::new(digest, f.size);
+        v.update(&buf[..size]);
+        v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
+    }
+    Ok(&buf[..size])
+}
+
+/// The error for a blob that did not read back as `size` bytes: not a
+/// regular file, or the read's own error (`Ok`), or its size (`Err`: the
+/// bytes read).
+fn blob_trouble(
+    ctx: &Ctx<'_>,
+    rel: &[u8],
+    digest: Digest,
+    blob: &OwnedFd,
+    size: u64,
+    read: Result<crate::sys::SysError, u64>,
+) -> UnpackError {
+    let blob_shown = || ctx.store.blob_path(&digest).display().to_string();
+    let st = match rd::stat_fd(blob.as_fd(), &blob_shown) {
+        Ok(st) => st,
+        Err(e) => return e.into(),
+    };
+    if let Some(e) = ctx.store.not_regular(&digest, FileType::from_raw_mode(st.st_mode)) {
+        return content_err(ctx, rel, digest, e);
+    }
+    let got = match read {
+        Ok(e) => return e.into(),
+        Err(got) => got,
+    };
+    // the size on disk, unless the blob changed under the read
+    let actual = if st.st_size as u64 != size { st.st_size as u64 } else { got };
+    content_err(ctx, rel, digest, StoreError::WrongSize { path: blob_shown(), expected: size, actual })
+}
+
 /// Copies `size` bytes with `copy_file_range`. Returns false (nothing
 /// copied) when the kernel or filesystem cannot do it, so the caller falls
 /// back to reading and writing.

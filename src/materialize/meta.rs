@@ -21,6 +21,19 @@ fn is_privileged_ns(name: &[u8]) -> bool {
     name.starts_with(b"security.") || name.starts_with(b"trusted.")
 }
 
+/// What is known for certain of an entry this unpack has just created, so
+/// that calls which would change nothing are not made.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Known {
+    /// Its owner (host ids).
+    pub owner: Option<(u32, u32)>,
+    /// It has no xattrs at all.
+    pub no_xattrs: bool,
+    /// Its permission bits, exactly; never with setuid, setgid or sticky
+    /// bits (which a chown may clear).
+    pub mode: Option<u32>,
+}
+
 /// Applies owner, xattrs, mode and mtime of `meta` to the entry reached by
 /// `target` (an open fd for files and directories; directory + name for
 /// symlinks, devices and fifos). `kind` is what is on disk (a device
@@ -32,13 +45,29 @@ pub(super) fn apply(
     meta: &Meta,
     rel: &[u8],
 ) -> Result<(), UnpackError> {
+    apply_known(ctx, target, kind, meta, rel, Known::default())
+}
+
+/// [`apply`], skipping what `known` shows to be in place already: the chown
+/// when the owner is right, the listing of xattrs when there are none, the
+/// chmod when the mode is right and no ACL was set since.
+pub(super) fn apply_known(
+    ctx: &Ctx<'_>,
+    target: XattrSource<'_>,
+    kind: KindCode,
+    meta: &Meta,
+    rel: &[u8],
+    known: Known,
+) -> Result<(), UnpackError> {
     let shown = || ctx.shown(rel);
     // 1. owner
     if !ctx.rootless {
         let (uid, gid) = ctx.host_ids(rel, meta)?;
-        match &target {
-            XattrSource::Fd(fd) => wr::fchown(*fd, uid, gid, &shown)?,
-            XattrSource::At(d, n) => wr::chown_at(*d, n, uid, gid, &shown)?,
+        if known.owner != Some((uid, gid)) {
+            match &target {
+                XattrSource::Fd(fd) => wr::fchown(*fd, uid, gid, &shown)?,
+                XattrSource::At(d, n) => wr::chown_at(*d, n, uid, gid, &shown)?,
+            }
         }
     }
     // 2. xattrs
@@ -64,15 +93,24 @@ pub(super) fn apply(
             }
         }
     }
-    let have = match rd::read_xattrs(clone_src(&target), &shown) {
-        Ok(h) => h,
-        // an entry type that cannot list (e.g. user namespace quirks) has none we could fix
-        Err(e) if e.errno == Errno::NOTSUP || e.errno == Errno::PERM => Vec::new(),
-        Err(e) => return Err(e.into()),
+    let have = if known.no_xattrs {
+        Vec::new()
+    } else {
+        match rd::read_xattrs(clone_src(&target), &shown) {
+            Ok(h) => h,
+            // an entry type that cannot list (e.g. user namespace quirks) has none we could fix
+            Err(e) if e.errno == Errno::NOTSUP || e.errno == Errno::PERM => Vec::new(),
+            Err(e) => return Err(e.into()),
+        }
     };
+    // a POSIX ACL (system.posix_acl_*) set or removed rewrites the mode
+    let mut mode_known = known.mode;
     for (k, _) in &have {
         if want.contains_key(k.as_slice()) {
             continue;
+        }
+        if k.starts_with(b"system.") {
+            mode_known = None;
         }
         match wr::remove_xattr(&target, k, &shown) {
             Ok(()) => {}
@@ -89,15 +127,20 @@ pub(super) fn apply(
         if have.iter().any(|(hk, hv)| hk.as_slice() == *k && hv.as_slice() == *v) {
             continue;
         }
+        if k.starts_with(b"system.") {
+            mode_known = None;
+        }
         if let Err(e) = wr::set_xattr(&target, k, v, &shown) {
             tolerate(ctx, rel, k, e, "not set")?;
         }
     }
     // 3. mode
     if kind != KindCode::Symlink {
-        match &target {
-            XattrSource::Fd(fd) => wr::fchmod(*fd, meta.mode, &shown)?,
-            XattrSource::At(d, n) => wr::chmod_at(*d, n, meta.mode, &shown)?,
+        if mode_known != Some(meta.mode & 0o7777) {
+            match &target {
+                XattrSource::Fd(fd) => wr::fchmod(*fd, meta.mode, &shown)?,
+                XattrSource::At(d, n) => wr::chmod_at(*d, n, meta.mode, &shown)?,
+            }
         }
     } else if meta.mode != 0o777 {
         ctx.not_applied(

@@ -14,13 +14,19 @@
 //!    regular file to a pool of writer threads. With `update`, it first
 //!    removes every name the manifest lacks, and replaces entries of the
 //!    wrong type.
-//! 2. Writers create each file under a temporary name in its directory
-//!    (`.ocix-tmp.<pid>.<n>`, `O_EXCL|O_NOFOLLOW`, a name no manifest entry of
-//!    that directory has), write and verify its content, apply its metadata,
-//!    then rename it into place. A file whose blob is missing, short, long or
-//!    corrupt is unlinked: no file with wrong content ever has its final
-//!    name. A killed unpack leaves at most these temporary files, which a
-//!    rerun with `update` removes like any other extra name.
+//! 2. Writers, fed batches of files through a queue on which idle threads
+//!    sleep, write each file. With `update`, under a temporary name in its
+//!    directory (`.ocix-tmp.<pid>.<n>`, `O_EXCL|O_NOFOLLOW`, a name no
+//!    manifest entry of that directory has): write and verify its content,
+//!    apply its metadata, then rename it into place. A file whose blob is
+//!    missing, short, long or corrupt is unlinked: no file with wrong content
+//!    ever has its final name. A killed unpack leaves at most these
+//!    temporary files, which a rerun with `update` removes like any other
+//!    extra name. Into a fresh destination, each file is created under its
+//!    final name and calls that would change nothing are skipped (see
+//!    the `fresh` module); a file with a bad blob is still unlinked, and a killed
+//!    unpack may leave one file partly written, which `update` rewrites
+//!    (it checks every file's content).
 //! 3. Hardlinks, by `linkat` to their first name, whatever its type (a
 //!    symlink is linked, never followed; rootless, the empty file that
 //!    stands for a device). A hardlink to a socket is skipped and reported,
@@ -59,9 +65,12 @@
 //! would steer an overlay using the tree as a layer; rootless, `user.*` is
 //! writable, and `userxattr` overlays read `user.overlay.*`).
 
+mod cache;
 mod content;
+mod fresh;
 mod idmap;
 mod meta;
+mod queue;
 
 pub use idmap::{IdMap, map_id};
 
@@ -69,7 +78,6 @@ use crate::manifest::{self, Digest, Entry, File, Kind, KindCode, Manifest, Meta,
 use crate::store::{Store, StoreError};
 use crate::sys::read::{self as rd, FileType, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
-use crossbeam_channel::bounded;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
@@ -313,6 +321,10 @@ pub(crate) struct Ctx<'a> {
     abort: AtomicBool,
     first_error: Mutex<Option<UnpackError>>,
     progress: Option<indicatif::ProgressBar>,
+    /// A fresh destination (no `update`): what new entries are like.
+    fresh: Option<fresh::Fresh>,
+    /// Small blobs read lately (fresh destination).
+    cache: cache::BlobCache,
     tmp_seq: AtomicU64,
     files_written: AtomicU64,
     files_kept: AtomicU64,
@@ -334,12 +346,13 @@ impl Ctx<'_> {
     }
 
     fn host_ids(&self, rel: &[u8], m: &Meta) -> Result<(u32, u32), UnpackError> {
-        let uid = map_id(&self.opts.uid_map, m.uid).ok_or(UnpackError::Unmapped {
+        // the path is formatted only for an error: this runs for every entry
+        let uid = map_id(&self.opts.uid_map, m.uid).ok_or_else(|| UnpackError::Unmapped {
             path: self.shown(rel),
             what: "uid",
             id: m.uid,
         })?;
-        let gid = map_id(&self.opts.gid_map, m.gid).ok_or(UnpackError::Unmapped {
+        let gid = map_id(&self.opts.gid_map, m.gid).ok_or_else(|| UnpackError::Unmapped {
             path: self.shown(rel),
             what: "gid",
             id: m.gid,
@@ -398,7 +411,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
     let rootless = opts.rootless || !rustix::process::geteuid().is_root();
     raise_fd_limit();
     let dest = strip_trailing_slashes(dest);
-    let root = open_dest(&dest, opts.update)?;
+    let (root, created) = open_dest(&dest, opts.update)?;
     if rootless {
         // children are added to the destination itself before its final
         // mode is applied: its owner (us) needs rwx meanwhile
@@ -408,6 +421,11 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
             wr::fchmod(root.as_fd(), 0o700, &shown)?;
         }
     }
+    let fresh = if opts.update {
+        None
+    } else {
+        Some(fresh::Fresh::probe(root.as_fd(), created, &|| dest.display().to_string())?)
+    };
     let root = Arc::new(root);
     let total: u64 = m.walk().filter_map(|(_, e)| if let Kind::File(f) = &e.kind { Some(f.size) } else { None }).sum();
     let progress = opts.progress.then(|| {
@@ -429,6 +447,8 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         abort: AtomicBool::new(false),
         first_error: Mutex::new(None),
         progress,
+        fresh,
+        cache: cache::BlobCache::default(),
         tmp_seq: AtomicU64::new(0),
         files_linked: AtomicU64::new(0),
         files_written: AtomicU64::new(0),
@@ -445,29 +465,34 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
 
     // Phases 1 and 2: the walk creates, the writers write.
     let mut links = Vec::new();
+    let jobs = queue::Queue::new(2 * threads + 2);
     std::thread::scope(|s| {
-        let (tx, rx) = bounded::<Job<'_>>(256);
         for _ in 0..threads {
-            let rx = rx.clone();
-            let ctx = &ctx;
+            let (ctx, jobs) = (&ctx, &jobs);
             s.spawn(move || {
+                // a writer that panics must not leave the walk waiting
+                let _close = queue::CloseOnDrop(jobs);
                 let mut buf = Vec::new();
-                for job in rx {
-                    if ctx.aborted() {
-                        continue;
-                    }
-                    if let Err(e) = write_file(ctx, &job, &mut buf) {
-                        ctx.fail(e);
+                while let Some(batch) = jobs.pop() {
+                    for job in batch {
+                        if ctx.aborted() {
+                            continue;
+                        }
+                        if let Err(e) = write_file(ctx, &job, &mut buf) {
+                            ctx.fail(e);
+                        }
                     }
                 }
             });
         }
-        drop(rx);
         let walker = std::thread::Builder::new().stack_size(256 << 20).spawn_scoped(s, || {
+            let _close = queue::CloseOnDrop(&jobs);
             let mut w = Walker {
                 ctx: &ctx,
                 manifest: m,
-                tx,
+                jobs: &jobs,
+                batch: Vec::new(),
+                batch_bytes: 0,
                 links: Vec::new(),
                 claimed: HashSet::new(),
                 link_seen: HashSet::new(),
@@ -475,7 +500,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
                 others: 0,
                 removed: 0,
             };
-            if let Err(e) = w.walk(&root, &mut Vec::new(), top) {
+            if let Err(e) = w.walk(&root, &mut Vec::new(), top).and_then(|()| w.flush()) {
                 ctx.fail(e);
             }
             (w.links, w.dirs, w.others, w.removed)
@@ -490,7 +515,10 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
                 }
                 Err(_) => ctx.fail(UnpackError::Sys(SysError::new("thread", ctx.dest.clone(), Errno::IO))),
             },
-            Err(_) => ctx.fail(UnpackError::Sys(SysError::new("clone", ctx.dest.clone(), Errno::AGAIN))),
+            Err(_) => {
+                jobs.close();
+                ctx.fail(UnpackError::Sys(SysError::new("clone", ctx.dest.clone(), Errno::AGAIN)));
+            }
         }
     });
     if let Some(pb) = &ctx.progress {
@@ -595,9 +623,10 @@ fn strip_trailing_slashes(p: &Path) -> PathBuf {
 }
 
 /// Opens (creating if absent) the destination directory, refusing a symlink
-/// and, without `update`, a non-empty directory.
-fn open_dest(dest: &Path, update: bool) -> Result<OwnedFd, UnpackError> {
+/// and, without `update`, a non-empty directory. True: it was created here.
+fn open_dest(dest: &Path, update: bool) -> Result<(OwnedFd, bool), UnpackError> {
     let shown = || dest.display().to_string();
+    let mut created = false;
     match rustix::fs::lstat(dest) {
         Err(Errno::NOENT) => {
             if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -606,6 +635,7 @@ fn open_dest(dest: &Path, update: bool) -> Result<OwnedFd, UnpackError> {
                 })?;
             }
             crate::sys::call("mkdir", shown, || rustix::fs::mkdir(dest, rustix::fs::Mode::from_raw_mode(0o700)))?;
+            created = true;
         }
         Err(e) => return Err(SysError::new("lstat", shown(), e).into()),
         Ok(st) => match FileType::from_raw_mode(st.st_mode) {
@@ -623,13 +653,16 @@ fn open_dest(dest: &Path, update: bool) -> Result<OwnedFd, UnpackError> {
     if !update && !rd::read_dir_names(fd.as_fd(), &shown)?.is_empty() {
         return Err(UnpackError::DestNotEmpty(shown()));
     }
-    Ok(fd)
+    Ok((fd, created))
 }
 
 struct Walker<'c, 'a, 'm> {
     ctx: &'c Ctx<'a>,
     manifest: &'m Manifest,
-    tx: crossbeam_channel::Sender<Job<'m>>,
+    /// The writers' queue, and the batch being filled for it.
+    jobs: &'c queue::Queue<Vec<Job<'m>>>,
+    batch: Vec<Job<'m>>,
+    batch_bytes: u64,
     /// Hardlinks to make: path, first name, the first name's type on disk.
     links: Vec<(Vec<u8>, Vec<u8>, FileType)>,
     /// (dev, ino) of existing non-directories kept (`update`).
@@ -641,7 +674,35 @@ struct Walker<'c, 'a, 'm> {
     removed: u64,
 }
 
+/// Files handed to the writers at once, and the data that ends a batch
+/// sooner (large files are spread over the writers).
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 4 << 20;
+
 impl<'m> Walker<'_, '_, 'm> {
+    /// Queues a file for the writers, in batches.
+    fn send(&mut self, job: Job<'m>) -> Result<(), UnpackError> {
+        self.batch_bytes += job.file.size;
+        self.batch.push(job);
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch being filled to the writers.
+    fn flush(&mut self) -> Result<(), UnpackError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.batch_bytes = 0;
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_FILES));
+        if let Err(b) = self.jobs.push(batch) {
+            return Err(SysError::new("thread", self.ctx.shown(&b[0].rel), Errno::IO).into());
+        }
+        Ok(())
+    }
+
     fn walk(
         &mut self,
         dir: &Arc<OwnedFd>,
@@ -752,9 +813,7 @@ impl<'m> Walker<'_, '_, 'm> {
                     check,
                     link_first,
                 };
-                if self.tx.send(job).is_err() {
-                    return Err(SysError::new("thread", shown(), Errno::IO).into());
-                }
+                self.send(job)?;
             }
             Kind::Symlink(target) => {
                 let keep = ex_type == Some(FileType::Symlink)
@@ -935,9 +994,12 @@ fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<(), Unp
     if ctx.opts.link && link_file(ctx, job, buf)? {
         return Ok(());
     }
+    if let Some(fresh) = &ctx.fresh {
+        return fresh::write_new(ctx, fresh, job, buf);
+    }
     let (tmp, fd) = create_temp(ctx, job)?;
     let res = (|| -> Result<u64, UnpackError> {
-        let n = content::write_content(ctx, &job.rel, job.file, fd.as_fd(), buf)?;
+        let n = content::fill(ctx, &job.rel, job.file, fd.as_fd(), buf)?;
         meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, &job.rel)?;
         wr::rename_at(d, &tmp, job.name, !ctx.update, &shown)?;
         Ok(n)
@@ -1113,7 +1175,8 @@ fn finish_dir(
     let shown = ctx.shown(rel);
     let fd = rd::open_dir_at(dir, name, &|| shown.clone())?;
     finish_dirs(ctx, fd.as_fd(), rel, grand)?;
-    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::Dir, &e.meta, rel)
+    let known = ctx.fresh.map(|f| f.dir()).unwrap_or_default();
+    meta::apply_known(ctx, XattrSource::Fd(fd.as_fd()), KindCode::Dir, &e.meta, rel, known)
 }
 
 /// Applies directory metadata below `dir`, children before parents.

@@ -154,10 +154,23 @@ impl Store {
     /// [`Verifier`]). A store being filled (see
     /// [`with_arrivals`](Self::with_arrivals)) waits for a missing blob.
     pub fn open_blob(&self, d: &Digest) -> Result<OwnedFd, StoreError> {
-        let Some(arrivals) = &self.arrivals else { return self.open_blob_now(d) };
+        self.open_blob_as(d, true)
+    }
+
+    /// [`open_blob`](Self::open_blob) without the `fstat` that refuses
+    /// anything but a regular file (a directory opens; a FIFO opens without
+    /// blocking). For a caller that reads the blob whole and, only when it
+    /// does not read back as the size it expects, asks
+    /// [`not_regular`](Self::not_regular) what is there.
+    pub fn open_blob_unchecked(&self, d: &Digest) -> Result<OwnedFd, StoreError> {
+        self.open_blob_as(d, false)
+    }
+
+    fn open_blob_as(&self, d: &Digest, check: bool) -> Result<OwnedFd, StoreError> {
+        let Some(arrivals) = &self.arrivals else { return self.open_blob_now(d, check) };
         loop {
             let mark = arrivals.mark();
-            match self.open_blob_now(d) {
+            match self.open_blob_now(d, check) {
                 Err(StoreError::Missing { .. }) => {}
                 r => return r,
             }
@@ -181,13 +194,14 @@ impl Store {
         self.arrivals.as_ref().is_some_and(|a| a.has_named(d))
     }
 
-    fn open_blob_now(&self, d: &Digest) -> Result<OwnedFd, StoreError> {
+    fn open_blob_now(&self, d: &Digest, check: bool) -> Result<OwnedFd, StoreError> {
         match fs::openat(
             &self.blobs,
             d.hex(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
         ) {
+            Ok(fd) if !check => Ok(fd),
             Ok(fd) => {
                 let st =
                     fs::fstat(&fd).map_err(|e| SysError::new("fstat", self.blob_path(d).display().to_string(), e))?;
@@ -212,7 +226,7 @@ impl Store {
 
     /// The error for a blob name that holds something other than a regular
     /// file, or `None` for a regular file.
-    fn not_regular(&self, d: &Digest, t: fs::FileType) -> Option<StoreError> {
+    pub fn not_regular(&self, d: &Digest, t: fs::FileType) -> Option<StoreError> {
         let what = match t {
             fs::FileType::RegularFile => return None,
             fs::FileType::Directory => "a directory",

@@ -44,6 +44,13 @@ pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8], m: u32, shown: &dyn Fn()
     })
 }
 
+/// Creates the new, empty regular file `name` in `dir` without opening it
+/// (`mknodat` with `S_IFREG`): an existing entry, a symlink above all, is
+/// an error (`EEXIST`), never followed.
+pub fn create_empty_at(dir: BorrowedFd<'_>, name: &[u8], m: u32, shown: &dyn Fn() -> String) -> Result<()> {
+    call("mknodat", shown, || fs::mknodat(dir, os(name), FileType::RegularFile, mode(m), 0))
+}
+
 /// Opens `name` in `dir` with `O_PATH | O_NOFOLLOW`: a handle on the entry
 /// itself (a symlink stays a symlink), good for `fstat` and `/proc` paths.
 pub fn open_path_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<OwnedFd> {
