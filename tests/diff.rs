@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::file_entry as file;
 use common::*;
 use ocix::diff::{DiffOptions, Excludes, Field, Finding, Value, What, diff};
 use ocix::manifest::{Dev, Digest, Entry, File, Kind, KindCode, Manifest, Time};
@@ -13,11 +14,6 @@ use std::path::Path;
 use std::process::Command;
 
 // ------------------------------------------------------------ hand-built trees
-
-fn file(content: &[u8]) -> Entry {
-    let digest = (!content.is_empty()).then(|| Digest::of(content));
-    Entry::new(Kind::File(File { size: content.len() as u64, digest, zeros: Vec::new() }))
-}
 
 /// Inserts `e` at `path`, creating parent directories.
 fn put(m: &mut Manifest, path: &str, e: Entry) {

@@ -2,6 +2,9 @@
 //! hand or with the `tar` crate), normal and hostile, through the library and
 //! the command line.
 
+mod common;
+
+use common::{gzip, lgetxattr};
 use ocix::manifest::{Dev, Digest, Kind, Manifest, Time};
 use ocix::oci::apply_tar;
 use ocix::oci::tree::Tree;
@@ -126,12 +129,6 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 fn sha(d: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(d)))
-}
-
-fn gzip(d: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(d).unwrap();
-    e.finish().unwrap()
 }
 
 fn zstd(d: &[u8]) -> Vec<u8> {
@@ -1170,16 +1167,6 @@ fn cli_import_warns_of_each_dropped_xattr() {
         .unwrap();
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("/d (user.overlay.origin)") && !err.contains("more"), "{err}");
-}
-
-/// The xattr `name` of `p`, not following a symlink.
-fn lgetxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 65536];
-    match rustix::fs::lgetxattr(p, name, &mut buf) {
-        Ok(n) => Some(buf[..n].to_vec()),
-        Err(rustix::io::Errno::NODATA) => None,
-        Err(e) => panic!("lgetxattr {} {name}: {e}", p.display()),
-    }
 }
 
 #[test]

@@ -1,36 +1,27 @@
 //! Importing an ordinary image from a registry (`ocix import docker://...`)
-//! against a small registry written here on 127.0.0.1, for what a real
-//! registry cannot be made to do on demand: serve a layer with wrong bytes,
-//! cut a layer's body midway (resumed with Range), and serve a Docker
-//! manifest list to choose a platform from. (integration/t-import-registry.sh
-//! runs the real docker-registry with the corpus image; the HTTP server is
-//! tests/common/net.rs.)
+//! against the small registry of tests/common/registry.rs on 127.0.0.1, for
+//! what a real registry cannot be made to do on demand: serve a layer with
+//! wrong bytes, cut a layer's body midway (resumed with Range), and serve a
+//! Docker manifest list to choose a platform from.
+//! (integration/t-import-registry.sh runs the real docker-registry with the
+//! corpus image.)
 
 mod common;
 
+use common::gzip;
+use common::net::digest_of as sha;
+use common::registry::State;
 use ocix::manifest::Manifest;
 use ocix::oci::{ImportError, ImportOptions, Platform};
 use ocix::remote::image::import_remote;
 use ocix::remote::{Reference, RemoteOptions};
-use sha2::Digest as _;
-use std::collections::HashMap;
-use std::io::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-fn sha(d: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(d)))
-}
-
-fn gzip(d: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(d).unwrap();
-    e.finish().unwrap()
-}
 
 /// A tar with these regular files.
 fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -46,27 +37,22 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// What the registry serves: path -> (content type, body).
+/// What the registry serves (as repository `r`).
 #[derive(Default)]
 struct Repo {
-    docs: HashMap<String, (String, Vec<u8>)>,
+    state: State,
 }
 
 impl Repo {
     fn blob(&mut self, mt: &str, data: Vec<u8>) -> serde_json::Value {
-        let d = sha(&data);
-        let v = serde_json::json!({"mediaType": mt, "digest": d, "size": data.len()});
-        self.docs.insert(format!("/v2/r/blobs/{d}"), ("application/octet-stream".into(), data));
-        v
+        let size = data.len();
+        let d = self.state.add_blob(data);
+        serde_json::json!({"mediaType": mt, "digest": d, "size": size})
     }
     fn manifest(&mut self, mt: &str, data: Vec<u8>, tag: Option<&str>) -> serde_json::Value {
-        let d = sha(&data);
-        let v = serde_json::json!({"mediaType": mt, "digest": d, "size": data.len()});
-        if let Some(t) = tag {
-            self.docs.insert(format!("/v2/r/manifests/{t}"), (mt.into(), data.clone()));
-        }
-        self.docs.insert(format!("/v2/r/manifests/{d}"), (mt.into(), data));
-        v
+        let size = data.len();
+        let d = self.state.add_manifest(mt, data, tag);
+        serde_json::json!({"mediaType": mt, "digest": d, "size": size})
     }
     /// A Docker image with one gzip layer holding `files`, for `arch`;
     /// returns (manifest descriptor, layer digest).
@@ -109,35 +95,31 @@ impl Server {
     }
 }
 
-/// Serves `repo`, misbehaving as `fault` says for the path `faulty`.
+/// Serves `repo`, misbehaving as `fault` says for the blob path `faulty`.
 fn serve(repo: Repo, faulty: Option<String>, fault: Fault) -> Server {
-    use common::net::Reply;
-    let inner = common::net::serve(move |req| {
-        let path = req.path.as_str();
-        let hit = faulty.as_deref() == Some(path);
-        let Some((ct, body)) = repo.docs.get(path).filter(|_| !(hit && fault == Fault::Missing)) else {
-            let b = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
-            return Reply::Full(404, vec![], b.to_vec());
-        };
-        let mut body = body.clone();
-        if hit && fault == Fault::Flip {
-            let i = body.len() / 2;
-            body[i] ^= 0xff;
+    use common::net::{Reply, Req, range_reply};
+    let state = Arc::new(Mutex::new(repo.state));
+    let st = state.clone();
+    let misbehave = move |req: &Req| {
+        if faulty.as_deref() != Some(req.path.as_str()) {
+            return None;
         }
-        let ct = vec![("Content-Type".to_string(), ct.clone())];
-        let from = req.header("range").and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
-        if let Some(from) = from {
-            let total = body.len();
-            let mut hs = ct;
-            hs.push(("Content-Range".into(), format!("bytes {from}-{}/{total}", total - 1)));
-            return Reply::Full(206, hs, body[from.min(total)..].to_vec());
+        let mut body = st.lock().unwrap().blobs.get(req.path.rsplit('/').next()?)?.clone();
+        match fault {
+            Fault::None => None,
+            Fault::Missing => Some(Reply::Full(404, vec![], common::registry::error_body("BLOB_UNKNOWN", "no"))),
+            Fault::Flip => {
+                let i = body.len() / 2;
+                body[i] ^= 0xff;
+                Some(range_reply(req, &body))
+            }
+            Fault::CutOnce => req.header("range").is_none().then(|| {
+                let half = body.len() / 2;
+                Reply::Cut(200, vec![], body, half)
+            }),
         }
-        if hit && fault == Fault::CutOnce {
-            let half = body.len() / 2;
-            return Reply::Cut(200, ct, body, half);
-        }
-        Reply::Full(200, ct, body)
-    });
+    };
+    let inner = common::registry::registry_with(state, Box::new(misbehave), None).server;
     Server { port: inner.port, inner }
 }
 
@@ -153,15 +135,7 @@ fn import(s: &Server, target: &str, platform: Option<&str>) -> Result<Manifest, 
 
 /// Incompressible bytes, so a flipped byte is in the deflate stream's data.
 fn noise(n: usize) -> Vec<u8> {
-    let mut x = 0x9e3779b97f4a7c15u64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::noise(n, 1)
 }
 
 #[test]

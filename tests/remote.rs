@@ -5,13 +5,16 @@
 //! answers, one that answers 500, bytes that do not match their digest, a
 //! body cut off midway (resumed with Range), a Range ignored, a body too
 //! long, a wrong Docker-Content-Digest, and the bearer-token challenge flow.
-//! (integration/t-registry.sh runs the real docker-registry.) Every ocix run
+//! (tests/common/registry.rs is the registry; integration/t-registry.sh
+//! runs the real docker-registry.) Every ocix run
 //! is bounded: killed and failed if it takes over 60 s.
 
 mod common;
 
 use base64::Engine as _;
-use common::net::{Reply, Req, Server, artifact_json, hex_of, ocix, ok, scan_tree, serve};
+use common::Gate;
+use common::net::{Reply, Req, Server, artifact_json, hex_of, ocix, ok, range_reply, scan_tree, serve};
+use common::registry::State;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -224,43 +227,35 @@ fn artifact_reply(manifest: &[u8], wrong_digest_header: bool) -> Reply {
     )
 }
 
-/// A registry speaking just enough of the distribution API for a pull, with
-/// bearer-token auth; `wrong_digest_header` makes it lie about the
-/// manifest's digest.
+/// The registry of tests/common/registry.rs serving the fixture as
+/// `ocix/x:v1` behind bearer-token auth; `wrong_digest_header` makes it lie
+/// about the manifest's digest.
 fn token_registry(f: &Fixture, wrong_digest_header: bool) -> Server {
-    let store = f.store.clone();
-    let (manifest, mhex) = (f.manifest.clone(), f.mhex.clone());
+    let mut st = State::default();
+    st.add_store(&f.store);
+    st.add_artifact("v1", &f.manifest, Vec::new(), serde_json::Value::Null);
+    let manifest = f.manifest.clone();
     let port = Arc::new(Mutex::new(0u16));
     let port2 = port.clone();
-    let s = serve(move |req| {
+    let auth = move |req: &Req| {
         let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pw"));
         if req.path.starts_with("/token?") {
-            return if req.header("authorization") == Some(basic.as_str()) {
+            return Some(if req.header("authorization") == Some(basic.as_str()) {
                 ok(br#"{"token":"tok-123"}"#.to_vec())
             } else {
                 Reply::Full(401, vec![], vec![])
-            };
+            });
         }
         if req.header("authorization") != Some("Bearer tok-123") {
             let realm = format!(
                 r#"Bearer realm="http://127.0.0.1:{}/token",service="test-registry",scope="repository:ocix/x:pull""#,
                 port2.lock().unwrap()
             );
-            return Reply::Full(401, vec![("WWW-Authenticate".into(), realm)], vec![]);
+            return Some(Reply::Full(401, vec![("WWW-Authenticate".into(), realm)], vec![]));
         }
-        if req.path == "/v2/ocix/x/manifests/v1" {
-            return artifact_reply(&manifest, wrong_digest_header);
-        }
-        if let Some(hex) = req.path.strip_prefix("/v2/ocix/x/blobs/sha256:") {
-            if hex == mhex {
-                return ok(manifest.clone());
-            }
-            if let Ok(b) = std::fs::read(store.join("blobs/sha256").join(hex)) {
-                return ok(b);
-            }
-        }
-        Reply::Full(404, vec![], vec![])
-    });
+        (wrong_digest_header && req.path == "/v2/ocix/x/manifests/v1").then(|| artifact_reply(&manifest, true))
+    };
+    let s = common::registry::registry_with(Arc::new(Mutex::new(st)), Box::new(auth), None).server;
     *port.lock().unwrap() = s.port;
     s
 }
@@ -382,54 +377,30 @@ fn pack_registry(
     p: &PackFixture,
     mangle: impl Fn(&Req, usize, &[u8]) -> Option<Reply> + Send + Sync + 'static,
 ) -> Server {
-    let (manifest, mhex) = (p.f.manifest.clone(), p.f.mhex.clone());
-    let packs: Vec<(String, Vec<u8>, u64)> =
-        p.packs.iter().map(|(h, b, m)| (h.clone(), b.clone(), m.len() as u64)).collect();
+    let mut st = State::default();
+    let mut layers = Vec::new();
+    for (h, b, m) in &p.packs {
+        layers.push(serde_json::json!({"mediaType": "application/vnd.ocix.pack.v1",
+            "digest": format!("sha256:{h}"), "size": b.len(),
+            "annotations": {"io.ocix.pack.count": m.len().to_string()}}));
+        st.add_blob(b.clone());
+    }
+    st.add_artifact("v1", &p.f.manifest, layers, serde_json::json!({"io.ocix.pack.threshold": "262144"}));
+    let first = format!("/v2/ocix/p/blobs/sha256:{}", p.packs[0].0);
+    let bytes = p.packs[0].1.clone();
     let hits = Arc::new(Mutex::new(0usize));
-    serve(move |req| {
-        if req.path == "/v2/ocix/p/manifests/v1" {
-            let mut layers = Vec::new();
-            for (h, b, n) in &packs {
-                layers.push(serde_json::json!({"mediaType": "application/vnd.ocix.pack.v1",
-                    "digest": format!("sha256:{h}"), "size": b.len(),
-                    "annotations": {"io.ocix.pack.count": n.to_string()}}));
-            }
-            let art = artifact_json(&manifest, layers, serde_json::json!({"io.ocix.pack.threshold": "262144"}));
-            return ok(art);
+    let fault = move |req: &Req| {
+        if req.path != first {
+            return None;
         }
-        let Some(hex) = req.path.strip_prefix("/v2/ocix/p/blobs/sha256:") else {
-            return Reply::Full(404, vec![], vec![]);
+        let n = {
+            let mut h = hits.lock().unwrap();
+            *h += 1;
+            *h
         };
-        if hex == mhex {
-            return ok(manifest.clone());
-        }
-        let Some((i, (_, bytes, _))) = packs.iter().enumerate().find(|(_, (h, _, _))| h == hex) else {
-            return Reply::Full(404, vec![], vec![]);
-        };
-        if i == 0 {
-            let n = {
-                let mut h = hits.lock().unwrap();
-                *h += 1;
-                *h
-            };
-            if let Some(r) = mangle(req, n, bytes) {
-                return r;
-            }
-        }
-        range_reply(req, bytes)
-    })
-}
-
-/// 206 for `Range: bytes=a-b`, else 200 with everything.
-fn range_reply(req: &Req, bytes: &[u8]) -> Reply {
-    let Some((a, b)) = req.header("range").and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-'))
-    else {
-        return ok(bytes.to_vec());
+        mangle(req, n, &bytes)
     };
-    let a: usize = a.parse().unwrap();
-    let b: usize = if b.is_empty() { bytes.len() - 1 } else { b.parse::<usize>().unwrap().min(bytes.len() - 1) };
-    let cr = format!("bytes {a}-{b}/{}", bytes.len());
-    Reply::Full(206, vec![("Content-Range".into(), cr)], bytes[a..=b].to_vec())
+    common::registry::registry_with(Arc::new(Mutex::new(st)), Box::new(fault), None).server
 }
 
 fn pull_packs(p: &PackFixture, s: &Server) -> (i32, String, PathBuf) {
@@ -500,47 +471,12 @@ fn pack_member_with_wrong_bytes_is_rejected() {
 /// An anonymous registry serving the fixture as `ocix/x:v1`; `big` decides
 /// first for the big blob (given the request).
 fn plain_registry(f: &Fixture, big: impl Fn(&Req) -> Option<Reply> + Send + Sync + 'static) -> Server {
-    let store = f.store.clone();
-    let (manifest, mhex, bhex) = (f.manifest.clone(), f.mhex.clone(), f.bhex.clone());
-    serve(move |req| {
-        if req.path == "/v2/" {
-            return ok(b"{}".to_vec());
-        }
-        if req.path == "/v2/ocix/x/manifests/v1" {
-            return artifact_reply(&manifest, false);
-        }
-        if let Some(hex) = req.path.strip_prefix("/v2/ocix/x/blobs/sha256:") {
-            if hex == mhex {
-                return ok(manifest.clone());
-            }
-            if hex == bhex {
-                if let Some(r) = big(req) {
-                    return r;
-                }
-            }
-            if let Ok(b) = std::fs::read(store.join("blobs/sha256").join(hex)) {
-                return ok(b);
-            }
-        }
-        Reply::Full(404, vec![], vec![])
-    })
-}
-
-/// A gate a server handler waits at until the test opens it.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-impl Gate {
-    fn open(&self) {
-        *self.0.0.lock().unwrap() = true;
-        self.0.1.notify_all();
-    }
-    fn wait(&self) {
-        let mut open = self.0.0.lock().unwrap();
-        while !*open {
-            open = self.0.1.wait(open).unwrap();
-        }
-    }
+    let mut st = State::default();
+    st.add_store(&f.store);
+    st.add_artifact("v1", &f.manifest, Vec::new(), serde_json::Value::Null);
+    let big_path = format!("/v2/ocix/x/blobs/sha256:{}", f.bhex);
+    let fault = move |req: &Req| if req.path == big_path { big(req) } else { None };
+    common::registry::registry_with(Arc::new(Mutex::new(st)), Box::new(fault), None).server
 }
 
 /// Whether `ocix diff` finds `dest` identical to the manifest `m`.
@@ -750,4 +686,228 @@ fn unpack_from_a_registry_refuses_overlay_xattrs_before_writing() {
     let n = rustix::fs::lgetxattr(absent.join("etc"), "trusted.overlay.opaque", &mut buf).unwrap();
     assert_eq!(&buf[..n], b"y");
     assert_eq!(std::fs::read(absent.join("etc/zbig")).unwrap(), f.big);
+}
+
+// ---------------------------------------------------------------- unpack docker:// while blobs arrive
+
+use common::{file_entry, manifest};
+use ocix::manifest::{Entry, Kind};
+
+/// The registry serving one ocix manifest as `ocix/x:v1` (no packs, every
+/// file blob a layer of its own, served from `blobs`); `hold` runs before a
+/// blob is answered (given its hex).
+fn registry(
+    manifest: Vec<u8>,
+    blobs: Vec<Vec<u8>>,
+    hold: impl Fn(&str) + Send + Sync + 'static,
+) -> common::net::Server {
+    registry_with(manifest, blobs, Vec::new(), hold)
+}
+
+/// [`registry`] with `extra` layers listed after the blobs'.
+fn registry_with(
+    manifest: Vec<u8>,
+    blobs: Vec<Vec<u8>>,
+    extra: Vec<serde_json::Value>,
+    hold: impl Fn(&str) + Send + Sync + 'static,
+) -> common::net::Server {
+    let mut st = State::default();
+    let mut layers = Vec::new();
+    let mut held = Vec::new();
+    for b in blobs {
+        layers.push(serde_json::json!({"mediaType": "application/vnd.ocix.file.v1",
+            "digest": format!("sha256:{}", hex_of(&b)), "size": b.len()}));
+        held.push(hex_of(&b));
+        st.add_blob(b);
+    }
+    layers.extend(extra);
+    st.add_artifact("v1", &manifest, layers, serde_json::Value::Null);
+    let fault = move |req: &Req| {
+        let hex = req.path.strip_prefix("/v2/ocix/x/blobs/sha256:")?;
+        if held.iter().any(|h| h == hex) {
+            hold(hex);
+        }
+        None
+    };
+    common::registry::registry_with(Arc::new(Mutex::new(st)), Box::new(fault), None).server
+}
+
+/// When the unpack fails while the pull still has blobs to start, the pull
+/// is cancelled and returns `Cancelled`; the error the user sees must still
+/// be the unpack's (what is actually wrong), not only "stopped: N blob(s)
+/// transferred".
+#[test]
+fn an_unpack_failure_is_reported_not_hidden_behind_the_cancelled_pull() {
+    assert!(common::is_root(), "a user.* xattr on a symlink fails only as root");
+    let t = tempfile::tempdir().unwrap();
+    let dest = t.path().join("dest");
+    let (one, two) = (vec![b'1'; 5000], vec![b'2'; 6000]);
+    // "a" fails the unpack (root cannot set user.* on a symlink) before the
+    // files are reached
+    let mut l = Entry::new(Kind::Symlink(b"target".to_vec()));
+    l.meta.xattrs.insert(b"user.x".to_vec(), b"v".to_vec());
+    let m = manifest(vec![(b"a", l), (b"b", file_entry(&one)), (b"c", file_entry(&two))]);
+    let first = common::net::hex_of(&one);
+    let d2 = dest.clone();
+    // the first blob is held until the unpack has started (DEST made) and
+    // had time to fail; the second is asked for only after it (--jobs 1)
+    let s = registry(m.to_bytes().unwrap(), vec![one.clone(), two.clone()], move |hex| {
+        if hex == first {
+            while !d2.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let store = t.path().join("cache");
+    let (rc, err) = common::net::ocix(
+        t.path(),
+        &["unpack", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap(), "--jobs", "1"],
+        &[],
+    );
+    assert_ne!(rc, 0, "{err}");
+    assert!(err.contains("user.x"), "the unpack's error is not reported: {err}");
+}
+
+/// Without --store the blobs become the files (`--link` on a temporary
+/// store): the first file with a content takes its blob, and its metadata.
+/// A second file with the same content is copied from that blob; if the
+/// first one's mode denies reading (0o000), a rootless unpack can no longer
+/// read the blob and fails on a tree it unpacks fine with --store.
+#[test]
+fn rootless_unpack_without_a_store_copes_with_an_unreadable_first_copy() {
+    assert!(common::is_root(), "drops privileges with setpriv");
+    let t = tempfile::tempdir().unwrap();
+    common::chmod(t.path(), 0o777);
+    let x = vec![b'x'; 5000];
+    let mut a = file_entry(&x);
+    a.meta.mode = 0o000;
+    let mut b = file_entry(&x);
+    b.meta.mode = 0o644;
+    let m = manifest(vec![(b"a", a), (b"b", b)]);
+    let s = registry(m.to_bytes().unwrap(), vec![x.clone()], |_| {});
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    for store in [true, false] {
+        let dest = t.path().join(format!("dest-{store}"));
+        let cache = t.path().join("cache");
+        let mut args = vec!["unpack".to_string(), src.clone(), dest.display().to_string(), "--threads=1".into()];
+        if store {
+            args.extend(["--store".into(), cache.display().to_string()]);
+        }
+        let out = common::ocix_as_nobody()
+            .args(&args)
+            .env("HOME", t.path().join("home"))
+            .env("REGISTRY_AUTH_FILE", t.path().join("no-auth.json"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "with store {store}: {err}");
+        assert_eq!(std::fs::read(dest.join("b")).unwrap(), x, "with store {store}");
+    }
+}
+
+/// The registry size of a compressed file blob is the artifact's say, any
+/// u64: two of them claiming u64::MAX must give an error naming the blob,
+/// not an overflow (a panic in the pull thread) while adding up the bytes
+/// to fetch.
+#[test]
+fn huge_compressed_sizes_in_the_artifact_are_an_error_not_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let (one, two) = (vec![b'1'; 5000], vec![b'2'; 6000]);
+    let m = manifest(vec![(b"b", file_entry(&one)), (b"c", file_entry(&two))]);
+    let z = |content: &[u8]| {
+        let frame = zstd::bulk::compress(content, 3).unwrap();
+        serde_json::json!({"mediaType": "application/vnd.ocix.file.v1+zstd",
+            "digest": common::net::digest_of(&frame), "size": u64::MAX,
+            "annotations": {"io.ocix.file.digest": common::net::digest_of(content)}})
+    };
+    let s = registry_with(m.to_bytes().unwrap(), vec![], vec![z(&one), z(&two)], |_| {});
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let dest = t.path().join("dest");
+    let store = t.path().join("cache");
+    let (rc, err) = common::net::ocix(
+        t.path(),
+        &["unpack", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap(), "--retries", "0"],
+        &[],
+    );
+    assert_ne!(rc, 0, "{err}");
+    assert!(!err.contains("panic"), "{err}");
+    assert!(err.contains("/v2/ocix/x/blobs/sha256:"), "the error names no blob URL: {err}");
+}
+
+/// `unpack_remote` says "A DEST this run created is removed on failure";
+/// with --update on an absent DEST it was left half-made (and without the
+/// "partly unpacked" hint either).
+#[test]
+fn a_dest_created_by_a_failed_update_run_is_removed() {
+    let t = tempfile::tempdir().unwrap();
+    let (one, two) = (vec![b'1'; 5000], vec![b'2'; 6000]);
+    let m = manifest(vec![(b"b", file_entry(&one)), (b"c", file_entry(&two))]);
+    // the second blob is not served: 404
+    let s = registry(m.to_bytes().unwrap(), vec![one.clone()], |_| {});
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let dest = t.path().join("dest");
+    let store = t.path().join("cache");
+    let args =
+        ["unpack", "--update", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap(), "--retries", "0"];
+    let (rc, err) = common::net::ocix(t.path(), &args, &[]);
+    assert_ne!(rc, 0, "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(!dest.exists(), "a DEST this run created was left after it failed: {err}");
+    // the blob fetched stays in --store for the rerun
+    assert!(store.join("blobs/sha256").join(common::net::hex_of(&one)).exists());
+}
+
+/// "Whichever fails first stops the other": an unpack that fails while a
+/// writer waits for a blob must stop the pull then, not once that blob
+/// has arrived. Here the writer waits for the blob fetched last (the
+/// others are --prefetch'ed); the unpack fails during the first fetch, so
+/// no later blob may be asked for.
+#[test]
+fn an_unpack_failure_stops_the_pull_while_a_writer_waits() {
+    assert!(common::is_root(), "a user.* xattr on a symlink fails only as root");
+    let t = tempfile::tempdir().unwrap();
+    let dest = t.path().join("dest");
+    let (a, b, c) = (vec![b'a'; 5000], vec![b'b'; 6000], vec![b'c'; 7000]);
+    let mut l = Entry::new(Kind::Symlink(b"target".to_vec()));
+    l.meta.xattrs.insert(b"user.x".to_vec(), b"v".to_vec());
+    let m = manifest(vec![(b"a", file_entry(&a)), (b"b", file_entry(&b)), (b"c", file_entry(&c)), (b"z", l)]);
+    let first = common::net::hex_of(&b);
+    let d2 = dest.clone();
+    let s = registry(m.to_bytes().unwrap(), vec![a.clone(), b.clone(), c.clone()], move |hex| {
+        if hex == first {
+            while !d2.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    let prefetch = t.path().join("prefetch");
+    std::fs::write(&prefetch, "b\nc\n").unwrap();
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let store = t.path().join("cache");
+    let args = [
+        "unpack",
+        &src,
+        dest.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        "--prefetch",
+        prefetch.to_str().unwrap(),
+    ];
+    let (rc, err) = common::net::ocix(t.path(), &args, &[]);
+    assert_ne!(rc, 0, "{err}");
+    assert!(err.contains("user.x"), "{err}");
+    let late: Vec<String> = s
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.ends_with(&common::net::hex_of(&c)) || p.ends_with(&common::net::hex_of(&a)))
+        .collect();
+    assert!(late.is_empty(), "blobs still fetched after the unpack failed: {late:?}");
 }

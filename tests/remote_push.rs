@@ -1,19 +1,20 @@
-//! `ocix push` against a small registry written here: a real TCP server on
-//! 127.0.0.1 speaking just enough of the distribution API (HEAD, POST,
+//! `ocix push` against the small registry of tests/common/registry.rs: a
+//! real TCP server on 127.0.0.1 speaking just enough of the distribution API (HEAD, POST,
 //! PATCH, PUT of blobs, PUT of manifests; it checks every blob's digest and
 //! that a manifest names only blobs it holds), into which faults are
 //! injected on purpose: 500s, a stalled upload, a 401 without credentials,
 //! an upload Location on another origin, a manifest refused with a registry
 //! error body, and a store missing or holding corrupt blobs. Every ocix run
 //! is bounded: killed and failed if it takes over 60 s. (tests/remote.rs
-//! holds the pull side, tests/common/net.rs the HTTP server both use;
-//! integration/t-registry.sh runs a real registry.)
+//! holds the pull side, tests/common/net.rs the HTTP server both use and
+//! tests/common/registry.rs the registry; integration/t-registry.sh runs a
+//! real registry.)
 
 mod common;
 
 use base64::Engine as _;
-use common::net::{Reply, Req, Server, digest_of, ocix, scan_tree, serve};
-use std::collections::HashMap;
+use common::net::{Reply, Req, digest_of, ocix, scan_tree, serve};
+use common::registry::{Registry, State, answer, error_body, registry, registry_with};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,132 +81,6 @@ impl Fixture {
         }
         args.extend_from_slice(extra);
         ocix(self.dir.path(), &args, env)
-    }
-}
-
-// ---- a registry: honest unless told otherwise ----
-
-#[derive(Default)]
-struct State {
-    /// Blobs by digest (`sha256:...`).
-    blobs: HashMap<String, Vec<u8>>,
-    /// Open uploads by id, with the bytes received so far.
-    uploads: HashMap<String, Vec<u8>>,
-    next: usize,
-    /// Manifests by tag and by digest: (media type, bytes).
-    manifests: HashMap<String, (String, Vec<u8>)>,
-}
-
-/// A fault: given a request, a reply that replaces the registry's own.
-type Fault = Box<dyn Fn(&Req) -> Option<Reply> + Send + Sync>;
-
-struct Registry {
-    server: Server,
-    state: Arc<Mutex<State>>,
-}
-
-impl Registry {
-    /// Requests with this method whose path contains `part`.
-    fn count(&self, method: &str, part: &str) -> usize {
-        self.server.requests().iter().filter(|r| r.method == method && r.path.contains(part)).count()
-    }
-    fn manifest_puts(&self) -> Vec<Req> {
-        self.server.requests().into_iter().filter(|r| r.method == "PUT" && r.path.contains("/manifests/")).collect()
-    }
-    fn has(&self, digest: &str) -> bool {
-        self.state.lock().unwrap().blobs.contains_key(digest)
-    }
-}
-
-fn registry(fault: impl Fn(&Req) -> Option<Reply> + Send + Sync + 'static) -> Registry {
-    registry_with(Arc::default(), Box::new(fault), None)
-}
-
-/// A registry over `state`; upload Locations are relative, or absolute
-/// under `upload_origin` (`http://host:port`) when given.
-fn registry_with(state: Arc<Mutex<State>>, fault: Fault, upload_origin: Option<String>) -> Registry {
-    let st = state.clone();
-    let server = serve(move |req| {
-        if let Some(r) = fault(req) {
-            return r;
-        }
-        answer(&st, req, upload_origin.as_deref().unwrap_or(""))
-    });
-    Registry { server, state }
-}
-
-fn error_body(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"errors": [{"code": code, "message": message}]})).unwrap()
-}
-
-/// The distribution API, the parts a push uses, for repository `ocix/x`.
-fn answer(state: &Mutex<State>, req: &Req, upload_origin: &str) -> Reply {
-    let mut st = state.lock().unwrap();
-    let path = req.path.as_str();
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    let not_found = || Reply::Full(404, vec![], vec![]);
-    let Some(rest) = path.strip_prefix("/v2/ocix/x/") else { return not_found() };
-    let loc = |id: &str| vec![("Location".to_string(), format!("{upload_origin}/v2/ocix/x/blobs/uploads/{id}"))];
-    match (req.method.as_str(), rest) {
-        ("HEAD", _) if rest.starts_with("blobs/sha256:") => match st.blobs.get(&rest["blobs/".len()..]) {
-            Some(b) => Reply::Full(200, vec![], vec![0; b.len()]),
-            None => not_found(),
-        },
-        ("GET", _) if rest.starts_with("blobs/sha256:") => match st.blobs.get(&rest["blobs/".len()..]) {
-            Some(b) => range_reply(req, b),
-            None => not_found(),
-        },
-        ("GET", _) if rest.starts_with("manifests/") => match st.manifests.get(&rest["manifests/".len()..]) {
-            Some((media, b)) => Reply::Full(
-                200,
-                vec![("Content-Type".into(), media.clone()), ("Docker-Content-Digest".into(), digest_of(b))],
-                b.clone(),
-            ),
-            None => not_found(),
-        },
-        ("POST", "blobs/uploads/") => {
-            st.next += 1;
-            let id = format!("u{}", st.next);
-            st.uploads.insert(id.clone(), Vec::new());
-            Reply::Full(202, loc(&id), vec![])
-        }
-        ("PATCH", _) if rest.starts_with("blobs/uploads/") => {
-            let id = &rest["blobs/uploads/".len()..];
-            let Some(u) = st.uploads.get_mut(id) else { return not_found() };
-            u.extend_from_slice(&req.body);
-            Reply::Full(202, loc(id), vec![])
-        }
-        ("PUT", _) if rest.starts_with("blobs/uploads/") => {
-            let id = &rest["blobs/uploads/".len()..];
-            let Some(mut data) = st.uploads.remove(id) else { return not_found() };
-            data.extend_from_slice(&req.body);
-            let want = query.strip_prefix("digest=").unwrap_or("").replace("%3A", ":");
-            let got = digest_of(&data);
-            if got != want {
-                return Reply::Full(400, vec![], error_body("DIGEST_INVALID", &format!("content is {got}")));
-            }
-            st.blobs.insert(got.clone(), data);
-            Reply::Full(201, vec![("Docker-Content-Digest".into(), got)], vec![])
-        }
-        ("PUT", _) if rest.starts_with("manifests/") => {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&req.body) else {
-                return Reply::Full(400, vec![], error_body("MANIFEST_INVALID", "not JSON"));
-            };
-            let mut named: Vec<&serde_json::Value> = v["layers"].as_array().into_iter().flatten().collect();
-            named.push(&v["config"]);
-            for d in named {
-                let digest = d["digest"].as_str().unwrap_or("");
-                if !st.blobs.contains_key(digest) {
-                    return Reply::Full(400, vec![], error_body("MANIFEST_BLOB_UNKNOWN", digest));
-                }
-            }
-            let media = req.header("content-type").unwrap_or("").to_string();
-            let d = digest_of(&req.body);
-            st.manifests.insert(rest["manifests/".len()..].to_string(), (media.clone(), req.body.clone()));
-            st.manifests.insert(d.clone(), (media, req.body.clone()));
-            Reply::Full(201, vec![("Docker-Content-Digest".into(), d)], vec![])
-        }
-        _ => not_found(),
     }
 }
 
@@ -529,18 +404,6 @@ fn corrupt_large_blob_upload_is_never_closed() {
     assert!(reg.manifest_puts().is_empty());
 }
 
-/// 206 with the asked part for `Range: bytes=a-` or `bytes=a-b`, else 200.
-fn range_reply(req: &Req, bytes: &[u8]) -> Reply {
-    let Some(r) = req.header("range").and_then(|r| r.strip_prefix("bytes=")) else {
-        return Reply::Full(200, vec![], bytes.to_vec());
-    };
-    let (a, b) = r.split_once('-').unwrap();
-    let a: usize = a.parse().unwrap();
-    let b: usize = if b.is_empty() { bytes.len() - 1 } else { b.parse().unwrap() };
-    let range = format!("bytes {a}-{b}/{}", bytes.len());
-    Reply::Full(206, vec![("Content-Range".into(), range)], bytes[a..=b].to_vec())
-}
-
 fn blob_count(store: &Path) -> usize {
     std::fs::read_dir(store.join("blobs/sha256")).unwrap().count()
 }
@@ -700,4 +563,66 @@ fn damaged_compressed_blobs_are_refused() {
         assert!(!store.join("blobs/sha256").join(&digest_of(&f.big)[7..]).exists());
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+// ---- two pushes of one store at once ----
+
+use common::{Gate, file_entry, manifest};
+use ocix::store::Store;
+
+/// A registry whose first blob HEAD runs `at_head` before it is answered.
+fn push_registry(at_head: impl Fn() + Send + Sync + 'static) -> common::net::Server {
+    let heads = AtomicUsize::new(0);
+    registry(move |req| {
+        if req.method == "HEAD" && req.path.contains("/blobs/sha256:") && heads.fetch_add(1, Ordering::SeqCst) == 0 {
+            at_head();
+        }
+        None
+    })
+    .server
+}
+
+/// Two pushes of one store (to two registries, say) at the same time: the
+/// compressed form of a blob is named in the store by the first push and
+/// found there by the second, which therefore keeps it; the first then
+/// removes it when its upload is done, and the second, about to upload
+/// it, finds it gone. A push must not remove a store blob that another
+/// user of the store may still rely on.
+#[test]
+fn two_pushes_of_one_store_at_once_both_complete() {
+    use ocix::remote::{PushOptions, Reference, push};
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::create(&t.path().join("store")).unwrap();
+    let content: Vec<u8> = (0..200_000u32).map(|i| b"compressible text "[(i % 18) as usize]).collect();
+    store.put_bytes(&content).unwrap();
+    let m = manifest(vec![(b"a", file_entry(&content))]).to_bytes().unwrap();
+    let (p1_at_head, p2_at_head, p1_done) = (Gate::default(), Gate::default(), Gate::default());
+    let (a, b) = (p1_at_head.clone(), p2_at_head.clone());
+    let r1 = push_registry(move || {
+        a.open();
+        b.wait();
+    });
+    let (b, c) = (p2_at_head.clone(), p1_done.clone());
+    let r2 = push_registry(move || {
+        b.open();
+        c.wait();
+    });
+    let opts = PushOptions { pack_threshold: 0, ..PushOptions::default() };
+    let target =
+        |s: &common::net::Server| Reference::parse(&format!("docker://127.0.0.1:{}/ocix/x:v1", s.port)).unwrap();
+    let (first, second) = std::thread::scope(|sc| {
+        let one = sc.spawn(|| {
+            let r = push(&m, &store, &target(&r1), &opts);
+            p1_done.open();
+            r
+        });
+        // the second starts once the first has compressed (and named) the blob
+        p1_at_head.wait();
+        let two = sc.spawn(|| push(&m, &store, &target(&r2), &opts));
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    let first = first.unwrap();
+    assert_eq!(first.compressed, 1, "the blob was not sent compressed");
+    let second = second.map_err(|e| e.to_string());
+    assert!(second.is_ok(), "the second push failed: {}", second.unwrap_err());
 }

@@ -6,17 +6,13 @@
 
 mod common;
 
+use common::dir;
 use ocix::manifest::{Dev, Entry, Kind, Manifest};
-use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const NO_MKNOD: [&str; 2] = ["--inh-caps=-mknod", "--bounding-set=-mknod"];
-
-fn dir(children: Vec<(&[u8], Entry)>) -> Entry {
-    Entry::new(Kind::Dir(children.into_iter().map(|(n, e)| (n.to_vec(), e)).collect::<BTreeMap<_, _>>()))
-}
 
 /// Writes a manifest whose tree is `dev/<name>` = `kind`.
 fn write_manifest(path: &Path, name: &[u8], kind: Kind) {

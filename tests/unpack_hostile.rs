@@ -4,10 +4,10 @@
 
 mod common;
 
+use common::{dir as tree, lgetxattr, manifest};
 use ocix::manifest::{BLOCK, Digest, Entry, File, Kind, Manifest};
 use ocix::materialize::{UnpackError, UnpackOptions, unpack};
 use ocix::store::Store;
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
@@ -66,14 +66,6 @@ fn zero_runs(c: &[u8]) -> Vec<(u64, u64)> {
         }
     }
     runs
-}
-
-fn tree(children: Vec<(&[u8], Entry)>) -> Entry {
-    Entry::new(Kind::Dir(children.into_iter().map(|(n, e)| (n.to_vec(), e)).collect::<BTreeMap<_, _>>()))
-}
-
-fn manifest(children: Vec<(&[u8], Entry)>) -> Manifest {
-    Manifest { root: tree(children) }
 }
 
 fn digest_of(e: &Entry) -> Digest {
@@ -372,16 +364,6 @@ fn duplicate_paths_in_the_bytes_are_rejected_by_the_cli() {
 }
 
 // ---------------------------------------------------------------- xattr policy: overlay xattrs
-
-/// The xattr `name` of `p`, not following a symlink.
-fn lgetxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 65536];
-    match rustix::fs::lgetxattr(p, name, &mut buf) {
-        Ok(n) => Some(buf[..n].to_vec()),
-        Err(rustix::io::Errno::NODATA) => None,
-        Err(e) => panic!("lgetxattr {} {name}: {e}", p.display()),
-    }
-}
 
 /// `e` with the xattr `name` = `value`.
 fn with_xattr(mut e: Entry, name: &str, value: &[u8]) -> Entry {
@@ -804,5 +786,48 @@ fn symlink_modes_and_clamped_mtimes_are_listed_as_not_applied() {
     }
     if !want.is_empty() {
         assert!(r.summary(3).iter().any(|l| l.contains("mtimes not stored exactly")), "{:?}", r.summary(3));
+    }
+}
+
+// ---------------------------------------------------------------- blobs fetched by this run
+
+use ocix::store::Arrivals;
+use std::sync::Arc;
+
+/// A blob the pull has just verified is trusted by the unpack (not hashed
+/// again), but the manifest's zero runs are only a claim about that
+/// content: a run declared over non-zero bytes makes the file zeros there,
+/// and only the digest check catches it. Trusting the blob must not
+/// trust the claim: the unpack has to fail (as it does for a blob it did
+/// not fetch), never write a file whose content is not the digest's.
+#[test]
+fn false_zero_runs_over_a_freshly_fetched_blob_are_not_trusted() {
+    let t = tempfile::tempdir().unwrap();
+    let a = Arc::new(Arrivals::new());
+    let store = Store::create(&t.path().join("store")).unwrap().with_arrivals(a.clone());
+    let mut content = vec![b'x'; BLOCK as usize];
+    content.extend_from_slice(b"tail");
+    // as the pull names it: through the store being filled
+    let d = store.put_bytes(&content).unwrap();
+    assert!(store.fetched_here(&d));
+    a.close(Ok(()));
+    // the first block claimed all-zero, which it is not
+    let f = File { size: content.len() as u64, digest: Some(d), zeros: vec![(0, 1)] };
+    let m = manifest(vec![(b"victim", Entry::new(Kind::File(f)))]);
+    let dest = t.path().join("dest");
+    let r = unpack(&m, &store, &dest, &UnpackOptions::default());
+    match r {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("victim") && msg.contains(&d.to_string()), "{msg}");
+        }
+        Ok(_) => {
+            let got = std::fs::read(dest.join("victim")).unwrap();
+            panic!(
+                "unpack wrote a file named by {d} whose content hashes to {} ({} zero bytes first)",
+                Digest::of(&got),
+                got.iter().take_while(|&&b| b == 0).count()
+            );
+        }
     }
 }

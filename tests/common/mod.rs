@@ -1,10 +1,14 @@
-//! Shared helpers for the tests: a sample tree with every kind of entry, the
-//! ocix binary, privilege checks.
+//! Shared helpers for the tests: a sample tree with every kind of entry,
+//! hand-built manifests, the ocix binary, privilege checks, a gate between
+//! threads, the shared corpus.
 #![allow(dead_code)]
 
 pub mod net;
+pub mod registry;
 
+use ocix::manifest::{Digest, Entry, File, Kind, Manifest};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
+use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -182,4 +186,83 @@ pub fn ocix_as_nobody() -> Command {
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(ocix_unprivileged());
     c
+}
+
+/// A directory entry (default metadata) holding `children`.
+pub fn dir(children: Vec<(&[u8], Entry)>) -> Entry {
+    Entry::new(Kind::Dir(children.into_iter().map(|(n, e)| (n.to_vec(), e)).collect::<BTreeMap<_, _>>()))
+}
+
+/// A manifest whose root directory holds `children`.
+pub fn manifest(children: Vec<(&[u8], Entry)>) -> Manifest {
+    Manifest { root: dir(children) }
+}
+
+/// A regular file entry with `content`'s size and digest (none when
+/// empty), no zero runs.
+pub fn file_entry(content: &[u8]) -> Entry {
+    let digest = (!content.is_empty()).then(|| Digest::of(content));
+    Entry::new(Kind::File(File { size: content.len() as u64, digest, zeros: Vec::new() }))
+}
+
+/// `d` gzip-compressed.
+pub fn gzip(d: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(d).unwrap();
+    e.finish().unwrap()
+}
+
+/// The xattr `name` of `p`, not following a symlink.
+pub fn lgetxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    match rustix::fs::lgetxattr(p, name, &mut buf) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(rustix::io::Errno::NODATA) => None,
+        Err(e) => panic!("lgetxattr {} {name}: {e}", p.display()),
+    }
+}
+
+/// A gate one thread waits at (at most a minute) until another opens it.
+#[derive(Clone, Default)]
+pub struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn open(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+    pub fn wait(&self) {
+        let g = self.0.0.lock().unwrap();
+        let _ = self.0.1.wait_timeout_while(g, std::time::Duration::from_secs(60), |open| !*open).unwrap();
+    }
+}
+
+/// The shared corpus (`$OCIX_CORPUS`, by default `~/.cache/ocix-corpus`,
+/// built by integration/lib.sh's `ensure_corpus`, which `make test` runs
+/// first) when it holds every path of `needs`. Otherwise the test cannot
+/// run: with `OCIX_REQUIRE_CORPUS=1` (as `make test` sets) that fails it,
+/// else it says on stderr (not captured) that it was skipped and the caller
+/// returns.
+pub fn corpus(test: &str, needs: &[&str]) -> Option<PathBuf> {
+    let dir = match std::env::var_os("OCIX_CORPUS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ocix-corpus"),
+    };
+    let missing: Vec<&str> = needs.iter().copied().filter(|n| !dir.join(n).exists()).collect();
+    if missing.is_empty() {
+        return Some(dir);
+    }
+    let why = format!(
+        "{test}: no corpus at {} (missing {}); build it with `make test` or integration/lib.sh's ensure_corpus, or set OCIX_CORPUS",
+        dir.display(),
+        missing.join(", ")
+    );
+    if std::env::var_os("OCIX_REQUIRE_CORPUS").is_some_and(|v| v == "1") {
+        panic!("{why} (OCIX_REQUIRE_CORPUS=1)");
+    }
+    // straight to stderr, past the test harness's capture, so that the skip
+    // shows in a plain `cargo test`
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("skipped: {why}\n").as_bytes());
+    None
 }

@@ -58,6 +58,19 @@ fn status_text(s: u16) -> &'static str {
     }
 }
 
+/// 206 with the asked part for `Range: bytes=a-` or `bytes=a-b` (an end
+/// past the body clamped to it), else 200 with everything.
+pub fn range_reply(req: &Req, bytes: &[u8]) -> Reply {
+    let Some((a, b)) = req.header("range").and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-'))
+    else {
+        return ok(bytes.to_vec());
+    };
+    let a: usize = a.parse().unwrap();
+    let b: usize = if b.is_empty() { bytes.len() - 1 } else { b.parse::<usize>().unwrap().min(bytes.len() - 1) };
+    let cr = format!("bytes {a}-{b}/{}", bytes.len());
+    Reply::Full(206, vec![("Content-Range".into(), cr)], bytes[a..=b].to_vec())
+}
+
 /// A running server: its port and every request it has read, in order.
 pub struct Server {
     pub port: u16,
@@ -188,7 +201,6 @@ pub fn ocix(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
     (status.code().unwrap_or(-1), std::fs::read_to_string(&err).unwrap())
 }
 
-/// The sha256 of `data`, in hex.
 /// An OCI artifact carrying the ocix manifest `manifest` (its first
 /// layer), as `ocix push` writes one: then `more` layers, and the manifest
 /// annotations `annotations` (JSON null for none).
@@ -219,6 +231,7 @@ pub fn scan_tree(dir: &Path) -> (PathBuf, PathBuf) {
     (store, m)
 }
 
+/// The sha256 of `data`, in hex.
 pub fn hex_of(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
