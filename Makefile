@@ -6,7 +6,7 @@ export OCIX_CORPUS
 OCIX := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/ocix
 export OCIX
 
-.PHONY: all build release deps test unit integration demo bench fuzz check fmt clippy clean
+.PHONY: all build release deps corpus test unit integration demo bench fuzz check fmt clippy clean
 
 all: release
 
@@ -21,10 +21,15 @@ deps:
 	bash integration/deps.sh
 
 # Every test: unit and tests/ (cargo), then the end-to-end tests that drive
-# the real tools on the real corpus image (integration/).
-test: deps release
-	$(CARGO) test --release
+# the real tools on the real corpus image (integration/). The corpus is
+# built first, so the cargo tests on it run (and fail if it is absent).
+test: deps release corpus
+	OCIX_REQUIRE_CORPUS=1 $(CARGO) test --release
 	bash integration/run.sh
+
+# The shared corpus image in $(OCIX_CORPUS), built once.
+corpus: deps
+	bash -c 'source integration/lib.sh && ensure_corpus'
 
 unit:
 	$(CARGO) test

@@ -2,6 +2,8 @@
 //! User resolution inside the rootfs (and never outside it), the rootless
 //! variant, and the bytes written.
 
+mod common;
+
 use ocix::bundle::{
     BundleError, BundleOptions, UserError, config_json, format_created, id_mapping, parse_image_config, resolve_user,
     runtime_config, write_bundle_config,
@@ -509,15 +511,9 @@ fn written_config_is_0644_tab_indented_and_reads_back() {
 fn corpus_image_config_matches_umoci_output() {
     // The shared corpus (when built) holds umoci's own config.json for its
     // image; ocix must agree on everything but the deliberate differences.
-    let corpus = match std::env::var_os("OCIX_CORPUS") {
-        Some(c) => std::path::PathBuf::from(c),
-        None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ocix-corpus"),
-    };
-    let umoci_cfg = corpus.join("bundle-umoci/config.json");
-    let Ok(umoci) = std::fs::read(&umoci_cfg) else {
-        eprintln!("corpus not built: skipping (the integration test builds it)");
-        return;
-    };
+    let needs = ["bundle-umoci/config.json", "image/index.json", "rootfs-reference"];
+    let Some(corpus) = common::corpus("corpus_image_config_matches_umoci_output", &needs) else { return };
+    let umoci = std::fs::read(corpus.join("bundle-umoci/config.json")).unwrap();
     let layout = corpus.join("image");
     let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();

@@ -2,7 +2,10 @@
 //! `shared/corpus/make-image.sh DIR`; DIR is `$OCIX_CORPUS`, by default
 //! `~/.cache/ocix-corpus`): the imported manifest must equal, byte for byte,
 //! the scan of umoci's unpack of the same image (`DIR/rootfs-reference`).
-//! Skipped, with a message, when the corpus is absent.
+//! When the corpus is absent they fail under `OCIX_REQUIRE_CORPUS=1` (as
+//! `make test`, which builds it first, sets), else say "skipped" on stderr.
+
+mod common;
 
 use ocix::manifest::{Kind, Manifest, path_display};
 use ocix::scan::{ScanOptions, scan_dir};
@@ -10,20 +13,10 @@ use ocix::store::Store;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
+/// The corpus with its image and umoci's unpack of it, or None (the test
+/// was skipped, and said so).
 fn corpus() -> Option<PathBuf> {
-    let dir = match std::env::var_os("OCIX_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/ocix-corpus"),
-    };
-    if dir.join("image/index.json").is_file() && dir.join("rootfs-reference").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIP: no corpus at {} (build it with shared/corpus/make-image.sh, or set OCIX_CORPUS)",
-            dir.display()
-        );
-        None
-    }
+    common::corpus("tests/import_corpus.rs", &["image/index.json", "rootfs-reference"])
 }
 
 /// Lists the paths where two manifests differ, for a readable failure.
