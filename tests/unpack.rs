@@ -402,7 +402,7 @@ fn killed_unpack_then_update_ends_in_the_exact_tree() {
     let (src, s, out) = (t.path().join("src"), t.path().join("store"), t.path().join("out"));
     std::fs::create_dir(&src).unwrap();
     make_full_tree(&src);
-    // many files so the kill lands somewhere in the middle
+    // many files, so that the unpack is still writing them when stopped
     std::fs::create_dir(src.join("many")).unwrap();
     for i in 0..1500 {
         write(&src.join(format!("many/{i:04}")), &common::noise(3000 + i, i as u64));
@@ -412,15 +412,31 @@ fn killed_unpack_then_update_ends_in_the_exact_tree() {
     let m = scan(&src, Some(&store));
     let mpath = t.path().join("m");
     std::fs::write(&mpath, m.to_bytes().unwrap()).unwrap();
-    // The kill moment does not matter for the assertion: whatever state the
-    // tree is in, --update must end in the exact tree.
-    for delay_ms in [0u64, 15, 60] {
+    // Whatever state the tree is in, --update must end in the exact tree.
+    // The unpack is stopped (SIGSTOP) once `done` files of many/ exist, so
+    // the kill lands at a known point mid-way, then killed.
+    let written = || {
+        std::fs::read_dir(out.join("many"))
+            .map(|d| d.filter(|e| !e.as_ref().unwrap().file_name().as_bytes().starts_with(b".ocix-tmp")).count())
+            .unwrap_or(0)
+    };
+    for done in [1usize, 300, 900] {
         let _ = std::fs::remove_dir_all(&out);
         let mut child = common::ocix()
             .args([OsStr::new("unpack"), mpath.as_os_str(), OsStr::new("--store"), s.as_os_str(), out.as_os_str()])
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        while written() < done {
+            let exit = child.try_wait().unwrap();
+            assert!(exit.is_none(), "the unpack ended ({exit:?}) before {done} files of many/ were written");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        // mid-way: running when stopped, started and not finished
+        assert!(child.try_wait().unwrap().is_none(), "the unpack had exited before the kill");
+        let n = written();
+        assert!(n >= done && n < 1500, "{n} of 1500 files of many/ written when the unpack was stopped");
         let _ = child.kill();
         let _ = child.wait();
         let o = common::run(&[
@@ -432,7 +448,7 @@ fn killed_unpack_then_update_ends_in_the_exact_tree() {
             out.as_os_str(),
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(scan(&out, None).to_bytes().unwrap(), m.to_bytes().unwrap(), "after a kill at {delay_ms} ms");
+        assert_eq!(scan(&out, None).to_bytes().unwrap(), m.to_bytes().unwrap(), "after a kill at {n} of 1500 files");
     }
 }
 
