@@ -8,6 +8,10 @@
 //! - [`store`]: the content-addressed blob store.
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
 //! - [`oci`]: an OCI image layout -> manifest (+ blobs), layers applied in memory.
+//! - [`materialize`]: manifest + store -> a real root filesystem (`unpack`,
+//!   and `--update` bringing a drifted tree back to the manifest).
+//! - [`rootless`]: the `user.rootlesscontainers` payload that keeps owners
+//!   an unprivileged unpack cannot set.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.

@@ -34,7 +34,7 @@
 //! 4. Directory metadata, deepest first, so a directory's mode and mtime are
 //!    set after all its children exist.
 //!
-//! Per entry, metadata goes owner, xattrs, mode, mtime (see [`meta`]).
+//! Per entry, metadata goes owner, xattrs, mode, mtime (see `meta.rs`).
 //! Entries that must not be opened (symlinks, devices, fifos) get xattrs and
 //! mode through `/proc/self/fd`, so `/proc` must be mounted.
 //!

@@ -141,10 +141,10 @@ impl Store {
             .is_ok_and(|s| fs::FileType::from_raw_mode(s.st_mode) == fs::FileType::RegularFile)
     }
 
-    /// This store is being filled while it is read: [`open_blob`]
-    /// (Self::open_blob) of a missing blob waits for it until the filler
-    /// closes `arrivals`, and every blob named through this store is
-    /// announced there.
+    /// This store is being filled while it is read:
+    /// [`open_blob`](Self::open_blob) of a missing blob waits for it until
+    /// the filler closes `arrivals`, and every blob named through this store
+    /// is announced there.
     pub fn with_arrivals(mut self, arrivals: Arc<Arrivals>) -> Store {
         self.arrivals = Some(arrivals);
         self
