@@ -9,6 +9,7 @@
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
 //! - [`oci`]: an OCI image layout -> manifest (+ blobs), layers applied in memory.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
+//! - [`filter`]: exclude patterns, shared by [`scan`] and [`diff`].
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
@@ -19,6 +20,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod diff;
+pub mod filter;
 pub mod manifest;
 pub mod materialize;
 pub mod oci;

@@ -11,6 +11,7 @@
 mod cbor;
 mod codec;
 mod digest;
+pub mod notation;
 mod walk;
 pub mod zeros;
 
@@ -338,9 +339,7 @@ pub fn is_overlay_xattr(name: &[u8]) -> bool {
 /// Renders an xattr name for messages: invalid UTF-8 and control characters
 /// escaped as in [`path_display`], so a hostile name stays on one line.
 pub fn xattr_display(name: &[u8]) -> String {
-    let mut s = path_display(name);
-    s.remove(0);
-    s
+    notation::escape(name)
 }
 
 /// Checks an owner id (`what` is `uid` or `gid`): every id but

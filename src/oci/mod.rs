@@ -2,7 +2,9 @@
 //! applied to an in-memory tree ([`tree`]), never to disk. The same
 //! pipeline ([`import_layers`], with [`layout::choose_image`] for the
 //! documents) imports an image streamed from a registry
-//! ([`crate::remote::image`]); only where the bytes come from differs.
+//! (`crate::remote::image`, which supplies the documents and layer streams
+//! and boxes its own errors into [`ImportError::Fetch`]); only where the
+//! bytes come from differs.
 //!
 //! Pipeline for each layer, all streaming, on two threads: one reads the
 //! blob (its size and digest verified as it is read), decompresses it
@@ -49,19 +51,22 @@
 
 pub mod content;
 pub mod layout;
+pub mod media;
 pub mod tar;
 pub mod tree;
 
-pub use layout::{Compression, Descriptor, Image, Layer, Platform, open_image};
+pub use layout::{
+    Compression, Descriptor, Documents, Image, Layer, LayoutError, Platform, SelectError, choose_image, open_image,
+};
 
 use crate::manifest::{Dev, Digest, Manifest, Meta, path_display};
 use crate::store::{Store, StoreError};
 use content::Content;
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tar::{EntryType, TarError, TarReader};
-use tree::{NewKind, Tree};
+use tree::{NewKind, Tree, TreeError};
 
 pub use layout::{MAX_DOCUMENT, MAX_INDEX_DEPTH};
 
@@ -168,12 +173,13 @@ impl Dropped {
 
 /// Why an import failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImportError {
     /// A file of the layout could not be read.
-    #[error("{path}: {err}")]
+    #[error("{}: {err}", .path.display())]
     Io {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// The error.
         err: io::Error,
     },
@@ -189,8 +195,8 @@ pub enum ImportError {
         err: serde_json::Error,
     },
     /// The layout's structure is wrong.
-    #[error("{0}")]
-    Layout(String),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
     /// A descriptor is invalid or disagrees with its blob.
     #[error("{what}: {msg}")]
     Descriptor {
@@ -200,14 +206,15 @@ pub enum ImportError {
         msg: String,
     },
     /// No image, or more than one, matches the tag and platform.
-    #[error("{0}")]
-    Select(String),
+    #[error(transparent)]
+    Select(#[from] SelectError),
     /// The image's tree cannot be recorded in a manifest.
     #[error("the image's tree cannot be recorded: {0}")]
-    Tree(String),
-    /// Fetching a document or layer from a registry failed.
-    #[error(transparent)]
-    Remote(Box<crate::remote::RemoteError>),
+    Tree(TreeError),
+    /// Fetching a document or layer from where the image lives (a
+    /// registry) failed; the source's own error.
+    #[error("{0}")]
+    Fetch(Box<dyn std::error::Error + Send + Sync>),
     /// A layer's content is wrong; names the layer and, when known, the entry.
     #[error("layer {layer}{}: {msg}", .entry.as_ref().map(|e| format!(" entry {e}")).unwrap_or_default())]
     Layer {
@@ -692,10 +699,10 @@ fn read_entries<R: Read>(
         let last = last_name.get_or_insert_with(Vec::new);
         last.clear();
         last.extend_from_slice(&h.path);
-        let comps = tree::clean(&h.path).map_err(eerr)?;
+        let comps = tree::clean(&h.path).map_err(|e| eerr(e.to_string()))?;
         if let Some(last) = comps.last() {
             if last.starts_with(b".wh.") {
-                tree.whiteout(&comps).map_err(eerr)?;
+                tree.whiteout(&comps).map_err(|e| eerr(e.to_string()))?;
                 continue;
             }
         }
@@ -774,6 +781,6 @@ fn read_entries<R: Read>(
                 NewKind::File(c.finish()?)
             }
         };
-        tree.add(&comps, meta, kind).map_err(eerr)?;
+        tree.add(&comps, meta, kind).map_err(|e| eerr(e.to_string()))?;
     }
 }
