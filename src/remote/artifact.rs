@@ -1,9 +1,9 @@
 //! The OCI form of an ocix manifest in a registry.
 //!
 //! The tag names an OCI image manifest with `artifactType` =
-//! [`MEDIA_TYPE`](crate::manifest::MEDIA_TYPE), the empty config
+//! [`MEDIA_TYPE`], the empty config
 //! (`application/vnd.oci.empty.v1+json`, `{}`), and as layers first the
-//! ocix manifest blob (media type [`MEDIA_TYPE`](crate::manifest::MEDIA_TYPE)),
+//! ocix manifest blob (media type [`MEDIA_TYPE`]),
 //! then the packs of small file blobs (see [`pack`](super::pack)), then
 //! every other distinct file blob it names ([`OCIX_FILE`], or its
 //! zstd form, see [`wire`](super::wire)), in manifest order. Listing the blobs makes them part of the image: a

@@ -5,7 +5,7 @@
 //! more blob source feeding the store ahead of unpack, and a sink for push:
 //! sources -> manifest + store -> sinks.
 //!
-//! - [`reference`]: parsing `docker://...` and `http(s)://...` locations.
+//! - [`reference`](mod@reference): parsing `docker://...` and `http(s)://...` locations.
 //! - [`auth`]: auth.json credentials and the `WWW-Authenticate` flow.
 //! - [`client`]: HTTP requests against a registry or static store
 //!   (reqwest, rustls with the ring provider): blobs, manifests, uploads,
@@ -17,7 +17,7 @@
 //! - [`artifact`]: the OCI manifest that carries an ocix manifest.
 //! - [`pack`]: small blobs grouped into packs, fetched by byte range.
 //! - [`wire`]: zstd on the wire, decoded as it arrives.
-//! - [`pull`] and [`push`]: whole transfers, with bounded concurrency.
+//! - [`pull`](mod@pull) and [`push`](mod@push): whole transfers, with bounded concurrency.
 //!
 //! Every blob fetched is streamed into a store temporary file and named by
 //! its digest only once its sha256 and size match; nothing received is held

@@ -29,7 +29,7 @@ pub struct PushOptions {
     /// Draw a progress bar on stderr.
     pub progress: bool,
     /// Send file blobs and packs zstd-compressed where that saves bytes
-    /// (see [`wire`](super::wire)).
+    /// (see [`wire`]).
     pub compress: bool,
 }
 
