@@ -48,7 +48,7 @@
 //!   rejected.
 
 use crate::manifest::{
-    Dev, Entry, File, Kind, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, Time, check_depth, check_name,
+    Dev, Entry, File, Kind, LimitError, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, Time, check_depth, check_name,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -65,8 +65,8 @@ pub enum TreeError {
     #[error("invalid name component: {0}")]
     Name(&'static str),
     /// The path is nested deeper than a manifest allows.
-    #[error("{0}")]
-    Depth(String),
+    #[error(transparent)]
+    Depth(#[from] LimitError),
     /// A directory that does not exist is followed by `..`.
     #[error("a missing directory is followed by ..")]
     MissingThenDotDot,
@@ -244,7 +244,7 @@ pub fn clean(name: &[u8]) -> Result<Vec<Name>, TreeError> {
         out.push(c.to_vec());
     }
     // the kind is not known yet: the bound for any entry
-    check_depth(out.len(), false).map_err(TreeError::Depth)?;
+    check_depth(out.len(), false)?;
     Ok(out)
 }
 
@@ -381,7 +381,7 @@ impl Tree {
                     return Err(TreeError::NotADirectory(join(&resolved)));
                 }
             }
-            check_depth(resolved.len(), true).map_err(TreeError::Depth)?;
+            check_depth(resolved.len(), true)?;
         }
         Ok(Parent::Dir(resolved))
     }
@@ -479,13 +479,13 @@ impl Tree {
                 &resolved
             }
             Parent::Missing(p) => {
-                check_depth(p.len(), true).map_err(TreeError::Depth)?;
+                check_depth(p.len(), true)?;
                 self.make_dirs(&p)?;
                 resolved = p;
                 &resolved
             }
         };
-        check_depth(dir_path.len() + 1, matches!(kind, NewKind::Dir)).map_err(TreeError::Depth)?;
+        check_depth(dir_path.len() + 1, matches!(kind, NewKind::Dir))?;
         if self.keep_dirlinks && matches!(kind, NewKind::Dir) {
             let mut path = dir_path.to_vec();
             path.push(last.clone());

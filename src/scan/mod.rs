@@ -90,7 +90,7 @@ pub enum EntryError {
         /// The entry.
         path: PathBuf,
         /// What is wrong with the xattr.
-        why: String,
+        why: rootless::RootlessError,
     },
     /// It is nested deeper than a manifest allows.
     #[error("{}: {why}", show(.path))]
@@ -98,7 +98,7 @@ pub enum EntryError {
         /// The directory.
         path: PathBuf,
         /// The limit it exceeds.
-        why: String,
+        why: manifest::LimitError,
     },
     /// Its file type is none Linux has.
     #[error("{}: unknown file type (mode {mode:o})", show(.path))]
@@ -534,7 +534,7 @@ fn same_inode(st: &Stat, fd: &OwnedFd, path: &Path, errors: &mut Vec<EntryError>
 
 /// Replaces the on-disk owner by the one recorded in
 /// `user.rootlesscontainers` (0:0 when absent) and drops that xattr.
-fn apply_rootless(meta: &mut Meta) -> Result<(), String> {
+fn apply_rootless(meta: &mut Meta) -> Result<(), rootless::RootlessError> {
     let (uid, gid) = match meta.xattrs.remove(rootless::XATTR) {
         Some(v) => rootless::decode(&v)?,
         None => (0, 0),
