@@ -94,7 +94,6 @@ impl Client {
         }
     }
 
-    /// The remote.
     /// Whether the server answered over HTTP/2 (negotiated by TLS ALPN).
     pub fn used_http2(&self) -> bool {
         self.http2.load(std::sync::atomic::Ordering::Relaxed)
