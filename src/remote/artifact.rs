@@ -275,6 +275,9 @@ pub enum ArtifactError {
     /// An index with no ocix artifact in it.
     #[error("an index with no manifest of artifactType {MEDIA_TYPE} (not an ocix artifact)")]
     NoOcixInIndex,
+    /// The ocix artifact an index names is itself an index.
+    #[error("an index inside an index")]
+    NestedIndex,
     /// An ordinary image (or another artifact), not an ocix artifact.
     #[error(
         "{NOT_OCIX} (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \

@@ -8,7 +8,7 @@
 
 use super::auth::{self, Challenge, Credentials};
 use super::reference::{Reference, Remote};
-use super::{MAX_MANIFEST, RemoteError, RemoteOptions, transport};
+use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, transport};
 use crate::manifest::Digest;
 use crate::oci::media;
 use crate::store::{Store, Verifier};
@@ -127,10 +127,7 @@ impl Client {
     fn registry(&self) -> Result<&Reference, RemoteError> {
         match &self.remote {
             Remote::Registry(r) => Ok(r),
-            Remote::Http(base) => Err(RemoteError::Artifact {
-                url: base.clone(),
-                why: "a static HTTP store has no manifests or uploads (name the manifest by digest)".into(),
-            }),
+            Remote::Http(base) => Err(RemoteError::Protocol { url: base.clone(), why: ProtocolError::StaticStore }),
         }
     }
 
@@ -571,16 +568,16 @@ impl Client {
 
     /// The upload `Location`, made absolute.
     fn location(&self, url: &str, h: &HeaderMap) -> Result<String, RemoteError> {
-        let loc = h.get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| RemoteError::Artifact {
-            url: url.to_string(),
-            why: "upload answer has no Location header".into(),
-        })?;
+        let loc = h
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RemoteError::Protocol { url: url.to_string(), why: ProtocolError::NoLocation })?;
         if loc.starts_with("http://") || loc.starts_with("https://") {
             Ok(loc.to_string())
         } else if loc.starts_with('/') {
             Ok(format!("{}{loc}", self.origin))
         } else {
-            Err(RemoteError::Artifact { url: url.to_string(), why: format!("unusable upload Location {loc:?}") })
+            Err(RemoteError::Protocol { url: url.to_string(), why: ProtocolError::BadLocation(loc.to_string()) })
         }
     }
 }
@@ -669,10 +666,7 @@ pub(super) fn range_skip(resp: &reqwest::Response, url: &str, from: u64) -> Resu
     }
     let got = range_start(resp);
     if got != Some(from) {
-        return Err(RemoteError::Artifact {
-            url: url.to_string(),
-            why: format!("asked for bytes from {from}, got Content-Range {got:?}"),
-        });
+        return Err(RemoteError::Protocol { url: url.to_string(), why: ProtocolError::WrongRange { from, got } });
     }
     Ok(0)
 }

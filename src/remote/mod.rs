@@ -157,13 +157,14 @@ pub enum RemoteError {
         /// The limit.
         limit: u64,
     },
-    /// The registry's manifest is not an ocix artifact or is malformed.
+    /// The remote cannot do what was asked, or answered in a way ocix
+    /// cannot use.
     #[error("{url}: {why}")]
-    Artifact {
-        /// The URL.
+    Protocol {
+        /// The URL (or the remote).
         url: String,
         /// What is wrong.
-        why: String,
+        why: ProtocolError,
     },
     /// The registry's manifest is not a readable ocix artifact.
     #[error("{url}: {err}")]
@@ -234,6 +235,32 @@ pub enum RemoteError {
     /// The async runtime could not start.
     #[error("starting the network runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// What a remote cannot do, or answered that ocix cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A manifest or upload asked of a static HTTP store.
+    #[error("a static HTTP store has no manifests or uploads (name the manifest by digest)")]
+    StaticStore,
+    /// A pull from a static HTTP store without the manifest's digest.
+    #[error("a static HTTP store needs the manifest's digest (--manifest sha256:...)")]
+    NoManifestDigest,
+    /// An upload answer without a `Location`.
+    #[error("upload answer has no Location header")]
+    NoLocation,
+    /// An upload `Location` that is neither a URL nor an absolute path.
+    #[error("unusable upload Location {0:?}")]
+    BadLocation(String),
+    /// A 206 answer for another range than the one asked for.
+    #[error("asked for bytes from {from}, got Content-Range {got:?}")]
+    WrongRange {
+        /// The first byte asked for.
+        from: u64,
+        /// The first byte the answer says it carries.
+        got: Option<u64>,
+    },
 }
 
 impl RemoteError {

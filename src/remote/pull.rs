@@ -10,7 +10,7 @@ use super::fetch::{fetch_blob, fetch_run};
 use super::pack::{self, Member, PackLayer};
 use super::reference::Remote;
 use super::wire::Coding;
-use super::{MAX_MANIFEST, RemoteError, RemoteOptions, file_blobs, runtime};
+use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, file_blobs, runtime};
 use crate::manifest::{Digest, Kind, Manifest};
 use crate::store::Store;
 use futures_util::StreamExt as _;
@@ -108,10 +108,9 @@ struct Fetched {
 async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<Fetched, RemoteError> {
     let (d, size, threshold, packs, zstd) = match client.remote() {
         Remote::Http(base) => {
-            let d = opts.manifest.ok_or_else(|| RemoteError::Artifact {
-                url: base.clone(),
-                why: "a static HTTP store needs the manifest's digest (--manifest sha256:...)".into(),
-            })?;
+            let d = opts
+                .manifest
+                .ok_or_else(|| RemoteError::Protocol { url: base.clone(), why: ProtocolError::NoManifestDigest })?;
             (d, None, 0, Vec::new(), Vec::new())
         }
         Remote::Registry(r) => {
@@ -131,10 +130,8 @@ async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> R
                         target = ocix.to_string();
                     }
                     Found::Index { .. } => {
-                        return Err(RemoteError::Artifact {
-                            url: client.remote_name(),
-                            why: "an index inside an index".into(),
-                        });
+                        let err = ArtifactError::NestedIndex;
+                        return Err(RemoteError::Format { url: client.remote_name(), err });
                     }
                 }
             };
