@@ -64,3 +64,27 @@ impl Excludes {
         self.names.is_match(std::ffi::OsStr::from_bytes(name)) || self.paths.is_match(std::ffi::OsStr::from_bytes(path))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_pattern_is_named() {
+        let pats = ["ok".to_string(), "x[".to_string()];
+        match Excludes::new(&pats) {
+            Err(e @ PatternError::Glob { .. }) => assert!(e.to_string().starts_with("\"x[\": "), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_match_at_any_depth_paths_from_the_root() {
+        let e = Excludes::new(&["*.pyc".to_string(), "/usr/share".to_string()]).unwrap();
+        assert!(e.is_excluded(b"a/b/c.pyc"));
+        assert!(e.is_excluded(b"usr/share"));
+        assert!(!e.is_excluded(b"x/usr/share"));
+        assert!(!e.is_excluded(b""));
+        assert!(!Excludes::default().is_excluded(b"a"));
+    }
+}

@@ -841,4 +841,33 @@ mod tests {
         assert!(m.get(b"a/b/new").is_some());
         assert_eq!(t.into_manifest().unwrap(), m);
     }
+
+    /// A whiteout below a non-directory hides nothing (umoci: ENOTDIR is a
+    /// no-op); the same path for an entry is an error naming it.
+    #[test]
+    fn whiteout_under_a_file_is_a_no_op_but_an_entry_there_is_refused() {
+        let mut t = Tree::default();
+        file(&mut t, "f");
+        t.whiteout(&c("f/.wh.x")).unwrap();
+        t.whiteout(&c("f/.wh..wh..opq")).unwrap();
+        assert!(matches!(t.to_manifest().unwrap().get(b"f").unwrap().kind, Kind::File(_)));
+        let e = t.add(&c("f/x"), Meta::default(), NewKind::Fifo).unwrap_err();
+        assert_eq!(e, TreeError::NotADirectory(b"f".to_vec()));
+        assert_eq!(e.to_string(), "/f is not a directory");
+    }
+
+    /// Errors are values a caller can match on, and a hardlink's keeps the
+    /// reason its target failed.
+    #[test]
+    fn tree_errors_are_typed() {
+        assert_eq!(clean(b"a/../b"), Err(TreeError::DotDot));
+        let mut t = Tree::default();
+        assert_eq!(t.whiteout(&c(".wh..")), Err(TreeError::WhiteoutDot));
+        assert_eq!(t.add(&[], Meta::default(), NewKind::Fifo), Err(TreeError::RootType));
+        let e = t.add(&c("l"), Meta::default(), NewKind::Link(b"a/../b".to_vec())).unwrap_err();
+        assert_eq!(e, TreeError::LinkTarget { target: b"a/../b".to_vec(), err: Box::new(TreeError::DotDot) });
+        assert_eq!(e.to_string(), "hardlink target /a/../b: name has a .. component");
+        let deep = vec![b"d".to_vec(); MAX_DEPTH + 2];
+        assert!(matches!(t.add(&deep, Meta::default(), NewKind::Fifo), Err(TreeError::Depth(_))));
+    }
 }
