@@ -90,6 +90,41 @@ pub enum LayoutError {
     },
 }
 
+/// What is wrong with a descriptor, or between it and its document.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DescriptorError {
+    /// A digest of another algorithm, or not a digest.
+    #[error("digest {0:?} is not sha256:<64 lowercase hex> (only sha256 is supported)")]
+    NotSha256(String),
+    /// A sha256 digest that does not parse.
+    #[error("{0}")]
+    Digest(crate::manifest::DigestParseError),
+    /// A size that is not a non-negative integer.
+    #[error("size {0} is not a non-negative integer")]
+    Size(String),
+    /// A document larger than [`MAX_DOCUMENT`].
+    #[error("size {0} exceeds the limit of {MAX_DOCUMENT} bytes for a document")]
+    TooLarge(u64),
+    /// The document's `mediaType` is not the descriptor's.
+    #[error("media type mismatch: the descriptor says {descriptor} but the document's mediaType is {document}")]
+    MediaType {
+        /// The descriptor's.
+        descriptor: String,
+        /// The document's.
+        document: String,
+    },
+    /// The descriptor says image manifest but the document is an index.
+    #[error("media type mismatch: the descriptor says {0} but the document is an index")]
+    IsIndex(String),
+    /// A config whose media type is not an image config's.
+    #[error("media type {0} is not an image config: not a container image")]
+    NotAConfig(String),
+    /// A layer of a media type ocix does not read.
+    #[error("unsupported layer media type {0} (expected an OCI or Docker tar, tar+gzip or tar+zstd layer)")]
+    LayerMediaType(String),
+}
+
 /// Why no single image could be chosen.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -210,17 +245,14 @@ pub struct Descriptor {
 
 impl RawDescriptor {
     fn check(self, what: &str) -> Result<Descriptor, ImportError> {
-        let bad = |msg: String| ImportError::Descriptor { what: what.to_string(), msg };
+        let bad = |err: DescriptorError| ImportError::Descriptor { what: what.to_string(), err };
         let Some(hex) = self.digest.strip_prefix("sha256:") else {
-            return Err(bad(format!(
-                "digest {:?} is not sha256:<64 lowercase hex> (only sha256 is supported)",
-                self.digest
-            )));
+            return Err(bad(DescriptorError::NotSha256(self.digest)));
         };
-        let digest = Digest::parse(&format!("sha256:{hex}")).map_err(|e| bad(e.to_string()))?;
+        let digest = Digest::parse(&format!("sha256:{hex}")).map_err(|e| bad(DescriptorError::Digest(e)))?;
         let size = match self.size.as_u64() {
             Some(s) => s,
-            None => return Err(bad(format!("size {} is not a non-negative integer", self.size))),
+            None => return Err(bad(DescriptorError::Size(self.size.to_string()))),
         };
         Ok(Descriptor {
             media_type: self.media_type,
@@ -406,10 +438,7 @@ fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
 /// allocation, digest and size verified before it is parsed.
 fn read_doc(docs: &dyn Documents, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImportError> {
     if d.size > MAX_DOCUMENT {
-        return Err(ImportError::Descriptor {
-            what: what.into(),
-            msg: format!("size {} exceeds the limit of {MAX_DOCUMENT} bytes for a document", d.size),
-        });
+        return Err(ImportError::Descriptor { what: what.into(), err: DescriptorError::TooLarge(d.size) });
     }
     let data = docs.fetch(d, what)?;
     let mut v = Verifier::new(d.digest, d.size);
@@ -505,8 +534,8 @@ fn json_path_at(data: &[u8], line: usize, column: usize) -> Option<String> {
 }
 
 /// A descriptor's media type that differs from its document's.
-fn media_type_mismatch(descriptor: &str, document: &str) -> String {
-    format!("media type mismatch: the descriptor says {descriptor} but the document's mediaType is {document}")
+fn media_type_mismatch(descriptor: &str, document: &str) -> DescriptorError {
+    DescriptorError::MediaType { descriptor: descriptor.to_string(), document: document.to_string() }
 }
 
 fn check_schema(v: Option<i64>, what: &str) -> Result<(), ImportError> {
@@ -663,7 +692,7 @@ fn collect(
             check_schema(idx.schema_version, &what)?;
             if let Some(mt) = &idx.media_type {
                 if *mt != d.media_type {
-                    return Err(ImportError::Descriptor { what, msg: media_type_mismatch(&d.media_type, mt) });
+                    return Err(ImportError::Descriptor { what, err: media_type_mismatch(&d.media_type, mt) });
                 }
             }
             for (i, c) in idx.manifests.into_iter().enumerate() {
@@ -683,23 +712,20 @@ fn read_image(docs: &dyn Documents, desc: Descriptor, platform: Option<&Platform
     let data = read_doc(docs, &desc, &what)?;
     let manifest_json: serde_json::Value = parse_json(&data, &what)?;
     if manifest_json.get("manifests").is_some() && manifest_json.get("config").is_none() {
-        return Err(ImportError::Descriptor {
-            what,
-            msg: format!("media type mismatch: the descriptor says {} but the document is an index", desc.media_type),
-        });
+        return Err(ImportError::Descriptor { what, err: DescriptorError::IsIndex(desc.media_type) });
     }
     let m: RawManifest = parse_json(&data, &what)?;
     check_schema(m.schema_version, &what)?;
     if let Some(mt) = &m.media_type {
         if *mt != desc.media_type {
-            return Err(ImportError::Descriptor { what, msg: media_type_mismatch(&desc.media_type, mt) });
+            return Err(ImportError::Descriptor { what, err: media_type_mismatch(&desc.media_type, mt) });
         }
     }
     let config_desc = m.config.check(&format!("{what} config"))?;
     if config_desc.media_type != media::OCI_CONFIG && config_desc.media_type != media::DOCKER_CONFIG {
         return Err(ImportError::Descriptor {
             what: format!("{what} config"),
-            msg: format!("media type {} is not an image config: not a container image", config_desc.media_type),
+            err: DescriptorError::NotAConfig(config_desc.media_type),
         });
     }
     let cwhat = format!("image config {}", config_desc.digest);
@@ -731,10 +757,7 @@ fn read_image(docs: &dyn Documents, desc: Descriptor, platform: Option<&Platform
         let desc = l.check(&lwhat)?;
         let compression = Compression::of_media_type(&desc.media_type).ok_or_else(|| ImportError::Descriptor {
             what: lwhat.clone(),
-            msg: format!(
-                "unsupported layer media type {} (expected an OCI or Docker tar, tar+gzip or tar+zstd layer)",
-                desc.media_type
-            ),
+            err: DescriptorError::LayerMediaType(desc.media_type.clone()),
         })?;
         let diff_id = match diff.strip_prefix("sha256:") {
             Some(h) => Digest::parse(&format!("sha256:{h}")).ok(),

@@ -56,7 +56,8 @@ pub mod tar;
 pub mod tree;
 
 pub use layout::{
-    Compression, Descriptor, Documents, Image, Layer, LayoutError, Platform, SelectError, choose_image, open_image,
+    Compression, Descriptor, DescriptorError, Documents, Image, Layer, LayoutError, Platform, SelectError,
+    choose_image, open_image,
 };
 
 use crate::manifest::{Dev, Digest, Manifest, Meta, path_display};
@@ -198,12 +199,12 @@ pub enum ImportError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     /// A descriptor is invalid or disagrees with its blob.
-    #[error("{what}: {msg}")]
+    #[error("{what}: {err}")]
     Descriptor {
         /// Which descriptor.
         what: String,
         /// What is wrong.
-        msg: String,
+        err: DescriptorError,
     },
     /// No image, or more than one, matches the tag and platform.
     #[error(transparent)]
