@@ -13,6 +13,7 @@
 //! - [`rootless`]: the `user.rootlesscontainers` payload that keeps owners
 //!   an unprivileged unpack cannot set.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
+//! - [`filter`]: exclude patterns, shared by [`scan`] and [`diff`].
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
@@ -23,6 +24,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod diff;
+pub mod filter;
 pub mod manifest;
 pub mod materialize;
 pub mod oci;

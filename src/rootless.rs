@@ -12,10 +12,45 @@ pub const XATTR: &[u8] = b"user.rootlesscontainers";
 /// "No change": stands for id 0 in the payload.
 pub const NOOP_ID: u32 = u32::MAX;
 
+/// What is wrong with an owner to record or a payload read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootlessError {
+    /// An id no file can have.
+    #[error(transparent)]
+    Id(#[from] crate::manifest::LimitError),
+    /// The payload ends inside a varint.
+    #[error("truncated varint")]
+    TruncatedVarint,
+    /// A varint of more than 10 bytes.
+    #[error("varint longer than 10 bytes")]
+    LongVarint,
+    /// An id field beyond 32 bits.
+    #[error("field {field}: {value} does not fit 32 bits")]
+    Wide {
+        /// The field number.
+        field: u64,
+        /// Its value.
+        value: u64,
+    },
+    /// The payload ends inside a fixed-width field.
+    #[error("truncated fixed-width field")]
+    TruncatedFixed,
+    /// A length beyond this machine's address space.
+    #[error("length too large")]
+    LongLength,
+    /// The payload ends inside a length-delimited field.
+    #[error("truncated length-delimited field")]
+    TruncatedLength,
+    /// A protobuf wire type that does not exist.
+    #[error("unsupported wire type {0}")]
+    WireType(u64),
+}
+
 /// Encodes the payload for `uid:gid`, or `None` for 0:0 (no xattr).
 /// Refuses the id 4294967295: the payload would say "no change", which
 /// reads back as 0, so the entry would come back owned by root.
-pub fn encode(uid: u32, gid: u32) -> Result<Option<Vec<u8>>, String> {
+pub fn encode(uid: u32, gid: u32) -> Result<Option<Vec<u8>>, RootlessError> {
     for (what, id) in [("uid", uid), ("gid", gid)] {
         crate::manifest::check_id(what, id.into())?;
     }
@@ -43,18 +78,18 @@ pub fn encode(uid: u32, gid: u32) -> Result<Option<Vec<u8>>, String> {
 /// Decodes a payload to `(uid, gid)`; absent fields and `NOOP_ID` mean 0.
 /// Unknown fields are skipped as protobuf requires; malformed input is an
 /// error describing what is wrong.
-pub fn decode(mut b: &[u8]) -> Result<(u32, u32), String> {
-    fn varint(b: &mut &[u8]) -> Result<u64, String> {
+pub fn decode(mut b: &[u8]) -> Result<(u32, u32), RootlessError> {
+    fn varint(b: &mut &[u8]) -> Result<u64, RootlessError> {
         let mut v = 0u64;
         for i in 0..10 {
-            let Some((&x, rest)) = b.split_first() else { return Err("truncated varint".into()) };
+            let Some((&x, rest)) = b.split_first() else { return Err(RootlessError::TruncatedVarint) };
             *b = rest;
             v |= ((x & 0x7f) as u64) << (7 * i);
             if x & 0x80 == 0 {
                 return Ok(v);
             }
         }
-        Err("varint longer than 10 bytes".into())
+        Err(RootlessError::LongVarint)
     }
     let (mut uid, mut gid) = (0u32, 0u32);
     while !b.is_empty() {
@@ -63,7 +98,7 @@ pub fn decode(mut b: &[u8]) -> Result<(u32, u32), String> {
         match wire {
             0 => {
                 let v = varint(&mut b)?;
-                let id = u32::try_from(v).map_err(|_| format!("field {field}: {v} does not fit 32 bits"))?;
+                let id = u32::try_from(v).map_err(|_| RootlessError::Wide { field, value: v })?;
                 let id = if id == NOOP_ID { 0 } else { id };
                 match field {
                     1 => uid = id,
@@ -73,14 +108,14 @@ pub fn decode(mut b: &[u8]) -> Result<(u32, u32), String> {
             }
             1 | 5 => {
                 let n = if wire == 1 { 8 } else { 4 };
-                b = b.get(n..).ok_or("truncated fixed-width field")?;
+                b = b.get(n..).ok_or(RootlessError::TruncatedFixed)?;
             }
             2 => {
                 let n = varint(&mut b)?;
-                let n = usize::try_from(n).map_err(|_| "length too large")?;
-                b = b.get(n..).ok_or("truncated length-delimited field")?;
+                let n = usize::try_from(n).map_err(|_| RootlessError::LongLength)?;
+                b = b.get(n..).ok_or(RootlessError::TruncatedLength)?;
             }
-            _ => return Err(format!("unsupported wire type {wire}")),
+            _ => return Err(RootlessError::WireType(wire)),
         }
     }
     Ok((uid, gid))
@@ -113,6 +148,7 @@ mod tests {
         // written, it would read back as 0: the entry would become root's
         for (u, g) in [(u32::MAX, 0), (0, u32::MAX), (5, u32::MAX)] {
             let e = encode(u, g).expect_err("encoded 4294967295");
+            let e = e.to_string();
             assert!(e.contains("4294967295") && e.contains("chown"), "{e}");
         }
     }

@@ -1845,3 +1845,29 @@ fn json_of_the_wrong_shape_names_the_field() {
     let e = with_index(br#"{"schemaVersion":2,"manifests":[[{"a":1}]]}"#);
     assert!(e.contains("field manifests[0]"), "{e}");
 }
+
+// ---------------------------------------------------------------- typed errors
+
+/// A layer's error is a value: the entry as the member's raw name, and the
+/// tree's refusal inside, not text.
+#[test]
+fn layer_errors_are_typed_and_keep_the_entry() {
+    use ocix::oci::LayerError;
+    use ocix::oci::tree::TreeError;
+    let t = Tar::default().file("a/../b", b"").end();
+    let mut tree = Tree::default();
+    tree.begin_layer();
+    match apply_tar(&mut tree, &t[..], None, Digest::of(b"l")) {
+        Err(ImportError::Layer { layer, entry, err }) => {
+            assert_eq!(layer, Digest::of(b"l"));
+            assert_eq!(entry.as_deref(), Some(&b"a/../b"[..]));
+            assert!(matches!(*err, LayerError::Tree(TreeError::DotDot)), "{err:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // a whiteout under a regular file is a no-op, not the file's error
+    let t = Tar::default().file("f", b"x").file("f/.wh.g", b"").end();
+    let mut tree = Tree::default();
+    tree.begin_layer();
+    apply_tar(&mut tree, &t[..], None, Digest::of(b"l")).unwrap();
+}

@@ -354,7 +354,7 @@ fn pack_fixture() -> PackFixture {
     let (store, m) = scan_tree(dir.path());
     let manifest = std::fs::read(&m).unwrap();
     let parsed = ocix::manifest::Manifest::from_bytes(&manifest).unwrap();
-    let files = ocix::remote::pull::file_blobs(&parsed);
+    let files = ocix::remote::file_blobs(&parsed);
     let (plan, singles) = ocix::remote::pack::plan(&files, ocix::remote::pack::DEFAULT_THRESHOLD);
     assert!(singles.is_empty());
     let packs = plan

@@ -70,7 +70,7 @@ Exit status: 0 no drift, 1 drift found, 2 error.";
 /// Runs the subcommand.
 pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let mut opts = DiffOptions {
-        excludes: Excludes::new(&a.tree.exclude).map_err(|e| anyhow::anyhow!("invalid --exclude pattern {e}"))?,
+        excludes: Excludes::new(&a.tree.exclude).context("invalid --exclude pattern")?,
         ..DiffOptions::default()
     };
     for spec in &a.ignore {
@@ -125,7 +125,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
 
 fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Manifest> {
     let opts = a.tree.scan_options(0, g);
-    let scan = scan_dir(dir, None, &opts).map_err(|e| anyhow::anyhow!("scanning {}: {e}", dir.display()))?;
+    let scan = scan_dir(dir, None, &opts).with_context(|| format!("scanning {}", dir.display()))?;
     for w in &scan.warnings {
         g.warn(w);
     }

@@ -1,6 +1,7 @@
 //! `ocix digest M`: the manifest's identity.
 
 use super::Global;
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,7 +17,7 @@ pub struct Args {
 pub fn run(a: Args, _g: Global) -> anyhow::Result<ExitCode> {
     let data = super::read_input(&a.manifest)?;
     crate::manifest::Manifest::from_bytes(&data)
-        .map_err(|e| anyhow::anyhow!("{}: invalid OCIX manifest: {e}", a.manifest.display()))?;
+        .with_context(|| format!("{}: invalid OCIX manifest", a.manifest.display()))?;
     println!("{}", crate::manifest::Digest::of(&data));
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ use super::Global;
 use crate::manifest::{Digest, Manifest};
 use crate::remote::{self, PullOptions, Remote, RemoteOptions};
 use crate::store::Store;
+use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -162,7 +163,7 @@ fn run_pull(
     g: Global,
 ) -> anyhow::Result<(Manifest, Vec<u8>)> {
     let store = Store::create(store)?;
-    let r = remote::pull(remote, &store, opts).map_err(|e| anyhow::anyhow!("pulling {shown}: {e}"))?;
+    let r = remote::pull(remote, &store, opts).with_context(|| format!("pulling {shown}"))?;
     report(&r, g);
     Ok((r.manifest, r.manifest_bytes))
 }

@@ -5,6 +5,7 @@ use super::Global;
 use super::pull::RemoteArgs;
 use crate::remote::{self, PushOptions, Reference, artifact};
 use crate::store::Store;
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -78,7 +79,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         progress: g.progress(),
         compress: a.compress == "zstd",
     };
-    let r = remote::push(&bytes, &store, &target, &opts).map_err(|e| anyhow::anyhow!("pushing to {target}: {e}"))?;
+    let r = remote::push(&bytes, &store, &target, &opts).with_context(|| format!("pushing to {target}"))?;
     g.info(&format!(
         "{} file blobs in {} packs + {} on their own: {} uploaded ({} bytes), {} already there, {} compressed; manifest {}; {target} -> {}{}",
         r.blobs,

@@ -3,6 +3,7 @@
 use super::Global;
 use crate::scan::scan_dir;
 use crate::store::Store;
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,8 +68,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let opts = a.tree.scan_options(a.threads, g);
-    let scan =
-        scan_dir(&a.dir, store.as_ref(), &opts).map_err(|e| anyhow::anyhow!("scanning {}: {e}", a.dir.display()))?;
+    let scan = scan_dir(&a.dir, store.as_ref(), &opts).with_context(|| format!("scanning {}", a.dir.display()))?;
     for w in &scan.warnings {
         g.warn(w);
     }

@@ -39,10 +39,10 @@
 //! see [`Finding`] for the shape.
 
 /// The exclude patterns, the same matcher `ocix scan --exclude` uses.
-pub use crate::scan::Excludes;
+pub use crate::filter::Excludes;
 
+use crate::manifest::notation::{escape, format_mode, format_time, resolve};
 use crate::manifest::{Dev, Digest, Entry, Kind, KindCode, Manifest, Meta, Name, Time, path_display};
-use crate::render::{escape, format_mode, format_time, resolve};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -242,7 +242,7 @@ impl Decoder<'_> {
 
     fn entry(&mut self, depth: usize, is_root: bool) -> Result<(Option<Vec<u8>>, Entry), DecodeError> {
         if let Err(why) = check_depth(depth, false) {
-            return self.fail(self.r.offset(), why);
+            return self.fail(self.r.offset(), why.to_string());
         }
         let start = self.r.offset();
         let n = self.r.map().map_err(|e| self.err(e))?;
@@ -342,7 +342,7 @@ impl Decoder<'_> {
                     let major = self.r.uint().map_err(|e| self.err(e))?;
                     let minor = self.r.uint().map_err(|e| self.err(e))?;
                     if let Err(why) = super::check_dev(major, minor) {
-                        return self.fail(vat, why);
+                        return self.fail(vat, why.to_string());
                     }
                     rdev = Some(Dev { major: major as u32, minor: minor as u32 });
                 }
@@ -370,7 +370,7 @@ impl Decoder<'_> {
                         return self.fail(kat, format!("children under a non-directory ({})", code.name()));
                     }
                     if let Err(why) = check_depth(depth, true) {
-                        return self.fail(kat, why);
+                        return self.fail(kat, why.to_string());
                     }
                     let cnt = self.r.array().map_err(|e| self.err(e))?;
                     if cnt == 0 {
@@ -487,7 +487,7 @@ impl Decoder<'_> {
         let at = self.r.offset();
         let v = self.uint_nonzero(field, u32::MAX as u64)?;
         if let Err(why) = super::check_id(field, v) {
-            return self.fail(at, why);
+            return self.fail(at, why.to_string());
         }
         Ok(v as u32)
     }
@@ -579,7 +579,7 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
     let mut linkable: HashSet<Vec<u8>> = HashSet::new();
     for (path, e) in m.walk() {
         let level = if path.is_empty() { 0 } else { path.split(|&b| b == b'/').count() };
-        check_depth(level, matches!(e.kind, Kind::Dir(_))).map_err(|why| invalid(&path, why))?;
+        check_depth(level, matches!(e.kind, Kind::Dir(_))).map_err(|why| invalid(&path, why.to_string()))?;
         // each child name by itself: a joined path cannot show a name that
         // contains "/" or is empty
         if let Kind::Dir(children) = &e.kind {
@@ -597,7 +597,7 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
                 return Err(invalid(&path, "mtime nanoseconds out of range"));
             }
             for (what, id) in [("uid", e.meta.uid), ("gid", e.meta.gid)] {
-                super::check_id(what, id.into()).map_err(|why| invalid(&path, why))?;
+                super::check_id(what, id.into()).map_err(|why| invalid(&path, why.to_string()))?;
             }
             for (k, v) in &e.meta.xattrs {
                 if k.is_empty() || k.contains(&0) || k.len() > 255 {
@@ -619,7 +619,7 @@ pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
                 check_zeros(&path, f)?;
             }
             Kind::Char(d) | Kind::Block(d) => {
-                super::check_dev(d.major.into(), d.minor.into()).map_err(|why| invalid(&path, why))?;
+                super::check_dev(d.major.into(), d.minor.into()).map_err(|why| invalid(&path, why.to_string()))?;
             }
             Kind::Symlink(t) if (t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET) => {
                 return Err(invalid(&path, "symlink target must be 1 to 4095 bytes without NUL"));

@@ -11,6 +11,7 @@
 mod cbor;
 mod codec;
 mod digest;
+pub mod notation;
 mod walk;
 pub mod zeros;
 
@@ -284,17 +285,51 @@ impl Manifest {
     }
 }
 
+/// A value beyond what a manifest (or Linux) can hold: what
+/// [`check_depth`], [`check_id`] and [`check_dev`] refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// A directory nested deeper than [`MAX_DEPTH`] levels.
+    #[error("directory nested {0} levels below the root; the limit is {MAX_DEPTH}")]
+    DirectoryDepth(usize),
+    /// An entry nested deeper than the entries inside the deepest directory.
+    #[error(
+        "entry nested {0} levels below the root; the limit is {MAX_DEPTH} directories and the entries inside the deepest"
+    )]
+    EntryDepth(usize),
+    /// An owner id no file can have.
+    #[error(
+        "{what} {id} cannot own a file: 4294967295 is -1, the \"no change\" value of chown, \
+         and ids stop at 4294967294"
+    )]
+    Id {
+        /// `uid` or `gid`.
+        what: String,
+        /// The id.
+        id: u64,
+    },
+    /// Device numbers Linux cannot represent.
+    #[error(
+        "device {major}:{minor} cannot be represented by Linux (major at most {MAX_MAJOR}, \
+         minor at most {MAX_MINOR}); it would become another device"
+    )]
+    Device {
+        /// The major number.
+        major: u64,
+        /// The minor number.
+        minor: u64,
+    },
+}
+
 /// Checks the nesting limit ([`MAX_DEPTH`]) for an entry `level` levels
 /// below the root (the number of components of its path; the root is 0).
-/// Returns what is wrong.
-pub fn check_depth(level: usize, is_dir: bool) -> Result<(), String> {
+pub fn check_depth(level: usize, is_dir: bool) -> Result<(), LimitError> {
     if is_dir && level > MAX_DEPTH {
-        return Err(format!("directory nested {level} levels below the root; the limit is {MAX_DEPTH}"));
+        return Err(LimitError::DirectoryDepth(level));
     }
     if level > MAX_DEPTH + 1 {
-        return Err(format!(
-            "entry nested {level} levels below the root; the limit is {MAX_DEPTH} directories and the entries inside the deepest"
-        ));
+        return Err(LimitError::EntryDepth(level));
     }
     Ok(())
 }
@@ -338,31 +373,23 @@ pub fn is_overlay_xattr(name: &[u8]) -> bool {
 /// Renders an xattr name for messages: invalid UTF-8 and control characters
 /// escaped as in [`path_display`], so a hostile name stays on one line.
 pub fn xattr_display(name: &[u8]) -> String {
-    let mut s = path_display(name);
-    s.remove(0);
-    s
+    notation::escape(name)
 }
 
 /// Checks an owner id (`what` is `uid` or `gid`): every id but
-/// [`NO_CHANGE_ID`] is one a file can have. Returns what is wrong.
-pub fn check_id(what: &str, id: u64) -> Result<(), String> {
+/// [`NO_CHANGE_ID`] is one a file can have.
+pub fn check_id(what: &str, id: u64) -> Result<(), LimitError> {
     if id >= u64::from(NO_CHANGE_ID) {
-        return Err(format!(
-            "{what} {id} cannot own a file: 4294967295 is -1, the \"no change\" value of chown, \
-             and ids stop at 4294967294"
-        ));
+        return Err(LimitError::Id { what: what.to_string(), id });
     }
     Ok(())
 }
 
 /// Checks device numbers: Linux keeps 12 bits of major and 20 of minor;
-/// larger numbers would name another device. Returns what is wrong.
-pub fn check_dev(major: u64, minor: u64) -> Result<(), String> {
+/// larger numbers would name another device.
+pub fn check_dev(major: u64, minor: u64) -> Result<(), LimitError> {
     if major > u64::from(MAX_MAJOR) || minor > u64::from(MAX_MINOR) {
-        return Err(format!(
-            "device {major}:{minor} cannot be represented by Linux (major at most {MAX_MAJOR}, \
-             minor at most {MAX_MINOR}); it would become another device"
-        ));
+        return Err(LimitError::Device { major, minor });
     }
     Ok(())
 }

@@ -78,7 +78,7 @@ pub(super) fn apply_known(
         owner_xattr = rootless::encode(meta.uid, meta.gid).map_err(|what| crate::manifest::DecodeError {
             offset: None,
             path: Some(crate::manifest::path_display(rel)),
-            what,
+            what: what.to_string(),
         })?;
         if let Some(v) = &owner_xattr {
             if matches!(kind, KindCode::File | KindCode::Dir) {

@@ -6,13 +6,13 @@
 //! its documents ([`choose_image`]) is shared with registries, which supply
 //! the documents through [`Documents`].
 
-use super::ImportError;
+use super::{ImportError, media};
 use crate::manifest::Digest;
 use crate::store::{Store, Verifier};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Largest `index.json`, image index, image manifest or config accepted.
 pub const MAX_DOCUMENT: u64 = 16 << 20;
@@ -21,20 +21,171 @@ pub const MAX_INDEX_DEPTH: usize = 8;
 /// The annotation that names a tag.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// OCI and Docker media types the import understands.
-pub mod media {
-    /// OCI image index.
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    /// OCI image manifest.
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    /// OCI image config.
-    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-    /// Docker manifest list.
-    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-    /// Docker image manifest.
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    /// Docker image config.
-    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// What is wrong with a layout's structure or an image's documents.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// A layout file or blob is not a regular file (a planted fifo or
+    /// device is refused, not read).
+    #[error("{}: not a regular file", .0.display())]
+    NotRegular(PathBuf),
+    /// A layout file exceeds its limit.
+    #[error("{}: larger than {limit} bytes", .path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+    /// `oci-layout` names a version other than 1.x.
+    #[error("{}: imageLayoutVersion {found:?} is not 1.x", .path.display())]
+    Version {
+        /// The `oci-layout` file.
+        path: PathBuf,
+        /// The version it names, if any.
+        found: Option<String>,
+    },
+    /// `index.json` has a media type other than an OCI index's.
+    #[error("index.json: mediaType {0}, expected {OCI_INDEX}", OCI_INDEX = media::OCI_INDEX)]
+    IndexMediaType(String),
+    /// A document's `schemaVersion` is missing or not 2.
+    #[error("{what}: {}", match .found { Some(n) => format!("schemaVersion {n}, expected 2"), None => "no schemaVersion".to_string() })]
+    Schema {
+        /// The document.
+        what: String,
+        /// Its `schemaVersion`, if it has one.
+        found: Option<i64>,
+    },
+    /// Indexes nest deeper than [`MAX_INDEX_DEPTH`].
+    #[error("indexes nested deeper than {MAX_INDEX_DEPTH} levels at {0}")]
+    TooDeep(Digest),
+    /// The config's `rootfs.type` is not `layers`.
+    #[error("{config}: rootfs.type {found:?}, expected \"layers\"")]
+    RootfsType {
+        /// The config.
+        config: String,
+        /// The type it names.
+        found: String,
+    },
+    /// The config lists another number of diff_ids than the manifest has
+    /// layers.
+    #[error("{config}: {diff_ids} diff_ids for {layers} layers")]
+    DiffIdCount {
+        /// The config.
+        config: String,
+        /// How many diff_ids it lists.
+        diff_ids: usize,
+        /// How many layers the manifest lists.
+        layers: usize,
+    },
+    /// A diff_id is not a sha256 digest.
+    #[error("{config}: rootfs.diff_ids[{index}] {found:?} is not sha256:<64 lowercase hex>")]
+    DiffId {
+        /// The config.
+        config: String,
+        /// Its position.
+        index: usize,
+        /// What it says.
+        found: String,
+    },
+}
+
+/// What is wrong with a descriptor, or between it and its document.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DescriptorError {
+    /// A digest of another algorithm, or not a digest.
+    #[error("digest {0:?} is not sha256:<64 lowercase hex> (only sha256 is supported)")]
+    NotSha256(String),
+    /// A sha256 digest that does not parse.
+    #[error("{0}")]
+    Digest(crate::manifest::DigestParseError),
+    /// A size that is not a non-negative integer.
+    #[error("size {0} is not a non-negative integer")]
+    Size(String),
+    /// A document larger than [`MAX_DOCUMENT`].
+    #[error("size {0} exceeds the limit of {MAX_DOCUMENT} bytes for a document")]
+    TooLarge(u64),
+    /// The document's `mediaType` is not the descriptor's.
+    #[error("media type mismatch: the descriptor says {descriptor} but the document's mediaType is {document}")]
+    MediaType {
+        /// The descriptor's.
+        descriptor: String,
+        /// The document's.
+        document: String,
+    },
+    /// The descriptor says image manifest but the document is an index.
+    #[error("media type mismatch: the descriptor says {0} but the document is an index")]
+    IsIndex(String),
+    /// A config whose media type is not an image config's.
+    #[error("media type {0} is not an image config: not a container image")]
+    NotAConfig(String),
+    /// A layer of a media type ocix does not read.
+    #[error("unsupported layer media type {0} (expected an OCI or Docker tar, tar+gzip or tar+zstd layer)")]
+    LayerMediaType(String),
+}
+
+/// Why no single image could be chosen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelectError {
+    /// No entry of `index.json` carries the tag.
+    #[error("no image tagged {tag:?} in {}", .index.display())]
+    NoTag {
+        /// The tag.
+        tag: String,
+        /// The `index.json`.
+        index: PathBuf,
+    },
+    /// `index.json` lists nothing.
+    #[error("{} lists no image", .0.display())]
+    Empty(PathBuf),
+    /// The entries chosen lead to no image manifest.
+    #[error("no image manifest{} in {within} (only other media types)", .tag.as_ref().map(|t| format!(" tagged {t:?}")).unwrap_or_default())]
+    NoManifest {
+        /// The tag asked for.
+        tag: Option<String>,
+        /// Where the entries came from (an `index.json`, a reference).
+        within: String,
+    },
+    /// The only image is for another platform than the one asked for.
+    #[error("the image is for {found}, not {wanted}")]
+    Platform {
+        /// The image's platform.
+        found: Box<Platform>,
+        /// The platform asked for.
+        wanted: Box<Platform>,
+    },
+    /// The image's config names another platform than the one asked for.
+    #[error("the image's config is for {found}, not {wanted}")]
+    ConfigPlatform {
+        /// The config's platform.
+        found: Box<Platform>,
+        /// The platform asked for.
+        wanted: Box<Platform>,
+    },
+    /// Several images, none for the platform.
+    #[error("no image for platform {0} (use --platform OS/ARCH[/VARIANT])")]
+    NoPlatform(Platform),
+    /// Several images for the platform.
+    #[error("{count} images match platform {wanted}; give a tag or a more precise --platform")]
+    Ambiguous {
+        /// How many match.
+        count: usize,
+        /// The platform.
+        wanted: Platform,
+    },
+    /// What a registry's reference names is not an image manifest or index.
+    #[error(
+        "{reference}: the registry's manifest (Content-Type {content_type:?}) is not an OCI or Docker image \
+         manifest or index"
+    )]
+    NotAnImage {
+        /// The reference.
+        reference: String,
+        /// The `Content-Type` the registry answered with.
+        content_type: String,
+    },
 }
 
 /// How a layer is compressed.
@@ -53,15 +204,12 @@ impl Compression {
     /// not a layer type ocix reads.
     pub fn of_media_type(mt: &str) -> Option<Compression> {
         Some(match mt {
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
+            media::OCI_LAYER | media::OCI_LAYER_NONDIST | media::DOCKER_LAYER => Compression::None,
+            media::OCI_LAYER_GZIP
+            | media::OCI_LAYER_NONDIST_GZIP
+            | media::DOCKER_LAYER_GZIP
+            | media::DOCKER_FOREIGN_LAYER_GZIP => Compression::Gzip,
+            media::OCI_LAYER_ZSTD | media::OCI_LAYER_NONDIST_ZSTD => Compression::Zstd,
             _ => return None,
         })
     }
@@ -97,17 +245,14 @@ pub struct Descriptor {
 
 impl RawDescriptor {
     fn check(self, what: &str) -> Result<Descriptor, ImportError> {
-        let bad = |msg: String| ImportError::Descriptor { what: what.to_string(), msg };
+        let bad = |err: DescriptorError| ImportError::Descriptor { what: what.to_string(), err };
         let Some(hex) = self.digest.strip_prefix("sha256:") else {
-            return Err(bad(format!(
-                "digest {:?} is not sha256:<64 lowercase hex> (only sha256 is supported)",
-                self.digest
-            )));
+            return Err(bad(DescriptorError::NotSha256(self.digest)));
         };
-        let digest = Digest::parse(&format!("sha256:{hex}")).map_err(|e| bad(e.to_string()))?;
+        let digest = Digest::parse(&format!("sha256:{hex}")).map_err(|e| bad(DescriptorError::Digest(e)))?;
         let size = match self.size.as_u64() {
             Some(s) => s,
-            None => return Err(bad(format!("size {} is not a non-negative integer", self.size))),
+            None => return Err(bad(DescriptorError::Size(self.size.to_string()))),
         };
         Ok(Descriptor {
             media_type: self.media_type,
@@ -261,10 +406,9 @@ impl Compression {
 /// fifo or device planted in a layout is refused, not read).
 pub fn open_blob_file(store: &Store, d: &Digest) -> Result<std::fs::File, ImportError> {
     let f = std::fs::File::from(store.open_blob(d)?);
-    let path = || store.blob_path(d).display().to_string();
-    let meta = f.metadata().map_err(|e| ImportError::Io { path: path(), err: e })?;
+    let meta = f.metadata().map_err(|e| ImportError::Io { path: store.blob_path(d), err: e })?;
     if !meta.is_file() {
-        return Err(ImportError::Layout(format!("{}: not a regular file", path())));
+        return Err(LayoutError::NotRegular(store.blob_path(d)).into());
     }
     Ok(f)
 }
@@ -273,19 +417,19 @@ pub fn open_blob_file(store: &Store, d: &Digest) -> Result<std::fs::File, Import
 /// bytes; it must be a regular file, opened without blocking.
 fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| ImportError::Io { path: p.display().to_string(), err: e };
+    let io = |e| ImportError::Io { path: p.to_path_buf(), err: e };
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(p)
         .map_err(io)?;
     if !f.metadata().map_err(io)?.is_file() {
-        return Err(ImportError::Layout(format!("{}: not a regular file", p.display())));
+        return Err(LayoutError::NotRegular(p.to_path_buf()).into());
     }
     let mut data = Vec::new();
     f.take(limit + 1).read_to_end(&mut data).map_err(io)?;
     if data.len() as u64 > limit {
-        return Err(ImportError::Layout(format!("{}: larger than {limit} bytes", p.display())));
+        return Err(LayoutError::TooLarge { path: p.to_path_buf(), limit }.into());
     }
     Ok(data)
 }
@@ -294,10 +438,7 @@ fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
 /// allocation, digest and size verified before it is parsed.
 fn read_doc(docs: &dyn Documents, d: &Descriptor, what: &str) -> Result<Vec<u8>, ImportError> {
     if d.size > MAX_DOCUMENT {
-        return Err(ImportError::Descriptor {
-            what: what.into(),
-            msg: format!("size {} exceeds the limit of {MAX_DOCUMENT} bytes for a document", d.size),
-        });
+        return Err(ImportError::Descriptor { what: what.into(), err: DescriptorError::TooLarge(d.size) });
     }
     let data = docs.fetch(d, what)?;
     let mut v = Verifier::new(d.digest, d.size);
@@ -393,15 +534,14 @@ fn json_path_at(data: &[u8], line: usize, column: usize) -> Option<String> {
 }
 
 /// A descriptor's media type that differs from its document's.
-fn media_type_mismatch(descriptor: &str, document: &str) -> String {
-    format!("media type mismatch: the descriptor says {descriptor} but the document's mediaType is {document}")
+fn media_type_mismatch(descriptor: &str, document: &str) -> DescriptorError {
+    DescriptorError::MediaType { descriptor: descriptor.to_string(), document: document.to_string() }
 }
 
 fn check_schema(v: Option<i64>, what: &str) -> Result<(), ImportError> {
     match v {
         Some(2) => Ok(()),
-        Some(n) => Err(ImportError::Layout(format!("{what}: schemaVersion {n}, expected 2"))),
-        None => Err(ImportError::Layout(format!("{what}: no schemaVersion"))),
+        found => Err(LayoutError::Schema { what: what.to_string(), found }.into()),
     }
 }
 
@@ -423,7 +563,7 @@ pub fn open_image(
     let v: serde_json::Value = parse_json(&data, &lp.display().to_string())?;
     match v.get("imageLayoutVersion").and_then(|x| x.as_str()) {
         Some(s) if s.starts_with("1.") => {}
-        other => return Err(ImportError::Layout(format!("{}: imageLayoutVersion {other:?} is not 1.x", lp.display()))),
+        other => return Err(LayoutError::Version { path: lp, found: other.map(str::to_string) }.into()),
     }
     let store = Store::open(layout)?;
 
@@ -433,7 +573,7 @@ pub fn open_image(
     check_schema(index.schema_version, "index.json")?;
     if let Some(mt) = &index.media_type {
         if mt != media::OCI_INDEX {
-            return Err(ImportError::Layout(format!("index.json: mediaType {mt}, expected {}", media::OCI_INDEX)));
+            return Err(LayoutError::IndexMediaType(mt.clone()).into());
         }
     }
     let mut top = Vec::new();
@@ -445,10 +585,11 @@ pub fn open_image(
         None => top,
     };
     if chosen.is_empty() {
-        return Err(ImportError::Select(match tag {
-            Some(t) => format!("no image tagged {t:?} in {}", ip.display()),
-            None => format!("{} lists no image", ip.display()),
-        }));
+        return Err(match tag {
+            Some(t) => SelectError::NoTag { tag: t.to_string(), index: ip },
+            None => SelectError::Empty(ip),
+        }
+        .into());
     }
     let image = choose_image(&LayoutDocuments(&store), chosen, tag, platform, &ip.display().to_string())?;
     Ok((store, image))
@@ -474,7 +615,7 @@ impl Documents for LayoutDocuments<'_> {
         let mut data = Vec::with_capacity(d.size as usize);
         f.take(d.size + 1)
             .read_to_end(&mut data)
-            .map_err(|e| ImportError::Io { path: self.0.blob_path(&d.digest).display().to_string(), err: e })?;
+            .map_err(|e| ImportError::Io { path: self.0.blob_path(&d.digest), err: e })?;
         Ok(data)
     }
     fn shown(&self, d: &Descriptor) -> String {
@@ -501,18 +642,14 @@ pub fn choose_image(
         collect(docs, d, p, 0, &mut cands)?;
     }
     if cands.is_empty() {
-        return Err(ImportError::Select(format!(
-            "no image manifest{} in {} (only other media types)",
-            tag.map(|t| format!(" tagged {t:?}")).unwrap_or_default(),
-            source
-        )));
+        return Err(SelectError::NoManifest { tag: tag.map(str::to_string), within: source.to_string() }.into());
     }
     let want = platform.cloned().unwrap_or_else(Platform::host);
     let pick = if cands.len() == 1 {
         let c = cands.pop().expect("one");
         if let (Some(w), Some(p)) = (platform, &c.platform) {
             if !w.accepts(p) {
-                return Err(ImportError::Select(format!("the image is for {p}, not {w}")));
+                return Err(SelectError::Platform { found: Box::new(p.clone()), wanted: Box::new(w.clone()) }.into());
             }
         }
         c
@@ -522,14 +659,10 @@ pub fn choose_image(
         match m.len() {
             1 => m.pop().expect("one"),
             0 => {
-                return Err(ImportError::Select(format!(
-                    "no image for platform {want} (use --platform OS/ARCH[/VARIANT])"
-                )));
+                return Err(SelectError::NoPlatform(want).into());
             }
             n => {
-                return Err(ImportError::Select(format!(
-                    "{n} images match platform {want}; give a tag or a more precise --platform"
-                )));
+                return Err(SelectError::Ambiguous { count: n, wanted: want }.into());
             }
         }
     };
@@ -551,10 +684,7 @@ fn collect(
         }
         media::OCI_INDEX | media::DOCKER_LIST => {
             if depth >= MAX_INDEX_DEPTH {
-                return Err(ImportError::Layout(format!(
-                    "indexes nested deeper than {MAX_INDEX_DEPTH} levels at {}",
-                    d.digest
-                )));
+                return Err(LayoutError::TooDeep(d.digest).into());
             }
             let what = format!("image index {}", d.digest);
             let data = read_doc(docs, &d, &what)?;
@@ -562,7 +692,7 @@ fn collect(
             check_schema(idx.schema_version, &what)?;
             if let Some(mt) = &idx.media_type {
                 if *mt != d.media_type {
-                    return Err(ImportError::Descriptor { what, msg: media_type_mismatch(&d.media_type, mt) });
+                    return Err(ImportError::Descriptor { what, err: media_type_mismatch(&d.media_type, mt) });
                 }
             }
             for (i, c) in idx.manifests.into_iter().enumerate() {
@@ -582,23 +712,20 @@ fn read_image(docs: &dyn Documents, desc: Descriptor, platform: Option<&Platform
     let data = read_doc(docs, &desc, &what)?;
     let manifest_json: serde_json::Value = parse_json(&data, &what)?;
     if manifest_json.get("manifests").is_some() && manifest_json.get("config").is_none() {
-        return Err(ImportError::Descriptor {
-            what,
-            msg: format!("media type mismatch: the descriptor says {} but the document is an index", desc.media_type),
-        });
+        return Err(ImportError::Descriptor { what, err: DescriptorError::IsIndex(desc.media_type) });
     }
     let m: RawManifest = parse_json(&data, &what)?;
     check_schema(m.schema_version, &what)?;
     if let Some(mt) = &m.media_type {
         if *mt != desc.media_type {
-            return Err(ImportError::Descriptor { what, msg: media_type_mismatch(&desc.media_type, mt) });
+            return Err(ImportError::Descriptor { what, err: media_type_mismatch(&desc.media_type, mt) });
         }
     }
     let config_desc = m.config.check(&format!("{what} config"))?;
     if config_desc.media_type != media::OCI_CONFIG && config_desc.media_type != media::DOCKER_CONFIG {
         return Err(ImportError::Descriptor {
             what: format!("{what} config"),
-            msg: format!("media type {} is not an image config: not a container image", config_desc.media_type),
+            err: DescriptorError::NotAConfig(config_desc.media_type),
         });
     }
     let cwhat = format!("image config {}", config_desc.digest);
@@ -609,19 +736,20 @@ fn read_image(docs: &dyn Documents, desc: Descriptor, platform: Option<&Platform
         if let (Some(os), Some(arch)) = (&rc.os, &rc.architecture) {
             let p = Platform { os: os.clone(), architecture: arch.clone(), variant: rc.variant.clone() };
             if !w.accepts(&p) {
-                return Err(ImportError::Select(format!("the image's config is for {p}, not {w}")));
+                return Err(SelectError::ConfigPlatform { found: Box::new(p), wanted: Box::new(w.clone()) }.into());
             }
         }
     }
     if rc.rootfs.kind != "layers" {
-        return Err(ImportError::Layout(format!("{cwhat}: rootfs.type {:?}, expected \"layers\"", rc.rootfs.kind)));
+        return Err(LayoutError::RootfsType { config: cwhat, found: rc.rootfs.kind }.into());
     }
     if rc.rootfs.diff_ids.len() != m.layers.len() {
-        return Err(ImportError::Layout(format!(
-            "{cwhat}: {} diff_ids for {} layers",
-            rc.rootfs.diff_ids.len(),
-            m.layers.len()
-        )));
+        return Err(LayoutError::DiffIdCount {
+            config: cwhat,
+            diff_ids: rc.rootfs.diff_ids.len(),
+            layers: m.layers.len(),
+        }
+        .into());
     }
     let mut layers = Vec::new();
     for (i, (l, diff)) in m.layers.into_iter().zip(rc.rootfs.diff_ids).enumerate() {
@@ -629,17 +757,14 @@ fn read_image(docs: &dyn Documents, desc: Descriptor, platform: Option<&Platform
         let desc = l.check(&lwhat)?;
         let compression = Compression::of_media_type(&desc.media_type).ok_or_else(|| ImportError::Descriptor {
             what: lwhat.clone(),
-            msg: format!(
-                "unsupported layer media type {} (expected an OCI or Docker tar, tar+gzip or tar+zstd layer)",
-                desc.media_type
-            ),
+            err: DescriptorError::LayerMediaType(desc.media_type.clone()),
         })?;
         let diff_id = match diff.strip_prefix("sha256:") {
             Some(h) => Digest::parse(&format!("sha256:{h}")).ok(),
             None => None,
         }
         .ok_or_else(|| {
-            ImportError::Layout(format!("{cwhat}: rootfs.diff_ids[{i}] {diff:?} is not sha256:<64 lowercase hex>"))
+            ImportError::from(LayoutError::DiffId { config: cwhat.clone(), index: i, found: diff.clone() })
         })?;
         layers.push(Layer { desc, compression, diff_id });
     }

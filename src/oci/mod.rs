@@ -2,7 +2,9 @@
 //! applied to an in-memory tree ([`tree`]), never to disk. The same
 //! pipeline ([`import_layers`], with [`layout::choose_image`] for the
 //! documents) imports an image streamed from a registry
-//! ([`crate::remote::image`]); only where the bytes come from differs.
+//! (`crate::remote::image`, which supplies the documents and layer streams
+//! and boxes its own errors into [`ImportError::Fetch`]); only where the
+//! bytes come from differs.
 //!
 //! Pipeline for each layer, all streaming, on two threads: one reads the
 //! blob (its size and digest verified as it is read), decompresses it
@@ -49,19 +51,23 @@
 
 pub mod content;
 pub mod layout;
+pub mod media;
 pub mod tar;
 pub mod tree;
 
-pub use layout::{Compression, Descriptor, Image, Layer, Platform, open_image};
+pub use layout::{
+    Compression, Descriptor, DescriptorError, Documents, Image, Layer, LayoutError, Platform, SelectError,
+    choose_image, open_image,
+};
 
 use crate::manifest::{Dev, Digest, Manifest, Meta, path_display};
 use crate::store::{Store, StoreError};
 use content::Content;
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tar::{EntryType, TarError, TarReader};
-use tree::{NewKind, Tree};
+use tree::{NewKind, Tree, TreeError};
 
 pub use layout::{MAX_DOCUMENT, MAX_INDEX_DEPTH};
 
@@ -168,12 +174,13 @@ impl Dropped {
 
 /// Why an import failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImportError {
     /// A file of the layout could not be read.
-    #[error("{path}: {err}")]
+    #[error("{}: {err}", .path.display())]
     Io {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// The error.
         err: io::Error,
     },
@@ -189,35 +196,152 @@ pub enum ImportError {
         err: serde_json::Error,
     },
     /// The layout's structure is wrong.
-    #[error("{0}")]
-    Layout(String),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
     /// A descriptor is invalid or disagrees with its blob.
-    #[error("{what}: {msg}")]
+    #[error("{what}: {err}")]
     Descriptor {
         /// Which descriptor.
         what: String,
         /// What is wrong.
-        msg: String,
+        err: DescriptorError,
     },
     /// No image, or more than one, matches the tag and platform.
-    #[error("{0}")]
-    Select(String),
+    #[error(transparent)]
+    Select(#[from] SelectError),
     /// The image's tree cannot be recorded in a manifest.
     #[error("the image's tree cannot be recorded: {0}")]
-    Tree(String),
-    /// Fetching a document or layer from a registry failed.
-    #[error(transparent)]
-    Remote(Box<crate::remote::RemoteError>),
+    Tree(TreeError),
+    /// Fetching a document or layer from where the image lives (a
+    /// registry) failed; the source's own error.
+    #[error("{0}")]
+    Fetch(Box<dyn std::error::Error + Send + Sync>),
     /// A layer's content is wrong; names the layer and, when known, the entry.
-    #[error("layer {layer}{}: {msg}", .entry.as_ref().map(|e| format!(" entry {e}")).unwrap_or_default())]
+    #[error("layer {layer}{}: {err}", .entry.as_ref().map(|e| format!(" entry {}", member_display(e))).unwrap_or_default())]
     Layer {
         /// The layer's digest.
         layer: Digest,
-        /// The entry, shown as a path.
-        entry: Option<String>,
+        /// The entry: the member's name as the archive has it.
+        entry: Option<Vec<u8>>,
         /// What is wrong.
-        msg: String,
+        err: Box<LayerError>,
     },
+}
+
+/// What is wrong with a layer blob, its stream or one of its entries.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayerError {
+    /// The archive is malformed.
+    #[error("{0}")]
+    Tar(TarError),
+    /// The archive is malformed after an entry that was read whole.
+    #[error("after entry {}: {err}", member_display(.entry))]
+    AfterEntry {
+        /// The last entry read.
+        entry: Vec<u8>,
+        /// What is wrong.
+        err: TarError,
+    },
+    /// A file's content could not be read from the archive.
+    #[error("reading content: {0}")]
+    Content(TarError),
+    /// The entry cannot be applied to the tree.
+    #[error("{0}")]
+    Tree(TreeError),
+    /// An xattr name that is empty or too long.
+    #[error("xattr name of {0} bytes")]
+    XattrName(usize),
+    /// An xattr value that is too long.
+    #[error("xattr {} value of {len} bytes exceeds {}", String::from_utf8_lossy(.name), crate::manifest::MAX_XATTR_VALUE)]
+    XattrValue {
+        /// The xattr's name.
+        name: Vec<u8>,
+        /// The value's length.
+        len: usize,
+    },
+    /// A symlink or hardlink target that is empty or too long.
+    #[error("{what} target of {len} bytes (must be 1..={})", crate::manifest::MAX_TARGET)]
+    Target {
+        /// `symlink` or `hardlink`.
+        what: &'static str,
+        /// The target's length.
+        len: usize,
+    },
+    /// The holes of sparse files exceed the import's limit.
+    #[error("sparse file of {size} bytes: the holes of sparse files exceed the limit of {limit} bytes")]
+    Holes {
+        /// The sparse file's size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The blob's first bytes could not be read.
+    #[error("reading: {0}")]
+    Read(io::Error),
+    /// The content is not compressed as the media type says.
+    #[error("media type {media_type} says {} but the content is {}", .declared.name(), .found.name())]
+    MediaType {
+        /// The descriptor's media type.
+        media_type: String,
+        /// The compression it names.
+        declared: Compression,
+        /// The compression of the content.
+        found: Compression,
+    },
+    /// The stream past the end-of-archive marker could not be read.
+    #[error("after the end of the archive: {0}")]
+    AfterEnd(io::Error),
+    /// The decompressing thread panicked.
+    #[error("the decompressing thread panicked")]
+    Panicked,
+    /// The decompressor stopped before the end of the stream.
+    #[error("decompression stopped early")]
+    Stopped,
+    /// The uncompressed stream is not the one the config names.
+    #[error("uncompressed content has digest {actual}, the config's diff_id is {expected}")]
+    DiffId {
+        /// What the stream hashes to.
+        actual: Digest,
+        /// The config's diff_id.
+        expected: Digest,
+    },
+    /// Reading the blob failed (the bytes could not be had).
+    #[error("reading the blob: {0}")]
+    ReadBlob(io::Error),
+    /// Decoding failed and the blob does not match its descriptor, which
+    /// explains the failure better.
+    #[error("blob does not match its descriptor (size {size}, digest {digest}); while reading: {err}")]
+    Mismatch {
+        /// The descriptor's size.
+        size: u64,
+        /// The descriptor's digest.
+        digest: Digest,
+        /// The decoder's error.
+        err: io::Error,
+    },
+    /// The compressed stream is malformed (or asks for too large a window).
+    #[error("decompressing: {err}{}", .note.as_ref().map(|n| format!(": {n}")).unwrap_or_default())]
+    Decompress {
+        /// The decoder's error.
+        err: io::Error,
+        /// For a zstd window above the limit, what was asked and allowed.
+        note: Option<String>,
+    },
+    /// Reading the rest of the blob after the decoder finished failed.
+    #[error("{0}")]
+    Drain(io::Error),
+    /// The blob's size is not its descriptor's.
+    #[error("blob is {got} bytes, its descriptor says {declared}")]
+    BlobSize {
+        /// Bytes read.
+        got: u64,
+        /// The descriptor's size.
+        declared: u64,
+    },
+    /// The blob's digest is not its descriptor's.
+    #[error("blob content has digest {0}")]
+    BlobDigest(Digest),
 }
 
 /// How to import.
@@ -387,7 +511,7 @@ fn apply_layer<R: Read + Send>(
     stats: &mut Stats,
 ) -> Result<(), ImportError> {
     let d = &layer.desc;
-    let lerr = |entry: Option<String>, msg: String| ImportError::Layer { layer: d.digest, entry, msg };
+    let lerr = |err: LayerError| ImportError::Layer { layer: d.digest, entry: None, err: Box::new(err) };
     // Check the compression against the media type before decoding; the
     // bytes sniffed are counted and hashed, and handed to the decoder first.
     let mut head = [0u8; 4];
@@ -396,7 +520,7 @@ fn apply_layer<R: Read + Send>(
         let n = match blob.read(&mut head[got..]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(lerr(None, format!("reading: {e}"))),
+            Err(e) => return Err(lerr(LayerError::Read(e))),
         };
         if n == 0 {
             break;
@@ -411,15 +535,11 @@ fn apply_layer<R: Read + Send>(
         Compression::None
     };
     if sniffed != layer.compression {
-        return Err(lerr(
-            None,
-            format!(
-                "media type {} says {} but the content is {}",
-                d.media_type,
-                layer.compression.name(),
-                sniffed.name()
-            ),
-        ));
+        return Err(lerr(LayerError::MediaType {
+            media_type: d.media_type.clone(),
+            declared: layer.compression,
+            found: sniffed,
+        }));
     }
     let limit = stats.max_bytes.saturating_sub(stats.bytes);
     // One thread reads, verifies and decompresses the blob; this one parses
@@ -431,24 +551,21 @@ fn apply_layer<R: Read + Send>(
         let r = read_entries(tree, &mut reader, store, stats, d.digest).and_then(|()| {
             // The diff_id covers the whole uncompressed stream, also past the
             // end-of-archive marker.
-            drain(&mut reader).map_err(|e| lerr(None, format!("after the end of the archive: {e}")))
+            drain(&mut reader).map_err(|e| lerr(LayerError::AfterEnd(e)))
         });
         drop(reader);
         (r, h.join())
     });
-    let decoded = decoded.map_err(|_| lerr(None, "the decompressing thread panicked".into()))?;
+    let decoded = decoded.map_err(|_| lerr(LayerError::Panicked))?;
     match (parsed, decoded) {
         // A bad blob or stream explains a parse failure better than the parser.
-        (_, Err(Decode::Failed(msg))) => Err(lerr(None, msg)),
+        (_, Err(Decode::Failed(err))) => Err(lerr(err)),
         (Err(e), _) => Err(e),
-        (Ok(()), Err(Decode::Cancelled)) => Err(lerr(None, "decompression stopped early".into())),
+        (Ok(()), Err(Decode::Cancelled)) => Err(lerr(LayerError::Stopped)),
         (Ok(()), Ok((diff_id, len))) => {
             stats.bytes += len;
             if diff_id != layer.diff_id {
-                return Err(lerr(
-                    None,
-                    format!("uncompressed content has digest {diff_id}, the config's diff_id is {}", layer.diff_id),
-                ));
+                return Err(lerr(LayerError::DiffId { actual: diff_id, expected: layer.diff_id }));
             }
             Ok(())
         }
@@ -464,7 +581,7 @@ enum Decode {
     /// The parser stopped listening (it failed).
     Cancelled,
     /// The blob or its compressed stream is bad.
-    Failed(String),
+    Failed(LayerError),
 }
 
 /// Reads the blob, verifies it against its descriptor, decompresses it and
@@ -520,7 +637,7 @@ fn decode_layer<R: Read>(
         Err(e) => {
             let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
             if blob.failed {
-                return Err(Decode::Failed(format!("reading the blob: {e}")));
+                return Err(Decode::Failed(LayerError::ReadBlob(e)));
             }
             // A blob that is the wrong size or digest explains a decoding
             // failure better than the decoder does.
@@ -528,28 +645,24 @@ fn decode_layer<R: Read>(
                 || blob.len != d.size
                 || Digest(blob.hasher.clone().finalize().into()) != d.digest
             {
-                return Err(Decode::Failed(format!(
-                    "blob does not match its descriptor (size {}, digest {}); while reading: {e}",
-                    d.size, d.digest
-                )));
+                return Err(Decode::Failed(LayerError::Mismatch { size: d.size, digest: d.digest, err: e }));
             }
-            if layer.compression == Compression::Zstd {
-                if let Some(note) = zstd_window_note(&e, &first.borrow(), ZSTD_WINDOW_LOG_MAX) {
-                    return Err(Decode::Failed(format!("decompressing: {e}: {note}")));
-                }
-            }
-            return Err(Decode::Failed(format!("decompressing: {e}")));
+            let note = match layer.compression {
+                Compression::Zstd => zstd_window_note(&e, &first.borrow(), ZSTD_WINDOW_LOG_MAX),
+                _ => None,
+            };
+            return Err(Decode::Failed(LayerError::Decompress { err: e, note }));
         }
     };
     drop(tx);
     // The blob itself, to its end, whatever the decoder left.
-    drain(&mut blob).map_err(|e| Decode::Failed(format!("{e}")))?;
+    drain(&mut blob).map_err(|e| Decode::Failed(LayerError::Drain(e)))?;
     if blob.len != d.size {
-        return Err(Decode::Failed(format!("blob is {} bytes, its descriptor says {}", blob.len, d.size)));
+        return Err(Decode::Failed(LayerError::BlobSize { got: blob.len, declared: d.size }));
     }
     let actual = Digest(blob.hasher.finalize().into());
     if actual != d.digest {
-        return Err(Decode::Failed(format!("blob content has digest {actual}")));
+        return Err(Decode::Failed(LayerError::BlobDigest(actual)));
     }
     Ok(decoded)
 }
@@ -675,11 +788,16 @@ fn read_entries<R: Read>(
     let mut last_name: Option<Vec<u8>> = None;
     loop {
         let terr = |e: TarError, name: &Option<Vec<u8>>| match (e, name) {
-            (TarError::Entry { path, msg }, _) => ImportError::Layer { layer, entry: Some(member_display(&path)), msg },
-            (e, Some(n)) => {
-                ImportError::Layer { layer, entry: None, msg: format!("after entry {}: {e}", member_display(n)) }
+            (TarError::Entry { path, msg }, _) => {
+                let entry = Some(path.clone());
+                ImportError::Layer { layer, entry, err: Box::new(LayerError::Tar(TarError::Entry { path, msg })) }
             }
-            (e, None) => ImportError::Layer { layer, entry: None, msg: e.to_string() },
+            (err, Some(n)) => ImportError::Layer {
+                layer,
+                entry: None,
+                err: Box::new(LayerError::AfterEntry { entry: n.clone(), err }),
+            },
+            (e, None) => ImportError::Layer { layer, entry: None, err: Box::new(LayerError::Tar(e)) },
         };
         let mut h = match tr.next_header() {
             Ok(Some(h)) => h,
@@ -688,14 +806,14 @@ fn read_entries<R: Read>(
         };
         let mut xattrs = std::mem::take(&mut h.xattrs);
         let h = h;
-        let eerr = |msg: String| ImportError::Layer { layer, entry: Some(member_display(&h.path)), msg };
+        let eerr = |err: LayerError| ImportError::Layer { layer, entry: Some(h.path.clone()), err: Box::new(err) };
         let last = last_name.get_or_insert_with(Vec::new);
         last.clear();
         last.extend_from_slice(&h.path);
-        let comps = tree::clean(&h.path).map_err(eerr)?;
+        let comps = tree::clean(&h.path).map_err(|e| eerr(LayerError::Tree(e)))?;
         if let Some(last) = comps.last() {
             if last.starts_with(b".wh.") {
-                tree.whiteout(&comps).map_err(eerr)?;
+                tree.whiteout(&comps).map_err(|e| eerr(LayerError::Tree(e)))?;
                 continue;
             }
         }
@@ -706,25 +824,16 @@ fn read_entries<R: Read>(
         });
         for (k, v) in &xattrs {
             if k.is_empty() || k.len() > crate::manifest::MAX_NAME {
-                return Err(eerr(format!("xattr name of {} bytes", k.len())));
+                return Err(eerr(LayerError::XattrName(k.len())));
             }
             if v.len() > crate::manifest::MAX_XATTR_VALUE {
-                return Err(eerr(format!(
-                    "xattr {} value of {} bytes exceeds {}",
-                    String::from_utf8_lossy(k),
-                    v.len(),
-                    crate::manifest::MAX_XATTR_VALUE
-                )));
+                return Err(eerr(LayerError::XattrValue { name: k.clone(), len: v.len() }));
             }
         }
         let meta = Meta { mode: h.mode, uid: h.uid, gid: h.gid, mtime: h.mtime, xattrs, uname: None, gname: None };
-        let target = |what: &str| -> Result<Vec<u8>, ImportError> {
+        let target = |what: &'static str| -> Result<Vec<u8>, ImportError> {
             if h.link.is_empty() || h.link.len() > crate::manifest::MAX_TARGET {
-                return Err(eerr(format!(
-                    "{what} target of {} bytes (must be 1..={})",
-                    h.link.len(),
-                    crate::manifest::MAX_TARGET
-                )));
+                return Err(eerr(LayerError::Target { what, len: h.link.len() }));
             }
             Ok(h.link.clone())
         };
@@ -737,7 +846,7 @@ fn read_entries<R: Read>(
             EntryType::Fifo => NewKind::Fifo,
             EntryType::File => {
                 let mut c = Content::new(store, h.size)?;
-                let terr2 = |e: TarError| eerr(format!("reading content: {e}"));
+                let terr2 = |e: TarError| eerr(LayerError::Content(e));
                 match &h.sparse {
                     None => loop {
                         let n = tr.read_data(&mut buf).map_err(terr2)?;
@@ -752,10 +861,7 @@ fn read_entries<R: Read>(
                         let data: u64 = map.iter().map(|&(_, len)| len).sum();
                         stats.holes = stats.holes.saturating_add(h.size - data);
                         if stats.holes > stats.max_bytes {
-                            return Err(eerr(format!(
-                                "sparse file of {} bytes: the holes of sparse files exceed the limit of {} bytes",
-                                h.size, stats.max_bytes
-                            )));
+                            return Err(eerr(LayerError::Holes { size: h.size, limit: stats.max_bytes }));
                         }
                         for &(off, len) in map {
                             c.write_zeros(off - c.len())?;
@@ -774,6 +880,6 @@ fn read_entries<R: Read>(
                 NewKind::File(c.finish()?)
             }
         };
-        tree.add(&comps, meta, kind).map_err(eerr)?;
+        tree.add(&comps, meta, kind).map_err(|e| eerr(LayerError::Tree(e)))?;
     }
 }

@@ -429,7 +429,7 @@ impl<R: Read> TarReader<R> {
             h.size = 0;
         }
         for (what, id) in [("uid", h.uid), ("gid", h.gid)] {
-            crate::manifest::check_id(what, id.into()).map_err(TarError::Bad)?;
+            crate::manifest::check_id(what, id.into()).map_err(|e| TarError::Bad(e.to_string()))?;
         }
         if matches!(kind, EntryType::Char | EntryType::Block) {
             h.dev = to_dev(major, minor)?;
@@ -577,7 +577,7 @@ fn to_dev(major: i64, minor: i64) -> Result<(u32, u32), TarError> {
     if major < 0 || minor < 0 {
         return bad(format!("device {major}:{minor} has a negative number"));
     }
-    crate::manifest::check_dev(major as u64, minor as u64).map_err(TarError::Bad)?;
+    crate::manifest::check_dev(major as u64, minor as u64).map_err(|e| TarError::Bad(e.to_string()))?;
     Ok((major as u32, minor as u32))
 }
 

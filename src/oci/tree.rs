@@ -48,10 +48,80 @@
 //!   rejected.
 
 use crate::manifest::{
-    Dev, Entry, File, Kind, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, Time, check_depth, check_name,
+    Dev, Entry, File, Kind, LimitError, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, Time, check_depth, check_name,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+
+/// Why a layer entry cannot be applied to the tree, or the tree cannot be
+/// recorded in a manifest. Paths are relative to the root, raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TreeError {
+    /// A name has a `..` component.
+    #[error("name has a .. component")]
+    DotDot,
+    /// A name component is not a valid file name.
+    #[error("invalid name component: {0}")]
+    Name(&'static str),
+    /// The path is nested deeper than a manifest allows.
+    #[error(transparent)]
+    Depth(#[from] LimitError),
+    /// A directory that does not exist is followed by `..`.
+    #[error("a missing directory is followed by ..")]
+    MissingThenDotDot,
+    /// Symlinks in the directory components loop (or nest too deep).
+    #[error("too many levels of symlinks resolving {}", shown(.0))]
+    SymlinkLoop(Vec<u8>),
+    /// A directory component is something else.
+    #[error("{} is not a directory", shown(.0))]
+    NotADirectory(Vec<u8>),
+    /// A whiteout entry names the root.
+    #[error("whiteout of the root")]
+    WhiteoutRoot,
+    /// A whiteout entry is `.wh.` alone.
+    #[error("whiteout with an empty name")]
+    WhiteoutEmpty,
+    /// A whiteout entry hides `.` or `..`.
+    #[error("whiteout of . or ..")]
+    WhiteoutDot,
+    /// The name a whiteout hides is not a valid file name.
+    #[error("invalid whiteout name: {0}")]
+    WhiteoutName(&'static str),
+    /// An entry other than a directory for the root.
+    #[error("refusing to change the type of the root directory")]
+    RootType,
+    /// A hardlink's target cannot be resolved.
+    #[error("hardlink target {}: {err}", shown(.target))]
+    LinkTarget {
+        /// The target as the entry names it.
+        target: Vec<u8>,
+        /// Why it cannot be resolved.
+        err: Box<TreeError>,
+    },
+    /// A hardlink to the root.
+    #[error("hardlink to the root directory")]
+    LinkToRoot,
+    /// A hardlink to an entry that does not exist.
+    #[error("hardlink to a missing entry {}", shown(.0))]
+    LinkMissing(Vec<u8>),
+    /// A hardlink to a directory.
+    #[error("hardlink to a directory {}", shown(.0))]
+    LinkToDirectory(Vec<u8>),
+    /// A name of a hardlinked inode whose first name is too long for a
+    /// manifest's hardlink entry.
+    #[error(
+        "{} is a hardlink to {}, a path longer than {MAX_TARGET} bytes, which a manifest cannot record",
+        shown(.path),
+        shown(.first)
+    )]
+    LinkTooLong {
+        /// The later name.
+        path: Vec<u8>,
+        /// The first name, the hardlink's target.
+        first: Vec<u8>,
+    },
+}
 
 /// Most symlinks followed while resolving one name (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
@@ -161,16 +231,16 @@ fn default_dir_meta() -> Meta {
 }
 
 /// Splits and cleans an entry name (see the module doc).
-pub fn clean(name: &[u8]) -> Result<Vec<Name>, String> {
+pub fn clean(name: &[u8]) -> Result<Vec<Name>, TreeError> {
     let mut out = Vec::new();
     for c in name.split(|&b| b == b'/') {
         if c.is_empty() || c == b"." {
             continue;
         }
         if c == b".." {
-            return Err("name has a .. component".into());
+            return Err(TreeError::DotDot);
         }
-        check_name(c).map_err(|e| format!("invalid name component: {e}"))?;
+        check_name(c).map_err(TreeError::Name)?;
         out.push(c.to_vec());
     }
     // the kind is not known yet: the bound for any entry
@@ -240,7 +310,7 @@ impl Tree {
     /// Resolves directory components through symlinks, inside the root.
     /// Errors when a component is a non-directory (other than a symlink) or
     /// symlinks loop.
-    fn resolve_dir(&self, comps: &[Name]) -> Result<Parent, String> {
+    fn resolve_dir(&self, comps: &[Name]) -> Result<Parent, TreeError> {
         // The usual case first: every component an existing directory.
         if comps.len() <= MAX_DEPTH {
             let mut cur = &self.root;
@@ -283,7 +353,7 @@ impl Tree {
                             continue;
                         }
                         if r == b".." {
-                            return Err("a missing directory is followed by ..".into());
+                            return Err(TreeError::MissingThenDotDot);
                         }
                         resolved.push(r);
                     }
@@ -296,7 +366,7 @@ impl Tree {
                 Some(Node { kind: NodeKind::Symlink(t), .. }) => {
                     links += 1;
                     if links > MAX_SYMLINKS {
-                        return Err(format!("too many levels of symlinks resolving {}", shown(&join(comps))));
+                        return Err(TreeError::SymlinkLoop(join(comps)));
                     }
                     if t.starts_with(b"/") {
                         resolved.clear();
@@ -308,7 +378,7 @@ impl Tree {
                 }
                 Some(_) => {
                     resolved.push(c);
-                    return Err(format!("{} is not a directory", shown(&join(&resolved))));
+                    return Err(TreeError::NotADirectory(join(&resolved)));
                 }
             }
             check_depth(resolved.len(), true)?;
@@ -329,25 +399,25 @@ impl Tree {
     }
 
     /// Applies a whiteout: `name` is the whiteout entry's full name.
-    pub fn whiteout(&mut self, comps: &[Name]) -> Result<(), String> {
-        let (last, dir) = comps.split_last().ok_or("whiteout of the root")?;
+    pub fn whiteout(&mut self, comps: &[Name]) -> Result<(), TreeError> {
+        let (last, dir) = comps.split_last().ok_or(TreeError::WhiteoutRoot)?;
         let opaque = last.as_slice() == b".wh..wh..opq";
         let target = &last[4..];
         if !opaque {
             if target.is_empty() {
-                return Err("whiteout with an empty name".into());
+                return Err(TreeError::WhiteoutEmpty);
             }
             if target == b"." || target == b".." {
-                return Err("whiteout of . or ..".into());
+                return Err(TreeError::WhiteoutDot);
             }
-            check_name(target).map_err(|e| format!("invalid whiteout name: {e}"))?;
+            check_name(target).map_err(TreeError::WhiteoutName)?;
         }
         let dir_path = match self.resolve_dir(dir) {
             Ok(Parent::Same) => dir.to_vec(),
             Ok(Parent::Dir(p)) => p,
             // Nothing there to hide (umoci: ENOENT/ENOTDIR are no-ops).
             Ok(Parent::Missing(_)) => return Ok(()),
-            Err(e) if e.ends_with("is not a directory") => return Ok(()),
+            Err(TreeError::NotADirectory(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
         if opaque {
@@ -391,14 +461,14 @@ impl Tree {
     }
 
     /// Adds (or replaces) an entry. `comps` is the cleaned name.
-    pub fn add(&mut self, comps: &[Name], meta: Meta, kind: NewKind) -> Result<(), String> {
+    pub fn add(&mut self, comps: &[Name], meta: Meta, kind: NewKind) -> Result<(), TreeError> {
         let Some((last, dir)) = comps.split_last() else {
             return match kind {
                 NewKind::Dir => {
                     self.root.meta = meta.into();
                     Ok(())
                 }
-                _ => Err("refusing to change the type of the root directory".into()),
+                _ => Err(TreeError::RootType),
             };
         };
         let resolved;
@@ -482,20 +552,21 @@ impl Tree {
         }
     }
 
-    fn link_target(&mut self, target: &[u8]) -> Result<Node, String> {
-        let comps = clean(target).map_err(|e| format!("hardlink target {}: {e}", shown(target)))?;
-        let (last, dir) = comps.split_last().ok_or("hardlink to the root directory")?;
-        let missing = || format!("hardlink to a missing entry {}", shown(target));
+    fn link_target(&mut self, target: &[u8]) -> Result<Node, TreeError> {
+        let bad = |e| TreeError::LinkTarget { target: target.to_vec(), err: Box::new(e) };
+        let comps = clean(target).map_err(bad)?;
+        let (last, dir) = comps.split_last().ok_or(TreeError::LinkToRoot)?;
+        let missing = || TreeError::LinkMissing(target.to_vec());
         let p = match self.resolve_dir(dir) {
             Ok(Parent::Same) => dir.to_vec(),
             Ok(Parent::Dir(p)) => p,
             Ok(Parent::Missing(_)) => return Err(missing()),
-            Err(e) => return Err(format!("hardlink target {}: {e}", shown(target))),
+            Err(e) => return Err(bad(e)),
         };
         let fresh = self.linked;
         let n = self.dir_mut(&p).and_then(|ch| ch.get_mut(last)).ok_or_else(missing)?;
         match n.kind {
-            NodeKind::Dir(_) => return Err(format!("hardlink to a directory {}", shown(target))),
+            NodeKind::Dir(_) => return Err(TreeError::LinkToDirectory(target.to_vec())),
             NodeKind::File(_) => return Ok(n.clone()),
             NodeKind::EmptyFile => {
                 n.kind = NodeKind::File(Arc::new(File::default()));
@@ -512,17 +583,17 @@ impl Tree {
         Ok(n)
     }
 
-    fn make_dirs(&mut self, path: &[Name]) -> Result<(), String> {
+    fn make_dirs(&mut self, path: &[Name]) -> Result<(), TreeError> {
         let mut cur = &mut self.root;
         for c in path {
             let NodeKind::Dir(ch) = &mut cur.kind else {
-                return Err(format!("{} is not a directory", shown(&join(path))));
+                return Err(TreeError::NotADirectory(join(path)));
             };
             cur = ch.entry(c.clone()).or_insert_with(Node::implicit_dir);
         }
         match cur.kind {
             NodeKind::Dir(_) => Ok(()),
-            _ => Err(format!("{} is not a directory", shown(&join(path)))),
+            _ => Err(TreeError::NotADirectory(join(path))),
         }
     }
 
@@ -530,14 +601,14 @@ impl Tree {
     /// carries content and metadata, the others become hardlinks to it.
     /// Fails only when a hardlink's first name is a path too long for the
     /// format ([`MAX_TARGET`] bytes).
-    pub fn to_manifest(&self) -> Result<Manifest, String> {
+    pub fn to_manifest(&self) -> Result<Manifest, TreeError> {
         let mut first: HashMap<Ino, Vec<u8>> = HashMap::new();
         let mut path = Vec::new();
         let root = self.convert(&self.root, &mut path, &mut first)?;
         Ok(Manifest { root })
     }
 
-    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, String> {
+    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, TreeError> {
         if let Some(l) = n.linked {
             if let Some(link) = hardlink(first, Ino::Linked(l), path)? {
                 return Ok(link);
@@ -579,7 +650,7 @@ impl Tree {
     /// metadata and contents move into the manifest, and each part of the
     /// tree is freed as soon as it is converted, so the two are never both
     /// whole in memory.
-    pub fn into_manifest(self) -> Result<Manifest, String> {
+    pub fn into_manifest(self) -> Result<Manifest, TreeError> {
         let mut first: HashMap<Ino, Vec<u8>> = HashMap::new();
         let mut path = Vec::new();
         let root = into_entry(self.root, &mut path, &mut first)?;
@@ -588,7 +659,7 @@ impl Tree {
 }
 
 /// Converts `n` (at `path`) as [`Tree::to_manifest`] does, moving its parts.
-fn into_entry(n: Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, String> {
+fn into_entry(n: Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, TreeError> {
     if let Some(l) = n.linked {
         if let Some(link) = hardlink(first, Ino::Linked(l), path)? {
             return Ok(link);
@@ -661,17 +732,13 @@ enum Ino {
 /// The hardlink entry for `path` if an earlier name of `ino` was met;
 /// otherwise records `path` as its first name. Fails when that first name is
 /// longer than a manifest can record.
-fn hardlink(first: &mut HashMap<Ino, Vec<u8>>, ino: Ino, path: &[u8]) -> Result<Option<Entry>, String> {
+fn hardlink(first: &mut HashMap<Ino, Vec<u8>>, ino: Ino, path: &[u8]) -> Result<Option<Entry>, TreeError> {
     let Some(p) = first.get(&ino) else {
         first.insert(ino, path.to_vec());
         return Ok(None);
     };
     if p.len() > MAX_TARGET {
-        return Err(format!(
-            "{} is a hardlink to {}, a path longer than {MAX_TARGET} bytes, which a manifest cannot record",
-            shown(path),
-            shown(p)
-        ));
+        return Err(TreeError::LinkTooLong { path: path.to_vec(), first: p.clone() });
     }
     Ok(Some(Entry { meta: Meta::default(), kind: Kind::Hardlink(p.clone()) }))
 }
@@ -773,5 +840,34 @@ mod tests {
         assert_eq!(m.get(b"a/fl").unwrap().kind, Kind::Hardlink(b"a/fifo".to_vec()));
         assert!(m.get(b"a/b/new").is_some());
         assert_eq!(t.into_manifest().unwrap(), m);
+    }
+
+    /// A whiteout below a non-directory hides nothing (umoci: ENOTDIR is a
+    /// no-op); the same path for an entry is an error naming it.
+    #[test]
+    fn whiteout_under_a_file_is_a_no_op_but_an_entry_there_is_refused() {
+        let mut t = Tree::default();
+        file(&mut t, "f");
+        t.whiteout(&c("f/.wh.x")).unwrap();
+        t.whiteout(&c("f/.wh..wh..opq")).unwrap();
+        assert!(matches!(t.to_manifest().unwrap().get(b"f").unwrap().kind, Kind::File(_)));
+        let e = t.add(&c("f/x"), Meta::default(), NewKind::Fifo).unwrap_err();
+        assert_eq!(e, TreeError::NotADirectory(b"f".to_vec()));
+        assert_eq!(e.to_string(), "/f is not a directory");
+    }
+
+    /// Errors are values a caller can match on, and a hardlink's keeps the
+    /// reason its target failed.
+    #[test]
+    fn tree_errors_are_typed() {
+        assert_eq!(clean(b"a/../b"), Err(TreeError::DotDot));
+        let mut t = Tree::default();
+        assert_eq!(t.whiteout(&c(".wh..")), Err(TreeError::WhiteoutDot));
+        assert_eq!(t.add(&[], Meta::default(), NewKind::Fifo), Err(TreeError::RootType));
+        let e = t.add(&c("l"), Meta::default(), NewKind::Link(b"a/../b".to_vec())).unwrap_err();
+        assert_eq!(e, TreeError::LinkTarget { target: b"a/../b".to_vec(), err: Box::new(TreeError::DotDot) });
+        assert_eq!(e.to_string(), "hardlink target /a/../b: name has a .. component");
+        let deep = vec![b"d".to_vec(); MAX_DEPTH + 2];
+        assert!(matches!(t.add(&deep, Meta::default(), NewKind::Fifo), Err(TreeError::Depth(_))));
     }
 }

@@ -5,7 +5,7 @@
 //! (`application/vnd.oci.empty.v1+json`, `{}`), and as layers first the
 //! ocix manifest blob (media type [`MEDIA_TYPE`]),
 //! then the packs of small file blobs (see [`pack`](super::pack)), then
-//! every other distinct file blob it names ([`FILE_MEDIA_TYPE`], or its
+//! every other distinct file blob it names ([`OCIX_FILE`], or its
 //! zstd form, see [`wire`](super::wire)), in manifest order. Listing the blobs makes them part of the image: a
 //! registry links them to the repository, serves them, and its garbage
 //! collector keeps them while the tag lives.
@@ -15,32 +15,23 @@
 //! [`LAYERS_PER_MANIFEST`] distinct blobs, the tag names an OCI image index
 //! instead (`artifactType` the ocix media type too) whose first manifest is
 //! the ocix artifact carrying the ocix manifest blob and the packs, followed by
-//! "blob list" manifests (`artifactType` [`BLOBS_ARTIFACT_TYPE`]) of at most
+//! "blob list" manifests (`artifactType` [`OCIX_BLOBS`]) of at most
 //! that many file blobs each. A reader takes the first manifest whose
 //! `artifactType` is the ocix media type, and reads the blob lists only for
 //! the compressed file blobs they name: every other file blob is fetched by
 //! its own digest from the repository.
 
-use super::pack::{ANN_COUNT, ANN_THRESHOLD, PACK_MEDIA_TYPE};
-use super::wire::{
-    ANN_CONTENT, ANN_FRAMES, FILE_ZSTD_MEDIA_TYPE, PACK_ZSTD_MEDIA_TYPE, frames_annotation, parse_frames,
+use super::pack::{ANN_COUNT, ANN_THRESHOLD, PackLayer};
+use super::wire::{ANN_CONTENT, ANN_FRAMES, FramesError, frames_annotation, parse_frames};
+use crate::manifest::{Digest, DigestParseError, MEDIA_TYPE};
+use crate::oci::media::{
+    OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, OCIX_BLOBS, OCIX_FILE, OCIX_FILE_ZSTD, OCIX_PACK, OCIX_PACK_ZSTD,
 };
-use crate::manifest::{Digest, MEDIA_TYPE};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// OCI image manifest media type.
-pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index media type.
-pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-/// The empty config's media type.
-pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// The empty config's content.
 pub const EMPTY_CONFIG: &[u8] = b"{}";
-/// Media type of a file blob listed as a layer.
-pub const FILE_MEDIA_TYPE: &str = "application/vnd.ocix.file.v1";
-/// `artifactType` of the extra manifests that only list file blobs.
-pub const BLOBS_ARTIFACT_TYPE: &str = "application/vnd.ocix.blobs.v1";
 /// Default most layers in one manifest (about 2.8 MB of JSON).
 pub const LAYERS_PER_MANIFEST: usize = 20_000;
 
@@ -80,7 +71,7 @@ impl Descriptor {
 
     /// The empty config descriptor.
     pub fn empty() -> Self {
-        let mut d = Descriptor::new(EMPTY_MEDIA_TYPE, &Digest::of(EMPTY_CONFIG), EMPTY_CONFIG.len() as u64);
+        let mut d = Descriptor::new(OCI_EMPTY, &Digest::of(EMPTY_CONFIG), EMPTY_CONFIG.len() as u64);
         d.data = Some("e30=".into());
         d
     }
@@ -92,7 +83,7 @@ impl Descriptor {
 pub struct ImageManifest {
     /// Always 2.
     pub schema_version: u32,
-    /// [`MANIFEST_MEDIA_TYPE`].
+    /// [`OCI_MANIFEST`].
     #[serde(default)]
     pub media_type: Option<String>,
     /// What the artifact is.
@@ -114,7 +105,7 @@ pub struct ImageManifest {
 pub struct Index {
     /// Always 2.
     pub schema_version: u32,
-    /// [`INDEX_MEDIA_TYPE`].
+    /// [`OCI_INDEX`].
     #[serde(default)]
     pub media_type: Option<String>,
     /// What the artifact is.
@@ -131,20 +122,6 @@ pub struct Doc {
     pub media_type: &'static str,
     /// Encoded JSON.
     pub bytes: Vec<u8>,
-}
-
-/// A pack as a layer: its registry digest and size, its member count,
-/// and for a compressed pack its frames' lengths (see [`wire`](super::wire)).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PackLayer {
-    /// Registry digest.
-    pub digest: Digest,
-    /// Registry size.
-    pub size: u64,
-    /// Members.
-    pub count: u64,
-    /// Compressed: each member's zstd frame length.
-    pub frames: Option<Vec<u64>>,
 }
 
 /// A file blob above the pack threshold as a layer.
@@ -164,9 +141,9 @@ impl PackLayer {
         let media = match &self.frames {
             Some(f) => {
                 ann.insert(ANN_FRAMES.to_string(), frames_annotation(f));
-                PACK_ZSTD_MEDIA_TYPE
+                OCIX_PACK_ZSTD
             }
-            None => PACK_MEDIA_TYPE,
+            None => OCIX_PACK,
         };
         let mut p = Descriptor::new(media, &self.digest, self.size);
         p.annotations = Some(ann);
@@ -177,9 +154,9 @@ impl PackLayer {
 impl FileLayer {
     fn descriptor(&self) -> Descriptor {
         match &self.zstd {
-            None => Descriptor::new(FILE_MEDIA_TYPE, &self.digest, self.size),
+            None => Descriptor::new(OCIX_FILE, &self.digest, self.size),
             Some((d, s)) => {
-                let mut l = Descriptor::new(FILE_ZSTD_MEDIA_TYPE, d, *s);
+                let mut l = Descriptor::new(OCIX_FILE_ZSTD, d, *s);
                 l.annotations = Some(BTreeMap::from([(ANN_CONTENT.to_string(), self.digest.to_string())]));
                 l
             }
@@ -201,10 +178,10 @@ pub fn build(
 ) -> (Vec<Doc>, Doc) {
     let per = per_manifest.max(1);
     let manifest = |artifact: &str, layers: Vec<Descriptor>, ann: Option<BTreeMap<String, String>>| Doc {
-        media_type: MANIFEST_MEDIA_TYPE,
+        media_type: OCI_MANIFEST,
         bytes: to_json(&ImageManifest {
             schema_version: 2,
-            media_type: Some(MANIFEST_MEDIA_TYPE.into()),
+            media_type: Some(OCI_MANIFEST.into()),
             artifact_type: Some(artifact.into()),
             config: Descriptor::empty(),
             layers,
@@ -219,22 +196,20 @@ pub fn build(
         return (Vec::new(), manifest(MEDIA_TYPE, head, ann));
     }
     let main = manifest(MEDIA_TYPE, head, ann);
-    let parts: Vec<Doc> = files
-        .chunks(per)
-        .map(|c| manifest(BLOBS_ARTIFACT_TYPE, c.iter().map(FileLayer::descriptor).collect(), None))
-        .collect();
+    let parts: Vec<Doc> =
+        files.chunks(per).map(|c| manifest(OCIX_BLOBS, c.iter().map(FileLayer::descriptor).collect(), None)).collect();
     let entry = |doc: &Doc, artifact: &str| {
         let mut d = Descriptor::new(doc.media_type, &Digest::of(&doc.bytes), doc.bytes.len() as u64);
         d.artifact_type = Some(artifact.into());
         d
     };
     let mut manifests = vec![entry(&main, MEDIA_TYPE)];
-    manifests.extend(parts.iter().map(|p| entry(p, BLOBS_ARTIFACT_TYPE)));
+    manifests.extend(parts.iter().map(|p| entry(p, OCIX_BLOBS)));
     let index = Doc {
-        media_type: INDEX_MEDIA_TYPE,
+        media_type: OCI_INDEX,
         bytes: to_json(&Index {
             schema_version: 2,
-            media_type: Some(INDEX_MEDIA_TYPE.into()),
+            media_type: Some(OCI_INDEX.into()),
             artifact_type: Some(MEDIA_TYPE.into()),
             manifests,
         }),
@@ -284,21 +259,77 @@ pub enum Found {
     },
 }
 
+/// Why a registry's manifest is not a readable ocix artifact.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArtifactError {
+    /// The manifest is not JSON.
+    #[error("manifest is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// An index that does not parse as one.
+    #[error("malformed OCI index: {0}")]
+    Index(serde_json::Error),
+    /// A manifest that does not parse as one.
+    #[error("malformed OCI manifest: {0}")]
+    Manifest(serde_json::Error),
+    /// An index with no ocix artifact in it.
+    #[error("an index with no manifest of artifactType {MEDIA_TYPE} (not an ocix artifact)")]
+    NoOcixInIndex,
+    /// The ocix artifact an index names is itself an index.
+    #[error("an index inside an index")]
+    NestedIndex,
+    /// An ordinary image (or another artifact), not an ocix artifact.
+    #[error(
+        "{NOT_OCIX} (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \
+         an ordinary image is read by `ocix import`, `ocix unpack docker://...` or `ocix unpack --image`",
+        .artifact_type.as_deref().unwrap_or("none")
+    )]
+    NotOcix {
+        /// The manifest's `artifactType`, if any.
+        artifact_type: Option<String>,
+    },
+    /// A descriptor's digest does not parse.
+    #[error("{0}")]
+    Digest(DigestParseError),
+    /// A compressed file blob without its content digest.
+    #[error("compressed blob {0} has no {ANN_CONTENT} annotation")]
+    NoContentDigest(String),
+    /// A pack without its member count.
+    #[error("pack {0} has no {ANN_COUNT} annotation")]
+    NoCount(String),
+    /// A compressed pack without its frames' lengths.
+    #[error("compressed pack {0} has no {ANN_FRAMES} annotation")]
+    NoFrames(String),
+    /// A compressed pack whose frames' lengths are wrong.
+    #[error("pack {pack}: {err}")]
+    Frames {
+        /// The pack's digest as the descriptor says it.
+        pack: String,
+        /// What is wrong.
+        err: FramesError,
+    },
+    /// A pack threshold that is not a number.
+    #[error("bad {ANN_THRESHOLD} {0:?}")]
+    Threshold(String),
+    /// Packs but no threshold to find their members by.
+    #[error("packs but no {ANN_THRESHOLD} annotation")]
+    NoThreshold,
+}
+
 fn ann<'a>(a: &'a Option<BTreeMap<String, String>>, k: &str) -> Option<&'a String> {
     a.as_ref().and_then(|a| a.get(k))
 }
 
-fn parse_digest(s: &str) -> Result<Digest, String> {
-    Digest::parse(s).map_err(|e| e.to_string())
+fn parse_digest(s: &str) -> Result<Digest, ArtifactError> {
+    Digest::parse(s).map_err(ArtifactError::Digest)
 }
 
 /// The compressed file blobs an artifact's layers name: (content digest,
 /// registry digest, registry size).
-fn zstd_files(layers: &[Descriptor]) -> Result<Vec<(Digest, Digest, u64)>, String> {
+fn zstd_files(layers: &[Descriptor]) -> Result<Vec<(Digest, Digest, u64)>, ArtifactError> {
     let mut out = Vec::new();
-    for l in layers.iter().filter(|l| l.media_type == FILE_ZSTD_MEDIA_TYPE) {
-        let c = ann(&l.annotations, ANN_CONTENT)
-            .ok_or_else(|| format!("compressed blob {} has no {ANN_CONTENT} annotation", l.digest))?;
+    for l in layers.iter().filter(|l| l.media_type == OCIX_FILE_ZSTD) {
+        let c = ann(&l.annotations, ANN_CONTENT).ok_or_else(|| ArtifactError::NoContentDigest(l.digest.clone()))?;
         out.push((parse_digest(c)?, parse_digest(&l.digest)?, l.size));
     }
     Ok(out)
@@ -306,53 +337,53 @@ fn zstd_files(layers: &[Descriptor]) -> Result<Vec<(Digest, Digest, u64)>, Strin
 
 /// Reads a blob list of an index (see [`Found::Index`]): the compressed
 /// file blobs it names.
-pub fn blob_list(bytes: &[u8]) -> Result<Vec<(Digest, Digest, u64)>, String> {
-    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| format!("malformed OCI manifest: {e}"))?;
+pub fn blob_list(bytes: &[u8]) -> Result<Vec<(Digest, Digest, u64)>, ArtifactError> {
+    let m: ImageManifest = serde_json::from_slice(bytes).map_err(ArtifactError::Manifest)?;
     zstd_files(&m.layers)
 }
 
 /// Reads a fetched manifest or index and finds the ocix manifest in it.
-pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, String> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
+pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, ArtifactError> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(ArtifactError::NotJson)?;
     let mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or(media_type);
-    if mt == INDEX_MEDIA_TYPE || v.get("manifests").is_some() {
-        let ix: Index = serde_json::from_value(v).map_err(|e| format!("malformed OCI index: {e}"))?;
-        let m =
-            ix.manifests.iter().find(|m| m.artifact_type.as_deref() == Some(MEDIA_TYPE)).ok_or_else(|| {
-                format!("an index with no manifest of artifactType {MEDIA_TYPE} (not an ocix artifact)")
-            })?;
+    if mt == OCI_INDEX || v.get("manifests").is_some() {
+        let ix: Index = serde_json::from_value(v).map_err(ArtifactError::Index)?;
+        let m = ix
+            .manifests
+            .iter()
+            .find(|m| m.artifact_type.as_deref() == Some(MEDIA_TYPE))
+            .ok_or(ArtifactError::NoOcixInIndex)?;
         let lists = ix
             .manifests
             .iter()
-            .filter(|m| m.artifact_type.as_deref() == Some(BLOBS_ARTIFACT_TYPE))
+            .filter(|m| m.artifact_type.as_deref() == Some(OCIX_BLOBS))
             .map(|m| parse_digest(&m.digest))
             .collect::<Result<_, _>>()?;
         return Ok(Found::Index { ocix: parse_digest(&m.digest)?, lists });
     }
-    let m: ImageManifest = serde_json::from_value(v).map_err(|e| format!("malformed OCI manifest: {e}"))?;
+    let m: ImageManifest = serde_json::from_value(v).map_err(ArtifactError::Manifest)?;
     let is_ocix = m.artifact_type.as_deref() == Some(MEDIA_TYPE) || m.config.media_type == MEDIA_TYPE;
     let layer = m.layers.iter().find(|l| l.media_type == MEDIA_TYPE);
     match layer {
         Some(l) if is_ocix || m.layers.first() == Some(l) => {
             let mut packs = Vec::new();
-            for p in m.layers.iter().filter(|l| l.media_type == PACK_MEDIA_TYPE || l.media_type == PACK_ZSTD_MEDIA_TYPE)
-            {
+            for p in m.layers.iter().filter(|l| l.media_type == OCIX_PACK || l.media_type == OCIX_PACK_ZSTD) {
                 let count = ann(&p.annotations, ANN_COUNT)
                     .and_then(|c| c.parse::<u64>().ok())
-                    .ok_or_else(|| format!("pack {} has no {ANN_COUNT} annotation", p.digest))?;
-                let frames = if p.media_type == PACK_ZSTD_MEDIA_TYPE {
-                    let f = ann(&p.annotations, ANN_FRAMES)
-                        .ok_or_else(|| format!("compressed pack {} has no {ANN_FRAMES} annotation", p.digest))?;
-                    Some(parse_frames(f, count, p.size).map_err(|e| format!("pack {}: {e}", p.digest))?)
+                    .ok_or_else(|| ArtifactError::NoCount(p.digest.clone()))?;
+                let frames = if p.media_type == OCIX_PACK_ZSTD {
+                    let f = ann(&p.annotations, ANN_FRAMES).ok_or_else(|| ArtifactError::NoFrames(p.digest.clone()))?;
+                    let frames = parse_frames(f, count, p.size);
+                    Some(frames.map_err(|err| ArtifactError::Frames { pack: p.digest.clone(), err })?)
                 } else {
                     None
                 };
                 packs.push(PackLayer { digest: parse_digest(&p.digest)?, size: p.size, count, frames });
             }
             let threshold = match ann(&m.annotations, ANN_THRESHOLD) {
-                Some(t) => t.parse::<u64>().map_err(|_| format!("bad {ANN_THRESHOLD} {t:?}"))?,
+                Some(t) => t.parse::<u64>().map_err(|_| ArtifactError::Threshold(t.clone()))?,
                 None if packs.is_empty() => 0,
-                None => return Err(format!("packs but no {ANN_THRESHOLD} annotation")),
+                None => return Err(ArtifactError::NoThreshold),
             };
             Ok(Found::Ocix(Layout {
                 manifest: parse_digest(&l.digest)?,
@@ -362,11 +393,7 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, String> {
                 zstd: zstd_files(&m.layers)?,
             }))
         }
-        _ => Err(format!(
-            "{NOT_OCIX} (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \
-             an ordinary image is read by `ocix import`, `ocix unpack docker://...` or `ocix unpack --image`",
-            m.artifact_type.as_deref().unwrap_or("none")
-        )),
+        _ => Err(ArtifactError::NotOcix { artifact_type: m.artifact_type }),
     }
 }
 
@@ -389,11 +416,11 @@ mod tests {
         f[1].zstd = Some((Digest::of(b"z"), 1));
         let (first, top) = build(&o, &packs, 5, &f, 10);
         assert!(first.is_empty());
-        assert_eq!(top.media_type, MANIFEST_MEDIA_TYPE);
+        assert_eq!(top.media_type, OCI_MANIFEST);
         let m: ImageManifest = serde_json::from_slice(&top.bytes).unwrap();
         assert_eq!(m.layers.len(), 6);
-        assert_eq!(m.layers[2].media_type, PACK_ZSTD_MEDIA_TYPE);
-        assert_eq!(m.layers[4].media_type, FILE_ZSTD_MEDIA_TYPE);
+        assert_eq!(m.layers[2].media_type, OCIX_PACK_ZSTD);
+        assert_eq!(m.layers[4].media_type, OCIX_FILE_ZSTD);
         assert_eq!(m.layers[4].digest, Digest::of(b"z").to_string());
         assert_eq!(m.config.digest, "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
         let want = Layout {
@@ -413,7 +440,7 @@ mod tests {
         f[24].zstd = Some((Digest::of(b"z"), 3));
         let (first, top) = build(&o, &[], 0, &f, 10);
         assert_eq!(first.len(), 4); // 3 parts + the main artifact
-        assert_eq!(top.media_type, INDEX_MEDIA_TYPE);
+        assert_eq!(top.media_type, OCI_INDEX);
         let main = first.last().unwrap();
         let lists: Vec<Digest> = first[..3].iter().map(|d| Digest::of(&d.bytes)).collect();
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Index { ocix: Digest::of(&main.bytes), lists });
@@ -430,7 +457,7 @@ mod tests {
         let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
             "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:00","size":1},
             "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:00","size":1}]}"#;
-        assert!(find(m, "").unwrap_err().contains("not an ocix artifact"));
+        assert!(find(m, "").unwrap_err().to_string().contains("not an ocix artifact"));
     }
 
     #[test]

@@ -3,15 +3,15 @@
 //! store (`<base>blobs/sha256/<hex>`). Authentication answers the registry's
 //! challenge on the first 401; idempotent requests are retried with backoff
 //! on timeouts, connection errors and 5xx; a blob download interrupted
-//! midway resumes with a `Range` request into the same temporary file.
+//! midway resumes with a `Range` request. What the bytes are (packs, zstd
+//! on the wire) is [`fetch`](super::fetch)'s business, not the client's.
 
 use super::auth::{self, Challenge, Credentials};
-use super::pack::Member;
-use super::reference::Reference;
-use super::wire::{Coding, Sink, SinkError};
-use super::{MAX_MANIFEST, RemoteError, RemoteOptions, transport};
+use super::reference::{Reference, Remote};
+use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, transport};
 use crate::manifest::Digest;
-use crate::store::{Store, StoreError, Verifier};
+use crate::oci::media;
+use crate::store::{Store, Verifier};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use std::sync::Mutex;
@@ -20,45 +20,6 @@ use std::time::Duration;
 /// Blobs up to this size are uploaded in one PUT; larger ones in PATCH
 /// chunks of this size. Also the most memory one upload holds.
 pub const UPLOAD_CHUNK: u64 = 8 << 20;
-
-/// Where blobs come from or go to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Remote {
-    /// An OCI distribution registry.
-    Registry(Reference),
-    /// A static store: `BASE` ends with `/` and `BASEblobs/sha256/<hex>`
-    /// serves each blob.
-    Http(String),
-}
-
-impl Remote {
-    /// Parses `docker://...` or `http(s)://HOST[:PORT]/[PREFIX/]`.
-    pub fn parse(s: &str) -> Result<Remote, RemoteError> {
-        if s.starts_with("docker://") {
-            return Ok(Remote::Registry(Reference::parse(s)?));
-        }
-        if let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) {
-            let host = rest.split('/').next().unwrap_or("");
-            if host.is_empty() || host.contains(['@', '?', '#']) || s.contains(['?', '#']) {
-                return Err(super::reference::ReferenceError {
-                    input: s.to_string(),
-                    why: "expected http(s)://HOST[:PORT]/[PREFIX/]",
-                }
-                .into());
-            }
-            let mut base = s.to_string();
-            if !base.ends_with('/') {
-                base.push('/');
-            }
-            return Ok(Remote::Http(base));
-        }
-        Err(super::reference::ReferenceError {
-            input: s.to_string(),
-            why: "expected docker://HOST/REPO[:TAG|@DIGEST] or http(s)://HOST/PREFIX/",
-        }
-        .into())
-    }
-}
 
 /// A connection pool to one remote, with its authentication state.
 pub struct Client {
@@ -133,7 +94,6 @@ impl Client {
         }
     }
 
-    /// The remote.
     /// Whether the server answered over HTTP/2 (negotiated by TLS ALPN).
     pub fn used_http2(&self) -> bool {
         self.http2.load(std::sync::atomic::Ordering::Relaxed)
@@ -167,10 +127,7 @@ impl Client {
     fn registry(&self) -> Result<&Reference, RemoteError> {
         match &self.remote {
             Remote::Registry(r) => Ok(r),
-            Remote::Http(base) => Err(RemoteError::Artifact {
-                url: base.clone(),
-                why: "a static HTTP store has no manifests or uploads (name the manifest by digest)".into(),
-            }),
+            Remote::Http(base) => Err(RemoteError::Protocol { url: base.clone(), why: ProtocolError::StaticStore }),
         }
     }
 
@@ -314,7 +271,7 @@ impl Client {
     /// and digest; the digest is checked against `Docker-Content-Digest` and
     /// against the reference when that is a digest.
     pub async fn get_manifest(&self, target: &str) -> Result<(Vec<u8>, String, Digest), RemoteError> {
-        self.get_manifest_as(target, &[super::artifact::MANIFEST_MEDIA_TYPE, super::artifact::INDEX_MEDIA_TYPE]).await
+        self.get_manifest_as(target, &[media::OCI_MANIFEST, media::OCI_INDEX]).await
     }
 
     /// [`get_manifest`](Self::get_manifest) accepting the media types
@@ -431,7 +388,7 @@ impl Client {
 
     /// GET of a blob from byte `off` on (a `Range` request past 0); the
     /// answer is 200 or 206, which the caller tells apart.
-    async fn get_from(&self, url: &str, off: u64) -> Result<Response, RemoteError> {
+    pub(super) async fn get_from(&self, url: &str, off: u64) -> Result<Response, RemoteError> {
         let range = format!("bytes={off}-");
         let build = || {
             let rb = self.http.get(url);
@@ -439,6 +396,25 @@ impl Client {
         };
         let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
         check("GET", url, self.send("GET", url, &build).await?, &ok).await
+    }
+
+    /// GET of the byte range `range` (`bytes=A-B`) of `url`; the answer is
+    /// 200 (the server ignored the range) or 206, which the caller tells
+    /// apart (see [`range_skip`]).
+    pub(super) async fn get_range(&self, url: &str, range: &str) -> Result<Response, RemoteError> {
+        let build = || self.http.get(url).header(header::RANGE, range);
+        let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
+        check("GET", url, self.send("GET", url, &build).await?, &ok).await
+    }
+
+    /// Retries of a request after a transient failure.
+    pub(super) fn retries(&self) -> u32 {
+        self.opts.retries
+    }
+
+    /// The connect and read timeout, for messages.
+    pub(super) fn timeout(&self) -> Duration {
+        self.opts.timeout
     }
 
     async fn stream_once(
@@ -484,185 +460,6 @@ impl Client {
         Ok(())
     }
 
-    /// Fetches a blob of `size` content bytes into `store`: by its own
-    /// digest, or `via` the registry digest and size of its zstd form,
-    /// streamed (and decoded) into a store temporary file, resumed with
-    /// `Range` after a transient failure, and named by its digest only when
-    /// size and sha256 match. `progress` is told each piece's length.
-    /// Returns the bytes received (more than the wire size when a server
-    /// ignored a `Range` and the blob was restarted).
-    pub async fn fetch_blob(
-        &self,
-        d: &Digest,
-        size: u64,
-        via: Option<(Digest, u64)>,
-        store: &Store,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<u64, RemoteError> {
-        let (url, coding, wire) = match via {
-            None => (self.blob_url(d), Coding::Plain, size),
-            Some((z, n)) => (self.blob_url(&z), Coding::Zstd, n),
-        };
-        let mut sink = Sink::new(store, coding, size).map_err(|e| sink_err(&url, d, e))?;
-        let mut received = 0u64;
-        let mut attempt = 0;
-        loop {
-            match self.fetch_into(&url, d, wire, &mut sink, &mut received, progress).await {
-                Ok(()) => break,
-                Err(e) if e.transient() && attempt < self.opts.retries => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        sink.finish(d).map_err(|e| sink_err(&url, d, e))?;
-        Ok(received)
-    }
-
-    async fn fetch_into(
-        &self,
-        url: &str,
-        d: &Digest,
-        wire: u64,
-        sink: &mut Sink<'_>,
-        received: &mut u64,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<(), RemoteError> {
-        let off = sink.wire_len();
-        if off == wire && wire > 0 {
-            return Ok(());
-        }
-        let mut resp = self.get_from(url, off).await?;
-        if range_skip(&resp, url, off)? > 0 {
-            // the server ignored the range: start the blob again
-            sink.restart().map_err(|e| sink_err(url, d, e))?;
-        }
-        if let Some(len) = resp.content_length() {
-            if sink.wire_len() + len > wire {
-                return Err(RemoteError::WrongSize {
-                    url: url.to_string(),
-                    expected: wire,
-                    got: sink.wire_len() + len,
-                });
-            }
-        }
-        loop {
-            let chunk = resp.chunk().await.map_err(|e| transport("GET", url, e, self.opts.timeout))?;
-            let Some(chunk) = chunk else { break };
-            if sink.wire_len() + chunk.len() as u64 > wire {
-                return Err(RemoteError::WrongSize {
-                    url: url.to_string(),
-                    expected: wire,
-                    got: sink.wire_len() + chunk.len() as u64,
-                });
-            }
-            sink.write(&chunk).map_err(|e| sink_err(url, d, e))?;
-            *received += chunk.len() as u64;
-            progress(chunk.len() as u64);
-        }
-        if sink.wire_len() < wire {
-            // a body cut short without a transport error: resume
-            return Err(RemoteError::Transport {
-                op: "GET".into(),
-                url: url.to_string(),
-                detail: format!("body ended after {} of {wire} bytes", sink.wire_len()),
-                transient: true,
-            });
-        }
-        Ok(())
-    }
-
-    /// Fetches a run of adjacent pack members with one `Range` request,
-    /// each member streamed (and decoded, in a compressed pack) into its own
-    /// store temporary file and named once its size and sha256 match. After
-    /// a transient failure the request is made again from the first member
-    /// not yet stored. Returns the bytes received.
-    pub async fn fetch_run(
-        &self,
-        pack: &Digest,
-        coding: Coding,
-        members: &[Member],
-        store: &Store,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<u64, RemoteError> {
-        let url = self.blob_url(pack);
-        let (mut done, mut received, mut attempt) = (0, 0, 0);
-        while done < members.len() {
-            match self.run_once(&url, coding, &members[done..], store, &mut done, &mut received, progress).await {
-                Ok(()) => {}
-                Err(e) if e.transient() && attempt < self.opts.retries => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(received)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn run_once(
-        &self,
-        url: &str,
-        coding: Coding,
-        members: &[Member],
-        store: &Store,
-        done: &mut usize,
-        received: &mut u64,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<(), RemoteError> {
-        let (Some(first), Some(last)) = (members.first(), members.last()) else { return Ok(()) };
-        let start = first.off;
-        let end = last.off + last.len;
-        let range = format!("bytes={start}-{}", end.saturating_sub(1));
-        let build = || self.http.get(url).header(header::RANGE, &range);
-        let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
-        let mut resp = check("GET", url, self.send("GET", url, &build).await?, &ok).await?;
-        // a server that ignores Range sends the whole pack: skip to the run
-        let mut skip = range_skip(&resp, url, start)?;
-        let mut i = 0;
-        let mut sink: Option<Sink<'_>> = None;
-        while i < members.len() {
-            let chunk = resp.chunk().await.map_err(|e| transport("GET", url, e, self.opts.timeout))?;
-            let Some(chunk) = chunk else {
-                return Err(RemoteError::Transport {
-                    op: "GET".into(),
-                    url: url.to_string(),
-                    detail: format!("body ended inside pack member {}", members[i].digest),
-                    transient: true,
-                });
-            };
-            *received += chunk.len() as u64;
-            let mut data: &[u8] = &chunk;
-            let k = skip.min(data.len() as u64) as usize;
-            data = &data[k..];
-            skip -= k as u64;
-            while !data.is_empty() && i < members.len() {
-                let m = members[i];
-                let shown = || format!("{url} (bytes {}..{})", m.off, m.off + m.len);
-                let cur = match &mut sink {
-                    Some(s) => s,
-                    None => {
-                        sink.insert(Sink::new(store, coding, m.size).map_err(|e| sink_err(&shown(), &m.digest, e))?)
-                    }
-                };
-                let k = (m.len - cur.wire_len()).min(data.len() as u64) as usize;
-                cur.write(&data[..k]).map_err(|e| sink_err(&shown(), &m.digest, e))?;
-                progress(k as u64);
-                data = &data[k..];
-                if cur.wire_len() == m.len {
-                    if let Some(full) = sink.take() {
-                        full.finish(&m.digest).map_err(|e| sink_err(&shown(), &m.digest, e))?;
-                    }
-                    i += 1;
-                    *done += 1;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Uploads blob `d` of `size` bytes read from `store` (one PUT up to
     /// [`UPLOAD_CHUNK`], else PATCH chunks then a closing PUT), retried from
     /// the start on transient failures.
@@ -685,7 +482,7 @@ impl Client {
         let file = match src {
             Upload::Store(store) => Some((std::fs::File::from(store.open_blob(d)?), store.blob_path(d))),
             Upload::File(f, name) => Some((
-                f.try_clone().map_err(|e| RemoteError::Io { path: name.to_string(), source: e })?,
+                f.try_clone().map_err(|e| RemoteError::Io { path: name.to_string(), err: e })?,
                 std::path::PathBuf::from(name),
             )),
             Upload::Bytes(_) => None,
@@ -696,14 +493,14 @@ impl Client {
                 (Some((f, path)), _) => {
                     let mut buf = vec![0u8; len as usize];
                     f.read_exact_at(&mut buf, off)
-                        .map_err(|e| RemoteError::Io { path: path.display().to_string(), source: e })?;
+                        .map_err(|e| RemoteError::Io { path: path.display().to_string(), err: e })?;
                     Ok(buf)
                 }
                 (None, Upload::Bytes(b)) => {
                     let r = usize::try_from(off).ok().zip(usize::try_from(off + len).ok());
                     r.and_then(|(a, z)| b.get(a..z)).map(<[u8]>::to_vec).ok_or_else(|| RemoteError::Io {
                         path: format!("blob {d} in memory"),
-                        source: std::io::ErrorKind::UnexpectedEof.into(),
+                        err: std::io::ErrorKind::UnexpectedEof.into(),
                     })
                 }
                 (None, Upload::Store(_) | Upload::File(..)) => unreachable!("a file upload has its file open"),
@@ -771,16 +568,16 @@ impl Client {
 
     /// The upload `Location`, made absolute.
     fn location(&self, url: &str, h: &HeaderMap) -> Result<String, RemoteError> {
-        let loc = h.get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| RemoteError::Artifact {
-            url: url.to_string(),
-            why: "upload answer has no Location header".into(),
-        })?;
+        let loc = h
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RemoteError::Protocol { url: url.to_string(), why: ProtocolError::NoLocation })?;
         if loc.starts_with("http://") || loc.starts_with("https://") {
             Ok(loc.to_string())
         } else if loc.starts_with('/') {
             Ok(format!("{}{loc}", self.origin))
         } else {
-            Err(RemoteError::Artifact { url: url.to_string(), why: format!("unusable upload Location {loc:?}") })
+            Err(RemoteError::Protocol { url: url.to_string(), why: ProtocolError::BadLocation(loc.to_string()) })
         }
     }
 }
@@ -796,36 +593,13 @@ pub enum Upload<'a> {
     File(&'a std::fs::File, &'a str),
 }
 
-/// What a [`Sink`] refused, as the error of fetching `d` from `url`.
-fn sink_err(url: &str, d: &Digest, e: SinkError) -> RemoteError {
-    match e {
-        SinkError::Store(StoreError::Corrupt { expected, actual, .. }) => {
-            RemoteError::Corrupt { url: url.to_string(), expected, actual }
-        }
-        SinkError::Store(e) => e.into(),
-        SinkError::TooLong { got } => RemoteError::Content {
-            url: url.to_string(),
-            digest: *d,
-            why: format!("decodes to at least {got} bytes, more than the manifest's size"),
-        },
-        SinkError::TooShort { got } => RemoteError::Content {
-            url: url.to_string(),
-            digest: *d,
-            why: format!("decodes to {got} bytes, fewer than the manifest's size"),
-        },
-        SinkError::Decode(why) => {
-            RemoteError::Content { url: url.to_string(), digest: *d, why: format!("zstd: {why}") }
-        }
-    }
-}
-
 /// Whether `url` is on `origin` (`scheme://host[:port]`; empty matches all).
 fn same_origin(url: &str, origin: &str) -> bool {
     origin.is_empty() || url.strip_prefix(origin).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Exponential backoff: 250 ms, 500 ms, 1 s, 2 s, then 4 s.
-fn backoff(attempt: u32) -> Duration {
+pub(super) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250u64 << attempt.saturating_sub(1).min(4))
 }
 
@@ -886,16 +660,13 @@ async fn read_limited(url: &str, mut resp: Response, limit: u64, timeout: Durati
 /// The answer to a request for bytes from `from`: 0 bytes to skip when it
 /// is the 206 asked for, `from` when the server ignored the Range (200,
 /// everything from the start), an error when it sent another range.
-fn range_skip(resp: &reqwest::Response, url: &str, from: u64) -> Result<u64, RemoteError> {
+pub(super) fn range_skip(resp: &reqwest::Response, url: &str, from: u64) -> Result<u64, RemoteError> {
     if resp.status() != StatusCode::PARTIAL_CONTENT {
         return Ok(from);
     }
     let got = range_start(resp);
     if got != Some(from) {
-        return Err(RemoteError::Artifact {
-            url: url.to_string(),
-            why: format!("asked for bytes from {from}, got Content-Range {got:?}"),
-        });
+        return Err(RemoteError::Protocol { url: url.to_string(), why: ProtocolError::WrongRange { from, got } });
     }
     Ok(0)
 }
@@ -913,15 +684,6 @@ fn range_start(resp: &reqwest::Response) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remote_kinds() {
-        assert!(matches!(Remote::parse("docker://h/r:t").unwrap(), Remote::Registry(_)));
-        assert_eq!(Remote::parse("http://127.0.0.1:8000/s").unwrap(), Remote::Http("http://127.0.0.1:8000/s/".into()));
-        assert!(Remote::parse("ftp://x/").is_err());
-        assert!(Remote::parse("http:///x").is_err());
-        assert!(Remote::parse("/local/path").is_err());
-    }
 
     #[test]
     fn error_body_is_summarized() {

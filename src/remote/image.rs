@@ -14,11 +14,11 @@
 //! documents are at most [`MAX_DOCUMENT`](crate::oci::MAX_DOCUMENT) bytes.
 //! The manifest is the one an import of the same image from a layout gives.
 
-use super::client::{Client, Remote};
-use super::pull::runtime;
-use super::{Reference, RemoteError, RemoteOptions};
-use crate::oci::layout::{Documents, choose_image, media};
-use crate::oci::{Descriptor, ImportError, ImportOptions, Imported, import_layers};
+use super::client::Client;
+use super::{Reference, Remote, RemoteError, RemoteOptions, runtime};
+use crate::oci::{
+    Descriptor, Documents, ImportError, ImportOptions, Imported, SelectError, choose_image, import_layers, media,
+};
 use crate::store::Store;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -31,7 +31,7 @@ pub const CHANNEL: usize = 8;
 const ACCEPT: &[&str] = &[media::OCI_MANIFEST, media::OCI_INDEX, media::DOCKER_MANIFEST, media::DOCKER_LIST];
 
 fn remote_err(e: RemoteError) -> ImportError {
-    ImportError::Remote(Box::new(e))
+    ImportError::Fetch(Box::new(e))
 }
 
 /// Imports the image `reference` names: each layer streamed from the
@@ -50,10 +50,10 @@ pub fn import_remote(
     let (bytes, content_type, digest) =
         rt.block_on(client.get_manifest_as(&reference.target(), ACCEPT)).map_err(remote_err)?;
     let media_type = media_type_of(&content_type, &bytes).ok_or_else(|| {
-        ImportError::Select(format!(
-            "{reference}: the registry's manifest (Content-Type {content_type:?}) is not an OCI or Docker image \
-             manifest or index"
-        ))
+        ImportError::from(SelectError::NotAnImage {
+            reference: reference.to_string(),
+            content_type: content_type.clone(),
+        })
     })?;
     let top = Descriptor { media_type, digest, size: bytes.len() as u64, platform: None, annotations: BTreeMap::new() };
     let docs = RegistryDocuments { rt: &rt, client: &client, top: (digest, bytes) };

@@ -7,8 +7,11 @@
 //!
 //! - [`mod@reference`]: parsing `docker://...` and `http(s)://...` locations.
 //! - [`auth`]: auth.json credentials and the `WWW-Authenticate` flow.
-//! - [`client`]: HTTP requests against a registry (reqwest, rustls with
-//!   the ring provider): blobs, manifests, uploads, retries.
+//! - [`client`]: HTTP requests against a registry or static store
+//!   (reqwest, rustls with the ring provider): blobs, manifests, uploads,
+//!   retries, resumption.
+//! - [`fetch`]: file blobs into a store, one by one or as runs of pack
+//!   members, decoded from their wire form.
 //! - [`image`]: an ordinary OCI/Docker image imported from a registry,
 //!   its layers streamed through the layout import's pipeline.
 //! - [`artifact`]: the OCI manifest that carries an ocix manifest.
@@ -23,6 +26,7 @@
 pub mod artifact;
 pub mod auth;
 pub mod client;
+pub mod fetch;
 pub mod image;
 pub mod pack;
 pub mod pull;
@@ -30,13 +34,14 @@ pub mod push;
 pub mod reference;
 pub mod wire;
 
-pub use client::{Client, Remote};
+pub use client::Client;
 pub use pull::{PullOptions, PullReport, pull, pull_with};
 pub use push::{PushOptions, PushReport, push};
-pub use reference::Reference;
+pub use reference::{Reference, Remote};
 
-use crate::manifest::{DecodeError, Digest};
+use crate::manifest::{DecodeError, Digest, Kind, Manifest};
 use crate::store::StoreError;
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// Largest manifest (OCI or ocix) accepted from a remote, in bytes.
@@ -65,6 +70,7 @@ impl Default for RemoteOptions {
 
 /// What can go wrong talking to a remote.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RemoteError {
     /// The location does not parse.
     #[error(transparent)]
@@ -151,13 +157,30 @@ pub enum RemoteError {
         /// The limit.
         limit: u64,
     },
-    /// The registry's manifest is not an ocix artifact or is malformed.
+    /// The remote cannot do what was asked, or answered in a way ocix
+    /// cannot use.
     #[error("{url}: {why}")]
-    Artifact {
+    Protocol {
+        /// The URL (or the remote).
+        url: String,
+        /// What is wrong.
+        why: ProtocolError,
+    },
+    /// The registry's manifest is not a readable ocix artifact.
+    #[error("{url}: {err}")]
+    Format {
         /// The URL.
         url: String,
         /// What is wrong.
-        why: String,
+        err: artifact::ArtifactError,
+    },
+    /// The artifact's packs do not fit the ocix manifest it carries.
+    #[error("{url}: {err}")]
+    Packs {
+        /// The remote.
+        url: String,
+        /// What is wrong.
+        err: pack::PackError,
     },
     /// The tag names an ordinary image, not an ocix artifact.
     #[error("{url}: {why}")]
@@ -165,15 +188,15 @@ pub enum RemoteError {
         /// The URL.
         url: String,
         /// What the registry holds instead.
-        why: String,
+        why: artifact::ArtifactError,
     },
     /// The ocix manifest fetched does not decode.
-    #[error("{url}: invalid OCIX manifest: {source}")]
+    #[error("{url}: invalid OCIX manifest: {err}")]
     Manifest {
         /// The URL.
         url: String,
         /// The decoder's complaint.
-        source: DecodeError,
+        err: DecodeError,
     },
     /// Some blobs could not be fetched or uploaded; those done are kept.
     #[error(
@@ -201,16 +224,43 @@ pub enum RemoteError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Reading a local file (prefetch list) failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
-        /// The file.
+        /// The file, as named in messages (a store blob may be named with
+        /// what it stands for).
         path: String,
         /// The error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The async runtime could not start.
     #[error("starting the network runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// What a remote cannot do, or answered that ocix cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A manifest or upload asked of a static HTTP store.
+    #[error("a static HTTP store has no manifests or uploads (name the manifest by digest)")]
+    StaticStore,
+    /// A pull from a static HTTP store without the manifest's digest.
+    #[error("a static HTTP store needs the manifest's digest (--manifest sha256:...)")]
+    NoManifestDigest,
+    /// An upload answer without a `Location`.
+    #[error("upload answer has no Location header")]
+    NoLocation,
+    /// An upload `Location` that is neither a URL nor an absolute path.
+    #[error("unusable upload Location {0:?}")]
+    BadLocation(String),
+    /// A 206 answer for another range than the one asked for.
+    #[error("asked for bytes from {from}, got Content-Range {got:?}")]
+    WrongRange {
+        /// The first byte asked for.
+        from: u64,
+        /// The first byte the answer says it carries.
+        got: Option<u64>,
+    },
 }
 
 impl RemoteError {
@@ -225,6 +275,33 @@ impl RemoteError {
             _ => false,
         }
     }
+}
+
+/// A runtime for one transfer: a few workers for the connections; the
+/// transfer itself is one task driving bounded concurrent futures.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, RemoteError> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(RemoteError::Runtime)
+}
+
+/// The distinct file blobs of a manifest, `(digest, size)` in manifest order.
+pub fn file_blobs(m: &Manifest) -> Vec<(Digest, u64)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (_, e) in m.walk() {
+        if let Kind::File(f) = &e.kind {
+            if let Some(d) = f.digest {
+                if seen.insert(d) {
+                    out.push((d, f.size));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A progress bar of `total` bytes on stderr for a transfer: `{msg}` then

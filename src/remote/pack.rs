@@ -9,7 +9,7 @@
 //! a value below [`CUT_BELOW`], or when it reaches [`PACK_MAX`]), so a new
 //! version of a tree changes only the packs around its changed files.
 //!
-//! The artifact lists the packs as layers ([`PACK_MEDIA_TYPE`], each with
+//! The artifact lists the packs as layers ([`OCIX_PACK`](crate::oci::media::OCIX_PACK), each with
 //! its member count in the annotation [`ANN_COUNT`]) and records the
 //! threshold ([`ANN_THRESHOLD`]); members and their offsets follow from the
 //! ocix manifest (the small blobs in manifest order, and their sizes), or
@@ -20,12 +20,9 @@
 //! verifies and stores each member on its own; file blobs above the
 //! threshold are layers of their own and fetched one by one.
 
-use super::artifact::PackLayer;
 use super::wire::Coding;
 use crate::manifest::Digest;
 
-/// Media type of a pack layer.
-pub const PACK_MEDIA_TYPE: &str = "application/vnd.ocix.pack.v1";
 /// Layer annotation: how many blobs a pack holds.
 pub const ANN_COUNT: &str = "io.ocix.pack.count";
 /// Manifest annotation: blobs of at most this size are packed.
@@ -37,6 +34,20 @@ pub const PACK_MAX: u64 = 8 << 20;
 /// A pack is closed after a blob whose first two digest bytes (big endian)
 /// are below this: about one blob in 128.
 pub const CUT_BELOW: u16 = 512;
+
+/// A pack as a layer: its registry digest and size, its member count,
+/// and for a compressed pack its frames' lengths (see [`wire`](super::wire)), as the artifact lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackLayer {
+    /// Registry digest.
+    pub digest: Digest,
+    /// Registry size.
+    pub size: u64,
+    /// Members.
+    pub count: u64,
+    /// Compressed: each member's zstd frame length.
+    pub frames: Option<Vec<u64>>,
+}
 
 /// One pack: its members `(digest, size)` in order.
 pub type Pack = Vec<(Digest, u64)>;
@@ -86,38 +97,92 @@ pub fn plan(files: &[(Digest, u64)], threshold: u64) -> (Vec<Pack>, Vec<(Digest,
     (packs, singles)
 }
 
+/// Why an artifact's packs do not fit the manifest they carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackError {
+    /// A member count beyond this machine's address space.
+    #[error("pack {pack}: count {count} too large")]
+    CountTooLarge {
+        /// The pack.
+        pack: Digest,
+        /// Its claimed member count.
+        count: u64,
+    },
+    /// A pack claims more members than the manifest has small blobs left.
+    #[error("pack {pack} claims {count} blobs, only {left} small blobs left in the manifest")]
+    TooFewBlobs {
+        /// The pack.
+        pack: Digest,
+        /// Its claimed member count.
+        count: u64,
+        /// Small blobs not yet in a pack.
+        left: usize,
+    },
+    /// A compressed pack lists fewer frames than members.
+    #[error("pack {0}: fewer frames than members")]
+    FewerFrames(Digest),
+    /// The members' lengths add up past u64.
+    #[error("pack {0}: its members' sizes overflow")]
+    Overflow(Digest),
+    /// The members' lengths do not add up to the pack's size.
+    #[error("pack {pack}: {size} bytes, its {count} blobs add up to {sum}")]
+    Size {
+        /// The pack.
+        pack: Digest,
+        /// Its size.
+        size: u64,
+        /// Its member count.
+        count: u64,
+        /// What the members add up to.
+        sum: u64,
+    },
+    /// The packs hold fewer blobs than the manifest has small ones.
+    #[error("packs hold {packed} blobs, the manifest has {small} of at most {threshold} bytes")]
+    Leftover {
+        /// Blobs in the packs.
+        packed: usize,
+        /// Small blobs in the manifest.
+        small: usize,
+        /// The pack threshold.
+        threshold: u64,
+    },
+}
+
 /// The blobs of packs as a pull sees them, checked against the manifest:
 /// `packs` in layer order. Returns each pack's members with their offsets,
 /// or what is wrong.
-pub fn members(files: &[(Digest, u64)], threshold: u64, packs: &[PackLayer]) -> Result<Vec<Members>, String> {
+pub fn members(files: &[(Digest, u64)], threshold: u64, packs: &[PackLayer]) -> Result<Vec<Members>, PackError> {
     let small: Vec<(Digest, u64)> = files.iter().copied().filter(|&(_, s)| s > 0 && s <= threshold).collect();
     let mut out = Vec::with_capacity(packs.len());
     let mut i = 0usize;
     for p in packs {
         let (pd, count) = (p.digest, p.count);
-        let n = usize::try_from(count).map_err(|_| format!("pack {pd}: count {count} too large"))?;
-        let end = i.checked_add(n).filter(|&e| e <= small.len()).ok_or_else(|| {
-            format!("pack {pd} claims {count} blobs, only {} small blobs left in the manifest", small.len() - i)
+        let n = usize::try_from(count).map_err(|_| PackError::CountTooLarge { pack: pd, count })?;
+        let end = i.checked_add(n).filter(|&e| e <= small.len()).ok_or(PackError::TooFewBlobs {
+            pack: pd,
+            count,
+            left: small.len() - i,
         })?;
         let mut off = 0u64;
         let mut m = Vec::with_capacity(n);
         for (k, &(d, s)) in small[i..end].iter().enumerate() {
             let len = match &p.frames {
-                Some(f) => f.get(k).copied().ok_or_else(|| format!("pack {pd}: fewer frames than members"))?,
+                Some(f) => f.get(k).copied().ok_or(PackError::FewerFrames(pd))?,
                 None => s,
             };
             m.push(Member { digest: d, off, len, size: s });
-            off = off.checked_add(len).ok_or_else(|| format!("pack {pd}: its members' sizes overflow"))?;
+            off = off.checked_add(len).ok_or(PackError::Overflow(pd))?;
         }
         if off != p.size {
-            return Err(format!("pack {pd}: {} bytes, its {count} blobs add up to {off}", p.size));
+            return Err(PackError::Size { pack: pd, size: p.size, count, sum: off });
         }
         let coding = if p.frames.is_some() { Coding::Zstd } else { Coding::Plain };
         out.push((pd, coding, m));
         i = end;
     }
     if i != small.len() {
-        return Err(format!("packs hold {i} blobs, the manifest has {} of at most {threshold} bytes", small.len()));
+        return Err(PackError::Leftover { packed: i, small: small.len(), threshold });
     }
     Ok(out)
 }

@@ -4,12 +4,13 @@
 //! then the missing blobs are fetched concurrently, the `--prefetch` paths'
 //! blobs first, each verified before it is named.
 
-use super::artifact::PackLayer;
-use super::artifact::{self, Found};
-use super::client::{Client, Remote};
-use super::pack::{self, Member};
+use super::artifact::{self, ArtifactError, Found};
+use super::client::Client;
+use super::fetch::{fetch_blob, fetch_run};
+use super::pack::{self, Member, PackLayer};
+use super::reference::Remote;
 use super::wire::Coding;
-use super::{MAX_MANIFEST, RemoteError, RemoteOptions};
+use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, file_blobs, runtime};
 use crate::manifest::{Digest, Kind, Manifest};
 use crate::store::Store;
 use futures_util::StreamExt as _;
@@ -94,33 +95,6 @@ pub fn pull_with(
     })
 }
 
-/// A runtime for one transfer: a few workers for the connections; the
-/// transfer itself is one task driving bounded concurrent futures.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, RemoteError> {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(RemoteError::Runtime)
-}
-
-/// The distinct file blobs of a manifest, `(digest, size)` in manifest order.
-pub fn file_blobs(m: &Manifest) -> Vec<(Digest, u64)> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for (_, e) in m.walk() {
-        if let Kind::File(f) = &e.kind {
-            if let Some(d) = f.digest {
-                if seen.insert(d) {
-                    out.push((d, f.size));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The ocix manifest and how the artifact carries its blobs.
 struct Fetched {
     bytes: Vec<u8>,
@@ -134,10 +108,9 @@ struct Fetched {
 async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<Fetched, RemoteError> {
     let (d, size, threshold, packs, zstd) = match client.remote() {
         Remote::Http(base) => {
-            let d = opts.manifest.ok_or_else(|| RemoteError::Artifact {
-                url: base.clone(),
-                why: "a static HTTP store needs the manifest's digest (--manifest sha256:...)".into(),
-            })?;
+            let d = opts
+                .manifest
+                .ok_or_else(|| RemoteError::Protocol { url: base.clone(), why: ProtocolError::NoManifestDigest })?;
             (d, None, 0, Vec::new(), Vec::new())
         }
         Remote::Registry(r) => {
@@ -146,12 +119,9 @@ async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> R
             let layout = loop {
                 let (bytes, media, _) = client.get_manifest(&target).await?;
                 let url = format!("{}@{target}", client.remote_name());
-                let found = artifact::find(&bytes, &media).map_err(|why| {
-                    if why.starts_with(artifact::NOT_OCIX) {
-                        RemoteError::NotOcix { url, why }
-                    } else {
-                        RemoteError::Artifact { url, why }
-                    }
+                let found = artifact::find(&bytes, &media).map_err(|err| match err {
+                    why @ ArtifactError::NotOcix { .. } => RemoteError::NotOcix { url, why },
+                    err => RemoteError::Format { url, err },
                 })?;
                 match found {
                     Found::Ocix(l) => break l,
@@ -160,10 +130,8 @@ async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> R
                         target = ocix.to_string();
                     }
                     Found::Index { .. } => {
-                        return Err(RemoteError::Artifact {
-                            url: client.remote_name(),
-                            why: "an index inside an index".into(),
-                        });
+                        let err = ArtifactError::NestedIndex;
+                        return Err(RemoteError::Format { url: client.remote_name(), err });
                     }
                 }
             };
@@ -171,7 +139,7 @@ async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> R
             for l in lists {
                 let (bytes, _, _) = client.get_manifest(&l.to_string()).await?;
                 let url = format!("{}@{l}", client.remote_name());
-                zstd.extend(artifact::blob_list(&bytes).map_err(|why| RemoteError::Artifact { url, why })?);
+                zstd.extend(artifact::blob_list(&bytes).map_err(|err| RemoteError::Format { url, err })?);
             }
             (layout.manifest, Some(layout.size), layout.threshold, layout.packs, zstd)
         }
@@ -224,14 +192,13 @@ async fn pull_async(
     let Fetched { bytes: manifest_bytes, digest: manifest_digest, threshold, packs, zstd } =
         fetch_manifest(client, store, opts).await?;
     let manifest = Manifest::from_bytes(&manifest_bytes)
-        .map_err(|source| RemoteError::Manifest { url: client.blob_url(&manifest_digest), source })?;
+        .map_err(|err| RemoteError::Manifest { url: client.blob_url(&manifest_digest), err })?;
     on_manifest(&manifest);
     let all = file_blobs(&manifest);
     let packed = if packs.is_empty() {
         Vec::new()
     } else {
-        pack::members(&all, threshold, &packs)
-            .map_err(|why| RemoteError::Artifact { url: client.remote_name(), why })?
+        pack::members(&all, threshold, &packs).map_err(|err| RemoteError::Packs { url: client.remote_name(), err })?
     };
     let (first, prefetch_unknown) = prefetch_blobs(&manifest, &opts.prefetch);
     // rank: prefetch position first, then manifest order
@@ -296,8 +263,8 @@ async fn pull_async(
                     return Ok(None);
                 }
                 let r = match &item {
-                    Item::Single(d, size, via) => client.fetch_blob(d, *size, *via, store, tick).await.map(|b| (1, b)),
-                    Item::Run(p, c, m) => client.fetch_run(p, *c, m, store, tick).await.map(|b| (m.len(), b)),
+                    Item::Single(d, size, via) => fetch_blob(client, d, *size, *via, store, tick).await.map(|b| (1, b)),
+                    Item::Run(p, c, m) => fetch_run(client, p, *c, m, store, tick).await.map(|b| (m.len(), b)),
                 };
                 if r.is_err() {
                     stop.store(true, Ordering::Relaxed);

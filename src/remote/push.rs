@@ -3,13 +3,12 @@
 //! missing, with bounded concurrency; then the ocix manifest blob, the
 //! empty config, and the OCI manifest(s) described in [`artifact`].
 
-use super::artifact::{self, Descriptor, FileLayer, PackLayer};
-use super::client::{Client, Remote, Upload};
-use super::pack;
-use super::pull::{file_blobs, runtime};
-use super::reference::{Reference, ReferenceError};
+use super::artifact::{self, Descriptor, FileLayer};
+use super::client::{Client, Upload};
+use super::pack::{self, PackLayer};
+use super::reference::{Reference, ReferenceError, Remote};
 use super::wire;
-use super::{RemoteError, RemoteOptions};
+use super::{RemoteError, RemoteOptions, file_blobs, runtime};
 use crate::manifest::{Digest, MEDIA_TYPE, Manifest};
 use crate::store::{Store, StoreError};
 use futures_util::StreamExt as _;
@@ -86,7 +85,7 @@ pub fn push(
     };
     let manifest_digest = Digest::of(manifest_bytes);
     let m = Manifest::from_bytes(manifest_bytes)
-        .map_err(|source| RemoteError::Manifest { url: "the manifest to push".into(), source })?;
+        .map_err(|err| RemoteError::Manifest { url: "the manifest to push".into(), err })?;
     let files = file_blobs(&m);
     if let Some((d, _)) = files.iter().find(|(d, _)| !store.has(d)) {
         let n = files.iter().filter(|(d, _)| !store.has(d)).count();
@@ -171,7 +170,7 @@ fn read_verified(store: &Store, d: &Digest, size: u64, out: &mut Vec<u8>) -> Res
     let before = out.len();
     f.take(size + 1)
         .read_to_end(out)
-        .map_err(|e| RemoteError::Io { path: store.blob_path(d).display().to_string(), source: e })?;
+        .map_err(|e| RemoteError::Io { path: store.blob_path(d).display().to_string(), err: e })?;
     let got = (out.len() - before) as u64;
     if got != size {
         return Err(StoreError::WrongSize {
@@ -205,7 +204,7 @@ fn pack_bytes(store: &Store, members: &pack::Pack, compress: bool) -> Result<(Ve
         buf.clear();
         read_verified(store, &d, size, &mut buf)?;
         let frame = wire::compress_frame(&buf)
-            .map_err(|e| RemoteError::Io { path: store.blob_path(&d).display().to_string(), source: e })?;
+            .map_err(|e| RemoteError::Io { path: store.blob_path(&d).display().to_string(), err: e })?;
         frames.push(frame.len() as u64);
         out.extend_from_slice(&frame);
     }
@@ -224,7 +223,7 @@ fn compress_blob(store: &Store, d: &Digest, size: u64) -> Result<Option<(std::fs
     use sha2::Digest as _;
     use std::io::{Read as _, Write as _};
     let path = || store.blob_path(d).display().to_string();
-    let io = |e: std::io::Error| RemoteError::Io { path: path(), source: e };
+    let io = |e: std::io::Error| RemoteError::Io { path: path(), err: e };
     let f = std::fs::File::from(store.open_blob(d)?);
     let mut enc = zstd::stream::read::Encoder::new(
         Hashing { inner: f.take(size + 1), hash: sha2::Sha256::new(), n: 0 },
@@ -235,7 +234,7 @@ fn compress_blob(store: &Store, d: &Digest, size: u64) -> Result<Option<(std::fs
     let mut out = store.scratch()?;
     let scratch_io = |e: std::io::Error| RemoteError::Io {
         path: format!("{} (compressed form of {}, unnamed)", store.root().display(), path()),
-        source: e,
+        err: e,
     };
     let (mut zhash, mut zlen) = (sha2::Sha256::new(), 0u64);
     let mut buf = vec![0u8; 1 << 20];

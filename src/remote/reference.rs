@@ -151,6 +151,40 @@ fn check_tag(tag: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Where blobs come from or go to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Remote {
+    /// An OCI distribution registry.
+    Registry(Reference),
+    /// A static store: `BASE` ends with `/` and `BASEblobs/sha256/<hex>`
+    /// serves each blob.
+    Http(String),
+}
+
+impl Remote {
+    /// Parses `docker://...` or `http(s)://HOST[:PORT]/[PREFIX/]`.
+    pub fn parse(s: &str) -> Result<Remote, ReferenceError> {
+        if s.starts_with("docker://") {
+            return Ok(Remote::Registry(Reference::parse(s)?));
+        }
+        if let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) {
+            let host = rest.split('/').next().unwrap_or("");
+            if host.is_empty() || host.contains(['@', '?', '#']) || s.contains(['?', '#']) {
+                return Err(ReferenceError { input: s.to_string(), why: "expected http(s)://HOST[:PORT]/[PREFIX/]" });
+            }
+            let mut base = s.to_string();
+            if !base.ends_with('/') {
+                base.push('/');
+            }
+            return Ok(Remote::Http(base));
+        }
+        Err(ReferenceError {
+            input: s.to_string(),
+            why: "expected docker://HOST/REPO[:TAG|@DIGEST] or http(s)://HOST/PREFIX/",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +241,14 @@ mod tests {
         assert!(is_loopback_host("[::1]:80"));
         assert!(!is_loopback_host("registry.example:5000"));
         assert!(!is_loopback_host("10.0.0.1"));
+    }
+
+    #[test]
+    fn remote_kinds() {
+        assert!(matches!(Remote::parse("docker://h/r:t").unwrap(), Remote::Registry(_)));
+        assert_eq!(Remote::parse("http://127.0.0.1:8000/s").unwrap(), Remote::Http("http://127.0.0.1:8000/s/".into()));
+        assert!(Remote::parse("ftp://x/").is_err());
+        assert!(Remote::parse("http:///x").is_err());
+        assert!(Remote::parse("/local/path").is_err());
     }
 }

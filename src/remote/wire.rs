@@ -5,11 +5,11 @@
 //! manifest names it; what a registry holds may be that content compressed
 //! with zstd, to move fewer bytes:
 //! - a file blob above the pack threshold becomes a layer of media type
-//!   [`FILE_ZSTD_MEDIA_TYPE`] (the registry digest is the compressed
+//!   [`OCIX_FILE_ZSTD`](crate::oci::media::OCIX_FILE_ZSTD) (the registry digest is the compressed
 //!   bytes'; the annotation [`ANN_CONTENT`] names the content digest) when
 //!   that saves at least one part in 20, else it stays a plain
-//!   [`FILE_MEDIA_TYPE`](super::artifact::FILE_MEDIA_TYPE) layer;
-//! - a pack of small blobs becomes [`PACK_ZSTD_MEDIA_TYPE`]: one zstd frame
+//!   [`OCIX_FILE`](crate::oci::media::OCIX_FILE) layer;
+//! - a pack of small blobs becomes [`OCIX_PACK_ZSTD`](crate::oci::media::OCIX_PACK_ZSTD): one zstd frame
 //!   per member, concatenated, the frames' lengths listed in the
 //!   annotation [`ANN_FRAMES`], so a run of members can still be fetched
 //!   with one `Range` request.
@@ -25,10 +25,6 @@ use crate::manifest::Digest;
 use crate::store::{BlobWriter, Store, StoreError};
 use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation as _, OutBuffer};
 
-/// A file blob compressed with zstd, as a registry layer.
-pub const FILE_ZSTD_MEDIA_TYPE: &str = "application/vnd.ocix.file.v1+zstd";
-/// A pack whose members are zstd frames, as a registry layer.
-pub const PACK_ZSTD_MEDIA_TYPE: &str = "application/vnd.ocix.pack.v1+zstd";
 /// Layer annotation of a compressed file blob: its content digest.
 pub const ANN_CONTENT: &str = "io.ocix.file.digest";
 /// Layer annotation of a compressed pack: its frames' lengths, in member
@@ -216,26 +212,60 @@ pub fn frames_annotation(frames: &[u64]) -> String {
     frames.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// What is wrong with an [`ANN_FRAMES`] annotation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FramesError {
+    /// More lengths than the pack has members.
+    #[error("{ANN_FRAMES} lists more than {0} frames")]
+    TooMany(u64),
+    /// A part that is not a number.
+    #[error("{ANN_FRAMES}: {0:?} is not a length")]
+    NotALength(String),
+    /// A length of 0.
+    #[error("{ANN_FRAMES}: a frame of 0 bytes")]
+    Empty,
+    /// The lengths add up past u64.
+    #[error("{ANN_FRAMES}: lengths overflow")]
+    Overflow,
+    /// Fewer lengths than the pack has members.
+    #[error("{ANN_FRAMES} lists {listed} frames, the pack holds {count}")]
+    Count {
+        /// Lengths listed.
+        listed: usize,
+        /// Members of the pack.
+        count: u64,
+    },
+    /// The lengths do not add up to the pack's size.
+    #[error("{ANN_FRAMES} adds up to {sum} bytes, the pack has {size}")]
+    Sum {
+        /// What they add up to.
+        sum: u64,
+        /// The pack's size.
+        size: u64,
+    },
+}
+
 /// Parses [`ANN_FRAMES`]: `count` positive lengths adding up to `size`.
-pub fn parse_frames(s: &str, count: u64, size: u64) -> Result<Vec<u64>, String> {
+pub fn parse_frames(s: &str, count: u64, size: u64) -> Result<Vec<u64>, FramesError> {
     let mut out = Vec::new();
     let mut sum = 0u64;
     for part in s.split(',') {
         if out.len() as u64 >= count {
-            return Err(format!("{ANN_FRAMES} lists more than {count} frames"));
+            return Err(FramesError::TooMany(count));
         }
-        let n: u64 = part.parse().map_err(|_| format!("{ANN_FRAMES}: {part:?} is not a length"))?;
+        let n: u64 = part.parse().map_err(|_| FramesError::NotALength(part.to_string()))?;
         if n == 0 {
-            return Err(format!("{ANN_FRAMES}: a frame of 0 bytes"));
+            return Err(FramesError::Empty);
         }
-        sum = sum.checked_add(n).ok_or_else(|| format!("{ANN_FRAMES}: lengths overflow"))?;
+        sum = sum.checked_add(n).ok_or(FramesError::Overflow)?;
         out.push(n);
     }
     if out.len() as u64 != count {
-        return Err(format!("{ANN_FRAMES} lists {} frames, the pack holds {count}", out.len()));
+        return Err(FramesError::Count { listed: out.len(), count });
     }
     if sum != size {
-        return Err(format!("{ANN_FRAMES} adds up to {sum} bytes, the pack has {size}"));
+        return Err(FramesError::Sum { sum, size });
     }
     Ok(out)
 }

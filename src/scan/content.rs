@@ -9,12 +9,14 @@
 //! disk, so the runs depend on the content alone. Zero blocks are skipped,
 //! not written, when the blob is stored, so blobs stay sparse too.
 
+use super::{Change, EntryError, show};
 use crate::manifest::zeros::ZeroRuns;
 use crate::manifest::{BLOCK, Digest, File};
-use crate::store::{BlobWriter, Store};
+use crate::store::{BlobWriter, Store, StoreError};
 use crate::sys::read as rd;
 use rustix::fd::BorrowedFd;
 use sha2::{Digest as _, Sha256};
+use std::path::Path;
 
 /// Read size.
 pub const CHUNK: usize = 1 << 20;
@@ -31,13 +33,13 @@ pub enum ContentSink<'s> {
 
 impl ContentSink<'_> {
     /// Appends data.
-    pub fn data(&mut self, d: &[u8]) -> Result<(), String> {
+    pub fn data(&mut self, d: &[u8]) -> Result<(), StoreError> {
         match self {
             ContentSink::Hash(h) => {
                 h.update(d);
                 Ok(())
             }
-            ContentSink::Blob(w) => w.write(d).map_err(|e| e.to_string()),
+            ContentSink::Blob(w) => w.write(d),
         }
     }
 
@@ -56,10 +58,10 @@ impl ContentSink<'_> {
     }
 
     /// The content's digest (the blob is named by it).
-    pub fn finish(self) -> Result<Digest, String> {
+    pub fn finish(self) -> Result<Digest, StoreError> {
         match self {
             ContentSink::Hash(h) => Ok(Digest((*h).finalize().into())),
-            ContentSink::Blob(w) => w.finish(None).map_err(|e| e.to_string()),
+            ContentSink::Blob(w) => w.finish(None),
         }
     }
 }
@@ -87,26 +89,28 @@ fn data_segments(fd: BorrowedFd<'_>, size: u64) -> Vec<(u64, u64)> {
 
 /// Reads `size` bytes of `fd` from offset 0, hashing them, finding zero runs
 /// and, with a store, writing the blob. Fails if the file is shorter or
-/// longer than `size` when read.
+/// longer than `size` when read. `path` names the file in errors.
 pub fn hash_content(
     fd: BorrowedFd<'_>,
     size: u64,
     sparse: bool,
     store: Option<&Store>,
     buf: &mut [u8],
-    shown: &dyn Fn() -> String,
-) -> Result<File, String> {
+    path: &Path,
+) -> Result<File, EntryError> {
     debug_assert!(buf.len() >= CHUNK);
+    let shown = &|| show(path);
+    let changed = |what| EntryError::Changed { path: path.to_path_buf(), what };
     let mut probe = [0u8; 1];
     if size == 0 {
-        if rd::pread(fd, &mut probe, 0, shown).map_err(|e| e.to_string())? != 0 {
-            return Err(format!("{}: grew while being read", shown()));
+        if rd::pread(fd, &mut probe, 0, shown)? != 0 {
+            return Err(changed(Change::Grew));
         }
         return Ok(File::default());
     }
     let segments = if sparse { Some(data_segments(fd, size)) } else { None };
     let mut sink = match store {
-        Some(s) => ContentSink::Blob(s.writer().map_err(|e| e.to_string())?),
+        Some(s) => ContentSink::Blob(s.writer()?),
         None => ContentSink::Hash(Box::default()),
     };
     let mut runs = ZeroRuns::new(size);
@@ -136,18 +140,14 @@ pub fn hash_content(
             let want = if end == size && buf.len() > len as usize { len as usize + 1 } else { len as usize };
             let mut got = 0usize;
             while got < len as usize {
-                let n = rd::pread(fd, &mut buf[got..want], off + got as u64, shown).map_err(|e| e.to_string())?;
+                let n = rd::pread(fd, &mut buf[got..want], off + got as u64, shown)?;
                 if n == 0 {
-                    return Err(format!(
-                        "{}: shrank while being read (expected {size} bytes, got {})",
-                        shown(),
-                        off + got as u64
-                    ));
+                    return Err(changed(Change::Shrank { expected: size, got: off + got as u64 }));
                 }
                 got += n;
             }
             if got > len as usize {
-                return Err(format!("{}: grew while being read (more than {size} bytes)", shown()));
+                return Err(changed(Change::GrewPast(size)));
             }
             if want > len as usize {
                 probed = true;
@@ -174,8 +174,8 @@ pub fn hash_content(
         }
         off = end;
     }
-    if !probed && rd::pread(fd, &mut probe, size, shown).map_err(|e| e.to_string())? != 0 {
-        return Err(format!("{}: grew while being read (more than {size} bytes)", shown()));
+    if !probed && rd::pread(fd, &mut probe, size, shown)? != 0 {
+        return Err(changed(Change::GrewPast(size)));
     }
     let digest = sink.finish()?;
     Ok(File { size, digest: Some(digest), zeros: runs.finish() })
@@ -191,7 +191,7 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(data).unwrap();
         let mut buf = vec![0; CHUNK];
-        hash_content(f.as_fd(), data.len() as u64, false, None, &mut buf, &|| "t".into()).unwrap()
+        hash_content(f.as_fd(), data.len() as u64, false, None, &mut buf, Path::new("t")).unwrap()
     }
 
     #[test]
@@ -215,7 +215,7 @@ mod tests {
         sparse.write_all(b"data").unwrap();
         let size = 3 * CHUNK as u64 + 4100;
         let mut buf = vec![0; CHUNK];
-        let a = hash_content(sparse.as_fd(), size, true, None, &mut buf, &|| "s".into()).unwrap();
+        let a = hash_content(sparse.as_fd(), size, true, None, &mut buf, Path::new("s")).unwrap();
         let mut dense = vec![0u8; size as usize];
         dense[3 * CHUNK + 4096..].copy_from_slice(b"data");
         let b = scan_bytes(&dense);
@@ -228,17 +228,17 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(b"hello").unwrap();
         let mut buf = vec![0; CHUNK];
-        let e = hash_content(f.as_fd(), 4, false, None, &mut buf, &|| "g".into()).unwrap_err();
-        assert!(e.contains("grew"), "{e}");
-        let e = hash_content(f.as_fd(), 9, false, None, &mut buf, &|| "s".into()).unwrap_err();
-        assert!(e.contains("shrank"), "{e}");
+        let e = hash_content(f.as_fd(), 4, false, None, &mut buf, Path::new("g")).unwrap_err();
+        assert!(matches!(e, EntryError::Changed { what: Change::GrewPast(4), .. }), "{e}");
+        let e = hash_content(f.as_fd(), 9, false, None, &mut buf, Path::new("s")).unwrap_err();
+        assert!(e.to_string().contains("shrank"), "{e}");
         // a buffer with room past the size sees the end in the last read
         let mut buf = vec![0; CHUNK + BLOCK as usize];
-        let e = hash_content(f.as_fd(), 4, false, None, &mut buf, &|| "g".into()).unwrap_err();
-        assert!(e.contains("grew"), "{e}");
-        let e = hash_content(f.as_fd(), 9, false, None, &mut buf, &|| "s".into()).unwrap_err();
-        assert!(e.contains("shrank"), "{e}");
-        let ok = hash_content(f.as_fd(), 5, false, None, &mut buf, &|| "o".into()).unwrap();
+        let e = hash_content(f.as_fd(), 4, false, None, &mut buf, Path::new("g")).unwrap_err();
+        assert!(matches!(e, EntryError::Changed { what: Change::GrewPast(4), .. }), "{e}");
+        let e = hash_content(f.as_fd(), 9, false, None, &mut buf, Path::new("s")).unwrap_err();
+        assert!(e.to_string().contains("shrank"), "{e}");
+        let ok = hash_content(f.as_fd(), 5, false, None, &mut buf, Path::new("o")).unwrap();
         assert_eq!(ok.digest, Some(Digest::of(b"hello")));
     }
 }

@@ -22,17 +22,17 @@
 
 mod content;
 
-use crate::manifest::{self, Dev, Entry, File, Kind, Manifest, Meta, Time, path_display};
+use crate::filter::{Excludes, PatternError};
+use crate::manifest::{self, Dev, Entry, File, Kind, Manifest, Meta, Time};
 use crate::rootless;
 use crate::store::Store;
 use crate::sys::read::{self as rd, FileType, Stat, XattrSource};
 use crate::sys::write as wr;
 use crate::sys::{Errno, SysError};
 use crossbeam_channel::{Receiver, Sender, bounded};
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use content::{ContentSink, hash_content};
 
@@ -66,6 +66,91 @@ pub struct Scan {
     pub bytes: u64,
 }
 
+/// Why one entry of the tree could not be scanned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// A call on the entry failed (the error names the call and the path).
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// Its content could not be stored.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// It changed while it was read.
+    #[error("{}: {what}", show(.path))]
+    Changed {
+        /// The entry.
+        path: PathBuf,
+        /// How.
+        what: Change,
+    },
+    /// Its owner cannot be read from `user.rootlesscontainers`.
+    #[error("{}: user.rootlesscontainers: {why}", show(.path))]
+    Rootless {
+        /// The entry.
+        path: PathBuf,
+        /// What is wrong with the xattr.
+        why: rootless::RootlessError,
+    },
+    /// It is nested deeper than a manifest allows.
+    #[error("{}: {why}", show(.path))]
+    Depth {
+        /// The directory.
+        path: PathBuf,
+        /// The limit it exceeds.
+        why: manifest::LimitError,
+    },
+    /// Its file type is none Linux has.
+    #[error("{}: unknown file type (mode {mode:o})", show(.path))]
+    UnknownType {
+        /// The entry.
+        path: PathBuf,
+        /// Its `st_mode`.
+        mode: u32,
+    },
+    /// A directory lent read permission (rootless) could not be given its
+    /// mode back.
+    #[error("restoring mode {mode:o}: {err}")]
+    RestoreMode {
+        /// The mode it had.
+        mode: u32,
+        /// The failed call.
+        err: SysError,
+    },
+    /// The hashing threads stopped before the walk was done.
+    #[error("hashing threads stopped")]
+    ThreadsStopped,
+    /// A file handed to the hashing threads came back without a result.
+    #[error("{}: not hashed", show(.0))]
+    NotHashed(PathBuf),
+}
+
+/// How an entry changed while it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Change {
+    /// Another inode is at its name now.
+    #[error("replaced while scanning")]
+    Replaced,
+    /// Its inode, size, mtime or ctime differ after reading.
+    #[error("changed while being read")]
+    Modified,
+    /// An empty file has content now.
+    #[error("grew while being read")]
+    Grew,
+    /// A file has more than this many bytes now.
+    #[error("grew while being read (more than {0} bytes)")]
+    GrewPast(u64),
+    /// A file ended before its size.
+    #[error("shrank while being read (expected {expected} bytes, got {got})")]
+    Shrank {
+        /// Its size when listed.
+        expected: u64,
+        /// Bytes read.
+        got: u64,
+    },
+}
+
 /// Why a scan failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -73,58 +158,14 @@ pub enum ScanError {
     #[error(transparent)]
     Root(#[from] SysError),
     /// Entries that could not be read; the manifest is not produced.
-    #[error("{} entries could not be scanned:\n  {}", .0.len(), .0.join("\n  "))]
-    Entries(Vec<String>),
+    #[error("{} entries could not be scanned:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Entries(Vec<EntryError>),
     /// A blob could not be stored.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// An exclude pattern is not a valid glob.
     #[error("invalid --exclude pattern {0}")]
-    Pattern(String),
-}
-
-/// Pattern set for `--exclude`, shared with `diff`.
-#[derive(Clone, Debug, Default)]
-pub struct Excludes {
-    names: GlobSet,
-    paths: GlobSet,
-    any: bool,
-}
-
-impl Excludes {
-    /// Compiles patterns: without `/`, matched against a name at any depth;
-    /// with `/`, against the whole path relative to the root (a leading `/`
-    /// is ignored).
-    pub fn new(patterns: &[String]) -> Result<Self, String> {
-        let mut names = GlobSetBuilder::new();
-        let mut paths = GlobSetBuilder::new();
-        for p in patterns {
-            let (set, pat) =
-                if p.contains('/') { (&mut paths, p.trim_start_matches('/')) } else { (&mut names, p.as_str()) };
-            let g = GlobBuilder::new(pat)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| format!("{p:?}: {e}"))?;
-            set.add(g);
-        }
-        Ok(Excludes {
-            names: names.build().map_err(|e| e.to_string())?,
-            paths: paths.build().map_err(|e| e.to_string())?,
-            any: !patterns.is_empty(),
-        })
-    }
-
-    /// Whether the entry at `path` (relative, `/`-joined) is excluded.
-    pub fn is_excluded(&self, path: &[u8]) -> bool {
-        if !self.any || path.is_empty() {
-            return false;
-        }
-        // globset matches on OsStr; raw bytes keep non-UTF-8 names exact
-        use std::os::unix::ffi::OsStrExt;
-        let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-        self.names.is_match(std::ffi::OsStr::from_bytes(name)) || self.paths.is_match(std::ffi::OsStr::from_bytes(path))
-    }
+    Pattern(PatternError),
 }
 
 struct Job {
@@ -141,7 +182,7 @@ struct Job {
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A hashed file: its content record and xattrs, or why it failed.
-type Hashed = Result<(File, Xattrs), String>;
+type Hashed = Result<(File, Xattrs), EntryError>;
 
 struct Done {
     id: usize,
@@ -168,17 +209,28 @@ struct Walker<'a> {
     /// first name of each hardlinked inode (any type but a directory), by
     /// (dev, ino)
     links: HashMap<(u64, u64), Vec<u8>>,
-    errors: Vec<String>,
+    errors: Vec<EntryError>,
     warnings: Vec<String>,
     progress: Option<indicatif::ProgressBar>,
     euid: u32,
 }
 
+/// The path of the entry at `path` (relative to the root, `/`-joined).
+fn entry_path(root: &Path, path: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    root.join(std::ffi::OsStr::from_bytes(path))
+}
+
+/// How a path is named in messages: on one line, bytes that are not UTF-8
+/// and control characters escaped (see [`manifest::path_display`]).
+pub(crate) fn show(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    manifest::notation::escape(path.as_os_str().as_bytes())
+}
+
 /// How a path below the root is named in messages.
 fn shown_path(root: &Path, path: &[u8]) -> String {
-    let root = root.display().to_string();
-    let p = if path.is_empty() { "/".to_string() } else { path_display(path) };
-    format!("{}{}", root.trim_end_matches('/'), p)
+    show(&entry_path(root, path))
 }
 
 fn stat_time(st: &Stat) -> Time {
@@ -202,6 +254,10 @@ impl Walker<'_> {
 
     fn shown(&self, path: &[u8]) -> String {
         shown_path(self.root_path, path)
+    }
+
+    fn path(&self, path: &[u8]) -> PathBuf {
+        entry_path(self.root_path, path)
     }
 
     /// Takes in the results the hashing threads have finished so far.
@@ -230,7 +286,7 @@ impl Walker<'_> {
         };
         if self.opts.rootless {
             apply_rootless(&mut meta)
-                .unwrap_or_else(|e| self.errors.push(format!("{}: user.rootlesscontainers: {e}", self.shown(path))));
+                .unwrap_or_else(|why| self.errors.push(EntryError::Rootless { path: self.path(path), why }));
         }
         meta
     }
@@ -238,13 +294,13 @@ impl Walker<'_> {
     /// Scans the directory open as `fd` at `path`; returns its children.
     fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize) -> BTreeMap<Vec<u8>, Entry> {
         if let Err(why) = manifest::check_depth(depth, true) {
-            self.errors.push(format!("{}: {why}", self.shown(path)));
+            self.errors.push(EntryError::Depth { path: self.path(path), why });
             return BTreeMap::new();
         }
         let mut names = match rd::list_dir_once(fd, &|| self.shown(path)) {
             Ok(n) => n,
             Err(e) => {
-                self.errors.push(e.to_string());
+                self.errors.push(e.into());
                 return BTreeMap::new();
             }
         };
@@ -312,7 +368,7 @@ impl Walker<'_> {
                 None
             }
             Err(e) => {
-                self.errors.push(e.to_string());
+                self.errors.push(e.into());
                 None
             }
         }
@@ -344,7 +400,7 @@ impl Walker<'_> {
             match rd::read_xattrs(XattrSource::At(dir, name), &sh) {
                 Ok(x) => x,
                 Err(e) => {
-                    w.errors.push(e.to_string());
+                    w.errors.push(e.into());
                     Vec::new()
                 }
             }
@@ -367,13 +423,13 @@ impl Walker<'_> {
                     r => r,
                 };
                 let fd = self.settle(opened, &sh)?;
-                if !same_inode(&st, &fd, &sh, &mut self.errors) {
+                if !same_inode(&st, &fd, &self.path(path), &mut self.errors) {
                     return None;
                 }
                 let xattrs = match rd::read_xattrs(XattrSource::Fd(fd.as_fd()), &sh) {
                     Ok(x) => x,
                     Err(e) => {
-                        self.errors.push(e.to_string());
+                        self.errors.push(e.into());
                         Vec::new()
                     }
                 };
@@ -387,7 +443,7 @@ impl Walker<'_> {
                 };
                 if let Some(mode) = lent {
                     if let Err(e) = wr::chmod_at(dir, name, mode, &sh) {
-                        self.errors.push(format!("restoring mode {mode:o}: {e}"));
+                        self.errors.push(EntryError::RestoreMode { mode, err: e });
                     }
                 }
                 return Some(Entry { meta, kind: Kind::Dir(children) });
@@ -420,7 +476,7 @@ impl Walker<'_> {
                         None => rd::read_xattrs(XattrSource::Fd(fd.as_fd()), &sh),
                     };
                     let x = x.unwrap_or_else(|e| {
-                        self.errors.push(e.to_string());
+                        self.errors.push(e.into());
                         Vec::new()
                     });
                     let meta = self.meta(&st, x, path);
@@ -434,14 +490,14 @@ impl Walker<'_> {
                 let job = Job { id, fd, stat: st, path: path.clone(), xattrs };
                 let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
                 if !sent {
-                    self.errors.push("hashing threads stopped".to_string());
+                    self.errors.push(EntryError::ThreadsStopped);
                 }
                 return Some(Entry { meta, kind: Kind::File(File { size: st.st_size as u64, ..File::default() }) });
             }
             FileType::Symlink => match rd::read_link_at(dir, name, &sh) {
                 Ok(t) => Kind::Symlink(t),
                 Err(e) => {
-                    self.errors.push(e.to_string());
+                    self.errors.push(e.into());
                     return None;
                 }
             },
@@ -452,7 +508,7 @@ impl Walker<'_> {
             FileType::Fifo => Kind::Fifo,
             FileType::Socket => Kind::Socket,
             FileType::Unknown => {
-                self.errors.push(format!("{}: unknown file type (mode {:o})", sh(), st.st_mode));
+                self.errors.push(EntryError::UnknownType { path: self.path(path), mode: st.st_mode });
                 return None;
             }
         };
@@ -462,15 +518,15 @@ impl Walker<'_> {
     }
 }
 
-fn same_inode(st: &Stat, fd: &OwnedFd, sh: &dyn Fn() -> String, errors: &mut Vec<String>) -> bool {
-    match rd::stat_fd(fd.as_fd(), sh) {
+fn same_inode(st: &Stat, fd: &OwnedFd, path: &Path, errors: &mut Vec<EntryError>) -> bool {
+    match rd::stat_fd(fd.as_fd(), &|| show(path)) {
         Ok(now) if now.st_ino == st.st_ino && now.st_dev == st.st_dev => true,
         Ok(_) => {
-            errors.push(format!("{}: replaced while scanning", sh()));
+            errors.push(EntryError::Changed { path: path.to_path_buf(), what: Change::Replaced });
             false
         }
         Err(e) => {
-            errors.push(e.to_string());
+            errors.push(e.into());
             false
         }
     }
@@ -478,7 +534,7 @@ fn same_inode(st: &Stat, fd: &OwnedFd, sh: &dyn Fn() -> String, errors: &mut Vec
 
 /// Replaces the on-disk owner by the one recorded in
 /// `user.rootlesscontainers` (0:0 when absent) and drops that xattr.
-fn apply_rootless(meta: &mut Meta) -> Result<(), String> {
+fn apply_rootless(meta: &mut Meta) -> Result<(), rootless::RootlessError> {
     let (uid, gid) = match meta.xattrs.remove(rootless::XATTR) {
         Some(v) => rootless::decode(&v)?,
         None => (0, 0),
@@ -499,12 +555,13 @@ fn hash_worker(
     // past its size, so that a short read shows its end
     let mut buf = vec![0u8; content::CHUNK + manifest::BLOCK as usize];
     for job in jobs {
-        let sh = || shown_path(root, &job.path);
+        let full = entry_path(root, &job.path);
+        let sh = || show(&full);
         let result = (|| {
             let size = job.stat.st_size as u64;
             let sparse = (job.stat.st_blocks as u64) * 512 < size;
-            let file = hash_content(job.fd.as_fd(), size, sparse, store, &mut buf, &sh)?;
-            let now = rd::stat_fd(job.fd.as_fd(), &sh).map_err(|e| e.to_string())?;
+            let file = hash_content(job.fd.as_fd(), size, sparse, store, &mut buf, &full)?;
+            let now = rd::stat_fd(job.fd.as_fd(), &sh)?;
             if now.st_ino != job.stat.st_ino
                 || now.st_size != job.stat.st_size
                 || now.st_mtime != job.stat.st_mtime
@@ -512,11 +569,11 @@ fn hash_worker(
                 || now.st_ctime != job.stat.st_ctime
                 || now.st_ctime_nsec != job.stat.st_ctime_nsec
             {
-                return Err(format!("{}: changed while being read", sh()));
+                return Err(EntryError::Changed { path: full.clone(), what: Change::Modified });
             }
             let xattrs = match job.xattrs {
                 Some(x) => x,
-                None => rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh).map_err(|e| e.to_string())?,
+                None => rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh)?,
             };
             if let Some(pb) = &progress {
                 pb.inc(size);
@@ -588,7 +645,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             euid: rustix::process::geteuid().as_raw(),
         };
         let xattrs = rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
-            w.errors.push(e.to_string());
+            w.errors.push(e.into());
             Vec::new()
         });
         let meta = w.meta(&root_st, xattrs, b"");
@@ -632,7 +689,7 @@ struct Fill<'a> {
     rootless: bool,
     files: u64,
     bytes: u64,
-    errors: Vec<String>,
+    errors: Vec<EntryError>,
 }
 
 impl Fill<'_> {
@@ -646,14 +703,13 @@ impl Fill<'_> {
                     *slot = f;
                     e.meta.xattrs = xattrs.into_iter().collect();
                     if self.rootless {
-                        if let Err(err) = apply_rootless(&mut e.meta) {
-                            self.errors
-                                .push(format!("{}: user.rootlesscontainers: {err}", shown_path(self.root_path, path)));
+                        if let Err(why) = apply_rootless(&mut e.meta) {
+                            self.errors.push(EntryError::Rootless { path: entry_path(self.root_path, path), why });
                         }
                     }
                 }
                 Some(Err(err)) => self.errors.push(err),
-                None => self.errors.push(format!("{}: not hashed", shown_path(self.root_path, path))),
+                None => self.errors.push(EntryError::NotHashed(entry_path(self.root_path, path))),
             },
             Kind::Dir(children) => {
                 let base = path.len();
