@@ -22,6 +22,8 @@ pub mod diff;
 pub mod manifest;
 pub mod materialize;
 pub mod oci;
+pub mod pipeline;
+pub mod progress;
 pub mod remote;
 pub mod render;
 pub mod rootless;

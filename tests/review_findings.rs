@@ -5,7 +5,7 @@ mod common;
 
 use ocix::manifest::{BLOCK, Digest, Entry, File, Kind, Manifest};
 use ocix::materialize::{UnpackOptions, unpack};
-use ocix::store::{Arrivals, Store};
+use ocix::store::{Arrivals, Filled, Store};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ fn false_zero_runs_over_a_freshly_fetched_blob_are_not_trusted() {
     // as the pull names it: through the store being filled
     let d = store.put_bytes(&content).unwrap();
     assert!(store.fetched_here(&d));
-    a.close(Ok(()));
+    a.close(Filled::Complete);
     // the first block claimed all-zero, which it is not
     let f = File { size: content.len() as u64, digest: Some(d), zeros: vec![(0, 1)] };
     let m = manifest(vec![(b"victim", Entry::new(Kind::File(f)))]);

@@ -151,7 +151,5 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
 fn done(ctx: &Ctx<'_>, job: &Job<'_>, n: u64) {
     ctx.files_written.fetch_add(1, Ordering::Relaxed);
     ctx.bytes_written.fetch_add(n, Ordering::Relaxed);
-    if let Some(pb) = &ctx.progress {
-        pb.inc(job.file.size);
-    }
+    ctx.advance(job.file.size);
 }

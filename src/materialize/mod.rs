@@ -34,7 +34,7 @@
 //! 4. Directory metadata, deepest first, so a directory's mode and mtime are
 //!    set after all its children exist.
 //!
-//! Per entry, metadata goes owner, xattrs, mode, mtime (see [`meta`]).
+//! Per entry, metadata goes owner, xattrs, mode, mtime (see `meta`).
 //! Entries that must not be opened (symlinks, devices, fifos) get xattrs and
 //! mode through `/proc/self/fd`, so `/proc` must be mounted.
 //!
@@ -64,6 +64,15 @@
 //! is refused before the destination is opened, in every mode (as root they
 //! would steer an overlay using the tree as a layer; rootless, `user.*` is
 //! writable, and `userxattr` overlays read `user.overlay.*`).
+//!
+//! Files: this one holds the options, the errors and the run's phases;
+//! `dest` checks and opens the destination (also for callers with work to
+//! do first, see [`check_dest`]); `walk` is phase 1 with `update`'s
+//! reconciliation, and phases 3 and 4; `write` is phase 2's writers, with
+//! `content` (blob to file), `fresh` (a fresh destination) and `meta`
+//! (metadata); `report` is what the unpack did. A store still being filled
+//! while the unpack reads it is the caller's: the unpack only tells it,
+//! through [`Filler`], that it failed (see [`unpack_filled`]).
 
 mod cache;
 mod content;
@@ -76,6 +85,7 @@ mod report;
 mod walk;
 mod write;
 
+pub use dest::check_dest;
 pub use idmap::{IdMap, map_id};
 pub use report::{NotApplied, NotAppliedKind, UnpackReport};
 
@@ -84,6 +94,7 @@ use walk::{Walker, finish_dirs, make_link};
 use write::write_file;
 
 use crate::manifest::{self, Digest, Entry, File, Kind, KindCode, Manifest, Meta, Name, path_display};
+use crate::progress::{Progress, Task, Work};
 use crate::store::{Store, StoreError};
 use crate::sys::read::{self as rd, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
@@ -108,8 +119,8 @@ pub struct UnpackOptions {
     pub gid_map: Vec<IdMap>,
     /// Writer threads; 0 means one per CPU.
     pub threads: usize,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where the bytes written are reported.
+    pub progress: Progress,
     /// Make regular files hardlinks of their blobs (an ostree-style
     /// checkout, no data copied) where that keeps the tree exact: a blob no
     /// other name links yet is verified, takes the owner, mode, mtime and
@@ -119,14 +130,6 @@ pub struct UnpackOptions {
     /// must stay readable for the copies). Editing a linked file in place edits the store (readers then
     /// report the blob as corrupt).
     pub link: bool,
-    /// The caller has just written and verified every blob of the store
-    /// (`unpack --image` with its own temporary store): linked blobs are not
-    /// hashed again, only their sizes checked.
-    pub store_verified: bool,
-    /// Set as soon as the unpack fails, before its writers have finished
-    /// (a writer may be waiting for a blob): a pull filling the store
-    /// (`unpack docker://`) stops on it instead of fetching the rest.
-    pub failed: Option<Arc<AtomicBool>>,
     /// Write xattrs in overlayfs's namespace
     /// ([`manifest::is_overlay_xattr`]) as the manifest gives them. Off by
     /// default: a manifest holding one is refused before anything is
@@ -151,7 +154,7 @@ pub enum UnpackError {
     #[error("{0}: destination exists and is not a directory")]
     DestNotDir(String),
     /// The destination is not empty and `update` was not asked for.
-    #[error("{0}: destination is not empty (use --update to bring an existing tree to the manifest)")]
+    #[error("{0}: destination is not empty")]
     DestNotEmpty(String),
     /// A file's content could not be produced from the store.
     #[error("{path}: content {digest}: {source}")]
@@ -177,7 +180,7 @@ pub enum UnpackError {
         blob: String,
     },
     /// An owner has no mapping.
-    #[error("{path}: {what} {id} is outside every --{what}-map range")]
+    #[error("{path}: {what} {id} is outside every {what} map range")]
     Unmapped {
         /// The entry.
         path: String,
@@ -188,12 +191,8 @@ pub enum UnpackError {
     },
     /// Creating a character or block device was refused (`mknodat` gave
     /// EPERM): root without CAP_MKNOD, as in most containers, or in a user
-    /// namespace. Says so, and that `--rootless` writes devices as empty
-    /// files instead.
-    #[error(
-        "{0}: creating device nodes needs CAP_MKNOD (in the initial user namespace); \
-         unpack with --rootless to write devices as empty files instead"
-    )]
+    /// namespace. A rootless unpack writes devices as empty files instead.
+    #[error("{0}: creating device nodes needs CAP_MKNOD (in the initial user namespace)")]
     NoMknod(SysError),
     /// A name in the destination was taken by something unexpected.
     #[error("{0}: could not find a free temporary name")]
@@ -218,7 +217,7 @@ pub enum UnpackError {
     /// "leave unchanged".
     #[error(
         "{path}: {what} {id} maps to 4294967295, which is -1, the \"no change\" value of chown, \
-         not an id (check the --{what}-map ranges)"
+         not an id"
     )]
     NoChangeId {
         /// The entry.
@@ -240,7 +239,10 @@ pub(crate) struct Ctx<'a> {
     not_applied: Mutex<Vec<NotApplied>>,
     abort: AtomicBool,
     first_error: Mutex<Option<UnpackError>>,
-    progress: Option<indicatif::ProgressBar>,
+    /// Told of the bytes written, until the writers are done.
+    progress: Option<Box<dyn Task>>,
+    /// Told when the unpack fails.
+    filler: &'a dyn Filler,
     /// A fresh destination (no `update`): what new entries are like.
     fresh: Option<fresh::Fresh>,
     /// Small blobs read lately (fresh destination).
@@ -287,12 +289,17 @@ impl Ctx<'_> {
 
     fn fail(&self, e: UnpackError) {
         self.abort.store(true, Ordering::SeqCst);
-        if let Some(f) = &self.opts.failed {
-            f.store(true, Ordering::SeqCst);
-        }
+        self.filler.stop();
         let mut g = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             *g = Some(e);
+        }
+    }
+
+    /// `n` more bytes of files written (or kept, or linked).
+    fn advance(&self, n: u64) {
+        if let Some(p) = &self.progress {
+            p.advance(n);
         }
     }
 
@@ -317,11 +324,46 @@ struct Job<'m> {
     link_first: bool,
 }
 
+/// Whoever fills the store while the unpack reads it (a pull; see
+/// [`Store::with_arrivals`]). A writer may be waiting for a blob when the
+/// unpack fails: the filler is told at once, so that it stops fetching
+/// instead of bringing the rest first.
+pub trait Filler: Sync {
+    /// The unpack has failed: no more blobs are needed.
+    fn stop(&self);
+}
+
+/// A flag set when the unpack fails.
+impl Filler for AtomicBool {
+    fn stop(&self) {
+        self.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A store nobody is filling.
+struct Filled;
+
+impl Filler for Filled {
+    fn stop(&self) {}
+}
+
 /// Unpacks `m` into `dest`, reading file contents from `store`. `dest` must
 /// be absent (it is created, with missing parents) or an empty directory,
 /// unless `opts.update`. Stops at the first error, leaving a partial tree
 /// that a rerun with `update` completes.
 pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+    unpack_filled(m, store, dest, opts, &Filled)
+}
+
+/// [`unpack`] from a store `filler` is still filling: `filler` hears as
+/// soon as the unpack fails.
+pub fn unpack_filled(
+    m: &Manifest,
+    store: &Store,
+    dest: &Path,
+    opts: &UnpackOptions,
+    filler: &dyn Filler,
+) -> Result<UnpackReport, UnpackError> {
     // the same checks the decoder makes (a model built in code may break them)
     manifest::encode(m)?;
     check_names(&m.root, &mut Vec::new())?;
@@ -348,16 +390,8 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
     };
     let root = Arc::new(root);
     let total: u64 = m.walk().filter_map(|(_, e)| if let Kind::File(f) = &e.kind { Some(f.size) } else { None }).sum();
-    let progress = opts.progress.then(|| {
-        let pb = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "unpacking {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-        ) {
-            pb.set_style(style);
-        }
-        pb
-    });
-    let ctx = Ctx {
+    let progress = Some(opts.progress.start(Work::Unpack, Some(total)));
+    let mut ctx = Ctx {
         store,
         dest: dest.display().to_string(),
         rootless,
@@ -367,6 +401,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         abort: AtomicBool::new(false),
         first_error: Mutex::new(None),
         progress,
+        filler,
         fresh,
         cache: cache::BlobCache::default(),
         tmp_seq: AtomicU64::new(0),
@@ -441,9 +476,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
             }
         }
     });
-    if let Some(pb) = &ctx.progress {
-        pb.finish_and_clear();
-    }
+    ctx.progress = None;
     if let Some(e) = ctx.first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }

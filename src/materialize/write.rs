@@ -23,9 +23,7 @@ pub(super) fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Res
                 {
                     meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, &job.rel)?;
                     ctx.files_kept.fetch_add(1, Ordering::Relaxed);
-                    if let Some(pb) = &ctx.progress {
-                        pb.inc(job.file.size);
-                    }
+                    ctx.advance(job.file.size);
                     return Ok(());
                 }
             }
@@ -51,9 +49,7 @@ pub(super) fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Res
         Ok(n) => {
             ctx.files_written.fetch_add(1, Ordering::Relaxed);
             ctx.bytes_written.fetch_add(n, Ordering::Relaxed);
-            if let Some(pb) = &ctx.progress {
-                pb.inc(job.file.size);
-            }
+            ctx.advance(job.file.size);
             Ok(())
         }
         Err(e) => {
@@ -90,7 +86,7 @@ fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, Un
         if st.st_nlink != 1 || st.st_size as u64 != job.file.size {
             return Ok(false);
         }
-        if !ctx.opts.store_verified && !content::same_content(blob.as_fd(), job.file, &shown, buf)? {
+        if !ctx.store.fetched_here(&digest) && !content::same_content(blob.as_fd(), job.file, &shown, buf)? {
             return Ok(false);
         }
         meta::apply(ctx, XattrSource::Fd(blob.as_fd()), KindCode::File, job.meta, &job.rel)?;
@@ -113,9 +109,7 @@ fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, Un
         return Err(e.into());
     }
     ctx.files_linked.fetch_add(1, Ordering::Relaxed);
-    if let Some(pb) = &ctx.progress {
-        pb.inc(job.file.size);
-    }
+    ctx.advance(job.file.size);
     Ok(true)
 }
 

@@ -23,6 +23,7 @@
 mod content;
 
 use crate::manifest::{self, Dev, Entry, File, Kind, Manifest, Meta, Time, path_display};
+use crate::progress::{Progress, Task, Work};
 use crate::rootless;
 use crate::store::Store;
 use crate::sys::read::{self as rd, FileType, Stat, XattrSource};
@@ -49,8 +50,8 @@ pub struct ScanOptions {
     pub cross_mounts: bool,
     /// Hashing threads; 0 means one per CPU.
     pub threads: usize,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where the entries met and the bytes hashed are reported.
+    pub progress: Progress,
 }
 
 /// A finished scan.
@@ -170,7 +171,7 @@ struct Walker<'a> {
     links: HashMap<(u64, u64), Vec<u8>>,
     errors: Vec<String>,
     warnings: Vec<String>,
-    progress: Option<indicatif::ProgressBar>,
+    progress: &'a dyn Task,
     euid: u32,
 }
 
@@ -325,10 +326,8 @@ impl Walker<'_> {
         let sh = || shown_of(&here);
         let st = self.settle(rd::stat_at(dir, name, &sh), &sh)?;
         self.seen += 1;
-        if let Some(pb) = &self.progress {
-            if self.seen % 64 == 0 {
-                pb.set_message(format!("{} entries", self.seen));
-            }
+        if self.seen % 64 == 0 {
+            self.progress.items(self.seen, None);
         }
         let ft = FileType::from_raw_mode(st.st_mode);
         // a later name of an inode met before, whatever its type (a
@@ -488,13 +487,7 @@ fn apply_rootless(meta: &mut Meta) -> Result<(), String> {
     Ok(())
 }
 
-fn hash_worker(
-    root: &Path,
-    jobs: Receiver<Job>,
-    done: Sender<Done>,
-    store: Option<&Store>,
-    progress: Option<indicatif::ProgressBar>,
-) {
+fn hash_worker(root: &Path, jobs: Receiver<Job>, done: Sender<Done>, store: Option<&Store>, progress: &dyn Task) {
     // one block more than a read: the last read of a file asks for a byte
     // past its size, so that a short read shows its end
     let mut buf = vec![0u8; content::CHUNK + manifest::BLOCK as usize];
@@ -518,9 +511,7 @@ fn hash_worker(
                 Some(x) => x,
                 None => rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh).map_err(|e| e.to_string())?,
             };
-            if let Some(pb) = &progress {
-                pb.inc(size);
-            }
+            progress.advance(size);
             Ok((file, xattrs))
         })();
         if done.send(Done { id: job.id, result }).is_err() {
@@ -552,21 +543,13 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     } else {
         opts.threads
     };
-    let progress = opts.progress.then(|| {
-        let pb = indicatif::ProgressBar::new_spinner();
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} scanning: {msg}, {bytes} hashed ({bytes_per_sec})")
-                .expect("static template"),
-        );
-        pb.enable_steady_tick(std::time::Duration::from_millis(120));
-        pb
-    });
+    let progress = opts.progress.start(Work::Scan, None);
     let (job_tx, job_rx) = bounded::<Job>(256);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
 
     let (mut root, mut w) = std::thread::scope(|s| {
         for _ in 0..threads {
-            let (rx, tx, pb) = (job_rx.clone(), done_tx.clone(), progress.clone());
+            let (rx, tx, pb) = (job_rx.clone(), done_tx.clone(), &*progress);
             s.spawn(move || hash_worker(dir, rx, tx, store, pb));
         }
         drop(done_tx);
@@ -584,7 +567,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             links: HashMap::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
-            progress: progress.clone(),
+            progress: &*progress,
             euid: rustix::process::geteuid().as_raw(),
         };
         let xattrs = rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
@@ -600,9 +583,6 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
         }
         (Entry { meta, kind: Kind::Dir(children) }, w)
     });
-    if let Some(pb) = &progress {
-        pb.finish_and_clear();
-    }
     // Fill in every file's content and xattrs, in manifest order, which
     // is the order the jobs were handed out in.
     let mut fill = Fill {

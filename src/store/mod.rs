@@ -12,7 +12,7 @@
 
 mod arrivals;
 
-pub use arrivals::Arrivals;
+pub use arrivals::{Arrivals, Filled};
 
 use crate::manifest::Digest;
 use crate::sys::{self, SysError};
@@ -33,14 +33,18 @@ pub enum StoreError {
     #[error("{0}: not a blob store (no blobs/sha256 directory)")]
     NotAStore(String),
     /// A blob the store's filler (a pull) ended without.
-    #[error("blob {digest} was not fetched into store {store}{why}")]
+    #[error(
+        "blob {digest} was not fetched into store {store}{}",
+        match .stopped { Some(why) => format!(": {why}"), None => String::new() }
+    )]
     NotFetched {
         /// The digest.
         digest: Digest,
         /// The store's path.
         store: String,
-        /// Why the filler stopped (with a leading `": "`), or empty.
-        why: String,
+        /// Why the filler stopped early; `None` when it completed without
+        /// this blob.
+        stopped: Option<String>,
     },
     /// A blob is absent.
     #[error("blob {digest} missing from store {store}")]
@@ -141,10 +145,10 @@ impl Store {
             .is_ok_and(|s| fs::FileType::from_raw_mode(s.st_mode) == fs::FileType::RegularFile)
     }
 
-    /// This store is being filled while it is read: [`open_blob`]
-    /// (Self::open_blob) of a missing blob waits for it until the filler
-    /// closes `arrivals`, and every blob named through this store is
-    /// announced there.
+    /// This store is being filled while it is read:
+    /// [`open_blob`](Self::open_blob) of a missing blob waits for it until
+    /// the filler closes `arrivals`, and every blob named through this store
+    /// is announced there.
     pub fn with_arrivals(mut self, arrivals: Arc<Arrivals>) -> Store {
         self.arrivals = Some(arrivals);
         self
@@ -176,11 +180,14 @@ impl Store {
             }
             match mark {
                 Ok(mark) => arrivals.wait_after(mark),
-                Err(why) => {
+                Err(end) => {
                     return Err(StoreError::NotFetched {
                         digest: *d,
                         store: self.root.display().to_string(),
-                        why: if why.is_empty() { why } else { format!(": {why}") },
+                        stopped: match end {
+                            Filled::Complete => None,
+                            Filled::Stopped(why) => Some(why),
+                        },
                     });
                 }
             }
@@ -507,7 +514,7 @@ mod tests {
             assert_eq!(reader.join().unwrap(), b"arrives late");
             let waiter = sc.spawn(|| s.open_blob(&never).map(|_| ()));
             std::thread::sleep(std::time::Duration::from_millis(50));
-            a.close(Err("the registry went away".into()));
+            a.close(Filled::Stopped("the registry went away".into()));
             let e = waiter.join().unwrap().unwrap_err().to_string();
             assert!(e.contains(&never.to_string()) && e.contains("the registry went away"), "{e}");
         });

@@ -28,6 +28,11 @@ pub fn open_dir_path(path: &Path) -> Result<OwnedFd> {
     )
 }
 
+/// `lstat` of a full path: the last component is not followed.
+pub fn lstat_path(path: &Path) -> Result<Stat> {
+    call("lstat", || show(path), || fs::lstat(path))
+}
+
 /// Opens the directory `name` inside `dir` without following a symlink.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<OwnedFd> {
     call("openat", shown, || {

@@ -25,6 +25,11 @@ fn mode(m: u32) -> Mode {
     Mode::from_raw_mode(m & 0o7777)
 }
 
+/// `mkdir(path, mode)` of a full path.
+pub fn mkdir_path(path: &std::path::Path, m: u32) -> Result<()> {
+    call("mkdir", || path.display().to_string(), || fs::mkdir(path, mode(m)))
+}
+
 /// `mkdirat(dir, name, mode)`.
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8], m: u32, shown: &dyn Fn() -> String) -> Result<()> {
     call("mkdirat", shown, || fs::mkdirat(dir, os(name), mode(m)))
