@@ -4,7 +4,7 @@
 use super::UnpackError;
 use crate::sys::read::{self as rd, FileType};
 use crate::sys::{Errno, SysError, write as wr};
-use rustix::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 

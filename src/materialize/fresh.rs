@@ -36,7 +36,7 @@ use super::{Ctx, Job, UnpackError};
 use crate::manifest::KindCode;
 use crate::sys::read::{self as rd, XattrSource};
 use crate::sys::write as wr;
-use rustix::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
 /// What every entry this unpack creates is like (see the module doc).
@@ -56,7 +56,7 @@ impl Fresh {
     /// Looks at the destination root once. `created`: this unpack made it.
     pub(super) fn probe(root: BorrowedFd<'_>, created: bool, shown: &dyn Fn() -> String) -> Result<Fresh, UnpackError> {
         let st = rd::stat_fd(root, shown)?;
-        let (euid, egid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        let (euid, egid) = (crate::sys::euid(), crate::sys::egid());
         let plain = created && rd::read_xattrs(XattrSource::Fd(root), shown)?.is_empty();
         Ok(Fresh {
             owner: (st.st_gid == egid).then_some((euid, egid)),

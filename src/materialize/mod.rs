@@ -98,8 +98,8 @@ use crate::progress::{Progress, Task, Work};
 use crate::store::{Store, StoreError};
 use crate::sys::read::{self as rd, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
-use rustix::fd::{AsFd, OwnedFd};
 use std::collections::{BTreeMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -370,8 +370,8 @@ pub fn unpack_filled(
     if !opts.allow_overlay_xattrs {
         check_overlay_xattrs(m)?;
     }
-    let rootless = opts.rootless || !rustix::process::geteuid().is_root();
-    raise_fd_limit();
+    let rootless = opts.rootless || crate::sys::euid() != 0;
+    crate::sys::raise_fd_limit();
     let dest = strip_trailing_slashes(dest);
     let (root, created) = open_dest(&dest, opts.update)?;
     if rootless {
@@ -379,7 +379,7 @@ pub fn unpack_filled(
         // mode is applied: its owner (us) needs rwx meanwhile
         let shown = || dest.display().to_string();
         let st = rd::stat_fd(root.as_fd(), &shown)?;
-        if st.st_mode & 0o700 != 0o700 && st.st_uid == rustix::process::geteuid().as_raw() {
+        if st.st_mode & 0o700 != 0o700 && st.st_uid == crate::sys::euid() {
             wr::fchmod(root.as_fd(), 0o700, &shown)?;
         }
     }
@@ -554,15 +554,5 @@ fn check_overlay_xattrs(m: &Manifest) -> Result<(), UnpackError> {
     match first {
         Some((path, name)) => Err(UnpackError::OverlayXattr { path, name, others }),
         None => Ok(()),
-    }
-}
-
-fn raise_fd_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let l = getrlimit(Resource::Nofile);
-    if let (Some(cur), Some(max)) = (l.current, l.maximum) {
-        if cur < max {
-            let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(max), maximum: Some(max) });
-        }
     }
 }

@@ -8,8 +8,8 @@ use super::{Ctx, Job, NotAppliedKind, UnpackError, meta, queue};
 use crate::manifest::{self, Entry, Kind, KindCode, Manifest, Name, path_display};
 use crate::sys::read::{self as rd, FileType, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 pub(super) struct Walker<'c, 'a, 'm> {
@@ -206,7 +206,7 @@ impl<'m> Walker<'_, '_, 'm> {
                         format!("{} {}:{}", code.name(), dev.major, dev.minor),
                     );
                 } else {
-                    let want = rustix::fs::makedev(dev.major, dev.minor);
+                    let want = rd::makedev(dev.major, dev.minor);
                     let keep = ex_type == Some(ty)
                         && ex.as_ref().is_some_and(|s| s.st_rdev == want)
                         && ex.as_ref().is_some_and(|s| self.claim(s));
@@ -280,7 +280,7 @@ pub(super) fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel:
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
         // iterative: an existing tree may be deeper than any stack
         let mut stack: Vec<(OwnedFd, Vec<u8>)> = Vec::new();
-        if st.st_mode & 0o700 != 0o700 && st.st_uid == rustix::process::geteuid().as_raw() {
+        if st.st_mode & 0o700 != 0o700 && st.st_uid == crate::sys::euid() {
             wr::chmod_at(dir, name, 0o700, &shown)?;
         }
         let fd = rd::open_dir_at(dir, name, &shown)?;
@@ -296,7 +296,7 @@ pub(super) fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel:
                     match wr::unlink_at(fd.as_fd(), &n, true, &cshown) {
                         Ok(()) => {}
                         Err(e) if e.errno == Errno::NOTEMPTY || e.errno == Errno::EXIST => {
-                            if cst.st_mode & 0o700 != 0o700 && cst.st_uid == rustix::process::geteuid().as_raw() {
+                            if cst.st_mode & 0o700 != 0o700 && cst.st_uid == crate::sys::euid() {
                                 wr::chmod_at(fd.as_fd(), &n, 0o700, &cshown)?;
                             }
                             let cfd = rd::open_dir_at(fd.as_fd(), &n, &cshown)?;
@@ -325,7 +325,7 @@ pub(super) fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel:
 /// Opens the directory at `rel` (relative, `/`-joined) one component at a
 /// time from the root, never following a symlink.
 fn open_dir_rel(ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8]) -> Result<OwnedFd, UnpackError> {
-    let mut cur = rustix::io::dup(root).map_err(|e| SysError::new("dup", ctx.dest.clone(), e))?;
+    let mut cur = rd::dup(root.as_fd(), &|| ctx.dest.clone())?;
     let mut sofar = Vec::new();
     for comp in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
         sofar = join(&sofar, comp);

@@ -6,7 +6,7 @@ use super::{Ctx, Job, UnpackError, content, fresh, meta};
 use crate::manifest::KindCode;
 use crate::sys::read::{self as rd, FileType, XattrSource};
 use crate::sys::{Errno, write as wr};
-use rustix::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 /// One regular file: in `update`, keep it if its content matches; otherwise

@@ -31,8 +31,8 @@ use crate::sys::write as wr;
 use crate::sys::{Errno, SysError};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 pub use content::{ContentSink, hash_content};
@@ -445,7 +445,7 @@ impl Walker<'_> {
                 }
             },
             FileType::CharacterDevice | FileType::BlockDevice => {
-                let d = Dev { major: rustix::fs::major(st.st_rdev), minor: rustix::fs::minor(st.st_rdev) };
+                let d = Dev { major: rd::major(st.st_rdev), minor: rd::minor(st.st_rdev) };
                 if ft == FileType::CharacterDevice { Kind::Char(d) } else { Kind::Block(d) }
             }
             FileType::Fifo => Kind::Fifo,
@@ -525,17 +525,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     let excludes = Excludes::new(&opts.excludes).map_err(ScanError::Pattern)?;
     // The root itself may be reached through a symlink the user named (as
     // `find -H` does); nothing below it is followed.
-    let root_fd = crate::sys::call(
-        "open",
-        || dir.display().to_string(),
-        || {
-            rustix::fs::open(
-                dir,
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-        },
-    )?;
+    let root_fd = rd::open_dir_path_following(dir)?;
     let shown_root = dir.display().to_string();
     let root_st = rd::stat_fd(root_fd.as_fd(), &|| shown_root.clone())?;
     let threads = if opts.threads == 0 {
@@ -568,7 +558,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             errors: Vec::new(),
             warnings: Vec::new(),
             progress: &*progress,
-            euid: rustix::process::geteuid().as_raw(),
+            euid: crate::sys::euid(),
         };
         let xattrs = rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
             w.errors.push(e.to_string());
