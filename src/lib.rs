@@ -17,20 +17,43 @@
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
+//! - [`pipeline`]: whole runs joining a source to a sink (pull while
+//!   unpacking, image to rootfs or bundle), downstream of both.
+//! - [`progress`]: how long work reports its progress; the library never
+//!   draws it.
 //! - [`sys`]: the thin layer over filesystem syscalls, with errors that name
 //!   the call and the path.
 //! - [`cli`]: the `ocix` command line.
+//!
+//! Only [`sys`] may hold `unsafe` code (it holds none today: rustix's calls
+//! are safe); every other module forbids it.
 
+#[forbid(unsafe_code)]
 pub mod bundle;
+#[forbid(unsafe_code)]
 pub mod cli;
+#[forbid(unsafe_code)]
 pub mod diff;
+#[forbid(unsafe_code)]
 pub mod filter;
+#[forbid(unsafe_code)]
 pub mod manifest;
+#[forbid(unsafe_code)]
 pub mod materialize;
+#[forbid(unsafe_code)]
 pub mod oci;
+#[forbid(unsafe_code)]
+pub mod pipeline;
+#[forbid(unsafe_code)]
+pub mod progress;
+#[forbid(unsafe_code)]
 pub mod remote;
+#[forbid(unsafe_code)]
 pub mod render;
+#[forbid(unsafe_code)]
 pub mod rootless;
+#[forbid(unsafe_code)]
 pub mod scan;
+#[forbid(unsafe_code)]
 pub mod store;
 pub mod sys;

@@ -4,9 +4,11 @@
 
 mod common;
 
+use common::progress::Tally;
 use common::{chmod, is_root, make_tree, set_mtime, write};
 use ocix::manifest::{Entry, Kind, Manifest};
 use ocix::materialize::{IdMap, NotAppliedKind, UnpackOptions, unpack};
+use ocix::progress::{Progress, Work};
 use ocix::scan::{ScanOptions, scan_dir};
 use ocix::store::Store;
 use std::ffi::OsStr;
@@ -14,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 fn scan(dir: &Path, store: Option<&Store>) -> Manifest {
     scan_dir(dir, store, &ScanOptions::default()).unwrap_or_else(|e| panic!("scan {}: {e}", dir.display())).manifest
@@ -460,8 +463,8 @@ fn sockets_are_skipped_and_reported() {
     let Kind::Dir(c) = &mut m.root.kind else { unreachable!() };
     c.insert(b"sock".to_vec(), Entry::new(Kind::Socket));
     let out = t.path().join("out");
-    // progress on: drawn only on a terminal, must not disturb anything else
-    let opts = UnpackOptions { progress: true, ..Default::default() };
+    // progress reported: must not disturb anything else
+    let opts = UnpackOptions { progress: Progress::to(Arc::new(Tally::default())), ..Default::default() };
     let r = unpack(&m, &store, &out, &opts).unwrap();
     assert_eq!(r.not_applied.len(), 1);
     assert_eq!(r.not_applied[0].kind, NotAppliedKind::Socket);
@@ -742,4 +745,36 @@ fn fresh_unpack_is_exact_whatever_umask_setgid_parent_or_default_acl() {
     setfacl(&["-d", "-m", "u:77:rwx"], &out);
     unpack(&m, &store, &out, &UnpackOptions::default()).unwrap();
     check(&out, "default ACL on an empty DEST");
+}
+
+// ------------------------------------------- progress
+
+/// An unpack reports one piece of work, declared as the manifest's file
+/// bytes, and reports every one of them done before it ends; a scan
+/// reports the bytes it hashed and the entries it met.
+#[test]
+fn unpack_and_scan_report_their_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_tree(&src, false);
+    let store = Store::create(&t.path().join("s")).unwrap();
+    let tally = Arc::new(Tally::default());
+    let sopts = ScanOptions { progress: Progress::to(tally.clone()), ..Default::default() };
+    let scan = scan_dir(&src, Some(&store), &sopts).unwrap();
+    let scans = tally.of(Work::Scan);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(*scans[0].bytes.lock().unwrap(), None);
+    assert_eq!(scans[0].done.load(std::sync::atomic::Ordering::Relaxed), scan.bytes);
+    assert!(scans[0].ended.load(std::sync::atomic::Ordering::Relaxed));
+    let total: u64 =
+        scan.manifest.walk().filter_map(|(_, e)| if let Kind::File(f) = &e.kind { Some(f.size) } else { None }).sum();
+    assert!(total > 0);
+    let opts = UnpackOptions { progress: Progress::to(tally.clone()), ..Default::default() };
+    unpack(&scan.manifest, &store, &t.path().join("out"), &opts).unwrap();
+    let unpacks = tally.of(Work::Unpack);
+    assert_eq!(unpacks.len(), 1);
+    assert_eq!(*unpacks[0].bytes.lock().unwrap(), Some(total));
+    assert_eq!(unpacks[0].done.load(std::sync::atomic::Ordering::Relaxed), total);
+    assert!(unpacks[0].ended.load(std::sync::atomic::Ordering::Relaxed));
 }

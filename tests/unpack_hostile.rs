@@ -791,7 +791,7 @@ fn symlink_modes_and_clamped_mtimes_are_listed_as_not_applied() {
 
 // ---------------------------------------------------------------- blobs fetched by this run
 
-use ocix::store::Arrivals;
+use ocix::store::{Arrivals, Filled};
 use std::sync::Arc;
 
 /// A blob the pull has just verified is trusted by the unpack (not hashed
@@ -810,7 +810,7 @@ fn false_zero_runs_over_a_freshly_fetched_blob_are_not_trusted() {
     // as the pull names it: through the store being filled
     let d = store.put_bytes(&content).unwrap();
     assert!(store.fetched_here(&d));
-    a.close(Ok(()));
+    a.close(Filled::Complete);
     // the first block claimed all-zero, which it is not
     let f = File { size: content.len() as u64, digest: Some(d), zeros: vec![(0, 1)] };
     let m = manifest(vec![(b"victim", Entry::new(Kind::File(f)))]);

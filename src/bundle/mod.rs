@@ -284,8 +284,8 @@ pub fn runtime_config(image: &ImageConfiguration, rootfs: &Path, opts: &BundleOp
 
     let (mut uids, mut gids) = (opts.uid_mappings.clone(), opts.gid_mappings.clone());
     if opts.rootless && uids.is_empty() && gids.is_empty() {
-        uids = vec![id_mapping(0, rustix::process::geteuid().as_raw(), 1)?];
-        gids = vec![id_mapping(0, rustix::process::getegid().as_raw(), 1)?];
+        uids = vec![id_mapping(0, sys::euid(), 1)?];
+        gids = vec![id_mapping(0, sys::egid(), 1)?];
     }
     if !uids.is_empty() || !gids.is_empty() {
         let linux = &mut spec["linux"];
@@ -382,8 +382,8 @@ fn make_rootless(spec: &mut Value, resolv_conf: &Path) -> Result<(), BundleError
 /// inside a user namespace must keep (the kernel locks them), as mount
 /// options; `None` when `path` does not exist.
 pub fn locked_mount_options(path: &Path) -> Result<Option<Vec<String>>, BundleError> {
-    use rustix::fs::StatVfsMountFlags as F;
-    let st = match sys::call("statvfs", || path.display().to_string(), || rustix::fs::statvfs(path)) {
+    use sys::read::StatVfsMountFlags as F;
+    let st = match sys::read::statvfs_path(path) {
         Ok(st) => st,
         Err(e) if e.errno == Errno::NOENT => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -488,7 +488,7 @@ pub fn write_bundle_config(bundle: &Path, spec: &Spec) -> Result<(), BundleError
         .write(true)
         .create_new(true)
         .mode(0o644)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags(sys::O_NOFOLLOW)
         .open(&tmp)
         .map_err(werr(&tmp))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(werr(&tmp))?;

@@ -17,9 +17,9 @@
 //! group the user's primary group comes from passwd and the groups that list
 //! the user by name become additional gids.
 
+use crate::sys::read::FileType;
 use crate::sys::{Errno, SysError, read as r};
-use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::FileType;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 /// Largest `/etc/passwd` or `/etc/group` read (as other runtimes cap it).

@@ -5,6 +5,7 @@
 mod diff;
 mod digest;
 mod import;
+mod progress;
 mod pull;
 mod push;
 mod scan;
@@ -99,9 +100,14 @@ pub struct Global {
 }
 
 impl Global {
-    /// Whether a progress bar may be drawn (stderr is a terminal, not quiet).
-    pub fn progress(&self) -> bool {
-        !self.quiet && std::io::stderr().is_terminal()
+    /// Progress bars on stderr when they may be drawn (stderr is a
+    /// terminal, not quiet); otherwise nowhere.
+    pub fn progress(&self) -> crate::progress::Progress {
+        if !self.quiet && std::io::stderr().is_terminal() {
+            crate::progress::Progress::to(std::sync::Arc::new(progress::Bars))
+        } else {
+            crate::progress::Progress::silent()
+        }
     }
 
     /// Prints a warning unless quiet.

@@ -6,6 +6,9 @@
 
 use super::Global;
 use crate::materialize::{IdMap, UnpackError, UnpackOptions, unpack};
+use crate::oci::ImportOptions;
+use crate::pipeline::{self, Brought, ImageUnpackOptions, PullUnpackOptions, RunError};
+use crate::remote::PullOptions;
 use crate::store::Store;
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
@@ -117,8 +120,6 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         threads: a.threads,
         progress: g.progress(),
         link: a.link,
-        store_verified: false,
-        failed: None,
         allow_overlay_xattrs: a.allow_overlay_xattrs,
     };
     if let Some(image) = &a.image {
@@ -143,14 +144,37 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An unpack's error, naming DEST, with the flag that allows what was
-/// refused where there is one.
+/// An unpack's error, naming DEST, with the flag that helps where there is
+/// one.
 fn unpack_failed(dest: &Path, e: &UnpackError) -> anyhow::Error {
-    let hint = match e {
-        UnpackError::OverlayXattr { .. } => " (--allow-overlay-xattrs)",
-        _ => "",
-    };
-    anyhow::anyhow!("unpacking into {}: {e}{hint}", dest.display())
+    anyhow::anyhow!("unpacking into {}: {e}{}", dest.display(), hint(e, true))
+}
+
+/// The flag that allows what `e` refused, or does what it could not, as a
+/// tail for its message (empty where there is none). `update`: whether
+/// `--update` may be offered.
+fn hint(e: &UnpackError, update: bool) -> String {
+    match e {
+        UnpackError::OverlayXattr { .. } => " (--allow-overlay-xattrs)".into(),
+        UnpackError::DestNotEmpty(_) if update => " (use --update to bring an existing tree to the manifest)".into(),
+        UnpackError::Unmapped { what, .. } => format!(" (--{what}-map)"),
+        UnpackError::NoChangeId { what, .. } => format!(" (check the --{what}-map ranges)"),
+        UnpackError::NoMknod(_) => "; unpack with --rootless to write devices as empty files instead".into(),
+        _ => String::new(),
+    }
+}
+
+/// A run's error as the user sees it: the unpack's with its flag, a tree
+/// left partly unpacked with the way to complete it. `bundle`: the run
+/// wrote a bundle (which `--update` does not apply to).
+fn run_failed(e: RunError, bundle: bool) -> anyhow::Error {
+    match e {
+        RunError::Partly { dest, error } => run_failed(*error, bundle)
+            .context(format!("{}: partly unpacked; rerun with --update to complete it", dest.display())),
+        RunError::Dest(e) => anyhow::anyhow!("{e}{}", hint(&e, !bundle)),
+        RunError::Unpack { dest, error } => unpack_failed(&dest, &error),
+        e => anyhow::Error::new(e),
+    }
 }
 
 fn report(r: &crate::materialize::UnpackReport, g: Global) {
@@ -167,295 +191,62 @@ fn report(r: &crate::materialize::UnpackReport, g: Global) {
     ));
 }
 
-/// `docker://... DEST`: the pull runs on its own thread and the unpack
-/// starts as soon as the manifest is in; a writer that needs a blob not yet
-/// fetched waits for it (see [`Store::with_arrivals`]). Whichever fails
-/// first stops the other. A DEST this run created is removed on failure;
-/// the blobs fetched stay in --store, so a rerun fetches only the rest.
+/// `docker://... DEST`: pulled and unpacked at once (see
+/// [`pipeline::pull_unpack`]); an ordinary image is imported, then
+/// unpacked. `-o` keeps the manifest.
 fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Global) -> anyhow::Result<ExitCode> {
-    use crate::remote::{PullOptions, Remote, pull_with};
-    use crate::store::Arrivals;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let remote = Remote::parse(src)?;
     let prefetch = super::pull::read_prefetch(a.prefetch.as_deref())?;
-    let dest_existed = check_dest(dest, a.update)?;
-    let temp_store = a.store.is_none();
-    let store_path = match &a.store {
-        Some(p) => p.clone(),
-        None => beside(dest, "ocix-store")?,
+    let run = PullUnpackOptions {
+        pull: PullOptions {
+            remote: a.net.options(),
+            jobs: a.net.jobs,
+            prefetch,
+            manifest: None,
+            progress: g.progress(),
+            cancel: None,
+        },
+        unpack: opts.clone(),
+        store: a.store.clone(),
+        import: ImportOptions { keep_dirlinks: a.keep_dirlinks, ..Default::default() },
     };
-    let arrivals = Arc::new(Arrivals::new());
-    let store = match Store::create(&store_path) {
-        Ok(s) => s.with_arrivals(arrivals.clone()),
-        Err(e) => {
-            if temp_store {
-                let _ = std::fs::remove_dir_all(&store_path);
-            }
-            return Err(e.into());
+    let done = pipeline::pull_unpack(src, dest, &run).map_err(|e| run_failed(e, false))?;
+    let manifest = match &done.brought {
+        Brought::Pulled(r) => {
+            super::pull::report(r, g);
+            r.manifest_bytes.clone()
+        }
+        Brought::Imported(imported) => {
+            g.info(&format!("{src}: an ordinary image, {} layers imported", imported.image.layers.len()));
+            super::import::report_dropped(imported, src, g);
+            imported.manifest.to_bytes()?
         }
     };
-    let cancel = Arc::new(AtomicBool::new(false));
-    let popts = PullOptions {
-        remote: a.net.options(),
-        jobs: a.net.jobs,
-        prefetch,
-        manifest: None,
-        progress: g.progress(),
-        cancel: Some(cancel.clone()),
-    };
-    // a fresh store of our own holds only blobs the pull has just verified:
-    // they can become the files without being read again; and an unpack
-    // that fails stops the pull at once, even while a writer still waits
-    // for a blob
-    let opts = UnpackOptions {
-        progress: false,
-        link: opts.link || temp_store,
-        store_verified: temp_store,
-        failed: Some(cancel.clone()),
-        ..opts.clone()
-    };
-    let (pulled, unpacked) = std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let puller = s.spawn(|| {
-            // readers must never wait for a pull that is gone, even one
-            // that panicked
-            let close = CloseOnDrop(&arrivals);
-            let r = pull_with(&remote, &store, &popts, move |m| {
-                let _ = tx.send(m.clone());
-            });
-            close.0.close(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            r
-        });
-        let unpacked = rx.recv().ok().map(|m| {
-            let r = unpack(&m, &store, dest, &opts);
-            if r.is_err() {
-                cancel.store(true, Ordering::Relaxed);
-            }
-            r
-        });
-        let pulled = puller.join().map_err(|_| anyhow::anyhow!("pulling {src}: the pull thread panicked"));
-        (pulled, unpacked)
-    });
-    // refused before anything was written: DEST is as it was
-    let untouched = matches!(unpacked, Some(Err(UnpackError::OverlayXattr { .. })));
-    let result = (|| -> anyhow::Result<()> {
-        if let Ok(Err(crate::remote::RemoteError::NotOcix { .. })) = &pulled {
-            // an ordinary image: imported layer by layer into the store
-            // instead, then unpacked (as `--image`, without the bundle)
-            return unpack_ordinary(src, dest, &store, a, &opts, g);
-        }
-        let r = match (pulled?, &unpacked) {
-            // the pull was stopped because the unpack failed: say why
-            (Err(crate::remote::RemoteError::Cancelled { .. }), Some(Err(e))) => return Err(unpack_failed(dest, e)),
-            (r, _) => r.map_err(|e| anyhow::anyhow!("pulling {src}: {e}"))?,
-        };
-        super::pull::report(&r, g);
-        let Some(unpacked) = unpacked else { bail!("pulling {src}: the manifest never arrived") };
-        let ur = unpacked.map_err(|e| unpack_failed(dest, &e))?;
-        report(&ur, g);
-        if let Some(o) = &a.output {
-            super::write_output(Some(o), &r.manifest_bytes)?;
-        }
-        Ok(())
-    })();
-    if temp_store {
-        drop(store);
-        let _ = std::fs::remove_dir_all(&store_path);
-    }
-    if let Err(e) = result {
-        if !dest_existed {
-            // nothing half-made is left under a name this run created
-            let _ = std::fs::remove_dir_all(dest);
-        } else if !a.update && !untouched {
-            return Err(e.context(format!("{}: partly unpacked; rerun with --update to complete it", dest.display())));
-        }
-        return Err(e);
+    report(&done.unpack, g);
+    if let Some(o) = &a.output {
+        super::write_output(Some(o), &manifest)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `unpack docker://...` of an ordinary OCI/Docker image: its layers
-/// streamed and applied in memory into `store` (see `import`), then the
-/// tree unpacked into `dest`; `-o` keeps the manifest.
-fn unpack_ordinary(
-    src: &str,
-    dest: &Path,
-    store: &Store,
-    a: &Args,
-    opts: &UnpackOptions,
-    g: Global,
-) -> anyhow::Result<()> {
-    let r = crate::remote::Reference::parse(src)?;
-    let iopts = crate::oci::ImportOptions { keep_dirlinks: a.keep_dirlinks, ..Default::default() };
-    let imported = crate::remote::image::import_remote(&r, Some(store), &iopts, &a.net.options())
-        .map_err(|e| anyhow::anyhow!("importing {src}: {e}"))?;
-    g.info(&format!("{src}: an ordinary image, {} layers imported", imported.image.layers.len()));
-    super::import::report_dropped(&imported, src, g);
-    let ur = unpack(&imported.manifest, store, dest, opts).map_err(|e| unpack_failed(dest, &e))?;
-    report(&ur, g);
-    if let Some(o) = &a.output {
-        super::write_output(Some(o), &imported.manifest.to_bytes()?)?;
-    }
-    Ok(())
-}
-
-/// Closes the arrivals with an error if the pull ends without closing them.
-struct CloseOnDrop<'a>(&'a crate::store::Arrivals);
-
-impl Drop for CloseOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.close(Err("the pull stopped".into()));
-    }
-}
-
-/// Refuses a DEST the unpack would refuse, before any network traffic:
-/// a symlink, a non-directory, or (without `update`) a non-empty directory.
-/// Returns whether it exists.
-fn check_dest(dest: &Path, update: bool) -> anyhow::Result<bool> {
-    match std::fs::symlink_metadata(dest) {
-        Ok(md) if md.file_type().is_symlink() => {
-            bail!("{}: destination is a symlink (refusing to follow it)", dest.display())
-        }
-        Ok(md) if !md.is_dir() => bail!("{}: destination exists and is not a directory", dest.display()),
-        Ok(_) if !update && std::fs::read_dir(dest)?.next().is_some() => bail!(
-            "{}: destination is not empty (use --update to bring an existing tree to the manifest)",
-            dest.display()
-        ),
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("{}", dest.display())),
-    }
-}
-
-/// A new hidden directory beside `path` (same directory, so the same
-/// filesystem), created here: `.NAME.WHAT.PID[.N]`. A name left by a killed
-/// run (with the same pid) is never reused: what is in it is not known.
-fn beside(path: &Path, what: &str) -> anyhow::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: needs a final path component", path.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    let base = format!(".{name}.{what}.{}", std::process::id());
-    for n in 0..100 {
-        let p = parent.join(if n == 0 { base.clone() } else { format!("{base}.{n}") });
-        match std::fs::create_dir(&p) {
-            Ok(()) => return Ok(p),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("{}: cannot create", p.display())),
-        }
-    }
-    bail!("{}: no free name for a temporary store beside it", path.display())
-}
-
-/// `--image LAYOUT[:TAG] BUNDLE`.
+/// `--image LAYOUT[:TAG] BUNDLE` (see [`pipeline::image_bundle`]).
 fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: Global) -> anyhow::Result<ExitCode> {
-    use crate::oci::{ImportOptions, import_image, split_ref};
     if a.update {
         bail!("--update is for a manifest and DEST; a bundle is unpacked fresh");
     }
-    let mut created = false;
-    match std::fs::symlink_metadata(bundle) {
-        Ok(md) if md.file_type().is_symlink() => bail!("{}: bundle is a symlink; refusing", bundle.display()),
-        Ok(md) if !md.is_dir() => bail!("{}: exists and is not a directory", bundle.display()),
-        Ok(_) if std::fs::read_dir(bundle)?.next().is_some() => {
-            bail!("{}: bundle directory is not empty", bundle.display())
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(bundle).with_context(|| format!("{}: cannot create bundle", bundle.display()))?;
-            created = true;
-        }
-        Err(e) => return Err(e).with_context(|| format!("{}", bundle.display())),
-    }
-    let (layout, tag) = split_ref(image);
     let platform = match &a.platform {
         Some(p) => Some(
             crate::oci::Platform::parse(p).with_context(|| format!("--platform {p:?}: expected OS/ARCH[/VARIANT]"))?,
         ),
         None => None,
     };
-    let temp_store = a.store.is_none();
-    let store_path = a.store.clone().unwrap_or_else(|| bundle.join(".ocix-store"));
-    let store = Store::create(&store_path)?;
-    let iopts = ImportOptions {
-        tag: tag.map(str::to_string),
-        platform,
-        keep_dirlinks: a.keep_dirlinks,
-        ..ImportOptions::default()
+    let run = ImageUnpackOptions {
+        import: ImportOptions { platform, keep_dirlinks: a.keep_dirlinks, ..ImportOptions::default() },
+        remote: a.net.options(),
+        unpack: opts.clone(),
+        store: a.store.clone(),
     };
-    let result = (|| -> anyhow::Result<()> {
-        let imported = if image.starts_with("docker://") {
-            let r = crate::remote::Reference::parse(image)?;
-            let iopts = ImportOptions { tag: None, ..iopts };
-            crate::remote::image::import_remote(&r, Some(&store), &iopts, &a.net.options())
-        } else {
-            import_image(Path::new(layout), Some(&store), &iopts)
-        }
-        .map_err(|e| anyhow::anyhow!("importing {image}: {e}"))?;
-        super::import::report_dropped(&imported, image, g);
-        let rootfs = bundle.join("rootfs");
-        // a store of our own, about to be removed: its blobs can simply
-        // become the files (no second copy of the data)
-        let opts = UnpackOptions { link: opts.link || temp_store, store_verified: temp_store, ..opts.clone() };
-        let r = unpack(&imported.manifest, &store, &rootfs, &opts).map_err(|e| unpack_failed(&rootfs, &e))?;
-        report(&r, g);
-        super::write_output(Some(&bundle.join("ocix.cbor")), &imported.manifest.to_bytes()?)?;
-        write_runtime_config(bundle, &rootfs, &imported.image, &opts, r.rootless)?;
-        Ok(())
-    })();
-    if temp_store {
-        let _ = std::fs::remove_dir_all(&store_path);
-    }
-    if result.is_err() && created {
-        // nothing half-made is left behind under a name we created
-        let _ = std::fs::remove_dir_all(bundle);
-    }
-    result?;
+    let done = pipeline::image_bundle(image, bundle, &run).map_err(|e| run_failed(e, true))?;
+    super::import::report_dropped(&done.imported, image, g);
+    report(&done.unpack, g);
     Ok(ExitCode::SUCCESS)
-}
-
-/// BUNDLE/config.json from the image config, as `umoci unpack` writes it;
-/// the rootless variant when the rootfs was unpacked rootless.
-fn write_runtime_config(
-    bundle: &Path,
-    rootfs: &Path,
-    image: &crate::oci::Image,
-    opts: &UnpackOptions,
-    rootless: bool,
-) -> anyhow::Result<()> {
-    use crate::bundle::{BundleOptions, id_mapping, parse_image_config, runtime_config, write_bundle_config};
-    let config = parse_image_config(&image.config_raw)?;
-    let maps = |m: &[IdMap]| m.iter().map(|m| id_mapping(m.container, m.host, m.size)).collect::<Result<Vec<_>, _>>();
-    let bopts = BundleOptions {
-        rootless,
-        uid_mappings: maps(&opts.uid_map)?,
-        gid_mappings: maps(&opts.gid_map)?,
-        ..Default::default()
-    };
-    write_bundle_config(bundle, &runtime_config(&config, rootfs, &bopts)?)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_temporary_store_never_reuses_a_name_left_behind() {
-        let t = tempfile::tempdir().unwrap();
-        let dest = t.path().join("rootfs");
-        let left = t.path().join(format!(".rootfs.ocix-store.{}", std::process::id()));
-        std::fs::create_dir_all(left.join("blobs/sha256")).unwrap();
-        std::fs::write(left.join("blobs/sha256/stale"), b"from a killed run").unwrap();
-        let fresh = beside(&dest, "ocix-store").unwrap();
-        assert_ne!(fresh, left);
-        assert!(fresh.starts_with(t.path()) && fresh.is_dir());
-        assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0);
-        assert_eq!(std::fs::read(left.join("blobs/sha256/stale")).unwrap(), b"from a killed run");
-        assert_ne!(beside(&dest, "ocix-store").unwrap(), fresh);
-    }
 }

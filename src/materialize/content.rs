@@ -7,7 +7,7 @@ use crate::manifest::{BLOCK, Digest, File};
 use crate::store::{StoreError, Verifier};
 use crate::sys::read::{self as rd, FileType};
 use crate::sys::{Errno, write as wr};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Bytes read or copied at once.
 pub(super) const CHUNK: usize = 1 << 20;

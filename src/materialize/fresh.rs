@@ -36,7 +36,7 @@ use super::{Ctx, Job, UnpackError};
 use crate::manifest::KindCode;
 use crate::sys::read::{self as rd, XattrSource};
 use crate::sys::write as wr;
-use rustix::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
 /// What every entry this unpack creates is like (see the module doc).
@@ -56,7 +56,7 @@ impl Fresh {
     /// Looks at the destination root once. `created`: this unpack made it.
     pub(super) fn probe(root: BorrowedFd<'_>, created: bool, shown: &dyn Fn() -> String) -> Result<Fresh, UnpackError> {
         let st = rd::stat_fd(root, shown)?;
-        let (euid, egid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        let (euid, egid) = (crate::sys::euid(), crate::sys::egid());
         let plain = created && rd::read_xattrs(XattrSource::Fd(root), shown)?.is_empty();
         Ok(Fresh {
             owner: (st.st_gid == egid).then_some((euid, egid)),
@@ -151,7 +151,5 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
 fn done(ctx: &Ctx<'_>, job: &Job<'_>, n: u64) {
     ctx.files_written.fetch_add(1, Ordering::Relaxed);
     ctx.bytes_written.fetch_add(n, Ordering::Relaxed);
-    if let Some(pb) = &ctx.progress {
-        pb.inc(job.file.size);
-    }
+    ctx.advance(job.file.size);
 }

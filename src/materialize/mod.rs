@@ -64,24 +64,43 @@
 //! is refused before the destination is opened, in every mode (as root they
 //! would steer an overlay using the tree as a layer; rootless, `user.*` is
 //! writable, and `userxattr` overlays read `user.overlay.*`).
+//!
+//! Files: this one holds the options, the errors and the run's phases;
+//! `dest` checks and opens the destination (also for callers with work to
+//! do first, see [`check_dest`]); `walk` is phase 1 with `update`'s
+//! reconciliation, and phases 3 and 4; `write` is phase 2's writers, with
+//! `content` (blob to file), `fresh` (a fresh destination) and `meta`
+//! (metadata); `report` is what the unpack did. A store still being filled
+//! while the unpack reads it is the caller's: the unpack only tells it,
+//! through [`Filler`], that it failed (see [`unpack_filled`]).
 
 mod cache;
 mod content;
+mod dest;
 mod fresh;
 mod idmap;
 mod meta;
 mod queue;
+mod report;
+mod walk;
+mod write;
 
+pub use dest::check_dest;
 pub use idmap::{IdMap, map_id};
+pub use report::{NotApplied, NotAppliedKind, UnpackReport};
+
+use dest::{open_dest, strip_trailing_slashes};
+use walk::{Walker, finish_dirs, make_link};
+use write::write_file;
 
 use crate::manifest::{self, Digest, Entry, File, Kind, KindCode, Manifest, Meta, Name, path_display};
+use crate::progress::{Progress, Task, Work};
 use crate::store::{Store, StoreError};
-use crate::sys::read::{self as rd, FileType, XattrSource};
+use crate::sys::read::{self as rd, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashSet};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -100,8 +119,8 @@ pub struct UnpackOptions {
     pub gid_map: Vec<IdMap>,
     /// Writer threads; 0 means one per CPU.
     pub threads: usize,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where the bytes written are reported.
+    pub progress: Progress,
     /// Make regular files hardlinks of their blobs (an ostree-style
     /// checkout, no data copied) where that keeps the tree exact: a blob no
     /// other name links yet is verified, takes the owner, mode, mtime and
@@ -111,107 +130,11 @@ pub struct UnpackOptions {
     /// must stay readable for the copies). Editing a linked file in place edits the store (readers then
     /// report the blob as corrupt).
     pub link: bool,
-    /// The caller has just written and verified every blob of the store
-    /// (`unpack --image` with its own temporary store): linked blobs are not
-    /// hashed again, only their sizes checked.
-    pub store_verified: bool,
-    /// Set as soon as the unpack fails, before its writers have finished
-    /// (a writer may be waiting for a blob): a pull filling the store
-    /// (`unpack docker://`) stops on it instead of fetching the rest.
-    pub failed: Option<Arc<AtomicBool>>,
     /// Write xattrs in overlayfs's namespace
     /// ([`manifest::is_overlay_xattr`]) as the manifest gives them. Off by
     /// default: a manifest holding one is refused before anything is
     /// written ([`UnpackError::OverlayXattr`]).
     pub allow_overlay_xattrs: bool,
-}
-
-/// A kind of thing the unpack could not apply exactly.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
-pub enum NotAppliedKind {
-    /// A socket: never created.
-    Socket,
-    /// A device node written as an empty regular file (rootless).
-    Device,
-    /// An extended attribute not set or not removed.
-    Xattr,
-    /// An owner that could not be recorded (rootless symlink or fifo).
-    Owner,
-    /// A symlink's mode other than 0777: Linux gives every symlink 0777.
-    Mode,
-    /// A modification time the filesystem cannot hold (it stored another).
-    Mtime,
-}
-
-impl NotAppliedKind {
-    /// Short description for summaries.
-    pub fn describe(self) -> &'static str {
-        match self {
-            NotAppliedKind::Socket => "sockets skipped",
-            NotAppliedKind::Device => "devices written as empty files",
-            NotAppliedKind::Xattr => "xattrs not applied",
-            NotAppliedKind::Owner => "owners not recorded",
-            NotAppliedKind::Mode => "symlink modes not applied",
-            NotAppliedKind::Mtime => "mtimes not stored exactly",
-        }
-    }
-}
-
-/// One thing not applied, with the entry's path (relative, raw bytes).
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct NotApplied {
-    /// What.
-    pub kind: NotAppliedKind,
-    /// The entry, relative to the destination.
-    pub path: Vec<u8>,
-    /// Details (which xattr, which owner).
-    pub detail: String,
-}
-
-/// What an unpack did.
-#[derive(Clone, Debug, Default)]
-pub struct UnpackReport {
-    /// Whether it ran rootless.
-    pub rootless: bool,
-    /// Directories created or kept (the root included).
-    pub dirs: u64,
-    /// Regular files written.
-    pub files_written: u64,
-    /// Regular files kept as they were (`update`).
-    pub files_kept: u64,
-    /// Regular files made hardlinks of their blobs (`--link`).
-    pub files_linked: u64,
-    /// Data bytes written (holes and kept files not counted).
-    pub bytes_written: u64,
-    /// Symlinks, devices, fifos created or kept.
-    pub others: u64,
-    /// Hardlinks made or kept.
-    pub hardlinks: u64,
-    /// Entries removed because the manifest lacks them or their type
-    /// differs (`update`; a removed directory counts once).
-    pub removed: u64,
-    /// Everything that could not be applied exactly, in no fixed order.
-    pub not_applied: Vec<NotApplied>,
-}
-
-impl UnpackReport {
-    /// One line per kind of thing not applied: count and the first few
-    /// paths. Empty when everything was applied.
-    pub fn summary(&self, first: usize) -> Vec<String> {
-        let mut by: BTreeMap<NotAppliedKind, Vec<&NotApplied>> = BTreeMap::new();
-        for n in &self.not_applied {
-            by.entry(n.kind).or_default().push(n);
-        }
-        by.into_iter()
-            .map(|(k, mut v)| {
-                v.sort_by(|a, b| a.path.cmp(&b.path));
-                let shown: Vec<String> =
-                    v.iter().take(first).map(|n| format!("{} ({})", path_display(&n.path), n.detail)).collect();
-                let more = if v.len() > first { format!(", and {} more", v.len() - first) } else { String::new() };
-                format!("{} {}: {}{}", v.len(), k.describe(), shown.join(", "), more)
-            })
-            .collect()
-    }
 }
 
 /// Why an unpack failed. Paths are shown as DEST followed by the entry's
@@ -231,7 +154,7 @@ pub enum UnpackError {
     #[error("{0}: destination exists and is not a directory")]
     DestNotDir(String),
     /// The destination is not empty and `update` was not asked for.
-    #[error("{0}: destination is not empty (use --update to bring an existing tree to the manifest)")]
+    #[error("{0}: destination is not empty")]
     DestNotEmpty(String),
     /// A file's content could not be produced from the store.
     #[error("{path}: content {digest}: {source}")]
@@ -257,7 +180,7 @@ pub enum UnpackError {
         blob: String,
     },
     /// An owner has no mapping.
-    #[error("{path}: {what} {id} is outside every --{what}-map range")]
+    #[error("{path}: {what} {id} is outside every {what} map range")]
     Unmapped {
         /// The entry.
         path: String,
@@ -268,12 +191,8 @@ pub enum UnpackError {
     },
     /// Creating a character or block device was refused (`mknodat` gave
     /// EPERM): root without CAP_MKNOD, as in most containers, or in a user
-    /// namespace. Says so, and that `--rootless` writes devices as empty
-    /// files instead.
-    #[error(
-        "{0}: creating device nodes needs CAP_MKNOD (in the initial user namespace); \
-         unpack with --rootless to write devices as empty files instead"
-    )]
+    /// namespace. A rootless unpack writes devices as empty files instead.
+    #[error("{0}: creating device nodes needs CAP_MKNOD (in the initial user namespace)")]
     NoMknod(SysError),
     /// A name in the destination was taken by something unexpected.
     #[error("{0}: could not find a free temporary name")]
@@ -298,7 +217,7 @@ pub enum UnpackError {
     /// "leave unchanged".
     #[error(
         "{path}: {what} {id} maps to 4294967295, which is -1, the \"no change\" value of chown, \
-         not an id (check the --{what}-map ranges)"
+         not an id"
     )]
     NoChangeId {
         /// The entry.
@@ -320,7 +239,10 @@ pub(crate) struct Ctx<'a> {
     not_applied: Mutex<Vec<NotApplied>>,
     abort: AtomicBool,
     first_error: Mutex<Option<UnpackError>>,
-    progress: Option<indicatif::ProgressBar>,
+    /// Told of the bytes written, until the writers are done.
+    progress: Option<Box<dyn Task>>,
+    /// Told when the unpack fails.
+    filler: &'a dyn Filler,
     /// A fresh destination (no `update`): what new entries are like.
     fresh: Option<fresh::Fresh>,
     /// Small blobs read lately (fresh destination).
@@ -367,12 +289,17 @@ impl Ctx<'_> {
 
     fn fail(&self, e: UnpackError) {
         self.abort.store(true, Ordering::SeqCst);
-        if let Some(f) = &self.opts.failed {
-            f.store(true, Ordering::SeqCst);
-        }
+        self.filler.stop();
         let mut g = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             *g = Some(e);
+        }
+    }
+
+    /// `n` more bytes of files written (or kept, or linked).
+    fn advance(&self, n: u64) {
+        if let Some(p) = &self.progress {
+            p.advance(n);
         }
     }
 
@@ -397,19 +324,54 @@ struct Job<'m> {
     link_first: bool,
 }
 
+/// Whoever fills the store while the unpack reads it (a pull; see
+/// [`Store::with_arrivals`]). A writer may be waiting for a blob when the
+/// unpack fails: the filler is told at once, so that it stops fetching
+/// instead of bringing the rest first.
+pub trait Filler: Sync {
+    /// The unpack has failed: no more blobs are needed.
+    fn stop(&self);
+}
+
+/// A flag set when the unpack fails.
+impl Filler for AtomicBool {
+    fn stop(&self) {
+        self.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A store nobody is filling.
+struct Filled;
+
+impl Filler for Filled {
+    fn stop(&self) {}
+}
+
 /// Unpacks `m` into `dest`, reading file contents from `store`. `dest` must
 /// be absent (it is created, with missing parents) or an empty directory,
 /// unless `opts.update`. Stops at the first error, leaving a partial tree
 /// that a rerun with `update` completes.
 pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+    unpack_filled(m, store, dest, opts, &Filled)
+}
+
+/// [`unpack`] from a store `filler` is still filling: `filler` hears as
+/// soon as the unpack fails.
+pub fn unpack_filled(
+    m: &Manifest,
+    store: &Store,
+    dest: &Path,
+    opts: &UnpackOptions,
+    filler: &dyn Filler,
+) -> Result<UnpackReport, UnpackError> {
     // the same checks the decoder makes (a model built in code may break them)
     manifest::encode(m)?;
     check_names(&m.root, &mut Vec::new())?;
     if !opts.allow_overlay_xattrs {
         check_overlay_xattrs(m)?;
     }
-    let rootless = opts.rootless || !rustix::process::geteuid().is_root();
-    raise_fd_limit();
+    let rootless = opts.rootless || crate::sys::euid() != 0;
+    crate::sys::raise_fd_limit();
     let dest = strip_trailing_slashes(dest);
     let (root, created) = open_dest(&dest, opts.update)?;
     if rootless {
@@ -417,7 +379,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         // mode is applied: its owner (us) needs rwx meanwhile
         let shown = || dest.display().to_string();
         let st = rd::stat_fd(root.as_fd(), &shown)?;
-        if st.st_mode & 0o700 != 0o700 && st.st_uid == rustix::process::geteuid().as_raw() {
+        if st.st_mode & 0o700 != 0o700 && st.st_uid == crate::sys::euid() {
             wr::fchmod(root.as_fd(), 0o700, &shown)?;
         }
     }
@@ -428,16 +390,8 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
     };
     let root = Arc::new(root);
     let total: u64 = m.walk().filter_map(|(_, e)| if let Kind::File(f) = &e.kind { Some(f.size) } else { None }).sum();
-    let progress = opts.progress.then(|| {
-        let pb = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "unpacking {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-        ) {
-            pb.set_style(style);
-        }
-        pb
-    });
-    let ctx = Ctx {
+    let progress = Some(opts.progress.start(Work::Unpack, Some(total)));
+    let mut ctx = Ctx {
         store,
         dest: dest.display().to_string(),
         rootless,
@@ -447,6 +401,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
         abort: AtomicBool::new(false),
         first_error: Mutex::new(None),
         progress,
+        filler,
         fresh,
         cache: cache::BlobCache::default(),
         tmp_seq: AtomicU64::new(0),
@@ -521,9 +476,7 @@ pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) ->
             }
         }
     });
-    if let Some(pb) = &ctx.progress {
-        pb.finish_and_clear();
-    }
+    ctx.progress = None;
     if let Some(e) = ctx.first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
@@ -602,600 +555,4 @@ fn check_overlay_xattrs(m: &Manifest) -> Result<(), UnpackError> {
         Some((path, name)) => Err(UnpackError::OverlayXattr { path, name, others }),
         None => Ok(()),
     }
-}
-
-fn raise_fd_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let l = getrlimit(Resource::Nofile);
-    if let (Some(cur), Some(max)) = (l.current, l.maximum) {
-        if cur < max {
-            let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(max), maximum: Some(max) });
-        }
-    }
-}
-
-fn strip_trailing_slashes(p: &Path) -> PathBuf {
-    let mut b = p.as_os_str().as_bytes();
-    while b.len() > 1 && b.ends_with(b"/") {
-        b = &b[..b.len() - 1];
-    }
-    PathBuf::from(std::ffi::OsStr::from_bytes(b))
-}
-
-/// Opens (creating if absent) the destination directory, refusing a symlink
-/// and, without `update`, a non-empty directory. True: it was created here.
-fn open_dest(dest: &Path, update: bool) -> Result<(OwnedFd, bool), UnpackError> {
-    let shown = || dest.display().to_string();
-    let mut created = false;
-    match rustix::fs::lstat(dest) {
-        Err(Errno::NOENT) => {
-            if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    SysError::new("mkdir", parent.display().to_string(), Errno::from_io_error(&e).unwrap_or(Errno::IO))
-                })?;
-            }
-            crate::sys::call("mkdir", shown, || rustix::fs::mkdir(dest, rustix::fs::Mode::from_raw_mode(0o700)))?;
-            created = true;
-        }
-        Err(e) => return Err(SysError::new("lstat", shown(), e).into()),
-        Ok(st) => match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory => {}
-            FileType::Symlink => return Err(UnpackError::DestSymlink(shown())),
-            _ => return Err(UnpackError::DestNotDir(shown())),
-        },
-    }
-    let fd = match rd::open_dir_path(dest) {
-        Err(e) if e.errno == Errno::LOOP || e.errno == Errno::NOTDIR => {
-            return Err(UnpackError::DestSymlink(shown()));
-        }
-        r => r?,
-    };
-    if !update && !rd::read_dir_names(fd.as_fd(), &shown)?.is_empty() {
-        return Err(UnpackError::DestNotEmpty(shown()));
-    }
-    Ok((fd, created))
-}
-
-struct Walker<'c, 'a, 'm> {
-    ctx: &'c Ctx<'a>,
-    manifest: &'m Manifest,
-    /// The writers' queue, and the batch being filled for it.
-    jobs: &'c queue::Queue<Vec<Job<'m>>>,
-    batch: Vec<Job<'m>>,
-    batch_bytes: u64,
-    /// Hardlinks to make: path, first name, the first name's type on disk.
-    links: Vec<(Vec<u8>, Vec<u8>, FileType)>,
-    /// (dev, ino) of existing non-directories kept (`update`).
-    claimed: HashSet<(u64, u64)>,
-    /// `--link`: contents already given to a file, in manifest order.
-    link_seen: HashSet<crate::manifest::Digest>,
-    dirs: u64,
-    others: u64,
-    removed: u64,
-}
-
-/// Files handed to the writers at once, and the data that ends a batch
-/// sooner (large files are spread over the writers).
-const BATCH_FILES: usize = 64;
-const BATCH_BYTES: u64 = 4 << 20;
-
-impl<'m> Walker<'_, '_, 'm> {
-    /// Queues a file for the writers, in batches.
-    fn send(&mut self, job: Job<'m>) -> Result<(), UnpackError> {
-        self.batch_bytes += job.file.size;
-        self.batch.push(job);
-        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Hands the batch being filled to the writers.
-    fn flush(&mut self) -> Result<(), UnpackError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        self.batch_bytes = 0;
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_FILES));
-        if let Err(b) = self.jobs.push(batch) {
-            return Err(SysError::new("thread", self.ctx.shown(&b[0].rel), Errno::IO).into());
-        }
-        Ok(())
-    }
-
-    fn walk(
-        &mut self,
-        dir: &Arc<OwnedFd>,
-        rel: &mut Vec<u8>,
-        children: &'m BTreeMap<Name, Entry>,
-    ) -> Result<(), UnpackError> {
-        let ctx = self.ctx;
-        if ctx.update {
-            let dshown = || ctx.shown(rel);
-            for name in rd::read_dir_names(dir.as_fd(), &dshown)? {
-                if !children.contains_key(&name) {
-                    let crel = join(rel, &name);
-                    remove_entry(ctx, dir.as_fd(), &name, &crel)?;
-                    self.removed += 1;
-                }
-            }
-        }
-        for (name, e) in children {
-            if ctx.aborted() {
-                return Ok(());
-            }
-            let base = rel.len();
-            if !rel.is_empty() {
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(name);
-            let r = self.entry(dir, name, e, rel, children);
-            rel.truncate(base);
-            r?;
-        }
-        Ok(())
-    }
-
-    /// What exists at `name` (`update` only), as (type, stat).
-    fn existing(&self, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<Option<rd::Stat>, UnpackError> {
-        if !self.ctx.update {
-            return Ok(None);
-        }
-        match rd::stat_at(dir, name, &|| self.ctx.shown(rel)) {
-            Ok(st) => Ok(Some(st)),
-            Err(e) if e.errno == Errno::NOENT => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Whether an existing non-directory may be kept: it is the first
-    /// manifest entry to claim its inode.
-    fn claim(&mut self, st: &rd::Stat) -> bool {
-        self.claimed.insert((st.st_dev, st.st_ino))
-    }
-
-    fn entry(
-        &mut self,
-        dir: &Arc<OwnedFd>,
-        name: &'m [u8],
-        e: &'m Entry,
-        rel: &[u8],
-        siblings: &'m BTreeMap<Name, Entry>,
-    ) -> Result<(), UnpackError> {
-        let ctx = self.ctx;
-        let d = dir.as_fd();
-        let shown = || ctx.shown(rel);
-        let ex = self.existing(d, name, rel)?;
-        let ex_type = ex.as_ref().map(|s| FileType::from_raw_mode(s.st_mode));
-        // Removes what is there unless `keep`.
-        let clear = |w: &mut Self, keep: bool| -> Result<(), UnpackError> {
-            if ex.is_some() && !keep {
-                remove_entry(ctx, d, name, rel)?;
-                w.removed += 1;
-            }
-            Ok(())
-        };
-        match &e.kind {
-            Kind::Dir(children) => {
-                let keep = ex_type == Some(FileType::Directory);
-                clear(self, keep)?;
-                if !keep {
-                    wr::mkdir_at(d, name, 0o700, &shown)?;
-                } else if ctx.rootless && ex.as_ref().is_some_and(|s| s.st_mode & 0o700 != 0o700) {
-                    // an existing directory (0555, 0311...) must be readable
-                    // and writable by its owner while children are fixed;
-                    // its mode is set again once they are
-                    wr::chmod_at(d, name, 0o700, &shown)?;
-                }
-                let fd = rd::open_dir_at(d, name, &shown)?;
-                self.dirs += 1;
-                let fd = Arc::new(fd);
-                let mut r = rel.to_vec();
-                self.walk(&fd, &mut r, children)?;
-            }
-            Kind::File(f) => {
-                let check = ex_type == Some(FileType::RegularFile) && {
-                    let st = ex.as_ref().map(|s| (s.st_dev, s.st_ino));
-                    st.is_some_and(|k| self.claimed.insert(k))
-                };
-                // a directory (or anything not a file) cannot be renamed over
-                if ex.is_some() && ex_type != Some(FileType::RegularFile) {
-                    clear(self, false)?;
-                }
-                let link_first = self.ctx.opts.link && f.digest.is_some_and(|d| self.link_seen.insert(d));
-                let job = Job {
-                    dir: dir.clone(),
-                    name,
-                    rel: rel.to_vec(),
-                    meta: &e.meta,
-                    file: f,
-                    siblings,
-                    check,
-                    link_first,
-                };
-                self.send(job)?;
-            }
-            Kind::Symlink(target) => {
-                let keep = ex_type == Some(FileType::Symlink)
-                    && rd::read_link_at(d, name, &shown)? == *target
-                    && ex.as_ref().is_some_and(|s| self.claim(s));
-                clear(self, keep)?;
-                if !keep {
-                    wr::symlink_at(target, d, name, &shown)?;
-                }
-                meta::apply(ctx, XattrSource::At(d, name), KindCode::Symlink, &e.meta, rel)?;
-                self.others += 1;
-            }
-            Kind::Char(dev) | Kind::Block(dev) => {
-                let (ty, code) = if matches!(e.kind, Kind::Char(_)) {
-                    (FileType::CharacterDevice, KindCode::Char)
-                } else {
-                    (FileType::BlockDevice, KindCode::Block)
-                };
-                if ctx.rootless {
-                    // placeholder: an empty regular file
-                    let keep = ex_type == Some(FileType::RegularFile)
-                        && ex.as_ref().is_some_and(|s| s.st_size == 0)
-                        && ex.as_ref().is_some_and(|s| self.claim(s));
-                    clear(self, keep)?;
-                    let fd = if keep {
-                        rd::open_file_at(d, name, &shown)?
-                    } else {
-                        wr::create_file_at(d, name, 0o600, &shown)?
-                    };
-                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, &e.meta, rel)?;
-                    ctx.not_applied(
-                        NotAppliedKind::Device,
-                        rel,
-                        format!("{} {}:{}", code.name(), dev.major, dev.minor),
-                    );
-                } else {
-                    let want = rustix::fs::makedev(dev.major, dev.minor);
-                    let keep = ex_type == Some(ty)
-                        && ex.as_ref().is_some_and(|s| s.st_rdev == want)
-                        && ex.as_ref().is_some_and(|s| self.claim(s));
-                    clear(self, keep)?;
-                    if !keep {
-                        wr::mknod_at(d, name, ty, 0o600, (dev.major, dev.minor), &shown)
-                            .map_err(|e| if e.errno == Errno::PERM { UnpackError::NoMknod(e) } else { e.into() })?;
-                    }
-                    meta::apply(ctx, XattrSource::At(d, name), code, &e.meta, rel)?;
-                }
-                self.others += 1;
-            }
-            Kind::Fifo => {
-                let keep = ex_type == Some(FileType::Fifo) && ex.as_ref().is_some_and(|s| self.claim(s));
-                clear(self, keep)?;
-                if !keep {
-                    wr::mknod_at(d, name, FileType::Fifo, 0o600, (0, 0), &shown)?;
-                }
-                meta::apply(ctx, XattrSource::At(d, name), KindCode::Fifo, &e.meta, rel)?;
-                self.others += 1;
-            }
-            Kind::Socket => {
-                clear(self, ex_type == Some(FileType::Socket))?;
-                ctx.not_applied(NotAppliedKind::Socket, rel, "not created".into());
-            }
-            Kind::Hardlink(target) => {
-                let first = self.manifest.get(target).map(|t| &t.kind);
-                if let Some(Kind::Socket) = first {
-                    // its first name is not created either
-                    clear(self, ex_type == Some(FileType::Socket))?;
-                    let detail = format!("hardlink to {}, not created", path_display(target));
-                    ctx.not_applied(NotAppliedKind::Socket, rel, detail);
-                    return Ok(());
-                }
-                let Some(ty) = first.and_then(|k| disk_type(k, ctx.rootless)) else {
-                    let what = format!("hardlink to {} names no file, symlink, device or fifo", path_display(target));
-                    let e = manifest::DecodeError { offset: None, path: Some(path_display(rel)), what };
-                    return Err(e.into());
-                };
-                if let (true, Some(k @ (Kind::Char(dev) | Kind::Block(dev)))) = (ctx.rootless, first) {
-                    let (name, shown_target) = (k.code().name(), path_display(target));
-                    let detail = format!("{name} {}:{}, hardlink to {shown_target}", dev.major, dev.minor);
-                    ctx.not_applied(NotAppliedKind::Device, rel, detail);
-                }
-                // anything else here is compared by inode once links are made
-                if ex_type == Some(FileType::Directory) {
-                    clear(self, false)?;
-                }
-                self.links.push((rel.to_vec(), target.clone(), ty));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut r = rel.to_vec();
-    if !r.is_empty() {
-        r.push(b'/');
-    }
-    r.extend_from_slice(name);
-    r
-}
-
-/// Removes `name` in `dir`, a whole subtree if it is a directory, never
-/// following symlinks. Rootless, a directory without owner write permission
-/// is made writable first (we own it or cannot remove it anyway).
-fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<(), UnpackError> {
-    let shown = || ctx.shown(rel);
-    let st = rd::stat_at(dir, name, &shown)?;
-    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-        // iterative: an existing tree may be deeper than any stack
-        let mut stack: Vec<(OwnedFd, Vec<u8>)> = Vec::new();
-        if st.st_mode & 0o700 != 0o700 && st.st_uid == rustix::process::geteuid().as_raw() {
-            wr::chmod_at(dir, name, 0o700, &shown)?;
-        }
-        let fd = rd::open_dir_at(dir, name, &shown)?;
-        stack.push((fd, rel.to_vec()));
-        while let Some((fd, drel)) = stack.pop() {
-            let dshown = || ctx.shown(&drel);
-            let mut pushed = None;
-            for n in rd::read_dir_names(fd.as_fd(), &dshown)? {
-                let crel = join(&drel, &n);
-                let cshown = || ctx.shown(&crel);
-                let cst = rd::stat_at(fd.as_fd(), &n, &cshown)?;
-                if FileType::from_raw_mode(cst.st_mode) == FileType::Directory {
-                    match wr::unlink_at(fd.as_fd(), &n, true, &cshown) {
-                        Ok(()) => {}
-                        Err(e) if e.errno == Errno::NOTEMPTY || e.errno == Errno::EXIST => {
-                            if cst.st_mode & 0o700 != 0o700 && cst.st_uid == rustix::process::geteuid().as_raw() {
-                                wr::chmod_at(fd.as_fd(), &n, 0o700, &cshown)?;
-                            }
-                            let cfd = rd::open_dir_at(fd.as_fd(), &n, &cshown)?;
-                            pushed = Some((cfd, crel));
-                            break;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                } else {
-                    wr::unlink_at(fd.as_fd(), &n, false, &cshown)?;
-                }
-            }
-            // revisit this directory after the child is emptied
-            if let Some(child) = pushed {
-                stack.push((fd, drel));
-                stack.push(child);
-            }
-        }
-        wr::unlink_at(dir, name, true, &shown)?;
-    } else {
-        wr::unlink_at(dir, name, false, &shown)?;
-    }
-    Ok(())
-}
-
-/// One regular file: in `update`, keep it if its content matches; otherwise
-/// write it under a temporary name, verify, apply metadata, rename.
-fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<(), UnpackError> {
-    let d = job.dir.as_fd();
-    let shown = || ctx.shown(&job.rel);
-    if job.check {
-        match rd::open_file_at(d, job.name, &shown) {
-            Ok(fd) => {
-                let st = rd::stat_fd(fd.as_fd(), &shown)?;
-                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                    && content::same_content(fd.as_fd(), job.file, &shown, buf)?
-                {
-                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, &job.rel)?;
-                    ctx.files_kept.fetch_add(1, Ordering::Relaxed);
-                    if let Some(pb) = &ctx.progress {
-                        pb.inc(job.file.size);
-                    }
-                    return Ok(());
-                }
-            }
-            // unreadable (rootless, mode 0): rewrite it
-            Err(e) if e.errno == Errno::ACCESS => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if ctx.opts.link && link_file(ctx, job, buf)? {
-        return Ok(());
-    }
-    if let Some(fresh) = &ctx.fresh {
-        return fresh::write_new(ctx, fresh, job, buf);
-    }
-    let (tmp, fd) = create_temp(ctx, job)?;
-    let res = (|| -> Result<u64, UnpackError> {
-        let n = content::fill(ctx, &job.rel, job.file, fd.as_fd(), buf)?;
-        meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, &job.rel)?;
-        wr::rename_at(d, &tmp, job.name, !ctx.update, &shown)?;
-        Ok(n)
-    })();
-    match res {
-        Ok(n) => {
-            ctx.files_written.fetch_add(1, Ordering::Relaxed);
-            ctx.bytes_written.fetch_add(n, Ordering::Relaxed);
-            if let Some(pb) = &ctx.progress {
-                pb.inc(job.file.size);
-            }
-            Ok(())
-        }
-        Err(e) => {
-            let _ = wr::unlink_at(d, &tmp, false, &shown);
-            Err(e)
-        }
-    }
-}
-
-/// `--link`: makes the file a hardlink of its blob when that keeps the tree
-/// exact; false means "copy it instead". The blob is verified (size and
-/// sha256) once before it is first linked.
-fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, UnpackError> {
-    let Some(digest) = job.file.digest else { return Ok(false) };
-    let d = job.dir.as_fd();
-    let shown = || ctx.shown(&job.rel);
-    // one name per blob, the first in manifest order: a second name would
-    // make two files of the manifest one inode, which the tree must not show
-    if !job.link_first {
-        return Ok(false);
-    }
-    // the blob takes this file's mode: one its owner cannot read would stop
-    // the other files of this content being copied from it (rootless)
-    if job.meta.mode & 0o400 == 0 {
-        return Ok(false);
-    }
-    {
-        let blob = match ctx.store.open_blob(&digest) {
-            Ok(fd) => fd,
-            Err(e) => return Err(content::content_err(ctx, &job.rel, digest, e)),
-        };
-        let st = rd::stat_fd(blob.as_fd(), &shown)?;
-        // a blob another checkout already linked keeps its metadata
-        if st.st_nlink != 1 || st.st_size as u64 != job.file.size {
-            return Ok(false);
-        }
-        if !ctx.opts.store_verified && !content::same_content(blob.as_fd(), job.file, &shown, buf)? {
-            return Ok(false);
-        }
-        meta::apply(ctx, XattrSource::Fd(blob.as_fd()), KindCode::File, job.meta, &job.rel)?;
-    }
-    let tmp = loop {
-        let n = ctx.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = format!(".ocix-tmp.{}.{n}", std::process::id()).into_bytes();
-        if !job.siblings.contains_key(&tmp) {
-            break tmp;
-        }
-    };
-    match wr::link_at(ctx.store.blobs_dir(), digest.hex().as_bytes(), d, &tmp, &shown) {
-        Ok(()) => {}
-        // another filesystem: copy instead
-        Err(e) if e.errno == Errno::XDEV => return Ok(false),
-        Err(e) => return Err(e.into()),
-    }
-    if let Err(e) = wr::rename_at(d, &tmp, job.name, !ctx.update, &shown) {
-        let _ = wr::unlink_at(d, &tmp, false, &shown);
-        return Err(e.into());
-    }
-    ctx.files_linked.fetch_add(1, Ordering::Relaxed);
-    if let Some(pb) = &ctx.progress {
-        pb.inc(job.file.size);
-    }
-    Ok(true)
-}
-
-fn create_temp(ctx: &Ctx<'_>, job: &Job<'_>) -> Result<(Vec<u8>, OwnedFd), UnpackError> {
-    let pid = std::process::id();
-    for _ in 0..1000 {
-        let n = ctx.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = format!(".ocix-tmp.{pid}.{n}").into_bytes();
-        if job.siblings.contains_key(&tmp) {
-            continue;
-        }
-        match wr::create_file_at(job.dir.as_fd(), &tmp, 0o600, &|| ctx.shown(&join(parent_of(&job.rel), &tmp))) {
-            Ok(fd) => return Ok((tmp, fd)),
-            Err(e) if e.errno == Errno::EXIST => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(UnpackError::NoTempName(ctx.shown(&job.rel)))
-}
-
-fn parent_of(rel: &[u8]) -> &[u8] {
-    match rel.iter().rposition(|&b| b == b'/') {
-        Some(i) => &rel[..i],
-        None => b"",
-    }
-}
-
-/// Opens the directory at `rel` (relative, `/`-joined) one component at a
-/// time from the root, never following a symlink.
-fn open_dir_rel(ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8]) -> Result<OwnedFd, UnpackError> {
-    let mut cur = rustix::io::dup(root).map_err(|e| SysError::new("dup", ctx.dest.clone(), e))?;
-    let mut sofar = Vec::new();
-    for comp in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-        sofar = join(&sofar, comp);
-        cur = rd::open_dir_at(cur.as_fd(), comp, &|| ctx.shown(&sofar))?;
-    }
-    Ok(cur)
-}
-
-fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
-    match rel.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&rel[..i], &rel[i + 1..]),
-        None => (b"", rel),
-    }
-}
-
-/// What the walk makes on disk for a first name of this kind: a device is an
-/// empty regular file when rootless. `None` for what a hardlink cannot name
-/// or unpack does not create (directories, hardlinks, sockets).
-fn disk_type(kind: &Kind, rootless: bool) -> Option<FileType> {
-    Some(match kind {
-        Kind::File(_) => FileType::RegularFile,
-        Kind::Symlink(_) => FileType::Symlink,
-        Kind::Char(_) | Kind::Block(_) if rootless => FileType::RegularFile,
-        Kind::Char(_) => FileType::CharacterDevice,
-        Kind::Block(_) => FileType::BlockDevice,
-        Kind::Fifo => FileType::Fifo,
-        Kind::Dir(_) | Kind::Hardlink(_) | Kind::Socket => return None,
-    })
-}
-
-/// Makes the hardlink at `rel` to the first name `target`, which the walk
-/// made as an entry of type `ty` (anything else there now is refused); in
-/// `update`, an existing entry that is already that inode is kept, any other
-/// is removed first (then the result is true).
-fn make_link(ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8], target: &[u8], ty: FileType) -> Result<bool, UnpackError> {
-    let (tdir, tname) = split_last(target);
-    let (ldir, lname) = split_last(rel);
-    let tfd = open_dir_rel(ctx, root, tdir)?;
-    let lfd = open_dir_rel(ctx, root, ldir)?;
-    let shown = || format!("{} (hardlink to {})", ctx.shown(rel), path_display(target));
-    let tst = rd::stat_at(tfd.as_fd(), tname, &|| ctx.shown(target))?;
-    if FileType::from_raw_mode(tst.st_mode) != ty {
-        return Err(SysError::new("linkat", shown(), Errno::PERM).into());
-    }
-    let mut removed = false;
-    if ctx.update {
-        match rd::stat_at(lfd.as_fd(), lname, &shown) {
-            Ok(st) if st.st_dev == tst.st_dev && st.st_ino == tst.st_ino => return Ok(false),
-            Ok(_) => {
-                remove_entry(ctx, lfd.as_fd(), lname, rel)?;
-                removed = true;
-            }
-            Err(e) if e.errno == Errno::NOENT => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    wr::link_at(tfd.as_fd(), tname, lfd.as_fd(), lname, &shown)?;
-    Ok(removed)
-}
-
-fn finish_dir(
-    ctx: &Ctx<'_>,
-    dir: BorrowedFd<'_>,
-    name: &[u8],
-    rel: &mut Vec<u8>,
-    e: &Entry,
-    grand: &BTreeMap<Name, Entry>,
-) -> Result<(), UnpackError> {
-    let shown = ctx.shown(rel);
-    let fd = rd::open_dir_at(dir, name, &|| shown.clone())?;
-    finish_dirs(ctx, fd.as_fd(), rel, grand)?;
-    let known = ctx.fresh.map(|f| f.dir()).unwrap_or_default();
-    meta::apply_known(ctx, XattrSource::Fd(fd.as_fd()), KindCode::Dir, &e.meta, rel, known)
-}
-
-/// Applies directory metadata below `dir`, children before parents.
-fn finish_dirs(
-    ctx: &Ctx<'_>,
-    dir: BorrowedFd<'_>,
-    rel: &mut Vec<u8>,
-    children: &BTreeMap<Name, Entry>,
-) -> Result<(), UnpackError> {
-    for (name, e) in children {
-        let Kind::Dir(grand) = &e.kind else { continue };
-        let base = rel.len();
-        if !rel.is_empty() {
-            rel.push(b'/');
-        }
-        rel.extend_from_slice(name);
-        let r = finish_dir(ctx, dir, name, rel, e, grand);
-        rel.truncate(base);
-        r?;
-    }
-    Ok(())
 }

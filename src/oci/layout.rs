@@ -418,11 +418,7 @@ pub fn open_blob_file(store: &Store, d: &Digest) -> Result<std::fs::File, Import
 fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e| ImportError::Io { path: p.to_path_buf(), err: e };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(p)
-        .map_err(io)?;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(crate::sys::O_NONBLOCK).open(p).map_err(io)?;
     if !f.metadata().map_err(io)?.is_file() {
         return Err(LayoutError::NotRegular(p.to_path_buf()).into());
     }

@@ -304,19 +304,6 @@ pub fn file_blobs(m: &Manifest) -> Vec<(Digest, u64)> {
     out
 }
 
-/// A progress bar of `total` bytes on stderr for a transfer: `{msg}` then
-/// the bar, bytes, rate and time left.
-pub(crate) fn progress_bar(total: u64, msg: String) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(total);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg);
-    pb
-}
-
 /// A reqwest error as one line with its causes, timeouts said plainly.
 pub(crate) fn transport(op: &str, url: &str, e: reqwest::Error, timeout: Duration) -> RemoteError {
     let mut detail = if e.is_timeout() {

@@ -12,6 +12,7 @@ use super::reference::Remote;
 use super::wire::Coding;
 use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, file_blobs, runtime};
 use crate::manifest::{Digest, Kind, Manifest};
+use crate::progress::{Progress, Work};
 use crate::store::Store;
 use futures_util::StreamExt as _;
 use std::collections::{HashMap, HashSet};
@@ -29,8 +30,8 @@ pub struct PullOptions {
     pub prefetch: Vec<Vec<u8>>,
     /// For a static HTTP store: the ocix manifest's digest.
     pub manifest: Option<Digest>,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
+    /// Where the bytes and blobs fetched are reported.
+    pub progress: Progress,
     /// Set by another thread to stop the pull early (no new blob is
     /// started; those done are kept).
     pub cancel: Option<Arc<AtomicBool>>,
@@ -43,7 +44,7 @@ impl Default for PullOptions {
             jobs: 16,
             prefetch: Vec::new(),
             manifest: None,
-            progress: false,
+            progress: Progress::default(),
             cancel: None,
         }
     }
@@ -245,18 +246,17 @@ async fn pull_async(
         })
         .collect();
     let skipped = all.len() - missing_blobs;
-    let pb = opts.progress.then(|| super::progress_bar(total, format!("pull 0/{missing_blobs} blobs")));
+    let pb = opts.progress.start(Work::Pull, Some(total));
+    pb.items(0, Some(missing_blobs as u64));
     let stop = AtomicBool::new(false);
     let n = missing_blobs;
     let done = std::sync::atomic::AtomicUsize::new(0);
     let tick = |k: u64| {
-        if let Some(pb) = &pb {
-            pb.inc(k);
-        }
+        pb.advance(k);
     };
     let results: Vec<Result<Option<(usize, u64)>, RemoteError>> = futures_util::stream::iter(order)
         .map(|item| {
-            let (stop, done, pb, tick) = (&stop, &done, &pb, &tick);
+            let (stop, done, pb, tick) = (&stop, &done, &*pb, &tick);
             let cancel = opts.cancel.as_deref();
             async move {
                 if stop.load(Ordering::Relaxed) || cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -270,18 +270,14 @@ async fn pull_async(
                     stop.store(true, Ordering::Relaxed);
                 }
                 let k = done.fetch_add(item.blobs(), Ordering::Relaxed) + item.blobs();
-                if let Some(pb) = pb {
-                    pb.set_message(format!("pull {k}/{n} blobs"));
-                }
+                pb.items(k as u64, Some(n as u64));
                 r.map(Some)
             }
         })
         .buffer_unordered(opts.jobs.max(1))
         .collect()
         .await;
-    if let Some(pb) = &pb {
-        pb.finish_and_clear();
-    }
+    drop(pb);
     let mut fetched = 0;
     let mut bytes = 0;
     let mut failed = 0;

@@ -10,6 +10,7 @@ use super::reference::{Reference, ReferenceError, Remote};
 use super::wire;
 use super::{RemoteError, RemoteOptions, file_blobs, runtime};
 use crate::manifest::{Digest, MEDIA_TYPE, Manifest};
+use crate::progress::{Progress, Work};
 use crate::store::{Store, StoreError};
 use futures_util::StreamExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +27,8 @@ pub struct PushOptions {
     /// File blobs of at most this size go into packs (see [`pack`]); 0
     /// packs nothing.
     pub pack_threshold: u64,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
+    /// Where the bytes sent are reported.
+    pub progress: Progress,
     /// Send file blobs and packs zstd-compressed where that saves bytes
     /// (see [`wire`]).
     pub compress: bool,
@@ -40,7 +41,7 @@ impl Default for PushOptions {
             jobs: 16,
             layers_per_manifest: artifact::LAYERS_PER_MANIFEST,
             pack_threshold: pack::DEFAULT_THRESHOLD,
-            progress: false,
+            progress: Progress::default(),
             compress: true,
         }
     }
@@ -311,14 +312,14 @@ async fn push_blobs(
         })
         .sum();
     let n = items.len();
-    let pb = opts.progress.then(|| super::progress_bar(total, "push".into()));
+    let pb = opts.progress.start(Work::Push, Some(total));
     let stop = AtomicBool::new(false);
     // packs are built in memory (up to PACK_MAX plus one blob each): at
     // most `jobs` of them at once
     type Done = Result<Option<(bool, u64, Sent)>, RemoteError>;
     let results: Vec<(usize, Done)> = futures_util::stream::iter(items.into_iter().enumerate())
         .map(|(idx, item)| {
-            let (stop, pb) = (&stop, &pb);
+            let (stop, pb) = (&stop, &*pb);
             async move {
                 if stop.load(Ordering::Relaxed) {
                     return (idx, Ok(None));
@@ -363,11 +364,7 @@ async fn push_blobs(
                 .await;
                 match &r {
                     Err(_) => stop.store(true, Ordering::Relaxed),
-                    Ok(_) => {
-                        if let Some(pb) = pb {
-                            pb.inc(item.plain_len());
-                        }
-                    }
+                    Ok(_) => pb.advance(item.plain_len()),
                 }
                 (idx, r.map(Some))
             }
@@ -375,9 +372,7 @@ async fn push_blobs(
         .buffer_unordered(opts.jobs.max(1))
         .collect()
         .await;
-    if let Some(pb) = &pb {
-        pb.finish_and_clear();
-    }
+    drop(pb);
     let (mut uploaded, mut present, mut bytes, mut failed) = (0, 0, 0, 0);
     let mut first = None;
     let mut descs: Vec<Option<Sent>> = (0..n).map(|_| None).collect();

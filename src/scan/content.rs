@@ -14,8 +14,8 @@ use crate::manifest::zeros::ZeroRuns;
 use crate::manifest::{BLOCK, Digest, File};
 use crate::store::{BlobWriter, Store, StoreError};
 use crate::sys::read as rd;
-use rustix::fd::BorrowedFd;
 use sha2::{Digest as _, Sha256};
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 /// Read size.

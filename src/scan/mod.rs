@@ -24,14 +24,15 @@ mod content;
 
 use crate::filter::{Excludes, PatternError};
 use crate::manifest::{self, Dev, Entry, File, Kind, Manifest, Meta, Time};
+use crate::progress::{Progress, Task, Work};
 use crate::rootless;
 use crate::store::Store;
 use crate::sys::read::{self as rd, FileType, Stat, XattrSource};
 use crate::sys::write as wr;
 use crate::sys::{Errno, SysError};
 use crossbeam_channel::{Receiver, Sender, bounded};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub use content::{ContentSink, hash_content};
@@ -49,8 +50,8 @@ pub struct ScanOptions {
     pub cross_mounts: bool,
     /// Hashing threads; 0 means one per CPU.
     pub threads: usize,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where the entries met and the bytes hashed are reported.
+    pub progress: Progress,
 }
 
 /// A finished scan.
@@ -211,7 +212,7 @@ struct Walker<'a> {
     links: HashMap<(u64, u64), Vec<u8>>,
     errors: Vec<EntryError>,
     warnings: Vec<String>,
-    progress: Option<indicatif::ProgressBar>,
+    progress: &'a dyn Task,
     euid: u32,
 }
 
@@ -381,10 +382,8 @@ impl Walker<'_> {
         let sh = || shown_of(&here);
         let st = self.settle(rd::stat_at(dir, name, &sh), &sh)?;
         self.seen += 1;
-        if let Some(pb) = &self.progress {
-            if self.seen % 64 == 0 {
-                pb.set_message(format!("{} entries", self.seen));
-            }
+        if self.seen % 64 == 0 {
+            self.progress.items(self.seen, None);
         }
         let ft = FileType::from_raw_mode(st.st_mode);
         // a later name of an inode met before, whatever its type (a
@@ -502,7 +501,7 @@ impl Walker<'_> {
                 }
             },
             FileType::CharacterDevice | FileType::BlockDevice => {
-                let d = Dev { major: rustix::fs::major(st.st_rdev), minor: rustix::fs::minor(st.st_rdev) };
+                let d = Dev { major: rd::major(st.st_rdev), minor: rd::minor(st.st_rdev) };
                 if ft == FileType::CharacterDevice { Kind::Char(d) } else { Kind::Block(d) }
             }
             FileType::Fifo => Kind::Fifo,
@@ -544,13 +543,7 @@ fn apply_rootless(meta: &mut Meta) -> Result<(), rootless::RootlessError> {
     Ok(())
 }
 
-fn hash_worker(
-    root: &Path,
-    jobs: Receiver<Job>,
-    done: Sender<Done>,
-    store: Option<&Store>,
-    progress: Option<indicatif::ProgressBar>,
-) {
+fn hash_worker(root: &Path, jobs: Receiver<Job>, done: Sender<Done>, store: Option<&Store>, progress: &dyn Task) {
     // one block more than a read: the last read of a file asks for a byte
     // past its size, so that a short read shows its end
     let mut buf = vec![0u8; content::CHUNK + manifest::BLOCK as usize];
@@ -575,9 +568,7 @@ fn hash_worker(
                 Some(x) => x,
                 None => rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh)?,
             };
-            if let Some(pb) = &progress {
-                pb.inc(size);
-            }
+            progress.advance(size);
             Ok((file, xattrs))
         })();
         if done.send(Done { id: job.id, result }).is_err() {
@@ -591,17 +582,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     let excludes = Excludes::new(&opts.excludes).map_err(ScanError::Pattern)?;
     // The root itself may be reached through a symlink the user named (as
     // `find -H` does); nothing below it is followed.
-    let root_fd = crate::sys::call(
-        "open",
-        || dir.display().to_string(),
-        || {
-            rustix::fs::open(
-                dir,
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-        },
-    )?;
+    let root_fd = rd::open_dir_path_following(dir)?;
     let shown_root = dir.display().to_string();
     let root_st = rd::stat_fd(root_fd.as_fd(), &|| shown_root.clone())?;
     let threads = if opts.threads == 0 {
@@ -609,21 +590,13 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     } else {
         opts.threads
     };
-    let progress = opts.progress.then(|| {
-        let pb = indicatif::ProgressBar::new_spinner();
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} scanning: {msg}, {bytes} hashed ({bytes_per_sec})")
-                .expect("static template"),
-        );
-        pb.enable_steady_tick(std::time::Duration::from_millis(120));
-        pb
-    });
+    let progress = opts.progress.start(Work::Scan, None);
     let (job_tx, job_rx) = bounded::<Job>(256);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
 
     let (mut root, mut w) = std::thread::scope(|s| {
         for _ in 0..threads {
-            let (rx, tx, pb) = (job_rx.clone(), done_tx.clone(), progress.clone());
+            let (rx, tx, pb) = (job_rx.clone(), done_tx.clone(), &*progress);
             s.spawn(move || hash_worker(dir, rx, tx, store, pb));
         }
         drop(done_tx);
@@ -641,8 +614,8 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             links: HashMap::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
-            progress: progress.clone(),
-            euid: rustix::process::geteuid().as_raw(),
+            progress: &*progress,
+            euid: crate::sys::euid(),
         };
         let xattrs = rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
             w.errors.push(e.into());
@@ -657,9 +630,6 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
         }
         (Entry { meta, kind: Kind::Dir(children) }, w)
     });
-    if let Some(pb) = &progress {
-        pb.finish_and_clear();
-    }
     // Fill in every file's content and xattrs, in manifest order, which
     // is the order the jobs were handed out in.
     let mut fill = Fill {

@@ -25,9 +25,17 @@ struct State {
     named: u64,
     /// The blobs named: verified by the filler, in this process.
     digests: HashSet<Digest>,
-    /// Set once the filler has finished: `Some("")` for success, else why
-    /// it stopped.
-    closed: Option<String>,
+    /// Set once the filler has finished.
+    closed: Option<Filled>,
+}
+
+/// How the filling of a store ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// Every blob it was to bring is in.
+    Complete,
+    /// It stopped early, for this reason.
+    Stopped(String),
 }
 
 impl Arrivals {
@@ -45,13 +53,13 @@ impl Arrivals {
         self.cv.notify_all();
     }
 
-    /// The filler has finished: `Ok` when everything was fetched, or why it
-    /// stopped. Blocked readers wake; those whose blob is still missing get
-    /// an error carrying `why`.
-    pub fn close(&self, outcome: Result<(), String>) {
+    /// The filler has finished, the first call saying how. Blocked readers
+    /// wake; those whose blob is still missing get an error carrying why
+    /// the filler stopped.
+    pub fn close(&self, end: Filled) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.closed.is_none() {
-            s.closed = Some(outcome.err().unwrap_or_default());
+            s.closed = Some(end);
         }
         drop(s);
         self.cv.notify_all();
@@ -60,10 +68,10 @@ impl Arrivals {
     /// The count of blobs named so far, or the filler's end. Read it before
     /// looking for a blob, then [`wait_after`](Self::wait_after) that count:
     /// a blob named in between is never missed.
-    pub(super) fn mark(&self) -> Result<u64, String> {
+    pub(super) fn mark(&self) -> Result<u64, Filled> {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match &s.closed {
-            Some(why) => Err(why.clone()),
+            Some(end) => Err(end.clone()),
             None => Ok(s.named),
         }
     }

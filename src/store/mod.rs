@@ -12,13 +12,13 @@
 
 mod arrivals;
 
-pub use arrivals::Arrivals;
+pub use arrivals::{Arrivals, Filled};
 
 use crate::manifest::Digest;
-use crate::sys::{self, SysError};
-use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{self, AtFlags, Mode, OFlags};
+use crate::sys::read::{self as rd, FileType};
+use crate::sys::{self, Errno, SysError, write as wr};
 use sha2::{Digest as _, Sha256};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,14 +33,18 @@ pub enum StoreError {
     #[error("{0}: not a blob store (no blobs/sha256 directory)")]
     NotAStore(String),
     /// A blob the store's filler (a pull) ended without.
-    #[error("blob {digest} was not fetched into store {store}{why}")]
+    #[error(
+        "blob {digest} was not fetched into store {store}{}",
+        match .stopped { Some(why) => format!(": {why}"), None => String::new() }
+    )]
     NotFetched {
         /// The digest.
         digest: Digest,
         /// The store's path.
         store: String,
-        /// Why the filler stopped (with a leading `": "`), or empty.
-        why: String,
+        /// Why the filler stopped early; `None` when it completed without
+        /// this blob.
+        stopped: Option<String>,
     },
     /// A blob is absent.
     #[error("blob {digest} missing from store {store}")]
@@ -106,11 +110,7 @@ impl Store {
     pub fn create(root: &Path) -> Result<Store, StoreError> {
         let blobs = root.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).map_err(|e| {
-            SysError::new(
-                "mkdir",
-                blobs.display().to_string(),
-                rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
-            )
+            SysError::new("mkdir", blobs.display().to_string(), Errno::from_io_error(&e).unwrap_or(Errno::IO))
         })?;
         Self::open_blobs(root, &blobs)
     }
@@ -131,14 +131,15 @@ impl Store {
     }
 
     /// The open `blobs/sha256` directory, for `*at()` calls on blobs by name.
-    pub fn blobs_dir(&self) -> rustix::fd::BorrowedFd<'_> {
+    pub fn blobs_dir(&self) -> BorrowedFd<'_> {
         self.blobs.as_fd()
     }
 
     /// Whether a blob is present (by name; content is verified on read).
     pub fn has(&self, d: &Digest) -> bool {
-        fs::statat(&self.blobs, d.hex(), AtFlags::SYMLINK_NOFOLLOW)
-            .is_ok_and(|s| fs::FileType::from_raw_mode(s.st_mode) == fs::FileType::RegularFile)
+        // the error is not wanted: no path is formatted for it
+        rd::stat_at(self.blobs.as_fd(), d.hex().as_bytes(), &String::new)
+            .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::RegularFile)
     }
 
     /// This store is being filled while it is read:
@@ -176,11 +177,14 @@ impl Store {
             }
             match mark {
                 Ok(mark) => arrivals.wait_after(mark),
-                Err(why) => {
+                Err(end) => {
                     return Err(StoreError::NotFetched {
                         digest: *d,
                         store: self.root.display().to_string(),
-                        why: if why.is_empty() { why } else { format!(": {why}") },
+                        stopped: match end {
+                            Filled::Complete => None,
+                            Filled::Stopped(why) => Some(why),
+                        },
                     });
                 }
             }
@@ -195,30 +199,26 @@ impl Store {
     }
 
     fn open_blob_now(&self, d: &Digest, check: bool) -> Result<OwnedFd, StoreError> {
-        match fs::openat(
-            &self.blobs,
-            d.hex(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
-        ) {
+        let name = d.hex();
+        let shown = || self.blob_path(d).display().to_string();
+        match rd::open_file_at(self.blobs.as_fd(), name.as_bytes(), &shown) {
             Ok(fd) if !check => Ok(fd),
             Ok(fd) => {
-                let st =
-                    fs::fstat(&fd).map_err(|e| SysError::new("fstat", self.blob_path(d).display().to_string(), e))?;
-                match self.not_regular(d, fs::FileType::from_raw_mode(st.st_mode)) {
+                let st = rd::stat_fd(fd.as_fd(), &shown)?;
+                match self.not_regular(d, FileType::from_raw_mode(st.st_mode)) {
                     Some(e) => Err(e),
                     None => Ok(fd),
                 }
             }
-            Err(rustix::io::Errno::NOENT) => {
+            Err(e) if e.errno == Errno::NOENT => {
                 Err(StoreError::Missing { digest: *d, store: self.root.display().to_string() })
             }
             // a symlink (O_NOFOLLOW) or a socket (ENXIO): say what is there
             Err(e) => {
-                let there = fs::statat(&self.blobs, d.hex(), AtFlags::SYMLINK_NOFOLLOW).ok();
-                match there.and_then(|st| self.not_regular(d, fs::FileType::from_raw_mode(st.st_mode))) {
+                let there = rd::stat_at(self.blobs.as_fd(), name.as_bytes(), &shown).ok();
+                match there.and_then(|st| self.not_regular(d, FileType::from_raw_mode(st.st_mode))) {
                     Some(err) => Err(err),
-                    None => Err(SysError::new("openat", self.blob_path(d).display().to_string(), e).into()),
+                    None => Err(e.into()),
                 }
             }
         }
@@ -226,15 +226,15 @@ impl Store {
 
     /// The error for a blob name that holds something other than a regular
     /// file, or `None` for a regular file.
-    pub fn not_regular(&self, d: &Digest, t: fs::FileType) -> Option<StoreError> {
+    pub fn not_regular(&self, d: &Digest, t: FileType) -> Option<StoreError> {
         let what = match t {
-            fs::FileType::RegularFile => return None,
-            fs::FileType::Directory => "a directory",
-            fs::FileType::Symlink => "a symlink",
-            fs::FileType::Fifo => "a FIFO",
-            fs::FileType::Socket => "a socket",
-            fs::FileType::CharacterDevice => "a character device",
-            fs::FileType::BlockDevice => "a block device",
+            FileType::RegularFile => return None,
+            FileType::Directory => "a directory",
+            FileType::Symlink => "a symlink",
+            FileType::Fifo => "a FIFO",
+            FileType::Socket => "a socket",
+            FileType::CharacterDevice => "a character device",
+            FileType::BlockDevice => "a block device",
             _ => "of an unknown type",
         };
         Some(StoreError::NotRegular {
@@ -247,29 +247,14 @@ impl Store {
 
     /// Starts writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter<'_>, StoreError> {
-        let tmp = match fs::openat(
-            &self.blobs,
-            c".",
-            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        ) {
+        let tmp = match wr::open_tmpfile(self.blobs.as_fd(), 0o644, false, &|| String::new()) {
             Ok(fd) => Tmp::Anonymous(fd),
             Err(_) => {
                 let dir = self.root.join(".ocix-tmp");
                 let _ = std::fs::create_dir(&dir);
                 let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
                 let path = dir.join(format!("{}-{}", std::process::id(), n));
-                let fd = sys::call(
-                    "open",
-                    || path.display().to_string(),
-                    || {
-                        fs::open(
-                            &path,
-                            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                            Mode::from_raw_mode(0o644),
-                        )
-                    },
-                )?;
+                let fd = wr::create_file_path(&path, 0o644, false)?;
                 Tmp::Named(fd, path)
             }
         };
@@ -292,23 +277,21 @@ impl Store {
     /// of one) that must never take a name in a store other processes
     /// share.
     pub fn scratch(&self) -> Result<std::fs::File, StoreError> {
-        let mode = Mode::from_raw_mode(0o600);
-        if let Ok(fd) = fs::openat(&self.blobs, c".", OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, mode) {
+        if let Ok(fd) = wr::open_tmpfile(self.blobs.as_fd(), 0o600, true, &|| String::new()) {
             return Ok(std::fs::File::from(fd));
         }
         let dir = self.root.join(".ocix-tmp");
         let _ = std::fs::create_dir(&dir);
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{}-{}", std::process::id(), n));
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let fd = sys::call("open", || path.display().to_string(), || fs::open(&path, flags, mode))?;
+        let fd = wr::create_file_path(&path, 0o600, true)?;
         let _ = std::fs::remove_file(&path);
         Ok(std::fs::File::from(fd))
     }
 
     /// Flushes everything written to the store's filesystem to stable storage.
     pub fn sync(&self) -> Result<(), StoreError> {
-        sys::call("syncfs", || self.root.display().to_string(), || fs::syncfs(&self.blobs))?;
+        wr::syncfs(self.blobs.as_fd(), &|| self.root.display().to_string())?;
         Ok(())
     }
 }
@@ -342,14 +325,11 @@ impl BlobWriter<'_> {
     }
 
     /// Appends data.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.hasher.update(data);
         let fd = self.tmp.as_ref().expect("writer used after finish").fd();
-        while !data.is_empty() {
-            let n = sys::call("pwrite", || self.shown(), || rustix::io::pwrite(fd, data, self.len))?;
-            data = &data[n..];
-            self.len += n as u64;
-        }
+        wr::pwrite_all(fd.as_fd(), data, self.len, &|| self.shown())?;
+        self.len += data.len() as u64;
         self.end = self.len;
         Ok(())
     }
@@ -384,7 +364,7 @@ impl BlobWriter<'_> {
         let fd = tmp.fd();
         // only trailing holes need the size set
         if self.len != self.end {
-            sys::call("ftruncate", || self.shown(), || fs::ftruncate(fd, self.len))?;
+            wr::ftruncate(fd.as_fd(), self.len, &|| self.shown())?;
         }
         let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
         if let Some(exp) = expected {
@@ -401,15 +381,11 @@ impl BlobWriter<'_> {
         let mut linked = false;
         match &tmp {
             Tmp::Anonymous(fd) => {
-                let proc = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(fd));
-                match fs::linkat(fs::CWD, proc.as_str(), &self.store.blobs, name.as_str(), AtFlags::SYMLINK_FOLLOW) {
+                let shown = || self.store.blob_path(&actual).display().to_string();
+                match wr::link_tmpfile(fd.as_fd(), self.store.blobs.as_fd(), name.as_bytes(), &shown) {
                     Ok(()) => linked = true,
-                    Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => {
-                        return Err(
-                            SysError::new("linkat", self.store.blob_path(&actual).display().to_string(), e).into()
-                        );
-                    }
+                    Err(e) if e.errno == Errno::EXIST => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
             Tmp::Named(_, p) => {
@@ -422,7 +398,7 @@ impl BlobWriter<'_> {
                         SysError::new(
                             "rename",
                             target.display().to_string(),
-                            rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                            Errno::from_io_error(&e).unwrap_or(Errno::IO),
                         )
                     })?;
                 }
@@ -507,7 +483,7 @@ mod tests {
             assert_eq!(reader.join().unwrap(), b"arrives late");
             let waiter = sc.spawn(|| s.open_blob(&never).map(|_| ()));
             std::thread::sleep(std::time::Duration::from_millis(50));
-            a.close(Err("the registry went away".into()));
+            a.close(Filled::Stopped("the registry went away".into()));
             let e = waiter.join().unwrap().unwrap_err().to_string();
             assert!(e.contains(&never.to_string()) && e.contains("the registry went away"), "{e}");
         });

@@ -42,6 +42,34 @@ impl SysError {
     }
 }
 
+/// `O_NOFOLLOW` and `O_NONBLOCK`, for std's `OpenOptionsExt::custom_flags`.
+pub const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+/// See [`O_NOFOLLOW`].
+pub const O_NONBLOCK: i32 = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+
+/// This process's effective uid (`geteuid`, which cannot fail).
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// This process's effective gid (`getegid`, which cannot fail).
+pub fn egid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
+/// Raises the soft limit on open files to the hard one (an unpack keeps a
+/// descriptor open per directory being filled). A refusal leaves the limit
+/// as it was: running out of descriptors is then reported where it happens.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let l = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (l.current, l.maximum) {
+        if cur < max {
+            let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(max), maximum: Some(max) });
+        }
+    }
+}
+
 /// Result of a syscall wrapper.
 pub type Result<T> = std::result::Result<T, SysError>;
 

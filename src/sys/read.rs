@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-pub use rustix::fs::{FileType, Stat};
+pub use rustix::fs::{FileType, Stat, StatVfs, StatVfsMountFlags, major, makedev, minor};
 
 fn show(p: &Path) -> String {
     p.display().to_string()
@@ -26,6 +26,27 @@ pub fn open_dir_path(path: &Path) -> Result<OwnedFd> {
         || show(path),
         || fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()),
     )
+}
+
+/// `lstat` of a full path: the last component is not followed.
+pub fn lstat_path(path: &Path) -> Result<Stat> {
+    call("lstat", || show(path), || fs::lstat(path))
+}
+
+/// Opens a directory given by a full path, following a symlink (a root
+/// the user named may be one, as `find -H` allows).
+pub fn open_dir_path_following(path: &Path) -> Result<OwnedFd> {
+    call("open", || show(path), || fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))
+}
+
+/// `dup(fd)`.
+pub fn dup(fd: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<OwnedFd> {
+    call("dup", shown, || rustix::io::dup(fd))
+}
+
+/// `statvfs` of a full path.
+pub fn statvfs_path(path: &Path) -> Result<StatVfs> {
+    call("statvfs", || show(path), || fs::statvfs(path))
 }
 
 /// Opens the directory `name` inside `dir` without following a symlink.

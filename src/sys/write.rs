@@ -25,6 +25,38 @@ fn mode(m: u32) -> Mode {
     Mode::from_raw_mode(m & 0o7777)
 }
 
+/// `mkdir(path, mode)` of a full path.
+pub fn mkdir_path(path: &std::path::Path, m: u32) -> Result<()> {
+    call("mkdir", || path.display().to_string(), || fs::mkdir(path, mode(m)))
+}
+
+/// An unnamed file in the directory `dir` (`O_TMPFILE`), write-only or,
+/// with `readable`, read-write; it takes a name only by [`link_tmpfile`].
+pub fn open_tmpfile(dir: BorrowedFd<'_>, m: u32, readable: bool, shown: &dyn Fn() -> String) -> Result<OwnedFd> {
+    let rw = if readable { OFlags::RDWR } else { OFlags::WRONLY };
+    call("openat", shown, || fs::openat(dir, c".", rw | OFlags::TMPFILE | OFlags::CLOEXEC, mode(m)))
+}
+
+/// Creates the new file `path` (a full path; `O_EXCL | O_NOFOLLOW`),
+/// write-only or, with `readable`, read-write.
+pub fn create_file_path(path: &std::path::Path, m: u32, readable: bool) -> Result<OwnedFd> {
+    let rw = if readable { OFlags::RDWR } else { OFlags::WRONLY };
+    let flags = rw | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    call("open", || path.display().to_string(), || fs::open(path, flags, mode(m)))
+}
+
+/// Names the unnamed file `fd` (see [`open_tmpfile`]) `name` in `dir`:
+/// `linkat` of `/proc/self/fd/N`. An existing `name` is `EEXIST`.
+pub fn link_tmpfile(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String) -> Result<()> {
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    call("linkat", shown, || fs::linkat(fs::CWD, proc.as_str(), dir, os(name), AtFlags::SYMLINK_FOLLOW))
+}
+
+/// `syncfs(fd)`: flushes the filesystem holding `fd` to stable storage.
+pub fn syncfs(fd: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<()> {
+    call("syncfs", shown, || fs::syncfs(fd))
+}
+
 /// `mkdirat(dir, name, mode)`.
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8], m: u32, shown: &dyn Fn() -> String) -> Result<()> {
     call("mkdirat", shown, || fs::mkdirat(dir, os(name), mode(m)))

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod progress;
 pub mod registry;
 
 use ocix::manifest::{Digest, Entry, File, Kind, Manifest};

@@ -1,0 +1,429 @@
+//! The walk (phase 1): directories, symlinks, devices and fifos created in
+//! manifest order, regular files handed to the writers; with `update`, the
+//! reconciliation of an existing tree (extra names removed, entries of
+//! another type replaced). Then hardlinks (phase 3) and directory metadata
+//! (phase 4).
+
+use super::{Ctx, Job, NotAppliedKind, UnpackError, meta, queue};
+use crate::manifest::{self, Entry, Kind, KindCode, Manifest, Name, path_display};
+use crate::sys::read::{self as rd, FileType, XattrSource};
+use crate::sys::{Errno, SysError, write as wr};
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+pub(super) struct Walker<'c, 'a, 'm> {
+    pub(super) ctx: &'c Ctx<'a>,
+    pub(super) manifest: &'m Manifest,
+    /// The writers' queue, and the batch being filled for it.
+    pub(super) jobs: &'c queue::Queue<Vec<Job<'m>>>,
+    pub(super) batch: Vec<Job<'m>>,
+    pub(super) batch_bytes: u64,
+    /// Hardlinks to make: path, first name, the first name's type on disk.
+    pub(super) links: Vec<(Vec<u8>, Vec<u8>, FileType)>,
+    /// (dev, ino) of existing non-directories kept (`update`).
+    pub(super) claimed: HashSet<(u64, u64)>,
+    /// `--link`: contents already given to a file, in manifest order.
+    pub(super) link_seen: HashSet<crate::manifest::Digest>,
+    pub(super) dirs: u64,
+    pub(super) others: u64,
+    pub(super) removed: u64,
+}
+
+/// Files handed to the writers at once, and the data that ends a batch
+/// sooner (large files are spread over the writers).
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 4 << 20;
+
+impl<'m> Walker<'_, '_, 'm> {
+    /// Queues a file for the writers, in batches.
+    fn send(&mut self, job: Job<'m>) -> Result<(), UnpackError> {
+        self.batch_bytes += job.file.size;
+        self.batch.push(job);
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch being filled to the writers.
+    pub(super) fn flush(&mut self) -> Result<(), UnpackError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.batch_bytes = 0;
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_FILES));
+        if let Err(b) = self.jobs.push(batch) {
+            return Err(SysError::new("thread", self.ctx.shown(&b[0].rel), Errno::IO).into());
+        }
+        Ok(())
+    }
+
+    pub(super) fn walk(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        rel: &mut Vec<u8>,
+        children: &'m BTreeMap<Name, Entry>,
+    ) -> Result<(), UnpackError> {
+        let ctx = self.ctx;
+        if ctx.update {
+            let dshown = || ctx.shown(rel);
+            for name in rd::read_dir_names(dir.as_fd(), &dshown)? {
+                if !children.contains_key(&name) {
+                    let crel = join(rel, &name);
+                    remove_entry(ctx, dir.as_fd(), &name, &crel)?;
+                    self.removed += 1;
+                }
+            }
+        }
+        for (name, e) in children {
+            if ctx.aborted() {
+                return Ok(());
+            }
+            let base = rel.len();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name);
+            let r = self.entry(dir, name, e, rel, children);
+            rel.truncate(base);
+            r?;
+        }
+        Ok(())
+    }
+
+    /// What exists at `name` (`update` only), as (type, stat).
+    fn existing(&self, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<Option<rd::Stat>, UnpackError> {
+        if !self.ctx.update {
+            return Ok(None);
+        }
+        match rd::stat_at(dir, name, &|| self.ctx.shown(rel)) {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if e.errno == Errno::NOENT => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether an existing non-directory may be kept: it is the first
+    /// manifest entry to claim its inode.
+    fn claim(&mut self, st: &rd::Stat) -> bool {
+        self.claimed.insert((st.st_dev, st.st_ino))
+    }
+
+    fn entry(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        name: &'m [u8],
+        e: &'m Entry,
+        rel: &[u8],
+        siblings: &'m BTreeMap<Name, Entry>,
+    ) -> Result<(), UnpackError> {
+        let ctx = self.ctx;
+        let d = dir.as_fd();
+        let shown = || ctx.shown(rel);
+        let ex = self.existing(d, name, rel)?;
+        let ex_type = ex.as_ref().map(|s| FileType::from_raw_mode(s.st_mode));
+        // Removes what is there unless `keep`.
+        let clear = |w: &mut Self, keep: bool| -> Result<(), UnpackError> {
+            if ex.is_some() && !keep {
+                remove_entry(ctx, d, name, rel)?;
+                w.removed += 1;
+            }
+            Ok(())
+        };
+        match &e.kind {
+            Kind::Dir(children) => {
+                let keep = ex_type == Some(FileType::Directory);
+                clear(self, keep)?;
+                if !keep {
+                    wr::mkdir_at(d, name, 0o700, &shown)?;
+                } else if ctx.rootless && ex.as_ref().is_some_and(|s| s.st_mode & 0o700 != 0o700) {
+                    // an existing directory (0555, 0311...) must be readable
+                    // and writable by its owner while children are fixed;
+                    // its mode is set again once they are
+                    wr::chmod_at(d, name, 0o700, &shown)?;
+                }
+                let fd = rd::open_dir_at(d, name, &shown)?;
+                self.dirs += 1;
+                let fd = Arc::new(fd);
+                let mut r = rel.to_vec();
+                self.walk(&fd, &mut r, children)?;
+            }
+            Kind::File(f) => {
+                let check = ex_type == Some(FileType::RegularFile) && {
+                    let st = ex.as_ref().map(|s| (s.st_dev, s.st_ino));
+                    st.is_some_and(|k| self.claimed.insert(k))
+                };
+                // a directory (or anything not a file) cannot be renamed over
+                if ex.is_some() && ex_type != Some(FileType::RegularFile) {
+                    clear(self, false)?;
+                }
+                let link_first = self.ctx.opts.link && f.digest.is_some_and(|d| self.link_seen.insert(d));
+                let job = Job {
+                    dir: dir.clone(),
+                    name,
+                    rel: rel.to_vec(),
+                    meta: &e.meta,
+                    file: f,
+                    siblings,
+                    check,
+                    link_first,
+                };
+                self.send(job)?;
+            }
+            Kind::Symlink(target) => {
+                let keep = ex_type == Some(FileType::Symlink)
+                    && rd::read_link_at(d, name, &shown)? == *target
+                    && ex.as_ref().is_some_and(|s| self.claim(s));
+                clear(self, keep)?;
+                if !keep {
+                    wr::symlink_at(target, d, name, &shown)?;
+                }
+                meta::apply(ctx, XattrSource::At(d, name), KindCode::Symlink, &e.meta, rel)?;
+                self.others += 1;
+            }
+            Kind::Char(dev) | Kind::Block(dev) => {
+                let (ty, code) = if matches!(e.kind, Kind::Char(_)) {
+                    (FileType::CharacterDevice, KindCode::Char)
+                } else {
+                    (FileType::BlockDevice, KindCode::Block)
+                };
+                if ctx.rootless {
+                    // placeholder: an empty regular file
+                    let keep = ex_type == Some(FileType::RegularFile)
+                        && ex.as_ref().is_some_and(|s| s.st_size == 0)
+                        && ex.as_ref().is_some_and(|s| self.claim(s));
+                    clear(self, keep)?;
+                    let fd = if keep {
+                        rd::open_file_at(d, name, &shown)?
+                    } else {
+                        wr::create_file_at(d, name, 0o600, &shown)?
+                    };
+                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, &e.meta, rel)?;
+                    ctx.not_applied(
+                        NotAppliedKind::Device,
+                        rel,
+                        format!("{} {}:{}", code.name(), dev.major, dev.minor),
+                    );
+                } else {
+                    let want = rd::makedev(dev.major, dev.minor);
+                    let keep = ex_type == Some(ty)
+                        && ex.as_ref().is_some_and(|s| s.st_rdev == want)
+                        && ex.as_ref().is_some_and(|s| self.claim(s));
+                    clear(self, keep)?;
+                    if !keep {
+                        wr::mknod_at(d, name, ty, 0o600, (dev.major, dev.minor), &shown)
+                            .map_err(|e| if e.errno == Errno::PERM { UnpackError::NoMknod(e) } else { e.into() })?;
+                    }
+                    meta::apply(ctx, XattrSource::At(d, name), code, &e.meta, rel)?;
+                }
+                self.others += 1;
+            }
+            Kind::Fifo => {
+                let keep = ex_type == Some(FileType::Fifo) && ex.as_ref().is_some_and(|s| self.claim(s));
+                clear(self, keep)?;
+                if !keep {
+                    wr::mknod_at(d, name, FileType::Fifo, 0o600, (0, 0), &shown)?;
+                }
+                meta::apply(ctx, XattrSource::At(d, name), KindCode::Fifo, &e.meta, rel)?;
+                self.others += 1;
+            }
+            Kind::Socket => {
+                clear(self, ex_type == Some(FileType::Socket))?;
+                ctx.not_applied(NotAppliedKind::Socket, rel, "not created".into());
+            }
+            Kind::Hardlink(target) => {
+                let first = self.manifest.get(target).map(|t| &t.kind);
+                if let Some(Kind::Socket) = first {
+                    // its first name is not created either
+                    clear(self, ex_type == Some(FileType::Socket))?;
+                    let detail = format!("hardlink to {}, not created", path_display(target));
+                    ctx.not_applied(NotAppliedKind::Socket, rel, detail);
+                    return Ok(());
+                }
+                let Some(ty) = first.and_then(|k| disk_type(k, ctx.rootless)) else {
+                    let what = format!("hardlink to {} names no file, symlink, device or fifo", path_display(target));
+                    let e = manifest::DecodeError { offset: None, path: Some(path_display(rel)), what };
+                    return Err(e.into());
+                };
+                if let (true, Some(k @ (Kind::Char(dev) | Kind::Block(dev)))) = (ctx.rootless, first) {
+                    let (name, shown_target) = (k.code().name(), path_display(target));
+                    let detail = format!("{name} {}:{}, hardlink to {shown_target}", dev.major, dev.minor);
+                    ctx.not_applied(NotAppliedKind::Device, rel, detail);
+                }
+                // anything else here is compared by inode once links are made
+                if ex_type == Some(FileType::Directory) {
+                    clear(self, false)?;
+                }
+                self.links.push((rel.to_vec(), target.clone(), ty));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut r = rel.to_vec();
+    if !r.is_empty() {
+        r.push(b'/');
+    }
+    r.extend_from_slice(name);
+    r
+}
+
+/// Removes `name` in `dir`, a whole subtree if it is a directory, never
+/// following symlinks. Rootless, a directory without owner write permission
+/// is made writable first (we own it or cannot remove it anyway).
+pub(super) fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> Result<(), UnpackError> {
+    let shown = || ctx.shown(rel);
+    let st = rd::stat_at(dir, name, &shown)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        // iterative: an existing tree may be deeper than any stack
+        let mut stack: Vec<(OwnedFd, Vec<u8>)> = Vec::new();
+        if st.st_mode & 0o700 != 0o700 && st.st_uid == crate::sys::euid() {
+            wr::chmod_at(dir, name, 0o700, &shown)?;
+        }
+        let fd = rd::open_dir_at(dir, name, &shown)?;
+        stack.push((fd, rel.to_vec()));
+        while let Some((fd, drel)) = stack.pop() {
+            let dshown = || ctx.shown(&drel);
+            let mut pushed = None;
+            for n in rd::read_dir_names(fd.as_fd(), &dshown)? {
+                let crel = join(&drel, &n);
+                let cshown = || ctx.shown(&crel);
+                let cst = rd::stat_at(fd.as_fd(), &n, &cshown)?;
+                if FileType::from_raw_mode(cst.st_mode) == FileType::Directory {
+                    match wr::unlink_at(fd.as_fd(), &n, true, &cshown) {
+                        Ok(()) => {}
+                        Err(e) if e.errno == Errno::NOTEMPTY || e.errno == Errno::EXIST => {
+                            if cst.st_mode & 0o700 != 0o700 && cst.st_uid == crate::sys::euid() {
+                                wr::chmod_at(fd.as_fd(), &n, 0o700, &cshown)?;
+                            }
+                            let cfd = rd::open_dir_at(fd.as_fd(), &n, &cshown)?;
+                            pushed = Some((cfd, crel));
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    wr::unlink_at(fd.as_fd(), &n, false, &cshown)?;
+                }
+            }
+            // revisit this directory after the child is emptied
+            if let Some(child) = pushed {
+                stack.push((fd, drel));
+                stack.push(child);
+            }
+        }
+        wr::unlink_at(dir, name, true, &shown)?;
+    } else {
+        wr::unlink_at(dir, name, false, &shown)?;
+    }
+    Ok(())
+}
+
+/// Opens the directory at `rel` (relative, `/`-joined) one component at a
+/// time from the root, never following a symlink.
+fn open_dir_rel(ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8]) -> Result<OwnedFd, UnpackError> {
+    let mut cur = rd::dup(root.as_fd(), &|| ctx.dest.clone())?;
+    let mut sofar = Vec::new();
+    for comp in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        sofar = join(&sofar, comp);
+        cur = rd::open_dir_at(cur.as_fd(), comp, &|| ctx.shown(&sofar))?;
+    }
+    Ok(cur)
+}
+
+fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (b"", rel),
+    }
+}
+
+/// What the walk makes on disk for a first name of this kind: a device is an
+/// empty regular file when rootless. `None` for what a hardlink cannot name
+/// or unpack does not create (directories, hardlinks, sockets).
+fn disk_type(kind: &Kind, rootless: bool) -> Option<FileType> {
+    Some(match kind {
+        Kind::File(_) => FileType::RegularFile,
+        Kind::Symlink(_) => FileType::Symlink,
+        Kind::Char(_) | Kind::Block(_) if rootless => FileType::RegularFile,
+        Kind::Char(_) => FileType::CharacterDevice,
+        Kind::Block(_) => FileType::BlockDevice,
+        Kind::Fifo => FileType::Fifo,
+        Kind::Dir(_) | Kind::Hardlink(_) | Kind::Socket => return None,
+    })
+}
+
+/// Makes the hardlink at `rel` to the first name `target`, which the walk
+/// made as an entry of type `ty` (anything else there now is refused); in
+/// `update`, an existing entry that is already that inode is kept, any other
+/// is removed first (then the result is true).
+pub(super) fn make_link(
+    ctx: &Ctx<'_>,
+    root: &OwnedFd,
+    rel: &[u8],
+    target: &[u8],
+    ty: FileType,
+) -> Result<bool, UnpackError> {
+    let (tdir, tname) = split_last(target);
+    let (ldir, lname) = split_last(rel);
+    let tfd = open_dir_rel(ctx, root, tdir)?;
+    let lfd = open_dir_rel(ctx, root, ldir)?;
+    let shown = || format!("{} (hardlink to {})", ctx.shown(rel), path_display(target));
+    let tst = rd::stat_at(tfd.as_fd(), tname, &|| ctx.shown(target))?;
+    if FileType::from_raw_mode(tst.st_mode) != ty {
+        return Err(SysError::new("linkat", shown(), Errno::PERM).into());
+    }
+    let mut removed = false;
+    if ctx.update {
+        match rd::stat_at(lfd.as_fd(), lname, &shown) {
+            Ok(st) if st.st_dev == tst.st_dev && st.st_ino == tst.st_ino => return Ok(false),
+            Ok(_) => {
+                remove_entry(ctx, lfd.as_fd(), lname, rel)?;
+                removed = true;
+            }
+            Err(e) if e.errno == Errno::NOENT => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    wr::link_at(tfd.as_fd(), tname, lfd.as_fd(), lname, &shown)?;
+    Ok(removed)
+}
+
+fn finish_dir(
+    ctx: &Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    rel: &mut Vec<u8>,
+    e: &Entry,
+    grand: &BTreeMap<Name, Entry>,
+) -> Result<(), UnpackError> {
+    let shown = ctx.shown(rel);
+    let fd = rd::open_dir_at(dir, name, &|| shown.clone())?;
+    finish_dirs(ctx, fd.as_fd(), rel, grand)?;
+    let known = ctx.fresh.map(|f| f.dir()).unwrap_or_default();
+    meta::apply_known(ctx, XattrSource::Fd(fd.as_fd()), KindCode::Dir, &e.meta, rel, known)
+}
+
+/// Applies directory metadata below `dir`, children before parents.
+pub(super) fn finish_dirs(
+    ctx: &Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    rel: &mut Vec<u8>,
+    children: &BTreeMap<Name, Entry>,
+) -> Result<(), UnpackError> {
+    for (name, e) in children {
+        let Kind::Dir(grand) = &e.kind else { continue };
+        let base = rel.len();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name);
+        let r = finish_dir(ctx, dir, name, rel, e, grand);
+        rel.truncate(base);
+        r?;
+    }
+    Ok(())
+}

@@ -1,0 +1,422 @@
+//! Whole runs from a source into a sink, with the store between them:
+//!
+//! ```text
+//! sources: remote (pull), oci (import)  ->  manifest + store  ->  sinks: materialize, bundle
+//!          \_______________________________ pipeline ________________________________/
+//! ```
+//!
+//! Downstream of both ends: it uses the sources and the sinks and nothing
+//! uses it but the command line. What it adds is what a single stage cannot
+//! know: a store of its own (temporary, beside the destination, so its
+//! blobs can become the files without a copy, and removed afterwards), the
+//! threads of a pull that feeds an unpack still running, and the cleanup
+//! after a failure (a destination this run created is removed, one that
+//! existed is said to be partly unpacked).
+//!
+//! - [`pull_unpack`]: `docker://` ocix manifest -> rootfs; each file is
+//!   written as soon as its blob has arrived and been verified. A tag that
+//!   names an ordinary image is imported instead, then unpacked.
+//! - [`image_unpack`]: an image (OCI layout, or a registry) imported into a
+//!   store, then its tree unpacked.
+//! - [`image_bundle`]: the same into `BUNDLE/rootfs`, with `BUNDLE/ocix.cbor`
+//!   and the runtime `BUNDLE/config.json`, as `umoci unpack` makes.
+//!
+//! Every run first checks its destination as the unpack will (see
+//! [`check_dest`]): a destination the unpack would refuse costs no
+//! network traffic and no import.
+
+use crate::bundle::{self, BundleError};
+use crate::manifest::DecodeError;
+use crate::materialize::{self, IdMap, UnpackError, UnpackOptions, UnpackReport, check_dest};
+use crate::oci::{self, ImportError, ImportOptions, Imported};
+use crate::progress::Progress;
+use crate::remote::{self, PullOptions, PullReport, Reference, Remote, RemoteError, RemoteOptions};
+use crate::store::{Arrivals, Filled, Store, StoreError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Why a run failed. Each names the source or the destination.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The destination is one the unpack refuses; nothing was fetched,
+    /// imported or written.
+    #[error(transparent)]
+    Dest(UnpackError),
+    /// The store (given or temporary) could not be created or opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A directory or file of the run could not be made.
+    #[error("{}: {what}", path.display())]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What went wrong.
+        what: String,
+    },
+    /// The source location does not parse.
+    #[error(transparent)]
+    Location(RemoteError),
+    /// The pull failed.
+    #[error("pulling {src}: {error}")]
+    Pull {
+        /// The source, as given.
+        src: String,
+        /// Why.
+        error: RemoteError,
+    },
+    /// The pull ended without handing over its manifest.
+    #[error("pulling {src}: {why}")]
+    PullLost {
+        /// The source, as given.
+        src: String,
+        /// What happened to it.
+        why: &'static str,
+    },
+    /// The image could not be imported.
+    #[error("importing {src}: {error}")]
+    Import {
+        /// The image, as given.
+        src: String,
+        /// Why.
+        error: ImportError,
+    },
+    /// The unpack failed.
+    #[error("unpacking into {}: {error}", dest.display())]
+    Unpack {
+        /// The destination.
+        dest: PathBuf,
+        /// Why.
+        error: UnpackError,
+    },
+    /// The manifest could not be encoded (a model that breaks the format).
+    #[error("invalid manifest: {0}")]
+    Manifest(DecodeError),
+    /// The runtime bundle's config could not be made.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The run failed after writing into a destination that existed before
+    /// it: what is there is neither the old tree nor the new one. An
+    /// unpack with `update` completes it.
+    #[error("{}: partly unpacked: {error}", dest.display())]
+    Partly {
+        /// The destination.
+        dest: PathBuf,
+        /// Why the run failed.
+        error: Box<RunError>,
+    },
+}
+
+/// How [`pull_unpack`] runs.
+#[derive(Clone, Debug, Default)]
+pub struct PullUnpackOptions {
+    /// The pull. Its `cancel` is replaced by the run's own: an unpack that
+    /// fails stops the pull.
+    pub pull: PullOptions,
+    /// The unpack. Its progress is not reported (the pull's is).
+    pub unpack: UnpackOptions,
+    /// The store to keep the blobs in (created if absent; a rerun fetches
+    /// only what it lacks). `None`: a temporary store beside the
+    /// destination, whose blobs become the files themselves (no second
+    /// copy), removed afterwards.
+    pub store: Option<PathBuf>,
+    /// For a source that names an ordinary image rather than an ocix
+    /// manifest: how its layers are imported (`tag` is ignored).
+    pub import: ImportOptions,
+}
+
+/// What brought the tree.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Brought {
+    /// An ocix manifest and its blobs, pulled.
+    Pulled(Box<PullReport>),
+    /// An ordinary image, its layers imported.
+    Imported(Box<Imported>),
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct Unpacked {
+    /// What the source brought.
+    pub brought: Brought,
+    /// What the unpack did.
+    pub unpack: UnpackReport,
+}
+
+/// Pulls `src` (`docker://...`, see [`Remote::parse`]) and unpacks it into
+/// `dest` at the same time: the pull runs on its own thread and the unpack
+/// starts as soon as the manifest is in; a writer that needs a blob not yet
+/// fetched waits for it (see [`Store::with_arrivals`]). Whichever fails
+/// first stops the other. A `dest` this run created is removed on failure;
+/// the blobs fetched stay in `opts.store`, so a rerun fetches only the
+/// rest.
+pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<Unpacked, RunError> {
+    let remote = Remote::parse(src).map_err(|e| RunError::Location(e.into()))?;
+    let existed = check_dest(dest, opts.unpack.update).map_err(RunError::Dest)?;
+    let (store, temp) = run_store(opts.store.as_deref(), dest)?;
+    let arrivals = Arc::new(Arrivals::new());
+    let store = store.with_arrivals(arrivals.clone());
+    let cancel = Arc::new(AtomicBool::new(false));
+    let popts = PullOptions { cancel: Some(cancel.clone()), ..opts.pull.clone() };
+    // a fresh store of our own holds only blobs the pull has just verified
+    // (the store knows them, see `Store::fetched_here`): they can become
+    // the files without being read again
+    let uopts =
+        UnpackOptions { progress: Progress::silent(), link: opts.unpack.link || temp.is_some(), ..opts.unpack.clone() };
+    let (pulled, unpacked) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let puller = s.spawn(|| {
+            // readers must never wait for a pull that is gone, even one
+            // that panicked
+            let close = CloseOnDrop(&arrivals);
+            let r = remote::pull_with(&remote, &store, &popts, move |m| {
+                let _ = tx.send(m.clone());
+            });
+            close.0.close(match &r {
+                Ok(_) => Filled::Complete,
+                Err(e) => Filled::Stopped(e.to_string()),
+            });
+            r
+        });
+        // an unpack that fails stops the pull at once, even while a
+        // writer still waits for a blob
+        let unpacked = rx.recv().ok().map(|m| materialize::unpack_filled(&m, &store, dest, &uopts, &*cancel));
+        (puller.join(), unpacked)
+    });
+    // refused before anything was written: `dest` is as it was
+    let untouched = matches!(unpacked, Some(Err(UnpackError::OverlayXattr { .. })));
+    let result = (|| {
+        let pulled = pulled.map_err(|_| RunError::PullLost { src: src.into(), why: "the pull thread panicked" })?;
+        if let (Err(RemoteError::NotOcix { .. }), Remote::Registry(reference)) = (&pulled, &remote) {
+            // an ordinary image: imported layer by layer into the store
+            // instead, then unpacked (as `image_unpack`)
+            let iopts = ImportOptions { tag: None, ..opts.import.clone() };
+            let imported = remote::image::import_remote(reference, Some(&store), &iopts, &opts.pull.remote)
+                .map_err(|error| RunError::Import { src: src.into(), error })?;
+            let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
+                .map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
+            return Ok(Unpacked { brought: Brought::Imported(Box::new(imported)), unpack });
+        }
+        let pulled = match (pulled, unpacked) {
+            // the pull was stopped because the unpack failed: say why
+            (Err(RemoteError::Cancelled { .. }), Some(Err(error))) => {
+                return Err(RunError::Unpack { dest: dest.into(), error });
+            }
+            (Err(error), _) => return Err(RunError::Pull { src: src.into(), error }),
+            (Ok(_), None) => return Err(RunError::PullLost { src: src.into(), why: "the manifest never arrived" }),
+            (Ok(r), Some(u)) => (r, u),
+        };
+        let unpack = pulled.1.map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
+        Ok(Unpacked { brought: Brought::Pulled(Box::new(pulled.0)), unpack })
+    })();
+    drop(store);
+    drop(temp);
+    result.map_err(|e| failed(e, dest, existed, opts.unpack.update || untouched))
+}
+
+/// How [`image_unpack`] and [`image_bundle`] run.
+#[derive(Clone, Debug, Default)]
+pub struct ImageUnpackOptions {
+    /// The import (`tag` is ignored: the image names it, as
+    /// `LAYOUT:TAG` or in its reference).
+    pub import: ImportOptions,
+    /// How to reach a registry.
+    pub remote: RemoteOptions,
+    /// The unpack (`update` is ignored by [`image_bundle`]: a bundle is
+    /// unpacked fresh).
+    pub unpack: UnpackOptions,
+    /// The store to keep the image's contents in (created if absent).
+    /// `None`: a temporary store beside the destination, whose blobs become
+    /// the files themselves (no second copy), removed afterwards.
+    pub store: Option<PathBuf>,
+}
+
+/// Imports `image` (`LAYOUT[:TAG]`, or `docker://HOST/REPO[:TAG|@DIGEST]`
+/// whose layers are streamed) into a store, then unpacks its tree into
+/// `dest`. A `dest` this run created is removed on failure.
+pub fn image_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<Unpacked, RunError> {
+    let existed = check_dest(dest, opts.unpack.update).map_err(RunError::Dest)?;
+    match import_unpack(image, dest, opts) {
+        Ok((imported, unpack)) => Ok(Unpacked { brought: Brought::Imported(Box::new(imported)), unpack }),
+        Err(e) => Err(failed(e, dest, existed, opts.unpack.update)),
+    }
+}
+
+/// An image unpacked into a runtime bundle.
+#[derive(Debug)]
+pub struct Bundled {
+    /// The image, imported.
+    pub imported: Imported,
+    /// What the unpack of `BUNDLE/rootfs` did.
+    pub unpack: UnpackReport,
+}
+
+/// [`image_unpack`] into a runtime bundle, as `umoci unpack` makes one:
+/// the tree into `BUNDLE/rootfs`, its manifest kept as `BUNDLE/ocix.cbor`
+/// (so the bundle can be compared with it later), and `BUNDLE/config.json`
+/// from the image config (the rootless variant when the unpack ran
+/// rootless). `bundle` must be absent or an empty directory; one this run
+/// created is removed on failure.
+pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Result<Bundled, RunError> {
+    let existed = check_dest(bundle, false).map_err(RunError::Dest)?;
+    let opts = ImageUnpackOptions { unpack: UnpackOptions { update: false, ..opts.unpack.clone() }, ..opts.clone() };
+    if !existed {
+        std::fs::create_dir(bundle)
+            .map_err(|e| RunError::Io { path: bundle.into(), what: format!("cannot create bundle: {e}") })?;
+    }
+    let r = (|| {
+        let rootfs = bundle.join("rootfs");
+        let (imported, unpack) = import_unpack(image, &rootfs, &opts)?;
+        let cbor = bundle.join("ocix.cbor");
+        let bytes = imported.manifest.to_bytes().map_err(RunError::Manifest)?;
+        std::fs::write(&cbor, bytes).map_err(|e| RunError::Io { path: cbor, what: format!("cannot write: {e}") })?;
+        write_runtime_config(bundle, &rootfs, &imported.image, &opts.unpack, unpack.rootless)?;
+        Ok(Bundled { imported, unpack })
+    })();
+    if r.is_err() && !existed {
+        // nothing half-made is left behind under a name this run created
+        let _ = std::fs::remove_dir_all(bundle);
+    }
+    r
+}
+
+/// The import and the unpack of [`image_unpack`], without the cleanup of
+/// `dest`.
+fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<(Imported, UnpackReport), RunError> {
+    let (store, temp) = run_store(opts.store.as_deref(), dest)?;
+    // the store knows the blobs this import verifies (see
+    // `Store::fetched_here`): in a store of our own, about to be removed,
+    // they can simply become the files
+    let arrivals = Arc::new(Arrivals::new());
+    let store = store.with_arrivals(arrivals.clone());
+    let imported = if image.starts_with("docker://") {
+        let r = Reference::parse(image).map_err(|e| RunError::Location(e.into()))?;
+        let iopts = ImportOptions { tag: None, ..opts.import.clone() };
+        remote::image::import_remote(&r, Some(&store), &iopts, &opts.remote)
+    } else {
+        let (layout, tag) = oci::split_ref(image);
+        let iopts = ImportOptions { tag: tag.map(str::to_string), ..opts.import.clone() };
+        oci::import_image(Path::new(layout), Some(&store), &iopts)
+    }
+    .map_err(|error| RunError::Import { src: image.into(), error })?;
+    arrivals.close(Filled::Complete);
+    let uopts = UnpackOptions { link: opts.unpack.link || temp.is_some(), ..opts.unpack.clone() };
+    let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
+        .map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
+    drop(store);
+    drop(temp);
+    Ok((imported, unpack))
+}
+
+/// `BUNDLE/config.json` from the image config, as `umoci unpack` writes it;
+/// the rootless variant when the rootfs was unpacked rootless.
+fn write_runtime_config(
+    bundle: &Path,
+    rootfs: &Path,
+    image: &oci::Image,
+    opts: &UnpackOptions,
+    rootless: bool,
+) -> Result<(), BundleError> {
+    let config = bundle::parse_image_config(&image.config_raw)?;
+    let maps =
+        |m: &[IdMap]| m.iter().map(|m| bundle::id_mapping(m.container, m.host, m.size)).collect::<Result<Vec<_>, _>>();
+    let bopts = bundle::BundleOptions {
+        rootless,
+        uid_mappings: maps(&opts.uid_map)?,
+        gid_mappings: maps(&opts.gid_map)?,
+        ..Default::default()
+    };
+    bundle::write_bundle_config(bundle, &bundle::runtime_config(&config, rootfs, &bopts)?)
+}
+
+/// After a failed run: a `dest` this run created is removed (nothing
+/// half-made is left under a name it created); one that existed is said to
+/// be partly unpacked, unless the run was an update (whose rerun completes
+/// it, as its caller knows) or never wrote into it (`kept`).
+fn failed(e: RunError, dest: &Path, existed: bool, kept: bool) -> RunError {
+    if !existed {
+        let _ = std::fs::remove_dir_all(dest);
+        e
+    } else if kept {
+        e
+    } else {
+        RunError::Partly { dest: dest.into(), error: Box::new(e) }
+    }
+}
+
+/// The run's store: `given` (created if absent), or a new temporary one
+/// beside `dest`, removed when the guard returned with it is dropped.
+fn run_store(given: Option<&Path>, dest: &Path) -> Result<(Store, Option<Temporary>), RunError> {
+    let (path, temp) = match given {
+        Some(p) => (p.to_path_buf(), None),
+        None => {
+            let p = beside(dest, "ocix-store")?;
+            (p.clone(), Some(Temporary(p)))
+        }
+    };
+    // on failure the guard removes the temporary directory
+    Ok((Store::create(&path)?, temp))
+}
+
+/// A directory of this run's own, removed (with everything in it) when
+/// dropped.
+#[derive(Debug)]
+struct Temporary(PathBuf);
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Closes the arrivals with an error if the pull ends without closing them.
+struct CloseOnDrop<'a>(&'a Arrivals);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close(Filled::Stopped("the pull stopped".into()));
+    }
+}
+
+/// A new hidden directory beside `path` (same directory, so the same
+/// filesystem), created here: `.NAME.WHAT.PID[.N]`. A name left by a killed
+/// run (with the same pid) is never reused: what is in it is not known.
+fn beside(path: &Path, what: &str) -> Result<PathBuf, RunError> {
+    let io = |path: &Path, what: String| RunError::Io { path: path.into(), what };
+    let name =
+        path.file_name().ok_or_else(|| io(path, "needs a final path component".into()))?.to_string_lossy().into_owned();
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| io(parent, format!("cannot create: {e}")))?;
+    let base = format!(".{name}.{what}.{}", std::process::id());
+    for n in 0..100 {
+        let p = parent.join(if n == 0 { base.clone() } else { format!("{base}.{n}") });
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(&p, format!("cannot create: {e}"))),
+        }
+    }
+    Err(io(path, "no free name for a temporary store beside it".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temporary_store_never_reuses_a_name_left_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("rootfs");
+        let left = t.path().join(format!(".rootfs.ocix-store.{}", std::process::id()));
+        std::fs::create_dir_all(left.join("blobs/sha256")).unwrap();
+        std::fs::write(left.join("blobs/sha256/stale"), b"from a killed run").unwrap();
+        let fresh = beside(&dest, "ocix-store").unwrap();
+        assert_ne!(fresh, left);
+        assert!(fresh.starts_with(t.path()) && fresh.is_dir());
+        assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0);
+        assert_eq!(std::fs::read(left.join("blobs/sha256/stale")).unwrap(), b"from a killed run");
+        assert_ne!(beside(&dest, "ocix-store").unwrap(), fresh);
+    }
+}
