@@ -8,6 +8,8 @@
 //! - [`store`]: the content-addressed blob store.
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
 //! - [`oci`]: an OCI image layout -> manifest (+ blobs), layers applied in memory.
+//! - [`export`]: manifest + blobs -> an OCI image in a layout; a bundle's
+//!   drift -> a new layer on its image.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
@@ -19,6 +21,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod diff;
+pub mod export;
 pub mod manifest;
 pub mod materialize;
 pub mod oci;

@@ -403,7 +403,20 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         let opts = UnpackOptions { link: opts.link || temp_store, store_verified: temp_store, ..opts.clone() };
         let r = unpack(&imported.manifest, &store, &rootfs, &opts).map_err(|e| unpack_failed(&rootfs, &e))?;
         report(&r, g);
+        // the files linked to a temporary store change (their link count)
+        // when it goes: it goes before the records are written, so that
+        // ocix.cbor is younger than every change of the tree (repack relies
+        // on that to skip unchanged files)
+        if temp_store {
+            let _ = std::fs::remove_dir_all(&store_path);
+        }
         super::write_output(Some(&bundle.join("ocix.cbor")), &imported.manifest.to_bytes()?)?;
+        let record = crate::export::repack::ImageRecord {
+            manifest: imported.image.manifest_desc.clone(),
+            rootless: r.rootless,
+            id_mapped: !opts.uid_map.is_empty() || !opts.gid_map.is_empty(),
+        };
+        super::write_output(Some(&bundle.join(crate::export::repack::IMAGE_RECORD)), &record.to_json())?;
         write_runtime_config(bundle, &rootfs, &imported.image, &opts, r.rootless)?;
         Ok(())
     })();

@@ -466,7 +466,7 @@ pub trait Documents {
 }
 
 /// A layout's blobs as [`Documents`].
-struct LayoutDocuments<'a>(&'a Store);
+pub(crate) struct LayoutDocuments<'a>(pub(crate) &'a Store);
 
 impl Documents for LayoutDocuments<'_> {
     fn fetch(&self, d: &Descriptor, _what: &str) -> Result<Vec<u8>, ImportError> {
