@@ -426,6 +426,7 @@ impl<W: std::io::Write> Drift<'_, '_, W> {
                     stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.children(oc, nc, path))?;
                 }
                 (Some(_), Kind::Hardlink(t)) if oe == Some(ne) && !self.emitted.contains(t) => {}
+                (Some(_), Kind::Hardlink(_)) if oe == Some(ne) => self.whole(path, ne)?,
                 (Some(_), _) if oe == Some(ne) => {}
                 _ => self.whole(path, ne)?,
             }
