@@ -337,7 +337,7 @@ fn an_unprivileged_user_repacks_a_rootless_bundle() {
     // owned by root in the image: the rootless owner of a new file is 0:0
     assert_eq!((new.meta.uid, new.meta.gid), (0, 0));
     // the owners the rootless tree keeps in xattrs come back
-    let orig = Manifest::from_bytes(&std::fs::read(&m_path(&dir)).unwrap()).unwrap();
+    let orig = Manifest::from_bytes(&std::fs::read(m_path(&dir)).unwrap()).unwrap();
     assert_eq!(m.get(b"names/with space").unwrap().meta.uid, orig.get(b"names/with space").unwrap().meta.uid);
     assert_eq!(m.get(b"loop0").unwrap().kind, orig.get(b"loop0").unwrap().kind);
 }
