@@ -260,6 +260,21 @@ fn bad_bundles_and_tags_are_refused() {
     // a layout without the bundle's image
     let other = f.dir.join("other");
     let o = ocix().arg("repack").arg("--image").arg(format!("{}:x", other.display())).arg(&f.bundle).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not an OCI image layout"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!other.exists(), "a layout was created for a repack that cannot succeed");
+    // a layout without the bundle's image
+    let tree = f.dir.join("t2");
+    std::fs::create_dir(&tree).unwrap();
+    let m2 = f.dir.join("m2");
+    ok(run(&[os("scan"), tree.as_os_str(), os("--store"), f.dir.join("s2").as_os_str(), os("-o"), m2.as_os_str()]));
+    let img2 = format!("{}/layout2:y", f.dir.display());
+    ok(run(&[os("export"), m2.as_os_str(), os("--store"), f.dir.join("s2").as_os_str(), os("--image"), os(&img2)]));
+    let o = ocix().arg("repack").arg("--image").arg(format!("{}/layout2:x", f.dir.display())).arg(&f.bundle).output();
+    let o = o.unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not in"), "{}", String::from_utf8_lossy(&o.stderr));
     // a socket in the rootfs cannot go into a layer
     let sock = f.j("sock");

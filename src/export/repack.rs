@@ -208,6 +208,14 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
             std::fs::symlink_metadata(&mp).map_err(|e| ExportError::Io { path: mp.display().to_string(), err: e })?;
         Time { sec: md.mtime(), nsec: md.mtime_nsec() as u32 }
     };
+    if !layout.join("oci-layout").is_file() {
+        return Err(ExportError::Layout(format!(
+            "{}: not an OCI image layout (it must hold the image {} that {} was unpacked from)",
+            layout.display(),
+            record.manifest.digest,
+            bundle.display()
+        )));
+    }
     let mut lw = LayoutWriter::open(layout)?;
     lw.check_tag(tag, opts.force)?;
     let image = choose_image(

@@ -65,7 +65,8 @@ pub struct ScanOptions {
 /// every way of restoring an mtime, sets the ctime to the present. The
 /// caller takes `changed_before` from the filesystem's own clock at a
 /// moment when the tree matched `manifest` (the record was written after
-/// the tree was complete, and nothing changed in between).
+/// the tree was complete, and nothing changed in between). With a store, a
+/// file taken as recorded is not stored again: its blob is assumed present.
 #[derive(Debug)]
 pub struct Reuse {
     /// The tree's earlier manifest.
