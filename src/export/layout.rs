@@ -11,7 +11,7 @@ use crate::oci::layout::{REF_NAME, media};
 use crate::oci::{Descriptor, MAX_DOCUMENT};
 use crate::store::Store;
 use serde_json::{Map, Value, json};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The `oci-layout` file's content.
@@ -45,8 +45,8 @@ impl LayoutWriter {
             Ok(_) => {}
         }
         let lp = root.join("oci-layout");
-        match read_limited(&lp, 4096) {
-            Ok(data) => {
+        match read_limited(&lp, 4096)? {
+            Some(data) => {
                 let v: Value = serde_json::from_slice(&data)
                     .map_err(|e| ExportError::Layout(format!("{}: invalid JSON: {e}", lp.display())))?;
                 match v.get("imageLayoutVersion").and_then(Value::as_str) {
@@ -59,17 +59,16 @@ impl LayoutWriter {
                     }
                 }
             }
-            Err(ExportError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 if std::fs::read_dir(root).map_err(io_err(root))?.next().is_some() {
                     return Err(not("not an OCI image layout (no oci-layout file) and not empty".into()));
                 }
                 write_atomic(&lp, OCI_LAYOUT)?;
             }
-            Err(e) => return Err(e),
         }
         let ip = root.join("index.json");
-        let index = match read_limited(&ip, MAX_DOCUMENT) {
-            Ok(data) => {
+        let index = match read_limited(&ip, MAX_DOCUMENT)? {
+            Some(data) => {
                 let v: Value = serde_json::from_slice(&data)
                     .map_err(|e| ExportError::Layout(format!("{}: invalid JSON: {e}", ip.display())))?;
                 let Value::Object(m) = v else {
@@ -83,14 +82,13 @@ impl LayoutWriter {
                 }
                 m
             }
-            Err(ExportError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let Value::Object(m) = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": []})
                 else {
                     unreachable!("a literal object")
                 };
                 m
             }
-            Err(e) => return Err(e),
         };
         let store = Store::create(root)?;
         Ok(LayoutWriter { root: root.to_path_buf(), store, index })
@@ -153,21 +151,14 @@ pub fn descriptor_json(d: &Descriptor) -> Value {
     json!({"mediaType": d.media_type, "digest": d.digest.to_string(), "size": d.size})
 }
 
-/// Reads a regular file of at most `limit` bytes, without following a
-/// symlink or blocking on a fifo.
-fn read_limited(p: &Path, limit: u64) -> Result<Vec<u8>, ExportError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(p).map_err(io_err(p))?;
-    if !f.metadata().map_err(io_err(p))?.is_file() {
-        return Err(ExportError::Layout(format!("{}: not a regular file", p.display())));
+/// Reads a layout file of at most `limit` bytes; `Ok(None)` if it is absent.
+pub(crate) fn read_limited(p: &Path, limit: u64) -> Result<Option<Vec<u8>>, ExportError> {
+    match crate::oci::layout::read_small(p, limit) {
+        Ok(d) => Ok(Some(d)),
+        Err(crate::oci::ImportError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(crate::oci::ImportError::Layout(msg)) => Err(ExportError::Layout(msg)),
+        Err(e) => Err(e.into()),
     }
-    let mut data = Vec::new();
-    f.take(limit + 1).read_to_end(&mut data).map_err(io_err(p))?;
-    if data.len() as u64 > limit {
-        return Err(ExportError::Layout(format!("{}: larger than {limit} bytes", p.display())));
-    }
-    Ok(data)
 }
 
 /// Writes a file under a temporary name beside it, syncs it and renames it

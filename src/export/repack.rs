@@ -149,29 +149,15 @@ impl ImageRecord {
     }
 }
 
+/// Reads a record of the bundle; its absence means the bundle is not one
+/// `ocix unpack --image` made.
 fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ExportError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: io::Error| ExportError::Io { path: p.display().to_string(), err: e };
-    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(p);
-    let f = match f {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ExportError::Bundle(format!(
-                "{}: missing: the bundle was not made by `ocix unpack --image` (or by an older ocix)",
-                p.display()
-            )));
-        }
-        r => r.map_err(io)?,
-    };
-    if !f.metadata().map_err(io)?.is_file() {
-        return Err(ExportError::Bundle(format!("{}: not a regular file", p.display())));
-    }
-    let mut data = Vec::new();
-    f.take(limit + 1).read_to_end(&mut data).map_err(io)?;
-    if data.len() as u64 > limit {
-        return Err(ExportError::Bundle(format!("{}: larger than {limit} bytes", p.display())));
-    }
-    Ok(data)
+    super::layout::read_limited(p, limit)?.ok_or_else(|| {
+        ExportError::Bundle(format!(
+            "{}: missing: the bundle was not made by `ocix unpack --image` (or by an older ocix)",
+            p.display()
+        ))
+    })
 }
 
 /// The time the filesystem holding `dir` gives a file made now (its own

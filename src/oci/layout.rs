@@ -271,7 +271,7 @@ pub fn open_blob_file(store: &Store, d: &Digest) -> Result<std::fs::File, Import
 
 /// Reads a layout file (`oci-layout`, `index.json`) of at most `limit`
 /// bytes; it must be a regular file, opened without blocking.
-fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
+pub(crate) fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e| ImportError::Io { path: p.display().to_string(), err: e };
     let f = std::fs::OpenOptions::new()
