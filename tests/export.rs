@@ -338,3 +338,41 @@ fn entries_tar_cannot_hold_are_refused() {
         );
     }
 }
+
+/// A manifest built in code (no file system times in it), exported
+/// uncompressed: the tar's digest is pinned, so any change of the canonical
+/// form shows here; GNU tar and bsdtar read it without a complaint.
+#[test]
+fn the_tar_of_a_fixed_manifest_is_pinned() {
+    use ocix::manifest::{Dev, Time};
+    let t = tempfile::tempdir().unwrap();
+    let store = ocix::store::Store::create(&t.path().join("s")).unwrap();
+    let d = store.put_bytes(b"hello\n").unwrap();
+    let mut m = manifest_of(vec![]);
+    m.root.meta.mtime = Time { sec: 1_700_000_000, nsec: 0 };
+    let mut f = entry(Kind::File(File { size: 6, digest: Some(d), zeros: Vec::new() }));
+    f.meta.xattrs.insert(b"user.x".to_vec(), b"1".to_vec());
+    f.meta.mtime = Time { sec: 1_600_000_000, nsec: 250_000_000 };
+    f.meta.uid = 3_000_000;
+    let mut dir = Entry::empty_dir();
+    let Kind::Dir(c) = &mut dir.kind else { unreachable!() };
+    c.insert(b"f".to_vec(), f);
+    c.insert(b"l".to_vec(), entry(Kind::Symlink(b"f".to_vec())));
+    c.insert(vec![b'n'; 120], entry(Kind::File(File::default())));
+    let Kind::Dir(root) = &mut m.root.kind else { unreachable!() };
+    root.insert(b"a".to_vec(), dir);
+    root.insert(b"c".to_vec(), entry(Kind::Char(Dev { major: 1, minor: 3 })));
+    root.insert(b"h".to_vec(), entry(Kind::Hardlink(b"a/f".to_vec())));
+    root.insert(b"p".to_vec(), entry(Kind::Fifo));
+    let opts = ocix::export::ExportOptions { compression: ocix::oci::Compression::None, ..Default::default() };
+    let layout = t.path().join("l");
+    let e = ocix::export::export(&m, &store, &layout, "t", &opts).unwrap();
+    assert_eq!(e.layer.digest, e.diff_id);
+    let blob = layout.join("blobs/sha256").join(e.diff_id.hex());
+    for tool in ["tar", "bsdtar"] {
+        let o = std::process::Command::new(tool).arg("-tvf").arg(&blob).output().unwrap();
+        assert!(o.status.success() && o.stderr.is_empty(), "{tool}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 8, "{tool}");
+    }
+    assert_eq!(e.diff_id.to_string(), "sha256:53d6edc3a7ed431b9144e374789f04495a51d29cfc3f00deea45b8021c9e56ff");
+}
