@@ -360,3 +360,48 @@ fn an_unprivileged_user_repacks_a_rootless_bundle() {
 fn m_path(dir: &Path) -> PathBuf {
     dir.join("m")
 }
+
+#[test]
+fn hostile_bundle_records_are_refused_with_the_file_named() {
+    let f = fixture(false);
+    let rec = f.bundle.join("ocix-image.json");
+    let good = std::fs::read(&rec).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let (_, img) = ocix::oci::open_image(&f.layout, Some("base"), None).unwrap();
+    let config = serde_json::json!({"manifest": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": img.config_desc.digest.to_string(), "size": img.config_desc.size}});
+    let wrong_size = {
+        let mut w = v.clone();
+        w["manifest"]["size"] = serde_json::json!(3);
+        w
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{".to_vec(), "invalid JSON"),
+        (b"{}".to_vec(), "no manifest descriptor"),
+        (br#"{"manifest": {"digest": "md5:00", "size": 1, "mediaType": "x"}}"#.to_vec(), "manifest.digest"),
+        (serde_json::to_vec(&config).unwrap(), "config"),
+        (serde_json::to_vec(&wrong_size).unwrap(), "expected 3"),
+        (vec![b' '; (1 << 20) + 1], "larger than"),
+    ];
+    for (data, want) in cases {
+        std::fs::write(&rec, &data).unwrap();
+        let o = ocix().arg("repack").arg("--image").arg(f.image("x")).arg(&f.bundle).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{want}: {e}");
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    // a fifo in its place is not waited on
+    std::fs::remove_file(&rec).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, &rec, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0)
+        .unwrap();
+    let o = ocix().arg("repack").arg("--image").arg(f.image("x")).arg(&f.bundle).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a regular file"));
+    std::fs::remove_file(&rec).unwrap();
+    std::fs::write(&rec, &good).unwrap();
+    // a record of the tree that is not a manifest
+    std::fs::write(f.bundle.join("ocix.cbor"), b"not cbor").unwrap();
+    let o = ocix().arg("repack").arg("--image").arg(f.image("x")).arg(&f.bundle).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("ocix.cbor: invalid OCIX manifest"), "{e}");
+    assert!(ocix::oci::open_image(&f.layout, Some("x"), None).is_err());
+}
