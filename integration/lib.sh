@@ -43,3 +43,14 @@ rootless_diff_clean() {
   [ ! -s "$out.unexpected" ] || fail "rootless differences beyond devices and capabilities: $(head -20 "$out.unexpected")"
   wc -l <"$out"
 }
+
+# same_tree REFERENCE CANDIDATE LABEL: the two trees agree for mtree-netbsd
+# on every keyword (sha256digest included) and in their getfattr dumps;
+# scratch files go to $W.
+KEYS=type,uid,gid,mode,nlink,size,time,link,sha256digest,device
+xdump() { (cd "$1" && getfattr -R -h -d -m - -e hex . 2>/dev/null) | awk '/^# file: /{f=substr($0,9);next} /=/{print f "\t" $0}' | LC_ALL=C sort; }
+same_tree() {
+  mtree -c -k "$KEYS" -p "$1" >"$W/spec.$3"
+  out=$(mtree -f "$W/spec.$3" -p "$2" 2>&1) || fail "$3: mtree finds differences: $(echo "$out" | head -20)"
+  diff <(xdump "$1") <(xdump "$2") >"$W/xattr.$3" || fail "$3: xattrs differ: $(head -20 "$W/xattr.$3")"
+}

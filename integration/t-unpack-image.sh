@@ -9,13 +9,6 @@ ensure_corpus
 REF=$CORPUS/rootfs-reference          # umoci unpack (root) of image:debian
 W=$(scratch); trap 'rm -rf "$W"' EXIT
 chmod 0755 "$W"
-KEYS=type,uid,gid,mode,nlink,size,time,link,sha256digest,device
-xdump() { (cd "$1" && getfattr -R -h -d -m - -e hex . 2>/dev/null) | awk '/^# file: /{f=substr($0,9);next} /=/{print f "\t" $0}' | LC_ALL=C sort; }
-same_tree() {  # same_tree REFERENCE CANDIDATE LABEL
-  mtree -c -k "$KEYS" -p "$1" >"$W/spec.$3"
-  out=$(mtree -f "$W/spec.$3" -p "$2" 2>&1) || fail "$3: mtree finds differences: $(echo "$out" | head -20)"
-  diff <(xdump "$1") <(xdump "$2") >"$W/xattr.$3" || fail "$3: xattrs differ: $(head -20 "$W/xattr.$3")"
-}
 
 # root
 "$OCIX" unpack --image "$CORPUS/image:debian" "$W/bundle"

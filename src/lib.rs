@@ -12,6 +12,8 @@
 //!   and `--update` bringing a drifted tree back to the manifest).
 //! - [`rootless`]: the `user.rootlesscontainers` payload that keeps owners
 //!   an unprivileged unpack cannot set.
+//! - [`export`]: manifest + blobs -> an OCI image in a layout; a bundle's
+//!   drift -> a new layer on its image.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
 //! - [`filter`]: exclude patterns, shared by [`scan`] and [`diff`].
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
@@ -34,6 +36,8 @@ pub mod bundle;
 pub mod cli;
 #[forbid(unsafe_code)]
 pub mod diff;
+#[forbid(unsafe_code)]
+pub mod export;
 #[forbid(unsafe_code)]
 pub mod filter;
 #[forbid(unsafe_code)]

@@ -26,6 +26,7 @@
 //! network traffic and no import.
 
 use crate::bundle::{self, BundleError};
+use crate::export::repack::{IMAGE_RECORD, ImageRecord};
 use crate::manifest::DecodeError;
 use crate::materialize::{self, IdMap, UnpackError, UnpackOptions, UnpackReport, check_dest};
 use crate::oci::{self, ImportError, ImportOptions, Imported};
@@ -271,7 +272,19 @@ pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Re
         let (imported, unpack) = import_unpack(image, &rootfs, &opts)?;
         let cbor = bundle.join("ocix.cbor");
         let bytes = imported.manifest.to_bytes().map_err(RunError::Manifest)?;
+        // written after the unpack (and the removal of a temporary store,
+        // which changes the files' link counts), so that ocix.cbor is
+        // younger than every change of the tree: repack relies on that to
+        // skip unchanged files
         std::fs::write(&cbor, bytes).map_err(|e| RunError::Io { path: cbor, what: format!("cannot write: {e}") })?;
+        let record = ImageRecord {
+            manifest: imported.image.manifest_desc.clone(),
+            rootless: unpack.rootless,
+            id_mapped: !opts.unpack.uid_map.is_empty() || !opts.unpack.gid_map.is_empty(),
+        };
+        let rec = bundle.join(IMAGE_RECORD);
+        std::fs::write(&rec, record.to_json())
+            .map_err(|e| RunError::Io { path: rec, what: format!("cannot write: {e}") })?;
         write_runtime_config(bundle, &rootfs, &imported.image, &opts.unpack, unpack.rootless)?;
         Ok(Bundled { imported, unpack })
     })();

@@ -275,7 +275,7 @@ fn a_bundle_holds_the_rootfs_its_manifest_and_its_config() {
     let l = layout(t.path(), FILES);
     let bundle = t.path().join("bundle");
     let done = image_bundle(&format!("{}:v1", l.display()), &bundle, &ImageUnpackOptions::default()).unwrap();
-    assert_eq!(names(&bundle), ["config.json", "ocix.cbor", "rootfs"]);
+    assert_eq!(names(&bundle), ["config.json", "ocix-image.json", "ocix.cbor", "rootfs"]);
     assert_eq!(std::fs::read(bundle.join("ocix.cbor")).unwrap(), done.imported.manifest.to_bytes().unwrap());
     assert_eq!(rescan(&bundle.join("rootfs")), done.imported.manifest.to_bytes().unwrap());
     let config: serde_json::Value =
@@ -284,5 +284,5 @@ fn a_bundle_holds_the_rootfs_its_manifest_and_its_config() {
     // a bundle that is not empty is refused, untouched
     let e = image_bundle(&format!("{}:v1", l.display()), &bundle, &ImageUnpackOptions::default()).unwrap_err();
     assert!(matches!(e, RunError::Dest(UnpackError::DestNotEmpty(_))), "{e:?}");
-    assert_eq!(names(&bundle), ["config.json", "ocix.cbor", "rootfs"]);
+    assert_eq!(names(&bundle), ["config.json", "ocix-image.json", "ocix.cbor", "rootfs"]);
 }

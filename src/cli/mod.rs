@@ -4,10 +4,12 @@
 
 mod diff;
 mod digest;
+mod export;
 mod import;
 mod progress;
 mod pull;
 mod push;
+mod repack;
 mod scan;
 mod show;
 mod unpack;
@@ -58,6 +60,10 @@ pub enum Command {
     /// Upload a manifest and the blobs a registry lacks, as a tagged OCI
     /// artifact.
     Push(push::Args),
+    /// Write a manifest's tree as a one-layer OCI image into an image layout.
+    Export(export::Args),
+    /// Add a bundle's changes since `unpack --image` to its image as a layer.
+    Repack(repack::Args),
 }
 
 /// How a directory tree is read, shared by `scan` and `diff`.
@@ -86,6 +92,7 @@ impl TreeArgs {
             cross_mounts: self.cross_mounts,
             threads,
             progress: g.progress(),
+            reuse: None,
         }
     }
 }
@@ -139,6 +146,8 @@ pub fn main() -> ExitCode {
         Command::Unpack(a) => unpack::run(a, g),
         Command::Pull(a) => pull::run(a, g),
         Command::Push(a) => push::run(a, g),
+        Command::Export(a) => export::run(a, g),
+        Command::Repack(a) => repack::run(a, g),
     };
     match res {
         Ok(code) => code,

@@ -415,7 +415,7 @@ pub fn open_blob_file(store: &Store, d: &Digest) -> Result<std::fs::File, Import
 
 /// Reads a layout file (`oci-layout`, `index.json`) of at most `limit`
 /// bytes; it must be a regular file, opened without blocking.
-fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
+pub(crate) fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ImportError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e| ImportError::Io { path: p.to_path_buf(), err: e };
     let f = std::fs::OpenOptions::new().read(true).custom_flags(crate::sys::O_NONBLOCK).open(p).map_err(io)?;
@@ -603,7 +603,7 @@ pub trait Documents {
 }
 
 /// A layout's blobs as [`Documents`].
-struct LayoutDocuments<'a>(&'a Store);
+pub(crate) struct LayoutDocuments<'a>(pub(crate) &'a Store);
 
 impl Documents for LayoutDocuments<'_> {
     fn fetch(&self, d: &Descriptor, _what: &str) -> Result<Vec<u8>, ImportError> {

@@ -52,6 +52,47 @@ pub struct ScanOptions {
     pub threads: usize,
     /// Where the entries met and the bytes hashed are reported.
     pub progress: Progress,
+    /// Contents known from an earlier record of the same tree, taken for
+    /// files that have surely not changed since instead of hashing them.
+    pub reuse: Option<std::sync::Arc<Reuse>>,
+}
+
+/// An earlier record of the tree being scanned, for [`ScanOptions::reuse`].
+///
+/// A regular file's content is taken from `manifest` without reading it
+/// when the entry at its path there is a regular file of the same size and
+/// mtime and the file's inode last changed (its ctime, which no call can
+/// set back) strictly before `changed_before`: writing the content, and
+/// every way of restoring an mtime, sets the ctime to the present. The
+/// caller takes `changed_before` from the filesystem's own clock at a
+/// moment when the tree matched `manifest` (the record was written after
+/// the tree was complete, and nothing changed in between). With a store, a
+/// file taken as recorded is not stored again: its blob is assumed present.
+#[derive(Debug)]
+pub struct Reuse {
+    /// The tree's earlier manifest.
+    pub manifest: Manifest,
+    /// Files whose inode changed at or after this time are hashed.
+    pub changed_before: Time,
+}
+
+impl Reuse {
+    /// The recorded content of the regular file at `path`, if it surely
+    /// still holds.
+    fn known(&self, path: &[u8], st: &Stat) -> Option<File> {
+        let ctime = Time { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 };
+        if ctime >= self.changed_before {
+            return None;
+        }
+        match self.manifest.get(path) {
+            Some(Entry { meta, kind: Kind::File(f) })
+                if f.size == st.st_size as u64 && meta.mtime == stat_time(st) && f.digest.is_some() =>
+            {
+                Some(f.clone())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A finished scan.
@@ -65,6 +106,9 @@ pub struct Scan {
     pub files: u64,
     /// Bytes hashed.
     pub bytes: u64,
+    /// Regular files whose content was taken from [`ScanOptions::reuse`]
+    /// (counted in `files` and `bytes` too).
+    pub reused: u64,
 }
 
 /// Why one entry of the tree could not be scanned.
@@ -207,6 +251,8 @@ struct Walker<'a> {
     seen: u64,
     /// Empty regular files (not hashed).
     empty_files: u64,
+    /// Regular files taken from [`ScanOptions::reuse`].
+    reused: u64,
     /// first name of each hardlinked inode (any type but a directory), by
     /// (dev, ino)
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -449,6 +495,21 @@ impl Walker<'_> {
             }
             FileType::RegularFile => {
                 let mut st = st;
+                let known = match &self.opts.reuse {
+                    Some(r) if st.st_size > 0 && self.may_skip_open(&st) => r.known(path, &st),
+                    _ => None,
+                };
+                if let Some(file) = known {
+                    // taken as recorded: its result is ready at once
+                    let x = xattrs_at(self);
+                    let id = self.next_job;
+                    self.next_job += 1;
+                    let meta = self.meta(&st, Vec::new(), path);
+                    let size = file.size;
+                    self.reused += 1;
+                    self.store_done(Done { id, result: Ok((file, x)) });
+                    return Some(Entry { meta, kind: Kind::File(File { size, ..File::default() }) });
+                }
                 if st.st_size == 0 && self.may_skip_open(&st) {
                     // Empty: nothing to read or hash, and no need to open it;
                     // its xattrs are read by name.
@@ -611,6 +672,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             next_job: 0,
             seen: 0,
             empty_files: 0,
+            reused: 0,
             links: HashMap::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -649,7 +711,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     if let Some(s) = store {
         s.sync()?;
     }
-    Ok(Scan { manifest: Manifest { root }, warnings: w.warnings, files, bytes })
+    Ok(Scan { manifest: Manifest { root }, warnings: w.warnings, files, bytes, reused: w.reused })
 }
 
 /// Puts the hashing threads' results into the tree.
