@@ -9,6 +9,8 @@
 //! - [`scan`]: a directory tree -> manifest (+ blobs).
 //! - [`oci`]: an OCI image layout -> manifest (+ blobs), layers applied in memory.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
+//! - [`mount`]: manifest + store -> an overlay mount of an EROFS metadata
+//!   image, no file data copied.
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod diff;
 pub mod manifest;
 pub mod materialize;
+pub mod mount;
 pub mod oci;
 pub mod remote;
 pub mod render;

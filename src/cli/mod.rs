@@ -5,6 +5,7 @@
 mod diff;
 mod digest;
 mod import;
+mod mount;
 mod pull;
 mod push;
 mod scan;
@@ -57,6 +58,11 @@ pub enum Command {
     /// Upload a manifest and the blobs a registry lacks, as a tagged OCI
     /// artifact.
     Push(push::Args),
+    /// Mount a manifest read-only (or writable with --upper) with no file
+    /// data copied: an EROFS metadata image over the blob store.
+    Mount(mount::Args),
+    /// Unmount a tree `ocix mount` made.
+    Umount(mount::UmountArgs),
 }
 
 /// How a directory tree is read, shared by `scan` and `diff`.
@@ -133,6 +139,8 @@ pub fn main() -> ExitCode {
         Command::Unpack(a) => unpack::run(a, g),
         Command::Pull(a) => pull::run(a, g),
         Command::Push(a) => push::run(a, g),
+        Command::Mount(a) => mount::run(a, g),
+        Command::Umount(a) => mount::run_umount(a, g),
     };
     match res {
         Ok(code) => code,
