@@ -140,6 +140,11 @@ fn hostile(store: &Store) -> Manifest {
     Manifest::from_bytes(&m.to_bytes().unwrap()).unwrap()
 }
 
+/// `/a` "alpha" and `/b` "bravo".
+fn two_files(store: &Store) -> Manifest {
+    Manifest { root: dir(vec![(b"a".to_vec(), file(store, b"alpha")), (b"b".to_vec(), file(store, b"bravo"))]) }
+}
+
 fn mount_manifest(m: &Manifest, store: &Store, target: &Path) -> Mounted {
     std::fs::create_dir_all(target).unwrap();
     let digest = m.digest().unwrap();
@@ -249,8 +254,7 @@ fn missing_short_or_corrupt_blobs_are_refused_before_mounting() {
     }
     let t = tempfile::tempdir().unwrap();
     let store = Store::create(&t.path().join("store")).unwrap();
-    let m =
-        Manifest { root: dir(vec![(b"a".to_vec(), file(&store, b"alpha")), (b"b".to_vec(), file(&store, b"bravo"))]) };
+    let m = two_files(&store);
     let digest = m.digest().unwrap();
     let mnt = t.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -321,4 +325,43 @@ fn corpus_image_mounts_and_diffs_clean() {
     diff_clean(&mnt, &m);
     let digest = Digest::of(&std::fs::read(&m).unwrap());
     fsck(&ocix::mount::image_path(&Store::open(&store).unwrap(), &digest));
+}
+
+#[test]
+fn upper_makes_the_mount_writable_and_keeps_the_store_clean() {
+    if !root_or_skip() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::create(&t.path().join("store")).unwrap();
+    let mut m = two_files(&store);
+    let digest = m.digest().unwrap();
+    let (mnt, upper, work) = (t.path().join("mnt"), t.path().join("upper"), t.path().join("work"));
+    for d in [&mnt, &upper, &work] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let opts = MountOptions { upper: Some(upper.clone()), work: Some(work), verify: false };
+    mount(&m, &digest, &store, &mnt, &opts).unwrap();
+    let guard = Mounted(mnt.clone());
+    // before any change, a writable mount is the manifest too (its root
+    // shows the upper directory, given the root's metadata)
+    assert_eq!(scan(&mnt), m.to_bytes().unwrap());
+    std::fs::write(mnt.join("a"), b"changed").unwrap();
+    std::fs::remove_file(mnt.join("b")).unwrap();
+    std::fs::write(mnt.join("c"), b"new").unwrap();
+    assert_eq!(std::fs::read(upper.join("a")).unwrap(), b"changed");
+    assert_eq!(std::fs::read(upper.join("c")).unwrap(), b"new");
+    // the blobs are as they were
+    assert_eq!(std::fs::read(store.blob_path(&Digest::of(b"alpha"))).unwrap(), b"alpha");
+    assert!(store.has(&Digest::of(b"bravo")));
+    let scanned = Manifest::from_bytes(&scan(&mnt)).unwrap();
+    let found: Vec<String> =
+        ocix::diff::diff(&m, &scanned, &Default::default()).iter().map(|f| f.to_string()).collect();
+    assert!(found.iter().any(|f| f.starts_with("/a: ")), "{found:?}");
+    assert!(found.contains(&"missing /b".to_string()) && found.contains(&"extra /c".to_string()), "{found:?}");
+    drop(guard);
+    assert!(!mounted_here(&mnt));
+    // mounted again read-only: the manifest, unchanged
+    let _guard = mount_manifest(&m, &store, &mnt);
+    assert_eq!(scan(&mnt), m.to_bytes().unwrap());
 }

@@ -91,6 +91,13 @@ pub struct Args {
     /// from layers.
     #[arg(long)]
     pub allow_overlay_xattrs: bool,
+    /// With --image: mount the tree instead of writing it (`ocix mount`):
+    /// BUNDLE/rootfs is an overlay of the manifest's EROFS metadata image
+    /// over the blob store, writable into BUNDLE/upper; the blobs stay in
+    /// --store (default BUNDLE/store). No file data is copied. Needs root;
+    /// `ocix umount BUNDLE/rootfs` before removing the bundle.
+    #[arg(long, requires = "image", conflicts_with_all = ["rootless", "link", "update"])]
+    pub mount: bool,
     /// Writer threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -378,9 +385,10 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         ),
         None => None,
     };
-    let temp_store = a.store.is_none();
-    let store_path = a.store.clone().unwrap_or_else(|| bundle.join(".ocix-store"));
+    let temp_store = a.store.is_none() && !a.mount;
+    let store_path = a.store.clone().unwrap_or_else(|| bundle.join(if a.mount { "store" } else { ".ocix-store" }));
     let store = Store::create(&store_path)?;
+    let mut mounted = None;
     let iopts = ImportOptions {
         tag: tag.map(str::to_string),
         platform,
@@ -397,6 +405,13 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         }
         .map_err(|e| anyhow::anyhow!("importing {image}: {e}"))?;
         super::import::report_dropped(&imported, image, g);
+        if a.mount {
+            let bytes = imported.manifest.to_bytes()?;
+            super::write_output(Some(&bundle.join("ocix.cbor")), &bytes)?;
+            let rootfs = super::mount::mount_bundle_rootfs(&bytes, &imported.manifest, &store, bundle)?;
+            mounted = Some(rootfs.clone());
+            return write_runtime_config(bundle, &rootfs, &imported.image, opts, false);
+        }
         let rootfs = bundle.join("rootfs");
         // a store of our own, about to be removed: its blobs can simply
         // become the files (no second copy of the data)
@@ -409,6 +424,10 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
     })();
     if temp_store {
         let _ = std::fs::remove_dir_all(&store_path);
+    }
+    if let (Err(_), Some(rootfs)) = (&result, &mounted) {
+        // never remove a bundle through its mounted rootfs
+        crate::mount::umount(rootfs).with_context(|| format!("{}: left mounted", rootfs.display()))?;
     }
     if result.is_err() && created {
         // nothing half-made is left behind under a name we created

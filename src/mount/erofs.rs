@@ -162,18 +162,22 @@ pub struct ImageStats {
     pub bytes: u64,
 }
 
+/// The name an xattr of the manifest takes on a layer of the overlay:
+/// one in overlayfs's namespace (`trusted.overlay.X`) escaped
+/// (`trusted.overlay.overlay.X`), which the overlay shows unescaped and
+/// never obeys; any other name as it is.
+pub fn escaped_name(name: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match name.strip_prefix(OVERLAY_PREFIX) {
+        Some(rest) => [OVERLAY_ESCAPED, rest].concat().into(),
+        None => name.into(),
+    }
+}
+
 /// The name and value an xattr of the manifest takes in the image: names
 /// in overlayfs's namespace escaped, so the overlay shows them and never
 /// obeys them. Errors name what cannot be stored.
 fn stored_xattr(name: &[u8], value: &[u8]) -> Result<Xattr, String> {
-    let escaped;
-    let name = match name.strip_prefix(OVERLAY_PREFIX) {
-        Some(rest) => {
-            escaped = [OVERLAY_ESCAPED, rest].concat();
-            &escaped[..]
-        }
-        None => name,
-    };
+    let name = &escaped_name(name)[..];
     if value.len() > MAX_XATTR_VALUE {
         return Err(format!(
             "xattr {} has a value of {} bytes; EROFS holds at most {MAX_XATTR_VALUE}",

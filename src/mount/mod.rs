@@ -279,7 +279,19 @@ pub fn mount(
     ctx.set_fd_path("source", img.as_fd(), &image).map_err(|e| {
         unsupported("the kernel cannot mount an EROFS image file (Linux 6.12 and later, EROFS_FS_BACKED_BY_FILE)", e)
     })?;
-    let lower = ctx.mount_detached(true).map_err(|e| explain(e, "EROFS"))?;
+    let lower = ctx.mount_detached(true).map_err(|e| match e.errno {
+        // the kernel reads an image file through its page cache
+        // (`read_folio`), which tmpfs lacks; older kernels want a block device
+        Errno::NOTBLK => unsupported(
+            &format!(
+                "the kernel cannot mount the EROFS image {} from its filesystem (file-backed EROFS \
+                 needs Linux 6.12 or later and a store on a disk filesystem, not tmpfs)",
+                image.display()
+            ),
+            e,
+        ),
+        _ => explain(e, "EROFS"),
+    })?;
     drop(img);
 
     let ovl = FsContext::open("overlay").map_err(|e| explain(e, "overlay"))?;
@@ -294,12 +306,32 @@ pub fn mount(
     let dirs;
     if let (Some(upper), Some(work)) = (&opts.upper, &opts.work) {
         dirs = (sys::read::open_dir_path(upper)?, sys::read::open_dir_path(work)?);
+        let empty = std::fs::read_dir(upper).map_err(cache_err(upper))?.next().is_none();
+        if empty {
+            root_meta(m, dirs.0.as_fd(), upper)?;
+        }
         ovl.set_layer("upperdir", dirs.0.as_fd(), upper)?;
         ovl.set_layer("workdir", dirs.1.as_fd(), work)?;
     }
     let top = ovl.mount_detached(false).map_err(|e| explain(e, "overlay"))?;
     attach(top.as_fd(), target).map_err(|e| explain(e, "overlay"))?;
     Ok(MountReport { image, image_written, blobs, blobs_hashed })
+}
+
+/// Gives a fresh upper directory the manifest root's owner, xattrs
+/// (escaped as in the image), mode and mtime: the root of a writable
+/// overlay shows its upper directory's metadata.
+fn root_meta(m: &Manifest, fd: rustix::fd::BorrowedFd<'_>, upper: &Path) -> Result<(), MountError> {
+    use sys::write::{fchmod, fchown, futimens, set_xattr};
+    let shown = || upper.display().to_string();
+    let meta = &m.root.meta;
+    fchown(fd, meta.uid, meta.gid, &shown)?;
+    for (name, value) in &meta.xattrs {
+        set_xattr(&sys::read::XattrSource::Fd(fd), &erofs::escaped_name(name), value, &shown)?;
+    }
+    fchmod(fd, meta.mode, &shown)?;
+    futimens(fd, meta.mtime, &shown)?;
+    Ok(())
 }
 
 /// Unmounts a tree `mount` made at `target` (the image goes with it).
