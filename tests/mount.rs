@@ -335,6 +335,9 @@ fn upper_makes_the_mount_writable_and_keeps_the_store_clean() {
     let t = tempfile::tempdir().unwrap();
     let store = Store::create(&t.path().join("store")).unwrap();
     let mut m = two_files(&store);
+    m.root.meta =
+        ocix::manifest::Meta { mode: 0o1750, uid: 7, gid: 8, mtime: Time { sec: 1234, nsec: 5 }, ..Default::default() };
+    m.root.meta.xattrs.insert(b"trusted.overlay.opaque".to_vec(), b"y".to_vec());
     let digest = m.digest().unwrap();
     let (mnt, upper, work) = (t.path().join("mnt"), t.path().join("upper"), t.path().join("work"));
     for d in [&mnt, &upper, &work] {

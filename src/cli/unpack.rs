@@ -91,12 +91,14 @@ pub struct Args {
     /// from layers.
     #[arg(long)]
     pub allow_overlay_xattrs: bool,
-    /// With --image: mount the tree instead of writing it (`ocix mount`):
-    /// BUNDLE/rootfs is an overlay of the manifest's EROFS metadata image
-    /// over the blob store, writable into BUNDLE/upper; the blobs stay in
-    /// --store (default BUNDLE/store). No file data is copied. Needs root;
-    /// `ocix umount BUNDLE/rootfs` before removing the bundle.
-    #[arg(long, requires = "image", conflicts_with_all = ["rootless", "link", "update"])]
+    /// Mount the tree instead of writing it (`ocix mount`; no file data is
+    /// copied; needs root). With --image: BUNDLE/rootfs is an overlay of
+    /// the manifest's EROFS metadata image over the blob store, writable
+    /// into BUNDLE/upper; the blobs stay in --store (default BUNDLE/store);
+    /// `ocix umount BUNDLE/rootfs` before removing the bundle. With a
+    /// docker:// MANIFEST: every blob is pulled into --store (required),
+    /// then DEST (created if absent) is a read-only mount.
+    #[arg(long, conflicts_with_all = ["rootless", "link", "update", "prefetch"])]
     pub mount: bool,
     /// Writer threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
@@ -134,7 +136,13 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     }
     let [manifest, dest] = a.paths.as_slice() else { bail!("give MANIFEST and DEST (or --image LAYOUT[:TAG] BUNDLE)") };
     if let Some(src) = manifest.to_str().filter(|s| s.starts_with("docker://")) {
+        if a.mount {
+            return mount_remote(src, dest, &a, g);
+        }
         return unpack_remote(src, dest, &a, &opts, g);
+    }
+    if a.mount {
+        bail!("--mount is for --image or a docker:// MANIFEST; mount a manifest file with `ocix mount`");
     }
     if a.output.is_some() || a.prefetch.is_some() {
         bail!("-o and --prefetch are for a docker:// MANIFEST");
@@ -305,6 +313,44 @@ fn unpack_ordinary(
         super::write_output(Some(o), &imported.manifest.to_bytes()?)?;
     }
     Ok(())
+}
+
+/// `docker://... DEST --mount`: every blob pulled into --store (an ocix
+/// manifest), or the image imported into it (an ordinary image), then DEST
+/// mounted read-only.
+fn mount_remote(src: &str, dest: &Path, a: &Args, g: Global) -> anyhow::Result<ExitCode> {
+    use crate::remote::{PullOptions, Remote, RemoteError, pull};
+    let Some(store_path) = &a.store else { bail!("--mount needs --store: the mount reads its blobs from there") };
+    let store = Store::create(store_path)?;
+    let remote = Remote::parse(src)?;
+    let popts =
+        PullOptions { remote: a.net.options(), jobs: a.net.jobs, progress: g.progress(), ..PullOptions::default() };
+    let (m, bytes) = match pull(&remote, &store, &popts) {
+        Ok(r) => {
+            super::pull::report(&r, g);
+            (r.manifest, r.manifest_bytes)
+        }
+        Err(RemoteError::NotOcix { .. }) => {
+            let r = crate::remote::Reference::parse(src)?;
+            let iopts = crate::oci::ImportOptions { keep_dirlinks: a.keep_dirlinks, ..Default::default() };
+            let imported = crate::remote::image::import_remote(&r, Some(&store), &iopts, &a.net.options())
+                .map_err(|e| anyhow::anyhow!("importing {src}: {e}"))?;
+            super::import::report_dropped(&imported, src, g);
+            let bytes = imported.manifest.to_bytes()?;
+            (imported.manifest, bytes)
+        }
+        Err(e) => return Err(anyhow::anyhow!("pulling {src}: {e}")),
+    };
+    if let Some(o) = &a.output {
+        super::write_output(Some(o), &bytes)?;
+    }
+    if !dest.exists() {
+        std::fs::create_dir(dest).with_context(|| format!("{}: cannot create", dest.display()))?;
+    }
+    let digest = crate::manifest::Digest::of(&bytes);
+    crate::mount::mount(&m, &digest, &store, dest, &Default::default())
+        .with_context(|| format!("mounting {src} at {}", dest.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Closes the arrivals with an error if the pull ends without closing them.
