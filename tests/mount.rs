@@ -368,3 +368,26 @@ fn upper_makes_the_mount_writable_and_keeps_the_store_clean() {
     let _guard = mount_manifest(&m, &store, &mnt);
     assert_eq!(scan(&mnt), m.to_bytes().unwrap());
 }
+
+#[test]
+fn without_privilege_the_error_says_what_is_missing() {
+    if !root_or_skip() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = Store::create(&t.path().join("store")).unwrap();
+    let m = two_files(&store);
+    let (mf, mnt) = (t.path().join("m.ocix"), t.path().join("mnt"));
+    std::fs::write(&mf, m.to_bytes().unwrap()).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let out =
+        common::ocix_as_nobody().arg("mount").arg(&mf).arg("--store").arg(store.root()).arg(&mnt).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs root") && err.contains("ocix unpack"), "{err}");
+    assert!(!mounted_here(&mnt));
+    // refused before anything was written into the store
+    assert!(!store.root().join(".ocix-mount").exists());
+}

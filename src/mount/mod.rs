@@ -301,11 +301,14 @@ pub fn mount(
     if opts.upper.is_some() != opts.work.is_some() {
         return Err(SysError::new("mount", "--upper and --work go together".to_string(), Errno::INVAL).into());
     }
+    // the filesystems first: a kernel or a caller that cannot mount is
+    // told so before any blob is read or any image written
+    let ctx = FsContext::open("erofs").map_err(|e| explain(e, "EROFS"))?;
+    let ovl = FsContext::open("overlay").map_err(|e| explain(e, "overlay"))?;
     let (blobs, blobs_hashed) = check_blobs(m, digest, store, opts.verify)?;
     let (image, image_written) = cached_image(m, digest, store)?;
     let img = std::fs::File::open(&image).map_err(cache_err(&image))?;
 
-    let ctx = FsContext::open("erofs").map_err(|e| explain(e, "EROFS"))?;
     ctx.set_fd_path("source", img.as_fd(), &image).map_err(|e| {
         unsupported("the kernel cannot mount an EROFS image file (Linux 6.12 and later, EROFS_FS_BACKED_BY_FILE)", e)
     })?;
@@ -324,7 +327,6 @@ pub fn mount(
     })?;
     drop(img);
 
-    let ovl = FsContext::open("overlay").map_err(|e| explain(e, "overlay"))?;
     ovl.set("source", SOURCE)?;
     ovl.set_layer("lowerdir+", lower.as_fd(), &image)
         .map_err(|e| unsupported("the kernel's overlayfs lacks lowerdir+ (Linux 6.8 and later)", e))?;
