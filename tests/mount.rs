@@ -280,6 +280,13 @@ fn missing_short_or_corrupt_blobs_are_refused_before_mounting() {
     std::fs::write(&blob, b"bravo").unwrap();
     assert_eq!(try_mount(false), None);
     assert!(!image_tmp_left(&store));
+    // a blob replaced after it was checked (same size, another inode: made
+    // while the old one exists) is checked again, and refused
+    let new = blob.with_extension("new");
+    std::fs::write(&new, b"BRAVO").unwrap();
+    std::fs::rename(&new, &blob).unwrap();
+    let e = try_mount(false).unwrap();
+    assert!(e.contains("content has digest"), "{e}");
 }
 
 fn image_tmp_left(store: &Store) -> bool {
