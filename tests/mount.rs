@@ -199,6 +199,10 @@ fn unrepresentable_entries_are_refused() {
         (Entry::new(Kind::Char(Dev { major: 0, minor: 0 })), "whiteout"),
         (with_xattr(file(&store, b"x"), "user.v", &vec![0; 65536]), "at most 65535"),
         (with_xattr(file(&store, b"x"), "system.nfs4_acl", b"x"), "namespace"),
+        (
+            (0..5).fold(file(&store, b"x"), |e, i| with_xattr(e, &format!("user.v{i}"), &vec![i; 60000])),
+            "bytes of xattrs",
+        ),
     ];
     for (e, why) in cases {
         let m = Manifest { root: dir(vec![(b"bad".to_vec(), e)]) };

@@ -36,6 +36,9 @@ const INODE_SIZE: u64 = 64;
 const XATTR_HEADER: u64 = 12;
 const DIRENT: usize = 12;
 const NULL_ADDR: u32 = u32::MAX;
+/// Largest xattr area of one inode (`i_xattr_icount` counts 4-byte slots
+/// in 16 bits), less the metacopy and redirect xattrs a file may need.
+const MAX_XATTR_IBODY: u64 = XATTR_HEADER + 4 * (u16::MAX as u64 - 1) - 128;
 /// Largest xattr value an EROFS entry can hold (`e_value_size` is 16 bits).
 pub const MAX_XATTR_VALUE: usize = u16::MAX as usize;
 
@@ -260,9 +263,17 @@ impl<'m> Builder<'m> {
                 ids.push(self.intern(x));
             }
         }
+        let mut ibody = XATTR_HEADER;
         for (name, value) in &entry.meta.xattrs {
             let x = stored_xattr(name, value).map_err(|what| unrepresentable(path, what))?;
+            ibody += x.size();
             ids.push(self.intern(x));
+        }
+        if ibody > MAX_XATTR_IBODY {
+            return Err(unrepresentable(
+                path,
+                format!("{ibody} bytes of xattrs; an EROFS inode holds at most {MAX_XATTR_IBODY}"),
+            ));
         }
         let nlink = if matches!(body, Body::Dir { .. }) { 2 } else { 1 };
         self.nodes.push(Node {
@@ -385,7 +396,7 @@ pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result
             shared_len += x.size();
         }
     }
-    for (i, node) in b.nodes.iter_mut().enumerate() {
+    for node in b.nodes.iter_mut() {
         let ids = std::mem::take(&mut node.shared);
         for id in ids {
             if shared_off[id as usize].is_some() && node.shared.len() < 255 {
@@ -394,13 +405,7 @@ pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result
                 node.inline.push(id);
             }
         }
-        let isize = xattr_ibody(node, &b.xattrs);
-        if isize > XATTR_HEADER + 4 * (u16::MAX as u64 - 1) {
-            return Err(ImageError::Unrepresentable {
-                path: format!("inode {i}"),
-                what: "more xattrs than an EROFS inode holds".into(),
-            });
-        }
+        debug_assert!(xattr_ibody(node, &b.xattrs) <= XATTR_HEADER + 4 * (u16::MAX as u64 - 1));
     }
     let xattr_blkaddr = 1u64;
     let meta_blkaddr = xattr_blkaddr + shared_len.div_ceil(BLK);
