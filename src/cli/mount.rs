@@ -15,9 +15,10 @@ use std::process::ExitCode;
 /// image, made once per manifest and cached in STORE/.ocix-mount/. Every
 /// blob must be present with the right size before anything is mounted;
 /// digests are checked once and remembered (--verify checks them again).
-/// Read-only unless --upper and --work are given. Needs root and Linux 6.12
-/// or later (EROFS image files, overlay data-only layers); `ocix unpack`
-/// writes the tree out instead.
+/// Read-only unless --upper and --work are given. Needs root, Linux 6.12
+/// or later (EROFS image files, overlay data-only layers) and a store on a
+/// disk filesystem (the kernel cannot mount an image file on tmpfs);
+/// `ocix unpack` writes the tree out instead.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The manifest.
