@@ -16,6 +16,8 @@
 //!   drift -> a new layer on its image.
 //! - [`diff`]: manifest vs manifest -> typed drift findings.
 //! - [`filter`]: exclude patterns, shared by [`scan`] and [`diff`].
+//! - [`mount`]: manifest + store -> an overlay mount of an EROFS metadata
+//!   image, no file data copied.
 //! - [`remote`]: blobs over the network (registries, static HTTP stores).
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
@@ -44,6 +46,8 @@ pub mod filter;
 pub mod manifest;
 #[forbid(unsafe_code)]
 pub mod materialize;
+#[forbid(unsafe_code)]
+pub mod mount;
 #[forbid(unsafe_code)]
 pub mod oci;
 #[forbid(unsafe_code)]

@@ -304,16 +304,7 @@ fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<
     // they can simply become the files
     let arrivals = Arc::new(Arrivals::new());
     let store = store.with_arrivals(arrivals.clone());
-    let imported = if image.starts_with("docker://") {
-        let r = Reference::parse(image).map_err(|e| RunError::Location(e.into()))?;
-        let iopts = ImportOptions { tag: None, ..opts.import.clone() };
-        remote::image::import_remote(&r, Some(&store), &iopts, &opts.remote)
-    } else {
-        let (layout, tag) = oci::split_ref(image);
-        let iopts = ImportOptions { tag: tag.map(str::to_string), ..opts.import.clone() };
-        oci::import_image(Path::new(layout), Some(&store), &iopts)
-    }
-    .map_err(|error| RunError::Import { src: image.into(), error })?;
+    let imported = import_into(image, &store, opts)?;
     arrivals.close(Filled::Complete);
     let uopts = UnpackOptions { link: opts.unpack.link || temp.is_some(), ..opts.unpack.clone() };
     let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
@@ -323,9 +314,24 @@ fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<
     Ok((imported, unpack))
 }
 
+/// Imports `image` (`LAYOUT[:TAG]` or `docker://HOST/REPO[:TAG|@DIGEST]`)
+/// into `store`: its layers applied in memory, file contents as blobs.
+pub fn import_into(image: &str, store: &Store, opts: &ImageUnpackOptions) -> Result<Imported, RunError> {
+    if image.starts_with("docker://") {
+        let r = Reference::parse(image).map_err(|e| RunError::Location(e.into()))?;
+        let iopts = ImportOptions { tag: None, ..opts.import.clone() };
+        remote::image::import_remote(&r, Some(store), &iopts, &opts.remote)
+    } else {
+        let (layout, tag) = oci::split_ref(image);
+        let iopts = ImportOptions { tag: tag.map(str::to_string), ..opts.import.clone() };
+        oci::import_image(Path::new(layout), Some(store), &iopts)
+    }
+    .map_err(|error| RunError::Import { src: image.into(), error })
+}
+
 /// `BUNDLE/config.json` from the image config, as `umoci unpack` writes it;
 /// the rootless variant when the rootfs was unpacked rootless.
-fn write_runtime_config(
+pub fn write_runtime_config(
     bundle: &Path,
     rootfs: &Path,
     image: &oci::Image,

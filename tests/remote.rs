@@ -911,3 +911,35 @@ fn an_unpack_failure_stops_the_pull_while_a_writer_waits() {
         .collect();
     assert!(late.is_empty(), "blobs still fetched after the unpack failed: {late:?}");
 }
+
+// ---------------------------------------------------------------- unpack --mount
+
+/// `unpack docker://... DEST --store S --mount`: every blob pulled into
+/// the store, then DEST a read-only mount of the manifest (root only).
+#[test]
+fn unpack_mount_from_a_registry() {
+    if !common::is_root() {
+        eprintln!("SKIP: mounting needs root");
+        return;
+    }
+    let f = fixture();
+    let s = plain_registry(&f, |_| None);
+    let dest = f.dir.path().join("dest");
+    let store = f.dir.path().join("cache");
+    let src = format!("docker://127.0.0.1:{}/ocix/x:v1", s.port);
+    let args = ["unpack", &src, dest.to_str().unwrap(), "--store", store.to_str().unwrap(), "--mount"];
+    let (rc, err) = ocix(f.dir.path(), &args, &[]);
+    let mounted = rc == 0;
+    let clean = mounted && diff_clean(f.dir.path(), &dest, &f.dir.path().join("m.ocix"));
+    let read_only = mounted && std::fs::write(dest.join("new"), b"x").is_err();
+    if mounted {
+        ocix::mount::umount(&dest).unwrap();
+    }
+    assert_eq!(rc, 0, "{err}");
+    assert!(clean && read_only);
+    // --mount needs a store to read from
+    let args = ["unpack", &src, dest.to_str().unwrap(), "--mount"];
+    let (rc, err) = ocix(f.dir.path(), &args, &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("--mount needs --store"), "{err}");
+}

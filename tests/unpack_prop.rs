@@ -178,3 +178,37 @@ proptest! {
         prop_assert_eq!(&scan(&out, None), &before);
     }
 }
+
+// ---- ocix mount: the same random trees, mounted instead of unpacked ----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// scan -> mount (EROFS image + overlay over the store) -> scan gives
+    /// the same manifest bytes; the mount is gone afterwards.
+    #[test]
+    fn random_trees_mount_as_scanned(seed in 1u64..u64::MAX) {
+        prop_assume!(common::is_root());
+        let t = tempfile::tempdir().unwrap();
+        let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let mut g = Gen { r: Rng(seed | 1), files: Vec::new(), all: Vec::new() };
+        g.dir(&src, 0);
+        g.metadata(&src);
+        let store = Store::create(&t.path().join("store")).unwrap();
+        let before = scan(&src, Some(&store));
+        let m = ocix::manifest::Manifest::from_bytes(&before).unwrap();
+        let digest = ocix::manifest::Digest::of(&before);
+        match ocix::mount::mount(&m, &digest, &store, &mnt, &Default::default()) {
+            // a character device 0:0 (an overlay whiteout) is refused
+            Err(ocix::mount::MountError::Image(e)) if e.to_string().contains("whiteout") => return Ok(()),
+            r => { r.unwrap(); }
+        }
+        let scanned = std::panic::catch_unwind(|| scan(&mnt, None));
+        ocix::mount::umount(&mnt).unwrap();
+        prop_assert_eq!(&scanned.unwrap(), &before);
+        let fsck = std::process::Command::new("fsck.erofs").arg(ocix::mount::image_path(&store, &digest)).output().unwrap();
+        prop_assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stderr));
+    }
+}

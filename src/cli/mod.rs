@@ -6,6 +6,7 @@ mod diff;
 mod digest;
 mod export;
 mod import;
+mod mount;
 mod progress;
 mod pull;
 mod push;
@@ -64,6 +65,11 @@ pub enum Command {
     Export(export::Args),
     /// Add a bundle's changes since `unpack --image` to its image as a layer.
     Repack(repack::Args),
+    /// Mount a manifest read-only (or writable with --upper) with no file
+    /// data copied: an EROFS metadata image over the blob store.
+    Mount(mount::Args),
+    /// Unmount a tree `ocix mount` made.
+    Umount(mount::UmountArgs),
 }
 
 /// How a directory tree is read, shared by `scan` and `diff`.
@@ -148,6 +154,8 @@ pub fn main() -> ExitCode {
         Command::Push(a) => push::run(a, g),
         Command::Export(a) => export::run(a, g),
         Command::Repack(a) => repack::run(a, g),
+        Command::Mount(a) => mount::run(a, g),
+        Command::Umount(a) => mount::run_umount(a, g),
     };
     match res {
         Ok(code) => code,

@@ -94,6 +94,15 @@ pub struct Args {
     /// from layers.
     #[arg(long)]
     pub allow_overlay_xattrs: bool,
+    /// Mount the tree instead of writing it (`ocix mount`; no file data is
+    /// copied; needs root). With --image: BUNDLE/rootfs is an overlay of
+    /// the manifest's EROFS metadata image over the blob store, writable
+    /// into BUNDLE/upper; the blobs stay in --store (default BUNDLE/store);
+    /// `ocix umount BUNDLE/rootfs` before removing the bundle. With a
+    /// docker:// MANIFEST: every blob is pulled into --store (required),
+    /// then DEST (created if absent) is a read-only mount.
+    #[arg(long, conflicts_with_all = ["rootless", "link", "update", "prefetch"])]
+    pub mount: bool,
     /// Writer threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -128,7 +137,13 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     }
     let [manifest, dest] = a.paths.as_slice() else { bail!("give MANIFEST and DEST (or --image LAYOUT[:TAG] BUNDLE)") };
     if let Some(src) = manifest.to_str().filter(|s| s.starts_with("docker://")) {
+        if a.mount {
+            return mount_remote(src, dest, &a, g);
+        }
         return unpack_remote(src, dest, &a, &opts, g);
+    }
+    if a.mount {
+        bail!("--mount is for --image or a docker:// MANIFEST; mount a manifest file with `ocix mount`");
     }
     if a.output.is_some() || a.prefetch.is_some() {
         bail!("-o and --prefetch are for a docker:// MANIFEST");
@@ -228,6 +243,44 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
     Ok(ExitCode::SUCCESS)
 }
 
+/// `docker://... DEST --mount`: every blob pulled into --store (an ocix
+/// manifest), or the image imported into it (an ordinary image), then DEST
+/// mounted read-only.
+fn mount_remote(src: &str, dest: &Path, a: &Args, g: Global) -> anyhow::Result<ExitCode> {
+    use crate::remote::{PullOptions, Remote, RemoteError, pull};
+    let Some(store_path) = &a.store else { bail!("--mount needs --store: the mount reads its blobs from there") };
+    let store = Store::create(store_path)?;
+    let remote = Remote::parse(src)?;
+    let popts =
+        PullOptions { remote: a.net.options(), jobs: a.net.jobs, progress: g.progress(), ..PullOptions::default() };
+    let (m, bytes) = match pull(&remote, &store, &popts) {
+        Ok(r) => {
+            super::pull::report(&r, g);
+            (r.manifest, r.manifest_bytes)
+        }
+        Err(RemoteError::NotOcix { .. }) => {
+            let r = crate::remote::Reference::parse(src)?;
+            let iopts = crate::oci::ImportOptions { keep_dirlinks: a.keep_dirlinks, ..Default::default() };
+            let imported = crate::remote::image::import_remote(&r, Some(&store), &iopts, &a.net.options())
+                .map_err(|e| anyhow::anyhow!("importing {src}: {e}"))?;
+            super::import::report_dropped(&imported, src, g);
+            let bytes = imported.manifest.to_bytes()?;
+            (imported.manifest, bytes)
+        }
+        Err(e) => return Err(anyhow::anyhow!("pulling {src}: {e}")),
+    };
+    if let Some(o) = &a.output {
+        super::write_output(Some(o), &bytes)?;
+    }
+    if !dest.exists() {
+        std::fs::create_dir(dest).with_context(|| format!("{}: cannot create", dest.display()))?;
+    }
+    let digest = crate::manifest::Digest::of(&bytes);
+    crate::mount::mount(&m, &digest, &store, dest, &Default::default())
+        .with_context(|| format!("mounting {src} at {}", dest.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `--image LAYOUT[:TAG] BUNDLE` (see [`pipeline::image_bundle`]).
 fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: Global) -> anyhow::Result<ExitCode> {
     if a.update {
@@ -245,8 +298,44 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         unpack: opts.clone(),
         store: a.store.clone(),
     };
+    if a.mount {
+        return mount_image(image, bundle, &run, g);
+    }
     let done = pipeline::image_bundle(image, bundle, &run).map_err(|e| run_failed(e, true))?;
     super::import::report_dropped(&done.imported, image, g);
     report(&done.unpack, g);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--image IMAGE BUNDLE --mount`: the image imported into the store
+/// (`--store`, or `BUNDLE/store`), `BUNDLE/rootfs` a writable mount of its
+/// tree with the changes in `BUNDLE/upper`, and the bundle's records.
+fn mount_image(image: &str, bundle: &Path, run: &ImageUnpackOptions, g: Global) -> anyhow::Result<ExitCode> {
+    let existed = crate::materialize::check_dest(bundle, false).map_err(|e| unpack_failed(bundle, &e))?;
+    if !existed {
+        std::fs::create_dir(bundle).with_context(|| format!("{}: cannot create bundle", bundle.display()))?;
+    }
+    let store_path = run.store.clone().unwrap_or_else(|| bundle.join("store"));
+    let mut mounted = None;
+    let result = (|| -> anyhow::Result<()> {
+        let store = Store::create(&store_path)?;
+        let imported = pipeline::import_into(image, &store, run).map_err(|e| run_failed(e, true))?;
+        super::import::report_dropped(&imported, image, g);
+        let bytes = imported.manifest.to_bytes()?;
+        super::write_output(Some(&bundle.join("ocix.cbor")), &bytes)?;
+        let rootfs = super::mount::mount_bundle_rootfs(&bytes, &imported.manifest, &store, bundle)?;
+        mounted = Some(rootfs.clone());
+        pipeline::write_runtime_config(bundle, &rootfs, &imported.image, &run.unpack, false)?;
+        Ok(())
+    })();
+    if let (Err(_), Some(rootfs)) = (&result, &mounted) {
+        // never remove a bundle through its mounted rootfs
+        crate::mount::umount(rootfs).with_context(|| format!("{}: left mounted", rootfs.display()))?;
+    }
+    if result.is_err() && !existed {
+        // nothing half-made is left behind under a name this run created
+        let _ = std::fs::remove_dir_all(bundle);
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }

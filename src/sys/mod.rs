@@ -9,8 +9,9 @@
 //! be redirected by a symlink inside the tree.
 //!
 //! `read` holds the calls the read-only side (scan) uses; `write` the calls
-//! the materializing side uses.
+//! the materializing side uses; `mount` the mount calls of `ocix mount`.
 
+pub mod mount;
 pub mod read;
 pub mod write;
 
