@@ -190,6 +190,10 @@ fn every_kind_of_change_is_carried_rootless() {
 fn a_second_repack_adds_only_the_next_change_and_nothing_is_empty() {
     let f = fixture(false);
     write(&f.j("a/hello"), b"changed!\n");
+    // the filesystem clock is coarse (a few ms): let it pass the last
+    // change, so that every file of the tree is strictly older than the
+    // time repack "one" records, whatever the speed of the build
+    clock_past(&f.dir, &f.j("a/hello"));
     f.repack("one", &[]);
     check_repacked(&f, "one", false);
     let one = f.last_layer("one");
@@ -290,6 +294,10 @@ fn bad_bundles_and_tags_are_refused() {
 fn unchanged_files_are_not_read_again() {
     let f = fixture(false);
     write(&f.j("a/hello"), b"changed!\n");
+    // the filesystem clock is coarse (a few ms): let it pass the last
+    // change, so that every file of the tree is strictly older than the
+    // time repack "one" records, whatever the speed of the build
+    clock_past(&f.dir, &f.j("a/hello"));
     f.repack("one", &[]);
     write(&f.j("names/with space"), b"second\n");
     let o = ocix().arg("-v").arg("repack").arg("--image").arg(f.image("two")).arg(&f.bundle).output().unwrap();
@@ -404,4 +412,26 @@ fn hostile_bundle_records_are_refused_with_the_file_named() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("ocix.cbor: invalid OCIX manifest"), "{e}");
     assert!(ocix::oci::open_image(&f.layout, Some("x"), None).is_err());
+}
+
+/// Waits until a file changed now gets a later ctime than `after` has:
+/// the filesystem's clock (the one ctime and repack's records use) has
+/// moved past it.
+fn clock_past(dir: &Path, after: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ctime = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    let t0 = ctime(after);
+    let probe = dir.join("clock-probe");
+    for _ in 0..10_000 {
+        std::fs::write(&probe, b"x").unwrap();
+        if ctime(&probe) > t0 {
+            std::fs::remove_file(&probe).unwrap();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("the filesystem clock did not move past {}", after.display());
 }
