@@ -233,7 +233,10 @@ fn shown(p: &Path) -> String {
 
 /// A library error with the command-line flag (or command) that helps
 /// appended to its message: the library describes the problem, only the
-/// command line knows its flags. The error itself stays the source.
+/// command line knows its flags. The error is kept as it is (a caller may
+/// downcast to `Hinted<E>`); its message already holds its causes' (the
+/// library's errors name their causes in their messages), so no cause is
+/// printed after it again.
 #[derive(Debug)]
 struct Hinted<E> {
     error: E,
@@ -246,17 +249,12 @@ impl<E: std::fmt::Display> std::fmt::Display for Hinted<E> {
     }
 }
 
-impl<E: std::error::Error> std::error::Error for Hinted<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
-    }
-}
+impl<E: std::error::Error> std::error::Error for Hinted<E> {}
 
 /// `error` as an [`anyhow::Error`], with `hint` (empty for none) after its
 /// message.
 fn hinted<E: std::error::Error + Send + Sync + 'static>(error: E, hint: impl Into<String>) -> anyhow::Error {
-    let hint = hint.into();
-    if hint.is_empty() { anyhow::Error::new(error) } else { anyhow::Error::new(Hinted { error, hint }) }
+    anyhow::Error::new(Hinted { error, hint: hint.into() })
 }
 
 /// The flag that helps with an import's error (empty where there is none).
