@@ -110,7 +110,7 @@ pub enum RunError {
         /// The mount point.
         dest: PathBuf,
         /// Why.
-        error: MountError,
+        error: Box<MountError>,
     },
     /// A run that failed after mounting could not unmount again.
     #[error("{}: left mounted: {error}", rootfs.display())]
@@ -118,7 +118,7 @@ pub enum RunError {
         /// The mount point.
         rootfs: PathBuf,
         /// Why the unmount failed.
-        error: MountError,
+        error: Box<MountError>,
     },
     /// The run failed after writing into a destination that existed before
     /// it: what is there is neither the old tree nor the new one. An
@@ -427,7 +427,7 @@ pub fn pull_mount(src: &str, dest: &Path, opts: &PullMountOptions) -> Result<Mou
             .map_err(|e| RunError::Io { path: dest.into(), what: format!("cannot create: {e}") })?;
     }
     let report = mount::mount(m, &crate::manifest::Digest::of(&manifest), &store, dest, &MountOptions::default())
-        .map_err(|error| RunError::Mount { src: src.into(), dest: dest.into(), error })?;
+        .map_err(|error| RunError::Mount { src: src.into(), dest: dest.into(), error: Box::new(error) })?;
     Ok(Mounted { brought, manifest, mount: report })
 }
 
@@ -472,14 +472,15 @@ pub fn image_mount_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions)
         let mopts = MountOptions { upper: Some(upper), work: Some(work), verify: false };
         let digest = crate::manifest::Digest::of(&bytes);
         let report = mount::mount(&imported.manifest, &digest, &store, &rootfs, &mopts)
-            .map_err(|error| RunError::Mount { src: image.into(), dest: rootfs.clone(), error })?;
+            .map_err(|error| RunError::Mount { src: image.into(), dest: rootfs.clone(), error: Box::new(error) })?;
         mounted = true;
         write_runtime_config(bundle, &rootfs, &imported.image, &opts.unpack, false)?;
         Ok(MountedBundle { imported, rootfs: rootfs.clone(), mount: report })
     })();
     if result.is_err() && mounted {
         // never remove a bundle through its mounted rootfs
-        mount::umount(&rootfs).map_err(|error| RunError::LeftMounted { rootfs: rootfs.clone(), error })?;
+        mount::umount(&rootfs)
+            .map_err(|error| RunError::LeftMounted { rootfs: rootfs.clone(), error: Box::new(error) })?;
     }
     if result.is_err() && !existed {
         // nothing half-made is left behind under a name this run created

@@ -201,10 +201,10 @@ fn run_failed(e: RunError, bundle: bool) -> anyhow::Error {
             super::hinted(error, h).context(format!("importing {src}"))
         }
         RunError::Mount { src, dest, error } => {
-            super::mount_failed(error).context(format!("mounting {src} at {}", dest.display()))
+            super::mount_failed(*error).context(format!("mounting {src} at {}", dest.display()))
         }
         RunError::LeftMounted { rootfs, error } => {
-            super::mount_failed(error).context(format!("{}: left mounted", rootfs.display()))
+            super::mount_failed(*error).context(format!("{}: left mounted", rootfs.display()))
         }
         e => anyhow::Error::new(e),
     }
