@@ -22,7 +22,8 @@
 //! - [`bundle`]: rootfs + image config -> OCI runtime bundle config.json.
 //! - [`render`]: manifest -> text, JSON, BSD mtree spec.
 //! - [`pipeline`]: whole runs joining a source to a sink (pull while
-//!   unpacking, image to rootfs or bundle), downstream of both.
+//!   unpacking, image to rootfs or bundle, either mounted), downstream of
+//!   both.
 //! - [`progress`]: how long work reports its progress; the library never
 //!   draws it.
 //! - [`sys`]: the thin layer over filesystem syscalls, with errors that name

@@ -20,6 +20,10 @@
 //!   store, then its tree unpacked.
 //! - [`image_bundle`]: the same into `BUNDLE/rootfs`, with `BUNDLE/ocix.cbor`
 //!   and the runtime `BUNDLE/config.json`, as `umoci unpack` makes.
+//! - [`pull_mount`]: `docker://` ocix manifest (or ordinary image) pulled
+//!   into a store, then mounted read-only (see [`crate::mount`]).
+//! - [`image_mount_bundle`]: an image imported into a store, then a bundle
+//!   whose rootfs is a writable mount of its tree.
 //!
 //! Every run first checks its destination as the unpack will (see
 //! [`check_dest`]): a destination the unpack would refuse costs no
@@ -29,6 +33,7 @@ use crate::bundle::{self, BundleError};
 use crate::export::repack::{IMAGE_RECORD, ImageRecord};
 use crate::manifest::DecodeError;
 use crate::materialize::{self, IdMap, UnpackError, UnpackOptions, UnpackReport, check_dest};
+use crate::mount::{self, MountError, MountOptions, MountReport};
 use crate::oci::{self, ImportError, ImportOptions, Imported};
 use crate::progress::Progress;
 use crate::remote::{self, PullOptions, PullReport, Reference, Remote, RemoteError, RemoteOptions};
@@ -97,6 +102,24 @@ pub enum RunError {
     /// The runtime bundle's config could not be made.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The tree could not be mounted.
+    #[error("mounting {src} at {}: {error}", dest.display())]
+    Mount {
+        /// The source, as given.
+        src: String,
+        /// The mount point.
+        dest: PathBuf,
+        /// Why.
+        error: Box<MountError>,
+    },
+    /// A run that failed after mounting could not unmount again.
+    #[error("{}: left mounted: {error}", rootfs.display())]
+    LeftMounted {
+        /// The mount point.
+        rootfs: PathBuf,
+        /// Why the unmount failed.
+        error: Box<MountError>,
+    },
     /// The run failed after writing into a destination that existed before
     /// it: what is there is neither the old tree nor the new one. An
     /// unpack with `update` completes it.
@@ -348,6 +371,122 @@ pub fn write_runtime_config(
         ..Default::default()
     };
     bundle::write_bundle_config(bundle, &bundle::runtime_config(&config, rootfs, &bopts)?)
+}
+
+/// How [`pull_mount`] runs.
+#[derive(Clone, Debug, Default)]
+pub struct PullMountOptions {
+    /// The pull.
+    pub pull: PullOptions,
+    /// The store every blob is pulled into (created if absent); the mount
+    /// reads its files from there, so it must outlive the mount.
+    pub store: PathBuf,
+    /// For a source that names an ordinary image rather than an ocix
+    /// manifest: how its layers are imported (`tag` is ignored).
+    pub import: ImportOptions,
+}
+
+/// A finished mount run.
+#[derive(Debug)]
+pub struct Mounted {
+    /// What the source brought.
+    pub brought: Brought,
+    /// The manifest mounted, encoded.
+    pub manifest: Vec<u8>,
+    /// What the mount did.
+    pub mount: MountReport,
+}
+
+/// Pulls `src` (`docker://...`) into `opts.store`, every blob, then mounts
+/// its tree read-only at `dest` (created if absent). A tag that names an
+/// ordinary image is imported into the store instead.
+pub fn pull_mount(src: &str, dest: &Path, opts: &PullMountOptions) -> Result<Mounted, RunError> {
+    let store = Store::create(&opts.store)?;
+    let remote = Remote::parse(src).map_err(|e| RunError::Location(e.into()))?;
+    let (brought, manifest) = match remote::pull(&remote, &store, &opts.pull) {
+        Ok(r) => {
+            let bytes = r.manifest_bytes.clone();
+            (Brought::Pulled(Box::new(r)), bytes)
+        }
+        Err(RemoteError::NotOcix { .. }) => {
+            let reference = Reference::parse(src).map_err(|e| RunError::Location(e.into()))?;
+            let iopts = ImportOptions { tag: None, ..opts.import.clone() };
+            let imported = remote::image::import_remote(&reference, Some(&store), &iopts, &opts.pull.remote)
+                .map_err(|error| RunError::Import { src: src.into(), error })?;
+            let bytes = imported.manifest.to_bytes().map_err(RunError::Manifest)?;
+            (Brought::Imported(Box::new(imported)), bytes)
+        }
+        Err(error) => return Err(RunError::Pull { src: src.into(), error }),
+    };
+    let m = match &brought {
+        Brought::Pulled(r) => &r.manifest,
+        Brought::Imported(i) => &i.manifest,
+    };
+    if !dest.exists() {
+        std::fs::create_dir(dest)
+            .map_err(|e| RunError::Io { path: dest.into(), what: format!("cannot create: {e}") })?;
+    }
+    let report = mount::mount(m, &crate::manifest::Digest::of(&manifest), &store, dest, &MountOptions::default())
+        .map_err(|error| RunError::Mount { src: src.into(), dest: dest.into(), error: Box::new(error) })?;
+    Ok(Mounted { brought, manifest, mount: report })
+}
+
+/// An image mounted as a runtime bundle's rootfs.
+#[derive(Debug)]
+pub struct MountedBundle {
+    /// The image, imported.
+    pub imported: Imported,
+    /// The mount point, `BUNDLE/rootfs`.
+    pub rootfs: PathBuf,
+    /// What the mount did.
+    pub mount: MountReport,
+}
+
+/// [`image_bundle`] with a mount for a rootfs: `image` imported into the
+/// store (`opts.store`, or `BUNDLE/store`), its manifest kept as
+/// `BUNDLE/ocix.cbor`, `BUNDLE/rootfs` a writable mount of its tree with
+/// the changes in `BUNDLE/upper` (work directory `BUNDLE/work`), and
+/// `BUNDLE/config.json` from the image config. `bundle` must be absent or
+/// an empty directory; on failure the rootfs is unmounted and a bundle this
+/// run created removed.
+pub fn image_mount_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Result<MountedBundle, RunError> {
+    let existed = check_dest(bundle, false).map_err(RunError::Dest)?;
+    let io =
+        |path: &Path, what: &str, e: std::io::Error| RunError::Io { path: path.into(), what: format!("{what}: {e}") };
+    if !existed {
+        std::fs::create_dir(bundle).map_err(|e| io(bundle, "cannot create bundle", e))?;
+    }
+    let store_path = opts.store.clone().unwrap_or_else(|| bundle.join("store"));
+    let rootfs = bundle.join("rootfs");
+    let mut mounted = false;
+    let result = (|| {
+        let store = Store::create(&store_path)?;
+        let imported = import_into(image, &store, opts)?;
+        let bytes = imported.manifest.to_bytes().map_err(RunError::Manifest)?;
+        let cbor = bundle.join("ocix.cbor");
+        std::fs::write(&cbor, &bytes).map_err(|e| io(&cbor, "cannot write", e))?;
+        let (upper, work) = (bundle.join("upper"), bundle.join("work"));
+        for d in [&rootfs, &upper, &work] {
+            std::fs::create_dir(d).map_err(|e| io(d, "cannot create", e))?;
+        }
+        let mopts = MountOptions { upper: Some(upper), work: Some(work), verify: false };
+        let digest = crate::manifest::Digest::of(&bytes);
+        let report = mount::mount(&imported.manifest, &digest, &store, &rootfs, &mopts)
+            .map_err(|error| RunError::Mount { src: image.into(), dest: rootfs.clone(), error: Box::new(error) })?;
+        mounted = true;
+        write_runtime_config(bundle, &rootfs, &imported.image, &opts.unpack, false)?;
+        Ok(MountedBundle { imported, rootfs: rootfs.clone(), mount: report })
+    })();
+    if result.is_err() && mounted {
+        // never remove a bundle through its mounted rootfs
+        mount::umount(&rootfs)
+            .map_err(|error| RunError::LeftMounted { rootfs: rootfs.clone(), error: Box::new(error) })?;
+    }
+    if result.is_err() && !existed {
+        // nothing half-made is left behind under a name this run created
+        let _ = std::fs::remove_dir_all(bundle);
+    }
+    result
 }
 
 /// After a failed run: a `dest` this run created is removed (nothing

@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::gzip;
 use common::net::digest_of as sha;
 use common::registry::State;
+use common::{gzip, tar_of};
 use ocix::manifest::Manifest;
 use ocix::oci::{ImportError, ImportOptions, Platform};
 use ocix::remote::image::import_remote;
@@ -22,20 +22,6 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-/// A tar with these regular files.
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
 
 /// What the registry serves (as repository `r`).
 #[derive(Default)]

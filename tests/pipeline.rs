@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::net::{Reply, Server, artifact_json, hex_of, ok, serve};
+use common::net::{Req, Server, hex_of, ok};
 use common::progress::Tally;
+use common::registry::{State, registry_with};
 use ocix::manifest::Manifest;
 use ocix::materialize::UnpackError;
 use ocix::pipeline::{
@@ -16,8 +17,8 @@ use ocix::remote::{PullOptions, RemoteOptions};
 use ocix::scan::{ScanOptions, scan_dir};
 use ocix::store::Store;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 /// A tree scanned into a store: its manifest (encoded) and its blobs.
 struct Source {
@@ -49,37 +50,26 @@ impl Source {
 /// An anonymous registry serving `src` as the ocix artifact `ocix/x:v1`;
 /// the blob `bad` (hex), when given, is served with one byte changed.
 fn registry(src: &Source, bad: Option<String>) -> Server {
-    let (manifest, store) = (src.manifest.clone(), src.store.clone());
-    let m = Manifest::from_bytes(&manifest).unwrap();
+    let m = Manifest::from_bytes(&src.manifest).unwrap();
     let layers = ocix::remote::file_blobs(&m)
         .into_iter()
         .map(|(d, size)| serde_json::json!({"mediaType": "application/vnd.ocix.file.v1", "digest": d.to_string(), "size": size}))
         .collect();
-    let art = artifact_json(&manifest, layers, serde_json::Value::Null);
-    serve(move |req| {
-        if req.path == "/v2/" {
-            return ok(b"{}".to_vec());
+    let mut state = State::default();
+    state.add_store(&src.store);
+    state.add_artifact("v1", &src.manifest, layers, serde_json::Value::Null);
+    let state = Arc::new(Mutex::new(state));
+    let st = state.clone();
+    let flip = move |req: &Req| {
+        let bad = format!("sha256:{}", bad.as_deref()?);
+        if req.method != "GET" || !req.path.ends_with(&format!("/blobs/{bad}")) {
+            return None;
         }
-        if req.path == "/v2/ocix/x/manifests/v1" {
-            let headers = vec![
-                ("Content-Type".into(), "application/vnd.oci.image.manifest.v1+json".into()),
-                ("Docker-Content-Digest".into(), format!("sha256:{}", hex_of(&art))),
-            ];
-            return Reply::Full(200, headers, art.clone());
-        }
-        if let Some(hex) = req.path.strip_prefix("/v2/ocix/x/blobs/sha256:") {
-            if hex == hex_of(&manifest) {
-                return ok(manifest.clone());
-            }
-            if let Ok(mut b) = std::fs::read(store.join("blobs/sha256").join(hex)) {
-                if bad.as_deref() == Some(hex) {
-                    b[0] ^= 1;
-                }
-                return ok(b);
-            }
-        }
-        Reply::Full(404, vec![], vec![])
-    })
+        let mut b = st.lock().unwrap().blobs.get(&bad)?.clone();
+        b[0] ^= 1;
+        Some(ok(b))
+    };
+    registry_with(state, Box::new(flip), None).server
 }
 
 fn pull_opts(store: Option<PathBuf>) -> PullUnpackOptions {
@@ -197,16 +187,7 @@ fn layout(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
     let l = dir.join("layout");
     std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
     std::fs::write(l.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut t = tar::Builder::new(Vec::new());
-    for (p, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        t.append_data(&mut h, p, *data).unwrap();
-    }
-    let layer = t.into_inner().unwrap();
+    let layer = common::tar_of(files);
     let put = |d: &[u8], mt: &str| {
         std::fs::write(l.join("blobs/sha256").join(hex_of(d)), d).unwrap();
         serde_json::json!({"mediaType": mt, "digest": format!("sha256:{}", hex_of(d)), "size": d.len()})

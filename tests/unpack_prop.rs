@@ -154,6 +154,19 @@ fn scan(dir: &Path, store: Option<&Store>) -> Vec<u8> {
     scan_dir(dir, store, &ScanOptions::default()).unwrap().manifest.to_bytes().unwrap()
 }
 
+/// A random tree made from `seed` in `dir/src`, scanned into the new store
+/// `dir/store`: the store and the manifest's bytes.
+fn random_tree(dir: &Path, seed: u64) -> (Store, Vec<u8>) {
+    let src = dir.join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut g = Gen { r: Rng(seed | 1), files: Vec::new(), all: Vec::new() };
+    g.dir(&src, 0);
+    g.metadata(&src);
+    let store = Store::create(&dir.join("store")).unwrap();
+    let before = scan(&src, Some(&store));
+    (store, before)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -161,13 +174,8 @@ proptest! {
     fn random_trees_round_trip(seed in 1u64..u64::MAX) {
         prop_assume!(common::is_root());
         let t = tempfile::tempdir().unwrap();
-        let (src, out) = (t.path().join("src"), t.path().join("out"));
-        std::fs::create_dir(&src).unwrap();
-        let mut g = Gen { r: Rng(seed | 1), files: Vec::new(), all: Vec::new() };
-        g.dir(&src, 0);
-        g.metadata(&src);
-        let store = Store::create(&t.path().join("store")).unwrap();
-        let before = scan(&src, Some(&store));
+        let out = t.path().join("out");
+        let (store, before) = random_tree(t.path(), seed);
         let m = ocix::manifest::Manifest::from_bytes(&before).unwrap();
         let threads = 1 + (seed % 3) as usize;
         unpack(&m, &store, &out, &UnpackOptions { threads, ..Default::default() }).unwrap();
@@ -190,14 +198,9 @@ proptest! {
     fn random_trees_mount_as_scanned(seed in 1u64..u64::MAX) {
         prop_assume!(common::is_root());
         let t = tempfile::tempdir().unwrap();
-        let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
-        std::fs::create_dir(&src).unwrap();
+        let mnt = t.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let mut g = Gen { r: Rng(seed | 1), files: Vec::new(), all: Vec::new() };
-        g.dir(&src, 0);
-        g.metadata(&src);
-        let store = Store::create(&t.path().join("store")).unwrap();
-        let before = scan(&src, Some(&store));
+        let (store, before) = random_tree(t.path(), seed);
         let m = ocix::manifest::Manifest::from_bytes(&before).unwrap();
         let digest = ocix::manifest::Digest::of(&before);
         match ocix::mount::mount(&m, &digest, &store, &mnt, &Default::default()) {

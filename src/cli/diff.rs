@@ -3,7 +3,6 @@
 use super::Global;
 use crate::diff::{DiffOptions, Excludes, Field, diff};
 use crate::manifest::Manifest;
-use crate::scan::scan_dir;
 use anyhow::{Context as _, bail};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -125,9 +124,6 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
 
 fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Manifest> {
     let opts = a.tree.scan_options(0, g);
-    let scan = scan_dir(dir, None, &opts).with_context(|| format!("scanning {}", dir.display()))?;
-    for w in &scan.warnings {
-        g.warn(w);
-    }
+    let scan = super::scan_tree(dir, None, &opts, g)?;
     Ok(scan.manifest)
 }

@@ -138,7 +138,12 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         config: a.config.options()?,
         from,
     };
-    let e = export(&m, &store, &layout, &tag, &opts).with_context(|| format!("exporting to {}", a.image))?;
+    let e = export(&m, &store, &layout, &tag, &opts)
+        .map_err(|e| {
+            let hint = super::export_hint(&e);
+            super::hinted(e, hint)
+        })
+        .with_context(|| format!("exporting to {}", a.image))?;
     g.info(&format!(
         "{}: {} entries, layer {} ({} bytes, diff_id {}), manifest {}",
         a.image, e.entries, e.layer.digest, e.layer.size, e.diff_id, e.manifest.digest

@@ -85,6 +85,10 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         };
         import_image(Path::new(layout), store.as_ref(), &opts)
     }
+    .map_err(|e| {
+        let hint = super::import_hint(&e);
+        super::hinted(e, hint)
+    })
     .with_context(|| format!("importing {}", a.image))?;
     report_dropped(&imp, &a.image, g);
     let bytes = imp.manifest.to_bytes()?;

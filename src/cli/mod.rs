@@ -230,3 +230,116 @@ fn write_stdout(data: &[u8]) -> anyhow::Result<()> {
 fn shown(p: &Path) -> String {
     if p == Path::new("-") { "standard input".to_string() } else { p.display().to_string() }
 }
+
+/// A library error with the command-line flag (or command) that helps
+/// appended to its message: the library describes the problem, only the
+/// command line knows its flags. The error is kept as it is (a caller may
+/// downcast to `Hinted<E>`); its message already holds its causes' (the
+/// library's errors name their causes in their messages), so no cause is
+/// printed after it again.
+#[derive(Debug)]
+struct Hinted<E> {
+    error: E,
+    hint: String,
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for Hinted<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.error, self.hint)
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for Hinted<E> {}
+
+/// `error` as an [`anyhow::Error`], with `hint` (empty for none) after its
+/// message.
+fn hinted<E: std::error::Error + Send + Sync + 'static>(error: E, hint: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Hinted { error, hint: hint.into() })
+}
+
+/// The flag that helps with an import's error (empty where there is none).
+fn import_hint(e: &crate::oci::ImportError) -> &'static str {
+    use crate::oci::{ImportError, SelectError};
+    match e {
+        ImportError::Select(SelectError::NoPlatform(_)) => " (use --platform OS/ARCH[/VARIANT])",
+        ImportError::Select(SelectError::Ambiguous { .. }) => "; give a tag or a more precise --platform",
+        _ => "",
+    }
+}
+
+/// The flag or command that helps with an export's or a repack's error
+/// (empty where there is none).
+fn export_hint(e: &crate::export::ExportError) -> &'static str {
+    use crate::export::{BundleProblem, ExportError};
+    match e {
+        ExportError::TagExists { .. } => " (use --force to replace it)",
+        ExportError::IdMapped(_) => " (--uid-map/--gid-map)",
+        ExportError::DockerZstd => ": use --compress gzip",
+        ExportError::Bundle { problem: BundleProblem::Missing, .. } => " (`ocix unpack --image` makes it)",
+        ExportError::Import(e) => import_hint(e),
+        ExportError::Scan(e) => scan_hint(e),
+        _ => "",
+    }
+}
+
+/// The flag that helps with a scan's error (empty where there is none).
+fn scan_hint(e: &crate::scan::ScanError) -> &'static str {
+    match e {
+        crate::scan::ScanError::Pattern(_) => " (--exclude)",
+        _ => "",
+    }
+}
+
+/// Scans `dir` (see [`crate::scan::scan_dir`]), its warnings printed with
+/// the flag that changes them.
+fn scan_tree(
+    dir: &Path,
+    store: Option<&crate::store::Store>,
+    opts: &crate::scan::ScanOptions,
+    g: Global,
+) -> anyhow::Result<crate::scan::Scan> {
+    use crate::scan::ScanWarning;
+    let scan = crate::scan::scan_dir(dir, store, opts)
+        .map_err(|e| {
+            let hint = scan_hint(&e);
+            hinted(e, hint)
+        })
+        .with_context(|| format!("scanning {}", dir.display()))?;
+    for w in &scan.warnings {
+        match w {
+            ScanWarning::MountPoint(_) => g.warn(&format!("{w} (use --cross-mounts)")),
+            _ => g.warn(&w.to_string()),
+        }
+    }
+    Ok(scan)
+}
+
+/// The flag or command that helps with a pull's error (empty where there
+/// is none).
+fn remote_hint(e: &crate::remote::RemoteError) -> &'static str {
+    use crate::remote::{ProtocolError, RemoteError};
+    match e {
+        RemoteError::Protocol { why: ProtocolError::NoManifestDigest, .. } => " (--manifest sha256:...)",
+        RemoteError::NotOcix { .. } => {
+            "; an ordinary image is read by `ocix import`, `ocix unpack docker://...` or `ocix unpack --image`"
+        }
+        _ => "",
+    }
+}
+
+/// The command that helps with a mount's error (empty where there is none).
+fn mount_hint(e: &crate::mount::MountError) -> &'static str {
+    use crate::mount::{MountError, erofs::ImageError};
+    match e {
+        MountError::Unsupported { .. } => "; `ocix unpack` materializes the tree without it",
+        MountError::Image(ImageError::Unrepresentable { .. }) => " (`ocix unpack` can)",
+        MountError::NotOurs { .. } => "; `ocix umount` refuses what is not a mount made by `ocix mount`",
+        _ => "",
+    }
+}
+
+/// A mount's error, with its hint, as an [`anyhow::Error`].
+fn mount_failed(e: crate::mount::MountError) -> anyhow::Error {
+    let hint = mount_hint(&e);
+    hinted(e, hint)
+}

@@ -54,6 +54,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let store = Store::open(&a.store)?;
     let opts = MountOptions { upper: a.upper.clone(), work: a.work.clone(), verify: a.verify };
     let r = mount(&m, &Digest::of(&bytes), &store, &a.target, &opts)
+        .map_err(super::mount_failed)
         .with_context(|| format!("mounting {} at {}", a.manifest.display(), a.target.display()))?;
     g.info(&format!(
         "{} mounted at {} ({}, image {} {}; {} blobs, {} hashed)",
@@ -70,25 +71,6 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
 
 /// Runs `ocix umount`.
 pub fn run_umount(a: UmountArgs, _g: Global) -> anyhow::Result<ExitCode> {
-    umount(&a.target)?;
+    umount(&a.target).map_err(super::mount_failed)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `unpack --image ... BUNDLE --mount`: mounts the manifest `bytes` at
-/// BUNDLE/rootfs, writable into BUNDLE/upper (work directory BUNDLE/work),
-/// with the blobs of `store`. Returns the rootfs path.
-pub(super) fn mount_bundle_rootfs(
-    bytes: &[u8],
-    m: &Manifest,
-    store: &Store,
-    bundle: &std::path::Path,
-) -> anyhow::Result<PathBuf> {
-    let rootfs = bundle.join("rootfs");
-    let (upper, work) = (bundle.join("upper"), bundle.join("work"));
-    for d in [&rootfs, &upper, &work] {
-        std::fs::create_dir(d).with_context(|| format!("{}: cannot create", d.display()))?;
-    }
-    let opts = MountOptions { upper: Some(upper), work: Some(work), verify: false };
-    mount(m, &Digest::of(bytes), store, &rootfs, &opts).with_context(|| format!("mounting {}", rootfs.display()))?;
-    Ok(rootfs)
 }

@@ -163,7 +163,12 @@ fn run_pull(
     g: Global,
 ) -> anyhow::Result<(Manifest, Vec<u8>)> {
     let store = Store::create(store)?;
-    let r = remote::pull(remote, &store, opts).with_context(|| format!("pulling {shown}"))?;
+    let r = remote::pull(remote, &store, opts)
+        .map_err(|e| {
+            let hint = super::remote_hint(&e);
+            super::hinted(e, hint)
+        })
+        .with_context(|| format!("pulling {shown}"))?;
     report(&r, g);
     Ok((r.manifest, r.manifest_bytes))
 }

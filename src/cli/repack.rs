@@ -54,6 +54,10 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         rehash: a.rehash,
     };
     let r = repack(&a.bundle, &layout, &tag, &opts)
+        .map_err(|e| {
+            let hint = super::export_hint(&e);
+            super::hinted(e, hint)
+        })
         .with_context(|| format!("repacking {} into {}", a.bundle.display(), a.image))?;
     g.info(&format!(
         "{}: {} entries written, {} removed, {} files read; layer {} ({} bytes)",

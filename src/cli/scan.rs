@@ -1,9 +1,7 @@
 //! `ocix scan DIR`: describe a tree as a manifest.
 
 use super::Global;
-use crate::scan::scan_dir;
 use crate::store::Store;
-use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -68,10 +66,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let opts = a.tree.scan_options(a.threads, g);
-    let scan = scan_dir(&a.dir, store.as_ref(), &opts).with_context(|| format!("scanning {}", a.dir.display()))?;
-    for w in &scan.warnings {
-        g.warn(w);
-    }
+    let scan = super::scan_tree(&a.dir, store.as_ref(), &opts, g)?;
     let bytes = scan.manifest.to_bytes()?;
     super::write_output(Some(&a.output), &bytes)?;
     g.info(&format!("{} files, {} bytes hashed, manifest {} bytes", scan.files, scan.bytes, bytes.len()));

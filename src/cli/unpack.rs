@@ -7,7 +7,7 @@
 use super::Global;
 use crate::materialize::{IdMap, UnpackError, UnpackOptions, unpack};
 use crate::oci::ImportOptions;
-use crate::pipeline::{self, Brought, ImageUnpackOptions, PullUnpackOptions, RunError};
+use crate::pipeline::{self, Brought, ImageUnpackOptions, PullMountOptions, PullUnpackOptions, RunError};
 use crate::remote::PullOptions;
 use crate::store::Store;
 use anyhow::{Context as _, bail};
@@ -154,15 +154,16 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let Some(store) = &a.store else { bail!("--store is required to unpack a manifest") };
     let m = super::read_manifest(manifest)?;
     let store = Store::open(store)?;
-    let r = unpack(&m, &store, dest, &opts).map_err(|e| unpack_failed(dest, &e))?;
+    let r = unpack(&m, &store, dest, &opts).map_err(|e| unpack_failed(dest, e))?;
     report(&r, g);
     Ok(ExitCode::SUCCESS)
 }
 
 /// An unpack's error, naming DEST, with the flag that helps where there is
 /// one.
-fn unpack_failed(dest: &Path, e: &UnpackError) -> anyhow::Error {
-    anyhow::anyhow!("unpacking into {}: {e}{}", dest.display(), hint(e, true))
+fn unpack_failed(dest: &Path, e: UnpackError) -> anyhow::Error {
+    let h = hint(&e, true);
+    super::hinted(e, h).context(format!("unpacking into {}", dest.display()))
 }
 
 /// The flag that allows what `e` refused, or does what it could not, as a
@@ -186,8 +187,25 @@ fn run_failed(e: RunError, bundle: bool) -> anyhow::Error {
     match e {
         RunError::Partly { dest, error } => run_failed(*error, bundle)
             .context(format!("{}: partly unpacked; rerun with --update to complete it", dest.display())),
-        RunError::Dest(e) => anyhow::anyhow!("{e}{}", hint(&e, !bundle)),
-        RunError::Unpack { dest, error } => unpack_failed(&dest, &error),
+        RunError::Dest(e) => {
+            let h = hint(&e, !bundle);
+            super::hinted(e, h)
+        }
+        RunError::Unpack { dest, error } => unpack_failed(&dest, error),
+        RunError::Pull { src, error } => {
+            let h = super::remote_hint(&error);
+            super::hinted(error, h).context(format!("pulling {src}"))
+        }
+        RunError::Import { src, error } => {
+            let h = super::import_hint(&error);
+            super::hinted(error, h).context(format!("importing {src}"))
+        }
+        RunError::Mount { src, dest, error } => {
+            super::mount_failed(*error).context(format!("mounting {src} at {}", dest.display()))
+        }
+        RunError::LeftMounted { rootfs, error } => {
+            super::mount_failed(*error).context(format!("{}: left mounted", rootfs.display()))
+        }
         e => anyhow::Error::new(e),
     }
 }
@@ -243,41 +261,27 @@ fn unpack_remote(src: &str, dest: &Path, a: &Args, opts: &UnpackOptions, g: Glob
     Ok(ExitCode::SUCCESS)
 }
 
-/// `docker://... DEST --mount`: every blob pulled into --store (an ocix
-/// manifest), or the image imported into it (an ordinary image), then DEST
-/// mounted read-only.
+/// `docker://... DEST --mount` (see [`pipeline::pull_mount`]).
 fn mount_remote(src: &str, dest: &Path, a: &Args, g: Global) -> anyhow::Result<ExitCode> {
-    use crate::remote::{PullOptions, Remote, RemoteError, pull};
-    let Some(store_path) = &a.store else { bail!("--mount needs --store: the mount reads its blobs from there") };
-    let store = Store::create(store_path)?;
-    let remote = Remote::parse(src)?;
-    let popts =
-        PullOptions { remote: a.net.options(), jobs: a.net.jobs, progress: g.progress(), ..PullOptions::default() };
-    let (m, bytes) = match pull(&remote, &store, &popts) {
-        Ok(r) => {
-            super::pull::report(&r, g);
-            (r.manifest, r.manifest_bytes)
-        }
-        Err(RemoteError::NotOcix { .. }) => {
-            let r = crate::remote::Reference::parse(src)?;
-            let iopts = crate::oci::ImportOptions { keep_dirlinks: a.keep_dirlinks, ..Default::default() };
-            let imported = crate::remote::image::import_remote(&r, Some(&store), &iopts, &a.net.options())
-                .map_err(|e| anyhow::anyhow!("importing {src}: {e}"))?;
-            super::import::report_dropped(&imported, src, g);
-            let bytes = imported.manifest.to_bytes()?;
-            (imported.manifest, bytes)
-        }
-        Err(e) => return Err(anyhow::anyhow!("pulling {src}: {e}")),
+    let Some(store) = &a.store else { bail!("--mount needs --store: the mount reads its blobs from there") };
+    let run = PullMountOptions {
+        pull: PullOptions {
+            remote: a.net.options(),
+            jobs: a.net.jobs,
+            progress: g.progress(),
+            ..PullOptions::default()
+        },
+        store: store.clone(),
+        import: ImportOptions { keep_dirlinks: a.keep_dirlinks, ..Default::default() },
     };
+    let done = pipeline::pull_mount(src, dest, &run).map_err(|e| run_failed(e, false))?;
+    match &done.brought {
+        Brought::Pulled(r) => super::pull::report(r, g),
+        Brought::Imported(imported) => super::import::report_dropped(imported, src, g),
+    }
     if let Some(o) = &a.output {
-        super::write_output(Some(o), &bytes)?;
+        super::write_output(Some(o), &done.manifest)?;
     }
-    if !dest.exists() {
-        std::fs::create_dir(dest).with_context(|| format!("{}: cannot create", dest.display()))?;
-    }
-    let digest = crate::manifest::Digest::of(&bytes);
-    crate::mount::mount(&m, &digest, &store, dest, &Default::default())
-        .with_context(|| format!("mounting {src} at {}", dest.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -307,35 +311,9 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--image IMAGE BUNDLE --mount`: the image imported into the store
-/// (`--store`, or `BUNDLE/store`), `BUNDLE/rootfs` a writable mount of its
-/// tree with the changes in `BUNDLE/upper`, and the bundle's records.
+/// `--image IMAGE BUNDLE --mount` (see [`pipeline::image_mount_bundle`]).
 fn mount_image(image: &str, bundle: &Path, run: &ImageUnpackOptions, g: Global) -> anyhow::Result<ExitCode> {
-    let existed = crate::materialize::check_dest(bundle, false).map_err(|e| unpack_failed(bundle, &e))?;
-    if !existed {
-        std::fs::create_dir(bundle).with_context(|| format!("{}: cannot create bundle", bundle.display()))?;
-    }
-    let store_path = run.store.clone().unwrap_or_else(|| bundle.join("store"));
-    let mut mounted = None;
-    let result = (|| -> anyhow::Result<()> {
-        let store = Store::create(&store_path)?;
-        let imported = pipeline::import_into(image, &store, run).map_err(|e| run_failed(e, true))?;
-        super::import::report_dropped(&imported, image, g);
-        let bytes = imported.manifest.to_bytes()?;
-        super::write_output(Some(&bundle.join("ocix.cbor")), &bytes)?;
-        let rootfs = super::mount::mount_bundle_rootfs(&bytes, &imported.manifest, &store, bundle)?;
-        mounted = Some(rootfs.clone());
-        pipeline::write_runtime_config(bundle, &rootfs, &imported.image, &run.unpack, false)?;
-        Ok(())
-    })();
-    if let (Err(_), Some(rootfs)) = (&result, &mounted) {
-        // never remove a bundle through its mounted rootfs
-        crate::mount::umount(rootfs).with_context(|| format!("{}: left mounted", rootfs.display()))?;
-    }
-    if result.is_err() && !existed {
-        // nothing half-made is left behind under a name this run created
-        let _ = std::fs::remove_dir_all(bundle);
-    }
-    result?;
+    let done = pipeline::image_mount_bundle(image, bundle, run).map_err(|e| run_failed(e, true))?;
+    super::import::report_dropped(&done.imported, image, g);
     Ok(ExitCode::SUCCESS)
 }

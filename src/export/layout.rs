@@ -6,7 +6,7 @@
 //! and every blob either names. Entries of the index other than the tag
 //! being written are kept as they were.
 
-use super::ExportError;
+use super::{ExportError, LayoutProblem};
 use crate::oci::layout::REF_NAME;
 use crate::oci::media;
 use crate::oci::{Descriptor, MAX_DOCUMENT};
@@ -27,7 +27,7 @@ pub struct LayoutWriter {
 }
 
 fn io_err(p: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
-    move |e| ExportError::Io { path: p.display().to_string(), err: e }
+    move |e| ExportError::Io { path: p.into(), err: e }
 }
 
 impl LayoutWriter {
@@ -36,33 +36,31 @@ impl LayoutWriter {
     /// `oci-layout`, an `oci-layout` of another version, and an
     /// `index.json` that is not an image index.
     pub fn open(root: &Path) -> Result<LayoutWriter, ExportError> {
-        let not = |msg: String| ExportError::Layout(format!("{}: {msg}", root.display()));
+        let not = |problem| ExportError::Layout { path: root.into(), problem };
         match std::fs::symlink_metadata(root) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(root).map_err(io_err(root))?;
             }
             Err(e) => return Err(io_err(root)(e)),
-            Ok(md) if !md.is_dir() => return Err(not("exists and is not a directory".into())),
+            Ok(md) if !md.is_dir() => return Err(not(LayoutProblem::NotADirectory)),
             Ok(_) => {}
         }
         let lp = root.join("oci-layout");
         match read_limited(&lp, 4096)? {
             Some(data) => {
                 let v: Value = serde_json::from_slice(&data)
-                    .map_err(|e| ExportError::Layout(format!("{}: invalid JSON: {e}", lp.display())))?;
+                    .map_err(|e| ExportError::Layout { path: lp.clone(), problem: LayoutProblem::Json(e) })?;
                 match v.get("imageLayoutVersion").and_then(Value::as_str) {
                     Some(s) if s.starts_with("1.") => {}
                     other => {
-                        return Err(ExportError::Layout(format!(
-                            "{}: imageLayoutVersion {other:?} is not 1.x",
-                            lp.display()
-                        )));
+                        let problem = LayoutProblem::Version(other.map(str::to_string));
+                        return Err(ExportError::Layout { path: lp, problem });
                     }
                 }
             }
             None => {
                 if std::fs::read_dir(root).map_err(io_err(root))?.next().is_some() {
-                    return Err(not("not an OCI image layout (no oci-layout file) and not empty".into()));
+                    return Err(not(LayoutProblem::NotEmpty));
                 }
                 write_atomic(&lp, OCI_LAYOUT)?;
             }
@@ -71,15 +69,15 @@ impl LayoutWriter {
         let index = match read_limited(&ip, MAX_DOCUMENT)? {
             Some(data) => {
                 let v: Value = serde_json::from_slice(&data)
-                    .map_err(|e| ExportError::Layout(format!("{}: invalid JSON: {e}", ip.display())))?;
+                    .map_err(|e| ExportError::Layout { path: ip.clone(), problem: LayoutProblem::Json(e) })?;
                 let Value::Object(m) = v else {
-                    return Err(ExportError::Layout(format!("{}: not a JSON object", ip.display())));
+                    return Err(ExportError::Layout { path: ip, problem: LayoutProblem::NotAnObject });
                 };
                 if !m.get("manifests").is_some_and(Value::is_array) {
-                    return Err(ExportError::Layout(format!("{}: no manifests array", ip.display())));
+                    return Err(ExportError::Layout { path: ip, problem: LayoutProblem::NoManifests });
                 }
                 if m.get("schemaVersion").and_then(Value::as_i64) != Some(2) {
-                    return Err(ExportError::Layout(format!("{}: schemaVersion is not 2", ip.display())));
+                    return Err(ExportError::Layout { path: ip, problem: LayoutProblem::SchemaVersion });
                 }
                 m
             }
@@ -115,7 +113,7 @@ impl LayoutWriter {
     /// Refuses a tag that exists unless `force`.
     pub fn check_tag(&self, tag: &str, force: bool) -> Result<(), ExportError> {
         if !force && self.has_tag(tag) {
-            return Err(ExportError::TagExists { layout: self.root.display().to_string(), tag: tag.to_string() });
+            return Err(ExportError::TagExists { layout: self.root.clone(), tag: tag.to_string() });
         }
         Ok(())
     }
@@ -157,7 +155,6 @@ pub(crate) fn read_limited(p: &Path, limit: u64) -> Result<Option<Vec<u8>>, Expo
     match crate::oci::layout::read_small(p, limit) {
         Ok(d) => Ok(Some(d)),
         Err(crate::oci::ImportError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(crate::oci::ImportError::Layout(e)) => Err(ExportError::Layout(e.to_string())),
         Err(e) => Err(e.into()),
     }
 }

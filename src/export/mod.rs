@@ -27,49 +27,151 @@ use layout::{LayoutWriter, descriptor_json};
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tar::{TarWriteError, TarWriter};
 
-/// Why an export or repack failed.
+/// Why an export or repack failed. Each names the file, directory or
+/// value at fault.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExportError {
-    /// A file could not be read or written.
-    #[error("{path}: {err}")]
+    /// A file of the layout or the bundle could not be read or written.
+    #[error("{}: {err}", .path.display())]
     Io {
-        /// The file.
-        path: String,
-        /// The error.
+        /// Its path.
+        path: PathBuf,
+        /// Why.
         err: io::Error,
     },
     /// The layout's blob store failed, or a blob is missing or corrupt.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The layout is not one, or is damaged.
-    #[error("{0}")]
-    Layout(String),
+    /// A file of the layout is not what an OCI image layout holds.
+    #[error("{}: {problem}", .path.display())]
+    Layout {
+        /// The layout's file (`oci-layout`, `index.json`).
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: LayoutProblem,
+    },
+    /// The layout to repack into is not one (it must hold the bundle's
+    /// image).
+    #[error("{}: not an OCI image layout (it must hold the image {image} that {} was unpacked from)", .layout.display(), .bundle.display())]
+    NotALayout {
+        /// The layout given.
+        layout: PathBuf,
+        /// The image the bundle was unpacked from.
+        image: Digest,
+        /// The bundle.
+        bundle: PathBuf,
+    },
+    /// The layout does not hold the image the bundle was unpacked from.
+    #[error("the image {image} that {} was unpacked from is not in {}", .bundle.display(), .layout.display())]
+    ImageMissing {
+        /// The layout given.
+        layout: PathBuf,
+        /// The image the bundle was unpacked from.
+        image: Digest,
+        /// The bundle.
+        bundle: PathBuf,
+    },
+    /// The base image's config or manifest lacks a part a new layer is
+    /// added to.
+    #[error("the image {0} has no {1}")]
+    BaseImage(&'static str, &'static str),
     /// The tag is taken.
-    #[error("{layout}: tag {tag:?} exists (use --force to replace it)")]
+    #[error("{}: tag {tag:?} exists", .layout.display())]
     TagExists {
         /// The layout.
-        layout: String,
+        layout: PathBuf,
         /// The tag.
         tag: String,
     },
+    /// A tag that the OCI layout's tag grammar refuses.
+    #[error("tag {0:?} is not valid: letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-'")]
+    BadTag(String),
+    /// An environment setting that is not `KEY=VALUE`.
+    #[error("environment entry {0:?} is not KEY=VALUE")]
+    BadEnv(String),
+    /// A layer of a Docker image compressed with zstd, which Docker images
+    /// cannot hold.
+    #[error("the image is a Docker image, whose layers cannot be zstd")]
+    DockerZstd,
     /// An entry cannot be written as tar, or its content is wrong.
     #[error(transparent)]
     Tar(#[from] TarWriteError),
     /// Reading an image (the base of a repack, `--from`) failed.
     #[error(transparent)]
     Import(#[from] crate::oci::ImportError),
-    /// A bundle is not one ocix can repack.
-    #[error("{0}")]
-    Bundle(String),
+    /// A record of the bundle is missing or damaged.
+    #[error("{}: {problem}", .path.display())]
+    Bundle {
+        /// The record (`ocix-image.json`, `ocix.cbor`).
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: BundleProblem,
+    },
+    /// The bundle's owners were shifted by id maps when it was unpacked;
+    /// repacking them is not supported.
+    #[error("{}: unpacked with id maps; repacking shifted owners is not supported", .0.display())]
+    IdMapped(PathBuf),
+    /// The bundle's rootfs could not be opened.
+    #[error(transparent)]
+    Sys(#[from] crate::sys::SysError),
     /// Scanning the bundle's rootfs failed.
     #[error(transparent)]
     Scan(#[from] crate::scan::ScanError),
-    /// The resulting manifest could not be encoded.
+    /// A file of the manifest has no digest.
+    #[error("{0}: no digest")]
+    NoDigest(String),
+    /// The scanned manifest could not be encoded.
+    #[error("the scanned tree: {0}")]
+    Manifest(crate::manifest::DecodeError),
+}
+
+/// What is wrong with a file of an OCI image layout.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutProblem {
+    /// It does not parse.
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    /// `oci-layout` names another version.
+    #[error("imageLayoutVersion {0:?} is not 1.x")]
+    Version(Option<String>),
+    /// `index.json` is not an object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// `index.json` has no `manifests` array.
+    #[error("no manifests array")]
+    NoManifests,
+    /// `index.json` is not of schema version 2.
+    #[error("schemaVersion is not 2")]
+    SchemaVersion,
+    /// The path exists and is not a directory.
+    #[error("exists and is not a directory")]
+    NotADirectory,
+    /// A directory with other things in it and no `oci-layout`.
+    #[error("not an OCI image layout (no oci-layout file) and not empty")]
+    NotEmpty,
+}
+
+/// What is wrong with a record of a bundle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleProblem {
+    /// The record is absent: the bundle was not made by an image unpack.
+    #[error("missing: the bundle was not made by an image unpack (or by an older ocix)")]
+    Missing,
+    /// It does not parse.
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    /// A field is missing or malformed.
     #[error("{0}")]
-    Manifest(String),
+    Field(&'static str),
+    /// The manifest record is not an OCIX manifest.
+    #[error("invalid OCIX manifest: {0}")]
+    Manifest(crate::manifest::DecodeError),
 }
 
 /// Settings of the image config, as `umoci config` takes them; each given
@@ -218,13 +320,7 @@ pub fn check_tag_name(tag: &str) -> Result<(), ExportError> {
         && tag.len() <= 128
         && tag.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
         && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ExportError::Layout(format!(
-            "tag {tag:?} is not valid: letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-'"
-        )))
-    }
+    if ok { Ok(()) } else { Err(ExportError::BadTag(tag.to_string())) }
 }
 
 /// A new config: the base's `config`, `architecture`, `os`, `variant`
@@ -264,7 +360,7 @@ fn apply_config(config: &mut Map<String, Value>, o: &ConfigOptions) -> Result<()
         };
         for e in &o.env {
             let Some((k, _)) = e.split_once('=') else {
-                return Err(ExportError::Layout(format!("environment entry {e:?} is not KEY=VALUE")));
+                return Err(ExportError::BadEnv(e.clone()));
             };
             env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
             env.push(e.clone());
@@ -363,7 +459,7 @@ pub struct StoreContent {
 impl StoreContent {
     /// Opens the blob of `f` (the entry at `path`).
     pub fn open(store: &Store, f: &File, path: &[u8]) -> Result<StoreContent, ExportError> {
-        let d = f.digest.ok_or_else(|| ExportError::Manifest(format!("{}: no digest", path_display(path))))?;
+        let d = f.digest.ok_or_else(|| ExportError::NoDigest(path_display(path)))?;
         let fd = store
             .open_blob(&d)
             .map_err(|e| TarWriteError::Content { path: path_display(path), msg: format!("content: {e}") })?;

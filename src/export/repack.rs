@@ -43,7 +43,7 @@
 
 use super::layout::{LayoutWriter, descriptor_json, write_atomic};
 use super::tar::{TarWriteError, TarWriter};
-use super::{ExportError, Exported, check_tag_name, checked_read, write_layer};
+use super::{BundleProblem, ExportError, Exported, check_tag_name, checked_read, write_layer};
 use crate::manifest::{Digest, Entry, File, Kind, Manifest, Name, Time, path_display};
 use crate::oci::Compression;
 use crate::oci::layout::{LayoutDocuments, choose_image};
@@ -125,17 +125,21 @@ impl ImageRecord {
     pub fn read(bundle: &Path) -> Result<ImageRecord, ExportError> {
         let p = bundle.join(IMAGE_RECORD);
         let data = read_small(&p, 1 << 20)?;
-        let bad = |msg: &str| ExportError::Bundle(format!("{}: {msg}", p.display()));
-        let v: Value = serde_json::from_slice(&data).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
-        let d = v.get("manifest").ok_or_else(|| bad("no manifest descriptor"))?;
+        let bad = |problem| ExportError::Bundle { path: p.clone(), problem };
+        let field = |what| bad(BundleProblem::Field(what));
+        let v: Value = serde_json::from_slice(&data).map_err(|e| bad(BundleProblem::Json(e)))?;
+        let d = v.get("manifest").ok_or_else(|| field("no manifest descriptor"))?;
         let digest = d
             .get("digest")
             .and_then(Value::as_str)
             .and_then(|s| Digest::parse(s).ok())
-            .ok_or_else(|| bad("manifest.digest is not sha256:<64 lowercase hex>"))?;
-        let size = d.get("size").and_then(Value::as_u64).ok_or_else(|| bad("manifest.size is not a number"))?;
-        let media_type =
-            d.get("mediaType").and_then(Value::as_str).ok_or_else(|| bad("manifest.mediaType is missing"))?.to_string();
+            .ok_or_else(|| field("manifest.digest is not sha256:<64 lowercase hex>"))?;
+        let size = d.get("size").and_then(Value::as_u64).ok_or_else(|| field("manifest.size is not a number"))?;
+        let media_type = d
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .ok_or_else(|| field("manifest.mediaType is missing"))?
+            .to_string();
         Ok(ImageRecord {
             manifest: crate::oci::Descriptor {
                 media_type,
@@ -153,19 +157,15 @@ impl ImageRecord {
 /// Reads a record of the bundle; its absence means the bundle is not one
 /// `ocix unpack --image` made.
 fn read_small(p: &Path, limit: u64) -> Result<Vec<u8>, ExportError> {
-    super::layout::read_limited(p, limit)?.ok_or_else(|| {
-        ExportError::Bundle(format!(
-            "{}: missing: the bundle was not made by `ocix unpack --image` (or by an older ocix)",
-            p.display()
-        ))
-    })
+    super::layout::read_limited(p, limit)?
+        .ok_or_else(|| ExportError::Bundle { path: p.into(), problem: BundleProblem::Missing })
 }
 
 /// The time the filesystem holding `dir` gives a file made now (its own
 /// clock, with its granularity).
 fn fs_now(dir: &Path) -> Result<Time, ExportError> {
     let p = dir.join(format!(".ocix-stamp-{}", std::process::id()));
-    let io = |e: io::Error| ExportError::Io { path: p.display().to_string(), err: e };
+    let io = |e: io::Error| ExportError::Io { path: p.clone(), err: e };
     let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&p).map_err(io)?;
     let md = f.metadata();
     let _ = std::fs::remove_file(&p);
@@ -179,29 +179,24 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
     check_tag_name(tag)?;
     let record = ImageRecord::read(bundle)?;
     if record.id_mapped {
-        return Err(ExportError::Bundle(format!(
-            "{}: unpacked with --uid-map/--gid-map; repacking shifted owners is not supported",
-            bundle.display()
-        )));
+        return Err(ExportError::IdMapped(bundle.into()));
     }
     let rootless = opts.rootless || record.rootless;
     let mp = bundle.join(MANIFEST_RECORD);
     let data = read_small(&mp, 1 << 30)?;
     let old = Manifest::from_bytes(&data)
-        .map_err(|e| ExportError::Bundle(format!("{}: invalid OCIX manifest: {e}", mp.display())))?;
+        .map_err(|e| ExportError::Bundle { path: mp.clone(), problem: BundleProblem::Manifest(e) })?;
     let recorded = {
         use std::os::unix::fs::MetadataExt;
-        let md =
-            std::fs::symlink_metadata(&mp).map_err(|e| ExportError::Io { path: mp.display().to_string(), err: e })?;
+        let md = std::fs::symlink_metadata(&mp).map_err(|e| ExportError::Io { path: mp.clone(), err: e })?;
         Time { sec: md.mtime(), nsec: md.mtime_nsec() as u32 }
     };
     if !layout.join("oci-layout").is_file() {
-        return Err(ExportError::Layout(format!(
-            "{}: not an OCI image layout (it must hold the image {} that {} was unpacked from)",
-            layout.display(),
-            record.manifest.digest,
-            bundle.display()
-        )));
+        return Err(ExportError::NotALayout {
+            layout: layout.into(),
+            image: record.manifest.digest,
+            bundle: bundle.into(),
+        });
     }
     let mut lw = LayoutWriter::open(layout)?;
     lw.check_tag(tag, opts.force)?;
@@ -213,12 +208,9 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
         &bundle.join(IMAGE_RECORD).display().to_string(),
     )
     .map_err(|e| match e {
-        crate::oci::ImportError::Store(crate::store::StoreError::Missing { .. }) => ExportError::Bundle(format!(
-            "the image {} that {} was unpacked from is not in {}",
-            record.manifest.digest,
-            bundle.display(),
-            layout.display()
-        )),
+        crate::oci::ImportError::Store(crate::store::StoreError::Missing { .. }) => {
+            ExportError::ImageMissing { layout: layout.into(), image: record.manifest.digest, bundle: bundle.into() }
+        }
         e => e.into(),
     })?;
     let docker = image.manifest_desc.media_type == media::DOCKER_MANIFEST;
@@ -227,9 +219,7 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
         (true, Compression::Gzip) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
         (true, Compression::None) => "application/vnd.docker.image.rootfs.diff.tar",
         (true, Compression::Zstd) => {
-            return Err(ExportError::Bundle(
-                "the image is a Docker image, whose layers cannot be zstd: use --compress gzip".into(),
-            ));
+            return Err(ExportError::DockerZstd);
         }
     };
 
@@ -248,7 +238,7 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
     }
     let hashed = scan.files - scan.reused;
 
-    let root_fd = rd::open_dir_path(&rootfs).map_err(|e| ExportError::Bundle(e.to_string()))?;
+    let root_fd = rd::open_dir_path(&rootfs)?;
     let (mut layer, diff_id, (changed, removed)) = write_layer(&lw.store, opts.compression, opts.threads, |tw| {
         let mut w = Drift {
             tw,
@@ -273,7 +263,7 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
     let mut config = image.config.clone();
     match config.pointer_mut("/rootfs/diff_ids") {
         Some(Value::Array(ids)) => ids.push(json!(diff_id.to_string())),
-        _ => return Err(ExportError::Layout("the image config has no rootfs.diff_ids".into())),
+        _ => return Err(ExportError::BaseImage("config", "rootfs.diff_ids")),
     }
     if let Some(Value::Array(h)) = config.get_mut("history") {
         h.push(json!({"created_by": "ocix repack"}));
@@ -284,14 +274,14 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
     manifest["config"] = descriptor_json(&config_desc);
     match manifest.get_mut("layers") {
         Some(Value::Array(l)) => l.push(descriptor_json(&layer)),
-        _ => return Err(ExportError::Layout("the image manifest has no layers".into())),
+        _ => return Err(ExportError::BaseImage("manifest", "layers")),
     }
     let manifest_data = serde_json::to_vec(&manifest).expect("JSON values serialize");
     let manifest_desc = lw.put_document(&image.manifest_desc.media_type, &manifest_data)?;
     lw.tag(&manifest_desc, tag)?;
 
     // the bundle's records: the tree as it was when the scan began
-    let cbor = new.to_bytes().map_err(|e| ExportError::Manifest(format!("the scanned tree: {e}")))?;
+    let cbor = new.to_bytes().map_err(ExportError::Manifest)?;
     write_stamped(&mp, &cbor, started)?;
     let rec = ImageRecord { manifest: manifest_desc.clone(), rootless, id_mapped: false };
     write_atomic(&bundle.join(IMAGE_RECORD), &rec.to_json())?;
@@ -308,7 +298,7 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
 fn write_stamped(p: &Path, data: &[u8], t: Time) -> Result<(), ExportError> {
     use std::io::Write;
     let tmp = p.with_file_name(format!(".{MANIFEST_RECORD}.ocix-tmp-{}", std::process::id()));
-    let io = |e: io::Error| ExportError::Io { path: tmp.display().to_string(), err: e };
+    let io = |e: io::Error| ExportError::Io { path: tmp.clone(), err: e };
     let res = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(data).map_err(io)?;
@@ -319,7 +309,7 @@ fn write_stamped(p: &Path, data: &[u8], t: Time) -> Result<(), ExportError> {
         };
         f.set_modified(when).map_err(io)?;
         f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, p).map_err(|e| ExportError::Io { path: p.display().to_string(), err: e })
+        std::fs::rename(&tmp, p).map_err(|e| ExportError::Io { path: p.into(), err: e })
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -470,7 +460,7 @@ impl RootfsFiles<'_> {
         }
         let (_, dir) = self.dir.as_ref().expect("set above");
         let fd = rd::open_file_at(dir.as_fd(), name, &sh).map_err(fail)?;
-        let expected = f.digest.ok_or_else(|| ExportError::Manifest(format!("{shown}: no digest")))?;
+        let expected = f.digest.ok_or_else(|| ExportError::NoDigest(shown.clone()))?;
         Ok(RootfsContent { f: std::fs::File::from(fd), left: f.size, expected, hash: Sha256::new(), shown })
     }
 }

@@ -74,9 +74,10 @@ const OVERLAY_ESCAPED: &[u8] = b"trusted.overlay.overlay.";
 
 /// A manifest the image cannot represent.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImageError {
     /// An entry an overlay mount cannot show as it is.
-    #[error("{path}: {what}; a mount cannot show it (`ocix unpack` can)")]
+    #[error("{path}: {what}; a mount cannot show it")]
     Unrepresentable {
         /// The entry's path.
         path: String,

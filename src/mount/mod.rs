@@ -43,6 +43,7 @@ pub const SOURCE: &str = "ocix";
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MountError {
     /// A blob is missing, short, not a regular file or corrupt.
     #[error("{0}; nothing was mounted")]
@@ -54,21 +55,31 @@ pub enum MountError {
     #[error(transparent)]
     Sys(#[from] SysError),
     /// The kernel or the caller's privileges lack what a mount needs.
-    #[error("{what}: {source}; `ocix unpack` materializes the tree without it")]
+    #[error("{what}: {source}")]
     Unsupported {
         /// What is missing.
         what: String,
         /// The failed call.
         source: SysError,
     },
-    /// The target of `umount` is not a mount `ocix mount` made.
-    #[error("{0}: not a mount made by `ocix mount`{1}")]
-    NotOurs(String, String),
+    /// The target of [`umount`] is not a mount [`mount`] made.
+    #[error("{}: not an ocix mount ({})", .target.display(), .found.as_deref().unwrap_or("not a mount point"))]
+    NotOurs {
+        /// The mount point given.
+        target: PathBuf,
+        /// What is mounted there instead (`a TYPE mount of SOURCE`), if
+        /// anything.
+        found: Option<String>,
+    },
+    /// Only one of [`MountOptions::upper`] and [`MountOptions::work`] is
+    /// given.
+    #[error("a writable mount needs both an upper and a work directory")]
+    UpperWithoutWork,
     /// Caching the image failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.display())]
     Cache {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
@@ -100,7 +111,7 @@ pub struct MountReport {
 }
 
 fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
-    move |source| MountError::Cache { path: path.display().to_string(), source }
+    move |source| MountError::Cache { path: path.into(), source }
 }
 
 /// The image of manifest `digest` in `store`'s cache.
@@ -299,7 +310,7 @@ pub fn mount(
         }
     }
     if opts.upper.is_some() != opts.work.is_some() {
-        return Err(SysError::new("mount", "--upper and --work go together".to_string(), Errno::INVAL).into());
+        return Err(MountError::UpperWithoutWork);
     }
     // the filesystems first: a kernel or a caller that cannot mount is
     // told so before any blob is read or any image written
@@ -369,7 +380,6 @@ fn root_meta(m: &Manifest, fd: rustix::fd::BorrowedFd<'_>, upper: &Path) -> Resu
 /// Unmounts a tree `mount` made at `target` (the image goes with it).
 /// Anything else mounted there is left alone and named in the error.
 pub fn umount(target: &Path) -> Result<(), MountError> {
-    let shown = target.display().to_string();
     let canon = std::fs::canonicalize(target).map_err(cache_err(target))?;
     let info = std::fs::read("/proc/self/mountinfo").map_err(cache_err(Path::new("/proc/self/mountinfo")))?;
     let want = canon.as_os_str().as_encoded_bytes();
@@ -377,11 +387,15 @@ pub fn umount(target: &Path) -> Result<(), MountError> {
     let top = info.split(|&b| b == b'\n').filter_map(parse_mountinfo).rfind(|(mp, _, _)| mp == want);
     match top {
         Some((_, fstype, source)) if fstype == b"overlay" && source == SOURCE.as_bytes() => Ok(detach(target)?),
-        Some((_, fstype, source)) => Err(MountError::NotOurs(
-            shown,
-            format!(" (a {} mount of {})", String::from_utf8_lossy(&fstype), String::from_utf8_lossy(&source)),
-        )),
-        None => Err(MountError::NotOurs(shown, " (not a mount point)".into())),
+        Some((_, fstype, source)) => Err(MountError::NotOurs {
+            target: target.into(),
+            found: Some(format!(
+                "a {} mount of {}",
+                String::from_utf8_lossy(&fstype),
+                String::from_utf8_lossy(&source)
+            )),
+        }),
+        None => Err(MountError::NotOurs { target: target.into(), found: None }),
     }
 }
 

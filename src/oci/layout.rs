@@ -165,10 +165,10 @@ pub enum SelectError {
         wanted: Box<Platform>,
     },
     /// Several images, none for the platform.
-    #[error("no image for platform {0} (use --platform OS/ARCH[/VARIANT])")]
+    #[error("no image for platform {0}")]
     NoPlatform(Platform),
     /// Several images for the platform.
-    #[error("{count} images match platform {wanted}; give a tag or a more precise --platform")]
+    #[error("{count} images match platform {wanted}")]
     Ambiguous {
         /// How many match.
         count: usize,

@@ -280,8 +280,7 @@ pub enum ArtifactError {
     NestedIndex,
     /// An ordinary image (or another artifact), not an ocix artifact.
     #[error(
-        "{NOT_OCIX} (artifactType {:?}, no layer of media type {MEDIA_TYPE}); \
-         an ordinary image is read by `ocix import`, `ocix unpack docker://...` or `ocix unpack --image`",
+        "{NOT_OCIX} (artifactType {:?}, no layer of media type {MEDIA_TYPE})",
         .artifact_type.as_deref().unwrap_or("none")
     )]
     NotOcix {

@@ -245,7 +245,7 @@ pub enum ProtocolError {
     #[error("a static HTTP store has no manifests or uploads (name the manifest by digest)")]
     StaticStore,
     /// A pull from a static HTTP store without the manifest's digest.
-    #[error("a static HTTP store needs the manifest's digest (--manifest sha256:...)")]
+    #[error("a static HTTP store needs the manifest's digest")]
     NoManifestDigest,
     /// An upload answer without a `Location`.
     #[error("upload answer has no Location header")]

@@ -95,13 +95,27 @@ impl Reuse {
     }
 }
 
+/// A non-fatal finding of a scan; each names the entry (as shown, relative
+/// to the root).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScanWarning {
+    /// The entry vanished while it was scanned; it is left out.
+    #[error("{0}: vanished while scanning; left out")]
+    Vanished(String),
+    /// A directory on another filesystem: recorded, its contents not (see
+    /// [`ScanOptions::cross_mounts`]).
+    #[error("{0}: mount point; recorded, not descended into")]
+    MountPoint(String),
+}
+
 /// A finished scan.
 #[derive(Debug)]
 pub struct Scan {
     /// The tree's manifest.
     pub manifest: Manifest,
     /// Non-fatal findings (entries that vanished while scanned, mount points).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<ScanWarning>,
     /// Regular files hashed.
     pub files: u64,
     /// Bytes hashed.
@@ -209,7 +223,7 @@ pub enum ScanError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// An exclude pattern is not a valid glob.
-    #[error("invalid --exclude pattern {0}")]
+    #[error("invalid exclude pattern {0}")]
     Pattern(PatternError),
 }
 
@@ -257,7 +271,7 @@ struct Walker<'a> {
     /// (dev, ino)
     links: HashMap<(u64, u64), Vec<u8>>,
     errors: Vec<EntryError>,
-    warnings: Vec<String>,
+    warnings: Vec<ScanWarning>,
     progress: &'a dyn Task,
     euid: u32,
 }
@@ -411,7 +425,7 @@ impl Walker<'_> {
         match r {
             Ok(v) => Some(v),
             Err(e) if e.errno == Errno::NOENT => {
-                self.warnings.push(format!("{}: vanished while scanning; left out", shown()));
+                self.warnings.push(ScanWarning::Vanished(shown()));
                 None
             }
             Err(e) => {
@@ -480,8 +494,7 @@ impl Walker<'_> {
                 };
                 let meta = self.meta(&st, xattrs, path);
                 let children = if st.st_dev != self.root_dev && !self.opts.cross_mounts {
-                    self.warnings
-                        .push(format!("{}: mount point; recorded, not descended into (use --cross-mounts)", sh()));
+                    self.warnings.push(ScanWarning::MountPoint(sh()));
                     BTreeMap::new()
                 } else {
                     stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1))

@@ -88,18 +88,7 @@ pub fn stat_fd(fd: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<Stat> {
 /// gives them (callers sort).
 pub fn read_dir_names(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<Vec<Vec<u8>>> {
     let mut d = call("opendir", shown, || fs::Dir::read_from(dir))?;
-    let mut out = Vec::new();
-    while let Some(ent) = d.read() {
-        let ent = match ent {
-            Ok(e) => e,
-            Err(e) => return Err(super::SysError::new("getdents64", shown(), e)),
-        };
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            out.push(n.to_vec());
-        }
-    }
-    Ok(out)
+    names(|| d.read().map(|r| r.map(|e| e.file_name().to_bytes().to_vec())), shown)
 }
 
 /// All names in a directory except `.` and `..`, read with `getdents64`
@@ -108,15 +97,20 @@ pub fn read_dir_names(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result
 pub fn list_dir_once(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<Vec<Vec<u8>>> {
     let mut buf = Vec::with_capacity(32 * 1024);
     let mut d = fs::RawDir::new(dir, buf.spare_capacity_mut());
+    names(|| d.next().map(|r| r.map(|e| e.file_name().to_bytes().to_vec())), shown)
+}
+
+/// The names `next` yields until it is done, except `.` and `..`; a failed
+/// read is `getdents64`'s error.
+fn names(
+    mut next: impl FnMut() -> Option<rustix::io::Result<Vec<u8>>>,
+    shown: &dyn Fn() -> String,
+) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
-    while let Some(ent) = d.next() {
-        let ent = match ent {
-            Ok(e) => e,
-            Err(e) => return Err(super::SysError::new("getdents64", shown(), e)),
-        };
-        let n = ent.file_name().to_bytes();
+    while let Some(n) = next() {
+        let n = n.map_err(|e| super::SysError::new("getdents64", shown(), e))?;
         if n != b"." && n != b".." {
-            out.push(n.to_vec());
+            out.push(n);
         }
     }
     Ok(out)
