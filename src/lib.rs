@@ -30,39 +30,27 @@
 //!   the call and the path.
 //! - [`cli`]: the `ocix` command line.
 //!
-//! Only [`sys`] may hold `unsafe` code (it holds none today: rustix's calls
-//! are safe); every other module forbids it.
+//! ocix holds no `unsafe` code, and the crate forbids it: raw syscalls go
+//! through rustix's safe calls, and only in [`sys`]. A call that ever needs
+//! `unsafe` belongs in [`sys`], with the crate-wide `forbid` turned into one
+//! per module for every other module.
 
-#[forbid(unsafe_code)]
+#![forbid(unsafe_code)]
+
 pub mod bundle;
-#[forbid(unsafe_code)]
 pub mod cli;
-#[forbid(unsafe_code)]
 pub mod diff;
-#[forbid(unsafe_code)]
 pub mod export;
-#[forbid(unsafe_code)]
 pub mod filter;
-#[forbid(unsafe_code)]
 pub mod manifest;
-#[forbid(unsafe_code)]
 pub mod materialize;
-#[forbid(unsafe_code)]
 pub mod mount;
-#[forbid(unsafe_code)]
 pub mod oci;
-#[forbid(unsafe_code)]
 pub mod pipeline;
-#[forbid(unsafe_code)]
 pub mod progress;
-#[forbid(unsafe_code)]
 pub mod remote;
-#[forbid(unsafe_code)]
 pub mod render;
-#[forbid(unsafe_code)]
 pub mod rootless;
-#[forbid(unsafe_code)]
 pub mod scan;
-#[forbid(unsafe_code)]
 pub mod store;
 pub mod sys;

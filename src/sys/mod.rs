@@ -1,7 +1,7 @@
 //! The one place ocix talks to the kernel's filesystem calls directly.
 //!
 //! Everything goes through rustix, whose calls are safe Rust, so ocix needs no
-//! `unsafe` at all (the crate denies it). This layer adds what rustix does
+//! `unsafe` at all (the crate forbids it). This layer adds what rustix does
 //! not: every error records the call and the path it was made on, so a
 //! message always says which file failed and how. Paths are carried as
 //! `(directory fd, one name)` pairs: a caller opens each directory itself with
