@@ -831,29 +831,3 @@ fn false_zero_runs_over_a_freshly_fetched_blob_are_not_trusted() {
         }
     }
 }
-
-// ---------------------------------------------------------------- a failed unpack leaves no half-made DEST
-
-/// A blob missing from the store fails the unpack after some files are
-/// written: a DEST the run created is removed; one that existed stays (with
-/// what was written, for `--update` to complete).
-#[test]
-fn a_failed_unpack_removes_the_dest_it_created() {
-    let t = tempfile::tempdir().unwrap();
-    let store = Store::create(&t.path().join("s")).unwrap();
-    store.put_bytes(b"present").unwrap();
-    let many: Vec<(Vec<u8>, Entry)> =
-        (0..50).map(|i| (format!("f{i:02}").into_bytes(), common::file_entry(b"present"))).collect();
-    let mut children: Vec<(&[u8], Entry)> = many.iter().map(|(n, e)| (n.as_slice(), e.clone())).collect();
-    children.push((b"zz-missing", common::file_entry(b"not in the store")));
-    let m = manifest(children);
-    let dest = t.path().join("new");
-    let e = unpack(&m, &store, &dest, &UnpackOptions::default()).unwrap_err();
-    assert!(e.to_string().contains("missing"), "{e}");
-    assert!(!dest.exists(), "a DEST this run created was left half-made");
-    assert!(t.path().join("s/blobs").is_dir(), "the store was touched");
-    let existing = t.path().join("existing");
-    std::fs::create_dir(&existing).unwrap();
-    unpack(&m, &store, &existing, &UnpackOptions::default()).unwrap_err();
-    assert!(existing.is_dir(), "a DEST that existed was removed");
-}

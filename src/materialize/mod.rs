@@ -374,27 +374,6 @@ pub fn unpack_filled(
     crate::sys::raise_fd_limit();
     let dest = strip_trailing_slashes(dest);
     let (root, created) = open_dest(&dest, opts.update)?;
-    let r = write_tree(m, store, &dest, opts, filler, root, created, rootless);
-    if r.is_err() && created {
-        // nothing half-made is left under a name this run created
-        let _ = std::fs::remove_dir_all(&dest);
-    }
-    r
-}
-
-/// The unpack proper, into the open destination `root` (`created`: by this
-/// run).
-#[allow(clippy::too_many_arguments)]
-fn write_tree(
-    m: &Manifest,
-    store: &Store,
-    dest: &Path,
-    opts: &UnpackOptions,
-    filler: &dyn Filler,
-    root: OwnedFd,
-    created: bool,
-    rootless: bool,
-) -> Result<UnpackReport, UnpackError> {
     if rootless {
         // children are added to the destination itself before its final
         // mode is applied: its owner (us) needs rwx meanwhile
