@@ -7,11 +7,12 @@
 //! tree has exactly one encoding; the decoder rejects an explicit default.
 
 use super::cbor::{CborError, Major, Reader, Writer};
+use super::compact::{BuildError, Builder, Compact, FileRef, KindRef, Leaf, MetaIn, Node};
 use super::{
-    BLOCK, Dev, Digest, Entry, File, Kind, KindCode, MAX_TARGET, MAX_XATTR_VALUE, Manifest, Meta, OCIX_TAG, VERSION,
-    check_depth, check_name, path_display,
+    BLOCK, Dev, Digest, KindCode, MAX_TARGET, MAX_XATTR_VALUE, Manifest, OCIX_TAG, Time, VERSION, check_depth,
+    check_name, path_display,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
 const K_NAME: u64 = 0;
@@ -73,7 +74,7 @@ impl fmt::Display for DecodeError {
     }
 }
 
-fn invalid(path: &[u8], what: impl Into<String>) -> DecodeError {
+pub(crate) fn invalid(path: &[u8], what: impl Into<String>) -> DecodeError {
     DecodeError { offset: None, path: Some(path_display(path)), what: what.into() }
 }
 
@@ -82,74 +83,80 @@ fn invalid(path: &[u8], what: impl Into<String>) -> DecodeError {
 /// Encodes a manifest to its canonical bytes, after checking every rule the
 /// decoder checks.
 pub fn encode(m: &Manifest) -> Result<Vec<u8>, DecodeError> {
-    validate(m)?;
+    Compact::from_tree(m)?.to_bytes()
+}
+
+/// [`Compact::to_bytes`].
+pub(crate) fn encode_compact(c: &Compact) -> Result<Vec<u8>, DecodeError> {
+    validate_compact(c)?;
     let mut w = Writer::default();
+    w.buf.reserve(c.len().saturating_mul(16));
     w.head(Major::Tag, OCIX_TAG);
     w.head(Major::Map, 2);
     w.uint(0);
     w.uint(VERSION);
     w.uint(1);
-    encode_entry(&mut w, None, &m.root);
+    encode_node(&mut w, c.root(), true);
     Ok(w.buf)
 }
 
-fn encode_entry(w: &mut Writer, name: Option<&[u8]>, e: &Entry) {
-    let code = e.kind.code();
-    let m = &e.meta;
+fn encode_node(w: &mut Writer, n: Node<'_>, is_root: bool) {
+    let code = n.code();
+    let (mode, uid, gid, mtime) = (n.mode(), n.uid(), n.gid(), n.mtime());
+    let file = n.file();
+    let xattrs = n.xattrs();
+    let children = n.children();
     let mut fields: Vec<u64> = Vec::with_capacity(8);
-    if name.is_some() {
+    if !is_root {
         fields.push(K_NAME);
     }
     if code != KindCode::File {
         fields.push(K_TYPE);
     }
     if code != KindCode::Hardlink {
-        if m.mode != code.default_mode() {
+        if mode != code.default_mode() {
             fields.push(K_MODE);
         }
-        if m.uid != 0 {
+        if uid != 0 {
             fields.push(K_UID);
         }
-        if m.gid != 0 {
+        if gid != 0 {
             fields.push(K_GID);
         }
-        if m.mtime.sec != 0 {
+        if mtime.sec != 0 {
             fields.push(K_MTIME);
         }
-        if m.mtime.nsec != 0 {
+        if mtime.nsec != 0 {
             fields.push(K_NSEC);
         }
     }
-    match &e.kind {
-        Kind::File(f) => {
-            if f.size != 0 {
-                fields.push(K_SIZE);
-            }
-            if f.digest.is_some() {
-                fields.push(K_DIGEST);
-            }
-            if !f.zeros.is_empty() {
-                fields.push(K_ZEROS);
-            }
+    if let Some(f) = &file {
+        if f.size != 0 {
+            fields.push(K_SIZE);
         }
-        Kind::Symlink(_) | Kind::Hardlink(_) => fields.push(K_TARGET),
-        Kind::Char(_) | Kind::Block(_) => fields.push(K_RDEV),
-        Kind::Dir(c) if !c.is_empty() => {}
+        if f.digest.is_some() {
+            fields.push(K_DIGEST);
+        }
+        if !f.zeros.is_empty() {
+            fields.push(K_ZEROS);
+        }
+    }
+    match code {
+        KindCode::Symlink | KindCode::Hardlink => fields.push(K_TARGET),
+        KindCode::Char | KindCode::Block => fields.push(K_RDEV),
         _ => {}
     }
-    if code != KindCode::Hardlink && !m.xattrs.is_empty() {
+    if code != KindCode::Hardlink && !xattrs.is_empty() {
         fields.push(K_XATTRS);
     }
-    if let Kind::Dir(c) = &e.kind {
-        if !c.is_empty() {
-            fields.push(K_CHILDREN);
-        }
+    if !children.is_empty() {
+        fields.push(K_CHILDREN);
     }
     if code != KindCode::Hardlink {
-        if m.uname.is_some() {
+        if n.uname().is_some() {
             fields.push(K_UNAME);
         }
-        if m.gname.is_some() {
+        if n.gname().is_some() {
             fields.push(K_GNAME);
         }
     }
@@ -157,59 +164,53 @@ fn encode_entry(w: &mut Writer, name: Option<&[u8]>, e: &Entry) {
     for k in fields {
         w.uint(k);
         match k {
-            K_NAME => w.bytes(name.unwrap_or_default()),
+            K_NAME => w.bytes(n.name()),
             K_TYPE => w.uint(code as u64),
-            K_MODE => w.uint(m.mode as u64),
-            K_UID => w.uint(m.uid as u64),
-            K_GID => w.uint(m.gid as u64),
-            K_MTIME => w.int(m.mtime.sec),
-            K_NSEC => w.uint(m.mtime.nsec as u64),
+            K_MODE => w.uint(mode as u64),
+            K_UID => w.uint(uid as u64),
+            K_GID => w.uint(gid as u64),
+            K_MTIME => w.int(mtime.sec),
+            K_NSEC => w.uint(mtime.nsec as u64),
             K_SIZE | K_DIGEST | K_ZEROS => {
-                let Kind::File(f) = &e.kind else { unreachable!() };
+                let f = file.unwrap_or(FileRef { size: 0, digest: None, zeros: &[] });
                 match k {
                     K_SIZE => w.uint(f.size),
-                    K_DIGEST => w.bytes(&f.digest.as_ref().map(|d| d.0).unwrap_or_default()),
+                    K_DIGEST => w.bytes(&f.digest.map(|d| d.0).unwrap_or_default()),
                     _ => {
                         w.head(Major::Array, 2 * f.zeros.len() as u64);
-                        for (s, n) in &f.zeros {
+                        for (s, n) in f.zeros {
                             w.uint(*s);
                             w.uint(*n);
                         }
                     }
                 }
             }
-            K_TARGET => match &e.kind {
-                Kind::Symlink(t) | Kind::Hardlink(t) => w.bytes(t),
-                _ => unreachable!(),
-            },
-            K_RDEV => match &e.kind {
-                Kind::Char(d) | Kind::Block(d) => {
-                    w.head(Major::Array, 2);
-                    w.uint(d.major as u64);
-                    w.uint(d.minor as u64);
-                }
-                _ => unreachable!(),
-            },
+            K_TARGET => w.bytes(n.target().unwrap_or_default()),
+            K_RDEV => {
+                let d = n.dev().unwrap_or_default();
+                w.head(Major::Array, 2);
+                w.uint(d.major as u64);
+                w.uint(d.minor as u64);
+            }
             K_XATTRS => {
                 // Canonical map order: by the encoded key, i.e. shorter names
                 // first, then bytewise.
-                let mut keys: Vec<&Vec<u8>> = m.xattrs.keys().collect();
-                keys.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
-                w.head(Major::Map, keys.len() as u64);
-                for k in keys {
+                let mut pairs: Vec<(&[u8], &[u8])> = xattrs.iter().collect();
+                pairs.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(b.0)));
+                w.head(Major::Map, pairs.len() as u64);
+                for (k, v) in pairs {
                     w.bytes(k);
-                    w.bytes(&m.xattrs[k]);
+                    w.bytes(v);
                 }
             }
             K_CHILDREN => {
-                let Kind::Dir(c) = &e.kind else { unreachable!() };
-                w.head(Major::Array, c.len() as u64);
-                for (n, child) in c {
-                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || encode_entry(w, Some(n), child));
+                w.head(Major::Array, children.count() as u64);
+                for child in children {
+                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || encode_node(w, child, false));
                 }
             }
-            K_UNAME => w.text(m.uname.as_deref().unwrap_or_default()),
-            K_GNAME => w.text(m.gname.as_deref().unwrap_or_default()),
+            K_UNAME => w.text(n.uname().unwrap_or_default()),
+            K_GNAME => w.text(n.gname().unwrap_or_default()),
             _ => unreachable!(),
         }
     }
@@ -220,15 +221,30 @@ fn encode_entry(w: &mut Writer, name: Option<&[u8]>, e: &Entry) {
 struct Decoder<'a> {
     r: Reader<'a>,
     path: Vec<u8>,
+    b: Builder,
 }
 
-impl Decoder<'_> {
+impl<'a> Decoder<'a> {
     fn err(&self, e: CborError) -> DecodeError {
         DecodeError { offset: Some(e.offset), path: Some(path_display(&self.path)), what: e.what }
     }
 
     fn fail<T>(&self, offset: usize, what: impl Into<String>) -> Result<T, DecodeError> {
         Err(DecodeError { offset: Some(offset), path: Some(path_display(&self.path)), what: what.into() })
+    }
+
+    fn built<T>(&self, at: usize, r: Result<T, BuildError>) -> Result<T, DecodeError> {
+        r.or_else(|e| {
+            self.fail(
+                at,
+                match e {
+                    BuildError::NameTooLong => "invalid name: name longer than 255 bytes".to_string(),
+                    BuildError::Mode(m) => format!("mode {m:o} has bits outside 07777"),
+                    BuildError::Device(why) => why.to_string(),
+                    BuildError::TooLarge(t) => t.to_string(),
+                },
+            )
+        })
     }
 
     fn uint_max(&mut self, field: &str, max: u64) -> Result<u64, DecodeError> {
@@ -240,23 +256,29 @@ impl Decoder<'_> {
         Ok(v)
     }
 
-    fn entry(&mut self, depth: usize, is_root: bool) -> Result<(Option<Vec<u8>>, Entry), DecodeError> {
+    /// Decodes one entry (and its subtree) into the builder; returns its
+    /// name.
+    fn entry(&mut self, depth: usize, is_root: bool) -> Result<Option<&'a [u8]>, DecodeError> {
         if let Err(why) = check_depth(depth, false) {
             return self.fail(self.r.offset(), why.to_string());
         }
         let start = self.r.offset();
         let n = self.r.map().map_err(|e| self.err(e))?;
-        let mut name: Option<Vec<u8>> = None;
+        let mut name: Option<&'a [u8]> = None;
         let mut code = KindCode::File;
         let mut seen = [false; 16];
         let mut mode: Option<u32> = None;
-        let mut meta = Meta::default();
+        let (mut uid, mut gid, mut mtime) = (0u32, 0u32, Time::default());
+        let mut uname: Option<&'a str> = None;
+        let mut gname: Option<&'a str> = None;
+        let mut xattrs = 0u32;
         let mut size = 0u64;
         let mut digest: Option<Digest> = None;
         let mut zeros: Vec<(u64, u64)> = Vec::new();
-        let mut target: Option<Vec<u8>> = None;
+        let mut target: Option<&'a [u8]> = None;
         let mut rdev: Option<Dev> = None;
-        let mut children: Option<BTreeMap<Vec<u8>, Entry>> = None;
+        // the directory's index once its children began
+        let mut opened: Option<usize> = None;
         let mut last: Option<u64> = None;
         let parent_len = self.path.len();
         for _ in 0..n {
@@ -288,7 +310,7 @@ impl Decoder<'_> {
                     if let Err(why) = check_name(b) {
                         return self.fail(vat, format!("invalid name: {why}"));
                     }
-                    name = Some(b.to_vec());
+                    name = Some(b);
                 }
                 K_TYPE => {
                     let v = self.r.uint().map_err(|e| self.err(e))?;
@@ -301,15 +323,15 @@ impl Decoder<'_> {
                     };
                 }
                 K_MODE => mode = Some(self.uint_max(fname, 0o7777)? as u32),
-                K_UID => meta.uid = self.id(fname)?,
-                K_GID => meta.gid = self.id(fname)?,
+                K_UID => uid = self.id(fname)?,
+                K_GID => gid = self.id(fname)?,
                 K_MTIME => {
-                    meta.mtime.sec = self.r.int().map_err(|e| self.err(e))?;
-                    if meta.mtime.sec == 0 {
+                    mtime.sec = self.r.int().map_err(|e| self.err(e))?;
+                    if mtime.sec == 0 {
                         return self.fail(vat, "mtime 0 is the default and must be omitted");
                     }
                 }
-                K_NSEC => meta.mtime.nsec = self.uint_nonzero(fname, 999_999_999)? as u32,
+                K_NSEC => mtime.nsec = self.uint_nonzero(fname, 999_999_999)? as u32,
                 K_SIZE => size = self.uint_nonzero(fname, i64::MAX as u64)?,
                 K_DIGEST => {
                     let b = self.r.bytes().map_err(|e| self.err(e))?;
@@ -331,8 +353,7 @@ impl Decoder<'_> {
                     }
                 }
                 K_TARGET => {
-                    let b = self.r.bytes().map_err(|e| self.err(e))?;
-                    target = Some(b.to_vec());
+                    target = Some(self.r.bytes().map_err(|e| self.err(e))?);
                 }
                 K_RDEV => {
                     let cnt = self.r.array().map_err(|e| self.err(e))?;
@@ -351,6 +372,7 @@ impl Decoder<'_> {
                     if cnt == 0 {
                         return self.fail(vat, "empty xattr map must be omitted");
                     }
+                    let mut pairs: Vec<(&'a [u8], &'a [u8])> = Vec::new();
                     let mut prev: Option<&[u8]> = None;
                     for _ in 0..cnt {
                         let at = self.r.offset();
@@ -362,8 +384,12 @@ impl Decoder<'_> {
                         }
                         prev = Some(k);
                         let v = self.r.bytes().map_err(|e| self.err(e))?;
-                        meta.xattrs.insert(k.to_vec(), v.to_vec());
+                        pairs.push((k, v));
                     }
+                    // kept in raw name order
+                    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    let r = self.b.intern_xattrs(pairs);
+                    xattrs = self.built(vat, r.map_err(BuildError::TooLarge))?;
                 }
                 K_CHILDREN => {
                     if code != KindCode::Dir {
@@ -376,27 +402,28 @@ impl Decoder<'_> {
                     if cnt == 0 {
                         return self.fail(vat, "empty children array must be omitted");
                     }
-                    // in name order: the map is built from the list at the
-                    // end, in full nodes
-                    let mut list: Vec<(Vec<u8>, Entry)> = Vec::new();
+                    // owner names follow the children: set at the end
+                    let meta = MetaIn { mode: mode.unwrap_or(0o755), uid, gid, mtime, xattrs, uname, gname };
+                    let r = self.b.open_dir(name.unwrap_or_default(), &meta);
+                    opened = Some(self.built(kat, r)?);
                     let here = self.path.len();
+                    let mut prev: Option<&'a [u8]> = None;
                     for _ in 0..cnt {
                         let at = self.r.offset();
                         // deep trees recurse deeply: grow the stack on demand
-                        let (cname, child) =
-                            stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(depth + 1, false))?;
+                        let cname = stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(depth + 1, false))?;
                         self.path.truncate(here);
                         let cname = match cname {
                             Some(c) => c,
                             None => return self.fail(at, "child entry without a name"),
                         };
-                        if let Some((p, _)) = list.last() {
-                            if *p >= cname {
+                        if let Some(p) = prev {
+                            if p >= cname {
                                 // shown at the child's own path, below its directory
                                 if here > 0 {
                                     self.path.push(b'/');
                                 }
-                                let what = if *p == cname {
+                                let what = if p == cname {
                                     "duplicate name".to_string()
                                 } else {
                                     self.path.extend_from_slice(p);
@@ -404,21 +431,20 @@ impl Decoder<'_> {
                                     self.path.truncate(self.path.len() - p.len());
                                     format!("children not sorted by name (comes after {after})")
                                 };
-                                self.path.extend_from_slice(&cname);
+                                self.path.extend_from_slice(cname);
                                 return self.fail(at, what);
                             }
                         }
-                        list.push((cname, child));
+                        prev = Some(cname);
                     }
-                    list.shrink_to_fit();
-                    children = Some(list.into_iter().collect::<BTreeMap<_, _>>());
+                    self.b.close_dir();
                 }
                 K_UNAME | K_GNAME => {
-                    let s = self.r.text().map_err(|e| self.err(e))?.to_string();
+                    let s = self.r.text().map_err(|e| self.err(e))?;
                     if key == K_UNAME {
-                        meta.uname = Some(s);
+                        uname = Some(s);
                     } else {
-                        meta.gname = Some(s);
+                        gname = Some(s);
                     }
                 }
                 _ => unreachable!(),
@@ -452,7 +478,7 @@ impl Decoder<'_> {
                 }
             }
         }
-        meta.mode = match mode {
+        let mode = match mode {
             Some(m) if m == code.default_mode() => {
                 return self
                     .fail(start, format!("mode {m:o} is the default for a {} and must be omitted", code.name()));
@@ -460,17 +486,28 @@ impl Decoder<'_> {
             Some(m) => m,
             None => code.default_mode(),
         };
-        let kind = match code {
-            KindCode::File => Kind::File(File { size, digest, zeros }),
-            KindCode::Dir => Kind::Dir(children.unwrap_or_default()),
-            KindCode::Symlink => Kind::Symlink(self.need(target, start, "target")?),
-            KindCode::Hardlink => Kind::Hardlink(self.need(target, start, "target")?),
-            KindCode::Char => Kind::Char(self.need(rdev, start, "rdev")?),
-            KindCode::Block => Kind::Block(self.need(rdev, start, "rdev")?),
-            KindCode::Fifo => Kind::Fifo,
-            KindCode::Socket => Kind::Socket,
+        let meta = MetaIn { mode, uid, gid, mtime, xattrs, uname, gname };
+        let nm = name.unwrap_or_default();
+        let leaf = match code {
+            KindCode::Dir => {
+                let r = match opened {
+                    Some(i) => self.b.set_meta(i, &meta),
+                    None => self.b.open_dir(nm, &meta).map(|_| self.b.close_dir()),
+                };
+                self.built(start, r)?;
+                return Ok(name);
+            }
+            KindCode::File => Leaf::File { size, digest, zeros: &zeros },
+            KindCode::Symlink => Leaf::Symlink(self.need(target, start, "target")?),
+            KindCode::Hardlink => Leaf::Hardlink(self.need(target, start, "target")?),
+            KindCode::Char => Leaf::Char(self.need(rdev, start, "rdev")?),
+            KindCode::Block => Leaf::Block(self.need(rdev, start, "rdev")?),
+            KindCode::Fifo => Leaf::Fifo,
+            KindCode::Socket => Leaf::Socket,
         };
-        Ok((name, Entry { meta, kind }))
+        let r = self.b.push(nm, &meta, leaf);
+        self.built(start, r)?;
+        Ok(name)
     }
 
     fn uint_nonzero(&mut self, field: &str, max: u64) -> Result<u64, DecodeError> {
@@ -503,7 +540,12 @@ impl Decoder<'_> {
 /// Decodes canonical CBOR into a manifest, rejecting anything that is not the
 /// one canonical encoding of a valid tree.
 pub fn decode(data: &[u8]) -> Result<Manifest, DecodeError> {
-    let mut d = Decoder { r: Reader::new(data), path: Vec::new() };
+    Ok(decode_compact(data)?.to_tree())
+}
+
+/// [`Compact::from_bytes`].
+pub(crate) fn decode_compact(data: &[u8]) -> Result<Compact, DecodeError> {
+    let mut d = Decoder { r: Reader::new(data), path: Vec::new(), b: Builder::new() };
     let top = |e: CborError| DecodeError { offset: Some(e.offset), path: None, what: e.what };
     let tag =
         d.r.expect(Major::Tag)
@@ -547,14 +589,11 @@ pub fn decode(data: &[u8]) -> Result<Manifest, DecodeError> {
     if k != 1 {
         return Err(DecodeError { offset: Some(at), path: None, what: format!("expected field 1 (root), found {k}") });
     }
-    let (_, root) = d.entry(0, true)?;
+    d.entry(0, true)?;
     d.r.finish().map_err(top)?;
-    if !matches!(root.kind, Kind::Dir(_)) {
-        return Err(invalid(b"", "the root must be a directory"));
-    }
-    let m = Manifest { root };
-    validate(&m)?;
-    Ok(m)
+    let c = d.b.finish();
+    validate_compact(&c)?;
+    Ok(c)
 }
 
 // ---------------------------------------------------------------- validation
@@ -564,96 +603,94 @@ pub fn decode(data: &[u8]) -> Result<Manifest, DecodeError> {
 /// an entry earlier in manifest order that is neither a directory nor a
 /// hardlink).
 pub fn validate(m: &Manifest) -> Result<(), DecodeError> {
-    if !matches!(m.root.kind, Kind::Dir(_)) {
+    Compact::from_tree(m)?.validate()
+}
+
+/// [`Compact::validate`].
+pub(crate) fn validate_compact(c: &Compact) -> Result<(), DecodeError> {
+    if !c.root().is_dir() {
         return Err(invalid(b"", "the root must be a directory"));
     }
     // paths a hardlink may name: every earlier non-directory first name
     // (kept only for the paths some hardlink names)
-    let named: HashSet<&[u8]> = m
-        .walk()
-        .filter_map(|(_, e)| match &e.kind {
-            Kind::Hardlink(t) => Some(t.as_slice()),
-            _ => None,
-        })
-        .collect();
+    let named: HashSet<&[u8]> =
+        c.nodes().filter(|n| n.code() == KindCode::Hardlink).filter_map(|n| n.target()).collect();
     let mut linkable: HashSet<Vec<u8>> = HashSet::new();
-    for (path, e) in m.walk() {
-        let level = if path.is_empty() { 0 } else { path.split(|&b| b == b'/').count() };
-        check_depth(level, matches!(e.kind, Kind::Dir(_))).map_err(|why| invalid(&path, why.to_string()))?;
+    let mut cur = c.cursor();
+    while let Some((path, n)) = cur.next_entry() {
+        let level = if path.is_empty() { 0 } else { 1 + path.iter().filter(|&&b| b == b'/').count() };
+        let code = n.code();
+        check_depth(level, code == KindCode::Dir).map_err(|why| invalid(path, why.to_string()))?;
         // each child name by itself: a joined path cannot show a name that
-        // contains "/" or is empty
-        if let Kind::Dir(children) = &e.kind {
-            for name in children.keys() {
-                check_name(name)
-                    .map_err(|w| invalid(&path, format!("invalid child name {}: {w}", path_display(name))))?;
+        // contains "/" or is empty; children strictly in name order
+        let mut prev: Option<&[u8]> = None;
+        for child in n.children() {
+            let name = child.name();
+            check_name(name).map_err(|w| invalid(path, format!("invalid child name {}: {w}", path_display(name))))?;
+            if prev.is_some_and(|p| p >= name) {
+                return Err(invalid(path, format!("children not in name order at {}", path_display(name))));
             }
+            prev = Some(name);
         }
-        let code = e.kind.code();
         if code != KindCode::Hardlink {
-            if e.meta.mode > 0o7777 {
-                return Err(invalid(&path, format!("mode {:o} has bits outside 07777", e.meta.mode)));
+            if n.mtime().nsec >= 1_000_000_000 {
+                return Err(invalid(path, "mtime nanoseconds out of range"));
             }
-            if e.meta.mtime.nsec >= 1_000_000_000 {
-                return Err(invalid(&path, "mtime nanoseconds out of range"));
+            for (what, id) in [("uid", n.uid()), ("gid", n.gid())] {
+                super::check_id(what, id.into()).map_err(|why| invalid(path, why.to_string()))?;
             }
-            for (what, id) in [("uid", e.meta.uid), ("gid", e.meta.gid)] {
-                super::check_id(what, id.into()).map_err(|why| invalid(&path, why.to_string()))?;
-            }
-            for (k, v) in &e.meta.xattrs {
+            for (k, v) in n.xattrs().iter() {
                 if k.is_empty() || k.contains(&0) || k.len() > 255 {
-                    return Err(invalid(&path, format!("invalid xattr name {:?}", String::from_utf8_lossy(k))));
+                    return Err(invalid(path, format!("invalid xattr name {:?}", String::from_utf8_lossy(k))));
                 }
                 if v.len() > MAX_XATTR_VALUE {
-                    return Err(invalid(&path, "xattr value larger than 64 KiB"));
+                    return Err(invalid(path, "xattr value larger than 64 KiB"));
                 }
             }
         }
-        match &e.kind {
-            Kind::File(f) => {
+        match n.kind() {
+            KindRef::File(f) => {
                 if f.size > i64::MAX as u64 {
-                    return Err(invalid(&path, "size out of range"));
+                    return Err(invalid(path, "size out of range"));
                 }
                 if (f.size == 0) != f.digest.is_none() {
-                    return Err(invalid(&path, "a digest is required exactly when size is not 0"));
+                    return Err(invalid(path, "a digest is required exactly when size is not 0"));
                 }
-                check_zeros(&path, f)?;
+                check_zeros(path, f.size, f.zeros)?;
             }
-            Kind::Char(d) | Kind::Block(d) => {
-                super::check_dev(d.major.into(), d.minor.into()).map_err(|why| invalid(&path, why.to_string()))?;
+            KindRef::Symlink(t) if (t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET) => {
+                return Err(invalid(path, "symlink target must be 1 to 4095 bytes without NUL"));
             }
-            Kind::Symlink(t) if (t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET) => {
-                return Err(invalid(&path, "symlink target must be 1 to 4095 bytes without NUL"));
-            }
-            Kind::Hardlink(t) => {
+            KindRef::Hardlink(t) => {
                 if t.is_empty() || t.len() > MAX_TARGET {
-                    return Err(invalid(&path, "hardlink path must be 1 to 4095 bytes"));
+                    return Err(invalid(path, "hardlink path must be 1 to 4095 bytes"));
                 }
                 for comp in t.split(|&b| b == b'/') {
-                    check_name(comp).map_err(|w| invalid(&path, format!("hardlink path {}: {w}", path_display(t))))?;
+                    check_name(comp).map_err(|w| invalid(path, format!("hardlink path {}: {w}", path_display(t))))?;
                 }
-                if !linkable.contains(t.as_slice()) {
-                    let why = match m.get(t).map(|x| x.kind.code()) {
+                if !linkable.contains(t) {
+                    let why = match c.get(t).map(|x| x.code()) {
                         None => "names no entry",
                         Some(KindCode::Dir) => "must not name a directory",
                         Some(KindCode::Hardlink) => "must name the first name of its inode, not another hardlink",
                         Some(_) => "must name an entry earlier in manifest order",
                     };
-                    return Err(invalid(&path, format!("hardlink to {} {why}", path_display(t))));
+                    return Err(invalid(path, format!("hardlink to {} {why}", path_display(t))));
                 }
             }
             _ => {}
         }
-        if code != KindCode::Dir && code != KindCode::Hardlink && named.contains(path.as_slice()) {
-            linkable.insert(path);
+        if code != KindCode::Dir && code != KindCode::Hardlink && named.contains(path) {
+            linkable.insert(path.to_vec());
         }
     }
     Ok(())
 }
 
-fn check_zeros(path: &[u8], f: &File) -> Result<(), DecodeError> {
-    let blocks = f.size / BLOCK; // whole blocks inside the file
+fn check_zeros(path: &[u8], size: u64, zeros: &[(u64, u64)]) -> Result<(), DecodeError> {
+    let blocks = size / BLOCK; // whole blocks inside the file
     let mut end: Option<u64> = None;
-    for &(s, n) in &f.zeros {
+    for &(s, n) in zeros {
         if n == 0 {
             return Err(invalid(path, "zero run of 0 blocks"));
         }

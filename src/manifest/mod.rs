@@ -10,6 +10,7 @@
 
 mod cbor;
 mod codec;
+pub mod compact;
 mod digest;
 pub mod notation;
 mod walk;
@@ -17,7 +18,8 @@ pub mod zeros;
 
 use std::collections::BTreeMap;
 
-pub use codec::{DecodeError, decode, encode};
+pub use codec::{DecodeError, decode, encode, validate};
+pub use compact::{Compact, KindRef, Node};
 pub use digest::{Digest, DigestParseError};
 pub use walk::{Walk, path_display};
 
