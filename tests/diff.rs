@@ -709,3 +709,92 @@ fn disk_hardlinked_symlink_and_fifo_break_and_relink() {
     assert_eq!(lines(&run_diff(&before, &scan(t.path()))), Vec::<String>::new());
     assert_eq!(lines(&run_diff(&broken, &scan(t.path()))), ["/f2: link (none) -> /f", "/s2: link (none) -> /s"]);
 }
+
+// ------------------------------------------------------------ the merge walk
+
+/// A directory chain `root/0/1/.../n-1` ending in a file `f`.
+fn chain(m: &mut Manifest, root: &str, n: usize) {
+    let mut p = root.to_string();
+    for i in 0..n {
+        p.push_str(&format!("/{i}"));
+    }
+    put(m, &format!("{p}/f"), file(b"deep"));
+}
+
+#[test]
+fn merge_walk_reports_one_sided_entries_once_in_manifest_order() {
+    let mut e = Manifest::default();
+    put(&mut e, "a/x", file(b"x"));
+    chain(&mut e, "b", 40);
+    put(&mut e, "c", file(b"c"));
+    put(&mut e, "d/e", file(b"e"));
+    put(&mut e, "m", Entry::empty_dir());
+    put(&mut e, "z", file(b"z"));
+    let mut a = Manifest::default();
+    put(&mut a, "a/x", file(b"x"));
+    put(&mut a, "a/y", file(b"y"));
+    chain(&mut a, "bb", 40);
+    put(&mut a, "c", file(b"c"));
+    put(&mut a, "d", file(b"d"));
+    chain(&mut a, "m/new", 3);
+    put(&mut a, "zz", file(b"zz"));
+    let want = [
+        "extra /a/y",
+        "missing /b",
+        "extra /bb",
+        "/d: type dir -> file",
+        "/d: mode 0755 -> 0644",
+        "extra /m/new",
+        "missing /z",
+        "extra /zz",
+    ];
+    assert_eq!(lines(&run_diff(&e, &a)), want);
+    // the same, streamed from the compact forms decoded from bytes
+    let ce = ocix::manifest::Compact::from_bytes(&e.to_bytes().unwrap()).unwrap();
+    let ca = ocix::manifest::Compact::from_bytes(&a.to_bytes().unwrap()).unwrap();
+    let mut streamed = Vec::new();
+    let n = ocix::diff::diff_each(&ce, &ca, &DiffOptions::default(), |f| streamed.push(f.to_string()));
+    assert_eq!(streamed, want);
+    assert_eq!(n, want.len() as u64);
+    // and reversed, every missing is extra and the reverse
+    let back: Vec<String> = lines(&run_diff(&a, &e));
+    assert_eq!(
+        back,
+        [
+            "missing /a/y",
+            "extra /b",
+            "missing /bb",
+            "/d: type file -> dir",
+            "/d: mode 0644 -> 0755",
+            "missing /m/new",
+            "extra /z",
+            "missing /zz"
+        ]
+    );
+    // one side empty: each top-level entry once
+    assert_eq!(
+        lines(&run_diff(&Manifest::default(), &a)),
+        ["extra /a", "extra /bb", "extra /c", "extra /d", "extra /m", "extra /zz"]
+    );
+}
+
+#[test]
+fn merge_walk_compares_hardlinks_through_their_first_names_on_each_side() {
+    // the same inode named in different places on each side
+    let mut e = Manifest::default();
+    put(&mut e, "a/f", file(b"one"));
+    put(&mut e, "b/g", Entry::new(Kind::Hardlink(b"a/f".to_vec())));
+    put(&mut e, "c", Entry::new(Kind::Hardlink(b"a/f".to_vec())));
+    let mut a = e.clone();
+    // c now links to a file whose content changed, g is a copy
+    *file_of(at(&mut a, "a/f")) = File { size: 3, digest: Some(Digest::of(b"two")), zeros: vec![] };
+    put(&mut a, "b/g", file(b"one"));
+    assert_eq!(
+        lines(&run_diff(&e, &a)),
+        [
+            format!("/a/f: digest {} -> {}", Digest::of(b"one"), Digest::of(b"two")),
+            "/b/g: link /a/f -> (none)".to_string(),
+            format!("/c: digest {} -> {}", Digest::of(b"one"), Digest::of(b"two")),
+        ]
+    );
+}

@@ -259,3 +259,45 @@ fn mtree_checks_the_link_count_of_hardlinked_symlinks_and_fifos() {
     assert!(text.contains("s2:") && text.contains("link count (2, 1)"), "{code}: {text}");
     assert_ne!(code, 0, "{text}");
 }
+
+#[test]
+fn hardlinks_in_subdirectories_show_their_first_name() {
+    let mut m = Manifest::default();
+    let mut d = Entry::empty_dir();
+    let Kind::Dir(c) = &mut d.kind else { unreachable!() };
+    let mut f = Entry::new(Kind::File(File { size: 3, digest: Some(Digest::of(b"abc")), zeros: vec![] }));
+    f.meta.mode = 0o600;
+    c.insert(b"f".to_vec(), f);
+    c.insert(b"s".to_vec(), Entry::new(Kind::Symlink(b"f".to_vec())));
+    put(&mut m, b"d", d);
+    put(&mut m, b"h1", Entry::new(Kind::Hardlink(b"d/f".to_vec())));
+    put(&mut m, b"h2", Entry::new(Kind::Hardlink(b"d/f".to_vec())));
+    put(&mut m, b"hs", Entry::new(Kind::Hardlink(b"d/s".to_vec())));
+    let bytes = m.to_bytes().expect("valid");
+    let c = ocix::manifest::Compact::from_bytes(&bytes).unwrap();
+    let text = render(write_text, &m);
+    let d = Digest::of(b"abc");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[4],
+        format!("hardlink 0600 0:0                  3 1970-01-01T00:00:00.000000000Z /h1 => /d/f {d}")
+    );
+    assert_eq!(
+        lines[5],
+        format!("hardlink 0600 0:0                  3 1970-01-01T00:00:00.000000000Z /h2 => /d/f {d}")
+    );
+    assert_eq!(lines[6], "hardlink 0777 0:0                  - 1970-01-01T00:00:00.000000000Z /hs => /d/s -> f");
+    let mtree = render(write_mtree, &m);
+    assert!(mtree.contains("./d/f type=file mode=0600 uid=0 gid=0 time=0.000000000 size=3 nlink=3 "), "{mtree}");
+    assert!(mtree.contains("./h2 type=file mode=0600 uid=0 gid=0 time=0.000000000 size=3 nlink=3 "), "{mtree}");
+    assert!(mtree.contains("./d/s type=link mode=0777 uid=0 gid=0 time=0.000000000 nlink=2 link=f"), "{mtree}");
+    // the compact form renders the same bytes
+    let of = |r: fn(&ocix::manifest::Compact, &mut dyn std::io::Write) -> std::io::Result<()>| {
+        let mut v = Vec::new();
+        r(&c, &mut v).unwrap();
+        String::from_utf8(v).unwrap()
+    };
+    assert_eq!(of(write_text::<ocix::manifest::Compact>), text);
+    assert_eq!(of(write_mtree::<ocix::manifest::Compact>), mtree);
+    assert_eq!(of(write_json::<ocix::manifest::Compact>), render(write_json, &m));
+}

@@ -1,8 +1,8 @@
 //! `ocix diff TARGET [MANIFEST]`: the drift audit.
 
 use super::Global;
-use crate::diff::{DiffOptions, Excludes, Field, diff};
-use crate::manifest::Manifest;
+use crate::diff::{DiffOptions, Excludes, Field, diff_each};
+use crate::manifest::Compact;
 use anyhow::{Context as _, bail};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -86,8 +86,8 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let is_dir = a.target != Path::new("-")
         && std::fs::metadata(&a.target).with_context(|| format!("{}: cannot access", a.target.display()))?.is_dir();
     let (expected, actual) = match (&a.manifest, is_dir) {
-        (Some(m), true) => (super::read_manifest(m)?, scan(&a.target, &a, g)?),
-        (Some(m), false) => (super::read_manifest(m)?, super::read_manifest(&a.target)?),
+        (Some(m), true) => (super::read_compact(m)?, scan(&a.target, &a, g)?),
+        (Some(m), false) => (super::read_compact(m)?, super::read_compact(&a.target)?),
         (None, true) => {
             let cbor = a.target.join("ocix.cbor");
             let rootfs = a.target.join("rootfs");
@@ -98,32 +98,57 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
                 );
             }
             g.info(&format!("bundle: comparing {} with {}", rootfs.display(), cbor.display()));
-            (super::read_manifest(&cbor)?, scan(&rootfs, &a, g)?)
+            (super::read_compact(&cbor)?, scan(&rootfs, &a, g)?)
         }
         (None, false) => bail!("{}: a manifest needs the expected MANIFEST to compare with", a.target.display()),
     };
 
-    let findings = diff(&expected, &actual, &opts);
-    let mut out = Vec::new();
-    if a.json {
-        out.extend_from_slice(b"[");
-        for (i, f) in findings.iter().enumerate() {
-            out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
-            serde_json::to_writer(&mut out, f)?;
+    // findings go out as they are found; after a write fails they are
+    // still counted, for the exit status
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut failed: Option<std::io::Error> = None;
+    let mut first = true;
+    let json = a.json;
+    let found = diff_each(&expected, &actual, &opts, |f| {
+        if failed.is_some() {
+            return;
         }
-        out.extend_from_slice(b"\n]\n");
-    } else {
-        for f in &findings {
-            writeln!(out, "{f}")?;
+        let r = if json {
+            let sep: &[u8] = if first { b"[\n" } else { b",\n" };
+            out.write_all(sep).and_then(|()| serde_json::to_writer(&mut out, &f).map_err(std::io::Error::other))
+        } else {
+            writeln!(out, "{f}")
+        };
+        first = false;
+        if let Err(e) = r {
+            failed = Some(e);
+        }
+    });
+    if failed.is_none() {
+        let end: &[u8] = if !json {
+            b""
+        } else if first {
+            b"[\n]\n"
+        } else {
+            b"\n]\n"
+        };
+        if let Err(e) = out.write_all(end).and_then(|()| out.flush()) {
+            failed = Some(e);
         }
     }
-    super::write_output(None, &out)?;
-    g.info(&format!("{} findings", findings.len()));
-    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    drop(out);
+    match failed {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::new(e).context("writing standard output"));
+        }
+        _ => {}
+    }
+    g.info(&format!("{found} findings"));
+    Ok(if found == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Manifest> {
+fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Compact> {
     let opts = a.tree.scan_options(0, g);
     let scan = super::scan_tree(dir, None, &opts, g)?;
-    Ok(scan.manifest)
+    Ok(Compact::from_tree(&scan.manifest)?)
 }

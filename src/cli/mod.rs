@@ -173,6 +173,13 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<crate::manifest::Manifest> {
     crate::manifest::Manifest::from_bytes(&data).with_context(|| format!("{}: invalid OCIX manifest", shown(path)))
 }
 
+/// Reads a whole manifest file (`-` is stdin) into the compact form; errors
+/// name the file.
+pub fn read_compact(path: &Path) -> anyhow::Result<crate::manifest::Compact> {
+    let data = read_input(path)?;
+    crate::manifest::Compact::from_bytes(&data).with_context(|| format!("{}: invalid OCIX manifest", shown(path)))
+}
+
 /// Reads a file or stdin (`-`).
 pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     if path == Path::new("-") {

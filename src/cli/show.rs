@@ -45,7 +45,7 @@ keywords for xattrs or zero runs; those are not checked that way.";
 
 /// Runs the subcommand.
 pub fn run(a: Args, _g: Global) -> anyhow::Result<ExitCode> {
-    let m = super::read_manifest(&a.manifest)?;
+    let m = super::read_compact(&a.manifest)?;
     let render = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
         if a.json {
             write_json(&m, out)

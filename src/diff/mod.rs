@@ -41,10 +41,11 @@
 /// The exclude patterns, the same matcher `ocix scan --exclude` uses.
 pub use crate::filter::Excludes;
 
-use crate::manifest::notation::{escape, format_mode, format_time, resolve};
-use crate::manifest::{Dev, Digest, Entry, Kind, KindCode, Manifest, Meta, Name, Time, path_display};
+use crate::manifest::compact::{Children, Xattrs};
+use crate::manifest::notation::{AsCompact, Links, escape, format_mode, format_time};
+use crate::manifest::{Compact, Dev, Digest, KindCode, KindRef, Name, Node, Time, path_display};
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -392,169 +393,192 @@ impl DiffOptions {
 
 /// Compares `actual` against `expected`; the findings come in manifest order
 /// (see the module documentation for the rules). Empty means no drift.
-pub fn diff(expected: &Manifest, actual: &Manifest, opts: &DiffOptions) -> Vec<Finding> {
-    let mut cx = Cx { exp: expected, act: actual, opts, out: Vec::new(), path: Vec::new() };
-    cx.entry(&expected.root, &actual.root);
-    cx.out
+/// Collects what [`diff_each`] finds.
+pub fn diff<E: AsCompact + ?Sized, A: AsCompact + ?Sized>(
+    expected: &E,
+    actual: &A,
+    opts: &DiffOptions,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    diff_each(&expected.as_compact(), &actual.as_compact(), opts, |f| out.push(f));
+    out
 }
 
-struct Cx<'a> {
-    exp: &'a Manifest,
-    act: &'a Manifest,
+/// Compares `actual` against `expected` and hands each finding to `sink`
+/// as it is found, in manifest order: both manifests are walked once, side
+/// by side, and nothing but the hardlinks' first names is held. Returns the
+/// number of findings.
+pub fn diff_each(expected: &Compact, actual: &Compact, opts: &DiffOptions, mut sink: impl FnMut(Finding)) -> u64 {
+    let mut cx =
+        Cx { exp: Links::new(expected), act: Links::new(actual), opts, sink: &mut sink, found: 0, path: Vec::new() };
+    cx.entry(expected.root(), actual.root());
+    cx.found
+}
+
+struct Cx<'a, 's> {
+    exp: Links<'a>,
+    act: Links<'a>,
     opts: &'a DiffOptions,
-    out: Vec<Finding>,
+    sink: &'s mut dyn FnMut(Finding),
+    found: u64,
     path: Vec<u8>,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a, '_> {
     fn push(&mut self, what: What) {
-        self.out.push(Finding { path: self.path.clone(), what });
+        self.found += 1;
+        (self.sink)(Finding { path: self.path.clone(), what });
     }
 
-    fn change(&mut self, field: Field, expected: Value, actual: Value) {
-        if self.opts.checks(field) && expected != actual {
-            self.push(What::Changed { field, xattr: None, expected, actual });
+    /// Reports `field` when it is compared and the values differ; the
+    /// values are made only then.
+    fn change<T: PartialEq>(&mut self, field: Field, e: T, a: T, value: impl Fn(T) -> Value) {
+        if e != a && self.opts.checks(field) {
+            self.push(What::Changed { field, xattr: None, expected: value(e), actual: value(a) });
         }
     }
 
     /// Compares two entries at `self.path`, then their children.
-    fn entry(&mut self, e: &Entry, a: &Entry) {
-        let re = resolve(self.exp, e);
-        let ra = resolve(self.act, a);
+    fn entry(&mut self, e: Node<'a>, a: Node<'a>) {
+        let re = self.exp.resolve(e);
+        let ra = self.act.resolve(a);
+        let (ne, na) = (re.node, ra.node);
         // A resolved hardlink shows its first name's type.
-        let (te, ta) = (re.kind.code(), ra.kind.code());
+        let (te, ta) = (ne.code(), na.code());
         let same_type = te == ta;
-        self.change(Field::Type, Value::Type(te), Value::Type(ta));
+        self.change(Field::Type, te, ta, Value::Type);
         if same_type && te != KindCode::Dir {
-            self.change(Field::Link, link_value(re.link), link_value(ra.link));
+            self.change(Field::Link, re.link, ra.link, link_value);
         }
-        self.meta(re.meta, ra.meta, Part::Ids);
+        self.change(Field::Mode, ne.mode(), na.mode(), Value::Mode);
+        self.change(Field::Uid, ne.uid(), na.uid(), Value::Id);
+        self.change(Field::Gid, ne.gid(), na.gid(), Value::Id);
+        let name = |n: Option<&str>| Value::Name(n.map(str::to_string));
+        self.change(Field::Uname, ne.uname(), na.uname(), name);
+        self.change(Field::Gname, ne.gname(), na.gname(), name);
         if same_type {
-            self.specific(re.kind, ra.kind);
+            self.specific(ne.kind(), na.kind());
         }
-        self.meta(re.meta, ra.meta, Part::Rest);
-        if let (Kind::Dir(ce), Kind::Dir(ca)) = (&e.kind, &a.kind) {
+        if self.opts.checks(Field::Xattr) {
+            self.xattrs(ne.xattrs(), na.xattrs());
+        }
+        self.change(Field::Mtime, ne.mtime(), na.mtime(), Value::Time);
+        if let (KindRef::Dir(ce), KindRef::Dir(ca)) = (e.kind(), a.kind()) {
             self.children(ce, ca);
         }
     }
 
-    fn meta(&mut self, e: &Meta, a: &Meta, part: Part) {
-        match part {
-            Part::Ids => {
-                self.change(Field::Mode, Value::Mode(e.mode), Value::Mode(a.mode));
-                self.change(Field::Uid, Value::Id(e.uid), Value::Id(a.uid));
-                self.change(Field::Gid, Value::Id(e.gid), Value::Id(a.gid));
-                self.change(Field::Uname, Value::Name(e.uname.clone()), Value::Name(a.uname.clone()));
-                self.change(Field::Gname, Value::Name(e.gname.clone()), Value::Name(a.gname.clone()));
-            }
-            Part::Rest => {
-                if self.opts.checks(Field::Xattr) {
-                    self.xattrs(&e.xattrs, &a.xattrs);
+    fn xattrs(&mut self, e: Xattrs<'a>, a: Xattrs<'a>) {
+        if e.len() == a.len() && e.iter().eq(a.iter()) {
+            return;
+        }
+        let v = |x: Option<&[u8]>| x.map_or(Value::None, |b| Value::Bytes(b.to_vec()));
+        merge(
+            e.iter(),
+            a.iter(),
+            |x| x.0,
+            |name, ve, va| {
+                let (ve, va) = (ve.map(|x| x.1), va.map(|x| x.1));
+                if self.opts.ignore_xattrs.contains(name) || ve == va {
+                    return;
                 }
-                self.change(Field::Mtime, Value::Time(e.mtime), Value::Time(a.mtime));
-            }
-        }
+                self.push(What::Changed {
+                    field: Field::Xattr,
+                    xattr: Some(name.to_vec()),
+                    expected: v(ve),
+                    actual: v(va),
+                });
+            },
+        );
     }
 
-    fn xattrs(&mut self, e: &BTreeMap<Vec<u8>, Vec<u8>>, a: &BTreeMap<Vec<u8>, Vec<u8>>) {
-        for (name, ve, va) in merge(e, a) {
-            if self.opts.ignore_xattrs.contains(name) || ve == va {
-                continue;
-            }
-            let v = |x: Option<&Vec<u8>>| x.map_or(Value::None, |b| Value::Bytes(b.clone()));
-            self.push(What::Changed { field: Field::Xattr, xattr: Some(name.clone()), expected: v(ve), actual: v(va) });
-        }
-    }
-
-    fn specific(&mut self, e: &Kind, a: &Kind) {
+    fn specific(&mut self, e: KindRef<'a>, a: KindRef<'a>) {
         match (e, a) {
-            (Kind::File(fe), Kind::File(fa)) => {
-                self.change(Field::Size, Value::Size(fe.size), Value::Size(fa.size));
-                self.change(Field::Digest, Value::Digest(fe.digest), Value::Digest(fa.digest));
-                self.change(Field::Zeros, Value::Zeros(fe.zeros.clone()), Value::Zeros(fa.zeros.clone()));
+            (KindRef::File(fe), KindRef::File(fa)) => {
+                self.change(Field::Size, fe.size, fa.size, Value::Size);
+                self.change(Field::Digest, fe.digest, fa.digest, |d| Value::Digest(d.copied()));
+                self.change(Field::Zeros, fe.zeros, fa.zeros, |z| Value::Zeros(z.to_vec()));
             }
-            (Kind::Symlink(te), Kind::Symlink(ta)) => {
-                self.change(Field::Target, Value::Target(te.clone()), Value::Target(ta.clone()));
+            (KindRef::Symlink(te), KindRef::Symlink(ta)) => {
+                self.change(Field::Target, te, ta, |t| Value::Target(t.to_vec()));
             }
-            (Kind::Char(de), Kind::Char(da)) | (Kind::Block(de), Kind::Block(da)) => {
-                self.change(Field::Rdev, Value::Dev(*de), Value::Dev(*da));
+            (KindRef::Char(de), KindRef::Char(da)) | (KindRef::Block(de), KindRef::Block(da)) => {
+                self.change(Field::Rdev, de, da, Value::Dev);
             }
             // An unresolvable hardlink (only in a manifest that was never
             // validated): compare what it points at.
-            (Kind::Hardlink(pe), Kind::Hardlink(pa)) => {
-                self.change(Field::Link, Value::Path(pe.clone()), Value::Path(pa.clone()));
+            (KindRef::Hardlink(pe), KindRef::Hardlink(pa)) => {
+                self.change(Field::Link, pe, pa, |p| Value::Path(p.to_vec()));
             }
             _ => {}
         }
     }
 
-    fn children(&mut self, e: &BTreeMap<Name, Entry>, a: &BTreeMap<Name, Entry>) {
+    fn children(&mut self, e: Children<'a>, a: Children<'a>) {
         let base = self.path.len();
-        for (name, ce, ca) in merge(e, a) {
-            if base > 0 {
-                self.path.push(b'/');
-            }
-            self.path.extend_from_slice(name);
-            if !self.opts.excludes.is_excluded(&self.path) {
-                match (ce, ca) {
-                    // deep trees recurse deeply: grow the stack on demand
-                    (Some(ce), Some(ca)) => stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(ce, ca)),
-                    (Some(_), None) => self.push(What::Missing),
-                    (None, Some(_)) => self.push(What::Extra),
-                    (None, None) => {}
+        merge(
+            e,
+            a,
+            |n| n.name(),
+            |name, ce, ca| {
+                if base > 0 {
+                    self.path.push(b'/');
                 }
-            }
-            self.path.truncate(base);
-        }
+                self.path.extend_from_slice(name);
+                if !self.opts.excludes.is_excluded(&self.path) {
+                    match (ce, ca) {
+                        // deep trees recurse deeply: grow the stack on demand
+                        (Some(ce), Some(ca)) => stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(ce, ca)),
+                        (Some(_), None) => self.push(What::Missing),
+                        (None, Some(_)) => self.push(What::Extra),
+                        (None, None) => {}
+                    }
+                }
+                self.path.truncate(base);
+            },
+        );
     }
-}
-
-#[derive(Clone, Copy)]
-enum Part {
-    /// Mode, owner and names, reported before the type-specific fields.
-    Ids,
-    /// Xattrs and mtime, reported after them.
-    Rest,
 }
 
 fn link_value(l: Option<&[u8]>) -> Value {
     l.map_or(Value::None, |p| Value::Path(p.to_vec()))
 }
 
-/// Both maps' keys in order, with each side's value.
-fn merge<'a, V>(
-    e: &'a BTreeMap<Vec<u8>, V>,
-    a: &'a BTreeMap<Vec<u8>, V>,
-) -> Vec<(&'a Vec<u8>, Option<&'a V>, Option<&'a V>)> {
-    let mut out = Vec::with_capacity(e.len().max(a.len()));
-    let (mut ie, mut ia) = (e.iter().peekable(), a.iter().peekable());
+/// Walks two sequences sorted by `key` side by side, calling `f` once per
+/// key with each side's item.
+fn merge<'k, T: Copy>(
+    e: impl Iterator<Item = T>,
+    a: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> &'k [u8],
+    mut f: impl FnMut(&'k [u8], Option<T>, Option<T>),
+) {
+    let (mut ie, mut ia) = (e.peekable(), a.peekable());
     loop {
-        match (ie.peek(), ia.peek()) {
+        match (ie.peek().copied(), ia.peek().copied()) {
             (None, None) => break,
-            (Some((ke, ve)), None) => {
-                out.push((*ke, Some(*ve), None));
+            (Some(x), None) => {
+                f(key(&x), Some(x), None);
                 ie.next();
             }
-            (None, Some((ka, va))) => {
-                out.push((*ka, None, Some(*va)));
+            (None, Some(y)) => {
+                f(key(&y), None, Some(y));
                 ia.next();
             }
-            (Some((ke, ve)), Some((ka, va))) => match ke.cmp(ka) {
+            (Some(x), Some(y)) => match key(&x).cmp(key(&y)) {
                 std::cmp::Ordering::Less => {
-                    out.push((*ke, Some(*ve), None));
+                    f(key(&x), Some(x), None);
                     ie.next();
                 }
                 std::cmp::Ordering::Greater => {
-                    out.push((*ka, None, Some(*va)));
+                    f(key(&y), None, Some(y));
                     ia.next();
                 }
                 std::cmp::Ordering::Equal => {
-                    out.push((*ke, Some(*ve), Some(*va)));
+                    f(key(&x), Some(x), Some(y));
                     ie.next();
                     ia.next();
                 }
             },
         }
     }
-    out
 }

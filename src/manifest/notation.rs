@@ -2,7 +2,10 @@
 //! times, octal modes, and hardlinks resolved to the inode they share. One
 //! notation for every listing and report (`ocix show`, `ocix diff`).
 
-use super::{Entry, Kind, Manifest, Meta, Time, path_display};
+use super::compact::{Compact, Node};
+use super::{KindCode, Manifest, Time, path_display};
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// Escapes raw bytes (a name, a symlink target, an xattr name) into one line
 /// of text, losslessly: `\` becomes `\\`, control characters their Rust
@@ -46,29 +49,107 @@ fn civil_from_days(days: i64) -> (i128, u32, u32) {
     (y, m, d)
 }
 
+/// A manifest in either form, for the readers that work on the compact
+/// one ([`crate::render`], [`crate::diff`]): a [`Compact`] is read as it
+/// is, a tree is converted first.
+pub trait AsCompact {
+    /// The compact form, borrowed when it is one already.
+    ///
+    /// # Panics
+    /// For a tree the compact form cannot hold (a name longer than 255
+    /// bytes, mode bits outside 07777, device numbers Linux cannot
+    /// represent), which no decoded or scanned manifest is.
+    fn as_compact(&self) -> Cow<'_, Compact>;
+}
+
+impl AsCompact for Compact {
+    fn as_compact(&self) -> Cow<'_, Compact> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl AsCompact for Manifest {
+    fn as_compact(&self) -> Cow<'_, Compact> {
+        match Compact::from_tree(self) {
+            Ok(c) => Cow::Owned(c),
+            Err(e) => panic!("a tree the compact form cannot hold: {e}"),
+        }
+    }
+}
+
+/// The entries hardlinks name, found once for a whole [`Compact`]
+/// manifest: a map from each path some hardlink names to that entry and
+/// the number of names its inode has. It holds one slot per distinct path
+/// named, so it stays small however many entries the manifest has.
+pub struct Links<'a> {
+    c: &'a Compact,
+    /// Path named (clean: components joined by one `/`) -> (index of the
+    /// entry there or `u32::MAX`, names of the inode).
+    named: HashMap<Cow<'a, [u8]>, (u32, u64)>,
+}
+
 /// An entry as shown: a hardlink resolved to the first name of its inode,
 /// whose metadata and content it shares.
-pub struct Resolved<'a> {
-    /// Metadata of the inode (the first name's, for a hardlink).
-    pub meta: &'a Meta,
-    /// Kind of the inode (the first name's, for a hardlink).
-    pub kind: &'a Kind,
+#[derive(Clone, Copy, Debug)]
+pub struct ResolvedNode<'a> {
+    /// The inode's entry (the first name's, for a hardlink).
+    pub node: Node<'a>,
     /// For a hardlink, the path of the first name it links to.
     pub link: Option<&'a [u8]>,
 }
 
-/// Resolves a hardlink entry to its first name, of whatever type; any other
-/// entry (and a hardlink to a missing entry, a directory or another
-/// hardlink, which a valid manifest never has) stands for itself.
-pub fn resolve<'a>(m: &'a Manifest, e: &'a Entry) -> Resolved<'a> {
-    if let Kind::Hardlink(p) = &e.kind {
-        if let Some(t) = m.get(p) {
-            if !matches!(t.kind, Kind::Dir(_) | Kind::Hardlink(_)) {
-                return Resolved { meta: &t.meta, kind: &t.kind, link: Some(p) };
+/// A hardlink path as [`Manifest::get`] reads it: empty components
+/// dropped.
+fn clean(p: &[u8]) -> Cow<'_, [u8]> {
+    let dirty = p.first() == Some(&b'/') || p.last() == Some(&b'/') || p.windows(2).any(|w| w == b"//");
+    if !dirty {
+        return Cow::Borrowed(p);
+    }
+    let parts: Vec<&[u8]> = p.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    Cow::Owned(parts.join(&b'/'))
+}
+
+impl<'a> Links<'a> {
+    /// Finds every entry a hardlink of `c` names (two passes over the
+    /// manifest when it has hardlinks, one when it has none).
+    pub fn new(c: &'a Compact) -> Self {
+        let mut named: HashMap<Cow<'a, [u8]>, (u32, u64)> = HashMap::new();
+        for n in c.nodes() {
+            if n.code() == KindCode::Hardlink {
+                let t = n.target().unwrap_or_default();
+                named.entry(clean(t)).or_insert((u32::MAX, 1)).1 += 1;
             }
         }
+        if !named.is_empty() {
+            let mut cur = c.cursor();
+            while let Some((path, n)) = cur.next_entry() {
+                if let Some(slot) = named.get_mut(path) {
+                    slot.0 = n.index() as u32;
+                }
+            }
+        }
+        Links { c, named }
     }
-    Resolved { meta: &e.meta, kind: &e.kind, link: None }
+
+    /// Resolves a hardlink to its first name, of whatever type; any other
+    /// entry (and a hardlink to a missing entry, a directory or another
+    /// hardlink, which a valid manifest never has) stands for itself.
+    pub fn resolve(&self, n: Node<'a>) -> ResolvedNode<'a> {
+        if n.code() == KindCode::Hardlink {
+            let t = n.target().unwrap_or_default();
+            let found = self.named.get(&*clean(t)).and_then(|&(i, _)| self.c.node(i as usize));
+            if let Some(first) = found.filter(|f| !matches!(f.code(), KindCode::Dir | KindCode::Hardlink)) {
+                return ResolvedNode { node: first, link: Some(t) };
+            }
+        }
+        ResolvedNode { node: n, link: None }
+    }
+
+    /// How many names the inode whose first name is at `path` has: 1 plus
+    /// the hardlinks to it.
+    pub fn names(&self, path: &[u8]) -> u64 {
+        self.named.get(&*clean(path)).map_or(1, |&(_, k)| k)
+    }
 }
 
 #[cfg(test)]

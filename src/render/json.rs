@@ -33,18 +33,23 @@
 
 use super::escape;
 use super::format_mode;
-use crate::manifest::{Entry, Kind, Manifest, path_display};
+use crate::manifest::notation::AsCompact;
+use crate::manifest::{KindRef, Node, path_display};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::io::{self, Write};
 
 /// Writes the JSON form of `m` to `out`.
-pub fn write_json(m: &Manifest, out: &mut dyn Write) -> io::Result<()> {
+pub fn write_json<M: AsCompact + ?Sized>(m: &M, out: &mut dyn Write) -> io::Result<()> {
+    let c = m.as_compact();
     out.write_all(b"[\n")?;
-    for (i, (path, entry)) in m.walk().enumerate() {
-        if i > 0 {
+    let mut cur = c.cursor();
+    let mut first = true;
+    while let Some((path, node)) = cur.next_entry() {
+        if !first {
             out.write_all(b",\n")?;
         }
-        serde_json::to_writer(&mut *out, &EntryJson { path: &path, entry }).map_err(io::Error::other)?;
+        first = false;
+        serde_json::to_writer(&mut *out, &EntryJson { path, node }).map_err(io::Error::other)?;
     }
     out.write_all(b"\n]\n")
 }
@@ -54,48 +59,50 @@ pub struct EntryJson<'a> {
     /// Path relative to the root, `/`-joined (empty for the root).
     pub path: &'a [u8],
     /// The entry.
-    pub entry: &'a Entry,
+    pub node: Node<'a>,
 }
 
 impl Serialize for EntryJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = self.entry;
+        let n = self.node;
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("path", &path_display(self.path))?;
-        m.serialize_entry("type", e.kind.code().name())?;
-        if let Kind::Hardlink(p) = &e.kind {
+        m.serialize_entry("type", n.code().name())?;
+        let kind = n.kind();
+        if let KindRef::Hardlink(p) = kind {
             m.serialize_entry("link", &path_display(p))?;
             return m.end();
         }
-        let meta = &e.meta;
-        m.serialize_entry("mode", &format_mode(meta.mode))?;
-        m.serialize_entry("uid", &meta.uid)?;
-        m.serialize_entry("gid", &meta.gid)?;
-        if let Some(u) = &meta.uname {
+        m.serialize_entry("mode", &format_mode(n.mode()))?;
+        m.serialize_entry("uid", &n.uid())?;
+        m.serialize_entry("gid", &n.gid())?;
+        if let Some(u) = n.uname() {
             m.serialize_entry("uname", u)?;
         }
-        if let Some(g) = &meta.gname {
+        if let Some(g) = n.gname() {
             m.serialize_entry("gname", g)?;
         }
-        m.serialize_entry("mtime", &Mtime(meta.mtime.sec, meta.mtime.nsec))?;
-        if !meta.xattrs.is_empty() {
+        let t = n.mtime();
+        m.serialize_entry("mtime", &Mtime(t.sec, t.nsec))?;
+        let xattrs = n.xattrs();
+        if !xattrs.is_empty() {
             let x: serde_json::Map<String, serde_json::Value> =
-                meta.xattrs.iter().map(|(k, v)| (escape(k), serde_json::Value::String(hex::encode(v)))).collect();
+                xattrs.iter().map(|(k, v)| (escape(k), serde_json::Value::String(hex::encode(v)))).collect();
             m.serialize_entry("xattrs", &x)?;
         }
-        match &e.kind {
-            Kind::File(f) => {
+        match kind {
+            KindRef::File(f) => {
                 m.serialize_entry("size", &f.size)?;
-                if let Some(d) = &f.digest {
+                if let Some(d) = f.digest {
                     m.serialize_entry("digest", &d.to_string())?;
                 }
                 if !f.zeros.is_empty() {
-                    m.serialize_entry("zeros", &f.zeros)?;
+                    m.serialize_entry("zeros", f.zeros)?;
                 }
             }
-            Kind::Symlink(t) => m.serialize_entry("target", &escape(t))?,
-            Kind::Char(d) | Kind::Block(d) => m.serialize_entry("rdev", &Rdev(d.major, d.minor))?,
-            Kind::Dir(_) | Kind::Hardlink(_) | Kind::Fifo | Kind::Socket => {}
+            KindRef::Symlink(t) => m.serialize_entry("target", &escape(t))?,
+            KindRef::Char(d) | KindRef::Block(d) => m.serialize_entry("rdev", &Rdev(d.major, d.minor))?,
+            KindRef::Dir(_) | KindRef::Hardlink(_) | KindRef::Fifo | KindRef::Socket => {}
         }
         m.end()
     }

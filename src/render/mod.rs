@@ -19,5 +19,4 @@ pub use json::write_json;
 pub use mtree::write_mtree;
 pub use text::write_text;
 
-pub(crate) use crate::manifest::notation::resolve;
 pub use crate::manifest::notation::{escape, format_mode, format_time};

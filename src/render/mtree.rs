@@ -39,67 +39,73 @@
 //! escaped backslash (`\134\052` for `*`) so the pattern matches only the
 //! name itself.
 
-use super::{format_mode, resolve};
-use crate::manifest::{Kind, Manifest, Time};
-use std::collections::HashMap;
+use super::format_mode;
+use crate::manifest::notation::{AsCompact, Links};
+use crate::manifest::{KindRef, Time};
 use std::io::{self, Write};
 
 /// Writes the mtree specification of `m` to `out`.
-pub fn write_mtree(m: &Manifest, out: &mut dyn Write) -> io::Result<()> {
-    // Names per inode: the first name plus every hardlink to it.
-    let mut links: HashMap<&[u8], u64> = HashMap::new();
-    for (_, e) in m.walk() {
-        if let Kind::Hardlink(p) = &e.kind {
-            *links.entry(p.as_slice()).or_insert(1) += 1;
-        }
-    }
+pub fn write_mtree<M: AsCompact + ?Sized>(m: &M, out: &mut dyn Write) -> io::Result<()> {
+    let c = m.as_compact();
+    // names per inode: the first name plus every hardlink to it
+    let links = Links::new(&c);
     out.write_all(b"#mtree\n")?;
-    for (path, entry) in m.walk() {
-        let r = resolve(m, entry);
-        let mut line = String::from(".");
+    let mut cur = c.cursor();
+    let mut line = String::new();
+    while let Some((path, entry)) = cur.next_entry() {
+        use std::fmt::Write as _;
+        let r = links.resolve(entry);
+        let n = r.node;
+        let kind = n.kind();
+        line.clear();
+        line.push('.');
         for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             line.push('/');
             line.push_str(&encode_name(comp));
         }
-        let ty = match r.kind {
-            Kind::File(_) => "file",
-            Kind::Dir(_) => "dir",
-            Kind::Symlink(_) => "link",
-            Kind::Char(_) => "char",
-            Kind::Block(_) => "block",
-            Kind::Fifo => "fifo",
-            Kind::Socket => "socket",
+        let ty = match kind {
+            KindRef::File(_) => "file",
+            KindRef::Dir(_) => "dir",
+            KindRef::Symlink(_) => "link",
+            KindRef::Char(_) => "char",
+            KindRef::Block(_) => "block",
+            KindRef::Fifo => "fifo",
+            KindRef::Socket => "socket",
             // Unresolvable hardlink (never in a validated manifest): nothing
             // to say about it but that it exists.
-            Kind::Hardlink(_) => {
+            KindRef::Hardlink(_) => {
                 line.push_str(" type=file\n");
                 out.write_all(line.as_bytes())?;
                 continue;
             }
         };
-        let meta = r.meta;
-        line.push_str(&format!(
+        let _ = write!(
+            line,
             " type={ty} mode={} uid={} gid={} time={}",
-            format_mode(meta.mode),
-            meta.uid,
-            meta.gid,
-            time(meta.mtime)
-        ));
-        let nlink = links.get(r.link.unwrap_or(&path)).copied().unwrap_or(1);
-        match r.kind {
-            Kind::File(f) => {
-                let digest = f.digest.unwrap_or_else(|| crate::manifest::Digest::of(b""));
-                line.push_str(&format!(" size={} nlink={nlink} sha256digest={}", f.size, digest.hex()));
+            format_mode(n.mode()),
+            n.uid(),
+            n.gid(),
+            time(n.mtime())
+        );
+        let nlink = links.names(r.link.unwrap_or(path));
+        match kind {
+            KindRef::File(f) => {
+                let digest = f.digest.copied().unwrap_or_else(|| crate::manifest::Digest::of(b""));
+                let _ = write!(line, " size={} nlink={nlink} sha256digest={}", f.size, digest.hex());
             }
-            Kind::Dir(_) => {}
-            _ => line.push_str(&format!(" nlink={nlink}")),
+            KindRef::Dir(_) => {}
+            _ => {
+                let _ = write!(line, " nlink={nlink}");
+            }
         }
-        match r.kind {
-            Kind::Symlink(t) => {
+        match kind {
+            KindRef::Symlink(t) => {
                 line.push_str(" link=");
                 line.push_str(&encode(t));
             }
-            Kind::Char(d) | Kind::Block(d) => line.push_str(&format!(" device=native,{},{}", d.major, d.minor)),
+            KindRef::Char(d) | KindRef::Block(d) => {
+                let _ = write!(line, " device=native,{},{}", d.major, d.minor);
+            }
             _ => {}
         }
         line.push('\n');

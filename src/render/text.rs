@@ -14,56 +14,68 @@
 //! a hardlink (the first name of its inode, whose metadata the line shows),
 //! the content digest, `zeros=N` (zero runs), `xattrs=N` and `dev=MAJ,MIN`.
 
-use super::{escape, format_mode, format_time, resolve};
-use crate::manifest::{Kind, Manifest, path_display};
+use super::{escape, format_mode, format_time};
+use crate::manifest::notation::{AsCompact, Links};
+use crate::manifest::{KindRef, path_display};
 use std::io::{self, Write};
 
 /// Writes the listing of `m` to `out`.
-pub fn write_text(m: &Manifest, out: &mut dyn Write) -> io::Result<()> {
-    for (path, entry) in m.walk() {
-        let r = resolve(m, entry);
-        let meta = r.meta;
-        let size = match r.kind {
-            Kind::File(f) => f.size.to_string(),
+pub fn write_text<M: AsCompact + ?Sized>(m: &M, out: &mut dyn Write) -> io::Result<()> {
+    let c = m.as_compact();
+    let links = Links::new(&c);
+    let mut cur = c.cursor();
+    let mut line = String::new();
+    while let Some((path, entry)) = cur.next_entry() {
+        use std::fmt::Write as _;
+        let r = links.resolve(entry);
+        let n = r.node;
+        let kind = n.kind();
+        line.clear();
+        let size = match kind {
+            KindRef::File(f) => f.size.to_string(),
             _ => "-".to_string(),
         };
-        let mut line = format!(
+        let _ = write!(
+            line,
             "{:<8} {} {:<9} {:>12} {} {}",
-            entry.kind.code().name(),
-            format_mode(meta.mode),
-            format!("{}:{}", meta.uid, meta.gid),
+            entry.code().name(),
+            format_mode(n.mode()),
+            format!("{}:{}", n.uid(), n.gid()),
             size,
-            format_time(meta.mtime),
-            path_display(&path)
+            format_time(n.mtime()),
+            path_display(path)
         );
         if let Some(p) = r.link {
             line.push_str(" => ");
             line.push_str(&path_display(p));
         }
-        match r.kind {
-            Kind::Symlink(t) => {
+        match kind {
+            KindRef::Symlink(t) => {
                 line.push_str(" -> ");
                 line.push_str(&escape(t));
             }
-            Kind::File(f) => {
-                if let Some(d) = &f.digest {
-                    line.push_str(&format!(" {d}"));
+            KindRef::File(f) => {
+                if let Some(d) = f.digest {
+                    let _ = write!(line, " {d}");
                 }
                 if !f.zeros.is_empty() {
-                    line.push_str(&format!(" zeros={}", f.zeros.len()));
+                    let _ = write!(line, " zeros={}", f.zeros.len());
                 }
             }
-            Kind::Char(d) | Kind::Block(d) => line.push_str(&format!(" dev={},{}", d.major, d.minor)),
-            Kind::Hardlink(p) => {
+            KindRef::Char(d) | KindRef::Block(d) => {
+                let _ = write!(line, " dev={},{}", d.major, d.minor);
+            }
+            KindRef::Hardlink(p) => {
                 // Only in a manifest that was never validated.
                 line.push_str(" => ");
                 line.push_str(&path_display(p));
                 line.push_str(" (unresolved)");
             }
-            Kind::Dir(_) | Kind::Fifo | Kind::Socket => {}
+            KindRef::Dir(_) | KindRef::Fifo | KindRef::Socket => {}
         }
-        if !meta.xattrs.is_empty() {
-            line.push_str(&format!(" xattrs={}", meta.xattrs.len()));
+        let x = n.xattrs();
+        if !x.is_empty() {
+            let _ = write!(line, " xattrs={}", x.len());
         }
         line.push('\n');
         out.write_all(line.as_bytes())?;
