@@ -390,7 +390,7 @@ fn odd_paths_are_escaped_in_text_and_json() {
 // ------------------------------------------------------------ real trees
 
 fn scan(dir: &Path) -> Manifest {
-    ocix::scan::scan_dir(dir, None, &ocix::scan::ScanOptions::default()).expect("scan").manifest
+    ocix::scan::scan_dir(dir, None, &ocix::scan::ScanOptions::default()).expect("scan").manifest.to_tree()
 }
 
 fn sh(script: &str, dir: &Path) {

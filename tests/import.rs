@@ -712,7 +712,7 @@ fn gnu_tar_sparse_archives_match_a_scan() {
     for p in ["holey", "plain", "."] {
         std::process::Command::new("touch").args(["-h", "-d", "@1600000000"]).arg(src.path().join(p)).status().unwrap();
     }
-    let scan = ocix::scan::scan_dir(src.path(), None, &ocix::scan::ScanOptions::default()).unwrap().manifest;
+    let scan = ocix::scan::scan_dir(src.path(), None, &ocix::scan::ScanOptions::default()).unwrap().manifest.to_tree();
     for format in ["gnu", "posix:0.0", "posix:0.1", "posix:1.0"] {
         let (fmt, version) = format.split_once(':').unwrap_or((format, "1.0"));
         let out = std::process::Command::new("tar")

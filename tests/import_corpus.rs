@@ -64,7 +64,7 @@ fn corpus_import_equals_scan_of_umoci_unpack() {
     let bytes = std::fs::read(&out).unwrap();
     let imported = Manifest::from_bytes(&bytes).unwrap();
     let store = Store::open(&t.path().join("store")).unwrap();
-    let scan = scan_dir(&dir.join("rootfs-reference"), None, &ScanOptions::default()).unwrap().manifest;
+    let scan = scan_dir(&dir.join("rootfs-reference"), None, &ScanOptions::default()).unwrap().manifest.to_tree();
     let diffs = differences(&imported, &scan);
     assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
     assert!(bytes == scan.to_bytes().unwrap(), "same trees, different bytes");
@@ -122,7 +122,7 @@ fn corpus_import_unpack_scan_round_trip() {
     let image = format!("{}:debian", dir.join("image").display());
     ocix(&["import".as_ref(), image.as_ref(), "-o".as_ref(), m.as_os_str(), "--store".as_ref(), store.as_os_str()]);
     ocix(&["unpack".as_ref(), m.as_os_str(), rootfs.as_os_str(), "--store".as_ref(), store.as_os_str()]);
-    let again = scan_dir(&rootfs, None, &ScanOptions::default()).unwrap().manifest;
+    let again = scan_dir(&rootfs, None, &ScanOptions::default()).unwrap().manifest.to_tree();
     let imported = Manifest::from_bytes(&std::fs::read(&m).unwrap()).unwrap();
     let diffs = differences(&imported, &again);
     assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));

@@ -137,7 +137,7 @@ fn mtree_accepts_the_spec_of_a_real_tree() {
     std::os::unix::fs::symlink("odd *target#\\", root.join("odd-link")).unwrap();
     std::fs::hard_link(root.join("g*x"), root.join("zz-link of g*x")).unwrap();
     set_mtime(&root, 1_700_000_000, 0);
-    let m = ocix::scan::scan_dir(&root, None, &ocix::scan::ScanOptions::default()).unwrap().manifest;
+    let m = ocix::scan::scan_dir(&root, None, &ocix::scan::ScanOptions::default()).unwrap().manifest.to_tree();
     let cbor = t.path().join("m.cbor");
     std::fs::write(&cbor, m.to_bytes().unwrap()).unwrap();
     let spec = t.path().join("spec");
@@ -244,7 +244,7 @@ fn mtree_checks_the_link_count_of_hardlinked_symlinks_and_fifos() {
         sh("mknod c c 1 3 && ln c c2");
     }
     set_mtime(&root, 1_700_000_000, 0);
-    let m = ocix::scan::scan_dir(&root, None, &ocix::scan::ScanOptions::default()).unwrap().manifest;
+    let m = ocix::scan::scan_dir(&root, None, &ocix::scan::ScanOptions::default()).unwrap().manifest.to_tree();
     assert_eq!(m.get(b"s2").unwrap().kind, Kind::Hardlink(b"s".to_vec()));
     let cbor = t.path().join("m.cbor");
     std::fs::write(&cbor, m.to_bytes().unwrap()).unwrap();

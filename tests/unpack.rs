@@ -19,12 +19,15 @@ use std::process::Command;
 use std::sync::Arc;
 
 fn scan(dir: &Path, store: Option<&Store>) -> Manifest {
-    scan_dir(dir, store, &ScanOptions::default()).unwrap_or_else(|e| panic!("scan {}: {e}", dir.display())).manifest
+    scan_dir(dir, store, &ScanOptions::default())
+        .unwrap_or_else(|e| panic!("scan {}: {e}", dir.display()))
+        .manifest
+        .to_tree()
 }
 
 fn scan_rootless(dir: &Path) -> Manifest {
     let o = ScanOptions { rootless: true, ..ScanOptions::default() };
-    scan_dir(dir, None, &o).unwrap_or_else(|e| panic!("scan --rootless {}: {e}", dir.display())).manifest
+    scan_dir(dir, None, &o).unwrap_or_else(|e| panic!("scan --rootless {}: {e}", dir.display())).manifest.to_tree()
 }
 
 fn setfacl(args: &[&str], p: &Path) {
@@ -767,11 +770,12 @@ fn unpack_and_scan_report_their_bytes() {
     assert_eq!(*scans[0].bytes.lock().unwrap(), None);
     assert_eq!(scans[0].done.load(std::sync::atomic::Ordering::Relaxed), scan.bytes);
     assert!(scans[0].ended.load(std::sync::atomic::Ordering::Relaxed));
+    let tree = scan.manifest.to_tree();
     let total: u64 =
-        scan.manifest.walk().filter_map(|(_, e)| if let Kind::File(f) = &e.kind { Some(f.size) } else { None }).sum();
+        tree.walk().filter_map(|(_, e)| if let Kind::File(f) = &e.kind { Some(f.size) } else { None }).sum();
     assert!(total > 0);
     let opts = UnpackOptions { progress: Progress::to(tally.clone()), ..Default::default() };
-    unpack(&scan.manifest, &store, &t.path().join("out"), &opts).unwrap();
+    unpack(&tree, &store, &t.path().join("out"), &opts).unwrap();
     let unpacks = tally.of(Work::Unpack);
     assert_eq!(unpacks.len(), 1);
     assert_eq!(*unpacks[0].bytes.lock().unwrap(), Some(total));

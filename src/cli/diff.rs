@@ -150,5 +150,5 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
 fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Compact> {
     let opts = a.tree.scan_options(0, g);
     let scan = super::scan_tree(dir, None, &opts, g)?;
-    Ok(Compact::from_tree(&scan.manifest)?)
+    Ok(scan.manifest)
 }

@@ -232,7 +232,7 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
         ..ScanOptions::default()
     };
     let scan = scan_dir(&rootfs, None, &sopts)?;
-    let mut new = scan.manifest;
+    let mut new = scan.manifest.to_tree();
     if rootless {
         keep_what_rootless_cannot_write(&old.root, &mut new.root);
     }

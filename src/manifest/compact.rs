@@ -653,6 +653,71 @@ impl From<TooLarge> for BuildError {
     }
 }
 
+/// Filling in an entry appended before all of it was known: a scan
+/// appends each regular file in manifest order as it meets it and learns
+/// its content and xattrs later, from the threads that hash it.
+impl Builder {
+    /// Sets the content of the regular file at index `at`. Does nothing to
+    /// an entry of another type.
+    pub fn set_file(
+        &mut self,
+        at: usize,
+        size: u64,
+        digest: Option<Digest>,
+        zeros: &[(u64, u64)],
+    ) -> Result<(), TooLarge> {
+        let Some(r) = self.c.recs.get(at) else { return Ok(()) };
+        if r.kind != KindCode::File as u8 {
+            return Ok(());
+        }
+        let (data, flags) = if size == 0 && digest.is_none() && zeros.is_empty() {
+            (NONE, 0)
+        } else {
+            let (zeros_off, zeros_len) = if zeros.is_empty() {
+                (0, 0)
+            } else {
+                let off = index(self.c.zeros.len(), "zero runs")?;
+                index(self.c.zeros.len() + zeros.len(), "zero runs")?;
+                self.c.zeros.extend_from_slice(zeros);
+                (off, zeros.len() as u32)
+            };
+            let rec = FileRec { size, digest: digest.unwrap_or(Digest([0; 32])), zeros_off, zeros_len };
+            let f = match r.data {
+                NONE => {
+                    let f = index(self.c.files.len(), "files")?;
+                    self.c.files.push(rec);
+                    f
+                }
+                f => {
+                    self.c.files[f as usize] = rec;
+                    f
+                }
+            };
+            (f, if digest.is_some() { HAS_DIGEST } else { 0 })
+        };
+        let r = &mut self.c.recs[at];
+        r.data = data;
+        r.flags = flags;
+        Ok(())
+    }
+
+    /// Sets the xattrs (an interned set, see [`Builder::intern_xattrs`])
+    /// of the entry at `index`.
+    pub fn set_xattrs(&mut self, index: usize, xattrs: u32) {
+        if let Some(r) = self.c.recs.get_mut(index) {
+            r.xattrs = xattrs;
+        }
+    }
+
+    /// Sets the numeric owner and group of the entry at `index`.
+    pub fn set_ids(&mut self, index: usize, uid: u32, gid: u32) {
+        if let Some(r) = self.c.recs.get_mut(index) {
+            r.uid = uid;
+            r.gid = gid;
+        }
+    }
+}
+
 impl Builder {
     /// An empty builder.
     pub fn new() -> Self {

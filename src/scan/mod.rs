@@ -21,16 +21,18 @@
 //! recorded as a directory but not descended into unless asked.
 
 mod content;
+mod queue;
 
 use crate::filter::{Excludes, PatternError};
-use crate::manifest::{self, Dev, Entry, File, Kind, Manifest, Meta, Time};
+use crate::manifest::compact::{BuildError, Builder, Leaf, MetaIn};
+use crate::manifest::{self, Compact, Dev, Entry, File, Kind, Manifest, Time};
 use crate::progress::{Progress, Task, Work};
 use crate::rootless;
 use crate::store::Store;
 use crate::sys::read::{self as rd, FileType, Stat, XattrSource};
 use crate::sys::write as wr;
 use crate::sys::{Errno, SysError};
-use crossbeam_channel::{Receiver, Sender, bounded};
+use queue::{CloseOnDrop, Queue};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -113,7 +115,7 @@ pub enum ScanWarning {
 #[derive(Debug)]
 pub struct Scan {
     /// The tree's manifest.
-    pub manifest: Manifest,
+    pub manifest: Compact,
     /// Non-fatal findings (entries that vanished while scanned, mount points).
     pub warnings: Vec<ScanWarning>,
     /// Regular files hashed.
@@ -182,6 +184,15 @@ pub enum EntryError {
     /// A file handed to the hashing threads came back without a result.
     #[error("{}: not hashed", show(.0))]
     NotHashed(PathBuf),
+    /// It cannot be held in a manifest (a name longer than 255 bytes,
+    /// device numbers Linux cannot represent, past the model's limits).
+    #[error("{}: {why}", show(.path))]
+    Unrepresentable {
+        /// The entry.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
 }
 
 /// How an entry changed while it was read.
@@ -228,7 +239,8 @@ pub enum ScanError {
 }
 
 struct Job {
-    id: usize,
+    /// The file's entry in the manifest being built.
+    index: usize,
     fd: OwnedFd,
     stat: Stat,
     /// Path relative to the root, for messages.
@@ -237,6 +249,13 @@ struct Job {
     xattrs: Option<Xattrs>,
 }
 
+/// Files handed to a hashing thread at once, at most: this many, or as
+/// many as hold this many bytes (a larger file goes alone). Few enough
+/// open files wait in the queue; enough work per hand-over that the
+/// threads rarely wait on each other.
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 2 << 20;
+
 /// Extended attributes as read, name and value.
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -244,7 +263,8 @@ type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 type Hashed = Result<(File, Xattrs), EntryError>;
 
 struct Done {
-    id: usize,
+    index: usize,
+    path: Vec<u8>,
     result: Hashed,
 }
 
@@ -253,24 +273,33 @@ struct Walker<'a> {
     root_dev: u64,
     opts: &'a ScanOptions,
     excludes: Excludes,
-    jobs: Option<Sender<Job>>,
-    /// Results of the hashing threads, taken as they come in.
-    done: Receiver<Done>,
-    /// Each job's result by id; ids are handed out in manifest order, one
-    /// per regular file that is not empty.
-    results: Vec<Option<Hashed>>,
-    /// Jobs handed out so far.
-    next_job: usize,
+    /// Batches of files to hash, and of their results.
+    jobs: &'a Queue<Vec<Job>>,
+    done: &'a Queue<Vec<Done>>,
+    /// Files gathered for the next batch, and their bytes.
+    batch: Vec<Job>,
+    batch_bytes: u64,
+    /// The manifest, appended to in manifest order; a file's content and
+    /// xattrs are set when its result comes in.
+    b: Builder,
+    /// Files handed out, results taken in.
+    sent: usize,
+    received: usize,
     /// Entries met so far (for the progress line).
     seen: u64,
-    /// Empty regular files (not hashed).
-    empty_files: u64,
+    /// Regular files described (empty, hashed or taken as recorded) and
+    /// bytes hashed or taken.
+    files: u64,
+    bytes: u64,
     /// Regular files taken from [`ScanOptions::reuse`].
     reused: u64,
     /// first name of each hardlinked inode (any type but a directory), by
     /// (dev, ino)
     links: HashMap<(u64, u64), Vec<u8>>,
     errors: Vec<EntryError>,
+    /// Errors of hashed files, by entry: reported after the walk's, in
+    /// manifest order.
+    hash_errors: Vec<(usize, EntryError)>,
     warnings: Vec<ScanWarning>,
     progress: &'a dyn Task,
     euid: u32,
@@ -298,6 +327,17 @@ fn stat_time(st: &Stat) -> Time {
     Time { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }
 }
 
+/// Why the manifest cannot hold an entry.
+fn unrepresentable(path: PathBuf, e: BuildError) -> EntryError {
+    let why = match e {
+        BuildError::NameTooLong => "name longer than 255 bytes".to_string(),
+        BuildError::Mode(m) => format!("mode {m:o} has bits outside 07777"),
+        BuildError::Device(why) => why.to_string(),
+        BuildError::TooLarge(t) => t.to_string(),
+    };
+    EntryError::Unrepresentable { path, why }
+}
+
 impl Walker<'_> {
     /// Whether the owner's read permission may be lent to read this entry:
     /// a rootless scan by the unprivileged user who owns it.
@@ -323,52 +363,115 @@ impl Walker<'_> {
 
     /// Takes in the results the hashing threads have finished so far.
     fn take_done(&mut self) {
-        while let Ok(d) = self.done.try_recv() {
-            self.store_done(d);
+        while let Some(batch) = self.done.try_pop() {
+            self.apply(batch);
         }
     }
 
-    fn store_done(&mut self, d: Done) {
-        if self.results.len() <= d.id {
-            self.results.resize_with(d.id + 1, || None);
+    /// Puts hashed files' content and xattrs into the manifest.
+    fn apply(&mut self, batch: Vec<Done>) {
+        for d in batch {
+            self.received += 1;
+            let (f, xattrs) = match d.result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.hash_errors.push((d.index, e));
+                    continue;
+                }
+            };
+            self.files += 1;
+            self.bytes += f.size;
+            if let Err(t) = self.b.set_file(d.index, f.size, f.digest, &f.zeros) {
+                let why = EntryError::Unrepresentable { path: self.path(&d.path), why: t.to_string() };
+                self.hash_errors.push((d.index, why));
+            }
+            let mut xattrs: BTreeMap<Vec<u8>, Vec<u8>> = xattrs.into_iter().collect();
+            if self.opts.rootless {
+                match rootless_ids(&mut xattrs) {
+                    Ok((uid, gid)) => self.b.set_ids(d.index, uid, gid),
+                    Err(why) => {
+                        self.hash_errors.push((d.index, EntryError::Rootless { path: self.path(&d.path), why }))
+                    }
+                }
+            }
+            let x = self.intern(&xattrs, &d.path);
+            self.b.set_xattrs(d.index, x);
         }
-        self.results[d.id] = Some(d.result);
     }
 
-    fn meta(&mut self, st: &Stat, xattrs: Vec<(Vec<u8>, Vec<u8>)>, path: &[u8]) -> Meta {
-        let mut meta = Meta {
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mtime: stat_time(st),
-            xattrs: xattrs.into_iter().collect(),
-            uname: None,
-            gname: None,
-        };
+    fn intern(&mut self, xattrs: &BTreeMap<Vec<u8>, Vec<u8>>, path: &[u8]) -> u32 {
+        match self.b.intern_xattrs(xattrs.iter().map(|(k, v)| (&k[..], &v[..]))) {
+            Ok(i) => i,
+            Err(t) => {
+                self.errors.push(EntryError::Unrepresentable { path: self.path(path), why: t.to_string() });
+                0
+            }
+        }
+    }
+
+    fn meta(&mut self, st: &Stat, xattrs: Xattrs, path: &[u8]) -> MetaIn<'static> {
+        let mut xattrs: BTreeMap<Vec<u8>, Vec<u8>> = xattrs.into_iter().collect();
+        let (mut uid, mut gid) = (st.st_uid, st.st_gid);
         if self.opts.rootless {
-            apply_rootless(&mut meta)
-                .unwrap_or_else(|why| self.errors.push(EntryError::Rootless { path: self.path(path), why }));
+            match rootless_ids(&mut xattrs) {
+                Ok(ids) => (uid, gid) = ids,
+                Err(why) => self.errors.push(EntryError::Rootless { path: self.path(path), why }),
+            }
         }
-        meta
+        let xattrs = self.intern(&xattrs, path);
+        MetaIn { mode: st.st_mode & 0o7777, uid, gid, mtime: stat_time(st), xattrs, uname: None, gname: None }
     }
 
-    /// Scans the directory open as `fd` at `path`; returns its children.
-    fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize) -> BTreeMap<Vec<u8>, Entry> {
+    /// Appends a non-directory entry; returns its index.
+    fn push(&mut self, name: &[u8], meta: &MetaIn<'_>, leaf: Leaf<'_>, path: &[u8]) -> Option<usize> {
+        match self.b.push(name, meta, leaf) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                self.errors.push(unrepresentable(self.path(path), e));
+                None
+            }
+        }
+    }
+
+    /// Hands a file to the hashing threads, in batches.
+    fn hash(&mut self, job: Job) {
+        self.batch_bytes += job.stat.st_size as u64;
+        self.batch.push(job);
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Hands out the files gathered so far.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_FILES));
+        self.batch_bytes = 0;
+        let n = batch.len();
+        if self.jobs.push(batch).is_ok() {
+            self.sent += n;
+        } else {
+            self.errors.push(EntryError::ThreadsStopped);
+        }
+    }
+
+    /// Scans the directory open as `fd` at `path`: appends its children.
+    fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize) {
         if let Err(why) = manifest::check_depth(depth, true) {
             self.errors.push(EntryError::Depth { path: self.path(path), why });
-            return BTreeMap::new();
+            return;
         }
         let mut names = match rd::list_dir_once(fd, &|| self.shown(path)) {
             Ok(n) => n,
             Err(e) => {
                 self.errors.push(e.into());
-                return BTreeMap::new();
+                return;
             }
         };
+        // children in name order: manifest order
         names.sort_unstable();
-        // children arrive in name order: the map is built from the list at
-        // the end, in full nodes
-        let mut children = Vec::with_capacity(names.len());
         let base = path.len();
         for name in names {
             path.truncate(base);
@@ -379,13 +482,10 @@ impl Walker<'_> {
             if self.excludes.is_excluded(path) {
                 continue;
             }
-            if let Some(e) = self.entry(fd, &name, path, depth) {
-                children.push((name, e));
-            }
+            self.entry(fd, &name, path, depth);
             self.take_done();
         }
         path.truncate(base);
-        children.into_iter().collect()
     }
 
     /// Rootless: opens a file its owner may not read (mode 0000, say) by
@@ -435,7 +535,9 @@ impl Walker<'_> {
         }
     }
 
-    fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<Entry> {
+    /// Scans the entry `name` of the directory open as `dir` and appends
+    /// it (a directory with its subtree); an entry left out appends nothing.
+    fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<()> {
         let root_path = self.root_path;
         let shown_of = |p: &[u8]| shown_path(root_path, p);
         let here = path.clone();
@@ -451,11 +553,13 @@ impl Walker<'_> {
         if st.st_nlink > 1 && ft != FileType::Directory {
             let key = (st.st_dev, st.st_ino);
             if let Some(first) = self.links.get(&key) {
-                return Some(Entry { meta: Meta::default(), kind: Kind::Hardlink(first.clone()) });
+                let first = first.clone();
+                self.push(name, &MetaIn::default(), Leaf::Hardlink(&first), path);
+                return Some(());
             }
             self.links.insert(key, path.clone());
         }
-        let xattrs_at = |w: &mut Self| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let xattrs_at = |w: &mut Self| -> Xattrs {
             match rd::read_xattrs(XattrSource::At(dir, name), &sh) {
                 Ok(x) => x,
                 Err(e) => {
@@ -464,7 +568,8 @@ impl Walker<'_> {
                 }
             }
         };
-        let kind = match ft {
+        let empty = Leaf::File { size: 0, digest: None, zeros: &[] };
+        let (leaf_owned, xattrs): (Kind, Xattrs) = match ft {
             FileType::Directory => {
                 let mut lent: Option<u32> = None;
                 let opened = match rd::open_dir_at(dir, name, &sh) {
@@ -493,18 +598,23 @@ impl Walker<'_> {
                     }
                 };
                 let meta = self.meta(&st, xattrs, path);
-                let children = if st.st_dev != self.root_dev && !self.opts.cross_mounts {
-                    self.warnings.push(ScanWarning::MountPoint(sh()));
-                    BTreeMap::new()
-                } else {
-                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1))
-                };
+                match self.b.open_dir(name, &meta) {
+                    Ok(_) => {
+                        if st.st_dev != self.root_dev && !self.opts.cross_mounts {
+                            self.warnings.push(ScanWarning::MountPoint(sh()));
+                        } else {
+                            stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1));
+                        }
+                        self.b.close_dir();
+                    }
+                    Err(e) => self.errors.push(unrepresentable(self.path(path), e)),
+                }
                 if let Some(mode) = lent {
                     if let Err(e) = wr::chmod_at(dir, name, mode, &sh) {
                         self.errors.push(EntryError::RestoreMode { mode, err: e });
                     }
                 }
-                return Some(Entry { meta, kind: Kind::Dir(children) });
+                return Some(());
             }
             FileType::RegularFile => {
                 let mut st = st;
@@ -513,23 +623,24 @@ impl Walker<'_> {
                     _ => None,
                 };
                 if let Some(file) = known {
-                    // taken as recorded: its result is ready at once
+                    // taken as recorded
                     let x = xattrs_at(self);
-                    let id = self.next_job;
-                    self.next_job += 1;
-                    let meta = self.meta(&st, Vec::new(), path);
-                    let size = file.size;
+                    let meta = self.meta(&st, x, path);
                     self.reused += 1;
-                    self.store_done(Done { id, result: Ok((file, x)) });
-                    return Some(Entry { meta, kind: Kind::File(File { size, ..File::default() }) });
+                    self.files += 1;
+                    self.bytes += file.size;
+                    let leaf = Leaf::File { size: file.size, digest: file.digest, zeros: &file.zeros };
+                    self.push(name, &meta, leaf, path);
+                    return Some(());
                 }
                 if st.st_size == 0 && self.may_skip_open(&st) {
                     // Empty: nothing to read or hash, and no need to open it;
                     // its xattrs are read by name.
                     let xattrs = xattrs_at(self);
                     let meta = self.meta(&st, xattrs, path);
-                    self.empty_files += 1;
-                    return Some(Entry { meta, kind: Kind::File(File::default()) });
+                    self.files += 1;
+                    self.push(name, &meta, empty, path);
+                    return Some(());
                 }
                 let mut xattrs = None;
                 let opened = match rd::open_file_at(dir, name, &sh) {
@@ -553,22 +664,19 @@ impl Walker<'_> {
                         Vec::new()
                     });
                     let meta = self.meta(&st, x, path);
-                    self.empty_files += 1;
-                    return Some(Entry { meta, kind: Kind::File(File::default()) });
+                    self.files += 1;
+                    self.push(name, &meta, empty, path);
+                    return Some(());
                 }
-                let id = self.next_job;
-                self.next_job += 1;
+                // Content and xattrs are set when a hashing thread is done.
                 let meta = self.meta(&st, Vec::new(), path);
-                // Content and xattrs are filled in when the hash thread is done.
-                let job = Job { id, fd, stat: st, path: path.clone(), xattrs };
-                let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
-                if !sent {
-                    self.errors.push(EntryError::ThreadsStopped);
-                }
-                return Some(Entry { meta, kind: Kind::File(File { size: st.st_size as u64, ..File::default() }) });
+                let leaf = Leaf::File { size: st.st_size as u64, digest: None, zeros: &[] };
+                let index = self.push(name, &meta, leaf, path)?;
+                self.hash(Job { index, fd, stat: st, path: path.clone(), xattrs });
+                return Some(());
             }
             FileType::Symlink => match rd::read_link_at(dir, name, &sh) {
-                Ok(t) => Kind::Symlink(t),
+                Ok(t) => (Kind::Symlink(t), xattrs_at(self)),
                 Err(e) => {
                     self.errors.push(e.into());
                     return None;
@@ -576,18 +684,20 @@ impl Walker<'_> {
             },
             FileType::CharacterDevice | FileType::BlockDevice => {
                 let d = Dev { major: rd::major(st.st_rdev), minor: rd::minor(st.st_rdev) };
-                if ft == FileType::CharacterDevice { Kind::Char(d) } else { Kind::Block(d) }
+                let k = if ft == FileType::CharacterDevice { Kind::Char(d) } else { Kind::Block(d) };
+                (k, xattrs_at(self))
             }
-            FileType::Fifo => Kind::Fifo,
-            FileType::Socket => Kind::Socket,
+            FileType::Fifo => (Kind::Fifo, xattrs_at(self)),
+            FileType::Socket => (Kind::Socket, xattrs_at(self)),
             FileType::Unknown => {
                 self.errors.push(EntryError::UnknownType { path: self.path(path), mode: st.st_mode });
                 return None;
             }
         };
-        let xattrs = xattrs_at(self);
         let meta = self.meta(&st, xattrs, path);
-        Some(Entry { meta, kind })
+        let leaf = Leaf::of(&leaf_owned).unwrap_or(Leaf::Fifo);
+        self.push(name, &meta, leaf, path);
+        Some(())
     }
 }
 
@@ -605,49 +715,68 @@ fn same_inode(st: &Stat, fd: &OwnedFd, path: &Path, errors: &mut Vec<EntryError>
     }
 }
 
-/// Replaces the on-disk owner by the one recorded in
-/// `user.rootlesscontainers` (0:0 when absent) and drops that xattr.
-fn apply_rootless(meta: &mut Meta) -> Result<(), rootless::RootlessError> {
-    let (uid, gid) = match meta.xattrs.remove(rootless::XATTR) {
-        Some(v) => rootless::decode(&v)?,
-        None => (0, 0),
-    };
-    meta.uid = uid;
-    meta.gid = gid;
-    Ok(())
+/// The owner recorded in `user.rootlesscontainers` (0:0 when absent), the
+/// xattr taken out of `xattrs`.
+fn rootless_ids(xattrs: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(u32, u32), rootless::RootlessError> {
+    match xattrs.remove(rootless::XATTR) {
+        Some(v) => rootless::decode(&v),
+        None => Ok((0, 0)),
+    }
 }
 
-fn hash_worker(root: &Path, jobs: Receiver<Job>, done: Sender<Done>, store: Option<&Store>, progress: &dyn Task) {
+fn hash_worker(
+    root: &Path,
+    jobs: &Queue<Vec<Job>>,
+    done: &Queue<Vec<Done>>,
+    store: Option<&Store>,
+    progress: &dyn Task,
+) {
     // one block more than a read: the last read of a file asks for a byte
     // past its size, so that a short read shows its end
     let mut buf = vec![0u8; content::CHUNK + manifest::BLOCK as usize];
-    for job in jobs {
-        let full = entry_path(root, &job.path);
-        let sh = || show(&full);
-        let result = (|| {
-            let size = job.stat.st_size as u64;
-            let sparse = (job.stat.st_blocks as u64) * 512 < size;
-            let file = hash_content(job.fd.as_fd(), size, sparse, store, &mut buf, &full)?;
-            let now = rd::stat_fd(job.fd.as_fd(), &sh)?;
-            if now.st_ino != job.stat.st_ino
-                || now.st_size != job.stat.st_size
-                || now.st_mtime != job.stat.st_mtime
-                || now.st_mtime_nsec != job.stat.st_mtime_nsec
-                || now.st_ctime != job.stat.st_ctime
-                || now.st_ctime_nsec != job.stat.st_ctime_nsec
-            {
-                return Err(EntryError::Changed { path: full.clone(), what: Change::Modified });
-            }
-            let xattrs = match job.xattrs {
-                Some(x) => x,
-                None => rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh)?,
-            };
-            progress.advance(size);
-            Ok((file, xattrs))
-        })();
-        if done.send(Done { id: job.id, result }).is_err() {
+    while let Some(batch) = jobs.pop() {
+        let mut out = Vec::with_capacity(batch.len());
+        for job in batch {
+            let full = entry_path(root, &job.path);
+            let sh = || show(&full);
+            let result = (|| {
+                let size = job.stat.st_size as u64;
+                let sparse = (job.stat.st_blocks as u64) * 512 < size;
+                let file = hash_content(job.fd.as_fd(), size, sparse, store, &mut buf, &full)?;
+                let now = rd::stat_fd(job.fd.as_fd(), &sh)?;
+                if now.st_ino != job.stat.st_ino
+                    || now.st_size != job.stat.st_size
+                    || now.st_mtime != job.stat.st_mtime
+                    || now.st_mtime_nsec != job.stat.st_mtime_nsec
+                    || now.st_ctime != job.stat.st_ctime
+                    || now.st_ctime_nsec != job.stat.st_ctime_nsec
+                {
+                    return Err(EntryError::Changed { path: full.clone(), what: Change::Modified });
+                }
+                let xattrs = match job.xattrs {
+                    Some(x) => x,
+                    None => rd::read_xattrs(XattrSource::Fd(job.fd.as_fd()), &sh)?,
+                };
+                progress.advance(size);
+                Ok((file, xattrs))
+            })();
+            // the file is closed here, before the next one is read
+            drop(job.fd);
+            out.push(Done { index: job.index, path: job.path, result });
+        }
+        if done.push(out).is_err() {
             return;
         }
+    }
+}
+
+/// Closes the queue of files when the walk ends, however it ends, so the
+/// hashing threads stop.
+struct CloseJobs<'q>(&'q Queue<Vec<Job>>);
+
+impl Drop for CloseJobs<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -665,29 +794,41 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
         opts.threads
     };
     let progress = opts.progress.start(Work::Scan, None);
-    let (job_tx, job_rx) = bounded::<Job>(256);
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+    // a batch per thread waiting: the files open at once stay well under
+    // the usual limit of 1024
+    let jobs = Queue::<Vec<Job>>::new(threads);
+    let done = Queue::<Vec<Done>>::new(usize::MAX);
+    let live = std::sync::atomic::AtomicUsize::new(threads);
 
-    let (mut root, mut w) = std::thread::scope(|s| {
+    let mut w = std::thread::scope(|s| {
         for _ in 0..threads {
-            let (rx, tx, pb) = (job_rx.clone(), done_tx.clone(), &*progress);
-            s.spawn(move || hash_worker(dir, rx, tx, store, pb));
+            let (jobs, done, pb) = (&jobs, &done, &*progress);
+            let last_closes = CloseOnDrop { queue: &done, live: &live };
+            s.spawn(move || {
+                let _last_closes = last_closes;
+                hash_worker(dir, jobs, done, store, pb)
+            });
         }
-        drop(done_tx);
+        let _close = CloseJobs(&jobs);
         let mut w = Walker {
             root_path: dir,
             root_dev: root_st.st_dev,
             opts,
             excludes,
-            jobs: Some(job_tx),
-            done: done_rx,
-            results: Vec::new(),
-            next_job: 0,
+            jobs: &jobs,
+            done: &done,
+            batch: Vec::with_capacity(BATCH_FILES),
+            batch_bytes: 0,
+            b: Builder::new(),
+            sent: 0,
+            received: 0,
             seen: 0,
-            empty_files: 0,
+            files: 0,
+            bytes: 0,
             reused: 0,
             links: HashMap::new(),
             errors: Vec::new(),
+            hash_errors: Vec::new(),
             warnings: Vec::new(),
             progress: &*progress,
             euid: crate::sys::euid(),
@@ -697,78 +838,33 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             Vec::new()
         });
         let meta = w.meta(&root_st, xattrs, b"");
-        let children = w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0);
-        // closing the job channel lets the hash threads finish
-        w.jobs = None;
-        while let Ok(d) = w.done.recv() {
-            w.store_done(d);
+        match w.b.open_dir(b"", &meta) {
+            Ok(_) => {
+                w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0);
+                w.b.close_dir();
+            }
+            Err(e) => w.errors.push(unrepresentable(dir.to_path_buf(), e)),
         }
-        (Entry { meta, kind: Kind::Dir(children) }, w)
+        // the last files, then no more: the hashing threads finish
+        w.flush();
+        jobs.close();
+        while let Some(batch) = done.pop() {
+            w.apply(batch);
+        }
+        if w.received < w.sent && w.errors.is_empty() {
+            w.errors.push(EntryError::ThreadsStopped);
+        }
+        w
     });
-    // Fill in every file's content and xattrs, in manifest order, which
-    // is the order the jobs were handed out in.
-    let mut fill = Fill {
-        results: std::mem::take(&mut w.results).into_iter(),
-        root_path: dir,
-        rootless: opts.rootless,
-        files: w.empty_files,
-        bytes: 0,
-        errors: Vec::new(),
-    };
-    fill.entry(&mut root, &mut Vec::new());
-    let (files, bytes) = (fill.files, fill.bytes);
-    w.errors.append(&mut fill.errors);
-    if !w.errors.is_empty() {
-        return Err(ScanError::Entries(w.errors));
+    // the hashed files' errors in manifest order, after the walk's
+    w.hash_errors.sort_by_key(|(i, _)| *i);
+    let mut errors = std::mem::take(&mut w.errors);
+    errors.extend(w.hash_errors.drain(..).map(|(_, e)| e));
+    if !errors.is_empty() {
+        return Err(ScanError::Entries(errors));
     }
     if let Some(s) = store {
         s.sync()?;
     }
-    Ok(Scan { manifest: Manifest { root }, warnings: w.warnings, files, bytes, reused: w.reused })
-}
-
-/// Puts the hashing threads' results into the tree.
-struct Fill<'a> {
-    results: std::vec::IntoIter<Option<Hashed>>,
-    root_path: &'a Path,
-    rootless: bool,
-    files: u64,
-    bytes: u64,
-    errors: Vec<EntryError>,
-}
-
-impl Fill<'_> {
-    fn entry(&mut self, e: &mut Entry, path: &mut Vec<u8>) {
-        match &mut e.kind {
-            // an empty file was not handed to a hashing thread
-            Kind::File(slot) if slot.size > 0 => match self.results.next().flatten() {
-                Some(Ok((f, xattrs))) => {
-                    self.files += 1;
-                    self.bytes += f.size;
-                    *slot = f;
-                    e.meta.xattrs = xattrs.into_iter().collect();
-                    if self.rootless {
-                        if let Err(why) = apply_rootless(&mut e.meta) {
-                            self.errors.push(EntryError::Rootless { path: entry_path(self.root_path, path), why });
-                        }
-                    }
-                }
-                Some(Err(err)) => self.errors.push(err),
-                None => self.errors.push(EntryError::NotHashed(entry_path(self.root_path, path))),
-            },
-            Kind::Dir(children) => {
-                let base = path.len();
-                for (name, c) in children.iter_mut() {
-                    path.truncate(base);
-                    if base > 0 {
-                        path.push(b'/');
-                    }
-                    path.extend_from_slice(name);
-                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(c, path));
-                }
-                path.truncate(base);
-            }
-            _ => {}
-        }
-    }
+    Ok(Scan { manifest: w.b.finish(), warnings: w.warnings, files: w.files, bytes: w.bytes, reused: w.reused })
 }
