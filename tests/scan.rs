@@ -509,3 +509,58 @@ fn empty_files_keep_their_xattrs_and_an_unreadable_one_still_fails() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tree/empty") && err.contains("Permission denied"), "{err}");
 }
+
+#[test]
+fn files_hashed_in_batches_land_at_their_own_entries() {
+    let t = tempfile::tempdir().unwrap();
+    let mut want = Vec::new();
+    for d in ["a", "b/c", "z"] {
+        std::fs::create_dir_all(t.path().join(d)).unwrap();
+        for i in 0..150u32 {
+            let name = format!("{d}/f{i:03}");
+            // mostly small; now and then one larger than a batch, one
+            // with a zero block inside, one empty
+            let content: Vec<u8> = match i % 50 {
+                7 => vec![i as u8; (3 << 20) + 5],
+                8 => [vec![1u8; 4096], vec![0u8; 8192], vec![2u8; 100]].concat(),
+                9 => Vec::new(),
+                _ => format!("{name} {}", "x".repeat(i as usize)).into_bytes(),
+            };
+            let p = t.path().join(&name);
+            write(&p, &content);
+            rustix::fs::setxattr(&p, "user.n", name.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap();
+            if i % 3 == 0 {
+                let owner = ocix::rootless::encode(1000 + i, 7).unwrap().unwrap();
+                rustix::fs::setxattr(&p, "user.rootlesscontainers", &owner, rustix::fs::XattrFlags::empty()).unwrap();
+            }
+            want.push((name, content, i));
+        }
+    }
+    std::fs::hard_link(t.path().join("a/f001"), t.path().join("b/link")).unwrap();
+    let scan_with = |threads: usize, rootless: bool| {
+        let o = ocix::scan::ScanOptions { threads, rootless, ..Default::default() };
+        let s = ocix::scan::scan_dir(t.path(), None, &o).unwrap();
+        assert_eq!(s.files, 450);
+        s.manifest
+    };
+    let one = scan_with(1, true).to_bytes().unwrap();
+    let m = scan_with(3, true);
+    assert_eq!(m.to_bytes().unwrap(), one, "the same bytes whatever the number of threads");
+    for (name, content, i) in &want {
+        let n = m.get(name.as_bytes()).unwrap_or_else(|| panic!("{name} missing"));
+        let f = n.file().unwrap();
+        assert_eq!(f.size, content.len() as u64, "{name}");
+        assert_eq!(f.digest.copied(), (!content.is_empty()).then(|| Digest::of(content)), "{name}");
+        assert_eq!(f.zeros, if i % 50 == 8 { &[(1u64, 2u64)][..] } else { &[] }, "{name}");
+        assert_eq!(n.xattrs().get(b"user.n"), Some(name.as_bytes()), "{name}");
+        assert_eq!(n.xattrs().get(b"user.rootlesscontainers"), None, "{name}");
+        let ids = if i % 3 == 0 { (1000 + i, 7) } else { (0, 0) };
+        assert_eq!((n.uid(), n.gid()), ids, "{name}");
+    }
+    assert_eq!(m.get(b"b/link").unwrap().target(), Some(&b"a/f001"[..]));
+    // without --rootless the owner xattr stays and the disk's owner counts
+    let plain = scan_with(2, false);
+    let n = plain.get(b"z/f003").unwrap();
+    assert!(n.xattrs().get(b"user.rootlesscontainers").is_some());
+    assert_eq!((n.uid(), n.gid()), (std::fs::metadata(t.path().join("z/f003")).unwrap().uid(), n.gid()));
+}

@@ -1028,6 +1028,45 @@ mod tests {
     }
 
     #[test]
+    fn content_set_later_encodes_as_if_known_at_once() {
+        let meta = MetaIn { mode: 0o644, ..MetaIn::default() };
+        let dir = MetaIn { mode: 0o755, ..MetaIn::default() };
+        let zeros = [(1u64, 2u64)];
+        let build = |later: bool| {
+            let mut b = Builder::new();
+            b.open_dir(b"", &dir).unwrap();
+            let mut slots = Vec::new();
+            for (name, size, d) in [(&b"a"[..], 5u64, 1u8), (b"b", 4 * 4096, 2), (b"c", 0, 0)] {
+                let digest = (size > 0).then_some(Digest([d; 32]));
+                let z: &[(u64, u64)] = if d == 2 { &zeros } else { &[] };
+                let leaf = if later {
+                    Leaf::File { size, digest: None, zeros: &[] }
+                } else {
+                    Leaf::File { size, digest, zeros: z }
+                };
+                let x = b.intern_xattrs([(&b"user.k"[..], &[d][..])]).unwrap();
+                let m = MetaIn { xattrs: if later { 0 } else { x }, uid: if later { 0 } else { 7 }, ..meta };
+                slots.push((b.push(name, &m, leaf).unwrap(), size, digest, z, x));
+            }
+            if later {
+                // in another order than appended, as results come in
+                for &(i, size, digest, z, x) in slots.iter().rev() {
+                    b.set_file(i, size, digest, z).unwrap();
+                    b.set_xattrs(i, x);
+                    b.set_ids(i, 7, 0);
+                }
+            }
+            b.close_dir();
+            b.finish()
+        };
+        let (now, later) = (build(false), build(true));
+        assert_eq!(later.to_bytes().unwrap(), now.to_bytes().unwrap());
+        assert_eq!(later.get(b"b").unwrap().file().unwrap().zeros, &zeros);
+        assert_eq!(later.get(b"c").unwrap().file().unwrap().digest, None);
+        assert_eq!(later.get(b"a").unwrap().uid(), 7);
+    }
+
+    #[test]
     fn unrepresentable_trees_are_refused_with_validation_messages() {
         let mut root = BTreeMap::new();
         root.insert(vec![b'n'; 256], file(0, 0));

@@ -803,7 +803,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     let mut w = std::thread::scope(|s| {
         for _ in 0..threads {
             let (jobs, done, pb) = (&jobs, &done, &*progress);
-            let last_closes = CloseOnDrop { queue: &done, live: &live };
+            let last_closes = CloseOnDrop { queue: done, live: &live };
             s.spawn(move || {
                 let _last_closes = last_closes;
                 hash_worker(dir, jobs, done, store, pb)
