@@ -250,11 +250,15 @@ struct Job {
 }
 
 /// Files handed to a hashing thread at once, at most: this many, or as
-/// many as hold this many bytes (a larger file goes alone). Few enough
-/// open files wait in the queue; enough work per hand-over that the
-/// threads rarely wait on each other.
+/// many as hold this many bytes (a larger file goes alone); enough work
+/// per hand-over that the threads rarely wait on each other.
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 2 << 20;
+/// Files open at once in batches, at most (about: the walk's own
+/// directories come on top), well under the usual limit of 1024.
+const OPEN_FILES: usize = 512;
+/// Batches waiting in the queue, at most.
+const QUEUED: usize = 2;
 
 /// Extended attributes as read, name and value.
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -279,6 +283,9 @@ struct Walker<'a> {
     /// Files gathered for the next batch, and their bytes.
     batch: Vec<Job>,
     batch_bytes: u64,
+    /// Files per batch: fewer with many threads, so that the batches
+    /// queued, gathered and being hashed hold at most [`OPEN_FILES`].
+    batch_files: usize,
     /// The manifest, appended to in manifest order; a file's content and
     /// xattrs are set when its result comes in.
     b: Builder,
@@ -437,7 +444,7 @@ impl Walker<'_> {
     fn hash(&mut self, job: Job) {
         self.batch_bytes += job.stat.st_size as u64;
         self.batch.push(job);
-        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+        if self.batch.len() >= self.batch_files || self.batch_bytes >= BATCH_BYTES {
             self.flush();
         }
     }
@@ -447,7 +454,7 @@ impl Walker<'_> {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_FILES));
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_files));
         self.batch_bytes = 0;
         let n = batch.len();
         if self.jobs.push(batch).is_ok() {
@@ -770,6 +777,13 @@ fn hash_worker(
     }
 }
 
+/// Files per batch for `threads` hashing threads: the batches queued,
+/// being gathered and being hashed (one per thread) hold at most
+/// [`OPEN_FILES`] (up to 500 threads).
+fn batch_files(threads: usize) -> usize {
+    (OPEN_FILES / (QUEUED + 1 + threads)).clamp(1, BATCH_FILES)
+}
+
 /// Closes the queue of files when the walk ends, however it ends, so the
 /// hashing threads stop.
 struct CloseJobs<'q>(&'q Queue<Vec<Job>>);
@@ -794,9 +808,9 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
         opts.threads
     };
     let progress = opts.progress.start(Work::Scan, None);
-    // a batch per thread waiting: the files open at once stay well under
-    // the usual limit of 1024
-    let jobs = Queue::<Vec<Job>>::new(threads);
+    // batches queued, being gathered and being hashed (one per thread)
+    let batch_files = batch_files(threads);
+    let jobs = Queue::<Vec<Job>>::new(QUEUED);
     let done = Queue::<Vec<Done>>::new(usize::MAX);
     let live = std::sync::atomic::AtomicUsize::new(threads);
 
@@ -817,8 +831,9 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
             excludes,
             jobs: &jobs,
             done: &done,
-            batch: Vec::with_capacity(BATCH_FILES),
+            batch: Vec::with_capacity(batch_files),
             batch_bytes: 0,
+            batch_files,
             b: Builder::new(),
             sent: 0,
             received: 0,
@@ -867,4 +882,18 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
         s.sync()?;
     }
     Ok(Scan { manifest: w.b.finish(), warnings: w.warnings, files: w.files, bytes: w.bytes, reused: w.reused })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_the_open_files_bounded() {
+        assert_eq!(batch_files(2), BATCH_FILES);
+        for threads in 1..=500 {
+            let b = batch_files(threads);
+            assert!(b >= 1 && b * (QUEUED + 1 + threads) <= OPEN_FILES, "{threads} threads: {b} files per batch");
+        }
+    }
 }
