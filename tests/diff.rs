@@ -568,6 +568,12 @@ fn cli_exit_codes_and_output() {
     write_manifest(&now, &scan(&root));
     assert_eq!(ocix_diff(&[now.as_os_str(), good.as_os_str()]).0, 1);
     assert_eq!(ocix_diff(&[now.as_os_str(), now.as_os_str()]).0, 0);
+    // the JSON array is written as findings stream out: exact framing
+    let (code, out, _) = ocix_diff(&[now.as_os_str(), now.as_os_str(), OsStr::new("--json")]);
+    assert_eq!((code, out.as_str()), (0, "[\n]\n"));
+    let (code, out, _) = ocix_diff(&[root.as_os_str(), good.as_os_str(), OsStr::new("--json")]);
+    assert_eq!(code, 1);
+    assert!(out.starts_with("[\n{") && out.ends_with("}\n]\n") && out.matches("},\n{").count() == 1, "{out}");
 
     // 2: errors, with a message naming the problem
     let garbage = t.path().join("garbage");

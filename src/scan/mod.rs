@@ -5,11 +5,13 @@
 //! symlink (`fstatat(AT_SYMLINK_NOFOLLOW)`, `O_NOFOLLOW`). Children are
 //! visited in the byte order of their names, which is manifest order, so the
 //! first name met of a hardlinked inode (of any type but a directory) is the
-//! one that carries it. Regular
-//! files are opened by the walker and handed, as open fds, to hashing threads
-//! that compute sha256 and the zero runs and, with a store, write the blob in
-//! the same pass (sparse where the content is zero). Only read calls are made
-//! on the tree.
+//! one that carries it. Each entry is appended to the compact manifest
+//! ([`Compact`], through its builder) as it is met, so the walk holds no
+//! tree. Regular files are opened by the walker and handed, as open fds in
+//! batches, to hashing threads that compute sha256 and the zero runs and,
+//! with a store, write the blob in the same pass (sparse where the content
+//! is zero); a file's content and xattrs are filled into its entry when its
+//! batch comes back. Only read calls are made on the tree.
 //!
 //! What is fatal and what is not: an entry that cannot be read (permission,
 //! I/O error), an entry that changes while it is read (its inode, size, mtime
