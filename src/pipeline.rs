@@ -31,7 +31,7 @@
 
 use crate::bundle::{self, BundleError};
 use crate::export::repack::{IMAGE_RECORD, ImageRecord};
-use crate::manifest::DecodeError;
+use crate::manifest::{Compact, DecodeError};
 use crate::materialize::{self, IdMap, UnpackError, UnpackOptions, UnpackReport, check_dest};
 use crate::mount::{self, MountError, MountOptions, MountReport};
 use crate::oci::{self, ImportError, ImportOptions, Imported};
@@ -196,7 +196,8 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
             // that panicked
             let close = CloseOnDrop(&arrivals);
             let r = remote::pull_with(&remote, &store, &popts, move |m| {
-                let _ = tx.send(m.clone());
+                // the pull yields the tree form; the unpack takes the compact one
+                let _ = tx.send(Compact::from_tree(m));
             });
             close.0.close(match &r {
                 Ok(_) => Filled::Complete,
@@ -206,7 +207,13 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
         });
         // an unpack that fails stops the pull at once, even while a
         // writer still waits for a blob
-        let unpacked = rx.recv().ok().map(|m| materialize::unpack_filled(&m, &store, dest, &uopts, &*cancel));
+        let unpacked = rx.recv().ok().map(|m| match m {
+            Ok(m) => materialize::unpack_filled(&m, &store, dest, &uopts, &*cancel),
+            Err(e) => {
+                materialize::Filler::stop(&*cancel);
+                Err(UnpackError::from(e))
+            }
+        });
         (puller.join(), unpacked)
     });
     // refused before anything was written: `dest` is as it was
@@ -219,7 +226,8 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
             let iopts = ImportOptions { tag: None, ..opts.import.clone() };
             let imported = remote::image::import_remote(reference, Some(&store), &iopts, &opts.pull.remote)
                 .map_err(|error| RunError::Import { src: src.into(), error })?;
-            let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
+            let m = Compact::from_tree(&imported.manifest).map_err(RunError::Manifest)?;
+            let unpack = materialize::unpack(&m, &store, dest, &uopts)
                 .map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
             return Ok(Unpacked { brought: Brought::Imported(Box::new(imported)), unpack });
         }
@@ -330,8 +338,9 @@ fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<
     let imported = import_into(image, &store, opts)?;
     arrivals.close(Filled::Complete);
     let uopts = UnpackOptions { link: opts.unpack.link || temp.is_some(), ..opts.unpack.clone() };
-    let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
-        .map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
+    let m = Compact::from_tree(&imported.manifest).map_err(RunError::Manifest)?;
+    let unpack =
+        materialize::unpack(&m, &store, dest, &uopts).map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
     drop(store);
     drop(temp);
     Ok((imported, unpack))
