@@ -226,8 +226,7 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
             let iopts = ImportOptions { tag: None, ..opts.import.clone() };
             let imported = remote::image::import_remote(reference, Some(&store), &iopts, &opts.pull.remote)
                 .map_err(|error| RunError::Import { src: src.into(), error })?;
-            let m = Compact::from_tree(&imported.manifest).map_err(RunError::Manifest)?;
-            let unpack = materialize::unpack(&m, &store, dest, &uopts)
+            let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
                 .map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
             return Ok(Unpacked { brought: Brought::Imported(Box::new(imported)), unpack });
         }
@@ -338,9 +337,8 @@ fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<
     let imported = import_into(image, &store, opts)?;
     arrivals.close(Filled::Complete);
     let uopts = UnpackOptions { link: opts.unpack.link || temp.is_some(), ..opts.unpack.clone() };
-    let m = Compact::from_tree(&imported.manifest).map_err(RunError::Manifest)?;
-    let unpack =
-        materialize::unpack(&m, &store, dest, &uopts).map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
+    let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
+        .map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
     drop(store);
     drop(temp);
     Ok((imported, unpack))
@@ -427,9 +425,14 @@ pub fn pull_mount(src: &str, dest: &Path, opts: &PullMountOptions) -> Result<Mou
         }
         Err(error) => return Err(RunError::Pull { src: src.into(), error }),
     };
+    // the erofs writer takes the tree form
+    let tree;
     let m = match &brought {
         Brought::Pulled(r) => &r.manifest,
-        Brought::Imported(i) => &i.manifest,
+        Brought::Imported(i) => {
+            tree = i.manifest.to_tree();
+            &tree
+        }
     };
     if !dest.exists() {
         std::fs::create_dir(dest)
@@ -480,7 +483,8 @@ pub fn image_mount_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions)
         }
         let mopts = MountOptions { upper: Some(upper), work: Some(work), verify: false };
         let digest = crate::manifest::Digest::of(&bytes);
-        let report = mount::mount(&imported.manifest, &digest, &store, &rootfs, &mopts)
+        // the erofs writer takes the tree form
+        let report = mount::mount(&imported.manifest.to_tree(), &digest, &store, &rootfs, &mopts)
             .map_err(|error| RunError::Mount { src: image.into(), dest: rootfs.clone(), error: Box::new(error) })?;
         mounted = true;
         write_runtime_config(bundle, &rootfs, &imported.image, &opts.unpack, false)?;

@@ -1,5 +1,9 @@
 //! The working tree layers are applied to during import, in memory only, and
-//! its conversion to a [`Manifest`] at the end.
+//! its conversion to a manifest (in compact form, [`Compact`]) at the end.
+//!
+//! Memory: a node holds its metadata in 32 bytes (xattr sets and owner
+//! names interned in tables of the tree, by number), its name boxed, a
+//! symlink's target boxed; a directory's children sit in a boxed map.
 //!
 //! Unlike the manifest, this model keeps hardlinked names as equals sharing
 //! one inode (content and metadata live in the inode), because a later layer
@@ -47,8 +51,9 @@
 //! - The root may only be given directory metadata: any other type there is
 //!   rejected.
 
+use crate::manifest::compact::{BuildError, Builder, Leaf, MetaIn};
 use crate::manifest::{
-    Dev, Entry, File, Kind, LimitError, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, Time, check_depth, check_name,
+    Compact, Dev, File, LimitError, MAX_DEPTH, MAX_TARGET, Meta, Name, Time, check_depth, check_name,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -121,40 +126,97 @@ pub enum TreeError {
         /// The first name, the hardlink's target.
         first: Vec<u8>,
     },
+    /// More than a manifest held in memory can number (4 billion entries,
+    /// xattr sets, owner names or hardlinked nodes).
+    #[error("the tree is too large to record: {0}")]
+    TooLarge(String),
 }
 
 /// Most symlinks followed while resolving one name (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
 
-/// A node's [`Meta`], smaller: the owner names, which layer entries never
-/// carry, are kept apart (boxed) when given.
-#[derive(Clone, Debug, Default)]
+/// A node's [`Meta`] in 32 bytes: xattrs and owner names by their number
+/// in the tree's [`Tables`] (0: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct NodeMeta {
+    sec: i64,
     mode: u32,
     uid: u32,
     gid: u32,
-    mtime: Time,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    names: Option<Box<(Option<String>, Option<String>)>>,
+    nsec: u32,
+    xattrs: u32,
+    owner: u32,
 }
 
-impl From<Meta> for NodeMeta {
-    fn from(m: Meta) -> NodeMeta {
-        let names = (m.uname.is_some() || m.gname.is_some()).then(|| Box::new((m.uname, m.gname)));
-        NodeMeta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, xattrs: m.xattrs, names }
+/// One xattr set, names in raw byte order.
+type XattrSet = Arc<[(Box<[u8]>, Box<[u8]>)]>;
+/// One pair of owner names.
+type Owners = (Option<Box<str>>, Option<Box<str>>);
+
+/// The xattr sets and owner names of the tree, each kept once.
+struct Tables {
+    xattrs: Vec<XattrSet>,
+    xattr_index: HashMap<XattrSet, u32>,
+    owners: Vec<Owners>,
+    owner_index: HashMap<Owners, u32>,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            xattrs: vec![Arc::from(Vec::new())],
+            xattr_index: HashMap::new(),
+            owners: vec![(None, None)],
+            owner_index: HashMap::new(),
+        }
     }
 }
 
-impl From<NodeMeta> for Meta {
-    fn from(m: NodeMeta) -> Meta {
-        let (uname, gname) = m.names.map(|n| *n).unwrap_or_default();
-        Meta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, xattrs: m.xattrs, uname, gname }
+fn number(n: usize, what: &str) -> Result<u32, TreeError> {
+    u32::try_from(n).map_err(|_| TreeError::TooLarge(format!("more than 4 billion {what}")))
+}
+
+impl Tables {
+    /// The compact metadata of `m`, its xattr set and owner names interned.
+    fn meta(&mut self, m: Meta) -> Result<NodeMeta, TreeError> {
+        let xattrs = if m.xattrs.is_empty() {
+            0
+        } else {
+            let set: XattrSet = m.xattrs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+            match self.xattr_index.get(&set) {
+                Some(&i) => i,
+                None => {
+                    let i = number(self.xattrs.len(), "xattr sets")?;
+                    self.xattrs.push(set.clone());
+                    self.xattr_index.insert(set, i);
+                    i
+                }
+            }
+        };
+        let owner = if m.uname.is_none() && m.gname.is_none() {
+            0
+        } else {
+            let key: Owners = (m.uname.map(Box::from), m.gname.map(Box::from));
+            match self.owner_index.get(&key) {
+                Some(&i) => i,
+                None => {
+                    let i = number(self.owners.len(), "owner names")?;
+                    self.owners.push(key.clone());
+                    self.owner_index.insert(key, i);
+                    i
+                }
+            }
+        };
+        Ok(NodeMeta { sec: m.mtime.sec, mode: m.mode, uid: m.uid, gid: m.gid, nsec: m.mtime.nsec, xattrs, owner })
     }
 }
+
+/// A directory's children by name.
+type Children = BTreeMap<Box<[u8]>, Node>;
 
 #[derive(Clone, Debug)]
 enum NodeKind {
-    Dir(BTreeMap<Name, Node>),
+    Dir(Box<Children>),
     /// A regular file: its names share the one [`Arc`] (its address is the
     /// inode's identity) and carry equal metadata, which never changes
     /// after the file is made.
@@ -162,7 +224,7 @@ enum NodeKind {
     /// A regular file of no bytes with one name (the commonest content,
     /// kept without an allocation); a hardlink to it makes it a `File`.
     EmptyFile,
-    Symlink(Vec<u8>),
+    Symlink(Box<[u8]>),
     Char(Dev),
     Block(Dev),
     Fifo,
@@ -176,17 +238,18 @@ struct Node {
     /// below it (whiteouts of that layer leave it alone).
     touched: u32,
     /// A symlink, device or fifo that a hardlink was made to: the number
-    /// its names share (regular files share one [`File`] instead).
-    linked: Option<usize>,
+    /// its names share, from 1 (regular files share one [`File`] instead);
+    /// 0 for any other node.
+    linked: u32,
 }
 
 impl Node {
-    fn new(meta: Meta, kind: NodeKind) -> Node {
-        Node { meta: meta.into(), kind, touched: 0, linked: None }
+    fn new(meta: NodeMeta, kind: NodeKind) -> Node {
+        Node { meta, kind, touched: 0, linked: 0 }
     }
 
     fn implicit_dir() -> Node {
-        Node::new(default_dir_meta(), NodeKind::Dir(BTreeMap::new()))
+        Node::new(NodeMeta { mode: 0o755, ..NodeMeta::default() }, NodeKind::Dir(Box::default()))
     }
 }
 
@@ -212,8 +275,10 @@ pub enum NewKind {
 /// The tree being built.
 pub struct Tree {
     root: Node,
+    /// xattr sets and owner names, by number.
+    tables: Tables,
     /// Inode numbers given to hardlinked nodes that are not regular files.
-    linked: usize,
+    linked: u32,
     /// The current layer's number (from 1).
     layer: u32,
     /// A directory entry over a symlink to a directory keeps the symlink.
@@ -222,12 +287,8 @@ pub struct Tree {
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree { root: Node::implicit_dir(), linked: 0, layer: 0, keep_dirlinks: false }
+        Tree { root: Node::implicit_dir(), tables: Tables::default(), linked: 0, layer: 0, keep_dirlinks: false }
     }
-}
-
-fn default_dir_meta() -> Meta {
-    Meta { mode: 0o755, ..Meta::default() }
 }
 
 /// Splits and cleans an entry name (see the module doc).
@@ -286,18 +347,18 @@ impl Tree {
         let mut cur = &self.root;
         for c in path {
             match &cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get(c)?,
+                NodeKind::Dir(ch) => cur = ch.get(c.as_slice())?,
                 _ => return None,
             }
         }
         Some(cur)
     }
 
-    fn dir_mut(&mut self, path: &[Name]) -> Option<&mut BTreeMap<Name, Node>> {
+    fn dir_mut(&mut self, path: &[Name]) -> Option<&mut Children> {
         let mut cur = &mut self.root;
         for c in path {
             match &mut cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get_mut(c)?,
+                NodeKind::Dir(ch) => cur = ch.get_mut(c.as_slice())?,
                 _ => return None,
             }
         }
@@ -317,7 +378,7 @@ impl Tree {
             let mut all_dirs = true;
             for c in comps {
                 let NodeKind::Dir(children) = &cur.kind else { unreachable!("a directory") };
-                match children.get(c) {
+                match children.get(c.as_slice()) {
                     Some(n @ Node { kind: NodeKind::Dir(_), .. }) => cur = n,
                     _ => {
                         all_dirs = false;
@@ -344,7 +405,7 @@ impl Tree {
                 continue;
             }
             let NodeKind::Dir(children) = &cur.kind else { unreachable!("resolved path is a directory") };
-            match children.get(&c) {
+            match children.get(c.as_slice()) {
                 None => {
                     // The rest is missing: taken as it is.
                     resolved.push(c);
@@ -392,7 +453,7 @@ impl Tree {
         let mut cur = &mut self.root;
         for c in path {
             let NodeKind::Dir(ch) = &mut cur.kind else { return };
-            let Some(n) = ch.get_mut(c) else { return };
+            let Some(n) = ch.get_mut(c.as_slice()) else { return };
             n.touched = layer;
             cur = n;
         }
@@ -422,7 +483,7 @@ impl Tree {
         };
         if opaque {
             let names: Vec<Name> = match self.node(&dir_path) {
-                Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().cloned().collect(),
+                Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().map(|k| k.to_vec()).collect(),
                 _ => return Ok(()),
             };
             for n in names {
@@ -445,12 +506,12 @@ impl Tree {
         if self.node(path).is_some_and(|n| n.touched != self.layer) {
             let (last, dir) = path.split_last().expect("never the root");
             if let Some(ch) = self.dir_mut(dir) {
-                ch.remove(last);
+                ch.remove(last.as_slice());
             }
             return;
         }
         let names: Vec<Name> = match self.node(path) {
-            Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().cloned().collect(),
+            Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().map(|k| k.to_vec()).collect(),
             _ => return,
         };
         for n in names {
@@ -465,7 +526,7 @@ impl Tree {
         let Some((last, dir)) = comps.split_last() else {
             return match kind {
                 NewKind::Dir => {
-                    self.root.meta = meta.into();
+                    self.root.meta = self.tables.meta(meta)?;
                     Ok(())
                 }
                 _ => Err(TreeError::RootType),
@@ -492,11 +553,12 @@ impl Tree {
             if self.is_dirlink(&path) {
                 // the entry's metadata goes onto the symlink, and so onto every
                 // name of it (lchown of a hardlinked symlink changes the inode)
-                let meta = NodeMeta::from(Meta { mode: 0o777, ..meta });
+                let meta = self.tables.meta(Meta { mode: 0o777, ..meta })?;
                 let ch = self.dir_mut(dir_path).expect("resolved above");
-                let n = ch.get_mut(last).expect("checked above");
-                n.meta = meta.clone();
-                if let Some(l) = n.linked {
+                let n = ch.get_mut(last.as_slice()).expect("checked above");
+                n.meta = meta;
+                if n.linked != 0 {
+                    let l = n.linked;
                     set_linked_meta(&mut self.root, l, &meta);
                 }
                 self.mark_upper(&path);
@@ -504,44 +566,50 @@ impl Tree {
             }
         }
         // What was there is replaced, except a directory over a directory.
+        // A hardlink's own header metadata is ignored.
+        let meta = match kind {
+            NewKind::Link(_) => NodeMeta::default(),
+            NewKind::Symlink(_) => self.tables.meta(Meta { mode: 0o777, ..meta })?,
+            _ => self.tables.meta(meta)?,
+        };
         let mut node = match kind {
             NewKind::Dir => {
                 let layer = self.layer;
                 let ch = self.dir_mut_touched(dir_path).expect("resolved above");
-                if let Some(n @ Node { kind: NodeKind::Dir(_), .. }) = ch.get_mut(last) {
-                    n.meta = meta.into();
+                if let Some(n @ Node { kind: NodeKind::Dir(_), .. }) = ch.get_mut(last.as_slice()) {
+                    n.meta = meta;
                     n.touched = layer;
                     return Ok(());
                 }
-                Node::new(meta, NodeKind::Dir(BTreeMap::new()))
+                Node::new(meta, NodeKind::Dir(Box::default()))
             }
             NewKind::File(file) if file == File::default() => Node::new(meta, NodeKind::EmptyFile),
             NewKind::File(file) => Node::new(meta, NodeKind::File(Arc::new(file))),
-            NewKind::Symlink(t) => Node::new(Meta { mode: 0o777, ..meta }, NodeKind::Symlink(t)),
+            NewKind::Symlink(t) => Node::new(meta, NodeKind::Symlink(t.into())),
             NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
             NewKind::Block(d) => Node::new(meta, NodeKind::Block(d)),
             NewKind::Fifo => Node::new(meta, NodeKind::Fifo),
             NewKind::Link(target) => {
                 // the old entry goes first: a link never finds the name it replaces
                 if let Some(ch) = self.dir_mut(dir_path) {
-                    ch.remove(last);
+                    ch.remove(last.as_slice());
                 }
                 self.link_target(&target)?
             }
         };
         node.touched = self.layer;
-        self.dir_mut_touched(dir_path).expect("resolved above").insert(last.clone(), node);
+        self.dir_mut_touched(dir_path).expect("resolved above").insert(last.as_slice().into(), node);
         Ok(())
     }
 
     /// The directory at `path` (which exists), marking it and its ancestors
     /// as touched by the current layer on the way.
-    fn dir_mut_touched(&mut self, path: &[Name]) -> Option<&mut BTreeMap<Name, Node>> {
+    fn dir_mut_touched(&mut self, path: &[Name]) -> Option<&mut Children> {
         let layer = self.layer;
         let mut cur = &mut self.root;
         for c in path {
             match &mut cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get_mut(c)?,
+                NodeKind::Dir(ch) => cur = ch.get_mut(c.as_slice())?,
                 _ => return None,
             }
             cur.touched = layer;
@@ -563,8 +631,11 @@ impl Tree {
             Ok(Parent::Missing(_)) => return Err(missing()),
             Err(e) => return Err(bad(e)),
         };
-        let fresh = self.linked;
-        let n = self.dir_mut(&p).and_then(|ch| ch.get_mut(last)).ok_or_else(missing)?;
+        let fresh = self
+            .linked
+            .checked_add(1)
+            .ok_or_else(|| TreeError::TooLarge("more than 4 billion hardlinked nodes".into()))?;
+        let n = self.dir_mut(&p).and_then(|ch| ch.get_mut(last.as_slice())).ok_or_else(missing)?;
         match n.kind {
             NodeKind::Dir(_) => return Err(TreeError::LinkToDirectory(target.to_vec())),
             NodeKind::File(_) => return Ok(n.clone()),
@@ -575,10 +646,13 @@ impl Tree {
             _ => {}
         }
         // another name of this node: both carry one inode number
-        let numbered = n.linked.is_none();
-        let n = Node { linked: Some(*n.linked.get_or_insert(fresh)), ..n.clone() };
+        let numbered = n.linked == 0;
         if numbered {
-            self.linked += 1;
+            n.linked = fresh;
+        }
+        let n = n.clone();
+        if numbered {
+            self.linked = fresh;
         }
         Ok(n)
     }
@@ -589,7 +663,10 @@ impl Tree {
             let NodeKind::Dir(ch) = &mut cur.kind else {
                 return Err(TreeError::NotADirectory(join(path)));
             };
-            cur = ch.entry(c.clone()).or_insert_with(Node::implicit_dir);
+            if !ch.contains_key(c.as_slice()) {
+                ch.insert(c.as_slice().into(), Node::implicit_dir());
+            }
+            cur = ch.get_mut(c.as_slice()).expect("just made");
         }
         match cur.kind {
             NodeKind::Dir(_) => Ok(()),
@@ -600,118 +677,177 @@ impl Tree {
     /// Builds the manifest: the first name of each inode in manifest order
     /// carries content and metadata, the others become hardlinks to it.
     /// Fails only when a hardlink's first name is a path too long for the
-    /// format ([`MAX_TARGET`] bytes).
-    pub fn to_manifest(&self) -> Result<Manifest, TreeError> {
-        let mut first: HashMap<Ino, Vec<u8>> = HashMap::new();
-        let mut path = Vec::new();
-        let root = self.convert(&self.root, &mut path, &mut first)?;
-        Ok(Manifest { root })
+    /// format ([`MAX_TARGET`] bytes), or the tree is too large to record.
+    pub fn to_manifest(&self) -> Result<Compact, TreeError> {
+        let mut cv = Convert::new(&self.tables);
+        cv.node(b"", NodeRef::Borrowed(&self.root))?;
+        Ok(cv.b.finish())
     }
 
-    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, TreeError> {
-        if let Some(l) = n.linked {
-            if let Some(link) = hardlink(first, Ino::Linked(l), path)? {
-                return Ok(link);
-            }
-        }
-        let kind = match &n.kind {
-            NodeKind::Dir(ch) => {
-                let mut out = BTreeMap::new();
-                for (name, c) in ch {
-                    let len = path.len();
-                    if len > 0 {
-                        path.push(b'/');
-                    }
-                    path.extend_from_slice(name);
-                    out.insert(
-                        name.clone(),
-                        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.convert(c, path, first))?,
-                    );
-                    path.truncate(len);
-                }
-                Kind::Dir(out)
-            }
-            NodeKind::File(f) => {
-                if let Some(link) = hardlink(first, Ino::File(Arc::as_ptr(f) as usize), path)? {
-                    return Ok(link);
-                }
-                Kind::File(File::clone(f))
-            }
-            NodeKind::EmptyFile => Kind::File(File::default()),
-            NodeKind::Symlink(t) => Kind::Symlink(t.clone()),
-            NodeKind::Char(d) => Kind::Char(*d),
-            NodeKind::Block(d) => Kind::Block(*d),
-            NodeKind::Fifo => Kind::Fifo,
-        };
-        Ok(Entry { meta: n.meta.clone().into(), kind })
-    }
-
-    /// [`to_manifest`](Self::to_manifest), consuming the tree: names,
-    /// metadata and contents move into the manifest, and each part of the
-    /// tree is freed as soon as it is converted, so the two are never both
-    /// whole in memory.
-    pub fn into_manifest(self) -> Result<Manifest, TreeError> {
-        let mut first: HashMap<Ino, Vec<u8>> = HashMap::new();
-        let mut path = Vec::new();
-        let root = into_entry(self.root, &mut path, &mut first)?;
-        Ok(Manifest { root })
+    /// [`to_manifest`](Self::to_manifest), consuming the tree: each part
+    /// of the tree is freed as soon as it is recorded, so the two are never
+    /// both whole in memory.
+    pub fn into_manifest(self) -> Result<Compact, TreeError> {
+        let Tree { root, tables, .. } = self;
+        let mut cv = Convert::new(&tables);
+        cv.node(b"", NodeRef::Owned(root))?;
+        Ok(cv.b.finish())
     }
 }
 
-/// Converts `n` (at `path`) as [`Tree::to_manifest`] does, moving its parts.
-fn into_entry(n: Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, TreeError> {
-    if let Some(l) = n.linked {
-        if let Some(link) = hardlink(first, Ino::Linked(l), path)? {
-            return Ok(link);
+/// A node to record, borrowed or moved out of the tree.
+enum NodeRef<'t> {
+    Borrowed(&'t Node),
+    Owned(Node),
+}
+
+/// The conversion of a tree into a [`Compact`] manifest, in manifest order.
+struct Convert<'t> {
+    b: Builder,
+    tables: &'t Tables,
+    /// The tree's xattr set numbers, as numbered in the manifest.
+    xattrs: Vec<Option<u32>>,
+    /// The first name met of each hardlinked inode.
+    first: HashMap<Ino, Vec<u8>>,
+    /// The path of the node being recorded.
+    path: Vec<u8>,
+}
+
+impl<'t> Convert<'t> {
+    fn new(tables: &'t Tables) -> Self {
+        Convert {
+            b: Builder::new(),
+            tables,
+            xattrs: vec![None; tables.xattrs.len()],
+            first: HashMap::new(),
+            path: Vec::new(),
         }
     }
-    let kind = match n.kind {
-        NodeKind::Dir(ch) => {
-            let mut out = BTreeMap::new();
-            for (name, c) in ch {
-                let len = path.len();
-                if len > 0 {
-                    path.push(b'/');
+
+    fn meta(&mut self, m: &NodeMeta) -> Result<MetaIn<'t>, TreeError> {
+        let tables = self.tables;
+        let x = m.xattrs as usize;
+        let xattrs = match self.xattrs.get(x).copied().flatten() {
+            Some(i) => i,
+            None if x == 0 => 0,
+            None => {
+                let set = tables.xattrs.get(x).map(|s| &s[..]).unwrap_or_default();
+                let i = self
+                    .b
+                    .intern_xattrs(set.iter().map(|(k, v)| (&k[..], &v[..])))
+                    .map_err(|e| TreeError::TooLarge(e.to_string()))?;
+                if let Some(slot) = self.xattrs.get_mut(x) {
+                    *slot = Some(i);
                 }
-                path.extend_from_slice(&name);
-                let e = stacker::maybe_grow(64 * 1024, 1024 * 1024, || into_entry(c, path, first))?;
-                path.truncate(len);
-                out.insert(name, e);
+                i
             }
-            // Inserted in order, the map's nodes are left about half full;
-            // appended to a map, its entries are moved into full nodes (and
-            // each node freed is the size of the ones being filled).
-            if let Some(head) = out.pop_first() {
-                let mut full = BTreeMap::from([head]);
-                full.append(&mut out);
-                out = full;
-            }
-            Kind::Dir(out)
+        };
+        let (uname, gname) =
+            tables.owners.get(m.owner as usize).map(|(u, g)| (u.as_deref(), g.as_deref())).unwrap_or_default();
+        Ok(MetaIn {
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            mtime: Time { sec: m.sec, nsec: m.nsec },
+            xattrs,
+            uname,
+            gname,
+        })
+    }
+
+    fn built<T>(&self, r: Result<T, BuildError>) -> Result<T, TreeError> {
+        r.map_err(|e| {
+            let what = match e {
+                BuildError::NameTooLong => "a name longer than 255 bytes".to_string(),
+                BuildError::Mode(m) => format!("mode {m:o} has bits outside 07777"),
+                BuildError::Device(why) => why.to_string(),
+                BuildError::TooLarge(t) => t.to_string(),
+            };
+            TreeError::TooLarge(format!("{}: {what}", shown(&self.path)))
+        })
+    }
+
+    /// Records the hardlink at the current path if an earlier name of
+    /// `ino` was met (true); otherwise notes the path as its first name.
+    fn hardlink(&mut self, name: &[u8], ino: Ino) -> Result<bool, TreeError> {
+        let Some(p) = self.first.get(&ino) else {
+            self.first.insert(ino, self.path.clone());
+            return Ok(false);
+        };
+        if p.len() > MAX_TARGET {
+            return Err(TreeError::LinkTooLong { path: self.path.clone(), first: p.clone() });
         }
-        NodeKind::File(f) => {
+        let r = self.b.push(name, &MetaIn::default(), Leaf::Hardlink(p));
+        self.built(r)?;
+        Ok(true)
+    }
+
+    /// Records `n`, named `name`, at `self.path`, and its subtree.
+    fn node(&mut self, name: &[u8], n: NodeRef<'_>) -> Result<(), TreeError> {
+        let node = match &n {
+            NodeRef::Borrowed(n) => *n,
+            NodeRef::Owned(n) => n,
+        };
+        if node.linked != 0 && self.hardlink(name, Ino::Linked(node.linked))? {
+            return Ok(());
+        }
+        if let NodeKind::File(f) = &node.kind {
             // a file with one name (nothing else holds it, and no earlier
             // name was met) needs no record of its first name
-            let ino = Ino::File(Arc::as_ptr(&f) as usize);
-            if Arc::strong_count(&f) > 1 || first.contains_key(&ino) {
-                if let Some(link) = hardlink(first, ino, path)? {
-                    return Ok(link);
+            let ino = Ino::File(Arc::as_ptr(f) as usize);
+            if (Arc::strong_count(f) > 1 || self.first.contains_key(&ino)) && self.hardlink(name, ino)? {
+                return Ok(());
+            }
+        }
+        let meta = self.meta(&node.meta)?;
+        let leaf = match &node.kind {
+            NodeKind::Dir(_) => None,
+            NodeKind::File(f) => Some(Leaf::File { size: f.size, digest: f.digest, zeros: &f.zeros }),
+            NodeKind::EmptyFile => Some(Leaf::File { size: 0, digest: None, zeros: &[] }),
+            NodeKind::Symlink(t) => Some(Leaf::Symlink(t)),
+            NodeKind::Char(d) => Some(Leaf::Char(*d)),
+            NodeKind::Block(d) => Some(Leaf::Block(*d)),
+            NodeKind::Fifo => Some(Leaf::Fifo),
+        };
+        if let Some(leaf) = leaf {
+            let r = self.b.push(name, &meta, leaf);
+            return self.built(r).map(|_| ());
+        }
+        let r = self.b.open_dir(name, &meta);
+        self.built(r)?;
+        match n {
+            NodeRef::Borrowed(Node { kind: NodeKind::Dir(ch), .. }) => {
+                for (cname, c) in ch.iter() {
+                    self.child(cname, NodeRef::Borrowed(c))?;
                 }
             }
-            Kind::File(Arc::try_unwrap(f).unwrap_or_else(|f| File::clone(&f)))
+            NodeRef::Owned(Node { kind: NodeKind::Dir(ch), .. }) => {
+                for (cname, c) in *ch {
+                    self.child(&cname, NodeRef::Owned(c))?;
+                }
+            }
+            _ => {}
         }
-        NodeKind::EmptyFile => Kind::File(File::default()),
-        NodeKind::Symlink(t) => Kind::Symlink(t),
-        NodeKind::Char(d) => Kind::Char(d),
-        NodeKind::Block(d) => Kind::Block(d),
-        NodeKind::Fifo => Kind::Fifo,
-    };
-    Ok(Entry { meta: n.meta.into(), kind })
+        self.b.close_dir();
+        Ok(())
+    }
+
+    fn child(&mut self, name: &[u8], n: NodeRef<'_>) -> Result<(), TreeError> {
+        let len = self.path.len();
+        if len > 0 {
+            self.path.push(b'/');
+        }
+        self.path.extend_from_slice(name);
+        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.node(name, n))?;
+        self.path.truncate(len);
+        Ok(())
+    }
 }
 
 /// Gives every node of inode number `l` the metadata `meta`.
-fn set_linked_meta(n: &mut Node, l: usize, meta: &NodeMeta) {
-    if n.linked == Some(l) {
-        n.meta = meta.clone();
+fn set_linked_meta(n: &mut Node, l: u32, meta: &NodeMeta) {
+    if n.linked == l {
+        n.meta = *meta;
     }
     if let NodeKind::Dir(ch) = &mut n.kind {
         for c in ch.values_mut() {
@@ -726,21 +862,7 @@ enum Ino {
     /// A regular file: the address of its shared [`File`].
     File(usize),
     /// Any other hardlinked node: its [`Node::linked`] number.
-    Linked(usize),
-}
-
-/// The hardlink entry for `path` if an earlier name of `ino` was met;
-/// otherwise records `path` as its first name. Fails when that first name is
-/// longer than a manifest can record.
-fn hardlink(first: &mut HashMap<Ino, Vec<u8>>, ino: Ino, path: &[u8]) -> Result<Option<Entry>, TreeError> {
-    let Some(p) = first.get(&ino) else {
-        first.insert(ino, path.to_vec());
-        return Ok(None);
-    };
-    if p.len() > MAX_TARGET {
-        return Err(TreeError::LinkTooLong { path: path.to_vec(), first: p.clone() });
-    }
-    Ok(Some(Entry { meta: Meta::default(), kind: Kind::Hardlink(p.clone()) }))
+    Linked(u32),
 }
 
 fn shown(p: &[u8]) -> String {
@@ -750,6 +872,12 @@ fn shown(p: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{Entry, Kind, Manifest};
+
+    /// The tree form of the manifest the tree gives.
+    fn tree_of(t: &Tree) -> Manifest {
+        t.to_manifest().unwrap().to_tree()
+    }
 
     fn c(s: &str) -> Vec<Name> {
         clean(s.as_bytes()).unwrap()
@@ -771,11 +899,11 @@ mod tests {
         let mut t = Tree::default();
         file(&mut t, "z");
         t.add(&c("a"), Meta::default(), NewKind::Link(b"z".to_vec())).unwrap();
-        let m = t.to_manifest().unwrap();
+        let m = tree_of(&t);
         assert_eq!(m.get(b"z").unwrap().kind, Kind::Hardlink(b"a".to_vec()));
         t.begin_layer();
         t.whiteout(&c(".wh.a")).unwrap();
-        let m = t.to_manifest().unwrap();
+        let m = tree_of(&t);
         assert!(matches!(m.get(b"z").unwrap().kind, Kind::File(_)));
         assert!(m.get(b"a").is_none());
     }
@@ -787,7 +915,7 @@ mod tests {
         t.begin_layer();
         file(&mut t, "d/new");
         t.whiteout(&c("d/.wh..wh..opq")).unwrap();
-        let m = t.to_manifest().unwrap();
+        let m = tree_of(&t);
         assert!(m.get(b"d/new").is_some());
         assert!(m.get(b"d/old").is_none());
     }
@@ -798,7 +926,7 @@ mod tests {
         t.add(&c("usr/lib"), Meta::default(), NewKind::Dir).unwrap();
         t.add(&c("lib"), Meta::default(), NewKind::Symlink(b"/../../usr/lib".to_vec())).unwrap();
         file(&mut t, "lib/x");
-        assert!(t.to_manifest().unwrap().get(b"usr/lib/x").is_some());
+        assert!(tree_of(&t).get(b"usr/lib/x").is_some());
     }
 
     /// The consuming conversion gives the manifest the borrowing one gives,
@@ -828,7 +956,7 @@ mod tests {
         t.add(&c("e3"), Meta::default(), NewKind::Link(b"e2".to_vec())).unwrap();
         let named = Meta { uname: Some("u".into()), gname: Some("g".into()), ..meta(0o755) };
         t.add(&c("a"), named.clone(), NewKind::Dir).unwrap();
-        let m = t.to_manifest().unwrap();
+        let m = tree_of(&t);
         assert_eq!(m.get(b"e1").unwrap(), &Entry { meta: meta(0o640), kind: Kind::File(File::default()) });
         assert_eq!(m.get(b"e2").unwrap(), &Entry { meta: meta(0o640), kind: Kind::File(File::default()) });
         assert_eq!(m.get(b"e3").unwrap().kind, Kind::Hardlink(b"e2".to_vec()));
@@ -839,7 +967,56 @@ mod tests {
         assert_eq!(m.get(b"a/sl").unwrap().kind, Kind::Hardlink(b"a/b/s".to_vec()));
         assert_eq!(m.get(b"a/fl").unwrap().kind, Kind::Hardlink(b"a/fifo".to_vec()));
         assert!(m.get(b"a/b/new").is_some());
-        assert_eq!(t.into_manifest().unwrap(), m);
+        assert_eq!(t.into_manifest().unwrap().to_tree(), m);
+    }
+
+    /// Whiteouts and an opaque directory of a later layer, and a hardlink
+    /// group that loses its first name, give byte for byte the manifest of
+    /// the tree written by hand; xattr sets and owner names come through
+    /// interned.
+    #[test]
+    fn whiteouts_and_opaque_dirs_into_a_compact() {
+        let x = |mode, v: Option<&str>| {
+            let mut m = Meta { mode, mtime: Time { sec: 9, nsec: 1 }, ..Meta::default() };
+            if let Some(v) = v {
+                m.xattrs.insert(b"user.k".to_vec(), v.as_bytes().to_vec());
+            }
+            m
+        };
+        let f = |b: u8| File { size: 1, digest: Some(crate::manifest::Digest([b; 32])), zeros: Vec::new() };
+        let mut t = Tree::default();
+        t.begin_layer();
+        let owned = Meta { uname: Some("u".into()), gname: Some("g".into()), ..x(0o755, Some("1")) };
+        t.add(&c("d"), owned.clone(), NewKind::Dir).unwrap();
+        t.add(&c("d/a"), x(0o644, Some("1")), NewKind::File(f(1))).unwrap();
+        t.add(&c("d/b"), x(0o644, Some("2")), NewKind::File(f(2))).unwrap();
+        t.add(&c("d/sub/old"), x(0o600, None), NewKind::File(f(3))).unwrap();
+        t.add(&c("l"), Meta::default(), NewKind::Link(b"d/a".to_vec())).unwrap();
+        t.add(&c("m"), x(0o777, None), NewKind::Link(b"/d/a".to_vec())).unwrap();
+        t.begin_layer();
+        t.whiteout(&c("d/.wh.a")).unwrap();
+        t.add(&c("d/sub/new"), x(0o644, Some("1")), NewKind::File(f(4))).unwrap();
+        t.whiteout(&c("d/sub/.wh..wh..opq")).unwrap();
+        t.whiteout(&c(".wh.nothing")).unwrap();
+        let entry = |meta: Meta, kind| Entry { meta, kind };
+        let sub = BTreeMap::from([(b"new".to_vec(), entry(x(0o644, Some("1")), Kind::File(f(4))))]);
+        let d = BTreeMap::from([
+            (b"b".to_vec(), entry(x(0o644, Some("2")), Kind::File(f(2)))),
+            (b"sub".to_vec(), entry(Meta { mode: 0o755, ..Meta::default() }, Kind::Dir(sub))),
+        ]);
+        let root = BTreeMap::from([
+            (b"d".to_vec(), entry(owned, Kind::Dir(d))),
+            (b"l".to_vec(), entry(x(0o644, Some("1")), Kind::File(f(1)))),
+            (b"m".to_vec(), Entry::new(Kind::Hardlink(b"l".to_vec()))),
+        ]);
+        let want = Manifest { root: entry(Meta { mode: 0o755, ..Meta::default() }, Kind::Dir(root)) };
+        let borrowed = t.to_manifest().unwrap();
+        let got = t.into_manifest().unwrap();
+        assert_eq!(got.to_bytes().unwrap(), want.to_bytes().unwrap());
+        assert_eq!(borrowed.to_bytes().unwrap(), want.to_bytes().unwrap());
+        let d = got.get(b"d").unwrap();
+        assert_eq!((d.uname(), d.gname(), d.xattrs().get(b"user.k")), (Some("u"), Some("g"), Some(&b"1"[..])));
+        assert_eq!(got.get(b"d/sub/new").unwrap().xattrs().get(b"user.k"), Some(&b"1"[..]));
     }
 
     /// A whiteout below a non-directory hides nothing (umoci: ENOTDIR is a
@@ -850,7 +1027,7 @@ mod tests {
         file(&mut t, "f");
         t.whiteout(&c("f/.wh.x")).unwrap();
         t.whiteout(&c("f/.wh..wh..opq")).unwrap();
-        assert!(matches!(t.to_manifest().unwrap().get(b"f").unwrap().kind, Kind::File(_)));
+        assert!(matches!(tree_of(&t).get(b"f").unwrap().kind, Kind::File(_)));
         let e = t.add(&c("f/x"), Meta::default(), NewKind::Fifo).unwrap_err();
         assert_eq!(e, TreeError::NotADirectory(b"f".to_vec()));
         assert_eq!(e.to_string(), "/f is not a directory");
