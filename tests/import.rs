@@ -806,6 +806,9 @@ fn blob_digest_and_size_mismatches() {
     // diff_id disagrees
     let e = err(vec![L { diff_id: sha(b"other"), ..L::gz(t.clone()) }]);
     assert!(e.contains("diff_id"), "{e}");
+    // also for an uncompressed layer, whose diff_id is its blob's digest
+    let e = err(vec![L { diff_id: sha(b"other"), ..L::tar(t.clone()) }]);
+    assert!(e.contains(&format!("uncompressed content has digest {}", sha(&t))), "{e}");
     // missing blob
     std::fs::remove_file(&p).unwrap();
     assert!(import(&l).unwrap_err().to_string().contains("missing"));
