@@ -211,8 +211,115 @@ impl Tables {
     }
 }
 
-/// A directory's children by name.
-type Children = BTreeMap<Box<[u8]>, Node>;
+/// Children a directory keeps in a sorted vector; past this many, in a
+/// B-tree.
+const FEW: usize = 256;
+
+/// A directory's children by name: a sorted vector while there are few (a
+/// B-tree filled in name order leaves its nodes about half empty, and most
+/// directories are small), a B-tree when there are many (inserts stay
+/// cheap in any order).
+#[derive(Clone, Debug)]
+enum Children {
+    Few(Vec<(Box<[u8]>, Node)>),
+    Many(BTreeMap<Box<[u8]>, Node>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn find(v: &[(Box<[u8]>, Node)], name: &[u8]) -> Result<usize, usize> {
+        v.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    fn get(&self, name: &[u8]) -> Option<&Node> {
+        match self {
+            Children::Few(v) => Self::find(v, name).ok().map(|i| &v[i].1),
+            Children::Many(m) => m.get(name),
+        }
+    }
+
+    fn get_mut(&mut self, name: &[u8]) -> Option<&mut Node> {
+        match self {
+            Children::Few(v) => Self::find(v, name).ok().map(|i| &mut v[i].1),
+            Children::Many(m) => m.get_mut(name),
+        }
+    }
+
+    fn contains_key(&self, name: &[u8]) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn remove(&mut self, name: &[u8]) -> Option<Node> {
+        match self {
+            Children::Few(v) => Self::find(v, name).ok().map(|i| v.remove(i).1),
+            Children::Many(m) => m.remove(name),
+        }
+    }
+
+    /// Adds `node` as `name`, replacing the node of that name if there is
+    /// one.
+    fn insert(&mut self, name: &[u8], node: Node) {
+        match self {
+            Children::Few(v) => match Self::find(v, name) {
+                Ok(i) => v[i].1 = node,
+                Err(_) if v.len() >= FEW => {
+                    let m: BTreeMap<Box<[u8]>, Node> = std::mem::take(v).into_iter().collect();
+                    *self = Children::Many(m);
+                    self.insert(name, node);
+                }
+                Err(i) => {
+                    // grown by a quarter: little room left unused
+                    if v.len() == v.capacity() {
+                        v.reserve_exact((v.len() / 4).max(4));
+                    }
+                    v.insert(i, (name.into(), node));
+                }
+            },
+            Children::Many(m) => {
+                if let Some(n) = m.get_mut(name) {
+                    *n = node;
+                } else {
+                    m.insert(name.into(), node);
+                }
+            }
+        }
+    }
+
+    /// Names and nodes in name order.
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &Node)> + '_ {
+        let (few, many) = match self {
+            Children::Few(v) => (Some(v.iter().map(|(k, n)| (&**k, n))), None),
+            Children::Many(m) => (None, Some(m.iter().map(|(k, n)| (&**k, n)))),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Node> + '_ {
+        let (few, many) = match self {
+            Children::Few(v) => (Some(v.iter_mut().map(|(_, n)| n)), None),
+            Children::Many(m) => (None, Some(m.values_mut())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    /// Names and nodes in name order, moved out.
+    fn into_pairs(self) -> impl Iterator<Item = (Box<[u8]>, Node)> {
+        let (few, many) = match self {
+            Children::Few(v) => (Some(v.into_iter()), None),
+            Children::Many(m) => (None, Some(m.into_iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
 
 #[derive(Clone, Debug)]
 enum NodeKind {
@@ -598,7 +705,7 @@ impl Tree {
             }
         };
         node.touched = self.layer;
-        self.dir_mut_touched(dir_path).expect("resolved above").insert(last.as_slice().into(), node);
+        self.dir_mut_touched(dir_path).expect("resolved above").insert(last, node);
         Ok(())
     }
 
@@ -664,7 +771,7 @@ impl Tree {
                 return Err(TreeError::NotADirectory(join(path)));
             };
             if !ch.contains_key(c.as_slice()) {
-                ch.insert(c.as_slice().into(), Node::implicit_dir());
+                ch.insert(c, Node::implicit_dir());
             }
             cur = ch.get_mut(c.as_slice()).expect("just made");
         }
@@ -822,7 +929,7 @@ impl<'t> Convert<'t> {
                 }
             }
             NodeRef::Owned(Node { kind: NodeKind::Dir(ch), .. }) => {
-                for (cname, c) in *ch {
+                for (cname, c) in ch.into_pairs() {
                     self.child(&cname, NodeRef::Owned(c))?;
                 }
             }
@@ -1017,6 +1124,31 @@ mod tests {
         let d = got.get(b"d").unwrap();
         assert_eq!((d.uname(), d.gname(), d.xattrs().get(b"user.k")), (Some("u"), Some("g"), Some(&b"1"[..])));
         assert_eq!(got.get(b"d/sub/new").unwrap().xattrs().get(b"user.k"), Some(&b"1"[..]));
+    }
+
+    /// A directory keeps its children in name order, found by name, replaced
+    /// and removed, whatever the order they come in, below and past the
+    /// number where the vector becomes a B-tree.
+    #[test]
+    fn children_in_any_order_below_and_past_the_switch() {
+        for n in [FEW - 1, FEW, FEW + 1, 3 * FEW] {
+            let mut t = Tree::default();
+            // a scrambled order: i * 7919 mod n visits every i once (n is not a multiple of 7919)
+            for k in 0..n {
+                let i = k * 7919 % n;
+                t.add(&c(&format!("d/f{i:05}")), Meta { mode: 0o600, ..Meta::default() }, NewKind::Fifo).unwrap();
+            }
+            // replaced (a directory now), removed by a whiteout in a later layer
+            t.add(&c("d/f00003"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+            t.begin_layer();
+            t.whiteout(&c("d/.wh.f00001")).unwrap();
+            let m = tree_of(&t);
+            let names: Vec<Vec<u8>> = m.get(b"d").unwrap().children().unwrap().keys().cloned().collect();
+            let want: Vec<Vec<u8>> = (0..n).filter(|&i| i != 1).map(|i| format!("f{i:05}").into_bytes()).collect();
+            assert_eq!(names, want, "{n} children");
+            assert!(matches!(m.get(b"d/f00003").unwrap().kind, Kind::Dir(_)), "{n}");
+            assert_eq!(m.get(b"d/f00002").unwrap().meta.mode, 0o600);
+        }
     }
 
     /// A whiteout below a non-directory hides nothing (umoci: ENOTDIR is a
