@@ -78,10 +78,9 @@ impl<'m> Walker<'_, '_, 'm> {
         }
         // temporary names (update, --link) avoid the names of the manifest:
         // only a directory holding one like them needs its children checked
-        let tmp_siblings = (ctx.update || ctx.opts.link)
-            .then(|| parent.children().any(|c| c.name().starts_with(super::TMP_PREFIX)))
-            .unwrap_or(false)
-            .then_some(parent);
+        let tmp_like =
+            (ctx.update || ctx.opts.link) && parent.children().any(|c| c.name().starts_with(super::TMP_PREFIX));
+        let tmp_siblings = tmp_like.then_some(parent);
         for n in parent.children() {
             if ctx.aborted() {
                 return Ok(());
