@@ -53,7 +53,7 @@
 
 use crate::manifest::compact::{BuildError, Builder, Leaf, MetaIn};
 use crate::manifest::{
-    Compact, Dev, File, LimitError, MAX_DEPTH, MAX_TARGET, Meta, Name, Time, check_depth, check_name,
+    Compact, Dev, Digest, File, LimitError, MAX_DEPTH, MAX_TARGET, Meta, Name, Time, check_depth, check_name,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -153,12 +153,31 @@ type XattrSet = Arc<[(Box<[u8]>, Box<[u8]>)]>;
 /// One pair of owner names.
 type Owners = (Option<Box<str>>, Option<Box<str>>);
 
-/// The xattr sets and owner names of the tree, each kept once.
+/// A regular file's content in the tree's table of files: its names share
+/// its number (the inode's identity) and carry equal metadata.
+#[derive(Clone, Copy, Debug)]
+struct FileRec {
+    size: u64,
+    digest: Digest,
+    /// Its zero runs in [`Tables::zeros`].
+    zeros_off: u32,
+    zeros_len: u32,
+    has_digest: bool,
+    /// A hardlink was ever made to it: it may have more than one name.
+    linked: bool,
+}
+
+/// The xattr sets, owner names and regular files of the tree, each kept
+/// once.
 struct Tables {
     xattrs: Vec<XattrSet>,
     xattr_index: HashMap<XattrSet, u32>,
     owners: Vec<Owners>,
     owner_index: HashMap<Owners, u32>,
+    /// Regular files with content (or hardlinked), by number; a file
+    /// replaced or removed keeps its place.
+    files: Vec<FileRec>,
+    zeros: Vec<(u64, u64)>,
 }
 
 impl Default for Tables {
@@ -168,6 +187,8 @@ impl Default for Tables {
             xattr_index: HashMap::new(),
             owners: vec![(None, None)],
             owner_index: HashMap::new(),
+            files: Vec::new(),
+            zeros: Vec::new(),
         }
     }
 }
@@ -177,6 +198,24 @@ fn number(n: usize, what: &str) -> Result<u32, TreeError> {
 }
 
 impl Tables {
+    /// Adds a regular file; returns its number.
+    fn file(&mut self, f: &File, linked: bool) -> Result<u32, TreeError> {
+        let i = number(self.files.len(), "files")?;
+        let zeros_off = number(self.zeros.len(), "zero runs")?;
+        let zeros_len = number(f.zeros.len(), "zero runs")?;
+        number(self.zeros.len() + f.zeros.len(), "zero runs")?;
+        self.zeros.extend_from_slice(&f.zeros);
+        self.files.push(FileRec {
+            size: f.size,
+            digest: f.digest.unwrap_or(Digest([0; 32])),
+            zeros_off,
+            zeros_len,
+            has_digest: f.digest.is_some(),
+            linked,
+        });
+        Ok(i)
+    }
+
     /// The compact metadata of `m`, its xattr set and owner names interned.
     fn meta(&mut self, m: Meta) -> Result<NodeMeta, TreeError> {
         let xattrs = if m.xattrs.is_empty() {
@@ -324,12 +363,12 @@ impl Children {
 #[derive(Clone, Debug)]
 enum NodeKind {
     Dir(Box<Children>),
-    /// A regular file: its names share the one [`Arc`] (its address is the
-    /// inode's identity) and carry equal metadata, which never changes
-    /// after the file is made.
-    File(Arc<File>),
+    /// A regular file, by its number in [`Tables::files`]: its names share
+    /// the number (the inode's identity) and carry equal metadata, which
+    /// never changes after the file is made.
+    File(u32),
     /// A regular file of no bytes with one name (the commonest content,
-    /// kept without an allocation); a hardlink to it makes it a `File`.
+    /// kept without a record); a hardlink to it makes it a `File`.
     EmptyFile,
     Symlink(Box<[u8]>),
     Char(Dev),
@@ -459,6 +498,13 @@ impl Tree {
             }
         }
         Some(cur)
+    }
+
+    fn node_at(&self, dir: &[Name], last: &[u8]) -> Option<&Node> {
+        match &self.node(dir)?.kind {
+            NodeKind::Dir(ch) => ch.get(last),
+            _ => None,
+        }
     }
 
     fn dir_mut(&mut self, path: &[Name]) -> Option<&mut Children> {
@@ -691,7 +737,7 @@ impl Tree {
                 Node::new(meta, NodeKind::Dir(Box::default()))
             }
             NewKind::File(file) if file == File::default() => Node::new(meta, NodeKind::EmptyFile),
-            NewKind::File(file) => Node::new(meta, NodeKind::File(Arc::new(file))),
+            NewKind::File(file) => Node::new(meta, NodeKind::File(self.tables.file(&file, false)?)),
             NewKind::Symlink(t) => Node::new(meta, NodeKind::Symlink(t.into())),
             NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
             NewKind::Block(d) => Node::new(meta, NodeKind::Block(d)),
@@ -742,12 +788,23 @@ impl Tree {
             .linked
             .checked_add(1)
             .ok_or_else(|| TreeError::TooLarge("more than 4 billion hardlinked nodes".into()))?;
+        let empty = match self.node_at(&p, last) {
+            None => return Err(missing()),
+            Some(Node { kind: NodeKind::Dir(_), .. }) => return Err(TreeError::LinkToDirectory(target.to_vec())),
+            Some(Node { kind: NodeKind::EmptyFile, .. }) => Some(self.tables.file(&File::default(), true)?),
+            Some(_) => None,
+        };
         let n = self.dir_mut(&p).and_then(|ch| ch.get_mut(last.as_slice())).ok_or_else(missing)?;
         match n.kind {
-            NodeKind::Dir(_) => return Err(TreeError::LinkToDirectory(target.to_vec())),
-            NodeKind::File(_) => return Ok(n.clone()),
+            NodeKind::File(i) => {
+                let n = n.clone();
+                if let Some(f) = self.tables.files.get_mut(i as usize) {
+                    f.linked = true;
+                }
+                return Ok(n);
+            }
             NodeKind::EmptyFile => {
-                n.kind = NodeKind::File(Arc::new(File::default()));
+                n.kind = NodeKind::File(empty.unwrap_or_default());
                 return Ok(n.clone());
             }
             _ => {}
@@ -898,18 +955,25 @@ impl<'t> Convert<'t> {
         if node.linked != 0 && self.hardlink(name, Ino::Linked(node.linked))? {
             return Ok(());
         }
-        if let NodeKind::File(f) = &node.kind {
-            // a file with one name (nothing else holds it, and no earlier
-            // name was met) needs no record of its first name
-            let ino = Ino::File(Arc::as_ptr(f) as usize);
-            if (Arc::strong_count(f) > 1 || self.first.contains_key(&ino)) && self.hardlink(name, ino)? {
+        let tables = self.tables;
+        let file = match node.kind {
+            NodeKind::File(i) => tables.files.get(i as usize).map(|f| (i, f)),
+            _ => None,
+        };
+        if let Some((i, f)) = file {
+            // a file never hardlinked has one name: no record of its first
+            if f.linked && self.hardlink(name, Ino::File(i))? {
                 return Ok(());
             }
         }
         let meta = self.meta(&node.meta)?;
         let leaf = match &node.kind {
             NodeKind::Dir(_) => None,
-            NodeKind::File(f) => Some(Leaf::File { size: f.size, digest: f.digest, zeros: &f.zeros }),
+            NodeKind::File(_) => file.map(|(_, f)| {
+                let (off, len) = (f.zeros_off as usize, f.zeros_len as usize);
+                let zeros = tables.zeros.get(off..off + len).unwrap_or_default();
+                Leaf::File { size: f.size, digest: f.has_digest.then_some(f.digest), zeros }
+            }),
             NodeKind::EmptyFile => Some(Leaf::File { size: 0, digest: None, zeros: &[] }),
             NodeKind::Symlink(t) => Some(Leaf::Symlink(t)),
             NodeKind::Char(d) => Some(Leaf::Char(*d)),
@@ -966,8 +1030,8 @@ fn set_linked_meta(n: &mut Node, l: u32, meta: &NodeMeta) {
 /// An inode's identity while the manifest is built.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Ino {
-    /// A regular file: the address of its shared [`File`].
-    File(usize),
+    /// A regular file: its number in [`Tables::files`].
+    File(u32),
     /// Any other hardlinked node: its [`Node::linked`] number.
     Linked(u32),
 }
