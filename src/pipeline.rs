@@ -31,7 +31,7 @@
 
 use crate::bundle::{self, BundleError};
 use crate::export::repack::{IMAGE_RECORD, ImageRecord};
-use crate::manifest::DecodeError;
+use crate::manifest::{Compact, DecodeError};
 use crate::materialize::{self, IdMap, UnpackError, UnpackOptions, UnpackReport, check_dest};
 use crate::mount::{self, MountError, MountOptions, MountReport};
 use crate::oci::{self, ImportError, ImportOptions, Imported};
@@ -196,7 +196,8 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
             // that panicked
             let close = CloseOnDrop(&arrivals);
             let r = remote::pull_with(&remote, &store, &popts, move |m| {
-                let _ = tx.send(m.clone());
+                // the pull yields the tree form; the unpack takes the compact one
+                let _ = tx.send(Compact::from_tree(m));
             });
             close.0.close(match &r {
                 Ok(_) => Filled::Complete,
@@ -206,7 +207,13 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
         });
         // an unpack that fails stops the pull at once, even while a
         // writer still waits for a blob
-        let unpacked = rx.recv().ok().map(|m| materialize::unpack_filled(&m, &store, dest, &uopts, &*cancel));
+        let unpacked = rx.recv().ok().map(|m| match m {
+            Ok(m) => materialize::unpack_filled(&m, &store, dest, &uopts, &*cancel),
+            Err(e) => {
+                materialize::Filler::stop(&*cancel);
+                Err(UnpackError::from(e))
+            }
+        });
         (puller.join(), unpacked)
     });
     // refused before anything was written: `dest` is as it was
@@ -418,9 +425,14 @@ pub fn pull_mount(src: &str, dest: &Path, opts: &PullMountOptions) -> Result<Mou
         }
         Err(error) => return Err(RunError::Pull { src: src.into(), error }),
     };
+    // the erofs writer takes the tree form
+    let tree;
     let m = match &brought {
         Brought::Pulled(r) => &r.manifest,
-        Brought::Imported(i) => &i.manifest,
+        Brought::Imported(i) => {
+            tree = i.manifest.to_tree();
+            &tree
+        }
     };
     if !dest.exists() {
         std::fs::create_dir(dest)
@@ -471,7 +483,8 @@ pub fn image_mount_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions)
         }
         let mopts = MountOptions { upper: Some(upper), work: Some(work), verify: false };
         let digest = crate::manifest::Digest::of(&bytes);
-        let report = mount::mount(&imported.manifest, &digest, &store, &rootfs, &mopts)
+        // the erofs writer takes the tree form
+        let report = mount::mount(&imported.manifest.to_tree(), &digest, &store, &rootfs, &mopts)
             .map_err(|error| RunError::Mount { src: image.into(), dest: rootfs.clone(), error: Box::new(error) })?;
         mounted = true;
         write_runtime_config(bundle, &rootfs, &imported.image, &opts.unpack, false)?;

@@ -235,7 +235,7 @@ fn opts(tag: &str) -> ImportOptions {
 }
 
 fn import(l: &Layout) -> Result<Manifest, ImportError> {
-    import_image(l.path(), None, &opts("t")).map(|i| i.manifest)
+    import_image(l.path(), None, &opts("t")).map(|i| i.manifest.to_tree())
 }
 
 fn import_layers(layers: Vec<L>) -> Result<Manifest, ImportError> {
@@ -749,7 +749,7 @@ fn gzip_bomb_stops_at_the_limit() {
     let store_dir = tempfile::tempdir().unwrap();
     let store = Store::create(store_dir.path()).unwrap();
     let imp = import_image(l.path(), Some(&store), &opts("t")).unwrap();
-    let f = content(&imp.manifest, "bomb");
+    let f = content(&imp.manifest.to_tree(), "bomb");
     assert_eq!(f.zeros, vec![(0, 16384)]);
     let meta = std::fs::metadata(store.blob_path(&f.digest.unwrap())).unwrap();
     use std::os::unix::fs::MetadataExt;
@@ -806,6 +806,9 @@ fn blob_digest_and_size_mismatches() {
     // diff_id disagrees
     let e = err(vec![L { diff_id: sha(b"other"), ..L::gz(t.clone()) }]);
     assert!(e.contains("diff_id"), "{e}");
+    // also for an uncompressed layer, whose diff_id is its blob's digest
+    let e = err(vec![L { diff_id: sha(b"other"), ..L::tar(t.clone()) }]);
+    assert!(e.contains(&format!("uncompressed content has digest {}", sha(&t))), "{e}");
     // missing blob
     std::fs::remove_file(&p).unwrap();
     assert!(import(&l).unwrap_err().to_string().contains("missing"));
@@ -907,7 +910,7 @@ fn tags_platforms_and_nested_indexes() {
             platform: p.map(|p| Platform::parse(p).unwrap()),
             ..Default::default()
         };
-        import_image(l.path(), None, &o).map(|i| i.manifest)
+        import_image(l.path(), None, &o).map(|i| i.manifest.to_tree())
     };
     assert!(exists(&pick("multi", Some("linux/arm64")).unwrap(), "arm"));
     assert!(exists(&pick("multi", Some("linux/amd64")).unwrap(), "amd"));
@@ -920,7 +923,7 @@ fn tags_platforms_and_nested_indexes() {
     assert!(pick("nope", None).unwrap_err().to_string().contains("no image tagged"));
     // no tag, several images: the platform decides among those that declare one
     let any = |p: &str| ImportOptions { platform: Platform::parse(p), ..Default::default() };
-    assert!(exists(&import_image(l.path(), None, &any("linux/arm64")).unwrap().manifest, "arm"));
+    assert!(exists(&import_image(l.path(), None, &any("linux/arm64")).unwrap().manifest.to_tree(), "arm"));
     assert!(import_image(l.path(), None, &any("windows/amd64")).is_err());
     // the config's platform is checked when one is asked for
     assert!(pick("other", Some("linux/arm64")).unwrap_err().to_string().contains("config is for linux/amd64"));
@@ -1097,7 +1100,7 @@ fn overlay_and_host_label_xattrs_in_layers_are_dropped_and_listed() {
         L::tar(Tar::default().pax(&[("SCHILY.xattr.user.overlay.x", b"")]).file("etc/f", b"y").end()),
     ]);
     let imp = import_image(l.path(), None, &opts("t")).unwrap();
-    let m = &imp.manifest;
+    let m = &imp.manifest.to_tree();
     assert_eq!(xattr_names(m, "etc"), ["user.keep"]);
     assert_eq!(xattr_names(m, "d"), ["trusted.overlayx", "user.overlay"]);
     assert!(xattr_names(m, "etc/f").is_empty(), "{:?}", xattr_names(m, "etc/f"));
@@ -1132,7 +1135,7 @@ fn overlay_and_host_label_xattrs_in_layers_are_dropped_and_listed() {
 fn hostile_overlay_xattr_names_print_on_one_line() {
     let t = Tar::default().pax(&[("SCHILY.xattr.trusted.overlay.\x1b[2J\nx", b"y")]).dir("e\nvil").end();
     let imp = import_image(Layout::with(vec![L::tar(t)]).path(), None, &opts("t")).unwrap();
-    assert!(imp.manifest.get(b"e\nvil").unwrap().meta.xattrs.is_empty());
+    assert!(imp.manifest.get(b"e\nvil").unwrap().xattrs().is_empty());
     let s = imp.dropped.summary(3);
     assert_eq!(s.len(), 1);
     assert!(!s[0].contains('\n') && !s[0].contains('\x1b'), "{s:?}");
@@ -1222,7 +1225,7 @@ fn dropped_xattrs_are_listed_up_to_the_limit_then_only_counted() {
 fn ok_dirlinks(layers: Vec<L>, keep: bool) -> Manifest {
     let l = Layout::with(layers);
     let o = ImportOptions { keep_dirlinks: keep, ..opts("t") };
-    import_image(l.path(), None, &o).unwrap_or_else(|e| panic!("import failed: {e}")).manifest
+    import_image(l.path(), None, &o).unwrap_or_else(|e| panic!("import failed: {e}")).manifest.to_tree()
 }
 
 /// Both ways: (without the option, with it).
@@ -1748,7 +1751,7 @@ fn sparse_holes_count_against_the_limit() {
     assert!(e.contains("entry /s") && e.contains("holes") && e.contains("16777216"), "{e}");
     // within the limit it imports
     let l = Layout::with(vec![L::tar(layer(8 << 20))]);
-    let m = import_image(l.path(), None, &limited).unwrap().manifest;
+    let m = import_image(l.path(), None, &limited).unwrap().manifest.to_tree();
     assert_eq!(content(&m, "s").size, 8 << 20);
     // a size no file can have is refused by the reader, whatever the limit
     let l = Layout::with(vec![L::tar(layer(1 << 63))]);

@@ -116,7 +116,7 @@ fn ropts() -> RemoteOptions {
 fn import(s: &Server, target: &str, platform: Option<&str>) -> Result<Manifest, ImportError> {
     let r = Reference::parse(&format!("docker://127.0.0.1:{}/r{target}", s.port)).unwrap();
     let opts = ImportOptions { platform: platform.map(|p| Platform::parse(p).unwrap()), ..ImportOptions::default() };
-    import_remote(&r, None, &opts, &ropts()).map(|i| i.manifest)
+    import_remote(&r, None, &opts, &ropts()).map(|i| i.manifest.to_tree())
 }
 
 /// Incompressible bytes, so a flipped byte is in the deflate stream's data.
@@ -209,7 +209,7 @@ fn registry_import_equals_layout_import() {
     let idx = serde_json::json!({"schemaVersion": 2, "manifests": [idx_entry]});
     std::fs::write(dir.path().join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
     let opts = ImportOptions { tag: Some("t".into()), platform: Platform::parse("linux/amd64"), ..Default::default() };
-    let local = ocix::oci::import_image(dir.path(), None, &opts).unwrap().manifest;
+    let local = ocix::oci::import_image(dir.path(), None, &opts).unwrap().manifest.to_tree();
     let s = serve(repo, None, Fault::None);
     let remote = import(&s, ":t", Some("linux/amd64")).unwrap();
     assert_eq!(remote.to_bytes().unwrap(), local.to_bytes().unwrap());

@@ -473,8 +473,14 @@ fn nesting_limit_round_trips_at_the_limit_and_refuses_one_deeper() {
         let e = ocix::manifest::encode(&m).unwrap_err().to_string();
         assert!(e.contains("directory nested 1025 levels"), "{e}");
         let store = ocix::store::Store::open(&store).unwrap();
-        let e =
-            ocix::materialize::unpack(&m, &store, &t.path().join("d2"), &Default::default()).unwrap_err().to_string();
+        let e = ocix::materialize::unpack(
+            &ocix::manifest::Compact::from_tree(&m).unwrap(),
+            &store,
+            &t.path().join("d2"),
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("directory nested 1025 levels"), "{e}");
         assert!(!t.path().join("d2").exists());
     });

@@ -3,7 +3,8 @@
 //! a file already on disk has the manifest's content.
 
 use super::{Ctx, UnpackError};
-use crate::manifest::{BLOCK, Digest, File};
+use crate::manifest::compact::FileRef;
+use crate::manifest::{BLOCK, Digest};
 use crate::store::{StoreError, Verifier};
 use crate::sys::read::{self as rd, FileType};
 use crate::sys::{Errno, write as wr};
@@ -22,10 +23,10 @@ fn feed_zeros(v: &mut Verifier, mut n: u64) {
 }
 
 /// The file's data segments `[start, end)`: everything outside its zero runs.
-fn data_segments(f: &File) -> Vec<(u64, u64)> {
+fn data_segments(f: &FileRef<'_>) -> Vec<(u64, u64)> {
     let mut out = Vec::with_capacity(f.zeros.len() + 1);
     let mut pos = 0u64;
-    for &(s, n) in &f.zeros {
+    for &(s, n) in f.zeros {
         let (zs, ze) = (s.saturating_mul(BLOCK).min(f.size), s.saturating_add(n).saturating_mul(BLOCK).min(f.size));
         if zs > pos {
             out.push((pos, zs));
@@ -55,11 +56,11 @@ pub(super) fn content_err(ctx: &Ctx<'_>, rel: &[u8], digest: Digest, e: StoreErr
 pub(super) fn write_content(
     ctx: &Ctx<'_>,
     rel: &[u8],
-    f: &File,
+    f: &FileRef<'_>,
     out: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
 ) -> Result<u64, UnpackError> {
-    let Some(digest) = f.digest else { return Ok(0) };
+    let Some(&digest) = f.digest else { return Ok(0) };
     if f.size == 0 {
         return Ok(0);
     }
@@ -193,7 +194,7 @@ fn blob_is_intact(
 pub(super) fn fill(
     ctx: &Ctx<'_>,
     rel: &[u8],
-    f: &File,
+    f: &FileRef<'_>,
     out: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
 ) -> Result<u64, UnpackError> {
@@ -220,10 +221,10 @@ pub(super) const SMALL: u64 = CHUNK as u64;
 pub(super) fn read_small<'b>(
     ctx: &Ctx<'_>,
     rel: &[u8],
-    f: &File,
+    f: &FileRef<'_>,
     buf: &'b mut Vec<u8>,
 ) -> Result<&'b [u8], UnpackError> {
-    let Some(digest) = f.digest else { return Ok(&[]) };
+    let Some(&digest) = f.digest else { return Ok(&[]) };
     let size = f.size as usize;
     if f.size == 0 {
         return Ok(&[]);
@@ -329,7 +330,7 @@ fn copy_range(
 /// (size, then sha256; holes are read as zeros without reading them).
 pub(super) fn same_content(
     fd: BorrowedFd<'_>,
-    f: &File,
+    f: &FileRef<'_>,
     shown: &dyn Fn() -> String,
     buf: &mut Vec<u8>,
 ) -> Result<bool, UnpackError> {
@@ -337,7 +338,7 @@ pub(super) fn same_content(
     if st.st_size as u64 != f.size {
         return Ok(false);
     }
-    let Some(digest) = f.digest else {
+    let Some(&digest) = f.digest else {
         return Ok(f.size == 0);
     };
     if buf.len() < CHUNK {
@@ -372,9 +373,9 @@ mod tests {
 
     #[test]
     fn segments_between_runs() {
-        let f = File { size: 5 * BLOCK + 10, digest: None, zeros: vec![(1, 2), (4, 1)] };
+        let f = FileRef { size: 5 * BLOCK + 10, digest: None, zeros: &[(1, 2), (4, 1)] };
         assert_eq!(data_segments(&f), vec![(0, BLOCK), (3 * BLOCK, 4 * BLOCK), (5 * BLOCK, 5 * BLOCK + 10)]);
-        let f = File { size: 2 * BLOCK, digest: None, zeros: vec![(0, 2)] };
+        let f = FileRef { size: 2 * BLOCK, digest: None, zeros: &[(0, 2)] };
         assert_eq!(data_segments(&f), vec![]);
     }
 }

@@ -87,10 +87,10 @@ fn read_umask() -> Option<u32> {
 /// Writes one regular file of a fresh destination under its final name.
 pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<(), UnpackError> {
     let d = job.dir.as_fd();
-    let (f, m, rel) = (job.file, job.meta.mode & 0o7777, &job.rel);
+    let (f, m, rel) = (&job.file, job.node.mode() & 0o7777, &job.rel);
     let shown = || ctx.shown(rel);
-    let owner_ok = ctx.rootless || fresh.owner.is_some_and(|o| ctx.host_ids(rel, job.meta).is_ok_and(|h| h == o));
-    let xattrs = !job.meta.xattrs.is_empty() || (ctx.rootless && (job.meta.uid, job.meta.gid) != (0, 0));
+    let owner_ok = ctx.rootless || fresh.owner.is_some_and(|o| ctx.host_ids(rel, job.node).is_ok_and(|h| h == o));
+    let xattrs = !job.node.xattrs().is_empty() || (ctx.rootless && (job.node.uid(), job.node.gid()) != (0, 0));
     let umask = fresh.umask.filter(|_| fresh.plain);
     let as_is = m & 0o7000 == 0 && umask.is_some_and(|u| m & u == 0);
     // without privilege, a user.* xattr needs the owner's write permission
@@ -100,7 +100,7 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
     if empty && owner_ok && !xattrs && known.mode == Some(m) {
         // nothing to write and nothing to set but the time: no open at all
         wr::create_empty_at(d, job.name, m, &shown)?;
-        if let Err(e) = meta::apply_known(ctx, XattrSource::At(d, job.name), KindCode::File, job.meta, rel, known) {
+        if let Err(e) = meta::apply_known(ctx, XattrSource::At(d, job.name), KindCode::File, job.node, rel, known) {
             let _ = wr::unlink_at(d, job.name, false, &shown);
             return Err(e);
         }
@@ -110,11 +110,11 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
     let small = !empty && f.zeros.is_empty() && f.size < SMALL;
     // a small blob is read and verified before anything is created (or
     // found among those read lately)
-    let cached = if small { f.digest.and_then(|dg| ctx.cache.get(&dg)) } else { None };
+    let cached = if small { f.digest.and_then(|dg| ctx.cache.get(dg)) } else { None };
     let len = match (small, &cached, f.digest) {
         (true, None, Some(dg)) => {
             let data = content::read_small(ctx, rel, f, buf)?;
-            ctx.cache.put(dg, data);
+            ctx.cache.put(*dg, data);
             data.len()
         }
         _ => 0,
@@ -133,7 +133,7 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
         } else {
             content::write_content(ctx, rel, f, fd.as_fd(), buf)?
         };
-        meta::apply_known(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, rel, known)?;
+        meta::apply_known(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.node, rel, known)?;
         Ok(n)
     })();
     match res {

@@ -11,7 +11,7 @@
 //! every other change would not touch it, but nothing should come after it.
 
 use super::{Ctx, NotAppliedKind, UnpackError};
-use crate::manifest::{KindCode, Meta};
+use crate::manifest::{KindCode, Node};
 use crate::rootless;
 use crate::sys::read::{self as rd, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
@@ -42,7 +42,7 @@ pub(super) fn apply(
     ctx: &Ctx<'_>,
     target: XattrSource<'_>,
     kind: KindCode,
-    meta: &Meta,
+    meta: Node<'_>,
     rel: &[u8],
 ) -> Result<(), UnpackError> {
     apply_known(ctx, target, kind, meta, rel, Known::default())
@@ -55,11 +55,12 @@ pub(super) fn apply_known(
     ctx: &Ctx<'_>,
     target: XattrSource<'_>,
     kind: KindCode,
-    meta: &Meta,
+    meta: Node<'_>,
     rel: &[u8],
     known: Known,
 ) -> Result<(), UnpackError> {
     let shown = || ctx.shown(rel);
+    let (mode, uid, gid, mtime) = (meta.mode(), meta.uid(), meta.gid(), meta.mtime());
     // 1. owner
     if !ctx.rootless {
         let (uid, gid) = ctx.host_ids(rel, meta)?;
@@ -71,11 +72,11 @@ pub(super) fn apply_known(
         }
     }
     // 2. xattrs
-    let mut want: BTreeMap<&[u8], &[u8]> = meta.xattrs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    let mut want: BTreeMap<&[u8], &[u8]> = meta.xattrs().iter().collect();
     let owner_xattr;
     if ctx.rootless {
         want.remove(rootless::XATTR);
-        owner_xattr = rootless::encode(meta.uid, meta.gid).map_err(|what| crate::manifest::DecodeError {
+        owner_xattr = rootless::encode(uid, gid).map_err(|what| crate::manifest::DecodeError {
             offset: None,
             path: Some(crate::manifest::path_display(rel)),
             what: what.to_string(),
@@ -88,7 +89,7 @@ pub(super) fn apply_known(
                 ctx.not_applied(
                     NotAppliedKind::Owner,
                     rel,
-                    format!("owner {}:{} (no user.* xattr on a {})", meta.uid, meta.gid, kind.name()),
+                    format!("owner {uid}:{gid} (no user.* xattr on a {})", kind.name()),
                 );
             }
         }
@@ -136,39 +137,39 @@ pub(super) fn apply_known(
     }
     // 3. mode
     if kind != KindCode::Symlink {
-        if mode_known != Some(meta.mode & 0o7777) {
+        if mode_known != Some(mode & 0o7777) {
             match &target {
-                XattrSource::Fd(fd) => wr::fchmod(*fd, meta.mode, &shown)?,
-                XattrSource::At(d, n) => wr::chmod_at(*d, n, meta.mode, &shown)?,
+                XattrSource::Fd(fd) => wr::fchmod(*fd, mode, &shown)?,
+                XattrSource::At(d, n) => wr::chmod_at(*d, n, mode, &shown)?,
             }
         }
-    } else if meta.mode != 0o777 {
+    } else if mode != 0o777 {
         ctx.not_applied(
             NotAppliedKind::Mode,
             rel,
-            format!("mode {:04o}: a symlink's mode is always 0777 on Linux", meta.mode),
+            format!("mode {mode:04o}: a symlink's mode is always 0777 on Linux"),
         );
     }
     // 4. mtime
     match &target {
-        XattrSource::Fd(fd) => wr::futimens(*fd, meta.mtime, &shown)?,
-        XattrSource::At(d, n) => wr::utimens_at(*d, n, meta.mtime, &shown)?,
+        XattrSource::Fd(fd) => wr::futimens(*fd, mtime, &shown)?,
+        XattrSource::At(d, n) => wr::utimens_at(*d, n, mtime, &shown)?,
     }
     // a time outside 1970..2038 may be beyond what the filesystem holds,
     // which clamps it without an error: say what it kept
-    if !(0..=i64::from(i32::MAX)).contains(&meta.mtime.sec) {
+    if !(0..=i64::from(i32::MAX)).contains(&mtime.sec) {
         let st = match &target {
             XattrSource::Fd(fd) => rd::stat_fd(*fd, &shown)?,
             XattrSource::At(d, n) => rd::stat_at(*d, n, &shown)?,
         };
         let (sec, nsec) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
-        if sec != meta.mtime.sec || nsec != i64::from(meta.mtime.nsec) {
+        if sec != mtime.sec || nsec != i64::from(mtime.nsec) {
             ctx.not_applied(
                 NotAppliedKind::Mtime,
                 rel,
                 format!(
                     "mtime {}.{:09} s, stored as {sec}.{nsec:09} s (beyond what the filesystem holds)",
-                    meta.mtime.sec, meta.mtime.nsec
+                    mtime.sec, mtime.nsec
                 ),
             );
         }

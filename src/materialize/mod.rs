@@ -93,12 +93,13 @@ use dest::{open_dest, strip_trailing_slashes};
 use walk::{Walker, finish_dirs, make_link};
 use write::write_file;
 
-use crate::manifest::{self, Digest, Entry, File, Kind, KindCode, Manifest, Meta, Name, path_display};
+use crate::manifest::compact::FileRef;
+use crate::manifest::{self, Compact, Digest, KindCode, Node, path_display};
 use crate::progress::{Progress, Task, Work};
 use crate::store::{Store, StoreError};
 use crate::sys::read::{self as rd, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -267,19 +268,20 @@ impl Ctx<'_> {
         });
     }
 
-    fn host_ids(&self, rel: &[u8], m: &Meta) -> Result<(u32, u32), UnpackError> {
+    fn host_ids(&self, rel: &[u8], m: Node<'_>) -> Result<(u32, u32), UnpackError> {
         // the path is formatted only for an error: this runs for every entry
-        let uid = map_id(&self.opts.uid_map, m.uid).ok_or_else(|| UnpackError::Unmapped {
+        let (m_uid, m_gid) = (m.uid(), m.gid());
+        let uid = map_id(&self.opts.uid_map, m_uid).ok_or_else(|| UnpackError::Unmapped {
             path: self.shown(rel),
             what: "uid",
-            id: m.uid,
+            id: m_uid,
         })?;
-        let gid = map_id(&self.opts.gid_map, m.gid).ok_or_else(|| UnpackError::Unmapped {
+        let gid = map_id(&self.opts.gid_map, m_gid).ok_or_else(|| UnpackError::Unmapped {
             path: self.shown(rel),
             what: "gid",
-            id: m.gid,
+            id: m_gid,
         })?;
-        for (what, id, host) in [("uid", m.uid, uid), ("gid", m.gid, gid)] {
+        for (what, id, host) in [("uid", m_uid, uid), ("gid", m_gid, gid)] {
             if host == manifest::NO_CHANGE_ID {
                 return Err(UnpackError::NoChangeId { path: self.shown(rel), what, id });
             }
@@ -308,15 +310,21 @@ impl Ctx<'_> {
     }
 }
 
+/// What every temporary name starts with (`.ocix-tmp.<pid>.<n>`).
+const TMP_PREFIX: &[u8] = b".ocix-tmp.";
+
 /// A regular file for the writer threads.
 struct Job<'m> {
     dir: Arc<OwnedFd>,
     name: &'m [u8],
     rel: Vec<u8>,
-    meta: &'m Meta,
-    file: &'m File,
-    /// Names in this directory the temporary name must avoid.
-    siblings: &'m BTreeMap<Name, Entry>,
+    /// The entry: its metadata.
+    node: Node<'m>,
+    file: FileRef<'m>,
+    /// The directory, when one of its entries has a name like a temporary
+    /// one (`.ocix-tmp.`...): the temporary name must avoid its children.
+    /// `None` (nearly always): no name needs checking.
+    tmp_siblings: Option<Node<'m>>,
     /// `update`: an existing regular file to check before rewriting.
     check: bool,
     /// `--link`: the first file with its content in manifest order, the one
@@ -351,22 +359,22 @@ impl Filler for Filled {
 /// be absent (it is created, with missing parents) or an empty directory,
 /// unless `opts.update`. Stops at the first error, leaving a partial tree
 /// that a rerun with `update` completes.
-pub fn unpack(m: &Manifest, store: &Store, dest: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+pub fn unpack(m: &Compact, store: &Store, dest: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
     unpack_filled(m, store, dest, opts, &Filled)
 }
 
 /// [`unpack`] from a store `filler` is still filling: `filler` hears as
 /// soon as the unpack fails.
 pub fn unpack_filled(
-    m: &Manifest,
+    m: &Compact,
     store: &Store,
     dest: &Path,
     opts: &UnpackOptions,
     filler: &dyn Filler,
 ) -> Result<UnpackReport, UnpackError> {
-    // the same checks the decoder makes (a model built in code may break them)
-    manifest::encode(m)?;
-    check_names(&m.root, &mut Vec::new())?;
+    // the same checks the decoder makes (a model built in code may break
+    // them): every name one valid component, hardlinks to earlier entries
+    m.validate()?;
     if !opts.allow_overlay_xattrs {
         check_overlay_xattrs(m)?;
     }
@@ -389,7 +397,7 @@ pub fn unpack_filled(
         Some(fresh::Fresh::probe(root.as_fd(), created, &|| dest.display().to_string())?)
     };
     let root = Arc::new(root);
-    let total: u64 = m.walk().filter_map(|(_, e)| if let Kind::File(f) = &e.kind { Some(f.size) } else { None }).sum();
+    let total: u64 = m.nodes().filter_map(|n| n.file()).map(|f| f.size).sum();
     let progress = Some(opts.progress.start(Work::Unpack, Some(total)));
     let mut ctx = Ctx {
         store,
@@ -416,7 +424,7 @@ pub fn unpack_filled(
         opts.threads
     };
     let mut report = UnpackReport { rootless, ..UnpackReport::default() };
-    let Kind::Dir(top) = &m.root.kind else { unreachable!("validated: the root is a directory") };
+    let top = m.root();
 
     // Phases 1 and 2: the walk creates, the writers write.
     let mut links = Vec::new();
@@ -444,7 +452,7 @@ pub fn unpack_filled(
             let _close = queue::CloseOnDrop(&jobs);
             let mut w = Walker {
                 ctx: &ctx,
-                manifest: m,
+                first_names: hardlink_targets(m),
                 jobs: &jobs,
                 batch: Vec::new(),
                 batch_bytes: 0,
@@ -492,7 +500,7 @@ pub fn unpack_filled(
     let res = std::thread::scope(|s| {
         let h = big_stack.spawn_scoped(s, || -> Result<(), UnpackError> {
             finish_dirs(&ctx, root.as_fd(), &mut Vec::new(), top)?;
-            meta::apply(&ctx, XattrSource::Fd(root.as_fd()), KindCode::Dir, &m.root.meta, b"")
+            meta::apply(&ctx, XattrSource::Fd(root.as_fd()), KindCode::Dir, top, b"")
         });
         match h {
             Ok(h) => {
@@ -510,42 +518,22 @@ pub fn unpack_filled(
     Ok(report)
 }
 
-/// Every name is one valid component: the kernel must never see a name
-/// with `/` (a model built in code is checked here again, whatever else
-/// validated it).
-fn check_names(e: &Entry, rel: &mut Vec<u8>) -> Result<(), UnpackError> {
-    let Kind::Dir(children) = &e.kind else {
-        return Ok(());
-    };
-    for (name, c) in children {
-        let base = rel.len();
-        if !rel.is_empty() {
-            rel.push(b'/');
-        }
-        rel.extend_from_slice(name);
-        if let Err(what) = manifest::check_name(name) {
-            return Err(manifest::DecodeError {
-                offset: None,
-                path: Some(path_display(rel)),
-                what: format!("invalid name: {what}"),
-            }
-            .into());
-        }
-        stacker::maybe_grow(64 * 1024, 1024 * 1024, || check_names(c, rel))?;
-        rel.truncate(base);
-    }
-    Ok(())
+/// The paths hardlinks name (their first names), each with no entry yet:
+/// the walk records the entry when it meets it.
+fn hardlink_targets(m: &Compact) -> HashMap<&[u8], Option<Node<'_>>> {
+    m.nodes().filter(|n| n.code() == KindCode::Hardlink).filter_map(|n| n.target()).map(|t| (t, None)).collect()
 }
 
 /// Refuses a manifest holding an xattr in overlayfs's namespace; names the
 /// first, in manifest order, and counts the others.
-fn check_overlay_xattrs(m: &Manifest) -> Result<(), UnpackError> {
+fn check_overlay_xattrs(m: &Compact) -> Result<(), UnpackError> {
     let mut first = None;
     let mut others = 0u64;
-    for (rel, e) in m.walk() {
-        for name in e.meta.xattrs.keys().filter(|k| manifest::is_overlay_xattr(k)) {
+    let mut cur = m.cursor();
+    while let Some((rel, n)) = cur.next_entry() {
+        for (name, _) in n.xattrs().iter().filter(|(k, _)| manifest::is_overlay_xattr(k)) {
             if first.is_none() {
-                first = Some((path_display(&rel), manifest::xattr_display(name)));
+                first = Some((path_display(rel), manifest::xattr_display(name)));
             } else {
                 others += 1;
             }

@@ -5,16 +5,18 @@
 //! (phase 4).
 
 use super::{Ctx, Job, NotAppliedKind, UnpackError, meta, queue};
-use crate::manifest::{self, Entry, Kind, KindCode, Manifest, Name, path_display};
+use crate::manifest::{self, KindCode, KindRef, Node, path_display};
 use crate::sys::read::{self as rd, FileType, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 pub(super) struct Walker<'c, 'a, 'm> {
     pub(super) ctx: &'c Ctx<'a>,
-    pub(super) manifest: &'m Manifest,
+    /// The first names hardlinks name, by path, and each one's entry once
+    /// the walk has met it (validation put every one before its links).
+    pub(super) first_names: HashMap<&'m [u8], Option<Node<'m>>>,
     /// The writers' queue, and the batch being filled for it.
     pub(super) jobs: &'c queue::Queue<Vec<Job<'m>>>,
     pub(super) batch: Vec<Job<'m>>,
@@ -59,24 +61,27 @@ impl<'m> Walker<'_, '_, 'm> {
         Ok(())
     }
 
-    pub(super) fn walk(
-        &mut self,
-        dir: &Arc<OwnedFd>,
-        rel: &mut Vec<u8>,
-        children: &'m BTreeMap<Name, Entry>,
-    ) -> Result<(), UnpackError> {
+    /// Creates the children of the directory `parent`, open as `dir`.
+    pub(super) fn walk(&mut self, dir: &Arc<OwnedFd>, rel: &mut Vec<u8>, parent: Node<'m>) -> Result<(), UnpackError> {
         let ctx = self.ctx;
         if ctx.update {
+            // children come in name order: a sorted list to search
+            let names: Vec<&[u8]> = parent.children().map(|c| c.name()).collect();
             let dshown = || ctx.shown(rel);
             for name in rd::read_dir_names(dir.as_fd(), &dshown)? {
-                if !children.contains_key(&name) {
+                if names.binary_search(&name.as_slice()).is_err() {
                     let crel = join(rel, &name);
                     remove_entry(ctx, dir.as_fd(), &name, &crel)?;
                     self.removed += 1;
                 }
             }
         }
-        for (name, e) in children {
+        // temporary names (update, --link) avoid the names of the manifest:
+        // only a directory holding one like them needs its children checked
+        let tmp_like =
+            (ctx.update || ctx.opts.link) && parent.children().any(|c| c.name().starts_with(super::TMP_PREFIX));
+        let tmp_siblings = tmp_like.then_some(parent);
+        for n in parent.children() {
             if ctx.aborted() {
                 return Ok(());
             }
@@ -84,8 +89,8 @@ impl<'m> Walker<'_, '_, 'm> {
             if !rel.is_empty() {
                 rel.push(b'/');
             }
-            rel.extend_from_slice(name);
-            let r = self.entry(dir, name, e, rel, children);
+            rel.extend_from_slice(n.name());
+            let r = self.entry(dir, n, rel, tmp_siblings);
             rel.truncate(base);
             r?;
         }
@@ -113,12 +118,17 @@ impl<'m> Walker<'_, '_, 'm> {
     fn entry(
         &mut self,
         dir: &Arc<OwnedFd>,
-        name: &'m [u8],
-        e: &'m Entry,
+        e: Node<'m>,
         rel: &[u8],
-        siblings: &'m BTreeMap<Name, Entry>,
+        tmp_siblings: Option<Node<'m>>,
     ) -> Result<(), UnpackError> {
         let ctx = self.ctx;
+        let name = e.name();
+        if !self.first_names.is_empty() && !e.is_dir() {
+            if let Some(slot) = self.first_names.get_mut(rel) {
+                slot.get_or_insert(e);
+            }
+        }
         let d = dir.as_fd();
         let shown = || ctx.shown(rel);
         let ex = self.existing(d, name, rel)?;
@@ -131,8 +141,8 @@ impl<'m> Walker<'_, '_, 'm> {
             }
             Ok(())
         };
-        match &e.kind {
-            Kind::Dir(children) => {
+        match e.kind() {
+            KindRef::Dir(_) => {
                 let keep = ex_type == Some(FileType::Directory);
                 clear(self, keep)?;
                 if !keep {
@@ -147,9 +157,9 @@ impl<'m> Walker<'_, '_, 'm> {
                 self.dirs += 1;
                 let fd = Arc::new(fd);
                 let mut r = rel.to_vec();
-                self.walk(&fd, &mut r, children)?;
+                self.walk(&fd, &mut r, e)?;
             }
-            Kind::File(f) => {
+            KindRef::File(f) => {
                 let check = ex_type == Some(FileType::RegularFile) && {
                     let st = ex.as_ref().map(|s| (s.st_dev, s.st_ino));
                     st.is_some_and(|k| self.claimed.insert(k))
@@ -158,32 +168,32 @@ impl<'m> Walker<'_, '_, 'm> {
                 if ex.is_some() && ex_type != Some(FileType::RegularFile) {
                     clear(self, false)?;
                 }
-                let link_first = self.ctx.opts.link && f.digest.is_some_and(|d| self.link_seen.insert(d));
+                let link_first = self.ctx.opts.link && f.digest.is_some_and(|d| self.link_seen.insert(*d));
                 let job = Job {
                     dir: dir.clone(),
                     name,
                     rel: rel.to_vec(),
-                    meta: &e.meta,
+                    node: e,
                     file: f,
-                    siblings,
+                    tmp_siblings,
                     check,
                     link_first,
                 };
                 self.send(job)?;
             }
-            Kind::Symlink(target) => {
+            KindRef::Symlink(target) => {
                 let keep = ex_type == Some(FileType::Symlink)
-                    && rd::read_link_at(d, name, &shown)? == *target
+                    && rd::read_link_at(d, name, &shown)? == target
                     && ex.as_ref().is_some_and(|s| self.claim(s));
                 clear(self, keep)?;
                 if !keep {
                     wr::symlink_at(target, d, name, &shown)?;
                 }
-                meta::apply(ctx, XattrSource::At(d, name), KindCode::Symlink, &e.meta, rel)?;
+                meta::apply(ctx, XattrSource::At(d, name), KindCode::Symlink, e, rel)?;
                 self.others += 1;
             }
-            Kind::Char(dev) | Kind::Block(dev) => {
-                let (ty, code) = if matches!(e.kind, Kind::Char(_)) {
+            KindRef::Char(dev) | KindRef::Block(dev) => {
+                let (ty, code) = if e.code() == KindCode::Char {
                     (FileType::CharacterDevice, KindCode::Char)
                 } else {
                     (FileType::BlockDevice, KindCode::Block)
@@ -199,7 +209,7 @@ impl<'m> Walker<'_, '_, 'm> {
                     } else {
                         wr::create_file_at(d, name, 0o600, &shown)?
                     };
-                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, &e.meta, rel)?;
+                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, e, rel)?;
                     ctx.not_applied(
                         NotAppliedKind::Device,
                         rel,
@@ -215,38 +225,39 @@ impl<'m> Walker<'_, '_, 'm> {
                         wr::mknod_at(d, name, ty, 0o600, (dev.major, dev.minor), &shown)
                             .map_err(|e| if e.errno == Errno::PERM { UnpackError::NoMknod(e) } else { e.into() })?;
                     }
-                    meta::apply(ctx, XattrSource::At(d, name), code, &e.meta, rel)?;
+                    meta::apply(ctx, XattrSource::At(d, name), code, e, rel)?;
                 }
                 self.others += 1;
             }
-            Kind::Fifo => {
+            KindRef::Fifo => {
                 let keep = ex_type == Some(FileType::Fifo) && ex.as_ref().is_some_and(|s| self.claim(s));
                 clear(self, keep)?;
                 if !keep {
                     wr::mknod_at(d, name, FileType::Fifo, 0o600, (0, 0), &shown)?;
                 }
-                meta::apply(ctx, XattrSource::At(d, name), KindCode::Fifo, &e.meta, rel)?;
+                meta::apply(ctx, XattrSource::At(d, name), KindCode::Fifo, e, rel)?;
                 self.others += 1;
             }
-            Kind::Socket => {
+            KindRef::Socket => {
                 clear(self, ex_type == Some(FileType::Socket))?;
                 ctx.not_applied(NotAppliedKind::Socket, rel, "not created".into());
             }
-            Kind::Hardlink(target) => {
-                let first = self.manifest.get(target).map(|t| &t.kind);
-                if let Some(Kind::Socket) = first {
+            KindRef::Hardlink(target) => {
+                let first = self.first_names.get(target).copied().flatten();
+                if first.is_some_and(|f| f.code() == KindCode::Socket) {
                     // its first name is not created either
                     clear(self, ex_type == Some(FileType::Socket))?;
                     let detail = format!("hardlink to {}, not created", path_display(target));
                     ctx.not_applied(NotAppliedKind::Socket, rel, detail);
                     return Ok(());
                 }
-                let Some(ty) = first.and_then(|k| disk_type(k, ctx.rootless)) else {
+                let Some(ty) = first.and_then(|k| disk_type(k.code(), ctx.rootless)) else {
                     let what = format!("hardlink to {} names no file, symlink, device or fifo", path_display(target));
                     let e = manifest::DecodeError { offset: None, path: Some(path_display(rel)), what };
                     return Err(e.into());
                 };
-                if let (true, Some(k @ (Kind::Char(dev) | Kind::Block(dev)))) = (ctx.rootless, first) {
+                if let (true, Some(k)) = (ctx.rootless, first.filter(|k| k.dev().is_some())) {
+                    let dev = k.dev().unwrap_or_default();
                     let (name, shown_target) = (k.code().name(), path_display(target));
                     let detail = format!("{name} {}:{}, hardlink to {shown_target}", dev.major, dev.minor);
                     ctx.not_applied(NotAppliedKind::Device, rel, detail);
@@ -255,7 +266,7 @@ impl<'m> Walker<'_, '_, 'm> {
                 if ex_type == Some(FileType::Directory) {
                     clear(self, false)?;
                 }
-                self.links.push((rel.to_vec(), target.clone(), ty));
+                self.links.push((rel.to_vec(), target.to_vec(), ty));
             }
         }
         Ok(())
@@ -344,15 +355,15 @@ fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
 /// What the walk makes on disk for a first name of this kind: a device is an
 /// empty regular file when rootless. `None` for what a hardlink cannot name
 /// or unpack does not create (directories, hardlinks, sockets).
-fn disk_type(kind: &Kind, rootless: bool) -> Option<FileType> {
+fn disk_type(kind: KindCode, rootless: bool) -> Option<FileType> {
     Some(match kind {
-        Kind::File(_) => FileType::RegularFile,
-        Kind::Symlink(_) => FileType::Symlink,
-        Kind::Char(_) | Kind::Block(_) if rootless => FileType::RegularFile,
-        Kind::Char(_) => FileType::CharacterDevice,
-        Kind::Block(_) => FileType::BlockDevice,
-        Kind::Fifo => FileType::Fifo,
-        Kind::Dir(_) | Kind::Hardlink(_) | Kind::Socket => return None,
+        KindCode::File => FileType::RegularFile,
+        KindCode::Symlink => FileType::Symlink,
+        KindCode::Char | KindCode::Block if rootless => FileType::RegularFile,
+        KindCode::Char => FileType::CharacterDevice,
+        KindCode::Block => FileType::BlockDevice,
+        KindCode::Fifo => FileType::Fifo,
+        KindCode::Dir | KindCode::Hardlink | KindCode::Socket => return None,
     })
 }
 
@@ -392,36 +403,29 @@ pub(super) fn make_link(
     Ok(removed)
 }
 
-fn finish_dir(
-    ctx: &Ctx<'_>,
-    dir: BorrowedFd<'_>,
-    name: &[u8],
-    rel: &mut Vec<u8>,
-    e: &Entry,
-    grand: &BTreeMap<Name, Entry>,
-) -> Result<(), UnpackError> {
+fn finish_dir(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, rel: &mut Vec<u8>, e: Node<'_>) -> Result<(), UnpackError> {
     let shown = ctx.shown(rel);
-    let fd = rd::open_dir_at(dir, name, &|| shown.clone())?;
-    finish_dirs(ctx, fd.as_fd(), rel, grand)?;
+    let fd = rd::open_dir_at(dir, e.name(), &|| shown.clone())?;
+    finish_dirs(ctx, fd.as_fd(), rel, e)?;
     let known = ctx.fresh.map(|f| f.dir()).unwrap_or_default();
-    meta::apply_known(ctx, XattrSource::Fd(fd.as_fd()), KindCode::Dir, &e.meta, rel, known)
+    meta::apply_known(ctx, XattrSource::Fd(fd.as_fd()), KindCode::Dir, e, rel, known)
 }
 
-/// Applies directory metadata below `dir`, children before parents.
+/// Applies directory metadata below `dir` (the directory `parent`),
+/// children before parents.
 pub(super) fn finish_dirs(
     ctx: &Ctx<'_>,
     dir: BorrowedFd<'_>,
     rel: &mut Vec<u8>,
-    children: &BTreeMap<Name, Entry>,
+    parent: Node<'_>,
 ) -> Result<(), UnpackError> {
-    for (name, e) in children {
-        let Kind::Dir(grand) = &e.kind else { continue };
+    for e in parent.children().filter(|c| c.is_dir()) {
         let base = rel.len();
         if !rel.is_empty() {
             rel.push(b'/');
         }
-        rel.extend_from_slice(name);
-        let r = finish_dir(ctx, dir, name, rel, e, grand);
+        rel.extend_from_slice(e.name());
+        let r = finish_dir(ctx, dir, rel, e);
         rel.truncate(base);
         r?;
     }

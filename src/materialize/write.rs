@@ -19,9 +19,9 @@ pub(super) fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Res
             Ok(fd) => {
                 let st = rd::stat_fd(fd.as_fd(), &shown)?;
                 if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                    && content::same_content(fd.as_fd(), job.file, &shown, buf)?
+                    && content::same_content(fd.as_fd(), &job.file, &shown, buf)?
                 {
-                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, &job.rel)?;
+                    meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.node, &job.rel)?;
                     ctx.files_kept.fetch_add(1, Ordering::Relaxed);
                     ctx.advance(job.file.size);
                     return Ok(());
@@ -40,8 +40,8 @@ pub(super) fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Res
     }
     let (tmp, fd) = create_temp(ctx, job)?;
     let res = (|| -> Result<u64, UnpackError> {
-        let n = content::fill(ctx, &job.rel, job.file, fd.as_fd(), buf)?;
-        meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.meta, &job.rel)?;
+        let n = content::fill(ctx, &job.rel, &job.file, fd.as_fd(), buf)?;
+        meta::apply(ctx, XattrSource::Fd(fd.as_fd()), KindCode::File, job.node, &job.rel)?;
         wr::rename_at(d, &tmp, job.name, !ctx.update, &shown)?;
         Ok(n)
     })();
@@ -63,7 +63,7 @@ pub(super) fn write_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Res
 /// exact; false means "copy it instead". The blob is verified (size and
 /// sha256) once before it is first linked.
 fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, UnpackError> {
-    let Some(digest) = job.file.digest else { return Ok(false) };
+    let Some(&digest) = job.file.digest else { return Ok(false) };
     let d = job.dir.as_fd();
     let shown = || ctx.shown(&job.rel);
     // one name per blob, the first in manifest order: a second name would
@@ -73,7 +73,7 @@ fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, Un
     }
     // the blob takes this file's mode: one its owner cannot read would stop
     // the other files of this content being copied from it (rootless)
-    if job.meta.mode & 0o400 == 0 {
+    if job.node.mode() & 0o400 == 0 {
         return Ok(false);
     }
     {
@@ -86,15 +86,15 @@ fn link_file(ctx: &Ctx<'_>, job: &Job<'_>, buf: &mut Vec<u8>) -> Result<bool, Un
         if st.st_nlink != 1 || st.st_size as u64 != job.file.size {
             return Ok(false);
         }
-        if !ctx.store.fetched_here(&digest) && !content::same_content(blob.as_fd(), job.file, &shown, buf)? {
+        if !ctx.store.fetched_here(&digest) && !content::same_content(blob.as_fd(), &job.file, &shown, buf)? {
             return Ok(false);
         }
-        meta::apply(ctx, XattrSource::Fd(blob.as_fd()), KindCode::File, job.meta, &job.rel)?;
+        meta::apply(ctx, XattrSource::Fd(blob.as_fd()), KindCode::File, job.node, &job.rel)?;
     }
     let tmp = loop {
         let n = ctx.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = format!(".ocix-tmp.{}.{n}", std::process::id()).into_bytes();
-        if !job.siblings.contains_key(&tmp) {
+        if !is_sibling(job, &tmp) {
             break tmp;
         }
     };
@@ -118,7 +118,7 @@ fn create_temp(ctx: &Ctx<'_>, job: &Job<'_>) -> Result<(Vec<u8>, OwnedFd), Unpac
     for _ in 0..1000 {
         let n = ctx.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = format!(".ocix-tmp.{pid}.{n}").into_bytes();
-        if job.siblings.contains_key(&tmp) {
+        if is_sibling(job, &tmp) {
             continue;
         }
         match wr::create_file_at(job.dir.as_fd(), &tmp, 0o600, &|| ctx.shown(&join(parent_of(&job.rel), &tmp))) {
@@ -128,6 +128,11 @@ fn create_temp(ctx: &Ctx<'_>, job: &Job<'_>) -> Result<(Vec<u8>, OwnedFd), Unpac
         }
     }
     Err(UnpackError::NoTempName(ctx.shown(&job.rel)))
+}
+
+/// Whether the manifest has an entry named `name` beside the job's file.
+fn is_sibling(job: &Job<'_>, name: &[u8]) -> bool {
+    job.tmp_siblings.is_some_and(|d| d.children().any(|c| c.name() == name))
 }
 
 fn parent_of(rel: &[u8]) -> &[u8] {

@@ -60,7 +60,7 @@ pub use layout::{
     choose_image, open_image,
 };
 
-use crate::manifest::{Dev, Digest, Manifest, Meta, path_display};
+use crate::manifest::{Compact, Dev, Digest, Meta, path_display};
 use crate::store::{Store, StoreError};
 use content::Content;
 use sha2::{Digest as _, Sha256};
@@ -371,7 +371,7 @@ impl Default for ImportOptions {
 #[derive(Debug)]
 pub struct Imported {
     /// The image's tree.
-    pub manifest: Manifest,
+    pub manifest: Compact,
     /// The image's documents (manifest, config) as read.
     pub image: Image,
     /// Regular file contents read (all layers, including later-hidden ones).
@@ -465,11 +465,11 @@ impl<R: Read> Read for BlobReader<R> {
     }
 }
 
-/// The uncompressed stream: hashed for the diff_id, counted against the
-/// limit.
+/// The uncompressed stream: hashed for the diff_id (unless it is the blob
+/// itself, already hashed as read), counted against the limit.
 struct DiffReader<R> {
     r: R,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     len: u64,
     limit: u64,
 }
@@ -484,7 +484,9 @@ impl<R: Read> Read for DiffReader<R> {
                 self.limit
             )));
         }
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -596,7 +598,7 @@ fn decode_layer<R: Read>(
     let d = &layer.desc;
     // the start of the zstd stream, to say what window its frame asks for
     let first = std::cell::RefCell::new(Vec::new());
-    let streamed = (|| -> io::Result<Result<(Digest, u64), Decode>> {
+    let streamed = (|| -> io::Result<Result<(Option<Digest>, u64), Decode>> {
         let buffered = io::BufReader::with_capacity(
             64 << 10,
             Prefix { r: head.chain(&mut blob), keep: ZSTD_HEADER_MAX, first: &first },
@@ -610,7 +612,10 @@ fn decode_layer<R: Read>(
                 Box::new(z)
             }
         };
-        let mut diff = DiffReader { r: decoder, hasher: Sha256::new(), len: 0, limit };
+        // an uncompressed layer is its own diff: its digest is the blob's,
+        // which the blob reader computes
+        let hasher = (layer.compression != Compression::None).then(Sha256::new);
+        let mut diff = DiffReader { r: decoder, hasher, len: 0, limit };
         loop {
             let mut chunk = vec![0u8; CHUNK];
             let mut n = 0;
@@ -623,7 +628,7 @@ fn decode_layer<R: Read>(
                 }
             }
             if n == 0 {
-                return Ok(Ok((Digest(std::mem::take(&mut diff.hasher).finalize().into()), diff.len)));
+                return Ok(Ok((diff.hasher.take().map(|h| Digest(h.finalize().into())), diff.len)));
             }
             chunk.truncate(n);
             if tx.send(Ok(chunk)).is_err() {
@@ -664,7 +669,8 @@ fn decode_layer<R: Read>(
     if actual != d.digest {
         return Err(Decode::Failed(LayerError::BlobDigest(actual)));
     }
-    Ok(decoded)
+    let (diff_id, len) = decoded;
+    Ok((diff_id.unwrap_or(actual), len))
 }
 
 /// Longest zstd frame header: magic, descriptor, window byte, dictionary

@@ -1,5 +1,9 @@
 //! The working tree layers are applied to during import, in memory only, and
-//! its conversion to a [`Manifest`] at the end.
+//! its conversion to a manifest (in compact form, [`Compact`]) at the end.
+//!
+//! Memory: a node holds its metadata in 32 bytes (xattr sets and owner
+//! names interned in tables of the tree, by number), its name boxed, a
+//! symlink's target boxed; a directory's children sit in a boxed map.
 //!
 //! Unlike the manifest, this model keeps hardlinked names as equals sharing
 //! one inode (content and metadata live in the inode), because a later layer
@@ -47,8 +51,9 @@
 //! - The root may only be given directory metadata: any other type there is
 //!   rejected.
 
+use crate::manifest::compact::{BuildError, Builder, Leaf, MetaIn};
 use crate::manifest::{
-    Dev, Entry, File, Kind, LimitError, MAX_DEPTH, MAX_TARGET, Manifest, Meta, Name, Time, check_depth, check_name,
+    Compact, Dev, Digest, File, LimitError, MAX_DEPTH, MAX_TARGET, Meta, Name, Time, check_depth, check_name,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -121,48 +126,251 @@ pub enum TreeError {
         /// The first name, the hardlink's target.
         first: Vec<u8>,
     },
+    /// More than a manifest held in memory can number (4 billion entries,
+    /// xattr sets, owner names or hardlinked nodes).
+    #[error("the tree is too large to record: {0}")]
+    TooLarge(String),
 }
 
 /// Most symlinks followed while resolving one name (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
 
-/// A node's [`Meta`], smaller: the owner names, which layer entries never
-/// carry, are kept apart (boxed) when given.
-#[derive(Clone, Debug, Default)]
+/// A node's [`Meta`] in 32 bytes: xattrs and owner names by their number
+/// in the tree's [`Tables`] (0: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct NodeMeta {
+    sec: i64,
     mode: u32,
     uid: u32,
     gid: u32,
-    mtime: Time,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    names: Option<Box<(Option<String>, Option<String>)>>,
+    nsec: u32,
+    xattrs: u32,
+    owner: u32,
 }
 
-impl From<Meta> for NodeMeta {
-    fn from(m: Meta) -> NodeMeta {
-        let names = (m.uname.is_some() || m.gname.is_some()).then(|| Box::new((m.uname, m.gname)));
-        NodeMeta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, xattrs: m.xattrs, names }
+/// One xattr set, names in raw byte order.
+type XattrSet = Arc<[(Box<[u8]>, Box<[u8]>)]>;
+/// One pair of owner names.
+type Owners = (Option<Box<str>>, Option<Box<str>>);
+
+/// A regular file's content in the tree's table of files: its names share
+/// its number (the inode's identity) and carry equal metadata.
+#[derive(Clone, Copy, Debug)]
+struct FileRec {
+    size: u64,
+    digest: Digest,
+    /// Its zero runs in [`Tables::zeros`].
+    zeros_off: u32,
+    zeros_len: u32,
+    has_digest: bool,
+    /// A hardlink was ever made to it: it may have more than one name.
+    linked: bool,
+}
+
+/// The xattr sets, owner names and regular files of the tree, each kept
+/// once.
+struct Tables {
+    xattrs: Vec<XattrSet>,
+    xattr_index: HashMap<XattrSet, u32>,
+    owners: Vec<Owners>,
+    owner_index: HashMap<Owners, u32>,
+    /// Regular files with content (or hardlinked), by number; a file
+    /// replaced or removed keeps its place.
+    files: Vec<FileRec>,
+    zeros: Vec<(u64, u64)>,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            xattrs: vec![Arc::from(Vec::new())],
+            xattr_index: HashMap::new(),
+            owners: vec![(None, None)],
+            owner_index: HashMap::new(),
+            files: Vec::new(),
+            zeros: Vec::new(),
+        }
     }
 }
 
-impl From<NodeMeta> for Meta {
-    fn from(m: NodeMeta) -> Meta {
-        let (uname, gname) = m.names.map(|n| *n).unwrap_or_default();
-        Meta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime, xattrs: m.xattrs, uname, gname }
+fn number(n: usize, what: &str) -> Result<u32, TreeError> {
+    u32::try_from(n).map_err(|_| TreeError::TooLarge(format!("more than 4 billion {what}")))
+}
+
+impl Tables {
+    /// Adds a regular file; returns its number.
+    fn file(&mut self, f: &File, linked: bool) -> Result<u32, TreeError> {
+        let i = number(self.files.len(), "files")?;
+        let zeros_off = number(self.zeros.len(), "zero runs")?;
+        let zeros_len = number(f.zeros.len(), "zero runs")?;
+        number(self.zeros.len() + f.zeros.len(), "zero runs")?;
+        self.zeros.extend_from_slice(&f.zeros);
+        self.files.push(FileRec {
+            size: f.size,
+            digest: f.digest.unwrap_or(Digest([0; 32])),
+            zeros_off,
+            zeros_len,
+            has_digest: f.digest.is_some(),
+            linked,
+        });
+        Ok(i)
+    }
+
+    /// The compact metadata of `m`, its xattr set and owner names interned.
+    fn meta(&mut self, m: Meta) -> Result<NodeMeta, TreeError> {
+        let xattrs = if m.xattrs.is_empty() {
+            0
+        } else {
+            let set: XattrSet = m.xattrs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+            match self.xattr_index.get(&set) {
+                Some(&i) => i,
+                None => {
+                    let i = number(self.xattrs.len(), "xattr sets")?;
+                    self.xattrs.push(set.clone());
+                    self.xattr_index.insert(set, i);
+                    i
+                }
+            }
+        };
+        let owner = if m.uname.is_none() && m.gname.is_none() {
+            0
+        } else {
+            let key: Owners = (m.uname.map(Box::from), m.gname.map(Box::from));
+            match self.owner_index.get(&key) {
+                Some(&i) => i,
+                None => {
+                    let i = number(self.owners.len(), "owner names")?;
+                    self.owners.push(key.clone());
+                    self.owner_index.insert(key, i);
+                    i
+                }
+            }
+        };
+        Ok(NodeMeta { sec: m.mtime.sec, mode: m.mode, uid: m.uid, gid: m.gid, nsec: m.mtime.nsec, xattrs, owner })
+    }
+}
+
+/// Children a directory keeps in a sorted vector; past this many, in a
+/// B-tree.
+const FEW: usize = 256;
+
+/// A directory's children by name: a sorted vector while there are few (a
+/// B-tree filled in name order leaves its nodes about half empty, and most
+/// directories are small), a B-tree when there are many (inserts stay
+/// cheap in any order).
+#[derive(Clone, Debug)]
+enum Children {
+    Few(Vec<(Box<[u8]>, Node)>),
+    Many(BTreeMap<Box<[u8]>, Node>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn find(v: &[(Box<[u8]>, Node)], name: &[u8]) -> Result<usize, usize> {
+        v.binary_search_by(|(k, _)| (**k).cmp(name))
+    }
+
+    fn get(&self, name: &[u8]) -> Option<&Node> {
+        match self {
+            Children::Few(v) => Self::find(v, name).ok().map(|i| &v[i].1),
+            Children::Many(m) => m.get(name),
+        }
+    }
+
+    fn get_mut(&mut self, name: &[u8]) -> Option<&mut Node> {
+        match self {
+            Children::Few(v) => Self::find(v, name).ok().map(|i| &mut v[i].1),
+            Children::Many(m) => m.get_mut(name),
+        }
+    }
+
+    fn contains_key(&self, name: &[u8]) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn remove(&mut self, name: &[u8]) -> Option<Node> {
+        match self {
+            Children::Few(v) => Self::find(v, name).ok().map(|i| v.remove(i).1),
+            Children::Many(m) => m.remove(name),
+        }
+    }
+
+    /// Adds `node` as `name`, replacing the node of that name if there is
+    /// one.
+    fn insert(&mut self, name: &[u8], node: Node) {
+        match self {
+            Children::Few(v) => match Self::find(v, name) {
+                Ok(i) => v[i].1 = node,
+                Err(_) if v.len() >= FEW => {
+                    let m: BTreeMap<Box<[u8]>, Node> = std::mem::take(v).into_iter().collect();
+                    *self = Children::Many(m);
+                    self.insert(name, node);
+                }
+                Err(i) => {
+                    // grown by a quarter: little room left unused
+                    if v.len() == v.capacity() {
+                        v.reserve_exact((v.len() / 4).max(4));
+                    }
+                    v.insert(i, (name.into(), node));
+                }
+            },
+            Children::Many(m) => {
+                if let Some(n) = m.get_mut(name) {
+                    *n = node;
+                } else {
+                    m.insert(name.into(), node);
+                }
+            }
+        }
+    }
+
+    /// Names and nodes in name order.
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &Node)> + '_ {
+        let (few, many) = match self {
+            Children::Few(v) => (Some(v.iter().map(|(k, n)| (&**k, n))), None),
+            Children::Many(m) => (None, Some(m.iter().map(|(k, n)| (&**k, n)))),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Node> + '_ {
+        let (few, many) = match self {
+            Children::Few(v) => (Some(v.iter_mut().map(|(_, n)| n)), None),
+            Children::Many(m) => (None, Some(m.values_mut())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    /// Names and nodes in name order, moved out.
+    fn into_pairs(self) -> impl Iterator<Item = (Box<[u8]>, Node)> {
+        let (few, many) = match self {
+            Children::Few(v) => (Some(v.into_iter()), None),
+            Children::Many(m) => (None, Some(m.into_iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
     }
 }
 
 #[derive(Clone, Debug)]
 enum NodeKind {
-    Dir(BTreeMap<Name, Node>),
-    /// A regular file: its names share the one [`Arc`] (its address is the
-    /// inode's identity) and carry equal metadata, which never changes
-    /// after the file is made.
-    File(Arc<File>),
+    Dir(Box<Children>),
+    /// A regular file, by its number in [`Tables::files`]: its names share
+    /// the number (the inode's identity) and carry equal metadata, which
+    /// never changes after the file is made.
+    File(u32),
     /// A regular file of no bytes with one name (the commonest content,
-    /// kept without an allocation); a hardlink to it makes it a `File`.
+    /// kept without a record); a hardlink to it makes it a `File`.
     EmptyFile,
-    Symlink(Vec<u8>),
+    Symlink(Box<[u8]>),
     Char(Dev),
     Block(Dev),
     Fifo,
@@ -176,17 +384,18 @@ struct Node {
     /// below it (whiteouts of that layer leave it alone).
     touched: u32,
     /// A symlink, device or fifo that a hardlink was made to: the number
-    /// its names share (regular files share one [`File`] instead).
-    linked: Option<usize>,
+    /// its names share, from 1 (regular files share one [`File`] instead);
+    /// 0 for any other node.
+    linked: u32,
 }
 
 impl Node {
-    fn new(meta: Meta, kind: NodeKind) -> Node {
-        Node { meta: meta.into(), kind, touched: 0, linked: None }
+    fn new(meta: NodeMeta, kind: NodeKind) -> Node {
+        Node { meta, kind, touched: 0, linked: 0 }
     }
 
     fn implicit_dir() -> Node {
-        Node::new(default_dir_meta(), NodeKind::Dir(BTreeMap::new()))
+        Node::new(NodeMeta { mode: 0o755, ..NodeMeta::default() }, NodeKind::Dir(Box::default()))
     }
 }
 
@@ -212,8 +421,10 @@ pub enum NewKind {
 /// The tree being built.
 pub struct Tree {
     root: Node,
+    /// xattr sets and owner names, by number.
+    tables: Tables,
     /// Inode numbers given to hardlinked nodes that are not regular files.
-    linked: usize,
+    linked: u32,
     /// The current layer's number (from 1).
     layer: u32,
     /// A directory entry over a symlink to a directory keeps the symlink.
@@ -222,12 +433,8 @@ pub struct Tree {
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree { root: Node::implicit_dir(), linked: 0, layer: 0, keep_dirlinks: false }
+        Tree { root: Node::implicit_dir(), tables: Tables::default(), linked: 0, layer: 0, keep_dirlinks: false }
     }
-}
-
-fn default_dir_meta() -> Meta {
-    Meta { mode: 0o755, ..Meta::default() }
 }
 
 /// Splits and cleans an entry name (see the module doc).
@@ -286,18 +493,25 @@ impl Tree {
         let mut cur = &self.root;
         for c in path {
             match &cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get(c)?,
+                NodeKind::Dir(ch) => cur = ch.get(c.as_slice())?,
                 _ => return None,
             }
         }
         Some(cur)
     }
 
-    fn dir_mut(&mut self, path: &[Name]) -> Option<&mut BTreeMap<Name, Node>> {
+    fn node_at(&self, dir: &[Name], last: &[u8]) -> Option<&Node> {
+        match &self.node(dir)?.kind {
+            NodeKind::Dir(ch) => ch.get(last),
+            _ => None,
+        }
+    }
+
+    fn dir_mut(&mut self, path: &[Name]) -> Option<&mut Children> {
         let mut cur = &mut self.root;
         for c in path {
             match &mut cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get_mut(c)?,
+                NodeKind::Dir(ch) => cur = ch.get_mut(c.as_slice())?,
                 _ => return None,
             }
         }
@@ -317,7 +531,7 @@ impl Tree {
             let mut all_dirs = true;
             for c in comps {
                 let NodeKind::Dir(children) = &cur.kind else { unreachable!("a directory") };
-                match children.get(c) {
+                match children.get(c.as_slice()) {
                     Some(n @ Node { kind: NodeKind::Dir(_), .. }) => cur = n,
                     _ => {
                         all_dirs = false;
@@ -344,7 +558,7 @@ impl Tree {
                 continue;
             }
             let NodeKind::Dir(children) = &cur.kind else { unreachable!("resolved path is a directory") };
-            match children.get(&c) {
+            match children.get(c.as_slice()) {
                 None => {
                     // The rest is missing: taken as it is.
                     resolved.push(c);
@@ -392,7 +606,7 @@ impl Tree {
         let mut cur = &mut self.root;
         for c in path {
             let NodeKind::Dir(ch) = &mut cur.kind else { return };
-            let Some(n) = ch.get_mut(c) else { return };
+            let Some(n) = ch.get_mut(c.as_slice()) else { return };
             n.touched = layer;
             cur = n;
         }
@@ -422,7 +636,7 @@ impl Tree {
         };
         if opaque {
             let names: Vec<Name> = match self.node(&dir_path) {
-                Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().cloned().collect(),
+                Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().map(|k| k.to_vec()).collect(),
                 _ => return Ok(()),
             };
             for n in names {
@@ -445,12 +659,12 @@ impl Tree {
         if self.node(path).is_some_and(|n| n.touched != self.layer) {
             let (last, dir) = path.split_last().expect("never the root");
             if let Some(ch) = self.dir_mut(dir) {
-                ch.remove(last);
+                ch.remove(last.as_slice());
             }
             return;
         }
         let names: Vec<Name> = match self.node(path) {
-            Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().cloned().collect(),
+            Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().map(|k| k.to_vec()).collect(),
             _ => return,
         };
         for n in names {
@@ -465,7 +679,7 @@ impl Tree {
         let Some((last, dir)) = comps.split_last() else {
             return match kind {
                 NewKind::Dir => {
-                    self.root.meta = meta.into();
+                    self.root.meta = self.tables.meta(meta)?;
                     Ok(())
                 }
                 _ => Err(TreeError::RootType),
@@ -492,11 +706,12 @@ impl Tree {
             if self.is_dirlink(&path) {
                 // the entry's metadata goes onto the symlink, and so onto every
                 // name of it (lchown of a hardlinked symlink changes the inode)
-                let meta = NodeMeta::from(Meta { mode: 0o777, ..meta });
+                let meta = self.tables.meta(Meta { mode: 0o777, ..meta })?;
                 let ch = self.dir_mut(dir_path).expect("resolved above");
-                let n = ch.get_mut(last).expect("checked above");
-                n.meta = meta.clone();
-                if let Some(l) = n.linked {
+                let n = ch.get_mut(last.as_slice()).expect("checked above");
+                n.meta = meta;
+                if n.linked != 0 {
+                    let l = n.linked;
                     set_linked_meta(&mut self.root, l, &meta);
                 }
                 self.mark_upper(&path);
@@ -504,44 +719,50 @@ impl Tree {
             }
         }
         // What was there is replaced, except a directory over a directory.
+        // A hardlink's own header metadata is ignored.
+        let meta = match kind {
+            NewKind::Link(_) => NodeMeta::default(),
+            NewKind::Symlink(_) => self.tables.meta(Meta { mode: 0o777, ..meta })?,
+            _ => self.tables.meta(meta)?,
+        };
         let mut node = match kind {
             NewKind::Dir => {
                 let layer = self.layer;
                 let ch = self.dir_mut_touched(dir_path).expect("resolved above");
-                if let Some(n @ Node { kind: NodeKind::Dir(_), .. }) = ch.get_mut(last) {
-                    n.meta = meta.into();
+                if let Some(n @ Node { kind: NodeKind::Dir(_), .. }) = ch.get_mut(last.as_slice()) {
+                    n.meta = meta;
                     n.touched = layer;
                     return Ok(());
                 }
-                Node::new(meta, NodeKind::Dir(BTreeMap::new()))
+                Node::new(meta, NodeKind::Dir(Box::default()))
             }
             NewKind::File(file) if file == File::default() => Node::new(meta, NodeKind::EmptyFile),
-            NewKind::File(file) => Node::new(meta, NodeKind::File(Arc::new(file))),
-            NewKind::Symlink(t) => Node::new(Meta { mode: 0o777, ..meta }, NodeKind::Symlink(t)),
+            NewKind::File(file) => Node::new(meta, NodeKind::File(self.tables.file(&file, false)?)),
+            NewKind::Symlink(t) => Node::new(meta, NodeKind::Symlink(t.into())),
             NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
             NewKind::Block(d) => Node::new(meta, NodeKind::Block(d)),
             NewKind::Fifo => Node::new(meta, NodeKind::Fifo),
             NewKind::Link(target) => {
                 // the old entry goes first: a link never finds the name it replaces
                 if let Some(ch) = self.dir_mut(dir_path) {
-                    ch.remove(last);
+                    ch.remove(last.as_slice());
                 }
                 self.link_target(&target)?
             }
         };
         node.touched = self.layer;
-        self.dir_mut_touched(dir_path).expect("resolved above").insert(last.clone(), node);
+        self.dir_mut_touched(dir_path).expect("resolved above").insert(last, node);
         Ok(())
     }
 
     /// The directory at `path` (which exists), marking it and its ancestors
     /// as touched by the current layer on the way.
-    fn dir_mut_touched(&mut self, path: &[Name]) -> Option<&mut BTreeMap<Name, Node>> {
+    fn dir_mut_touched(&mut self, path: &[Name]) -> Option<&mut Children> {
         let layer = self.layer;
         let mut cur = &mut self.root;
         for c in path {
             match &mut cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get_mut(c)?,
+                NodeKind::Dir(ch) => cur = ch.get_mut(c.as_slice())?,
                 _ => return None,
             }
             cur.touched = layer;
@@ -563,22 +784,39 @@ impl Tree {
             Ok(Parent::Missing(_)) => return Err(missing()),
             Err(e) => return Err(bad(e)),
         };
-        let fresh = self.linked;
-        let n = self.dir_mut(&p).and_then(|ch| ch.get_mut(last)).ok_or_else(missing)?;
+        let fresh = self
+            .linked
+            .checked_add(1)
+            .ok_or_else(|| TreeError::TooLarge("more than 4 billion hardlinked nodes".into()))?;
+        let empty = match self.node_at(&p, last) {
+            None => return Err(missing()),
+            Some(Node { kind: NodeKind::Dir(_), .. }) => return Err(TreeError::LinkToDirectory(target.to_vec())),
+            Some(Node { kind: NodeKind::EmptyFile, .. }) => Some(self.tables.file(&File::default(), true)?),
+            Some(_) => None,
+        };
+        let n = self.dir_mut(&p).and_then(|ch| ch.get_mut(last.as_slice())).ok_or_else(missing)?;
         match n.kind {
-            NodeKind::Dir(_) => return Err(TreeError::LinkToDirectory(target.to_vec())),
-            NodeKind::File(_) => return Ok(n.clone()),
+            NodeKind::File(i) => {
+                let n = n.clone();
+                if let Some(f) = self.tables.files.get_mut(i as usize) {
+                    f.linked = true;
+                }
+                return Ok(n);
+            }
             NodeKind::EmptyFile => {
-                n.kind = NodeKind::File(Arc::new(File::default()));
+                n.kind = NodeKind::File(empty.unwrap_or_default());
                 return Ok(n.clone());
             }
             _ => {}
         }
         // another name of this node: both carry one inode number
-        let numbered = n.linked.is_none();
-        let n = Node { linked: Some(*n.linked.get_or_insert(fresh)), ..n.clone() };
+        let numbered = n.linked == 0;
         if numbered {
-            self.linked += 1;
+            n.linked = fresh;
+        }
+        let n = n.clone();
+        if numbered {
+            self.linked = fresh;
         }
         Ok(n)
     }
@@ -589,7 +827,10 @@ impl Tree {
             let NodeKind::Dir(ch) = &mut cur.kind else {
                 return Err(TreeError::NotADirectory(join(path)));
             };
-            cur = ch.entry(c.clone()).or_insert_with(Node::implicit_dir);
+            if !ch.contains_key(c.as_slice()) {
+                ch.insert(c, Node::implicit_dir());
+            }
+            cur = ch.get_mut(c.as_slice()).expect("just made");
         }
         match cur.kind {
             NodeKind::Dir(_) => Ok(()),
@@ -600,118 +841,184 @@ impl Tree {
     /// Builds the manifest: the first name of each inode in manifest order
     /// carries content and metadata, the others become hardlinks to it.
     /// Fails only when a hardlink's first name is a path too long for the
-    /// format ([`MAX_TARGET`] bytes).
-    pub fn to_manifest(&self) -> Result<Manifest, TreeError> {
-        let mut first: HashMap<Ino, Vec<u8>> = HashMap::new();
-        let mut path = Vec::new();
-        let root = self.convert(&self.root, &mut path, &mut first)?;
-        Ok(Manifest { root })
+    /// format ([`MAX_TARGET`] bytes), or the tree is too large to record.
+    pub fn to_manifest(&self) -> Result<Compact, TreeError> {
+        let mut cv = Convert::new(&self.tables);
+        cv.node(b"", NodeRef::Borrowed(&self.root))?;
+        Ok(cv.b.finish())
     }
 
-    fn convert(&self, n: &Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, TreeError> {
-        if let Some(l) = n.linked {
-            if let Some(link) = hardlink(first, Ino::Linked(l), path)? {
-                return Ok(link);
-            }
-        }
-        let kind = match &n.kind {
-            NodeKind::Dir(ch) => {
-                let mut out = BTreeMap::new();
-                for (name, c) in ch {
-                    let len = path.len();
-                    if len > 0 {
-                        path.push(b'/');
-                    }
-                    path.extend_from_slice(name);
-                    out.insert(
-                        name.clone(),
-                        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.convert(c, path, first))?,
-                    );
-                    path.truncate(len);
-                }
-                Kind::Dir(out)
-            }
-            NodeKind::File(f) => {
-                if let Some(link) = hardlink(first, Ino::File(Arc::as_ptr(f) as usize), path)? {
-                    return Ok(link);
-                }
-                Kind::File(File::clone(f))
-            }
-            NodeKind::EmptyFile => Kind::File(File::default()),
-            NodeKind::Symlink(t) => Kind::Symlink(t.clone()),
-            NodeKind::Char(d) => Kind::Char(*d),
-            NodeKind::Block(d) => Kind::Block(*d),
-            NodeKind::Fifo => Kind::Fifo,
-        };
-        Ok(Entry { meta: n.meta.clone().into(), kind })
-    }
-
-    /// [`to_manifest`](Self::to_manifest), consuming the tree: names,
-    /// metadata and contents move into the manifest, and each part of the
-    /// tree is freed as soon as it is converted, so the two are never both
-    /// whole in memory.
-    pub fn into_manifest(self) -> Result<Manifest, TreeError> {
-        let mut first: HashMap<Ino, Vec<u8>> = HashMap::new();
-        let mut path = Vec::new();
-        let root = into_entry(self.root, &mut path, &mut first)?;
-        Ok(Manifest { root })
+    /// [`to_manifest`](Self::to_manifest), consuming the tree: each part
+    /// of the tree is freed as soon as it is recorded, so the two are never
+    /// both whole in memory.
+    pub fn into_manifest(self) -> Result<Compact, TreeError> {
+        let Tree { root, tables, .. } = self;
+        let mut cv = Convert::new(&tables);
+        cv.node(b"", NodeRef::Owned(root))?;
+        Ok(cv.b.finish())
     }
 }
 
-/// Converts `n` (at `path`) as [`Tree::to_manifest`] does, moving its parts.
-fn into_entry(n: Node, path: &mut Vec<u8>, first: &mut HashMap<Ino, Vec<u8>>) -> Result<Entry, TreeError> {
-    if let Some(l) = n.linked {
-        if let Some(link) = hardlink(first, Ino::Linked(l), path)? {
-            return Ok(link);
+/// A node to record, borrowed or moved out of the tree.
+enum NodeRef<'t> {
+    Borrowed(&'t Node),
+    Owned(Node),
+}
+
+/// The conversion of a tree into a [`Compact`] manifest, in manifest order.
+struct Convert<'t> {
+    b: Builder,
+    tables: &'t Tables,
+    /// The tree's xattr set numbers, as numbered in the manifest.
+    xattrs: Vec<Option<u32>>,
+    /// The first name met of each hardlinked inode.
+    first: HashMap<Ino, Vec<u8>>,
+    /// The path of the node being recorded.
+    path: Vec<u8>,
+}
+
+impl<'t> Convert<'t> {
+    fn new(tables: &'t Tables) -> Self {
+        Convert {
+            b: Builder::new(),
+            tables,
+            xattrs: vec![None; tables.xattrs.len()],
+            first: HashMap::new(),
+            path: Vec::new(),
         }
     }
-    let kind = match n.kind {
-        NodeKind::Dir(ch) => {
-            let mut out = BTreeMap::new();
-            for (name, c) in ch {
-                let len = path.len();
-                if len > 0 {
-                    path.push(b'/');
+
+    fn meta(&mut self, m: &NodeMeta) -> Result<MetaIn<'t>, TreeError> {
+        let tables = self.tables;
+        let x = m.xattrs as usize;
+        let xattrs = match self.xattrs.get(x).copied().flatten() {
+            Some(i) => i,
+            None if x == 0 => 0,
+            None => {
+                let set = tables.xattrs.get(x).map(|s| &s[..]).unwrap_or_default();
+                let i = self
+                    .b
+                    .intern_xattrs(set.iter().map(|(k, v)| (&k[..], &v[..])))
+                    .map_err(|e| TreeError::TooLarge(e.to_string()))?;
+                if let Some(slot) = self.xattrs.get_mut(x) {
+                    *slot = Some(i);
                 }
-                path.extend_from_slice(&name);
-                let e = stacker::maybe_grow(64 * 1024, 1024 * 1024, || into_entry(c, path, first))?;
-                path.truncate(len);
-                out.insert(name, e);
+                i
             }
-            // Inserted in order, the map's nodes are left about half full;
-            // appended to a map, its entries are moved into full nodes (and
-            // each node freed is the size of the ones being filled).
-            if let Some(head) = out.pop_first() {
-                let mut full = BTreeMap::from([head]);
-                full.append(&mut out);
-                out = full;
-            }
-            Kind::Dir(out)
+        };
+        let (uname, gname) =
+            tables.owners.get(m.owner as usize).map(|(u, g)| (u.as_deref(), g.as_deref())).unwrap_or_default();
+        Ok(MetaIn {
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            mtime: Time { sec: m.sec, nsec: m.nsec },
+            xattrs,
+            uname,
+            gname,
+        })
+    }
+
+    fn built<T>(&self, r: Result<T, BuildError>) -> Result<T, TreeError> {
+        r.map_err(|e| {
+            let what = match e {
+                BuildError::NameTooLong => "a name longer than 255 bytes".to_string(),
+                BuildError::Mode(m) => format!("mode {m:o} has bits outside 07777"),
+                BuildError::Device(why) => why.to_string(),
+                BuildError::TooLarge(t) => t.to_string(),
+            };
+            TreeError::TooLarge(format!("{}: {what}", shown(&self.path)))
+        })
+    }
+
+    /// Records the hardlink at the current path if an earlier name of
+    /// `ino` was met (true); otherwise notes the path as its first name.
+    fn hardlink(&mut self, name: &[u8], ino: Ino) -> Result<bool, TreeError> {
+        let Some(p) = self.first.get(&ino) else {
+            self.first.insert(ino, self.path.clone());
+            return Ok(false);
+        };
+        if p.len() > MAX_TARGET {
+            return Err(TreeError::LinkTooLong { path: self.path.clone(), first: p.clone() });
         }
-        NodeKind::File(f) => {
-            // a file with one name (nothing else holds it, and no earlier
-            // name was met) needs no record of its first name
-            let ino = Ino::File(Arc::as_ptr(&f) as usize);
-            if Arc::strong_count(&f) > 1 || first.contains_key(&ino) {
-                if let Some(link) = hardlink(first, ino, path)? {
-                    return Ok(link);
+        let r = self.b.push(name, &MetaIn::default(), Leaf::Hardlink(p));
+        self.built(r)?;
+        Ok(true)
+    }
+
+    /// Records `n`, named `name`, at `self.path`, and its subtree.
+    fn node(&mut self, name: &[u8], n: NodeRef<'_>) -> Result<(), TreeError> {
+        let node = match &n {
+            NodeRef::Borrowed(n) => *n,
+            NodeRef::Owned(n) => n,
+        };
+        if node.linked != 0 && self.hardlink(name, Ino::Linked(node.linked))? {
+            return Ok(());
+        }
+        let tables = self.tables;
+        let file = match node.kind {
+            NodeKind::File(i) => tables.files.get(i as usize).map(|f| (i, f)),
+            _ => None,
+        };
+        if let Some((i, f)) = file {
+            // a file never hardlinked has one name: no record of its first
+            if f.linked && self.hardlink(name, Ino::File(i))? {
+                return Ok(());
+            }
+        }
+        let meta = self.meta(&node.meta)?;
+        let leaf = match &node.kind {
+            NodeKind::Dir(_) => None,
+            NodeKind::File(_) => file.map(|(_, f)| {
+                let (off, len) = (f.zeros_off as usize, f.zeros_len as usize);
+                let zeros = tables.zeros.get(off..off + len).unwrap_or_default();
+                Leaf::File { size: f.size, digest: f.has_digest.then_some(f.digest), zeros }
+            }),
+            NodeKind::EmptyFile => Some(Leaf::File { size: 0, digest: None, zeros: &[] }),
+            NodeKind::Symlink(t) => Some(Leaf::Symlink(t)),
+            NodeKind::Char(d) => Some(Leaf::Char(*d)),
+            NodeKind::Block(d) => Some(Leaf::Block(*d)),
+            NodeKind::Fifo => Some(Leaf::Fifo),
+        };
+        if let Some(leaf) = leaf {
+            let r = self.b.push(name, &meta, leaf);
+            return self.built(r).map(|_| ());
+        }
+        let r = self.b.open_dir(name, &meta);
+        self.built(r)?;
+        match n {
+            NodeRef::Borrowed(Node { kind: NodeKind::Dir(ch), .. }) => {
+                for (cname, c) in ch.iter() {
+                    self.child(cname, NodeRef::Borrowed(c))?;
                 }
             }
-            Kind::File(Arc::try_unwrap(f).unwrap_or_else(|f| File::clone(&f)))
+            NodeRef::Owned(Node { kind: NodeKind::Dir(ch), .. }) => {
+                for (cname, c) in ch.into_pairs() {
+                    self.child(&cname, NodeRef::Owned(c))?;
+                }
+            }
+            _ => {}
         }
-        NodeKind::EmptyFile => Kind::File(File::default()),
-        NodeKind::Symlink(t) => Kind::Symlink(t),
-        NodeKind::Char(d) => Kind::Char(d),
-        NodeKind::Block(d) => Kind::Block(d),
-        NodeKind::Fifo => Kind::Fifo,
-    };
-    Ok(Entry { meta: n.meta.into(), kind })
+        self.b.close_dir();
+        Ok(())
+    }
+
+    fn child(&mut self, name: &[u8], n: NodeRef<'_>) -> Result<(), TreeError> {
+        let len = self.path.len();
+        if len > 0 {
+            self.path.push(b'/');
+        }
+        self.path.extend_from_slice(name);
+        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.node(name, n))?;
+        self.path.truncate(len);
+        Ok(())
+    }
 }
 
 /// Gives every node of inode number `l` the metadata `meta`.
-fn set_linked_meta(n: &mut Node, l: usize, meta: &NodeMeta) {
-    if n.linked == Some(l) {
-        n.meta = meta.clone();
+fn set_linked_meta(n: &mut Node, l: u32, meta: &NodeMeta) {
+    if n.linked == l {
+        n.meta = *meta;
     }
     if let NodeKind::Dir(ch) = &mut n.kind {
         for c in ch.values_mut() {
@@ -723,24 +1030,10 @@ fn set_linked_meta(n: &mut Node, l: usize, meta: &NodeMeta) {
 /// An inode's identity while the manifest is built.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Ino {
-    /// A regular file: the address of its shared [`File`].
-    File(usize),
+    /// A regular file: its number in [`Tables::files`].
+    File(u32),
     /// Any other hardlinked node: its [`Node::linked`] number.
-    Linked(usize),
-}
-
-/// The hardlink entry for `path` if an earlier name of `ino` was met;
-/// otherwise records `path` as its first name. Fails when that first name is
-/// longer than a manifest can record.
-fn hardlink(first: &mut HashMap<Ino, Vec<u8>>, ino: Ino, path: &[u8]) -> Result<Option<Entry>, TreeError> {
-    let Some(p) = first.get(&ino) else {
-        first.insert(ino, path.to_vec());
-        return Ok(None);
-    };
-    if p.len() > MAX_TARGET {
-        return Err(TreeError::LinkTooLong { path: path.to_vec(), first: p.clone() });
-    }
-    Ok(Some(Entry { meta: Meta::default(), kind: Kind::Hardlink(p.clone()) }))
+    Linked(u32),
 }
 
 fn shown(p: &[u8]) -> String {
@@ -750,6 +1043,12 @@ fn shown(p: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{Entry, Kind, Manifest};
+
+    /// The tree form of the manifest the tree gives.
+    fn tree_of(t: &Tree) -> Manifest {
+        t.to_manifest().unwrap().to_tree()
+    }
 
     fn c(s: &str) -> Vec<Name> {
         clean(s.as_bytes()).unwrap()
@@ -771,11 +1070,11 @@ mod tests {
         let mut t = Tree::default();
         file(&mut t, "z");
         t.add(&c("a"), Meta::default(), NewKind::Link(b"z".to_vec())).unwrap();
-        let m = t.to_manifest().unwrap();
+        let m = tree_of(&t);
         assert_eq!(m.get(b"z").unwrap().kind, Kind::Hardlink(b"a".to_vec()));
         t.begin_layer();
         t.whiteout(&c(".wh.a")).unwrap();
-        let m = t.to_manifest().unwrap();
+        let m = tree_of(&t);
         assert!(matches!(m.get(b"z").unwrap().kind, Kind::File(_)));
         assert!(m.get(b"a").is_none());
     }
@@ -787,7 +1086,7 @@ mod tests {
         t.begin_layer();
         file(&mut t, "d/new");
         t.whiteout(&c("d/.wh..wh..opq")).unwrap();
-        let m = t.to_manifest().unwrap();
+        let m = tree_of(&t);
         assert!(m.get(b"d/new").is_some());
         assert!(m.get(b"d/old").is_none());
     }
@@ -798,7 +1097,7 @@ mod tests {
         t.add(&c("usr/lib"), Meta::default(), NewKind::Dir).unwrap();
         t.add(&c("lib"), Meta::default(), NewKind::Symlink(b"/../../usr/lib".to_vec())).unwrap();
         file(&mut t, "lib/x");
-        assert!(t.to_manifest().unwrap().get(b"usr/lib/x").is_some());
+        assert!(tree_of(&t).get(b"usr/lib/x").is_some());
     }
 
     /// The consuming conversion gives the manifest the borrowing one gives,
@@ -828,7 +1127,7 @@ mod tests {
         t.add(&c("e3"), Meta::default(), NewKind::Link(b"e2".to_vec())).unwrap();
         let named = Meta { uname: Some("u".into()), gname: Some("g".into()), ..meta(0o755) };
         t.add(&c("a"), named.clone(), NewKind::Dir).unwrap();
-        let m = t.to_manifest().unwrap();
+        let m = tree_of(&t);
         assert_eq!(m.get(b"e1").unwrap(), &Entry { meta: meta(0o640), kind: Kind::File(File::default()) });
         assert_eq!(m.get(b"e2").unwrap(), &Entry { meta: meta(0o640), kind: Kind::File(File::default()) });
         assert_eq!(m.get(b"e3").unwrap().kind, Kind::Hardlink(b"e2".to_vec()));
@@ -839,7 +1138,81 @@ mod tests {
         assert_eq!(m.get(b"a/sl").unwrap().kind, Kind::Hardlink(b"a/b/s".to_vec()));
         assert_eq!(m.get(b"a/fl").unwrap().kind, Kind::Hardlink(b"a/fifo".to_vec()));
         assert!(m.get(b"a/b/new").is_some());
-        assert_eq!(t.into_manifest().unwrap(), m);
+        assert_eq!(t.into_manifest().unwrap().to_tree(), m);
+    }
+
+    /// Whiteouts and an opaque directory of a later layer, and a hardlink
+    /// group that loses its first name, give byte for byte the manifest of
+    /// the tree written by hand; xattr sets and owner names come through
+    /// interned.
+    #[test]
+    fn whiteouts_and_opaque_dirs_into_a_compact() {
+        let x = |mode, v: Option<&str>| {
+            let mut m = Meta { mode, mtime: Time { sec: 9, nsec: 1 }, ..Meta::default() };
+            if let Some(v) = v {
+                m.xattrs.insert(b"user.k".to_vec(), v.as_bytes().to_vec());
+            }
+            m
+        };
+        let f = |b: u8| File { size: 1, digest: Some(crate::manifest::Digest([b; 32])), zeros: Vec::new() };
+        let mut t = Tree::default();
+        t.begin_layer();
+        let owned = Meta { uname: Some("u".into()), gname: Some("g".into()), ..x(0o755, Some("1")) };
+        t.add(&c("d"), owned.clone(), NewKind::Dir).unwrap();
+        t.add(&c("d/a"), x(0o644, Some("1")), NewKind::File(f(1))).unwrap();
+        t.add(&c("d/b"), x(0o644, Some("2")), NewKind::File(f(2))).unwrap();
+        t.add(&c("d/sub/old"), x(0o600, None), NewKind::File(f(3))).unwrap();
+        t.add(&c("l"), Meta::default(), NewKind::Link(b"d/a".to_vec())).unwrap();
+        t.add(&c("m"), x(0o777, None), NewKind::Link(b"/d/a".to_vec())).unwrap();
+        t.begin_layer();
+        t.whiteout(&c("d/.wh.a")).unwrap();
+        t.add(&c("d/sub/new"), x(0o644, Some("1")), NewKind::File(f(4))).unwrap();
+        t.whiteout(&c("d/sub/.wh..wh..opq")).unwrap();
+        t.whiteout(&c(".wh.nothing")).unwrap();
+        let entry = |meta: Meta, kind| Entry { meta, kind };
+        let sub = BTreeMap::from([(b"new".to_vec(), entry(x(0o644, Some("1")), Kind::File(f(4))))]);
+        let d = BTreeMap::from([
+            (b"b".to_vec(), entry(x(0o644, Some("2")), Kind::File(f(2)))),
+            (b"sub".to_vec(), entry(Meta { mode: 0o755, ..Meta::default() }, Kind::Dir(sub))),
+        ]);
+        let root = BTreeMap::from([
+            (b"d".to_vec(), entry(owned, Kind::Dir(d))),
+            (b"l".to_vec(), entry(x(0o644, Some("1")), Kind::File(f(1)))),
+            (b"m".to_vec(), Entry::new(Kind::Hardlink(b"l".to_vec()))),
+        ]);
+        let want = Manifest { root: entry(Meta { mode: 0o755, ..Meta::default() }, Kind::Dir(root)) };
+        let borrowed = t.to_manifest().unwrap();
+        let got = t.into_manifest().unwrap();
+        assert_eq!(got.to_bytes().unwrap(), want.to_bytes().unwrap());
+        assert_eq!(borrowed.to_bytes().unwrap(), want.to_bytes().unwrap());
+        let d = got.get(b"d").unwrap();
+        assert_eq!((d.uname(), d.gname(), d.xattrs().get(b"user.k")), (Some("u"), Some("g"), Some(&b"1"[..])));
+        assert_eq!(got.get(b"d/sub/new").unwrap().xattrs().get(b"user.k"), Some(&b"1"[..]));
+    }
+
+    /// A directory keeps its children in name order, found by name, replaced
+    /// and removed, whatever the order they come in, below and past the
+    /// number where the vector becomes a B-tree.
+    #[test]
+    fn children_in_any_order_below_and_past_the_switch() {
+        for n in [FEW - 1, FEW, FEW + 1, 3 * FEW] {
+            let mut t = Tree::default();
+            // a scrambled order: i * 7919 mod n visits every i once (n is not a multiple of 7919)
+            for k in 0..n {
+                let i = k * 7919 % n;
+                t.add(&c(&format!("d/f{i:05}")), Meta { mode: 0o600, ..Meta::default() }, NewKind::Fifo).unwrap();
+            }
+            // replaced (a directory now), removed by a whiteout in a later layer
+            t.add(&c("d/f00003"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+            t.begin_layer();
+            t.whiteout(&c("d/.wh.f00001")).unwrap();
+            let m = tree_of(&t);
+            let names: Vec<Vec<u8>> = m.get(b"d").unwrap().children().unwrap().keys().cloned().collect();
+            let want: Vec<Vec<u8>> = (0..n).filter(|&i| i != 1).map(|i| format!("f{i:05}").into_bytes()).collect();
+            assert_eq!(names, want, "{n} children");
+            assert!(matches!(m.get(b"d/f00003").unwrap().kind, Kind::Dir(_)), "{n}");
+            assert_eq!(m.get(b"d/f00002").unwrap().meta.mode, 0o600);
+        }
     }
 
     /// A whiteout below a non-directory hides nothing (umoci: ENOTDIR is a
@@ -850,7 +1223,7 @@ mod tests {
         file(&mut t, "f");
         t.whiteout(&c("f/.wh.x")).unwrap();
         t.whiteout(&c("f/.wh..wh..opq")).unwrap();
-        assert!(matches!(t.to_manifest().unwrap().get(b"f").unwrap().kind, Kind::File(_)));
+        assert!(matches!(tree_of(&t).get(b"f").unwrap().kind, Kind::File(_)));
         let e = t.add(&c("f/x"), Meta::default(), NewKind::Fifo).unwrap_err();
         assert_eq!(e, TreeError::NotADirectory(b"f".to_vec()));
         assert_eq!(e.to_string(), "/f is not a directory");
