@@ -30,6 +30,13 @@ use crate::oci::media::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Media type of an access list layer: the paths (one a line, relative
+/// to the root) a first run read, in the order it read them, which a pull
+/// or a lazy mount fetches first (see `ocix push --prefetch`).
+pub const OCIX_ACCESS: &str = "application/vnd.ocix.access.v1";
+/// Largest access list accepted from a remote, in bytes.
+pub const MAX_ACCESS: u64 = 16 << 20;
+
 /// The empty config's content.
 pub const EMPTY_CONFIG: &[u8] = b"{}";
 /// Default most layers in one manifest (about 2.8 MB of JSON).
@@ -168,13 +175,15 @@ impl FileLayer {
 /// digest first (blob lists), then the one to PUT under the tag.
 /// `ocix` describes the ocix manifest blob, `packs` the packs of the blobs
 /// of at most `threshold` bytes (see [`pack`](super::pack)), `files` the
-/// other file blobs in manifest order.
+/// other file blobs in manifest order; `extra` layers (an access list)
+/// follow the packs.
 pub fn build(
     ocix: &Descriptor,
     packs: &[PackLayer],
     threshold: u64,
     files: &[FileLayer],
     per_manifest: usize,
+    extra: &[Descriptor],
 ) -> (Vec<Doc>, Doc) {
     let per = per_manifest.max(1);
     let manifest = |artifact: &str, layers: Vec<Descriptor>, ann: Option<BTreeMap<String, String>>| Doc {
@@ -190,6 +199,7 @@ pub fn build(
     };
     let mut head = vec![ocix.clone()];
     head.extend(packs.iter().map(PackLayer::descriptor));
+    head.extend(extra.iter().cloned());
     let ann = Some(BTreeMap::from([(ANN_THRESHOLD.to_string(), threshold.to_string())]));
     if files.len() + head.len() <= per {
         head.extend(files.iter().map(FileLayer::descriptor));
@@ -238,6 +248,8 @@ pub struct Layout {
     /// digest, registry size). Blobs not listed are fetched by their own
     /// digest.
     pub zstd: Vec<(Digest, Digest, u64)>,
+    /// The access list blob ([`OCIX_ACCESS`]) and its size, if any.
+    pub access: Option<(Digest, u64)>,
 }
 
 /// How [`find`]'s complaint about an ordinary image (not an ocix
@@ -390,6 +402,10 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, ArtifactError> {
                 threshold,
                 packs,
                 zstd: zstd_files(&m.layers)?,
+                access: match m.layers.iter().find(|l| l.media_type == OCIX_ACCESS) {
+                    Some(a) => Some((parse_digest(&a.digest)?, a.size)),
+                    None => None,
+                },
             }))
         }
         _ => Err(ArtifactError::NotOcix { artifact_type: m.artifact_type }),
@@ -413,7 +429,7 @@ mod tests {
         ];
         let mut f = files(3);
         f[1].zstd = Some((Digest::of(b"z"), 1));
-        let (first, top) = build(&o, &packs, 5, &f, 10);
+        let (first, top) = build(&o, &packs, 5, &f, 10, &[]);
         assert!(first.is_empty());
         assert_eq!(top.media_type, OCI_MANIFEST);
         let m: ImageManifest = serde_json::from_slice(&top.bytes).unwrap();
@@ -428,6 +444,7 @@ mod tests {
             threshold: 5,
             packs,
             zstd: vec![(f[1].digest, Digest::of(b"z"), 1)],
+            access: None,
         };
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Ocix(want));
     }
@@ -437,13 +454,14 @@ mod tests {
         let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
         let mut f = files(25);
         f[24].zstd = Some((Digest::of(b"z"), 3));
-        let (first, top) = build(&o, &[], 0, &f, 10);
+        let (first, top) = build(&o, &[], 0, &f, 10, &[]);
         assert_eq!(first.len(), 4); // 3 parts + the main artifact
         assert_eq!(top.media_type, OCI_INDEX);
         let main = first.last().unwrap();
         let lists: Vec<Digest> = first[..3].iter().map(|d| Digest::of(&d.bytes)).collect();
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Index { ocix: Digest::of(&main.bytes), lists });
-        let want = Layout { manifest: Digest::of(b"m"), size: 1, threshold: 0, packs: vec![], zstd: vec![] };
+        let want =
+            Layout { manifest: Digest::of(b"m"), size: 1, threshold: 0, packs: vec![], zstd: vec![], access: None };
         assert_eq!(find(&main.bytes, "").unwrap(), Found::Ocix(want));
         assert_eq!(blob_list(&first[2].bytes).unwrap(), vec![(f[24].digest, Digest::of(b"z"), 3)]);
         let total: usize =
@@ -465,7 +483,7 @@ mod tests {
         let packs = [PackLayer { digest: Digest::of(b"q"), size: 9, count: 2, frames: Some(vec![4, 5]) }];
         let mut f = files(2);
         f[1].zstd = Some((Digest::of(b"z"), 1));
-        let (_, top) = build(&o, &packs, 5, &f, 10);
+        let (_, top) = build(&o, &packs, 5, &f, 10, &[]);
         let good = String::from_utf8(top.bytes).unwrap();
         for (from, to) in [
             ("\"4,5\"", "\"4,6\""),

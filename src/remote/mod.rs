@@ -28,6 +28,8 @@ pub mod auth;
 pub mod client;
 pub mod fetch;
 pub mod image;
+pub mod lazy;
+pub mod lazyfs;
 pub mod pack;
 pub mod pull;
 pub mod push;

@@ -32,6 +32,11 @@ pub struct PushOptions {
     /// Send file blobs and packs zstd-compressed where that saves bytes
     /// (see [`wire`]).
     pub compress: bool,
+    /// An access list (paths, one a line, in the order a first run read
+    /// them) stored with the artifact as a layer of media type
+    /// [`OCIX_ACCESS`](artifact::OCIX_ACCESS): a pull or a lazy mount
+    /// fetches those paths' blobs first.
+    pub access: Option<Vec<u8>>,
 }
 
 impl Default for PushOptions {
@@ -43,6 +48,7 @@ impl Default for PushOptions {
             pack_threshold: pack::DEFAULT_THRESHOLD,
             progress: Progress::default(),
             compress: true,
+            access: None,
         }
     }
 }
@@ -125,8 +131,16 @@ pub fn push(
                 client.upload_blob(&d, data.len() as u64, Upload::Bytes(data)).await?;
             }
         }
+        let mut extra = Vec::new();
+        if let Some(list) = &opts.access {
+            let d = Digest::of(list);
+            if !client.has_blob(&d).await? {
+                client.upload_blob(&d, list.len() as u64, Upload::Bytes(list)).await?;
+            }
+            extra.push(Descriptor::new(artifact::OCIX_ACCESS, &d, list.len() as u64));
+        }
         let (first, top) =
-            artifact::build(&ocix, &pack_layers, opts.pack_threshold, &file_layers, opts.layers_per_manifest);
+            artifact::build(&ocix, &pack_layers, opts.pack_threshold, &file_layers, opts.layers_per_manifest, &extra);
         for doc in &first {
             client.put_manifest(&Digest::of(&doc.bytes).to_string(), doc.media_type, &doc.bytes).await?;
         }
