@@ -5,7 +5,8 @@
 //! succeed once it is back; a killed daemon leaves only verified blobs and
 //! a new mount reuses them; the access record lists the files read and,
 //! pushed with `--prefetch`, keeps a demand fetch to the blobs it names;
-//! background prefetch completes the store; `ocix umount` ends the daemon;
+//! background prefetch completes the store; the manifest travels as its
+//! zstd layer; `ocix umount` ends the daemon;
 //! `unpack --image docker://... --mount --lazy` makes a bundle.
 //! Mounting needs root, /dev/fuse and docker-registry: elsewhere each test
 //! says it was skipped.
@@ -365,6 +366,12 @@ fn the_access_record_pushed_with_prefetch_keeps_demand_fetches_to_what_it_names(
         &[],
     );
     assert_eq!(rc, 0, "{err}");
+    // pushed compressed (the default), the manifest travels as its zstd
+    // layer: the plain blob is not even read
+    let plain = f.reg.blob_file(&manifest_hex(&f));
+    let mut spoiled = std::fs::read(&plain).unwrap();
+    spoiled[0] ^= 1;
+    std::fs::write(&plain, spoiled).unwrap();
     let mnt = f.mount("v2", "mnt2", "s3", &["--no-background"]);
     for p in read {
         std::fs::read(mnt.0.join(p)).unwrap();

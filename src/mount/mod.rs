@@ -448,11 +448,7 @@ pub fn umount_any(target: &Path) -> Result<Option<u32>, MountError> {
         }
         Some((_, fstype, source)) => Err(MountError::NotOurs {
             target: target.into(),
-            found: Some(format!(
-                "a {} mount of {}",
-                String::from_utf8_lossy(fstype),
-                String::from_utf8_lossy(source)
-            )),
+            found: Some(format!("a {} mount of {}", String::from_utf8_lossy(fstype), String::from_utf8_lossy(source))),
         }),
         None => Err(MountError::NotOurs { target: target.into(), found: None }),
     }

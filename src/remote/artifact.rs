@@ -37,6 +37,16 @@ pub const OCIX_ACCESS: &str = "application/vnd.ocix.access.v1";
 /// Largest access list accepted from a remote, in bytes.
 pub const MAX_ACCESS: u64 = 16 << 20;
 
+/// Media type of the ocix manifest blob compressed with zstd: a layer
+/// beside the plain one (which readers that predate it use), named by the
+/// plain blob's digest in the annotation [`ANN_MANIFEST`]; a pull fetches
+/// it instead, decodes it (at most the plain layer's size) and checks the
+/// result against that digest.
+pub const OCIX_MANIFEST_ZSTD: &str = "application/vnd.ocix.manifest.v1+cbor+zstd";
+/// Annotation of the compressed manifest layer: the plain manifest's
+/// digest.
+pub const ANN_MANIFEST: &str = "io.ocix.manifest.digest";
+
 /// The empty config's content.
 pub const EMPTY_CONFIG: &[u8] = b"{}";
 /// Default most layers in one manifest (about 2.8 MB of JSON).
@@ -250,6 +260,9 @@ pub struct Layout {
     pub zstd: Vec<(Digest, Digest, u64)>,
     /// The access list blob ([`OCIX_ACCESS`]) and its size, if any.
     pub access: Option<(Digest, u64)>,
+    /// The manifest blob's zstd form ([`OCIX_MANIFEST_ZSTD`]) and its
+    /// size, if the artifact has one for this manifest.
+    pub manifest_zstd: Option<(Digest, u64)>,
 }
 
 /// How [`find`]'s complaint about an ordinary image (not an ocix
@@ -402,6 +415,12 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, ArtifactError> {
                 threshold,
                 packs,
                 zstd: zstd_files(&m.layers)?,
+                manifest_zstd: match m.layers.iter().find(|z| {
+                    z.media_type == OCIX_MANIFEST_ZSTD && ann(&z.annotations, ANN_MANIFEST) == Some(&l.digest)
+                }) {
+                    Some(z) => Some((parse_digest(&z.digest)?, z.size)),
+                    None => None,
+                },
                 access: match m.layers.iter().find(|l| l.media_type == OCIX_ACCESS) {
                     Some(a) => Some((parse_digest(&a.digest)?, a.size)),
                     None => None,
@@ -445,6 +464,7 @@ mod tests {
             packs,
             zstd: vec![(f[1].digest, Digest::of(b"z"), 1)],
             access: None,
+            manifest_zstd: None,
         };
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Ocix(want));
     }
@@ -460,13 +480,37 @@ mod tests {
         let main = first.last().unwrap();
         let lists: Vec<Digest> = first[..3].iter().map(|d| Digest::of(&d.bytes)).collect();
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Index { ocix: Digest::of(&main.bytes), lists });
-        let want =
-            Layout { manifest: Digest::of(b"m"), size: 1, threshold: 0, packs: vec![], zstd: vec![], access: None };
+        let want = Layout {
+            manifest: Digest::of(b"m"),
+            size: 1,
+            threshold: 0,
+            packs: vec![],
+            zstd: vec![],
+            access: None,
+            manifest_zstd: None,
+        };
         assert_eq!(find(&main.bytes, "").unwrap(), Found::Ocix(want));
         assert_eq!(blob_list(&first[2].bytes).unwrap(), vec![(f[24].digest, Digest::of(b"z"), 3)]);
         let total: usize =
             first[..3].iter().map(|p| serde_json::from_slice::<ImageManifest>(&p.bytes).unwrap().layers.len()).sum();
         assert_eq!(total, 25);
+    }
+
+    #[test]
+    fn a_compressed_manifest_layer_is_found_only_for_its_manifest() {
+        let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
+        let mut z = Descriptor::new(OCIX_MANIFEST_ZSTD, &Digest::of(b"z"), 9);
+        z.annotations = Some(BTreeMap::from([(ANN_MANIFEST.to_string(), Digest::of(b"m").to_string())]));
+        let a = Descriptor::new(OCIX_ACCESS, &Digest::of(b"a"), 4);
+        let (_, top) = build(&o, &[], 0, &files(2), 10, &[z.clone(), a]);
+        let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
+        assert_eq!(l.manifest_zstd, Some((Digest::of(b"z"), 9)));
+        assert_eq!(l.access, Some((Digest::of(b"a"), 4)));
+        // one that names another manifest is not used
+        z.annotations = Some(BTreeMap::from([(ANN_MANIFEST.to_string(), Digest::of(b"x").to_string())]));
+        let (_, top) = build(&o, &[], 0, &files(2), 10, &[z]);
+        let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
+        assert_eq!(l.manifest_zstd, None);
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub fn parse_paths(list: &[u8]) -> Vec<Vec<u8>> {
 }
 
 pub(crate) async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<Fetched, RemoteError> {
+    let mut zmanifest = None;
     let (d, size, threshold, packs, zstd, access) = match client.remote() {
         Remote::Http(base) => {
             let d = opts
@@ -151,6 +152,7 @@ pub(crate) async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOp
                 let url = format!("{}@{l}", client.remote_name());
                 zstd.extend(artifact::blob_list(&bytes).map_err(|err| RemoteError::Format { url, err })?);
             }
+            zmanifest = layout.manifest_zstd;
             (layout.manifest, Some(layout.size), layout.threshold, layout.packs, zstd, layout.access)
         }
     };
@@ -158,7 +160,19 @@ pub(crate) async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOp
     if size.is_some_and(|s| s > MAX_MANIFEST) {
         return Err(RemoteError::TooLarge { url, limit: MAX_MANIFEST });
     }
-    let bytes = client.get_blob_bytes(&d, size.unwrap_or(MAX_MANIFEST)).await?;
+    let limit = size.unwrap_or(MAX_MANIFEST);
+    let bytes = match zmanifest {
+        Some((z, n)) if n <= MAX_MANIFEST => {
+            let wire = client.get_blob_bytes(&z, n).await?;
+            // at most the plain blob's size; anything else than the
+            // manifest named is not used (the plain blob is fetched)
+            match zstd::bulk::decompress(&wire, limit as usize) {
+                Ok(b) if Digest::of(&b) == d => b,
+                _ => client.get_blob_bytes(&d, limit).await?,
+            }
+        }
+        _ => client.get_blob_bytes(&d, limit).await?,
+    };
     store.put_bytes(&bytes)?;
     let mut map = HashMap::new();
     for (content, wire, size) in zstd {

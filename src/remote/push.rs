@@ -15,6 +15,10 @@ use crate::store::{Store, StoreError};
 use futures_util::StreamExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The zstd level the manifest blob is compressed with (once per push,
+/// a few MB at most).
+const MANIFEST_LEVEL: i32 = 12;
+
 /// How to push.
 #[derive(Clone, Debug)]
 pub struct PushOptions {
@@ -132,6 +136,25 @@ pub fn push(
             }
         }
         let mut extra = Vec::new();
+        if opts.compress {
+            // the manifest is a tenth of what a lazy mount's first command
+            // fetches: it travels compressed too, beside the plain blob
+            // that readers predating the compressed layer use
+            let z = zstd::bulk::compress(manifest_bytes, MANIFEST_LEVEL)
+                .map_err(|err| RemoteError::Io { path: "compressing the manifest".into(), err })?;
+            if wire::worth_it(z.len() as u64, manifest_bytes.len() as u64) {
+                let zd = Digest::of(&z);
+                if !client.has_blob(&zd).await? {
+                    client.upload_blob(&zd, z.len() as u64, Upload::Bytes(&z)).await?;
+                }
+                let mut desc = Descriptor::new(artifact::OCIX_MANIFEST_ZSTD, &zd, z.len() as u64);
+                desc.annotations = Some(std::collections::BTreeMap::from([(
+                    artifact::ANN_MANIFEST.into(),
+                    manifest_digest.to_string(),
+                )]));
+                extra.push(desc);
+            }
+        }
         if let Some(list) = &opts.access {
             let d = Digest::of(list);
             if !client.has_blob(&d).await? {
