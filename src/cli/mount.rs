@@ -23,9 +23,19 @@ use std::time::{Duration, Instant};
 /// or later (EROFS image files, overlay data-only layers) and a store on a
 /// disk filesystem (the kernel cannot mount an image file on tmpfs);
 /// `ocix unpack` writes the tree out instead.
+///
+/// MANIFEST may be docker://HOST/REPO:TAG, an artifact `ocix push` made:
+/// a lazy mount. Only the manifest is fetched before mounting; each file's
+/// blob is fetched into --store when the file is first opened (with at
+/// most 64 KiB of missing pack neighbours; only those the artifact's
+/// access list names, if it has one), verified before a byte is served.
+/// A fetch that fails is EIO to the reader and a line in the log; the next
+/// read retries. A daemon serves the mount (log in
+/// STORE/.ocix-mount/lazy/) until `ocix umount MNT`, fetching the rest
+/// meanwhile unless --no-background; --foreground serves from this process.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The manifest.
+    /// The manifest, or docker://HOST[:PORT]/REPO:TAG for a lazy mount.
     pub manifest: PathBuf,
     /// The blob store holding the manifest's file contents.
     #[arg(long)]
@@ -174,8 +184,10 @@ fn spawn_daemon(args: Vec<OsString>, store: &Path, target: &Path, g: Global) -> 
     }
     let _ = child.wait();
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    // the daemon's own error, else the end of its log
+    let errors: Vec<&str> = logged.lines().filter_map(|l| l.strip_prefix("ocix: error: ")).collect();
     let why: Vec<&str> = logged.lines().filter(|l| !l.trim().is_empty()).collect();
-    let why = why[why.len().saturating_sub(5)..].join("\n");
+    let why = if errors.is_empty() { why[why.len().saturating_sub(5)..].join("\n") } else { errors.join("\n") };
     bail!("mounting at {}: {}", target.display(), if why.is_empty() { "the mount daemon failed" } else { &why })
 }
 

@@ -55,6 +55,15 @@ pub struct Blob {
     place: Place,
 }
 
+/// What one fetch brings.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// The blob on its own.
+    Single,
+    /// Members `lo..hi` of pack `pack`.
+    Run { pack: usize, lo: usize, hi: usize },
+}
+
 #[derive(Default)]
 struct State {
     inflight: HashSet<usize>,
@@ -239,71 +248,92 @@ impl Lazy {
             if self.store.has(&self.blobs[i].digest) {
                 return Ok(());
             }
-            st.inflight.insert(i);
+            // the whole run is claimed at once: no other caller fetches
+            // any of its blobs meanwhile, each waits for this fetch
+            let plan = self.plan(i, background, &st);
+            let run: Vec<usize> = match plan {
+                Plan::Single => vec![i],
+                Plan::Run { pack, lo, hi } => {
+                    self.packs[pack].2[lo..hi].iter().filter_map(|m| self.index.get(&m.digest).copied()).collect()
+                }
+            };
+            st.inflight.extend(run.iter().copied());
             drop(st);
             let before = self.bytes.load(Ordering::Relaxed);
-            let r = self.fetch(i, background);
-            if let Ok(got) = &r
-                && !background
-            {
+            let r = self.fetch(i, plan);
+            if r.is_ok() && !background {
                 let b = &self.blobs[i];
                 (self.log)(&format!(
                     "fetched blob {} ({}) on first read, with {} neighbour(s), {} bytes",
                     b.digest,
                     crate::manifest::path_display(&b.path),
-                    got.len() - 1,
+                    run.len() - 1,
                     self.bytes.load(Ordering::Relaxed).saturating_sub(before)
                 ));
             }
             let mut st = self.lock();
-            st.inflight.remove(&i);
-            if let Ok(got) = &r {
-                st.verified.extend(got.iter().copied());
+            for j in &run {
+                st.inflight.remove(j);
+            }
+            if r.is_ok() {
+                st.verified.extend(run.iter().copied());
             }
             self.cond.notify_all();
-            return r.map(|_| ());
+            return r;
         }
     }
 
-    /// Fetches blob `i` (and the neighbours chosen); returns the blobs now
-    /// stored.
-    fn fetch(&self, i: usize, background: bool) -> Result<Vec<usize>, RemoteError> {
-        let b = &self.blobs[i];
+    /// What to fetch for blob `i`: itself, or the run of its pack's
+    /// members around it that are missing and not being fetched, within
+    /// [`DEMAND_SPAN`] (a whole pack's worth in the background), and
+    /// without members an access list leaves out (on demand).
+    fn plan(&self, i: usize, background: bool, st: &State) -> Plan {
+        let Place::Member { pack, k } = self.blobs[i].place else { return Plan::Single };
+        let members = &self.packs[pack].2;
+        let span = if background { pack::PACK_MAX } else { DEMAND_SPAN };
+        let wanted = |j: usize| -> bool {
+            let Some(&n) = self.index.get(&members[j].digest) else { return false };
+            if !background && self.access.as_ref().is_some_and(|a| !a.contains(&n)) {
+                return false;
+            }
+            !st.verified.contains(&n) && !st.inflight.contains(&n) && !self.store.has(&members[j].digest)
+        };
+        let (mut lo, mut hi, mut len) = (k, k + 1, members[k].len);
+        while hi < members.len() && len.saturating_add(members[hi].len) <= span && wanted(hi) {
+            len += members[hi].len;
+            hi += 1;
+        }
+        while lo > 0 && len.saturating_add(members[lo - 1].len) <= span && wanted(lo - 1) {
+            lo -= 1;
+            len += members[lo].len;
+        }
+        Plan::Run { pack, lo, hi }
+    }
+
+    /// Fetches what `plan` says for blob `i`.
+    fn fetch(&self, i: usize, plan: Plan) -> Result<(), RemoteError> {
         let progress = |n: u64| {
             self.bytes.fetch_add(n, Ordering::Relaxed);
         };
         let h = self.rt.handle();
-        match b.place {
-            Place::Single(via) => {
-                h.block_on(fetch_blob(&self.client, &b.digest, b.size, via, &self.store, &progress))?;
-                self.fetched.fetch_add(1, Ordering::Relaxed);
-                Ok(vec![i])
-            }
-            Place::Member { pack, k } => {
-                let (pd, coding, members) = &self.packs[pack];
-                let span = if background { pack::PACK_MAX } else { DEMAND_SPAN };
-                let wanted = |j: usize| -> bool {
-                    let Some(&n) = self.index.get(&members[j].digest) else { return false };
-                    if !background && self.access.as_ref().is_some_and(|a| !a.contains(&n)) {
-                        return false;
-                    }
-                    !self.lock().verified.contains(&n) && !self.store.has(&members[j].digest)
+        let n = match plan {
+            Plan::Single => {
+                let b = &self.blobs[i];
+                let via = match b.place {
+                    Place::Single(via) => via,
+                    Place::Member { .. } => None,
                 };
-                let (mut lo, mut hi, mut len) = (k, k + 1, members[k].len);
-                while hi < members.len() && len.saturating_add(members[hi].len) <= span && wanted(hi) {
-                    len += members[hi].len;
-                    hi += 1;
-                }
-                while lo > 0 && len.saturating_add(members[lo - 1].len) <= span && wanted(lo - 1) {
-                    lo -= 1;
-                    len += members[lo].len;
-                }
-                let run = &members[lo..hi];
-                h.block_on(fetch_run(&self.client, pd, *coding, run, &self.store, &progress))?;
-                self.fetched.fetch_add(run.len(), Ordering::Relaxed);
-                Ok(run.iter().filter_map(|m| self.index.get(&m.digest).copied()).collect())
+                h.block_on(fetch_blob(&self.client, &b.digest, b.size, via, &self.store, &progress))?;
+                1
             }
-        }
+            Plan::Run { pack, lo, hi } => {
+                let (pd, coding, members) = &self.packs[pack];
+                h.block_on(fetch_run(&self.client, pd, *coding, &members[lo..hi], &self.store, &progress))?;
+                hi - lo
+            }
+        };
+        self.fetched.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Blob `i` ready to serve: fetched if missing, hashed if it was in the
