@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 /// MANIFEST may be docker://HOST/REPO:TAG, an artifact `ocix push` made:
 /// a lazy mount. Only the manifest is fetched before mounting; each file's
 /// blob is fetched into --store when the file is first opened (with at
-/// most 64 KiB of missing pack neighbours; only those the artifact's
+/// most 16 KiB of missing pack neighbours; only those the artifact's
 /// access list names, if it has one), verified before a byte is served.
 /// A fetch that fails is EIO to the reader and a line in the log; the next
 /// read retries. A daemon serves the mount (log in

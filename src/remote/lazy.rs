@@ -31,7 +31,7 @@ use std::sync::{Condvar, Mutex};
 
 /// Most wire bytes a demand fetch brings from a pack (the blob read and
 /// its missing neighbours).
-pub const DEMAND_SPAN: u64 = 64 << 10;
+pub const DEMAND_SPAN: u64 = 16 << 10;
 
 /// Where a blob's bytes are in the artifact.
 #[derive(Clone, Copy, Debug)]
