@@ -432,3 +432,57 @@ fn unpack_lazy_makes_a_bundle_whose_rootfs_is_a_lazy_mount() {
     assert_eq!(rc, 0, "{err}");
     assert!(!alive(pid));
 }
+
+/// A slow blob holds up only its own reader: while the registry holds
+/// back one blob (the small registry of tests/common/registry.rs, which
+/// can be told to; a gate the test opens), other files are read; then the
+/// held one arrives whole.
+#[test]
+fn a_slow_blob_holds_up_only_its_own_reader() {
+    if !can_run() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let slow = content(500_000, 7);
+    let others: Vec<Vec<u8>> = (0..3).map(|i| content(300_000 + i, 20 + i as u64)).collect();
+    std::fs::write(tree.join("slow"), &slow).unwrap();
+    for (i, c) in others.iter().enumerate() {
+        std::fs::write(tree.join(format!("other{i}")), c).unwrap();
+    }
+    let (store, m) = common::net::scan_tree(t.path());
+    let gate = common::Gate::default();
+    let held = format!("/blobs/sha256:{}", hex_of(&slow));
+    let g = gate.clone();
+    let reg = common::registry::registry(move |req| {
+        if req.method == "GET" && req.path.ends_with(&held) {
+            g.wait();
+        }
+        None
+    });
+    let url = format!("docker://127.0.0.1:{}/ocix/slow:v1", reg.server.port);
+    let (rc, err) = ocix(t.path(), &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &url], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let s2 = t.path().join("s2");
+    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s2.to_str().unwrap(), "--no-background"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let p = mnt.join("slow");
+    let reader = std::thread::spawn(move || std::fs::read(p).unwrap());
+    // the slow blob's request is under way (or about to be)
+    let start = Instant::now();
+    while reg.count("GET", &hex_of(&slow)) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the slow blob was never asked for");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (i, c) in others.iter().enumerate() {
+        assert_eq!(&std::fs::read(mnt.join(format!("other{i}"))).unwrap(), c);
+    }
+    assert!(!reader.is_finished(), "the held blob arrived before the gate opened");
+    gate.open();
+    assert_eq!(reader.join().unwrap(), slow);
+}
