@@ -24,6 +24,8 @@
 //!   into a store, then mounted read-only (see [`crate::mount`]).
 //! - [`image_mount_bundle`]: an image imported into a store, then a bundle
 //!   whose rootfs is a writable mount of its tree.
+//! - [`lazy_mount`]: a `docker://` ocix artifact mounted before any file
+//!   blob is fetched; each is fetched into the store when first read.
 //!
 //! Every run first checks its destination as the unpack will (see
 //! [`check_dest`]): a destination the unpack would refuse costs no
