@@ -24,6 +24,8 @@
 //!   into a store, then mounted read-only (see [`crate::mount`]).
 //! - [`image_mount_bundle`]: an image imported into a store, then a bundle
 //!   whose rootfs is a writable mount of its tree.
+//! - [`lazy_mount`]: a `docker://` ocix artifact mounted before any file
+//!   blob is fetched; each is fetched into the store when first read.
 //!
 //! Every run first checks its destination as the unpack will (see
 //! [`check_dest`]): a destination the unpack would refuse costs no
@@ -590,4 +592,127 @@ mod tests {
         assert_eq!(std::fs::read(left.join("blobs/sha256/stale")).unwrap(), b"from a killed run");
         assert_ne!(beside(&dest, "ocix-store").unwrap(), fresh);
     }
+}
+
+/// How [`lazy_mount`] runs.
+pub struct LazyMountOptions {
+    /// Connection settings, and paths to fetch first.
+    pub pull: PullOptions,
+    /// The store blobs are fetched into (created if absent).
+    pub store: PathBuf,
+    /// Background prefetch with this many blobs at once; `None`: blobs are
+    /// fetched only when read.
+    pub background: Option<usize>,
+    /// Write the paths of the files read, in first-access order, here.
+    pub record_access: Option<PathBuf>,
+    /// Threads serving the data layer (so a slow blob does not hold up
+    /// reads of others).
+    pub threads: usize,
+    /// The overlay: read-only, or writable into `upper`.
+    pub mount: MountOptions,
+    /// Where errors and progress of the data layer are told.
+    pub log: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// A lazy mount in place (given to [`lazy_mount`]'s `ready`).
+#[derive(Debug)]
+pub struct LazyMounted {
+    /// The manifest's digest.
+    pub manifest_digest: crate::manifest::Digest,
+    /// The manifest, encoded.
+    pub manifest: Vec<u8>,
+    /// What the mount did.
+    pub mount: MountReport,
+}
+
+/// What a lazy mount fetched while it lived.
+#[derive(Debug)]
+pub struct LazyEnded {
+    /// Blobs fetched.
+    pub fetched: usize,
+    /// Bytes received for them.
+    pub bytes: u64,
+    /// Whether the store then held every blob of the manifest.
+    pub complete: bool,
+}
+
+/// Mounts `src` (`docker://...`, an ocix artifact) at `dest` (created if
+/// absent) with no file blob fetched yet: the manifest's EROFS image over
+/// a FUSE data layer ([`remote::lazyfs`]) that fetches each blob into
+/// `opts.store` on its first open (verified before it is served), with a
+/// background prefetch of the rest unless `opts.background` is `None`.
+/// Calls `ready` once mounted, then serves until the mount is unmounted
+/// (`ocix umount`), and returns what was fetched. A failure before `ready`
+/// leaves nothing mounted.
+pub fn lazy_mount(
+    src: &str,
+    dest: &Path,
+    opts: LazyMountOptions,
+    ready: impl FnOnce(&LazyMounted),
+) -> Result<LazyEnded, RunError> {
+    use remote::lazy::{Lazy, LazyOptions};
+    use rustix::fd::AsFd as _;
+    let store = Store::create(&opts.store)?;
+    let remote = Remote::parse(src).map_err(|e| RunError::Location(e.into()))?;
+    let io =
+        |path: &Path, what: &str, e: std::io::Error| RunError::Io { path: path.into(), what: format!("{what}: {e}") };
+    let record_access = match &opts.record_access {
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| io(p, "cannot create", e))?),
+        None => None,
+    };
+    let lazy = Lazy::open(&remote, store, LazyOptions { pull: opts.pull.clone(), log: opts.log, record_access })
+        .map_err(|error| RunError::Pull { src: src.into(), error })?;
+    let lazy = Arc::new(lazy);
+    if !dest.exists() {
+        std::fs::create_dir(dest).map_err(|e| io(dest, "cannot create", e))?;
+    }
+    let mount_err = |error: MountError| RunError::Mount { src: src.into(), dest: dest.into(), error: Box::new(error) };
+    let (dev, data) = crate::sys::mount::fuse_detached("ocix-lazy").map_err(|e| {
+        mount_err(match e.errno {
+            crate::sys::Errno::PERM | crate::sys::Errno::ACCESS => MountError::Unsupported {
+                what: "a lazy mount needs root (CAP_SYS_ADMIN): the kernel mounts EROFS only for root".into(),
+                source: e,
+            },
+            crate::sys::Errno::NODEV | crate::sys::Errno::NOENT => {
+                MountError::Unsupported { what: "the kernel has no FUSE (/dev/fuse)".into(), source: e }
+            }
+            _ => MountError::Sys(e),
+        })
+    })?;
+    let mut config = fuser::Config::default();
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(opts.threads.max(1));
+    let session =
+        fuser::Session::from_fd(remote::lazyfs::LazyFs::new(lazy.clone()), dev, fuser::SessionACL::All, config)
+            .map_err(|e| io(Path::new("/dev/fuse"), "starting the FUSE session", e))?;
+    let served = session.spawn().map_err(|e| io(Path::new("/dev/fuse"), "starting the FUSE session", e))?;
+    let source = format!("{}{}", mount::LAZY_SOURCE, std::process::id());
+    let digest = *lazy.manifest_digest();
+    let report =
+        mount::mount_with_data(lazy.manifest(), &digest, lazy.store(), dest, &opts.mount, data.as_fd(), &source);
+    // the overlay holds the data layer now; without it (a failed mount)
+    // the FUSE filesystem goes away and its session ends
+    drop(data);
+    let report = match report {
+        Ok(r) => r,
+        Err(error) => {
+            let _ = served.join();
+            return Err(mount_err(error));
+        }
+    };
+    ready(&LazyMounted { manifest_digest: digest, manifest: lazy.manifest_bytes().to_vec(), mount: report });
+    let stop = Arc::new(AtomicBool::new(false));
+    let prefetch = opts.background.map(|jobs| {
+        let (lazy, stop) = (lazy.clone(), stop.clone());
+        std::thread::spawn(move || lazy.background(jobs, &stop))
+    });
+    // returns once the overlay is unmounted and the kernel ends the session
+    let ended = served.join();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = prefetch {
+        let _ = p.join();
+    }
+    ended.map_err(|e| io(Path::new("/dev/fuse"), "serving the FUSE session", e))?;
+    let (bytes, fetched) = lazy.fetched();
+    Ok(LazyEnded { fetched, bytes, complete: lazy.complete() })
 }

@@ -32,6 +32,11 @@ pub struct Args {
     /// saves at least 5%) or `none`.
     #[arg(long, value_name = "zstd|none", default_value = "zstd", value_parser = ["zstd", "none"])]
     pub compress: String,
+    /// An access list (paths, one a line, e.g. written by `ocix mount
+    /// --record-access`) stored with the artifact: `ocix pull` and a lazy
+    /// `ocix mount` fetch those paths' blobs first.
+    #[arg(long, value_name = "PATHS-FILE")]
+    pub prefetch: Option<PathBuf>,
     /// Connection flags.
     #[command(flatten)]
     pub net: RemoteArgs,
@@ -61,6 +66,11 @@ bytes arrive and keeps only content whose sha256 matches the manifest.
 With more than 20000 such layers the tag names an OCI index instead: the
 ocix artifact (manifest blob and packs) first, then manifests listing 20000
 file blobs each (registries limit one manifest to about 4 MiB).
+With --prefetch FILE the access list (paths, one a line, as `ocix mount
+--record-access` writes it) travels as a layer of media type
+application/vnd.ocix.access.v1: `ocix pull` and a lazy `ocix mount
+docker://...` fetch those paths' blobs first, and a lazy mount fetches no
+pack neighbour the list does not name.
 
 Examples:
   ocix scan /srv/rootfs --store S -o m.ocix
@@ -78,6 +88,10 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         pack_threshold: a.pack_threshold,
         progress: g.progress(),
         compress: a.compress == "zstd",
+        access: match &a.prefetch {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        },
     };
     let r = remote::push(&bytes, &store, &target, &opts).with_context(|| format!("pushing to {target}"))?;
     g.info(&format!(

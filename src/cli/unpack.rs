@@ -104,6 +104,15 @@ pub struct Args {
     /// then DEST (created if absent) is a read-only mount.
     #[arg(long, conflicts_with_all = ["rootless", "link", "update", "prefetch"])]
     pub mount: bool,
+    /// With --image docker://... (an ocix artifact) and --mount: mount at
+    /// once and fetch each file's blob when it is first read (`ocix mount
+    /// docker://...`, served by a daemon until `ocix umount
+    /// BUNDLE/rootfs`); runc can start the bundle before the image is down.
+    #[arg(long, requires = "mount")]
+    pub lazy: bool,
+    /// With --lazy: fetch blobs only when read (no background prefetch).
+    #[arg(long, requires = "lazy")]
+    pub no_background: bool,
     /// Writer threads (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -137,6 +146,9 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         return unpack_image(image, bundle, &a, &opts, g);
     }
     let [manifest, dest] = a.paths.as_slice() else { bail!("give MANIFEST and DEST (or --image LAYOUT[:TAG] BUNDLE)") };
+    if a.lazy {
+        bail!("--lazy is for --image docker://... BUNDLE --mount (or `ocix mount docker://... MNT`)");
+    }
     if let Some(src) = manifest.to_str().filter(|s| s.starts_with("docker://")) {
         if a.mount {
             return mount_remote(src, dest, &a, g);
@@ -186,7 +198,7 @@ fn hint(e: &UnpackError, update: bool) -> String {
 /// A run's error as the user sees it: the unpack's with its flag, a tree
 /// left partly unpacked with the way to complete it. `bundle`: the run
 /// wrote a bundle (which `--update` does not apply to).
-fn run_failed(e: RunError, bundle: bool) -> anyhow::Error {
+pub(super) fn run_failed(e: RunError, bundle: bool) -> anyhow::Error {
     match e {
         RunError::Partly { dest, error } => run_failed(*error, bundle)
             .context(format!("{}: partly unpacked; rerun with --update to complete it", dest.display())),
@@ -305,6 +317,9 @@ fn unpack_image(image: &str, bundle: &Path, a: &Args, opts: &UnpackOptions, g: G
         unpack: opts.clone(),
         store: a.store.clone(),
     };
+    if a.lazy {
+        return super::mount::lazy_bundle(image, bundle, a, g);
+    }
     if a.mount {
         return mount_image(image, bundle, &run, g);
     }

@@ -299,6 +299,38 @@ pub fn mount(
     target: &Path,
     opts: &MountOptions,
 ) -> Result<MountReport, MountError> {
+    mount_over(m, digest, store, target, opts, None)
+}
+
+/// The source a lazy mount's overlay shows in mount tables: `ocix-lazy:`
+/// and the pid of the process serving its data layer.
+pub const LAZY_SOURCE: &str = "ocix-lazy:";
+
+/// [`mount`] with `data` (an open directory, e.g. a detached FUSE mount,
+/// holding `blobs/sha256/<hex>`) as the data-only layer instead of the
+/// store, whose blobs are then not checked (the data layer serves and
+/// verifies them); the overlay shows `source` in mount tables. The image
+/// is still cached in `store`.
+pub fn mount_with_data(
+    m: &Manifest,
+    digest: &Digest,
+    store: &Store,
+    target: &Path,
+    opts: &MountOptions,
+    data: rustix::fd::BorrowedFd<'_>,
+    source: &str,
+) -> Result<MountReport, MountError> {
+    mount_over(m, digest, store, target, opts, Some((data, source)))
+}
+
+fn mount_over(
+    m: &Manifest,
+    digest: &Digest,
+    store: &Store,
+    target: &Path,
+    opts: &MountOptions,
+    data_layer: Option<(rustix::fd::BorrowedFd<'_>, &str)>,
+) -> Result<MountReport, MountError> {
     match std::fs::metadata(target) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => {
@@ -316,7 +348,10 @@ pub fn mount(
     // told so before any blob is read or any image written
     let ctx = FsContext::open("erofs").map_err(|e| explain(e, "EROFS"))?;
     let ovl = FsContext::open("overlay").map_err(|e| explain(e, "overlay"))?;
-    let (blobs, blobs_hashed) = check_blobs(m, digest, store, opts.verify)?;
+    let (blobs, blobs_hashed) = match data_layer {
+        None => check_blobs(m, digest, store, opts.verify)?,
+        Some(_) => (blobs_of(m).len(), 0),
+    };
     let (image, image_written) = cached_image(m, digest, store)?;
     let img = std::fs::File::open(&image).map_err(cache_err(&image))?;
 
@@ -338,11 +373,18 @@ pub fn mount(
     })?;
     drop(img);
 
-    ovl.set("source", SOURCE)?;
+    ovl.set("source", data_layer.map_or(SOURCE, |(_, s)| s))?;
     ovl.set_layer("lowerdir+", lower.as_fd(), &image)
         .map_err(|e| unsupported("the kernel's overlayfs lacks lowerdir+ (Linux 6.8 and later)", e))?;
-    let data = sys::read::open_dir_path(store.root())?;
-    ovl.set_layer("datadir+", data.as_fd(), store.root())
+    let data;
+    let data_fd = match data_layer {
+        Some((fd, _)) => fd,
+        None => {
+            data = sys::read::open_dir_path(store.root())?;
+            data.as_fd()
+        }
+    };
+    ovl.set_layer("datadir+", data_fd, store.root())
         .map_err(|e| unsupported("the kernel's overlayfs lacks data-only layers (Linux 6.8 and later)", e))?;
     ovl.set("metacopy", "on")?;
     ovl.set("redirect_dir", "on")?;
@@ -380,20 +422,33 @@ fn root_meta(m: &Manifest, fd: rustix::fd::BorrowedFd<'_>, upper: &Path) -> Resu
 /// Unmounts a tree `mount` made at `target` (the image goes with it).
 /// Anything else mounted there is left alone and named in the error.
 pub fn umount(target: &Path) -> Result<(), MountError> {
+    umount_any(target).map(|_| ())
+}
+
+/// [`umount`] of a mount [`mount`] or [`mount_with_data`] made; for a
+/// lazy mount (source [`LAZY_SOURCE`]) returns the pid serving its data
+/// layer, whose session ends once the overlay is gone.
+pub fn umount_any(target: &Path) -> Result<Option<u32>, MountError> {
     let canon = std::fs::canonicalize(target).map_err(cache_err(target))?;
     let info = std::fs::read("/proc/self/mountinfo").map_err(cache_err(Path::new("/proc/self/mountinfo")))?;
     let want = canon.as_os_str().as_encoded_bytes();
     // the last line for a mount point is the mount on top
     let top = info.split(|&b| b == b'\n').filter_map(parse_mountinfo).rfind(|(mp, _, _)| mp == want);
-    match top {
-        Some((_, fstype, source)) if fstype == b"overlay" && source == SOURCE.as_bytes() => Ok(detach(target)?),
+    match &top {
+        Some((_, fstype, source)) if fstype == b"overlay" && source == SOURCE.as_bytes() => {
+            detach(target)?;
+            Ok(None)
+        }
+        Some((_, fstype, source))
+            if fstype == b"overlay"
+                && let Some(pid) = source.strip_prefix(LAZY_SOURCE.as_bytes()) =>
+        {
+            detach(target)?;
+            Ok(std::str::from_utf8(pid).ok().and_then(|p| p.parse().ok()))
+        }
         Some((_, fstype, source)) => Err(MountError::NotOurs {
             target: target.into(),
-            found: Some(format!(
-                "a {} mount of {}",
-                String::from_utf8_lossy(&fstype),
-                String::from_utf8_lossy(&source)
-            )),
+            found: Some(format!("a {} mount of {}", String::from_utf8_lossy(fstype), String::from_utf8_lossy(source))),
         }),
         None => Err(MountError::NotOurs { target: target.into(), found: None }),
     }

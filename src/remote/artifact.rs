@@ -30,6 +30,23 @@ use crate::oci::media::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Media type of an access list layer: the paths (one a line, relative
+/// to the root) a first run read, in the order it read them, which a pull
+/// or a lazy mount fetches first (see `ocix push --prefetch`).
+pub const OCIX_ACCESS: &str = "application/vnd.ocix.access.v1";
+/// Largest access list accepted from a remote, in bytes.
+pub const MAX_ACCESS: u64 = 16 << 20;
+
+/// Media type of the ocix manifest blob compressed with zstd: a layer
+/// beside the plain one (which readers that predate it use), named by the
+/// plain blob's digest in the annotation [`ANN_MANIFEST`]; a pull fetches
+/// it instead, decodes it (at most the plain layer's size) and checks the
+/// result against that digest.
+pub const OCIX_MANIFEST_ZSTD: &str = "application/vnd.ocix.manifest.v1+cbor+zstd";
+/// Annotation of the compressed manifest layer: the plain manifest's
+/// digest.
+pub const ANN_MANIFEST: &str = "io.ocix.manifest.digest";
+
 /// The empty config's content.
 pub const EMPTY_CONFIG: &[u8] = b"{}";
 /// Default most layers in one manifest (about 2.8 MB of JSON).
@@ -168,13 +185,15 @@ impl FileLayer {
 /// digest first (blob lists), then the one to PUT under the tag.
 /// `ocix` describes the ocix manifest blob, `packs` the packs of the blobs
 /// of at most `threshold` bytes (see [`pack`](super::pack)), `files` the
-/// other file blobs in manifest order.
+/// other file blobs in manifest order; `extra` layers (an access list)
+/// follow the packs.
 pub fn build(
     ocix: &Descriptor,
     packs: &[PackLayer],
     threshold: u64,
     files: &[FileLayer],
     per_manifest: usize,
+    extra: &[Descriptor],
 ) -> (Vec<Doc>, Doc) {
     let per = per_manifest.max(1);
     let manifest = |artifact: &str, layers: Vec<Descriptor>, ann: Option<BTreeMap<String, String>>| Doc {
@@ -190,6 +209,7 @@ pub fn build(
     };
     let mut head = vec![ocix.clone()];
     head.extend(packs.iter().map(PackLayer::descriptor));
+    head.extend(extra.iter().cloned());
     let ann = Some(BTreeMap::from([(ANN_THRESHOLD.to_string(), threshold.to_string())]));
     if files.len() + head.len() <= per {
         head.extend(files.iter().map(FileLayer::descriptor));
@@ -238,6 +258,11 @@ pub struct Layout {
     /// digest, registry size). Blobs not listed are fetched by their own
     /// digest.
     pub zstd: Vec<(Digest, Digest, u64)>,
+    /// The access list blob ([`OCIX_ACCESS`]) and its size, if any.
+    pub access: Option<(Digest, u64)>,
+    /// The manifest blob's zstd form ([`OCIX_MANIFEST_ZSTD`]) and its
+    /// size, if the artifact has one for this manifest.
+    pub manifest_zstd: Option<(Digest, u64)>,
 }
 
 /// How [`find`]'s complaint about an ordinary image (not an ocix
@@ -390,6 +415,16 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, ArtifactError> {
                 threshold,
                 packs,
                 zstd: zstd_files(&m.layers)?,
+                manifest_zstd: match m.layers.iter().find(|z| {
+                    z.media_type == OCIX_MANIFEST_ZSTD && ann(&z.annotations, ANN_MANIFEST) == Some(&l.digest)
+                }) {
+                    Some(z) => Some((parse_digest(&z.digest)?, z.size)),
+                    None => None,
+                },
+                access: match m.layers.iter().find(|l| l.media_type == OCIX_ACCESS) {
+                    Some(a) => Some((parse_digest(&a.digest)?, a.size)),
+                    None => None,
+                },
             }))
         }
         _ => Err(ArtifactError::NotOcix { artifact_type: m.artifact_type }),
@@ -413,7 +448,7 @@ mod tests {
         ];
         let mut f = files(3);
         f[1].zstd = Some((Digest::of(b"z"), 1));
-        let (first, top) = build(&o, &packs, 5, &f, 10);
+        let (first, top) = build(&o, &packs, 5, &f, 10, &[]);
         assert!(first.is_empty());
         assert_eq!(top.media_type, OCI_MANIFEST);
         let m: ImageManifest = serde_json::from_slice(&top.bytes).unwrap();
@@ -428,6 +463,8 @@ mod tests {
             threshold: 5,
             packs,
             zstd: vec![(f[1].digest, Digest::of(b"z"), 1)],
+            access: None,
+            manifest_zstd: None,
         };
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Ocix(want));
     }
@@ -437,18 +474,43 @@ mod tests {
         let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
         let mut f = files(25);
         f[24].zstd = Some((Digest::of(b"z"), 3));
-        let (first, top) = build(&o, &[], 0, &f, 10);
+        let (first, top) = build(&o, &[], 0, &f, 10, &[]);
         assert_eq!(first.len(), 4); // 3 parts + the main artifact
         assert_eq!(top.media_type, OCI_INDEX);
         let main = first.last().unwrap();
         let lists: Vec<Digest> = first[..3].iter().map(|d| Digest::of(&d.bytes)).collect();
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Index { ocix: Digest::of(&main.bytes), lists });
-        let want = Layout { manifest: Digest::of(b"m"), size: 1, threshold: 0, packs: vec![], zstd: vec![] };
+        let want = Layout {
+            manifest: Digest::of(b"m"),
+            size: 1,
+            threshold: 0,
+            packs: vec![],
+            zstd: vec![],
+            access: None,
+            manifest_zstd: None,
+        };
         assert_eq!(find(&main.bytes, "").unwrap(), Found::Ocix(want));
         assert_eq!(blob_list(&first[2].bytes).unwrap(), vec![(f[24].digest, Digest::of(b"z"), 3)]);
         let total: usize =
             first[..3].iter().map(|p| serde_json::from_slice::<ImageManifest>(&p.bytes).unwrap().layers.len()).sum();
         assert_eq!(total, 25);
+    }
+
+    #[test]
+    fn a_compressed_manifest_layer_is_found_only_for_its_manifest() {
+        let o = Descriptor::new(MEDIA_TYPE, &Digest::of(b"m"), 1);
+        let mut z = Descriptor::new(OCIX_MANIFEST_ZSTD, &Digest::of(b"z"), 9);
+        z.annotations = Some(BTreeMap::from([(ANN_MANIFEST.to_string(), Digest::of(b"m").to_string())]));
+        let a = Descriptor::new(OCIX_ACCESS, &Digest::of(b"a"), 4);
+        let (_, top) = build(&o, &[], 0, &files(2), 10, &[z.clone(), a]);
+        let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
+        assert_eq!(l.manifest_zstd, Some((Digest::of(b"z"), 9)));
+        assert_eq!(l.access, Some((Digest::of(b"a"), 4)));
+        // one that names another manifest is not used
+        z.annotations = Some(BTreeMap::from([(ANN_MANIFEST.to_string(), Digest::of(b"x").to_string())]));
+        let (_, top) = build(&o, &[], 0, &files(2), 10, &[z]);
+        let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
+        assert_eq!(l.manifest_zstd, None);
     }
 
     #[test]
@@ -465,7 +527,7 @@ mod tests {
         let packs = [PackLayer { digest: Digest::of(b"q"), size: 9, count: 2, frames: Some(vec![4, 5]) }];
         let mut f = files(2);
         f[1].zstd = Some((Digest::of(b"z"), 1));
-        let (_, top) = build(&o, &packs, 5, &f, 10);
+        let (_, top) = build(&o, &packs, 5, &f, 10, &[]);
         let good = String::from_utf8(top.bytes).unwrap();
         for (from, to) in [
             ("\"4,5\"", "\"4,6\""),

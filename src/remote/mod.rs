@@ -14,6 +14,8 @@
 //!   members, decoded from their wire form.
 //! - [`image`]: an ordinary OCI/Docker image imported from a registry,
 //!   its layers streamed through the layout import's pipeline.
+//! - [`lazy`] and [`lazyfs`]: blobs fetched when first read, served by a
+//!   FUSE data layer under a lazy mount (`ocix mount docker://...`).
 //! - [`artifact`]: the OCI manifest that carries an ocix manifest.
 //! - [`pack`]: small blobs grouped into packs, fetched by byte range.
 //! - [`wire`]: zstd on the wire, decoded as it arrives.
@@ -28,6 +30,8 @@ pub mod auth;
 pub mod client;
 pub mod fetch;
 pub mod image;
+pub mod lazy;
+pub mod lazyfs;
 pub mod pack;
 pub mod pull;
 pub mod push;

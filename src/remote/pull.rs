@@ -97,22 +97,32 @@ pub fn pull_with(
 }
 
 /// The ocix manifest and how the artifact carries its blobs.
-struct Fetched {
-    bytes: Vec<u8>,
-    digest: Digest,
-    threshold: u64,
-    packs: Vec<PackLayer>,
+pub(crate) struct Fetched {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) digest: Digest,
+    pub(crate) threshold: u64,
+    pub(crate) packs: Vec<PackLayer>,
     /// Compressed file blobs: content digest -> (registry digest, size).
-    zstd: HashMap<Digest, (Digest, u64)>,
+    pub(crate) zstd: HashMap<Digest, (Digest, u64)>,
+    /// The artifact's access list: paths, in the order a first run read
+    /// them.
+    pub(crate) access: Vec<Vec<u8>>,
 }
 
-async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<Fetched, RemoteError> {
-    let (d, size, threshold, packs, zstd) = match client.remote() {
+/// The paths of an access list: one a line, relative to the root (a
+/// leading `/` is dropped), empty lines skipped.
+pub fn parse_paths(list: &[u8]) -> Vec<Vec<u8>> {
+    list.split(|&b| b == b'\n').map(|l| l.strip_prefix(b"/").unwrap_or(l).to_vec()).filter(|l| !l.is_empty()).collect()
+}
+
+pub(crate) async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<Fetched, RemoteError> {
+    let mut zmanifest = None;
+    let (d, size, threshold, packs, zstd, access) = match client.remote() {
         Remote::Http(base) => {
             let d = opts
                 .manifest
                 .ok_or_else(|| RemoteError::Protocol { url: base.clone(), why: ProtocolError::NoManifestDigest })?;
-            (d, None, 0, Vec::new(), Vec::new())
+            (d, None, 0, Vec::new(), Vec::new(), None)
         }
         Remote::Registry(r) => {
             let mut target = r.target();
@@ -142,20 +152,40 @@ async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> R
                 let url = format!("{}@{l}", client.remote_name());
                 zstd.extend(artifact::blob_list(&bytes).map_err(|err| RemoteError::Format { url, err })?);
             }
-            (layout.manifest, Some(layout.size), layout.threshold, layout.packs, zstd)
+            zmanifest = layout.manifest_zstd;
+            (layout.manifest, Some(layout.size), layout.threshold, layout.packs, zstd, layout.access)
         }
     };
     let url = client.blob_url(&d);
     if size.is_some_and(|s| s > MAX_MANIFEST) {
         return Err(RemoteError::TooLarge { url, limit: MAX_MANIFEST });
     }
-    let bytes = client.get_blob_bytes(&d, size.unwrap_or(MAX_MANIFEST)).await?;
+    let limit = size.unwrap_or(MAX_MANIFEST);
+    let bytes = match zmanifest {
+        Some((z, n)) if n <= MAX_MANIFEST => {
+            let wire = client.get_blob_bytes(&z, n).await?;
+            // at most the plain blob's size; anything else than the
+            // manifest named is not used (the plain blob is fetched)
+            match zstd::bulk::decompress(&wire, limit as usize) {
+                Ok(b) if Digest::of(&b) == d => b,
+                _ => client.get_blob_bytes(&d, limit).await?,
+            }
+        }
+        _ => client.get_blob_bytes(&d, limit).await?,
+    };
     store.put_bytes(&bytes)?;
     let mut map = HashMap::new();
     for (content, wire, size) in zstd {
         map.entry(content).or_insert((wire, size));
     }
-    Ok(Fetched { bytes, digest: d, threshold, packs, zstd: map })
+    let access = match access {
+        Some((a, n)) if n > artifact::MAX_ACCESS => {
+            return Err(RemoteError::TooLarge { url: client.blob_url(&a), limit: artifact::MAX_ACCESS });
+        }
+        Some((a, n)) => parse_paths(&client.get_blob_bytes(&a, n).await?),
+        None => Vec::new(),
+    };
+    Ok(Fetched { bytes, digest: d, threshold, packs, zstd: map, access })
 }
 
 /// One unit of work: a blob on its own (by its own digest, or by the
@@ -190,7 +220,7 @@ async fn pull_async(
     opts: &PullOptions,
     on_manifest: impl FnOnce(&Manifest),
 ) -> Result<PullReport, RemoteError> {
-    let Fetched { bytes: manifest_bytes, digest: manifest_digest, threshold, packs, zstd } =
+    let Fetched { bytes: manifest_bytes, digest: manifest_digest, threshold, packs, zstd, access } =
         fetch_manifest(client, store, opts).await?;
     let manifest = Manifest::from_bytes(&manifest_bytes)
         .map_err(|err| RemoteError::Manifest { url: client.blob_url(&manifest_digest), err })?;
@@ -201,7 +231,9 @@ async fn pull_async(
     } else {
         pack::members(&all, threshold, &packs).map_err(|err| RemoteError::Packs { url: client.remote_name(), err })?
     };
-    let (first, prefetch_unknown) = prefetch_blobs(&manifest, &opts.prefetch);
+    // the caller's paths first, then the artifact's access list
+    let (mut first, prefetch_unknown) = prefetch_blobs(&manifest, &opts.prefetch);
+    first.extend(prefetch_blobs(&manifest, &access).0);
     // rank: prefetch position first, then manifest order
     let mut rank: HashMap<Digest, usize> = HashMap::new();
     for (i, (d, _)) in first.iter().enumerate() {
@@ -328,7 +360,7 @@ async fn pull_async(
 
 /// The blobs of the prefetch paths (hardlinks followed to their file), in
 /// the list's order, and the paths that name no file with content.
-fn prefetch_blobs(m: &Manifest, paths: &[Vec<u8>]) -> (Vec<(Digest, u64)>, Vec<Vec<u8>>) {
+pub(crate) fn prefetch_blobs(m: &Manifest, paths: &[Vec<u8>]) -> (Vec<(Digest, u64)>, Vec<Vec<u8>>) {
     let mut out = Vec::new();
     let mut unknown = Vec::new();
     for p in paths {

@@ -15,6 +15,10 @@ use crate::store::{Store, StoreError};
 use futures_util::StreamExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The zstd level the manifest blob is compressed with (once per push,
+/// a few MB at most).
+const MANIFEST_LEVEL: i32 = 12;
+
 /// How to push.
 #[derive(Clone, Debug)]
 pub struct PushOptions {
@@ -32,6 +36,11 @@ pub struct PushOptions {
     /// Send file blobs and packs zstd-compressed where that saves bytes
     /// (see [`wire`]).
     pub compress: bool,
+    /// An access list (paths, one a line, in the order a first run read
+    /// them) stored with the artifact as a layer of media type
+    /// [`OCIX_ACCESS`](artifact::OCIX_ACCESS): a pull or a lazy mount
+    /// fetches those paths' blobs first.
+    pub access: Option<Vec<u8>>,
 }
 
 impl Default for PushOptions {
@@ -43,6 +52,7 @@ impl Default for PushOptions {
             pack_threshold: pack::DEFAULT_THRESHOLD,
             progress: Progress::default(),
             compress: true,
+            access: None,
         }
     }
 }
@@ -125,8 +135,35 @@ pub fn push(
                 client.upload_blob(&d, data.len() as u64, Upload::Bytes(data)).await?;
             }
         }
+        let mut extra = Vec::new();
+        if opts.compress {
+            // the manifest is a tenth of what a lazy mount's first command
+            // fetches: it travels compressed too, beside the plain blob
+            // that readers predating the compressed layer use
+            let z = zstd::bulk::compress(manifest_bytes, MANIFEST_LEVEL)
+                .map_err(|err| RemoteError::Io { path: "compressing the manifest".into(), err })?;
+            if wire::worth_it(z.len() as u64, manifest_bytes.len() as u64) {
+                let zd = Digest::of(&z);
+                if !client.has_blob(&zd).await? {
+                    client.upload_blob(&zd, z.len() as u64, Upload::Bytes(&z)).await?;
+                }
+                let mut desc = Descriptor::new(artifact::OCIX_MANIFEST_ZSTD, &zd, z.len() as u64);
+                desc.annotations = Some(std::collections::BTreeMap::from([(
+                    artifact::ANN_MANIFEST.into(),
+                    manifest_digest.to_string(),
+                )]));
+                extra.push(desc);
+            }
+        }
+        if let Some(list) = &opts.access {
+            let d = Digest::of(list);
+            if !client.has_blob(&d).await? {
+                client.upload_blob(&d, list.len() as u64, Upload::Bytes(list)).await?;
+            }
+            extra.push(Descriptor::new(artifact::OCIX_ACCESS, &d, list.len() as u64));
+        }
         let (first, top) =
-            artifact::build(&ocix, &pack_layers, opts.pack_threshold, &file_layers, opts.layers_per_manifest);
+            artifact::build(&ocix, &pack_layers, opts.pack_threshold, &file_layers, opts.layers_per_manifest, &extra);
         for doc in &first {
             client.put_manifest(&Digest::of(&doc.bytes).to_string(), doc.media_type, &doc.bytes).await?;
         }

@@ -100,3 +100,26 @@ pub fn attach(mnt: BorrowedFd<'_>, target: &Path) -> Result<()> {
 pub fn detach(target: &Path) -> Result<()> {
     super::call("umount2", || target.display().to_string(), || unmount(target, UnmountFlags::NOFOLLOW))
 }
+
+/// Opens `/dev/fuse` and mounts a FUSE filesystem on it, detached
+/// (`fsopen("fuse")`, `fd=`, `rootmode=`, the caller's uid and gid,
+/// `allow_other`, read-only): returns the device fd (for the session that
+/// serves the filesystem; the kernel has queued its INIT request on it) and
+/// the detached mount. `source` is what mount tables show.
+pub fn fuse_detached(source: &str) -> Result<(OwnedFd, OwnedFd)> {
+    let dev = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| SysError::new("open", "/dev/fuse", e))?;
+    let ctx = FsContext::open("fuse")?;
+    ctx.set("source", source)?;
+    ctx.set("fd", &dev.as_raw_fd().to_string())?;
+    ctx.set("rootmode", "40000")?;
+    ctx.set("user_id", &rustix::process::getuid().as_raw().to_string())?;
+    ctx.set("group_id", &rustix::process::getgid().as_raw().to_string())?;
+    ctx.flag("allow_other")?;
+    let mnt = ctx.mount_detached(true)?;
+    Ok((dev, mnt))
+}

@@ -1,0 +1,427 @@
+//! Lazy fetching: a remote ocix artifact whose file blobs come into the
+//! store when they are first needed (see [`lazyfs`](super::lazyfs), the
+//! filesystem that serves them, and `ocix mount docker://...`).
+//!
+//! [`Lazy::open`] fetches only the artifact and the ocix manifest (what a
+//! pull fetches first) and its access list, if it has one. Then
+//! [`Lazy::ensure`] brings one blob: on its own, or with the neighbouring
+//! members of its pack that the store lacks, in one `Range` request
+//! bounded by [`DEMAND_SPAN`] wire bytes (when the artifact carries an
+//! access list, only neighbours the list names: a run that follows the
+//! list fetches nothing it does not read). Every blob is verified against
+//! its sha256 by the store's writer before it is named, so a store holds
+//! only verified blobs whatever happens to the process; a blob that was
+//! already in the store is hashed once before its first byte is served.
+//! Two readers of one blob wait for one fetch; a failed fetch is reported
+//! to the reader (and the log), and the next read tries again.
+//! [`Lazy::background`] fills the rest with bounded concurrency, access
+//! list first, then manifest order.
+
+use super::client::Client;
+use super::fetch::{fetch_blob, fetch_run};
+use super::pack::{self, Members};
+use super::pull::{Fetched, fetch_manifest, prefetch_blobs};
+use super::{PullOptions, Remote, RemoteError, file_blobs, runtime};
+use crate::manifest::{Digest, Kind, Manifest};
+use crate::store::{Store, Verifier};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+
+/// Most wire bytes a demand fetch brings from a pack (the blob read and
+/// its missing neighbours).
+pub const DEMAND_SPAN: u64 = 16 << 10;
+
+/// Where a blob's bytes are in the artifact.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// A layer of its own, by its digest or that of its zstd form.
+    Single(Option<(Digest, u64)>),
+    /// Member `k` of pack `pack`.
+    Member { pack: usize, k: usize },
+}
+
+/// One file blob of the manifest.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    /// Content digest.
+    pub digest: Digest,
+    /// Content size.
+    pub size: u64,
+    /// The first path naming it, in manifest order (what an access list
+    /// records).
+    pub path: Vec<u8>,
+    place: Place,
+}
+
+/// What one fetch brings.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// The blob on its own.
+    Single,
+    /// Members `lo..hi` of pack `pack`.
+    Run { pack: usize, lo: usize, hi: usize },
+}
+
+#[derive(Default)]
+struct State {
+    inflight: HashSet<usize>,
+    verified: HashSet<usize>,
+}
+
+/// Where the access record goes.
+struct Recorder {
+    file: std::fs::File,
+    seen: HashSet<usize>,
+}
+
+/// A remote artifact served lazily from a store.
+pub struct Lazy {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    store: Store,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    manifest_digest: Digest,
+    blobs: Vec<Blob>,
+    index: HashMap<Digest, usize>,
+    packs: Vec<Members>,
+    /// Blobs an access list names (`None`: no list).
+    access: Option<HashSet<usize>>,
+    /// Background order: access list first, then manifest order.
+    order: Vec<usize>,
+    state: Mutex<State>,
+    cond: Condvar,
+    log: Box<dyn Fn(&str) + Send + Sync>,
+    record: Option<Mutex<Recorder>>,
+    bytes: AtomicU64,
+    fetched: AtomicUsize,
+}
+
+/// How a lazy source fetches.
+pub struct LazyOptions {
+    /// Connection settings, and paths to fetch first (`prefetch`, before
+    /// the artifact's access list).
+    pub pull: PullOptions,
+    /// Where errors and what was fetched are told (one line each).
+    pub log: Box<dyn Fn(&str) + Send + Sync>,
+    /// Write the paths of the files opened, in first-access order, one a
+    /// line, to this file (flushed line by line).
+    pub record_access: Option<std::fs::File>,
+}
+
+impl Lazy {
+    /// Fetches `remote`'s artifact and ocix manifest (kept in `store`), and
+    /// its access list; no file blob yet.
+    pub fn open(remote: &Remote, store: Store, opts: LazyOptions) -> Result<Lazy, RemoteError> {
+        let rt = runtime()?;
+        let mut client = Client::new(remote.clone(), opts.pull.remote.clone(), false)?;
+        let fetched: Fetched = rt.block_on(async {
+            client.resolve_scheme().await;
+            fetch_manifest(&client, &store, &opts.pull).await
+        })?;
+        let manifest = Manifest::from_bytes(&fetched.bytes)
+            .map_err(|err| RemoteError::Manifest { url: client.blob_url(&fetched.digest), err })?;
+        let all = file_blobs(&manifest);
+        let packs = if fetched.packs.is_empty() {
+            Vec::new()
+        } else {
+            pack::members(&all, fetched.threshold, &fetched.packs)
+                .map_err(|err| RemoteError::Packs { url: client.remote_name(), err })?
+        };
+        let index: HashMap<Digest, usize> = all.iter().enumerate().map(|(i, (d, _))| (*d, i)).collect();
+        let mut blobs: Vec<Blob> = all
+            .iter()
+            .map(|&(d, size)| Blob {
+                digest: d,
+                size,
+                path: Vec::new(),
+                place: Place::Single(fetched.zstd.get(&d).copied()),
+            })
+            .collect();
+        for (p, (_, _, members)) in packs.iter().enumerate() {
+            for (k, m) in members.iter().enumerate() {
+                if let Some(&i) = index.get(&m.digest) {
+                    blobs[i].place = Place::Member { pack: p, k };
+                }
+            }
+        }
+        for (path, e) in manifest.walk() {
+            if let Kind::File(f) = &e.kind
+                && let Some(d) = f.digest
+                && let Some(&i) = index.get(&d)
+                && blobs[i].path.is_empty()
+            {
+                blobs[i].path = path;
+            }
+        }
+        let mut first_paths = opts.pull.prefetch.clone();
+        first_paths.extend(fetched.access.iter().cloned());
+        let (first, _) = prefetch_blobs(&manifest, &first_paths);
+        let mut order = Vec::with_capacity(blobs.len());
+        let mut seen = vec![false; blobs.len()];
+        for (d, _) in &first {
+            if let Some(&i) = index.get(d)
+                && !std::mem::replace(&mut seen[i], true)
+            {
+                order.push(i);
+            }
+        }
+        let access = (!first_paths.is_empty()).then(|| order.iter().copied().collect::<HashSet<usize>>());
+        order.extend((0..blobs.len()).filter(|&i| !seen[i]));
+        let record = opts.record_access.map(|file| Mutex::new(Recorder { file, seen: HashSet::new() }));
+        Ok(Lazy {
+            rt,
+            client,
+            store,
+            manifest,
+            manifest_bytes: fetched.bytes,
+            manifest_digest: fetched.digest,
+            blobs,
+            index,
+            packs,
+            access,
+            order,
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+            log: opts.log,
+            record,
+            bytes: AtomicU64::new(0),
+            fetched: AtomicUsize::new(0),
+        })
+    }
+
+    /// The decoded manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Its bytes, as fetched.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// Their digest.
+    pub fn manifest_digest(&self) -> &Digest {
+        &self.manifest_digest
+    }
+
+    /// The store blobs go into.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The distinct file blobs, in manifest order.
+    pub fn blobs(&self) -> &[Blob] {
+        &self.blobs
+    }
+
+    /// The index of blob `d` in [`blobs`](Self::blobs).
+    pub fn find(&self, d: &Digest) -> Option<usize> {
+        self.index.get(d).copied()
+    }
+
+    /// Bytes received for blobs so far, and blobs fetched.
+    pub fn fetched(&self) -> (u64, usize) {
+        (self.bytes.load(Ordering::Relaxed), self.fetched.load(Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes sure blob `i` is in the store: fetched (with neighbours, see
+    /// the module doc) unless it is there or being fetched by another
+    /// caller, whose fetch is waited for. `background` fetches take whole
+    /// runs of missing pack members.
+    pub fn ensure(&self, i: usize, background: bool) -> Result<(), RemoteError> {
+        let mut st = self.lock();
+        loop {
+            if st.verified.contains(&i) {
+                return Ok(());
+            }
+            if st.inflight.contains(&i) {
+                st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            if self.store.has(&self.blobs[i].digest) {
+                return Ok(());
+            }
+            // the whole run is claimed at once: no other caller fetches
+            // any of its blobs meanwhile, each waits for this fetch
+            let plan = self.plan(i, background, &st);
+            let run: Vec<usize> = match plan {
+                Plan::Single => vec![i],
+                Plan::Run { pack, lo, hi } => {
+                    self.packs[pack].2[lo..hi].iter().filter_map(|m| self.index.get(&m.digest).copied()).collect()
+                }
+            };
+            st.inflight.extend(run.iter().copied());
+            drop(st);
+            let before = self.bytes.load(Ordering::Relaxed);
+            let r = self.fetch(i, plan);
+            if r.is_ok() && !background {
+                let b = &self.blobs[i];
+                (self.log)(&format!(
+                    "fetched blob {} ({}) on first read, with {} neighbour(s), {} bytes",
+                    b.digest,
+                    crate::manifest::path_display(&b.path),
+                    run.len() - 1,
+                    self.bytes.load(Ordering::Relaxed).saturating_sub(before)
+                ));
+            }
+            let mut st = self.lock();
+            for j in &run {
+                st.inflight.remove(j);
+            }
+            if r.is_ok() {
+                st.verified.extend(run.iter().copied());
+            }
+            self.cond.notify_all();
+            return r;
+        }
+    }
+
+    /// What to fetch for blob `i`: itself, or the run of its pack's
+    /// members around it that are missing and not being fetched, within
+    /// [`DEMAND_SPAN`] (a whole pack's worth in the background), and
+    /// without members an access list leaves out (on demand).
+    fn plan(&self, i: usize, background: bool, st: &State) -> Plan {
+        let Place::Member { pack, k } = self.blobs[i].place else { return Plan::Single };
+        let members = &self.packs[pack].2;
+        let span = if background { pack::PACK_MAX } else { DEMAND_SPAN };
+        let wanted = |j: usize| -> bool {
+            let Some(&n) = self.index.get(&members[j].digest) else { return false };
+            if !background && self.access.as_ref().is_some_and(|a| !a.contains(&n)) {
+                return false;
+            }
+            !st.verified.contains(&n) && !st.inflight.contains(&n) && !self.store.has(&members[j].digest)
+        };
+        let (mut lo, mut hi, mut len) = (k, k + 1, members[k].len);
+        while hi < members.len() && len.saturating_add(members[hi].len) <= span && wanted(hi) {
+            len += members[hi].len;
+            hi += 1;
+        }
+        while lo > 0 && len.saturating_add(members[lo - 1].len) <= span && wanted(lo - 1) {
+            lo -= 1;
+            len += members[lo].len;
+        }
+        Plan::Run { pack, lo, hi }
+    }
+
+    /// Fetches what `plan` says for blob `i`.
+    fn fetch(&self, i: usize, plan: Plan) -> Result<(), RemoteError> {
+        let progress = |n: u64| {
+            self.bytes.fetch_add(n, Ordering::Relaxed);
+        };
+        let h = self.rt.handle();
+        let n = match plan {
+            Plan::Single => {
+                let b = &self.blobs[i];
+                let via = match b.place {
+                    Place::Single(via) => via,
+                    Place::Member { .. } => None,
+                };
+                h.block_on(fetch_blob(&self.client, &b.digest, b.size, via, &self.store, &progress))?;
+                1
+            }
+            Plan::Run { pack, lo, hi } => {
+                let (pd, coding, members) = &self.packs[pack];
+                h.block_on(fetch_run(&self.client, pd, *coding, &members[lo..hi], &self.store, &progress))?;
+                hi - lo
+            }
+        };
+        self.fetched.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Blob `i` ready to serve: fetched if missing, hashed if it was in the
+    /// store before and not yet checked, its path recorded (see
+    /// [`LazyOptions::record_access`]). Errors are logged too.
+    pub fn open_blob(&self, i: usize) -> Result<std::fs::File, RemoteError> {
+        let r = self.open_verified(i);
+        match &r {
+            Ok(_) => self.record(i),
+            Err(e) => {
+                let b = &self.blobs[i];
+                (self.log)(&format!("error: blob {} ({}): {e}", b.digest, crate::manifest::path_display(&b.path)));
+            }
+        }
+        r
+    }
+
+    fn open_verified(&self, i: usize) -> Result<std::fs::File, RemoteError> {
+        self.ensure(i, false)?;
+        let b = &self.blobs[i];
+        let mut f = std::fs::File::from(self.store.open_blob(&b.digest)?);
+        if !self.lock().verified.contains(&i) {
+            let shown = self.store.blob_path(&b.digest).display().to_string();
+            let mut v = Verifier::new(b.digest, b.size);
+            let mut buf = vec![0u8; 1 << 18];
+            loop {
+                let n = f.read(&mut buf).map_err(|err| RemoteError::Io { path: shown.clone(), err })?;
+                if n == 0 {
+                    break;
+                }
+                v.update(&buf[..n]);
+            }
+            v.finish(&shown).map_err(RemoteError::Store)?;
+            self.lock().verified.insert(i);
+        }
+        Ok(f)
+    }
+
+    fn record(&self, i: usize) {
+        let Some(r) = &self.record else { return };
+        let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+        if r.seen.insert(i) {
+            let mut line = self.blobs[i].path.clone();
+            line.push(b'\n');
+            if let Err(e) = r.file.write_all(&line) {
+                (self.log)(&format!("error: writing the access record: {e}"));
+            }
+        }
+    }
+
+    /// Fetches every blob the store lacks, `jobs` at a time, in priority
+    /// order, until done or `stop` is set; a blob that fails is logged and
+    /// left for a later read. Returns when finished.
+    pub fn background(&self, jobs: usize, stop: &AtomicBool) {
+        let next = AtomicUsize::new(0);
+        let failed = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..jobs.max(1) {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(&i) = self.order.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        if self.store.has(&self.blobs[i].digest) {
+                            continue;
+                        }
+                        if let Err(e) = self.ensure(i, true) {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            let b = &self.blobs[i];
+                            (self.log)(&format!(
+                                "error: background fetch of blob {} ({}): {e}",
+                                b.digest,
+                                crate::manifest::path_display(&b.path)
+                            ));
+                        }
+                    }
+                });
+            }
+        });
+        if !stop.load(Ordering::Relaxed) {
+            let (bytes, n) = self.fetched();
+            let failed = failed.load(Ordering::Relaxed);
+            (self.log)(&format!(
+                "background prefetch done: {n} blobs fetched ({bytes} bytes) in all, {failed} failed (fetched when read)"
+            ));
+        }
+    }
+
+    /// Whether every blob is in the store.
+    pub fn complete(&self) -> bool {
+        self.blobs.iter().all(|b| self.store.has(&b.digest))
+    }
+}

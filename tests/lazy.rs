@@ -1,0 +1,488 @@
+//! Lazy mounts (`ocix mount docker://... MNT --store S`) against a real
+//! docker-registry on 127.0.0.1: a first read fetches only what it reads;
+//! a blob with wrong bytes in the registry gives EIO and stores nothing,
+//! and a later read retries; a registry that stops gives EIO, then reads
+//! succeed once it is back; a killed daemon leaves only verified blobs and
+//! a new mount reuses them; the access record lists the files read and,
+//! pushed with `--prefetch`, keeps a demand fetch to the blobs it names;
+//! background prefetch completes the store; the manifest travels as its
+//! zstd layer; `ocix umount` ends the daemon;
+//! `unpack --image docker://... --mount --lazy` makes a bundle.
+//! Mounting needs root, /dev/fuse and docker-registry: elsewhere each test
+//! says it was skipped.
+
+mod common;
+
+use common::net::{hex_of, ocix};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn can_run() -> bool {
+    if !common::is_root() {
+        eprintln!("SKIP: lazy mounts need root");
+        return false;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: no /dev/fuse");
+        return false;
+    }
+    if Command::new("docker-registry").arg("--version").output().is_err() {
+        eprintln!("SKIP: docker-registry is not installed");
+        return false;
+    }
+    true
+}
+
+/// A docker-registry serving `DIR/data` on a port of its own, stopped on
+/// drop.
+struct Registry {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = Registry { dir: dir.to_path_buf(), port, child: None };
+        r.resume();
+        r
+    }
+
+    /// Starts it again on the same port and data (after [`stop`]).
+    fn resume(&mut self) {
+        let (dir, port) = (&self.dir, self.port);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("config.yml"), config).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while !self.answers() {
+            assert!(start.elapsed() < Duration::from_secs(20), "registry did not answer on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).is_ok() && &buf[9..12] == b"200"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self, tag: &str) -> String {
+        format!("docker://127.0.0.1:{}/ocix/lazy:{tag}", self.port)
+    }
+
+    /// The file the registry keeps blob `hex` in.
+    fn blob_file(&self, hex: &str) -> PathBuf {
+        self.dir.join(format!("data/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Unmounts on drop (and so ends the daemon), so a failed assertion
+/// leaves nothing mounted.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = common::ocix().arg("umount").arg(&self.0).output();
+    }
+}
+
+/// Content of `n` bytes, different for each `seed`.
+fn content(n: usize, seed: u64) -> Vec<u8> {
+    common::noise(n, seed)
+}
+
+/// A tree of big files (each a registry blob of its own) and small ones
+/// (packed), scanned and pushed as `ocix/lazy:v1`: (dir, big contents by
+/// name, small contents by name).
+struct Fixture {
+    t: tempfile::TempDir,
+    reg: Registry,
+    big: Vec<(&'static str, Vec<u8>)>,
+    small: Vec<(String, Vec<u8>)>,
+}
+
+fn fixture() -> Fixture {
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(tree.join("big")).unwrap();
+    std::fs::create_dir_all(tree.join("small")).unwrap();
+    let big: Vec<(&str, Vec<u8>)> =
+        ["a", "b", "c", "d"].iter().enumerate().map(|(i, n)| (*n, content(400_000 + i * 1000, i as u64 + 1))).collect();
+    for (n, c) in &big {
+        std::fs::write(tree.join("big").join(n), c).unwrap();
+    }
+    let small: Vec<(String, Vec<u8>)> =
+        (0..40).map(|i| (format!("f{i:02}"), content(3000 + i, 100 + i as u64))).collect();
+    for (n, c) in &small {
+        std::fs::write(tree.join("small").join(n), c).unwrap();
+    }
+    let (store, m) = common::net::scan_tree(t.path());
+    let reg = Registry::start(&t.path().join("registry"));
+    let (rc, err) = ocix(
+        t.path(),
+        &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &reg.url("v1"), "--compress", "none"],
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    Fixture { t, reg, big, small }
+}
+
+impl Fixture {
+    fn path(&self, p: &str) -> PathBuf {
+        self.t.path().join(p)
+    }
+
+    /// `ocix mount URL MNT --store STORE ARGS...`, which must succeed.
+    fn mount(&self, tag: &str, mnt: &str, store: &str, args: &[&str]) -> Mounted {
+        let (m, s) = (self.path(mnt), self.path(store));
+        std::fs::create_dir_all(&m).unwrap();
+        let url = self.reg.url(tag);
+        let mut all = vec!["mount", url.as_str()];
+        let (ms, ss) = (m.to_str().unwrap().to_string(), s.to_str().unwrap().to_string());
+        all.extend([ms.as_str(), "--store", ss.as_str()]);
+        all.extend(args);
+        let (rc, err) = ocix(self.t.path(), &all, &[]);
+        assert_eq!(rc, 0, "{err}");
+        Mounted(m)
+    }
+}
+
+/// The blobs (hex names) in a store, the ocix manifest's excepted.
+fn file_blobs(store: &Path, manifest_hex: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(store.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != manifest_hex)
+        .collect();
+    v.sort();
+    v
+}
+
+fn manifest_hex(f: &Fixture) -> String {
+    hex_of(&std::fs::read(f.path("m.ocix")).unwrap())
+}
+
+/// Every blob of a store hashes to its name.
+fn all_verified(store: &Path) {
+    for e in std::fs::read_dir(store.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(hex_of(&std::fs::read(e.path()).unwrap()), e.file_name().to_str().unwrap());
+    }
+}
+
+/// The pid serving the lazy mount at `mnt` (its overlay's source).
+fn daemon_pid(mnt: &Path) -> u32 {
+    let canon = std::fs::canonicalize(mnt).unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = format!(" {} ", canon.display());
+    let line = info.lines().rfind(|l| l.contains(&want)).expect("mounted");
+    let src = line.split(" - ").nth(1).unwrap().split(' ').nth(1).unwrap();
+    src.strip_prefix("ocix-lazy:").expect("a lazy mount").parse().unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+}
+
+/// The newest daemon log under a store.
+fn last_log(store: &Path) -> String {
+    let dir = store.join(".ocix-mount/lazy");
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    logs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    std::fs::read_to_string(logs.last().unwrap()).unwrap()
+}
+
+fn read_err(p: &Path) -> Option<i32> {
+    std::fs::read(p).err().map(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+#[test]
+fn a_first_read_fetches_only_what_it_reads_and_umount_ends_the_daemon() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let mnt = f.mount("v1", "mnt", "s2", &["--no-background"]);
+    let s2 = f.path("s2");
+    assert!(file_blobs(&s2, &manifest_hex(&f)).is_empty(), "mounting fetched file blobs");
+    // listing and stat fetch nothing
+    assert_eq!(std::fs::read_dir(mnt.0.join("big")).unwrap().count(), 4);
+    assert_eq!(std::fs::metadata(mnt.0.join("big/a")).unwrap().len(), f.big[0].1.len() as u64);
+    assert!(file_blobs(&s2, &manifest_hex(&f)).is_empty(), "stat fetched file blobs");
+    assert_eq!(std::fs::read(mnt.0.join("big/a")).unwrap(), f.big[0].1);
+    assert_eq!(file_blobs(&s2, &manifest_hex(&f)), vec![hex_of(&f.big[0].1)]);
+    // a small file comes with a bounded run of its pack's neighbours
+    assert_eq!(std::fs::read(mnt.0.join("small/f05")).unwrap(), f.small[5].1);
+    let got = file_blobs(&s2, &manifest_hex(&f));
+    assert!(got.contains(&hex_of(&f.small[5].1)));
+    assert!(!got.contains(&hex_of(&f.big[1].1)), "an unread big file was fetched");
+    all_verified(&s2);
+    let pid = daemon_pid(&mnt.0);
+    assert!(alive(pid));
+    let (rc, err) = ocix(f.t.path(), &["umount", mnt.0.to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!alive(pid), "the daemon outlived umount");
+    assert!(last_log(&s2).contains("unmounted"), "{}", last_log(&s2));
+}
+
+#[test]
+fn a_blob_with_wrong_bytes_is_eio_and_not_stored_and_a_later_read_retries() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let hex = hex_of(&f.big[1].1);
+    let file = f.reg.blob_file(&hex);
+    let mut bad = f.big[1].1.clone();
+    bad[1000] ^= 1;
+    std::fs::write(&file, &bad).unwrap();
+    let mnt = f.mount("v1", "mnt", "s2", &["--no-background", "--retries", "0"]);
+    let s2 = f.path("s2");
+    assert_eq!(read_err(&mnt.0.join("big/b")), Some(5), "wrong bytes must be EIO");
+    assert!(!s2.join("blobs/sha256").join(&hex).exists(), "wrong bytes were stored");
+    let log = last_log(&s2);
+    assert!(log.contains(&hex) && log.contains("big/b"), "{log}");
+    // the other files still read
+    assert_eq!(std::fs::read(mnt.0.join("big/a")).unwrap(), f.big[0].1);
+    std::fs::write(&file, &f.big[1].1).unwrap();
+    assert_eq!(std::fs::read(mnt.0.join("big/b")).unwrap(), f.big[1].1);
+    all_verified(&s2);
+}
+
+#[test]
+fn a_registry_that_stops_gives_eio_then_reads_succeed_once_it_is_back() {
+    if !can_run() {
+        return;
+    }
+    let mut f = fixture();
+    let mnt = f.mount("v1", "mnt", "s2", &["--no-background", "--retries", "0", "--timeout", "5"]);
+    assert_eq!(std::fs::read(mnt.0.join("big/a")).unwrap(), f.big[0].1);
+    f.reg.stop();
+    assert_eq!(read_err(&mnt.0.join("big/c")), Some(5), "a read with the registry gone must be EIO");
+    // what was fetched is still served
+    assert_eq!(std::fs::read(mnt.0.join("big/a")).unwrap(), f.big[0].1);
+    f.reg.resume();
+    assert_eq!(std::fs::read(mnt.0.join("big/c")).unwrap(), f.big[2].1);
+    all_verified(&f.path("s2"));
+}
+
+#[test]
+fn a_killed_daemon_leaves_only_verified_blobs_and_a_new_mount_reuses_them() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let s2 = f.path("s2");
+    {
+        let mnt = f.mount("v1", "mnt", "s2", &["--no-background"]);
+        assert_eq!(std::fs::read(mnt.0.join("big/d")).unwrap(), f.big[3].1);
+        let pid = daemon_pid(&mnt.0);
+        Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        let start = Instant::now();
+        while alive(pid) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid));
+    }
+    all_verified(&s2);
+    let had = file_blobs(&s2, &manifest_hex(&f));
+    assert!(had.contains(&hex_of(&f.big[3].1)));
+    let mnt = f.mount("v1", "mnt2", "s2", &["--no-background"]);
+    for (n, c) in &f.big {
+        assert_eq!(&std::fs::read(mnt.0.join("big").join(n)).unwrap(), c);
+    }
+    let log = last_log(&s2);
+    assert!(
+        !log.contains(&format!("fetched blob sha256:{}", hex_of(&f.big[3].1))),
+        "a stored blob was fetched again: {log}"
+    );
+    assert!(log.contains(&format!("fetched blob sha256:{}", hex_of(&f.big[0].1))), "{log}");
+}
+
+#[test]
+fn the_access_record_pushed_with_prefetch_keeps_demand_fetches_to_what_it_names() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let rec = f.path("access.txt");
+    let read = ["small/f07", "big/b", "small/f20"];
+    {
+        let mnt = f.mount("v1", "mnt", "s2", &["--no-background", "--record-access", rec.to_str().unwrap()]);
+        for p in read {
+            std::fs::read(mnt.0.join(p)).unwrap();
+        }
+        // written as it goes
+        assert_eq!(std::fs::read_to_string(&rec).unwrap(), "small/f07\nbig/b\nsmall/f20\n");
+        std::fs::read(mnt.0.join("small/f07")).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&rec).unwrap(), "small/f07\nbig/b\nsmall/f20\n");
+    let (m, s) = (f.path("m.ocix"), f.path("store"));
+    let (rc, err) = ocix(
+        f.t.path(),
+        &[
+            "push",
+            m.to_str().unwrap(),
+            "--store",
+            s.to_str().unwrap(),
+            &f.reg.url("v2"),
+            "--prefetch",
+            rec.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    // pushed compressed (the default), the manifest travels as its zstd
+    // layer: the plain blob is not even read
+    let plain = f.reg.blob_file(&manifest_hex(&f));
+    let mut spoiled = std::fs::read(&plain).unwrap();
+    spoiled[0] ^= 1;
+    std::fs::write(&plain, spoiled).unwrap();
+    let mnt = f.mount("v2", "mnt2", "s3", &["--no-background"]);
+    for p in read {
+        std::fs::read(mnt.0.join(p)).unwrap();
+    }
+    let mut want: Vec<String> = vec![hex_of(&f.small[7].1), hex_of(&f.big[1].1), hex_of(&f.small[20].1)];
+    want.sort();
+    assert_eq!(
+        file_blobs(&f.path("s3"), &manifest_hex(&f)),
+        want,
+        "a demand fetch brought blobs the list does not name"
+    );
+    drop(mnt);
+    // a pull of v2 works and brings everything
+    let (rc, err) = ocix(f.t.path(), &["pull", &f.reg.url("v2"), "--store", f.path("s4").to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(file_blobs(&f.path("s4"), &manifest_hex(&f)).len(), 44);
+}
+
+#[test]
+fn background_prefetch_completes_the_store_and_the_mount_diffs_clean() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let mnt = f.mount("v1", "mnt", "s2", &["-j", "2"]);
+    let s2 = f.path("s2");
+    let start = Instant::now();
+    while file_blobs(&s2, &manifest_hex(&f)).len() < 44 {
+        assert!(start.elapsed() < Duration::from_secs(60), "background prefetch did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    all_verified(&s2);
+    let diff = common::ocix().arg("diff").arg(&mnt.0).arg(f.path("m.ocix")).output().unwrap();
+    assert_eq!(diff.status.code(), Some(0), "{}", String::from_utf8_lossy(&[diff.stdout, diff.stderr].concat()));
+}
+
+#[test]
+fn unpack_lazy_makes_a_bundle_whose_rootfs_is_a_lazy_mount() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let b = f.path("bundle");
+    let (rc, err) = ocix(
+        f.t.path(),
+        &["unpack", "--image", &f.reg.url("v1"), b.to_str().unwrap(), "--mount", "--lazy", "--no-background"],
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    let rootfs = b.join("rootfs");
+    let _m = Mounted(rootfs.clone());
+    assert!(b.join("config.json").is_file() && b.join("ocix.cbor").is_file());
+    assert_eq!(std::fs::read(rootfs.join("big/c")).unwrap(), f.big[2].1);
+    std::fs::write(rootfs.join("new"), b"x").unwrap();
+    assert!(b.join("upper/new").is_file());
+    let pid = daemon_pid(&rootfs);
+    let (rc, err) = ocix(f.t.path(), &["umount", rootfs.to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!alive(pid));
+}
+
+/// A slow blob holds up only its own reader: while the registry holds
+/// back one blob (the small registry of tests/common/registry.rs, which
+/// can be told to; a gate the test opens), other files are read; then the
+/// held one arrives whole.
+#[test]
+fn a_slow_blob_holds_up_only_its_own_reader() {
+    if !can_run() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let slow = content(500_000, 7);
+    let others: Vec<Vec<u8>> = (0..3).map(|i| content(300_000 + i, 20 + i as u64)).collect();
+    std::fs::write(tree.join("slow"), &slow).unwrap();
+    for (i, c) in others.iter().enumerate() {
+        std::fs::write(tree.join(format!("other{i}")), c).unwrap();
+    }
+    let (store, m) = common::net::scan_tree(t.path());
+    let gate = common::Gate::default();
+    let held = format!("/blobs/sha256:{}", hex_of(&slow));
+    let g = gate.clone();
+    let reg = common::registry::registry(move |req| {
+        if req.method == "GET" && req.path.ends_with(&held) {
+            g.wait();
+        }
+        None
+    });
+    let url = format!("docker://127.0.0.1:{}/ocix/slow:v1", reg.server.port);
+    let (rc, err) = ocix(t.path(), &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &url], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let s2 = t.path().join("s2");
+    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s2.to_str().unwrap(), "--no-background"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let p = mnt.join("slow");
+    let reader = std::thread::spawn(move || std::fs::read(p).unwrap());
+    // the slow blob's request is under way (or about to be)
+    let start = Instant::now();
+    while reg.count("GET", &hex_of(&slow)) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the slow blob was never asked for");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (i, c) in others.iter().enumerate() {
+        assert_eq!(&std::fs::read(mnt.join(format!("other{i}"))).unwrap(), c);
+    }
+    assert!(!reader.is_finished(), "the held blob arrived before the gate opened");
+    gate.open();
+    assert_eq!(reader.join().unwrap(), slow);
+}
