@@ -26,8 +26,8 @@ mod content;
 mod queue;
 
 use crate::filter::{Excludes, PatternError};
-use crate::manifest::compact::{BuildError, Builder, Leaf, MetaIn};
-use crate::manifest::{self, Compact, Dev, Entry, File, Kind, Manifest, Time};
+use crate::manifest::compact::{BuildError, Builder, Children, FileRef, KindRef, Leaf, MetaIn, Node};
+use crate::manifest::{self, Compact, Dev, File, Kind, Time};
 use crate::progress::{Progress, Task, Work};
 use crate::rootless;
 use crate::store::Store;
@@ -73,29 +73,59 @@ pub struct ScanOptions {
 /// the tree was complete, and nothing changed in between). With a store, a
 /// file taken as recorded is not stored again: its blob is assumed present.
 #[derive(Debug)]
+///
+/// The record is followed in step with the walk (both are in manifest
+/// order): each directory's recorded children are passed once, so finding
+/// every file costs one pass over the record, however flat the tree.
 pub struct Reuse {
     /// The tree's earlier manifest.
-    pub manifest: Manifest,
+    pub manifest: Compact,
     /// Files whose inode changed at or after this time are hashed.
     pub changed_before: Time,
 }
 
 impl Reuse {
-    /// The recorded content of the regular file at `path`, if it surely
-    /// still holds.
-    fn known(&self, path: &[u8], st: &Stat) -> Option<File> {
+    /// The recorded content of the regular file whose record is `rec`, if
+    /// it surely still holds.
+    fn known<'r>(&self, rec: Option<Node<'r>>, st: &Stat) -> Option<FileRef<'r>> {
         let ctime = Time { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 };
         if ctime >= self.changed_before {
             return None;
         }
-        match self.manifest.get(path) {
-            Some(Entry { meta, kind: Kind::File(f) })
-                if f.size == st.st_size as u64 && meta.mtime == stat_time(st) && f.digest.is_some() =>
-            {
-                Some(f.clone())
+        let rec = rec?;
+        match rec.kind() {
+            KindRef::File(f) if f.size == st.st_size as u64 && rec.mtime() == stat_time(st) && f.digest.is_some() => {
+                Some(f)
             }
             _ => None,
         }
+    }
+}
+
+/// The recorded children of a directory being walked, passed in step with
+/// its names in byte order.
+struct Recorded<'r>(Option<std::iter::Peekable<Children<'r>>>);
+
+impl<'r> Recorded<'r> {
+    /// The children of `dir` (none without a record or for another type).
+    fn of(dir: Option<Node<'r>>) -> Self {
+        Recorded(dir.filter(Node::is_dir).map(|d| d.children().peekable()))
+    }
+
+    /// The recorded child called `name`; names asked for come in
+    /// increasing byte order, so the children before it are passed for good.
+    fn seek(&mut self, name: &[u8]) -> Option<Node<'r>> {
+        let it = self.0.as_mut()?;
+        while let Some(n) = it.peek() {
+            match n.name().cmp(name) {
+                std::cmp::Ordering::Less => {
+                    it.next();
+                }
+                std::cmp::Ordering::Equal => return it.next(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
     }
 }
 
@@ -347,7 +377,7 @@ fn unrepresentable(path: PathBuf, e: BuildError) -> EntryError {
     EntryError::Unrepresentable { path, why }
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
     /// Whether the owner's read permission may be lent to read this entry:
     /// a rootless scan by the unprivileged user who owns it.
     fn may_lend(&self, st: &Stat) -> bool {
@@ -467,7 +497,8 @@ impl Walker<'_> {
     }
 
     /// Scans the directory open as `fd` at `path`: appends its children.
-    fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize) {
+    /// `rec` is the directory's record in [`ScanOptions::reuse`], if any.
+    fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize, rec: Option<Node<'a>>) {
         if let Err(why) = manifest::check_depth(depth, true) {
             self.errors.push(EntryError::Depth { path: self.path(path), why });
             return;
@@ -480,18 +511,20 @@ impl Walker<'_> {
             }
         };
         // children in name order: manifest order
-        names.sort_unstable();
+        names.sort();
+        let mut recorded = Recorded::of(rec);
         let base = path.len();
-        for name in names {
+        for name in names.iter() {
             path.truncate(base);
             if base > 0 {
                 path.push(b'/');
             }
-            path.extend_from_slice(&name);
+            path.extend_from_slice(name);
             if self.excludes.is_excluded(path) {
                 continue;
             }
-            self.entry(fd, &name, path, depth);
+            let rec = recorded.seek(name);
+            self.entry(fd, name, path, depth, rec);
             self.take_done();
         }
         path.truncate(base);
@@ -546,7 +579,14 @@ impl Walker<'_> {
 
     /// Scans the entry `name` of the directory open as `dir` and appends
     /// it (a directory with its subtree); an entry left out appends nothing.
-    fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<()> {
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &mut Vec<u8>,
+        depth: usize,
+        rec: Option<Node<'a>>,
+    ) -> Option<()> {
         let root_path = self.root_path;
         let shown_of = |p: &[u8]| shown_path(root_path, p);
         let here = path.clone();
@@ -612,7 +652,9 @@ impl Walker<'_> {
                         if st.st_dev != self.root_dev && !self.opts.cross_mounts {
                             self.warnings.push(ScanWarning::MountPoint(sh()));
                         } else {
-                            stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1));
+                            stacker::maybe_grow(64 * 1024, 1024 * 1024, || {
+                                self.walk_dir(fd.as_fd(), path, depth + 1, rec)
+                            });
                         }
                         self.b.close_dir();
                     }
@@ -627,8 +669,9 @@ impl Walker<'_> {
             }
             FileType::RegularFile => {
                 let mut st = st;
-                let known = match &self.opts.reuse {
-                    Some(r) if st.st_size > 0 && self.may_skip_open(&st) => r.known(path, &st),
+                let opts: &'a ScanOptions = self.opts;
+                let known = match &opts.reuse {
+                    Some(r) if st.st_size > 0 && self.may_skip_open(&st) => r.known(rec, &st),
                     _ => None,
                 };
                 if let Some(file) = known {
@@ -638,7 +681,7 @@ impl Walker<'_> {
                     self.reused += 1;
                     self.files += 1;
                     self.bytes += file.size;
-                    let leaf = Leaf::File { size: file.size, digest: file.digest, zeros: &file.zeros };
+                    let leaf = Leaf::File { size: file.size, digest: file.digest.copied(), zeros: file.zeros };
                     self.push(name, &meta, leaf, path);
                     return Some(());
                 }
@@ -857,7 +900,8 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
         let meta = w.meta(&root_st, xattrs, b"");
         match w.b.open_dir(b"", &meta) {
             Ok(_) => {
-                w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0);
+                let rec = opts.reuse.as_deref().map(|r| r.manifest.root());
+                w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0, rec);
                 w.b.close_dir();
             }
             Err(e) => w.errors.push(unrepresentable(dir.to_path_buf(), e)),
@@ -897,5 +941,59 @@ mod tests {
             let b = batch_files(threads);
             assert!(b >= 1 && b * (QUEUED + 1 + threads) <= OPEN_FILES, "{threads} threads: {b} files per batch");
         }
+    }
+
+    #[test]
+    fn reuse_follows_the_walk_through_names_the_record_lacks_or_has_more_of() {
+        use crate::manifest::Digest;
+        let t = tempfile::tempdir().unwrap();
+        let w = |p: &str, data: &[u8]| {
+            let p = t.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+        };
+        for i in 0..300 {
+            w(&format!("flat/f{i:03}"), format!("file {i}").as_bytes());
+        }
+        w("a/x", b"x");
+        w("b", b"b as a file");
+        w("c/y", b"y");
+        w("gone", b"gone later");
+        let first = scan_dir(t.path(), None, &ScanOptions::default()).unwrap().manifest;
+        // the record says other digests than the contents have: a file
+        // taken from it keeps the recorded digest
+        let fake = Digest([7; 32]);
+        fn fake_all(e: &mut manifest::Entry, fake: Digest) {
+            match &mut e.kind {
+                Kind::File(f) if f.size > 0 => f.digest = Some(fake),
+                Kind::Dir(c) => c.values_mut().for_each(|e| fake_all(e, fake)),
+                _ => {}
+            }
+        }
+        let mut rec = first.to_tree();
+        fake_all(&mut rec.root, fake);
+        let rec = Compact::from_tree(&rec).unwrap();
+        std::fs::remove_file(t.path().join("gone")).unwrap();
+        std::fs::remove_file(t.path().join("flat/f100")).unwrap();
+        w("flat/f100a", b"new name in between");
+        w("flat/f200", b"other size than recorded");
+        std::fs::remove_file(t.path().join("b")).unwrap();
+        w("b/z", b"was a file, now a directory");
+        let opts = ScanOptions {
+            reuse: Some(std::sync::Arc::new(Reuse { manifest: rec, changed_before: Time { sec: i64::MAX, nsec: 0 } })),
+            ..ScanOptions::default()
+        };
+        let s = scan_dir(t.path(), None, &opts).unwrap();
+        let m = s.manifest;
+        let digest = |p: &[u8]| m.get(p).unwrap().file().unwrap().digest.copied();
+        for i in (0..300).filter(|&i| i != 100 && i != 200) {
+            assert_eq!(digest(format!("flat/f{i:03}").as_bytes()), Some(fake), "flat/f{i:03}");
+        }
+        assert_eq!(digest(b"a/x"), Some(fake));
+        assert_eq!(digest(b"c/y"), Some(fake));
+        assert_eq!(digest(b"flat/f100a"), Some(Digest::of(b"new name in between")));
+        assert_eq!(digest(b"flat/f200"), Some(Digest::of(b"other size than recorded")));
+        assert_eq!(digest(b"b/z"), Some(Digest::of(b"was a file, now a directory")));
+        assert_eq!(s.reused, 300);
     }
 }

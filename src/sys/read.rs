@@ -93,11 +93,76 @@ pub fn read_dir_names(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result
 
 /// All names in a directory except `.` and `..`, read with `getdents64`
 /// from `dir` itself (not a reopened copy), so from its current offset: for
-/// a directory fd opened to be listed once. Callers sort.
-pub fn list_dir_once(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<Vec<Vec<u8>>> {
+/// a directory fd opened to be listed once. The names are held in one
+/// buffer, not one allocation each; [`DirNames::sort`] puts them in byte
+/// order.
+pub fn list_dir_once(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<DirNames> {
     let mut buf = Vec::with_capacity(32 * 1024);
     let mut d = fs::RawDir::new(dir, buf.spare_capacity_mut());
-    names(|| d.next().map(|r| r.map(|e| e.file_name().to_bytes().to_vec())), shown)
+    let mut out = DirNames::default();
+    while let Some(e) = d.next() {
+        let e = e.map_err(|e| super::SysError::new("getdents64", shown(), e))?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." && !out.push(n) {
+            // more bytes of names than offsets of this width reach
+            return Err(super::SysError::new("getdents64", shown(), rustix::io::Errno::OVERFLOW));
+        }
+    }
+    Ok(out)
+}
+
+/// The names of a directory's entries, in one byte buffer.
+#[derive(Debug, Default)]
+pub struct DirNames {
+    bytes: Vec<u8>,
+    /// Start and length of each name in `bytes`.
+    spans: Vec<(u32, u32)>,
+}
+
+impl DirNames {
+    /// Appends a name; false when the names would pass 4 GiB.
+    fn push(&mut self, name: &[u8]) -> bool {
+        let (Ok(start), Ok(len)) = (u32::try_from(self.bytes.len()), u32::try_from(name.len())) else {
+            return false;
+        };
+        if start.checked_add(len).is_none() {
+            return false;
+        }
+        self.bytes.extend_from_slice(name);
+        self.spans.push((start, len));
+        true
+    }
+
+    /// How many names.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn name(&self, (start, len): (u32, u32)) -> &[u8] {
+        &self.bytes[start as usize..start as usize + len as usize]
+    }
+
+    /// The `i`th name.
+    pub fn get(&self, i: usize) -> &[u8] {
+        self.name(self.spans[i])
+    }
+
+    /// Puts the names in byte order.
+    pub fn sort(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|&a, &b| self.name(a).cmp(self.name(b)));
+        self.spans = spans;
+    }
+
+    /// The names in their current order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans.iter().map(|&s| self.name(s))
+    }
 }
 
 /// The names `next` yields until it is done, except `.` and `..`; a failed
