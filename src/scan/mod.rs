@@ -11,7 +11,12 @@
 //! batches, to hashing threads that compute sha256 and the zero runs and,
 //! with a store, write the blob in the same pass (sparse where the content
 //! is zero); a file's content and xattrs are filled into its entry when its
-//! batch comes back. Only read calls are made on the tree.
+//! batch comes back. The walk runs on a thread with a current directory
+//! of its own, moved to each directory as it is listed, so the xattrs of
+//! entries that are not opened (empty files, symlinks, devices) are read by
+//! their single name; where the kernel refuses a thread its own current
+//! directory, through `/proc/self/fd/<dir>/<name>`. Only read calls are
+//! made on the tree.
 //!
 //! What is fatal and what is not: an entry that cannot be read (permission,
 //! I/O error), an entry that changes while it is read (its inode, size, mtime
@@ -342,6 +347,12 @@ struct Walker<'a> {
     warnings: Vec<ScanWarning>,
     progress: &'a dyn Task,
     euid: u32,
+    /// The walking thread has a current directory of its own
+    /// ([`rd::own_cwd`]), moved to each directory listed.
+    own_cwd: bool,
+    /// The current directory is the one whose entries are being read:
+    /// their xattrs are read by name, relative to it.
+    here: bool,
 }
 
 /// The path of the entry at `path` (relative to the root, `/`-joined).
@@ -503,6 +514,7 @@ impl<'a> Walker<'a> {
             self.errors.push(EntryError::Depth { path: self.path(path), why });
             return;
         }
+        self.here = self.own_cwd && rd::change_dir(fd);
         let mut names = match rd::list_dir_once(fd, &|| self.shown(path)) {
             Ok(n) => n,
             Err(e) => {
@@ -609,7 +621,9 @@ impl<'a> Walker<'a> {
             self.links.insert(key, path.clone());
         }
         let xattrs_at = |w: &mut Self| -> Xattrs {
-            match rd::read_xattrs(XattrSource::At(dir, name), &sh) {
+            let read =
+                if w.here { rd::read_xattrs_here(name, &sh) } else { rd::read_xattrs(XattrSource::At(dir, name), &sh) };
+            match read {
                 Ok(x) => x,
                 Err(e) => {
                     w.errors.push(e.into());
@@ -655,6 +669,8 @@ impl<'a> Walker<'a> {
                             stacker::maybe_grow(64 * 1024, 1024 * 1024, || {
                                 self.walk_dir(fd.as_fd(), path, depth + 1, rec)
                             });
+                            // back to this directory for its next entries
+                            self.here = self.own_cwd && rd::change_dir(dir);
                         }
                         self.b.close_dir();
                     }
@@ -868,54 +884,63 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
                 hash_worker(dir, jobs, done, store, pb)
             });
         }
-        let _close = CloseJobs(&jobs);
-        let mut w = Walker {
-            root_path: dir,
-            root_dev: root_st.st_dev,
-            opts,
-            excludes,
-            jobs: &jobs,
-            done: &done,
-            batch: Vec::with_capacity(batch_files),
-            batch_bytes: 0,
-            batch_files,
-            b: Builder::new(),
-            sent: 0,
-            received: 0,
-            seen: 0,
-            files: 0,
-            bytes: 0,
-            reused: 0,
-            links: HashMap::new(),
-            errors: Vec::new(),
-            hash_errors: Vec::new(),
-            warnings: Vec::new(),
-            progress: &*progress,
-            euid: crate::sys::euid(),
-        };
-        let xattrs = rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
-            w.errors.push(e.into());
-            Vec::new()
-        });
-        let meta = w.meta(&root_st, xattrs, b"");
-        match w.b.open_dir(b"", &meta) {
-            Ok(_) => {
-                let rec = opts.reuse.as_deref().map(|r| r.manifest.root());
-                w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0, rec);
-                w.b.close_dir();
+        // The walk runs on a thread of its own, which may take a current
+        // directory of its own without moving the caller's.
+        let walker = s.spawn(|| {
+            let _close = CloseJobs(&jobs);
+            let own_cwd = rd::own_cwd();
+            let mut w = Walker {
+                root_path: dir,
+                root_dev: root_st.st_dev,
+                opts,
+                excludes,
+                jobs: &jobs,
+                done: &done,
+                batch: Vec::with_capacity(batch_files),
+                batch_bytes: 0,
+                batch_files,
+                b: Builder::new(),
+                sent: 0,
+                received: 0,
+                seen: 0,
+                files: 0,
+                bytes: 0,
+                reused: 0,
+                links: HashMap::new(),
+                errors: Vec::new(),
+                hash_errors: Vec::new(),
+                warnings: Vec::new(),
+                progress: &*progress,
+                euid: crate::sys::euid(),
+                own_cwd,
+                here: false,
+            };
+            let xattrs =
+                rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
+                    w.errors.push(e.into());
+                    Vec::new()
+                });
+            let meta = w.meta(&root_st, xattrs, b"");
+            match w.b.open_dir(b"", &meta) {
+                Ok(_) => {
+                    let rec = opts.reuse.as_deref().map(|r| r.manifest.root());
+                    w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0, rec);
+                    w.b.close_dir();
+                }
+                Err(e) => w.errors.push(unrepresentable(dir.to_path_buf(), e)),
             }
-            Err(e) => w.errors.push(unrepresentable(dir.to_path_buf(), e)),
-        }
-        // the last files, then no more: the hashing threads finish
-        w.flush();
-        jobs.close();
-        while let Some(batch) = done.pop() {
-            w.apply(batch);
-        }
-        if w.received < w.sent && w.errors.is_empty() {
-            w.errors.push(EntryError::ThreadsStopped);
-        }
-        w
+            // the last files, then no more: the hashing threads finish
+            w.flush();
+            jobs.close();
+            while let Some(batch) = done.pop() {
+                w.apply(batch);
+            }
+            if w.received < w.sent && w.errors.is_empty() {
+                w.errors.push(EntryError::ThreadsStopped);
+            }
+            w
+        });
+        walker.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
     // the hashed files' errors in manifest order, after the walk's
     w.hash_errors.sort_by_key(|(i, _)| *i);

@@ -202,22 +202,54 @@ fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Gives the calling thread its own current directory (`unshare(CLONE_FS)`),
+/// so that [`change_dir`] moves no other thread; false when the kernel
+/// refuses.
+pub fn own_cwd() -> bool {
+    // Only the filesystem context (cwd, root, umask) is unshared: the file
+    // descriptor table stays shared, which is what makes `unshare` unsafe
+    // in general.
+    #[allow(deprecated)]
+    rustix::thread::unshare(rustix::thread::UnshareFlags::FS).is_ok()
+}
+
+/// `fchdir(dir)`: relative names then resolve in `dir`. Only for a thread
+/// that [`own_cwd`] gave its own current directory.
+pub fn change_dir(dir: BorrowedFd<'_>) -> bool {
+    rustix::process::fchdir(dir).is_ok()
+}
+
 /// Reads every extended attribute, names and values as bytes. A filesystem
 /// without xattr support yields none.
 pub fn read_xattrs(src: XattrSource<'_>, shown: &dyn Fn() -> String) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    use rustix::io::Errno;
-    let list = |buf: &mut [u8]| -> rustix::io::Result<usize> {
-        match &src {
-            XattrSource::Fd(fd) => fs::flistxattr(fd, buf),
-            XattrSource::At(d, n) => fs::llistxattr(OsStr::from_bytes(&proc_path(*d, n)), buf),
+    match src {
+        XattrSource::Fd(fd) => xattrs_with(|b| fs::flistxattr(fd, b), |n, b| fs::fgetxattr(fd, n, b), shown),
+        XattrSource::At(d, n) => {
+            let p = proc_path(d, n);
+            let p = OsStr::from_bytes(&p);
+            xattrs_with(|b| fs::llistxattr(p, b), |n, b| fs::lgetxattr(p, n, b), shown)
         }
-    };
+    }
+}
+
+/// [`read_xattrs`] of the entry `name` of the current directory, which
+/// the calling thread made its own ([`own_cwd`], [`change_dir`]); the last
+/// component is not followed. One lookup of one name, where the
+/// `/proc/self/fd` path of [`XattrSource::At`] walks five.
+pub fn read_xattrs_here(name: &[u8], shown: &dyn Fn() -> String) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let p = OsStr::from_bytes(name);
+    xattrs_with(|b| fs::llistxattr(p, b), |n, b| fs::lgetxattr(p, n, b), shown)
+}
+
+fn xattrs_with(
+    list: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+    get: impl Fn(&std::ffi::CStr, &mut [u8]) -> rustix::io::Result<usize>,
+    shown: &dyn Fn() -> String,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use rustix::io::Errno;
     let get = |name: &[u8], buf: &mut [u8]| -> rustix::io::Result<usize> {
         let cname = std::ffi::CString::new(name).map_err(|_| Errno::INVAL)?;
-        match &src {
-            XattrSource::Fd(fd) => fs::fgetxattr(fd, cname.as_c_str(), buf),
-            XattrSource::At(d, n) => fs::lgetxattr(OsStr::from_bytes(&proc_path(*d, n)), cname.as_c_str(), buf),
-        }
+        get(cname.as_c_str(), buf)
     };
     // Read into a buffer that grows on ERANGE, up to the kernel's limit for a
     // name list or a value (64 KiB). (A zero-sized query is not relied on.)
