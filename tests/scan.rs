@@ -570,3 +570,29 @@ fn files_hashed_in_batches_land_at_their_own_entries() {
     assert!(n.xattrs().get(b"user.rootlesscontainers").is_some());
     assert_eq!((n.uid(), n.gid()), (std::fs::metadata(t.path().join("z/f003")).unwrap().uid(), n.gid()));
 }
+
+#[test]
+fn entries_read_by_name_keep_their_xattrs_before_and_after_a_subdirectory() {
+    // empty files (as symlinks, devices, fifos) have their xattrs read by
+    // name in the directory being listed; a subdirectory walked in between
+    // must not move where the names after it are looked up
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let set = |p: &Path, v: &str| {
+        rustix::fs::lsetxattr(p, "user.k", v.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap();
+    };
+    std::fs::create_dir_all(d.join("a/m/deeper")).unwrap();
+    for (p, v) in [("a/e1", "1"), ("a/m/deeper/e2", "2"), ("a/m/e3", "3"), ("a/z", "4"), ("zz", "5")] {
+        write(&d.join(p), b"");
+        set(&d.join(p), v);
+    }
+    // the same names in the subdirectory as after it: a lookup in the
+    // wrong directory would find the wrong value
+    write(&d.join("a/m/deeper/z"), b"");
+    set(&d.join("a/m/deeper/z"), "wrong");
+    let m = Manifest::from_bytes(&scan(d, &[])).unwrap();
+    for (p, v) in [("a/e1", "1"), ("a/m/deeper/e2", "2"), ("a/m/e3", "3"), ("a/z", "4"), ("zz", "5")] {
+        let e = m.get(p.as_bytes()).unwrap_or_else(|| panic!("{p} missing"));
+        assert_eq!(e.meta.xattrs.get(b"user.k".as_slice()).map(Vec::as_slice), Some(v.as_bytes()), "{p}");
+    }
+}

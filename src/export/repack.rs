@@ -44,7 +44,7 @@
 use super::layout::{LayoutWriter, descriptor_json, write_atomic};
 use super::tar::{TarWriteError, TarWriter};
 use super::{BundleProblem, ExportError, Exported, check_tag_name, checked_read, write_layer};
-use crate::manifest::{Digest, Entry, File, Kind, Manifest, Name, Time, path_display};
+use crate::manifest::{Compact, Digest, Entry, File, Kind, Manifest, Name, Time, path_display};
 use crate::oci::Compression;
 use crate::oci::layout::{LayoutDocuments, choose_image};
 use crate::oci::media;
@@ -184,8 +184,10 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
     let rootless = opts.rootless || record.rootless;
     let mp = bundle.join(MANIFEST_RECORD);
     let data = read_small(&mp, 1 << 30)?;
-    let old = Manifest::from_bytes(&data)
+    let old_compact = Compact::from_bytes(&data)
         .map_err(|e| ExportError::Bundle { path: mp.clone(), problem: BundleProblem::Manifest(e) })?;
+    drop(data);
+    let old = old_compact.to_tree();
     let recorded = {
         use std::os::unix::fs::MetadataExt;
         let md = std::fs::symlink_metadata(&mp).map_err(|e| ExportError::Io { path: mp.clone(), err: e })?;
@@ -228,10 +230,11 @@ pub fn repack(bundle: &Path, layout: &Path, tag: &str, opts: &RepackOptions) -> 
     let sopts = ScanOptions {
         rootless,
         threads: opts.threads,
-        reuse: (!opts.rehash).then(|| Arc::new(Reuse { manifest: old.clone(), changed_before: recorded })),
+        reuse: (!opts.rehash).then(|| Arc::new(Reuse { manifest: old_compact, changed_before: recorded })),
         ..ScanOptions::default()
     };
     let scan = scan_dir(&rootfs, None, &sopts)?;
+    drop(sopts);
     let mut new = scan.manifest.to_tree();
     if rootless {
         keep_what_rootless_cannot_write(&old.root, &mut new.root);

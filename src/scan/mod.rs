@@ -11,7 +11,12 @@
 //! batches, to hashing threads that compute sha256 and the zero runs and,
 //! with a store, write the blob in the same pass (sparse where the content
 //! is zero); a file's content and xattrs are filled into its entry when its
-//! batch comes back. Only read calls are made on the tree.
+//! batch comes back. The walk runs on a thread with a current directory
+//! of its own, moved to each directory as it is listed, so the xattrs of
+//! entries that are not opened (empty files, symlinks, devices) are read by
+//! their single name; where the kernel refuses a thread its own current
+//! directory, through `/proc/self/fd/<dir>/<name>`. Only read calls are
+//! made on the tree.
 //!
 //! What is fatal and what is not: an entry that cannot be read (permission,
 //! I/O error), an entry that changes while it is read (its inode, size, mtime
@@ -26,8 +31,8 @@ mod content;
 mod queue;
 
 use crate::filter::{Excludes, PatternError};
-use crate::manifest::compact::{BuildError, Builder, Leaf, MetaIn};
-use crate::manifest::{self, Compact, Dev, Entry, File, Kind, Manifest, Time};
+use crate::manifest::compact::{BuildError, Builder, Children, FileRef, KindRef, Leaf, MetaIn, Node};
+use crate::manifest::{self, Compact, Dev, File, Kind, Time};
 use crate::progress::{Progress, Task, Work};
 use crate::rootless;
 use crate::store::Store;
@@ -73,29 +78,59 @@ pub struct ScanOptions {
 /// the tree was complete, and nothing changed in between). With a store, a
 /// file taken as recorded is not stored again: its blob is assumed present.
 #[derive(Debug)]
+///
+/// The record is followed in step with the walk (both are in manifest
+/// order): each directory's recorded children are passed once, so finding
+/// every file costs one pass over the record, however flat the tree.
 pub struct Reuse {
     /// The tree's earlier manifest.
-    pub manifest: Manifest,
+    pub manifest: Compact,
     /// Files whose inode changed at or after this time are hashed.
     pub changed_before: Time,
 }
 
 impl Reuse {
-    /// The recorded content of the regular file at `path`, if it surely
-    /// still holds.
-    fn known(&self, path: &[u8], st: &Stat) -> Option<File> {
+    /// The recorded content of the regular file whose record is `rec`, if
+    /// it surely still holds.
+    fn known<'r>(&self, rec: Option<Node<'r>>, st: &Stat) -> Option<FileRef<'r>> {
         let ctime = Time { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 };
         if ctime >= self.changed_before {
             return None;
         }
-        match self.manifest.get(path) {
-            Some(Entry { meta, kind: Kind::File(f) })
-                if f.size == st.st_size as u64 && meta.mtime == stat_time(st) && f.digest.is_some() =>
-            {
-                Some(f.clone())
+        let rec = rec?;
+        match rec.kind() {
+            KindRef::File(f) if f.size == st.st_size as u64 && rec.mtime() == stat_time(st) && f.digest.is_some() => {
+                Some(f)
             }
             _ => None,
         }
+    }
+}
+
+/// The recorded children of a directory being walked, passed in step with
+/// its names in byte order.
+struct Recorded<'r>(Option<std::iter::Peekable<Children<'r>>>);
+
+impl<'r> Recorded<'r> {
+    /// The children of `dir` (none without a record or for another type).
+    fn of(dir: Option<Node<'r>>) -> Self {
+        Recorded(dir.filter(Node::is_dir).map(|d| d.children().peekable()))
+    }
+
+    /// The recorded child called `name`; names asked for come in
+    /// increasing byte order, so the children before it are passed for good.
+    fn seek(&mut self, name: &[u8]) -> Option<Node<'r>> {
+        let it = self.0.as_mut()?;
+        while let Some(n) = it.peek() {
+            match n.name().cmp(name) {
+                std::cmp::Ordering::Less => {
+                    it.next();
+                }
+                std::cmp::Ordering::Equal => return it.next(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
     }
 }
 
@@ -312,6 +347,12 @@ struct Walker<'a> {
     warnings: Vec<ScanWarning>,
     progress: &'a dyn Task,
     euid: u32,
+    /// The walking thread has a current directory of its own
+    /// ([`rd::own_cwd`]), moved to each directory listed.
+    own_cwd: bool,
+    /// The current directory is the one whose entries are being read:
+    /// their xattrs are read by name, relative to it.
+    here: bool,
 }
 
 /// The path of the entry at `path` (relative to the root, `/`-joined).
@@ -347,7 +388,7 @@ fn unrepresentable(path: PathBuf, e: BuildError) -> EntryError {
     EntryError::Unrepresentable { path, why }
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
     /// Whether the owner's read permission may be lent to read this entry:
     /// a rootless scan by the unprivileged user who owns it.
     fn may_lend(&self, st: &Stat) -> bool {
@@ -467,11 +508,13 @@ impl Walker<'_> {
     }
 
     /// Scans the directory open as `fd` at `path`: appends its children.
-    fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize) {
+    /// `rec` is the directory's record in [`ScanOptions::reuse`], if any.
+    fn walk_dir(&mut self, fd: BorrowedFd<'_>, path: &mut Vec<u8>, depth: usize, rec: Option<Node<'a>>) {
         if let Err(why) = manifest::check_depth(depth, true) {
             self.errors.push(EntryError::Depth { path: self.path(path), why });
             return;
         }
+        self.here = self.own_cwd && rd::change_dir(fd);
         let mut names = match rd::list_dir_once(fd, &|| self.shown(path)) {
             Ok(n) => n,
             Err(e) => {
@@ -480,18 +523,20 @@ impl Walker<'_> {
             }
         };
         // children in name order: manifest order
-        names.sort_unstable();
+        names.sort();
+        let mut recorded = Recorded::of(rec);
         let base = path.len();
-        for name in names {
+        for name in names.iter() {
             path.truncate(base);
             if base > 0 {
                 path.push(b'/');
             }
-            path.extend_from_slice(&name);
+            path.extend_from_slice(name);
             if self.excludes.is_excluded(path) {
                 continue;
             }
-            self.entry(fd, &name, path, depth);
+            let rec = recorded.seek(name);
+            self.entry(fd, name, path, depth, rec);
             self.take_done();
         }
         path.truncate(base);
@@ -546,7 +591,14 @@ impl Walker<'_> {
 
     /// Scans the entry `name` of the directory open as `dir` and appends
     /// it (a directory with its subtree); an entry left out appends nothing.
-    fn entry(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &mut Vec<u8>, depth: usize) -> Option<()> {
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &mut Vec<u8>,
+        depth: usize,
+        rec: Option<Node<'a>>,
+    ) -> Option<()> {
         let root_path = self.root_path;
         let shown_of = |p: &[u8]| shown_path(root_path, p);
         let here = path.clone();
@@ -569,7 +621,9 @@ impl Walker<'_> {
             self.links.insert(key, path.clone());
         }
         let xattrs_at = |w: &mut Self| -> Xattrs {
-            match rd::read_xattrs(XattrSource::At(dir, name), &sh) {
+            let read =
+                if w.here { rd::read_xattrs_here(name, &sh) } else { rd::read_xattrs(XattrSource::At(dir, name), &sh) };
+            match read {
                 Ok(x) => x,
                 Err(e) => {
                     w.errors.push(e.into());
@@ -612,7 +666,11 @@ impl Walker<'_> {
                         if st.st_dev != self.root_dev && !self.opts.cross_mounts {
                             self.warnings.push(ScanWarning::MountPoint(sh()));
                         } else {
-                            stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.walk_dir(fd.as_fd(), path, depth + 1));
+                            stacker::maybe_grow(64 * 1024, 1024 * 1024, || {
+                                self.walk_dir(fd.as_fd(), path, depth + 1, rec)
+                            });
+                            // back to this directory for its next entries
+                            self.here = self.own_cwd && rd::change_dir(dir);
                         }
                         self.b.close_dir();
                     }
@@ -627,8 +685,9 @@ impl Walker<'_> {
             }
             FileType::RegularFile => {
                 let mut st = st;
-                let known = match &self.opts.reuse {
-                    Some(r) if st.st_size > 0 && self.may_skip_open(&st) => r.known(path, &st),
+                let opts: &'a ScanOptions = self.opts;
+                let known = match &opts.reuse {
+                    Some(r) if st.st_size > 0 && self.may_skip_open(&st) => r.known(rec, &st),
                     _ => None,
                 };
                 if let Some(file) = known {
@@ -638,7 +697,7 @@ impl Walker<'_> {
                     self.reused += 1;
                     self.files += 1;
                     self.bytes += file.size;
-                    let leaf = Leaf::File { size: file.size, digest: file.digest, zeros: &file.zeros };
+                    let leaf = Leaf::File { size: file.size, digest: file.digest.copied(), zeros: file.zeros };
                     self.push(name, &meta, leaf, path);
                     return Some(());
                 }
@@ -825,53 +884,63 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
                 hash_worker(dir, jobs, done, store, pb)
             });
         }
-        let _close = CloseJobs(&jobs);
-        let mut w = Walker {
-            root_path: dir,
-            root_dev: root_st.st_dev,
-            opts,
-            excludes,
-            jobs: &jobs,
-            done: &done,
-            batch: Vec::with_capacity(batch_files),
-            batch_bytes: 0,
-            batch_files,
-            b: Builder::new(),
-            sent: 0,
-            received: 0,
-            seen: 0,
-            files: 0,
-            bytes: 0,
-            reused: 0,
-            links: HashMap::new(),
-            errors: Vec::new(),
-            hash_errors: Vec::new(),
-            warnings: Vec::new(),
-            progress: &*progress,
-            euid: crate::sys::euid(),
-        };
-        let xattrs = rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
-            w.errors.push(e.into());
-            Vec::new()
-        });
-        let meta = w.meta(&root_st, xattrs, b"");
-        match w.b.open_dir(b"", &meta) {
-            Ok(_) => {
-                w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0);
-                w.b.close_dir();
+        // The walk runs on a thread of its own, which may take a current
+        // directory of its own without moving the caller's.
+        let walker = s.spawn(|| {
+            let _close = CloseJobs(&jobs);
+            let own_cwd = rd::own_cwd();
+            let mut w = Walker {
+                root_path: dir,
+                root_dev: root_st.st_dev,
+                opts,
+                excludes,
+                jobs: &jobs,
+                done: &done,
+                batch: Vec::with_capacity(batch_files),
+                batch_bytes: 0,
+                batch_files,
+                b: Builder::new(),
+                sent: 0,
+                received: 0,
+                seen: 0,
+                files: 0,
+                bytes: 0,
+                reused: 0,
+                links: HashMap::new(),
+                errors: Vec::new(),
+                hash_errors: Vec::new(),
+                warnings: Vec::new(),
+                progress: &*progress,
+                euid: crate::sys::euid(),
+                own_cwd,
+                here: false,
+            };
+            let xattrs =
+                rd::read_xattrs(XattrSource::Fd(root_fd.as_fd()), &|| shown_root.clone()).unwrap_or_else(|e| {
+                    w.errors.push(e.into());
+                    Vec::new()
+                });
+            let meta = w.meta(&root_st, xattrs, b"");
+            match w.b.open_dir(b"", &meta) {
+                Ok(_) => {
+                    let rec = opts.reuse.as_deref().map(|r| r.manifest.root());
+                    w.walk_dir(root_fd.as_fd(), &mut Vec::new(), 0, rec);
+                    w.b.close_dir();
+                }
+                Err(e) => w.errors.push(unrepresentable(dir.to_path_buf(), e)),
             }
-            Err(e) => w.errors.push(unrepresentable(dir.to_path_buf(), e)),
-        }
-        // the last files, then no more: the hashing threads finish
-        w.flush();
-        jobs.close();
-        while let Some(batch) = done.pop() {
-            w.apply(batch);
-        }
-        if w.received < w.sent && w.errors.is_empty() {
-            w.errors.push(EntryError::ThreadsStopped);
-        }
-        w
+            // the last files, then no more: the hashing threads finish
+            w.flush();
+            jobs.close();
+            while let Some(batch) = done.pop() {
+                w.apply(batch);
+            }
+            if w.received < w.sent && w.errors.is_empty() {
+                w.errors.push(EntryError::ThreadsStopped);
+            }
+            w
+        });
+        walker.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
     // the hashed files' errors in manifest order, after the walk's
     w.hash_errors.sort_by_key(|(i, _)| *i);
@@ -897,5 +966,59 @@ mod tests {
             let b = batch_files(threads);
             assert!(b >= 1 && b * (QUEUED + 1 + threads) <= OPEN_FILES, "{threads} threads: {b} files per batch");
         }
+    }
+
+    #[test]
+    fn reuse_follows_the_walk_through_names_the_record_lacks_or_has_more_of() {
+        use crate::manifest::Digest;
+        let t = tempfile::tempdir().unwrap();
+        let w = |p: &str, data: &[u8]| {
+            let p = t.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+        };
+        for i in 0..300 {
+            w(&format!("flat/f{i:03}"), format!("file {i}").as_bytes());
+        }
+        w("a/x", b"x");
+        w("b", b"b as a file");
+        w("c/y", b"y");
+        w("gone", b"gone later");
+        let first = scan_dir(t.path(), None, &ScanOptions::default()).unwrap().manifest;
+        // the record says other digests than the contents have: a file
+        // taken from it keeps the recorded digest
+        let fake = Digest([7; 32]);
+        fn fake_all(e: &mut manifest::Entry, fake: Digest) {
+            match &mut e.kind {
+                Kind::File(f) if f.size > 0 => f.digest = Some(fake),
+                Kind::Dir(c) => c.values_mut().for_each(|e| fake_all(e, fake)),
+                _ => {}
+            }
+        }
+        let mut rec = first.to_tree();
+        fake_all(&mut rec.root, fake);
+        let rec = Compact::from_tree(&rec).unwrap();
+        std::fs::remove_file(t.path().join("gone")).unwrap();
+        std::fs::remove_file(t.path().join("flat/f100")).unwrap();
+        w("flat/f100a", b"new name in between");
+        w("flat/f200", b"other size than recorded");
+        std::fs::remove_file(t.path().join("b")).unwrap();
+        w("b/z", b"was a file, now a directory");
+        let opts = ScanOptions {
+            reuse: Some(std::sync::Arc::new(Reuse { manifest: rec, changed_before: Time { sec: i64::MAX, nsec: 0 } })),
+            ..ScanOptions::default()
+        };
+        let s = scan_dir(t.path(), None, &opts).unwrap();
+        let m = s.manifest;
+        let digest = |p: &[u8]| m.get(p).unwrap().file().unwrap().digest.copied();
+        for i in (0..300).filter(|&i| i != 100 && i != 200) {
+            assert_eq!(digest(format!("flat/f{i:03}").as_bytes()), Some(fake), "flat/f{i:03}");
+        }
+        assert_eq!(digest(b"a/x"), Some(fake));
+        assert_eq!(digest(b"c/y"), Some(fake));
+        assert_eq!(digest(b"flat/f100a"), Some(Digest::of(b"new name in between")));
+        assert_eq!(digest(b"flat/f200"), Some(Digest::of(b"other size than recorded")));
+        assert_eq!(digest(b"b/z"), Some(Digest::of(b"was a file, now a directory")));
+        assert_eq!(s.reused, 300);
     }
 }

@@ -93,11 +93,76 @@ pub fn read_dir_names(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result
 
 /// All names in a directory except `.` and `..`, read with `getdents64`
 /// from `dir` itself (not a reopened copy), so from its current offset: for
-/// a directory fd opened to be listed once. Callers sort.
-pub fn list_dir_once(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<Vec<Vec<u8>>> {
+/// a directory fd opened to be listed once. The names are held in one
+/// buffer, not one allocation each; [`DirNames::sort`] puts them in byte
+/// order.
+pub fn list_dir_once(dir: BorrowedFd<'_>, shown: &dyn Fn() -> String) -> Result<DirNames> {
     let mut buf = Vec::with_capacity(32 * 1024);
     let mut d = fs::RawDir::new(dir, buf.spare_capacity_mut());
-    names(|| d.next().map(|r| r.map(|e| e.file_name().to_bytes().to_vec())), shown)
+    let mut out = DirNames::default();
+    while let Some(e) = d.next() {
+        let e = e.map_err(|e| super::SysError::new("getdents64", shown(), e))?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." && !out.push(n) {
+            // more bytes of names than offsets of this width reach
+            return Err(super::SysError::new("getdents64", shown(), rustix::io::Errno::OVERFLOW));
+        }
+    }
+    Ok(out)
+}
+
+/// The names of a directory's entries, in one byte buffer.
+#[derive(Debug, Default)]
+pub struct DirNames {
+    bytes: Vec<u8>,
+    /// Start and length of each name in `bytes`.
+    spans: Vec<(u32, u32)>,
+}
+
+impl DirNames {
+    /// Appends a name; false when the names would pass 4 GiB.
+    fn push(&mut self, name: &[u8]) -> bool {
+        let (Ok(start), Ok(len)) = (u32::try_from(self.bytes.len()), u32::try_from(name.len())) else {
+            return false;
+        };
+        if start.checked_add(len).is_none() {
+            return false;
+        }
+        self.bytes.extend_from_slice(name);
+        self.spans.push((start, len));
+        true
+    }
+
+    /// How many names.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn name(&self, (start, len): (u32, u32)) -> &[u8] {
+        &self.bytes[start as usize..start as usize + len as usize]
+    }
+
+    /// The `i`th name.
+    pub fn get(&self, i: usize) -> &[u8] {
+        self.name(self.spans[i])
+    }
+
+    /// Puts the names in byte order.
+    pub fn sort(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|&a, &b| self.name(a).cmp(self.name(b)));
+        self.spans = spans;
+    }
+
+    /// The names in their current order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans.iter().map(|&s| self.name(s))
+    }
 }
 
 /// The names `next` yields until it is done, except `.` and `..`; a failed
@@ -137,22 +202,54 @@ fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Gives the calling thread its own current directory (`unshare(CLONE_FS)`),
+/// so that [`change_dir`] moves no other thread; false when the kernel
+/// refuses.
+pub fn own_cwd() -> bool {
+    // Only the filesystem context (cwd, root, umask) is unshared: the file
+    // descriptor table stays shared, which is what makes `unshare` unsafe
+    // in general.
+    #[allow(deprecated)]
+    rustix::thread::unshare(rustix::thread::UnshareFlags::FS).is_ok()
+}
+
+/// `fchdir(dir)`: relative names then resolve in `dir`. Only for a thread
+/// that [`own_cwd`] gave its own current directory.
+pub fn change_dir(dir: BorrowedFd<'_>) -> bool {
+    rustix::process::fchdir(dir).is_ok()
+}
+
 /// Reads every extended attribute, names and values as bytes. A filesystem
 /// without xattr support yields none.
 pub fn read_xattrs(src: XattrSource<'_>, shown: &dyn Fn() -> String) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    use rustix::io::Errno;
-    let list = |buf: &mut [u8]| -> rustix::io::Result<usize> {
-        match &src {
-            XattrSource::Fd(fd) => fs::flistxattr(fd, buf),
-            XattrSource::At(d, n) => fs::llistxattr(OsStr::from_bytes(&proc_path(*d, n)), buf),
+    match src {
+        XattrSource::Fd(fd) => xattrs_with(|b| fs::flistxattr(fd, b), |n, b| fs::fgetxattr(fd, n, b), shown),
+        XattrSource::At(d, n) => {
+            let p = proc_path(d, n);
+            let p = OsStr::from_bytes(&p);
+            xattrs_with(|b| fs::llistxattr(p, b), |n, b| fs::lgetxattr(p, n, b), shown)
         }
-    };
+    }
+}
+
+/// [`read_xattrs`] of the entry `name` of the current directory, which
+/// the calling thread made its own ([`own_cwd`], [`change_dir`]); the last
+/// component is not followed. One lookup of one name, where the
+/// `/proc/self/fd` path of [`XattrSource::At`] walks five.
+pub fn read_xattrs_here(name: &[u8], shown: &dyn Fn() -> String) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let p = OsStr::from_bytes(name);
+    xattrs_with(|b| fs::llistxattr(p, b), |n, b| fs::lgetxattr(p, n, b), shown)
+}
+
+fn xattrs_with(
+    list: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+    get: impl Fn(&std::ffi::CStr, &mut [u8]) -> rustix::io::Result<usize>,
+    shown: &dyn Fn() -> String,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use rustix::io::Errno;
     let get = |name: &[u8], buf: &mut [u8]| -> rustix::io::Result<usize> {
         let cname = std::ffi::CString::new(name).map_err(|_| Errno::INVAL)?;
-        match &src {
-            XattrSource::Fd(fd) => fs::fgetxattr(fd, cname.as_c_str(), buf),
-            XattrSource::At(d, n) => fs::lgetxattr(OsStr::from_bytes(&proc_path(*d, n)), cname.as_c_str(), buf),
-        }
+        get(cname.as_c_str(), buf)
     };
     // Read into a buffer that grows on ERANGE, up to the kernel's limit for a
     // name list or a value (64 KiB). (A zero-sized query is not relied on.)
