@@ -159,9 +159,9 @@ type Owners = (Option<Box<str>>, Option<Box<str>>);
 struct FileRec {
     size: u64,
     digest: Digest,
-    /// Its zero runs in [`Tables::zeros`].
-    zeros_off: u32,
-    zeros_len: u32,
+    /// Its zero runs: their place in [`Tables::zeros`] is
+    /// [`Tables::runs`] at this number, from 1 (0: none, as for most files).
+    runs: u32,
     has_digest: bool,
     /// A hardlink was ever made to it: it may have more than one name.
     linked: bool,
@@ -177,6 +177,9 @@ struct Tables {
     /// Regular files with content (or hardlinked), by number; a file
     /// replaced or removed keeps its place.
     files: Vec<FileRec>,
+    /// The zero runs of files that have some, each file's as a range of
+    /// [`Tables::zeros`] (offset, length); at 0 an empty range.
+    runs: Vec<(u32, u32)>,
     zeros: Vec<(u64, u64)>,
 }
 
@@ -188,6 +191,7 @@ impl Default for Tables {
             owners: vec![(None, None)],
             owner_index: HashMap::new(),
             files: Vec::new(),
+            runs: vec![(0, 0)],
             zeros: Vec::new(),
         }
     }
@@ -201,15 +205,21 @@ impl Tables {
     /// Adds a regular file; returns its number.
     fn file(&mut self, f: &File, linked: bool) -> Result<u32, TreeError> {
         let i = number(self.files.len(), "files")?;
-        let zeros_off = number(self.zeros.len(), "zero runs")?;
-        let zeros_len = number(f.zeros.len(), "zero runs")?;
-        number(self.zeros.len() + f.zeros.len(), "zero runs")?;
-        self.zeros.extend_from_slice(&f.zeros);
+        let runs = if f.zeros.is_empty() {
+            0
+        } else {
+            let off = number(self.zeros.len(), "zero runs")?;
+            let len = number(f.zeros.len(), "zero runs")?;
+            number(self.zeros.len() + f.zeros.len(), "zero runs")?;
+            let r = number(self.runs.len(), "files with zero runs")?;
+            self.zeros.extend_from_slice(&f.zeros);
+            self.runs.push((off, len));
+            r
+        };
         self.files.push(FileRec {
             size: f.size,
             digest: f.digest.unwrap_or(Digest([0; 32])),
-            zeros_off,
-            zeros_len,
+            runs,
             has_digest: f.digest.is_some(),
             linked,
         });
@@ -250,6 +260,63 @@ impl Tables {
     }
 }
 
+/// Bytes of a name kept in place in a [`Key`]; longer names are boxed.
+const INLINE: usize = 22;
+
+/// A child's name: most names fit in place (no allocation of their own),
+/// longer ones are boxed. Ordered and compared as its bytes.
+#[derive(Clone, Debug)]
+enum Key {
+    Inline(u8, [u8; INLINE]),
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(b: &[u8]) -> Key {
+        match u8::try_from(b.len()) {
+            Ok(n) if b.len() <= INLINE => {
+                let mut a = [0; INLINE];
+                a[..b.len()].copy_from_slice(b);
+                Key::Inline(n, a)
+            }
+            _ => Key::Heap(b.into()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline(n, a) => &a[..*n as usize],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, o: &Key) -> bool {
+        self.bytes() == o.bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, o: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, o: &Key) -> std::cmp::Ordering {
+        self.bytes().cmp(o.bytes())
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 /// Children a directory keeps in a sorted vector; past this many, in a
 /// B-tree.
 const FEW: usize = 256;
@@ -260,8 +327,8 @@ const FEW: usize = 256;
 /// cheap in any order).
 #[derive(Clone, Debug)]
 enum Children {
-    Few(Vec<(Box<[u8]>, Node)>),
-    Many(BTreeMap<Box<[u8]>, Node>),
+    Few(Vec<(Key, Node)>),
+    Many(BTreeMap<Key, Node>),
 }
 
 impl Default for Children {
@@ -271,8 +338,8 @@ impl Default for Children {
 }
 
 impl Children {
-    fn find(v: &[(Box<[u8]>, Node)], name: &[u8]) -> Result<usize, usize> {
-        v.binary_search_by(|(k, _)| (**k).cmp(name))
+    fn find(v: &[(Key, Node)], name: &[u8]) -> Result<usize, usize> {
+        v.binary_search_by(|(k, _)| k.bytes().cmp(name))
     }
 
     fn get(&self, name: &[u8]) -> Option<&Node> {
@@ -307,7 +374,7 @@ impl Children {
             Children::Few(v) => match Self::find(v, name) {
                 Ok(i) => v[i].1 = node,
                 Err(_) if v.len() >= FEW => {
-                    let m: BTreeMap<Box<[u8]>, Node> = std::mem::take(v).into_iter().collect();
+                    let m: BTreeMap<Key, Node> = std::mem::take(v).into_iter().collect();
                     *self = Children::Many(m);
                     self.insert(name, node);
                 }
@@ -316,14 +383,14 @@ impl Children {
                     if v.len() == v.capacity() {
                         v.reserve_exact((v.len() / 4).max(4));
                     }
-                    v.insert(i, (name.into(), node));
+                    v.insert(i, (Key::new(name), node));
                 }
             },
             Children::Many(m) => {
                 if let Some(n) = m.get_mut(name) {
                     *n = node;
                 } else {
-                    m.insert(name.into(), node);
+                    m.insert(Key::new(name), node);
                 }
             }
         }
@@ -332,8 +399,8 @@ impl Children {
     /// Names and nodes in name order.
     fn iter(&self) -> impl Iterator<Item = (&[u8], &Node)> + '_ {
         let (few, many) = match self {
-            Children::Few(v) => (Some(v.iter().map(|(k, n)| (&**k, n))), None),
-            Children::Many(m) => (None, Some(m.iter().map(|(k, n)| (&**k, n)))),
+            Children::Few(v) => (Some(v.iter().map(|(k, n)| (k.bytes(), n))), None),
+            Children::Many(m) => (None, Some(m.iter().map(|(k, n)| (k.bytes(), n)))),
         };
         few.into_iter().flatten().chain(many.into_iter().flatten())
     }
@@ -351,7 +418,7 @@ impl Children {
     }
 
     /// Names and nodes in name order, moved out.
-    fn into_pairs(self) -> impl Iterator<Item = (Box<[u8]>, Node)> {
+    fn into_pairs(self) -> impl Iterator<Item = (Key, Node)> {
         let (few, many) = match self {
             Children::Few(v) => (Some(v.into_iter()), None),
             Children::Many(m) => (None, Some(m.into_iter())),
@@ -370,7 +437,8 @@ enum NodeKind {
     /// A regular file of no bytes with one name (the commonest content,
     /// kept without a record); a hardlink to it makes it a `File`.
     EmptyFile,
-    Symlink(Box<[u8]>),
+    /// Its target (boxed: few nodes are symlinks).
+    Symlink(Box<Key>),
     Char(Dev),
     Block(Dev),
     Fifo,
@@ -578,6 +646,7 @@ impl Tree {
                     cur = n;
                 }
                 Some(Node { kind: NodeKind::Symlink(t), .. }) => {
+                    let t = t.bytes();
                     links += 1;
                     if links > MAX_SYMLINKS {
                         return Err(TreeError::SymlinkLoop(join(comps)));
@@ -738,7 +807,7 @@ impl Tree {
             }
             NewKind::File(file) if file == File::default() => Node::new(meta, NodeKind::EmptyFile),
             NewKind::File(file) => Node::new(meta, NodeKind::File(self.tables.file(&file, false)?)),
-            NewKind::Symlink(t) => Node::new(meta, NodeKind::Symlink(t.into())),
+            NewKind::Symlink(t) => Node::new(meta, NodeKind::Symlink(Box::new(Key::new(&t)))),
             NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
             NewKind::Block(d) => Node::new(meta, NodeKind::Block(d)),
             NewKind::Fifo => Node::new(meta, NodeKind::Fifo),
@@ -970,12 +1039,13 @@ impl<'t> Convert<'t> {
         let leaf = match &node.kind {
             NodeKind::Dir(_) => None,
             NodeKind::File(_) => file.map(|(_, f)| {
-                let (off, len) = (f.zeros_off as usize, f.zeros_len as usize);
+                let (off, len) =
+                    tables.runs.get(f.runs as usize).map(|&(o, l)| (o as usize, l as usize)).unwrap_or_default();
                 let zeros = tables.zeros.get(off..off + len).unwrap_or_default();
                 Leaf::File { size: f.size, digest: f.has_digest.then_some(f.digest), zeros }
             }),
             NodeKind::EmptyFile => Some(Leaf::File { size: 0, digest: None, zeros: &[] }),
-            NodeKind::Symlink(t) => Some(Leaf::Symlink(t)),
+            NodeKind::Symlink(t) => Some(Leaf::Symlink(t.bytes())),
             NodeKind::Char(d) => Some(Leaf::Char(*d)),
             NodeKind::Block(d) => Some(Leaf::Block(*d)),
             NodeKind::Fifo => Some(Leaf::Fifo),
@@ -994,7 +1064,7 @@ impl<'t> Convert<'t> {
             }
             NodeRef::Owned(Node { kind: NodeKind::Dir(ch), .. }) => {
                 for (cname, c) in ch.into_pairs() {
-                    self.child(&cname, NodeRef::Owned(c))?;
+                    self.child(cname.bytes(), NodeRef::Owned(c))?;
                 }
             }
             _ => {}
@@ -1056,6 +1126,20 @@ mod tests {
 
     fn file(t: &mut Tree, p: &str) {
         t.add(&c(p), Meta { mode: 0o644, ..Meta::default() }, NewKind::File(File::default())).unwrap();
+    }
+
+    #[test]
+    fn a_node_and_a_child_stay_small() {
+        // the tree holds one (Key, Node) per entry: its size is the memory per entry
+        assert_eq!(std::mem::size_of::<Node>(), 56);
+        assert_eq!(std::mem::size_of::<(Key, Node)>(), 80);
+        assert_eq!(std::mem::size_of::<FileRec>(), 48);
+        assert_eq!(Key::new(b"abc").bytes(), b"abc");
+        let long = [b'x'; 200];
+        assert_eq!(Key::new(&long).bytes(), &long[..]);
+        assert!(matches!(Key::new(&[b'y'; INLINE]), Key::Inline(..)));
+        assert!(matches!(Key::new(&[b'y'; INLINE + 1]), Key::Heap(_)));
+        assert!(Key::new(b"a") < Key::new(b"ab") && Key::new(&long) > Key::new(b"x"));
     }
 
     #[test]
