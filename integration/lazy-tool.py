@@ -15,6 +15,10 @@ served (integration/throttle.py), independently of ocix's own code.
   digests SHOW_JSON [PATHS]
       content digests (sha256:HEX) of the regular files, or of the files
       PATHS names (one path a line, as `ocix mount --record-access` writes).
+  split REG REPO TAG LOG
+      JSON: the body bytes of LOG's requests in "meta" (OCI manifests, the
+      ocix manifest blob, an access list: what a mount fetches before any
+      file) and "files" (packs and file blobs).
   check-log REG REPO TAG SHOW_JSON PATHS LOG
       every file blob the requests of LOG (the proxy's request log, JSON
       lines) brought, whole blobs and pack members a Range covered, must be
@@ -181,6 +185,16 @@ def main(argv):
         else:
             out = sorted({d for _, d, _ in fs})
         print("\n".join(out))
+    elif cmd == "split" and len(args) == 4:
+        _, _, _, layers = artifact(*args[:3])
+        data = {l["digest"] for l in layers if l["mediaType"] in PACK + FILE}
+        out = {"meta": 0, "files": 0}
+        with open(args[3]) as f:
+            for line in f:
+                e = json.loads(line)
+                blob = "/blobs/" in e["path"] and e["path"].rsplit("/", 1)[1] in data
+                out["files" if blob else "meta"] += e["bytes"]
+        print(json.dumps(out))
     elif cmd == "check-log" and len(args) == 6:
         reg, repo, tag, show, paths, log = args
         packs, singles = layout(reg, repo, tag, show)

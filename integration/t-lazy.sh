@@ -8,9 +8,11 @@
 #     /usr/bin | wc -l'` in it: right output, and the bytes fetched by then
 #     at most LAZY_MAX_PCT (5) % of the image's bytes on the wire;
 #  2. the node tree mounted lazily (`ocix mount docker://...`): 100 files of
-#     one package read right, within the same share of the image;
-#  3. with background prefetch, every blob arrives without a read, and
-#     `ocix diff` of the mount against the manifest is clean;
+#     one package read right, their data within the same share of the image
+#     (all bytes, its large manifest included, within twice that);
+#  3. with background prefetch, every blob arrives without a read, the
+#     image fetched about once (at most LAZY_MAX_WHOLE_PCT, 110, % of its
+#     bytes), and `ocix diff` of the mount against the manifest is clean;
 #  4. `--record-access` lists what the first command read; pushed with
 #     `ocix push --prefetch`, a second run of the same command fetches
 #     nothing it does not read (every blob and pack member each request
@@ -23,10 +25,10 @@
 # mount daemon is left.
 . "$(dirname "$0")/lib.sh"
 # LAZY-GUARD: skipped until `ocix mount docker://...` (with --record-access) is built
-if ! "$OCIX" mount --help 2>/dev/null | grep -q -- '--record-access'; then
+case $("$OCIX" mount --help 2>/dev/null || true) in *--record-access*) ;; *)
   echo "skipped: lazy mount not built"
-  exit 0
-fi
+  exit 0 ;;
+esac
 ensure_corpus
 [ "$(id -u)" = 0 ] || { echo "SKIP: lazy mounts need root (EROFS and overlay)" >&2; exit 0; }
 command -v runc >/dev/null || fail "runc missing"
@@ -138,10 +140,16 @@ if [ -d "$NODE_TREE" ]; then
     cmp -s "$W/n2$p" "$NODE_TREE$p" || fail "node: $p reads other bytes than the tree's"
   done <"$W/node.files"
   b2=$(tstats .bytes)
-  p2=$(within_pct "node: 100 files read" node "$b2")
+  tlog >"$W/log-n2.jsonl"
+  read -r meta2 files2 <<<"$("${LT[@]}" split "$R" ocix/node v1 "$W/log-n2.jsonl" | jq -r '"\(.meta) \(.files)"')"
+  # the node tree's manifest (62,000 entries, 4.3 MB, about 2 MB as zstd)
+  # is by itself some 4.5% of this image: its file data is held to the
+  # limit, everything together to twice that
+  p2=$(within_pct "node: 100 files read, file data" node "$files2")
+  MAXPCT=$((2 * MAXPCT)) within_pct "node: 100 files read, manifest included" node "$b2" >/dev/null
   unmounted "$W/n2"
   verified "$W/ns2"
-  note "node: 100 files of @babel/core read right; $b2 bytes fetched ($p2% of $(cat "$W/node.wire"))"
+  note "node: 100 files of @babel/core read right; $b2 bytes fetched ($(pct node "$b2")% of $(cat "$W/node.wire")): $meta2 manifest, $files2 file data ($p2%)"
 else
   note "no node tree at $NODE_TREE (build it with ../shared/corpus/make-node-tree.sh): node part skipped"
 fi
@@ -159,6 +167,8 @@ for _ in $(seq 1 1200); do
 done
 [ -n "$complete" ] || fail "background prefetch: $(comm -23 "$W/corpus.digests" <(ls "$W/s3/blobs/sha256" | LC_ALL=C sort) | wc -l) blobs still missing after 600 s; log: $(mountlog "$W/s3" | tail -5)"
 b3=$(tstats .bytes)
+# the whole image once: not each blob again for every way it can be asked for
+MAXPCT=${LAZY_MAX_WHOLE_PCT:-110} within_pct "background prefetch, the whole image" corpus "$b3" >/dev/null
 "$OCIX" diff "$W/m3" "$W/corpus.ocix" >"$W/diff3.out" 2>&1 || fail "diff of the lazy mount: $(head -20 "$W/diff3.out")"
 unmounted "$W/m3"
 verified "$W/s3"
