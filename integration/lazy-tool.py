@@ -4,9 +4,10 @@ ocix artifact in a registry and about the requests the throttling proxy
 served (integration/throttle.py), independently of ocix's own code.
 
   wire REG REPO TAG
-      JSON: the artifact's bytes on the wire: "total" (OCI manifests, the
-      config and every layer), "manifests" (the OCI manifest JSON bytes),
-      "layers" (their count).
+      JSON: the artifact's bytes on the wire, what a whole pull transfers:
+      "total" (OCI manifests, the config and every layer, of the ocix
+      manifest's forms, e.g. plain and zstd, only the smallest),
+      "manifests" (the OCI manifest JSON bytes), "layers" (their count).
   singles REG REPO TAG SHOW_JSON
       file blobs that are layers of their own, smallest first, one a line:
       registry digest, content digest, wire bytes, content bytes, first path.
@@ -155,7 +156,9 @@ def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "wire" and len(args) == 3:
         total, config, _, layers = artifact(*args)
-        print(json.dumps({"total": total + config + sum(l["size"] for l in layers), "manifests": total,
+        forms = [l["size"] for l in layers if l["mediaType"].startswith(OCIX)]
+        rest = sum(l["size"] for l in layers if not l["mediaType"].startswith(OCIX))
+        print(json.dumps({"total": total + config + min(forms, default=0) + rest, "manifests": total,
                           "layers": len(layers)}))
     elif cmd == "singles" and len(args) == 4:
         fs = files(args[3])
