@@ -4,7 +4,7 @@
 # (RUNS, default 10). Output also in $OUT (default $CORPUS/ocix-bench).
 # Timings only: nothing here asserts a speed. BENCH picks parts (default all):
 # `core` (scan and size on the corpus) and the suffixes of bench-*.sh
-# (image, unpack, registry, entries, export, mount), e.g. BENCH="entries" make bench.
+# (image, unpack, registry, entries, export, mount, lazy), e.g. BENCH="entries" make bench.
 . "$(dirname "$0")/lib.sh"
 ensure_corpus
 RUNS=${RUNS:-10}
@@ -36,7 +36,7 @@ ratio() {  # ratio LABEL SLOWER FASTER: how many times FASTER beats SLOWER
   awk -v a="$(median "$2")" -v b="$(median "$3")" -v l="$1" 'BEGIN{printf "%-48s %6.2fx\n", l, a/b}'
 }
 
-BENCH=${BENCH:-core image unpack registry entries export mount}
+BENCH=${BENCH:-core image unpack registry entries export mount lazy}
 wants() { case " $BENCH " in *" $1 "*) return 0 ;; esac; return 1; }
 
 echo "== machine: $(nproc) cores, $(uname -r); corpus: $REF"
