@@ -17,16 +17,8 @@
 # LAZY_RUNS runs each (default 3), median; stores on disk under
 # $CORPUS/bench-lazy (an EROFS image file cannot live on tmpfs).
 echo "== lazy: start before the download (as root)"
-# LAZY-GUARD: skip the whole part until `ocix mount docker://...` is built
-# (LAZY_BASELINE=1 measures the `unpack docker://` side alone meanwhile).
 declare -F start_registry >/dev/null || . "$HERE/registry-lib.sh"
 . "$HERE/throttle-lib.sh"
-LAZY_ON=1
-if ! lazy_built; then
-  LAZY_ON=
-  if [ -z "${LAZY_BASELINE:-}" ]; then echo "skipped: lazy mount not built"; return 0; fi
-  echo "lazy mount not built: measuring the unpack docker:// side only (LAZY_BASELINE)"
-fi
 LRUNS=${LAZY_RUNS:-3}
 LRATE=${LAZY_RATE:-10000000}
 LLAT=${LAZY_LATENCY:-0.02}
@@ -117,7 +109,6 @@ for link in $LLINKS; do
     printf '%-34s %12d bytes on the wire\n' "image $part" "$(cat "$LW/$part.wire")"
     lrun "lazy-full-unpack@$part@$link" "rm -rf '$LW/dest' '$st'" \
       "'$OCIX' unpack -q '$src' '$LW/dest' --store '$st'" "rm -rf '$LW/dest' '$st'"
-    [ -n "$LAZY_ON" ] || continue
     if [ "$part" = corpus ]; then
       b=$LW/bundle
       first="'$OCIX' unpack -q --image '$src' '$b' --mount --lazy --no-background &&

@@ -24,11 +24,6 @@
 # Stores hold only verified blobs throughout; nothing stays mounted and no
 # mount daemon is left.
 . "$(dirname "$0")/lib.sh"
-# LAZY-GUARD: skipped until `ocix mount docker://...` (with --record-access) is built
-case $("$OCIX" mount --help 2>/dev/null || true) in *--record-access*) ;; *)
-  echo "skipped: lazy mount not built"
-  exit 0 ;;
-esac
 ensure_corpus
 [ "$(id -u)" = 0 ] || { echo "SKIP: lazy mounts need root (EROFS and overlay)" >&2; exit 0; }
 command -v runc >/dev/null || fail "runc missing"

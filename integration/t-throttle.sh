@@ -8,8 +8,8 @@
 # an ocix pull fails cleanly and its rerun after resume completes), one blob
 # served with a wrong byte (ocix refuses it, stores nothing), one blob slowed
 # while another flows at full rate; the proxy ends by itself after its
-# lifetime. Lower bounds on durations only where the limit makes them
-# certain; upper bounds are generous (a loaded machine is slower, never faster).
+# lifetime. Lower bounds on durations only, where the limit makes them
+# certain; no upper bounds (a loaded machine is slower, never faster).
 . "$(dirname "$0")/lib.sh"
 W=$(scratch)
 . "$HERE/registry-lib.sh"
@@ -37,26 +37,25 @@ LAT=0.05
 start_throttle "$R" "$W/thr" --rate "$RATE" --latency "$LAT"
 blob() { echo "http://$TP/v2/t/small/blobs/$1"; }
 now() { date +%s.%N; }
-# within WHAT SECONDS MIN MAX: MIN <= SECONDS <= MAX
-within() {
-  awk -v s="$2" -v lo="$3" -v hi="$4" 'BEGIN{exit !(s >= lo && s <= hi)}' ||
-    fail "$1: $2 s, expected between $3 and $4 s"
+# at_least WHAT SECONDS LOWER: the limit makes a transfer at least this slow
+# (no upper bound: a loaded machine is slower, and that is not a failure).
+at_least() {
+  awk -v s="$2" -v lo="$3" 'BEGIN{exit !(s >= lo)}' ||
+    fail "$1: $2 s, expected at least $3 s"
 }
 
 # rate: one blob alone, then three at once (the limit is shared)
 t0=$(now); curl -fsS -o "$W/a.out" "$(blob "$A")"; t1=$(now)
 cmp -s "$W/a.out" "$W/tree/data/a" || fail "blob a came through the proxy altered"
 alone=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')
-within "4 MiB at $RATE B/s" "$alone" "$(awk -v n=$SA -v r=$RATE 'BEGIN{print 0.9*n/r}')" \
-  "$(awk -v n=$SA -v r=$RATE 'BEGIN{print 4*n/r+3}')"
+at_least "4 MiB at $RATE B/s" "$alone" "$(awk -v n=$SA -v r=$RATE 'BEGIN{print 0.9*n/r}')"
 t0=$(now)
 cpids=()
 for d in "$A" "$B" "$C"; do curl -fsS -o /dev/null "$(blob "$d")" & cpids+=("$!"); done
 for p in "${cpids[@]}"; do wait "$p" || fail "a concurrent fetch failed"; done
 t1=$(now)
 together=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')
-within "7 MiB over three connections" "$together" "$(awk -v n=$((SA + SB + SC)) -v r=$RATE 'BEGIN{print 0.9*n/r}')" \
-  "$(awk -v n=$((SA + SB + SC)) -v r=$RATE 'BEGIN{print 4*n/r+3}')"
+at_least "7 MiB over three connections" "$together" "$(awk -v n=$((SA + SB + SC)) -v r=$RATE 'BEGIN{print 0.9*n/r}')"
 note "rate: 4 MiB alone in ${alone} s, 7 MiB on three connections in ${together} s (limit $RATE B/s)"
 
 # latency: every request waits LAT first
@@ -64,7 +63,7 @@ t0=$(now)
 for _ in 1 2 3 4 5 6 7 8 9 10; do curl -fsS -o /dev/null "http://$TP/v2/"; done
 t1=$(now)
 ten=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')
-within "ten requests with $LAT s added" "$ten" "$(awk -v l=$LAT 'BEGIN{print 10*l}')" 30
+at_least "ten requests with $LAT s added" "$ten" "$(awk -v l=$LAT 'BEGIN{print 10*l}')"
 note "latency: ten requests in ${ten} s ($LAT s added to each)"
 
 # counters: exactly what was served, per path and per digest, and the log
@@ -163,7 +162,7 @@ wait "$slowpid" || fail "slow blob failed"
 t1=$(now)
 slow=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')
 cmp -s "$W/a.slow" "$W/tree/data/a" || fail "slow blob altered"
-within "4 MiB at 500 kB/s" "$slow" "$(awk -v n=$SA 'BEGIN{print 0.9*n/500000}')" 120
+at_least "4 MiB at 500 kB/s" "$slow" "$(awk -v n=$SA 'BEGIN{print 0.9*n/500000}')"
 tctl "slow="
 note "slow blob: 4 MiB in ${slow} s at 500 kB/s while a 1 MiB blob went through at $RATE B/s"
 

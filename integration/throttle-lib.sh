@@ -35,8 +35,3 @@ tstats() { curl -fsS "http://$TP/_throttle/stats" | jq -r "${1:-.}"; }
 # tlog: the request log since the last reset, one JSON object a line.
 tlog() { curl -fsS "http://$TP/_throttle/log"; }
 
-# lazy_built: whether this ocix has the lazy mount of docker:// sources.
-# LAZY-GUARD: the lazy tests and benchmark skip while it is missing; once
-# `ocix mount --record-access` exists everywhere, this and its callers'
-# guards can go.
-lazy_built() { case $("$OCIX" mount --help 2>/dev/null || true) in *--record-access*) return 0 ;; esac; return 1; }
