@@ -411,7 +411,13 @@ pub(super) fn make_link(
     Ok(removed)
 }
 
-fn finish_dir(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, rel: &mut Vec<u8>, e: Node<'_>, kept: &DirFds) -> Result<(), UnpackError> {
+fn finish_dir(
+    ctx: &Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    rel: &mut Vec<u8>,
+    e: Node<'_>,
+    kept: &DirFds,
+) -> Result<(), UnpackError> {
     let opened;
     let fd = match kept.get(&e.index()) {
         Some(fd) => fd.as_fd(),
