@@ -714,6 +714,15 @@ fn fresh_unpack_is_exact_whatever_umask_setgid_parent_or_default_acl() {
     }
     chmod(&src.join("same"), 0o775);
     set_mtime(&src.join("same"), 1_600_000_000, 7);
+    // directories made with their final mode where the umask keeps it,
+    // 0700 and a chmod at the end otherwise
+    for (name, mode) in [("d750", 0o750), ("d705", 0o705), ("d711", 0o711), ("d2750", 0o2750), ("d1755", 0o1755)] {
+        std::fs::create_dir(src.join(name)).unwrap();
+        std::fs::create_dir(src.join(name).join("sub")).unwrap();
+        write(&src.join(name).join("f"), name.as_bytes());
+        chmod(&src.join(name), mode);
+        set_mtime(&src.join(name), 1_500_000_000, 3);
+    }
     set_mtime(&src, 1_600_000_000, 42);
     let store = Store::create(&s).unwrap();
     let m = scan(&src, Some(&store));
@@ -724,16 +733,18 @@ fn fresh_unpack_is_exact_whatever_umask_setgid_parent_or_default_acl() {
         assert_eq!(back.to_bytes().unwrap(), m.to_bytes().unwrap(), "{what}: {back:#?}");
     };
 
-    // a umask of 077, through the command line in a shell that sets it
-    let out = t.path().join("umask077");
-    let o = Command::new("sh")
-        .args(["-c", "umask 077 && exec \"$0\" unpack \"$1\" --store \"$2\" \"$3\""])
-        .arg(env!("CARGO_BIN_EXE_ocix"))
-        .args([mpath.as_os_str(), s.as_os_str(), out.as_os_str()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    check(&out, "umask 077");
+    // umasks of 077 and 000, through the command line in a shell that sets them
+    for umask in ["077", "000"] {
+        let out = t.path().join(format!("umask{umask}"));
+        let o = Command::new("sh")
+            .args(["-c", &format!("umask {umask} && exec \"$0\" unpack \"$1\" --store \"$2\" \"$3\"")])
+            .arg(env!("CARGO_BIN_EXE_ocix"))
+            .args([mpath.as_os_str(), s.as_os_str(), out.as_os_str()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        check(&out, &format!("umask {umask}"));
+    }
 
     // DEST made inside a setgid directory of another group: new entries
     // take that group, not the unpacking user's

@@ -66,12 +66,26 @@ impl Fresh {
         })
     }
 
-    /// What is known of a directory made by the walk (mode 0700).
-    pub(super) fn dir(&self) -> Known {
+    /// The mode the walk gives a new directory whose manifest mode is `m`:
+    /// `m` itself when the kernel is known to keep it exactly (no bit of the
+    /// umask, no default ACL, no inherited setgid), it has no setuid, setgid
+    /// or sticky bit, it lets its owner add children (0700) and nobody else
+    /// write (so the tree is never open to others while it is filled);
+    /// otherwise 0700, and the mode is set at the end.
+    pub(super) fn dir_create_mode(&self, m: u32) -> u32 {
+        let m = m & 0o7777;
+        let exact = self.plain && self.no_setgid_dirs && self.umask.is_some_and(|u| m & u == 0);
+        if exact && m & 0o7000 == 0 && m & 0o700 == 0o700 && m & 0o022 == 0 { m } else { 0o700 }
+    }
+
+    /// What is known of a directory made by the walk, whose manifest mode
+    /// is `m` (created with [`Fresh::dir_create_mode`]).
+    pub(super) fn dir(&self, m: u32) -> Known {
+        let created = self.dir_create_mode(m);
         Known {
             owner: self.owner,
             no_xattrs: self.plain,
-            mode: self.umask.filter(|_| self.plain && self.no_setgid_dirs).map(|u| 0o700 & !u),
+            mode: self.umask.filter(|_| self.plain && self.no_setgid_dirs).map(|u| created & !u),
         }
     }
 }

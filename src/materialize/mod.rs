@@ -428,6 +428,10 @@ pub fn unpack_filled(
 
     // Phases 1 and 2: the walk creates, the writers write.
     let mut links = Vec::new();
+    let mut dir_fds = walk::DirFds::new();
+    // directories kept open from the walk to phase 4 (saves opening and
+    // closing each again), within a share of the descriptor limit
+    let fd_budget = (crate::sys::fd_limit() / 4).saturating_sub(256) as usize;
     let jobs = queue::Queue::new(2 * threads + 2);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -459,6 +463,8 @@ pub fn unpack_filled(
                 links: Vec::new(),
                 claimed: HashSet::new(),
                 link_seen: HashSet::new(),
+                dir_fds: HashMap::new(),
+                fd_budget,
                 dirs: 1,
                 others: 0,
                 removed: 0,
@@ -466,12 +472,13 @@ pub fn unpack_filled(
             if let Err(e) = w.walk(&root, &mut Vec::new(), top).and_then(|()| w.flush()) {
                 ctx.fail(e);
             }
-            (w.links, w.dirs, w.others, w.removed)
+            (w.links, w.dirs, w.others, w.removed, w.dir_fds)
         });
         match walker {
             Ok(h) => match h.join() {
-                Ok((l, d, o, r)) => {
+                Ok((l, d, o, r, f)) => {
                     links = l;
+                    dir_fds = f;
                     report.dirs = d;
                     report.others = o;
                     report.removed = r;
@@ -499,7 +506,7 @@ pub fn unpack_filled(
     let big_stack = std::thread::Builder::new().stack_size(256 << 20);
     let res = std::thread::scope(|s| {
         let h = big_stack.spawn_scoped(s, || -> Result<(), UnpackError> {
-            finish_dirs(&ctx, root.as_fd(), &mut Vec::new(), top)?;
+            finish_dirs(&ctx, root.as_fd(), &mut Vec::new(), top, &dir_fds)?;
             meta::apply(&ctx, XattrSource::Fd(root.as_fd()), KindCode::Dir, top, b"")
         });
         match h {

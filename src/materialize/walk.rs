@@ -27,6 +27,10 @@ pub(super) struct Walker<'c, 'a, 'm> {
     pub(super) claimed: HashSet<(u64, u64)>,
     /// `--link`: contents already given to a file, in manifest order.
     pub(super) link_seen: HashSet<crate::manifest::Digest>,
+    /// Directories the walk opened, by entry index, kept open for phase 4
+    /// (at most `fd_budget` of them; any other is opened again there).
+    pub(super) dir_fds: HashMap<usize, Arc<OwnedFd>>,
+    pub(super) fd_budget: usize,
     pub(super) dirs: u64,
     pub(super) others: u64,
     pub(super) removed: u64,
@@ -34,7 +38,7 @@ pub(super) struct Walker<'c, 'a, 'm> {
 
 /// Files handed to the writers at once, and the data that ends a batch
 /// sooner (large files are spread over the writers).
-const BATCH_FILES: usize = 64;
+const BATCH_FILES: usize = 256;
 const BATCH_BYTES: u64 = 4 << 20;
 
 impl<'m> Walker<'_, '_, 'm> {
@@ -146,7 +150,8 @@ impl<'m> Walker<'_, '_, 'm> {
                 let keep = ex_type == Some(FileType::Directory);
                 clear(self, keep)?;
                 if !keep {
-                    wr::mkdir_at(d, name, 0o700, &shown)?;
+                    let m = ctx.fresh.map_or(0o700, |f| f.dir_create_mode(e.mode()));
+                    wr::mkdir_at(d, name, m, &shown)?;
                 } else if ctx.rootless && ex.as_ref().is_some_and(|s| s.st_mode & 0o700 != 0o700) {
                     // an existing directory (0555, 0311...) must be readable
                     // and writable by its owner while children are fixed;
@@ -156,6 +161,9 @@ impl<'m> Walker<'_, '_, 'm> {
                 let fd = rd::open_dir_at(d, name, &shown)?;
                 self.dirs += 1;
                 let fd = Arc::new(fd);
+                if self.dir_fds.len() < self.fd_budget {
+                    self.dir_fds.insert(e.index(), fd.clone());
+                }
                 let mut r = rel.to_vec();
                 self.walk(&fd, &mut r, e)?;
             }
@@ -403,13 +411,29 @@ pub(super) fn make_link(
     Ok(removed)
 }
 
-fn finish_dir(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, rel: &mut Vec<u8>, e: Node<'_>) -> Result<(), UnpackError> {
-    let shown = ctx.shown(rel);
-    let fd = rd::open_dir_at(dir, e.name(), &|| shown.clone())?;
-    finish_dirs(ctx, fd.as_fd(), rel, e)?;
-    let known = ctx.fresh.map(|f| f.dir()).unwrap_or_default();
-    meta::apply_known(ctx, XattrSource::Fd(fd.as_fd()), KindCode::Dir, e, rel, known)
+fn finish_dir(
+    ctx: &Ctx<'_>,
+    dir: BorrowedFd<'_>,
+    rel: &mut Vec<u8>,
+    e: Node<'_>,
+    kept: &DirFds,
+) -> Result<(), UnpackError> {
+    let opened;
+    let fd = match kept.get(&e.index()) {
+        Some(fd) => fd.as_fd(),
+        None => {
+            let shown = ctx.shown(rel);
+            opened = rd::open_dir_at(dir, e.name(), &|| shown.clone())?;
+            opened.as_fd()
+        }
+    };
+    finish_dirs(ctx, fd, rel, e, kept)?;
+    let known = ctx.fresh.map(|f| f.dir(e.mode())).unwrap_or_default();
+    meta::apply_known(ctx, XattrSource::Fd(fd), KindCode::Dir, e, rel, known)
 }
+
+/// The directories the walk kept open, by entry index.
+pub(super) type DirFds = HashMap<usize, Arc<OwnedFd>>;
 
 /// Applies directory metadata below `dir` (the directory `parent`),
 /// children before parents.
@@ -418,6 +442,7 @@ pub(super) fn finish_dirs(
     dir: BorrowedFd<'_>,
     rel: &mut Vec<u8>,
     parent: Node<'_>,
+    kept: &DirFds,
 ) -> Result<(), UnpackError> {
     for e in parent.children().filter(|c| c.is_dir()) {
         let base = rel.len();
@@ -425,7 +450,7 @@ pub(super) fn finish_dirs(
             rel.push(b'/');
         }
         rel.extend_from_slice(e.name());
-        let r = finish_dir(ctx, dir, rel, e);
+        let r = finish_dir(ctx, dir, rel, e, kept);
         rel.truncate(base);
         r?;
     }

@@ -71,6 +71,11 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// The soft limit on open files (`u64::MAX` when unlimited).
+pub fn fd_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 /// Result of a syscall wrapper.
 pub type Result<T> = std::result::Result<T, SysError>;
 
