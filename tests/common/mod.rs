@@ -166,17 +166,31 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// A copy of the ocix binary that an unprivileged user can execute (the
-/// build directory may sit below a private home directory).
+/// build directory may sit below a private home directory). The copy is
+/// named after the build's path, size and mtime, so every test process of
+/// one build shares it and a rebuild replaces rather than adds one.
 pub fn ocix_unprivileged() -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ocix-test-bin-{}", std::process::id()));
+        let src = Path::new(env!("CARGO_BIN_EXE_ocix"));
+        let meta = std::fs::metadata(src).unwrap();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (src, meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut h);
+        let dir = std::env::temp_dir().join(format!("ocix-test-bin-{:016x}", h.finish()));
+        let bin = dir.join("ocix");
+        if std::fs::metadata(&bin).is_ok_and(|m| m.len() == meta.len()) {
+            return bin;
+        }
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.join("ocix");
-        std::fs::copy(env!("CARGO_BIN_EXE_ocix"), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // copied under a name of this process, then renamed: concurrent test
+        // processes never run a half-written copy
+        let tmp = dir.join(format!("ocix.{}", std::process::id()));
+        std::fs::copy(src, &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &bin).unwrap();
         bin
     })
     .clone()
