@@ -91,15 +91,14 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     })
     .with_context(|| format!("importing {}", a.image))?;
     report_dropped(&imp, &a.image, g);
-    let bytes = imp.manifest.to_bytes()?;
-    super::write_output(Some(&a.output), &bytes)?;
+    let (len, _) = super::write_manifest(&a.output, &imp.manifest)?;
     g.info(&format!(
         "image {}: {} layers, {} files read, {} uncompressed bytes, manifest {} bytes",
         imp.image.manifest_desc.digest,
         imp.image.layers.len(),
         imp.files,
         imp.bytes,
-        bytes.len()
+        len
     ));
     Ok(ExitCode::SUCCESS)
 }

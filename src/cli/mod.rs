@@ -175,9 +175,22 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<crate::manifest::Manifest> {
 
 /// Reads a whole manifest file (`-` is stdin) into the compact form; errors
 /// name the file.
+///
+/// A regular file is decoded as it is read, through a bounded window, so
+/// its bytes are never held whole; standard input and other files are read
+/// whole first.
 pub fn read_compact(path: &Path) -> anyhow::Result<crate::manifest::Compact> {
+    use crate::manifest::Compact;
+    if path != Path::new("-") {
+        let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let md = f.metadata().with_context(|| format!("{}: cannot read", path.display()))?;
+        if md.is_file() {
+            return Compact::read_from(&mut f, md.len())
+                .with_context(|| format!("{}: invalid OCIX manifest", shown(path)));
+        }
+    }
     let data = read_input(path)?;
-    crate::manifest::Compact::from_bytes(&data).with_context(|| format!("{}: invalid OCIX manifest", shown(path)))
+    Compact::from_bytes(&data).with_context(|| format!("{}: invalid OCIX manifest", shown(path)))
 }
 
 /// Reads a file or stdin (`-`).
@@ -196,9 +209,35 @@ pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// else that exists (a device such as /dev/null, a fifo, a symlink's target)
 /// by opening it for writing, so such a path is never replaced.
 pub fn write_output(path: Option<&PathBuf>, data: &[u8]) -> anyhow::Result<()> {
+    write_output_with(path, &mut |w| w.write_all(data)).map(|_| ())
+}
+
+/// Writes the canonical bytes of a manifest where [`write_output`] writes,
+/// in chunks as they are encoded; returns their length and digest.
+pub fn write_manifest(path: &PathBuf, m: &crate::manifest::Compact) -> anyhow::Result<(u64, crate::manifest::Digest)> {
+    // a manifest that breaks a rule fails before anything is written
+    m.validate()?;
+    let mut done = None;
+    write_output_with(Some(path), &mut |w| {
+        done = Some(m.write_to(w).map_err(|e| match e {
+            crate::manifest::WriteError::Io(e) => e,
+            e => std::io::Error::other(e),
+        })?);
+        Ok(())
+    })?;
+    done.context("manifest not written")
+}
+
+/// Writes what `write` produces to stdout (`-` or no path), to a new or
+/// regular file (atomically), or into anything else that exists; see
+/// [`write_output`].
+fn write_output_with(
+    path: Option<&PathBuf>,
+    write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     match path {
-        None => write_stdout(data),
-        Some(p) if p == Path::new("-") => write_stdout(data),
+        None => write_stdout(write),
+        Some(p) if p == Path::new("-") => write_stdout(write),
         Some(p) => {
             match std::fs::symlink_metadata(p) {
                 Ok(md) if !md.file_type().is_file() && !md.is_dir() => {
@@ -209,14 +248,25 @@ pub fn write_output(path: Option<&PathBuf>, data: &[u8]) -> anyhow::Result<()> {
                         .truncate(true)
                         .open(p)
                         .with_context(|| format!("{}: cannot open for writing", p.display()))?;
-                    return f.write_all(data).with_context(|| format!("{}: cannot write", p.display()));
+                    let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut f);
+                    return write(&mut w)
+                        .and_then(|_| w.flush())
+                        .with_context(|| format!("{}: cannot write", p.display()));
                 }
                 _ => {}
             }
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             let name = p.file_name().with_context(|| format!("{}: not a file name", p.display()))?;
             let tmp = dir.join(format!(".{}.ocix-tmp-{}", name.to_string_lossy(), std::process::id()));
-            std::fs::write(&tmp, data).with_context(|| format!("{}: cannot write", tmp.display()))?;
+            let written = std::fs::File::create(&tmp).and_then(|f| {
+                let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+                write(&mut w)?;
+                w.flush()
+            });
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("{}: cannot write", tmp.display()));
+            }
             std::fs::rename(&tmp, p).with_context(|| {
                 let _ = std::fs::remove_file(&tmp);
                 format!("{}: cannot write", p.display())
@@ -225,9 +275,9 @@ pub fn write_output(path: Option<&PathBuf>, data: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-fn write_stdout(data: &[u8]) -> anyhow::Result<()> {
+fn write_stdout(write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(data).and_then(|_| out.flush()) {
+    match write(&mut out).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(e).context("writing standard output"),

@@ -67,8 +67,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     };
     let opts = a.tree.scan_options(a.threads, g);
     let scan = super::scan_tree(&a.dir, store.as_ref(), &opts, g)?;
-    let bytes = scan.manifest.to_bytes()?;
-    super::write_output(Some(&a.output), &bytes)?;
-    g.info(&format!("{} files, {} bytes hashed, manifest {} bytes", scan.files, scan.bytes, bytes.len()));
+    let (len, _) = super::write_manifest(&a.output, &scan.manifest)?;
+    g.info(&format!("{} files, {} bytes hashed, manifest {len} bytes", scan.files, scan.bytes));
     Ok(ExitCode::SUCCESS)
 }

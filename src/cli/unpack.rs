@@ -5,7 +5,6 @@
 //! streamed.
 
 use super::Global;
-use crate::manifest::Compact;
 use crate::materialize::{IdMap, UnpackError, UnpackOptions, unpack};
 use crate::oci::ImportOptions;
 use crate::pipeline::{self, Brought, ImageUnpackOptions, PullMountOptions, PullUnpackOptions, RunError};
@@ -165,9 +164,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         bail!("--keep-dirlinks is for an image's layers (--image, or a docker:// image); a manifest is already a tree");
     }
     let Some(store) = &a.store else { bail!("--store is required to unpack a manifest") };
-    let data = super::read_input(manifest)?;
-    let m = Compact::from_bytes(&data).with_context(|| format!("{}: invalid OCIX manifest", super::shown(manifest)))?;
-    drop(data);
+    let m = super::read_compact(manifest)?;
     let store = Store::open(store)?;
     let r = unpack(&m, &store, dest, &opts).map_err(|e| unpack_failed(dest, e))?;
     report(&r, g);

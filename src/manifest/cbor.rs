@@ -119,11 +119,23 @@ pub struct CborError {
     pub what: String,
 }
 
-/// Strict reader over a byte slice.
+/// Strict reader over a byte source of a known length (a slice, or a file
+/// read through a bounded window): items are copied into the window only as
+/// they are read, so a manifest file is never held whole.
 pub struct Reader<'a> {
-    data: &'a [u8],
+    src: Box<dyn std::io::Read + 'a>,
+    /// The window: `buf[lo..hi]` are read but not yet consumed.
+    buf: Vec<u8>,
+    lo: usize,
+    hi: usize,
+    /// Absolute offset of `buf[lo]`.
     pos: usize,
+    /// Length of the whole input.
+    total: usize,
 }
+
+/// Bytes asked of the source at a time.
+const WINDOW: usize = 256 * 1024;
 
 /// Shorthand result.
 pub type Result<T> = std::result::Result<T, CborError>;
@@ -131,7 +143,13 @@ pub type Result<T> = std::result::Result<T, CborError>;
 impl<'a> Reader<'a> {
     /// Starts reading at the beginning of `data`.
     pub fn new(data: &'a [u8]) -> Self {
-        Reader { data, pos: 0 }
+        Self::from_read(Box::new(data), data.len())
+    }
+
+    /// Starts reading `total` bytes from `src`; a source that ends before
+    /// `total` bytes, or goes on after them, is an error.
+    pub fn from_read(src: Box<dyn std::io::Read + 'a>, total: usize) -> Self {
+        Reader { src, buf: Vec::new(), lo: 0, hi: 0, pos: 0, total }
     }
 
     /// Current byte offset.
@@ -141,7 +159,42 @@ impl<'a> Reader<'a> {
 
     /// Bytes not yet consumed.
     pub fn remaining(&self) -> usize {
-        self.data.len() - self.pos
+        self.total - self.pos
+    }
+
+    /// Makes `n` bytes (at most [`Self::remaining`]) present in the window.
+    fn fill(&mut self, n: usize) -> Result<()> {
+        if self.hi - self.lo >= n {
+            return Ok(());
+        }
+        if self.buf.len() - self.lo < n {
+            self.buf.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+            if self.buf.len() < n {
+                // never more than the input holds
+                let want = n.max(WINDOW.min(self.remaining()));
+                self.buf.resize(want, 0);
+            }
+        }
+        while self.hi - self.lo < n {
+            // never past the input's end: the bytes after it are checked by finish
+            let unread = self.remaining() - (self.hi - self.lo);
+            let end = self.buf.len().min(self.hi + unread);
+            match self.src.read(&mut self.buf[self.hi..end]) {
+                Ok(0) => {
+                    let at = self.pos + (self.hi - self.lo);
+                    return self.err_at(at, format!("input ended at byte {at}, before its {} bytes", self.total));
+                }
+                Ok(k) => self.hi += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let at = self.pos + (self.hi - self.lo);
+                    return self.err_at(at, format!("cannot read: {e}"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Builds an error at `offset`.
@@ -149,11 +202,13 @@ impl<'a> Reader<'a> {
         Err(CborError { offset, what: what.into() })
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
         if n > self.remaining() {
             return self.err_at(self.pos, format!("needs {n} more bytes but only {} remain", self.remaining()));
         }
-        let s = &self.data[self.pos..self.pos + n];
+        self.fill(n)?;
+        let s = &self.buf[self.lo..self.lo + n];
+        self.lo += n;
         self.pos += n;
         Ok(s)
     }
@@ -251,21 +306,25 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reads a byte string, borrowing from the input.
-    pub fn bytes(&mut self) -> Result<&'a [u8]> {
+    /// Reads a byte string, borrowing from the window until the next read.
+    pub fn bytes(&mut self) -> Result<&[u8]> {
         let len = self.expect(Major::Bytes)?;
         self.take_len(len)
     }
 
-    /// Reads a text string, borrowing from the input; must be valid UTF-8.
-    pub fn text(&mut self) -> Result<&'a str> {
+    /// Reads a text string, borrowing from the window until the next read;
+    /// must be valid UTF-8.
+    pub fn text(&mut self) -> Result<&str> {
         let start = self.pos;
         let len = self.expect(Major::Text)?;
         let b = self.take_len(len)?;
-        std::str::from_utf8(b).or_else(|_| self.err_at(start, "text string is not valid UTF-8"))
+        match std::str::from_utf8(b) {
+            Ok(s) => Ok(s),
+            Err(_) => Err(CborError { offset: start, what: "text string is not valid UTF-8".into() }),
+        }
     }
 
-    fn take_len(&mut self, len: u64) -> Result<&'a [u8]> {
+    fn take_len(&mut self, len: u64) -> Result<&[u8]> {
         if len > self.remaining() as u64 {
             return self
                 .err_at(self.pos, format!("length {len} is larger than the {} bytes that remain", self.remaining()));
@@ -296,12 +355,20 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
-    /// Fails unless every byte has been consumed.
-    pub fn finish(&self) -> Result<()> {
+    /// Fails unless every byte has been consumed and the source has ended.
+    pub fn finish(&mut self) -> Result<()> {
         if self.remaining() != 0 {
             return self.err_at(self.pos, format!("{} trailing bytes after the manifest", self.remaining()));
         }
-        Ok(())
+        let mut one = [0u8; 1];
+        loop {
+            match self.src.read(&mut one) {
+                Ok(0) => return Ok(()),
+                Ok(_) => return self.err_at(self.pos, "input grew while it was read: bytes after the manifest"),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return self.err_at(self.pos, format!("cannot read: {e}")),
+            }
+        }
     }
 }
 

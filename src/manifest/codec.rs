@@ -12,6 +12,7 @@ use super::{
     BLOCK, Dev, Digest, KindCode, MAX_TARGET, MAX_XATTR_VALUE, Manifest, OCIX_TAG, Time, VERSION, check_depth,
     check_name, path_display,
 };
+use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -89,18 +90,60 @@ pub fn encode(m: &Manifest) -> Result<Vec<u8>, DecodeError> {
 /// [`Compact::to_bytes`].
 pub(crate) fn encode_compact(c: &Compact) -> Result<Vec<u8>, DecodeError> {
     validate_compact(c)?;
-    let mut w = Writer::default();
-    w.buf.reserve(c.len().saturating_mul(16));
-    w.head(Major::Tag, OCIX_TAG);
-    w.head(Major::Map, 2);
-    w.uint(0);
-    w.uint(VERSION);
-    w.uint(1);
-    encode_node(&mut w, c.root(), true);
-    Ok(w.buf)
+    let mut v = Vec::with_capacity(c.len().saturating_mul(16));
+    encode_valid(c, &mut v).map_err(|e| DecodeError { offset: None, path: None, what: e.to_string() })?;
+    Ok(v)
 }
 
-fn encode_node(w: &mut Writer, n: Node<'_>, is_root: bool) {
+/// Writes the canonical bytes of a validated manifest to `out` in chunks of
+/// about [`CHUNK`] bytes; returns their length and sha256.
+pub(crate) fn encode_valid(c: &Compact, out: &mut dyn std::io::Write) -> std::io::Result<(u64, Digest)> {
+    let mut o = Out { w: Writer::default(), out, hash: Sha256::new(), len: 0, err: None };
+    o.w.buf.reserve(CHUNK + CHUNK / 4);
+    o.w.head(Major::Tag, OCIX_TAG);
+    o.w.head(Major::Map, 2);
+    o.w.uint(0);
+    o.w.uint(VERSION);
+    o.w.uint(1);
+    encode_node(&mut o, c.root(), true);
+    o.spill(0);
+    match o.err {
+        Some(e) => Err(e),
+        None => Ok((o.len, Digest(o.hash.finalize().into()))),
+    }
+}
+
+/// Bytes gathered before they are handed to the output.
+const CHUNK: usize = 256 * 1024;
+
+/// The encoder's output: a buffer handed on, and hashed, once it holds
+/// `CHUNK` bytes; the first write error stops further writes.
+struct Out<'o> {
+    w: Writer,
+    out: &'o mut dyn std::io::Write,
+    hash: Sha256,
+    len: u64,
+    err: Option<std::io::Error>,
+}
+
+impl Out<'_> {
+    /// Hands the buffer on once it holds more than `min` bytes.
+    fn spill(&mut self, min: usize) {
+        if self.w.buf.len() <= min {
+            return;
+        }
+        if self.err.is_none() {
+            self.hash.update(&self.w.buf);
+            self.len += self.w.buf.len() as u64;
+            if let Err(e) = self.out.write_all(&self.w.buf) {
+                self.err = Some(e);
+            }
+        }
+        self.w.buf.clear();
+    }
+}
+
+fn encode_node(o: &mut Out<'_>, n: Node<'_>, is_root: bool) {
     let code = n.code();
     let (mode, uid, gid, mtime) = (n.mode(), n.uid(), n.gid(), n.mtime());
     let file = n.file();
@@ -160,63 +203,68 @@ fn encode_node(w: &mut Writer, n: Node<'_>, is_root: bool) {
             fields.push(K_GNAME);
         }
     }
-    w.head(Major::Map, fields.len() as u64);
+    o.w.head(Major::Map, fields.len() as u64);
     for k in fields {
-        w.uint(k);
+        o.w.uint(k);
         match k {
-            K_NAME => w.bytes(n.name()),
-            K_TYPE => w.uint(code as u64),
-            K_MODE => w.uint(mode as u64),
-            K_UID => w.uint(uid as u64),
-            K_GID => w.uint(gid as u64),
-            K_MTIME => w.int(mtime.sec),
-            K_NSEC => w.uint(mtime.nsec as u64),
+            K_NAME => o.w.bytes(n.name()),
+            K_TYPE => o.w.uint(code as u64),
+            K_MODE => o.w.uint(mode as u64),
+            K_UID => o.w.uint(uid as u64),
+            K_GID => o.w.uint(gid as u64),
+            K_MTIME => o.w.int(mtime.sec),
+            K_NSEC => o.w.uint(mtime.nsec as u64),
             K_SIZE | K_DIGEST | K_ZEROS => {
                 let f = file.unwrap_or(FileRef { size: 0, digest: None, zeros: &[] });
                 match k {
-                    K_SIZE => w.uint(f.size),
-                    K_DIGEST => w.bytes(&f.digest.map(|d| d.0).unwrap_or_default()),
+                    K_SIZE => o.w.uint(f.size),
+                    K_DIGEST => o.w.bytes(&f.digest.map(|d| d.0).unwrap_or_default()),
                     _ => {
-                        w.head(Major::Array, 2 * f.zeros.len() as u64);
+                        o.w.head(Major::Array, 2 * f.zeros.len() as u64);
                         for (s, n) in f.zeros {
-                            w.uint(*s);
-                            w.uint(*n);
+                            o.w.uint(*s);
+                            o.w.uint(*n);
                         }
                     }
                 }
             }
-            K_TARGET => w.bytes(n.target().unwrap_or_default()),
+            K_TARGET => o.w.bytes(n.target().unwrap_or_default()),
             K_RDEV => {
                 let d = n.dev().unwrap_or_default();
-                w.head(Major::Array, 2);
-                w.uint(d.major as u64);
-                w.uint(d.minor as u64);
+                o.w.head(Major::Array, 2);
+                o.w.uint(d.major as u64);
+                o.w.uint(d.minor as u64);
             }
             K_XATTRS => {
                 // Canonical map order: by the encoded key, i.e. shorter names
                 // first, then bytewise.
                 let mut pairs: Vec<(&[u8], &[u8])> = xattrs.iter().collect();
                 pairs.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(b.0)));
-                w.head(Major::Map, pairs.len() as u64);
+                o.w.head(Major::Map, pairs.len() as u64);
                 for (k, v) in pairs {
-                    w.bytes(k);
-                    w.bytes(v);
+                    o.w.bytes(k);
+                    o.w.bytes(v);
                 }
             }
             K_CHILDREN => {
-                w.head(Major::Array, children.count() as u64);
+                o.w.head(Major::Array, children.count() as u64);
                 for child in children {
-                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || encode_node(w, child, false));
+                    stacker::maybe_grow(64 * 1024, 1024 * 1024, || encode_node(o, child, false));
+                    o.spill(CHUNK);
                 }
             }
-            K_UNAME => w.text(n.uname().unwrap_or_default()),
-            K_GNAME => w.text(n.gname().unwrap_or_default()),
+            K_UNAME => o.w.text(n.uname().unwrap_or_default()),
+            K_GNAME => o.w.text(n.gname().unwrap_or_default()),
             _ => unreachable!(),
         }
     }
 }
 
 // ---------------------------------------------------------------- decoding
+
+fn at_path(path: &[u8], e: CborError) -> DecodeError {
+    DecodeError { offset: Some(e.offset), path: Some(path_display(path)), what: e.what }
+}
 
 struct Decoder<'a> {
     r: Reader<'a>,
@@ -226,7 +274,7 @@ struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     fn err(&self, e: CborError) -> DecodeError {
-        DecodeError { offset: Some(e.offset), path: Some(path_display(&self.path)), what: e.what }
+        at_path(&self.path, e)
     }
 
     fn fail<T>(&self, offset: usize, what: impl Into<String>) -> Result<T, DecodeError> {
@@ -257,25 +305,25 @@ impl<'a> Decoder<'a> {
     }
 
     /// Decodes one entry (and its subtree) into the builder; returns its
-    /// name.
-    fn entry(&mut self, depth: usize, is_root: bool) -> Result<Option<&'a [u8]>, DecodeError> {
+    /// name's start in `self.path` (its last component when this returns).
+    fn entry(&mut self, depth: usize, is_root: bool) -> Result<Option<usize>, DecodeError> {
         if let Err(why) = check_depth(depth, false) {
             return self.fail(self.r.offset(), why.to_string());
         }
         let start = self.r.offset();
         let n = self.r.map().map_err(|e| self.err(e))?;
-        let mut name: Option<&'a [u8]> = None;
+        let mut name: Option<usize> = None;
         let mut code = KindCode::File;
         let mut seen = [false; 16];
         let mut mode: Option<u32> = None;
         let (mut uid, mut gid, mut mtime) = (0u32, 0u32, Time::default());
-        let mut uname: Option<&'a str> = None;
-        let mut gname: Option<&'a str> = None;
+        let mut uname: Option<String> = None;
+        let mut gname: Option<String> = None;
         let mut xattrs = 0u32;
         let mut size = 0u64;
         let mut digest: Option<Digest> = None;
         let mut zeros: Vec<(u64, u64)> = Vec::new();
-        let mut target: Option<&'a [u8]> = None;
+        let mut target: Option<Vec<u8>> = None;
         let mut rdev: Option<Dev> = None;
         // the directory's index once its children began
         let mut opened: Option<usize> = None;
@@ -301,16 +349,17 @@ impl<'a> Decoder<'a> {
                     if is_root {
                         return self.fail(kat, "the root entry has no name");
                     }
-                    let b = self.r.bytes().map_err(|e| self.err(e))?;
+                    let b = self.r.bytes().map_err(|e| at_path(&self.path, e))?;
                     // the path shown in later errors includes this name
                     if parent_len > 0 {
                         self.path.push(b'/');
                     }
+                    let s = self.path.len();
                     self.path.extend_from_slice(b);
-                    if let Err(why) = check_name(b) {
+                    if let Err(why) = check_name(&self.path[s..]) {
                         return self.fail(vat, format!("invalid name: {why}"));
                     }
-                    name = Some(b);
+                    name = Some(s);
                 }
                 K_TYPE => {
                     let v = self.r.uint().map_err(|e| self.err(e))?;
@@ -334,9 +383,10 @@ impl<'a> Decoder<'a> {
                 K_NSEC => mtime.nsec = self.uint_nonzero(fname, 999_999_999)? as u32,
                 K_SIZE => size = self.uint_nonzero(fname, i64::MAX as u64)?,
                 K_DIGEST => {
-                    let b = self.r.bytes().map_err(|e| self.err(e))?;
+                    let b = self.r.bytes().map_err(|e| at_path(&self.path, e))?;
                     let Ok(arr) = <[u8; 32]>::try_from(b) else {
-                        return self.fail(vat, format!("digest must be 32 bytes, found {}", b.len()));
+                        let what = format!("digest must be 32 bytes, found {}", b.len());
+                        return self.fail(vat, what);
                     };
                     digest = Some(Digest(arr));
                 }
@@ -353,7 +403,7 @@ impl<'a> Decoder<'a> {
                     }
                 }
                 K_TARGET => {
-                    target = Some(self.r.bytes().map_err(|e| self.err(e))?);
+                    target = Some(self.r.bytes().map_err(|e| at_path(&self.path, e))?.to_vec());
                 }
                 K_RDEV => {
                     let cnt = self.r.array().map_err(|e| self.err(e))?;
@@ -372,23 +422,21 @@ impl<'a> Decoder<'a> {
                     if cnt == 0 {
                         return self.fail(vat, "empty xattr map must be omitted");
                     }
-                    let mut pairs: Vec<(&'a [u8], &'a [u8])> = Vec::new();
-                    let mut prev: Option<&[u8]> = None;
+                    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
                     for _ in 0..cnt {
                         let at = self.r.offset();
-                        let k = self.r.bytes().map_err(|e| self.err(e))?;
-                        if let Some(p) = prev {
-                            if (p.len(), p) >= (k.len(), k) {
+                        let k = self.r.bytes().map_err(|e| at_path(&self.path, e))?.to_vec();
+                        if let Some((p, _)) = pairs.last() {
+                            if (p.len(), p) >= (k.len(), &k) {
                                 return self.fail(at, "xattr names must be unique and in canonical order");
                             }
                         }
-                        prev = Some(k);
-                        let v = self.r.bytes().map_err(|e| self.err(e))?;
+                        let v = self.r.bytes().map_err(|e| at_path(&self.path, e))?.to_vec();
                         pairs.push((k, v));
                     }
                     // kept in raw name order
-                    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                    let r = self.b.intern_xattrs(pairs);
+                    pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    let r = self.b.intern_xattrs(pairs.iter().map(|(k, v)| (&k[..], &v[..])));
                     xattrs = self.built(vat, r.map_err(BuildError::TooLarge))?;
                 }
                 K_CHILDREN => {
@@ -403,44 +451,55 @@ impl<'a> Decoder<'a> {
                         return self.fail(vat, "empty children array must be omitted");
                     }
                     // owner names follow the children: set at the end
-                    let meta = MetaIn { mode: mode.unwrap_or(0o755), uid, gid, mtime, xattrs, uname, gname };
-                    let r = self.b.open_dir(name.unwrap_or_default(), &meta);
+                    let meta = MetaIn {
+                        mode: mode.unwrap_or(0o755),
+                        uid,
+                        gid,
+                        mtime,
+                        xattrs,
+                        uname: uname.as_deref(),
+                        gname: gname.as_deref(),
+                    };
+                    let nm: &[u8] = match name {
+                        Some(s) => &self.path[s..],
+                        None => b"",
+                    };
+                    let r = self.b.open_dir(nm, &meta);
                     opened = Some(self.built(kat, r)?);
                     let here = self.path.len();
-                    let mut prev: Option<&'a [u8]> = None;
+                    // the previous child's name, once there is one
+                    let mut prev: Option<Vec<u8>> = None;
                     for _ in 0..cnt {
                         let at = self.r.offset();
                         // deep trees recurse deeply: grow the stack on demand
                         let cname = stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(depth + 1, false))?;
-                        self.path.truncate(here);
-                        let cname = match cname {
-                            Some(c) => c,
-                            None => return self.fail(at, "child entry without a name"),
+                        // the path is here the child's own path, below its directory
+                        let Some(s) = cname else {
+                            self.path.truncate(here);
+                            return self.fail(at, "child entry without a name");
                         };
-                        if let Some(p) = prev {
-                            if p >= cname {
-                                // shown at the child's own path, below its directory
-                                if here > 0 {
-                                    self.path.push(b'/');
-                                }
+                        let cname = &self.path[s..];
+                        if let Some(p) = &prev {
+                            if p.as_slice() >= cname {
                                 let what = if p == cname {
                                     "duplicate name".to_string()
                                 } else {
-                                    self.path.extend_from_slice(p);
-                                    let after = path_display(&self.path);
-                                    self.path.truncate(self.path.len() - p.len());
-                                    format!("children not sorted by name (comes after {after})")
+                                    let mut after = self.path[..s].to_vec();
+                                    after.extend_from_slice(p);
+                                    format!("children not sorted by name (comes after {})", path_display(&after))
                                 };
-                                self.path.extend_from_slice(cname);
                                 return self.fail(at, what);
                             }
                         }
-                        prev = Some(cname);
+                        let p = prev.get_or_insert_with(Vec::new);
+                        p.clear();
+                        p.extend_from_slice(cname);
+                        self.path.truncate(here);
                     }
                     self.b.close_dir();
                 }
                 K_UNAME | K_GNAME => {
-                    let s = self.r.text().map_err(|e| self.err(e))?;
+                    let s = self.r.text().map_err(|e| at_path(&self.path, e))?.to_owned();
                     if key == K_UNAME {
                         uname = Some(s);
                     } else {
@@ -486,8 +545,11 @@ impl<'a> Decoder<'a> {
             Some(m) => m,
             None => code.default_mode(),
         };
-        let meta = MetaIn { mode, uid, gid, mtime, xattrs, uname, gname };
-        let nm = name.unwrap_or_default();
+        let meta = MetaIn { mode, uid, gid, mtime, xattrs, uname: uname.as_deref(), gname: gname.as_deref() };
+        let nm: &[u8] = match name {
+            Some(s) => &self.path[s..],
+            None => b"",
+        };
         let leaf = match code {
             KindCode::Dir => {
                 let r = match opened {
@@ -498,8 +560,8 @@ impl<'a> Decoder<'a> {
                 return Ok(name);
             }
             KindCode::File => Leaf::File { size, digest, zeros: &zeros },
-            KindCode::Symlink => Leaf::Symlink(self.need(target, start, "target")?),
-            KindCode::Hardlink => Leaf::Hardlink(self.need(target, start, "target")?),
+            KindCode::Symlink => Leaf::Symlink(self.need(target.as_deref(), start, "target")?),
+            KindCode::Hardlink => Leaf::Hardlink(self.need(target.as_deref(), start, "target")?),
             KindCode::Char => Leaf::Char(self.need(rdev, start, "rdev")?),
             KindCode::Block => Leaf::Block(self.need(rdev, start, "rdev")?),
             KindCode::Fifo => Leaf::Fifo,
@@ -545,7 +607,19 @@ pub fn decode(data: &[u8]) -> Result<Manifest, DecodeError> {
 
 /// [`Compact::from_bytes`].
 pub(crate) fn decode_compact(data: &[u8]) -> Result<Compact, DecodeError> {
-    let mut d = Decoder { r: Reader::new(data), path: Vec::new(), b: Builder::new() };
+    decode_from(Reader::new(data))
+}
+
+/// [`Compact::read_from`].
+pub(crate) fn decode_read(src: &mut dyn std::io::Read, len: u64) -> Result<Compact, DecodeError> {
+    let Ok(len) = usize::try_from(len) else {
+        return Err(DecodeError { offset: None, path: None, what: format!("{len} bytes is too large") });
+    };
+    decode_from(Reader::from_read(Box::new(src), len))
+}
+
+fn decode_from(r: Reader<'_>) -> Result<Compact, DecodeError> {
+    let mut d = Decoder { r, path: Vec::new(), b: Builder::new() };
     let top = |e: CborError| DecodeError { offset: Some(e.offset), path: None, what: e.what };
     let tag =
         d.r.expect(Major::Tag)

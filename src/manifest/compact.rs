@@ -162,9 +162,30 @@ impl Compact {
         super::codec::encode_compact(self)
     }
 
+    /// Decodes and validates the `len` bytes `src` yields, reading them
+    /// through a bounded window rather than holding them whole; a source
+    /// that ends before `len` bytes or goes on after them is an error.
+    pub fn read_from(src: &mut dyn std::io::Read, len: u64) -> Result<Self, super::DecodeError> {
+        super::codec::decode_read(src, len)
+    }
+
+    /// Checks every rule the decoder checks, then writes the canonical
+    /// bytes to `out` in chunks; returns their length and sha256 (the
+    /// manifest's digest). Nothing is written when the check fails.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> Result<(u64, Digest), WriteError> {
+        super::codec::validate_compact(self)?;
+        Ok(super::codec::encode_valid(self, out)?)
+    }
+
     /// sha256 of the encoded manifest: its identity.
     pub fn digest(&self) -> Result<Digest, super::DecodeError> {
-        Ok(Digest::of(&self.to_bytes()?))
+        super::codec::validate_compact(self)?;
+        let (_, d) = super::codec::encode_valid(self, &mut std::io::sink()).map_err(|e| super::DecodeError {
+            offset: None,
+            path: None,
+            what: e.to_string(),
+        })?;
+        Ok(d)
     }
 
     /// Checks the rules that span entries or values (see
@@ -594,6 +615,18 @@ impl<'a> Leaf<'a> {
     }
 }
 
+/// Why [`Compact::write_to`] failed: the manifest breaks a rule, or the
+/// output refused the bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The manifest breaks a rule of the format.
+    #[error(transparent)]
+    Invalid(#[from] super::DecodeError),
+    /// Writing the bytes failed.
+    #[error("cannot write: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// Metadata for [`Builder`], borrowed: what every entry but a hardlink
 /// carries.
 #[derive(Clone, Copy, Debug, Default)]
@@ -971,6 +1004,60 @@ mod tests {
 
     fn file(size: u64, d: u8) -> Entry {
         Entry::new(Kind::File(File { size, digest: (size > 0).then_some(Digest([d; 32])), zeros: Vec::new() }))
+    }
+
+    /// A source that yields at most `step` bytes a read, to cross the
+    /// window's refills at every offset.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn streamed_bytes_match_whole_bytes_both_ways() {
+        let mut dir = BTreeMap::new();
+        for i in 0..5000u32 {
+            let mut e = file(i as u64, i as u8);
+            if i % 7 == 0 {
+                e.meta.xattrs.insert(format!("user.k{i}").into_bytes(), vec![b'v'; (i % 300) as usize]);
+                e.meta.uname = Some(format!("u{i}"));
+            }
+            dir.insert(format!("name-{i:05}").into_bytes(), e);
+        }
+        dir.insert(b"zz-link".to_vec(), Entry::new(Kind::Symlink(vec![b't'; 4000])));
+        let mut root = BTreeMap::new();
+        root.insert(b"d".to_vec(), Entry::new(Kind::Dir(dir)));
+        let m = Manifest { root: Entry::new(Kind::Dir(root)) };
+        let c = Compact::from_tree(&m).unwrap();
+        let whole = c.to_bytes().unwrap();
+        assert!(whole.len() > 300 * 1024, "crosses a chunk: {}", whole.len());
+        let mut out = Vec::new();
+        let (len, d) = c.write_to(&mut out).unwrap();
+        assert_eq!(out, whole);
+        assert_eq!((len, d), (whole.len() as u64, Digest::of(&whole)));
+        assert_eq!(c.digest().unwrap(), Digest::of(&whole));
+        for step in [1, 7, 4096, usize::MAX] {
+            let back = Compact::read_from(&mut Trickle(&whole, step), whole.len() as u64).unwrap();
+            assert_eq!(back.to_bytes().unwrap(), whole, "step {step}");
+        }
+        // a source that ends early or goes on is refused, with the offset
+        let e = Compact::read_from(&mut Trickle(&whole[..whole.len() - 10], 4096), whole.len() as u64).unwrap_err();
+        assert!(e.to_string().contains("input ended"), "{e}");
+        let mut longer = whole.clone();
+        longer.push(0);
+        let e = Compact::read_from(&mut Trickle(&longer, 4096), whole.len() as u64).unwrap_err();
+        assert!(e.to_string().contains("bytes after the manifest"), "{e}");
+        // errors carry the same offset and words as decoding the whole bytes
+        let cut = &whole[..whole.len() / 2];
+        let a = Compact::from_bytes(cut).unwrap_err();
+        let b = Compact::read_from(&mut Trickle(cut, 999), cut.len() as u64).unwrap_err();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod zeros;
 use std::collections::BTreeMap;
 
 pub use codec::{DecodeError, decode, encode, validate};
-pub use compact::{Compact, KindRef, Node};
+pub use compact::{Compact, KindRef, Node, WriteError};
 pub use digest::{Digest, DigestParseError};
 pub use walk::{Walk, path_display};
 
