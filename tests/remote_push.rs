@@ -498,6 +498,53 @@ fn compressed_pack_round_trips_through_a_pull() {
     assert_eq!(rc, 0, "{err}");
 }
 
+/// The manifest travels compressed beside the plain layer (which readers
+/// predating the compressed one use): the compressed layer names the plain
+/// manifest's digest, decodes to its bytes, and is compressed as hard as
+/// zstd's ordinary levels go (a lazy mount fetches it before anything
+/// else; it is compressed once, at push). A pull fetches it, not the
+/// plain layer.
+#[test]
+fn manifest_travels_compressed_beside_the_plain_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    for i in 0..400 {
+        let d = tree.join(format!("node_modules/pkg{:02}/lib", i % 37));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("module-{i}.js")), format!("module.exports = {i};\n")).unwrap();
+    }
+    let (store, m) = scan_tree(dir.path());
+    let plain = std::fs::read(&m).unwrap();
+    let reg = registry(|_| None);
+    let target = format!("docker://127.0.0.1:{}/ocix/x:v1", reg.server.port);
+    let (rc, err) = ocix(dir.path(), &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &target], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let art = artifact(&reg);
+    let layers = art["layers"].as_array().unwrap();
+    assert_eq!(layers[0]["mediaType"], "application/vnd.ocix.manifest.v1+cbor", "{art}");
+    assert_eq!(layers[0]["digest"], digest_of(&plain));
+    let z = layers
+        .iter()
+        .find(|l| l["mediaType"] == "application/vnd.ocix.manifest.v1+cbor+zstd")
+        .unwrap_or_else(|| panic!("no compressed manifest layer: {art}"));
+    assert_eq!(z["annotations"]["io.ocix.manifest.digest"], digest_of(&plain));
+    let zd = z["digest"].as_str().unwrap().to_string();
+    let wire = reg.state.lock().unwrap().blobs[&zd].clone();
+    assert_eq!(z["size"].as_u64().unwrap(), wire.len() as u64);
+    assert_eq!(zstd::bulk::decompress(&wire, plain.len()).unwrap(), plain);
+    let level19 = zstd::bulk::compress(&plain, 19).unwrap().len();
+    assert!(wire.len() <= level19, "{} bytes compressed, level 19 gives {level19}", wire.len());
+
+    let dest = dir.path().join("dest");
+    let (rc, err) = ocix(dir.path(), &["unpack", &target, dest.to_str().unwrap()], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let gets: Vec<String> =
+        reg.server.requests().iter().filter(|r| r.method == "GET").map(|r| r.path.clone()).collect();
+    assert!(gets.iter().any(|p| p.ends_with(&zd)), "{gets:?}");
+    let plain_get = format!("/blobs/{}", digest_of(&plain));
+    assert!(!gets.iter().any(|p| p.ends_with(&plain_get)), "{gets:?}");
+}
+
 /// The fixture pushed with compression, and the registry digest of the
 /// big file's zstd form.
 fn pushed_compressed() -> (Fixture, Registry, String) {
