@@ -48,6 +48,7 @@ pub mod mount;
 pub mod oci;
 pub mod pipeline;
 pub mod progress;
+pub(crate) mod queue;
 pub mod remote;
 pub mod render;
 pub mod rootless;

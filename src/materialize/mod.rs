@@ -80,7 +80,6 @@ mod dest;
 mod fresh;
 mod idmap;
 mod meta;
-mod queue;
 mod report;
 mod walk;
 mod write;
@@ -432,13 +431,13 @@ pub fn unpack_filled(
     // directories kept open from the walk to phase 4 (saves opening and
     // closing each again), within a share of the descriptor limit
     let fd_budget = (crate::sys::fd_limit() / 4).saturating_sub(256) as usize;
-    let jobs = queue::Queue::new(2 * threads + 2);
+    let jobs = crate::queue::Queue::new(2 * threads + 2);
     std::thread::scope(|s| {
         for _ in 0..threads {
             let (ctx, jobs) = (&ctx, &jobs);
             s.spawn(move || {
                 // a writer that panics must not leave the walk waiting
-                let _close = queue::CloseOnDrop(jobs);
+                let _close = crate::queue::CloseOnDrop(jobs);
                 let mut buf = Vec::new();
                 while let Some(batch) = jobs.pop() {
                     for job in batch {
@@ -453,7 +452,7 @@ pub fn unpack_filled(
             });
         }
         let walker = std::thread::Builder::new().stack_size(256 << 20).spawn_scoped(s, || {
-            let _close = queue::CloseOnDrop(&jobs);
+            let _close = crate::queue::CloseOnDrop(&jobs);
             let mut w = Walker {
                 ctx: &ctx,
                 first_names: hardlink_targets(m),

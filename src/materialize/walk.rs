@@ -4,8 +4,9 @@
 //! another type replaced). Then hardlinks (phase 3) and directory metadata
 //! (phase 4).
 
-use super::{Ctx, Job, NotAppliedKind, UnpackError, meta, queue};
+use super::{Ctx, Job, NotAppliedKind, UnpackError, meta};
 use crate::manifest::{self, KindCode, KindRef, Node, path_display};
+use crate::queue;
 use crate::sys::read::{self as rd, FileType, XattrSource};
 use crate::sys::{Errno, SysError, write as wr};
 use std::collections::{HashMap, HashSet};

@@ -28,18 +28,17 @@
 //! recorded as a directory but not descended into unless asked.
 
 mod content;
-mod queue;
 
 use crate::filter::{Excludes, PatternError};
 use crate::manifest::compact::{BuildError, Builder, Children, FileRef, KindRef, Leaf, MetaIn, Node};
 use crate::manifest::{self, Compact, Dev, File, Kind, Time};
 use crate::progress::{Progress, Task, Work};
+use crate::queue::{CloseOnDrop, CloseWhenLast, Queue};
 use crate::rootless;
 use crate::store::Store;
 use crate::sys::read::{self as rd, FileType, Stat, XattrSource};
 use crate::sys::write as wr;
 use crate::sys::{Errno, SysError};
-use queue::{CloseOnDrop, Queue};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -845,16 +844,6 @@ fn batch_files(threads: usize) -> usize {
     (OPEN_FILES / (QUEUED + 1 + threads)).clamp(1, BATCH_FILES)
 }
 
-/// Closes the queue of files when the walk ends, however it ends, so the
-/// hashing threads stop.
-struct CloseJobs<'q>(&'q Queue<Vec<Job>>);
-
-impl Drop for CloseJobs<'_> {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
 /// Scans `dir`; with `store`, also puts every file's content there.
 pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result<Scan, ScanError> {
     let excludes = Excludes::new(&opts.excludes).map_err(ScanError::Pattern)?;
@@ -878,7 +867,7 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
     let mut w = std::thread::scope(|s| {
         for _ in 0..threads {
             let (jobs, done, pb) = (&jobs, &done, &*progress);
-            let last_closes = CloseOnDrop { queue: done, live: &live };
+            let last_closes = CloseWhenLast { queue: done, live: &live };
             s.spawn(move || {
                 let _last_closes = last_closes;
                 hash_worker(dir, jobs, done, store, pb)
@@ -887,7 +876,8 @@ pub fn scan_dir(dir: &Path, store: Option<&Store>, opts: &ScanOptions) -> Result
         // The walk runs on a thread of its own, which may take a current
         // directory of its own without moving the caller's.
         let walker = s.spawn(|| {
-            let _close = CloseJobs(&jobs);
+            // the walk ending, however it ends, stops the hashing threads
+            let _close = CloseOnDrop(&jobs);
             let own_cwd = rd::own_cwd();
             let mut w = Walker {
                 root_path: dir,

@@ -1,8 +1,8 @@
-//! The queue between the walk and the hashing threads (batches of files
-//! one way, batches of results the other): a mutex and two condition
-//! variables. A thread with nothing to do sleeps in the kernel until it is
-//! woken, without spinning or yielding, and a wake-up is sent only to a
-//! thread that waits.
+//! A bounded queue between a walk and its worker threads (scan's hashing
+//! threads, materialize's writers): a mutex and two condition variables.
+//! A thread with nothing to do sleeps in the kernel until it is woken,
+//! without spinning or yielding, and a wake-up is sent only to a thread
+//! that waits, so a busy queue costs no system call per item.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -15,7 +15,7 @@ struct State<T> {
     givers: usize,
 }
 
-pub(super) struct Queue<T> {
+pub(crate) struct Queue<T> {
     state: Mutex<State<T>>,
     not_empty: Condvar,
     not_full: Condvar,
@@ -24,7 +24,7 @@ pub(super) struct Queue<T> {
 
 impl<T> Queue<T> {
     /// A queue that holds at most `cap` items (at least one).
-    pub(super) fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Queue {
             state: Mutex::new(State { items: VecDeque::new(), closed: false, takers: 0, givers: 0 }),
             not_empty: Condvar::new(),
@@ -40,7 +40,7 @@ impl<T> Queue<T> {
 
     /// Adds `item`, sleeping while the queue is full; gives it back once
     /// the queue is closed.
-    pub(super) fn push(&self, item: T) -> Result<(), T> {
+    pub(crate) fn push(&self, item: T) -> Result<(), T> {
         let mut s = self.lock();
         while s.items.len() >= self.cap && !s.closed {
             s.givers += 1;
@@ -70,7 +70,7 @@ impl<T> Queue<T> {
 
     /// Takes the oldest item, sleeping while the queue is empty; `None`
     /// once it is closed and empty.
-    pub(super) fn pop(&self) -> Option<T> {
+    pub(crate) fn pop(&self) -> Option<T> {
         let mut s = self.lock();
         while s.items.is_empty() && !s.closed {
             s.takers += 1;
@@ -82,7 +82,7 @@ impl<T> Queue<T> {
     }
 
     /// Takes the oldest item if there is one, without waiting.
-    pub(super) fn try_pop(&self) -> Option<T> {
+    pub(crate) fn try_pop(&self) -> Option<T> {
         let mut s = self.lock();
         let item = s.items.pop_front();
         self.took(s, item)
@@ -90,22 +90,32 @@ impl<T> Queue<T> {
 
     /// No more items: `push` refuses, `pop` returns what is left, then
     /// `None`; every sleeping thread is woken.
-    pub(super) fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.not_empty.notify_all();
         self.not_full.notify_all();
     }
 }
 
-/// Closes a queue when dropped: the last hashing thread to stop, by
-/// returning or by panicking, closes the queue of results so the walk
-/// never waits for results that cannot come.
-pub(super) struct CloseOnDrop<'q, T> {
-    pub(super) queue: &'q Queue<T>,
-    pub(super) live: &'q std::sync::atomic::AtomicUsize,
-}
+/// Closes the queue when dropped, also while unwinding from a panic, so no
+/// thread waits for ever on a queue nobody serves.
+pub(crate) struct CloseOnDrop<'q, T>(pub(crate) &'q Queue<T>);
 
 impl<T> Drop for CloseOnDrop<'_, T> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Closes a queue when the last of `live` threads drops it: the last
+/// worker to stop, by returning or by panicking, closes the queue of
+/// results so the walk never waits for results that cannot come.
+pub(crate) struct CloseWhenLast<'q, T> {
+    pub(crate) queue: &'q Queue<T>,
+    pub(crate) live: &'q std::sync::atomic::AtomicUsize,
+}
+
+impl<T> Drop for CloseWhenLast<'_, T> {
     fn drop(&mut self) {
         if self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
             self.queue.close();
@@ -136,5 +146,28 @@ mod tests {
         });
         assert_eq!(q.push(1), Err(1));
         assert_eq!(q.try_pop(), None);
+    }
+
+    #[test]
+    fn every_item_is_taken_once_and_close_ends_the_takers() {
+        let q = Queue::new(2);
+        let taken = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    while let Some(i) = q.pop() {
+                        taken.lock().unwrap().push(i);
+                    }
+                });
+            }
+            for i in 0..1000 {
+                q.push(i).unwrap();
+            }
+            q.close();
+        });
+        let mut t = taken.into_inner().unwrap();
+        t.sort();
+        assert_eq!(t, (0..1000).collect::<Vec<_>>());
+        assert_eq!(q.push(5), Err(5));
     }
 }
