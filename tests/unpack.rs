@@ -5,7 +5,7 @@
 mod common;
 
 use common::progress::Tally;
-use common::{chmod, is_root, make_tree, set_mtime, write};
+use common::{chmod, is_root, make_tree, set_mtime, unpack, write};
 use ocix::manifest::{Entry, Kind, Manifest};
 use ocix::materialize::{IdMap, NotAppliedKind, UnpackOptions};
 use ocix::progress::{Progress, Work};
@@ -17,16 +17,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-
-/// Unpacks a manifest built in tree form (as the tests build them).
-fn unpack(
-    m: &ocix::manifest::Manifest,
-    store: &ocix::store::Store,
-    dest: &std::path::Path,
-    opts: &ocix::materialize::UnpackOptions,
-) -> Result<ocix::materialize::UnpackReport, ocix::materialize::UnpackError> {
-    ocix::materialize::unpack(&ocix::manifest::Compact::from_tree(m)?, store, dest, opts)
-}
 
 fn scan(dir: &Path, store: Option<&Store>) -> Manifest {
     scan_dir(dir, store, &ScanOptions::default())

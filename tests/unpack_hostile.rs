@@ -4,22 +4,12 @@
 
 mod common;
 
-use common::{dir as tree, lgetxattr, manifest};
+use common::{dir as tree, lgetxattr, manifest, unpack};
 use ocix::manifest::{BLOCK, Digest, Entry, File, Kind, Manifest};
 use ocix::materialize::{UnpackError, UnpackOptions};
 use ocix::store::Store;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-
-/// Unpacks a manifest built in tree form (as the tests build them).
-fn unpack(
-    m: &ocix::manifest::Manifest,
-    store: &ocix::store::Store,
-    dest: &std::path::Path,
-    opts: &ocix::materialize::UnpackOptions,
-) -> Result<ocix::materialize::UnpackReport, ocix::materialize::UnpackError> {
-    ocix::materialize::unpack(&ocix::manifest::Compact::from_tree(m)?, store, dest, opts)
-}
 
 struct Fixture {
     _t: tempfile::TempDir,

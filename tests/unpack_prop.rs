@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{chmod, set_mtime};
+use common::{chmod, set_mtime, unpack};
 use ocix::materialize::UnpackOptions;
 use ocix::scan::{ScanOptions, scan_dir};
 use ocix::store::Store;
@@ -15,16 +15,6 @@ use std::ffi::OsStr;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-/// Unpacks a manifest built in tree form (as the tests build them).
-fn unpack(
-    m: &ocix::manifest::Manifest,
-    store: &ocix::store::Store,
-    dest: &std::path::Path,
-    opts: &ocix::materialize::UnpackOptions,
-) -> Result<ocix::materialize::UnpackReport, ocix::materialize::UnpackError> {
-    ocix::materialize::unpack(&ocix::manifest::Compact::from_tree(m)?, store, dest, opts)
-}
 
 struct Rng(u64);
 

@@ -203,6 +203,16 @@ pub fn ocix_as_nobody() -> Command {
     c
 }
 
+/// Unpacks a manifest built in tree form (as the tests build them).
+pub fn unpack(
+    m: &ocix::manifest::Manifest,
+    store: &ocix::store::Store,
+    dest: &std::path::Path,
+    opts: &ocix::materialize::UnpackOptions,
+) -> Result<ocix::materialize::UnpackReport, ocix::materialize::UnpackError> {
+    ocix::materialize::unpack(&ocix::manifest::Compact::from_tree(m)?, store, dest, opts)
+}
+
 /// A directory entry (default metadata) holding `children`.
 pub fn dir(children: Vec<(&[u8], Entry)>) -> Entry {
     Entry::new(Kind::Dir(children.into_iter().map(|(n, e)| (n.to_vec(), e)).collect::<BTreeMap<_, _>>()))
