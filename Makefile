@@ -24,7 +24,7 @@ deps:
 # the real tools on the real corpus image (integration/). The corpus is
 # built first, so the cargo tests on it run (and fail if it is absent).
 test: deps release corpus
-	OCIX_REQUIRE_CORPUS=1 $(CARGO) test --release
+	OCIX_REQUIRE_CORPUS=1 OCIX_REQUIRE_PRIVILEGED=1 $(CARGO) test --release
 	bash integration/run.sh
 
 # The shared corpus image in $(OCIX_CORPUS), built once.

@@ -22,16 +22,13 @@ use std::time::{Duration, Instant};
 
 fn can_run() -> bool {
     if !common::is_root() {
-        eprintln!("SKIP: lazy mounts need root");
-        return false;
+        return common::skip("lazy mounts need root");
     }
     if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: no /dev/fuse");
-        return false;
+        return common::skip("no /dev/fuse");
     }
     if Command::new("docker-registry").arg("--version").output().is_err() {
-        eprintln!("SKIP: docker-registry is not installed");
-        return false;
+        return common::skip("docker-registry is not installed");
     }
     true
 }

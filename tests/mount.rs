@@ -26,8 +26,7 @@ impl Drop for Mounted {
 
 fn root_or_skip() -> bool {
     if !common::is_root() {
-        eprintln!("SKIP: mounting needs root");
-        return false;
+        return common::skip("mounting needs root");
     }
     true
 }
