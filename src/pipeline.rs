@@ -335,10 +335,18 @@ fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<
     // `Store::fetched_here`): in a store of our own, about to be removed,
     // they can simply become the files
     let arrivals = Arc::new(Arrivals::new());
-    let store = store.with_arrivals(arrivals.clone());
+    let mut store = store.with_arrivals(arrivals.clone());
+    // a store of our own is read once and removed: its blobs go into one
+    // unnamed file (the spill) rather than a file each; where the
+    // filesystem cannot make one, they become the files by linking
+    if temp.is_some() && !opts.unpack.link {
+        store = store.with_spill();
+    }
     let imported = import_into(image, &store, opts)?;
+    store.seal().map_err(|e| RunError::Import { src: image.into(), error: e.into() })?;
     arrivals.close(Filled::Complete);
-    let uopts = UnpackOptions { link: opts.unpack.link || temp.is_some(), ..opts.unpack.clone() };
+    let link = opts.unpack.link || (temp.is_some() && !store.spills());
+    let uopts = UnpackOptions { link, ..opts.unpack.clone() };
     let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
         .map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
     drop(store);

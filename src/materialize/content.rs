@@ -65,6 +65,9 @@ pub(super) fn write_content(
         return Ok(0);
     }
     let shown = || ctx.shown(rel);
+    if let Some((spill, base)) = ctx.store.spilled(&digest) {
+        return write_spilled(ctx, rel, f, digest, out, buf, spill, base);
+    }
     let blob = ctx.store.open_blob(&digest).map_err(|e| content_err(ctx, rel, digest, e))?;
     let blob_shown = || ctx.store.blob_path(&digest).display().to_string();
     let st = rd::stat_fd(blob.as_fd(), &blob_shown)?;
@@ -94,7 +97,7 @@ pub(super) fn write_content(
     // of what was written tests, so a file with zero runs is still hashed
     let trusted = f.zeros.is_empty() && ctx.store.fetched_here(&digest);
     let same_fs = rd::stat_fd(out, &shown).map(|o| o.st_dev == st.st_dev).unwrap_or(false);
-    if f.zeros.is_empty() && same_fs && copy_range(&blob, out, f.size, &shown, &blob_shown)? {
+    if f.zeros.is_empty() && same_fs && copy_range(blob.as_fd(), 0, out, f.size, &shown, &blob_shown)? {
         if trusted {
             return Ok(f.size);
         }
@@ -229,6 +232,14 @@ pub(super) fn read_small<'b>(
     if f.size == 0 {
         return Ok(&[]);
     }
+    if buf.len() < size.max(CHUNK) {
+        buf.resize(size.max(CHUNK), 0);
+    }
+    if let Some((spill, base)) = ctx.store.spilled(&digest) {
+        // hashed by this process as it was written (see `Store::with_spill`)
+        read_spilled(ctx, digest, spill, base, &mut buf[..size])?;
+        return Ok(&buf[..size]);
+    }
     let blob = ctx.store.open_blob_unchecked(&digest).map_err(|e| content_err(ctx, rel, digest, e))?;
     let blob_shown = || ctx.store.blob_path(&digest).display().to_string();
     let want = size + 1;
@@ -259,6 +270,83 @@ pub(super) fn read_small<'b>(
         v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
     }
     Ok(&buf[..size])
+}
+
+/// Reads exactly `into.len()` bytes of the spilled blob `digest` from
+/// `spill` at `base`.
+fn read_spilled(
+    ctx: &Ctx<'_>,
+    digest: Digest,
+    spill: BorrowedFd<'_>,
+    base: u64,
+    into: &mut [u8],
+) -> Result<(), UnpackError> {
+    let shown = || ctx.store.spilled_shown(&digest);
+    let mut got = 0usize;
+    while got < into.len() {
+        let n = rd::pread(spill, &mut into[got..], base + got as u64, &shown)?;
+        if n == 0 {
+            // the spill was cut short under this run
+            return Err(UnpackError::Sys(crate::sys::SysError::new("pread", shown(), Errno::NODATA)));
+        }
+        got += n;
+    }
+    Ok(())
+}
+
+/// [`write_content`] for a blob in the store's spill (see
+/// `Store::with_spill`): its bytes were hashed by this process as they
+/// were written, so only a file with zero runs is hashed again (the runs
+/// are the manifest's claim, tested by the hash of what the file holds).
+#[allow(clippy::too_many_arguments)]
+fn write_spilled(
+    ctx: &Ctx<'_>,
+    rel: &[u8],
+    f: &FileRef<'_>,
+    digest: Digest,
+    out: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    spill: BorrowedFd<'_>,
+    base: u64,
+) -> Result<u64, UnpackError> {
+    let shown = || ctx.shown(rel);
+    let spill_shown = || ctx.store.spilled_shown(&digest);
+    if f.zeros.is_empty() && copy_range(spill, base, out, f.size, &shown, &spill_shown)? {
+        return Ok(f.size);
+    }
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    wr::ftruncate(out, f.size, &shown)?;
+    let mut v = (!f.zeros.is_empty()).then(|| Verifier::new(digest, f.size));
+    let mut pos = 0u64;
+    let mut written = 0u64;
+    for (start, end) in data_segments(f) {
+        if let Some(v) = &mut v {
+            feed_zeros(v, start - pos);
+        }
+        let mut off = start;
+        while off < end {
+            let want = (end - off).min(buf.len() as u64) as usize;
+            read_spilled(ctx, digest, spill, base + off, &mut buf[..want])?;
+            if let Some(v) = &mut v {
+                v.update(&buf[..want]);
+            }
+            wr::pwrite_all(out, &buf[..want], off, &shown)?;
+            off += want as u64;
+            written += want as u64;
+        }
+        pos = end;
+    }
+    if let Some(mut v) = v {
+        feed_zeros(&mut v, f.size - pos);
+        // the spilled bytes hashed to the digest as they were written: a
+        // mismatch now is the manifest's zero runs
+        if v.finish(&spill_shown()).is_err() {
+            return Err(UnpackError::ZeroRuns { path: ctx.shown(rel), digest, blob: spill_shown() });
+        }
+    }
+    Ok(written)
 }
 
 /// The error for a blob that did not read back as `size` bytes: not a
@@ -293,16 +381,17 @@ fn blob_trouble(
 /// copied) when the kernel or filesystem cannot do it, so the caller falls
 /// back to reading and writing.
 fn copy_range(
-    blob: &OwnedFd,
+    blob: BorrowedFd<'_>,
+    base: u64,
     out: BorrowedFd<'_>,
     size: u64,
     shown: &dyn Fn() -> String,
     blob_shown: &dyn Fn() -> String,
 ) -> Result<bool, UnpackError> {
-    let (mut off_in, mut off_out) = (0u64, 0u64);
-    while off_in < size {
-        let want = (size - off_in).min(1 << 30) as usize;
-        match wr::copy_file_range(blob.as_fd(), &mut off_in, out, &mut off_out, want, shown) {
+    let (mut off_in, mut off_out) = (base, 0u64);
+    while off_out < size {
+        let want = (size - off_out).min(1 << 30) as usize;
+        match wr::copy_file_range(blob, &mut off_in, out, &mut off_out, want, shown) {
             Ok(0) => {
                 return Err(UnpackError::Sys(crate::sys::SysError::new(
                     "copy_file_range",
@@ -312,7 +401,7 @@ fn copy_range(
             }
             Ok(_) => {}
             Err(e)
-                if off_in == 0
+                if off_out == 0
                     && matches!(
                         e.errno,
                         Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::BADF

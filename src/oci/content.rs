@@ -29,7 +29,7 @@ impl<'s> Content<'s> {
     /// Starts a file of `size` bytes; without a store, only hashes.
     pub fn new(store: Option<&'s Store>, size: u64) -> Result<Self, StoreError> {
         let out = match store {
-            Some(s) if size > 0 => Out::Store(s.writer()?),
+            Some(s) if size > 0 => Out::Store(s.writer_sized(size)?),
             _ => Out::Hash(Sha256::new()),
         };
         Ok(Content { out, zeros: ZeroRuns::new(size), size, pos: 0, pending: Vec::new() })

@@ -11,6 +11,7 @@
 //! never trusted.
 
 mod arrivals;
+mod spill;
 
 pub use arrivals::{Arrivals, Filled};
 
@@ -94,6 +95,7 @@ pub struct Store {
     blobs: OwnedFd,
     tmp_seq: AtomicU64,
     arrivals: Option<Arc<Arrivals>>,
+    spill: Option<spill::Spill>,
 }
 
 impl Store {
@@ -117,7 +119,7 @@ impl Store {
 
     fn open_blobs(root: &Path, blobs: &Path) -> Result<Store, StoreError> {
         let fd = sys::read::open_dir_path(blobs)?;
-        Ok(Store { root: root.to_path_buf(), blobs: fd, tmp_seq: AtomicU64::new(0), arrivals: None })
+        Ok(Store { root: root.to_path_buf(), blobs: fd, tmp_seq: AtomicU64::new(0), arrivals: None, spill: None })
     }
 
     /// The store's root directory.
@@ -149,6 +151,49 @@ impl Store {
     pub fn with_arrivals(mut self, arrivals: Arc<Arrivals>) -> Store {
         self.arrivals = Some(arrivals);
         self
+    }
+
+    /// This store lives for one run, which writes its blobs and then reads
+    /// each back once (`unpack --image` without `--store`): they go into one
+    /// unnamed file instead of a file each (see [`spill`]), read through
+    /// [`spilled`](Self::spilled) once [`seal`](Self::seal) has been called.
+    /// Where the filesystem cannot make an unnamed file, blobs stay files.
+    pub fn with_spill(mut self) -> Store {
+        let shown = format!("{} (this run's blobs, unnamed)", self.root.join("blobs/sha256").display());
+        self.spill = spill::Spill::new(self.blobs.as_fd(), shown);
+        self
+    }
+
+    /// Whether blobs go to a spill (see [`with_spill`](Self::with_spill)).
+    pub fn spills(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    /// Ends the writing of a spilling store (see
+    /// [`with_spill`](Self::with_spill)): what it gathered is written, and
+    /// its blobs can be read.
+    pub fn seal(&self) -> Result<(), StoreError> {
+        match &self.spill {
+            Some(s) => s.seal(),
+            None => Ok(()),
+        }
+    }
+
+    /// Where blob `d` is in a sealed spill: the descriptor to read with
+    /// `pread` and the offset of its first byte (its size is the
+    /// manifest's; bytes past it belong to other blobs). Its content was
+    /// hashed by this process as it was written. `None` for a blob that is
+    /// a file of its own (or a store without a spill).
+    pub fn spilled(&self, d: &Digest) -> Option<(BorrowedFd<'_>, u64)> {
+        self.spill.as_ref()?.find(d)
+    }
+
+    /// How a spilled blob is named in errors.
+    pub fn spilled_shown(&self, d: &Digest) -> String {
+        match &self.spill {
+            Some(s) => format!("blob {d} in {}", s.shown()),
+            None => self.blob_path(d).display().to_string(),
+        }
     }
 
     /// Opens a blob for reading. The caller verifies its content (see
@@ -261,6 +306,17 @@ impl Store {
         Ok(BlobWriter { store: self, tmp: Some(tmp), hasher: Sha256::new(), len: 0, end: 0 })
     }
 
+    /// Starts writing a new blob of exactly `size` bytes: in a spilling
+    /// store (see [`with_spill`](Self::with_spill)) its region is reserved
+    /// in the spill; elsewhere as [`writer`](Self::writer).
+    pub fn writer_sized(&self, size: u64) -> Result<BlobWriter<'_>, StoreError> {
+        let Some(sp) = &self.spill else { return self.writer() };
+        let off = sp.reserve(size)?;
+        let inline = (size <= spill::INLINE).then(|| Vec::with_capacity(size as usize));
+        let tmp = Tmp::Spill { off, size, inline };
+        Ok(BlobWriter { store: self, tmp: Some(tmp), hasher: Sha256::new(), len: 0, end: 0 })
+    }
+
     /// Stores `data`, returning its digest.
     pub fn put_bytes(&self, data: &[u8]) -> Result<Digest, StoreError> {
         let d = Digest::of(data);
@@ -299,14 +355,13 @@ impl Store {
 enum Tmp {
     Anonymous(OwnedFd),
     Named(OwnedFd, PathBuf),
-}
-
-impl Tmp {
-    fn fd(&self) -> &OwnedFd {
-        match self {
-            Tmp::Anonymous(fd) | Tmp::Named(fd, _) => fd,
-        }
-    }
+    /// A region of the store's spill: `size` bytes from `off`, small
+    /// content gathered in `inline` until the end.
+    Spill {
+        off: u64,
+        size: u64,
+        inline: Option<Vec<u8>>,
+    },
 }
 
 /// A blob being written: hashed as it goes, named only by [`finish`](Self::finish).
@@ -327,8 +382,30 @@ impl BlobWriter<'_> {
     /// Appends data.
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.hasher.update(data);
-        let fd = self.tmp.as_ref().expect("writer used after finish").fd();
-        wr::pwrite_all(fd.as_fd(), data, self.len, &|| self.shown())?;
+        let store = self.store;
+        let shown = || format!("{}/.ocix-tmp (blob being written)", store.root.display());
+        match self.tmp.as_mut().expect("writer used after finish") {
+            Tmp::Anonymous(fd) | Tmp::Named(fd, _) => {
+                wr::pwrite_all(fd.as_fd(), data, self.len, &shown)?;
+            }
+            Tmp::Spill { off, size, inline } => {
+                // never past the region reserved: the next blob's bytes
+                let end = self.len + data.len() as u64;
+                if end > *size {
+                    return Err(StoreError::WrongSize { path: shown(), expected: *size, actual: end });
+                }
+                match inline {
+                    Some(v) => {
+                        v.resize(self.len as usize, 0);
+                        v.extend_from_slice(data);
+                    }
+                    None => {
+                        let sp = self.store.spill.as_ref().expect("a spill writer has a spill");
+                        sp.write_at(data, *off + self.len)?;
+                    }
+                }
+            }
+        }
         self.len += data.len() as u64;
         self.end = self.len;
         Ok(())
@@ -361,7 +438,10 @@ impl BlobWriter<'_> {
     /// kept as it is.
     pub fn finish(mut self, expected: Option<Digest>) -> Result<Digest, StoreError> {
         let tmp = self.tmp.take().expect("finish twice");
-        let fd = tmp.fd();
+        if let Tmp::Spill { off, size, inline } = tmp {
+            return self.finish_spilled(expected, off, size, inline);
+        }
+        let (Tmp::Anonymous(fd) | Tmp::Named(fd, _)) = &tmp else { unreachable!("spill handled above") };
         // only trailing holes need the size set
         if self.len != self.end {
             wr::ftruncate(fd.as_fd(), self.len, &|| self.shown())?;
@@ -403,10 +483,46 @@ impl BlobWriter<'_> {
                     })?;
                 }
             }
+            Tmp::Spill { .. } => unreachable!("spill handled above"),
         }
         let _ = fd.as_fd();
         if let Some(a) = &self.store.arrivals {
             if linked {
+                a.named(actual);
+            } else {
+                a.woke();
+            }
+        }
+        Ok(actual)
+    }
+}
+
+impl BlobWriter<'_> {
+    fn finish_spilled(
+        mut self,
+        expected: Option<Digest>,
+        off: u64,
+        size: u64,
+        inline: Option<Vec<u8>>,
+    ) -> Result<Digest, StoreError> {
+        if self.len != size {
+            return Err(StoreError::WrongSize { path: self.shown(), expected: size, actual: self.len });
+        }
+        let actual = Digest(std::mem::take(&mut self.hasher).finalize().into());
+        if let Some(exp) = expected
+            && exp != actual
+        {
+            return Err(StoreError::Corrupt { path: self.shown(), expected: exp, actual });
+        }
+        let sp = self.store.spill.as_ref().expect("a spill writer has a spill");
+        let named = sp.name(actual, off);
+        if named && let Some(mut v) = inline {
+            // trailing holes of a small blob are zeros gathered with it
+            v.resize(size as usize, 0);
+            sp.gather(&v, off)?;
+        }
+        if let Some(a) = &self.store.arrivals {
+            if named {
                 a.named(actual);
             } else {
                 a.woke();
@@ -492,6 +608,79 @@ mod tests {
         // once closed, a present blob still opens and a missing one fails at once
         assert!(s.open_blob(&old).is_ok());
         assert!(matches!(s.open_blob(&never), Err(StoreError::NotFetched { .. })));
+    }
+
+    /// Reads `len` bytes of a spilled blob.
+    fn read_spilled(s: &Store, d: &Digest, len: usize) -> Vec<u8> {
+        let (fd, off) = s.spilled(d).expect("spilled");
+        let mut v = vec![0xAA; len];
+        let mut got = 0;
+        while got < len {
+            let n = rd::pread(fd, &mut v[got..], off + got as u64, &String::new).unwrap();
+            assert!(n > 0, "spill ends inside blob {d}");
+            got += n;
+        }
+        v
+    }
+
+    #[test]
+    fn a_spill_gives_back_every_blob_exactly_and_names_no_file() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::create(t.path()).unwrap().with_spill();
+        assert!(s.spills());
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let blobs: Vec<(Vec<u8>, u64)> = vec![
+            (b"small".to_vec(), 0),
+            (big.clone(), 0),
+            (b"small".to_vec(), 0),           // the same content again
+            (b"holes around".to_vec(), 8192), // zeros skipped before and after
+            (vec![7u8; 70_000], 0),           // above the gathered size
+            (b"tail".to_vec(), 100_000),      // the last blob ends in a hole
+        ];
+        let mut want = Vec::new();
+        for (data, hole) in &blobs {
+            let size = data.len() as u64 + 2 * hole;
+            let mut w = s.writer_sized(size).unwrap();
+            w.skip_zeros(*hole);
+            w.write(data).unwrap();
+            w.skip_zeros(*hole);
+            let d = w.finish(None).unwrap();
+            let mut full = vec![0u8; *hole as usize];
+            full.extend_from_slice(data);
+            full.resize(size as usize, 0);
+            assert_eq!(d, Digest::of(&full));
+            want.push((d, full));
+        }
+        // nothing can be read before the seal, and no blob is a file
+        assert!(s.spilled(&want[0].0).is_none());
+        s.seal().unwrap();
+        for (d, full) in &want {
+            assert_eq!(read_spilled(&s, d, full.len()), *full, "blob {d}");
+            assert!(!s.has(d), "blob {d} became a file");
+        }
+        assert_eq!(std::fs::read_dir(t.path().join("blobs/sha256")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_spill_writer_never_writes_past_its_region() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::create(t.path()).unwrap().with_spill();
+        let mut over = s.writer_sized(4).unwrap();
+        let mut next = s.writer_sized(100_000).unwrap();
+        next.write(&vec![1u8; 100_000]).unwrap();
+        let nd = next.finish(None).unwrap();
+        over.write(b"1234").unwrap();
+        assert!(matches!(over.write(b"5"), Err(StoreError::WrongSize { .. })));
+        let mut short = s.writer_sized(10).unwrap();
+        short.write(b"short").unwrap();
+        assert!(matches!(short.finish(None), Err(StoreError::WrongSize { .. })));
+        let wrong = s.writer_sized(3).unwrap();
+        let mut wrong = wrong;
+        wrong.write(b"abc").unwrap();
+        assert!(matches!(wrong.finish(Some(Digest::of(b"abd"))), Err(StoreError::Corrupt { .. })));
+        s.seal().unwrap();
+        assert_eq!(read_spilled(&s, &nd, 100_000), vec![1u8; 100_000]);
+        assert!(s.spilled(&Digest::of(b"abc")).is_none(), "a blob with the wrong digest was named");
     }
 
     #[test]
