@@ -62,8 +62,8 @@ pub struct Args {
     #[arg(long)]
     pub keep_dirlinks: bool,
     /// The blob store holding the manifest's file contents. With --image:
-    /// a store to keep the image's contents in (default: a temporary one
-    /// inside BUNDLE, removed afterwards).
+    /// a store to keep the image's contents in (default: the contents stay
+    /// in one unnamed file inside BUNDLE for this run only).
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// Bring an existing tree to the manifest: remove extra entries, fix
