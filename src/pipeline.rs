@@ -330,17 +330,19 @@ pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Re
 /// The import and the unpack of [`image_unpack`], without the cleanup of
 /// `dest`.
 fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<(Imported, UnpackReport), RunError> {
-    let (store, temp) = run_store(opts.store.as_deref(), dest)?;
-    // the store knows the blobs this import verifies (see
-    // `Store::fetched_here`): in a store of our own, about to be removed,
-    // they can simply become the files
-    let arrivals = Arc::new(Arrivals::new());
-    let mut store = store.with_arrivals(arrivals.clone());
+    let (mut store, temp) = run_store(opts.store.as_deref(), dest)?;
     // a store of our own is read once and removed: its blobs go into one
-    // unnamed file (the spill) rather than a file each; where the
-    // filesystem cannot make one, they become the files by linking
+    // unnamed file (the spill), each hashed as it is written, rather than
+    // a file each
     if temp.is_some() && !opts.unpack.link {
         store = store.with_spill();
+    }
+    // otherwise the store knows the blobs this import verifies (see
+    // `Store::fetched_here`); in a store of our own that could not spill,
+    // they simply become the files
+    let arrivals = Arc::new(Arrivals::new());
+    if !store.spills() {
+        store = store.with_arrivals(arrivals.clone());
     }
     let imported = import_into(image, &store, opts)?;
     store.seal().map_err(|e| RunError::Import { src: image.into(), error: e.into() })?;

@@ -228,6 +228,33 @@ fn a_layout_image_is_unpacked_and_its_temporary_store_removed() {
 }
 
 #[test]
+fn every_kind_of_content_comes_out_exact_through_the_runs_own_store() {
+    // small and large blobs, the same content twice, zero blocks (holes in
+    // the run's store) inside and at the end, many small files in a row
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut holes = vec![0u8; 1 << 20];
+    holes.extend_from_slice(b"after a megabyte of zeros");
+    holes.resize(3 << 20, 0);
+    let small: Vec<(String, Vec<u8>)> =
+        (0..300).map(|i| (format!("many/f{i}"), format!("file {i}\n").into_bytes())).collect();
+    let mut files: Vec<(&str, &[u8])> =
+        vec![("a/one", b"same"), ("b/two", b"same"), ("big", &big), ("holes", &holes), ("zeros", &[0u8; 70_000])];
+    files.extend(small.iter().map(|(p, c)| (p.as_str(), c.as_slice())));
+    let t = tempfile::tempdir().unwrap();
+    let l = layout(t.path(), &files);
+    let out = t.path().join("out");
+    let dest = out.join("rootfs");
+    image_unpack(&format!("{}:v1", l.display()), &dest, &ImageUnpackOptions::default()).unwrap();
+    for (p, c) in &files {
+        let got = std::fs::read(dest.join(p)).unwrap();
+        assert!(got == *c, "{p}: {} bytes, expected {}", got.len(), c.len());
+        let md = std::fs::metadata(dest.join(p)).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&md), 1, "{p} shares its inode");
+    }
+    assert_eq!(names(&out), ["rootfs"]);
+}
+
+#[test]
 fn a_layer_that_fails_verification_leaves_no_dest_and_no_temporary_store() {
     let t = tempfile::tempdir().unwrap();
     let l = layout(t.path(), FILES);
