@@ -118,36 +118,8 @@ pub(super) fn write_content(
     }
     wr::ftruncate(out, f.size, &shown)?;
     let mut v = (!trusted).then(|| Verifier::new(digest, f.size));
-    let mut pos = 0u64;
-    let mut written = 0u64;
-    for (start, end) in data_segments(f) {
-        if let Some(v) = &mut v {
-            feed_zeros(v, start - pos);
-        }
-        let mut off = start;
-        while off < end {
-            let want = (end - off).min(buf.len() as u64) as usize;
-            let n = rd::pread(blob.as_fd(), &mut buf[..want], off, &blob_shown)?;
-            if n == 0 {
-                return Err(content_err(
-                    ctx,
-                    rel,
-                    digest,
-                    StoreError::WrongSize { path: blob_shown(), expected: f.size, actual: off },
-                ));
-            }
-            if let Some(v) = &mut v {
-                v.update(&buf[..n]);
-            }
-            wr::pwrite_all(out, &buf[..n], off, &shown)?;
-            off += n as u64;
-            written += n as u64;
-        }
-        pos = end;
-    }
-    if let Some(v) = &mut v {
-        feed_zeros(v, f.size - pos);
-    }
+    let src = Source { fd: blob.as_fd(), base: 0, shown: &blob_shown };
+    let written = copy_segments(ctx, rel, f, digest, &src, out, buf, &mut v)?;
     // a blob that grew since it was measured is not what was hashed
     if rd::pread(blob.as_fd(), &mut buf[..1], f.size, &blob_shown)? != 0 {
         return Err(content_err(
@@ -165,6 +137,62 @@ pub(super) fn write_content(
             }
             return Err(content_err(ctx, rel, digest, e));
         }
+    }
+    Ok(written)
+}
+
+/// Where a blob's bytes are read from: `fd`, its first byte at `base`.
+struct Source<'a> {
+    fd: BorrowedFd<'a>,
+    base: u64,
+    shown: &'a dyn Fn() -> String,
+}
+
+/// Writes the data segments of `f` (all but its zero runs) from `src` into
+/// `out` (already of the right size), feeding everything the file holds,
+/// zero runs included, to `v`. Returns the bytes written. A blob that ends
+/// early is an error naming it.
+#[allow(clippy::too_many_arguments)]
+fn copy_segments(
+    ctx: &Ctx<'_>,
+    rel: &[u8],
+    f: &FileRef<'_>,
+    digest: Digest,
+    src: &Source<'_>,
+    out: BorrowedFd<'_>,
+    buf: &mut [u8],
+    v: &mut Option<Verifier>,
+) -> Result<u64, UnpackError> {
+    let shown = || ctx.shown(rel);
+    let mut pos = 0u64;
+    let mut written = 0u64;
+    for (start, end) in data_segments(f) {
+        if let Some(v) = v {
+            feed_zeros(v, start - pos);
+        }
+        let mut off = start;
+        while off < end {
+            let want = (end - off).min(buf.len() as u64) as usize;
+            let n = rd::pread(src.fd, &mut buf[..want], src.base + off, src.shown)?;
+            if n == 0 {
+                return Err(content_err(
+                    ctx,
+                    rel,
+                    digest,
+                    StoreError::WrongSize { path: (src.shown)(), expected: f.size, actual: off },
+                ));
+            }
+            if let Some(v) = v {
+                v.update(&buf[..n]);
+            }
+            wr::pwrite_all(out, &buf[..n], off, &shown)?;
+            off += n as u64;
+            written += n as u64;
+        }
+        pos = end;
+    }
+    if let Some(v) = v {
+        feed_zeros(v, f.size - pos);
     }
     Ok(written)
 }
@@ -319,27 +347,9 @@ fn write_spilled(
     }
     wr::ftruncate(out, f.size, &shown)?;
     let mut v = (!f.zeros.is_empty()).then(|| Verifier::new(digest, f.size));
-    let mut pos = 0u64;
-    let mut written = 0u64;
-    for (start, end) in data_segments(f) {
-        if let Some(v) = &mut v {
-            feed_zeros(v, start - pos);
-        }
-        let mut off = start;
-        while off < end {
-            let want = (end - off).min(buf.len() as u64) as usize;
-            read_spilled(ctx, digest, spill, base + off, &mut buf[..want])?;
-            if let Some(v) = &mut v {
-                v.update(&buf[..want]);
-            }
-            wr::pwrite_all(out, &buf[..want], off, &shown)?;
-            off += want as u64;
-            written += want as u64;
-        }
-        pos = end;
-    }
-    if let Some(mut v) = v {
-        feed_zeros(&mut v, f.size - pos);
+    let src = Source { fd: spill, base, shown: &spill_shown };
+    let written = copy_segments(ctx, rel, f, digest, &src, out, buf, &mut v)?;
+    if let Some(v) = v {
         // the spilled bytes hashed to the digest as they were written: a
         // mismatch now is the manifest's zero runs
         if v.finish(&spill_shown()).is_err() {
