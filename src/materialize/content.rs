@@ -5,7 +5,7 @@
 use super::{Ctx, UnpackError};
 use crate::manifest::compact::FileRef;
 use crate::manifest::{BLOCK, Digest};
-use crate::store::{StoreError, Verifier};
+use crate::store::{SPILL_HEADER, Store, StoreError, Verifier};
 use crate::sys::read::{self as rd, FileType};
 use crate::sys::{Errno, write as wr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -65,8 +65,13 @@ pub(super) fn write_content(
         return Ok(0);
     }
     let shown = || ctx.shown(rel);
-    if let Some((spill, base)) = ctx.store.spilled(&digest) {
-        return write_spilled(ctx, rel, f, digest, out, buf, spill, base);
+    if let Some((spill, at)) = ctx.store.spilled(&digest) {
+        let mut head = [0u8; SPILL_HEADER as usize];
+        read_spilled(ctx, digest, spill, at, &mut head)?;
+        if !Store::spilled_as(&digest, &head) {
+            return Err(not_spilled(ctx, rel, digest));
+        }
+        return write_spilled(ctx, rel, f, digest, out, buf, spill, at + SPILL_HEADER);
     }
     let blob = ctx.store.open_blob(&digest).map_err(|e| content_err(ctx, rel, digest, e))?;
     let blob_shown = || ctx.store.blob_path(&digest).display().to_string();
@@ -263,9 +268,18 @@ pub(super) fn read_small<'b>(
     if buf.len() < size.max(CHUNK) {
         buf.resize(size.max(CHUNK), 0);
     }
-    if let Some((spill, base)) = ctx.store.spilled(&digest) {
+    if let Some((spill, at)) = ctx.store.spilled(&digest) {
+        // the region's digest and the content in one read; the content was
         // hashed by this process as it was written (see `Store::with_spill`)
-        read_spilled(ctx, digest, spill, base, &mut buf[..size])?;
+        let head = SPILL_HEADER as usize;
+        if buf.len() < head + size {
+            buf.resize(head + size, 0);
+        }
+        read_spilled(ctx, digest, spill, at, &mut buf[..head + size])?;
+        if !Store::spilled_as(&digest, &buf[..head]) {
+            return Err(not_spilled(ctx, rel, digest));
+        }
+        buf.copy_within(head..head + size, 0);
         return Ok(&buf[..size]);
     }
     let blob = ctx.store.open_blob_unchecked(&digest).map_err(|e| content_err(ctx, rel, digest, e))?;
@@ -298,6 +312,13 @@ pub(super) fn read_small<'b>(
         v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
     }
     Ok(&buf[..size])
+}
+
+/// The error for a blob the spill's index pointed at another blob for
+/// (which its checks make impossible): the blob is not there.
+fn not_spilled(ctx: &Ctx<'_>, rel: &[u8], digest: Digest) -> UnpackError {
+    let store = ctx.store.root().display().to_string();
+    content_err(ctx, rel, digest, StoreError::Missing { digest, store })
 }
 
 /// Reads exactly `into.len()` bytes of the spilled blob `digest` from

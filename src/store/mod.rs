@@ -89,6 +89,9 @@ pub enum StoreError {
     },
 }
 
+/// The bytes before a spilled blob's content (see [`Store::spilled`]).
+pub const SPILL_HEADER: u64 = spill::HEADER;
+
 /// An open blob store.
 pub struct Store {
     root: PathBuf,
@@ -179,13 +182,21 @@ impl Store {
         }
     }
 
-    /// Where blob `d` is in a sealed spill: the descriptor to read with
-    /// `pread` and the offset of its first byte (its size is the
+    /// Where blob `d` may be in a sealed spill: the descriptor to read with
+    /// `pread` and the offset of its region, which starts with
+    /// [`SPILL_HEADER`] bytes that must be `d`'s digest (see
+    /// [`spilled_as`](Self::spilled_as)), then its content (its size is the
     /// manifest's; bytes past it belong to other blobs). Its content was
     /// hashed by this process as it was written. `None` for a blob that is
     /// a file of its own (or a store without a spill).
     pub fn spilled(&self, d: &Digest) -> Option<(BorrowedFd<'_>, u64)> {
         self.spill.as_ref()?.find(d)
+    }
+
+    /// Whether the start of a spilled region (`header`, read from where
+    /// [`spilled`](Self::spilled) said) is blob `d`'s.
+    pub fn spilled_as(d: &Digest, header: &[u8]) -> bool {
+        header == d.0
     }
 
     /// How a spilled blob is named in errors.
@@ -401,7 +412,7 @@ impl BlobWriter<'_> {
                     }
                     None => {
                         let sp = self.store.spill.as_ref().expect("a spill writer has a spill");
-                        sp.write_at(data, *off + self.len)?;
+                        sp.write_at(data, *off + spill::HEADER + self.len)?;
                     }
                 }
             }
@@ -515,12 +526,12 @@ impl BlobWriter<'_> {
             return Err(StoreError::Corrupt { path: self.shown(), expected: exp, actual });
         }
         let sp = self.store.spill.as_ref().expect("a spill writer has a spill");
-        let named = sp.name(actual, off);
-        if named && let Some(mut v) = inline {
-            // trailing holes of a small blob are zeros gathered with it
+        // trailing holes of a small blob are zeros gathered with it
+        let inline = inline.map(|mut v| {
             v.resize(size as usize, 0);
-            sp.gather(&v, off)?;
-        }
+            v
+        });
+        let named = sp.name(actual, off, inline.as_deref())?;
         if let Some(a) = &self.store.arrivals {
             if named {
                 a.named(actual);
@@ -613,6 +624,10 @@ mod tests {
     /// Reads `len` bytes of a spilled blob.
     fn read_spilled(s: &Store, d: &Digest, len: usize) -> Vec<u8> {
         let (fd, off) = s.spilled(d).expect("spilled");
+        let mut h = [0u8; 32];
+        assert_eq!(rd::pread(fd, &mut h, off, &String::new).unwrap(), 32);
+        assert!(Store::spilled_as(d, &h), "the region of {d} starts with another digest");
+        let off = off + SPILL_HEADER;
         let mut v = vec![0xAA; len];
         let mut got = 0;
         while got < len {
