@@ -289,6 +289,18 @@ impl Lazy {
         }
     }
 
+    /// [`known`](Self::known) without waiting for a chunk being fetched
+    /// (for [`plan`](Self::plan), which runs under the state lock).
+    fn known_now(&self, i: usize) -> Option<Digest> {
+        match &self.table {
+            None => Some(self.blobs[i].digest),
+            Some(t) => match t.got[i / t.index.chunk].try_lock() {
+                Ok(g) => g.as_ref().map(|c| c[i % t.index.chunk]),
+                Err(_) => None,
+            },
+        }
+    }
+
     /// Chunk `c` of the table: fetched once (one `Range` request), checked
     /// against the digest the lazy index names before any use.
     fn chunk(&self, t: &Table, c: usize) -> Result<Arc<[Digest]>, RemoteError> {
@@ -452,7 +464,7 @@ impl Lazy {
             if !same_chunk(n) {
                 return false;
             }
-            let Some(d) = self.known(n) else { return false };
+            let Some(d) = self.known_now(n) else { return false };
             !st.verified.contains(&n) && !st.inflight.contains(&n) && !self.store.has(&d)
         };
         let (mut lo, mut hi, mut len) = (k, k + 1, members[k].len);
