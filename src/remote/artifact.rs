@@ -276,6 +276,8 @@ pub const NOT_OCIX: &str = "not an ocix artifact";
 
 /// What a tag's manifest says to do next.
 #[derive(Debug, PartialEq, Eq)]
+// made once per pull and taken apart at once: its size does not matter
+#[allow(clippy::large_enum_variant)]
 pub enum Found {
     /// The ocix artifact.
     Ocix(Layout),
@@ -526,6 +528,22 @@ mod tests {
         let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
         assert_eq!(l.manifest_zstd, Some((Digest::of(b"z"), 9)));
         assert_eq!(l.access, Some((Digest::of(b"a"), 4)));
+        assert_eq!(l.lazy, None);
+        // the lazy index and digest table: both, of this manifest
+        let named = |mt: &str, what: &[u8], of: &[u8]| {
+            let mut d = Descriptor::new(mt, &Digest::of(what), 5);
+            d.annotations = Some(BTreeMap::from([(ANN_MANIFEST.to_string(), Digest::of(of).to_string())]));
+            d
+        };
+        let (ix, dt) = (named(OCIX_LAZY, b"i", b"m"), named(OCIX_DIGESTS, b"t", b"m"));
+        let (_, top) = build(&o, &[], 0, &files(2), 10, &[ix.clone(), dt.clone()]);
+        let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
+        assert_eq!(l.lazy, Some(((Digest::of(b"i"), 5), (Digest::of(b"t"), 5))));
+        for extra in [vec![ix.clone()], vec![ix, named(OCIX_DIGESTS, b"t", b"x")]] {
+            let (_, top) = build(&o, &[], 0, &files(2), 10, &extra);
+            let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
+            assert_eq!(l.lazy, None);
+        }
         // one that names another manifest is not used
         z.annotations = Some(BTreeMap::from([(ANN_MANIFEST.to_string(), Digest::of(b"x").to_string())]));
         let (_, top) = build(&o, &[], 0, &files(2), 10, &[z]);

@@ -29,7 +29,7 @@
 
 use super::client::{Client, backoff, range_skip};
 use super::fetch::{fetch_blob, fetch_run};
-use super::lazyidx::Index;
+use super::lazyidx::{ChunkMismatch, Index};
 use super::pack::{self, Member, Members};
 use super::pull::{Fetched, fetch_manifest, prefetch_blobs};
 use super::{PullOptions, Remote, RemoteError, file_blobs, runtime, transport};
@@ -628,14 +628,8 @@ fn checked_chunk(t: &Table, c: usize, bytes: &[u8]) -> Result<Arc<[Digest]>, Rem
     let (start, end) = t.index.chunk_range(c);
     let actual = Digest::of(bytes);
     if actual != t.index.chunks[c] || bytes.len() as u64 != end - start {
-        return Err(RemoteError::DigestChunk {
-            url: t.url.clone(),
-            chunk: c,
-            start,
-            end,
-            expected: t.index.chunks[c],
-            actual,
-        });
+        let why = Box::new(ChunkMismatch { chunk: c, start, end, expected: t.index.chunks[c], actual });
+        return Err(RemoteError::DigestChunk { url: t.url.clone(), why });
     }
     Ok(bytes.chunks_exact(32).map(|d| Digest(d.try_into().expect("32 bytes"))).collect())
 }

@@ -71,6 +71,23 @@ pub enum IndexError {
     Trailing(usize),
 }
 
+/// A chunk of the digest table whose bytes are not the ones the index
+/// names.
+#[derive(Debug, thiserror::Error)]
+#[error("digest chunk {chunk} (bytes {start}..{end}) has sha256 {actual}, the lazy index names {expected} (not used)")]
+pub struct ChunkMismatch {
+    /// The chunk.
+    pub chunk: usize,
+    /// Its first byte in the table.
+    pub start: u64,
+    /// Its end.
+    pub end: u64,
+    /// The digest the lazy index names.
+    pub expected: Digest,
+    /// What the bytes hash to.
+    pub actual: Digest,
+}
+
 /// A decoded lazy index.
 #[derive(Debug)]
 pub struct Index {

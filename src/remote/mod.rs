@@ -190,22 +190,12 @@ pub enum RemoteError {
     },
     /// A chunk of the digest table whose bytes are not the ones the lazy
     /// index names (nothing of it was used).
-    #[error(
-        "{url}: digest chunk {chunk} (bytes {start}..{end}) has sha256 {actual}, the lazy index names {expected} (not used)"
-    )]
+    #[error("{url}: {why}")]
     DigestChunk {
         /// The digest table's URL.
         url: String,
-        /// The chunk.
-        chunk: usize,
-        /// Its first byte in the table.
-        start: u64,
-        /// Its end.
-        end: u64,
-        /// The digest the lazy index names.
-        expected: Digest,
-        /// What the bytes hash to.
-        actual: Digest,
+        /// Which chunk, and its digests.
+        why: Box<lazyidx::ChunkMismatch>,
     },
     /// The artifact's packs do not fit the ocix manifest it carries.
     #[error("{url}: {err}")]
