@@ -224,7 +224,14 @@ impl Index {
         let mut dec = zstd::bulk::Decompressor::new().map_err(|e| IndexError::Zstd(e.to_string()))?;
         dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(27))
             .map_err(|e| IndexError::Zstd(e.to_string()))?;
-        let raw = dec.decompress(wire, MAX_INDEX as usize).map_err(|e| IndexError::Zstd(e.to_string()))?;
+        // room for what the frame says it holds (a push writes its size),
+        // never more than the limit
+        let room = match zstd::zstd_safe::get_frame_content_size(wire) {
+            Ok(Some(n)) if n > MAX_INDEX => return Err(IndexError::Zstd(format!("the frame holds {n} bytes"))),
+            Ok(Some(n)) => n,
+            _ => MAX_INDEX,
+        };
+        let raw = dec.decompress(wire, room as usize).map_err(|e| IndexError::Zstd(e.to_string()))?;
         let mut c = Cursor(&raw);
         if c.take(MAGIC.len() as u64, "the magic").ok() != Some(&MAGIC[..]) {
             return Err(IndexError::Magic);
