@@ -15,7 +15,8 @@
 #   - with background prefetch, the time from `ocix mount docker://...` to
 #     every blob in the store.
 # LAZY_RUNS runs each (default 3), median; stores on disk under
-# $CORPUS/bench-lazy (an EROFS image file cannot live on tmpfs).
+# $LAZY_BENCH_DIR, default $CORPUS/bench-lazy (an EROFS image file cannot
+# live on tmpfs).
 echo "== lazy: start before the download (as root)"
 declare -F start_registry >/dev/null || . "$HERE/registry-lib.sh"
 . "$HERE/throttle-lib.sh"
@@ -23,7 +24,7 @@ LRUNS=${LAZY_RUNS:-3}
 LRATE=${LAZY_RATE:-10000000}
 LLAT=${LAZY_LATENCY:-0.02}
 LLINKS=${LAZY_LINKS:-throttled loopback}
-LW=$CORPUS/bench-lazy
+LW=${LAZY_BENCH_DIR:-$CORPUS/bench-lazy}
 LT=$HERE/lazy-tool.py
 NODE_TREE=$CORPUS/node/tree
 rm -rf "$LW" && mkdir -p "$LW"

@@ -6,7 +6,8 @@ served (integration/throttle.py), independently of ocix's own code.
   wire REG REPO TAG
       JSON: the artifact's bytes on the wire, what a whole pull transfers:
       "total" (OCI manifests, the config and every layer, of the ocix
-      manifest's forms, e.g. plain and zstd, only the smallest),
+      manifest's forms, e.g. plain and zstd, only the smallest; not the
+      lazy index and digest table, which only a lazy mount reads),
       "manifests" (the OCI manifest JSON bytes), "layers" (their count).
   singles REG REPO TAG SHOW_JSON
       file blobs that are layers of their own, smallest first, one a line:
@@ -18,8 +19,8 @@ served (integration/throttle.py), independently of ocix's own code.
       PATHS names (one path a line, as `ocix mount --record-access` writes).
   split REG REPO TAG LOG
       JSON: the body bytes of LOG's requests in "meta" (OCI manifests, the
-      ocix manifest blob, an access list: what a mount fetches before any
-      file) and "files" (packs and file blobs).
+      ocix manifest blob or the lazy index and the chunks of the digest
+      table, an access list) and "files" (packs and file blobs).
   check-log REG REPO TAG SHOW_JSON PATHS LOG
       every file blob the requests of LOG (the proxy's request log, JSON
       lines) brought, whole blobs and pack members a Range covered, must be
@@ -42,6 +43,7 @@ MANIFEST_TYPES = "application/vnd.oci.image.index.v1+json, application/vnd.oci.i
 OCIX = "application/vnd.ocix.manifest.v1+cbor"
 PACK = ("application/vnd.ocix.pack.v1", "application/vnd.ocix.pack.v1+zstd")
 FILE = ("application/vnd.ocix.file.v1", "application/vnd.ocix.file.v1+zstd")
+LAZY = ("application/vnd.ocix.lazy.v1+zstd", "application/vnd.ocix.digests.v1")
 
 
 def get(url, accept=MANIFEST_TYPES):
@@ -157,7 +159,7 @@ def main(argv):
     if cmd == "wire" and len(args) == 3:
         total, config, _, layers = artifact(*args)
         forms = [l["size"] for l in layers if l["mediaType"].startswith(OCIX)]
-        rest = sum(l["size"] for l in layers if not l["mediaType"].startswith(OCIX))
+        rest = sum(l["size"] for l in layers if not l["mediaType"].startswith(OCIX) and l["mediaType"] not in LAZY)
         print(json.dumps({"total": total + config + min(forms, default=0) + rest, "manifests": total,
                           "layers": len(layers)}))
     elif cmd == "singles" and len(args) == 4:

@@ -44,7 +44,14 @@ mz = [l for l in m["layers"] if l["mediaType"] == "application/vnd.ocix.manifest
 assert len(mz) == 1, mz
 assert mz[0]["annotations"]["io.ocix.manifest.digest"] == m["layers"][0]["digest"], mz[0]
 assert mz[0]["size"] < m["layers"][0]["size"], mz[0]
-assert len(m["layers"]) == 2 + packs + singles, len(m["layers"])
+# and a lazy index and digest table of that manifest, for lazy mounts
+for t in ("application/vnd.ocix.lazy.v1+zstd", "application/vnd.ocix.digests.v1"):
+    lz = [l for l in m["layers"] if l["mediaType"] == t]
+    assert len(lz) == 1, (t, lz)
+    assert lz[0]["annotations"]["io.ocix.manifest.digest"] == m["layers"][0]["digest"], lz[0]
+dt = [l for l in m["layers"] if l["mediaType"] == "application/vnd.ocix.digests.v1"][0]
+assert dt["size"] == 32 * total, (dt["size"], total)
+assert len(m["layers"]) == 4 + packs + singles, len(m["layers"])
 p = [l for l in m["layers"] if l["mediaType"] in ("application/vnd.ocix.pack.v1", "application/vnd.ocix.pack.v1+zstd")]
 assert len(p) == packs
 assert sum(int(l["annotations"]["io.ocix.pack.count"]) for l in p) + singles == total

@@ -622,6 +622,10 @@ pub struct LazyMountOptions {
     pub mount: MountOptions,
     /// Where errors and progress of the data layer are told.
     pub log: Box<dyn Fn(&str) + Send + Sync>,
+    /// Fetch the manifest before mounting even when the artifact has a
+    /// lazy index (which a mount otherwise fetches instead, see
+    /// [`remote::lazyidx`]).
+    pub full_manifest: bool,
 }
 
 /// A lazy mount in place (given to [`lazy_mount`]'s `ready`).
@@ -629,7 +633,9 @@ pub struct LazyMountOptions {
 pub struct LazyMounted {
     /// The manifest's digest.
     pub manifest_digest: crate::manifest::Digest,
-    /// The manifest, encoded.
+    /// The manifest, encoded (empty when the mount started from the lazy
+    /// index: the manifest is then rebuilt and kept in the store once the
+    /// background prefetch has brought every blob).
     pub manifest: Vec<u8>,
     /// What the mount did.
     pub mount: MountReport,
@@ -670,8 +676,9 @@ pub fn lazy_mount(
         Some(p) => Some(std::fs::File::create(p).map_err(|e| io(p, "cannot create", e))?),
         None => None,
     };
-    let lazy = Lazy::open(&remote, store, LazyOptions { pull: opts.pull.clone(), log: opts.log, record_access })
-        .map_err(|error| RunError::Pull { src: src.into(), error })?;
+    let lazy_opts =
+        LazyOptions { pull: opts.pull.clone(), log: opts.log, record_access, full_manifest: opts.full_manifest };
+    let lazy = Lazy::open(&remote, store, lazy_opts).map_err(|error| RunError::Pull { src: src.into(), error })?;
     let lazy = Arc::new(lazy);
     if !dest.exists() {
         std::fs::create_dir(dest).map_err(|e| io(dest, "cannot create", e))?;
@@ -698,8 +705,8 @@ pub fn lazy_mount(
     let served = session.spawn().map_err(|e| io(Path::new("/dev/fuse"), "starting the FUSE session", e))?;
     let source = format!("{}{}", mount::LAZY_SOURCE, std::process::id());
     let digest = *lazy.manifest_digest();
-    let report =
-        mount::mount_with_data(lazy.manifest(), &digest, lazy.store(), dest, &opts.mount, data.as_fd(), &source);
+    let key = lazy.image_key();
+    let report = mount::mount_with_data(lazy.manifest(), &key, lazy.store(), dest, &opts.mount, data.as_fd(), &source);
     // the overlay holds the data layer now; without it (a failed mount)
     // the FUSE filesystem goes away and its session ends
     drop(data);

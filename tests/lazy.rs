@@ -483,3 +483,184 @@ fn a_slow_blob_holds_up_only_its_own_reader() {
     gate.open();
     assert_eq!(reader.join().unwrap(), slow);
 }
+
+/// A tree of small files (packed) and one big one pushed to the small
+/// registry of tests/common/registry.rs as `ocix/idx:v1` (with a lazy
+/// index, the default): (dir, registry, contents by path, URL of a tag).
+fn index_fixture() -> (tempfile::TempDir, common::registry::Registry, Vec<(String, Vec<u8>)>) {
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(tree.join("small")).unwrap();
+    let mut files: Vec<(String, Vec<u8>)> =
+        (0..300).map(|i| (format!("small/f{i:03}"), content(2000 + i, 500 + i as u64))).collect();
+    files.push(("big".into(), content(400_000, 9)));
+    for (p, c) in &files {
+        std::fs::write(tree.join(p), c).unwrap();
+    }
+    let (store, m) = common::net::scan_tree(t.path());
+    let reg = common::registry::registry(|_| None);
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (rc, err) = ocix(t.path(), &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &url], &[]);
+    assert_eq!(rc, 0, "{err}");
+    (t, reg, files)
+}
+
+/// The layer of media type `mt` of the artifact tagged `tag`: (digest,
+/// the artifact's JSON).
+fn layer(reg: &common::registry::Registry, tag: &str, mt: &str) -> (String, serde_json::Value) {
+    let st = reg.state.lock().unwrap();
+    let art: serde_json::Value = serde_json::from_slice(&st.manifests[tag].1).unwrap();
+    let l = art["layers"].as_array().unwrap().iter().find(|l| l["mediaType"] == mt).expect("layer").clone();
+    (l["digest"].as_str().unwrap().to_string(), art)
+}
+
+fn mounted(p: &Path) -> bool {
+    let canon = std::fs::canonicalize(p).unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&format!(" {} ", canon.display()))
+}
+
+/// With a lazy index, a mount fetches neither the manifest nor the digest
+/// table whole: a read brings one chunk of the table and the file's data,
+/// and the background prefetch ends with the manifest rebuilt, its digest
+/// checked and kept.
+#[test]
+fn a_mount_from_the_lazy_index_fetches_one_digest_chunk_and_rebuilds_the_manifest() {
+    if !can_run() {
+        return;
+    }
+    let (t, reg, files) = index_fixture();
+    let (table, _) = layer(&reg, "v1", "application/vnd.ocix.digests.v1");
+    let manifest = std::fs::read(t.path().join("m.ocix")).unwrap();
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (mnt, s2) = (t.path().join("mnt"), t.path().join("s2"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s2.to_str().unwrap(), "--no-background"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let m = Mounted(mnt.clone());
+    assert_eq!(reg.count("GET", &hex_of(&manifest)), 0, "the manifest was fetched");
+    assert_eq!(std::fs::read(mnt.join(&files[200].0)).unwrap(), files[200].1);
+    assert_eq!(std::fs::read(mnt.join("big")).unwrap(), files[300].1);
+    let ranges: Vec<String> = reg
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&table))
+        .map(|r| r.header("range").unwrap_or("whole").to_string())
+        .collect();
+    // 128 digests a chunk: the small file (blob 201) is in the second,
+    // big (blob 0, first in manifest order) in the first
+    assert_eq!(ranges, vec!["bytes=4096-8191".to_string(), "bytes=0-4095".to_string()]);
+    all_verified(&s2);
+    drop(m);
+    // with the background prefetch: every blob, then the manifest
+    let (mnt, s3) = (t.path().join("mnt3"), t.path().join("s3"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s3.to_str().unwrap()];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let start = Instant::now();
+    while !s3.join("blobs/sha256").join(hex_of(&manifest)).exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no manifest rebuilt: {}", last_log(&s3));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(last_log(&s3).contains("rebuilt from the lazy index and the digest table, its digest checked"));
+    assert_eq!(file_blobs(&s3, &hex_of(&manifest)).len(), files.len());
+    all_verified(&s3);
+    let diff = common::ocix().arg("diff").arg(&mnt).arg(t.path().join("m.ocix")).output().unwrap();
+    assert_eq!(diff.status.code(), Some(0), "{}", String::from_utf8_lossy(&[diff.stdout, diff.stderr].concat()));
+    // an artifact pushed without the index mounts the old way
+    let old = format!("docker://127.0.0.1:{}/ocix/idx:old", reg.server.port);
+    let (m, store) = (t.path().join("m.ocix"), t.path().join("store"));
+    let push = ["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &old, "--no-lazy-index"];
+    let (rc, err) = ocix(t.path(), &push, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let (mnt, s4) = (t.path().join("mnt4"), t.path().join("s4"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args = ["mount", &old, mnt.to_str().unwrap(), "--store", s4.to_str().unwrap(), "--no-background"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m4 = Mounted(mnt.clone());
+    assert!(s4.join("blobs/sha256").join(hex_of(&manifest)).exists(), "no manifest fetched without an index");
+    assert_eq!(std::fs::read(mnt.join(&files[7].0)).unwrap(), files[7].1);
+}
+
+/// A digest chunk served with a wrong byte: the read is EIO, the log names
+/// the digest chunk and its URL, no file blob is stored; served right
+/// again, the same read succeeds.
+#[test]
+fn a_digest_chunk_with_a_wrong_byte_is_eio_and_serves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let (t, reg, files) = index_fixture();
+    let (table, _) = layer(&reg, "v1", "application/vnd.ocix.digests.v1");
+    let good = reg.state.lock().unwrap().blobs[&table].clone();
+    let mut bad = good.clone();
+    bad[4096 + 100] ^= 1;
+    reg.state.lock().unwrap().blobs.insert(table.clone(), bad);
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (mnt, s2) = (t.path().join("mnt"), t.path().join("s2"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args =
+        ["mount", &url, mnt.to_str().unwrap(), "--store", s2.to_str().unwrap(), "--no-background", "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    assert_eq!(read_err(&mnt.join(&files[200].0)), Some(5), "a wrong digest chunk must be EIO");
+    let log = last_log(&s2);
+    assert!(log.contains("digest chunk 1") && log.contains(&format!("/blobs/{table}")), "{log}");
+    assert!(file_blobs(&s2, "").is_empty(), "a blob was stored under a digest from a wrong chunk");
+    // a file whose chunk is right still reads
+    assert_eq!(std::fs::read(mnt.join(&files[3].0)).unwrap(), files[3].1);
+    reg.state.lock().unwrap().blobs.insert(table, good);
+    assert_eq!(std::fs::read(mnt.join(&files[200].0)).unwrap(), files[200].1);
+    all_verified(&s2);
+}
+
+/// A lazy index whose bytes are not the layer's, or one that is
+/// well-formed zstd but truncated inside: the mount fails naming the
+/// layer's URL, and nothing is mounted.
+#[test]
+fn a_corrupt_or_truncated_lazy_index_fails_the_mount_naming_the_layer() {
+    if !can_run() {
+        return;
+    }
+    let (t, reg, _) = index_fixture();
+    let (index, art) = layer(&reg, "v1", "application/vnd.ocix.lazy.v1+zstd");
+    let good = reg.state.lock().unwrap().blobs[&index].clone();
+    // a truncated index, pushed under its own digest as tag v2
+    let raw = zstd::decode_all(&good[..]).unwrap();
+    let short = zstd::encode_all(&raw[..raw.len() - 40], 3).unwrap();
+    let short_digest = common::net::digest_of(&short);
+    let mut art2 = art.clone();
+    for l in art2["layers"].as_array_mut().unwrap() {
+        if l["digest"] == index.as_str() {
+            l["digest"] = short_digest.clone().into();
+            l["size"] = short.len().into();
+        }
+    }
+    {
+        let mut st = reg.state.lock().unwrap();
+        st.add_blob(short);
+        st.add_manifest("application/vnd.oci.image.manifest.v1+json", serde_json::to_vec(&art2).unwrap(), Some("v2"));
+        // and v1's index with a wrong byte
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        st.blobs.insert(index.clone(), bad);
+    }
+    for (tag, digest, what) in [("v1", &index, "content has digest"), ("v2", &short_digest, "lazy index: truncated")] {
+        let url = format!("docker://127.0.0.1:{}/ocix/idx:{tag}", reg.server.port);
+        let (mnt, s) = (t.path().join(format!("mnt-{tag}")), t.path().join(format!("s-{tag}")));
+        std::fs::create_dir(&mnt).unwrap();
+        let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--retries", "0"];
+        let (rc, err) = ocix(t.path(), &args, &[]);
+        let _m = Mounted(mnt.clone());
+        assert_ne!(rc, 0, "a mount of {tag} succeeded");
+        assert!(err.contains(&format!("/blobs/{digest}")) && err.contains(what), "{tag}: {err}");
+        assert!(!mounted(&mnt), "{tag}: something is mounted");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

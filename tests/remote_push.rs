@@ -70,14 +70,14 @@ impl Fixture {
 
     /// `ocix push` of the fixture to `docker://127.0.0.1:PORT/ocix/x:v1`
     /// with `extra` flags.
-    /// Blobs travel as they are unless `extra` says `--compress`: the
-    /// fault cases count plain uploads.
+    /// Blobs travel as they are, and no lazy index, unless `extra` says
+    /// `--compress`: the fault cases count plain uploads.
     fn push(&self, port: u16, extra: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
         let target = format!("docker://127.0.0.1:{port}/ocix/x:v1");
         let mut args =
             vec!["push", self.manifest_path.to_str().unwrap(), "--store", self.store.to_str().unwrap(), &target];
         if !extra.contains(&"--compress") {
-            args.extend(["--compress", "none"]);
+            args.extend(["--compress", "none", "--no-lazy-index"]);
         }
         args.extend_from_slice(extra);
         ocix(self.dir.path(), &args, env)
@@ -534,6 +534,29 @@ fn manifest_travels_compressed_beside_the_plain_layer() {
     assert_eq!(zstd::bulk::decompress(&wire, plain.len()).unwrap(), plain);
     let level19 = zstd::bulk::compress(&plain, 19).unwrap().len();
     assert!(wire.len() <= level19, "{} bytes compressed, level 19 gives {level19}", wire.len());
+    // the lazy index and the digest table of the same manifest: the table
+    // the distinct blobs' digests in manifest order, the index the tree
+    // without them, rebuilding the manifest with them
+    let of = |mt: &str| -> Vec<u8> {
+        let l = layers.iter().find(|l| l["mediaType"] == mt).unwrap_or_else(|| panic!("no {mt} layer: {art}"));
+        assert_eq!(l["annotations"]["io.ocix.manifest.digest"], digest_of(&plain));
+        let bytes = reg.state.lock().unwrap().blobs[l["digest"].as_str().unwrap()].clone();
+        assert_eq!(l["size"].as_u64().unwrap(), bytes.len() as u64);
+        bytes
+    };
+    let table = of("application/vnd.ocix.digests.v1");
+    let index = ocix::remote::lazyidx::Index::parse(&of("application/vnd.ocix.lazy.v1+zstd")).unwrap();
+    let m = ocix::manifest::Manifest::from_bytes(&plain).unwrap();
+    let blobs = ocix::remote::file_blobs(&m);
+    let want: Vec<u8> = blobs.iter().flat_map(|(d, _)| d.0).collect();
+    assert_eq!(table, want);
+    assert_eq!(index.blobs(), blobs.len());
+    let digests: Vec<_> = blobs.iter().map(|(d, _)| *d).collect();
+    assert_eq!(ocix::remote::lazyidx::rebuild(&index.tree, &digests).unwrap(), plain);
+    assert!(index.tree.walk().all(|(_, e)| match &e.kind {
+        ocix::manifest::Kind::File(f) => f.digest.is_none_or(|d| !digests.contains(&d)),
+        _ => true,
+    }));
 
     let dest = dir.path().join("dest");
     let (rc, err) = ocix(dir.path(), &["unpack", &target, dest.to_str().unwrap()], &[]);

@@ -73,6 +73,10 @@ pub struct Args {
     /// Set by the daemon's parent: tell it on standard output once mounted.
     #[arg(long, hide = true)]
     pub daemon_notify: bool,
+    /// Set for a bundle, which keeps the manifest: fetch it before
+    /// mounting even when the artifact has a lazy index.
+    #[arg(long, hide = true)]
+    pub full_manifest: bool,
 }
 
 /// Unmount a tree `ocix mount` made (anything else mounted there is left
@@ -208,6 +212,7 @@ fn run_lazy(src: &str, a: &Args, g: Global) -> anyhow::Result<ExitCode> {
         threads: 4,
         mount: MountOptions { upper: a.upper.clone(), work: a.work.clone(), verify: false },
         log: Box::new(log_line),
+        full_manifest: a.full_manifest,
     };
     let notify = a.daemon_notify;
     let target = a.target.clone();
@@ -280,7 +285,8 @@ pub fn lazy_bundle(image: &str, bundle: &Path, a: &super::unpack::Args, g: Globa
         if let Some(f) = &conn.authfile {
             args.extend(["--authfile".into(), f.clone().into()]);
         }
-        args.extend(["--foreground".into(), "--daemon-notify".into()]);
+        // the bundle keeps the manifest (BUNDLE/ocix.cbor) from the start
+        args.extend(["--foreground".into(), "--daemon-notify".into(), "--full-manifest".into()]);
         let (_, digest) = spawn_daemon(args, &store, &rootfs, g)?;
         let written = (|| -> anyhow::Result<()> {
             let bytes = std::fs::read(Store::open(&store)?.blob_path(&digest))?;

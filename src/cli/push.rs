@@ -37,6 +37,10 @@ pub struct Args {
     /// `ocix mount` fetch those paths' blobs first.
     #[arg(long, value_name = "PATHS-FILE")]
     pub prefetch: Option<PathBuf>,
+    /// Store no lazy index (the artifact then mounts lazily only after
+    /// its whole manifest is fetched, as with ocix before the index).
+    #[arg(long)]
+    pub no_lazy_index: bool,
     /// Connection flags.
     #[command(flatten)]
     pub net: RemoteArgs,
@@ -71,6 +75,13 @@ With --prefetch FILE the access list (paths, one a line, as `ocix mount
 application/vnd.ocix.access.v1: `ocix pull` and a lazy `ocix mount
 docker://...` fetch those paths' blobs first, and a lazy mount fetches no
 pack neighbour the list does not name.
+Unless --no-lazy-index, two more layers (each annotated io.ocix.manifest.digest)
+let a lazy `ocix mount docker://...` start without the manifest's per-file
+digests: the lazy index (application/vnd.ocix.lazy.v1+zstd: the tree without
+file digests, which blob each file holds, and the sha256 of each chunk of
+the table) and the digest table (application/vnd.ocix.digests.v1: the
+distinct file blobs' sha256s, 32 bytes each in manifest order, fetched by
+range a chunk of 128 at a time).
 
 Examples:
   ocix scan /srv/rootfs --store S -o m.ocix
@@ -92,6 +103,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
             Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
             None => None,
         },
+        lazy_index: !a.no_lazy_index,
     };
     let r = remote::push(&bytes, &store, &target, &opts).with_context(|| format!("pushing to {target}"))?;
     g.info(&format!(

@@ -52,3 +52,10 @@ pub const OCIX_PACK_ZSTD: &str = "application/vnd.ocix.pack.v1+zstd";
 /// `artifactType` of the extra manifests of an ocix artifact that only list
 /// file blobs.
 pub const OCIX_BLOBS: &str = "application/vnd.ocix.blobs.v1";
+/// The lazy index of an ocix manifest, zstd-compressed: its tree without
+/// file digests, each file's blob by index, and the digest table's chunk
+/// digests (see [`crate::remote::lazyidx`]).
+pub const OCIX_LAZY: &str = "application/vnd.ocix.lazy.v1+zstd";
+/// The digest table of an ocix manifest: its distinct file blobs' sha256s,
+/// 32 raw bytes each, in manifest order, fetched by `Range` in chunks.
+pub const OCIX_DIGESTS: &str = "application/vnd.ocix.digests.v1";

@@ -25,7 +25,8 @@ use super::pack::{ANN_COUNT, ANN_THRESHOLD, PackLayer};
 use super::wire::{ANN_CONTENT, ANN_FRAMES, FramesError, frames_annotation, parse_frames};
 use crate::manifest::{Digest, DigestParseError, MEDIA_TYPE};
 use crate::oci::media::{
-    OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, OCIX_BLOBS, OCIX_FILE, OCIX_FILE_ZSTD, OCIX_PACK, OCIX_PACK_ZSTD,
+    OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, OCIX_BLOBS, OCIX_DIGESTS, OCIX_FILE, OCIX_FILE_ZSTD, OCIX_LAZY, OCIX_PACK,
+    OCIX_PACK_ZSTD,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -263,6 +264,10 @@ pub struct Layout {
     /// The manifest blob's zstd form ([`OCIX_MANIFEST_ZSTD`]) and its
     /// size, if the artifact has one for this manifest.
     pub manifest_zstd: Option<(Digest, u64)>,
+    /// The lazy index ([`OCIX_LAZY`]) and the digest table
+    /// ([`OCIX_DIGESTS`]) of this manifest, with their sizes, if the
+    /// artifact has both.
+    pub lazy: Option<((Digest, u64), (Digest, u64))>,
 }
 
 /// How [`find`]'s complaint about an ordinary image (not an ocix
@@ -271,6 +276,8 @@ pub const NOT_OCIX: &str = "not an ocix artifact";
 
 /// What a tag's manifest says to do next.
 #[derive(Debug, PartialEq, Eq)]
+// made once per pull and taken apart at once: its size does not matter
+#[allow(clippy::large_enum_variant)]
 pub enum Found {
     /// The ocix artifact.
     Ocix(Layout),
@@ -421,6 +428,19 @@ pub fn find(bytes: &[u8], media_type: &str) -> Result<Found, ArtifactError> {
                     Some(z) => Some((parse_digest(&z.digest)?, z.size)),
                     None => None,
                 },
+                lazy: {
+                    let of = |mt: &str| {
+                        m.layers
+                            .iter()
+                            .find(|z| z.media_type == mt && ann(&z.annotations, ANN_MANIFEST) == Some(&l.digest))
+                    };
+                    match (of(OCIX_LAZY), of(OCIX_DIGESTS)) {
+                        (Some(x), Some(t)) => {
+                            Some(((parse_digest(&x.digest)?, x.size), (parse_digest(&t.digest)?, t.size)))
+                        }
+                        _ => None,
+                    }
+                },
                 access: match m.layers.iter().find(|l| l.media_type == OCIX_ACCESS) {
                     Some(a) => Some((parse_digest(&a.digest)?, a.size)),
                     None => None,
@@ -465,6 +485,7 @@ mod tests {
             zstd: vec![(f[1].digest, Digest::of(b"z"), 1)],
             access: None,
             manifest_zstd: None,
+            lazy: None,
         };
         assert_eq!(find(&top.bytes, "").unwrap(), Found::Ocix(want));
     }
@@ -488,6 +509,7 @@ mod tests {
             zstd: vec![],
             access: None,
             manifest_zstd: None,
+            lazy: None,
         };
         assert_eq!(find(&main.bytes, "").unwrap(), Found::Ocix(want));
         assert_eq!(blob_list(&first[2].bytes).unwrap(), vec![(f[24].digest, Digest::of(b"z"), 3)]);
@@ -506,6 +528,22 @@ mod tests {
         let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
         assert_eq!(l.manifest_zstd, Some((Digest::of(b"z"), 9)));
         assert_eq!(l.access, Some((Digest::of(b"a"), 4)));
+        assert_eq!(l.lazy, None);
+        // the lazy index and digest table: both, of this manifest
+        let named = |mt: &str, what: &[u8], of: &[u8]| {
+            let mut d = Descriptor::new(mt, &Digest::of(what), 5);
+            d.annotations = Some(BTreeMap::from([(ANN_MANIFEST.to_string(), Digest::of(of).to_string())]));
+            d
+        };
+        let (ix, dt) = (named(OCIX_LAZY, b"i", b"m"), named(OCIX_DIGESTS, b"t", b"m"));
+        let (_, top) = build(&o, &[], 0, &files(2), 10, &[ix.clone(), dt.clone()]);
+        let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
+        assert_eq!(l.lazy, Some(((Digest::of(b"i"), 5), (Digest::of(b"t"), 5))));
+        for extra in [vec![ix.clone()], vec![ix, named(OCIX_DIGESTS, b"t", b"x")]] {
+            let (_, top) = build(&o, &[], 0, &files(2), 10, &extra);
+            let Found::Ocix(l) = find(&top.bytes, "").unwrap() else { panic!("not an artifact") };
+            assert_eq!(l.lazy, None);
+        }
         // one that names another manifest is not used
         z.annotations = Some(BTreeMap::from([(ANN_MANIFEST.to_string(), Digest::of(b"x").to_string())]));
         let (_, top) = build(&o, &[], 0, &files(2), 10, &[z]);

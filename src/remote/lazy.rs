@@ -16,16 +16,28 @@
 //! to the reader (and the log), and the next read tries again.
 //! [`Lazy::background`] fills the rest with bounded concurrency, access
 //! list first, then manifest order.
+//!
+//! When the artifact carries a lazy index (see [`lazyidx`](super::lazyidx)),
+//! [`Lazy::open`] fetches it instead of the manifest: the tree without its
+//! file digests. Blob `n` is then known by a placeholder until its chunk
+//! of the digest table is fetched (on its first open, checked against the
+//! index before use, and kept); a demand fetch takes only neighbours whose
+//! digests that chunk holds. The background prefetch fetches the whole
+//! table first, and once every blob is in, rebuilds the manifest from the
+//! tree and the table, checks its digest against the one the artifact
+//! names, and keeps it in the store.
 
-use super::client::Client;
+use super::client::{Client, backoff, range_skip};
 use super::fetch::{fetch_blob, fetch_run};
-use super::pack::{self, Members};
+use super::lazyidx::{ChunkMismatch, Index};
+use super::pack::{self, Member, Members};
 use super::pull::{Fetched, fetch_manifest, prefetch_blobs};
-use super::{PullOptions, Remote, RemoteError, file_blobs, runtime};
+use super::{PullOptions, Remote, RemoteError, file_blobs, runtime, transport};
 use crate::manifest::{Digest, Kind, Manifest};
 use crate::store::{Store, Verifier};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
@@ -37,7 +49,7 @@ pub const DEMAND_SPAN: u64 = 16 << 10;
 #[derive(Clone, Copy, Debug)]
 enum Place {
     /// A layer of its own, by its digest or that of its zstd form.
-    Single(Option<(Digest, u64)>),
+    Single,
     /// Member `k` of pack `pack`.
     Member { pack: usize, k: usize },
 }
@@ -45,7 +57,9 @@ enum Place {
 /// One file blob of the manifest.
 #[derive(Clone, Debug)]
 pub struct Blob {
-    /// Content digest.
+    /// Content digest; with a lazy index, the placeholder of this blob
+    /// (see [`lazyidx::placeholder`](super::lazyidx::placeholder)), its
+    /// content digest coming from the digest table.
     pub digest: Digest,
     /// Content size.
     pub size: u64,
@@ -76,6 +90,19 @@ struct Recorder {
     seen: HashSet<usize>,
 }
 
+/// The digest table of an artifact with a lazy index, fetched a chunk at
+/// a time.
+struct Table {
+    /// The lazy index (without its tree, which is the manifest).
+    index: Index,
+    /// The lazy index layer's digest.
+    index_digest: Digest,
+    /// The table layer's URL.
+    url: String,
+    /// The chunks fetched and checked so far.
+    got: Vec<Mutex<Option<Arc<[Digest]>>>>,
+}
+
 /// A remote artifact served lazily from a store.
 pub struct Lazy {
     rt: tokio::runtime::Runtime,
@@ -87,6 +114,10 @@ pub struct Lazy {
     blobs: Vec<Blob>,
     index: HashMap<Digest, usize>,
     packs: Vec<Members>,
+    /// Compressed file blobs: content digest -> (registry digest, size).
+    zstd: HashMap<Digest, (Digest, u64)>,
+    /// The digest table, when the mount started from a lazy index.
+    table: Option<Table>,
     /// Blobs an access list names (`None`: no list).
     access: Option<HashSet<usize>>,
     /// Background order: access list first, then manifest order.
@@ -109,20 +140,42 @@ pub struct LazyOptions {
     /// Write the paths of the files opened, in first-access order, one a
     /// line, to this file (flushed line by line).
     pub record_access: Option<std::fs::File>,
+    /// Fetch the manifest itself even when the artifact has a lazy index
+    /// (for a caller that keeps the manifest before the first read).
+    pub full_manifest: bool,
 }
 
 impl Lazy {
-    /// Fetches `remote`'s artifact and ocix manifest (kept in `store`), and
-    /// its access list; no file blob yet.
+    /// Fetches `remote`'s artifact and its lazy index, or if it has none
+    /// (or [`LazyOptions::full_manifest`]) its ocix manifest (kept in
+    /// `store`), and its access list; no file blob yet.
     pub fn open(remote: &Remote, store: Store, opts: LazyOptions) -> Result<Lazy, RemoteError> {
         let rt = runtime()?;
         let mut client = Client::new(remote.clone(), opts.pull.remote.clone(), false)?;
-        let fetched: Fetched = rt.block_on(async {
+        let mut fetched: Fetched = rt.block_on(async {
             client.resolve_scheme().await;
-            fetch_manifest(&client, &store, &opts.pull).await
+            fetch_manifest(&client, &store, &opts.pull, !opts.full_manifest).await
         })?;
-        let manifest = Manifest::from_bytes(&fetched.bytes)
-            .map_err(|err| RemoteError::Manifest { url: client.blob_url(&fetched.digest), err })?;
+        let (manifest, table) = match fetched.lazy.take() {
+            None => {
+                let m = Manifest::from_bytes(&fetched.bytes)
+                    .map_err(|err| RemoteError::Manifest { url: client.blob_url(&fetched.digest), err })?;
+                (m, None)
+            }
+            Some(l) => {
+                let url = client.blob_url(&l.index);
+                let mut index = Index::parse(&l.index_bytes).map_err(|err| RemoteError::LazyIndex { url, err })?;
+                let (td, tsize) = l.table;
+                if index.table != td || tsize != index.blobs() as u64 * 32 {
+                    let url = client.blob_url(&td);
+                    let err = super::lazyidx::IndexError::Bad("digest table layer (not the one the index names)");
+                    return Err(RemoteError::LazyIndex { url, err });
+                }
+                let tree = std::mem::take(&mut index.tree);
+                let got = (0..index.chunks.len()).map(|_| Mutex::new(None)).collect();
+                (tree, Some(Table { index, index_digest: l.index, url: client.blob_url(&td), got }))
+            }
+        };
         let all = file_blobs(&manifest);
         let packs = if fetched.packs.is_empty() {
             Vec::new()
@@ -131,15 +184,8 @@ impl Lazy {
                 .map_err(|err| RemoteError::Packs { url: client.remote_name(), err })?
         };
         let index: HashMap<Digest, usize> = all.iter().enumerate().map(|(i, (d, _))| (*d, i)).collect();
-        let mut blobs: Vec<Blob> = all
-            .iter()
-            .map(|&(d, size)| Blob {
-                digest: d,
-                size,
-                path: Vec::new(),
-                place: Place::Single(fetched.zstd.get(&d).copied()),
-            })
-            .collect();
+        let mut blobs: Vec<Blob> =
+            all.iter().map(|&(d, size)| Blob { digest: d, size, path: Vec::new(), place: Place::Single }).collect();
         for (p, (_, _, members)) in packs.iter().enumerate() {
             for (k, m) in members.iter().enumerate() {
                 if let Some(&i) = index.get(&m.digest) {
@@ -181,6 +227,8 @@ impl Lazy {
             blobs,
             index,
             packs,
+            zstd: fetched.zstd,
+            table,
             access,
             order,
             state: Mutex::new(State::default()),
@@ -197,14 +245,125 @@ impl Lazy {
         &self.manifest
     }
 
-    /// Its bytes, as fetched.
+    /// Its bytes, as fetched (empty when the mount started from a lazy
+    /// index: then the manifest is rebuilt once the digest table is in,
+    /// see [`background`](Self::background)).
     pub fn manifest_bytes(&self) -> &[u8] {
         &self.manifest_bytes
     }
 
-    /// Their digest.
+    /// The digest of the manifest the artifact names.
     pub fn manifest_digest(&self) -> &Digest {
         &self.manifest_digest
+    }
+
+    /// What the metadata image of [`manifest`](Self::manifest) is cached
+    /// by: the manifest's digest, or with a lazy index (whose tree names
+    /// placeholders) that index's digest.
+    pub fn image_key(&self) -> Digest {
+        self.table.as_ref().map_or(self.manifest_digest, |t| t.index_digest)
+    }
+
+    /// Whether the mount started from a lazy index.
+    pub fn from_index(&self) -> bool {
+        self.table.is_some()
+    }
+
+    /// The content digest of blob `i`, fetching its chunk of the digest
+    /// table if needed.
+    pub fn real(&self, i: usize) -> Result<Digest, RemoteError> {
+        match &self.table {
+            None => Ok(self.blobs[i].digest),
+            Some(t) => Ok(self.chunk(t, i / t.index.chunk)?[i % t.index.chunk]),
+        }
+    }
+
+    /// The content digest of blob `i` if known without a fetch.
+    fn known(&self, i: usize) -> Option<Digest> {
+        match &self.table {
+            None => Some(self.blobs[i].digest),
+            Some(t) => {
+                let g = t.got[i / t.index.chunk].lock().unwrap_or_else(|p| p.into_inner());
+                g.as_ref().map(|c| c[i % t.index.chunk])
+            }
+        }
+    }
+
+    /// [`known`](Self::known) without waiting for a chunk being fetched
+    /// (for [`plan`](Self::plan), which runs under the state lock).
+    fn known_now(&self, i: usize) -> Option<Digest> {
+        match &self.table {
+            None => Some(self.blobs[i].digest),
+            Some(t) => match t.got[i / t.index.chunk].try_lock() {
+                Ok(g) => g.as_ref().map(|c| c[i % t.index.chunk]),
+                Err(_) => None,
+            },
+        }
+    }
+
+    /// Chunk `c` of the table: fetched once (one `Range` request), checked
+    /// against the digest the lazy index names before any use.
+    fn chunk(&self, t: &Table, c: usize) -> Result<Arc<[Digest]>, RemoteError> {
+        let mut g = t.got[c].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(got) = &*g {
+            return Ok(got.clone());
+        }
+        let (start, end) = t.index.chunk_range(c);
+        let bytes = self.rt.handle().block_on(get_range(&self.client, &t.url, start, end))?;
+        let got = checked_chunk(t, c, &bytes)?;
+        *g = Some(got.clone());
+        Ok(got)
+    }
+
+    /// The whole digest table in one request, each chunk checked (the
+    /// background prefetch's first step).
+    fn whole_table(&self, t: &Table) -> Result<(), RemoteError> {
+        if t.got.iter().all(|g| g.lock().unwrap_or_else(|p| p.into_inner()).is_some()) {
+            return Ok(());
+        }
+        let end = t.index.blobs() as u64 * 32;
+        let bytes = self.rt.handle().block_on(get_range(&self.client, &t.url, 0, end))?;
+        for (c, slot) in t.got.iter().enumerate() {
+            let (a, b) = t.index.chunk_range(c);
+            let got = checked_chunk(t, c, &bytes[a as usize..b as usize])?;
+            let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if g.is_none() {
+                *g = Some(got);
+            }
+        }
+        Ok(())
+    }
+
+    /// With a lazy index and every blob in the store: the manifest rebuilt
+    /// from the tree and the table, checked against the digest the
+    /// artifact names, and kept in the store. Logs what it found.
+    fn keep_manifest(&self) {
+        let Some(t) = &self.table else { return };
+        let mut all = Vec::with_capacity(self.blobs.len());
+        for i in 0..self.blobs.len() {
+            match self.known(i) {
+                Some(d) => all.push(d),
+                None => return,
+            }
+        }
+        let line = match super::lazyidx::rebuild(&self.manifest, &all) {
+            Ok(bytes) if Digest::of(&bytes) == self.manifest_digest => match self.store.put_bytes(&bytes) {
+                Ok(_) => format!(
+                    "manifest {} rebuilt from the lazy index and the digest table, its digest checked, kept in the store",
+                    self.manifest_digest
+                ),
+                Err(e) => format!("error: keeping the rebuilt manifest {}: {e}", self.manifest_digest),
+            },
+            Ok(bytes) => format!(
+                "error: the lazy index {} and digest table {} rebuild a manifest of digest {}, not {} as the artifact names",
+                t.index_digest,
+                t.url,
+                Digest::of(&bytes),
+                self.manifest_digest
+            ),
+            Err(e) => format!("error: the lazy index {} does not rebuild a manifest: {e}", t.index_digest),
+        };
+        (self.log)(&line);
     }
 
     /// The store blobs go into.
@@ -236,6 +395,7 @@ impl Lazy {
     /// caller, whose fetch is waited for. `background` fetches take whole
     /// runs of missing pack members.
     pub fn ensure(&self, i: usize, background: bool) -> Result<(), RemoteError> {
+        let d = self.real(i)?;
         let mut st = self.lock();
         loop {
             if st.verified.contains(&i) {
@@ -245,7 +405,7 @@ impl Lazy {
                 st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            if self.store.has(&self.blobs[i].digest) {
+            if self.store.has(&d) {
                 return Ok(());
             }
             // the whole run is claimed at once: no other caller fetches
@@ -264,8 +424,7 @@ impl Lazy {
             if r.is_ok() && !background {
                 let b = &self.blobs[i];
                 (self.log)(&format!(
-                    "fetched blob {} ({}) on first read, with {} neighbour(s), {} bytes",
-                    b.digest,
+                    "fetched blob {d} ({}) on first read, with {} neighbour(s), {} bytes",
                     crate::manifest::path_display(&b.path),
                     run.len() - 1,
                     self.bytes.load(Ordering::Relaxed).saturating_sub(before)
@@ -286,9 +445,15 @@ impl Lazy {
     /// What to fetch for blob `i`: itself, or the run of its pack's
     /// members around it that are missing and not being fetched, within
     /// [`DEMAND_SPAN`] (a whole pack's worth in the background), and
-    /// without members an access list leaves out (on demand).
+    /// without members an access list leaves out (on demand), and with a
+    /// lazy index only members whose digests are known (on demand: in the
+    /// same chunk of the table as blob `i`).
     fn plan(&self, i: usize, background: bool, st: &State) -> Plan {
         let Place::Member { pack, k } = self.blobs[i].place else { return Plan::Single };
+        let same_chunk = |n: usize| match &self.table {
+            Some(t) if !background => n / t.index.chunk == i / t.index.chunk,
+            _ => true,
+        };
         let members = &self.packs[pack].2;
         let span = if background { pack::PACK_MAX } else { DEMAND_SPAN };
         let wanted = |j: usize| -> bool {
@@ -296,7 +461,11 @@ impl Lazy {
             if !background && self.access.as_ref().is_some_and(|a| !a.contains(&n)) {
                 return false;
             }
-            !st.verified.contains(&n) && !st.inflight.contains(&n) && !self.store.has(&members[j].digest)
+            if !same_chunk(n) {
+                return false;
+            }
+            let Some(d) = self.known_now(n) else { return false };
+            !st.verified.contains(&n) && !st.inflight.contains(&n) && !self.store.has(&d)
         };
         let (mut lo, mut hi, mut len) = (k, k + 1, members[k].len);
         while hi < members.len() && len.saturating_add(members[hi].len) <= span && wanted(hi) {
@@ -319,16 +488,25 @@ impl Lazy {
         let n = match plan {
             Plan::Single => {
                 let b = &self.blobs[i];
+                let d = self.real(i)?;
                 let via = match b.place {
-                    Place::Single(via) => via,
+                    Place::Single => self.zstd.get(&d).copied(),
                     Place::Member { .. } => None,
                 };
-                h.block_on(fetch_blob(&self.client, &b.digest, b.size, via, &self.store, &progress))?;
+                h.block_on(fetch_blob(&self.client, &d, b.size, via, &self.store, &progress))?;
                 1
             }
             Plan::Run { pack, lo, hi } => {
                 let (pd, coding, members) = &self.packs[pack];
-                h.block_on(fetch_run(&self.client, pd, *coding, &members[lo..hi], &self.store, &progress))?;
+                let mut run = Vec::with_capacity(hi - lo);
+                for m in &members[lo..hi] {
+                    let digest = match self.index.get(&m.digest) {
+                        Some(&n) => self.real(n)?,
+                        None => m.digest,
+                    };
+                    run.push(Member { digest, ..*m });
+                }
+                h.block_on(fetch_run(&self.client, pd, *coding, &run, &self.store, &progress))?;
                 hi - lo
             }
         };
@@ -345,19 +523,29 @@ impl Lazy {
             Ok(_) => self.record(i),
             Err(e) => {
                 let b = &self.blobs[i];
-                (self.log)(&format!("error: blob {} ({}): {e}", b.digest, crate::manifest::path_display(&b.path)));
+                (self.log)(&format!("error: {} ({}): {e}", self.shown(i), crate::manifest::path_display(&b.path)));
             }
         }
         r
     }
 
+    /// Blob `i` in messages: its digest, or its number while the digest
+    /// table has not told it.
+    fn shown(&self, i: usize) -> String {
+        match self.known(i) {
+            Some(d) => format!("blob {d}"),
+            None => format!("blob number {i} (digest not yet known)"),
+        }
+    }
+
     fn open_verified(&self, i: usize) -> Result<std::fs::File, RemoteError> {
         self.ensure(i, false)?;
         let b = &self.blobs[i];
-        let mut f = std::fs::File::from(self.store.open_blob(&b.digest)?);
+        let d = self.real(i)?;
+        let mut f = std::fs::File::from(self.store.open_blob(&d)?);
         if !self.lock().verified.contains(&i) {
-            let shown = self.store.blob_path(&b.digest).display().to_string();
-            let mut v = Verifier::new(b.digest, b.size);
+            let shown = self.store.blob_path(&d).display().to_string();
+            let mut v = Verifier::new(d, b.size);
             let mut buf = vec![0u8; 1 << 18];
             loop {
                 let n = f.read(&mut buf).map_err(|err| RemoteError::Io { path: shown.clone(), err })?;
@@ -390,20 +578,25 @@ impl Lazy {
     pub fn background(&self, jobs: usize, stop: &AtomicBool) {
         let next = AtomicUsize::new(0);
         let failed = AtomicUsize::new(0);
+        if let Some(t) = &self.table
+            && let Err(e) = self.whole_table(t)
+        {
+            (self.log)(&format!("error: background fetch of the digest table (its chunks are fetched as needed): {e}"));
+        }
         std::thread::scope(|s| {
             for _ in 0..jobs.max(1) {
                 s.spawn(|| {
                     while !stop.load(Ordering::Relaxed) {
                         let Some(&i) = self.order.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                        if self.store.has(&self.blobs[i].digest) {
+                        if self.known(i).is_some_and(|d| self.store.has(&d)) {
                             continue;
                         }
                         if let Err(e) = self.ensure(i, true) {
                             failed.fetch_add(1, Ordering::Relaxed);
                             let b = &self.blobs[i];
                             (self.log)(&format!(
-                                "error: background fetch of blob {} ({}): {e}",
-                                b.digest,
+                                "error: background fetch of {} ({}): {e}",
+                                self.shown(i),
                                 crate::manifest::path_display(&b.path)
                             ));
                         }
@@ -417,11 +610,66 @@ impl Lazy {
             (self.log)(&format!(
                 "background prefetch done: {n} blobs fetched ({bytes} bytes) in all, {failed} failed (fetched when read)"
             ));
+            if self.complete() {
+                self.keep_manifest();
+            }
         }
     }
 
     /// Whether every blob is in the store.
     pub fn complete(&self) -> bool {
-        self.blobs.iter().all(|b| self.store.has(&b.digest))
+        (0..self.blobs.len()).all(|i| self.known(i).is_some_and(|d| self.store.has(&d)))
+    }
+}
+
+/// Chunk `c` of `t`'s table from its bytes, if they have the digest the
+/// lazy index names.
+fn checked_chunk(t: &Table, c: usize, bytes: &[u8]) -> Result<Arc<[Digest]>, RemoteError> {
+    let (start, end) = t.index.chunk_range(c);
+    let actual = Digest::of(bytes);
+    if actual != t.index.chunks[c] || bytes.len() as u64 != end - start {
+        let why = Box::new(ChunkMismatch { chunk: c, start, end, expected: t.index.chunks[c], actual });
+        return Err(RemoteError::DigestChunk { url: t.url.clone(), why });
+    }
+    Ok(bytes.chunks_exact(32).map(|d| Digest(d.try_into().expect("32 bytes"))).collect())
+}
+
+/// Bytes `start..end` of `url`, with one `Range` request (retried after a
+/// transient failure).
+async fn get_range(client: &Client, url: &str, start: u64, end: u64) -> Result<Vec<u8>, RemoteError> {
+    let want = (end - start) as usize;
+    let mut attempt = 0;
+    loop {
+        let r = async {
+            let mut resp = client.get_range(url, &format!("bytes={start}-{}", end.saturating_sub(1))).await?;
+            // a server that ignores Range sends the whole blob
+            let mut skip = range_skip(&resp, url, start)?;
+            let mut out = Vec::with_capacity(want);
+            while out.len() < want {
+                let Some(c) = resp.chunk().await.map_err(|e| transport("GET", url, e, client.timeout()))? else {
+                    return Err(RemoteError::Transport {
+                        op: "GET".into(),
+                        url: url.to_string(),
+                        detail: format!("body ended at byte {} of {start}..{end}", start + out.len() as u64),
+                        transient: true,
+                    });
+                };
+                let mut d: &[u8] = &c;
+                let k = skip.min(d.len() as u64) as usize;
+                d = &d[k..];
+                skip -= k as u64;
+                let room = want - out.len();
+                out.extend_from_slice(&d[..d.len().min(room)]);
+            }
+            Ok(out)
+        }
+        .await;
+        match r {
+            Err(e) if e.transient() && attempt < client.retries() => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            r => return r,
+        }
     }
 }

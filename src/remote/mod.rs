@@ -32,6 +32,7 @@ pub mod fetch;
 pub mod image;
 pub mod lazy;
 pub mod lazyfs;
+pub mod lazyidx;
 pub mod pack;
 pub mod pull;
 pub mod push;
@@ -177,6 +178,24 @@ pub enum RemoteError {
         url: String,
         /// What is wrong.
         err: artifact::ArtifactError,
+    },
+    /// A lazy index layer that does not decode, or does not fit the
+    /// artifact.
+    #[error("{url}: lazy index: {err}")]
+    LazyIndex {
+        /// The layer's URL.
+        url: String,
+        /// What is wrong.
+        err: lazyidx::IndexError,
+    },
+    /// A chunk of the digest table whose bytes are not the ones the lazy
+    /// index names (nothing of it was used).
+    #[error("{url}: {why}")]
+    DigestChunk {
+        /// The digest table's URL.
+        url: String,
+        /// Which chunk, and its digests.
+        why: Box<lazyidx::ChunkMismatch>,
     },
     /// The artifact's packs do not fit the ocix manifest it carries.
     #[error("{url}: {err}")]

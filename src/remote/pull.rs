@@ -107,6 +107,18 @@ pub(crate) struct Fetched {
     /// The artifact's access list: paths, in the order a first run read
     /// them.
     pub(crate) access: Vec<Vec<u8>>,
+    /// When asked for and the artifact has one: the lazy index (its
+    /// digest and its bytes, checked against it) and the digest table's
+    /// layer, instead of the manifest (then `bytes` is empty).
+    pub(crate) lazy: Option<LazyLayers>,
+}
+
+/// The layers a lazy mount reads instead of the manifest (see
+/// [`lazyidx`](super::lazyidx)).
+pub(crate) struct LazyLayers {
+    pub(crate) index: Digest,
+    pub(crate) index_bytes: Vec<u8>,
+    pub(crate) table: (Digest, u64),
 }
 
 /// The paths of an access list: one a line, relative to the root (a
@@ -115,8 +127,14 @@ pub fn parse_paths(list: &[u8]) -> Vec<Vec<u8>> {
     list.split(|&b| b == b'\n').map(|l| l.strip_prefix(b"/").unwrap_or(l).to_vec()).filter(|l| !l.is_empty()).collect()
 }
 
-pub(crate) async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOptions) -> Result<Fetched, RemoteError> {
+pub(crate) async fn fetch_manifest(
+    client: &Client,
+    store: &Store,
+    opts: &PullOptions,
+    want_lazy: bool,
+) -> Result<Fetched, RemoteError> {
     let mut zmanifest = None;
+    let mut lazy = None;
     let (d, size, threshold, packs, zstd, access) = match client.remote() {
         Remote::Http(base) => {
             let d = opts
@@ -153,6 +171,7 @@ pub(crate) async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOp
                 zstd.extend(artifact::blob_list(&bytes).map_err(|err| RemoteError::Format { url, err })?);
             }
             zmanifest = layout.manifest_zstd;
+            lazy = layout.lazy.filter(|_| want_lazy);
             (layout.manifest, Some(layout.size), layout.threshold, layout.packs, zstd, layout.access)
         }
     };
@@ -161,6 +180,25 @@ pub(crate) async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOp
         return Err(RemoteError::TooLarge { url, limit: MAX_MANIFEST });
     }
     let limit = size.unwrap_or(MAX_MANIFEST);
+    let access = match access {
+        Some((a, n)) if n > artifact::MAX_ACCESS => {
+            return Err(RemoteError::TooLarge { url: client.blob_url(&a), limit: artifact::MAX_ACCESS });
+        }
+        Some((a, n)) => parse_paths(&client.get_blob_bytes(&a, n).await?),
+        None => Vec::new(),
+    };
+    let mut map = HashMap::new();
+    for (content, wire, size) in zstd {
+        map.entry(content).or_insert((wire, size));
+    }
+    if let Some(((index, n), table)) = lazy {
+        if n > MAX_MANIFEST {
+            return Err(RemoteError::TooLarge { url: client.blob_url(&index), limit: MAX_MANIFEST });
+        }
+        let index_bytes = client.get_blob_bytes(&index, n).await?;
+        let lazy = Some(LazyLayers { index, index_bytes, table });
+        return Ok(Fetched { bytes: Vec::new(), digest: d, threshold, packs, zstd: map, access, lazy });
+    }
     let bytes = match zmanifest {
         Some((z, n)) if n <= MAX_MANIFEST => {
             let wire = client.get_blob_bytes(&z, n).await?;
@@ -174,18 +212,7 @@ pub(crate) async fn fetch_manifest(client: &Client, store: &Store, opts: &PullOp
         _ => client.get_blob_bytes(&d, limit).await?,
     };
     store.put_bytes(&bytes)?;
-    let mut map = HashMap::new();
-    for (content, wire, size) in zstd {
-        map.entry(content).or_insert((wire, size));
-    }
-    let access = match access {
-        Some((a, n)) if n > artifact::MAX_ACCESS => {
-            return Err(RemoteError::TooLarge { url: client.blob_url(&a), limit: artifact::MAX_ACCESS });
-        }
-        Some((a, n)) => parse_paths(&client.get_blob_bytes(&a, n).await?),
-        None => Vec::new(),
-    };
-    Ok(Fetched { bytes, digest: d, threshold, packs, zstd: map, access })
+    Ok(Fetched { bytes, digest: d, threshold, packs, zstd: map, access, lazy: None })
 }
 
 /// One unit of work: a blob on its own (by its own digest, or by the
@@ -220,8 +247,8 @@ async fn pull_async(
     opts: &PullOptions,
     on_manifest: impl FnOnce(&Manifest),
 ) -> Result<PullReport, RemoteError> {
-    let Fetched { bytes: manifest_bytes, digest: manifest_digest, threshold, packs, zstd, access } =
-        fetch_manifest(client, store, opts).await?;
+    let Fetched { bytes: manifest_bytes, digest: manifest_digest, threshold, packs, zstd, access, .. } =
+        fetch_manifest(client, store, opts, false).await?;
     let manifest = Manifest::from_bytes(&manifest_bytes)
         .map_err(|err| RemoteError::Manifest { url: client.blob_url(&manifest_digest), err })?;
     on_manifest(&manifest);

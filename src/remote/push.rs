@@ -5,11 +5,13 @@
 
 use super::artifact::{self, Descriptor, FileLayer};
 use super::client::{Client, Upload};
+use super::lazyidx;
 use super::pack::{self, PackLayer};
 use super::reference::{Reference, ReferenceError, Remote};
 use super::wire;
 use super::{RemoteError, RemoteOptions, file_blobs, runtime};
 use crate::manifest::{Digest, MEDIA_TYPE, Manifest};
+use crate::oci::media::{OCIX_DIGESTS, OCIX_LAZY};
 use crate::progress::{Progress, Work};
 use crate::store::{Store, StoreError};
 use futures_util::StreamExt as _;
@@ -46,6 +48,9 @@ pub struct PushOptions {
     /// [`OCIX_ACCESS`](artifact::OCIX_ACCESS): a pull or a lazy mount
     /// fetches those paths' blobs first.
     pub access: Option<Vec<u8>>,
+    /// Store a lazy index and a digest table beside the manifest (see
+    /// [`lazyidx`]): what a lazy mount fetches instead of the manifest.
+    pub lazy_index: bool,
 }
 
 impl Default for PushOptions {
@@ -58,6 +63,7 @@ impl Default for PushOptions {
             progress: Progress::default(),
             compress: true,
             access: None,
+            lazy_index: true,
         }
     }
 }
@@ -154,6 +160,25 @@ pub fn push(
                     client.upload_blob(&zd, z.len() as u64, Upload::Bytes(&z)).await?;
                 }
                 let mut desc = Descriptor::new(artifact::OCIX_MANIFEST_ZSTD, &zd, z.len() as u64);
+                desc.annotations = Some(std::collections::BTreeMap::from([(
+                    artifact::ANN_MANIFEST.into(),
+                    manifest_digest.to_string(),
+                )]));
+                extra.push(desc);
+            }
+        }
+        if opts.lazy_index && !files.is_empty() {
+            // what a lazy mount fetches instead of the manifest: the
+            // tree without its file digests, and those digests in a
+            // table it fetches a chunk at a time (see lazyidx)
+            let (index, table) =
+                lazyidx::build(&m).map_err(|err| RemoteError::Manifest { url: "the manifest to push".into(), err })?;
+            for (mt, data) in [(OCIX_LAZY, &index), (OCIX_DIGESTS, &table)] {
+                let d = Digest::of(data);
+                if !client.has_blob(&d).await? {
+                    client.upload_blob(&d, data.len() as u64, Upload::Bytes(data)).await?;
+                }
+                let mut desc = Descriptor::new(mt, &d, data.len() as u64);
                 desc.annotations = Some(std::collections::BTreeMap::from([(
                     artifact::ANN_MANIFEST.into(),
                     manifest_digest.to_string(),
