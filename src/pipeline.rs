@@ -182,7 +182,7 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
     let remote = Remote::parse(src).map_err(|e| RunError::Location(e.into()))?;
     let existed = check_dest(dest, opts.unpack.update).map_err(RunError::Dest)?;
     let (store, temp) = run_store(opts.store.as_deref(), dest)?;
-    let arrivals = Arc::new(Arrivals::new());
+    let arrivals = Arc::new(new_arrivals(&temp));
     let store = store.with_arrivals(arrivals.clone());
     let cancel = Arc::new(AtomicBool::new(false));
     let popts = PullOptions { cancel: Some(cancel.clone()), ..opts.pull.clone() };
@@ -334,7 +334,7 @@ fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<
     // the store knows the blobs this import verifies (see
     // `Store::fetched_here`): in a store of our own, about to be removed,
     // they can simply become the files
-    let arrivals = Arc::new(Arrivals::new());
+    let arrivals = Arc::new(new_arrivals(&temp));
     let store = store.with_arrivals(arrivals.clone());
     let imported = import_into(image, &store, opts)?;
     arrivals.close(Filled::Complete);
@@ -531,6 +531,12 @@ fn run_store(given: Option<&Path>, dest: &Path) -> Result<(Store, Option<Tempora
     };
     // on failure the guard removes the temporary directory
     Ok((Store::create(&path)?, temp))
+}
+
+/// The arrivals of a run's store: a temporary one is filled fresh, so it
+/// keeps no record of each blob (see [`Arrivals::fresh`]).
+fn new_arrivals(temp: &Option<Temporary>) -> Arrivals {
+    if temp.is_some() { Arrivals::fresh() } else { Arrivals::new() }
 }
 
 /// A directory of this run's own, removed (with everything in it) when

@@ -199,7 +199,7 @@ impl Default for Tables {
             xattr_index: HashMap::new(),
             owners: vec![(None, None)],
             owner_index: HashMap::new(),
-            files: Vec::new(),
+            files: mapped(),
             runs: vec![(0, 0)],
             zeros: Vec::new(),
         }
@@ -267,6 +267,19 @@ impl Tables {
         };
         Ok(NodeMeta { sec: m.mtime.sec, mode: m.mode, uid: m.uid, gid: m.gid, nsec: m.mtime.nsec, xattrs, owner })
     }
+}
+
+/// Bytes each large array of the tree reserves from the start: more than
+/// the size below which glibc's allocator may serve a request from its
+/// heap (its mapping threshold rises as mapped blocks are freed, up to 32
+/// MiB on 64-bit), so the array is a mapping of its own, grown in place
+/// and truly given back when freed or cut. The reservation costs no memory
+/// until it is used.
+const MAPPED: usize = 33 << 20;
+
+/// An empty vector with room for [`MAPPED`] bytes.
+fn mapped<T>() -> Vec<T> {
+    Vec::with_capacity(MAPPED / std::mem::size_of::<T>().max(1))
 }
 
 /// No node (an empty list, the root's parent).
@@ -408,7 +421,9 @@ impl Index {
     /// dropped).
     fn rebuild(&mut self, nodes: &[Node], names: &[u8]) {
         let size = ((self.live + 1) * 2).next_power_of_two().max(16);
-        let old = std::mem::replace(&mut self.slots, vec![FREE; size]);
+        let mut slots = mapped();
+        slots.resize(size, FREE);
+        let old = std::mem::replace(&mut self.slots, slots);
         self.used = 0;
         self.live = 0;
         for s in old {
@@ -472,9 +487,11 @@ impl Default for Tree {
             kind: DIR,
             flags: 0,
         };
+        let mut nodes = mapped();
+        nodes.push(root);
         Tree {
-            nodes: vec![root],
-            names: Vec::new(),
+            nodes,
+            names: mapped(),
             others: Vec::new(),
             index: Index::default(),
             tables: Tables::default(),
@@ -935,7 +952,8 @@ impl Tree {
 
         // Manifest order (depth first, children by name): `dest` is each
         // node's place, counted from the end; the depth goes into `touched`.
-        let mut dest = vec![NONE; nodes.len()];
+        let mut dest = mapped();
+        dest.resize(nodes.len(), NONE);
         let mut live: u32 = 0;
         let mut stack: Vec<(u32, u32)> = vec![(ROOT, 0)];
         let mut kids: Vec<u32> = Vec::new();
@@ -977,7 +995,7 @@ impl Tree {
 
         // Names (and symlink targets, the offset in `parent`) in the same
         // order.
-        let mut text = Vec::with_capacity(nodes.iter().map(|n| n.name_len as usize).sum());
+        let mut text = mapped();
         for n in &mut nodes {
             let off = text.len() as u32;
             text.extend_from_slice(&names[n.name_off as usize..n.name_off as usize + n.name_len as usize]);
@@ -992,7 +1010,8 @@ impl Tree {
 
         // File records in the reverse order of their first name; files with
         // more than one name flagged on their nodes.
-        let mut fdest = vec![NONE; tables.files.len()];
+        let mut fdest = mapped();
+        fdest.resize(tables.files.len(), NONE);
         let mut used: u32 = 0;
         for n in nodes.iter().rev() {
             if n.kind == FILE && fdest[n.data as usize] == NONE {
