@@ -33,6 +33,7 @@
 
 use crate::bundle::{self, BundleError};
 use crate::export::repack::{IMAGE_RECORD, ImageRecord};
+use crate::manifest::compact::WriteError;
 use crate::manifest::{Compact, DecodeError};
 use crate::materialize::{self, IdMap, UnpackError, UnpackOptions, UnpackReport, check_dest};
 use crate::mount::{self, MountError, MountOptions, MountReport};
@@ -303,12 +304,12 @@ pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Re
         let rootfs = bundle.join("rootfs");
         let (imported, unpack) = import_unpack(image, &rootfs, &opts)?;
         let cbor = bundle.join("ocix.cbor");
-        let bytes = imported.manifest.to_bytes().map_err(RunError::Manifest)?;
         // written after the unpack (and the removal of a temporary store,
         // which changes the files' link counts), so that ocix.cbor is
         // younger than every change of the tree: repack relies on that to
-        // skip unchanged files
-        std::fs::write(&cbor, bytes).map_err(|e| RunError::Io { path: cbor, what: format!("cannot write: {e}") })?;
+        // skip unchanged files; streamed, never whole in memory beside the
+        // manifest
+        write_manifest(&imported.manifest, &cbor)?;
         let record = ImageRecord {
             manifest: imported.image.manifest_desc.clone(),
             rootless: unpack.rootless,
@@ -325,6 +326,24 @@ pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Re
         let _ = std::fs::remove_dir_all(bundle);
     }
     r
+}
+
+/// Writes `m`'s canonical bytes to the new file `path`, in chunks; a
+/// manifest that breaks a rule leaves no file.
+fn write_manifest(m: &Compact, path: &Path) -> Result<(), RunError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| RunError::Io { path: path.into(), what: format!("cannot write: {e}") };
+    let f = std::fs::File::create(path).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
+    match m.write_to(&mut w) {
+        Ok(_) => w.flush().map_err(io),
+        Err(WriteError::Invalid(e)) => {
+            drop(w);
+            let _ = std::fs::remove_file(path);
+            Err(RunError::Manifest(e))
+        }
+        Err(WriteError::Io(e)) => Err(io(e)),
+    }
 }
 
 /// The import and the unpack of [`image_unpack`], without the cleanup of

@@ -699,7 +699,15 @@ impl Tree {
 
     /// Adds a node named `name` to directory `dir`, touched by the current
     /// layer; returns its number. No child of that name may be there.
-    fn new_node(&mut self, dir: u32, name: &[u8], meta: NodeMeta, kind: u8, data: u32, flags: u8) -> Result<u32, TreeError> {
+    fn new_node(
+        &mut self,
+        dir: u32,
+        name: &[u8],
+        meta: NodeMeta,
+        kind: u8,
+        data: u32,
+        flags: u8,
+    ) -> Result<u32, TreeError> {
         let id = number(self.nodes.len(), "nodes")?;
         if id == NONE || id == TOMB {
             return Err(TreeError::TooLarge("more than 4 billion nodes".into()));
@@ -1250,7 +1258,6 @@ impl<'t> Convert<'t> {
         self.built(r)?;
         Ok(true)
     }
-
 }
 
 /// An inode's identity while the manifest is built.
@@ -1266,12 +1273,11 @@ fn shown(p: &[u8]) -> String {
     crate::manifest::path_display(p)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use crate::manifest::{Entry, Kind, Manifest};
+    use std::collections::BTreeMap;
 
     /// The tree form of the manifest the tree gives.
     fn tree_of(t: &Tree) -> Manifest {
@@ -1449,6 +1455,33 @@ mod tests {
             assert!(matches!(m.get(b"d/f00003").unwrap().kind, Kind::Dir(_)), "{n}");
             assert_eq!(m.get(b"d/f00002").unwrap().meta.mode, 0o600);
         }
+    }
+
+    /// A directory removed or replaced and then made again under the same
+    /// name starts empty: the old one's children never come back, whether
+    /// it went by a whiteout, an opaque parent or an entry of another type.
+    #[test]
+    fn a_directory_made_again_does_not_get_old_children_back() {
+        let mut t = Tree::default();
+        file(&mut t, "d/x");
+        file(&mut t, "e/sub/y");
+        file(&mut t, "o/p/z");
+        t.begin_layer();
+        t.whiteout(&c(".wh.d")).unwrap();
+        t.add(&c("e"), Meta { mode: 0o600, ..Meta::default() }, NewKind::Fifo).unwrap();
+        t.whiteout(&c("o/.wh..wh..opq")).unwrap();
+        t.begin_layer();
+        t.add(&c("d"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+        t.add(&c("e"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+        t.add(&c("e/sub"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+        t.add(&c("o/p"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+        file(&mut t, "d/new");
+        let m = tree_of(&t);
+        let names = |p: &[u8]| -> Vec<Vec<u8>> { m.get(p).unwrap().children().unwrap().keys().cloned().collect() };
+        assert_eq!(names(b"d"), vec![b"new".to_vec()]);
+        assert!(names(b"e/sub").is_empty() && names(b"o/p").is_empty());
+        assert_eq!(names(b"e"), vec![b"sub".to_vec()]);
+        assert_eq!(t.into_manifest().unwrap().to_tree(), m);
     }
 
     /// A whiteout below a non-directory hides nothing (umoci: ENOTDIR is a

@@ -101,8 +101,7 @@ impl Arrivals {
 
     /// Whether the filler named `d` (and so verified it) in this process.
     pub(super) fn has_named(&self, d: &Digest) -> bool {
-        self.every
-            || self.state.lock().unwrap_or_else(|p| p.into_inner()).digests.contains(d)
+        self.every || self.state.lock().unwrap_or_else(|p| p.into_inner()).digests.contains(d)
     }
 
     /// Blocks until more than `mark` blobs are named or the filler ends;
