@@ -33,6 +33,7 @@
 
 use crate::bundle::{self, BundleError};
 use crate::export::repack::{IMAGE_RECORD, ImageRecord};
+use crate::manifest::compact::WriteError;
 use crate::manifest::{Compact, DecodeError};
 use crate::materialize::{self, IdMap, UnpackError, UnpackOptions, UnpackReport, check_dest};
 use crate::mount::{self, MountError, MountOptions, MountReport};
@@ -182,7 +183,7 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
     let remote = Remote::parse(src).map_err(|e| RunError::Location(e.into()))?;
     let existed = check_dest(dest, opts.unpack.update).map_err(RunError::Dest)?;
     let (store, temp) = run_store(opts.store.as_deref(), dest)?;
-    let arrivals = Arc::new(Arrivals::new());
+    let arrivals = Arc::new(new_arrivals(&temp));
     let store = store.with_arrivals(arrivals.clone());
     let cancel = Arc::new(AtomicBool::new(false));
     let popts = PullOptions { cancel: Some(cancel.clone()), ..opts.pull.clone() };
@@ -303,12 +304,12 @@ pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Re
         let rootfs = bundle.join("rootfs");
         let (imported, unpack) = import_unpack(image, &rootfs, &opts)?;
         let cbor = bundle.join("ocix.cbor");
-        let bytes = imported.manifest.to_bytes().map_err(RunError::Manifest)?;
         // written after the unpack (and the removal of a temporary store,
         // which changes the files' link counts), so that ocix.cbor is
         // younger than every change of the tree: repack relies on that to
-        // skip unchanged files
-        std::fs::write(&cbor, bytes).map_err(|e| RunError::Io { path: cbor, what: format!("cannot write: {e}") })?;
+        // skip unchanged files; streamed, never whole in memory beside the
+        // manifest
+        write_manifest(&imported.manifest, &cbor)?;
         let record = ImageRecord {
             manifest: imported.image.manifest_desc.clone(),
             rootless: unpack.rootless,
@@ -327,6 +328,24 @@ pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Re
     r
 }
 
+/// Writes `m`'s canonical bytes to the new file `path`, in chunks; a
+/// manifest that breaks a rule leaves no file.
+fn write_manifest(m: &Compact, path: &Path) -> Result<(), RunError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| RunError::Io { path: path.into(), what: format!("cannot write: {e}") };
+    let f = std::fs::File::create(path).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
+    match m.write_to(&mut w) {
+        Ok(_) => w.flush().map_err(io),
+        Err(WriteError::Invalid(e)) => {
+            drop(w);
+            let _ = std::fs::remove_file(path);
+            Err(RunError::Manifest(e))
+        }
+        Err(WriteError::Io(e)) => Err(io(e)),
+    }
+}
+
 /// The import and the unpack of [`image_unpack`], without the cleanup of
 /// `dest`.
 fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<(Imported, UnpackReport), RunError> {
@@ -340,7 +359,7 @@ fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<
     // otherwise the store knows the blobs this import verifies (see
     // `Store::fetched_here`); in a store of our own that could not spill,
     // they simply become the files
-    let arrivals = Arc::new(Arrivals::new());
+    let arrivals = Arc::new(new_arrivals(&temp));
     if !store.spills() {
         store = store.with_arrivals(arrivals.clone());
     }
@@ -541,6 +560,12 @@ fn run_store(given: Option<&Path>, dest: &Path) -> Result<(Store, Option<Tempora
     };
     // on failure the guard removes the temporary directory
     Ok((Store::create(&path)?, temp))
+}
+
+/// The arrivals of a run's store: a temporary one is filled fresh, so it
+/// keeps no record of each blob (see [`Arrivals::fresh`]).
+fn new_arrivals(temp: &Option<Temporary>) -> Arrivals {
+    if temp.is_some() { Arrivals::fresh() } else { Arrivals::new() }
 }
 
 /// A directory of this run's own, removed (with everything in it) when

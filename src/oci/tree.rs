@@ -1,9 +1,17 @@
 //! The working tree layers are applied to during import, in memory only, and
 //! its conversion to a manifest (in compact form, [`Compact`]) at the end.
 //!
-//! Memory: a node holds its metadata in 32 bytes (xattr sets and owner
-//! names interned in tables of the tree, by number), its name boxed, a
-//! symlink's target boxed; a directory's children sit in a boxed map.
+//! Memory: the tree is a few large arrays, so that the allocator maps
+//! each apart and truly gives it back when it is freed. Nodes sit in one
+//! array by number (56 bytes each: metadata in 32, xattr sets and owner
+//! names interned in tables of the tree; links to parent, next sibling and
+//! first child by number), names and symlink targets in one byte array,
+//! regular files' records in a table (48 bytes each), and children are
+//! found by (parent, name) in one hash index of node numbers. A removed or
+//! replaced node keeps its place until the manifest is built. To build it,
+//! the arrays are put in the reverse of manifest order and recorded from
+//! their ends, cut off as they go, so the tree shrinks while the manifest
+//! grows.
 //!
 //! Unlike the manifest, this model keeps hardlinked names as equals sharing
 //! one inode (content and metadata live in the inode), because a later layer
@@ -55,7 +63,7 @@ use crate::manifest::compact::{BuildError, Builder, Leaf, MetaIn};
 use crate::manifest::{
     Compact, Dev, Digest, File, LimitError, MAX_DEPTH, MAX_TARGET, Meta, Name, Time, check_depth, check_name,
 };
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Why a layer entry cannot be applied to the tree, or the tree cannot be
@@ -169,6 +177,7 @@ struct FileRec {
 
 /// The xattr sets, owner names and regular files of the tree, each kept
 /// once.
+#[derive(Clone)]
 struct Tables {
     xattrs: Vec<XattrSet>,
     xattr_index: HashMap<XattrSet, u32>,
@@ -190,7 +199,7 @@ impl Default for Tables {
             xattr_index: HashMap::new(),
             owners: vec![(None, None)],
             owner_index: HashMap::new(),
-            files: Vec::new(),
+            files: mapped(),
             runs: vec![(0, 0)],
             zeros: Vec::new(),
         }
@@ -260,210 +269,168 @@ impl Tables {
     }
 }
 
-/// Bytes of a name kept in place in a [`Key`]; longer names are boxed.
-const INLINE: usize = 22;
+/// Bytes each large array of the tree reserves from the start: more than
+/// the size below which glibc's allocator may serve a request from its
+/// heap (its mapping threshold rises as mapped blocks are freed, up to 32
+/// MiB on 64-bit), so the array is a mapping of its own, grown in place
+/// and truly given back when freed or cut. The reservation costs no memory
+/// until it is used.
+const MAPPED: usize = 33 << 20;
 
-/// A child's name: most names fit in place (no allocation of their own),
-/// longer ones are boxed. Ordered and compared as its bytes.
-#[derive(Clone, Debug)]
-enum Key {
-    Inline(u8, [u8; INLINE]),
-    Heap(Box<[u8]>),
+/// An empty vector with room for [`MAPPED`] bytes.
+fn mapped<T>() -> Vec<T> {
+    Vec::with_capacity(MAPPED / std::mem::size_of::<T>().max(1))
 }
 
-impl Key {
-    fn new(b: &[u8]) -> Key {
-        match u8::try_from(b.len()) {
-            Ok(n) if b.len() <= INLINE => {
-                let mut a = [0; INLINE];
-                a[..b.len()].copy_from_slice(b);
-                Key::Inline(n, a)
-            }
-            _ => Key::Heap(b.into()),
-        }
-    }
+/// No node (an empty list, the root's parent).
+const NONE: u32 = u32::MAX;
+/// The root's number in [`Tree::nodes`].
+const ROOT: u32 = 0;
 
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Key::Inline(n, a) => &a[..*n as usize],
-            Key::Heap(b) => b,
-        }
-    }
-}
+/// What a node is ([`Node::kind`]).
+const DIR: u8 = 0;
+/// A regular file with a record in [`Tables::files`].
+const FILE: u8 = 1;
+/// A regular file of no bytes with one name (the commonest content, kept
+/// without a record); a hardlink to it makes it a [`FILE`].
+const EMPTY: u8 = 2;
+const SYMLINK: u8 = 3;
+const CHAR: u8 = 4;
+const BLOCK: u8 = 5;
+const FIFO: u8 = 6;
 
-impl PartialEq for Key {
-    fn eq(&self, o: &Key) -> bool {
-        self.bytes() == o.bytes()
-    }
-}
+/// [`Node::flags`]: the node was removed or replaced; it stays in its
+/// parent's list of children, skipped.
+const REMOVED: u8 = 1;
+/// [`Node::flags`]: a hardlink was made to this symlink, device or fifo;
+/// its names are copies sharing one [`Node::data`] (their inode). While
+/// the manifest is built, also set on regular files that may have more
+/// than one name.
+const LINKED: u8 = 2;
 
-impl Eq for Key {}
-
-impl PartialOrd for Key {
-    fn partial_cmp(&self, o: &Key) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-
-impl Ord for Key {
-    fn cmp(&self, o: &Key) -> std::cmp::Ordering {
-        self.bytes().cmp(o.bytes())
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for Key {
-    fn borrow(&self) -> &[u8] {
-        self.bytes()
-    }
-}
-
-/// Children a directory keeps in a sorted vector; past this many, in a
-/// B-tree.
-const FEW: usize = 256;
-
-/// A directory's children by name: a sorted vector while there are few (a
-/// B-tree filled in name order leaves its nodes about half empty, and most
-/// directories are small), a B-tree when there are many (inserts stay
-/// cheap in any order).
-#[derive(Clone, Debug)]
-enum Children {
-    Few(Vec<(Key, Node)>),
-    Many(BTreeMap<Key, Node>),
-}
-
-impl Default for Children {
-    fn default() -> Self {
-        Children::Few(Vec::new())
-    }
-}
-
-impl Children {
-    fn find(v: &[(Key, Node)], name: &[u8]) -> Result<usize, usize> {
-        v.binary_search_by(|(k, _)| k.bytes().cmp(name))
-    }
-
-    fn get(&self, name: &[u8]) -> Option<&Node> {
-        match self {
-            Children::Few(v) => Self::find(v, name).ok().map(|i| &v[i].1),
-            Children::Many(m) => m.get(name),
-        }
-    }
-
-    fn get_mut(&mut self, name: &[u8]) -> Option<&mut Node> {
-        match self {
-            Children::Few(v) => Self::find(v, name).ok().map(|i| &mut v[i].1),
-            Children::Many(m) => m.get_mut(name),
-        }
-    }
-
-    fn contains_key(&self, name: &[u8]) -> bool {
-        self.get(name).is_some()
-    }
-
-    fn remove(&mut self, name: &[u8]) -> Option<Node> {
-        match self {
-            Children::Few(v) => Self::find(v, name).ok().map(|i| v.remove(i).1),
-            Children::Many(m) => m.remove(name),
-        }
-    }
-
-    /// Adds `node` as `name`, replacing the node of that name if there is
-    /// one.
-    fn insert(&mut self, name: &[u8], node: Node) {
-        match self {
-            Children::Few(v) => match Self::find(v, name) {
-                Ok(i) => v[i].1 = node,
-                Err(_) if v.len() >= FEW => {
-                    let m: BTreeMap<Key, Node> = std::mem::take(v).into_iter().collect();
-                    *self = Children::Many(m);
-                    self.insert(name, node);
-                }
-                Err(i) => {
-                    // grown by a quarter: little room left unused
-                    if v.len() == v.capacity() {
-                        v.reserve_exact((v.len() / 4).max(4));
-                    }
-                    v.insert(i, (Key::new(name), node));
-                }
-            },
-            Children::Many(m) => {
-                if let Some(n) = m.get_mut(name) {
-                    *n = node;
-                } else {
-                    m.insert(Key::new(name), node);
-                }
-            }
-        }
-    }
-
-    /// Names and nodes in name order.
-    fn iter(&self) -> impl Iterator<Item = (&[u8], &Node)> + '_ {
-        let (few, many) = match self {
-            Children::Few(v) => (Some(v.iter().map(|(k, n)| (k.bytes(), n))), None),
-            Children::Many(m) => (None, Some(m.iter().map(|(k, n)| (k.bytes(), n)))),
-        };
-        few.into_iter().flatten().chain(many.into_iter().flatten())
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.iter().map(|(k, _)| k)
-    }
-
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut Node> + '_ {
-        let (few, many) = match self {
-            Children::Few(v) => (Some(v.iter_mut().map(|(_, n)| n)), None),
-            Children::Many(m) => (None, Some(m.values_mut())),
-        };
-        few.into_iter().flatten().chain(many.into_iter().flatten())
-    }
-
-    /// Names and nodes in name order, moved out.
-    fn into_pairs(self) -> impl Iterator<Item = (Key, Node)> {
-        let (few, many) = match self {
-            Children::Few(v) => (Some(v.into_iter()), None),
-            Children::Many(m) => (None, Some(m.into_iter())),
-        };
-        few.into_iter().flatten().chain(many.into_iter().flatten())
-    }
-}
-
-#[derive(Clone, Debug)]
-enum NodeKind {
-    Dir(Box<Children>),
-    /// A regular file, by its number in [`Tables::files`]: its names share
-    /// the number (the inode's identity) and carry equal metadata, which
-    /// never changes after the file is made.
-    File(u32),
-    /// A regular file of no bytes with one name (the commonest content,
-    /// kept without a record); a hardlink to it makes it a `File`.
-    EmptyFile,
-    /// Its target (boxed: few nodes are symlinks).
-    Symlink(Box<Key>),
-    Char(Dev),
-    Block(Dev),
-    Fifo,
-}
-
-#[derive(Clone, Debug)]
+/// One node of the tree, in [`Tree::nodes`] by number (56 bytes; links,
+/// names and targets by number, so the tree is a few large arrays).
+#[derive(Clone, Copy, Debug)]
 struct Node {
     meta: NodeMeta,
-    kind: NodeKind,
+    /// The parent directory (while the manifest is built: the offset of a
+    /// symlink's target in [`Tree::names`]).
+    parent: u32,
+    /// The next child of the parent, in no order ([`NONE`]: the last).
+    next: u32,
+    /// A directory: its first child ([`NONE`]: none); a regular file: its
+    /// number in [`Tables::files`]; a symlink, device or fifo: its number
+    /// in [`Tree::others`], which hardlinked copies share (their inode).
+    data: u32,
+    /// Offset of the name in [`Tree::names`].
+    name_off: u32,
     /// The last layer that created or modified this path or something
-    /// below it (whiteouts of that layer leave it alone).
+    /// below it (whiteouts of that layer leave it alone). While the
+    /// manifest is built: the depth.
     touched: u32,
-    /// A symlink, device or fifo that a hardlink was made to: the number
-    /// its names share, from 1 (regular files share one [`File`] instead);
-    /// 0 for any other node.
-    linked: u32,
+    name_len: u8,
+    kind: u8,
+    flags: u8,
 }
 
-impl Node {
-    fn new(meta: NodeMeta, kind: NodeKind) -> Node {
-        Node { meta, kind, touched: 0, linked: 0 }
+/// The index of children by (parent, name): an open-addressing table of
+/// node numbers (4 bytes a slot, at most 7/8 full), probed linearly, the
+/// key read from the node itself. Keyed with a random hasher, so names
+/// chosen to collide cannot make lookups slow.
+#[derive(Clone, Default)]
+struct Index {
+    slots: Vec<u32>,
+    /// Slots holding a node or a tombstone.
+    used: usize,
+    /// Slots holding a node.
+    live: usize,
+    hasher: std::hash::RandomState,
+}
+
+/// [`Index::slots`]: a slot never used.
+const FREE: u32 = u32::MAX;
+/// [`Index::slots`]: a slot whose node was removed.
+const TOMB: u32 = u32::MAX - 1;
+
+fn name_of<'a>(nodes: &[Node], names: &'a [u8], id: u32) -> &'a [u8] {
+    let n = &nodes[id as usize];
+    &names[n.name_off as usize..n.name_off as usize + n.name_len as usize]
+}
+
+impl Index {
+    fn hash(&self, parent: u32, name: &[u8]) -> usize {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.hasher.build_hasher();
+        h.write_u32(parent);
+        h.write(name);
+        h.finish() as usize
     }
 
-    fn implicit_dir() -> Node {
-        Node::new(NodeMeta { mode: 0o755, ..NodeMeta::default() }, NodeKind::Dir(Box::default()))
+    fn get(&self, nodes: &[Node], names: &[u8], parent: u32, name: &[u8]) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.hash(parent, name) & mask;
+        loop {
+            match self.slots[i] {
+                FREE => return None,
+                TOMB => {}
+                s => {
+                    if nodes[s as usize].parent == parent && name_of(nodes, names, s) == name {
+                        return Some(s);
+                    }
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds node `id` (whose key is not in the index).
+    fn insert(&mut self, nodes: &[Node], names: &[u8], id: u32) {
+        if (self.used + 1) * 8 > self.slots.len() * 7 {
+            self.rebuild(nodes, names);
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.hash(nodes[id as usize].parent, name_of(nodes, names, id)) & mask;
+        while self.slots[i] < TOMB {
+            i = (i + 1) & mask;
+        }
+        if self.slots[i] == FREE {
+            self.used += 1;
+        }
+        self.slots[i] = id;
+        self.live += 1;
+    }
+
+    /// Removes node `id` (which is in the index).
+    fn remove(&mut self, nodes: &[Node], names: &[u8], id: u32) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.hash(nodes[id as usize].parent, name_of(nodes, names, id)) & mask;
+        while self.slots[i] != id {
+            if self.slots[i] == FREE {
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = TOMB;
+        self.live -= 1;
+    }
+
+    /// Rehashes into a table twice the size of the live nodes (tombstones
+    /// dropped).
+    fn rebuild(&mut self, nodes: &[Node], names: &[u8]) {
+        let size = ((self.live + 1) * 2).next_power_of_two().max(16);
+        let mut slots = mapped();
+        slots.resize(size, FREE);
+        let old = std::mem::replace(&mut self.slots, slots);
+        self.used = 0;
+        self.live = 0;
+        for s in old {
+            if s < TOMB {
+                self.insert(nodes, names, s);
+            }
+        }
     }
 }
 
@@ -487,12 +454,20 @@ pub enum NewKind {
 }
 
 /// The tree being built.
+#[derive(Clone)]
 pub struct Tree {
-    root: Node,
-    /// xattr sets and owner names, by number.
+    /// Every node ever made, by number; the root first. Removed and
+    /// replaced nodes stay (flagged [`REMOVED`]) until the manifest is built.
+    nodes: Vec<Node>,
+    /// Names and symlink targets, back to back.
+    names: Vec<u8>,
+    /// Symlinks: (offset of the target in `names`, its length); devices:
+    /// (major, minor); fifos: nothing. Hardlinked copies share one.
+    others: Vec<(u32, u32)>,
+    /// Children by (parent, name).
+    index: Index,
+    /// xattr sets, owner names and regular files, by number.
     tables: Tables,
-    /// Inode numbers given to hardlinked nodes that are not regular files.
-    linked: u32,
     /// The current layer's number (from 1).
     layer: u32,
     /// A directory entry over a symlink to a directory keeps the symlink.
@@ -501,7 +476,28 @@ pub struct Tree {
 
 impl Default for Tree {
     fn default() -> Self {
-        Tree { root: Node::implicit_dir(), tables: Tables::default(), linked: 0, layer: 0, keep_dirlinks: false }
+        let root = Node {
+            meta: NodeMeta { mode: 0o755, ..NodeMeta::default() },
+            parent: NONE,
+            next: NONE,
+            data: NONE,
+            name_off: 0,
+            touched: 0,
+            name_len: 0,
+            kind: DIR,
+            flags: 0,
+        };
+        let mut nodes = mapped();
+        nodes.push(root);
+        Tree {
+            nodes,
+            names: mapped(),
+            others: Vec::new(),
+            index: Index::default(),
+            tables: Tables::default(),
+            layer: 0,
+            keep_dirlinks: false,
+        }
     }
 }
 
@@ -529,12 +525,13 @@ fn join(p: &[Name]) -> Vec<u8> {
 
 /// Where a name's parent resolved to.
 enum Parent {
-    /// An existing directory at the path as given (no symlink on the way).
-    Same,
-    /// An existing directory at this resolved path.
-    Dir(Vec<Name>),
-    /// The resolved path exists up to `existing` components, the rest is
-    /// missing (to be created for entries; nothing to do for whiteouts).
+    /// An existing directory at the path as given (no symlink on the way),
+    /// and its node.
+    Same(u32),
+    /// An existing directory at this resolved path, and its node.
+    Dir(Vec<Name>, u32),
+    /// The resolved path exists up to some components, the rest is missing
+    /// (to be created for entries; nothing to do for whiteouts).
     Missing(Vec<Name>),
 }
 
@@ -545,48 +542,54 @@ impl Tree {
         self.keep_dirlinks = keep;
     }
 
-    /// Whether `path` (resolved up to its last component) is a symlink
-    /// that, followed inside the root, leads to an existing directory.
-    fn is_dirlink(&self, path: &[Name]) -> bool {
-        matches!(self.node(path), Some(Node { kind: NodeKind::Symlink(_), .. }))
-            && matches!(self.resolve_dir(path), Ok(Parent::Dir(_) | Parent::Same))
-    }
-
     /// Starts a new layer: forgets which paths the previous one touched.
     pub fn begin_layer(&mut self) {
         self.layer += 1;
     }
 
-    fn node(&self, path: &[Name]) -> Option<&Node> {
-        let mut cur = &self.root;
-        for c in path {
-            match &cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get(c.as_slice())?,
-                _ => return None,
+    fn n(&self, id: u32) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    fn is_dir(&self, id: u32) -> bool {
+        self.n(id).kind == DIR
+    }
+
+    /// The child `name` of directory `dir`.
+    fn child(&self, dir: u32, name: &[u8]) -> Option<u32> {
+        self.index.get(&self.nodes, &self.names, dir, name)
+    }
+
+    /// The live children of directory `dir`, in no order.
+    fn children(&self, dir: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut c = if self.is_dir(dir) { self.n(dir).data } else { NONE };
+        while c != NONE {
+            if self.n(c).flags & REMOVED == 0 {
+                out.push(c);
             }
+            c = self.n(c).next;
+        }
+        out
+    }
+
+    /// The node at `path` (not following symlinks).
+    fn node(&self, path: &[Name]) -> Option<u32> {
+        let mut cur = ROOT;
+        for c in path {
+            if !self.is_dir(cur) {
+                return None;
+            }
+            cur = self.child(cur, c)?;
         }
         Some(cur)
     }
 
-    fn node_at(&self, dir: &[Name], last: &[u8]) -> Option<&Node> {
-        match &self.node(dir)?.kind {
-            NodeKind::Dir(ch) => ch.get(last),
-            _ => None,
-        }
-    }
-
-    fn dir_mut(&mut self, path: &[Name]) -> Option<&mut Children> {
-        let mut cur = &mut self.root;
-        for c in path {
-            match &mut cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get_mut(c.as_slice())?,
-                _ => return None,
-            }
-        }
-        match &mut cur.kind {
-            NodeKind::Dir(ch) => Some(ch),
-            _ => None,
-        }
+    /// Whether `path` (resolved up to its last component) is a symlink
+    /// that, followed inside the root, leads to an existing directory.
+    fn is_dirlink(&self, path: &[Name]) -> bool {
+        self.node(path).is_some_and(|n| self.n(n).kind == SYMLINK)
+            && matches!(self.resolve_dir(path), Ok(Parent::Dir(..) | Parent::Same(_)))
     }
 
     /// Resolves directory components through symlinks, inside the root.
@@ -595,12 +598,11 @@ impl Tree {
     fn resolve_dir(&self, comps: &[Name]) -> Result<Parent, TreeError> {
         // The usual case first: every component an existing directory.
         if comps.len() <= MAX_DEPTH {
-            let mut cur = &self.root;
+            let mut cur = ROOT;
             let mut all_dirs = true;
             for c in comps {
-                let NodeKind::Dir(children) = &cur.kind else { unreachable!("a directory") };
-                match children.get(c.as_slice()) {
-                    Some(n @ Node { kind: NodeKind::Dir(_), .. }) => cur = n,
+                match self.child(cur, c) {
+                    Some(n) if self.is_dir(n) => cur = n,
                     _ => {
                         all_dirs = false;
                         break;
@@ -608,12 +610,14 @@ impl Tree {
                 }
             }
             if all_dirs {
-                return Ok(Parent::Same);
+                return Ok(Parent::Same(cur));
             }
         }
         let mut resolved: Vec<Name> = Vec::new();
+        // the directories of `resolved`, one for one
+        let mut ids: Vec<u32> = Vec::new();
         let mut todo: VecDeque<Name> = comps.iter().cloned().collect();
-        let mut cur = &self.root;
+        let mut cur = ROOT;
         let mut links = 0;
         while let Some(c) = todo.pop_front() {
             if c.is_empty() || c == b"." {
@@ -622,11 +626,11 @@ impl Tree {
             if c == b".." {
                 // Only from a symlink target; stops at the root.
                 resolved.pop();
-                cur = self.node(&resolved).expect("resolved path is a directory");
+                ids.pop();
+                cur = ids.last().copied().unwrap_or(ROOT);
                 continue;
             }
-            let NodeKind::Dir(children) = &cur.kind else { unreachable!("resolved path is a directory") };
-            match children.get(c.as_slice()) {
+            match self.child(cur, &c) {
                 None => {
                     // The rest is missing: taken as it is.
                     resolved.push(c);
@@ -641,19 +645,22 @@ impl Tree {
                     }
                     return Ok(Parent::Missing(resolved));
                 }
-                Some(n @ Node { kind: NodeKind::Dir(_), .. }) => {
+                Some(n) if self.is_dir(n) => {
                     resolved.push(c);
+                    ids.push(n);
                     cur = n;
                 }
-                Some(Node { kind: NodeKind::Symlink(t), .. }) => {
-                    let t = t.bytes();
+                Some(n) if self.n(n).kind == SYMLINK => {
+                    let (off, len) = self.others[self.n(n).data as usize];
+                    let t = &self.names[off as usize..(off + len) as usize];
                     links += 1;
                     if links > MAX_SYMLINKS {
                         return Err(TreeError::SymlinkLoop(join(comps)));
                     }
                     if t.starts_with(b"/") {
                         resolved.clear();
-                        cur = &self.root;
+                        ids.clear();
+                        cur = ROOT;
                     }
                     for part in t.split(|&b| b == b'/').rev() {
                         todo.push_front(part.to_vec());
@@ -666,19 +673,79 @@ impl Tree {
             }
             check_depth(resolved.len(), true)?;
         }
-        Ok(Parent::Dir(resolved))
+        Ok(Parent::Dir(resolved, cur))
     }
 
-    /// Marks a path and its ancestors as touched by the current layer.
-    fn mark_upper(&mut self, path: &[Name]) {
+    /// Marks `id` and its ancestors as touched by the current layer.
+    fn touch_up(&mut self, mut id: u32) {
         let layer = self.layer;
-        let mut cur = &mut self.root;
-        for c in path {
-            let NodeKind::Dir(ch) = &mut cur.kind else { return };
-            let Some(n) = ch.get_mut(c.as_slice()) else { return };
+        while id != NONE {
+            let n = &mut self.nodes[id as usize];
+            if n.touched == layer && id != ROOT {
+                // its ancestors were marked with it
+                return;
+            }
             n.touched = layer;
-            cur = n;
+            id = n.parent;
         }
+    }
+
+    /// Removes node `id` from its directory (it stays in the list of
+    /// children, flagged).
+    fn remove(&mut self, id: u32) {
+        self.index.remove(&self.nodes, &self.names, id);
+        self.nodes[id as usize].flags |= REMOVED;
+    }
+
+    /// Adds a node named `name` to directory `dir`, touched by the current
+    /// layer; returns its number. No child of that name may be there.
+    fn new_node(
+        &mut self,
+        dir: u32,
+        name: &[u8],
+        meta: NodeMeta,
+        kind: u8,
+        data: u32,
+        flags: u8,
+    ) -> Result<u32, TreeError> {
+        let id = number(self.nodes.len(), "nodes")?;
+        if id == NONE || id == TOMB {
+            return Err(TreeError::TooLarge("more than 4 billion nodes".into()));
+        }
+        let name_off = self.text(name)?;
+        let next = self.n(dir).data;
+        self.nodes.push(Node {
+            meta,
+            parent: dir,
+            next,
+            data,
+            name_off,
+            touched: self.layer,
+            name_len: name.len() as u8,
+            kind,
+            flags,
+        });
+        self.nodes[dir as usize].data = id;
+        self.index.insert(&self.nodes, &self.names, id);
+        Ok(id)
+    }
+
+    /// Appends `b` to [`Tree::names`]; returns its offset.
+    fn text(&mut self, b: &[u8]) -> Result<u32, TreeError> {
+        let off = number(self.names.len(), "bytes of names")?;
+        number(self.names.len() + b.len(), "bytes of names")?;
+        self.names.extend_from_slice(b);
+        Ok(off)
+    }
+
+    /// A new record in [`Tree::others`].
+    fn other(&mut self, v: (u32, u32)) -> Result<u32, TreeError> {
+        let i = number(self.others.len(), "symlinks, devices and fifos")?;
+        if i == NONE {
+            return Err(TreeError::TooLarge("more than 4 billion symlinks, devices and fifos".into()));
+        }
+        self.others.push(v);
+        Ok(i)
     }
 
     /// Applies a whiteout: `name` is the whiteout entry's full name.
@@ -695,51 +762,35 @@ impl Tree {
             }
             check_name(target).map_err(TreeError::WhiteoutName)?;
         }
-        let dir_path = match self.resolve_dir(dir) {
-            Ok(Parent::Same) => dir.to_vec(),
-            Ok(Parent::Dir(p)) => p,
+        let dir_id = match self.resolve_dir(dir) {
+            Ok(Parent::Same(id) | Parent::Dir(_, id)) => id,
             // Nothing there to hide (umoci: ENOENT/ENOTDIR are no-ops).
             Ok(Parent::Missing(_)) => return Ok(()),
             Err(TreeError::NotADirectory(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
         if opaque {
-            let names: Vec<Name> = match self.node(&dir_path) {
-                Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().map(|k| k.to_vec()).collect(),
-                _ => return Ok(()),
-            };
-            for n in names {
-                let mut p = dir_path.clone();
-                p.push(n);
-                self.remove_lower(&p);
+            for c in self.children(dir_id) {
+                self.remove_lower(c);
             }
             return Ok(());
         }
-        let mut p = dir_path;
-        p.push(target.to_vec());
-        if self.node(&p).is_some() {
-            self.remove_lower(&p);
+        if let Some(c) = self.child(dir_id, target) {
+            self.remove_lower(c);
         }
         Ok(())
     }
 
-    /// Removes `path` unless this layer touched it; then recurses into it.
-    fn remove_lower(&mut self, path: &[Name]) {
-        if self.node(path).is_some_and(|n| n.touched != self.layer) {
-            let (last, dir) = path.split_last().expect("never the root");
-            if let Some(ch) = self.dir_mut(dir) {
-                ch.remove(last.as_slice());
+    /// Removes node `id` unless this layer touched it; then what below it
+    /// this layer did not touch.
+    fn remove_lower(&mut self, id: u32) {
+        let mut todo = vec![id];
+        while let Some(id) = todo.pop() {
+            if self.n(id).touched != self.layer {
+                self.remove(id);
+            } else if self.is_dir(id) {
+                todo.extend(self.children(id));
             }
-            return;
-        }
-        let names: Vec<Name> = match self.node(path) {
-            Some(Node { kind: NodeKind::Dir(ch), .. }) => ch.keys().map(|k| k.to_vec()).collect(),
-            _ => return,
-        };
-        for n in names {
-            let mut p = path.to_vec();
-            p.push(n);
-            self.remove_lower(&p);
         }
     }
 
@@ -748,24 +799,24 @@ impl Tree {
         let Some((last, dir)) = comps.split_last() else {
             return match kind {
                 NewKind::Dir => {
-                    self.root.meta = self.tables.meta(meta)?;
+                    self.nodes[ROOT as usize].meta = self.tables.meta(meta)?;
                     Ok(())
                 }
                 _ => Err(TreeError::RootType),
             };
         };
         let resolved;
-        let dir_path: &[Name] = match self.resolve_dir(dir)? {
-            Parent::Same => dir,
-            Parent::Dir(p) => {
+        let (dir_path, dir_id): (&[Name], u32) = match self.resolve_dir(dir)? {
+            Parent::Same(id) => (dir, id),
+            Parent::Dir(p, id) => {
                 resolved = p;
-                &resolved
+                (&resolved, id)
             }
             Parent::Missing(p) => {
                 check_depth(p.len(), true)?;
-                self.make_dirs(&p)?;
+                let id = self.make_dirs(&p)?;
                 resolved = p;
-                &resolved
+                (&resolved, id)
             }
         };
         check_depth(dir_path.len() + 1, matches!(kind, NewKind::Dir))?;
@@ -776,14 +827,17 @@ impl Tree {
                 // the entry's metadata goes onto the symlink, and so onto every
                 // name of it (lchown of a hardlinked symlink changes the inode)
                 let meta = self.tables.meta(Meta { mode: 0o777, ..meta })?;
-                let ch = self.dir_mut(dir_path).expect("resolved above");
-                let n = ch.get_mut(last.as_slice()).expect("checked above");
-                n.meta = meta;
-                if n.linked != 0 {
-                    let l = n.linked;
-                    set_linked_meta(&mut self.root, l, &meta);
+                let n = self.child(dir_id, last).expect("checked above");
+                let (linked, data) = (self.n(n).flags & LINKED != 0, self.n(n).data);
+                self.nodes[n as usize].meta = meta;
+                if linked {
+                    for m in &mut self.nodes {
+                        if m.kind == SYMLINK && m.flags & LINKED != 0 && m.data == data {
+                            m.meta = meta;
+                        }
+                    }
                 }
-                self.mark_upper(&path);
+                self.touch_up(n);
                 return Ok(());
             }
         }
@@ -794,117 +848,95 @@ impl Tree {
             NewKind::Symlink(_) => self.tables.meta(Meta { mode: 0o777, ..meta })?,
             _ => self.tables.meta(meta)?,
         };
-        let mut node = match kind {
+        let (meta, kind, data, flags) = match kind {
             NewKind::Dir => {
-                let layer = self.layer;
-                let ch = self.dir_mut_touched(dir_path).expect("resolved above");
-                if let Some(n @ Node { kind: NodeKind::Dir(_), .. }) = ch.get_mut(last.as_slice()) {
+                self.touch_up(dir_id);
+                if let Some(n) = self.child(dir_id, last).filter(|&n| self.is_dir(n)) {
+                    let layer = self.layer;
+                    let n = &mut self.nodes[n as usize];
                     n.meta = meta;
                     n.touched = layer;
                     return Ok(());
                 }
-                Node::new(meta, NodeKind::Dir(Box::default()))
+                (meta, DIR, NONE, 0)
             }
-            NewKind::File(file) if file == File::default() => Node::new(meta, NodeKind::EmptyFile),
-            NewKind::File(file) => Node::new(meta, NodeKind::File(self.tables.file(&file, false)?)),
-            NewKind::Symlink(t) => Node::new(meta, NodeKind::Symlink(Box::new(Key::new(&t)))),
-            NewKind::Char(d) => Node::new(meta, NodeKind::Char(d)),
-            NewKind::Block(d) => Node::new(meta, NodeKind::Block(d)),
-            NewKind::Fifo => Node::new(meta, NodeKind::Fifo),
+            NewKind::File(file) if file == File::default() => (meta, EMPTY, NONE, 0),
+            NewKind::File(file) => (meta, FILE, self.tables.file(&file, false)?, 0),
+            NewKind::Symlink(t) => {
+                let off = self.text(&t)?;
+                (meta, SYMLINK, self.other((off, t.len() as u32))?, 0)
+            }
+            NewKind::Char(d) => (meta, CHAR, self.other((d.major, d.minor))?, 0),
+            NewKind::Block(d) => (meta, BLOCK, self.other((d.major, d.minor))?, 0),
+            NewKind::Fifo => (meta, FIFO, self.other((0, 0))?, 0),
             NewKind::Link(target) => {
                 // the old entry goes first: a link never finds the name it replaces
-                if let Some(ch) = self.dir_mut(dir_path) {
-                    ch.remove(last.as_slice());
+                if let Some(old) = self.child(dir_id, last) {
+                    self.remove(old);
                 }
-                self.link_target(&target)?
+                let t = self.link_target(&target)?;
+                let t = *self.n(t);
+                (t.meta, t.kind, t.data, t.flags & LINKED)
             }
         };
-        node.touched = self.layer;
-        self.dir_mut_touched(dir_path).expect("resolved above").insert(last, node);
+        self.touch_up(dir_id);
+        if let Some(old) = self.child(dir_id, last) {
+            self.remove(old);
+        }
+        self.new_node(dir_id, last, meta, kind, data, flags)?;
         Ok(())
     }
 
-    /// The directory at `path` (which exists), marking it and its ancestors
-    /// as touched by the current layer on the way.
-    fn dir_mut_touched(&mut self, path: &[Name]) -> Option<&mut Children> {
-        let layer = self.layer;
-        let mut cur = &mut self.root;
-        for c in path {
-            match &mut cur.kind {
-                NodeKind::Dir(ch) => cur = ch.get_mut(c.as_slice())?,
-                _ => return None,
-            }
-            cur.touched = layer;
-        }
-        match &mut cur.kind {
-            NodeKind::Dir(ch) => Some(ch),
-            _ => None,
-        }
-    }
-
-    fn link_target(&mut self, target: &[u8]) -> Result<Node, TreeError> {
+    /// The node a hardlink entry's target names, made ready to share its
+    /// inode: a regular file marked as linked, another type numbered.
+    fn link_target(&mut self, target: &[u8]) -> Result<u32, TreeError> {
         let bad = |e| TreeError::LinkTarget { target: target.to_vec(), err: Box::new(e) };
         let comps = clean(target).map_err(bad)?;
         let (last, dir) = comps.split_last().ok_or(TreeError::LinkToRoot)?;
         let missing = || TreeError::LinkMissing(target.to_vec());
         let p = match self.resolve_dir(dir) {
-            Ok(Parent::Same) => dir.to_vec(),
-            Ok(Parent::Dir(p)) => p,
+            Ok(Parent::Same(id) | Parent::Dir(_, id)) => id,
             Ok(Parent::Missing(_)) => return Err(missing()),
             Err(e) => return Err(bad(e)),
         };
-        let fresh = self
-            .linked
-            .checked_add(1)
-            .ok_or_else(|| TreeError::TooLarge("more than 4 billion hardlinked nodes".into()))?;
-        let empty = match self.node_at(&p, last) {
-            None => return Err(missing()),
-            Some(Node { kind: NodeKind::Dir(_), .. }) => return Err(TreeError::LinkToDirectory(target.to_vec())),
-            Some(Node { kind: NodeKind::EmptyFile, .. }) => Some(self.tables.file(&File::default(), true)?),
-            Some(_) => None,
-        };
-        let n = self.dir_mut(&p).and_then(|ch| ch.get_mut(last.as_slice())).ok_or_else(missing)?;
-        match n.kind {
-            NodeKind::File(i) => {
-                let n = n.clone();
-                if let Some(f) = self.tables.files.get_mut(i as usize) {
+        let n = self.child(p, last).ok_or_else(missing)?;
+        match self.n(n).kind {
+            DIR => return Err(TreeError::LinkToDirectory(target.to_vec())),
+            EMPTY => {
+                let f = self.tables.file(&File::default(), true)?;
+                let node = &mut self.nodes[n as usize];
+                node.kind = FILE;
+                node.data = f;
+            }
+            FILE => {
+                let i = self.n(n).data as usize;
+                if let Some(f) = self.tables.files.get_mut(i) {
                     f.linked = true;
                 }
-                return Ok(n);
             }
-            NodeKind::EmptyFile => {
-                n.kind = NodeKind::File(empty.unwrap_or_default());
-                return Ok(n.clone());
-            }
-            _ => {}
-        }
-        // another name of this node: both carry one inode number
-        let numbered = n.linked == 0;
-        if numbered {
-            n.linked = fresh;
-        }
-        let n = n.clone();
-        if numbered {
-            self.linked = fresh;
+            // another name of this node: both carry one inode
+            _ => self.nodes[n as usize].flags |= LINKED,
         }
         Ok(n)
     }
 
-    fn make_dirs(&mut self, path: &[Name]) -> Result<(), TreeError> {
-        let mut cur = &mut self.root;
+    /// Makes the missing directories of `path`; returns the last one.
+    fn make_dirs(&mut self, path: &[Name]) -> Result<u32, TreeError> {
+        let mut cur = ROOT;
         for c in path {
-            let NodeKind::Dir(ch) = &mut cur.kind else {
+            if !self.is_dir(cur) {
                 return Err(TreeError::NotADirectory(join(path)));
-            };
-            if !ch.contains_key(c.as_slice()) {
-                ch.insert(c, Node::implicit_dir());
             }
-            cur = ch.get_mut(c.as_slice()).expect("just made");
+            cur = match self.child(cur, c) {
+                Some(n) => n,
+                None => {
+                    let n = self.new_node(cur, c, NodeMeta { mode: 0o755, ..NodeMeta::default() }, DIR, NONE, 0)?;
+                    self.nodes[n as usize].touched = 0;
+                    n
+                }
+            };
         }
-        match cur.kind {
-            NodeKind::Dir(_) => Ok(()),
-            _ => Err(TreeError::NotADirectory(join(path))),
-        }
+        if self.is_dir(cur) { Ok(cur) } else { Err(TreeError::NotADirectory(join(path))) }
     }
 
     /// Builds the manifest: the first name of each inode in manifest order
@@ -912,27 +944,133 @@ impl Tree {
     /// Fails only when a hardlink's first name is a path too long for the
     /// format ([`MAX_TARGET`] bytes), or the tree is too large to record.
     pub fn to_manifest(&self) -> Result<Compact, TreeError> {
-        let mut cv = Convert::new(&self.tables);
-        cv.node(b"", NodeRef::Borrowed(&self.root))?;
-        Ok(cv.b.finish())
+        self.clone().into_manifest()
     }
 
-    /// [`to_manifest`](Self::to_manifest), consuming the tree: each part
-    /// of the tree is freed as soon as it is recorded, so the two are never
-    /// both whole in memory.
+    /// [`to_manifest`](Self::to_manifest), consuming the tree, which gives
+    /// its memory back as the manifest grows: the two are never both whole
+    /// in memory. The tree's arrays are first put in the reverse of
+    /// manifest order (live nodes only, names and file records likewise),
+    /// then recorded from their ends, which are cut off as they go.
     pub fn into_manifest(self) -> Result<Compact, TreeError> {
-        let Tree { root, tables, .. } = self;
-        let mut cv = Convert::new(&tables);
-        cv.node(b"", NodeRef::Owned(root))?;
-        Ok(cv.b.finish())
+        let Tree { mut nodes, names, others, index, mut tables, .. } = self;
+        drop(index);
+        tables.xattr_index = HashMap::new();
+        tables.owner_index = HashMap::new();
+
+        // Manifest order (depth first, children by name): `dest` is each
+        // node's place, counted from the end; the depth goes into `touched`.
+        let mut dest = mapped();
+        dest.resize(nodes.len(), NONE);
+        let mut live: u32 = 0;
+        let mut stack: Vec<(u32, u32)> = vec![(ROOT, 0)];
+        let mut kids: Vec<u32> = Vec::new();
+        while let Some((id, depth)) = stack.pop() {
+            dest[id as usize] = live;
+            live += 1;
+            let n = &mut nodes[id as usize];
+            n.touched = depth;
+            if n.kind != DIR {
+                continue;
+            }
+            kids.clear();
+            let mut c = n.data;
+            while c != NONE {
+                let k = &nodes[c as usize];
+                if k.flags & REMOVED == 0 {
+                    kids.push(c);
+                }
+                c = k.next;
+            }
+            kids.sort_unstable_by(|&a, &b| name_of(&nodes, &names, a).cmp(name_of(&nodes, &names, b)));
+            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+        }
+        drop(stack);
+        drop(kids);
+        let mut dead = live;
+        for d in &mut dest {
+            if *d == NONE {
+                *d = dead;
+                dead += 1;
+            } else {
+                *d = live - 1 - *d;
+            }
+        }
+        permute(&mut nodes, &mut dest);
+        drop(dest);
+        nodes.truncate(live as usize);
+        nodes.shrink_to_fit();
+
+        // Names (and symlink targets, the offset in `parent`) in the same
+        // order.
+        let mut text = mapped();
+        for n in &mut nodes {
+            let off = text.len() as u32;
+            text.extend_from_slice(&names[n.name_off as usize..n.name_off as usize + n.name_len as usize]);
+            n.name_off = off;
+            if n.kind == SYMLINK {
+                let (o, l) = others[n.data as usize];
+                n.parent = text.len() as u32;
+                text.extend_from_slice(&names[o as usize..(o + l) as usize]);
+            }
+        }
+        drop(names);
+
+        // File records in the reverse order of their first name; files with
+        // more than one name flagged on their nodes.
+        let mut fdest = mapped();
+        fdest.resize(tables.files.len(), NONE);
+        let mut used: u32 = 0;
+        for n in nodes.iter().rev() {
+            if n.kind == FILE && fdest[n.data as usize] == NONE {
+                fdest[n.data as usize] = used;
+                used += 1;
+            }
+        }
+        let mut unused = used;
+        for d in &mut fdest {
+            if *d == NONE {
+                *d = unused;
+                unused += 1;
+            } else {
+                *d = used - 1 - *d;
+            }
+        }
+        for n in &mut nodes {
+            if n.kind == FILE {
+                if tables.files[n.data as usize].linked {
+                    n.flags |= LINKED;
+                }
+                n.data = fdest[n.data as usize];
+            }
+        }
+        permute(&mut tables.files, &mut fdest);
+        drop(fdest);
+        tables.files.truncate(used as usize);
+        tables.files.shrink_to_fit();
+
+        let files = std::mem::take(&mut tables.files);
+        Convert::new(&tables).run(nodes, text, files, &others)
     }
 }
 
-/// A node to record, borrowed or moved out of the tree.
-enum NodeRef<'t> {
-    Borrowed(&'t Node),
-    Owned(Node),
+/// Puts each element `i` of `v` at `dest[i]` (a permutation), in place;
+/// `dest` is spent.
+fn permute<T>(v: &mut [T], dest: &mut [u32]) {
+    for i in 0..v.len() {
+        loop {
+            let j = dest[i] as usize;
+            if j == i {
+                break;
+            }
+            v.swap(i, j);
+            dest.swap(i, j);
+        }
+    }
 }
+
+/// Nodes recorded between two cuts of the tree's arrays.
+const CUT: usize = 1 << 16;
 
 /// The conversion of a tree into a [`Compact`] manifest, in manifest order.
 struct Convert<'t> {
@@ -957,6 +1095,112 @@ impl<'t> Convert<'t> {
         }
     }
 
+    /// Records `nodes` (live nodes in the reverse of manifest order, depth
+    /// in `touched`), whose names are in `text` and file records in `files`
+    /// (both in the same order), from the end, cutting the arrays as it
+    /// goes.
+    fn run(
+        mut self,
+        mut nodes: Vec<Node>,
+        mut text: Vec<u8>,
+        mut files: Vec<FileRec>,
+        others: &[(u32, u32)],
+    ) -> Result<Compact, TreeError> {
+        // the path's length before each open directory's name
+        let mut open: Vec<usize> = Vec::new();
+        let mut i = nodes.len();
+        let mut since = 0;
+        // the least file record used so far: the ones above it are done
+        let mut fmin = files.len() as u32;
+        while i > 0 {
+            i -= 1;
+            let n = nodes[i];
+            let depth = n.touched as usize;
+            while open.len() > depth {
+                self.b.close_dir();
+                let len = open.pop().unwrap_or(0);
+                self.path.truncate(len);
+            }
+            let base = self.path.len();
+            let name = &text[n.name_off as usize..n.name_off as usize + n.name_len as usize];
+            if depth > 1 {
+                self.path.push(b'/');
+            }
+            self.path.extend_from_slice(name);
+            if n.kind == DIR {
+                let meta = self.meta(&n.meta)?;
+                let r = self.b.open_dir(name, &meta);
+                self.built(r)?;
+                open.push(base);
+            } else {
+                if n.kind == FILE {
+                    fmin = fmin.min(n.data);
+                }
+                self.leaf(&n, name, &text, &files, others)?;
+                self.path.truncate(base);
+            }
+            since += 1;
+            if since == CUT {
+                since = 0;
+                nodes.truncate(i);
+                nodes.shrink_to_fit();
+                text.truncate(n.name_off as usize);
+                text.shrink_to_fit();
+                // the records of files whose first name is recorded
+                files.truncate(fmin as usize);
+                files.shrink_to_fit();
+            }
+        }
+        Ok(self.b.finish())
+    }
+
+    /// Records the non-directory `n` named `name` at `self.path`.
+    fn leaf(
+        &mut self,
+        n: &Node,
+        name: &[u8],
+        text: &[u8],
+        files: &[FileRec],
+        others: &[(u32, u32)],
+    ) -> Result<(), TreeError> {
+        if n.flags & LINKED != 0 {
+            let ino = if n.kind == FILE { Ino::File(n.data) } else { Ino::Linked(n.data) };
+            if self.hardlink(name, ino)? {
+                return Ok(());
+            }
+        }
+        let meta = self.meta(&n.meta)?;
+        let tables = self.tables;
+        let dev = || {
+            let (major, minor) = others.get(n.data as usize).copied().unwrap_or_default();
+            Dev { major, minor }
+        };
+        let leaf = match n.kind {
+            FILE => {
+                let f = files.get(n.data as usize).copied().unwrap_or(FileRec {
+                    size: 0,
+                    digest: Digest([0; 32]),
+                    runs: 0,
+                    has_digest: false,
+                    linked: false,
+                });
+                let (off, len) =
+                    tables.runs.get(f.runs as usize).map(|&(o, l)| (o as usize, l as usize)).unwrap_or_default();
+                let zeros = tables.zeros.get(off..off + len).unwrap_or_default();
+                Leaf::File { size: f.size, digest: f.has_digest.then_some(f.digest), zeros }
+            }
+            SYMLINK => {
+                let len = others.get(n.data as usize).map(|&(_, l)| l).unwrap_or(0) as usize;
+                Leaf::Symlink(text.get(n.parent as usize..n.parent as usize + len).unwrap_or_default())
+            }
+            CHAR => Leaf::Char(dev()),
+            BLOCK => Leaf::Block(dev()),
+            FIFO => Leaf::Fifo,
+            _ => Leaf::File { size: 0, digest: None, zeros: &[] },
+        };
+        let r = self.b.push(name, &meta, leaf);
+        self.built(r).map(|_| ())
+    }
     fn meta(&mut self, m: &NodeMeta) -> Result<MetaIn<'t>, TreeError> {
         let tables = self.tables;
         let x = m.xattrs as usize;
@@ -1014,87 +1258,6 @@ impl<'t> Convert<'t> {
         self.built(r)?;
         Ok(true)
     }
-
-    /// Records `n`, named `name`, at `self.path`, and its subtree.
-    fn node(&mut self, name: &[u8], n: NodeRef<'_>) -> Result<(), TreeError> {
-        let node = match &n {
-            NodeRef::Borrowed(n) => *n,
-            NodeRef::Owned(n) => n,
-        };
-        if node.linked != 0 && self.hardlink(name, Ino::Linked(node.linked))? {
-            return Ok(());
-        }
-        let tables = self.tables;
-        let file = match node.kind {
-            NodeKind::File(i) => tables.files.get(i as usize).map(|f| (i, f)),
-            _ => None,
-        };
-        if let Some((i, f)) = file {
-            // a file never hardlinked has one name: no record of its first
-            if f.linked && self.hardlink(name, Ino::File(i))? {
-                return Ok(());
-            }
-        }
-        let meta = self.meta(&node.meta)?;
-        let leaf = match &node.kind {
-            NodeKind::Dir(_) => None,
-            NodeKind::File(_) => file.map(|(_, f)| {
-                let (off, len) =
-                    tables.runs.get(f.runs as usize).map(|&(o, l)| (o as usize, l as usize)).unwrap_or_default();
-                let zeros = tables.zeros.get(off..off + len).unwrap_or_default();
-                Leaf::File { size: f.size, digest: f.has_digest.then_some(f.digest), zeros }
-            }),
-            NodeKind::EmptyFile => Some(Leaf::File { size: 0, digest: None, zeros: &[] }),
-            NodeKind::Symlink(t) => Some(Leaf::Symlink(t.bytes())),
-            NodeKind::Char(d) => Some(Leaf::Char(*d)),
-            NodeKind::Block(d) => Some(Leaf::Block(*d)),
-            NodeKind::Fifo => Some(Leaf::Fifo),
-        };
-        if let Some(leaf) = leaf {
-            let r = self.b.push(name, &meta, leaf);
-            return self.built(r).map(|_| ());
-        }
-        let r = self.b.open_dir(name, &meta);
-        self.built(r)?;
-        match n {
-            NodeRef::Borrowed(Node { kind: NodeKind::Dir(ch), .. }) => {
-                for (cname, c) in ch.iter() {
-                    self.child(cname, NodeRef::Borrowed(c))?;
-                }
-            }
-            NodeRef::Owned(Node { kind: NodeKind::Dir(ch), .. }) => {
-                for (cname, c) in ch.into_pairs() {
-                    self.child(cname.bytes(), NodeRef::Owned(c))?;
-                }
-            }
-            _ => {}
-        }
-        self.b.close_dir();
-        Ok(())
-    }
-
-    fn child(&mut self, name: &[u8], n: NodeRef<'_>) -> Result<(), TreeError> {
-        let len = self.path.len();
-        if len > 0 {
-            self.path.push(b'/');
-        }
-        self.path.extend_from_slice(name);
-        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.node(name, n))?;
-        self.path.truncate(len);
-        Ok(())
-    }
-}
-
-/// Gives every node of inode number `l` the metadata `meta`.
-fn set_linked_meta(n: &mut Node, l: u32, meta: &NodeMeta) {
-    if n.linked == l {
-        n.meta = *meta;
-    }
-    if let NodeKind::Dir(ch) = &mut n.kind {
-        for c in ch.values_mut() {
-            set_linked_meta(c, l, meta);
-        }
-    }
 }
 
 /// An inode's identity while the manifest is built.
@@ -1102,7 +1265,7 @@ fn set_linked_meta(n: &mut Node, l: u32, meta: &NodeMeta) {
 enum Ino {
     /// A regular file: its number in [`Tables::files`].
     File(u32),
-    /// Any other hardlinked node: its [`Node::linked`] number.
+    /// Any other hardlinked node: its number in [`Tree::others`].
     Linked(u32),
 }
 
@@ -1114,6 +1277,7 @@ fn shown(p: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::manifest::{Entry, Kind, Manifest};
+    use std::collections::BTreeMap;
 
     /// The tree form of the manifest the tree gives.
     fn tree_of(t: &Tree) -> Manifest {
@@ -1129,17 +1293,11 @@ mod tests {
     }
 
     #[test]
-    fn a_node_and_a_child_stay_small() {
-        // the tree holds one (Key, Node) per entry: its size is the memory per entry
+    fn a_node_and_a_file_stay_small() {
+        // the tree holds one node per entry and one record per regular file
+        // with content: their sizes are the memory per entry
         assert_eq!(std::mem::size_of::<Node>(), 56);
-        assert_eq!(std::mem::size_of::<(Key, Node)>(), 80);
         assert_eq!(std::mem::size_of::<FileRec>(), 48);
-        assert_eq!(Key::new(b"abc").bytes(), b"abc");
-        let long = [b'x'; 200];
-        assert_eq!(Key::new(&long).bytes(), &long[..]);
-        assert!(matches!(Key::new(&[b'y'; INLINE]), Key::Inline(..)));
-        assert!(matches!(Key::new(&[b'y'; INLINE + 1]), Key::Heap(_)));
-        assert!(Key::new(b"a") < Key::new(b"ab") && Key::new(&long) > Key::new(b"x"));
     }
 
     #[test]
@@ -1274,12 +1432,12 @@ mod tests {
         assert_eq!(got.get(b"d/sub/new").unwrap().xattrs().get(b"user.k"), Some(&b"1"[..]));
     }
 
-    /// A directory keeps its children in name order, found by name, replaced
-    /// and removed, whatever the order they come in, below and past the
-    /// number where the vector becomes a B-tree.
+    /// A directory's children come out in name order, found by name,
+    /// replaced and removed, whatever the order they come in, few or many
+    /// (past the index's first sizes).
     #[test]
     fn children_in_any_order_below_and_past_the_switch() {
-        for n in [FEW - 1, FEW, FEW + 1, 3 * FEW] {
+        for n in [5, 255, 256, 257, 3000] {
             let mut t = Tree::default();
             // a scrambled order: i * 7919 mod n visits every i once (n is not a multiple of 7919)
             for k in 0..n {
@@ -1297,6 +1455,33 @@ mod tests {
             assert!(matches!(m.get(b"d/f00003").unwrap().kind, Kind::Dir(_)), "{n}");
             assert_eq!(m.get(b"d/f00002").unwrap().meta.mode, 0o600);
         }
+    }
+
+    /// A directory removed or replaced and then made again under the same
+    /// name starts empty: the old one's children never come back, whether
+    /// it went by a whiteout, an opaque parent or an entry of another type.
+    #[test]
+    fn a_directory_made_again_does_not_get_old_children_back() {
+        let mut t = Tree::default();
+        file(&mut t, "d/x");
+        file(&mut t, "e/sub/y");
+        file(&mut t, "o/p/z");
+        t.begin_layer();
+        t.whiteout(&c(".wh.d")).unwrap();
+        t.add(&c("e"), Meta { mode: 0o600, ..Meta::default() }, NewKind::Fifo).unwrap();
+        t.whiteout(&c("o/.wh..wh..opq")).unwrap();
+        t.begin_layer();
+        t.add(&c("d"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+        t.add(&c("e"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+        t.add(&c("e/sub"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+        t.add(&c("o/p"), Meta { mode: 0o700, ..Meta::default() }, NewKind::Dir).unwrap();
+        file(&mut t, "d/new");
+        let m = tree_of(&t);
+        let names = |p: &[u8]| -> Vec<Vec<u8>> { m.get(p).unwrap().children().unwrap().keys().cloned().collect() };
+        assert_eq!(names(b"d"), vec![b"new".to_vec()]);
+        assert!(names(b"e/sub").is_empty() && names(b"o/p").is_empty());
+        assert_eq!(names(b"e"), vec![b"sub".to_vec()]);
+        assert_eq!(t.into_manifest().unwrap().to_tree(), m);
     }
 
     /// A whiteout below a non-directory hides nothing (umoci: ENOTDIR is a

@@ -250,6 +250,8 @@ impl Store {
     /// Whether blob `d` was written and named through this store handle
     /// while it was being filled (see [`with_arrivals`](Self::with_arrivals)):
     /// its content was verified against `d` by this process a moment ago.
+    /// Asked of a blob found in the store; for a store filled fresh
+    /// ([`Arrivals::fresh`]), true of every blob.
     pub fn fetched_here(&self, d: &Digest) -> bool {
         self.arrivals.as_ref().is_some_and(|a| a.has_named(d))
     }
