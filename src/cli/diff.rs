@@ -128,13 +128,10 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let found = match expected {
         Expected::Whole(expected) => diff_each(&expected, &actual, &opts, &mut emit),
         Expected::Stream { mut file, len, plan, path } => {
-            let r = file
-                .rewind()
-                .with_context(|| format!("{}: cannot read", path.display()))
-                .and_then(|()| {
-                    diff_read(&mut file, len, &plan, &actual, &opts, &mut emit)
-                        .with_context(|| format!("{}: invalid OCIX manifest", super::shown(&path)))
-                });
+            let r = file.rewind().with_context(|| format!("{}: cannot read", path.display())).and_then(|()| {
+                diff_read(&mut file, len, &plan, &actual, &opts, &mut emit)
+                    .with_context(|| format!("{}: invalid OCIX manifest", super::shown(&path)))
+            });
             match r {
                 Ok(n) => n,
                 Err(e) => {

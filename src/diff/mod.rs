@@ -43,13 +43,13 @@ pub use crate::filter::Excludes;
 
 use crate::manifest::compact::{Children, EntryView, FileRef, Xattrs};
 mod stream;
-pub use stream::diff_read;
 use crate::manifest::notation::{AsCompact, Links, escape, format_mode, format_time};
 use crate::manifest::{Compact, Dev, Digest, KindCode, KindRef, Name, Node, Time, path_display};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+pub use stream::diff_read;
 
 /// A compared property of an entry; also the names accepted by
 /// `--ignore`.

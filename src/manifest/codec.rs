@@ -7,9 +7,7 @@
 //! tree has exactly one encoding; the decoder rejects an explicit default.
 
 use super::cbor::{CborError, Major, Reader, Writer};
-use super::compact::{
-    BuildError, Builder, Compact, EntryView, FileRef, Leaf, MetaIn, Node, StreamPlan, Visit, Xattrs,
-};
+use super::compact::{BuildError, Builder, Compact, EntryView, FileRef, Leaf, MetaIn, Node, StreamPlan, Visit, Xattrs};
 use super::{
     BLOCK, Dev, Digest, KindCode, MAX_TARGET, MAX_XATTR_VALUE, Manifest, OCIX_TAG, Time, VERSION, check_depth,
     check_name, path_display,
@@ -870,7 +868,6 @@ impl Streamer<'_, '_> {
         self.visit.entry(path, e);
         Ok(())
     }
-
 }
 
 /// An entry as the decoder passes it: `xattrs` are the ones read last,
@@ -878,17 +875,17 @@ impl Streamer<'_, '_> {
 fn view<'a>(code: KindCode, meta: &MetaIn<'a>, xattrs: &'a [(Box<[u8]>, Box<[u8]>)]) -> EntryView<'a> {
     let xattrs: &[(Box<[u8]>, Box<[u8]>)] = if meta.xattrs == 0 { &[] } else { xattrs };
     EntryView {
-            code,
-            mode: meta.mode,
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime: meta.mtime,
-            uname: meta.uname,
-            gname: meta.gname,
-            xattrs: Xattrs::from_pairs(xattrs),
-            file: None,
-            target: None,
-            dev: None,
+        code,
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
+        mtime: meta.mtime,
+        uname: meta.uname,
+        gname: meta.gname,
+        xattrs: Xattrs::from_pairs(xattrs),
+        file: None,
+        target: None,
+        dev: None,
     }
 }
 
@@ -977,15 +974,7 @@ pub(crate) fn stream_read(
     plan: &StreamPlan,
     visit: &mut dyn Visit,
 ) -> Result<(), DecodeError> {
-    let s = Streamer {
-        plan,
-        visit,
-        xattrs: Vec::new(),
-        dirs: 0,
-        fresh: None,
-        seen: HashMap::new(),
-        broken: None,
-    };
+    let s = Streamer { plan, visit, xattrs: Vec::new(), dirs: 0, fresh: None, seen: HashMap::new(), broken: None };
     let s = decode_into(reader(src, len)?, s)?;
     if let Some((path, t, there)) = s.broken {
         return Err(unlinkable(&path, &t, there));
