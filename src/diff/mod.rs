@@ -37,6 +37,11 @@
 //! (`/etc/passwd: mode 0644 -> 0600`, `missing /x`, `extra /y`,
 //! `/f: xattr user.foo added`), and its `Serialize` form is one JSON object;
 //! see [`Finding`] for the shape.
+//!
+//! [`diff_read`] gives the same findings with the expected manifest read
+//! from its encoded bytes entry by entry instead of decoded whole, so that
+//! only the actual tree is held in memory (`ocix diff` reads a manifest
+//! file so).
 
 /// The exclude patterns, the same matcher `ocix scan --exclude` uses.
 pub use crate::filter::Excludes;

@@ -255,7 +255,8 @@ pub fn plan_read(src: &mut dyn std::io::Read, len: u64) -> Result<StreamPlan, su
 /// hardlinks name. Checks the rules that span entries as
 /// [`Compact::read_from`] does, in manifest order: an error comes after
 /// `visit` saw the entries before the one at fault, and is then the one
-/// `read_from` gives. Bytes that differ from the first read are an error.
+/// `read_from` gives. A manifest whose hardlinks or directories differ from
+/// the first read is an error (the manifest changed between the reads).
 pub fn stream_read(
     src: &mut dyn std::io::Read,
     len: u64,
