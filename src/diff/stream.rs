@@ -4,7 +4,7 @@
 //! directory.
 
 use super::{DiffOptions, Finding, Out, What};
-use crate::manifest::compact::{EntryView, FileRef, StreamPlan, Visit, Xattrs, stream_read};
+use crate::manifest::compact::{EntryView, FileRef, StreamPlan, Visit, Xattr, Xattrs, stream_read};
 use crate::manifest::notation::Links;
 use crate::manifest::{Compact, DecodeError, Dev, Digest, KindCode, Time};
 use std::collections::HashMap;
@@ -39,6 +39,9 @@ pub fn diff_read(
     Ok(w.out.found)
 }
 
+/// A regular file's size, digest and zero runs.
+type KeptFile = (u64, Option<Digest>, Vec<(u64, u64)>);
+
 /// An expected entry some hardlink names, kept for the hardlinks that show
 /// its data.
 struct Kept {
@@ -49,8 +52,8 @@ struct Kept {
     mtime: Time,
     uname: Option<Box<str>>,
     gname: Option<Box<str>>,
-    xattrs: Vec<(Box<[u8]>, Box<[u8]>)>,
-    file: Option<(u64, Option<Digest>, Vec<(u64, u64)>)>,
+    xattrs: Vec<Xattr>,
+    file: Option<KeptFile>,
     target: Option<Vec<u8>>,
     dev: Option<Dev>,
 }

@@ -7,7 +7,9 @@
 //! tree has exactly one encoding; the decoder rejects an explicit default.
 
 use super::cbor::{CborError, Major, Reader, Writer};
-use super::compact::{BuildError, Builder, Compact, EntryView, FileRef, Leaf, MetaIn, Node, StreamPlan, Visit, Xattrs};
+use super::compact::{
+    BuildError, Builder, Compact, EntryView, FileRef, Leaf, MetaIn, Node, StreamPlan, Visit, Xattr, Xattrs,
+};
 use super::{
     BLOCK, Dev, Digest, KindCode, MAX_TARGET, MAX_XATTR_VALUE, Manifest, OCIX_TAG, Time, VERSION, check_depth,
     check_name, path_display,
@@ -821,17 +823,20 @@ struct Streamer<'p, 'v> {
     plan: &'p StreamPlan,
     visit: &'v mut dyn Visit,
     /// The xattrs read last, for the entry that follows.
-    xattrs: Vec<(Box<[u8]>, Box<[u8]>)>,
+    xattrs: Vec<Xattr>,
     /// Directories opened so far.
     dirs: usize,
     /// The last directory opened, while none of its children came.
-    fresh: Option<(usize, Option<Box<str>>, Option<Box<str>>)>,
+    fresh: Option<(usize, OwnerNames)>,
     /// Type of each path a hardlink names, once reached.
     seen: HashMap<Vec<u8>, KindCode>,
     /// A hardlink found not to name an earlier first name: its path and
     /// target, and what is at the target once the rest was read.
     broken: Option<(Vec<u8>, Vec<u8>, Option<KindCode>)>,
 }
+
+/// A directory's owner and group names.
+type OwnerNames = (Option<Box<str>>, Option<Box<str>>);
 
 fn changed(path: &[u8]) -> SinkError {
     SinkError::Stop(invalid(path, "the manifest changed between its two reads"))
@@ -872,8 +877,8 @@ impl Streamer<'_, '_> {
 
 /// An entry as the decoder passes it: `xattrs` are the ones read last,
 /// the entry's own unless it has none.
-fn view<'a>(code: KindCode, meta: &MetaIn<'a>, xattrs: &'a [(Box<[u8]>, Box<[u8]>)]) -> EntryView<'a> {
-    let xattrs: &[(Box<[u8]>, Box<[u8]>)] = if meta.xattrs == 0 { &[] } else { xattrs };
+fn view<'a>(code: KindCode, meta: &MetaIn<'a>, xattrs: &'a [Xattr]) -> EntryView<'a> {
+    let xattrs: &[Xattr] = if meta.xattrs == 0 { &[] } else { xattrs };
     EntryView {
         code,
         mode: meta.mode,
@@ -902,7 +907,7 @@ impl Sink for Streamer<'_, '_> {
         if n >= self.plan.dir_owners.len() {
             return Err(changed(path));
         }
-        self.fresh = Some((n, meta.uname.map(Box::from), meta.gname.map(Box::from)));
+        self.fresh = Some((n, (meta.uname.map(Box::from), meta.gname.map(Box::from))));
         // the owner names follow the children: the first read has them
         let (uname, gname) = self.plan.dir_owner(n);
         let meta = MetaIn { uname, gname, ..*meta };
@@ -915,7 +920,7 @@ impl Sink for Streamer<'_, '_> {
 
     fn close_dir(&mut self, path: &[u8]) -> Result<(), SinkError> {
         // a directory without children: its owner names were read with it
-        if let Some((n, u, g)) = self.fresh.take() {
+        if let Some((n, (u, g))) = self.fresh.take() {
             if self.plan.dir_owner(n) != (u.as_deref(), g.as_deref()) {
                 return Err(changed(path));
             }

@@ -56,7 +56,7 @@ struct FileRec {
 }
 
 /// One xattr: name and value.
-type Xattr = (Box<[u8]>, Box<[u8]>);
+pub type Xattr = (Box<[u8]>, Box<[u8]>);
 /// One interned xattr set, names in raw byte order.
 type XattrSet = Arc<[Xattr]>;
 /// One interned pair of owner names.
@@ -337,7 +337,7 @@ pub struct Xattrs<'a>(&'a [Xattr]);
 impl<'a> Xattrs<'a> {
     /// A view of `(name, value)` pairs already in raw name order, names
     /// unique.
-    pub fn from_pairs(pairs: &'a [(Box<[u8]>, Box<[u8]>)]) -> Self {
+    pub fn from_pairs(pairs: &'a [Xattr]) -> Self {
         Xattrs(pairs)
     }
 
