@@ -6,7 +6,24 @@ mod common;
 
 use common::file_entry as file;
 use common::*;
-use ocix::diff::{DiffOptions, Excludes, Field, Finding, Value, What, diff};
+use ocix::diff::{DiffOptions, Excludes, Field, Finding, Value, What};
+
+/// `ocix::diff::diff`, checked against the streamed comparison
+/// (`diff_read`, the expected manifest read from its bytes entry by entry):
+/// both must give the same findings in the same order.
+fn diff(e: &Manifest, a: &Manifest, opts: &DiffOptions) -> Vec<Finding> {
+    let whole = ocix::diff::diff(e, a, opts);
+    let bytes = e.to_bytes().expect("expected manifest is valid");
+    let len = bytes.len() as u64;
+    let plan = ocix::manifest::compact::plan_read(&mut &bytes[..], len).expect("first read");
+    let actual = ocix::manifest::Compact::from_tree(a).expect("actual manifest is valid");
+    let mut streamed = Vec::new();
+    let n =
+        ocix::diff::diff_read(&mut &bytes[..], len, &plan, &actual, opts, |f| streamed.push(f)).expect("second read");
+    assert_eq!(streamed, whole, "streamed findings differ from whole ones");
+    assert_eq!(n, whole.len() as u64);
+    whole
+}
 use ocix::manifest::{Dev, Digest, Entry, File, Kind, KindCode, Manifest, Time};
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;

@@ -1,10 +1,11 @@
 //! `ocix diff TARGET [MANIFEST]`: the drift audit.
 
 use super::Global;
-use crate::diff::{DiffOptions, Excludes, Field, diff_each};
+use crate::diff::{DiffOptions, Excludes, Field, Finding, diff_each, diff_read};
 use crate::manifest::Compact;
+use crate::manifest::compact::{StreamPlan, plan_read};
 use anyhow::{Context as _, bail};
-use std::io::Write as _;
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -86,8 +87,8 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let is_dir = a.target != Path::new("-")
         && std::fs::metadata(&a.target).with_context(|| format!("{}: cannot access", a.target.display()))?.is_dir();
     let (expected, actual) = match (&a.manifest, is_dir) {
-        (Some(m), true) => (super::read_compact(m)?, scan(&a.target, &a, g)?),
-        (Some(m), false) => (super::read_compact(m)?, super::read_compact(&a.target)?),
+        (Some(m), true) => (expected(m)?, scan(&a.target, &a, g)?),
+        (Some(m), false) => (expected(m)?, super::read_compact(&a.target)?),
         (None, true) => {
             let cbor = a.target.join("ocix.cbor");
             let rootfs = a.target.join("rootfs");
@@ -98,7 +99,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
                 );
             }
             g.info(&format!("bundle: comparing {} with {}", rootfs.display(), cbor.display()));
-            (super::read_compact(&cbor)?, scan(&rootfs, &a, g)?)
+            (expected(&cbor)?, scan(&rootfs, &a, g)?)
         }
         (None, false) => bail!("{}: a manifest needs the expected MANIFEST to compare with", a.target.display()),
     };
@@ -109,7 +110,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     let mut failed: Option<std::io::Error> = None;
     let mut first = true;
     let json = a.json;
-    let found = diff_each(&expected, &actual, &opts, |f| {
+    let mut emit = |f: Finding| {
         if failed.is_some() {
             return;
         }
@@ -123,7 +124,24 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         if let Err(e) = r {
             failed = Some(e);
         }
-    });
+    };
+    let found = match expected {
+        Expected::Whole(expected) => diff_each(&expected, &actual, &opts, &mut emit),
+        Expected::Stream { mut file, len, plan, path } => {
+            let r = file.rewind().with_context(|| format!("{}: cannot read", path.display())).and_then(|()| {
+                diff_read(&mut file, len, &plan, &actual, &opts, &mut emit)
+                    .with_context(|| format!("{}: invalid OCIX manifest", super::shown(&path)))
+            });
+            match r {
+                Ok(n) => n,
+                Err(e) => {
+                    // what was found before the fault still goes out
+                    let _ = out.flush();
+                    return Err(e);
+                }
+            }
+        }
+    };
     if failed.is_none() {
         let end: &[u8] = if !json {
             b""
@@ -145,6 +163,28 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
     }
     g.info(&format!("{found} findings"));
     Ok(if found == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The expected manifest: a regular file is read as a stream (checked
+/// once through, then compared entry by entry, never held whole); standard
+/// input or a pipe is decoded whole.
+enum Expected {
+    Whole(Compact),
+    Stream { file: std::fs::File, len: u64, plan: StreamPlan, path: PathBuf },
+}
+
+fn expected(path: &Path) -> anyhow::Result<Expected> {
+    if path != Path::new("-") {
+        let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let md = file.metadata().with_context(|| format!("{}: cannot read", path.display()))?;
+        if md.is_file() {
+            let len = md.len();
+            let plan =
+                plan_read(&mut file, len).with_context(|| format!("{}: invalid OCIX manifest", super::shown(path)))?;
+            return Ok(Expected::Stream { file, len, plan, path: path.to_path_buf() });
+        }
+    }
+    Ok(Expected::Whole(super::read_compact(path)?))
 }
 
 fn scan(dir: &Path, a: &Args, g: Global) -> anyhow::Result<Compact> {

@@ -37,17 +37,24 @@
 //! (`/etc/passwd: mode 0644 -> 0600`, `missing /x`, `extra /y`,
 //! `/f: xattr user.foo added`), and its `Serialize` form is one JSON object;
 //! see [`Finding`] for the shape.
+//!
+//! [`diff_read`] gives the same findings with the expected manifest read
+//! from its encoded bytes entry by entry instead of decoded whole, so that
+//! only the actual tree is held in memory (`ocix diff` reads a manifest
+//! file so).
 
 /// The exclude patterns, the same matcher `ocix scan --exclude` uses.
 pub use crate::filter::Excludes;
 
-use crate::manifest::compact::{Children, Xattrs};
+use crate::manifest::compact::{Children, EntryView, FileRef, Xattrs};
+mod stream;
 use crate::manifest::notation::{AsCompact, Links, escape, format_mode, format_time};
 use crate::manifest::{Compact, Dev, Digest, KindCode, KindRef, Name, Node, Time, path_display};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+pub use stream::diff_read;
 
 /// A compared property of an entry; also the names accepted by
 /// `--ignore`.
@@ -409,22 +416,31 @@ pub fn diff<E: AsCompact + ?Sized, A: AsCompact + ?Sized>(
 /// by side, and nothing but the hardlinks' first names is held. Returns the
 /// number of findings.
 pub fn diff_each(expected: &Compact, actual: &Compact, opts: &DiffOptions, mut sink: impl FnMut(Finding)) -> u64 {
-    let mut cx =
-        Cx { exp: Links::new(expected), act: Links::new(actual), opts, sink: &mut sink, found: 0, path: Vec::new() };
+    let mut cx = Cx {
+        exp: Links::new(expected),
+        act: Links::new(actual),
+        out: Out { opts, sink: &mut sink, found: 0, path: Vec::new() },
+    };
     cx.entry(expected.root(), actual.root());
-    cx.found
+    cx.out.found
 }
 
-struct Cx<'a, 's> {
-    exp: Links<'a>,
-    act: Links<'a>,
-    opts: &'a DiffOptions,
-    sink: &'s mut dyn FnMut(Finding),
+/// Where findings go, and the comparison of two entries' own data.
+struct Out<'o> {
+    opts: &'o DiffOptions,
+    sink: &'o mut dyn FnMut(Finding),
     found: u64,
+    /// The path of the entry being compared.
     path: Vec<u8>,
 }
 
-impl<'a> Cx<'a, '_> {
+struct Cx<'a, 'o> {
+    exp: Links<'a>,
+    act: Links<'a>,
+    out: Out<'o>,
+}
+
+impl Out<'_> {
     fn push(&mut self, what: What) {
         self.found += 1;
         (self.sink)(Finding { path: self.path.clone(), what });
@@ -438,37 +454,33 @@ impl<'a> Cx<'a, '_> {
         }
     }
 
-    /// Compares two entries at `self.path`, then their children.
-    fn entry(&mut self, e: Node<'a>, a: Node<'a>) {
-        let re = self.exp.resolve(e);
-        let ra = self.act.resolve(a);
-        let (ne, na) = (re.node, ra.node);
+    /// Compares two entries' own data at `self.path`: `ne` and `na` as
+    /// shown (a hardlink resolved to its first name, `le` and `la` the path
+    /// it links to).
+    fn fields(&mut self, ne: &EntryView<'_>, le: Option<&[u8]>, na: &EntryView<'_>, la: Option<&[u8]>) {
         // A resolved hardlink shows its first name's type.
-        let (te, ta) = (ne.code(), na.code());
+        let (te, ta) = (ne.code, na.code);
         let same_type = te == ta;
         self.change(Field::Type, te, ta, Value::Type);
         if same_type && te != KindCode::Dir {
-            self.change(Field::Link, re.link, ra.link, link_value);
+            self.change(Field::Link, le, la, link_value);
         }
-        self.change(Field::Mode, ne.mode(), na.mode(), Value::Mode);
-        self.change(Field::Uid, ne.uid(), na.uid(), Value::Id);
-        self.change(Field::Gid, ne.gid(), na.gid(), Value::Id);
+        self.change(Field::Mode, ne.mode, na.mode, Value::Mode);
+        self.change(Field::Uid, ne.uid, na.uid, Value::Id);
+        self.change(Field::Gid, ne.gid, na.gid, Value::Id);
         let name = |n: Option<&str>| Value::Name(n.map(str::to_string));
-        self.change(Field::Uname, ne.uname(), na.uname(), name);
-        self.change(Field::Gname, ne.gname(), na.gname(), name);
+        self.change(Field::Uname, ne.uname, na.uname, name);
+        self.change(Field::Gname, ne.gname, na.gname, name);
         if same_type {
-            self.specific(ne.kind(), na.kind());
+            self.specific(ne, na);
         }
         if self.opts.checks(Field::Xattr) {
-            self.xattrs(ne.xattrs(), na.xattrs());
+            self.xattrs(ne.xattrs, na.xattrs);
         }
-        self.change(Field::Mtime, ne.mtime(), na.mtime(), Value::Time);
-        if let (KindRef::Dir(ce), KindRef::Dir(ca)) = (e.kind(), a.kind()) {
-            self.children(ce, ca);
-        }
+        self.change(Field::Mtime, ne.mtime, na.mtime, Value::Time);
     }
 
-    fn xattrs(&mut self, e: Xattrs<'a>, a: Xattrs<'a>) {
+    fn xattrs(&mut self, e: Xattrs<'_>, a: Xattrs<'_>) {
         if e.len() == a.len() && e.iter().eq(a.iter()) {
             return;
         }
@@ -492,49 +504,67 @@ impl<'a> Cx<'a, '_> {
         );
     }
 
-    fn specific(&mut self, e: KindRef<'a>, a: KindRef<'a>) {
-        match (e, a) {
-            (KindRef::File(fe), KindRef::File(fa)) => {
+    /// The fields of one type; `e` and `a` have the same type.
+    fn specific(&mut self, e: &EntryView<'_>, a: &EntryView<'_>) {
+        const EMPTY: FileRef<'static> = FileRef { size: 0, digest: None, zeros: &[] };
+        match e.code {
+            KindCode::File => {
+                let (fe, fa) = (e.file.unwrap_or(EMPTY), a.file.unwrap_or(EMPTY));
                 self.change(Field::Size, fe.size, fa.size, Value::Size);
                 self.change(Field::Digest, fe.digest, fa.digest, |d| Value::Digest(d.copied()));
                 self.change(Field::Zeros, fe.zeros, fa.zeros, |z| Value::Zeros(z.to_vec()));
             }
-            (KindRef::Symlink(te), KindRef::Symlink(ta)) => {
+            KindCode::Symlink => {
+                let (te, ta) = (e.target.unwrap_or_default(), a.target.unwrap_or_default());
                 self.change(Field::Target, te, ta, |t| Value::Target(t.to_vec()));
             }
-            (KindRef::Char(de), KindRef::Char(da)) | (KindRef::Block(de), KindRef::Block(da)) => {
+            KindCode::Char | KindCode::Block => {
+                let (de, da) = (e.dev.unwrap_or_default(), a.dev.unwrap_or_default());
                 self.change(Field::Rdev, de, da, Value::Dev);
             }
             // An unresolvable hardlink (only in a manifest that was never
             // validated): compare what it points at.
-            (KindRef::Hardlink(pe), KindRef::Hardlink(pa)) => {
+            KindCode::Hardlink => {
+                let (pe, pa) = (e.target.unwrap_or_default(), a.target.unwrap_or_default());
                 self.change(Field::Link, pe, pa, |p| Value::Path(p.to_vec()));
             }
             _ => {}
         }
     }
+}
+
+impl<'a> Cx<'a, '_> {
+    /// Compares two entries at `self.out.path`, then their children.
+    fn entry(&mut self, e: Node<'a>, a: Node<'a>) {
+        let re = self.exp.resolve(e);
+        let ra = self.act.resolve(a);
+        self.out.fields(&re.node.view(), re.link, &ra.node.view(), ra.link);
+        if let (KindRef::Dir(ce), KindRef::Dir(ca)) = (e.kind(), a.kind()) {
+            self.children(ce, ca);
+        }
+    }
 
     fn children(&mut self, e: Children<'a>, a: Children<'a>) {
-        let base = self.path.len();
+        let base = self.out.path.len();
         merge(
             e,
             a,
             |n| n.name(),
             |name, ce, ca| {
                 if base > 0 {
-                    self.path.push(b'/');
+                    self.out.path.push(b'/');
                 }
-                self.path.extend_from_slice(name);
-                if !self.opts.excludes.is_excluded(&self.path) {
+                self.out.path.extend_from_slice(name);
+                if !self.out.opts.excludes.is_excluded(&self.out.path) {
                     match (ce, ca) {
                         // deep trees recurse deeply: grow the stack on demand
                         (Some(ce), Some(ca)) => stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.entry(ce, ca)),
-                        (Some(_), None) => self.push(What::Missing),
-                        (None, Some(_)) => self.push(What::Extra),
+                        (Some(_), None) => self.out.push(What::Missing),
+                        (None, Some(_)) => self.out.push(What::Extra),
                         (None, None) => {}
                     }
                 }
-                self.path.truncate(base);
+                self.out.path.truncate(base);
             },
         );
     }

@@ -7,13 +7,15 @@
 //! tree has exactly one encoding; the decoder rejects an explicit default.
 
 use super::cbor::{CborError, Major, Reader, Writer};
-use super::compact::{BuildError, Builder, Compact, FileRef, KindRef, Leaf, MetaIn, Node};
+use super::compact::{
+    BuildError, Builder, Compact, EntryView, FileRef, Leaf, MetaIn, Node, StreamPlan, Visit, Xattr, Xattrs,
+};
 use super::{
     BLOCK, Dev, Digest, KindCode, MAX_TARGET, MAX_XATTR_VALUE, Manifest, OCIX_TAG, Time, VERSION, check_depth,
     check_name, path_display,
 };
 use sha2::{Digest as _, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 const K_NAME: u64 = 0;
@@ -266,13 +268,71 @@ fn at_path(path: &[u8], e: CborError) -> DecodeError {
     DecodeError { offset: Some(e.offset), path: Some(path_display(path)), what: e.what }
 }
 
-struct Decoder<'a> {
-    r: Reader<'a>,
-    path: Vec<u8>,
-    b: Builder,
+/// Why a [`Sink`] refused an entry.
+pub(crate) enum SinkError {
+    /// What the model cannot hold; reported at the entry's offset.
+    Build(BuildError),
+    /// A finished error, reported as it is.
+    Stop(DecodeError),
 }
 
-impl<'a> Decoder<'a> {
+impl From<BuildError> for SinkError {
+    fn from(e: BuildError) -> Self {
+        SinkError::Build(e)
+    }
+}
+
+/// Where the decoder puts the entries it reads, in manifest order: a
+/// [`Builder`] (a whole [`Compact`]), or a reader that looks at each entry
+/// once and keeps nothing (see [`stream_read`]). `path` is always the
+/// entry's own path (the directory's for `close_dir` and `set_meta`).
+pub(crate) trait Sink {
+    /// An entry's xattrs, in raw name order; returns what `MetaIn::xattrs`
+    /// holds for them (0 for none).
+    fn xattrs(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<u32, SinkError>;
+    /// A directory: opened before its children when it has some (its owner
+    /// names, which follow the children, are not known yet and come with
+    /// `set_meta`), else once complete and closed at once. Returns a handle
+    /// for `set_meta`.
+    fn open_dir(&mut self, path: &[u8], name: &[u8], meta: &MetaIn<'_>) -> Result<usize, SinkError>;
+    /// The directory opened last ends.
+    fn close_dir(&mut self, path: &[u8]) -> Result<(), SinkError>;
+    /// The whole metadata of a directory that had children.
+    fn set_meta(&mut self, handle: usize, path: &[u8], meta: &MetaIn<'_>) -> Result<(), SinkError>;
+    /// A non-directory entry.
+    fn push(&mut self, path: &[u8], name: &[u8], meta: &MetaIn<'_>, leaf: Leaf<'_>) -> Result<usize, SinkError>;
+}
+
+impl Sink for Builder {
+    fn xattrs(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<u32, SinkError> {
+        Ok(self.intern_xattrs(pairs.iter().map(|(k, v)| (&k[..], &v[..]))).map_err(BuildError::TooLarge)?)
+    }
+
+    fn open_dir(&mut self, _: &[u8], name: &[u8], meta: &MetaIn<'_>) -> Result<usize, SinkError> {
+        Ok(Builder::open_dir(self, name, meta)?)
+    }
+
+    fn close_dir(&mut self, _: &[u8]) -> Result<(), SinkError> {
+        Builder::close_dir(self);
+        Ok(())
+    }
+
+    fn set_meta(&mut self, handle: usize, _: &[u8], meta: &MetaIn<'_>) -> Result<(), SinkError> {
+        Ok(Builder::set_meta(self, handle, meta)?)
+    }
+
+    fn push(&mut self, _: &[u8], name: &[u8], meta: &MetaIn<'_>, leaf: Leaf<'_>) -> Result<usize, SinkError> {
+        Ok(Builder::push(self, name, meta, leaf)?)
+    }
+}
+
+struct Decoder<'a, S: Sink> {
+    r: Reader<'a>,
+    path: Vec<u8>,
+    b: S,
+}
+
+impl<'a, S: Sink> Decoder<'a, S> {
     fn err(&self, e: CborError) -> DecodeError {
         at_path(&self.path, e)
     }
@@ -281,8 +341,12 @@ impl<'a> Decoder<'a> {
         Err(DecodeError { offset: Some(offset), path: Some(path_display(&self.path)), what: what.into() })
     }
 
-    fn built<T>(&self, at: usize, r: Result<T, BuildError>) -> Result<T, DecodeError> {
+    fn built<T>(&self, at: usize, r: Result<T, SinkError>) -> Result<T, DecodeError> {
         r.or_else(|e| {
+            let e = match e {
+                SinkError::Build(e) => e,
+                SinkError::Stop(e) => return Err(e),
+            };
             self.fail(
                 at,
                 match e {
@@ -436,8 +500,8 @@ impl<'a> Decoder<'a> {
                     }
                     // kept in raw name order
                     pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                    let r = self.b.intern_xattrs(pairs.iter().map(|(k, v)| (&k[..], &v[..])));
-                    xattrs = self.built(vat, r.map_err(BuildError::TooLarge))?;
+                    let r = self.b.xattrs(&pairs);
+                    xattrs = self.built(vat, r)?;
                 }
                 K_CHILDREN => {
                     if code != KindCode::Dir {
@@ -464,7 +528,7 @@ impl<'a> Decoder<'a> {
                         Some(s) => &self.path[s..],
                         None => b"",
                     };
-                    let r = self.b.open_dir(nm, &meta);
+                    let r = self.b.open_dir(&self.path, nm, &meta);
                     opened = Some(self.built(kat, r)?);
                     let here = self.path.len();
                     // the previous child's name, once there is one
@@ -496,7 +560,8 @@ impl<'a> Decoder<'a> {
                         p.extend_from_slice(cname);
                         self.path.truncate(here);
                     }
-                    self.b.close_dir();
+                    let r = self.b.close_dir(&self.path);
+                    self.built(kat, r)?;
                 }
                 K_UNAME | K_GNAME => {
                     let s = self.r.text().map_err(|e| at_path(&self.path, e))?.to_owned();
@@ -553,8 +618,8 @@ impl<'a> Decoder<'a> {
         let leaf = match code {
             KindCode::Dir => {
                 let r = match opened {
-                    Some(i) => self.b.set_meta(i, &meta),
-                    None => self.b.open_dir(nm, &meta).map(|_| self.b.close_dir()),
+                    Some(i) => self.b.set_meta(i, &self.path, &meta),
+                    None => self.b.open_dir(&self.path, nm, &meta).and_then(|_| self.b.close_dir(&self.path)),
                 };
                 self.built(start, r)?;
                 return Ok(name);
@@ -567,7 +632,7 @@ impl<'a> Decoder<'a> {
             KindCode::Fifo => Leaf::Fifo,
             KindCode::Socket => Leaf::Socket,
         };
-        let r = self.b.push(nm, &meta, leaf);
+        let r = self.b.push(&self.path, nm, &meta, leaf);
         self.built(start, r)?;
         Ok(name)
     }
@@ -619,7 +684,16 @@ pub(crate) fn decode_read(src: &mut dyn std::io::Read, len: u64) -> Result<Compa
 }
 
 fn decode_from(r: Reader<'_>) -> Result<Compact, DecodeError> {
-    let mut d = Decoder { r, path: Vec::new(), b: Builder::new() };
+    let c = decode_into(r, Builder::new())?.finish();
+    validate_compact(&c)?;
+    Ok(c)
+}
+
+/// Reads the manifest `r` holds into `sink`, checking everything the
+/// encoding itself must satisfy (the rules that span entries are
+/// [`validate_compact`]'s); returns the sink.
+fn decode_into<S: Sink>(r: Reader<'_>, sink: S) -> Result<S, DecodeError> {
+    let mut d = Decoder { r, path: Vec::new(), b: sink };
     let top = |e: CborError| DecodeError { offset: Some(e.offset), path: None, what: e.what };
     let tag =
         d.r.expect(Major::Tag)
@@ -665,9 +739,255 @@ fn decode_from(r: Reader<'_>) -> Result<Compact, DecodeError> {
     }
     d.entry(0, true)?;
     d.r.finish().map_err(top)?;
-    let c = d.b.finish();
-    validate_compact(&c)?;
-    Ok(c)
+    Ok(d.b)
+}
+
+// ---------------------------------------------------------------- streaming
+
+fn reader<'r>(src: &'r mut dyn std::io::Read, len: u64) -> Result<Reader<'r>, DecodeError> {
+    let Ok(len) = usize::try_from(len) else {
+        return Err(DecodeError { offset: None, path: None, what: format!("{len} bytes is too large") });
+    };
+    Ok(Reader::from_read(Box::new(src), len))
+}
+
+/// [`super::compact::plan_read`].
+pub(crate) fn plan_read(src: &mut dyn std::io::Read, len: u64) -> Result<StreamPlan, DecodeError> {
+    let mut plan = decode_into(reader(src, len)?, StreamPlan::default())?;
+    plan.owner_index = HashMap::new();
+    Ok(plan)
+}
+
+impl StreamPlan {
+    fn intern_owners(&mut self, meta: &MetaIn<'_>) -> u32 {
+        if meta.uname.is_none() && meta.gname.is_none() {
+            return 0;
+        }
+        if self.owners.is_empty() {
+            self.owners.push((None, None));
+        }
+        let key = (meta.uname.map(Box::from), meta.gname.map(Box::from));
+        if let Some(&i) = self.owner_index.get(&key) {
+            return i;
+        }
+        let i = self.owners.len() as u32;
+        self.owners.push(key.clone());
+        self.owner_index.insert(key, i);
+        i
+    }
+
+    /// The owner names of the `n`th directory in manifest order.
+    fn dir_owner(&self, n: usize) -> (Option<&str>, Option<&str>) {
+        match self.dir_owners.get(n).and_then(|&i| self.owners.get(i as usize)) {
+            Some((u, g)) => (u.as_deref(), g.as_deref()),
+            None => (None, None),
+        }
+    }
+}
+
+/// The first read: directories' owner names and the paths hardlinks name.
+impl Sink for StreamPlan {
+    fn xattrs(&mut self, _: &[(Vec<u8>, Vec<u8>)]) -> Result<u32, SinkError> {
+        Ok(0)
+    }
+
+    fn open_dir(&mut self, _: &[u8], _: &[u8], meta: &MetaIn<'_>) -> Result<usize, SinkError> {
+        let o = self.intern_owners(meta);
+        self.dir_owners.push(o);
+        Ok(self.dir_owners.len() - 1)
+    }
+
+    fn close_dir(&mut self, _: &[u8]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn set_meta(&mut self, handle: usize, _: &[u8], meta: &MetaIn<'_>) -> Result<(), SinkError> {
+        let o = self.intern_owners(meta);
+        self.dir_owners[handle] = o;
+        Ok(())
+    }
+
+    fn push(&mut self, _: &[u8], _: &[u8], _: &MetaIn<'_>, leaf: Leaf<'_>) -> Result<usize, SinkError> {
+        if let Leaf::Hardlink(t) = leaf {
+            if !self.named.contains(t) {
+                self.named.insert(t.to_vec());
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// The second read: checks what [`validate_compact`] checks, entry by
+/// entry, and hands each entry on.
+struct Streamer<'p, 'v> {
+    plan: &'p StreamPlan,
+    visit: &'v mut dyn Visit,
+    /// The xattrs read last, for the entry that follows.
+    xattrs: Vec<Xattr>,
+    /// Directories opened so far.
+    dirs: usize,
+    /// The last directory opened, while none of its children came.
+    fresh: Option<(usize, OwnerNames)>,
+    /// Type of each path a hardlink names, once reached.
+    seen: HashMap<Vec<u8>, KindCode>,
+    /// A hardlink found not to name an earlier first name: its path and
+    /// target, and what is at the target once the rest was read.
+    broken: Option<(Vec<u8>, Vec<u8>, Option<KindCode>)>,
+}
+
+/// A directory's owner and group names.
+type OwnerNames = (Option<Box<str>>, Option<Box<str>>);
+
+fn changed(path: &[u8]) -> SinkError {
+    SinkError::Stop(invalid(path, "the manifest changed between its two reads"))
+}
+
+impl Streamer<'_, '_> {
+    /// Checks and hands on one entry; after a broken hardlink, only looks
+    /// for its target.
+    fn entry(&mut self, path: &[u8], e: &EntryView<'_>) -> Result<(), SinkError> {
+        if let Some((_, t, there)) = &mut self.broken {
+            if path == t.as_slice() {
+                *there = Some(e.code);
+            }
+            return Ok(());
+        }
+        if path.is_empty() && e.code != KindCode::Dir {
+            return Err(SinkError::Stop(invalid(b"", "the root must be a directory")));
+        }
+        check_own(path, e).map_err(SinkError::Stop)?;
+        if let Some(t) = e.target.filter(|_| e.code == KindCode::Hardlink) {
+            match self.seen.get(t) {
+                Some(&c) if c != KindCode::Dir && c != KindCode::Hardlink => {}
+                Some(&c) => return Err(SinkError::Stop(unlinkable(path, t, Some(c)))),
+                None => {
+                    // what is at the target decides the words: read on
+                    self.broken = Some((path.to_vec(), t.to_vec(), None));
+                    return Ok(());
+                }
+            }
+        }
+        if self.plan.named.contains(path) {
+            self.seen.insert(path.to_vec(), e.code);
+        }
+        self.visit.entry(path, e);
+        Ok(())
+    }
+}
+
+/// An entry as the decoder passes it: `xattrs` are the ones read last,
+/// the entry's own unless it has none.
+fn view<'a>(code: KindCode, meta: &MetaIn<'a>, xattrs: &'a [Xattr]) -> EntryView<'a> {
+    let xattrs: &[Xattr] = if meta.xattrs == 0 { &[] } else { xattrs };
+    EntryView {
+        code,
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
+        mtime: meta.mtime,
+        uname: meta.uname,
+        gname: meta.gname,
+        xattrs: Xattrs::from_pairs(xattrs),
+        file: None,
+        target: None,
+        dev: None,
+    }
+}
+
+impl Sink for Streamer<'_, '_> {
+    fn xattrs(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<u32, SinkError> {
+        self.xattrs.clear();
+        self.xattrs.extend(pairs.iter().map(|(k, v)| (k[..].into(), v[..].into())));
+        Ok(1)
+    }
+
+    fn open_dir(&mut self, path: &[u8], _: &[u8], meta: &MetaIn<'_>) -> Result<usize, SinkError> {
+        let n = self.dirs;
+        self.dirs += 1;
+        if n >= self.plan.dir_owners.len() {
+            return Err(changed(path));
+        }
+        self.fresh = Some((n, (meta.uname.map(Box::from), meta.gname.map(Box::from))));
+        // the owner names follow the children: the first read has them
+        let (uname, gname) = self.plan.dir_owner(n);
+        let meta = MetaIn { uname, gname, ..*meta };
+        let xattrs = std::mem::take(&mut self.xattrs);
+        let e = view(KindCode::Dir, &meta, &xattrs);
+        let r = self.entry(path, &e);
+        self.xattrs = xattrs;
+        r.map(|()| n)
+    }
+
+    fn close_dir(&mut self, path: &[u8]) -> Result<(), SinkError> {
+        // a directory without children: its owner names were read with it
+        if let Some((n, (u, g))) = self.fresh.take() {
+            if self.plan.dir_owner(n) != (u.as_deref(), g.as_deref()) {
+                return Err(changed(path));
+            }
+        }
+        if self.broken.is_none() {
+            self.visit.end_dir(path);
+        }
+        Ok(())
+    }
+
+    fn set_meta(&mut self, handle: usize, path: &[u8], meta: &MetaIn<'_>) -> Result<(), SinkError> {
+        if self.plan.dir_owner(handle) != (meta.uname, meta.gname) {
+            return Err(changed(path));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, path: &[u8], _: &[u8], meta: &MetaIn<'_>, leaf: Leaf<'_>) -> Result<usize, SinkError> {
+        self.fresh = None;
+        if let Leaf::Hardlink(t) = leaf {
+            if !self.plan.named.contains(t) {
+                return Err(changed(path));
+            }
+        }
+        let xattrs = std::mem::take(&mut self.xattrs);
+        let digest = match leaf {
+            Leaf::File { digest, .. } => digest,
+            _ => None,
+        };
+        let code = match leaf {
+            Leaf::File { .. } => KindCode::File,
+            Leaf::Symlink(_) => KindCode::Symlink,
+            Leaf::Hardlink(_) => KindCode::Hardlink,
+            Leaf::Char(_) => KindCode::Char,
+            Leaf::Block(_) => KindCode::Block,
+            Leaf::Fifo => KindCode::Fifo,
+            Leaf::Socket => KindCode::Socket,
+        };
+        let mut e = view(code, meta, &xattrs);
+        match leaf {
+            Leaf::File { size, zeros, .. } => e.file = Some(FileRef { size, digest: digest.as_ref(), zeros }),
+            Leaf::Symlink(t) | Leaf::Hardlink(t) => e.target = Some(t),
+            Leaf::Char(d) | Leaf::Block(d) => e.dev = Some(d),
+            Leaf::Fifo | Leaf::Socket => {}
+        }
+        let r = self.entry(path, &e);
+        self.xattrs = xattrs;
+        r.map(|()| 0)
+    }
+}
+
+/// [`super::compact::stream_read`].
+pub(crate) fn stream_read(
+    src: &mut dyn std::io::Read,
+    len: u64,
+    plan: &StreamPlan,
+    visit: &mut dyn Visit,
+) -> Result<(), DecodeError> {
+    let s = Streamer { plan, visit, xattrs: Vec::new(), dirs: 0, fresh: None, seen: HashMap::new(), broken: None };
+    let s = decode_into(reader(src, len)?, s)?;
+    if let Some((path, t, there)) = s.broken {
+        return Err(unlinkable(&path, &t, there));
+    }
+    if s.dirs != plan.dir_owners.len() {
+        return Err(invalid(b"", "the manifest changed between its two reads"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- validation
@@ -706,59 +1026,79 @@ pub(crate) fn validate_compact(c: &Compact) -> Result<(), DecodeError> {
             }
             prev = Some(name);
         }
-        if code != KindCode::Hardlink {
-            if n.mtime().nsec >= 1_000_000_000 {
-                return Err(invalid(path, "mtime nanoseconds out of range"));
+        check_own(path, &n.view())?;
+        if let Some(t) = n.target().filter(|_| code == KindCode::Hardlink) {
+            if !linkable.contains(t) {
+                return Err(unlinkable(path, t, c.get(t).map(|x| x.code())));
             }
-            for (what, id) in [("uid", n.uid()), ("gid", n.gid())] {
-                super::check_id(what, id.into()).map_err(|why| invalid(path, why.to_string()))?;
-            }
-            for (k, v) in n.xattrs().iter() {
-                if k.is_empty() || k.contains(&0) || k.len() > 255 {
-                    return Err(invalid(path, format!("invalid xattr name {:?}", String::from_utf8_lossy(k))));
-                }
-                if v.len() > MAX_XATTR_VALUE {
-                    return Err(invalid(path, "xattr value larger than 64 KiB"));
-                }
-            }
-        }
-        match n.kind() {
-            KindRef::File(f) => {
-                if f.size > i64::MAX as u64 {
-                    return Err(invalid(path, "size out of range"));
-                }
-                if (f.size == 0) != f.digest.is_none() {
-                    return Err(invalid(path, "a digest is required exactly when size is not 0"));
-                }
-                check_zeros(path, f.size, f.zeros)?;
-            }
-            KindRef::Symlink(t) if (t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET) => {
-                return Err(invalid(path, "symlink target must be 1 to 4095 bytes without NUL"));
-            }
-            KindRef::Hardlink(t) => {
-                if t.is_empty() || t.len() > MAX_TARGET {
-                    return Err(invalid(path, "hardlink path must be 1 to 4095 bytes"));
-                }
-                for comp in t.split(|&b| b == b'/') {
-                    check_name(comp).map_err(|w| invalid(path, format!("hardlink path {}: {w}", path_display(t))))?;
-                }
-                if !linkable.contains(t) {
-                    let why = match c.get(t).map(|x| x.code()) {
-                        None => "names no entry",
-                        Some(KindCode::Dir) => "must not name a directory",
-                        Some(KindCode::Hardlink) => "must name the first name of its inode, not another hardlink",
-                        Some(_) => "must name an entry earlier in manifest order",
-                    };
-                    return Err(invalid(path, format!("hardlink to {} {why}", path_display(t))));
-                }
-            }
-            _ => {}
         }
         if code != KindCode::Dir && code != KindCode::Hardlink && named.contains(path) {
             linkable.insert(path.to_vec());
         }
     }
     Ok(())
+}
+
+/// The rules [`validate_compact`] checks on one entry by itself (all but
+/// where a hardlink points), in its order.
+fn check_own(path: &[u8], n: &EntryView<'_>) -> Result<(), DecodeError> {
+    if n.code != KindCode::Hardlink {
+        if n.mtime.nsec >= 1_000_000_000 {
+            return Err(invalid(path, "mtime nanoseconds out of range"));
+        }
+        for (what, id) in [("uid", n.uid), ("gid", n.gid)] {
+            super::check_id(what, id.into()).map_err(|why| invalid(path, why.to_string()))?;
+        }
+        for (k, v) in n.xattrs.iter() {
+            if k.is_empty() || k.contains(&0) || k.len() > 255 {
+                return Err(invalid(path, format!("invalid xattr name {:?}", String::from_utf8_lossy(k))));
+            }
+            if v.len() > MAX_XATTR_VALUE {
+                return Err(invalid(path, "xattr value larger than 64 KiB"));
+            }
+        }
+    }
+    match n.code {
+        KindCode::File => {
+            let f = n.file.unwrap_or(FileRef { size: 0, digest: None, zeros: &[] });
+            if f.size > i64::MAX as u64 {
+                return Err(invalid(path, "size out of range"));
+            }
+            if (f.size == 0) != f.digest.is_none() {
+                return Err(invalid(path, "a digest is required exactly when size is not 0"));
+            }
+            check_zeros(path, f.size, f.zeros)?;
+        }
+        KindCode::Symlink => {
+            let t = n.target.unwrap_or_default();
+            if t.is_empty() || t.contains(&0) || t.len() > MAX_TARGET {
+                return Err(invalid(path, "symlink target must be 1 to 4095 bytes without NUL"));
+            }
+        }
+        KindCode::Hardlink => {
+            let t = n.target.unwrap_or_default();
+            if t.is_empty() || t.len() > MAX_TARGET {
+                return Err(invalid(path, "hardlink path must be 1 to 4095 bytes"));
+            }
+            for comp in t.split(|&b| b == b'/') {
+                check_name(comp).map_err(|w| invalid(path, format!("hardlink path {}: {w}", path_display(t))))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The error for a hardlink at `path` to `t`, which is not an earlier
+/// non-directory first name; `there` is the type of the entry at `t`.
+fn unlinkable(path: &[u8], t: &[u8], there: Option<KindCode>) -> DecodeError {
+    let why = match there {
+        None => "names no entry",
+        Some(KindCode::Dir) => "must not name a directory",
+        Some(KindCode::Hardlink) => "must name the first name of its inode, not another hardlink",
+        Some(_) => "must name an entry earlier in manifest order",
+    };
+    invalid(path, format!("hardlink to {} {why}", path_display(t)))
 }
 
 fn check_zeros(path: &[u8], size: u64, zeros: &[(u64, u64)]) -> Result<(), DecodeError> {

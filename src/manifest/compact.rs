@@ -56,7 +56,7 @@ struct FileRec {
 }
 
 /// One xattr: name and value.
-type Xattr = (Box<[u8]>, Box<[u8]>);
+pub type Xattr = (Box<[u8]>, Box<[u8]>);
 /// One interned xattr set, names in raw byte order.
 type XattrSet = Arc<[Xattr]>;
 /// One interned pair of owner names.
@@ -211,6 +211,61 @@ impl Compact {
     }
 }
 
+/// Receives the entries of a manifest read as a stream ([`stream_read`]),
+/// one at a time in manifest order.
+pub trait Visit {
+    /// The entry at `path` (`/`-joined, relative to the root, empty for the
+    /// root). A directory comes before its children, with its whole
+    /// metadata.
+    fn entry(&mut self, path: &[u8], e: &EntryView<'_>);
+    /// The directory at `path` ends: all its children came.
+    fn end_dir(&mut self, path: &[u8]);
+}
+
+/// What a first read of a manifest ([`plan_read`]) learns for the streamed
+/// second one ([`stream_read`]): the paths hardlinks name, and the owner
+/// names of each directory (which the encoding puts after its children).
+/// It holds one slot per directory and per hardlink, nothing per file.
+#[derive(Debug, Default)]
+pub struct StreamPlan {
+    pub(crate) named: std::collections::HashSet<Vec<u8>>,
+    /// Per directory in manifest order: index into `owners`.
+    pub(crate) dir_owners: Vec<u32>,
+    pub(crate) owners: Vec<Owners>,
+    pub(crate) owner_index: HashMap<Owners, u32>,
+}
+
+impl StreamPlan {
+    /// Whether some hardlink names `path`.
+    pub fn is_named(&self, path: &[u8]) -> bool {
+        self.named.contains(path)
+    }
+}
+
+/// Reads the `len` bytes of a manifest `src` yields once, checking every
+/// rule of the encoding (every error [`Compact::read_from`] gives for a
+/// malformed encoding, at the same offset with the same words) without
+/// holding the manifest; returns what [`stream_read`] needs.
+pub fn plan_read(src: &mut dyn std::io::Read, len: u64) -> Result<StreamPlan, super::DecodeError> {
+    super::codec::plan_read(src, len)
+}
+
+/// Reads a manifest again after [`plan_read`] (the same bytes) and hands
+/// each entry to `visit` in manifest order, holding only the entries
+/// hardlinks name. Checks the rules that span entries as
+/// [`Compact::read_from`] does, in manifest order: an error comes after
+/// `visit` saw the entries before the one at fault, and is then the one
+/// `read_from` gives. A manifest whose hardlinks or directories differ from
+/// the first read is an error (the manifest changed between the reads).
+pub fn stream_read(
+    src: &mut dyn std::io::Read,
+    len: u64,
+    plan: &StreamPlan,
+    visit: &mut dyn Visit,
+) -> Result<(), super::DecodeError> {
+    super::codec::stream_read(src, len, plan, visit)
+}
+
 /// One entry of a [`Compact`] manifest: a copyable view.
 #[derive(Clone, Copy)]
 pub struct Node<'a> {
@@ -280,6 +335,12 @@ impl FileRef<'_> {
 pub struct Xattrs<'a>(&'a [Xattr]);
 
 impl<'a> Xattrs<'a> {
+    /// A view of `(name, value)` pairs already in raw name order, names
+    /// unique.
+    pub fn from_pairs(pairs: &'a [Xattr]) -> Self {
+        Xattrs(pairs)
+    }
+
     /// `(name, value)` pairs, names in raw byte order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])> + 'a {
         self.0.iter().map(|(k, v)| (&k[..], &v[..]))
@@ -307,7 +368,52 @@ impl<'a> Xattrs<'a> {
     }
 }
 
+/// One entry's own data, borrowed, without its name or children: what a
+/// [`Node`] holds and what a streamed read ([`stream_read`]) hands on.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryView<'a> {
+    /// Entry type.
+    pub code: KindCode,
+    /// Permission bits.
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: Time,
+    /// Owner's user name.
+    pub uname: Option<&'a str>,
+    /// Group name.
+    pub gname: Option<&'a str>,
+    /// Xattrs, names in raw byte order.
+    pub xattrs: Xattrs<'a>,
+    /// A regular file's content (`Some` exactly for a regular file).
+    pub file: Option<FileRef<'a>>,
+    /// A symlink's target or the path a hardlink names.
+    pub target: Option<&'a [u8]>,
+    /// A device's numbers.
+    pub dev: Option<Dev>,
+}
+
 impl<'a> Node<'a> {
+    /// The entry's own data.
+    pub fn view(&self) -> EntryView<'a> {
+        EntryView {
+            code: self.code(),
+            mode: self.mode(),
+            uid: self.uid(),
+            gid: self.gid(),
+            mtime: self.mtime(),
+            uname: self.uname(),
+            gname: self.gname(),
+            xattrs: self.xattrs(),
+            file: self.file(),
+            target: self.target(),
+            dev: self.dev(),
+        }
+    }
+
     fn rec(&self) -> &'a Rec {
         &self.c.recs[self.i as usize]
     }
