@@ -20,7 +20,7 @@ bench() {
   local name=$1; shift
   local opts=()
   while [ "$1" != "--" ]; do opts+=("$1"); shift; done; shift
-  hyperfine --style none --warmup 2 --runs "$RUNS" "${opts[@]}" \
+  hyperfine --style none --warmup "${WARMUP:-2}" --runs "$RUNS" "${opts[@]}" \
     --export-json "$OUT/$name.json" -- "$1" >/dev/null 2>"$OUT/$name.err" ||
     { cat "$OUT/$name.err" >&2; fail "benchmark $name failed"; }
   python3 - "$OUT/$name.json" "$name" >>"$TSV" <<'PY'
