@@ -12,22 +12,7 @@ use ocix::manifest::{Compact, DecodeError, Digest, Entry, File, Kind, Manifest, 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-}
+use common::rng::Rng;
 
 /// Few names, so two random trees share many paths.
 fn name(r: &mut Rng) -> Vec<u8> {

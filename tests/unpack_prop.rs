@@ -16,24 +16,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// `min + below(spread)` random bytes.
-    fn bytes(&mut self, min: usize, spread: u64) -> Vec<u8> {
-        let n = min + self.below(spread) as usize;
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+use common::rng::Rng;
 
 fn random_name(r: &mut Rng) -> Vec<u8> {
     const ALPHA: &[u8] = b"abcXYZ019 -_.\n\t\x01\x7f\x80\xc3\xa9\xfe\xff";

@@ -6,6 +6,7 @@
 pub mod net;
 pub mod progress;
 pub mod registry;
+pub mod rng;
 
 use ocix::manifest::{Digest, Entry, File, Kind, Manifest};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps};
