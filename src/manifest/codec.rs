@@ -950,15 +950,7 @@ impl Sink for Streamer<'_, '_> {
             Leaf::File { digest, .. } => digest,
             _ => None,
         };
-        let code = match leaf {
-            Leaf::File { .. } => KindCode::File,
-            Leaf::Symlink(_) => KindCode::Symlink,
-            Leaf::Hardlink(_) => KindCode::Hardlink,
-            Leaf::Char(_) => KindCode::Char,
-            Leaf::Block(_) => KindCode::Block,
-            Leaf::Fifo => KindCode::Fifo,
-            Leaf::Socket => KindCode::Socket,
-        };
+        let code = leaf.code();
         let mut e = view(code, meta, &xattrs);
         match leaf {
             Leaf::File { size, zeros, .. } => e.file = Some(FileRef { size, digest: digest.as_ref(), zeros }),

@@ -708,7 +708,7 @@ impl<'a> Leaf<'a> {
         })
     }
 
-    fn code(&self) -> KindCode {
+    pub(super) fn code(&self) -> KindCode {
         match self {
             Leaf::File { .. } => KindCode::File,
             Leaf::Symlink(_) => KindCode::Symlink,
