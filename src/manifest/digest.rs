@@ -20,7 +20,15 @@ impl Digest {
 
     /// Lowercase hex, as in `blobs/sha256/<hex>`.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        String::from_utf8(self.hex_bytes().to_vec()).expect("hex digits are ASCII")
+    }
+
+    /// [`hex`](Self::hex) without allocating: the name of a blob in
+    /// `blobs/sha256`, for the `*at()` calls made once per file.
+    pub fn hex_bytes(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut out).expect("64 bytes hold 32 in hex");
+        out
     }
 
     /// Parses `sha256:<hex>` or a bare 64-digit lowercase hex string.

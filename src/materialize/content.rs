@@ -118,7 +118,7 @@ pub(super) fn write_content(
             v.update(&buf[..n]);
             off += n as u64;
         }
-        v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
+        v.finish_with(blob_shown).map_err(|e| content_err(ctx, rel, digest, e))?;
         return Ok(f.size);
     }
     wr::ftruncate(out, f.size, &shown)?;
@@ -135,7 +135,7 @@ pub(super) fn write_content(
         ));
     }
     if let Some(v) = v {
-        if let Err(e) = v.finish(&blob_shown()) {
+        if let Err(e) = v.finish_with(blob_shown) {
             // an intact blob written with false zero runs: blame the manifest
             if !f.zeros.is_empty() && blob_is_intact(&blob, f.size, digest, buf, &blob_shown)? {
                 return Err(UnpackError::ZeroRuns { path: ctx.shown(rel), digest, blob: blob_shown() });
@@ -221,7 +221,7 @@ fn blob_is_intact(
         v.update(&buf[..n]);
         off += n as u64;
     }
-    Ok(v.finish(&blob_shown()).is_ok())
+    Ok(v.finish_with(blob_shown).is_ok())
 }
 
 /// Writes the content of `f` into the new, empty file `out`: a small file
@@ -309,7 +309,7 @@ pub(super) fn read_small<'b>(
     if !ctx.store.fetched_here(&digest) {
         let mut v = Verifier::new(digest, f.size);
         v.update(&buf[..size]);
-        v.finish(&blob_shown()).map_err(|e| content_err(ctx, rel, digest, e))?;
+        v.finish_with(blob_shown).map_err(|e| content_err(ctx, rel, digest, e))?;
     }
     Ok(&buf[..size])
 }
@@ -373,7 +373,7 @@ fn write_spilled(
     if let Some(v) = v {
         // the spilled bytes hashed to the digest as they were written: a
         // mismatch now is the manifest's zero runs
-        if v.finish(&spill_shown()).is_err() {
+        if v.finish_with(spill_shown).is_err() {
             return Err(UnpackError::ZeroRuns { path: ctx.shown(rel), digest, blob: spill_shown() });
         }
     }

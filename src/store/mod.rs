@@ -257,9 +257,9 @@ impl Store {
     }
 
     fn open_blob_now(&self, d: &Digest, check: bool) -> Result<OwnedFd, StoreError> {
-        let name = d.hex();
+        let name = d.hex_bytes();
         let shown = || self.blob_path(d).display().to_string();
-        match rd::open_file_at(self.blobs.as_fd(), name.as_bytes(), &shown) {
+        match rd::open_file_at(self.blobs.as_fd(), &name, &shown) {
             Ok(fd) if !check => Ok(fd),
             Ok(fd) => {
                 let st = rd::stat_fd(fd.as_fd(), &shown)?;
@@ -273,7 +273,7 @@ impl Store {
             }
             // a symlink (O_NOFOLLOW) or a socket (ENXIO): say what is there
             Err(e) => {
-                let there = rd::stat_at(self.blobs.as_fd(), name.as_bytes(), &shown).ok();
+                let there = rd::stat_at(self.blobs.as_fd(), &name, &shown).ok();
                 match there.and_then(|st| self.not_regular(d, FileType::from_raw_mode(st.st_mode))) {
                     Some(err) => Err(err),
                     None => Err(e.into()),
@@ -575,12 +575,18 @@ impl Verifier {
 
     /// Checks the end of the content; `path` names the blob in errors.
     pub fn finish(self, path: &str) -> Result<(), StoreError> {
+        self.finish_with(|| path.to_string())
+    }
+
+    /// [`finish`](Self::finish) naming the blob only when there is an
+    /// error: unpack checks a blob per file and builds no name for a good one.
+    pub fn finish_with(self, path: impl FnOnce() -> String) -> Result<(), StoreError> {
         if self.len != self.size {
-            return Err(StoreError::WrongSize { path: path.to_string(), expected: self.size, actual: self.len });
+            return Err(StoreError::WrongSize { path: path(), expected: self.size, actual: self.len });
         }
         let actual = Digest(self.hasher.finalize().into());
         if actual != self.expected {
-            return Err(StoreError::Corrupt { path: path.to_string(), expected: self.expected, actual });
+            return Err(StoreError::Corrupt { path: path(), expected: self.expected, actual });
         }
         Ok(())
     }
