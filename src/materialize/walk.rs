@@ -41,16 +41,24 @@ pub(super) struct Walker<'c, 'a, 'm> {
 }
 
 /// Files handed to the writers at once, and the data that ends a batch
-/// sooner (large files are spread over the writers).
+/// sooner (large files are spread over the writers). A batch of
+/// `BATCH_FILES` ends where the next file is in another directory, up to
+/// `BATCH_FILES_MAX`: creating a file locks its directory, and two writers
+/// creating files in one directory wait for each other (measured on the
+/// node tree: 3% of the CPU time spent spinning on that lock).
 const BATCH_FILES: usize = 256;
+const BATCH_FILES_MAX: usize = 4096;
 const BATCH_BYTES: u64 = 4 << 20;
 
 impl<'m> Walker<'_, '_, 'm> {
     /// Queues a file for the writers, in batches.
     fn send(&mut self, job: Job<'m>) -> Result<(), UnpackError> {
+        if self.batch.len() >= BATCH_FILES && self.batch.last().is_some_and(|last| !Arc::ptr_eq(&last.dir, &job.dir)) {
+            self.flush()?;
+        }
         self.batch_bytes += job.file.size;
         self.batch.push(job);
-        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+        if self.batch.len() >= BATCH_FILES_MAX || self.batch_bytes >= BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
