@@ -6,7 +6,7 @@
 set -euo pipefail
 pkgs=(mtree-netbsd libarchive-tools hyperfine umoci skopeo docker-registry runc
       attr acl libcap2-bin debootstrap jq zstd pigz openssl util-linux xxd curl
-      erofs-utils)
+      erofs-utils strace linux-perf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
