@@ -66,6 +66,7 @@ use content::Content;
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tar::{EntryType, TarError, TarReader};
 use tree::{NewKind, Tree, TreeError};
 
@@ -469,7 +470,6 @@ impl<R: Read> Read for BlobReader<R> {
 /// itself, already hashed as read), counted against the limit.
 struct DiffReader<R> {
     r: R,
-    hasher: Option<Sha256>,
     len: u64,
     limit: u64,
 }
@@ -483,9 +483,6 @@ impl<R: Read> Read for DiffReader<R> {
                 "uncompressed layers exceed the limit of {} bytes (possible decompression bomb)",
                 self.limit
             )));
-        }
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
         }
         Ok(n)
     }
@@ -549,7 +546,7 @@ fn apply_layer<R: Read + Send>(
     let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
     let (parsed, decoded) = std::thread::scope(|s| {
         let h = s.spawn(move || decode_layer(blob, &head[..got], layer, limit, tx));
-        let mut reader = ChanReader { rx, cur: Vec::new(), pos: 0 };
+        let mut reader = ChanReader { rx, cur: Arc::new(Vec::new()), pos: 0 };
         let r = read_entries(tree, &mut reader, store, stats, d.digest).and_then(|()| {
             // The diff_id covers the whole uncompressed stream, also past the
             // end-of-archive marker.
@@ -589,16 +586,55 @@ enum Decode {
 /// Reads the blob, verifies it against its descriptor, decompresses it and
 /// sends the uncompressed stream on; returns its digest and length.
 fn decode_layer<R: Read>(
+    blob: BlobReader<R>,
+    head: &[u8],
+    layer: &Layer,
+    limit: u64,
+    tx: crossbeam_channel::Sender<io::Result<Arc<Vec<u8>>>>,
+) -> Result<(Digest, u64), Decode> {
+    // The diff_id of a compressed layer is hashed by a thread of its own:
+    // decompressing, hashing the uncompressed stream and hashing each file
+    // (the parser's work) are then spread over the cores, not two of them
+    // on one thread.
+    let hashed = layer.compression != Compression::None;
+    let (htx, hrx) = crossbeam_channel::bounded::<Arc<Vec<u8>>>(CHANNEL);
+    std::thread::scope(|s| {
+        let hasher = hashed.then(|| {
+            s.spawn(move || {
+                let mut h = Sha256::new();
+                for chunk in hrx {
+                    h.update(&chunk[..]);
+                }
+                Digest(h.finalize().into())
+            })
+        });
+        let r = decode_stream(blob, head, layer, limit, tx, hashed.then_some(&htx));
+        drop(htx);
+        let diff_id = match hasher.map(|h| h.join()) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(_)) => return Err(Decode::Failed(LayerError::Panicked)),
+        };
+        let (blob_digest, len) = r?;
+        Ok((diff_id.unwrap_or(blob_digest), len))
+    })
+}
+
+/// [`decode_layer`]'s stream: sends the uncompressed chunks to the parser
+/// (and to `hash`, the diff_id's thread), then checks the blob; returns the
+/// blob's digest and the uncompressed length.
+fn decode_stream<R: Read>(
     mut blob: BlobReader<R>,
     head: &[u8],
     layer: &Layer,
     limit: u64,
-    tx: crossbeam_channel::Sender<io::Result<Vec<u8>>>,
+    tx: crossbeam_channel::Sender<io::Result<Arc<Vec<u8>>>>,
+    hash: Option<&crossbeam_channel::Sender<Arc<Vec<u8>>>>,
 ) -> Result<(Digest, u64), Decode> {
     let d = &layer.desc;
     // the start of the zstd stream, to say what window its frame asks for
     let first = std::cell::RefCell::new(Vec::new());
-    let streamed = (|| -> io::Result<Result<(Option<Digest>, u64), Decode>> {
+    let streamed = (|| -> io::Result<Result<u64, Decode>> {
         let buffered = io::BufReader::with_capacity(
             64 << 10,
             Prefix { r: head.chain(&mut blob), keep: ZSTD_HEADER_MAX, first: &first },
@@ -614,8 +650,7 @@ fn decode_layer<R: Read>(
         };
         // an uncompressed layer is its own diff: its digest is the blob's,
         // which the blob reader computes
-        let hasher = (layer.compression != Compression::None).then(Sha256::new);
-        let mut diff = DiffReader { r: decoder, hasher, len: 0, limit };
+        let mut diff = DiffReader { r: decoder, len: 0, limit };
         loop {
             let mut chunk = vec![0u8; CHUNK];
             let mut n = 0;
@@ -628,9 +663,15 @@ fn decode_layer<R: Read>(
                 }
             }
             if n == 0 {
-                return Ok(Ok((diff.hasher.take().map(|h| Digest(h.finalize().into())), diff.len)));
+                return Ok(Ok(diff.len));
             }
             chunk.truncate(n);
+            let chunk = Arc::new(chunk);
+            if let Some(h) = hash
+                && h.send(Arc::clone(&chunk)).is_err()
+            {
+                return Ok(Err(Decode::Failed(LayerError::Panicked)));
+            }
             if tx.send(Ok(chunk)).is_err() {
                 return Ok(Err(Decode::Cancelled));
             }
@@ -669,8 +710,7 @@ fn decode_layer<R: Read>(
     if actual != d.digest {
         return Err(Decode::Failed(LayerError::BlobDigest(actual)));
     }
-    let (diff_id, len) = decoded;
-    Ok((diff_id.unwrap_or(actual), len))
+    Ok((actual, decoded))
 }
 
 /// Longest zstd frame header: magic, descriptor, window byte, dictionary
@@ -737,8 +777,8 @@ pub fn zstd_window_note(e: &dyn std::fmt::Display, first: &[u8], limit_log: u32)
 
 /// The receiving end of the uncompressed stream.
 struct ChanReader {
-    rx: crossbeam_channel::Receiver<io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
+    rx: crossbeam_channel::Receiver<io::Result<Arc<Vec<u8>>>>,
+    cur: Arc<Vec<u8>>,
     pos: usize,
 }
 
