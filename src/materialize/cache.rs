@@ -8,7 +8,27 @@
 
 use crate::manifest::Digest;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
+
+/// Hashes a digest by its first 8 bytes: they are already uniform, and only
+/// digests of content verified here are kept, which nobody can choose to
+/// share a prefix. SipHash over all 32 bytes cost as much as the rest of
+/// the lookup.
+#[derive(Default)]
+struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(b) = bytes.first_chunk::<8>() {
+            self.0 ^= u64::from_le_bytes(*b);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Largest blob kept, and the most bytes kept at once (in all shards).
 const MAX_BLOB: usize = 16 << 10;
@@ -17,7 +37,7 @@ const SHARDS: usize = 16;
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<Digest, Arc<[u8]>>,
+    map: HashMap<Digest, Arc<[u8]>, BuildHasherDefault<PrefixHasher>>,
     order: VecDeque<Digest>,
     bytes: usize,
 }
@@ -53,5 +73,36 @@ impl BlobCache {
                 g.bytes -= v.len();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(i: u32, len: usize) -> (Digest, Vec<u8>) {
+        let data: Vec<u8> = i.to_le_bytes().iter().copied().cycle().take(len).collect();
+        (Digest::of(&data), data)
+    }
+
+    #[test]
+    fn keeps_small_blobs_and_drops_the_oldest_past_its_bound() {
+        let c = BlobCache::default();
+        let (d, data) = blob(1, 100);
+        c.put(d, &data);
+        assert_eq!(c.get(&d).as_deref(), Some(&data[..]));
+        let (big, bdata) = blob(2, MAX_BLOB + 1);
+        c.put(big, &bdata);
+        assert!(c.get(&big).is_none(), "a blob above MAX_BLOB is not kept");
+        // far more than MAX_BYTES: the first ones go, the bytes stay bounded
+        let all: Vec<_> = (10..10 + 4 * (MAX_BYTES / MAX_BLOB) as u32).map(|i| blob(i, MAX_BLOB)).collect();
+        for (d, data) in &all {
+            c.put(*d, data);
+        }
+        let kept: usize = c.0.iter().map(|s| s.lock().unwrap().bytes).sum();
+        assert!(kept <= MAX_BYTES, "{kept} bytes kept");
+        assert!(c.get(&all[0].0).is_none(), "the oldest was dropped");
+        let (last, ldata) = all.last().unwrap();
+        assert_eq!(c.get(last).as_deref(), Some(&ldata[..]));
     }
 }
