@@ -664,3 +664,69 @@ fn a_corrupt_or_truncated_lazy_index_fails_the_mount_naming_the_layer() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// An artifact whose lazy index rebuilds another manifest than the one it
+/// names (here: the index of the same files with one mode changed): the
+/// background prefetch stops with an error naming both digests, before
+/// any file blob is fetched, and keeps no manifest; reads still serve
+/// verified blobs.
+#[test]
+fn a_lazy_index_that_rebuilds_another_manifest_stops_the_background_with_an_error() {
+    if !can_run() {
+        return;
+    }
+    let (t, reg, files) = index_fixture();
+    let tree = t.path().join("tree");
+    let f0 = tree.join(&files[0].0);
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&f0, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (store, m2) = (t.path().join("store"), t.path().join("m2.ocix"));
+    let scan = ["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m2.to_str().unwrap()];
+    let (rc, err) = ocix(t.path(), &scan, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let other = format!("docker://127.0.0.1:{}/ocix/idx:other", reg.server.port);
+    let (rc, err) = ocix(t.path(), &["push", m2.to_str().unwrap(), "--store", store.to_str().unwrap(), &other], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let lazy_mt = "application/vnd.ocix.lazy.v1+zstd";
+    let (index, art) = layer(&reg, "v1", lazy_mt);
+    let (other_index, other_art) = layer(&reg, "other", lazy_mt);
+    assert_ne!(index, other_index);
+    // v1's artifact with the other index, annotated as v1's
+    let mut mixed = art.clone();
+    let theirs = other_art["layers"].as_array().unwrap().iter().find(|l| l["mediaType"] == lazy_mt).unwrap().clone();
+    for l in mixed["layers"].as_array_mut().unwrap() {
+        if l["mediaType"] == lazy_mt {
+            l["digest"] = theirs["digest"].clone();
+            l["size"] = theirs["size"].clone();
+        }
+    }
+    reg.state.lock().unwrap().add_manifest(
+        "application/vnd.oci.image.manifest.v1+json",
+        serde_json::to_vec(&mixed).unwrap(),
+        Some("mixed"),
+    );
+    let manifest = std::fs::read(t.path().join("m.ocix")).unwrap();
+    let rebuilt = std::fs::read(&m2).unwrap();
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:mixed", reg.server.port);
+    let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let start = Instant::now();
+    while !last_log(&s).contains("background prefetch stopped") {
+        assert!(start.elapsed() < Duration::from_secs(60), "the background did not stop: {}", last_log(&s));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = last_log(&s);
+    let named = |bytes: &[u8]| format!("sha256:{}", hex_of(bytes));
+    assert!(log.contains(&named(&manifest)) && log.contains(&named(&rebuilt)), "{log}");
+    assert!(log.contains(&other_index), "{log}");
+    assert!(!log.contains("background prefetch done"), "{log}");
+    assert!(file_blobs(&s, "").is_empty(), "the background fetched file blobs");
+    assert!(!s.join("blobs/sha256").join(hex_of(&manifest)).exists(), "a manifest was kept");
+    // a read is still served, verified
+    assert_eq!(std::fs::read(mnt.join(&files[5].0)).unwrap(), files[5].1);
+    all_verified(&s);
+}
