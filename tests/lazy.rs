@@ -488,6 +488,14 @@ fn a_slow_blob_holds_up_only_its_own_reader() {
 /// registry of tests/common/registry.rs as `ocix/idx:v1` (with a lazy
 /// index, the default): (dir, registry, contents by path, URL of a tag).
 fn index_fixture() -> (tempfile::TempDir, common::registry::Registry, Vec<(String, Vec<u8>)>) {
+    index_fixture_with(|_| None)
+}
+
+/// [`index_fixture`] on a registry that answers a request with `fault`'s
+/// reply when it gives one.
+fn index_fixture_with(
+    fault: impl Fn(&common::net::Req) -> Option<common::net::Reply> + Send + Sync + 'static,
+) -> (tempfile::TempDir, common::registry::Registry, Vec<(String, Vec<u8>)>) {
     let t = tempfile::tempdir().unwrap();
     let tree = t.path().join("tree");
     std::fs::create_dir_all(tree.join("small")).unwrap();
@@ -498,7 +506,7 @@ fn index_fixture() -> (tempfile::TempDir, common::registry::Registry, Vec<(Strin
         std::fs::write(tree.join(p), c).unwrap();
     }
     let (store, m) = common::net::scan_tree(t.path());
-    let reg = common::registry::registry(|_| None);
+    let reg = common::registry::registry(fault);
     let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
     let (rc, err) = ocix(t.path(), &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &url], &[]);
     assert_eq!(rc, 0, "{err}");
@@ -728,5 +736,98 @@ fn a_lazy_index_that_rebuilds_another_manifest_stops_the_background_with_an_erro
     assert!(!s.join("blobs/sha256").join(hex_of(&manifest)).exists(), "a manifest was kept");
     // a read is still served, verified
     assert_eq!(std::fs::read(mnt.join(&files[5].0)).unwrap(), files[5].1);
+    all_verified(&s);
+}
+
+/// The packs of the artifact tagged `tag`, by digest.
+fn packs(reg: &common::registry::Registry, tag: &str) -> Vec<String> {
+    let st = reg.state.lock().unwrap();
+    let art: serde_json::Value = serde_json::from_slice(&st.manifests[tag].1).unwrap();
+    let layers = art["layers"].as_array().unwrap();
+    let packs = layers.iter().filter(|l| l["mediaType"].as_str().unwrap().starts_with("application/vnd.ocix.pack."));
+    packs.map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+}
+
+/// A pack with a wrong byte: reading the files of its members (a run a
+/// request, with their digest chunks), only the member holding the byte
+/// is EIO, the log names it and the pack's URL, and its neighbours in the
+/// same run are served; a later read of it retries and, the pack right
+/// again, succeeds.
+#[test]
+fn a_pack_member_with_wrong_bytes_is_eio_alone_and_a_later_read_retries() {
+    if !can_run() {
+        return;
+    }
+    let (t, reg, files) = index_fixture();
+    let pack = packs(&reg, "v1")[0].clone();
+    let good = reg.state.lock().unwrap().blobs[&pack].clone();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 1;
+    reg.state.lock().unwrap().blobs.insert(pack.clone(), bad);
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args =
+        ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--no-background", "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let mut failed = Vec::new();
+    for (p, c) in &files[..300] {
+        match std::fs::read(mnt.join(p)) {
+            Ok(got) => assert!(&got == c, "{p}: wrong content served"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(5), "{p}: {e}");
+                failed.push(p.clone());
+            }
+        }
+    }
+    assert_eq!(failed.len(), 1, "one member holds the wrong byte, these failed: {failed:?}");
+    let log = last_log(&s);
+    assert!(log.contains(&format!("/blobs/{pack}")) && log.contains(&failed[0]), "{log}");
+    all_verified(&s);
+    // read again: fetched again, still wrong
+    let before = reg.count("GET", &pack);
+    assert_eq!(read_err(&mnt.join(&failed[0])), Some(5));
+    assert!(reg.count("GET", &pack) > before, "a later read did not fetch again");
+    reg.state.lock().unwrap().blobs.insert(pack, good);
+    let want = &files.iter().find(|(p, _)| *p == failed[0]).unwrap().1;
+    assert_eq!(&std::fs::read(mnt.join(&failed[0])).unwrap(), want);
+    all_verified(&s);
+}
+
+/// A registry that stops in the middle of a pack run: the read is EIO and
+/// nothing of the run is stored; once the registry serves again, the same
+/// read succeeds.
+#[test]
+fn a_registry_that_stops_inside_a_pack_run_gives_eio_then_the_read_succeeds() {
+    if !can_run() {
+        return;
+    }
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = cut.clone();
+    let (t, reg, files) = index_fixture_with(move |req| {
+        let on = c.load(std::sync::atomic::Ordering::SeqCst);
+        // a body that ends after 100 of the bytes it announced
+        (on && req.method == "GET" && req.path.contains("/blobs/"))
+            .then(|| common::net::Reply::Cut(200, vec![], vec![7; 200_000], 100))
+    });
+    let pack = packs(&reg, "v1")[0].clone();
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args =
+        ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--no-background", "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(read_err(&mnt.join(&files[10].0)), Some(5), "a read from a registry that stops must be EIO");
+    assert!(reg.count("GET", &pack) > 0, "the pack was not asked for");
+    assert!(file_blobs(&s, "").is_empty(), "a cut run stored blobs");
+    assert!(last_log(&s).contains(&files[10].0), "{}", last_log(&s));
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(std::fs::read(mnt.join(&files[10].0)).unwrap(), files[10].1);
+    assert_eq!(std::fs::read(mnt.join(&files[11].0)).unwrap(), files[11].1);
     all_verified(&s);
 }

@@ -444,14 +444,26 @@ impl Lazy {
             st.inflight.extend(run.iter().copied());
             drop(st);
             let before = self.bytes.load(Ordering::Relaxed);
-            let r = self.fetch(i, plan);
+            let mut r = self.fetch(i, plan);
+            // what a failed run stored is verified: a reader of a member
+            // that arrived is served, whatever became of its neighbours
+            let stored: Vec<usize> = match &r {
+                Ok(()) => run.clone(),
+                Err(_) => run.iter().copied().filter(|&j| self.known(j).is_some_and(|d| self.store.has(&d))).collect(),
+            };
+            if let Err(e) = &r
+                && stored.contains(&i)
+            {
+                (self.log)(&format!("error: a neighbour of {} on first read: {e}", self.shown(i)));
+                r = Ok(());
+            }
             if r.is_ok() {
                 let b = &self.blobs[i];
                 (self.log)(&format!(
                     "fetched {} ({}) on first read, with {} neighbour(s), {} bytes",
                     self.shown(i),
                     crate::manifest::path_display(&b.path),
-                    run.len() - 1,
+                    stored.len() - 1,
                     self.bytes.load(Ordering::Relaxed).saturating_sub(before)
                 ));
             }
@@ -459,9 +471,7 @@ impl Lazy {
             for j in &run {
                 st.inflight.remove(j);
             }
-            if r.is_ok() {
-                st.verified.extend(run.iter().copied());
-            }
+            st.verified.extend(stored);
             self.cond.notify_all();
             return r;
         }
