@@ -4,7 +4,8 @@
 //! and a later read retries; a registry that stops gives EIO, then reads
 //! succeed once it is back; a killed daemon leaves only verified blobs and
 //! a new mount reuses them; the access record lists the files read and,
-//! pushed with `--prefetch`, keeps a demand fetch to the blobs it names;
+//! pushed with `--prefetch`, has its blobs fetched at once after mounting
+//! and keeps a demand fetch to the blobs it names;
 //! background prefetch completes the store; the manifest travels as its
 //! zstd layer; `ocix umount` ends the daemon;
 //! `unpack --image docker://... --mount --lazy` makes a bundle.
@@ -370,11 +371,19 @@ fn the_access_record_pushed_with_prefetch_keeps_demand_fetches_to_what_it_names(
     spoiled[0] ^= 1;
     std::fs::write(&plain, spoiled).unwrap();
     let mnt = f.mount("v2", "mnt2", "s3", &["--no-background"]);
+    let mut want: Vec<String> = vec![hex_of(&f.small[7].1), hex_of(&f.big[1].1), hex_of(&f.small[20].1)];
+    want.sort();
+    // the blobs the list names come at once, before any read
+    let start = Instant::now();
+    while file_blobs(&f.path("s3"), &manifest_hex(&f)) != want {
+        let got = file_blobs(&f.path("s3"), &manifest_hex(&f));
+        assert!(got.iter().all(|b| want.contains(b)), "fetched a blob the list does not name: {got:?}");
+        assert!(start.elapsed() < Duration::from_secs(30), "the listed blobs were not fetched: {got:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for p in read {
         std::fs::read(mnt.0.join(p)).unwrap();
     }
-    let mut want: Vec<String> = vec![hex_of(&f.small[7].1), hex_of(&f.big[1].1), hex_of(&f.small[20].1)];
-    want.sort();
     assert_eq!(
         file_blobs(&f.path("s3"), &manifest_hex(&f)),
         want,

@@ -413,6 +413,11 @@ impl Lazy {
     /// neighbours, see [`plan`](Self::plan)) unless it is there or being
     /// fetched by another caller, whose fetch is waited for.
     pub fn ensure(&self, i: usize) -> Result<(), RemoteError> {
+        self.ensure_for(i, "on first read")
+    }
+
+    /// [`ensure`](Self::ensure), saying `why` in the log.
+    fn ensure_for(&self, i: usize, why: &str) -> Result<(), RemoteError> {
         // a blob of its own is fetched by its digest: that needs its chunk
         // of the table first; a pack member's chunk comes with its data
         let d = match self.blobs[i].place {
@@ -454,13 +459,13 @@ impl Lazy {
             if let Err(e) = &r
                 && stored.contains(&i)
             {
-                (self.log)(&format!("error: a neighbour of {} on first read: {e}", self.shown(i)));
+                (self.log)(&format!("error: a neighbour of {} fetched {why}: {e}", self.shown(i)));
                 r = Ok(());
             }
             if r.is_ok() {
                 let b = &self.blobs[i];
                 (self.log)(&format!(
-                    "fetched {} ({}) on first read, with {} neighbour(s), {} bytes",
+                    "fetched {} ({}) {why}, with {} neighbour(s), {} bytes",
                     self.shown(i),
                     crate::manifest::path_display(&b.path),
                     stored.len() - 1,
@@ -622,6 +627,40 @@ impl Lazy {
             if let Err(e) = r.file.write_all(&line) {
                 (self.log)(&format!("error: writing the access record: {e}"));
             }
+        }
+    }
+
+    /// The blobs an access list names (the artifact's, or paths given to
+    /// fetch first), fetched at once as a first read would (each with its
+    /// neighbours the list names, their chunks of the table alongside),
+    /// `threads` fetches at a time, in the list's order, until done or
+    /// `stop` is set: what a first command reads is there before it reads
+    /// it, and nothing else is fetched. Nothing without a list.
+    pub fn fetch_first(&self, threads: usize, stop: &AtomicBool) {
+        let Some(a) = &self.access else { return };
+        let first = &self.order[..a.len().min(self.order.len())];
+        let next = AtomicUsize::new(0);
+        let t0 = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(&i) = first.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        if let Err(e) = self.ensure_for(i, "as the access list names it") {
+                            let b = &self.blobs[i];
+                            let path = crate::manifest::path_display(&b.path);
+                            (self.log)(&format!("error: {} ({path}), named by the access list: {e}", self.shown(i)));
+                        }
+                    }
+                });
+            }
+        });
+        if !stop.load(Ordering::Relaxed) {
+            (self.log)(&format!(
+                "the {} blobs the access list names are in the store ({} ms)",
+                first.len(),
+                t0.elapsed().as_millis()
+            ));
         }
     }
 
