@@ -178,12 +178,14 @@ impl Lazy {
     /// (or [`LazyOptions::full_manifest`]) its ocix manifest (kept in
     /// `store`), and its access list; no file blob yet.
     pub fn open(remote: &Remote, store: Store, opts: LazyOptions) -> Result<Lazy, RemoteError> {
+        let t0 = std::time::Instant::now();
         let rt = runtime()?;
         let mut client = Client::new(remote.clone(), opts.pull.remote.clone(), false)?;
         let mut fetched: Fetched = rt.block_on(async {
             client.resolve_scheme().await;
             fetch_manifest(&client, &store, &opts.pull, !opts.full_manifest).await
         })?;
+        let t_fetched = t0.elapsed();
         let (manifest, table) = match fetched.lazy.take() {
             None => {
                 let m = Manifest::from_bytes(&fetched.bytes)
@@ -204,6 +206,7 @@ impl Lazy {
                 (tree, Some(Table { index, index_digest: l.index, url: client.blob_url(&td), got }))
             }
         };
+        let t_decoded = t0.elapsed();
         let all = file_blobs(&manifest);
         let packs = if fetched.packs.is_empty() {
             Vec::new()
@@ -245,6 +248,16 @@ impl Lazy {
         let access = (!first_paths.is_empty()).then(|| order.iter().copied().collect::<HashSet<usize>>());
         order.extend((0..blobs.len()).filter(|&i| !seen[i]));
         let record = opts.record_access.map(|file| Mutex::new(Recorder { file, seen: HashSet::new() }));
+        (opts.log)(&format!(
+            "{} fetched in {} ms, decoded in {} ms; {} blobs ({} in {} packs) set up in {} ms",
+            if table.is_some() { "artifact and lazy index" } else { "artifact and manifest" },
+            t_fetched.as_millis(),
+            (t_decoded - t_fetched).as_millis(),
+            blobs.len(),
+            packs.iter().map(|p| p.2.len()).sum::<usize>(),
+            packs.len(),
+            (t0.elapsed() - t_decoded).as_millis()
+        ));
         Ok(Lazy {
             rt,
             client,
