@@ -373,10 +373,11 @@ impl Lazy {
         }
         let url = t.url.clone();
         let bytes = super::lazyidx::rebuild(&self.manifest, &all)
-            .map_err(|e| RemoteError::LazyIndex { url: url.clone(), err: IndexError::Rebuild(e) })?;
+            .map_err(|e| RemoteError::LazyIndex { url: url.clone(), err: IndexError::Rebuild(Box::new(e)) })?;
         let actual = Digest::of(&bytes);
         if actual != self.manifest_digest {
-            let err = IndexError::Mismatch { index: t.index_digest, expected: self.manifest_digest, actual };
+            let why = super::lazyidx::Mismatch { index: t.index_digest, expected: self.manifest_digest, actual };
+            let err = IndexError::Mismatch(Box::new(why));
             return Err(RemoteError::LazyIndex { url, err });
         }
         *self.rebuilt.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
