@@ -37,7 +37,7 @@
 
 use super::client::{Client, backoff, range_skip};
 use super::fetch::{fetch_blob, fetch_run, put_run};
-use super::lazyidx::{ChunkMismatch, Index, IndexError};
+use super::lazyidx::{ChunkMismatch, Index, IndexError, placeholder, placeholder_index};
 use super::pack::{self, Member, Members};
 use super::pull::{Fetched, fetch_manifest, prefetch_blobs};
 use super::{PullOptions, Remote, RemoteError, file_blobs, runtime, transport};
@@ -137,6 +137,8 @@ pub struct Lazy {
     manifest_bytes: Vec<u8>,
     manifest_digest: Digest,
     blobs: Vec<Blob>,
+    /// Blob numbers by content digest (empty with a lazy index: see
+    /// [`num`](Self::num)).
     index: HashMap<Digest, usize>,
     packs: Vec<Members>,
     /// Compressed file blobs: content digest -> (registry digest, size).
@@ -207,19 +209,28 @@ impl Lazy {
             }
         };
         let t_decoded = t0.elapsed();
-        let all = file_blobs(&manifest);
+        // with a lazy index, blob `n` is the placeholder `n` (in manifest
+        // order, as packs take them): no walk, no map
+        let all: Vec<(Digest, u64)> = match &table {
+            Some(t) => t.index.sizes.iter().enumerate().map(|(n, &s)| (placeholder(n), s)).collect(),
+            None => file_blobs(&manifest),
+        };
         let packs = if fetched.packs.is_empty() {
             Vec::new()
         } else {
             pack::members(&all, fetched.threshold, &fetched.packs)
                 .map_err(|err| RemoteError::Packs { url: client.remote_name(), err })?
         };
-        let index: HashMap<Digest, usize> = all.iter().enumerate().map(|(i, (d, _))| (*d, i)).collect();
+        let index: HashMap<Digest, usize> = match table {
+            Some(_) => HashMap::new(),
+            None => all.iter().enumerate().map(|(i, (d, _))| (*d, i)).collect(),
+        };
+        let num = |d: &Digest| blob_number(table.is_some(), &index, all.len(), d);
         let mut blobs: Vec<Blob> =
             all.iter().map(|&(d, size)| Blob { digest: d, size, path: Vec::new(), place: Place::Single }).collect();
         for (p, (_, _, members)) in packs.iter().enumerate() {
             for (k, m) in members.iter().enumerate() {
-                if let Some(&i) = index.get(&m.digest) {
+                if let Some(i) = num(&m.digest) {
                     blobs[i].place = Place::Member { pack: p, k };
                 }
             }
@@ -227,7 +238,7 @@ impl Lazy {
         for (path, e) in manifest.walk() {
             if let Kind::File(f) = &e.kind
                 && let Some(d) = f.digest
-                && let Some(&i) = index.get(&d)
+                && let Some(i) = num(&d)
                 && blobs[i].path.is_empty()
             {
                 blobs[i].path = path;
@@ -239,7 +250,7 @@ impl Lazy {
         let mut order = Vec::with_capacity(blobs.len());
         let mut seen = vec![false; blobs.len()];
         for (d, _) in &first {
-            if let Some(&i) = index.get(d)
+            if let Some(i) = num(d)
                 && !std::mem::replace(&mut seen[i], true)
             {
                 order.push(i);
@@ -411,12 +422,18 @@ impl Lazy {
 
     /// The index of blob `d` in [`blobs`](Self::blobs).
     pub fn find(&self, d: &Digest) -> Option<usize> {
-        self.index.get(d).copied()
+        self.num(d)
     }
 
     /// Bytes received for blobs so far, and blobs fetched.
     pub fn fetched(&self) -> (u64, usize) {
         (self.bytes.load(Ordering::Relaxed), self.fetched.load(Ordering::Relaxed))
+    }
+
+    /// The number of the blob `d` names: with a lazy index, a
+    /// placeholder's.
+    fn num(&self, d: &Digest) -> Option<usize> {
+        blob_number(self.table.is_some(), &self.index, self.blobs.len(), d)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -457,7 +474,7 @@ impl Lazy {
                 Plan::Single => vec![i],
                 Plan::Run { pack, lo, hi, span } => {
                     st.ahead = Some((pack, hi, span));
-                    self.packs[pack].2[lo..hi].iter().filter_map(|m| self.index.get(&m.digest).copied()).collect()
+                    self.packs[pack].2[lo..hi].iter().filter_map(|m| self.num(&m.digest)).collect()
                 }
             };
             st.inflight.extend(run.iter().copied());
@@ -512,7 +529,7 @@ impl Lazy {
             _ => DEMAND_SPAN,
         };
         let wanted = |j: usize| -> bool {
-            let Some(&n) = self.index.get(&members[j].digest) else { return false };
+            let Some(n) = self.num(&members[j].digest) else { return false };
             if self.access.as_ref().is_some_and(|a| !a.contains(&n)) {
                 return false;
             }
@@ -554,7 +571,7 @@ impl Lazy {
             Plan::Run { pack, lo, hi, .. } => {
                 let (pd, coding, members) = &self.packs[pack];
                 let members = &members[lo..hi];
-                let nums: Vec<Option<usize>> = members.iter().map(|m| self.index.get(&m.digest).copied()).collect();
+                let nums: Vec<Option<usize>> = members.iter().map(|m| self.num(&m.digest)).collect();
                 let url = self.client.blob_url(pd);
                 let (start, end) = (members[0].off, members[members.len() - 1].off + members[members.len() - 1].len);
                 let chunks = async {
@@ -745,7 +762,7 @@ impl Lazy {
         for (p, (_, _, members)) in self.packs.iter().enumerate() {
             let mut run: Option<(usize, u64, usize)> = None; // (lo, wire bytes, best rank)
             for (k, m) in members.iter().enumerate() {
-                let n = self.index.get(&m.digest).copied();
+                let n = self.num(&m.digest);
                 if n.is_none_or(present) {
                     if let Some((lo, _, r)) = run.take() {
                         jobs.push((r, Job::Run { pack: p, lo, hi: k }));
@@ -782,7 +799,7 @@ impl Lazy {
         };
         let num = |k: usize| match pack {
             None => Some(k),
-            Some(p) => self.index.get(&self.packs[p].2[k].digest).copied(),
+            Some(p) => self.num(&self.packs[p].2[k].digest),
         };
         // claim: adjacent runs of what is not verified nor being fetched
         let mut runs: Vec<(usize, usize)> = Vec::new();
@@ -820,7 +837,7 @@ impl Lazy {
                     let run: Option<Vec<Member>> = members[a..b]
                         .iter()
                         .map(|m| {
-                            let n = self.index.get(&m.digest).copied()?;
+                            let n = self.num(&m.digest)?;
                             Some(Member { digest: self.known(n)?, ..*m })
                         })
                         .collect();
@@ -855,6 +872,12 @@ impl Lazy {
     pub fn complete(&self) -> bool {
         (0..self.blobs.len()).all(|i| self.known(i).is_some_and(|d| self.store.has(&d)))
     }
+}
+
+/// The number of the blob `d` names among `n`: a placeholder's with a lazy
+/// index, else by the map of content digests.
+fn blob_number(from_index: bool, index: &HashMap<Digest, usize>, n: usize, d: &Digest) -> Option<usize> {
+    if from_index { placeholder_index(d).filter(|&i| i < n) } else { index.get(d).copied() }
 }
 
 /// What the background prefetch fetches with one job.
