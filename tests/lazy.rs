@@ -840,3 +840,45 @@ fn a_registry_that_stops_inside_a_pack_run_gives_eio_then_the_read_succeeds() {
     assert_eq!(std::fs::read(mnt.join(&files[11].0)).unwrap(), files[11].1);
     all_verified(&s);
 }
+
+/// A registry that fails while the background prefetch asks for the
+/// digest table: the prefetch logs it and asks again, and once the
+/// registry serves again it brings every blob and keeps the manifest.
+#[test]
+fn the_background_prefetch_waits_out_a_registry_that_fails_and_completes() {
+    if !can_run() {
+        return;
+    }
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let table_path = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (f, p) = (failing.clone(), table_path.clone());
+    let (t, reg, files) = index_fixture_with(move |req| {
+        let path = p.lock().unwrap().clone();
+        let on = f.load(std::sync::atomic::Ordering::SeqCst) && !path.is_empty() && req.path.ends_with(&path);
+        on.then(|| common::net::Reply::Full(503, vec![], b"unavailable".to_vec()))
+    });
+    let (table, _) = layer(&reg, "v1", "application/vnd.ocix.digests.v1");
+    *table_path.lock().unwrap() = table.clone();
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let manifest = std::fs::read(t.path().join("m.ocix")).unwrap();
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let start = Instant::now();
+    while !last_log(&s).contains("fetching the digest table (try 1") {
+        assert!(start.elapsed() < Duration::from_secs(30), "no failed table fetch logged: {}", last_log(&s));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(file_blobs(&s, "").is_empty(), "file blobs fetched without the table");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    while !s.join("blobs/sha256").join(hex_of(&manifest)).exists() {
+        assert!(start.elapsed() < Duration::from_secs(90), "the background did not complete: {}", last_log(&s));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(file_blobs(&s, &hex_of(&manifest)).len(), files.len());
+    all_verified(&s);
+}

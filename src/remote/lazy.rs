@@ -43,7 +43,6 @@ use super::pull::{Fetched, fetch_manifest, prefetch_blobs};
 use super::{PullOptions, Remote, RemoteError, file_blobs, runtime, transport};
 use crate::manifest::{Digest, Kind, Manifest};
 use crate::store::{Store, Verifier};
-use futures_util::StreamExt as _;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -704,33 +703,59 @@ impl Lazy {
     /// a later read. With a lazy index the whole digest table comes first,
     /// and the manifest it rebuilds must be the one the artifact names:
     /// otherwise nothing is fetched and the error is returned (and
-    /// logged). Returns when finished.
+    /// logged); a table that cannot be fetched for a while (a transient
+    /// failure) is asked for again, less and less often, until `stop`.
+    /// Returns when finished.
     pub fn background(&self, jobs: usize, stop: &AtomicBool) -> Result<(), RemoteError> {
-        if let Some(t) = &self.table
-            && let Err(e) = self.whole_table(t)
-        {
-            (self.log)(&format!("error: background prefetch stopped: {e}"));
-            return Err(e);
-        }
-        let failed = AtomicUsize::new(0);
-        let jobs_list = self.background_jobs();
-        self.rt.block_on(futures_util::stream::iter(jobs_list).for_each_concurrent(jobs.max(1), |job| {
-            let failed = &failed;
-            async move {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Err((i, e)) = self.background_job(job).await {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    let b = &self.blobs[i];
-                    (self.log)(&format!(
-                        "error: background fetch of {} ({}): {e}",
-                        self.shown(i),
-                        crate::manifest::path_display(&b.path)
-                    ));
+        if let Some(t) = &self.table {
+            // a registry that fails for a while is waited for (reads go
+            // on meanwhile); an artifact that does not hold together is not
+            let mut attempt = 0u32;
+            loop {
+                match self.whole_table(t) {
+                    Ok(()) => break,
+                    Err(e) if e.transient() && !stop.load(Ordering::Relaxed) => {
+                        attempt += 1;
+                        let wait = backoff(attempt) * 8;
+                        (self.log)(&format!(
+                            "error: background prefetch: fetching the digest table (try {attempt}; again in {} ms): {e}",
+                            wait.as_millis()
+                        ));
+                        let until = std::time::Instant::now() + wait;
+                        while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                    }
+                    Err(e) => {
+                        (self.log)(&format!("error: background prefetch stopped: {e}"));
+                        return Err(e);
+                    }
                 }
             }
-        }));
+        }
+        let failed = AtomicUsize::new(0);
+        let list = self.background_jobs();
+        let next = AtomicUsize::new(0);
+        // a thread a job at a time: decoding, hashing and storing what
+        // arrives spreads over the cores as the requests do
+        std::thread::scope(|s| {
+            for _ in 0..jobs.max(1) {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(&job) = list.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        if let Err((i, e)) = self.rt.handle().block_on(self.background_job(job)) {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            let b = &self.blobs[i];
+                            (self.log)(&format!(
+                                "error: background fetch of {} ({}): {e}",
+                                self.shown(i),
+                                crate::manifest::path_display(&b.path)
+                            ));
+                        }
+                    }
+                });
+            }
+        });
         if !stop.load(Ordering::Relaxed) {
             let (bytes, n) = self.fetched();
             let failed = failed.load(Ordering::Relaxed);
