@@ -197,6 +197,14 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet; the request log is in STATE
         pass
 
+    def setup(self):
+        super().setup()
+        # headers and body go out as separate writes: without this, Nagle's
+        # algorithm holds the body until the client's delayed ACK of the
+        # headers (40 ms on Linux), a delay no registry adds (Go's sockets
+        # are TCP_NODELAY); the only latency is the one --latency sets
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self):
         self.handle_any()
 

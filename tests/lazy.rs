@@ -4,7 +4,8 @@
 //! and a later read retries; a registry that stops gives EIO, then reads
 //! succeed once it is back; a killed daemon leaves only verified blobs and
 //! a new mount reuses them; the access record lists the files read and,
-//! pushed with `--prefetch`, keeps a demand fetch to the blobs it names;
+//! pushed with `--prefetch`, has its blobs fetched at once after mounting
+//! and keeps a demand fetch to the blobs it names;
 //! background prefetch completes the store; the manifest travels as its
 //! zstd layer; `ocix umount` ends the daemon;
 //! `unpack --image docker://... --mount --lazy` makes a bundle.
@@ -370,11 +371,19 @@ fn the_access_record_pushed_with_prefetch_keeps_demand_fetches_to_what_it_names(
     spoiled[0] ^= 1;
     std::fs::write(&plain, spoiled).unwrap();
     let mnt = f.mount("v2", "mnt2", "s3", &["--no-background"]);
+    let mut want: Vec<String> = vec![hex_of(&f.small[7].1), hex_of(&f.big[1].1), hex_of(&f.small[20].1)];
+    want.sort();
+    // the blobs the list names come at once, before any read
+    let start = Instant::now();
+    while file_blobs(&f.path("s3"), &manifest_hex(&f)) != want {
+        let got = file_blobs(&f.path("s3"), &manifest_hex(&f));
+        assert!(got.iter().all(|b| want.contains(b)), "fetched a blob the list does not name: {got:?}");
+        assert!(start.elapsed() < Duration::from_secs(30), "the listed blobs were not fetched: {got:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for p in read {
         std::fs::read(mnt.0.join(p)).unwrap();
     }
-    let mut want: Vec<String> = vec![hex_of(&f.small[7].1), hex_of(&f.big[1].1), hex_of(&f.small[20].1)];
-    want.sort();
     assert_eq!(
         file_blobs(&f.path("s3"), &manifest_hex(&f)),
         want,
@@ -488,6 +497,14 @@ fn a_slow_blob_holds_up_only_its_own_reader() {
 /// registry of tests/common/registry.rs as `ocix/idx:v1` (with a lazy
 /// index, the default): (dir, registry, contents by path, URL of a tag).
 fn index_fixture() -> (tempfile::TempDir, common::registry::Registry, Vec<(String, Vec<u8>)>) {
+    index_fixture_with(|_| None)
+}
+
+/// [`index_fixture`] on a registry that answers a request with `fault`'s
+/// reply when it gives one.
+fn index_fixture_with(
+    fault: impl Fn(&common::net::Req) -> Option<common::net::Reply> + Send + Sync + 'static,
+) -> (tempfile::TempDir, common::registry::Registry, Vec<(String, Vec<u8>)>) {
     let t = tempfile::tempdir().unwrap();
     let tree = t.path().join("tree");
     std::fs::create_dir_all(tree.join("small")).unwrap();
@@ -498,7 +515,7 @@ fn index_fixture() -> (tempfile::TempDir, common::registry::Registry, Vec<(Strin
         std::fs::write(tree.join(p), c).unwrap();
     }
     let (store, m) = common::net::scan_tree(t.path());
-    let reg = common::registry::registry(|_| None);
+    let reg = common::registry::registry(fault);
     let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
     let (rc, err) = ocix(t.path(), &["push", m.to_str().unwrap(), "--store", store.to_str().unwrap(), &url], &[]);
     assert_eq!(rc, 0, "{err}");
@@ -663,4 +680,205 @@ fn a_corrupt_or_truncated_lazy_index_fails_the_mount_naming_the_layer() {
         assert!(!mounted(&mnt), "{tag}: something is mounted");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// An artifact whose lazy index rebuilds another manifest than the one it
+/// names (here: the index of the same files with one mode changed): the
+/// background prefetch stops with an error naming both digests, before
+/// any file blob is fetched, and keeps no manifest; reads still serve
+/// verified blobs.
+#[test]
+fn a_lazy_index_that_rebuilds_another_manifest_stops_the_background_with_an_error() {
+    if !can_run() {
+        return;
+    }
+    let (t, reg, files) = index_fixture();
+    let tree = t.path().join("tree");
+    let f0 = tree.join(&files[0].0);
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&f0, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (store, m2) = (t.path().join("store"), t.path().join("m2.ocix"));
+    let scan = ["scan", tree.to_str().unwrap(), "--store", store.to_str().unwrap(), "-o", m2.to_str().unwrap()];
+    let (rc, err) = ocix(t.path(), &scan, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let other = format!("docker://127.0.0.1:{}/ocix/idx:other", reg.server.port);
+    let (rc, err) = ocix(t.path(), &["push", m2.to_str().unwrap(), "--store", store.to_str().unwrap(), &other], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let lazy_mt = "application/vnd.ocix.lazy.v1+zstd";
+    let (index, art) = layer(&reg, "v1", lazy_mt);
+    let (other_index, other_art) = layer(&reg, "other", lazy_mt);
+    assert_ne!(index, other_index);
+    // v1's artifact with the other index, annotated as v1's
+    let mut mixed = art.clone();
+    let theirs = other_art["layers"].as_array().unwrap().iter().find(|l| l["mediaType"] == lazy_mt).unwrap().clone();
+    for l in mixed["layers"].as_array_mut().unwrap() {
+        if l["mediaType"] == lazy_mt {
+            l["digest"] = theirs["digest"].clone();
+            l["size"] = theirs["size"].clone();
+        }
+    }
+    reg.state.lock().unwrap().add_manifest(
+        "application/vnd.oci.image.manifest.v1+json",
+        serde_json::to_vec(&mixed).unwrap(),
+        Some("mixed"),
+    );
+    let manifest = std::fs::read(t.path().join("m.ocix")).unwrap();
+    let rebuilt = std::fs::read(&m2).unwrap();
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:mixed", reg.server.port);
+    let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let start = Instant::now();
+    while !last_log(&s).contains("background prefetch stopped") {
+        assert!(start.elapsed() < Duration::from_secs(60), "the background did not stop: {}", last_log(&s));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = last_log(&s);
+    let named = |bytes: &[u8]| format!("sha256:{}", hex_of(bytes));
+    assert!(log.contains(&named(&manifest)) && log.contains(&named(&rebuilt)), "{log}");
+    assert!(log.contains(&other_index), "{log}");
+    assert!(!log.contains("background prefetch done"), "{log}");
+    assert!(file_blobs(&s, "").is_empty(), "the background fetched file blobs");
+    assert!(!s.join("blobs/sha256").join(hex_of(&manifest)).exists(), "a manifest was kept");
+    // a read is still served, verified
+    assert_eq!(std::fs::read(mnt.join(&files[5].0)).unwrap(), files[5].1);
+    all_verified(&s);
+}
+
+/// The packs of the artifact tagged `tag`, by digest.
+fn packs(reg: &common::registry::Registry, tag: &str) -> Vec<String> {
+    let st = reg.state.lock().unwrap();
+    let art: serde_json::Value = serde_json::from_slice(&st.manifests[tag].1).unwrap();
+    let layers = art["layers"].as_array().unwrap();
+    let packs = layers.iter().filter(|l| l["mediaType"].as_str().unwrap().starts_with("application/vnd.ocix.pack."));
+    packs.map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+}
+
+/// A pack with a wrong byte: reading the files of its members (a run a
+/// request, with their digest chunks), only the member holding the byte
+/// is EIO, the log names it and the pack's URL, and its neighbours in the
+/// same run are served; a later read of it retries and, the pack right
+/// again, succeeds.
+#[test]
+fn a_pack_member_with_wrong_bytes_is_eio_alone_and_a_later_read_retries() {
+    if !can_run() {
+        return;
+    }
+    let (t, reg, files) = index_fixture();
+    let pack = packs(&reg, "v1")[0].clone();
+    let good = reg.state.lock().unwrap().blobs[&pack].clone();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 1;
+    reg.state.lock().unwrap().blobs.insert(pack.clone(), bad);
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args =
+        ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--no-background", "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let mut failed = Vec::new();
+    for (p, c) in &files[..300] {
+        match std::fs::read(mnt.join(p)) {
+            Ok(got) => assert!(&got == c, "{p}: wrong content served"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(5), "{p}: {e}");
+                failed.push(p.clone());
+            }
+        }
+    }
+    assert_eq!(failed.len(), 1, "one member holds the wrong byte, these failed: {failed:?}");
+    let log = last_log(&s);
+    assert!(log.contains(&format!("/blobs/{pack}")) && log.contains(&failed[0]), "{log}");
+    all_verified(&s);
+    // read again: fetched again, still wrong
+    let before = reg.count("GET", &pack);
+    assert_eq!(read_err(&mnt.join(&failed[0])), Some(5));
+    assert!(reg.count("GET", &pack) > before, "a later read did not fetch again");
+    reg.state.lock().unwrap().blobs.insert(pack, good);
+    let want = &files.iter().find(|(p, _)| *p == failed[0]).unwrap().1;
+    assert_eq!(&std::fs::read(mnt.join(&failed[0])).unwrap(), want);
+    all_verified(&s);
+}
+
+/// A registry that stops in the middle of a pack run: the read is EIO and
+/// nothing of the run is stored; once the registry serves again, the same
+/// read succeeds.
+#[test]
+fn a_registry_that_stops_inside_a_pack_run_gives_eio_then_the_read_succeeds() {
+    if !can_run() {
+        return;
+    }
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = cut.clone();
+    let (t, reg, files) = index_fixture_with(move |req| {
+        let on = c.load(std::sync::atomic::Ordering::SeqCst);
+        // a body that ends after 100 of the bytes it announced
+        (on && req.method == "GET" && req.path.contains("/blobs/"))
+            .then(|| common::net::Reply::Cut(200, vec![], vec![7; 200_000], 100))
+    });
+    let pack = packs(&reg, "v1")[0].clone();
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args =
+        ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--no-background", "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(read_err(&mnt.join(&files[10].0)), Some(5), "a read from a registry that stops must be EIO");
+    assert!(reg.count("GET", &pack) > 0, "the pack was not asked for");
+    assert!(file_blobs(&s, "").is_empty(), "a cut run stored blobs");
+    assert!(last_log(&s).contains(&files[10].0), "{}", last_log(&s));
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(std::fs::read(mnt.join(&files[10].0)).unwrap(), files[10].1);
+    assert_eq!(std::fs::read(mnt.join(&files[11].0)).unwrap(), files[11].1);
+    all_verified(&s);
+}
+
+/// A registry that fails while the background prefetch asks for the
+/// digest table: the prefetch logs it and asks again, and once the
+/// registry serves again it brings every blob and keeps the manifest.
+#[test]
+fn the_background_prefetch_waits_out_a_registry_that_fails_and_completes() {
+    if !can_run() {
+        return;
+    }
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let table_path = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (f, p) = (failing.clone(), table_path.clone());
+    let (t, reg, files) = index_fixture_with(move |req| {
+        let path = p.lock().unwrap().clone();
+        let on = f.load(std::sync::atomic::Ordering::SeqCst) && !path.is_empty() && req.path.ends_with(&path);
+        on.then(|| common::net::Reply::Full(503, vec![], b"unavailable".to_vec()))
+    });
+    let (table, _) = layer(&reg, "v1", "application/vnd.ocix.digests.v1");
+    *table_path.lock().unwrap() = table.clone();
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let manifest = std::fs::read(t.path().join("m.ocix")).unwrap();
+    let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
+    let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
+    std::fs::create_dir(&mnt).unwrap();
+    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--retries", "0"];
+    let (rc, err) = ocix(t.path(), &args, &[]);
+    assert_eq!(rc, 0, "{err}");
+    let _m = Mounted(mnt.clone());
+    let start = Instant::now();
+    while !last_log(&s).contains("fetching the digest table (try 1") {
+        assert!(start.elapsed() < Duration::from_secs(30), "no failed table fetch logged: {}", last_log(&s));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(file_blobs(&s, "").is_empty(), "file blobs fetched without the table");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    while !s.join("blobs/sha256").join(hex_of(&manifest)).exists() {
+        assert!(start.elapsed() < Duration::from_secs(90), "the background did not complete: {}", last_log(&s));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(file_blobs(&s, &hex_of(&manifest)).len(), files.len());
+    all_verified(&s);
 }

@@ -25,12 +25,14 @@ use std::time::{Duration, Instant};
 /// `ocix unpack` writes the tree out instead.
 ///
 /// MANIFEST may be docker://HOST/REPO:TAG, an artifact `ocix push` made:
-/// a lazy mount. Only the manifest is fetched before mounting; each file's
-/// blob is fetched into --store when the file is first opened (with at
-/// most 16 KiB of missing pack neighbours; only those the artifact's
-/// access list names, if it has one), verified before a byte is served.
-/// A fetch that fails is EIO to the reader and a line in the log; the next
-/// read retries. A daemon serves the mount (log in
+/// a lazy mount. Only the manifest (or the artifact's lazy index) is
+/// fetched before mounting; each file's blob is fetched into --store when
+/// the file is first opened (with missing pack neighbours: 16 KiB of them,
+/// twice as many each time reads go on in pack order, up to 256 KiB; only
+/// those the artifact's access list names, if it has one), verified before
+/// a byte is served. The blobs an access list names are fetched at once
+/// after mounting, even with --no-background. A fetch that fails is EIO to
+/// the reader and a line in the log; the next read retries. A daemon serves the mount (log in
 /// STORE/.ocix-mount/lazy/) until `ocix umount MNT`, fetching the rest
 /// meanwhile unless --no-background; --foreground serves from this process.
 #[derive(clap::Args, Debug)]

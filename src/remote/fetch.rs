@@ -184,6 +184,39 @@ async fn run_once(
     Ok(())
 }
 
+/// Stores a run of adjacent pack members from `data`, the run's bytes as
+/// fetched from `url` (from the first member's offset to the last one's
+/// end): each member decoded into its own store temporary file and named
+/// only once its size and sha256 match (a caller that fetched the run and
+/// the members' digests at once checks both here, before any is named).
+/// A member that fails does not keep the others from being stored: the
+/// first failure is returned once every member has been tried.
+pub fn put_run(url: &str, coding: Coding, members: &[Member], data: &[u8], store: &Store) -> Result<(), RemoteError> {
+    let Some(first) = members.first() else { return Ok(()) };
+    let mut first_err = None;
+    for m in members {
+        let shown = || format!("{url} (bytes {}..{})", m.off, m.off + m.len);
+        let put = || -> Result<(), RemoteError> {
+            let piece = usize::try_from(m.off - first.off)
+                .ok()
+                .and_then(|a| Some(a..a.checked_add(usize::try_from(m.len).ok()?)?))
+                .and_then(|r| data.get(r))
+                .ok_or_else(|| RemoteError::WrongSize {
+                    url: shown(),
+                    expected: m.off + m.len - first.off,
+                    got: data.len() as u64,
+                })?;
+            let mut sink = Sink::new(store, coding, m.size).map_err(|e| sink_err(&shown(), &m.digest, e))?;
+            sink.write(piece).map_err(|e| sink_err(&shown(), &m.digest, e))?;
+            sink.finish(&m.digest).map_err(|e| sink_err(&shown(), &m.digest, e))
+        };
+        if let Err(e) = put() {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// What a [`Sink`] refused, as the error of fetching `d` from `url`.
 fn sink_err(url: &str, d: &Digest, e: SinkError) -> RemoteError {
     match e {

@@ -6,30 +6,38 @@
 //! pull fetches first) and its access list, if it has one. Then
 //! [`Lazy::ensure`] brings one blob: on its own, or with the neighbouring
 //! members of its pack that the store lacks, in one `Range` request
-//! bounded by [`DEMAND_SPAN`] wire bytes (when the artifact carries an
-//! access list, only neighbours the list names: a run that follows the
-//! list fetches nothing it does not read). Every blob is verified against
-//! its sha256 by the store's writer before it is named, so a store holds
-//! only verified blobs whatever happens to the process; a blob that was
-//! already in the store is hashed once before its first byte is served.
-//! Two readers of one blob wait for one fetch; a failed fetch is reported
-//! to the reader (and the log), and the next read tries again.
-//! [`Lazy::background`] fills the rest with bounded concurrency, access
+//! bounded by [`DEMAND_SPAN`] wire bytes, doubled (up to [`DEMAND_MAX`])
+//! for each fetch that goes on where the one before it ended, as a reader
+//! going through a directory does (when the artifact carries an access
+//! list, only neighbours the list names: a run that follows the list
+//! fetches nothing it does not read). Every blob is verified against its
+//! sha256 by the store's writer before it is named, so a store holds only
+//! verified blobs whatever happens to the process; a blob that was already
+//! in the store is hashed once before its first byte is served. Two
+//! readers of one blob wait for one fetch; a failed fetch is reported to
+//! the reader (and the log), and the next read tries again.
+//! [`Lazy::background`] fills the rest as a pull does (runs of a pack's
+//! missing members, one request each), a few requests at a time, access
 //! list first, then manifest order.
 //!
 //! When the artifact carries a lazy index (see [`lazyidx`](super::lazyidx)),
 //! [`Lazy::open`] fetches it instead of the manifest: the tree without its
 //! file digests. Blob `n` is then known by a placeholder until its chunk
-//! of the digest table is fetched (on its first open, checked against the
-//! index before use, and kept); a demand fetch takes only neighbours whose
-//! digests that chunk holds. The background prefetch fetches the whole
-//! table first, and once every blob is in, rebuilds the manifest from the
-//! tree and the table, checks its digest against the one the artifact
-//! names, and keeps it in the store.
+//! of the digest table is fetched (checked against the index before use,
+//! and kept). A demand fetch of pack members asks for their bytes and
+//! their chunks at once (where members are in a pack follows from the
+//! sizes and the pack's frames, not from digests) and checks both before
+//! naming any member; a pack member already in the store whose chunk is
+//! not yet known is fetched again (and not rewritten). A blob of its own
+//! is fetched by its digest, so its chunk comes first. The background
+//! prefetch fetches the whole table first and rebuilds the manifest from
+//! the tree and the table: a digest other than the one the artifact names
+//! stops it with an error; once every blob is in, the manifest is kept in
+//! the store.
 
 use super::client::{Client, backoff, range_skip};
-use super::fetch::{fetch_blob, fetch_run};
-use super::lazyidx::{ChunkMismatch, Index};
+use super::fetch::{fetch_blob, fetch_run, put_run};
+use super::lazyidx::{ChunkMismatch, Index, IndexError, placeholder, placeholder_index};
 use super::pack::{self, Member, Members};
 use super::pull::{Fetched, fetch_manifest, prefetch_blobs};
 use super::{PullOptions, Remote, RemoteError, file_blobs, runtime, transport};
@@ -42,8 +50,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 /// Most wire bytes a demand fetch brings from a pack (the blob read and
-/// its missing neighbours).
+/// its missing neighbours), unless reads go on in pack order (see
+/// [`DEMAND_MAX`]).
 pub const DEMAND_SPAN: u64 = 16 << 10;
+/// While each demand fetch of a pack starts where the one before it ended
+/// (a reader going through a directory in manifest order, give or take
+/// [`SEQ_GAP`] members it skipped), each brings twice the bytes of the one
+/// before, up to this.
+pub const DEMAND_MAX: u64 = 256 << 10;
+/// Members a reader may skip between two demand fetches that still count
+/// as reading on in pack order.
+const SEQ_GAP: usize = 16;
+/// Most wire bytes one request of the background prefetch brings (a whole
+/// run of missing pack members, cut at this size so that a reader waiting
+/// for one of them does not wait for a whole pack).
+pub const BACKGROUND_SPAN: u64 = 1 << 20;
 
 /// Where a blob's bytes are in the artifact.
 #[derive(Clone, Copy, Debug)]
@@ -74,14 +95,17 @@ pub struct Blob {
 enum Plan {
     /// The blob on its own.
     Single,
-    /// Members `lo..hi` of pack `pack`.
-    Run { pack: usize, lo: usize, hi: usize },
+    /// Members `lo..hi` of pack `pack`, at most `span` wire bytes.
+    Run { pack: usize, lo: usize, hi: usize, span: u64 },
 }
 
 #[derive(Default)]
 struct State {
     inflight: HashSet<usize>,
     verified: HashSet<usize>,
+    /// The last demand fetch of a pack member: its pack, the member after
+    /// its run, its span (see [`DEMAND_MAX`]).
+    ahead: Option<(usize, usize, u64)>,
 }
 
 /// Where the access record goes.
@@ -112,6 +136,8 @@ pub struct Lazy {
     manifest_bytes: Vec<u8>,
     manifest_digest: Digest,
     blobs: Vec<Blob>,
+    /// Blob numbers by content digest (empty with a lazy index: see
+    /// [`num`](Self::num)).
     index: HashMap<Digest, usize>,
     packs: Vec<Members>,
     /// Compressed file blobs: content digest -> (registry digest, size).
@@ -128,6 +154,9 @@ pub struct Lazy {
     record: Option<Mutex<Recorder>>,
     bytes: AtomicU64,
     fetched: AtomicUsize,
+    /// The manifest rebuilt from the lazy index and the whole table, its
+    /// digest checked, until it is kept in the store.
+    rebuilt: Mutex<Option<Vec<u8>>>,
 }
 
 /// How a lazy source fetches.
@@ -150,12 +179,14 @@ impl Lazy {
     /// (or [`LazyOptions::full_manifest`]) its ocix manifest (kept in
     /// `store`), and its access list; no file blob yet.
     pub fn open(remote: &Remote, store: Store, opts: LazyOptions) -> Result<Lazy, RemoteError> {
+        let t0 = std::time::Instant::now();
         let rt = runtime()?;
         let mut client = Client::new(remote.clone(), opts.pull.remote.clone(), false)?;
         let mut fetched: Fetched = rt.block_on(async {
             client.resolve_scheme().await;
             fetch_manifest(&client, &store, &opts.pull, !opts.full_manifest).await
         })?;
+        let t_fetched = t0.elapsed();
         let (manifest, table) = match fetched.lazy.take() {
             None => {
                 let m = Manifest::from_bytes(&fetched.bytes)
@@ -176,19 +207,29 @@ impl Lazy {
                 (tree, Some(Table { index, index_digest: l.index, url: client.blob_url(&td), got }))
             }
         };
-        let all = file_blobs(&manifest);
+        let t_decoded = t0.elapsed();
+        // with a lazy index, blob `n` is the placeholder `n` (in manifest
+        // order, as packs take them): no walk, no map
+        let all: Vec<(Digest, u64)> = match &table {
+            Some(t) => t.index.sizes.iter().enumerate().map(|(n, &s)| (placeholder(n), s)).collect(),
+            None => file_blobs(&manifest),
+        };
         let packs = if fetched.packs.is_empty() {
             Vec::new()
         } else {
             pack::members(&all, fetched.threshold, &fetched.packs)
                 .map_err(|err| RemoteError::Packs { url: client.remote_name(), err })?
         };
-        let index: HashMap<Digest, usize> = all.iter().enumerate().map(|(i, (d, _))| (*d, i)).collect();
+        let index: HashMap<Digest, usize> = match table {
+            Some(_) => HashMap::new(),
+            None => all.iter().enumerate().map(|(i, (d, _))| (*d, i)).collect(),
+        };
+        let num = |d: &Digest| blob_number(table.is_some(), &index, all.len(), d);
         let mut blobs: Vec<Blob> =
             all.iter().map(|&(d, size)| Blob { digest: d, size, path: Vec::new(), place: Place::Single }).collect();
         for (p, (_, _, members)) in packs.iter().enumerate() {
             for (k, m) in members.iter().enumerate() {
-                if let Some(&i) = index.get(&m.digest) {
+                if let Some(i) = num(&m.digest) {
                     blobs[i].place = Place::Member { pack: p, k };
                 }
             }
@@ -196,7 +237,7 @@ impl Lazy {
         for (path, e) in manifest.walk() {
             if let Kind::File(f) = &e.kind
                 && let Some(d) = f.digest
-                && let Some(&i) = index.get(&d)
+                && let Some(i) = num(&d)
                 && blobs[i].path.is_empty()
             {
                 blobs[i].path = path;
@@ -208,7 +249,7 @@ impl Lazy {
         let mut order = Vec::with_capacity(blobs.len());
         let mut seen = vec![false; blobs.len()];
         for (d, _) in &first {
-            if let Some(&i) = index.get(d)
+            if let Some(i) = num(d)
                 && !std::mem::replace(&mut seen[i], true)
             {
                 order.push(i);
@@ -217,6 +258,16 @@ impl Lazy {
         let access = (!first_paths.is_empty()).then(|| order.iter().copied().collect::<HashSet<usize>>());
         order.extend((0..blobs.len()).filter(|&i| !seen[i]));
         let record = opts.record_access.map(|file| Mutex::new(Recorder { file, seen: HashSet::new() }));
+        (opts.log)(&format!(
+            "{} fetched in {} ms, decoded in {} ms; {} blobs ({} in {} packs) set up in {} ms",
+            if table.is_some() { "artifact and lazy index" } else { "artifact and manifest" },
+            t_fetched.as_millis(),
+            (t_decoded - t_fetched).as_millis(),
+            blobs.len(),
+            packs.iter().map(|p| p.2.len()).sum::<usize>(),
+            packs.len(),
+            (t0.elapsed() - t_decoded).as_millis()
+        ));
         Ok(Lazy {
             rt,
             client,
@@ -237,6 +288,7 @@ impl Lazy {
             record,
             bytes: AtomicU64::new(0),
             fetched: AtomicUsize::new(0),
+            rebuilt: Mutex::new(None),
         })
     }
 
@@ -274,7 +326,14 @@ impl Lazy {
     pub fn real(&self, i: usize) -> Result<Digest, RemoteError> {
         match &self.table {
             None => Ok(self.blobs[i].digest),
-            Some(t) => Ok(self.chunk(t, i / t.index.chunk)?[i % t.index.chunk]),
+            Some(t) => {
+                if let Some(d) = self.known(i) {
+                    return Ok(d);
+                }
+                let c = i / t.index.chunk;
+                self.rt.handle().block_on(self.fetch_chunks(t, c, c + 1))?;
+                self.known(i).ok_or_else(|| unreachable_chunk(t, c))
+            }
         }
     }
 
@@ -289,44 +348,21 @@ impl Lazy {
         }
     }
 
-    /// [`known`](Self::known) without waiting for a chunk being fetched
-    /// (for [`plan`](Self::plan), which runs under the state lock).
-    fn known_now(&self, i: usize) -> Option<Digest> {
-        match &self.table {
-            None => Some(self.blobs[i].digest),
-            Some(t) => match t.got[i / t.index.chunk].try_lock() {
-                Ok(g) => g.as_ref().map(|c| c[i % t.index.chunk]),
-                Err(_) => None,
-            },
-        }
-    }
-
-    /// Chunk `c` of the table: fetched once (one `Range` request), checked
-    /// against the digest the lazy index names before any use.
-    fn chunk(&self, t: &Table, c: usize) -> Result<Arc<[Digest]>, RemoteError> {
-        let mut g = t.got[c].lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(got) = &*g {
-            return Ok(got.clone());
-        }
-        let (start, end) = t.index.chunk_range(c);
-        let bytes = self.rt.handle().block_on(get_range(&self.client, &t.url, start, end))?;
-        let got = checked_chunk(t, c, &bytes)?;
-        *g = Some(got.clone());
-        Ok(got)
-    }
-
-    /// The whole digest table in one request, each chunk checked (the
-    /// background prefetch's first step).
-    fn whole_table(&self, t: &Table) -> Result<(), RemoteError> {
-        if t.got.iter().all(|g| g.lock().unwrap_or_else(|p| p.into_inner()).is_some()) {
-            return Ok(());
-        }
-        let end = t.index.blobs() as u64 * 32;
-        let bytes = self.rt.handle().block_on(get_range(&self.client, &t.url, 0, end))?;
-        for (c, slot) in t.got.iter().enumerate() {
+    /// Chunks `lo..hi` of the table, those not yet known, with one `Range`
+    /// request (from the first missing to the last), each checked against
+    /// the digest the lazy index names before any use. No lock is held
+    /// while fetching: two callers may fetch a chunk both, each checks it.
+    async fn fetch_chunks(&self, t: &Table, lo: usize, hi: usize) -> Result<(), RemoteError> {
+        let have = |c: usize| t.got[c].lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        let Some(first) = (lo..hi).find(|&c| !have(c)) else { return Ok(()) };
+        let last = (first..hi).rev().find(|&c| !have(c)).unwrap_or(first);
+        let (start, _) = t.index.chunk_range(first);
+        let (_, end) = t.index.chunk_range(last);
+        let bytes = get_range(&self.client, &t.url, start, end).await?;
+        for c in first..=last {
             let (a, b) = t.index.chunk_range(c);
-            let got = checked_chunk(t, c, &bytes[a as usize..b as usize])?;
-            let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let got = checked_chunk(t, c, &bytes[(a - start) as usize..(b - start) as usize])?;
+            let mut g = t.got[c].lock().unwrap_or_else(|p| p.into_inner());
             if g.is_none() {
                 *g = Some(got);
             }
@@ -334,34 +370,41 @@ impl Lazy {
         Ok(())
     }
 
-    /// With a lazy index and every blob in the store: the manifest rebuilt
-    /// from the tree and the table, checked against the digest the
-    /// artifact names, and kept in the store. Logs what it found.
-    fn keep_manifest(&self) {
-        let Some(t) = &self.table else { return };
+    /// With a lazy index (the background prefetch's first step): the
+    /// whole digest table (one request, each chunk checked), then the
+    /// manifest rebuilt from the tree and the table, which must have the
+    /// digest the artifact names; kept for [`background`](Self::background)
+    /// to store once every blob is in.
+    fn whole_table(&self, t: &Table) -> Result<(), RemoteError> {
+        self.rt.block_on(self.fetch_chunks(t, 0, t.got.len()))?;
         let mut all = Vec::with_capacity(self.blobs.len());
         for i in 0..self.blobs.len() {
-            match self.known(i) {
-                Some(d) => all.push(d),
-                None => return,
-            }
+            all.push(self.known(i).ok_or_else(|| unreachable_chunk(t, i / t.index.chunk))?);
         }
-        let line = match super::lazyidx::rebuild(&self.manifest, &all) {
-            Ok(bytes) if Digest::of(&bytes) == self.manifest_digest => match self.store.put_bytes(&bytes) {
-                Ok(_) => format!(
-                    "manifest {} rebuilt from the lazy index and the digest table, its digest checked, kept in the store",
-                    self.manifest_digest
-                ),
-                Err(e) => format!("error: keeping the rebuilt manifest {}: {e}", self.manifest_digest),
-            },
-            Ok(bytes) => format!(
-                "error: the lazy index {} and digest table {} rebuild a manifest of digest {}, not {} as the artifact names",
-                t.index_digest,
-                t.url,
-                Digest::of(&bytes),
+        let url = t.url.clone();
+        let bytes = super::lazyidx::rebuild(&self.manifest, &all)
+            .map_err(|e| RemoteError::LazyIndex { url: url.clone(), err: IndexError::Rebuild(Box::new(e)) })?;
+        let actual = Digest::of(&bytes);
+        if actual != self.manifest_digest {
+            let why = super::lazyidx::Mismatch { index: t.index_digest, expected: self.manifest_digest, actual };
+            let err = IndexError::Mismatch(Box::new(why));
+            return Err(RemoteError::LazyIndex { url, err });
+        }
+        *self.rebuilt.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+        Ok(())
+    }
+
+    /// With a lazy index and every blob in the store: the manifest that
+    /// [`whole_table`](Self::whole_table) rebuilt and checked, kept in the
+    /// store. Logs what it did.
+    fn keep_manifest(&self) {
+        let Some(bytes) = self.rebuilt.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let line = match self.store.put_bytes(&bytes) {
+            Ok(_) => format!(
+                "manifest {} rebuilt from the lazy index and the digest table, its digest checked, kept in the store",
                 self.manifest_digest
             ),
-            Err(e) => format!("error: the lazy index {} does not rebuild a manifest: {e}", t.index_digest),
+            Err(e) => format!("error: keeping the rebuilt manifest {}: {e}", self.manifest_digest),
         };
         (self.log)(&line);
     }
@@ -378,7 +421,7 @@ impl Lazy {
 
     /// The index of blob `d` in [`blobs`](Self::blobs).
     pub fn find(&self, d: &Digest) -> Option<usize> {
-        self.index.get(d).copied()
+        self.num(d)
     }
 
     /// Bytes received for blobs so far, and blobs fetched.
@@ -386,16 +429,31 @@ impl Lazy {
         (self.bytes.load(Ordering::Relaxed), self.fetched.load(Ordering::Relaxed))
     }
 
+    /// The number of the blob `d` names: with a lazy index, a
+    /// placeholder's.
+    fn num(&self, d: &Digest) -> Option<usize> {
+        blob_number(self.table.is_some(), &self.index, self.blobs.len(), d)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes sure blob `i` is in the store: fetched (with neighbours, see
-    /// the module doc) unless it is there or being fetched by another
-    /// caller, whose fetch is waited for. `background` fetches take whole
-    /// runs of missing pack members.
-    pub fn ensure(&self, i: usize, background: bool) -> Result<(), RemoteError> {
-        let d = self.real(i)?;
+    /// Makes sure blob `i` is in the store: fetched on demand (with
+    /// neighbours, see [`plan`](Self::plan)) unless it is there or being
+    /// fetched by another caller, whose fetch is waited for.
+    pub fn ensure(&self, i: usize) -> Result<(), RemoteError> {
+        self.ensure_for(i, "on first read")
+    }
+
+    /// [`ensure`](Self::ensure), saying `why` in the log.
+    fn ensure_for(&self, i: usize, why: &str) -> Result<(), RemoteError> {
+        // a blob of its own is fetched by its digest: that needs its chunk
+        // of the table first; a pack member's chunk comes with its data
+        let d = match self.blobs[i].place {
+            Place::Single => Some(self.real(i)?),
+            Place::Member { .. } => self.known(i),
+        };
         let mut st = self.lock();
         loop {
             if st.verified.contains(&i) {
@@ -405,28 +463,42 @@ impl Lazy {
                 st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            if self.store.has(&d) {
+            if d.is_some_and(|d| self.store.has(&d)) {
                 return Ok(());
             }
             // the whole run is claimed at once: no other caller fetches
             // any of its blobs meanwhile, each waits for this fetch
-            let plan = self.plan(i, background, &st);
+            let plan = self.plan(i, &st);
             let run: Vec<usize> = match plan {
                 Plan::Single => vec![i],
-                Plan::Run { pack, lo, hi } => {
-                    self.packs[pack].2[lo..hi].iter().filter_map(|m| self.index.get(&m.digest).copied()).collect()
+                Plan::Run { pack, lo, hi, span } => {
+                    st.ahead = Some((pack, hi, span));
+                    self.packs[pack].2[lo..hi].iter().filter_map(|m| self.num(&m.digest)).collect()
                 }
             };
             st.inflight.extend(run.iter().copied());
             drop(st);
             let before = self.bytes.load(Ordering::Relaxed);
-            let r = self.fetch(i, plan);
-            if r.is_ok() && !background {
+            let mut r = self.fetch(i, plan);
+            // what a failed run stored is verified: a reader of a member
+            // that arrived is served, whatever became of its neighbours
+            let stored: Vec<usize> = match &r {
+                Ok(()) => run.clone(),
+                Err(_) => run.iter().copied().filter(|&j| self.known(j).is_some_and(|d| self.store.has(&d))).collect(),
+            };
+            if let Err(e) = &r
+                && stored.contains(&i)
+            {
+                (self.log)(&format!("error: a neighbour of {} fetched {why}: {e}", self.shown(i)));
+                r = Ok(());
+            }
+            if r.is_ok() {
                 let b = &self.blobs[i];
                 (self.log)(&format!(
-                    "fetched blob {d} ({}) on first read, with {} neighbour(s), {} bytes",
+                    "fetched {} ({}) {why}, with {} neighbour(s), {} bytes",
+                    self.shown(i),
                     crate::manifest::path_display(&b.path),
-                    run.len() - 1,
+                    stored.len() - 1,
                     self.bytes.load(Ordering::Relaxed).saturating_sub(before)
                 ));
             }
@@ -434,38 +506,33 @@ impl Lazy {
             for j in &run {
                 st.inflight.remove(j);
             }
-            if r.is_ok() {
-                st.verified.extend(run.iter().copied());
-            }
+            st.verified.extend(stored);
             self.cond.notify_all();
             return r;
         }
     }
 
     /// What to fetch for blob `i`: itself, or the run of its pack's
-    /// members around it that are missing and not being fetched, within
-    /// [`DEMAND_SPAN`] (a whole pack's worth in the background), and
-    /// without members an access list leaves out (on demand), and with a
-    /// lazy index only members whose digests are known (on demand: in the
-    /// same chunk of the table as blob `i`).
-    fn plan(&self, i: usize, background: bool, st: &State) -> Plan {
+    /// members around it that are missing and not being fetched (a member
+    /// whose digest is not yet known counts as missing), without members
+    /// an access list leaves out, within [`DEMAND_SPAN`] wire bytes, or
+    /// twice the last run's span when it goes on where that run ended
+    /// (see [`DEMAND_MAX`]).
+    fn plan(&self, i: usize, st: &State) -> Plan {
         let Place::Member { pack, k } = self.blobs[i].place else { return Plan::Single };
-        let same_chunk = |n: usize| match &self.table {
-            Some(t) if !background => n / t.index.chunk == i / t.index.chunk,
-            _ => true,
-        };
         let members = &self.packs[pack].2;
-        let span = if background { pack::PACK_MAX } else { DEMAND_SPAN };
+        let span = match st.ahead {
+            Some((p, next, last)) if p == pack && k >= next && k - next <= SEQ_GAP => {
+                last.saturating_mul(2).clamp(DEMAND_SPAN, DEMAND_MAX)
+            }
+            _ => DEMAND_SPAN,
+        };
         let wanted = |j: usize| -> bool {
-            let Some(&n) = self.index.get(&members[j].digest) else { return false };
-            if !background && self.access.as_ref().is_some_and(|a| !a.contains(&n)) {
+            let Some(n) = self.num(&members[j].digest) else { return false };
+            if self.access.as_ref().is_some_and(|a| !a.contains(&n)) {
                 return false;
             }
-            if !same_chunk(n) {
-                return false;
-            }
-            let Some(d) = self.known_now(n) else { return false };
-            !st.verified.contains(&n) && !st.inflight.contains(&n) && !self.store.has(&d)
+            !st.verified.contains(&n) && !st.inflight.contains(&n) && !self.known(n).is_some_and(|d| self.store.has(&d))
         };
         let (mut lo, mut hi, mut len) = (k, k + 1, members[k].len);
         while hi < members.len() && len.saturating_add(members[hi].len) <= span && wanted(hi) {
@@ -476,10 +543,14 @@ impl Lazy {
             lo -= 1;
             len += members[lo].len;
         }
-        Plan::Run { pack, lo, hi }
+        Plan::Run { pack, lo, hi, span }
     }
 
-    /// Fetches what `plan` says for blob `i`.
+    /// Fetches what `plan` says for blob `i`. A run's bytes and, with a
+    /// lazy index, the chunks of the table naming its members come at
+    /// once (two concurrent requests, the run at most [`DEMAND_MAX`] bytes
+    /// held in memory); each member is checked against its digest from a
+    /// checked chunk before it is named in the store.
     fn fetch(&self, i: usize, plan: Plan) -> Result<(), RemoteError> {
         let progress = |n: u64| {
             self.bytes.fetch_add(n, Ordering::Relaxed);
@@ -496,17 +567,34 @@ impl Lazy {
                 h.block_on(fetch_blob(&self.client, &d, b.size, via, &self.store, &progress))?;
                 1
             }
-            Plan::Run { pack, lo, hi } => {
+            Plan::Run { pack, lo, hi, .. } => {
                 let (pd, coding, members) = &self.packs[pack];
-                let mut run = Vec::with_capacity(hi - lo);
-                for m in &members[lo..hi] {
-                    let digest = match self.index.get(&m.digest) {
-                        Some(&n) => self.real(n)?,
+                let members = &members[lo..hi];
+                let nums: Vec<Option<usize>> = members.iter().map(|m| self.num(&m.digest)).collect();
+                let url = self.client.blob_url(pd);
+                let (start, end) = (members[0].off, members[members.len() - 1].off + members[members.len() - 1].len);
+                let chunks = async {
+                    let Some(t) = &self.table else { return Ok(()) };
+                    let (a, b) = nums
+                        .iter()
+                        .flatten()
+                        .fold((usize::MAX, 0), |(a, b), &n| (a.min(n / t.index.chunk), b.max(n / t.index.chunk + 1)));
+                    if a >= b { Ok(()) } else { self.fetch_chunks(t, a, b).await }
+                };
+                let (chunks, data) =
+                    h.block_on(async { tokio::join!(chunks, get_range(&self.client, &url, start, end)) });
+                chunks?;
+                let data = data?;
+                progress(data.len() as u64);
+                let mut run = Vec::with_capacity(members.len());
+                for (m, n) in members.iter().zip(&nums) {
+                    let digest = match n {
+                        Some(n) => self.real(*n)?,
                         None => m.digest,
                     };
                     run.push(Member { digest, ..*m });
                 }
-                h.block_on(fetch_run(&self.client, pd, *coding, &run, &self.store, &progress))?;
+                put_run(&url, *coding, &run, &data, &self.store)?;
                 hi - lo
             }
         };
@@ -539,7 +627,7 @@ impl Lazy {
     }
 
     fn open_verified(&self, i: usize) -> Result<std::fs::File, RemoteError> {
-        self.ensure(i, false)?;
+        self.ensure(i)?;
         let b = &self.blobs[i];
         let d = self.real(i)?;
         let mut f = std::fs::File::from(self.store.open_blob(&d)?);
@@ -572,26 +660,90 @@ impl Lazy {
         }
     }
 
-    /// Fetches every blob the store lacks, `jobs` at a time, in priority
-    /// order, until done or `stop` is set; a blob that fails is logged and
-    /// left for a later read. Returns when finished.
-    pub fn background(&self, jobs: usize, stop: &AtomicBool) {
+    /// The blobs an access list names (the artifact's, or paths given to
+    /// fetch first), fetched at once as a first read would (each with its
+    /// neighbours the list names, their chunks of the table alongside),
+    /// `threads` fetches at a time, in the list's order, until done or
+    /// `stop` is set: what a first command reads is there before it reads
+    /// it, and nothing else is fetched. Nothing without a list.
+    pub fn fetch_first(&self, threads: usize, stop: &AtomicBool) {
+        let Some(a) = &self.access else { return };
+        let first = &self.order[..a.len().min(self.order.len())];
         let next = AtomicUsize::new(0);
-        let failed = AtomicUsize::new(0);
-        if let Some(t) = &self.table
-            && let Err(e) = self.whole_table(t)
-        {
-            (self.log)(&format!("error: background fetch of the digest table (its chunks are fetched as needed): {e}"));
+        let t0 = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(&i) = first.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        if let Err(e) = self.ensure_for(i, "as the access list names it") {
+                            let b = &self.blobs[i];
+                            let path = crate::manifest::path_display(&b.path);
+                            (self.log)(&format!("error: {} ({path}), named by the access list: {e}", self.shown(i)));
+                        }
+                    }
+                });
+            }
+        });
+        if !stop.load(Ordering::Relaxed) {
+            (self.log)(&format!(
+                "the {} blobs the access list names are in the store ({} ms)",
+                first.len(),
+                t0.elapsed().as_millis()
+            ));
         }
+    }
+
+    /// Fetches every blob the store lacks, as a pull does: each run of
+    /// missing members of a pack with one request (cut at
+    /// [`BACKGROUND_SPAN`]), each other blob on its own, `jobs` requests at
+    /// a time, in priority order (access list first, then manifest order),
+    /// until done or `stop` is set. Blobs a reader is fetching meanwhile
+    /// are left to it. A fetch that fails is logged and its blobs left for
+    /// a later read. With a lazy index the whole digest table comes first,
+    /// and the manifest it rebuilds must be the one the artifact names:
+    /// otherwise nothing is fetched and the error is returned (and
+    /// logged); a table that cannot be fetched for a while (a transient
+    /// failure) is asked for again, less and less often, until `stop`.
+    /// Returns when finished.
+    pub fn background(&self, jobs: usize, stop: &AtomicBool) -> Result<(), RemoteError> {
+        if let Some(t) = &self.table {
+            // a registry that fails for a while is waited for (reads go
+            // on meanwhile); an artifact that does not hold together is not
+            let mut attempt = 0u32;
+            loop {
+                match self.whole_table(t) {
+                    Ok(()) => break,
+                    Err(e) if e.transient() && !stop.load(Ordering::Relaxed) => {
+                        attempt += 1;
+                        let wait = backoff(attempt) * 8;
+                        (self.log)(&format!(
+                            "error: background prefetch: fetching the digest table (try {attempt}; again in {} ms): {e}",
+                            wait.as_millis()
+                        ));
+                        let until = std::time::Instant::now() + wait;
+                        while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                    }
+                    Err(e) => {
+                        (self.log)(&format!("error: background prefetch stopped: {e}"));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let failed = AtomicUsize::new(0);
+        let list = self.background_jobs();
+        let next = AtomicUsize::new(0);
+        // a thread a job at a time: decoding, hashing and storing what
+        // arrives spreads over the cores as the requests do
         std::thread::scope(|s| {
             for _ in 0..jobs.max(1) {
                 s.spawn(|| {
                     while !stop.load(Ordering::Relaxed) {
-                        let Some(&i) = self.order.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                        if self.known(i).is_some_and(|d| self.store.has(&d)) {
-                            continue;
-                        }
-                        if let Err(e) = self.ensure(i, true) {
+                        let Some(&job) = list.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        if let Err((i, e)) = self.rt.handle().block_on(self.background_job(job)) {
                             failed.fetch_add(1, Ordering::Relaxed);
                             let b = &self.blobs[i];
                             (self.log)(&format!(
@@ -608,17 +760,178 @@ impl Lazy {
             let (bytes, n) = self.fetched();
             let failed = failed.load(Ordering::Relaxed);
             (self.log)(&format!(
-                "background prefetch done: {n} blobs fetched ({bytes} bytes) in all, {failed} failed (fetched when read)"
+                "background prefetch done: {n} blobs fetched ({bytes} bytes) in all, {failed} fetches failed (their blobs are fetched when read)"
             ));
             if self.complete() {
                 self.keep_manifest();
             }
         }
+        Ok(())
+    }
+
+    /// What the background prefetch fetches, in priority order: each blob
+    /// of its own the store lacks, each run of a pack's members it lacks
+    /// (at most [`BACKGROUND_SPAN`] wire bytes each).
+    fn background_jobs(&self) -> Vec<Job> {
+        let mut rank = vec![usize::MAX; self.blobs.len()];
+        for (r, &i) in self.order.iter().enumerate() {
+            rank[i] = rank[i].min(r);
+        }
+        let present = |i: usize| self.known(i).is_some_and(|d| self.store.has(&d));
+        let mut jobs: Vec<(usize, Job)> = Vec::new();
+        for (i, b) in self.blobs.iter().enumerate() {
+            if matches!(b.place, Place::Single) && !present(i) {
+                jobs.push((rank[i], Job::Single(i)));
+            }
+        }
+        for (p, (_, _, members)) in self.packs.iter().enumerate() {
+            let mut run: Option<(usize, u64, usize)> = None; // (lo, wire bytes, best rank)
+            for (k, m) in members.iter().enumerate() {
+                let n = self.num(&m.digest);
+                if n.is_none_or(present) {
+                    if let Some((lo, _, r)) = run.take() {
+                        jobs.push((r, Job::Run { pack: p, lo, hi: k }));
+                    }
+                    continue;
+                }
+                let r = n.map_or(usize::MAX, |n| rank[n]);
+                run = match run {
+                    Some((lo, len, best)) if len.saturating_add(m.len) <= BACKGROUND_SPAN => {
+                        Some((lo, len + m.len, best.min(r)))
+                    }
+                    Some((lo, _, best)) => {
+                        jobs.push((best, Job::Run { pack: p, lo, hi: k }));
+                        Some((k, m.len, r))
+                    }
+                    None => Some((k, m.len, r)),
+                };
+            }
+            if let Some((lo, _, r)) = run {
+                jobs.push((r, Job::Run { pack: p, lo, hi: members.len() }));
+            }
+        }
+        jobs.sort_by_key(|(r, _)| *r);
+        jobs.into_iter().map(|(_, j)| j).collect()
+    }
+
+    /// One job of the background prefetch: its blobs that no reader has
+    /// claimed, claimed, fetched (a run of members as adjacent runs, one
+    /// request each), and released. The error names a blob it was for.
+    async fn background_job(&self, job: Job) -> Result<(), (usize, RemoteError)> {
+        let (pack, lo, hi) = match job {
+            Job::Single(i) => (None, i, i + 1),
+            Job::Run { pack, lo, hi } => (Some(pack), lo, hi),
+        };
+        let num = |k: usize| match pack {
+            None => Some(k),
+            Some(p) => self.num(&self.packs[p].2[k].digest),
+        };
+        // claim: adjacent runs of what is not verified nor being fetched
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut claimed = Vec::new();
+        {
+            let mut st = self.lock();
+            for k in lo..hi {
+                let Some(n) = num(k) else { continue };
+                if st.verified.contains(&n) || st.inflight.contains(&n) {
+                    continue;
+                }
+                st.inflight.insert(n);
+                claimed.push(n);
+                match runs.last_mut() {
+                    Some((_, end)) if *end == k => *end = k + 1,
+                    _ => runs.push((k, k + 1)),
+                }
+            }
+        }
+        let progress = |n: u64| {
+            self.bytes.fetch_add(n, Ordering::Relaxed);
+        };
+        let mut first_err = None;
+        for &(a, b) in &runs {
+            let r = match pack {
+                None => match self.known(a) {
+                    Some(d) => {
+                        let via = self.zstd.get(&d).copied();
+                        fetch_blob(&self.client, &d, self.blobs[a].size, via, &self.store, &progress).await.map(|_| ())
+                    }
+                    None => Err(unreachable_chunk_of(self, a)),
+                },
+                Some(p) => {
+                    let (pd, coding, members) = &self.packs[p];
+                    let run: Option<Vec<Member>> = members[a..b]
+                        .iter()
+                        .map(|m| {
+                            let n = self.num(&m.digest)?;
+                            Some(Member { digest: self.known(n)?, ..*m })
+                        })
+                        .collect();
+                    match run {
+                        Some(run) => {
+                            fetch_run(&self.client, pd, *coding, &run, &self.store, &progress).await.map(|_| ())
+                        }
+                        None => Err(unreachable_chunk_of(self, num(a).unwrap_or(0))),
+                    }
+                }
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert((num(a).unwrap_or(0), e));
+            }
+        }
+        let mut st = self.lock();
+        let mut done = 0;
+        for n in claimed {
+            st.inflight.remove(&n);
+            if self.known(n).is_some_and(|d| self.store.has(&d)) {
+                st.verified.insert(n);
+                done += 1;
+            }
+        }
+        drop(st);
+        self.cond.notify_all();
+        self.fetched.fetch_add(done, Ordering::Relaxed);
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Whether every blob is in the store.
     pub fn complete(&self) -> bool {
         (0..self.blobs.len()).all(|i| self.known(i).is_some_and(|d| self.store.has(&d)))
+    }
+}
+
+/// The number of the blob `d` names among `n`: a placeholder's with a lazy
+/// index, else by the map of content digests.
+fn blob_number(from_index: bool, index: &HashMap<Digest, usize>, n: usize, d: &Digest) -> Option<usize> {
+    if from_index { placeholder_index(d).filter(|&i| i < n) } else { index.get(d).copied() }
+}
+
+/// What the background prefetch fetches with one job.
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    /// Blob `i`, a layer of its own.
+    Single(usize),
+    /// Members `lo..hi` of pack `pack`.
+    Run { pack: usize, lo: usize, hi: usize },
+}
+
+/// A chunk of the table that should have been fetched and is not known
+/// (not expected: every caller fetches it first).
+fn unreachable_chunk(t: &Table, c: usize) -> RemoteError {
+    RemoteError::Transport {
+        op: "GET".into(),
+        url: t.url.clone(),
+        detail: format!("digest chunk {c} not known after its fetch"),
+        transient: true,
+    }
+}
+
+/// [`unreachable_chunk`] for blob `i` of `lazy`.
+fn unreachable_chunk_of(lazy: &Lazy, i: usize) -> RemoteError {
+    match &lazy.table {
+        Some(t) => unreachable_chunk(t, i / t.index.chunk),
+        None => {
+            RemoteError::LazyIndex { url: lazy.client.remote_name(), err: IndexError::Bad("blob digest (not known)") }
+        }
     }
 }
 

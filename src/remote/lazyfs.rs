@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::FileExt as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +29,8 @@ const BLOBS: u64 = 2;
 const SHA256: u64 = 3;
 /// Blob `i` is inode `FIRST + i`.
 const FIRST: u64 = 4;
+/// Fetches at once of the blobs an access list names.
+const FIRST_JOBS: usize = 8;
 /// Nothing here ever changes while mounted.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -37,12 +39,15 @@ pub struct LazyFs {
     lazy: Arc<Lazy>,
     handles: Mutex<HashMap<u64, Arc<std::fs::File>>>,
     next: AtomicU64,
+    /// Set when the session ends: the fetch of the access list's blobs
+    /// stops.
+    stop: Arc<AtomicBool>,
 }
 
 impl LazyFs {
     /// A filesystem serving `lazy`'s blobs.
     pub fn new(lazy: Arc<Lazy>) -> LazyFs {
-        LazyFs { lazy, handles: Mutex::new(HashMap::new()), next: AtomicU64::new(1) }
+        LazyFs { lazy, handles: Mutex::new(HashMap::new()), next: AtomicU64::new(1), stop: Arc::default() }
     }
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
@@ -89,6 +94,18 @@ impl LazyFs {
 }
 
 impl Filesystem for LazyFs {
+    /// The kernel has connected: the blobs the artifact's access list
+    /// names are fetched at once, meanwhile (see [`Lazy::fetch_first`]).
+    fn init(&mut self, _req: &Request, _config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        let (lazy, stop) = (self.lazy.clone(), self.stop.clone());
+        std::thread::spawn(move || lazy.fetch_first(FIRST_JOBS, &stop));
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let ino = match (parent.0, name.as_bytes()) {
             (ROOT, b"blobs") => Some(BLOBS),

@@ -69,6 +69,29 @@ pub enum IndexError {
     /// Bytes after the last chunk digest.
     #[error("{0} bytes after the end")]
     Trailing(usize),
+    /// The tree with the table's digests put back does not encode.
+    #[error("the manifest rebuilt from it and the digest table does not encode: {0}")]
+    Rebuild(Box<DecodeError>),
+    /// The tree with the table's digests put back is another manifest
+    /// than the one the artifact names.
+    #[error("{0}")]
+    Mismatch(Box<Mismatch>),
+}
+
+/// A manifest rebuilt from a lazy index and its digest table whose digest
+/// is not the one the artifact names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the lazy index {index} and this digest table rebuild a manifest of digest {actual}, not {expected} as the \
+     artifact names (the artifact does not hold together: nothing more is fetched in the background)"
+)]
+pub struct Mismatch {
+    /// The lazy index layer's digest.
+    pub index: Digest,
+    /// The manifest digest the artifact names.
+    pub expected: Digest,
+    /// The digest of the manifest rebuilt.
+    pub actual: Digest,
 }
 
 /// A chunk of the digest table whose bytes are not the ones the index
