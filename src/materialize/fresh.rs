@@ -90,6 +90,16 @@ impl Fresh {
     }
 }
 
+impl Fresh {
+    /// What is known of a symlink, device or fifo the walk has just made:
+    /// its owner and that it has no xattrs, as for any new inode (its mode
+    /// is set as always: a symlink has none to set, a device or fifo is
+    /// made 0600).
+    pub(super) fn other(&self) -> Known {
+        Known { owner: self.owner, no_xattrs: self.plain, mode: None }
+    }
+}
+
 /// The process umask from `/proc/self/status` (reading it with `umask(2)`
 /// would change it for a moment, for every thread).
 fn read_umask() -> Option<u32> {

@@ -210,7 +210,7 @@ impl<'m> Walker<'_, '_, 'm> {
                 if !keep {
                     wr::symlink_at(target, d, name, &shown)?;
                 }
-                meta::apply(ctx, XattrSource::At(d, name), KindCode::Symlink, e, rel)?;
+                meta::apply_known(ctx, XattrSource::At(d, name), KindCode::Symlink, e, rel, made(ctx, keep))?;
                 self.others += 1;
             }
             KindRef::Char(dev) | KindRef::Block(dev) => {
@@ -246,7 +246,7 @@ impl<'m> Walker<'_, '_, 'm> {
                         wr::mknod_at(d, name, ty, 0o600, (dev.major, dev.minor), &shown)
                             .map_err(|e| if e.errno == Errno::PERM { UnpackError::NoMknod(e) } else { e.into() })?;
                     }
-                    meta::apply(ctx, XattrSource::At(d, name), code, e, rel)?;
+                    meta::apply_known(ctx, XattrSource::At(d, name), code, e, rel, made(ctx, keep))?;
                 }
                 self.others += 1;
             }
@@ -256,7 +256,7 @@ impl<'m> Walker<'_, '_, 'm> {
                 if !keep {
                     wr::mknod_at(d, name, FileType::Fifo, 0o600, (0, 0), &shown)?;
                 }
-                meta::apply(ctx, XattrSource::At(d, name), KindCode::Fifo, e, rel)?;
+                meta::apply_known(ctx, XattrSource::At(d, name), KindCode::Fifo, e, rel, made(ctx, keep))?;
                 self.others += 1;
             }
             KindRef::Socket => {
@@ -299,6 +299,16 @@ fn digest_prefix(d: &crate::manifest::Digest) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&d.0[..8]);
     u64::from_le_bytes(b)
+}
+
+/// What is known of a symlink, device or fifo: nothing of one kept from
+/// the existing tree; of one the walk has just made in a fresh destination,
+/// its owner and that it has no xattrs (see the `fresh` module).
+fn made(ctx: &Ctx<'_>, kept: bool) -> meta::Known {
+    match ctx.fresh {
+        Some(f) if !kept => f.other(),
+        _ => meta::Known::default(),
+    }
 }
 
 pub(super) fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
