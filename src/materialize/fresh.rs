@@ -133,12 +133,16 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
     }
     let small = !empty && f.zeros.is_empty() && f.size < SMALL;
     // a small blob is read and verified before anything is created (or
-    // found among those read lately)
-    let cached = if small { f.digest.and_then(|dg| ctx.cache.get(dg)) } else { None };
+    // found among those read lately; a spilled blob is one `pread` away
+    // and checked already, so keeping a copy would gain nothing)
+    let cache = small && !ctx.store.spills();
+    let cached = if cache { f.digest.and_then(|dg| ctx.cache.get(dg)) } else { None };
     let len = match (small, &cached, f.digest) {
         (true, None, Some(dg)) => {
             let data = content::read_small(ctx, rel, f, buf)?;
-            ctx.cache.put(*dg, data);
+            if cache {
+                ctx.cache.put(*dg, data);
+            }
             data.len()
         }
         _ => 0,
