@@ -165,17 +165,19 @@ impl Fixture {
 
     /// `ocix mount URL MNT --store STORE ARGS...`, which must succeed.
     fn mount(&self, tag: &str, mnt: &str, store: &str, args: &[&str]) -> Mounted {
-        let (m, s) = (self.path(mnt), self.path(store));
-        std::fs::create_dir_all(&m).unwrap();
-        let url = self.reg.url(tag);
-        let mut all = vec!["mount", url.as_str()];
-        let (ms, ss) = (m.to_str().unwrap().to_string(), s.to_str().unwrap().to_string());
-        all.extend([ms.as_str(), "--store", ss.as_str()]);
-        all.extend(args);
-        let (rc, err) = ocix(self.t.path(), &all, &[]);
-        assert_eq!(rc, 0, "{err}");
-        Mounted(m)
+        mount_at(self.t.path(), &self.reg.url(tag), &self.path(mnt), &self.path(store), args)
     }
+}
+
+/// `ocix mount URL MNT --store STORE ARGS...` run in `dir`, which must
+/// succeed; MNT is made first. The mount ends when the result is dropped.
+fn mount_at(dir: &Path, url: &str, mnt: &Path, store: &Path, args: &[&str]) -> Mounted {
+    std::fs::create_dir_all(mnt).unwrap();
+    let mut all = vec!["mount", url, mnt.to_str().unwrap(), "--store", store.to_str().unwrap()];
+    all.extend(args);
+    let (rc, err) = ocix(dir, &all, &[]);
+    assert_eq!(rc, 0, "{err}");
+    Mounted(mnt.to_path_buf())
 }
 
 /// The blobs (hex names) in a store, the ocix manifest's excepted.
@@ -619,12 +621,7 @@ fn a_digest_chunk_with_a_wrong_byte_is_eio_and_serves_nothing() {
     reg.state.lock().unwrap().blobs.insert(table.clone(), bad);
     let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
     let (mnt, s2) = (t.path().join("mnt"), t.path().join("s2"));
-    std::fs::create_dir(&mnt).unwrap();
-    let args =
-        ["mount", &url, mnt.to_str().unwrap(), "--store", s2.to_str().unwrap(), "--no-background", "--retries", "0"];
-    let (rc, err) = ocix(t.path(), &args, &[]);
-    assert_eq!(rc, 0, "{err}");
-    let _m = Mounted(mnt.clone());
+    let _m = mount_at(t.path(), &url, &mnt, &s2, &["--no-background", "--retries", "0"]);
     assert_eq!(read_err(&mnt.join(&files[200].0)), Some(5), "a wrong digest chunk must be EIO");
     let log = last_log(&s2);
     assert!(log.contains("digest chunk 1") && log.contains(&format!("/blobs/{table}")), "{log}");
@@ -726,11 +723,7 @@ fn a_lazy_index_that_rebuilds_another_manifest_stops_the_background_with_an_erro
     let rebuilt = std::fs::read(&m2).unwrap();
     let url = format!("docker://127.0.0.1:{}/ocix/idx:mixed", reg.server.port);
     let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
-    std::fs::create_dir(&mnt).unwrap();
-    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--retries", "0"];
-    let (rc, err) = ocix(t.path(), &args, &[]);
-    assert_eq!(rc, 0, "{err}");
-    let _m = Mounted(mnt.clone());
+    let _m = mount_at(t.path(), &url, &mnt, &s, &["--retries", "0"]);
     let start = Instant::now();
     while !last_log(&s).contains("background prefetch stopped") {
         assert!(start.elapsed() < Duration::from_secs(60), "the background did not stop: {}", last_log(&s));
@@ -775,12 +768,7 @@ fn a_pack_member_with_wrong_bytes_is_eio_alone_and_a_later_read_retries() {
     reg.state.lock().unwrap().blobs.insert(pack.clone(), bad);
     let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
     let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
-    std::fs::create_dir(&mnt).unwrap();
-    let args =
-        ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--no-background", "--retries", "0"];
-    let (rc, err) = ocix(t.path(), &args, &[]);
-    assert_eq!(rc, 0, "{err}");
-    let _m = Mounted(mnt.clone());
+    let _m = mount_at(t.path(), &url, &mnt, &s, &["--no-background", "--retries", "0"]);
     let mut failed = Vec::new();
     for (p, c) in &files[..300] {
         match std::fs::read(mnt.join(p)) {
@@ -824,12 +812,7 @@ fn a_registry_that_stops_inside_a_pack_run_gives_eio_then_the_read_succeeds() {
     let pack = packs(&reg, "v1")[0].clone();
     let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
     let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
-    std::fs::create_dir(&mnt).unwrap();
-    let args =
-        ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--no-background", "--retries", "0"];
-    let (rc, err) = ocix(t.path(), &args, &[]);
-    assert_eq!(rc, 0, "{err}");
-    let _m = Mounted(mnt.clone());
+    let _m = mount_at(t.path(), &url, &mnt, &s, &["--no-background", "--retries", "0"]);
     cut.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(read_err(&mnt.join(&files[10].0)), Some(5), "a read from a registry that stops must be EIO");
     assert!(reg.count("GET", &pack) > 0, "the pack was not asked for");
@@ -863,11 +846,7 @@ fn the_background_prefetch_waits_out_a_registry_that_fails_and_completes() {
     let manifest = std::fs::read(t.path().join("m.ocix")).unwrap();
     let url = format!("docker://127.0.0.1:{}/ocix/idx:v1", reg.server.port);
     let (mnt, s) = (t.path().join("mnt"), t.path().join("s"));
-    std::fs::create_dir(&mnt).unwrap();
-    let args = ["mount", &url, mnt.to_str().unwrap(), "--store", s.to_str().unwrap(), "--retries", "0"];
-    let (rc, err) = ocix(t.path(), &args, &[]);
-    assert_eq!(rc, 0, "{err}");
-    let _m = Mounted(mnt.clone());
+    let _m = mount_at(t.path(), &url, &mnt, &s, &["--retries", "0"]);
     let start = Instant::now();
     while !last_log(&s).contains("fetching the digest table (try 1") {
         assert!(start.elapsed() < Duration::from_secs(30), "no failed table fetch logged: {}", last_log(&s));
