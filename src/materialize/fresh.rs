@@ -88,9 +88,7 @@ impl Fresh {
             mode: self.umask.filter(|_| self.plain && self.no_setgid_dirs).map(|u| created & !u),
         }
     }
-}
 
-impl Fresh {
     /// What is known of a symlink, device or fifo the walk has just made:
     /// its owner and that it has no xattrs, as for any new inode (its mode
     /// is set as always: a symlink has none to set, a device or fifo is
