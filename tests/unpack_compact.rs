@@ -12,6 +12,7 @@ use ocix::materialize::{UnpackError, UnpackOptions, unpack};
 use ocix::store::Store;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::process::Command;
 
 fn meta(mode: u32) -> MetaIn<'static> {
     MetaIn { mode, mtime: Time { sec: 1_600_000_000, nsec: 5 }, ..MetaIn::default() }
@@ -174,5 +175,78 @@ fn temporary_names_avoid_the_manifests_own() {
         }
         assert_eq!(std::fs::read(out.join("z")).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 5);
+    }
+}
+
+/// A tree of more directories than unpack keeps open (its open-file limit
+/// held at 1024 leaves no directory fd to keep): hardlinks whose directories
+/// phase 3 must open itself, several levels deep, in and across directories;
+/// directories set by name (leaves) and by a reopened fd (parents). Every
+/// mode, time and link must come out as with fds to spare.
+#[test]
+fn hardlinks_and_directory_metadata_without_kept_directory_fds() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::create(&t.path().join("store")).unwrap();
+    let dir_meta = |i: u32| MetaIn {
+        mode: [0o755, 0o750, 0o700, 0o555][i as usize % 4],
+        mtime: Time { sec: 1_500_000_000 + i64::from(i), nsec: i },
+        ..MetaIn::default()
+    };
+    let none = MetaIn::default();
+    let mut b = Builder::new();
+    b.open_dir(b"", &dir_meta(0)).unwrap();
+    let mut links = Vec::new();
+    for a in 0..6u32 {
+        b.open_dir(format!("a{a}").as_bytes(), &dir_meta(100 + a)).unwrap();
+        for c in 0..8u32 {
+            b.open_dir(format!("c{c}").as_bytes(), &dir_meta(a * 10 + c)).unwrap();
+            b.push(b"f", &meta(0o644), file(&store, format!("{a}/{c}").as_bytes())).unwrap();
+            // to the first name of the directory before (another parent
+            // for c0), and to its own, as the one before
+            let prev = if c == 0 { format!("a{}/c7/f", (a + 5) % 6) } else { format!("a{a}/c{}/f", c - 1) };
+            if a > 0 || c > 0 {
+                b.push(b"l", &none, Leaf::Hardlink(prev.as_bytes())).unwrap();
+                links.push((format!("a{a}/c{c}/l"), prev));
+            }
+            b.push(b"m", &none, Leaf::Hardlink(format!("a{a}/c{c}/f").as_bytes())).unwrap();
+            links.push((format!("a{a}/c{c}/m"), format!("a{a}/c{c}/f")));
+            b.close_dir();
+        }
+        b.close_dir();
+    }
+    b.close_dir();
+    let m = b.finish();
+    let manifest = t.path().join("m.ocix");
+    m.write_to(&mut std::fs::File::create(&manifest).unwrap()).unwrap();
+    let out = t.path().join("out");
+    let st = Command::new("prlimit")
+        .arg("--nofile=1024:1024")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_ocix"))
+        .args(["unpack", "-q", "--rootless"])
+        .arg(&manifest)
+        .arg("--store")
+        .arg(t.path().join("store"))
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (link, first) in &links {
+        assert_eq!(ino(&out.join(link)), ino(&out.join(first)), "{link} is not a link to {first}");
+    }
+    // a link made where the first name's content is (a0/c0/l has none)
+    assert_eq!(std::fs::read(out.join("a3/c0/l")).unwrap(), b"2/7");
+    let diff = common::ocix().args(["diff", "-q"]).arg(&out).arg(&manifest).output().unwrap();
+    assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stdout));
+    // the check diff makes, by hand for the directories: mode and time
+    for a in 0..6u32 {
+        for c in 0..8u32 {
+            let md = std::fs::symlink_metadata(out.join(format!("a{a}/c{c}"))).unwrap();
+            let want = dir_meta(a * 10 + c);
+            assert_eq!(
+                (md.mode() & 0o7777, md.mtime(), md.mtime_nsec()),
+                (want.mode, want.mtime.sec, i64::from(want.mtime.nsec))
+            );
+        }
     }
 }

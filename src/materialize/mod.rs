@@ -89,7 +89,7 @@ pub use idmap::{IdMap, map_id};
 pub use report::{NotApplied, NotAppliedKind, UnpackReport};
 
 use dest::{open_dest, strip_trailing_slashes};
-use walk::{Walker, finish_dirs, make_link};
+use walk::{LinkDirs, Walker, finish_dirs, make_link};
 use write::write_file;
 
 use crate::manifest::compact::FileRef;
@@ -495,12 +495,14 @@ pub fn unpack_filled(
         return Err(e);
     }
     // Phase 3: hardlinks.
-    for (rel, target, ty) in &links {
-        if make_link(&ctx, &root, rel, target, *ty)? {
+    let mut link_dirs = LinkDirs::default();
+    for link in &links {
+        if make_link(&ctx, &root, &mut link_dirs, &dir_fds, link)? {
             report.removed += 1;
         }
         report.hardlinks += 1;
     }
+    drop(link_dirs);
     // Phase 4: directory metadata, deepest first; the root last.
     let big_stack = std::thread::Builder::new().stack_size(256 << 20);
     let res = std::thread::scope(|s| {
@@ -526,7 +528,7 @@ pub fn unpack_filled(
 
 /// The paths hardlinks name (their first names), each with no entry yet:
 /// the walk records the entry when it meets it.
-fn hardlink_targets(m: &Compact) -> HashMap<&[u8], Option<Node<'_>>> {
+fn hardlink_targets(m: &Compact) -> HashMap<&[u8], Option<(Node<'_>, usize)>> {
     m.nodes().filter(|n| n.code() == KindCode::Hardlink).filter_map(|n| n.target()).map(|t| (t, None)).collect()
 }
 

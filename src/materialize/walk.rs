@@ -15,15 +15,16 @@ use std::sync::Arc;
 
 pub(super) struct Walker<'c, 'a, 'm> {
     pub(super) ctx: &'c Ctx<'a>,
-    /// The first names hardlinks name, by path, and each one's entry once
-    /// the walk has met it (validation put every one before its links).
-    pub(super) first_names: HashMap<&'m [u8], Option<Node<'m>>>,
+    /// The first names hardlinks name, by path, and each one's entry and
+    /// its directory's entry index once the walk has met it (validation
+    /// put every one before its links).
+    pub(super) first_names: HashMap<&'m [u8], Option<(Node<'m>, usize)>>,
     /// The writers' queue, and the batch being filled for it.
     pub(super) jobs: &'c queue::Queue<Vec<Job<'m>>>,
     pub(super) batch: Vec<Job<'m>>,
     pub(super) batch_bytes: u64,
-    /// Hardlinks to make: path, first name, the first name's type on disk.
-    pub(super) links: Vec<(Vec<u8>, Vec<u8>, FileType)>,
+    /// Hardlinks to make.
+    pub(super) links: Vec<Link>,
     /// (dev, ino) of existing non-directories kept (`update`).
     pub(super) claimed: HashSet<(u64, u64)>,
     /// `--link`: contents already given to a file, in manifest order, by
@@ -106,7 +107,7 @@ impl<'m> Walker<'_, '_, 'm> {
                 rel.push(b'/');
             }
             rel.extend_from_slice(n.name());
-            let r = self.entry(dir, n, rel, tmp_siblings);
+            let r = self.entry(dir, parent.index(), n, rel, tmp_siblings);
             rel.truncate(base);
             r?;
         }
@@ -134,6 +135,7 @@ impl<'m> Walker<'_, '_, 'm> {
     fn entry(
         &mut self,
         dir: &Arc<OwnedFd>,
+        dir_index: usize,
         e: Node<'m>,
         rel: &[u8],
         tmp_siblings: Option<Node<'m>>,
@@ -142,7 +144,7 @@ impl<'m> Walker<'_, '_, 'm> {
         let name = e.name();
         if !self.first_names.is_empty() && !e.is_dir() {
             if let Some(slot) = self.first_names.get_mut(rel) {
-                slot.get_or_insert(e);
+                slot.get_or_insert((e, dir_index));
             }
         }
         let d = dir.as_fd();
@@ -264,7 +266,8 @@ impl<'m> Walker<'_, '_, 'm> {
                 ctx.not_applied(NotAppliedKind::Socket, rel, "not created".into());
             }
             KindRef::Hardlink(target) => {
-                let first = self.first_names.get(target).copied().flatten();
+                let first_at = self.first_names.get(target).copied().flatten();
+                let first = first_at.map(|(n, _)| n);
                 if first.is_some_and(|f| f.code() == KindCode::Socket) {
                     // its first name is not created either
                     clear(self, ex_type == Some(FileType::Socket))?;
@@ -287,7 +290,8 @@ impl<'m> Walker<'_, '_, 'm> {
                 if ex_type == Some(FileType::Directory) {
                     clear(self, false)?;
                 }
-                self.links.push((rel.to_vec(), target.to_vec(), ty));
+                let target_dir = first_at.map_or(0, |(_, d)| d);
+                self.links.push(Link { rel: rel.to_vec(), target: target.to_vec(), ty, dir: dir_index, target_dir });
             }
         }
         Ok(())
@@ -371,16 +375,63 @@ pub(super) fn remove_entry(ctx: &Ctx<'_>, dir: BorrowedFd<'_>, name: &[u8], rel:
     Ok(())
 }
 
-/// Opens the directory at `rel` (relative, `/`-joined) one component at a
-/// time from the root, never following a symlink.
-fn open_dir_rel(ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8]) -> Result<OwnedFd, UnpackError> {
-    let mut cur = rd::dup(root.as_fd(), &|| ctx.dest.clone())?;
-    let mut sofar = Vec::new();
-    for comp in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-        sofar = join(&sofar, comp);
-        cur = rd::open_dir_at(cur.as_fd(), comp, &|| ctx.shown(&sofar))?;
+/// A hardlink for phase 3 to make.
+pub(super) struct Link {
+    /// Its path.
+    pub(super) rel: Vec<u8>,
+    /// Its first name.
+    pub(super) target: Vec<u8>,
+    /// The first name's type on disk.
+    pub(super) ty: FileType,
+    /// The entry indexes of the directories holding it and its first name
+    /// (the walk may have kept them open).
+    pub(super) dir: usize,
+    pub(super) target_dir: usize,
+}
+
+/// The directories phase 3 opened to make hardlinks in or to, by path:
+/// the last few, since the links of one directory come one after another
+/// in manifest order and often name first names in one directory too.
+#[derive(Default)]
+pub(super) struct LinkDirs {
+    /// Least recently used first.
+    open: Vec<(Vec<u8>, OwnedFd)>,
+}
+
+impl LinkDirs {
+    /// Directories kept open at once (at least the two one link needs).
+    const KEEP: usize = 8;
+
+    /// Opens `rel` (never following a symlink) unless it is open already
+    /// or the walk kept it open (`kept`); it becomes the most recently used.
+    fn ensure(&mut self, ctx: &Ctx<'_>, root: &OwnedFd, rel: &[u8], kept: bool) -> Result<(), UnpackError> {
+        if rel.is_empty() || kept {
+            return Ok(());
+        }
+        if let Some(i) = self.open.iter().position(|(p, _)| p == rel) {
+            let hit = self.open.remove(i);
+            self.open.push(hit);
+            return Ok(());
+        }
+        let fd = rd::open_dir_beneath(root.as_fd(), rel, &|| ctx.shown(rel))?;
+        if self.open.len() == Self::KEEP {
+            self.open.remove(0);
+        }
+        self.open.push((rel.to_vec(), fd));
+        Ok(())
     }
-    Ok(cur)
+
+    /// The directory `rel` (entry `index`): kept open by the walk, opened
+    /// by [`LinkDirs::ensure`], or the root for an empty path.
+    fn get<'s>(&'s self, root: &'s OwnedFd, kept: &'s DirFds, index: usize, rel: &[u8]) -> BorrowedFd<'s> {
+        if let Some(fd) = kept.get(&index) {
+            return fd.as_fd();
+        }
+        match self.open.iter().find(|(p, _)| p == rel) {
+            Some((_, fd)) => fd.as_fd(),
+            None => root.as_fd(),
+        }
+    }
 }
 
 fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
@@ -412,14 +463,16 @@ fn disk_type(kind: KindCode, rootless: bool) -> Option<FileType> {
 pub(super) fn make_link(
     ctx: &Ctx<'_>,
     root: &OwnedFd,
-    rel: &[u8],
-    target: &[u8],
-    ty: FileType,
+    dirs: &mut LinkDirs,
+    kept: &DirFds,
+    link: &Link,
 ) -> Result<bool, UnpackError> {
+    let (rel, target, ty) = (&link.rel[..], &link.target[..], link.ty);
     let (tdir, tname) = split_last(target);
     let (ldir, lname) = split_last(rel);
-    let tfd = open_dir_rel(ctx, root, tdir)?;
-    let lfd = open_dir_rel(ctx, root, ldir)?;
+    dirs.ensure(ctx, root, tdir, kept.contains_key(&link.target_dir))?;
+    dirs.ensure(ctx, root, ldir, kept.contains_key(&link.dir))?;
+    let (tfd, lfd) = (dirs.get(root, kept, link.target_dir, tdir), dirs.get(root, kept, link.dir, ldir));
     let shown = || format!("{} (hardlink to {})", ctx.shown(rel), path_display(target));
     let tst = rd::stat_at(tfd.as_fd(), tname, &|| ctx.shown(target))?;
     if FileType::from_raw_mode(tst.st_mode) != ty {
@@ -448,9 +501,16 @@ fn finish_dir(
     e: Node<'_>,
     kept: &DirFds,
 ) -> Result<(), UnpackError> {
+    let known = ctx.fresh.map(|f| f.dir(e.mode())).unwrap_or_default();
     let opened;
     let fd = match kept.get(&e.index()) {
         Some(fd) => fd.as_fd(),
+        // a directory this unpack made, with no directory below it, needs
+        // no fd of its own: its metadata goes by name (a chown, time or
+        // xattr that never follows a symlink), usually one utimensat
+        None if ctx.fresh.is_some() && !e.children().any(|c| c.is_dir()) => {
+            return meta::apply_known(ctx, XattrSource::At(dir, e.name()), KindCode::Dir, e, rel, known);
+        }
         None => {
             let shown = ctx.shown(rel);
             opened = rd::open_dir_at(dir, e.name(), &|| shown.clone())?;
@@ -458,7 +518,6 @@ fn finish_dir(
         }
     };
     finish_dirs(ctx, fd, rel, e, kept)?;
-    let known = ctx.fresh.map(|f| f.dir(e.mode())).unwrap_or_default();
     meta::apply_known(ctx, XattrSource::Fd(fd), KindCode::Dir, e, rel, known)
 }
 

@@ -6,7 +6,7 @@
 //! probing with `SEEK_DATA`/`SEEK_HOLE`.
 
 use super::{Result, call};
-use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use rustix::fs::{self, AtFlags, Mode, OFlags};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -59,6 +59,35 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8], shown: &dyn Fn() -> String)
             Mode::empty(),
         )
     })
+}
+
+/// Set once `openat2` turned out to be missing (a kernel before 5.6, or a
+/// seccomp filter that refuses it): [`open_dir_beneath`] walks from then on.
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Opens the directory at `rel` (relative, `/`-separated, no `..`) below
+/// `root`, following no symlink on the way: one `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, which
+/// refuses what opening each component with `O_NOFOLLOW` refuses, in one
+/// call instead of one a component. Without `openat2`, or when a rename
+/// elsewhere made the kernel give up (`EAGAIN`), it walks the components.
+pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8], shown: &dyn Fn() -> String) -> Result<OwnedFd> {
+    use std::sync::atomic::Ordering;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if !rel.is_empty() && !NO_OPENAT2.load(Ordering::Relaxed) {
+        let how = fs::ResolveFlags::BENEATH | fs::ResolveFlags::NO_SYMLINKS | fs::ResolveFlags::NO_MAGICLINKS;
+        match fs::openat2(root, OsStr::from_bytes(rel), flags, Mode::empty(), how) {
+            Ok(fd) => return Ok(fd),
+            Err(rustix::io::Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(super::SysError::new("openat2", shown(), e)),
+        }
+    }
+    let mut cur = dup(root, shown)?;
+    for comp in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        cur = open_dir_at(cur.as_fd(), comp, shown)?;
+    }
+    Ok(cur)
 }
 
 /// Opens the regular file `name` inside `dir` for reading, never following a
