@@ -744,6 +744,7 @@ pub fn lazy_mount(
     };
     ready(&LazyMounted { manifest_digest: digest, manifest: lazy.manifest_bytes().to_vec(), mount: report });
     let stop = Arc::new(AtomicBool::new(false));
+    let read_ahead = lazy.read_ahead();
     let prefetch = opts.background.map(|jobs| {
         let (lazy, stop) = (lazy.clone(), stop.clone());
         std::thread::spawn(move || lazy.background(jobs, &stop))
@@ -751,6 +752,8 @@ pub fn lazy_mount(
     // returns once the overlay is unmounted and the kernel ends the session
     let ended = served.join();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    lazy.end_read_ahead();
+    let _ = read_ahead.join();
     if let Some(p) = prefetch {
         let _ = p.join();
     }

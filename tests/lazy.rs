@@ -861,3 +861,31 @@ fn the_background_prefetch_waits_out_a_registry_that_fails_and_completes() {
     assert_eq!(file_blobs(&s, &hex_of(&manifest)).len(), files.len());
     all_verified(&s);
 }
+
+/// A reader going through the packed files in order: after two demand
+/// fetches that follow each other, the runs after them are read ahead
+/// while it reads, so most of its files come without a fetch of its own;
+/// every byte is still checked.
+#[test]
+fn a_reader_going_through_a_pack_in_order_is_read_ahead_of() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    {
+        let mnt = f.mount("v1", "mnt", "s2", &["--no-background"]);
+        for (n, c) in &f.small {
+            assert_eq!(&std::fs::read(mnt.0.join("small").join(n)).unwrap(), c, "small/{n}");
+        }
+    }
+    let log = last_log(&f.path("s2"));
+    let by_reader = log.lines().filter(|l| l.contains("on first read")).count();
+    let ahead = log.lines().filter(|l| l.contains(" read ahead, with ")).count();
+    assert!(ahead >= 1, "nothing was read ahead:\n{log}");
+    assert!(by_reader <= 3, "{by_reader} demand fetches for 40 files read in order:\n{log}");
+    assert!(!log.contains("error"), "{log}");
+    let got = file_blobs(&f.path("s2"), &manifest_hex(&f));
+    assert!(f.small.iter().all(|(_, c)| got.contains(&hex_of(c))));
+    assert!(!got.contains(&hex_of(&f.big[0].1)), "a big file no one read was fetched");
+    all_verified(&f.path("s2"));
+}

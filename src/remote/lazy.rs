@@ -15,7 +15,9 @@
 //! verified blobs whatever happens to the process; a blob that was already
 //! in the store is hashed once before its first byte is served. Two
 //! readers of one blob wait for one fetch; a failed fetch is reported to
-//! the reader (and the log), and the next read tries again.
+//! the reader (and the log), and the next read tries again. A reader
+//! that goes on in pack order is read ahead of ([`Lazy::read_ahead`]): the
+//! next run comes while it reads this one, one run ahead at most.
 //! [`Lazy::background`] fills the rest as a pull does (runs of a pack's
 //! missing members, one request each), a few requests at a time, access
 //! list first, then manifest order.
@@ -106,6 +108,11 @@ struct State {
     /// The last demand fetch of a pack member: its pack, the member after
     /// its run, its span (see [`DEMAND_MAX`]).
     ahead: Option<(usize, usize, u64)>,
+    /// Where read-ahead requests go while it runs ([`Lazy::read_ahead`]).
+    ahead_tx: Option<std::sync::mpsc::SyncSender<usize>>,
+    /// The run read ahead last (pack, members `lo..hi`): a reader's first
+    /// touch of it asks for the next.
+    ahead_run: Option<(usize, usize, usize)>,
 }
 
 /// Where the access record goes.
@@ -448,6 +455,68 @@ impl Lazy {
 
     /// [`ensure`](Self::ensure), saying `why` in the log.
     fn ensure_for(&self, i: usize, why: &str) -> Result<(), RemoteError> {
+        self.ensure_as(i, why, false)
+    }
+
+    /// Starts reading ahead for readers that go through a pack in order
+    /// (a directory read file after file): once two demand fetches in a
+    /// row follow each other in one pack, the run after the second is
+    /// fetched by a thread of its own while the reader reads, and the
+    /// reader's first touch of a run read ahead asks for the next, so the
+    /// link's round trips overlap the reading. One run (at most
+    /// [`DEMAND_MAX`] bytes) is ever ahead of the reader. Nothing is read
+    /// ahead with an access list: what it names is fetched at mount, and
+    /// nothing else is fetched unless read. Ends with
+    /// [`end_read_ahead`](Self::end_read_ahead).
+    pub fn read_ahead(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(1);
+        if self.access.is_none() {
+            self.lock().ahead_tx = Some(tx);
+        }
+        let me = self.clone();
+        std::thread::spawn(move || {
+            while let Ok(i) = rx.recv() {
+                if let Err(e) = me.ensure_as(i, "read ahead", true) {
+                    let path = crate::manifest::path_display(&me.blobs[i].path);
+                    (me.log)(&format!("error: {} ({path}), read ahead: {e}", me.shown(i)));
+                }
+            }
+        })
+    }
+
+    /// Ends the thread [`read_ahead`](Self::read_ahead) started (once a
+    /// fetch it is making ends).
+    pub fn end_read_ahead(&self) {
+        self.lock().ahead_tx = None;
+    }
+
+    /// Asks the read-ahead thread for the run that starts at member `k` of
+    /// `pack`, if it runs and is not busy.
+    fn ask_ahead(&self, st: &State, pack: usize, k: usize) {
+        if let (Some(tx), Some(m)) = (&st.ahead_tx, self.packs[pack].2.get(k))
+            && let Some(n) = self.num(&m.digest)
+        {
+            let _ = tx.try_send(n);
+        }
+    }
+
+    /// A reader's touch of blob `i`, verified: the first touch of the run
+    /// read ahead last asks for the run after it.
+    fn touched(&self, i: usize, st: &mut State) {
+        if let (Place::Member { pack, k }, Some((p, lo, hi))) = (self.blobs[i].place, st.ahead_run)
+            && p == pack
+            && (lo..hi).contains(&k)
+        {
+            st.ahead_run = None;
+            if let Some((p, next, _)) = st.ahead.filter(|a| a.0 == pack) {
+                self.ask_ahead(st, p, next);
+            }
+        }
+    }
+
+    /// [`ensure_for`](Self::ensure_for); `ahead` for the read-ahead
+    /// thread's own fetches.
+    fn ensure_as(&self, i: usize, why: &str, ahead: bool) -> Result<(), RemoteError> {
         // a blob of its own is fetched by its digest: that needs its chunk
         // of the table first; a pack member's chunk comes with its data
         let d = match self.blobs[i].place {
@@ -457,6 +526,9 @@ impl Lazy {
         let mut st = self.lock();
         loop {
             if st.verified.contains(&i) {
+                if !ahead {
+                    self.touched(i, &mut st);
+                }
                 return Ok(());
             }
             if st.inflight.contains(&i) {
@@ -473,6 +545,9 @@ impl Lazy {
                 Plan::Single => vec![i],
                 Plan::Run { pack, lo, hi, span } => {
                     st.ahead = Some((pack, hi, span));
+                    if ahead {
+                        st.ahead_run = Some((pack, lo, hi));
+                    }
                     self.packs[pack].2[lo..hi].iter().filter_map(|m| self.num(&m.digest)).collect()
                 }
             };
@@ -507,6 +582,13 @@ impl Lazy {
                 st.inflight.remove(j);
             }
             st.verified.extend(stored);
+            // a reader that went on where its last fetch ended reads on:
+            // the run after this one is fetched while it reads this one
+            if let (false, true, Plan::Run { pack, hi, span, .. }) = (ahead, r.is_ok(), plan)
+                && span > DEMAND_SPAN
+            {
+                self.ask_ahead(&st, pack, hi);
+            }
             self.cond.notify_all();
             return r;
         }
