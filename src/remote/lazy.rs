@@ -29,8 +29,9 @@
 //! and kept). A demand fetch of pack members asks for their bytes and
 //! their chunks at once (where members are in a pack follows from the
 //! sizes and the pack's frames, not from digests) and checks both before
-//! naming any member; a pack member already in the store whose chunk is
-//! not yet known is fetched again (and not rewritten). A blob of its own
+//! naming any member; in a store that held blobs before the mount (a
+//! restart), a member's chunk comes first, so that one already stored is
+//! not fetched again. A blob of its own
 //! is fetched by its digest, so its chunk comes first. The background
 //! prefetch fetches the whole table first and rebuilds the manifest from
 //! the tree and the table: a digest other than the one the artifact names
@@ -113,6 +114,9 @@ struct State {
     /// The run read ahead last (pack, members `lo..hi`): a reader's first
     /// touch of it asks for the next.
     ahead_run: Option<(usize, usize, usize)>,
+    /// Whether the store held blobs when a pack member was first needed
+    /// (a mount restarted on the store of one before it), once looked.
+    warm: Option<bool>,
 }
 
 /// Where the access record goes.
@@ -490,6 +494,15 @@ impl Lazy {
         self.lock().ahead_tx = None;
     }
 
+    /// Whether the store held any blob when first asked (see
+    /// [`State::warm`]).
+    fn warm(&self) -> bool {
+        let mut st = self.lock();
+        *st.warm.get_or_insert_with(|| {
+            std::fs::read_dir(self.store.root().join("blobs/sha256")).is_ok_and(|mut d| d.next().is_some())
+        })
+    }
+
     /// Asks the read-ahead thread for the run that starts at member `k` of
     /// `pack`, if it runs and is not busy.
     fn ask_ahead(&self, st: &State, pack: usize, k: usize) {
@@ -521,6 +534,10 @@ impl Lazy {
         // of the table first; a pack member's chunk comes with its data
         let d = match self.blobs[i].place {
             Place::Single => Some(self.real(i)?),
+            // in a store that held blobs before (a restarted mount), the
+            // member may be there: its chunk (one small request) tells,
+            // before its run is fetched again
+            Place::Member { .. } if self.known(i).is_none() && self.warm() => Some(self.real(i)?),
             Place::Member { .. } => self.known(i),
         };
         let mut st = self.lock();
