@@ -110,13 +110,21 @@ struct State {
     /// its run, its span (see [`DEMAND_MAX`]).
     ahead: Option<(usize, usize, u64)>,
     /// Where read-ahead requests go while it runs ([`Lazy::read_ahead`]).
-    ahead_tx: Option<std::sync::mpsc::SyncSender<usize>>,
+    ahead_tx: Option<std::sync::mpsc::SyncSender<Ahead>>,
     /// The run read ahead last (pack, members `lo..hi`): a reader's first
     /// touch of it asks for the next.
     ahead_run: Option<(usize, usize, usize)>,
     /// Whether the store held blobs when a pack member was first needed
     /// (a mount restarted on the store of one before it), once looked.
     warm: Option<bool>,
+}
+
+/// A run claimed for the read-ahead thread: blob `i`, its plan, the
+/// blobs claimed.
+struct Ahead {
+    i: usize,
+    plan: Plan,
+    run: Vec<usize>,
 }
 
 /// Where the access record goes.
@@ -473,23 +481,25 @@ impl Lazy {
     /// nothing else is fetched unless read. Ends with
     /// [`end_read_ahead`](Self::end_read_ahead).
     pub fn read_ahead(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Ahead>(1);
         if self.access.is_none() {
             self.lock().ahead_tx = Some(tx);
         }
         let me = self.clone();
+        // every run sent is claimed (its readers wait for it): each is
+        // fetched, also those still queued when the sender goes
         std::thread::spawn(move || {
-            while let Ok(i) = rx.recv() {
-                if let Err(e) = me.ensure_as(i, "read ahead", true) {
-                    let path = crate::manifest::path_display(&me.blobs[i].path);
-                    (me.log)(&format!("error: {} ({path}), read ahead: {e}", me.shown(i)));
+            while let Ok(a) = rx.recv() {
+                if let Err(e) = me.fetch_claimed(a.i, a.plan, &a.run, "read ahead", true) {
+                    let path = crate::manifest::path_display(&me.blobs[a.i].path);
+                    (me.log)(&format!("error: {} ({path}), read ahead: {e}", me.shown(a.i)));
                 }
             }
         })
     }
 
-    /// Ends the thread [`read_ahead`](Self::read_ahead) started (once a
-    /// fetch it is making ends).
+    /// Ends the thread [`read_ahead`](Self::read_ahead) started (once the
+    /// fetches it was given end).
     pub fn end_read_ahead(&self) {
         self.lock().ahead_tx = None;
     }
@@ -498,19 +508,49 @@ impl Lazy {
     /// [`State::warm`]).
     fn warm(&self) -> bool {
         let mut st = self.lock();
+        self.warm_locked(&mut st)
+    }
+
+    fn warm_locked(&self, st: &mut State) -> bool {
         *st.warm.get_or_insert_with(|| {
             std::fs::read_dir(self.store.root().join("blobs/sha256")).is_ok_and(|mut d| d.next().is_some())
         })
     }
 
-    /// Asks the read-ahead thread for the run that starts at member `k` of
-    /// `pack`, if it runs and is not busy.
-    fn ask_ahead(&self, st: &State, pack: usize, k: usize) {
-        if let (Some(tx), Some(m)) = (&st.ahead_tx, self.packs[pack].2.get(k))
-            && let Some(n) = self.num(&m.digest)
+    /// Claims the run that starts at member `k` of `pack` for the
+    /// read-ahead thread and hands it over, if the thread runs and is not
+    /// busy. Not in a store that held blobs before the mount (a member
+    /// whose chunk is unknown might be fetched again).
+    fn ask_ahead(&self, st: &mut State, pack: usize, k: usize) {
+        let Some(tx) = st.ahead_tx.clone() else { return };
+        let Some(n) = self.packs[pack].2.get(k).and_then(|m| self.num(&m.digest)) else { return };
+        if st.verified.contains(&n)
+            || st.inflight.contains(&n)
+            || self.known(n).is_some_and(|d| self.store.has(&d))
+            || self.warm_locked(st)
         {
-            let _ = tx.try_send(n);
+            return;
         }
+        let before = st.ahead;
+        let (plan, run) = self.claim(n, st);
+        let Plan::Run { lo, hi, .. } = plan else {
+            return self.unclaim(st, &run, before);
+        };
+        st.ahead_run = Some((pack, lo, hi));
+        if let Err(std::sync::mpsc::TrySendError::Full(a) | std::sync::mpsc::TrySendError::Disconnected(a)) =
+            tx.try_send(Ahead { i: n, plan, run })
+        {
+            self.unclaim(st, &a.run, before);
+        }
+    }
+
+    /// Undoes a [`claim`](Self::claim) that was not handed over.
+    fn unclaim(&self, st: &mut State, run: &[usize], ahead: Option<(usize, usize, u64)>) {
+        for j in run {
+            st.inflight.remove(j);
+        }
+        st.ahead = ahead;
+        st.ahead_run = None;
     }
 
     /// A reader's touch of blob `i`, verified: the first touch of the run
@@ -527,8 +567,23 @@ impl Lazy {
         }
     }
 
-    /// [`ensure_for`](Self::ensure_for); `ahead` for the read-ahead
-    /// thread's own fetches.
+    /// Claims what [`plan`](Self::plan) says for blob `i`: the whole run at
+    /// once, so that no other caller fetches any of its blobs meanwhile
+    /// (each waits for this fetch).
+    fn claim(&self, i: usize, st: &mut State) -> (Plan, Vec<usize>) {
+        let plan = self.plan(i, st);
+        let run: Vec<usize> = match plan {
+            Plan::Single => vec![i],
+            Plan::Run { pack, lo, hi, span } => {
+                st.ahead = Some((pack, hi, span));
+                self.packs[pack].2[lo..hi].iter().filter_map(|m| self.num(&m.digest)).collect()
+            }
+        };
+        st.inflight.extend(run.iter().copied());
+        (plan, run)
+    }
+
+    /// [`ensure_for`](Self::ensure_for) of a reader (or the access list).
     fn ensure_as(&self, i: usize, why: &str, ahead: bool) -> Result<(), RemoteError> {
         // a blob of its own is fetched by its digest: that needs its chunk
         // of the table first; a pack member's chunk comes with its data
@@ -555,60 +610,55 @@ impl Lazy {
             if d.is_some_and(|d| self.store.has(&d)) {
                 return Ok(());
             }
-            // the whole run is claimed at once: no other caller fetches
-            // any of its blobs meanwhile, each waits for this fetch
-            let plan = self.plan(i, &st);
-            let run: Vec<usize> = match plan {
-                Plan::Single => vec![i],
-                Plan::Run { pack, lo, hi, span } => {
-                    st.ahead = Some((pack, hi, span));
-                    if ahead {
-                        st.ahead_run = Some((pack, lo, hi));
-                    }
-                    self.packs[pack].2[lo..hi].iter().filter_map(|m| self.num(&m.digest)).collect()
-                }
-            };
-            st.inflight.extend(run.iter().copied());
+            let (plan, run) = self.claim(i, &mut st);
             drop(st);
-            let before = self.bytes.load(Ordering::Relaxed);
-            let mut r = self.fetch(i, plan);
-            // what a failed run stored is verified: a reader of a member
-            // that arrived is served, whatever became of its neighbours
-            let stored: Vec<usize> = match &r {
-                Ok(()) => run.clone(),
-                Err(_) => run.iter().copied().filter(|&j| self.known(j).is_some_and(|d| self.store.has(&d))).collect(),
-            };
-            if let Err(e) = &r
-                && stored.contains(&i)
-            {
-                (self.log)(&format!("error: a neighbour of {} fetched {why}: {e}", self.shown(i)));
-                r = Ok(());
-            }
-            if r.is_ok() {
-                let b = &self.blobs[i];
-                (self.log)(&format!(
-                    "fetched {} ({}) {why}, with {} neighbour(s), {} bytes",
-                    self.shown(i),
-                    crate::manifest::path_display(&b.path),
-                    stored.len() - 1,
-                    self.bytes.load(Ordering::Relaxed).saturating_sub(before)
-                ));
-            }
-            let mut st = self.lock();
-            for j in &run {
-                st.inflight.remove(j);
-            }
-            st.verified.extend(stored);
-            // a reader that went on where its last fetch ended reads on:
-            // the run after this one is fetched while it reads this one
-            if let (false, true, Plan::Run { pack, hi, span, .. }) = (ahead, r.is_ok(), plan)
-                && span > DEMAND_SPAN
-            {
-                self.ask_ahead(&st, pack, hi);
-            }
-            self.cond.notify_all();
-            return r;
+            return self.fetch_claimed(i, plan, &run, why, ahead);
         }
+    }
+
+    /// Fetches a claimed run (see [`claim`](Self::claim)) and releases it:
+    /// its readers are woken. After a reader's fetch that went on where
+    /// the one before ended, the run after it is read ahead.
+    fn fetch_claimed(&self, i: usize, plan: Plan, run: &[usize], why: &str, ahead: bool) -> Result<(), RemoteError> {
+        let before = self.bytes.load(Ordering::Relaxed);
+        let mut r = self.fetch(i, plan);
+        // what a failed run stored is verified: a reader of a member
+        // that arrived is served, whatever became of its neighbours
+        let stored: Vec<usize> = match &r {
+            Ok(()) => run.to_vec(),
+            Err(_) => run.iter().copied().filter(|&j| self.known(j).is_some_and(|d| self.store.has(&d))).collect(),
+        };
+        if let Err(e) = &r
+            && stored.contains(&i)
+        {
+            (self.log)(&format!("error: a neighbour of {} fetched {why}: {e}", self.shown(i)));
+            r = Ok(());
+        }
+        if r.is_ok() {
+            let b = &self.blobs[i];
+            (self.log)(&format!(
+                "fetched {} ({}) {why}, with {} neighbour(s), {} bytes",
+                self.shown(i),
+                crate::manifest::path_display(&b.path),
+                stored.len().saturating_sub(1),
+                self.bytes.load(Ordering::Relaxed).saturating_sub(before)
+            ));
+        }
+        let mut st = self.lock();
+        for j in run {
+            st.inflight.remove(j);
+        }
+        st.verified.extend(stored);
+        // a reader that went on where its last fetch ended reads on: the
+        // run after this one is claimed now, before the reader gets there,
+        // and fetched while it reads this one
+        if let (false, true, Plan::Run { pack, hi, span, .. }) = (ahead, r.is_ok(), plan)
+            && span > DEMAND_SPAN
+        {
+            self.ask_ahead(&mut st, pack, hi);
+        }
+        self.cond.notify_all();
+        r
     }
 
     /// What to fetch for blob `i`: itself, or the run of its pack's
