@@ -2,7 +2,7 @@
 //! copied; `ocix umount MNT`.
 
 use super::Global;
-use crate::manifest::{Digest, Manifest};
+use crate::manifest::{Compact, Digest};
 use crate::mount::{MountOptions, mount, umount_any};
 use crate::pipeline::{self, LazyMountOptions};
 use crate::remote::PullOptions;
@@ -102,7 +102,7 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let bytes = super::read_input(&a.manifest)?;
-    let m = Manifest::from_bytes(&bytes).with_context(|| format!("{}: invalid OCIX manifest", a.manifest.display()))?;
+    let m = Compact::from_bytes(&bytes).with_context(|| format!("{}: invalid OCIX manifest", a.manifest.display()))?;
     let store = Store::open(&a.store)?;
     let opts = MountOptions { upper: a.upper.clone(), work: a.work.clone(), verify: a.verify };
     let r = mount(&m, &Digest::of(&bytes), &store, &a.target, &opts)

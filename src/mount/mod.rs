@@ -23,7 +23,7 @@
 
 pub mod erofs;
 
-use crate::manifest::{Digest, Kind, Manifest};
+use crate::manifest::{Compact, Digest};
 use crate::store::{Store, StoreError, Verifier};
 use crate::sys::mount::{FsContext, attach, detach};
 use crate::sys::{self, Errno, SysError};
@@ -126,7 +126,7 @@ fn checked_path(store: &Store, digest: &Digest) -> PathBuf {
 /// Writes the image of `m` (whose digest is `digest`) into the store's
 /// cache unless it is there; returns its path and whether it was written.
 /// A half-written image never takes the final name.
-pub fn cached_image(m: &Manifest, digest: &Digest, store: &Store) -> Result<(PathBuf, bool), MountError> {
+pub fn cached_image(m: &Compact, digest: &Digest, store: &Store) -> Result<(PathBuf, bool), MountError> {
     let path = image_path(store, digest);
     if path.is_file() {
         return Ok((path, false));
@@ -151,13 +151,13 @@ pub fn cached_image(m: &Manifest, digest: &Digest, store: &Store) -> Result<(Pat
 }
 
 /// The distinct blobs `m` names, with their sizes.
-fn blobs_of(m: &Manifest) -> BTreeMap<Digest, u64> {
+fn blobs_of(m: &Compact) -> BTreeMap<Digest, u64> {
     let mut blobs = BTreeMap::new();
-    for (_, e) in m.walk() {
-        if let Kind::File(f) = &e.kind
+    for n in m.nodes() {
+        if let Some(f) = n.file()
             && let Some(d) = f.digest
         {
-            blobs.insert(d, f.size);
+            blobs.insert(*d, f.size);
         }
     }
     blobs
@@ -166,7 +166,7 @@ fn blobs_of(m: &Manifest) -> BTreeMap<Digest, u64> {
 /// Checks that every blob `m` names is a regular file of the right size,
 /// and its digest unless the same blobs (same inodes, sizes and times)
 /// were checked for this manifest before. Returns (blobs, blobs hashed).
-pub fn check_blobs(m: &Manifest, digest: &Digest, store: &Store, verify: bool) -> Result<(usize, usize), MountError> {
+pub fn check_blobs(m: &Compact, digest: &Digest, store: &Store, verify: bool) -> Result<(usize, usize), MountError> {
     let blobs = blobs_of(m);
     let list: Vec<(&Digest, &u64)> = blobs.iter().collect();
     // one fstatat per blob, on a few threads: the bulk of a cached mount
@@ -293,7 +293,7 @@ fn explain(e: SysError, step: &str) -> MountError {
 /// `target` with the blobs of `store`: read-only, or writable into
 /// `opts.upper`. Nothing is mounted when this fails.
 pub fn mount(
-    m: &Manifest,
+    m: &Compact,
     digest: &Digest,
     store: &Store,
     target: &Path,
@@ -312,7 +312,7 @@ pub const LAZY_SOURCE: &str = "ocix-lazy:";
 /// verifies them); the overlay shows `source` in mount tables. The image
 /// is still cached in `store`.
 pub fn mount_with_data(
-    m: &Manifest,
+    m: &Compact,
     digest: &Digest,
     store: &Store,
     target: &Path,
@@ -324,7 +324,7 @@ pub fn mount_with_data(
 }
 
 fn mount_over(
-    m: &Manifest,
+    m: &Compact,
     digest: &Digest,
     store: &Store,
     target: &Path,
@@ -406,16 +406,16 @@ fn mount_over(
 /// Gives a fresh upper directory the manifest root's owner, xattrs
 /// (escaped as in the image), mode and mtime: the root of a writable
 /// overlay shows its upper directory's metadata.
-fn root_meta(m: &Manifest, fd: rustix::fd::BorrowedFd<'_>, upper: &Path) -> Result<(), MountError> {
+fn root_meta(m: &Compact, fd: rustix::fd::BorrowedFd<'_>, upper: &Path) -> Result<(), MountError> {
     use sys::write::{fchmod, fchown, futimens, set_xattr};
     let shown = || upper.display().to_string();
-    let meta = &m.root.meta;
-    fchown(fd, meta.uid, meta.gid, &shown)?;
-    for (name, value) in &meta.xattrs {
+    let root = m.root();
+    fchown(fd, root.uid(), root.gid(), &shown)?;
+    for (name, value) in root.xattrs().iter() {
         set_xattr(&sys::read::XattrSource::Fd(fd), &erofs::escaped_name(name), value, &shown)?;
     }
-    fchmod(fd, meta.mode, &shown)?;
-    futimens(fd, meta.mtime, &shown)?;
+    fchmod(fd, root.mode(), &shown)?;
+    futimens(fd, root.mtime(), &shown)?;
     Ok(())
 }
 

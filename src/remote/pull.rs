@@ -11,7 +11,7 @@ use super::pack::{self, Member, PackLayer};
 use super::reference::Remote;
 use super::wire::Coding;
 use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, file_blobs, runtime};
-use crate::manifest::{Digest, Kind, Manifest};
+use crate::manifest::{Compact, Digest, Kind, KindCode, Manifest};
 use crate::progress::{Progress, Work};
 use crate::store::Store;
 use futures_util::StreamExt as _;
@@ -399,6 +399,33 @@ pub(crate) fn prefetch_blobs(m: &Manifest, paths: &[Vec<u8>]) -> (Vec<(Digest, u
             Some(Kind::File(f)) if f.digest.is_some() => out.extend(f.digest.map(|d| (d, f.size))),
             Some(Kind::File(_)) => {}
             _ => unknown.push(p.clone()),
+        }
+    }
+    (out, unknown)
+}
+
+/// [`prefetch_blobs`] of a compact manifest: the paths looked up in one
+/// walk (and the hardlinks among them followed in another).
+pub(crate) fn prefetch_blobs_compact(m: &Compact, paths: &[Vec<u8>]) -> (Vec<(Digest, u64)>, Vec<Vec<u8>>) {
+    let refs: Vec<&[u8]> = paths.iter().map(|p| &p[..]).collect();
+    let mut found = m.get_many(&refs);
+    let links: Vec<(usize, &[u8])> = found
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((i, n.filter(|n| n.code() == KindCode::Hardlink)?.target()?)))
+        .collect();
+    if !links.is_empty() {
+        let targets: Vec<&[u8]> = links.iter().map(|l| l.1).collect();
+        for ((i, _), t) in links.iter().zip(m.get_many(&targets)) {
+            found[*i] = t;
+        }
+    }
+    let mut out = Vec::new();
+    let mut unknown = Vec::new();
+    for (p, n) in paths.iter().zip(found) {
+        match n.and_then(|n| n.file()) {
+            Some(f) => out.extend(f.digest.map(|d| (*d, f.size))),
+            None => unknown.push(p.clone()),
         }
     }
     (out, unknown)
