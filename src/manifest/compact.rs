@@ -1261,6 +1261,48 @@ mod tests {
     }
 
     #[test]
+    fn get_many_finds_what_get_finds() {
+        let mut deep = BTreeMap::new();
+        deep.insert(b"f".to_vec(), file(2, 4));
+        let mut sub = BTreeMap::new();
+        sub.insert(b"in".to_vec(), file(1, 2));
+        sub.insert(b"deep".to_vec(), Entry::new(Kind::Dir(deep)));
+        let mut root = BTreeMap::new();
+        root.insert(b"a".to_vec(), Entry::new(Kind::Dir(sub)));
+        root.insert(b"a-b".to_vec(), file(1, 3));
+        root.insert(b"l".to_vec(), Entry::new(Kind::Symlink(b"a".to_vec())));
+        let c = Compact::from_tree(&Manifest { root: Entry::new(Kind::Dir(root)) }).unwrap();
+        let paths: Vec<&[u8]> =
+            vec![b"a/deep/f", b"/a-b", b"a//in", b"", b"a/deep", b"l/in", b"a/nope", b"a-b/x", b"a/deep/f"];
+        let got: Vec<Option<usize>> = c.get_many(&paths).iter().map(|n| n.map(|n| n.index())).collect();
+        let want: Vec<Option<usize>> = paths.iter().map(|p| c.get(p).map(|n| n.index())).collect();
+        assert_eq!(got, want);
+        assert_eq!(got.iter().filter(|g| g.is_some()).count(), 6);
+        assert!(c.get_many(&[]).is_empty());
+    }
+
+    #[test]
+    fn map_digests_visits_files_with_digests_in_order() {
+        let mut root = BTreeMap::new();
+        root.insert(b"a".to_vec(), file(1, 1));
+        root.insert(b"b".to_vec(), file(0, 0));
+        root.insert(b"c".to_vec(), file(2, 2));
+        let m = Manifest { root: Entry::new(Kind::Dir(root)) };
+        let mut c = Compact::from_tree(&m).unwrap();
+        let mut seen = Vec::new();
+        c.map_digests(|size, d| {
+            seen.push((size, d.0[0]));
+            Ok::<_, ()>(Some(Digest([d.0[0] + 10; 32])))
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(1, 1), (2, 2)]);
+        assert_eq!(c.get(b"c").unwrap().file().unwrap().digest, Some(&Digest([12; 32])));
+        assert_eq!(c.map_digests(|_, _| Err("stop")), Err("stop"));
+        c.map_digests(|_, _| Ok::<_, ()>(None)).unwrap();
+        assert_eq!(c.get(b"a").unwrap().file().unwrap().digest, None);
+    }
+
+    #[test]
     fn cursor_skips_subtrees() {
         let mut sub = BTreeMap::new();
         sub.insert(b"in".to_vec(), file(1, 2));

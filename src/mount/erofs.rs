@@ -451,8 +451,10 @@ fn collect(c: &Compact) -> Result<Builder<'_>, ImageError> {
     };
     // the paths hardlinks name, each with its inode once met; paths are
     // followed only when the manifest has hardlinks
-    let mut targets: HashMap<&[u8], u32> =
-        c.nodes().filter_map(|n| (n.code() == KindCode::Hardlink).then(|| (n.target().unwrap_or_default(), NONE))).collect();
+    let mut targets: HashMap<&[u8], u32> = c
+        .nodes()
+        .filter_map(|n| (n.code() == KindCode::Hardlink).then(|| (n.target().unwrap_or_default(), NONE)))
+        .collect();
     let mut cursor = (!targets.is_empty()).then(|| c.cursor());
     // open directories: (end of subtree, inode)
     let mut stack: Vec<(usize, u32)> = Vec::new();
@@ -873,7 +875,8 @@ mod tests {
 
     #[test]
     fn dirent_blocks_never_split_an_entry() {
-        let names: Vec<Vec<u8>> = (0..40u8).map(|i| [vec![b'x'; 250], vec![b'a' + i / 26, b'a' + i % 26]].concat()).collect();
+        let names: Vec<Vec<u8>> =
+            (0..40u8).map(|i| [vec![b'x'; 250], vec![b'a' + i / 26, b'a' + i % 26]].concat()).collect();
         let refs: Vec<&[u8]> = names.iter().map(|n| &n[..]).collect();
         let c = tree(&refs);
         let b = collect(&c).unwrap();

@@ -29,7 +29,6 @@ use crate::sys::mount::{FsContext, attach, detach};
 use crate::sys::{self, Errno, SysError};
 use rustix::fd::AsFd;
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -150,16 +149,15 @@ pub fn cached_image(m: &Compact, digest: &Digest, store: &Store) -> Result<(Path
     result.map(|()| (path, true))
 }
 
-/// The distinct blobs `m` names, with their sizes.
-fn blobs_of(m: &Compact) -> BTreeMap<Digest, u64> {
-    let mut blobs = BTreeMap::new();
-    for n in m.nodes() {
-        if let Some(f) = n.file()
-            && let Some(d) = f.digest
-        {
-            blobs.insert(*d, f.size);
-        }
-    }
+/// The distinct blobs `m` names, with their sizes, in digest order.
+fn blobs_of(m: &Compact) -> Vec<(Digest, u64)> {
+    let mut blobs: Vec<(Digest, u64)> =
+        m.nodes().filter_map(|n| n.file().and_then(|f| Some((*f.digest?, f.size)))).collect();
+    // one size per digest: the last named, as a map keyed by digest keeps
+    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    blobs.reverse();
+    blobs.dedup_by_key(|b| b.0);
+    blobs.reverse();
     blobs
 }
 
@@ -168,7 +166,7 @@ fn blobs_of(m: &Compact) -> BTreeMap<Digest, u64> {
 /// were checked for this manifest before. Returns (blobs, blobs hashed).
 pub fn check_blobs(m: &Compact, digest: &Digest, store: &Store, verify: bool) -> Result<(usize, usize), MountError> {
     let blobs = blobs_of(m);
-    let list: Vec<(&Digest, &u64)> = blobs.iter().collect();
+    let list: Vec<(&Digest, &u64)> = blobs.iter().map(|(d, s)| (d, s)).collect();
     // one fstatat per blob, on a few threads: the bulk of a cached mount
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
     let per = list.len().div_ceil(threads).max(1);
@@ -240,8 +238,8 @@ fn panicked(store: &Store) -> MountError {
 }
 
 /// Hashes every blob on a few threads; the first mismatch is the error.
-fn hash_blobs(blobs: &BTreeMap<Digest, u64>, store: &Store) -> Result<(), MountError> {
-    let list: Vec<(&Digest, &u64)> = blobs.iter().collect();
+fn hash_blobs(blobs: &[(Digest, u64)], store: &Store) -> Result<(), MountError> {
+    let list: Vec<(&Digest, &u64)> = blobs.iter().map(|(d, s)| (d, s)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
     std::thread::scope(|s| {
