@@ -338,13 +338,11 @@ impl<'m> Builder<'m> {
                 }
             }
             KindCode::Symlink => size = n.target().map_or(0, |t| t.len() as u64),
-            KindCode::Char => {
-                if n.dev().is_some_and(|d| d.major == 0 && d.minor == 0) {
-                    return Err(unrepresentable(
-                        &path_of(self.c, n),
-                        "character device 0:0 is an overlay whiteout: a mount would hide it".into(),
-                    ));
-                }
+            KindCode::Char if n.dev().is_some_and(|d| d.major == 0 && d.minor == 0) => {
+                return Err(unrepresentable(
+                    &path_of(self.c, n),
+                    "character device 0:0 is an overlay whiteout: a mount would hide it".into(),
+                ));
             }
             _ => {}
         }
@@ -451,10 +449,8 @@ fn collect(c: &Compact) -> Result<Builder<'_>, ImageError> {
     };
     // the paths hardlinks name, each with its inode once met; paths are
     // followed only when the manifest has hardlinks
-    let mut targets: HashMap<&[u8], u32> = c
-        .nodes()
-        .filter_map(|n| (n.code() == KindCode::Hardlink).then(|| (n.target().unwrap_or_default(), NONE)))
-        .collect();
+    let mut targets: HashMap<&[u8], u32> =
+        c.nodes().filter(|n| n.code() == KindCode::Hardlink).map(|n| (n.target().unwrap_or_default(), NONE)).collect();
     let mut cursor = (!targets.is_empty()).then(|| c.cursor());
     // open directories: (end of subtree, inode)
     let mut stack: Vec<(usize, u32)> = Vec::new();

@@ -154,7 +154,7 @@ fn blobs_of(m: &Compact) -> Vec<(Digest, u64)> {
     let mut blobs: Vec<(Digest, u64)> =
         m.nodes().filter_map(|n| n.file().and_then(|f| Some((*f.digest?, f.size)))).collect();
     // one size per digest: the last named, as a map keyed by digest keeps
-    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    blobs.sort_by_key(|b| b.0);
     blobs.reverse();
     blobs.dedup_by_key(|b| b.0);
     blobs.reverse();
