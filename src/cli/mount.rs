@@ -109,12 +109,13 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         .map_err(super::mount_failed)
         .with_context(|| format!("mounting {} at {}", a.manifest.display(), a.target.display()))?;
     g.info(&format!(
-        "{} mounted at {} ({}, image {} {}; {} blobs, {} hashed)",
+        "{} mounted at {} ({}, image {} {} in {} ms; {} blobs, {} hashed)",
         a.manifest.display(),
         a.target.display(),
         if a.upper.is_some() { "writable" } else { "read-only" },
         r.image.display(),
         if r.image_written { "written" } else { "cached" },
+        r.image_time.as_millis(),
         r.blobs,
         r.blobs_hashed
     ));
@@ -220,10 +221,13 @@ fn run_lazy(src: &str, a: &Args, g: Global) -> anyhow::Result<ExitCode> {
     let target = a.target.clone();
     let ended = pipeline::lazy_mount(src, &a.target, opts, |m| {
         log_line(&format!(
-            "{src} (manifest {}, {} blobs) mounted at {}",
+            "{src} (manifest {}, {} blobs) mounted at {} in {} ms (image {} in {} ms)",
             m.manifest_digest,
             m.mount.blobs,
-            target.display()
+            target.display(),
+            m.mount.time.as_millis(),
+            if m.mount.image_written { "written" } else { "cached" },
+            m.mount.image_time.as_millis()
         ));
         if notify {
             println!("ready {} {}", std::process::id(), m.manifest_digest);

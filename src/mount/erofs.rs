@@ -195,8 +195,10 @@ impl Stored {
         out.extend_from_slice(&(value_len as u16).to_le_bytes());
         out.extend_from_slice(suffix);
         if let Stored::Redirect(d) = self {
+            let mut hex = [0u8; 64];
+            hex::encode_to_slice(d.0, &mut hex).expect("64 hex digits for 32 bytes");
             out.extend_from_slice(BLOBS);
-            out.extend_from_slice(d.hex().as_bytes());
+            out.extend_from_slice(&hex);
         }
         out.resize(start + self.size() as usize, 0);
     }

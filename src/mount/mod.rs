@@ -107,6 +107,10 @@ pub struct MountReport {
     pub blobs: usize,
     /// Blobs whose digest was checked by this call.
     pub blobs_hashed: usize,
+    /// Time spent writing the image (none when it was cached).
+    pub image_time: std::time::Duration,
+    /// Time the whole mount took.
+    pub time: std::time::Duration,
 }
 
 fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
@@ -329,6 +333,7 @@ fn mount_over(
     opts: &MountOptions,
     data_layer: Option<(rustix::fd::BorrowedFd<'_>, &str)>,
 ) -> Result<MountReport, MountError> {
+    let t0 = std::time::Instant::now();
     match std::fs::metadata(target) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => {
@@ -350,7 +355,9 @@ fn mount_over(
         None => check_blobs(m, digest, store, opts.verify)?,
         Some(_) => (blobs_of(m).len(), 0),
     };
+    let t_image = std::time::Instant::now();
     let (image, image_written) = cached_image(m, digest, store)?;
+    let image_time = t_image.elapsed();
     let img = std::fs::File::open(&image).map_err(cache_err(&image))?;
 
     ctx.set_fd_path("source", img.as_fd(), &image).map_err(|e| {
@@ -398,7 +405,7 @@ fn mount_over(
     }
     let top = ovl.mount_detached(false).map_err(|e| explain(e, "overlay"))?;
     attach(top.as_fd(), target).map_err(|e| explain(e, "overlay"))?;
-    Ok(MountReport { image, image_written, blobs, blobs_hashed })
+    Ok(MountReport { image, image_written, blobs, blobs_hashed, image_time, time: t0.elapsed() })
 }
 
 /// Gives a fresh upper directory the manifest root's owner, xattrs
