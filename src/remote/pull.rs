@@ -430,3 +430,33 @@ pub(crate) fn prefetch_blobs_compact(m: &Compact, paths: &[Vec<u8>]) -> (Vec<(Di
     }
     (out, unknown)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Entry, File};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn compact_prefetch_finds_what_the_tree_finds() {
+        let file = |size: u64, d: u8| {
+            Entry::new(Kind::File(File { size, digest: (size > 0).then_some(Digest([d; 32])), zeros: Vec::new() }))
+        };
+        let mut sub = BTreeMap::new();
+        sub.insert(b"f".to_vec(), file(3, 1));
+        sub.insert(b"empty".to_vec(), file(0, 0));
+        let mut root = BTreeMap::new();
+        root.insert(b"d".to_vec(), Entry::new(Kind::Dir(sub)));
+        root.insert(b"g".to_vec(), file(5, 2));
+        root.insert(b"link".to_vec(), Entry::new(Kind::Hardlink(b"d/f".to_vec())));
+        root.insert(b"sym".to_vec(), Entry::new(Kind::Symlink(b"g".to_vec())));
+        let m = Manifest { root: Entry::new(Kind::Dir(root)) };
+        let c = Compact::from_tree(&m).unwrap();
+        let paths: Vec<Vec<u8>> =
+            [&b"g"[..], b"link", b"d/empty", b"d", b"sym", b"nope", b"/d/f", b"g"].iter().map(|p| p.to_vec()).collect();
+        let tree = prefetch_blobs(&m, &paths);
+        assert_eq!(prefetch_blobs_compact(&c, &paths), tree);
+        assert_eq!(tree.0.len(), 4);
+        assert_eq!(tree.1.len(), 3);
+    }
+}
