@@ -456,14 +456,14 @@ pub fn pull_mount(src: &str, dest: &Path, opts: &PullMountOptions) -> Result<Mou
         }
         Err(error) => return Err(RunError::Pull { src: src.into(), error }),
     };
-    // the erofs writer takes the tree form
-    let tree;
+    // the erofs writer takes the compact form
+    let compact;
     let m = match &brought {
-        Brought::Pulled(r) => &r.manifest,
-        Brought::Imported(i) => {
-            tree = i.manifest.to_tree();
-            &tree
+        Brought::Pulled(r) => {
+            compact = crate::manifest::Compact::from_tree(&r.manifest).map_err(RunError::Manifest)?;
+            &compact
         }
+        Brought::Imported(i) => &i.manifest,
     };
     if !dest.exists() {
         std::fs::create_dir(dest)
@@ -514,8 +514,7 @@ pub fn image_mount_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions)
         }
         let mopts = MountOptions { upper: Some(upper), work: Some(work), verify: false };
         let digest = crate::manifest::Digest::of(&bytes);
-        // the erofs writer takes the tree form
-        let report = mount::mount(&imported.manifest.to_tree(), &digest, &store, &rootfs, &mopts)
+        let report = mount::mount(&imported.manifest, &digest, &store, &rootfs, &mopts)
             .map_err(|error| RunError::Mount { src: image.into(), dest: rootfs.clone(), error: Box::new(error) })?;
         mounted = true;
         write_runtime_config(bundle, &rootfs, &imported.image, &opts.unpack, false)?;

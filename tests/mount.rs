@@ -144,10 +144,15 @@ fn two_files(store: &Store) -> Manifest {
     Manifest { root: dir(vec![(b"a".to_vec(), file(store, b"alpha")), (b"b".to_vec(), file(store, b"bravo"))]) }
 }
 
+/// The compact form the mount takes.
+fn compact(m: &Manifest) -> ocix::manifest::Compact {
+    ocix::manifest::Compact::from_tree(m).unwrap()
+}
+
 fn mount_manifest(m: &Manifest, store: &Store, target: &Path) -> Mounted {
     std::fs::create_dir_all(target).unwrap();
     let digest = m.digest().unwrap();
-    mount(m, &digest, store, target, &MountOptions::default()).unwrap();
+    mount(&compact(m), &digest, store, target, &MountOptions::default()).unwrap();
     Mounted(target.to_path_buf())
 }
 
@@ -162,12 +167,12 @@ fn hostile_manifest_image_passes_fsck_and_mounts_as_itself() {
     let m = hostile(&store);
     let image = t.path().join("image.erofs");
     let mut f = std::fs::File::create(&image).unwrap();
-    erofs::write_image(&m, [7; 16], &mut f).unwrap();
+    erofs::write_image(&compact(&m), [7; 16], &mut f).unwrap();
     drop(f);
     fsck(&image);
     // the same manifest always gives the same bytes
     let mut again = Vec::new();
-    erofs::write_image(&m, [7; 16], &mut again).unwrap();
+    erofs::write_image(&compact(&m), [7; 16], &mut again).unwrap();
     assert_eq!(std::fs::read(&image).unwrap(), again);
     if !root_or_skip() {
         return;
@@ -205,7 +210,7 @@ fn unrepresentable_entries_are_refused() {
     ];
     for (e, why) in cases {
         let m = Manifest { root: dir(vec![(b"bad".to_vec(), e)]) };
-        let err = erofs::write_image(&m, [0; 16], &mut Vec::new()).unwrap_err().to_string();
+        let err = erofs::write_image(&compact(&m), [0; 16], &mut Vec::new()).unwrap_err().to_string();
         assert!(err.contains("/bad") && err.contains(why) && err.contains("a mount cannot show it"), "{err}");
     }
 }
@@ -263,7 +268,7 @@ fn missing_short_or_corrupt_blobs_are_refused_before_mounting() {
     std::fs::create_dir(&mnt).unwrap();
     let blob = store.blob_path(&Digest::of(b"bravo"));
     let try_mount = |verify: bool| {
-        let r = mount(&m, &digest, &store, &mnt, &MountOptions { verify, ..Default::default() });
+        let r = mount(&compact(&m), &digest, &store, &mnt, &MountOptions { verify, ..Default::default() });
         if r.is_ok() {
             umount(&mnt).unwrap();
         }
@@ -304,7 +309,7 @@ fn a_refused_manifest_leaves_no_image() {
     let store = Store::create(&t.path().join("store")).unwrap();
     let m = Manifest { root: dir(vec![(b"w".to_vec(), Entry::new(Kind::Char(Dev { major: 0, minor: 0 })))]) };
     let digest = m.digest().unwrap();
-    let e = ocix::mount::cached_image(&m, &digest, &store).unwrap_err().to_string();
+    let e = ocix::mount::cached_image(&compact(&m), &digest, &store).unwrap_err().to_string();
     assert!(e.contains("whiteout"), "{e}");
     assert!(!ocix::mount::image_path(&store, &digest).exists());
     assert!(!image_tmp_left(&store));
@@ -354,7 +359,7 @@ fn upper_makes_the_mount_writable_and_keeps_the_store_clean() {
         std::fs::create_dir(d).unwrap();
     }
     let opts = MountOptions { upper: Some(upper.clone()), work: Some(work), verify: false };
-    mount(&m, &digest, &store, &mnt, &opts).unwrap();
+    mount(&compact(&m), &digest, &store, &mnt, &opts).unwrap();
     let guard = Mounted(mnt.clone());
     // before any change, a writable mount is the manifest too (its root
     // shows the upper directory, given the root's metadata)

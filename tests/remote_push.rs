@@ -553,10 +553,7 @@ fn manifest_travels_compressed_beside_the_plain_layer() {
     assert_eq!(index.blobs(), blobs.len());
     let digests: Vec<_> = blobs.iter().map(|(d, _)| *d).collect();
     assert_eq!(ocix::remote::lazyidx::rebuild(&index.tree, &digests).unwrap(), plain);
-    assert!(index.tree.walk().all(|(_, e)| match &e.kind {
-        ocix::manifest::Kind::File(f) => f.digest.is_none_or(|d| !digests.contains(&d)),
-        _ => true,
-    }));
+    assert!(index.tree.nodes().all(|n| n.file().is_none_or(|f| f.digest.is_none_or(|d| !digests.contains(d)))));
 
     let dest = dir.path().join("dest");
     let (rc, err) = ocix(dir.path(), &["unpack", &target, dest.to_str().unwrap()], &[]);

@@ -184,7 +184,7 @@ proptest! {
         let mnt = t.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let (store, before) = random_tree(t.path(), seed);
-        let m = ocix::manifest::Manifest::from_bytes(&before).unwrap();
+        let m = ocix::manifest::Compact::from_bytes(&before).unwrap();
         let digest = ocix::manifest::Digest::of(&before);
         match ocix::mount::mount(&m, &digest, &store, &mnt, &Default::default()) {
             // a character device 0:0 (an overlay whiteout) is refused

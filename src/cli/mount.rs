@@ -2,7 +2,7 @@
 //! copied; `ocix umount MNT`.
 
 use super::Global;
-use crate::manifest::{Digest, Manifest};
+use crate::manifest::{Compact, Digest};
 use crate::mount::{MountOptions, mount, umount_any};
 use crate::pipeline::{self, LazyMountOptions};
 use crate::remote::PullOptions;
@@ -102,19 +102,20 @@ pub fn run(a: Args, g: Global) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let bytes = super::read_input(&a.manifest)?;
-    let m = Manifest::from_bytes(&bytes).with_context(|| format!("{}: invalid OCIX manifest", a.manifest.display()))?;
+    let m = Compact::from_bytes(&bytes).with_context(|| format!("{}: invalid OCIX manifest", a.manifest.display()))?;
     let store = Store::open(&a.store)?;
     let opts = MountOptions { upper: a.upper.clone(), work: a.work.clone(), verify: a.verify };
     let r = mount(&m, &Digest::of(&bytes), &store, &a.target, &opts)
         .map_err(super::mount_failed)
         .with_context(|| format!("mounting {} at {}", a.manifest.display(), a.target.display()))?;
     g.info(&format!(
-        "{} mounted at {} ({}, image {} {}; {} blobs, {} hashed)",
+        "{} mounted at {} ({}, image {} {} in {} ms; {} blobs, {} hashed)",
         a.manifest.display(),
         a.target.display(),
         if a.upper.is_some() { "writable" } else { "read-only" },
         r.image.display(),
         if r.image_written { "written" } else { "cached" },
+        r.image_time.as_millis(),
         r.blobs,
         r.blobs_hashed
     ));
@@ -220,10 +221,13 @@ fn run_lazy(src: &str, a: &Args, g: Global) -> anyhow::Result<ExitCode> {
     let target = a.target.clone();
     let ended = pipeline::lazy_mount(src, &a.target, opts, |m| {
         log_line(&format!(
-            "{src} (manifest {}, {} blobs) mounted at {}",
+            "{src} (manifest {}, {} blobs) mounted at {} in {} ms (image {} in {} ms)",
             m.manifest_digest,
             m.mount.blobs,
-            target.display()
+            target.display(),
+            m.mount.time.as_millis(),
+            if m.mount.image_written { "written" } else { "cached" },
+            m.mount.image_time.as_millis()
         ));
         if notify {
             println!("ready {} {}", std::process::id(), m.manifest_digest);

@@ -135,6 +135,59 @@ impl Compact {
         Some(cur)
     }
 
+    /// Looks up many `/`-separated paths (as [`Compact::get`]) in one walk
+    /// that enters only the directories on the way to one of them: each
+    /// path's entry, in the order given.
+    pub fn get_many(&self, paths: &[&[u8]]) -> Vec<Option<Node<'_>>> {
+        use std::collections::HashSet;
+        let norm: Vec<Vec<u8>> = paths
+            .iter()
+            .map(|p| p.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect::<Vec<_>>().join(&b'/'))
+            .collect();
+        // every directory a wanted path lies under, the root's "" among them
+        let mut dirs: HashSet<&[u8]> = HashSet::new();
+        for p in &norm {
+            dirs.insert(b"");
+            for (i, &b) in p.iter().enumerate() {
+                if b == b'/' {
+                    dirs.insert(&p[..i]);
+                }
+            }
+        }
+        let wanted: HashSet<&[u8]> = norm.iter().map(|p| &p[..]).collect();
+        let mut found: HashMap<Vec<u8>, Node<'_>> = HashMap::new();
+        let mut cur = self.cursor();
+        while let Some((p, n)) = cur.next_entry() {
+            if wanted.contains(p) {
+                found.insert(p.to_vec(), n);
+            }
+            if n.is_dir() && !dirs.contains(p) {
+                cur.skip_subtree();
+            }
+        }
+        norm.iter().map(|p| found.get(p).copied()).collect()
+    }
+
+    /// Replaces the digest of each regular file that has one, in manifest
+    /// order: `f` gets its size and digest and returns the new digest (a
+    /// file left without one counts as having none).
+    pub fn map_digests<E>(&mut self, mut f: impl FnMut(u64, &Digest) -> Result<Option<Digest>, E>) -> Result<(), E> {
+        for r in &mut self.recs {
+            if r.kind != KindCode::File as u8 || r.data == NONE || r.flags & HAS_DIGEST == 0 {
+                continue;
+            }
+            let file = &mut self.files[r.data as usize];
+            match f(file.size, &file.digest)? {
+                Some(d) => file.digest = d,
+                None => {
+                    file.digest = Digest([0; 32]);
+                    r.flags &= !HAS_DIGEST;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The compact form of a tree. Fails only where the tree breaks a rule
     /// the compact form cannot hold (a name longer than 255 bytes, mode
     /// bits outside 07777, device numbers Linux cannot represent), with the
@@ -468,6 +521,12 @@ impl<'a> Node<'a> {
     /// Extended attributes.
     pub fn xattrs(&self) -> Xattrs<'a> {
         Xattrs(&self.c.xattr_sets[self.rec().xattrs as usize])
+    }
+
+    /// The number of the entry's interned xattr set (0: none): entries
+    /// whose numbers are equal have equal xattrs.
+    pub fn xattr_set(&self) -> usize {
+        self.rec().xattrs as usize
     }
 
     /// Owner's user name, advisory.
@@ -1199,6 +1258,48 @@ mod tests {
         );
         assert_eq!(c.root().xattrs().get(b"user.x"), Some(&b"1"[..]));
         assert_eq!(c.to_bytes().unwrap(), m.to_bytes().unwrap());
+    }
+
+    #[test]
+    fn get_many_finds_what_get_finds() {
+        let mut deep = BTreeMap::new();
+        deep.insert(b"f".to_vec(), file(2, 4));
+        let mut sub = BTreeMap::new();
+        sub.insert(b"in".to_vec(), file(1, 2));
+        sub.insert(b"deep".to_vec(), Entry::new(Kind::Dir(deep)));
+        let mut root = BTreeMap::new();
+        root.insert(b"a".to_vec(), Entry::new(Kind::Dir(sub)));
+        root.insert(b"a-b".to_vec(), file(1, 3));
+        root.insert(b"l".to_vec(), Entry::new(Kind::Symlink(b"a".to_vec())));
+        let c = Compact::from_tree(&Manifest { root: Entry::new(Kind::Dir(root)) }).unwrap();
+        let paths: Vec<&[u8]> =
+            vec![b"a/deep/f", b"/a-b", b"a//in", b"", b"a/deep", b"l/in", b"a/nope", b"a-b/x", b"a/deep/f"];
+        let got: Vec<Option<usize>> = c.get_many(&paths).iter().map(|n| n.map(|n| n.index())).collect();
+        let want: Vec<Option<usize>> = paths.iter().map(|p| c.get(p).map(|n| n.index())).collect();
+        assert_eq!(got, want);
+        assert_eq!(got.iter().filter(|g| g.is_some()).count(), 6);
+        assert!(c.get_many(&[]).is_empty());
+    }
+
+    #[test]
+    fn map_digests_visits_files_with_digests_in_order() {
+        let mut root = BTreeMap::new();
+        root.insert(b"a".to_vec(), file(1, 1));
+        root.insert(b"b".to_vec(), file(0, 0));
+        root.insert(b"c".to_vec(), file(2, 2));
+        let m = Manifest { root: Entry::new(Kind::Dir(root)) };
+        let mut c = Compact::from_tree(&m).unwrap();
+        let mut seen = Vec::new();
+        c.map_digests(|size, d| {
+            seen.push((size, d.0[0]));
+            Ok::<_, ()>(Some(Digest([d.0[0] + 10; 32])))
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(1, 1), (2, 2)]);
+        assert_eq!(c.get(b"c").unwrap().file().unwrap().digest, Some(&Digest([12; 32])));
+        assert_eq!(c.map_digests(|_, _| Err("stop")), Err("stop"));
+        c.map_digests(|_, _| Ok::<_, ()>(None)).unwrap();
+        assert_eq!(c.get(b"a").unwrap().file().unwrap().digest, None);
     }
 
     #[test]

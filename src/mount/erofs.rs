@@ -23,8 +23,9 @@
 //! The image depends on the manifest alone (no clock, no randomness), so
 //! the same manifest always gives the same bytes.
 
-use crate::manifest::{Entry, Kind, Manifest, Meta, Name, path_display, xattr_display};
-use std::collections::{HashMap, HashSet, btree_map};
+use crate::manifest::compact::Children;
+use crate::manifest::{Compact, Digest, KindCode, Node, path_display, xattr_display};
+use std::collections::HashMap;
 use std::io::Write;
 
 const BLKBITS: u32 = 12;
@@ -91,48 +92,6 @@ pub enum ImageError {
 
 fn unrepresentable(path: &[u8], what: String) -> ImageError {
     ImageError::Unrepresentable { path: path_display(path), what }
-}
-
-enum Body<'m> {
-    File { size: u64, redirect: bool },
-    Dir { parent: usize, children: Vec<(&'m [u8], usize)> },
-    Symlink(&'m [u8]),
-    Dev { chr: bool, rdev: u32 },
-    Fifo,
-    Socket,
-}
-
-#[derive(Clone, Copy, Default)]
-enum Data {
-    /// No data (files, devices), or a chunk map of this many null entries.
-    #[default]
-    None,
-    Chunks {
-        bits: u16,
-        count: u64,
-    },
-    /// `blocks` whole blocks from `addr`, the last of them the tail.
-    Plain {
-        addr: u64,
-        blocks: u64,
-    },
-    /// `blocks` whole blocks from `addr`, then `tail` bytes inline.
-    Inline {
-        addr: u64,
-        blocks: u64,
-        tail: u64,
-    },
-}
-
-struct Node<'m> {
-    meta: &'m Meta,
-    body: Body<'m>,
-    nlink: u32,
-    /// Interned xattrs: shared ones first (at most 255), then inline ones.
-    shared: Vec<u32>,
-    inline: Vec<u32>,
-    pos: u64,
-    data: Data,
 }
 
 struct Xattr {
@@ -202,191 +161,378 @@ fn stored_xattr(name: &[u8], value: &[u8]) -> Result<Xattr, String> {
     Err(format!("xattr {} is in a namespace EROFS cannot store", xattr_display(name)))
 }
 
-fn redirect_xattrs(digest: &crate::manifest::Digest) -> [Xattr; 2] {
-    [
-        Xattr { index: 4, suffix: b"overlay.metacopy".to_vec(), value: Vec::new() },
-        Xattr {
-            index: 4,
-            suffix: b"overlay.redirect".to_vec(),
-            value: format!("/blobs/sha256/{}", digest.hex()).into_bytes(),
-        },
-    ]
+/// An xattr of the image: overlayfs's metacopy marker, a file's redirect
+/// to its blob (both in overlayfs's namespace, which no stored xattr of
+/// the manifest takes: those are escaped), or an xattr of the manifest.
+enum Stored {
+    Metacopy,
+    Redirect(Digest),
+    Plain(Xattr),
+}
+
+const METACOPY: &[u8] = b"overlay.metacopy";
+const REDIRECT: &[u8] = b"overlay.redirect";
+const BLOBS: &[u8] = b"/blobs/sha256/";
+
+impl Stored {
+    fn size(&self) -> u64 {
+        match self {
+            Stored::Metacopy => (4 + METACOPY.len() as u64).next_multiple_of(4),
+            Stored::Redirect(_) => (4 + REDIRECT.len() as u64 + BLOBS.len() as u64 + 64).next_multiple_of(4),
+            Stored::Plain(x) => x.size(),
+        }
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        let (suffix, value_len) = match self {
+            Stored::Plain(x) => return x.write_to(out),
+            Stored::Metacopy => (METACOPY, 0),
+            Stored::Redirect(_) => (REDIRECT, BLOBS.len() + 64),
+        };
+        let start = out.len();
+        out.push(suffix.len() as u8);
+        out.push(4);
+        out.extend_from_slice(&(value_len as u16).to_le_bytes());
+        out.extend_from_slice(suffix);
+        if let Stored::Redirect(d) = self {
+            let mut hex = [0u8; 64];
+            hex::encode_to_slice(d.0, &mut hex).expect("64 hex digits for 32 bytes");
+            out.extend_from_slice(BLOBS);
+            out.extend_from_slice(&hex);
+        }
+        out.resize(start + self.size() as usize, 0);
+    }
+}
+
+/// `NONE` in an index field: no such thing.
+const NONE: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Default)]
+enum Data {
+    /// No data (files, devices), or a chunk map of this many null entries.
+    #[default]
+    None,
+    Chunks {
+        bits: u16,
+        count: u64,
+    },
+    /// `blocks` whole blocks from `addr`, the last of them the tail.
+    Plain {
+        addr: u64,
+        blocks: u64,
+    },
+    /// `blocks` whole blocks from `addr`, then `tail` bytes inline.
+    Inline {
+        addr: u64,
+        blocks: u64,
+        tail: u64,
+    },
+}
+
+/// One inode: an entry of the manifest that is not a hardlink.
+struct Inode {
+    /// The entry's index in manifest order.
+    entry: u32,
+    /// A directory's parent inode (the root's is itself).
+    parent: u32,
+    nlink: u32,
+    /// A file with content: its redirect xattr (index into `xattrs`).
+    redirect: u32,
+    /// The entry's xattr set (see [`Node::xattr_set`]).
+    set: u32,
+    /// Bytes of a file's content, a directory's dirents or a symlink's
+    /// target.
+    size: u64,
+    pos: u64,
+    data: Data,
 }
 
 /// Collects the manifest's inodes in manifest order (root first).
 struct Builder<'m> {
-    nodes: Vec<Node<'m>>,
-    xattrs: Vec<Xattr>,
+    c: &'m Compact,
+    inodes: Vec<Inode>,
+    /// The inode of each entry in manifest order (a hardlink's is its
+    /// target's).
+    inode_of: Vec<u32>,
+    xattrs: Vec<Stored>,
     counts: Vec<u32>,
-    interned: HashMap<(u8, Vec<u8>, Vec<u8>), u32>,
+    metacopy: u32,
+    redirects: HashMap<Digest, u32>,
+    plain: HashMap<(u8, Vec<u8>, Vec<u8>), u32>,
+    /// Per xattr set of the manifest, once met: its xattrs' ids (a range
+    /// of `set_ids`).
+    sets: Vec<Option<(u32, u32)>>,
+    set_ids: Vec<u32>,
 }
 
 impl<'m> Builder<'m> {
-    fn intern(&mut self, x: Xattr) -> u32 {
-        let key = (x.index, x.suffix, x.value);
-        if let Some(&id) = self.interned.get(&key) {
+    fn intern(&mut self, x: Stored) -> u32 {
+        let found = match &x {
+            Stored::Metacopy => (self.metacopy != NONE).then_some(self.metacopy),
+            Stored::Redirect(d) => self.redirects.get(d).copied(),
+            Stored::Plain(p) => self.plain.get(&(p.index, p.suffix.clone(), p.value.clone())).copied(),
+        };
+        if let Some(id) = found {
             self.counts[id as usize] += 1;
             return id;
         }
         let id = self.xattrs.len() as u32;
-        self.xattrs.push(Xattr { index: key.0, suffix: key.1.clone(), value: key.2.clone() });
+        match &x {
+            Stored::Metacopy => self.metacopy = id,
+            Stored::Redirect(d) => {
+                self.redirects.insert(*d, id);
+            }
+            Stored::Plain(p) => {
+                self.plain.insert((p.index, p.suffix.clone(), p.value.clone()), id);
+            }
+        }
+        self.xattrs.push(x);
         self.counts.push(1);
-        self.interned.insert(key, id);
         id
     }
 
-    fn add(&mut self, path: &[u8], entry: &'m Entry, parent: usize) -> Result<usize, ImageError> {
-        let body = match &entry.kind {
-            Kind::File(f) => Body::File { size: f.size, redirect: f.size > 0 },
-            Kind::Dir(_) => Body::Dir { parent, children: Vec::new() },
-            Kind::Symlink(t) => Body::Symlink(t),
-            Kind::Char(d) | Kind::Block(d) => {
-                let chr = matches!(entry.kind, Kind::Char(_));
-                if chr && d.major == 0 && d.minor == 0 {
-                    return Err(unrepresentable(
-                        path,
-                        "character device 0:0 is an overlay whiteout: a mount would hide it".into(),
-                    ));
-                }
-                let rdev = (d.minor & 0xff) | (d.major << 8) | ((d.minor & !0xff) << 12);
-                Body::Dev { chr, rdev }
+    /// Interns the xattrs of `n`'s set, once per set; counts each use.
+    fn intern_set(&mut self, n: Node<'m>) -> Result<u32, ImageError> {
+        let set = n.xattr_set();
+        if set == 0 {
+            return Ok(0);
+        }
+        if set >= self.sets.len() {
+            self.sets.resize(set + 1, None);
+        }
+        if let Some((start, len)) = self.sets[set] {
+            for k in start..start + len {
+                self.counts[self.set_ids[k as usize] as usize] += 1;
             }
-            Kind::Fifo => Body::Fifo,
-            Kind::Socket => Body::Socket,
-            Kind::Hardlink(_) => unreachable!("hardlinks are resolved by the caller"),
-        };
-        let mut ids = Vec::with_capacity(entry.meta.xattrs.len() + 2);
-        if let Kind::File(f) = &entry.kind
-            && let Some(d) = &f.digest
-            && f.size > 0
-        {
-            for x in redirect_xattrs(d) {
-                ids.push(self.intern(x));
-            }
+            return Ok(set as u32);
         }
         let mut ibody = XATTR_HEADER;
-        for (name, value) in &entry.meta.xattrs {
-            let x = stored_xattr(name, value).map_err(|what| unrepresentable(path, what))?;
+        let start = self.set_ids.len() as u32;
+        for (name, value) in n.xattrs().iter() {
+            let x = stored_xattr(name, value).map_err(|what| unrepresentable(&path_of(self.c, n), what))?;
             ibody += x.size();
-            ids.push(self.intern(x));
+            let id = self.intern(Stored::Plain(x));
+            self.set_ids.push(id);
         }
         if ibody > MAX_XATTR_IBODY {
             return Err(unrepresentable(
-                path,
+                &path_of(self.c, n),
                 format!("{ibody} bytes of xattrs; an EROFS inode holds at most {MAX_XATTR_IBODY}"),
             ));
         }
-        let nlink = if matches!(body, Body::Dir { .. }) { 2 } else { 1 };
-        self.nodes.push(Node {
-            meta: &entry.meta,
-            body,
+        self.sets[set] = Some((start, self.set_ids.len() as u32 - start));
+        Ok(set as u32)
+    }
+
+    fn add(&mut self, n: Node<'m>, parent: u32) -> Result<u32, ImageError> {
+        let mut size = 0;
+        let mut redirect = NONE;
+        match n.code() {
+            KindCode::File => {
+                if let Some(f) = n.file() {
+                    size = f.size;
+                    if let Some(d) = f.digest
+                        && f.size > 0
+                    {
+                        self.intern(Stored::Metacopy);
+                        redirect = self.intern(Stored::Redirect(*d));
+                    }
+                }
+            }
+            KindCode::Symlink => size = n.target().map_or(0, |t| t.len() as u64),
+            KindCode::Char if n.dev().is_some_and(|d| d.major == 0 && d.minor == 0) => {
+                return Err(unrepresentable(
+                    &path_of(self.c, n),
+                    "character device 0:0 is an overlay whiteout: a mount would hide it".into(),
+                ));
+            }
+            _ => {}
+        }
+        let set = self.intern_set(n)?;
+        let nlink = if n.is_dir() { 2 } else { 1 };
+        self.inodes.push(Inode {
+            entry: n.index() as u32,
+            parent,
             nlink,
-            shared: ids,
-            inline: Vec::new(),
+            redirect,
+            set,
+            size,
             pos: 0,
             data: Data::None,
         });
-        Ok(self.nodes.len() - 1)
+        Ok(self.inodes.len() as u32 - 1)
+    }
+
+    fn node(&self, ino: &Inode) -> Node<'m> {
+        self.c.node(ino.entry as usize).unwrap_or_else(|| self.c.root())
+    }
+
+    /// The xattr ids of an inode, in the order they were interned.
+    fn ids(&self, ino: &Inode) -> impl Iterator<Item = u32> + '_ {
+        let own = (ino.redirect != NONE).then_some([self.metacopy, ino.redirect]);
+        let set: &[u32] = match self.sets.get(ino.set as usize) {
+            Some(Some((start, len))) => &self.set_ids[*start as usize..(*start + *len) as usize],
+            _ => &[],
+        };
+        own.into_iter().flatten().chain(set.iter().copied())
+    }
+
+    /// A directory's dirents, `.` and `..` in their sorted places.
+    fn dirents(&self, i: u32) -> Dirents<'_> {
+        let ino = &self.inodes[i as usize];
+        let children = self.node(ino).children();
+        Dirents { children, peek: None, dots: 0, inode: i, parent: ino.parent, inode_of: &self.inode_of }
     }
 }
 
-/// Paths (relative, `/`-joined) that some hardlink names.
-fn hardlink_targets(m: &Manifest) -> HashSet<&[u8]> {
-    m.walk()
-        .filter_map(|(_, e)| match &e.kind {
-            Kind::Hardlink(t) => Some(t.as_slice()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn collect(m: &Manifest) -> Result<Builder<'_>, ImageError> {
-    let targets = hardlink_targets(m);
-    let mut by_path: HashMap<&[u8], usize> = HashMap::new();
-    let mut b = Builder { nodes: Vec::new(), xattrs: Vec::new(), counts: Vec::new(), interned: HashMap::new() };
-    b.add(b"", &m.root, 0)?;
-    let Kind::Dir(root_children) = &m.root.kind else {
-        return Err(unrepresentable(b"", "the root is not a directory".into()));
-    };
-    // depth-first, pre-order: (directory node, its children, path length before)
-    let mut stack: Vec<(usize, btree_map::Iter<'_, Name, Entry>, usize)> = vec![(0, root_children.iter(), 0)];
-    let mut path: Vec<u8> = Vec::new();
-    while let Some((dir, it, base)) = stack.last_mut() {
-        let (dir, base) = (*dir, *base);
-        let Some((name, entry)) = it.next() else {
-            stack.pop();
-            continue;
-        };
-        path.truncate(base);
+/// The path of `n`, for an error (found by a descent from the root).
+fn path_of(c: &Compact, n: Node<'_>) -> Vec<u8> {
+    let want = n.index();
+    let mut path = Vec::new();
+    let mut cur = c.root();
+    while cur.index() != want {
+        let Some(next) = cur.children().find(|k| k.index() <= want && want < k.end()) else { break };
         if !path.is_empty() {
             path.push(b'/');
         }
-        path.extend_from_slice(name);
-        let child = match &entry.kind {
-            Kind::Hardlink(target) => {
-                let Some(&n) = by_path.get(target.as_slice()) else {
-                    return Err(unrepresentable(&path, "hardlink to an entry that is not earlier".into()));
+        path.extend_from_slice(next.name());
+        cur = next;
+    }
+    path
+}
+
+/// A directory's dirents in name-byte order: its children (in manifest
+/// order, which is name order) with `.` and `..` merged in.
+#[derive(Clone)]
+struct Dirents<'b> {
+    children: Children<'b>,
+    peek: Option<Node<'b>>,
+    /// `.` and `..` given out so far.
+    dots: u8,
+    inode: u32,
+    parent: u32,
+    inode_of: &'b [u32],
+}
+
+impl<'b> Iterator for Dirents<'b> {
+    /// The name and the inode it names.
+    type Item = (&'b [u8], u32);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.peek.is_none() {
+            self.peek = self.children.next();
+        }
+        let next = self.peek.map(|n| n.name());
+        if self.dots == 0 && next.is_none_or(|name| name >= &b"."[..]) {
+            self.dots = 1;
+            return Some((b".", self.inode));
+        }
+        if self.dots == 1 && next.is_none_or(|name| name >= &b".."[..]) {
+            self.dots = 2;
+            return Some((b"..", self.parent));
+        }
+        let n = self.peek.take()?;
+        Some((n.name(), self.inode_of[n.index()]))
+    }
+}
+
+fn collect(c: &Compact) -> Result<Builder<'_>, ImageError> {
+    let mut b = Builder {
+        c,
+        inodes: Vec::with_capacity(c.len()),
+        inode_of: vec![0; c.len()],
+        xattrs: Vec::new(),
+        counts: Vec::new(),
+        metacopy: NONE,
+        redirects: HashMap::new(),
+        plain: HashMap::new(),
+        sets: Vec::new(),
+        set_ids: Vec::new(),
+    };
+    // the paths hardlinks name, each with its inode once met; paths are
+    // followed only when the manifest has hardlinks
+    let mut targets: HashMap<&[u8], u32> =
+        c.nodes().filter(|n| n.code() == KindCode::Hardlink).map(|n| (n.target().unwrap_or_default(), NONE)).collect();
+    let mut cursor = (!targets.is_empty()).then(|| c.cursor());
+    // open directories: (end of subtree, inode)
+    let mut stack: Vec<(usize, u32)> = Vec::new();
+    for n in c.nodes() {
+        let i = n.index();
+        let path: &[u8] = match cursor.as_mut() {
+            Some(cur) => cur.next_entry().map_or(&[][..], |(p, _)| p),
+            None => &[],
+        };
+        while stack.last().is_some_and(|&(end, _)| i >= end) {
+            stack.pop();
+        }
+        let parent = stack.last().map_or(0, |&(_, p)| p);
+        let ino = match n.code() {
+            KindCode::Hardlink => {
+                let target = n.target().unwrap_or_default();
+                let Some(&t) = targets.get(target).filter(|&&t| t != NONE) else {
+                    return Err(unrepresentable(&path_of(c, n), "hardlink to an entry that is not earlier".into()));
                 };
-                b.nodes[n].nlink = b.nodes[n].nlink.saturating_add(1);
-                n
+                let nl = &mut b.inodes[t as usize].nlink;
+                *nl = nl.saturating_add(1);
+                t
+            }
+            KindCode::Dir => {
+                let ino = b.add(n, parent)?;
+                if i > 0 {
+                    let nl = &mut b.inodes[parent as usize].nlink;
+                    *nl = nl.saturating_add(1);
+                }
+                stack.push((n.end(), ino));
+                ino
             }
             _ => {
-                let n = b.add(&path, entry, dir)?;
-                if let Kind::Dir(c) = &entry.kind {
-                    b.nodes[dir].nlink = b.nodes[dir].nlink.saturating_add(1);
-                    stack.push((n, c.iter(), path.len()));
-                } else if targets.contains(path.as_slice()) {
-                    let key: &[u8] = targets.get(path.as_slice()).copied().unwrap_or_default();
-                    by_path.insert(key, n);
+                let ino = b.add(n, parent)?;
+                if let Some(t) = targets.get_mut(path) {
+                    *t = ino;
                 }
-                n
+                ino
             }
         };
-        if let Body::Dir { children, .. } = &mut b.nodes[dir].body {
-            children.push((name.as_slice(), child));
-        }
+        b.inode_of[i] = ino;
     }
     Ok(b)
 }
 
-/// Splits a directory's dirents (`.` and `..` included, sorted) into
-/// blocks; returns each block's number of entries and used bytes.
-fn dir_blocks(entries: &[(&[u8], usize)]) -> Vec<(usize, usize)> {
-    let mut blocks = Vec::new();
-    let (mut n, mut used) = (0usize, 0usize);
-    for (name, _) in entries {
+/// Bytes of a directory's dirent blocks (the last one not padded).
+fn dir_size(ents: Dirents<'_>) -> u64 {
+    let (mut full, mut used) = (0u64, 0usize);
+    for (name, _) in ents {
         let need = DIRENT + name.len();
         if used + need > BLK as usize {
-            blocks.push((n, used));
-            (n, used) = (0, 0);
+            full += 1;
+            used = 0;
         }
-        n += 1;
         used += need;
     }
-    blocks.push((n, used));
-    blocks
+    full * BLK + used as u64
 }
 
-/// A directory's entries with `.` and `..` in their sorted places.
-fn dirents<'a>(node: usize, parent: usize, children: &[(&'a [u8], usize)]) -> Vec<(&'a [u8], usize)> {
-    let mut all: Vec<(&[u8], usize)> = Vec::with_capacity(children.len() + 2);
-    all.push((b".", node));
-    all.push((b"..", parent));
-    all.extend_from_slice(children);
-    // children come sorted; only the two dot entries need placing
-    all.sort_by(|a, b| a.0.cmp(b.0));
-    all
-}
-
-fn xattr_ibody(node: &Node<'_>, xattrs: &[Xattr]) -> u64 {
-    if node.shared.is_empty() && node.inline.is_empty() {
-        return 0;
+/// The xattrs of an inode in the image: how many go by reference to the
+/// shared area (at most 255, the first ones that may), and the bytes of
+/// its xattr area (0: none).
+fn xattr_layout(b: &Builder<'_>, ino: &Inode, shared_off: &[Option<u32>]) -> (u8, u64) {
+    let (mut shared, mut inline, mut any) = (0u8, 0u64, false);
+    for id in b.ids(ino) {
+        any = true;
+        if shared_off[id as usize].is_some() && shared < 255 {
+            shared += 1;
+        } else {
+            inline += b.xattrs[id as usize].size();
+        }
     }
-    XATTR_HEADER + 4 * node.shared.len() as u64 + node.inline.iter().map(|&i| xattrs[i as usize].size()).sum::<u64>()
+    if !any {
+        return (0, 0);
+    }
+    (shared, XATTR_HEADER + 4 * u64::from(shared) + inline)
 }
 
 /// Writes the EROFS image of `m` to `out`. `uuid` goes into the superblock.
-pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result<ImageStats, ImageError> {
+pub fn write_image(m: &Compact, uuid: [u8; 16], out: &mut impl Write) -> Result<ImageStats, ImageError> {
     let mut b = collect(m)?;
     // shared xattrs: those used more than once, in order of first use
     let mut shared_off: Vec<Option<u32>> = vec![None; b.xattrs.len()];
@@ -397,17 +543,6 @@ pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result
             shared_len += x.size();
         }
     }
-    for node in b.nodes.iter_mut() {
-        let ids = std::mem::take(&mut node.shared);
-        for id in ids {
-            if shared_off[id as usize].is_some() && node.shared.len() < 255 {
-                node.shared.push(id);
-            } else {
-                node.inline.push(id);
-            }
-        }
-        debug_assert!(xattr_ibody(node, &b.xattrs) <= XATTR_HEADER + 4 * (u16::MAX as u64 - 1));
-    }
     let xattr_blkaddr = 1u64;
     let meta_blkaddr = xattr_blkaddr + shared_len.div_ceil(BLK);
 
@@ -415,30 +550,30 @@ pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result
     let mut pos = 0u64;
     let mut data_blocks = 0u64;
     let mut chunked = false;
-    let nodes_len = b.nodes.len();
-    for i in 0..nodes_len {
-        let xsize = xattr_ibody(&b.nodes[i], &b.xattrs);
+    let inodes_len = b.inodes.len();
+    for i in 0..inodes_len {
+        let ino = &b.inodes[i];
+        let (_, xsize) = xattr_layout(&b, ino, &shared_off);
+        debug_assert!(xsize <= XATTR_HEADER + 4 * (u16::MAX as u64 - 1));
         let head = INODE_SIZE + xsize;
         let start = pos.next_multiple_of(32);
-        let data = match &b.nodes[i].body {
-            Body::File { size, redirect } => {
-                if *redirect {
+        let mut size = ino.size;
+        let data = match b.node(ino).code() {
+            KindCode::File => {
+                if size > 0 {
                     chunked = true;
                     // the smallest chunk that covers the file, at most 2^31 blocks
-                    let bits = (0u16..31).find(|&c| (BLK << c) >= *size).unwrap_or(31);
+                    let bits = (0u16..31).find(|&c| (BLK << c) >= size).unwrap_or(31);
                     Data::Chunks { bits, count: size.div_ceil(BLK << bits) }
                 } else {
                     Data::None
                 }
             }
-            Body::Dir { parent, children } => {
-                let all = dirents(i, *parent, children);
-                let blocks = dir_blocks(&all);
-                let last = blocks.last().map_or(0, |b| b.1) as u64;
-                let size = (blocks.len() as u64 - 1) * BLK + last;
+            KindCode::Dir => {
+                size = dir_size(b.dirents(i as u32));
                 tail_layout(start, head, size, &mut data_blocks)
             }
-            Body::Symlink(t) => tail_layout(start, head, t.len() as u64, &mut data_blocks),
+            KindCode::Symlink => tail_layout(start, head, size, &mut data_blocks),
             _ => Data::None,
         };
         let extra = match data {
@@ -446,14 +581,16 @@ pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result
             Data::Chunks { count, .. } => 4 * count,
             _ => 0,
         };
-        b.nodes[i].pos = start;
-        b.nodes[i].data = data;
+        let ino = &mut b.inodes[i];
+        ino.size = size;
+        ino.pos = start;
+        ino.data = data;
         pos = start + head + extra;
     }
     let meta_blocks = pos.div_ceil(BLK).max(1);
     let data_blkaddr = meta_blkaddr + meta_blocks;
-    for node in &mut b.nodes {
-        match &mut node.data {
+    for ino in &mut b.inodes {
+        match &mut ino.data {
             Data::Plain { addr, .. } | Data::Inline { addr, .. } => *addr += data_blkaddr,
             _ => {}
         }
@@ -473,7 +610,7 @@ pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result
         sb[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         sb[12] = BLKBITS as u8;
         // root_nid (14..16) is 0: the root is the first inode
-        sb[16..24].copy_from_slice(&(nodes_len as u64).to_le_bytes());
+        sb[16..24].copy_from_slice(&(inodes_len as u64).to_le_bytes());
         sb[36..40].copy_from_slice(&(total_blocks as u32).to_le_bytes());
         sb[40..44].copy_from_slice(&(meta_blkaddr as u32).to_le_bytes());
         sb[44..48].copy_from_slice(&(xattr_blkaddr as u32).to_le_bytes());
@@ -498,11 +635,12 @@ pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result
 
     // inodes
     buf.clear();
+    let mut scratch = Vec::new();
     let mut base = 0u64; // metadata-area offset of buf[0]
-    for i in 0..nodes_len {
-        let node = &b.nodes[i];
-        buf.resize((node.pos - base) as usize, 0);
-        write_inode(&b, i, &shared_off, &mut buf);
+    for i in 0..inodes_len {
+        let ino = &b.inodes[i];
+        buf.resize((ino.pos - base) as usize, 0);
+        write_inode(&b, i, &shared_off, &mut buf, &mut scratch);
         if buf.len() >= 1 << 20 {
             let whole = buf.len() / BLK as usize * BLK as usize;
             out.write_all(&buf[..whole])?;
@@ -516,25 +654,22 @@ pub fn write_image(m: &Manifest, uuid: [u8; 16], out: &mut impl Write) -> Result
     written += buf.len() as u64;
 
     // data blocks, in the order they were given out
-    buf.clear();
-    for i in 0..nodes_len {
-        let node = &b.nodes[i];
-        let blocks = match node.data {
+    for i in 0..inodes_len {
+        let blocks = match b.inodes[i].data {
             Data::Plain { blocks, .. } | Data::Inline { blocks, .. } => blocks,
             _ => continue,
         };
         if blocks == 0 {
             continue;
         }
-        let mut bytes = Vec::new();
-        content(&b, i, &mut bytes);
-        bytes.truncate((blocks * BLK) as usize);
-        bytes.resize((blocks * BLK) as usize, 0);
-        out.write_all(&bytes)?;
-        written += bytes.len() as u64;
+        scratch.clear();
+        content(&b, i, &mut scratch);
+        scratch.resize((blocks * BLK) as usize, 0);
+        out.write_all(&scratch)?;
+        written += scratch.len() as u64;
     }
     debug_assert_eq!(written, total_blocks * BLK);
-    Ok(ImageStats { inodes: nodes_len as u64, bytes: written })
+    Ok(ImageStats { inodes: inodes_len as u64, bytes: written })
 }
 
 /// The data layout of a directory or symlink of `size` bytes whose inode
@@ -564,108 +699,131 @@ fn pad_to_block(buf: &mut Vec<u8>) {
 /// The bytes of a directory (its dirent blocks, the last one not padded)
 /// or a symlink (its target).
 fn content(b: &Builder<'_>, i: usize, out: &mut Vec<u8>) {
-    match &b.nodes[i].body {
-        Body::Symlink(t) => out.extend_from_slice(t),
-        Body::Dir { parent, children } => {
-            let all = dirents(i, *parent, children);
-            let blocks = dir_blocks(&all);
-            let mut k = 0;
-            for (bi, &(n, used)) in blocks.iter().enumerate() {
+    let n = b.node(&b.inodes[i]);
+    match n.code() {
+        KindCode::Symlink => out.extend_from_slice(n.target().unwrap_or_default()),
+        KindCode::Dir => {
+            let mut ents = b.dirents(i as u32);
+            loop {
+                // the entries of this block: as many as fit
                 let start = out.len();
-                let ents = &all[k..k + n];
-                let mut nameoff = DIRENT * n;
-                for (name, child) in ents {
-                    let nid = b.nodes[*child].pos / 32;
+                let mut rest = ents.clone();
+                let (mut count, mut used) = (0usize, 0usize);
+                loop {
+                    let before = rest.clone();
+                    match rest.next() {
+                        Some((name, _)) if used + DIRENT + name.len() <= BLK as usize => {
+                            count += 1;
+                            used += DIRENT + name.len();
+                        }
+                        Some(_) => {
+                            rest = before;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let mut nameoff = DIRENT * count;
+                for (name, child) in ents.clone().take(count) {
+                    let nid = b.inodes[child as usize].pos / 32;
                     out.extend_from_slice(&nid.to_le_bytes());
                     out.extend_from_slice(&(nameoff as u16).to_le_bytes());
-                    out.push(file_type(&b.nodes[*child].body));
+                    out.push(file_type(b, child));
                     out.push(0);
                     nameoff += name.len();
                 }
-                for (name, _) in ents {
+                for (name, _) in ents.take(count) {
                     out.extend_from_slice(name);
                 }
                 debug_assert_eq!(out.len() - start, used);
-                if bi + 1 < blocks.len() {
-                    out.resize(start + BLK as usize, 0);
+                ents = rest;
+                if ents.clone().next().is_none() {
+                    break;
                 }
-                k += n;
+                out.resize(start + BLK as usize, 0);
             }
         }
         _ => {}
     }
 }
 
-fn file_type(body: &Body<'_>) -> u8 {
-    match body {
-        Body::File { .. } => FT_REG,
-        Body::Dir { .. } => FT_DIR,
-        Body::Symlink(_) => FT_LNK,
-        Body::Dev { chr: true, .. } => FT_CHR,
-        Body::Dev { chr: false, .. } => FT_BLK,
-        Body::Fifo => FT_FIFO,
-        Body::Socket => FT_SOCK,
+fn file_type(b: &Builder<'_>, inode: u32) -> u8 {
+    match b.node(&b.inodes[inode as usize]).code() {
+        KindCode::File | KindCode::Hardlink => FT_REG,
+        KindCode::Dir => FT_DIR,
+        KindCode::Symlink => FT_LNK,
+        KindCode::Char => FT_CHR,
+        KindCode::Block => FT_BLK,
+        KindCode::Fifo => FT_FIFO,
+        KindCode::Socket => FT_SOCK,
     }
 }
 
-fn write_inode(b: &Builder<'_>, i: usize, shared_off: &[Option<u32>], out: &mut Vec<u8>) {
-    let node = &b.nodes[i];
-    let (ifmt, size) = match &node.body {
-        Body::File { size, .. } => (0o100000u32, *size),
-        Body::Dir { parent, children } => {
-            let all = dirents(i, *parent, children);
-            let blocks = dir_blocks(&all);
-            (0o040000, (blocks.len() as u64 - 1) * BLK + blocks.last().map_or(0, |b| b.1) as u64)
-        }
-        Body::Symlink(t) => (0o120000, t.len() as u64),
-        Body::Dev { chr: true, .. } => (0o020000, 0),
-        Body::Dev { chr: false, .. } => (0o060000, 0),
-        Body::Fifo => (0o010000, 0),
-        Body::Socket => (0o140000, 0),
+fn write_inode(b: &Builder<'_>, i: usize, shared_off: &[Option<u32>], out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+    let ino = &b.inodes[i];
+    let n = b.node(ino);
+    let ifmt = match n.code() {
+        KindCode::File | KindCode::Hardlink => 0o100000u32,
+        KindCode::Dir => 0o040000,
+        KindCode::Symlink => 0o120000,
+        KindCode::Char => 0o020000,
+        KindCode::Block => 0o060000,
+        KindCode::Fifo => 0o010000,
+        KindCode::Socket => 0o140000,
     };
-    let (layout, u) = match node.data {
+    let (layout, u) = match ino.data {
         Data::None => (FLAT_PLAIN, 0u32),
         Data::Chunks { bits, .. } => (CHUNK_BASED, u32::from(bits)),
         Data::Plain { addr, .. } => (FLAT_PLAIN, addr as u32),
         Data::Inline { addr, blocks, .. } => (FLAT_INLINE, if blocks > 0 { addr as u32 } else { 0 }),
     };
-    let u = match node.body {
-        Body::Dev { rdev, .. } => rdev,
-        _ => u,
+    let u = match n.dev() {
+        Some(d) => (d.minor & 0xff) | (d.major << 8) | ((d.minor & !0xff) << 12),
+        None => u,
     };
-    let xsize = xattr_ibody(node, &b.xattrs);
+    let (nshared, xsize) = xattr_layout(b, ino, shared_off);
     let icount = if xsize == 0 { 0 } else { ((xsize - XATTR_HEADER) / 4 + 1) as u16 };
-    let meta = node.meta;
+    let mtime = n.mtime();
     out.extend_from_slice(&(1 | (layout << 1)).to_le_bytes());
     out.extend_from_slice(&icount.to_le_bytes());
-    out.extend_from_slice(&((ifmt | (meta.mode & 0o7777)) as u16).to_le_bytes());
+    out.extend_from_slice(&((ifmt | (n.mode() & 0o7777)) as u16).to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&ino.size.to_le_bytes());
     out.extend_from_slice(&u.to_le_bytes());
     out.extend_from_slice(&((i as u32).wrapping_add(1)).to_le_bytes());
-    out.extend_from_slice(&meta.uid.to_le_bytes());
-    out.extend_from_slice(&meta.gid.to_le_bytes());
-    out.extend_from_slice(&(meta.mtime.sec as u64).to_le_bytes());
-    out.extend_from_slice(&meta.mtime.nsec.to_le_bytes());
-    out.extend_from_slice(&node.nlink.to_le_bytes());
+    out.extend_from_slice(&n.uid().to_le_bytes());
+    out.extend_from_slice(&n.gid().to_le_bytes());
+    out.extend_from_slice(&(mtime.sec as u64).to_le_bytes());
+    out.extend_from_slice(&mtime.nsec.to_le_bytes());
+    out.extend_from_slice(&ino.nlink.to_le_bytes());
     out.extend_from_slice(&[0u8; 16]);
     if xsize > 0 {
         out.extend_from_slice(&0u32.to_le_bytes());
-        out.push(node.shared.len() as u8);
+        out.push(nshared);
         out.extend_from_slice(&[0u8; 7]);
-        for &id in &node.shared {
-            out.extend_from_slice(&shared_off[id as usize].unwrap_or(0).to_le_bytes());
+        // the first `nshared` that may go by reference, then the others
+        let mut left = nshared;
+        for id in b.ids(ino) {
+            if let Some(off) = shared_off[id as usize].filter(|_| left > 0) {
+                left -= 1;
+                out.extend_from_slice(&off.to_le_bytes());
+            }
         }
-        for &id in &node.inline {
-            b.xattrs[id as usize].write_to(out);
+        let mut left = nshared;
+        for id in b.ids(ino) {
+            if shared_off[id as usize].is_some() && left > 0 {
+                left -= 1;
+            } else {
+                b.xattrs[id as usize].write_to(out);
+            }
         }
     }
-    match node.data {
+    match ino.data {
         Data::Inline { blocks, tail, .. } => {
-            let mut bytes = Vec::new();
-            content(b, i, &mut bytes);
+            scratch.clear();
+            content(b, i, scratch);
             let from = (blocks * BLK) as usize;
-            out.extend_from_slice(&bytes[from..from + tail as usize]);
+            out.extend_from_slice(&scratch[from..from + tail as usize]);
         }
         Data::Chunks { count, .. } => {
             for _ in 0..count {
@@ -694,19 +852,38 @@ mod tests {
         assert!(stored_xattr(b"user.big", &vec![0; 65536]).is_err());
     }
 
-    #[test]
-    fn dirents_sort_dots_among_names() {
-        let c: Vec<(&[u8], usize)> = vec![(b"-a", 1), (b"a", 2)];
-        let names: Vec<&[u8]> = dirents(0, 0, &c).into_iter().map(|e| e.0).collect();
-        assert_eq!(names, vec![&b"-a"[..], b".", b"..", b"a"]);
+    fn tree(names: &[&[u8]]) -> Compact {
+        use crate::manifest::{Entry, File, Kind, Manifest};
+        let mut root = std::collections::BTreeMap::new();
+        for n in names {
+            root.insert(n.to_vec(), Entry::new(Kind::File(File { size: 0, digest: None, zeros: Vec::new() })));
+        }
+        Compact::from_tree(&Manifest { root: Entry::new(Kind::Dir(root)) }).unwrap()
     }
 
     #[test]
-    fn dir_blocks_never_split_an_entry() {
-        let long = vec![b'x'; 255];
-        let c: Vec<(&[u8], usize)> = (0..40).map(|_| (&long[..], 0)).collect();
-        let blocks = dir_blocks(&c);
-        assert!(blocks.iter().all(|&(_, used)| used <= BLK as usize));
-        assert_eq!(blocks.iter().map(|b| b.0).sum::<usize>(), 40);
+    fn dirents_sort_dots_among_names() {
+        let c = tree(&[b"-a", b".-", b".a", b"a"]);
+        let b = collect(&c).unwrap();
+        let names: Vec<&[u8]> = b.dirents(0).map(|e| e.0).collect();
+        assert_eq!(names, vec![&b"-a"[..], b".", b".-", b"..", b".a", b"a"]);
+        let ids: Vec<u32> = b.dirents(0).map(|e| e.1).collect();
+        assert_eq!(ids, vec![1, 0, 2, 0, 3, 4]);
+    }
+
+    #[test]
+    fn dirent_blocks_never_split_an_entry() {
+        let names: Vec<Vec<u8>> =
+            (0..40u8).map(|i| [vec![b'x'; 250], vec![b'a' + i / 26, b'a' + i % 26]].concat()).collect();
+        let refs: Vec<&[u8]> = names.iter().map(|n| &n[..]).collect();
+        let c = tree(&refs);
+        let b = collect(&c).unwrap();
+        let size = dir_size(b.dirents(0));
+        // `.` and `..` then 15 names of 264 bytes fill the first block, 15
+        // the second, the last 10 the third
+        assert_eq!(size, 2 * BLK + 10 * 264);
+        let mut out = Vec::new();
+        content(&b, 0, &mut out);
+        assert_eq!(out.len() as u64, size);
     }
 }

@@ -23,13 +23,12 @@
 
 pub mod erofs;
 
-use crate::manifest::{Digest, Kind, Manifest};
+use crate::manifest::{Compact, Digest};
 use crate::store::{Store, StoreError, Verifier};
 use crate::sys::mount::{FsContext, attach, detach};
 use crate::sys::{self, Errno, SysError};
 use rustix::fd::AsFd;
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -108,6 +107,10 @@ pub struct MountReport {
     pub blobs: usize,
     /// Blobs whose digest was checked by this call.
     pub blobs_hashed: usize,
+    /// Time spent writing the image (none when it was cached).
+    pub image_time: std::time::Duration,
+    /// Time the whole mount took.
+    pub time: std::time::Duration,
 }
 
 fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
@@ -126,7 +129,7 @@ fn checked_path(store: &Store, digest: &Digest) -> PathBuf {
 /// Writes the image of `m` (whose digest is `digest`) into the store's
 /// cache unless it is there; returns its path and whether it was written.
 /// A half-written image never takes the final name.
-pub fn cached_image(m: &Manifest, digest: &Digest, store: &Store) -> Result<(PathBuf, bool), MountError> {
+pub fn cached_image(m: &Compact, digest: &Digest, store: &Store) -> Result<(PathBuf, bool), MountError> {
     let path = image_path(store, digest);
     if path.is_file() {
         return Ok((path, false));
@@ -150,25 +153,24 @@ pub fn cached_image(m: &Manifest, digest: &Digest, store: &Store) -> Result<(Pat
     result.map(|()| (path, true))
 }
 
-/// The distinct blobs `m` names, with their sizes.
-fn blobs_of(m: &Manifest) -> BTreeMap<Digest, u64> {
-    let mut blobs = BTreeMap::new();
-    for (_, e) in m.walk() {
-        if let Kind::File(f) = &e.kind
-            && let Some(d) = f.digest
-        {
-            blobs.insert(d, f.size);
-        }
-    }
+/// The distinct blobs `m` names, with their sizes, in digest order.
+fn blobs_of(m: &Compact) -> Vec<(Digest, u64)> {
+    let mut blobs: Vec<(Digest, u64)> =
+        m.nodes().filter_map(|n| n.file().and_then(|f| Some((*f.digest?, f.size)))).collect();
+    // one size per digest: the last named, as a map keyed by digest keeps
+    blobs.sort_by_key(|b| b.0);
+    blobs.reverse();
+    blobs.dedup_by_key(|b| b.0);
+    blobs.reverse();
     blobs
 }
 
 /// Checks that every blob `m` names is a regular file of the right size,
 /// and its digest unless the same blobs (same inodes, sizes and times)
 /// were checked for this manifest before. Returns (blobs, blobs hashed).
-pub fn check_blobs(m: &Manifest, digest: &Digest, store: &Store, verify: bool) -> Result<(usize, usize), MountError> {
+pub fn check_blobs(m: &Compact, digest: &Digest, store: &Store, verify: bool) -> Result<(usize, usize), MountError> {
     let blobs = blobs_of(m);
-    let list: Vec<(&Digest, &u64)> = blobs.iter().collect();
+    let list: Vec<(&Digest, &u64)> = blobs.iter().map(|(d, s)| (d, s)).collect();
     // one fstatat per blob, on a few threads: the bulk of a cached mount
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
     let per = list.len().div_ceil(threads).max(1);
@@ -240,8 +242,8 @@ fn panicked(store: &Store) -> MountError {
 }
 
 /// Hashes every blob on a few threads; the first mismatch is the error.
-fn hash_blobs(blobs: &BTreeMap<Digest, u64>, store: &Store) -> Result<(), MountError> {
-    let list: Vec<(&Digest, &u64)> = blobs.iter().collect();
+fn hash_blobs(blobs: &[(Digest, u64)], store: &Store) -> Result<(), MountError> {
+    let list: Vec<(&Digest, &u64)> = blobs.iter().map(|(d, s)| (d, s)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
     std::thread::scope(|s| {
@@ -293,7 +295,7 @@ fn explain(e: SysError, step: &str) -> MountError {
 /// `target` with the blobs of `store`: read-only, or writable into
 /// `opts.upper`. Nothing is mounted when this fails.
 pub fn mount(
-    m: &Manifest,
+    m: &Compact,
     digest: &Digest,
     store: &Store,
     target: &Path,
@@ -312,7 +314,7 @@ pub const LAZY_SOURCE: &str = "ocix-lazy:";
 /// verifies them); the overlay shows `source` in mount tables. The image
 /// is still cached in `store`.
 pub fn mount_with_data(
-    m: &Manifest,
+    m: &Compact,
     digest: &Digest,
     store: &Store,
     target: &Path,
@@ -324,13 +326,14 @@ pub fn mount_with_data(
 }
 
 fn mount_over(
-    m: &Manifest,
+    m: &Compact,
     digest: &Digest,
     store: &Store,
     target: &Path,
     opts: &MountOptions,
     data_layer: Option<(rustix::fd::BorrowedFd<'_>, &str)>,
 ) -> Result<MountReport, MountError> {
+    let t0 = std::time::Instant::now();
     match std::fs::metadata(target) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => {
@@ -352,7 +355,9 @@ fn mount_over(
         None => check_blobs(m, digest, store, opts.verify)?,
         Some(_) => (blobs_of(m).len(), 0),
     };
+    let t_image = std::time::Instant::now();
     let (image, image_written) = cached_image(m, digest, store)?;
+    let image_time = t_image.elapsed();
     let img = std::fs::File::open(&image).map_err(cache_err(&image))?;
 
     ctx.set_fd_path("source", img.as_fd(), &image).map_err(|e| {
@@ -400,22 +405,22 @@ fn mount_over(
     }
     let top = ovl.mount_detached(false).map_err(|e| explain(e, "overlay"))?;
     attach(top.as_fd(), target).map_err(|e| explain(e, "overlay"))?;
-    Ok(MountReport { image, image_written, blobs, blobs_hashed })
+    Ok(MountReport { image, image_written, blobs, blobs_hashed, image_time, time: t0.elapsed() })
 }
 
 /// Gives a fresh upper directory the manifest root's owner, xattrs
 /// (escaped as in the image), mode and mtime: the root of a writable
 /// overlay shows its upper directory's metadata.
-fn root_meta(m: &Manifest, fd: rustix::fd::BorrowedFd<'_>, upper: &Path) -> Result<(), MountError> {
+fn root_meta(m: &Compact, fd: rustix::fd::BorrowedFd<'_>, upper: &Path) -> Result<(), MountError> {
     use sys::write::{fchmod, fchown, futimens, set_xattr};
     let shown = || upper.display().to_string();
-    let meta = &m.root.meta;
-    fchown(fd, meta.uid, meta.gid, &shown)?;
-    for (name, value) in &meta.xattrs {
+    let root = m.root();
+    fchown(fd, root.uid(), root.gid(), &shown)?;
+    for (name, value) in root.xattrs().iter() {
         set_xattr(&sys::read::XattrSource::Fd(fd), &erofs::escaped_name(name), value, &shown)?;
     }
-    fchmod(fd, meta.mode, &shown)?;
-    futimens(fd, meta.mtime, &shown)?;
+    fchmod(fd, root.mode(), &shown)?;
+    futimens(fd, root.mtime(), &shown)?;
     Ok(())
 }
 

@@ -42,9 +42,9 @@ use super::client::{Client, backoff, range_skip};
 use super::fetch::{fetch_blob, fetch_run, put_run};
 use super::lazyidx::{ChunkMismatch, Index, IndexError, placeholder, placeholder_index};
 use super::pack::{self, Member, Members};
-use super::pull::{Fetched, fetch_manifest, prefetch_blobs};
-use super::{PullOptions, Remote, RemoteError, file_blobs, runtime, transport};
-use crate::manifest::{Digest, Kind, Manifest};
+use super::pull::{Fetched, fetch_manifest, prefetch_blobs_compact};
+use super::{PullOptions, Remote, RemoteError, file_blobs_compact, runtime, transport};
+use crate::manifest::{Compact, Digest};
 use crate::store::{Store, Verifier};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -151,7 +151,7 @@ pub struct Lazy {
     rt: tokio::runtime::Runtime,
     client: Client,
     store: Store,
-    manifest: Manifest,
+    manifest: Compact,
     manifest_bytes: Vec<u8>,
     manifest_digest: Digest,
     blobs: Vec<Blob>,
@@ -208,7 +208,7 @@ impl Lazy {
         let t_fetched = t0.elapsed();
         let (manifest, table) = match fetched.lazy.take() {
             None => {
-                let m = Manifest::from_bytes(&fetched.bytes)
+                let m = Compact::from_bytes(&fetched.bytes)
                     .map_err(|err| RemoteError::Manifest { url: client.blob_url(&fetched.digest), err })?;
                 (m, None)
             }
@@ -221,7 +221,7 @@ impl Lazy {
                     let err = super::lazyidx::IndexError::Bad("digest table layer (not the one the index names)");
                     return Err(RemoteError::LazyIndex { url, err });
                 }
-                let tree = std::mem::take(&mut index.tree);
+                let tree = std::mem::replace(&mut index.tree, crate::manifest::compact::Builder::new().finish());
                 let got = (0..index.chunks.len()).map(|_| Mutex::new(None)).collect();
                 (tree, Some(Table { index, index_digest: l.index, url: client.blob_url(&td), got }))
             }
@@ -231,7 +231,7 @@ impl Lazy {
         // order, as packs take them): no walk, no map
         let all: Vec<(Digest, u64)> = match &table {
             Some(t) => t.index.sizes.iter().enumerate().map(|(n, &s)| (placeholder(n), s)).collect(),
-            None => file_blobs(&manifest),
+            None => file_blobs_compact(&manifest),
         };
         let packs = if fetched.packs.is_empty() {
             Vec::new()
@@ -253,18 +253,19 @@ impl Lazy {
                 }
             }
         }
-        for (path, e) in manifest.walk() {
-            if let Kind::File(f) = &e.kind
+        let mut cur = manifest.cursor();
+        while let Some((path, n)) = cur.next_entry() {
+            if let Some(f) = n.file()
                 && let Some(d) = f.digest
-                && let Some(i) = num(&d)
+                && let Some(i) = num(d)
                 && blobs[i].path.is_empty()
             {
-                blobs[i].path = path;
+                blobs[i].path = path.to_vec();
             }
         }
         let mut first_paths = opts.pull.prefetch.clone();
         first_paths.extend(fetched.access.iter().cloned());
-        let (first, _) = prefetch_blobs(&manifest, &first_paths);
+        let (first, _) = prefetch_blobs_compact(&manifest, &first_paths);
         let mut order = Vec::with_capacity(blobs.len());
         let mut seen = vec![false; blobs.len()];
         for (d, _) in &first {
@@ -312,7 +313,7 @@ impl Lazy {
     }
 
     /// The decoded manifest.
-    pub fn manifest(&self) -> &Manifest {
+    pub fn manifest(&self) -> &Compact {
         &self.manifest
     }
 

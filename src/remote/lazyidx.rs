@@ -29,7 +29,7 @@
 //! digests (32 bytes each). Nothing may follow.
 
 use super::MAX_MANIFEST;
-use crate::manifest::{DecodeError, Digest, Entry, File, Kind, Manifest};
+use crate::manifest::{Compact, DecodeError, Digest, Entry, File, Kind, Manifest};
 
 /// First bytes of a decoded lazy index.
 pub const MAGIC: &[u8; 16] = b"ocix-lazy-index1";
@@ -116,7 +116,7 @@ pub struct ChunkMismatch {
 pub struct Index {
     /// The tree, each file's digest the placeholder of its blob
     /// ([`placeholder`]).
-    pub tree: Manifest,
+    pub tree: Compact,
     /// Content size of each blob, in blob order.
     pub sizes: Vec<u64>,
     /// Digests per chunk of the table.
@@ -260,7 +260,7 @@ impl Index {
             return Err(IndexError::Magic);
         }
         let n = c.varint("the skeleton's length")?;
-        let mut tree = Manifest::from_bytes(c.take(n, "the skeleton")?).map_err(IndexError::Skeleton)?;
+        let mut tree = Compact::from_bytes(c.take(n, "the skeleton")?).map_err(IndexError::Skeleton)?;
         let blobs = c.varint("the blob count")?;
         let files = c.varint("the file count")?;
         // every blob is named by a file, every file takes at least a byte
@@ -290,41 +290,26 @@ impl Index {
         // the skeleton's files, their references and sizes must agree
         let mut sizes: Vec<u64> = Vec::with_capacity(blobs as usize);
         let mut k = 0usize;
-        let mut bad = None;
-        each_file(&mut tree.root, &mut |f| {
-            if bad.is_some() {
-                return;
-            }
-            if f.digest != Some(Digest([0; 32])) {
-                bad = Some(IndexError::NotSkeleton);
-                return;
+        tree.map_digests(|size, d| {
+            if *d != Digest([0; 32]) {
+                return Err(IndexError::NotSkeleton);
             }
             let Some(&r) = refs.get(k) else {
-                bad = Some(IndexError::Bad("file count (fewer references than files)"));
-                return;
+                return Err(IndexError::Bad("file count (fewer references than files)"));
             };
             k += 1;
             let n = if r == 0 {
-                sizes.push(f.size);
+                sizes.push(size);
                 sizes.len() - 1
             } else {
                 match usize::try_from(r - 1).ok().filter(|&n| n < sizes.len()) {
-                    Some(n) if sizes[n] == f.size => n,
-                    Some(_) => {
-                        bad = Some(IndexError::Bad("blob reference (sizes differ)"));
-                        return;
-                    }
-                    None => {
-                        bad = Some(IndexError::Bad("blob reference (to a blob not yet named)"));
-                        return;
-                    }
+                    Some(n) if sizes[n] == size => n,
+                    Some(_) => return Err(IndexError::Bad("blob reference (sizes differ)")),
+                    None => return Err(IndexError::Bad("blob reference (to a blob not yet named)")),
                 }
             };
-            f.digest = Some(placeholder(n));
-        });
-        if let Some(e) = bad {
-            return Err(e);
-        }
+            Ok(Some(placeholder(n)))
+        })?;
         if k as u64 != files {
             return Err(IndexError::Bad("file count (more references than files)"));
         }
@@ -350,13 +335,15 @@ impl Index {
 /// The canonical manifest: `tree` (an [`Index::tree`]) with each
 /// placeholder replaced by `digests[n]` (the whole table, in blob order),
 /// encoded.
-pub fn rebuild(tree: &Manifest, digests: &[Digest]) -> Result<Vec<u8>, DecodeError> {
+pub fn rebuild(tree: &Compact, digests: &[Digest]) -> Result<Vec<u8>, DecodeError> {
     let mut m = tree.clone();
-    each_file(&mut m.root, &mut |f| {
-        if let Some(n) = f.digest.as_ref().and_then(placeholder_index) {
-            f.digest = digests.get(n).copied();
-        }
-    });
+    m.map_digests(|_, d| {
+        Ok::<_, std::convert::Infallible>(match placeholder_index(d) {
+            Some(n) => digests.get(n).copied(),
+            None => Some(*d),
+        })
+    })
+    .unwrap_or_else(|never| match never {});
     m.to_bytes()
 }
 
@@ -401,10 +388,10 @@ mod tests {
         let digests: Vec<Digest> = table.chunks(32).map(|c| Digest(c.try_into().unwrap())).collect();
         assert_eq!(rebuild(&ix.tree, &digests).unwrap(), m.to_bytes().unwrap());
         // the same content is one blob
-        let Some(Entry { kind: Kind::File(fa), .. }) = ix.tree.get(b"a") else { panic!() };
-        let Some(Entry { kind: Kind::File(fd), .. }) = ix.tree.get(b"d") else { panic!() };
+        let fa = ix.tree.get(b"a").and_then(|n| n.file()).unwrap();
+        let fd = ix.tree.get(b"d").and_then(|n| n.file()).unwrap();
         assert_eq!(fa.digest, fd.digest);
-        assert_eq!(placeholder_index(&fa.digest.unwrap()), Some(0));
+        assert_eq!(placeholder_index(fa.digest.unwrap()), Some(0));
         assert_eq!(placeholder_index(&Digest::of(b"x")), None);
     }
 

@@ -327,6 +327,21 @@ pub fn file_blobs(m: &Manifest) -> Vec<(Digest, u64)> {
     out
 }
 
+/// [`file_blobs`] of a compact manifest.
+pub fn file_blobs_compact(m: &crate::manifest::Compact) -> Vec<(Digest, u64)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for n in m.nodes() {
+        if let Some(f) = n.file()
+            && let Some(&d) = f.digest
+            && seen.insert(d)
+        {
+            out.push((d, f.size));
+        }
+    }
+    out
+}
+
 /// A reqwest error as one line with its causes, timeouts said plainly.
 pub(crate) fn transport(op: &str, url: &str, e: reqwest::Error, timeout: Duration) -> RemoteError {
     let mut detail = if e.is_timeout() {

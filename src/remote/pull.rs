@@ -11,7 +11,7 @@ use super::pack::{self, Member, PackLayer};
 use super::reference::Remote;
 use super::wire::Coding;
 use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, file_blobs, runtime};
-use crate::manifest::{Digest, Kind, Manifest};
+use crate::manifest::{Compact, Digest, Kind, KindCode, Manifest};
 use crate::progress::{Progress, Work};
 use crate::store::Store;
 use futures_util::StreamExt as _;
@@ -402,4 +402,61 @@ pub(crate) fn prefetch_blobs(m: &Manifest, paths: &[Vec<u8>]) -> (Vec<(Digest, u
         }
     }
     (out, unknown)
+}
+
+/// [`prefetch_blobs`] of a compact manifest: the paths looked up in one
+/// walk (and the hardlinks among them followed in another).
+pub(crate) fn prefetch_blobs_compact(m: &Compact, paths: &[Vec<u8>]) -> (Vec<(Digest, u64)>, Vec<Vec<u8>>) {
+    let refs: Vec<&[u8]> = paths.iter().map(|p| &p[..]).collect();
+    let mut found = m.get_many(&refs);
+    let links: Vec<(usize, &[u8])> = found
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((i, n.filter(|n| n.code() == KindCode::Hardlink)?.target()?)))
+        .collect();
+    if !links.is_empty() {
+        let targets: Vec<&[u8]> = links.iter().map(|l| l.1).collect();
+        for ((i, _), t) in links.iter().zip(m.get_many(&targets)) {
+            found[*i] = t;
+        }
+    }
+    let mut out = Vec::new();
+    let mut unknown = Vec::new();
+    for (p, n) in paths.iter().zip(found) {
+        match n.and_then(|n| n.file()) {
+            Some(f) => out.extend(f.digest.map(|d| (*d, f.size))),
+            None => unknown.push(p.clone()),
+        }
+    }
+    (out, unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Entry, File};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn compact_prefetch_finds_what_the_tree_finds() {
+        let file = |size: u64, d: u8| {
+            Entry::new(Kind::File(File { size, digest: (size > 0).then_some(Digest([d; 32])), zeros: Vec::new() }))
+        };
+        let mut sub = BTreeMap::new();
+        sub.insert(b"f".to_vec(), file(3, 1));
+        sub.insert(b"empty".to_vec(), file(0, 0));
+        let mut root = BTreeMap::new();
+        root.insert(b"d".to_vec(), Entry::new(Kind::Dir(sub)));
+        root.insert(b"g".to_vec(), file(5, 2));
+        root.insert(b"link".to_vec(), Entry::new(Kind::Hardlink(b"d/f".to_vec())));
+        root.insert(b"sym".to_vec(), Entry::new(Kind::Symlink(b"g".to_vec())));
+        let m = Manifest { root: Entry::new(Kind::Dir(root)) };
+        let c = Compact::from_tree(&m).unwrap();
+        let paths: Vec<Vec<u8>> =
+            [&b"g"[..], b"link", b"d/empty", b"d", b"sym", b"nope", b"/d/f", b"g"].iter().map(|p| p.to_vec()).collect();
+        let tree = prefetch_blobs(&m, &paths);
+        assert_eq!(prefetch_blobs_compact(&c, &paths), tree);
+        assert_eq!(tree.0.len(), 4);
+        assert_eq!(tree.1.len(), 3);
+    }
 }
