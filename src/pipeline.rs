@@ -199,8 +199,7 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
             // that panicked
             let close = CloseOnDrop(&arrivals);
             let r = remote::pull_with(&remote, &store, &popts, move |m| {
-                // the pull yields the tree form; the unpack takes the compact one
-                let _ = tx.send(Compact::from_tree(m));
+                let _ = tx.send(m.clone());
             });
             close.0.close(match &r {
                 Ok(_) => Filled::Complete,
@@ -210,13 +209,7 @@ pub fn pull_unpack(src: &str, dest: &Path, opts: &PullUnpackOptions) -> Result<U
         });
         // an unpack that fails stops the pull at once, even while a
         // writer still waits for a blob
-        let unpacked = rx.recv().ok().map(|m| match m {
-            Ok(m) => materialize::unpack_filled(&m, &store, dest, &uopts, &*cancel),
-            Err(e) => {
-                materialize::Filler::stop(&*cancel);
-                Err(UnpackError::from(e))
-            }
-        });
+        let unpacked = rx.recv().ok().map(|m| materialize::unpack_filled(&m, &store, dest, &uopts, &*cancel));
         (puller.join(), unpacked)
     });
     // refused before anything was written: `dest` is as it was
@@ -457,12 +450,8 @@ pub fn pull_mount(src: &str, dest: &Path, opts: &PullMountOptions) -> Result<Mou
         Err(error) => return Err(RunError::Pull { src: src.into(), error }),
     };
     // the erofs writer takes the compact form
-    let compact;
     let m = match &brought {
-        Brought::Pulled(r) => {
-            compact = crate::manifest::Compact::from_tree(&r.manifest).map_err(RunError::Manifest)?;
-            &compact
-        }
+        Brought::Pulled(r) => &*r.manifest,
         Brought::Imported(i) => &i.manifest,
     };
     if !dest.exists() {

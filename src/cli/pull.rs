@@ -2,7 +2,7 @@
 //! the store lacks from a registry or a static HTTP store.
 
 use super::Global;
-use crate::manifest::{Digest, Manifest};
+use crate::manifest::Digest;
 use crate::remote::{self, PullOptions, Remote, RemoteOptions};
 use crate::store::Store;
 use anyhow::Context as _;
@@ -161,7 +161,7 @@ fn run_pull(
     opts: &PullOptions,
     shown: &str,
     g: Global,
-) -> anyhow::Result<(Manifest, Vec<u8>)> {
+) -> anyhow::Result<(std::sync::Arc<crate::manifest::Compact>, Vec<u8>)> {
     let store = Store::create(store)?;
     let r = remote::pull(remote, &store, opts)
         .map_err(|e| {

@@ -10,8 +10,8 @@ use super::fetch::{fetch_blob, fetch_run};
 use super::pack::{self, Member, PackLayer};
 use super::reference::Remote;
 use super::wire::Coding;
-use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, file_blobs, runtime};
-use crate::manifest::{Compact, Digest, Kind, KindCode, Manifest};
+use super::{MAX_MANIFEST, ProtocolError, RemoteError, RemoteOptions, file_blobs_compact, runtime};
+use crate::manifest::{Compact, Digest, KindCode};
 use crate::progress::{Progress, Work};
 use crate::store::Store;
 use futures_util::StreamExt as _;
@@ -53,8 +53,9 @@ impl Default for PullOptions {
 /// What a pull did.
 #[derive(Debug)]
 pub struct PullReport {
-    /// The decoded manifest.
-    pub manifest: Manifest,
+    /// The decoded manifest, in compact form (shared with what
+    /// [`pull_with`]'s caller was given).
+    pub manifest: Arc<Compact>,
     /// Its encoded bytes, as fetched (also in the store).
     pub manifest_bytes: Vec<u8>,
     /// Their digest.
@@ -86,7 +87,7 @@ pub fn pull_with(
     remote: &Remote,
     store: &Store,
     opts: &PullOptions,
-    on_manifest: impl FnOnce(&Manifest) + Send,
+    on_manifest: impl FnOnce(&Arc<Compact>) + Send,
 ) -> Result<PullReport, RemoteError> {
     let rt = runtime()?;
     let mut client = Client::new(remote.clone(), opts.remote.clone(), false)?;
@@ -245,22 +246,23 @@ async fn pull_async(
     client: &Client,
     store: &Store,
     opts: &PullOptions,
-    on_manifest: impl FnOnce(&Manifest),
+    on_manifest: impl FnOnce(&Arc<Compact>),
 ) -> Result<PullReport, RemoteError> {
     let Fetched { bytes: manifest_bytes, digest: manifest_digest, threshold, packs, zstd, access, .. } =
         fetch_manifest(client, store, opts, false).await?;
-    let manifest = Manifest::from_bytes(&manifest_bytes)
+    let manifest = Compact::from_bytes(&manifest_bytes)
         .map_err(|err| RemoteError::Manifest { url: client.blob_url(&manifest_digest), err })?;
+    let manifest = Arc::new(manifest);
     on_manifest(&manifest);
-    let all = file_blobs(&manifest);
+    let all = file_blobs_compact(&manifest);
     let packed = if packs.is_empty() {
         Vec::new()
     } else {
         pack::members(&all, threshold, &packs).map_err(|err| RemoteError::Packs { url: client.remote_name(), err })?
     };
     // the caller's paths first, then the artifact's access list
-    let (mut first, prefetch_unknown) = prefetch_blobs(&manifest, &opts.prefetch);
-    first.extend(prefetch_blobs(&manifest, &access).0);
+    let (mut first, prefetch_unknown) = prefetch_blobs_compact(&manifest, &opts.prefetch);
+    first.extend(prefetch_blobs_compact(&manifest, &access).0);
     // rank: prefetch position first, then manifest order
     let mut rank: HashMap<Digest, usize> = HashMap::new();
     for (i, (d, _)) in first.iter().enumerate() {
@@ -386,26 +388,9 @@ async fn pull_async(
 }
 
 /// The blobs of the prefetch paths (hardlinks followed to their file), in
-/// the list's order, and the paths that name no file with content.
-pub(crate) fn prefetch_blobs(m: &Manifest, paths: &[Vec<u8>]) -> (Vec<(Digest, u64)>, Vec<Vec<u8>>) {
-    let mut out = Vec::new();
-    let mut unknown = Vec::new();
-    for p in paths {
-        let mut e = m.get(p);
-        if let Some(Kind::Hardlink(t)) = e.map(|e| &e.kind) {
-            e = m.get(t);
-        }
-        match e.map(|e| &e.kind) {
-            Some(Kind::File(f)) if f.digest.is_some() => out.extend(f.digest.map(|d| (d, f.size))),
-            Some(Kind::File(_)) => {}
-            _ => unknown.push(p.clone()),
-        }
-    }
-    (out, unknown)
-}
-
-/// [`prefetch_blobs`] of a compact manifest: the paths looked up in one
-/// walk (and the hardlinks among them followed in another).
+/// the list's order, and the paths that name no file with content: the
+/// paths looked up in one walk (and the hardlinks among them followed in
+/// another).
 pub(crate) fn prefetch_blobs_compact(m: &Compact, paths: &[Vec<u8>]) -> (Vec<(Digest, u64)>, Vec<Vec<u8>>) {
     let refs: Vec<&[u8]> = paths.iter().map(|p| &p[..]).collect();
     let mut found = m.get_many(&refs);
@@ -434,11 +419,11 @@ pub(crate) fn prefetch_blobs_compact(m: &Compact, paths: &[Vec<u8>]) -> (Vec<(Di
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Entry, File};
+    use crate::manifest::{Entry, File, Kind, Manifest};
     use std::collections::BTreeMap;
 
     #[test]
-    fn compact_prefetch_finds_what_the_tree_finds() {
+    fn prefetch_finds_files_through_hardlinks_and_names_what_it_cannot() {
         let file = |size: u64, d: u8| {
             Entry::new(Kind::File(File { size, digest: (size > 0).then_some(Digest([d; 32])), zeros: Vec::new() }))
         };
@@ -454,9 +439,10 @@ mod tests {
         let c = Compact::from_tree(&m).unwrap();
         let paths: Vec<Vec<u8>> =
             [&b"g"[..], b"link", b"d/empty", b"d", b"sym", b"nope", b"/d/f", b"g"].iter().map(|p| p.to_vec()).collect();
-        let tree = prefetch_blobs(&m, &paths);
-        assert_eq!(prefetch_blobs_compact(&c, &paths), tree);
-        assert_eq!(tree.0.len(), 4);
-        assert_eq!(tree.1.len(), 3);
+        let (d1, d2) = (Digest([1; 32]), Digest([2; 32]));
+        let (found, unknown) = prefetch_blobs_compact(&c, &paths);
+        // an empty file has no blob and is no unknown path either
+        assert_eq!(found, vec![(d2, 5), (d1, 3), (d1, 3), (d2, 5)]);
+        assert_eq!(unknown, vec![b"d".to_vec(), b"sym".to_vec(), b"nope".to_vec()]);
     }
 }
