@@ -466,11 +466,6 @@ impl Lazy {
         self.ensure_for(i, "on first read")
     }
 
-    /// [`ensure`](Self::ensure), saying `why` in the log.
-    fn ensure_for(&self, i: usize, why: &str) -> Result<(), RemoteError> {
-        self.ensure_as(i, why, false)
-    }
-
     /// Starts reading ahead for readers that go through a pack in order
     /// (a directory read file after file): once two demand fetches in a
     /// row follow each other in one pack, the run after the second is
@@ -584,8 +579,8 @@ impl Lazy {
         (plan, run)
     }
 
-    /// [`ensure_for`](Self::ensure_for) of a reader (or the access list).
-    fn ensure_as(&self, i: usize, why: &str, ahead: bool) -> Result<(), RemoteError> {
+    /// [`ensure`](Self::ensure), saying `why` in the log.
+    fn ensure_for(&self, i: usize, why: &str) -> Result<(), RemoteError> {
         // a blob of its own is fetched by its digest: that needs its chunk
         // of the table first; a pack member's chunk comes with its data
         let d = match self.blobs[i].place {
@@ -599,9 +594,7 @@ impl Lazy {
         let mut st = self.lock();
         loop {
             if st.verified.contains(&i) {
-                if !ahead {
-                    self.touched(i, &mut st);
-                }
+                self.touched(i, &mut st);
                 return Ok(());
             }
             if st.inflight.contains(&i) {
@@ -613,7 +606,7 @@ impl Lazy {
             }
             let (plan, run) = self.claim(i, &mut st);
             drop(st);
-            return self.fetch_claimed(i, plan, &run, why, ahead);
+            return self.fetch_claimed(i, plan, &run, why, false);
         }
     }
 
