@@ -64,7 +64,7 @@ use crate::manifest::{Compact, Dev, Digest, Meta, path_display};
 use crate::store::{Store, StoreError};
 use content::Content;
 use sha2::{Digest as _, Sha256};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tar::{EntryType, TarError, TarReader};
@@ -784,6 +784,18 @@ struct ChanReader {
 
 impl Read for ChanReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let cur = self.fill_buf()?;
+        let n = buf.len().min(cur.len());
+        buf[..n].copy_from_slice(&cur[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The chunks as they came, lent without a copy (file contents go from
+/// them straight to the store).
+impl io::BufRead for ChanReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(v)) => {
@@ -793,13 +805,14 @@ impl Read for ChanReader {
                 Ok(Err(e)) => return Err(e),
                 // The sender is gone: the end of the stream (or its failure,
                 // which the sender reports itself).
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(&self.cur[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.cur.len());
     }
 }
 
@@ -810,7 +823,7 @@ impl Read for ChanReader {
 /// dropped as there, without the list of [`Imported::dropped`]).
 pub fn apply_tar<R: Read>(tree: &mut Tree, r: R, store: Option<&Store>, layer: Digest) -> Result<u64, ImportError> {
     let mut stats = Stats { files: 0, bytes: 0, max_bytes: u64::MAX, dropped: Dropped::default(), holes: 0 };
-    read_entries(tree, r, store, &mut stats, layer)?;
+    read_entries(tree, io::BufReader::with_capacity(256 << 10, r), store, &mut stats, layer)?;
     Ok(stats.files)
 }
 
@@ -821,7 +834,7 @@ fn member_display(name: &[u8]) -> String {
     path_display(&name[start..])
 }
 
-fn read_entries<R: Read>(
+fn read_entries<R: io::BufRead>(
     tree: &mut Tree,
     r: R,
     store: Option<&Store>,
@@ -895,11 +908,13 @@ fn read_entries<R: Read>(
                 let terr2 = |e: TarError| eerr(LayerError::Content(e));
                 match &h.sparse {
                     None => loop {
-                        let n = tr.read_data(&mut buf).map_err(terr2)?;
-                        if n == 0 {
+                        let b = tr.data_buf().map_err(terr2)?;
+                        if b.is_empty() {
                             break;
                         }
-                        c.write(&buf[..n])?;
+                        let n = b.len();
+                        c.write(b)?;
+                        tr.consume_data(n);
                     },
                     Some(map) => {
                         // a tiny layer may claim a file of exabytes of holes:

@@ -146,6 +146,43 @@ impl<R: Read> TarReader<R> {
         Ok(())
     }
 
+    /// Some of the current entry's data, borrowed from the reader's own
+    /// buffer (no copy); empty at its end. Hand back what was used with
+    /// [`consume_data`](Self::consume_data).
+    pub fn data_buf(&mut self) -> Result<&[u8], TarError>
+    where
+        R: io::BufRead,
+    {
+        if self.data_left == 0 {
+            return Ok(&[]);
+        }
+        let left = self.data_left;
+        // an interrupted fill is tried again; the second call only lends
+        // what the first one brought in
+        loop {
+            match self.r.fill_buf() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+                Ok(_) => break,
+            }
+        }
+        let b = self.r.fill_buf()?;
+        if b.is_empty() {
+            return Err(truncated());
+        }
+        Ok(&b[..b.len().min(left.min(usize::MAX as u64) as usize)])
+    }
+
+    /// Marks `n` bytes of what [`data_buf`](Self::data_buf) gave as read.
+    pub fn consume_data(&mut self, n: usize)
+    where
+        R: io::BufRead,
+    {
+        debug_assert!(n as u64 <= self.data_left);
+        self.r.consume(n);
+        self.data_left -= n as u64;
+    }
+
     fn skip_rest(&mut self) -> Result<(), TarError> {
         let mut left = self.data_left + self.pad_left;
         let mut buf = [0u8; 8192];

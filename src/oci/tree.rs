@@ -472,6 +472,12 @@ pub struct Tree {
     layer: u32,
     /// A directory entry over a symlink to a directory keeps the symlink.
     keep_dirlinks: bool,
+    /// The parent directory the last entry added resolved to without a
+    /// symlink on the way, and its node: a layer lists a directory's
+    /// entries together, so most entries skip resolving their parent one
+    /// component at a time. Forgotten whenever a node is removed (the only
+    /// way a path comes to name another node).
+    last_dir: Option<(Vec<Name>, u32)>,
 }
 
 impl Default for Tree {
@@ -496,6 +502,7 @@ impl Default for Tree {
             index: Index::default(),
             tables: Tables::default(),
             layer: 0,
+            last_dir: None,
             keep_dirlinks: false,
         }
     }
@@ -693,6 +700,7 @@ impl Tree {
     /// Removes node `id` from its directory (it stays in the list of
     /// children, flagged).
     fn remove(&mut self, id: u32) {
+        self.last_dir = None;
         self.index.remove(&self.nodes, &self.names, id);
         self.nodes[id as usize].flags |= REMOVED;
     }
@@ -806,8 +814,17 @@ impl Tree {
             };
         };
         let resolved;
-        let (dir_path, dir_id): (&[Name], u32) = match self.resolve_dir(dir)? {
-            Parent::Same(id) => (dir, id),
+        let parent = match &self.last_dir {
+            Some((p, id)) if p.as_slice() == dir => Parent::Same(*id),
+            _ => self.resolve_dir(dir)?,
+        };
+        let (dir_path, dir_id): (&[Name], u32) = match parent {
+            Parent::Same(id) => {
+                if self.last_dir.as_ref().is_none_or(|(_, last)| *last != id) {
+                    self.last_dir = Some((dir.to_vec(), id));
+                }
+                (dir, id)
+            }
             Parent::Dir(p, id) => {
                 resolved = p;
                 (&resolved, id)
@@ -1319,6 +1336,37 @@ mod tests {
         let m = tree_of(&t);
         assert!(matches!(m.get(b"z").unwrap().kind, Kind::File(_)));
         assert!(m.get(b"a").is_none());
+    }
+
+    #[test]
+    fn a_parent_replaced_or_removed_is_resolved_again() {
+        // each entry below finds its parent as the entry before it left it,
+        // unless that parent has gone since
+        let mut t = Tree::default();
+        for d in ["a", "a/b"] {
+            t.add(&c(d), Meta { mode: 0o755, ..Meta::default() }, NewKind::Dir).unwrap();
+        }
+        file(&mut t, "a/b/x");
+        file(&mut t, "a/b"); // the directory replaced by a file, in one layer
+        let e = t.add(&c("a/b/y"), Meta { mode: 0o644, ..Meta::default() }, NewKind::File(File::default()));
+        assert!(e.is_err(), "a/b is a file now: {e:?}");
+        let m = tree_of(&t);
+        assert!(m.get(b"a/b/x").is_none() && m.get(b"a/b/y").is_none());
+        assert!(matches!(m.get(b"a/b").unwrap().kind, Kind::File(_)));
+
+        let mut t = Tree::default();
+        for d in ["d", "d/e"] {
+            t.add(&c(d), Meta { mode: 0o755, ..Meta::default() }, NewKind::Dir).unwrap();
+        }
+        file(&mut t, "d/e/x");
+        t.begin_layer();
+        t.whiteout(&c("d/.wh.e")).unwrap();
+        file(&mut t, "d/e/y"); // a new d/e, made again as a parent
+        t.add(&c("l"), Meta::default(), NewKind::Symlink(b"d/e".to_vec())).unwrap();
+        file(&mut t, "l/z"); // through the symlink: d/e/z
+        let m = tree_of(&t);
+        assert!(m.get(b"d/e/x").is_none(), "removed with its directory");
+        assert!(m.get(b"d/e/y").is_some() && m.get(b"d/e/z").is_some());
     }
 
     #[test]
