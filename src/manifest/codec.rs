@@ -91,7 +91,7 @@ pub fn encode(m: &Manifest) -> Result<Vec<u8>, DecodeError> {
 
 /// [`Compact::to_bytes`].
 pub(crate) fn encode_compact(c: &Compact) -> Result<Vec<u8>, DecodeError> {
-    validate_compact(c)?;
+    c.validate()?;
     let mut v = Vec::with_capacity(c.len().saturating_mul(16));
     encode_valid(c, &mut v).map_err(|e| DecodeError { offset: None, path: None, what: e.to_string() })?;
     Ok(v)
@@ -685,7 +685,7 @@ pub(crate) fn decode_read(src: &mut dyn std::io::Read, len: u64) -> Result<Compa
 
 fn decode_from(r: Reader<'_>) -> Result<Compact, DecodeError> {
     let c = decode_into(r, Builder::new())?.finish();
-    validate_compact(&c)?;
+    c.validate()?;
     Ok(c)
 }
 

@@ -73,7 +73,41 @@ pub struct Compact {
     targets: Vec<(u32, u32)>,
     xattr_sets: Vec<XattrSet>,
     owners: Vec<Owners>,
+    /// Whether [`Compact::validate`] has passed on this very model (the
+    /// decoder validates what it builds): every sink validates what it is
+    /// given, and a manifest passed from sink to sink is checked once.
+    checked: Checked,
 }
+
+/// A flag that a model passed validation. Not part of the model: two
+/// models with the same entries are equal whether or not either was
+/// checked; a clone keeps the flag, as it keeps the entries.
+#[derive(Debug, Default)]
+struct Checked(std::sync::atomic::AtomicBool);
+
+impl Checked {
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set(&self, v: bool) {
+        self.0.store(v, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Clone for Checked {
+    fn clone(&self) -> Self {
+        Checked(std::sync::atomic::AtomicBool::new(self.get()))
+    }
+}
+
+impl PartialEq for Checked {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Checked {}
 
 /// What a model cannot hold: more than 4 GiB of names and targets, or
 /// more than 4 billion entries, files or zero runs.
@@ -172,6 +206,7 @@ impl Compact {
     /// order: `f` gets its size and digest and returns the new digest (a
     /// file left without one counts as having none).
     pub fn map_digests<E>(&mut self, mut f: impl FnMut(u64, &Digest) -> Result<Option<Digest>, E>) -> Result<(), E> {
+        self.checked.set(false);
         for r in &mut self.recs {
             if r.kind != KindCode::File as u8 || r.data == NONE || r.flags & HAS_DIGEST == 0 {
                 continue;
@@ -226,13 +261,13 @@ impl Compact {
     /// bytes to `out` in chunks; returns their length and sha256 (the
     /// manifest's digest). Nothing is written when the check fails.
     pub fn write_to(&self, out: &mut dyn std::io::Write) -> Result<(u64, Digest), WriteError> {
-        super::codec::validate_compact(self)?;
+        self.validate()?;
         Ok(super::codec::encode_valid(self, out)?)
     }
 
     /// sha256 of the encoded manifest: its identity.
     pub fn digest(&self) -> Result<Digest, super::DecodeError> {
-        super::codec::validate_compact(self)?;
+        self.validate()?;
         let (_, d) = super::codec::encode_valid(self, &mut std::io::sink()).map_err(|e| super::DecodeError {
             offset: None,
             path: None,
@@ -242,9 +277,14 @@ impl Compact {
     }
 
     /// Checks the rules that span entries or values (see
-    /// [`super::codec::validate`]).
+    /// [`super::codec::validate`]); once passed, the model is not checked
+    /// again.
     pub fn validate(&self) -> Result<(), super::DecodeError> {
-        super::codec::validate_compact(self)
+        if !self.checked.get() {
+            super::codec::validate_compact(self)?;
+            self.checked.set(true);
+        }
+        Ok(())
     }
 
     /// Bytes of memory the model holds (its arrays' lengths, not their
@@ -927,6 +967,7 @@ impl Builder {
             targets: Vec::new(),
             xattr_sets: vec![Arc::from(Vec::new())],
             owners: vec![(None, None)],
+            checked: Checked::default(),
         };
         Builder { c, open: Vec::new(), xattr_index: HashMap::new(), owner_index: HashMap::new(), last_owner: 0 }
     }
@@ -1165,6 +1206,31 @@ impl Builder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_model_is_validated_once_and_again_after_a_change() {
+        // a hardlink to a path nothing has: invalid, and it stays so
+        let mut m = Manifest::default();
+        if let Kind::Dir(children) = &mut m.root.kind {
+            children.insert(b"l".to_vec(), Entry::new(Kind::Hardlink(b"nothing".to_vec())));
+        }
+        let bad = Compact::from_tree(&m).unwrap();
+        assert!(bad.validate().is_err());
+        assert!(bad.validate().is_err(), "a failed check is not remembered as passed");
+        assert!(!bad.checked.get());
+
+        let good = Compact::from_tree(&Manifest::default()).unwrap();
+        assert!(!good.checked.get());
+        good.validate().unwrap();
+        assert!(good.checked.get());
+        let mut copy = good.clone();
+        assert!(copy.checked.get(), "a clone of a checked model is checked");
+        assert_eq!(copy, Compact::from_tree(&Manifest::default()).unwrap(), "the flag is not part of equality");
+        copy.map_digests(|_, d| Ok::<_, ()>(Some(*d))).unwrap();
+        assert!(!copy.checked.get(), "a changed model is checked again");
+        let decoded = Compact::from_bytes(&good.to_bytes().unwrap()).unwrap();
+        assert!(decoded.checked.get(), "the decoder validated it");
+    }
+
     use super::*;
 
     fn file(size: u64, d: u8) -> Entry {

@@ -4,7 +4,9 @@
 //! closing its blob again. Only content already verified against its digest
 //! is kept; memory is bounded (oldest dropped first). The cache is split in
 //! shards by digest, each with its own lock, so writer threads seldom wait
-//! for each other on it.
+//! for each other on it. Only contents the manifest names more than once
+//! are kept: most contents are named once, and copying each of them into
+//! the cache cost more than the hits saved.
 
 use crate::manifest::Digest;
 use std::collections::{HashMap, VecDeque};
@@ -31,7 +33,7 @@ impl Hasher for PrefixHasher {
 }
 
 /// Largest blob kept, and the most bytes kept at once (in all shards).
-const MAX_BLOB: usize = 16 << 10;
+pub(super) const MAX_BLOB: usize = 16 << 10;
 const MAX_BYTES: usize = 2 << 20;
 const SHARDS: usize = 16;
 
@@ -43,11 +45,38 @@ struct Inner {
 }
 
 #[derive(Default)]
-pub(super) struct BlobCache([Mutex<Inner>; SHARDS]);
+pub(super) struct BlobCache {
+    shards: [Mutex<Inner>; SHARDS],
+    /// The first 8 bytes of the digests of small contents named more than
+    /// once, sorted (two digests that share them only cost a copy kept in
+    /// vain).
+    repeated: Vec<u64>,
+}
+
+/// The first 8 bytes of a digest, as the cache keys it.
+fn prefix(d: &Digest) -> u64 {
+    u64::from_le_bytes(d.0[..8].try_into().expect("a digest has 32 bytes"))
+}
 
 impl BlobCache {
+    /// A cache for the small contents that `digests` (those of small files,
+    /// in any order) name more than once.
+    pub(super) fn for_digests<'d>(digests: impl Iterator<Item = &'d Digest>) -> Self {
+        let mut all: Vec<u64> = digests.map(prefix).collect();
+        all.sort_unstable();
+        let mut repeated: Vec<u64> = all.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+        repeated.dedup();
+        BlobCache { shards: Default::default(), repeated }
+    }
+
+    /// Whether a content is worth looking up and keeping: one the manifest
+    /// names more than once.
+    pub(super) fn wanted(&self, d: &Digest) -> bool {
+        self.repeated.binary_search(&prefix(d)).is_ok()
+    }
+
     fn shard(&self, d: &Digest) -> &Mutex<Inner> {
-        &self.0[usize::from(d.0[0]) % SHARDS]
+        &self.shards[usize::from(d.0[0]) % SHARDS]
     }
 
     pub(super) fn get(&self, d: &Digest) -> Option<Arc<[u8]>> {
@@ -99,10 +128,21 @@ mod tests {
         for (d, data) in &all {
             c.put(*d, data);
         }
-        let kept: usize = c.0.iter().map(|s| s.lock().unwrap().bytes).sum();
+        let kept: usize = c.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
         assert!(kept <= MAX_BYTES, "{kept} bytes kept");
         assert!(c.get(&all[0].0).is_none(), "the oldest was dropped");
         let (last, ldata) = all.last().unwrap();
         assert_eq!(c.get(last).as_deref(), Some(&ldata[..]));
+    }
+
+    #[test]
+    fn wants_only_the_contents_named_more_than_once() {
+        let (a, b, c) = (blob(1, 10).0, blob(2, 10).0, blob(3, 10).0);
+        let cache = BlobCache::for_digests([a, b, a, c, a, c].iter());
+        assert!(cache.wanted(&a) && cache.wanted(&c));
+        assert!(!cache.wanted(&b), "named once");
+        assert!(!cache.wanted(&blob(4, 10).0), "not named");
+        assert_eq!(cache.repeated.len(), 2, "each repeated content once");
+        assert!(!BlobCache::default().wanted(&a));
     }
 }

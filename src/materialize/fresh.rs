@@ -133,7 +133,7 @@ pub(super) fn write_new(ctx: &Ctx<'_>, fresh: &Fresh, job: &Job<'_>, buf: &mut V
     // a small blob is read and verified before anything is created (or
     // found among those read lately; a spilled blob is one `pread` away
     // and checked already, so keeping a copy would gain nothing)
-    let cache = small && !ctx.store.spills();
+    let cache = small && !ctx.store.spills() && f.digest.is_some_and(|d| ctx.cache.wanted(d));
     let cached = if cache { f.digest.and_then(|dg| ctx.cache.get(dg)) } else { None };
     let len = match (small, &cached, f.digest) {
         (true, None, Some(dg)) => {

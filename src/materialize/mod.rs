@@ -410,7 +410,12 @@ pub fn unpack_filled(
         progress,
         filler,
         fresh,
-        cache: cache::BlobCache::default(),
+        cache: if opts.update || store.spills() {
+            cache::BlobCache::default()
+        } else {
+            let small = m.nodes().filter_map(|n| n.file()).filter(|f| f.size as usize <= cache::MAX_BLOB);
+            cache::BlobCache::for_digests(small.filter_map(|f| f.digest))
+        },
         tmp_seq: AtomicU64::new(0),
         files_linked: AtomicU64::new(0),
         files_written: AtomicU64::new(0),
@@ -432,6 +437,10 @@ pub fn unpack_filled(
     // closing each again), within a share of the descriptor limit
     let fd_budget = (crate::sys::fd_limit() / 4).saturating_sub(256) as usize;
     let jobs = crate::queue::Queue::new(2 * threads + 2);
+    // the directories kept open, and a margin for the writers' files and
+    // the hardlinks' directories
+    let dirs = m.nodes().filter(|n| n.code() == KindCode::Dir).count();
+    crate::sys::reserve_fds(root.as_fd(), dirs.min(fd_budget) as u64 + 64 + 4 * threads as u64);
     std::thread::scope(|s| {
         for _ in 0..threads {
             let (ctx, jobs) = (&ctx, &jobs);

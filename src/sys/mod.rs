@@ -71,6 +71,20 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Grows this process's descriptor table to hold at least `n` descriptors
+/// now, while few threads exist: the kernel grows the table by doubling
+/// it, and when threads share it each growth waits for an RCU grace period
+/// (milliseconds here), stalling the thread that opened a descriptor,
+/// once per doubling. A duplicate of `fd` is made at the highest number
+/// wanted and closed at once; the table keeps its size. Best effort: a
+/// refusal (the limit) changes nothing.
+pub fn reserve_fds(fd: std::os::fd::BorrowedFd<'_>, n: u64) {
+    let top = n.min(fd_limit().saturating_sub(1)).min(u64::from(u32::MAX >> 1));
+    if top > 64 {
+        let _ = rustix::io::fcntl_dupfd_cloexec(fd, top as i32);
+    }
+}
+
 /// The soft limit on open files (`u64::MAX` when unlimited).
 pub fn fd_limit() -> u64 {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX)
