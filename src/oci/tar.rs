@@ -545,13 +545,14 @@ fn trim_nul(b: &[u8]) -> &[u8] {
 
 fn check_sum(b: &[u8; BLOCK]) -> Result<(), TarError> {
     let stored = parse_num(&b[148..156], "checksum")?;
-    let mut unsigned: i64 = 0;
-    let mut signed: i64 = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let c = if (148..156).contains(&i) { b' ' } else { c };
-        unsigned += c as i64;
-        signed += (c as i8) as i64;
-    }
+    // the whole block summed (two plain loops the compiler vectorizes),
+    // then the checksum field counted as eight spaces instead
+    // (512 bytes sum to at most 130,560: 32 bits hold it)
+    let sum_u = |x: &[u8]| i64::from(x.iter().map(|&c| u32::from(c)).sum::<u32>());
+    let sum_s = |x: &[u8]| i64::from(x.iter().map(|&c| i32::from(c as i8)).sum::<i32>());
+    let field = &b[148..156];
+    let unsigned = sum_u(b) - sum_u(field) + 8 * i64::from(b' ');
+    let signed = sum_s(b) - sum_s(field) + 8 * i64::from(b' ');
     if stored != unsigned && stored != signed {
         return bad(format!("header checksum mismatch (stored {stored}, computed {unsigned})"));
     }
@@ -879,5 +880,25 @@ mod tests {
         assert_eq!(parse_num(&m, "t").unwrap(), -2);
         assert!(parse_num(b"0000899\0", "m").is_err());
         assert!(parse_num(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "s").is_err());
+    }
+
+    #[test]
+    fn header_checksum_signed_or_unsigned() {
+        // a header with bytes above 127, whose two sums differ
+        let mut b = [0u8; BLOCK];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = if i % 50 == 7 { 200 } else { (i * 37 % 100) as u8 };
+        }
+        let (mut unsigned, mut signed) = (0i64, 0i64);
+        for (i, &c) in b.iter().enumerate() {
+            let c = if (148..156).contains(&i) { b' ' } else { c };
+            unsigned += i64::from(c);
+            signed += i64::from(c as i8);
+        }
+        assert_ne!(unsigned, signed);
+        for (sum, ok) in [(unsigned, true), (signed, true), (unsigned + 1, false), (signed - 1, false)] {
+            b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            assert_eq!(check_sum(&b).is_ok(), ok, "stored {sum}");
+        }
     }
 }

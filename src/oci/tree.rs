@@ -334,12 +334,15 @@ struct Node {
 }
 
 /// The index of children by (parent, name): an open-addressing table of
-/// node numbers (4 bytes a slot, at most 7/8 full), probed linearly, the
-/// key read from the node itself. Keyed with a random hasher, so names
-/// chosen to collide cannot make lookups slow.
+/// node numbers, at most 7/8 full, probed linearly. Each slot (8 bytes)
+/// holds the node number and 32 bits of its key's hash, so a probe passes
+/// over another key without reading that node: a new name in a directory
+/// of 200,000 (the usual case, a name not there yet) costs a scan along
+/// the slots, not a node read and a name compare at each. Keyed with a
+/// random hasher, so names chosen to collide cannot make lookups slow.
 #[derive(Clone, Default)]
 struct Index {
-    slots: Vec<u32>,
+    slots: Vec<u64>,
     /// Slots holding a node or a tombstone.
     used: usize,
     /// Slots holding a node.
@@ -347,23 +350,36 @@ struct Index {
     hasher: std::hash::RandomState,
 }
 
-/// [`Index::slots`]: a slot never used.
+/// [`Index::slots`]: a slot never used (its low half).
 const FREE: u32 = u32::MAX;
-/// [`Index::slots`]: a slot whose node was removed.
+/// [`Index::slots`]: a slot whose node was removed (its low half).
 const TOMB: u32 = u32::MAX - 1;
+const FREE_SLOT: u64 = FREE as u64;
+const TOMB_SLOT: u64 = TOMB as u64;
 
 fn name_of<'a>(nodes: &[Node], names: &'a [u8], id: u32) -> &'a [u8] {
     let n = &nodes[id as usize];
     &names[n.name_off as usize..n.name_off as usize + n.name_len as usize]
 }
 
+/// A slot's node number (or [`FREE`], [`TOMB`]).
+fn slot_id(s: u64) -> u32 {
+    s as u32
+}
+
+/// A key's hash: the table position from its low bits, the tag kept in a
+/// slot from its high half.
+fn tag_of(h: u64) -> u64 {
+    h & !0xffff_ffff
+}
+
 impl Index {
-    fn hash(&self, parent: u32, name: &[u8]) -> usize {
+    fn hash(&self, parent: u32, name: &[u8]) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.hasher.build_hasher();
         h.write_u32(parent);
         h.write(name);
-        h.finish() as usize
+        h.finish()
     }
 
     fn get(&self, nodes: &[Node], names: &[u8], parent: u32, name: &[u8]) -> Option<u32> {
@@ -371,14 +387,17 @@ impl Index {
             return None;
         }
         let mask = self.slots.len() - 1;
-        let mut i = self.hash(parent, name) & mask;
+        let h = self.hash(parent, name);
+        let tag = tag_of(h);
+        let mut i = h as usize & mask;
         loop {
-            match self.slots[i] {
+            let s = self.slots[i];
+            match slot_id(s) {
                 FREE => return None,
                 TOMB => {}
-                s => {
-                    if nodes[s as usize].parent == parent && name_of(nodes, names, s) == name {
-                        return Some(s);
+                id => {
+                    if tag_of(s) == tag && nodes[id as usize].parent == parent && name_of(nodes, names, id) == name {
+                        return Some(id);
                     }
                 }
             }
@@ -391,29 +410,35 @@ impl Index {
         if (self.used + 1) * 8 > self.slots.len() * 7 {
             self.rebuild(nodes, names);
         }
+        let h = self.hash(nodes[id as usize].parent, name_of(nodes, names, id));
+        self.put(h, id);
+    }
+
+    /// Puts node `id`, whose key hashes to `h`, in the first free slot.
+    fn put(&mut self, h: u64, id: u32) {
         let mask = self.slots.len() - 1;
-        let mut i = self.hash(nodes[id as usize].parent, name_of(nodes, names, id)) & mask;
-        while self.slots[i] < TOMB {
+        let mut i = h as usize & mask;
+        while slot_id(self.slots[i]) < TOMB {
             i = (i + 1) & mask;
         }
-        if self.slots[i] == FREE {
+        if self.slots[i] == FREE_SLOT {
             self.used += 1;
         }
-        self.slots[i] = id;
+        self.slots[i] = tag_of(h) | u64::from(id);
         self.live += 1;
     }
 
     /// Removes node `id` (which is in the index).
     fn remove(&mut self, nodes: &[Node], names: &[u8], id: u32) {
         let mask = self.slots.len() - 1;
-        let mut i = self.hash(nodes[id as usize].parent, name_of(nodes, names, id)) & mask;
-        while self.slots[i] != id {
-            if self.slots[i] == FREE {
+        let mut i = self.hash(nodes[id as usize].parent, name_of(nodes, names, id)) as usize & mask;
+        while slot_id(self.slots[i]) != id {
+            if self.slots[i] == FREE_SLOT {
                 return;
             }
             i = (i + 1) & mask;
         }
-        self.slots[i] = TOMB;
+        self.slots[i] = TOMB_SLOT;
         self.live -= 1;
     }
 
@@ -422,13 +447,15 @@ impl Index {
     fn rebuild(&mut self, nodes: &[Node], names: &[u8]) {
         let size = ((self.live + 1) * 2).next_power_of_two().max(16);
         let mut slots = mapped();
-        slots.resize(size, FREE);
+        slots.resize(size, FREE_SLOT);
         let old = std::mem::replace(&mut self.slots, slots);
         self.used = 0;
         self.live = 0;
         for s in old {
-            if s < TOMB {
-                self.insert(nodes, names, s);
+            let id = slot_id(s);
+            if id < TOMB {
+                let h = self.hash(nodes[id as usize].parent, name_of(nodes, names, id));
+                self.put(h, id);
             }
         }
     }
