@@ -367,10 +367,16 @@ fn slot_id(s: u64) -> u32 {
     s as u32
 }
 
-/// A key's hash: the table position from its low bits, the tag kept in a
-/// slot from its high half.
+/// A key's tag, kept in a slot: the high half of its hash. The table
+/// position comes from the tag too, so a table grows without reading a
+/// node or hashing a name again (the tag's bits above the position still
+/// tell most keys apart).
 fn tag_of(h: u64) -> u64 {
     h & !0xffff_ffff
+}
+
+fn pos_of(h: u64) -> usize {
+    (h >> 32) as usize
 }
 
 impl Index {
@@ -389,7 +395,7 @@ impl Index {
         let mask = self.slots.len() - 1;
         let h = self.hash(parent, name);
         let tag = tag_of(h);
-        let mut i = h as usize & mask;
+        let mut i = pos_of(h) & mask;
         loop {
             let s = self.slots[i];
             match slot_id(s) {
@@ -408,16 +414,17 @@ impl Index {
     /// Adds node `id` (whose key is not in the index).
     fn insert(&mut self, nodes: &[Node], names: &[u8], id: u32) {
         if (self.used + 1) * 8 > self.slots.len() * 7 {
-            self.rebuild(nodes, names);
+            self.rebuild();
         }
         let h = self.hash(nodes[id as usize].parent, name_of(nodes, names, id));
         self.put(h, id);
     }
 
-    /// Puts node `id`, whose key hashes to `h`, in the first free slot.
+    /// Puts node `id`, whose key hashes to `h` (or whose slot was `h`), in
+    /// the first free slot.
     fn put(&mut self, h: u64, id: u32) {
         let mask = self.slots.len() - 1;
-        let mut i = h as usize & mask;
+        let mut i = pos_of(h) & mask;
         while slot_id(self.slots[i]) < TOMB {
             i = (i + 1) & mask;
         }
@@ -431,7 +438,7 @@ impl Index {
     /// Removes node `id` (which is in the index).
     fn remove(&mut self, nodes: &[Node], names: &[u8], id: u32) {
         let mask = self.slots.len() - 1;
-        let mut i = self.hash(nodes[id as usize].parent, name_of(nodes, names, id)) as usize & mask;
+        let mut i = pos_of(self.hash(nodes[id as usize].parent, name_of(nodes, names, id))) & mask;
         while slot_id(self.slots[i]) != id {
             if self.slots[i] == FREE_SLOT {
                 return;
@@ -442,9 +449,9 @@ impl Index {
         self.live -= 1;
     }
 
-    /// Rehashes into a table twice the size of the live nodes (tombstones
-    /// dropped).
-    fn rebuild(&mut self, nodes: &[Node], names: &[u8]) {
+    /// Moves the nodes into a table twice the size of the live nodes
+    /// (tombstones dropped), each placed by the tag in its slot.
+    fn rebuild(&mut self) {
         let size = ((self.live + 1) * 2).next_power_of_two().max(16);
         let mut slots = mapped();
         slots.resize(size, FREE_SLOT);
@@ -454,8 +461,7 @@ impl Index {
         for s in old {
             let id = slot_id(s);
             if id < TOMB {
-                let h = self.hash(nodes[id as usize].parent, name_of(nodes, names, id));
-                self.put(h, id);
+                self.put(s, id);
             }
         }
     }
@@ -1008,7 +1014,16 @@ impl Tree {
         dest.resize(nodes.len(), NONE);
         let mut live: u32 = 0;
         let mut stack: Vec<(u32, u32)> = vec![(ROOT, 0)];
-        let mut kids: Vec<u32> = Vec::new();
+        // children with the first 8 bytes of their name as a number (a
+        // name has no NUL: a shorter name pads with zeros and sorts first),
+        // so most comparisons need no name read
+        let mut kids: Vec<(u64, u32)> = Vec::new();
+        let key = |name: &[u8]| {
+            let mut k = [0u8; 8];
+            let n = name.len().min(8);
+            k[..n].copy_from_slice(&name[..n]);
+            u64::from_be_bytes(k)
+        };
         while let Some((id, depth)) = stack.pop() {
             dest[id as usize] = live;
             live += 1;
@@ -1022,12 +1037,14 @@ impl Tree {
             while c != NONE {
                 let k = &nodes[c as usize];
                 if k.flags & REMOVED == 0 {
-                    kids.push(c);
+                    kids.push((key(name_of(&nodes, &names, c)), c));
                 }
                 c = k.next;
             }
-            kids.sort_unstable_by(|&a, &b| name_of(&nodes, &names, a).cmp(name_of(&nodes, &names, b)));
-            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+            kids.sort_unstable_by(|&(ka, a), &(kb, b)| {
+                ka.cmp(&kb).then_with(|| name_of(&nodes, &names, a).cmp(name_of(&nodes, &names, b)))
+            });
+            stack.extend(kids.iter().rev().map(|&(_, k)| (k, depth + 1)));
         }
         drop(stack);
         drop(kids);
