@@ -266,7 +266,10 @@ pub struct ImageUnpackOptions {
 pub fn image_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<Unpacked, RunError> {
     let existed = check_dest(dest, opts.unpack.update).map_err(RunError::Dest)?;
     match import_unpack(image, dest, opts) {
-        Ok((imported, unpack)) => Ok(Unpacked { brought: Brought::Imported(Box::new(imported)), unpack }),
+        Ok((imported, unpack, release)) => {
+            release.wait();
+            Ok(Unpacked { brought: Brought::Imported(Box::new(imported)), unpack })
+        }
         Err(e) => Err(failed(e, dest, existed, opts.unpack.update)),
     }
 }
@@ -295,7 +298,7 @@ pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Re
     }
     let r = (|| {
         let rootfs = bundle.join("rootfs");
-        let (imported, unpack) = import_unpack(image, &rootfs, &opts)?;
+        let (imported, unpack, release) = import_unpack(image, &rootfs, &opts)?;
         let cbor = bundle.join("ocix.cbor");
         // written after the unpack (and the removal of a temporary store,
         // which changes the files' link counts), so that ocix.cbor is
@@ -312,6 +315,7 @@ pub fn image_bundle(image: &str, bundle: &Path, opts: &ImageUnpackOptions) -> Re
         std::fs::write(&rec, record.to_json())
             .map_err(|e| RunError::Io { path: rec, what: format!("cannot write: {e}") })?;
         write_runtime_config(bundle, &rootfs, &imported.image, &opts.unpack, unpack.rootless)?;
+        release.wait();
         Ok(Bundled { imported, unpack })
     })();
     if r.is_err() && !existed {
@@ -340,8 +344,13 @@ fn write_manifest(m: &Compact, path: &Path) -> Result<(), RunError> {
 }
 
 /// The import and the unpack of [`image_unpack`], without the cleanup of
-/// `dest`.
-fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<(Imported, UnpackReport), RunError> {
+/// `dest`; the run's store is being released when it returns (see
+/// [`Release`]).
+fn import_unpack(
+    image: &str,
+    dest: &Path,
+    opts: &ImageUnpackOptions,
+) -> Result<(Imported, UnpackReport, Release), RunError> {
     let (mut store, temp) = run_store(opts.store.as_deref(), dest)?;
     // a store of our own is read once and removed: its blobs go into one
     // unnamed file (the spill), each hashed as it is written, rather than
@@ -363,9 +372,35 @@ fn import_unpack(image: &str, dest: &Path, opts: &ImageUnpackOptions) -> Result<
     let uopts = UnpackOptions { link, ..opts.unpack.clone() };
     let unpack = materialize::unpack(&imported.manifest, &store, dest, &uopts)
         .map_err(|error| RunError::Unpack { dest: dest.into(), error })?;
-    drop(store);
-    drop(temp);
-    Ok((imported, unpack))
+    // a spill is released beside the work that follows (freeing its pages
+    // was a twentieth of a node image's unpack, on one core); a store whose
+    // blobs became the files is removed first: that changes their link
+    // counts, which the bundle's manifest must be younger than
+    let release = if store.spills() {
+        Release(std::thread::Builder::new().spawn(move || drop((store, temp))).ok())
+    } else {
+        drop(store);
+        drop(temp);
+        Release(None)
+    };
+    Ok((imported, unpack, release))
+}
+
+/// A run's store being released on a thread of its own; waited for when
+/// dropped, so that no run returns (or fails) before it is gone.
+#[must_use]
+struct Release(Option<std::thread::JoinHandle<()>>);
+
+impl Release {
+    fn wait(self) {}
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Imports `image` (`LAYOUT[:TAG]` or `docker://HOST/REPO[:TAG|@DIGEST]`)
