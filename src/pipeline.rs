@@ -392,14 +392,20 @@ fn import_unpack(
 struct Release(Option<std::thread::JoinHandle<()>>);
 
 impl Release {
-    fn wait(self) {}
+    fn wait(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            let _ = h.join();
-        }
+        self.join();
     }
 }
 

@@ -13,6 +13,12 @@ pub struct Digest(pub [u8; 32]);
 pub struct DigestParseError(pub String);
 
 impl Digest {
+    /// The first 8 bytes as a number: a key for sets and caches of
+    /// digests, whose bytes are already uniform.
+    pub fn prefix(&self) -> u64 {
+        u64::from_le_bytes(self.0[..8].try_into().expect("a digest has 32 bytes"))
+    }
+
     /// sha256 of `data`.
     pub fn of(data: &[u8]) -> Self {
         Digest(Sha256::digest(data).into())

@@ -53,16 +53,11 @@ pub(super) struct BlobCache {
     repeated: Vec<u64>,
 }
 
-/// The first 8 bytes of a digest, as the cache keys it.
-fn prefix(d: &Digest) -> u64 {
-    u64::from_le_bytes(d.0[..8].try_into().expect("a digest has 32 bytes"))
-}
-
 impl BlobCache {
     /// A cache for the small contents that `digests` (those of small files,
     /// in any order) name more than once.
     pub(super) fn for_digests<'d>(digests: impl Iterator<Item = &'d Digest>) -> Self {
-        let mut all: Vec<u64> = digests.map(prefix).collect();
+        let mut all: Vec<u64> = digests.map(Digest::prefix).collect();
         all.sort_unstable();
         let mut repeated: Vec<u64> = all.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
         repeated.dedup();
@@ -72,7 +67,7 @@ impl BlobCache {
     /// Whether a content is worth looking up and keeping: one the manifest
     /// names more than once.
     pub(super) fn wanted(&self, d: &Digest) -> bool {
-        self.repeated.binary_search(&prefix(d)).is_ok()
+        self.repeated.binary_search(&d.prefix()).is_ok()
     }
 
     fn shard(&self, d: &Digest) -> &Mutex<Inner> {

@@ -396,7 +396,22 @@ pub fn unpack_filled(
         Some(fresh::Fresh::probe(root.as_fd(), created, &|| dest.display().to_string())?)
     };
     let root = Arc::new(root);
-    let total: u64 = m.nodes().filter_map(|n| n.file()).map(|f| f.size).sum();
+    // one pass over the entries: the bytes to write (for progress), the
+    // directories (for the descriptor table) and the small contents (for
+    // the cache, in a fresh destination read from a store of blob files)
+    let caching = !opts.update && !store.spills();
+    let (mut total, mut dirs, mut small) = (0u64, 0usize, Vec::new());
+    for n in m.nodes() {
+        match n.file() {
+            Some(f) => {
+                total += f.size;
+                if let Some(d) = f.digest.filter(|_| caching && f.size as usize <= cache::MAX_BLOB) {
+                    small.push(d);
+                }
+            }
+            None => dirs += usize::from(n.code() == KindCode::Dir),
+        }
+    }
     let progress = Some(opts.progress.start(Work::Unpack, Some(total)));
     let mut ctx = Ctx {
         store,
@@ -410,12 +425,7 @@ pub fn unpack_filled(
         progress,
         filler,
         fresh,
-        cache: if opts.update || store.spills() {
-            cache::BlobCache::default()
-        } else {
-            let small = m.nodes().filter_map(|n| n.file()).filter(|f| f.size as usize <= cache::MAX_BLOB);
-            cache::BlobCache::for_digests(small.filter_map(|f| f.digest))
-        },
+        cache: cache::BlobCache::for_digests(small.into_iter()),
         tmp_seq: AtomicU64::new(0),
         files_linked: AtomicU64::new(0),
         files_written: AtomicU64::new(0),
@@ -439,7 +449,6 @@ pub fn unpack_filled(
     let jobs = crate::queue::Queue::new(2 * threads + 2);
     // the directories kept open, and a margin for the writers' files and
     // the hardlinks' directories
-    let dirs = m.nodes().filter(|n| n.code() == KindCode::Dir).count();
     crate::sys::reserve_fds(root.as_fd(), dirs.min(fd_budget) as u64 + 64 + 4 * threads as u64);
     std::thread::scope(|s| {
         for _ in 0..threads {

@@ -190,8 +190,7 @@ impl<'m> Walker<'_, '_, 'm> {
                 if ex.is_some() && ex_type != Some(FileType::RegularFile) {
                     clear(self, false)?;
                 }
-                let link_first =
-                    self.ctx.opts.link && f.digest.is_some_and(|d| self.link_seen.insert(digest_prefix(d)));
+                let link_first = self.ctx.opts.link && f.digest.is_some_and(|d| self.link_seen.insert(d.prefix()));
                 let job = Job {
                     dir: dir.clone(),
                     name,
@@ -296,13 +295,6 @@ impl<'m> Walker<'_, '_, 'm> {
         }
         Ok(())
     }
-}
-
-/// The first 8 bytes of a digest, as a number.
-fn digest_prefix(d: &crate::manifest::Digest) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d.0[..8]);
-    u64::from_le_bytes(b)
 }
 
 /// What is known of a symlink, device or fifo: nothing of one kept from
